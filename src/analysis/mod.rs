@@ -1,0 +1,360 @@
+//! Static analysis of a snippet before it runs: one parse, a list of its imports,
+//! and findings about constructs that reach interpreter internals.
+//!
+//! # Security
+//! Analysis is a first wall, not the only one: everything it refuses statically is
+//! also refused at run time (guarded `getattr`, `__import__`, `str.format`), because
+//! names can be built at run time. It caps nesting depth so that neither the
+//! compiler nor the interpreter recurses deep enough to exhaust a stack.
+//!
+//! Parsing recurses with the depth of the source; call [`analyze`] on a thread with
+//! a large stack (the rustpython tier's workers have one).
+
+use ruff_python_ast::visitor::{self, Visitor};
+use ruff_python_ast::{Expr, Stmt};
+use ruff_text_size::Ranged;
+
+/// Deepest expression or statement nesting accepted (CPython's own parser stops
+/// near 200).
+pub const MAX_NESTING: usize = 200;
+
+/// Attribute names that reach frames, code objects or generator internals without a
+/// leading underscore. Kept in step with the rustpython tier's prelude.
+pub const DENIED_ATTRS: &[&str] = &[
+    "gi_frame",
+    "gi_code",
+    "gi_yieldfrom",
+    "gi_suspended",
+    "cr_frame",
+    "cr_code",
+    "cr_await",
+    "cr_origin",
+    "cr_suspended",
+    "ag_frame",
+    "ag_code",
+    "ag_await",
+    "f_back",
+    "f_globals",
+    "f_locals",
+    "f_builtins",
+    "f_code",
+    "f_trace",
+    "tb_frame",
+    "tb_next",
+    "co_code",
+    "co_consts",
+    "co_names",
+    "co_varnames",
+    "co_freevars",
+    "co_cellvars",
+    "func_globals",
+    "func_code",
+    "im_func",
+    "im_self",
+    "mro",
+];
+
+/// Dunder attributes ordinary code uses that lead nowhere dangerous.
+pub const SAFE_DUNDERS: &[&str] = &[
+    "__init__",
+    "__new__",
+    "__name__",
+    "__qualname__",
+    "__doc__",
+    "__class__",
+    "__module__",
+    "__slots__",
+    "__post_init__",
+    "__match_args__",
+    "__len__",
+    "__iter__",
+    "__next__",
+    "__aiter__",
+    "__anext__",
+    "__await__",
+    "__enter__",
+    "__exit__",
+    "__aenter__",
+    "__aexit__",
+    "__contains__",
+    "__getitem__",
+    "__setitem__",
+    "__delitem__",
+    "__missing__",
+    "__call__",
+    "__bool__",
+    "__hash__",
+    "__repr__",
+    "__str__",
+    "__format__",
+    "__bytes__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "__complex__",
+    "__round__",
+    "__eq__",
+    "__ne__",
+    "__lt__",
+    "__le__",
+    "__gt__",
+    "__ge__",
+    "__add__",
+    "__sub__",
+    "__mul__",
+    "__matmul__",
+    "__truediv__",
+    "__floordiv__",
+    "__mod__",
+    "__divmod__",
+    "__pow__",
+    "__lshift__",
+    "__rshift__",
+    "__and__",
+    "__xor__",
+    "__or__",
+    "__neg__",
+    "__pos__",
+    "__abs__",
+    "__invert__",
+    "__radd__",
+    "__rsub__",
+    "__rmul__",
+    "__rtruediv__",
+    "__rfloordiv__",
+    "__rmod__",
+    "__rpow__",
+    "__rand__",
+    "__ror__",
+    "__rxor__",
+    "__iadd__",
+    "__isub__",
+    "__imul__",
+    "__itruediv__",
+    "__ifloordiv__",
+    "__imod__",
+    "__ior__",
+    "__iand__",
+    "__ixor__",
+    "__getattr__",
+    "__setattr__",
+    "__delattr__",
+    "__set_name__",
+    "__get__",
+    "__set__",
+    "__delete__",
+    "__init_subclass__",
+    "__class_getitem__",
+    "__reversed__",
+    "__length_hint__",
+    "__copy__",
+    "__deepcopy__",
+];
+
+/// Whether snippets may use attribute `name`.
+pub fn attr_allowed(name: &str) -> bool {
+    if DENIED_ATTRS.contains(&name) {
+        return false;
+    }
+    !name.starts_with("__") || SAFE_DUNDERS.contains(&name)
+}
+
+/// One `import` a snippet makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    /// Absolute module name (`json.decoder`); empty for `from . import x`.
+    pub module: String,
+    /// Relative import level (0 for absolute).
+    pub level: u32,
+    /// 1-based line.
+    pub line: usize,
+}
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The run is refused.
+    Deny,
+    /// Recorded; the run goes ahead.
+    Warn,
+}
+
+/// Something the analysis noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Deny or warn.
+    pub severity: Severity,
+    /// 1-based line.
+    pub line: usize,
+    /// What and why.
+    pub message: String,
+}
+
+/// The result of analysing one snippet.
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    /// Every import statement.
+    pub imports: Vec<Import>,
+    /// What was noticed, in source order.
+    pub findings: Vec<Finding>,
+    /// The parser's complaint, when the source is not valid Python (the interpreter
+    /// then reports the `SyntaxError` itself).
+    pub syntax_error: Option<String>,
+}
+
+impl Analysis {
+    /// The first finding that refuses the run.
+    pub fn denial(&self) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.severity == Severity::Deny)
+    }
+}
+
+/// Parses and inspects `source`.
+pub fn analyze(source: &str) -> Analysis {
+    let mut out = Analysis::default();
+    let parsed = match ruff_python_parser::parse_module(source) {
+        Ok(p) => p,
+        Err(e) => {
+            out.syntax_error = Some(e.to_string());
+            return out;
+        }
+    };
+    let lines = LineIndex::new(source);
+    let mut v = Inspector { lines: &lines, out: &mut out, depth: 0, too_deep: false };
+    for stmt in &parsed.syntax().body {
+        v.visit_stmt(stmt);
+    }
+    out
+}
+
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(source: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(source.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset)
+    }
+}
+
+struct Inspector<'s> {
+    lines: &'s LineIndex,
+    out: &'s mut Analysis,
+    depth: usize,
+    too_deep: bool,
+}
+
+impl Inspector<'_> {
+    fn line_of(&self, node: &impl Ranged) -> usize {
+        self.lines.line(usize::from(node.start()))
+    }
+
+    fn deny(&mut self, line: usize, message: String) {
+        self.out.findings.push(Finding { severity: Severity::Deny, line, message });
+    }
+
+    /// Tracks nesting; returns false (and records one finding) past the cap.
+    fn enter(&mut self, line: usize) -> bool {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            if !self.too_deep {
+                self.too_deep = true;
+                self.deny(line, format!("the code nests deeper than {MAX_NESTING} levels"));
+            }
+            return false;
+        }
+        true
+    }
+}
+
+impl<'a> Visitor<'a> for Inspector<'_> {
+    fn visit_stmt(&mut self, stmt: &'a Stmt) {
+        let line = self.line_of(stmt);
+        match stmt {
+            Stmt::Import(imp) => {
+                for alias in &imp.names {
+                    self.out.imports.push(Import { module: alias.name.to_string(), level: 0, line });
+                }
+            }
+            Stmt::ImportFrom(imp) => {
+                let module = imp.module.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                for alias in &imp.names {
+                    if !attr_allowed(alias.name.as_str()) {
+                        self.deny(line, format!("importing {:?} from a module is not allowed", alias.name.as_str()));
+                    }
+                }
+                self.out.imports.push(Import { module, level: imp.level, line });
+            }
+            _ => {}
+        }
+        if self.enter(line) {
+            visitor::walk_stmt(self, stmt);
+        }
+        self.depth -= 1;
+    }
+
+    fn visit_expr(&mut self, expr: &'a Expr) {
+        let line = self.line_of(expr);
+        if let Expr::Attribute(attr) = expr
+            && !attr_allowed(attr.attr.as_str())
+        {
+            self.deny(line, format!("attribute {:?} is not accessible in the sandbox", attr.attr.as_str()));
+        }
+        if self.enter(line) {
+            visitor::walk_expr(self, expr);
+        }
+        self.depth -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_imports_with_lines() {
+        let a = analyze("import json, math\nfrom os import path\nfrom . import x\n");
+        let mods: Vec<_> = a.imports.iter().map(|i| (i.module.as_str(), i.level, i.line)).collect();
+        assert_eq!(mods, [("json", 0, 1), ("math", 0, 1), ("os", 0, 2), ("", 1, 3)]);
+        assert!(a.denial().is_none());
+    }
+
+    #[test]
+    fn refuses_dunder_chains_and_frame_walks() {
+        for code in [
+            "json.dumps.__globals__",
+            "object.__subclasses__()",
+            "(lambda: 0).__code__",
+            "g.gi_frame.f_back",
+            "f'{x.__globals__}'",
+            "from json import __builtins__",
+        ] {
+            assert!(analyze(code).denial().is_some(), "{code} should be refused");
+        }
+        assert!(analyze("class A:\n    def __init__(self): self.x = 1\nA().__class__.__name__").denial().is_none());
+    }
+
+    #[test]
+    fn caps_nesting() {
+        let deep = format!("{}1", "-".repeat(1000));
+        let a = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || analyze(&deep))
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert!(a.denial().is_some_and(|f| f.message.contains("nests deeper")));
+    }
+
+    #[test]
+    fn reports_syntax_errors_without_findings() {
+        let a = analyze("def (:");
+        assert!(a.syntax_error.is_some());
+    }
+}

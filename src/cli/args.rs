@@ -1,0 +1,78 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Runs untrusted Python snippets under a policy.
+#[derive(Debug, Parser)]
+#[command(name = "terrarium", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one snippet.
+    Run(RunArgs),
+    /// Run JSON Lines requests from stdin, one outcome line per request, in order.
+    Batch(BatchArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// Options shared by `run` and `batch`.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Policy file (default: the built-in policies/default.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Tier: auto, rustpython, wasm or docker.
+    #[arg(long, default_value = "auto", value_name = "TIER")]
+    pub tier: String,
+    /// Deadline in seconds; may only tighten the policy's.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Memory cap (e.g. 256m); may only tighten the policy's.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+}
+
+/// `terrarium run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print the outcome as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The code to run.
+    #[arg(short = 'c', value_name = "CODE", conflicts_with = "file")]
+    pub code: Option<String>,
+    /// A file with the code, or - for stdin.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// `terrarium batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `terrarium policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and print the effective policy.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}

@@ -1,0 +1,291 @@
+//! The command line: `terrarium run | batch | policy check`.
+//!
+//! Exit codes of `run`: 0 ok, 1 guest exception, 2 usage or configuration error,
+//! 3 a limit (timeout, memory, fuel, output, crashed), 4 denied by policy, 5 host
+//! error (including a tier that is unavailable).
+
+mod args;
+
+use std::io::{BufRead, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::SandboxError;
+use crate::executor::{ExecRequest, Executor, Outcome, Status};
+use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
+use args::{BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+
+/// Exit code for a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a host error.
+pub const EXIT_HOST: u8 = 5;
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("terrarium: {e:#}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERRARIUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// A CLI failure with the exit code it maps to.
+#[derive(Debug)]
+struct CliError {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl CliError {
+    fn usage(error: impl Into<anyhow::Error>) -> CliError {
+        CliError { code: EXIT_USAGE, error: error.into() }
+    }
+
+    fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() { write!(f, "{:#}", self.error) } else { write!(f, "{}", self.error) }
+    }
+}
+
+impl From<SandboxError> for CliError {
+    fn from(e: SandboxError) -> CliError {
+        let code = match e {
+            SandboxError::Policy(_) | SandboxError::InvalidRequest(_) => EXIT_USAGE,
+            _ => EXIT_HOST,
+        };
+        CliError { code, error: e.into() }
+    }
+}
+
+impl From<PolicyError> for CliError {
+    fn from(e: PolicyError) -> CliError {
+        CliError::usage(e)
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let policy = Policy::from_file(&file)?;
+            print!("{}", policy.to_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run_one(args),
+        Command::Batch(args) => run_batch(args),
+    }
+}
+
+/// The executor a command uses, after the policy and tier are settled.
+struct Target {
+    tier: Tier,
+    executor: Option<Box<dyn Executor>>,
+    overrides: Overrides,
+}
+
+fn target(common: &CommonArgs) -> Result<Target, CliError> {
+    let policy = match &common.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default_policy(),
+    };
+    let choice = TierChoice::parse(&common.tier).ok_or_else(|| {
+        CliError::usage(anyhow::anyhow!("--tier {:?}: expected auto, rustpython, wasm or docker", common.tier))
+    })?;
+    let choice = match choice {
+        TierChoice::Auto => policy.tier(),
+        fixed => fixed,
+    };
+    // Until the router lands, `auto` means the interpreter tier.
+    let tier = match choice {
+        TierChoice::Auto => Tier::Rustpython,
+        TierChoice::Fixed(t) => t,
+    };
+    if !policy.allowed_tiers().contains(&tier) {
+        return Err(CliError::usage(anyhow::anyhow!("tier {tier} is not in the policy's terrarium.allowed_tiers")));
+    }
+    let mut overrides = Overrides::default();
+    if let Some(t) = common.timeout {
+        if !t.is_finite() || t <= 0.0 {
+            return Err(CliError::usage(anyhow::anyhow!("--timeout {t}: expected a positive number of seconds")));
+        }
+        overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
+    }
+    if let Some(m) = &common.memory {
+        let size = crate::policy::parse_size(m).map_err(|e| CliError::usage(anyhow::anyhow!("--memory: {e}")))?;
+        overrides.max_memory = Some(size);
+    }
+    // Reject loosening before any code runs.
+    policy.tighten(&overrides)?;
+    Ok(Target { tier, executor: executor_for(tier, policy), overrides })
+}
+
+fn executor_for(tier: Tier, policy: Policy) -> Option<Box<dyn Executor>> {
+    match tier {
+        #[cfg(feature = "rustpython")]
+        Tier::Rustpython => Some(Box::new(crate::tier::rustpython::RustPythonExecutor::new(policy))),
+        _ => {
+            let _ = policy;
+            None
+        }
+    }
+}
+
+fn unavailable(id: Option<String>, tier: Tier) -> Outcome {
+    Outcome::refused(
+        id,
+        tier,
+        Status::Error,
+        "TierUnavailable",
+        format!("tier {tier} is not available in this build of terrarium"),
+    )
+}
+
+fn read_code(args: &RunArgs) -> Result<String, CliError> {
+    let bytes = match (&args.code, &args.file) {
+        (Some(code), _) => return Ok(code.clone()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::usage(anyhow::anyhow!("cannot read stdin: {e}")))?;
+            buf
+        }
+        (None, Some(path)) => {
+            std::fs::read(path).map_err(|e| CliError::usage(anyhow::anyhow!("{}: {e}", path.display())))?
+        }
+        (None, None) => {
+            return Err(CliError::usage(anyhow::anyhow!("no code given: use -c CODE, a FILE, or - for stdin")));
+        }
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        CliError::usage(anyhow::anyhow!(
+            "the code is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot start the async runtime: {e}") })
+}
+
+fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
+    let code = read_code(&args)?;
+    let target = target(&args.common)?;
+    let req = ExecRequest { id: None, code, overrides: target.overrides.clone() };
+    let outcome = match &target.executor {
+        Some(exec) => runtime()?.block_on(exec.execute(req))?,
+        None => unavailable(None, target.tier),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+    } else {
+        print!("{}", outcome.stdout);
+        eprint!("{}", outcome.stderr);
+        let _ = std::io::stdout().flush();
+        if let Some(err) = &outcome.error {
+            eprintln!("terrarium: {}: {}: {}", outcome.status.as_str(), err.kind, err.message);
+        }
+    }
+    Ok(ExitCode::from(exit_code(outcome.status)))
+}
+
+/// The exit code `run` gives for a status.
+pub fn exit_code(status: Status) -> u8 {
+    match status {
+        Status::Ok => 0,
+        Status::Exception => 1,
+        Status::Denied => 4,
+        Status::Error => EXIT_HOST,
+        _ => 3,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    id: Option<serde_json::Value>,
+    code: String,
+    timeout: Option<f64>,
+}
+
+fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
+    let target = target(&args.common)?;
+    let rt = runtime()?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (n, line) in stdin.lock().split(b'\n').enumerate() {
+        let line = line.map_err(|e| CliError::usage(anyhow::anyhow!("cannot read stdin: {e}")))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let outcome = batch_one(&rt, &target, &line, n + 1);
+        let text = serde_json::to_string(&outcome).unwrap_or_default();
+        writeln!(out, "{text}")
+            .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") })?;
+    }
+    out.flush().map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One batch line to one outcome; a bad line becomes an `error` outcome, never the
+/// end of the batch.
+fn batch_one(rt: &tokio::runtime::Runtime, target: &Target, line: &[u8], number: usize) -> Outcome {
+    let bad = |id: Option<String>, msg: String| {
+        Outcome::refused(id, target.tier, Status::Error, "InvalidRequest", format!("line {number}: {msg}"))
+    };
+    let parsed: BatchLine = match std::str::from_utf8(line)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => return bad(None, e),
+    };
+    let id = parsed.id.map(|v| match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    });
+    let mut overrides = target.overrides.clone();
+    if let Some(t) = parsed.timeout {
+        if !t.is_finite() || t <= 0.0 {
+            return bad(id, format!("timeout {t} is not a positive number of seconds"));
+        }
+        overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
+    }
+    let Some(exec) = &target.executor else {
+        return unavailable(id, target.tier);
+    };
+    let req = ExecRequest { id: id.clone(), code: parsed.code, overrides };
+    match rt.block_on(exec.execute(req)) {
+        Ok(o) => o,
+        Err(e) => bad(id, e.to_string()),
+    }
+}

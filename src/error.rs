@@ -1,0 +1,37 @@
+//! Errors the library returns to its caller (never to sandboxed code).
+//!
+//! # Security
+//! These are host-side errors: they may name host paths. What sandboxed code sees
+//! is an [`crate::executor::Outcome`], whose messages never carry host paths.
+
+use crate::policy::{PolicyError, Tier};
+
+/// A host-side failure: the request could not be served. Guest exceptions and limit
+/// breaches are not errors; they are outcomes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The policy is invalid, or an override tried to loosen it.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The request itself is unusable (empty, too large, not UTF-8).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The tier is not compiled into this build or not set up on this machine.
+    #[error("tier {tier} is unavailable: {reason}")]
+    TierUnavailable {
+        /// The tier asked for.
+        tier: Tier,
+        /// Why, and how to fix it.
+        reason: String,
+    },
+    /// The tier failed for reasons of the host (a worker died, a thread could not
+    /// start).
+    #[error("tier {tier} failed: {message}")]
+    Host {
+        /// The tier.
+        tier: Tier,
+        /// What happened.
+        message: String,
+    },
+}

@@ -1,0 +1,182 @@
+//! The one interface every tier implements, and the values that cross it.
+//!
+//! Three outcomes are never confused:
+//! - the guest's own failure (an exception, a `SyntaxError`) is an [`Outcome`] with
+//!   [`Status::Exception`];
+//! - a limit or a policy decision ends the run and is an [`Outcome`] with a limit
+//!   status or [`Status::Denied`];
+//! - a fault of the host (a worker that cannot start, a tier that is not set up) is
+//!   an `Err(`[`SandboxError`]`)`, and only those count against circuit breakers.
+//!
+//! # Security
+//! Messages in an [`Outcome`] are shown to the caller and may be shown back to the
+//! guest; tiers must never put host paths or secrets in them.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+use crate::error::SandboxError;
+pub use crate::policy::{Overrides, Tier, TierChoice};
+
+/// A boxed future, so that executors can sit behind `dyn Executor`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One snippet to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    /// Caller's identifier, echoed in the outcome.
+    pub id: Option<String>,
+    /// Python source.
+    pub code: String,
+    /// Tightening of the executor's policy for this request only.
+    pub overrides: Overrides,
+}
+
+impl ExecRequest {
+    /// A request for `code` under the executor's policy as it stands.
+    pub fn new(code: impl Into<String>) -> ExecRequest {
+        ExecRequest { id: None, code: code.into(), overrides: Overrides::default() }
+    }
+
+    /// Sets the caller's identifier.
+    #[must_use]
+    pub fn with_id(mut self, id: impl Into<String>) -> ExecRequest {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// The snippet ran to completion.
+    Ok,
+    /// The snippet raised (including `SyntaxError`).
+    Exception,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// The memory cap was reached.
+    MemoryLimit,
+    /// The fuel budget ran out.
+    FuelExhausted,
+    /// Output went past its cap.
+    OutputLimit,
+    /// The policy refused something the snippet did or tried.
+    Denied,
+    /// The interpreter died (a signal, a panic inside the interpreter); the host
+    /// survived.
+    Crashed,
+    /// The request could not be served (e.g. the tier is not in this build).
+    Error,
+}
+
+impl Status {
+    /// The name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Exception => "exception",
+            Status::Timeout => "timeout",
+            Status::MemoryLimit => "memory_limit",
+            Status::FuelExhausted => "fuel_exhausted",
+            Status::OutputLimit => "output_limit",
+            Status::Denied => "denied",
+            Status::Crashed => "crashed",
+            Status::Error => "error",
+        }
+    }
+
+    /// Whether a limit ended the run.
+    pub fn is_limit(self) -> bool {
+        matches!(
+            self,
+            Status::Timeout | Status::MemoryLimit | Status::FuelExhausted | Status::OutputLimit | Status::Crashed
+        )
+    }
+}
+
+/// The exception or reason behind a non-`ok` status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// Python exception type (`ZeroDivisionError`), or Terrarium's reason
+    /// (`Timeout`, `PolicyDenied`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human-readable message; never contains host paths.
+    pub message: String,
+}
+
+/// What a run used. `None` where the tier cannot measure it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Wall-clock time, from accepting the request to its outcome.
+    pub wall_ms: u64,
+    /// CPU time of the run.
+    pub cpu_ms: Option<u64>,
+    /// Fuel consumed (wasm tier).
+    pub fuel: Option<u64>,
+    /// Peak memory of the run.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The request's identifier, when it had one.
+    pub id: Option<String>,
+    /// How the run ended.
+    pub status: Status,
+    /// The tier that ran it (or was asked to).
+    pub tier: Tier,
+    /// Captured standard output (capped).
+    pub stdout: String,
+    /// Captured standard error (capped).
+    pub stderr: String,
+    /// The last expression's value as JSON, when it has a JSON form.
+    pub result: Option<serde_json::Value>,
+    /// The exception or reason, for every status but `ok`.
+    pub error: Option<ErrorInfo>,
+    /// Resources used.
+    pub usage: Usage,
+}
+
+impl Outcome {
+    /// An outcome with no output, for a run that never started or was refused.
+    pub fn refused(id: Option<String>, tier: Tier, status: Status, kind: &str, message: impl Into<String>) -> Outcome {
+        Outcome {
+            id,
+            status,
+            tier,
+            stdout: String::new(),
+            stderr: String::new(),
+            result: None,
+            error: Some(ErrorInfo { kind: kind.into(), message: message.into() }),
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// A tier that runs snippets.
+///
+/// # Contract
+/// - `execute` never panics and never lets a guest take down the caller's process
+///   (where a tier cannot guarantee that, its module docs say so).
+/// - Guest exceptions, limits and denials come back as `Ok(Outcome)`; `Err` is for
+///   host faults only.
+/// - Each request gets fresh interpreter state unless the tier documents sessions.
+/// - It does not cover: auditing, routing, breakers (the [`crate::Sandbox`] does).
+pub trait Executor: Send + Sync {
+    /// Which tier this is.
+    fn tier(&self) -> Tier;
+
+    /// Runs one request.
+    ///
+    /// # Errors
+    /// [`SandboxError`] for host faults, invalid requests, or an override that
+    /// would loosen the policy.
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>>;
+}

@@ -1,0 +1,197 @@
+//! The YAML shape of a policy file, exactly as written on disk.
+//!
+//! Every struct rejects unknown keys (`deny_unknown_fields`): a misspelt limit must be
+//! an error, never a silently ignored line. Scalar values that carry units are parsed
+//! here by [`Size`] and [`Seconds`], so that a bad value is reported by `serde_yaml`
+//! with the field path and the line it sits on.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A whole policy file.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub security: RawSecurity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilience: Option<RawResilience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terrarium: Option<RawTerrarium>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    pub sandbox: RawSandbox,
+}
+
+/// `security.sandbox`: the guidelines' keys.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    pub enabled: bool,
+    pub timeout: Seconds,
+    pub max_memory: Size,
+    pub allowed_modules: Vec<String>,
+    pub cpu_quota: u64,
+    pub network_disabled: bool,
+    pub readonly_filesystem: bool,
+    pub docker: RawDocker,
+}
+
+/// `security.sandbox.docker`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    pub image: String,
+    pub network: String,
+    pub security_opt: Vec<String>,
+    pub cap_drop: Vec<String>,
+}
+
+/// `resilience`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResilience {
+    pub circuit_breaker: RawBreakers,
+}
+
+/// `resilience.circuit_breaker`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreakers {
+    pub api: RawBreaker,
+    pub database: RawBreaker,
+    pub file_io: RawBreaker,
+}
+
+/// One breaker's settings.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failure_threshold: u32,
+    pub recovery_timeout: Seconds,
+    pub log_failures: bool,
+}
+
+/// `terrarium`: settings the guidelines do not name.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTerrarium {
+    pub tier: Option<String>,
+    pub allowed_tiers: Option<Vec<String>>,
+    pub max_output: Option<Size>,
+    pub max_code_size: Option<Size>,
+    pub fuel: Option<u64>,
+}
+
+/// A byte count written as an integer or as a string with a unit: `"512m"`, `"1g"`,
+/// `"64k"`, `"1048576"`. Units are binary (k = 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// Parses `"512m"`-style sizes. The error is the sentence shown to the user.
+    pub fn parse(text: &str) -> Result<Size, String> {
+        let t = text.trim();
+        let bad = || format!("{text:?} is not a size (try \"512m\")");
+        let lower = t.to_ascii_lowercase();
+        let lower = lower.strip_suffix('b').unwrap_or(&lower);
+        let (digits, mult) = match lower.chars().last() {
+            Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
+            Some('m') => (&lower[..lower.len() - 1], 1u64 << 20),
+            Some('g') => (&lower[..lower.len() - 1], 1u64 << 30),
+            Some('t') => (&lower[..lower.len() - 1], 1u64 << 40),
+            Some(c) if c.is_ascii_digit() => (lower, 1),
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(mult).map(Size).ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_size(self.0))
+    }
+}
+
+/// Writes a byte count in the largest unit that divides it (`536870912` → `"512m"`).
+pub fn format_size(n: u64) -> String {
+    for (unit, shift) in [("t", 40), ("g", 30), ("m", 20), ("k", 10)] {
+        if n != 0 && n % (1u64 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(u64),
+            Text(String),
+            Other(serde_yaml::Value),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Int(n) => Ok(Size(n)),
+            Repr::Text(s) => Size::parse(&s).map_err(de::Error::custom),
+            Repr::Other(v) => Err(de::Error::custom(format!(
+                "{} is not a size (try \"512m\")",
+                serde_yaml::to_string(&v).unwrap_or_default().trim()
+            ))),
+        }
+    }
+}
+
+/// A duration in seconds, written as a number (`10`, `0.5`). Must be positive and
+/// finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seconds(pub f64);
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(f64),
+            Other(serde_yaml::Value),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Num(s) if s.is_finite() && s > 0.0 => Ok(Seconds(s)),
+            Repr::Num(s) => Err(de::Error::custom(format!("{s} is not a positive number of seconds"))),
+            Repr::Other(v) => Err(de::Error::custom(format!(
+                "{} is not a number of seconds (try 10 or 0.5)",
+                serde_yaml::to_string(&v).unwrap_or_default().trim()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(Size::parse("512m"), Ok(Size(512 << 20)));
+        assert_eq!(Size::parse("1G"), Ok(Size(1 << 30)));
+        assert_eq!(Size::parse("64kb"), Ok(Size(64 << 10)));
+        assert_eq!(Size::parse("100"), Ok(Size(100)));
+        assert!(Size::parse("512q").is_err());
+        assert!(Size::parse("m").is_err());
+        assert!(Size::parse("-1m").is_err());
+        assert!(Size::parse("99999999999999999999t").is_err());
+    }
+}

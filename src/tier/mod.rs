@@ -1,0 +1,5 @@
+//! The isolation tiers. Each implements [`crate::executor::Executor`]; none imports
+//! another tier, the router or the audit log.
+
+#[cfg(feature = "rustpython")]
+pub mod rustpython;

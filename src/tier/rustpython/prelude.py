@@ -1,0 +1,416 @@
+# Terrarium's prelude for the rustpython tier. Runs once per interpreter, as trusted
+# code with the real builtins, before any snippet. It builds the restricted builtins
+# that snippets get, the guarded importer that hands out module proxies, and the
+# capability-free stand-ins that stdlib modules import instead of host modules.
+#
+# The host injects, as globals of this script:
+#   _t_write(stream, text)  append to the run's captured stdout (1) or stderr (2)
+#   _t_deny(reason)         end the run as `denied` (returns the exception to raise)
+#   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
+#   _t_urandom(n)           n bytes of entropy
+#   _t_allowed(name)        whether the policy lets snippets import `name`
+#
+# Security: every object a snippet can name is either a restricted builtin, a value
+# it made, or something reached through a module proxy. Proxies carry only public,
+# non-module attributes (and proxies of allowed submodules). Dunder attributes
+# outside a small safe set, and the frame/code/generator internals, are refused
+# both statically (the host's analysis) and at run time (getattr and friends,
+# str.format fields, operator.attrgetter).
+
+import sys
+
+_real_builtins = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
+_real_import = _real_builtins["__import__"]
+_real_getattr = _real_builtins["getattr"]
+_real_setattr = _real_builtins["setattr"]
+_real_delattr = _real_builtins["delattr"]
+_ModuleType = type(sys)
+
+# Attributes that reach interpreter internals without a leading underscore.
+DENIED_ATTRS = frozenset((
+    "gi_frame", "gi_code", "gi_yieldfrom", "gi_suspended",
+    "cr_frame", "cr_code", "cr_await", "cr_origin", "cr_suspended",
+    "ag_frame", "ag_code", "ag_await",
+    "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace",
+    "tb_frame", "tb_next",
+    "co_code", "co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars",
+    "func_globals", "func_code", "im_func", "im_self",
+    "mro",
+))
+
+# Dunder names that ordinary code uses and that lead nowhere dangerous.
+SAFE_DUNDERS = frozenset((
+    "__init__", "__new__", "__name__", "__qualname__", "__doc__", "__class__",
+    "__module__", "__slots__", "__post_init__", "__match_args__",
+    "__len__", "__iter__", "__next__", "__aiter__", "__anext__", "__await__",
+    "__enter__", "__exit__", "__aenter__", "__aexit__",
+    "__contains__", "__getitem__", "__setitem__", "__delitem__", "__missing__",
+    "__call__", "__bool__", "__hash__", "__repr__", "__str__", "__format__",
+    "__bytes__", "__int__", "__float__", "__index__", "__complex__", "__round__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
+    "__add__", "__sub__", "__mul__", "__matmul__", "__truediv__", "__floordiv__",
+    "__mod__", "__divmod__", "__pow__", "__lshift__", "__rshift__", "__and__",
+    "__xor__", "__or__", "__neg__", "__pos__", "__abs__", "__invert__",
+    "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__rfloordiv__", "__rmod__",
+    "__rpow__", "__rand__", "__ror__", "__rxor__",
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+    "__ior__", "__iand__", "__ixor__",
+    "__getattr__", "__setattr__", "__delattr__", "__set_name__",
+    "__get__", "__set__", "__delete__", "__init_subclass__", "__class_getitem__",
+    "__reversed__", "__length_hint__", "__copy__", "__deepcopy__",
+))
+
+
+def attr_allowed(name):
+    if not isinstance(name, str):
+        return True  # the real function raises the TypeError
+    if name in DENIED_ATTRS:
+        return False
+    if name.startswith("__"):
+        return name in SAFE_DUNDERS
+    return True
+
+
+def _check_attr(name):
+    if not attr_allowed(name):
+        raise _t_deny("attribute %r is not accessible in the sandbox" % (name,))
+
+
+def _guarded_getattr(obj, name, *default):
+    _check_attr(name)
+    return _real_getattr(obj, name, *default)
+
+
+def _guarded_setattr(obj, name, value):
+    _check_attr(name)
+    return _real_setattr(obj, name, value)
+
+
+def _guarded_delattr(obj, name):
+    _check_attr(name)
+    return _real_delattr(obj, name)
+
+
+def _guarded_hasattr(obj, name):
+    if not attr_allowed(name):
+        return False
+    try:
+        _real_getattr(obj, name)
+    except AttributeError:
+        return False
+    return True
+
+
+# --- str.format: replacement fields can walk attributes ({0.__globals__}) ---------
+
+import _string
+
+_real_format = str.format
+_real_format_map = str.format_map
+
+
+def _check_format(fmt, depth=0):
+    if depth > 4:
+        return
+    for _literal, field, spec, _conv in _string.formatter_parser(fmt):
+        if field:
+            _first, rest = _string.formatter_field_name_split(field)
+            for is_attr, part in rest:
+                if is_attr:
+                    _check_attr(part)
+        if spec and "{" in spec:
+            _check_format(spec, depth + 1)
+
+
+def _safe_format(self, *args, **kwargs):
+    if isinstance(self, str):
+        _check_format(self)
+    return _real_format(self, *args, **kwargs)
+
+
+def _safe_format_map(self, mapping):
+    if isinstance(self, str):
+        _check_format(self)
+    return _real_format_map(self, mapping)
+
+
+# --- guarded replacements inside proxies of particular modules ------------------
+
+
+def _guarded_attrgetter(*names):
+    import operator
+    for n in names:
+        if isinstance(n, str):
+            for part in n.split("."):
+                _check_attr(part)
+    return operator.attrgetter(*names)
+
+
+def _guarded_methodcaller(name, *args, **kwargs):
+    import operator
+    _check_attr(name)
+    return operator.methodcaller(name, *args, **kwargs)
+
+
+def _make_safe_formatter():
+    import string
+
+    class Formatter(string.Formatter):
+        def get_field(self, field_name, args, kwargs):
+            _first, rest = _string.formatter_field_name_split(field_name)
+            for is_attr, part in rest:
+                if is_attr:
+                    _check_attr(part)
+            return string.Formatter.get_field(self, field_name, args, kwargs)
+
+    return Formatter
+
+
+_PROXY_OVERRIDES = {
+    "operator": lambda: {"attrgetter": _guarded_attrgetter, "methodcaller": _guarded_methodcaller},
+    "string": lambda: {"Formatter": _make_safe_formatter()},
+}
+# Public names of allowed modules that would hand out host or interpreter access.
+_PROXY_REMOVALS = {
+    "io": ("open", "open_code", "FileIO"),
+    "functools": (),
+    "random": ("SystemRandom",),
+}
+
+
+# --- modules this tier never hands to snippets, whatever the policy says ---------
+
+# They expose interpreter internals (frames, code objects, arbitrary callables by
+# name, the garbage collector's object graph) or the host. The policy may allow
+# them for the wasm and docker tiers, where a process or VM wall stands behind.
+UNSERVABLE = frozenset((
+    "sys", "builtins", "gc", "inspect", "types", "marshal", "pickle", "copyreg",
+    "shelve", "importlib", "code", "codeop", "pdb", "bdb", "trace", "traceback",
+    "runpy", "pkgutil", "zipimport", "ctypes", "threading", "_thread", "os",
+    "posix", "socket", "select", "selectors", "subprocess", "signal", "io",
+    "multiprocessing", "concurrent", "shutil", "tempfile", "pathlib", "glob",
+    "ssl", "http", "urllib", "ftplib", "smtplib", "asyncio.subprocess", "faulthandler",
+    "tracemalloc", "sysconfig", "site", "atexit", "weakref", "abc_internal",
+    "linecache", "tokenize", "dis", "ast", "symtable", "annotationlib",
+))
+
+
+def _unservable(name):
+    parts = name.split(".")
+    if any(p.startswith("_") for p in parts):
+        return True
+    for i in range(len(parts)):
+        if ".".join(parts[: i + 1]) in UNSERVABLE:
+            return True
+    return False
+
+
+_run_proxies = {}
+
+
+def _proxy(mod):
+    name = mod.__name__
+    p = _run_proxies.get(name)
+    if p is None:
+        p = _ModuleType(name)
+        _run_proxies[name] = p
+    d = p.__dict__
+    for k, v in list(mod.__dict__.items()):
+        if k.startswith("_") or k in d:
+            continue
+        if type(v) is _ModuleType:
+            sub = getattr(v, "__name__", "")
+            if sub.startswith(name + ".") and _t_allowed(sub) and not _unservable(sub):
+                d[k] = _proxy(v)
+            continue
+        d[k] = v
+    for k in _PROXY_REMOVALS.get(name, ()):
+        d.pop(k, None)
+    make = _PROXY_OVERRIDES.get(name)
+    if make is not None:
+        d.update(make())
+    return p
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level != 0:
+        raise _t_deny("relative imports are not available to snippets")
+    if not isinstance(name, str) or not name:
+        raise TypeError("__import__() argument 1 must be a non-empty str")
+    if not _t_allowed(name):
+        raise _t_deny("import of %r is not allowed by the policy" % (name,))
+    if _unservable(name):
+        raise _t_deny("the rustpython tier does not provide %r (it has no host access and hides interpreter internals)" % (name,))
+    top = _real_import(name, None, None, fromlist, 0)
+    if fromlist:
+        for f in fromlist:
+            if isinstance(f, str) and f != "*" and not attr_allowed(f):
+                raise _t_deny("attribute %r is not accessible in the sandbox" % (f,))
+        return _proxy(sys.modules[name])
+    # Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible.
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        _proxy(sys.modules[".".join(parts[:i])])
+    return _proxy(top)
+
+
+def _denied_builtin(name):
+    def denied(*args, **kwargs):
+        raise _t_deny("%s() is not available in the sandbox" % (name,))
+    denied.__name__ = name
+    return denied
+
+
+_REMOVED_BUILTINS = ("open", "exec", "eval", "compile", "input", "breakpoint", "vars",
+                     "help", "exit", "quit", "copyright", "credits", "license",
+                     "__loader__", "__spec__", "__build_class__")
+
+_snippet_builtins = {}
+for _k, _v in _real_builtins.items():
+    if _k in _REMOVED_BUILTINS:
+        continue
+    _snippet_builtins[_k] = _v
+for _k in ("open", "exec", "eval", "compile", "input", "breakpoint", "vars"):
+    _snippet_builtins[_k] = _denied_builtin(_k)
+_snippet_builtins["__build_class__"] = _real_builtins["__build_class__"]
+_snippet_builtins["__import__"] = _guarded_import
+_snippet_builtins["getattr"] = _guarded_getattr
+_snippet_builtins["setattr"] = _guarded_setattr
+_snippet_builtins["delattr"] = _guarded_delattr
+_snippet_builtins["hasattr"] = _guarded_hasattr
+
+
+# --- the interpreter itself: close what stdlib code could be tricked into using --
+
+_real_getframe = sys._getframe
+_builtins_module = _real_import("builtins")
+
+
+def _guarded_getframe(depth=0):
+    """sys._getframe for stdlib internals only: a caller running with snippet
+    builtins is refused, so frames (and their globals) never reach a snippet."""
+    caller = _real_getframe(1)
+    b = caller.f_globals.get("__builtins__")
+    if b is not _builtins_module and b is not _real_builtins:
+        raise _t_deny("sys._getframe is not available to snippets")
+    return _real_getframe(depth + 1)
+
+
+sys._getframe = _guarded_getframe
+
+for _k in ("settrace", "setprofile", "setrecursionlimit", "_current_frames", "_current_exceptions",
+           "setswitchinterval", "monitoring", "call_tracing", "addaudithook",
+           "_clear_type_cache", "_clear_internal_caches", "activate_stack_trampoline",
+           "remote_exec", "setdlopenflags", "breakpointhook", "set_asyncgen_hooks",
+           "set_coroutine_origin_tracking_depth", "_enablelegacywindowsfsencoding",
+           "unraisablehook"):
+    try:
+        delattr(sys, _k)
+    except AttributeError:
+        pass
+for _k in ("open", "breakpoint", "input"):
+    _real_builtins.pop(_k, None)
+
+
+class _Stream:
+    """sys.stdout / sys.stderr: text goes to the run's capped capture buffer."""
+
+    def __init__(self, fd):
+        self._fd = fd
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        _t_write(self._fd, text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+
+sys.stdout = _Stream(1)
+sys.stderr = _Stream(2)
+sys.stdin = None
+
+# time.sleep must count against the deadline and wake when the run is cancelled.
+import time as _time
+_time.sleep = _t_sleep
+
+
+# --- capability-free stand-ins for host modules that stdlib code imports ---------
+
+_os = _ModuleType("os", "Terrarium stand-in: no files, processes, environment or network.")
+_os.name = "posix"
+_os.sep = "/"
+_os.altsep = None
+_os.extsep = "."
+_os.pathsep = ":"
+_os.curdir = "."
+_os.pardir = ".."
+_os.linesep = "\n"
+_os.devnull = "/dev/null"
+_os.environ = {}
+_os.urandom = _t_urandom
+
+
+def _fspath(p):
+    if isinstance(p, (str, bytes)):
+        return p
+    raise TypeError("expected str or bytes, not %s" % type(p).__name__)
+
+
+def _no_host(*args, **kwargs):
+    raise OSError(38, "not available in the sandbox")
+
+
+_os.fspath = _fspath
+_os.fsencode = lambda s: s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s
+_os.fsdecode = lambda s: s.decode("utf-8", "surrogateescape") if isinstance(s, bytes) else s
+_os.getenv = lambda key, default=None: default
+_os.cpu_count = lambda: 1
+_os.getpid = lambda: 1
+for _k in ("stat", "lstat", "listdir", "scandir", "open", "getcwd", "remove", "unlink",
+           "mkdir", "makedirs", "rmdir", "rename", "replace", "system", "popen", "kill",
+           "fork", "execv", "execve", "walk", "chdir", "chmod", "access", "readlink"):
+    setattr(_os, _k, _no_host)
+_os.PathLike = type("PathLike", (), {})
+_os.error = OSError
+sys.modules["os"] = _os
+try:
+    import posixpath as _posixpath
+    _os.path = _posixpath
+    sys.modules["os.path"] = _posixpath
+except Exception:  # the path helpers are a convenience, not a requirement
+    pass
+
+
+def new_globals():
+    """Fresh globals for one run: a private copy of the snippet builtins."""
+    _run_proxies.clear()
+    return {"__builtins__": dict(_snippet_builtins), "__name__": "__main__", "__doc__": None}
+
+
+def to_json(value):
+    """The run's last value as JSON text, or None when it has no JSON form."""
+    if value is None:
+        return None
+    try:
+        return _json.dumps(value, allow_nan=False)
+    except Exception:
+        return None
+
+
+import json as _json
+
+# Patch str.format last: the code above uses it while setting up.
+_HOST_PATCH_STR_FORMAT = (_safe_format, _safe_format_map)

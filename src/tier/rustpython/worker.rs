@@ -1,0 +1,535 @@
+//! One interpreter on one thread: builds it capability-free, then runs jobs.
+//!
+//! RustPython built without `threading` keeps its type context in thread-locals and
+//! its objects are not `Send`, so each interpreter is created on, used on, and
+//! dropped on the thread that owns it.
+//!
+//! # Security
+//! - Only modules that cannot reach the host are compiled in (no `host_env`); the
+//!   module tables are further pruned of introspection modules here.
+//! - Snippets get restricted builtins and module proxies (see `prelude.py`).
+//! - Terminal conditions (deadline, output cap, denial) raise at *every*
+//!   instruction until the run unwinds, so `except BaseException` cannot swallow
+//!   them; native calls already running finish first (embedded mode's limit).
+//! - A panic inside the interpreter is caught, reported as `crashed`, and the
+//!   interpreter is discarded.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyDictRef, PyStrRef};
+use rustpython_vm::common::rc::PyRc;
+use rustpython_vm::compiler::Mode;
+use rustpython_vm::scope::Scope;
+use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
+use rustpython_vm::{AsObject, Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
+
+use crate::analysis;
+use crate::executor::{ErrorInfo, Outcome, Status, Tier, Usage};
+use crate::policy::module_allowed;
+
+/// The prelude that builds the snippet environment (see its header).
+const PRELUDE: &str = include_str!("prelude.py");
+
+/// Stack of an interpreter thread. RustPython recurses on the native stack for
+/// every Python call and for deep data; 2 MB overflows (and aborts the process) on
+/// 100k-deep input, 256 MB turns it into `RecursionError`. It is reserved, not
+/// committed.
+pub const WORKER_STACK: usize = 256 << 20;
+
+/// Native modules never registered: they expose the object graph, code objects,
+/// other interpreters or the debugger.
+const NATIVE_DENY: &[&str] = &[
+    "gc",
+    "marshal",
+    "_interpreters",
+    "_interpchannels",
+    "_interpqueues",
+    "_testinternalcapi",
+    "_remote_debugging",
+    "_symtable",
+    "faulthandler",
+    "_ctypes",
+    "_opcode",
+    "_tokenize",
+    "_pickle",
+    "_posixsubprocess",
+    "_socket",
+    "select",
+    "mmap",
+    "_multiprocessing",
+    "_posixshmem",
+    "pyexpat",
+];
+
+/// Frozen (pure-Python) modules never registered.
+const FROZEN_DENY: &[&str] = &[
+    "os",
+    "subprocess",
+    "socket",
+    "selectors",
+    "ssl",
+    "ctypes",
+    "multiprocessing",
+    "concurrent",
+    "pdb",
+    "bdb",
+    "code",
+    "codeop",
+    "runpy",
+    "pkgutil",
+    "zipimport",
+    "shutil",
+    "tempfile",
+    "threading",
+    "asyncio.subprocess",
+    "asyncio.unix_events",
+    "asyncio.windows_events",
+    "http",
+    "urllib",
+    "ftplib",
+    "smtplib",
+    "imaplib",
+    "poplib",
+    "xmlrpc",
+    "webbrowser",
+    "sqlite3",
+    "dbm",
+    "shelve",
+    "pickle",
+    "pickletools",
+    "tracemalloc",
+    "trace",
+];
+
+fn denied_name(list: &[&str], name: &str) -> bool {
+    list.iter().any(|d| name == *d || name.strip_prefix(d).is_some_and(|rest| rest.starts_with('.')))
+}
+
+/// A terminal condition that ends a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Terminal {
+    /// Nothing ended the run early.
+    None = 0,
+    /// The deadline passed.
+    Timeout = 1,
+    /// Output went past its cap.
+    OutputLimit = 2,
+    /// The policy refused something.
+    Denied = 3,
+}
+
+impl Terminal {
+    fn from_u8(v: u8) -> Terminal {
+        match v {
+            1 => Terminal::Timeout,
+            2 => Terminal::OutputLimit,
+            3 => Terminal::Denied,
+            _ => Terminal::None,
+        }
+    }
+}
+
+/// Shared between the worker thread and whoever supervises its runs.
+pub struct Control {
+    run_id: AtomicU64,
+    terminal: AtomicU8,
+    message: Mutex<String>,
+    signal: OnceLock<UserSignalSender>,
+}
+
+impl Control {
+    fn new() -> Arc<Control> {
+        Arc::new(Control {
+            run_id: AtomicU64::new(0),
+            terminal: AtomicU8::new(0),
+            message: Mutex::new(String::new()),
+            signal: OnceLock::new(),
+        })
+    }
+
+    /// Ends run `run_id` with `why`, unless it already ended or another run is on.
+    pub fn terminate(self: &Arc<Self>, run_id: u64, why: Terminal, message: &str) {
+        if self.run_id.load(Ordering::SeqCst) != run_id {
+            return;
+        }
+        if self.terminal.compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if let Ok(mut m) = self.message.lock() {
+                *m = message.to_string();
+            }
+            if let Some(tx) = self.signal.get() {
+                let _ = tx.send(kill_signal(self.clone(), run_id));
+            }
+        }
+    }
+
+    fn terminal(&self) -> Terminal {
+        Terminal::from_u8(self.terminal.load(Ordering::SeqCst))
+    }
+}
+
+/// A user signal that raises in the interpreter and re-arms itself, so the next
+/// instruction raises too, until the run has unwound.
+fn kill_signal(ctrl: Arc<Control>, run_id: u64) -> UserSignal {
+    Box::new(move |vm: &VirtualMachine| {
+        if ctrl.run_id.load(Ordering::SeqCst) != run_id || ctrl.terminal() == Terminal::None {
+            return Ok(());
+        }
+        if let Some(tx) = ctrl.signal.get() {
+            let _ = tx.send(kill_signal(ctrl.clone(), run_id));
+        }
+        Err(vm.new_exception_msg(vm.ctx.exceptions.keyboard_interrupt.to_owned(), "terrarium: run ended".into()))
+    })
+}
+
+/// What a job asks of the worker.
+pub struct Job {
+    /// Identifies the run for cancellation.
+    pub run_id: u64,
+    /// The caller's request id.
+    pub id: Option<String>,
+    /// Source.
+    pub code: String,
+    /// Modules this run may import.
+    pub allowed_modules: BTreeSet<String>,
+    /// Output cap in bytes.
+    pub max_output: usize,
+    /// When the run must end.
+    pub deadline: Instant,
+    /// Where the outcome goes.
+    pub reply: tokio::sync::oneshot::Sender<(Outcome, bool)>,
+}
+
+/// Per-run state the native functions reach through a thread-local (one
+/// interpreter per thread, so per-thread is per-interpreter).
+struct RunState {
+    ctrl: Arc<Control>,
+    run_id: u64,
+    stdout: String,
+    stderr: String,
+    max_output: usize,
+    deadline: Instant,
+    allowed: BTreeSet<String>,
+}
+
+thread_local! {
+    static RUN: RefCell<Option<RunState>> = const { RefCell::new(None) };
+}
+
+fn with_run<R>(f: impl FnOnce(&mut RunState) -> R) -> Option<R> {
+    RUN.with(|r| r.borrow_mut().as_mut().map(f))
+}
+
+fn terminal_exc(vm: &VirtualMachine) -> PyBaseExceptionRef {
+    vm.new_exception_msg(vm.ctx.exceptions.keyboard_interrupt.to_owned(), "terrarium: run ended".into())
+}
+
+fn native_write(fd: i32, text: PyStrRef, vm: &VirtualMachine) -> PyResult<()> {
+    let text = text.as_wtf8().to_string_lossy().into_owned();
+    let over = with_run(|run| {
+        let used = run.stdout.len() + run.stderr.len();
+        let room = run.max_output.saturating_sub(used);
+        let buf = if fd == 2 { &mut run.stderr } else { &mut run.stdout };
+        if text.len() <= room {
+            buf.push_str(&text);
+            None
+        } else {
+            let mut cut = room;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            buf.push_str(&text[..cut]);
+            Some((run.ctrl.clone(), run.run_id, run.max_output))
+        }
+    })
+    .flatten();
+    if let Some((ctrl, run_id, cap)) = over {
+        ctrl.terminate(run_id, Terminal::OutputLimit, &format!("output exceeded {cap} bytes"));
+        return Err(terminal_exc(vm));
+    }
+    Ok(())
+}
+
+fn native_deny(reason: PyStrRef, vm: &VirtualMachine) -> PyBaseExceptionRef {
+    let reason = reason.as_wtf8().to_string_lossy().into_owned();
+    if let Some((ctrl, run_id)) = with_run(|run| (run.ctrl.clone(), run.run_id)) {
+        ctrl.terminate(run_id, Terminal::Denied, &reason);
+    }
+    vm.new_exception_msg(vm.ctx.exceptions.permission_error.to_owned(), reason.into())
+}
+
+fn native_sleep(secs: f64, vm: &VirtualMachine) -> PyResult<()> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(vm.new_value_error("sleep length must be a non-negative finite number"));
+    }
+    let Some((ctrl, deadline)) = with_run(|run| (run.ctrl.clone(), run.deadline)) else {
+        return Ok(());
+    };
+    let end = Instant::now() + Duration::from_secs_f64(secs.min(1e9));
+    loop {
+        if ctrl.terminal() != Terminal::None {
+            return Err(terminal_exc(vm));
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        // Wake at the deadline at the latest; the supervisor then ends the run.
+        let step = (end - now)
+            .min(Duration::from_millis(5))
+            .min(deadline.saturating_duration_since(now).max(Duration::from_millis(1)));
+        std::thread::sleep(step);
+    }
+}
+
+fn native_urandom(n: isize, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
+    let n = usize::try_from(n).map_err(|_| vm.new_value_error("negative argument not allowed"))?;
+    if n > 1 << 20 {
+        return Err(vm.new_value_error("urandom is limited to 1 MiB per call in the sandbox"));
+    }
+    let mut buf = vec![0u8; n];
+    getrandom::getrandom(&mut buf).map_err(|e| vm.new_os_error(format!("entropy unavailable: {e}")))?;
+    Ok(vm.ctx.new_bytes(buf).into())
+}
+
+fn native_allowed(name: PyStrRef) -> bool {
+    let name = name.as_wtf8().to_string_lossy().into_owned();
+    with_run(|run| module_allowed(&run.allowed, &name)).unwrap_or(false)
+}
+
+/// A warm interpreter and the pieces of its prelude each run uses.
+pub struct Worker {
+    interp: Interpreter,
+    ctrl: Arc<Control>,
+    new_globals: PyObjectRef,
+    to_json: PyObjectRef,
+}
+
+impl Worker {
+    /// Builds a capability-free interpreter on the current thread.
+    ///
+    /// # Errors
+    /// The prelude's exception text, when it fails (a build defect).
+    pub fn new() -> Result<Worker, String> {
+        let ctrl = Control::new();
+        let (tx, rx) = user_signal_channel();
+        let _ = ctrl.signal.set(tx);
+        let mut settings = Settings::default();
+        settings.isolated = true;
+        settings.ignore_environment = true;
+        settings.import_site = false;
+        settings.user_site_directory = false;
+        settings.safe_path = true;
+        settings.install_signal_handlers = false;
+        settings.write_bytecode = false;
+        settings.path_list = Vec::new();
+        let builder = Interpreter::builder(settings);
+        let defs: Vec<_> = rustpython_stdlib::stdlib_module_defs(&builder.ctx)
+            .into_iter()
+            .filter(|d| !denied_name(NATIVE_DENY, d.name.as_str()))
+            .collect();
+        let frozen = rustpython_pylib::FROZEN_STDLIB.decode().filter(|(name, _)| !denied_name(FROZEN_DENY, name));
+        let interp = builder
+            .add_native_modules(&defs)
+            .add_frozen_modules(frozen)
+            .init_hook(move |vm| {
+                vm.set_user_signal_channel(rx);
+                if let Some(state) = PyRc::get_mut(&mut vm.state) {
+                    state.module_defs.retain(|name, _| !denied_name(NATIVE_DENY, name));
+                    state.frozen.retain(|name, _| !denied_name(FROZEN_DENY, name));
+                }
+            })
+            .build();
+        let (new_globals, to_json) = interp.enter(|vm| -> Result<_, String> {
+            let globals = vm.ctx.new_dict();
+            let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| exc_text(vm, &e));
+            set("__builtins__", vm.builtins.clone().into())?;
+            set("__name__", vm.ctx.new_str("terrarium_prelude").into())?;
+            set("_t_write", vm.new_function("_t_write", native_write).into())?;
+            set("_t_deny", vm.new_function("_t_deny", native_deny).into())?;
+            set("_t_sleep", vm.new_function("_t_sleep", native_sleep).into())?;
+            set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
+            set("_t_allowed", vm.new_function("_t_allowed", native_allowed).into())?;
+            let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| e.to_string())?;
+            vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| exc_text(vm, &e))?;
+            let get = |k: &str| globals.get_item(k, vm).map_err(|e| exc_text(vm, &e));
+            // str.format walks attributes in its fields; replace it on the type
+            // (per thread: the type context is thread-local in this build).
+            let patch = get("_HOST_PATCH_STR_FORMAT")?;
+            let fmt = patch.get_item(&0, vm).map_err(|e| exc_text(vm, &e))?;
+            let fmt_map = patch.get_item(&1, vm).map_err(|e| exc_text(vm, &e))?;
+            vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format"), fmt);
+            vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format_map"), fmt_map);
+            Ok((get("new_globals")?, get("to_json")?))
+        })?;
+        Ok(Worker { interp, ctrl, new_globals, to_json })
+    }
+
+    /// The control block supervisors use to end runs.
+    pub fn control(&self) -> Arc<Control> {
+        self.ctrl.clone()
+    }
+
+    /// Runs one job. Returns the outcome and whether this interpreter may be reused.
+    pub fn run(&self, job: &Job) -> (Outcome, bool) {
+        let started = Instant::now();
+        self.ctrl.run_id.store(job.run_id, Ordering::SeqCst);
+        self.ctrl.terminal.store(0, Ordering::SeqCst);
+        RUN.with(|r| {
+            *r.borrow_mut() = Some(RunState {
+                ctrl: self.ctrl.clone(),
+                run_id: job.run_id,
+                stdout: String::new(),
+                stderr: String::new(),
+                max_output: job.max_output,
+                deadline: job.deadline,
+                allowed: job.allowed_modules.clone(),
+            });
+        });
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_inner(job)));
+        let run = RUN.with(|r| r.borrow_mut().take());
+        // Retire the run id so that late signals for it are ignored.
+        self.ctrl.run_id.store(0, Ordering::SeqCst);
+        let (stdout, stderr) = run.map(|r| (r.stdout, r.stderr)).unwrap_or_default();
+        let mut outcome = Outcome {
+            id: job.id.clone(),
+            status: Status::Ok,
+            tier: Tier::Rustpython,
+            stdout,
+            stderr,
+            result: None,
+            error: None,
+            usage: Usage::default(),
+        };
+        let mut reusable = true;
+        let terminal = self.ctrl.terminal();
+        let message = self.ctrl.message.lock().map(|m| m.clone()).unwrap_or_default();
+        match (terminal, result) {
+            (Terminal::Timeout, _) => {
+                outcome.status = Status::Timeout;
+                outcome.error = Some(ErrorInfo { kind: "Timeout".into(), message });
+                reusable = false;
+            }
+            (Terminal::OutputLimit, _) => {
+                outcome.status = Status::OutputLimit;
+                outcome.error = Some(ErrorInfo { kind: "OutputLimit".into(), message });
+                reusable = false;
+            }
+            (Terminal::Denied, _) => {
+                outcome.status = Status::Denied;
+                outcome.error = Some(ErrorInfo { kind: "PolicyDenied".into(), message });
+                reusable = false;
+            }
+            (Terminal::None, Err(_panic)) => {
+                outcome.status = Status::Crashed;
+                outcome.error = Some(ErrorInfo {
+                    kind: "InterpreterPanic".into(),
+                    message: "the interpreter failed internally; the run was discarded".into(),
+                });
+                reusable = false;
+            }
+            (Terminal::None, Ok(RunResult::Denied(message))) => {
+                outcome.status = Status::Denied;
+                outcome.error = Some(ErrorInfo { kind: "PolicyDenied".into(), message });
+            }
+            (Terminal::None, Ok(RunResult::Exception(kind, message))) => {
+                outcome.status = Status::Exception;
+                outcome.error = Some(ErrorInfo { kind, message });
+            }
+            (Terminal::None, Ok(RunResult::Value(json))) => {
+                outcome.result = json.and_then(|j| serde_json::from_str(&j).ok());
+            }
+        }
+        outcome.usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (outcome, reusable)
+    }
+
+    fn run_inner(&self, job: &Job) -> RunResult {
+        let analysis = analysis::analyze(&job.code);
+        if let Some(f) = analysis.denial() {
+            return RunResult::Denied(format!("line {}: {}", f.line, f.message));
+        }
+        for imp in &analysis.imports {
+            if imp.level != 0 {
+                return RunResult::Denied(format!("line {}: relative imports are not available to snippets", imp.line));
+            }
+            if !module_allowed(&job.allowed_modules, &imp.module) {
+                return RunResult::Denied(format!(
+                    "line {}: import of {:?} is not allowed by the policy",
+                    imp.line, imp.module
+                ));
+            }
+        }
+        self.interp.enter(|vm| {
+            let code = match vm.compile(&job.code, Mode::BlockExpr, "<snippet>") {
+                Ok(c) => c,
+                Err(e) => return RunResult::Exception("SyntaxError".into(), e.to_string()),
+            };
+            let globals =
+                match self.new_globals.call((), vm).and_then(|g| {
+                    g.downcast::<rustpython_vm::builtins::PyDict>().map_err(|_| vm.new_type_error("globals"))
+                }) {
+                    Ok(g) => g,
+                    Err(e) => return RunResult::Exception("InternalError".into(), exc_text(vm, &e)),
+                };
+            let globals: PyDictRef = globals;
+            match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
+                Ok(value) => {
+                    let json = self
+                        .to_json
+                        .call((value,), vm)
+                        .ok()
+                        .and_then(|j| j.downcast::<rustpython_vm::builtins::PyStr>().ok())
+                        .map(|s| s.as_wtf8().to_string_lossy().into_owned());
+                    RunResult::Value(json)
+                }
+                Err(exc) => {
+                    let kind = exc.class().name().to_string();
+                    let message =
+                        exc.as_object().str(vm).map(|s| s.as_wtf8().to_string_lossy().into_owned()).unwrap_or_default();
+                    RunResult::Exception(kind, message)
+                }
+            }
+        })
+    }
+}
+
+enum RunResult {
+    Value(Option<String>),
+    Exception(String, String),
+    Denied(String),
+}
+
+fn exc_text(vm: &VirtualMachine, e: &PyBaseExceptionRef) -> String {
+    let mut s = String::new();
+    let _ = vm.write_exception(&mut s, e);
+    s
+}
+
+/// Runs a worker loop on the current thread until the job channel closes or the
+/// interpreter must be discarded. `ready` receives the control block, or the
+/// reason the interpreter could not be built.
+pub fn serve(jobs: mpsc::Receiver<Job>, ready: mpsc::SyncSender<Result<Arc<Control>, String>>) {
+    let worker = match Worker::new() {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if ready.send(Ok(worker.control())).is_err() {
+        return;
+    }
+    for job in jobs {
+        let (outcome, reusable) = worker.run(&job);
+        let _ = job.reply.send((outcome, reusable));
+        if !reusable {
+            break;
+        }
+    }
+}
