@@ -9,6 +9,7 @@
 #   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
 #   _t_urandom(n)           n bytes of entropy
 #   _t_allowed(name)        whether the policy lets snippets import `name`
+#   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
 #
 # Security: every object a snippet can name is either a restricted builtin, a value
 # it made, or something reached through a module proxy. Proxies carry only public,
@@ -308,7 +309,8 @@ for _k in ("settrace", "setprofile", "setrecursionlimit", "_current_frames", "_c
         delattr(sys, _k)
     except AttributeError:
         pass
-for _k in ("open", "breakpoint", "input"):
+# `open` stays (tokenize imports it by name); this build has no FileIO behind it.
+for _k in ("breakpoint", "input"):
     _real_builtins.pop(_k, None)
 
 
@@ -381,17 +383,27 @@ _os.cpu_count = lambda: 1
 _os.getpid = lambda: 1
 for _k in ("stat", "lstat", "listdir", "scandir", "open", "getcwd", "remove", "unlink",
            "mkdir", "makedirs", "rmdir", "rename", "replace", "system", "popen", "kill",
-           "fork", "execv", "execve", "walk", "chdir", "chmod", "access", "readlink"):
+           "execv", "execve", "walk", "chdir", "chmod", "access", "readlink"):
     setattr(_os, _k, _no_host)
+# No `fork`: stdlib modules test hasattr(os, "fork") before registering fork hooks.
 _os.PathLike = type("PathLike", (), {})
 _os.error = OSError
 sys.modules["os"] = _os
+# importlib's path machinery (pulled in by inspect, hence dataclasses) loads `posix`
+# by name; it gets the same stand-in, whose file functions all fail.
+sys.modules["posix"] = _os
 try:
     import posixpath as _posixpath
     _os.path = _posixpath
     sys.modules["os.path"] = _posixpath
 except Exception:  # the path helpers are a convenience, not a requirement
     pass
+
+
+# asyncio: the real package needs sockets, selectors, threads and subprocesses.
+_asyncio = _ModuleType("asyncio", "Terrarium stand-in: an event loop with no sockets, pipes or threads.")
+exec(compile(_t_asyncio_source, "<terrarium asyncio>", "exec"), _asyncio.__dict__)
+sys.modules["asyncio"] = _asyncio
 
 
 def new_globals():

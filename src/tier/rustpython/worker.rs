@@ -34,6 +34,8 @@ use crate::policy::module_allowed;
 
 /// The prelude that builds the snippet environment (see its header).
 const PRELUDE: &str = include_str!("prelude.py");
+/// The asyncio stand-in the prelude installs.
+const ASYNCIO_STANDIN: &str = include_str!("asyncio_standin.py");
 
 /// Stack of an interpreter thread. RustPython recurses on the native stack for
 /// every Python call and for deep data; 2 MB overflows (and aborts the process) on
@@ -42,68 +44,22 @@ const PRELUDE: &str = include_str!("prelude.py");
 pub const WORKER_STACK: usize = 256 << 20;
 
 /// Native modules never registered: they expose the object graph, code objects,
-/// other interpreters or the debugger.
+/// other interpreters, the debugger, or (in builds with host access) the host.
+#[rustfmt::skip]
 const NATIVE_DENY: &[&str] = &[
-    "gc",
-    "marshal",
-    "_interpreters",
-    "_interpchannels",
-    "_interpqueues",
-    "_testinternalcapi",
-    "_remote_debugging",
-    "_symtable",
-    "faulthandler",
-    "_ctypes",
-    "_opcode",
-    "_tokenize",
-    "_pickle",
-    "_posixsubprocess",
-    "_socket",
-    "select",
-    "mmap",
-    "_multiprocessing",
-    "_posixshmem",
-    "pyexpat",
+    "gc", "_interpreters", "_interpchannels", "_interpqueues", "_testinternalcapi",
+    "_remote_debugging", "_symtable", "faulthandler", "_ctypes", "_pickle", "_posixsubprocess",
+    "_socket", "select", "mmap", "_multiprocessing", "_posixshmem", "pyexpat",
 ];
 
-/// Frozen (pure-Python) modules never registered.
+/// Frozen (pure-Python) modules never registered. `os` and `asyncio` are replaced
+/// by the prelude's capability-free stand-ins.
+#[rustfmt::skip]
 const FROZEN_DENY: &[&str] = &[
-    "os",
-    "subprocess",
-    "socket",
-    "selectors",
-    "ssl",
-    "ctypes",
-    "multiprocessing",
-    "concurrent",
-    "pdb",
-    "bdb",
-    "code",
-    "codeop",
-    "runpy",
-    "pkgutil",
-    "zipimport",
-    "shutil",
-    "tempfile",
-    "threading",
-    "asyncio.subprocess",
-    "asyncio.unix_events",
-    "asyncio.windows_events",
-    "http",
-    "urllib",
-    "ftplib",
-    "smtplib",
-    "imaplib",
-    "poplib",
-    "xmlrpc",
-    "webbrowser",
-    "sqlite3",
-    "dbm",
-    "shelve",
-    "pickle",
-    "pickletools",
-    "tracemalloc",
-    "trace",
+    "os", "subprocess", "socket", "selectors", "ssl", "ctypes", "multiprocessing", "concurrent",
+    "pdb", "bdb", "code", "codeop", "runpy", "pkgutil", "zipimport", "shutil", "tempfile",
+    "threading", "asyncio", "http", "urllib", "ftplib", "smtplib", "imaplib", "poplib", "xmlrpc",
+    "webbrowser", "sqlite3", "dbm", "shelve", "pickle", "pickletools", "tracemalloc", "trace",
 ];
 
 fn denied_name(list: &[&str], name: &str) -> bool {
@@ -355,6 +311,7 @@ impl Worker {
             set("_t_sleep", vm.new_function("_t_sleep", native_sleep).into())?;
             set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
             set("_t_allowed", vm.new_function("_t_allowed", native_allowed).into())?;
+            set("_t_asyncio_source", vm.ctx.new_str(ASYNCIO_STANDIN).into())?;
             let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| e.to_string())?;
             vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| exc_text(vm, &e))?;
             let get = |k: &str| globals.get_item(k, vm).map_err(|e| exc_text(vm, &e));
