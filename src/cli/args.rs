@@ -35,7 +35,7 @@ pub struct CommonArgs {
     #[arg(long, default_value = "auto", value_name = "TIER")]
     pub tier: String,
     /// Deadline in seconds; may only tighten the policy's.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
     /// Memory cap (e.g. 256m); may only tighten the policy's.
     #[arg(long, value_name = "SIZE")]

@@ -591,22 +591,30 @@ fn yaml_error(e: &serde_yaml::Error, origin: &str) -> PolicyError {
 fn locate(text: &str, path: &str) -> Option<usize> {
     let mut want = path.split('.');
     let mut key = want.next()?;
-    let mut min_indent = 0usize;
+    // Indentation of the section being searched: keys must sit exactly at `level`
+    // (learnt from the section's first line), and a shallower line ends it.
+    let mut parent: Option<usize> = None;
+    let mut level: Option<usize> = Some(0);
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
         let indent = line.len() - trimmed.len();
-        if indent < min_indent {
+        if parent.is_some_and(|p| indent <= p) {
             return None;
+        }
+        let level_here = *level.get_or_insert(indent);
+        if indent != level_here {
+            continue;
         }
         let name = trimmed.split(':').next().unwrap_or("").trim().trim_matches('"');
         if name == key && trimmed.contains(':') {
             match want.next() {
                 Some(next) => {
                     key = next;
-                    min_indent = indent + 1;
+                    parent = Some(indent);
+                    level = None;
                 }
                 None => return Some(i + 1),
             }

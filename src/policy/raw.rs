@@ -131,21 +131,28 @@ pub fn format_size(n: u64) -> String {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Int(u64),
-            Text(String),
-            Other(serde_yaml::Value),
+        // A visitor rather than an untagged enum: serde_yaml then reports the
+        // value's own line and field path.
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"512m\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v).map(Size).map_err(|_| E::custom(format!("{v} is not a size (try \"512m\")")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Size, E> {
+                Err(E::custom(format!("{v} is not a size (try \"512m\")")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Size::parse(v).map_err(E::custom)
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::Int(n) => Ok(Size(n)),
-            Repr::Text(s) => Size::parse(&s).map_err(de::Error::custom),
-            Repr::Other(v) => Err(de::Error::custom(format!(
-                "{} is not a size (try \"512m\")",
-                serde_yaml::to_string(&v).unwrap_or_default().trim()
-            ))),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -162,20 +169,30 @@ impl Serialize for Seconds {
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Num(f64),
-            Other(serde_yaml::Value),
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                if v.is_finite() && v > 0.0 {
+                    Ok(Seconds(v))
+                } else {
+                    Err(E::custom(format!("{v} is not a positive number of seconds")))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                Err(E::custom(format!("{v:?} is not a number of seconds (try 10 or 0.5)")))
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::Num(s) if s.is_finite() && s > 0.0 => Ok(Seconds(s)),
-            Repr::Num(s) => Err(de::Error::custom(format!("{s} is not a positive number of seconds"))),
-            Repr::Other(v) => Err(de::Error::custom(format!(
-                "{} is not a number of seconds (try 10 or 0.5)",
-                serde_yaml::to_string(&v).unwrap_or_default().trim()
-            ))),
-        }
+        d.deserialize_any(V)
     }
 }
 

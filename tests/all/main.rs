@@ -1,1 +1,22 @@
+//! Terrarium's integration tests, built as one binary. Security tests are named
+//! after the attack they try (`escape_*`, `limits`).
 
+#[path = "../common/mod.rs"]
+mod common;
+
+#[path = "../bad_input.rs"]
+mod bad_input;
+#[path = "../cli.rs"]
+mod cli;
+#[path = "../escape_builtins.rs"]
+mod escape_builtins;
+#[path = "../escape_imports.rs"]
+mod escape_imports;
+#[path = "../escape_introspection.rs"]
+mod escape_introspection;
+#[path = "../isolation.rs"]
+mod isolation;
+#[path = "../limits.rs"]
+mod limits;
+#[path = "../stdlib.rs"]
+mod stdlib;

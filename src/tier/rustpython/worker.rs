@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyDictRef, PyStrRef};
 use rustpython_vm::common::rc::PyRc;
 use rustpython_vm::compiler::Mode;
+use rustpython_vm::function::ArgIntoFloat;
 use rustpython_vm::scope::Scope;
 use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
 use rustpython_vm::{AsObject, Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
@@ -219,7 +220,8 @@ fn native_deny(reason: PyStrRef, vm: &VirtualMachine) -> PyBaseExceptionRef {
     vm.new_exception_msg(vm.ctx.exceptions.permission_error.to_owned(), reason.into())
 }
 
-fn native_sleep(secs: f64, vm: &VirtualMachine) -> PyResult<()> {
+fn native_sleep(secs: ArgIntoFloat, vm: &VirtualMachine) -> PyResult<()> {
+    let secs = secs.into_float();
     if !secs.is_finite() || secs < 0.0 {
         return Err(vm.new_value_error("sleep length must be a non-negative finite number"));
     }

@@ -1,0 +1,121 @@
+//! Bad input gets a clear message and exit code 2, never a panic: malformed YAML,
+//! unknown keys, bad sizes, negative timeouts, non-UTF-8 code, empty code, huge code.
+
+use crate::common::{default_policy_with, temp_file, terrarium};
+
+#[track_caller]
+fn assert_usage_error(args: &[&str], stdin: &[u8], wants: &[&str]) {
+    let out = terrarium(args, stdin);
+    assert_eq!(out.code, 2, "{args:?}: exit {} stderr {}", out.code, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{args:?} panicked: {}", out.stderr);
+    for want in wants {
+        assert!(out.stderr.contains(want), "{args:?}: {want:?} not in {:?}", out.stderr);
+    }
+}
+
+#[track_caller]
+fn assert_bad_policy(yaml: &str, wants: &[&str]) {
+    let (_dir, path) = temp_file("p.yaml", yaml.as_bytes());
+    let p = path.to_str().expect("utf-8 path");
+    assert_usage_error(&["policy", "check", p], b"", wants);
+    assert_usage_error(&["run", "--policy", p, "-c", "1"], b"", wants);
+}
+
+#[test]
+fn malformed_yaml_names_the_line() {
+    assert_bad_policy("security:\n  sandbox: [unclosed\n", &["p.yaml:"]);
+    assert_bad_policy("", &["the policy is empty"]);
+    assert_bad_policy("- just\n- a list\n", &["p.yaml:"]);
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let yaml = default_policy_with("    timeout: 10\n", "    timeout: 10\n    timout: 5\n");
+    assert_bad_policy(&yaml, &["p.yaml:6:", "security.sandbox: unknown field `timout`"]);
+    let yaml = default_policy_with("resilience:", "extra: 1\nresilience:");
+    assert_bad_policy(&yaml, &["unknown field `extra`"]);
+}
+
+#[test]
+fn bad_sizes_are_named_with_path_and_line() {
+    let yaml = default_policy_with("\"512m\"", "\"512q\"");
+    assert_bad_policy(&yaml, &["p.yaml:6:", "security.sandbox.max_memory:", "\"512q\" is not a size (try \"512m\")"]);
+    let yaml = default_policy_with("\"512m\"", "\"1k\"");
+    assert_bad_policy(&yaml, &["security.sandbox.max_memory", "below the minimum"]);
+}
+
+#[test]
+fn negative_and_zero_timeouts_are_refused() {
+    let yaml = default_policy_with("timeout: 10", "timeout: -1");
+    assert_bad_policy(&yaml, &["p.yaml:5:", "security.sandbox.timeout:", "not a positive number of seconds"]);
+    let yaml = default_policy_with("timeout: 10", "timeout: 0");
+    assert_bad_policy(&yaml, &["security.sandbox.timeout"]);
+    let yaml = default_policy_with("timeout: 10", "timeout: \"ten\"");
+    assert_bad_policy(&yaml, &["security.sandbox.timeout"]);
+    assert_usage_error(&["run", "--timeout", "-1", "-c", "1"], b"", &["--timeout"]);
+}
+
+#[test]
+fn contradictions_are_refused() {
+    let yaml = default_policy_with("network: \"none\"", "network: \"bridge\"");
+    assert_bad_policy(&yaml, &["p.yaml:13:", "security.sandbox.docker.network", "contradicts network_disabled"]);
+    let yaml = default_policy_with("failure_threshold: 3", "failure_threshold: 0");
+    assert_bad_policy(&yaml, &["resilience.circuit_breaker.api.failure_threshold"]);
+    let yaml = format!("{}terrarium:\n  tier: quantum\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    assert_bad_policy(&yaml, &["terrarium.tier", "\"quantum\" is not a tier"]);
+    let yaml = format!(
+        "{}terrarium:\n  tier: docker\n  allowed_tiers: [rustpython]\n",
+        terrarium::policy::DEFAULT_POLICY_YAML
+    );
+    assert_bad_policy(&yaml, &["terrarium.tier", "not in terrarium.allowed_tiers"]);
+    let yaml = default_policy_with("[\"math\", \"time\", \"json\"]", "[\"math\", \"os;rm\"]");
+    assert_bad_policy(&yaml, &["security.sandbox.allowed_modules", "not a module name"]);
+}
+
+#[test]
+fn overrides_cannot_loosen() {
+    assert_usage_error(&["run", "--timeout", "100", "-c", "1"], b"", &["may only tighten"]);
+    assert_usage_error(&["run", "--memory", "4g", "-c", "1"], b"", &["may only tighten"]);
+    assert_usage_error(&["run", "--memory", "lots", "-c", "1"], b"", &["--memory", "is not a size"]);
+    assert_usage_error(&["run", "--tier", "quantum", "-c", "1"], b"", &["--tier"]);
+}
+
+#[test]
+fn non_utf8_code_is_refused() {
+    let (_dir, path) = temp_file("bad.py", b"print('\xff\xfe')\n");
+    assert_usage_error(&["run", path.to_str().expect("utf-8 path")], b"", &["not UTF-8"]);
+    assert_usage_error(&["run", "-"], b"x = '\xc3\x28'", &["not UTF-8"]);
+}
+
+#[test]
+fn empty_code_is_refused() {
+    assert_usage_error(&["run", "-c", ""], b"", &["the code is empty"]);
+    assert_usage_error(&["run", "-c", "  \n\t"], b"", &["the code is empty"]);
+    assert_usage_error(&["run", "-"], b"", &["the code is empty"]);
+    assert_usage_error(&["run"], b"", &["no code given"]);
+}
+
+#[test]
+fn huge_code_is_refused() {
+    let big = format!("x = 1\n{}", "#".repeat(10 << 20));
+    assert_usage_error(&["run", "-"], big.as_bytes(), &["max_code_size"]);
+}
+
+#[test]
+fn missing_files_are_clear() {
+    assert_usage_error(&["run", "/nonexistent/snippet.py"], b"", &["/nonexistent/snippet.py"]);
+    assert_usage_error(&["policy", "check", "/nonexistent/p.yaml"], b"", &["cannot read policy"]);
+}
+
+#[test]
+fn bad_batch_lines_become_error_outcomes() {
+    let input = b"{\"id\": 1, \"code\": \"1+1\"}\nnot json\n{\"id\": 3, \"cod\": \"x\"}\n{\"id\": 4, \"code\": \"\"}\n\xff\n{\"id\": 6, \"code\": \"2+2\"}\n";
+    let out = terrarium(&["batch"], input);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let statuses: Vec<&str> = lines.iter().map(|l| l["status"].as_str().unwrap_or("?")).collect();
+    assert_eq!(statuses, ["ok", "error", "error", "error", "error", "ok"]);
+    assert_eq!(lines[5]["result"], 4);
+    assert_eq!(lines[3]["id"], "4");
+}

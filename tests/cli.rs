@@ -1,0 +1,115 @@
+//! The command-line contract later tooling relies on: output shape, exit codes,
+//! batch ordering, tier selection.
+
+use crate::common::terrarium;
+
+#[test]
+fn run_prints_and_exits_zero() {
+    let out = terrarium(&["run", "-c", "print(1+1)"], b"");
+    assert_eq!((out.code, out.stdout.as_str()), (0, "2\n"), "{}", out.stderr);
+}
+
+#[test]
+fn json_outcome_has_the_documented_shape() {
+    let out = terrarium(&["run", "--json", "-c", "print('hi')\n6*7"], b"");
+    assert_eq!(out.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON object");
+    for key in ["id", "status", "tier", "stdout", "stderr", "result", "error", "usage"] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    for key in ["wall_ms", "cpu_ms", "fuel", "peak_memory_bytes"] {
+        assert!(v["usage"].get(key).is_some(), "missing usage.{key}: {v}");
+    }
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["tier"], "rustpython");
+    assert_eq!(v["stdout"], "hi\n");
+    assert_eq!(v["result"], 42);
+    assert!(v["error"].is_null());
+}
+
+#[test]
+fn exit_codes_follow_the_status() {
+    for (code, want, status) in [
+        ("1/0", 1, "exception"),
+        ("def (:", 1, "exception"),
+        ("import os", 4, "denied"),
+        ("while True: pass", 3, "timeout"),
+    ] {
+        let out = terrarium(&["run", "--json", "--timeout", "0.5", "-c", code], b"");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        assert_eq!((out.code, v["status"].as_str()), (want, Some(status)), "{code}: {}", out.stdout);
+    }
+    let out = terrarium(&["run", "--json", "-c", "1/0"], b"");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["error"]["type"], "ZeroDivisionError");
+}
+
+#[test]
+fn unavailable_tiers_say_so_and_never_fall_back() {
+    for tier in ["wasm", "docker"] {
+        let out = terrarium(&["run", "--json", "--tier", tier, "-c", "print(1)"], b"");
+        assert_eq!(out.code, 5, "{tier}: {}", out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["tier"], tier);
+        assert!(v["error"]["message"].as_str().unwrap_or("").contains("not available"), "{v}");
+        assert_eq!(v["stdout"], "", "it must not have run elsewhere");
+    }
+}
+
+#[test]
+fn run_reads_files_and_stdin() {
+    let (_dir, path) = crate::common::temp_file("s.py", b"print('from file')\n");
+    let out = terrarium(&["run", path.to_str().expect("utf-8 path")], b"");
+    assert_eq!(out.stdout, "from file\n");
+    let out = terrarium(&["run", "-"], b"print('from stdin')");
+    assert_eq!(out.stdout, "from stdin\n");
+}
+
+#[test]
+fn batch_answers_in_order_in_one_process() {
+    let mut input = String::new();
+    for i in 0..50 {
+        input.push_str(&format!("{{\"id\": \"r{i}\", \"code\": \"{i} * 2\"}}\n"));
+    }
+    let out = terrarium(&["batch"], input.as_bytes());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 50);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["id"], format!("r{i}"));
+        assert_eq!(l["result"], i * 2);
+    }
+}
+
+#[test]
+fn policy_check_prints_the_effective_policy() {
+    let out = terrarium(&["policy", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.yaml")], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("max_memory: 512m"), "{}", out.stdout);
+    assert!(out.stdout.contains("allowed_tiers:"), "defaults are filled in: {}", out.stdout);
+}
+
+#[test]
+fn every_shipped_policy_parses() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("policies/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            terrarium::Policy::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected default and strict policies, found {n}");
+}
+
+#[test]
+fn disabled_sandbox_denies_everything() {
+    let yaml = crate::common::default_policy_with("enabled: true", "enabled: false");
+    let (_dir, path) = crate::common::temp_file("off.yaml", yaml.as_bytes());
+    let out = terrarium(&["run", "--json", "--policy", path.to_str().expect("utf-8"), "-c", "print(1)"], b"");
+    assert_eq!(out.code, 4, "{}", out.stdout);
+    assert!(out.stdout.contains("disabled"), "{}", out.stdout);
+}

@@ -1,0 +1,64 @@
+//! Attacks through introspection: subclasses, frames, tracebacks, generators, code
+//! objects. Each names the hatch it tries.
+
+use terrarium::Status;
+
+use crate::common::run;
+
+#[track_caller]
+fn assert_denied(code: &str) {
+    let o = run(&format!("{code}\nprint('ESCAPED')"));
+    assert_eq!(o.status, Status::Denied, "{code:?} was not denied: {o:?}");
+    assert!(!o.stdout.contains("ESCAPED"), "{code:?} escaped: {o:?}");
+}
+
+#[test]
+fn subclasses_of_object_are_out_of_reach() {
+    assert_denied("object.__subclasses__()");
+    assert_denied("().__class__.__base__.__subclasses__()");
+    assert_denied("getattr(object, '__subcl' + 'asses__')()");
+    assert_denied("type.__subclasses__(object)");
+    assert_denied("object.__getattribute__(object, '__subclasses__')");
+}
+
+#[test]
+fn code_objects_cannot_be_read_or_built() {
+    assert_denied("(lambda: 0).__code__.replace(co_code=b'')");
+    assert_denied("getattr(lambda: 0, '__co' + 'de__')");
+    assert_denied("def f(): pass\nf.func_code");
+    assert_denied("def g():\n    yield 1\ng().gi_code");
+}
+
+#[test]
+fn frames_cannot_be_reached() {
+    assert_denied("def g():\n    yield 1\nx = g()\nx.gi_frame.f_globals");
+    assert_denied("def g():\n    yield 1\nx = g()\ngetattr(x, 'gi_' + 'frame')");
+    assert_denied("try:\n    1/0\nexcept Exception as e:\n    e.__traceback__.tb_frame.f_back");
+    assert_denied("try:\n    1/0\nexcept Exception as e:\n    getattr(e, '__trace' + 'back__')");
+    assert_denied("async def c():\n    pass\nx = c()\ngetattr(x, 'cr_' + 'frame')");
+}
+
+#[test]
+fn the_interpreter_settings_are_out_of_reach() {
+    // sys is never served; these stay refused whatever the spelling.
+    assert_denied("import sys\nsys.setrecursionlimit(10**9)");
+    assert_denied("__import__('sys').settrace(print)");
+    assert_denied("__import__('sys')._getframe(0)");
+}
+
+#[test]
+fn dunder_names_outside_the_safe_set_are_refused() {
+    assert_denied("print.__self__");
+    assert_denied("(1).__reduce_ex__(2)");
+    assert_denied("setattr(int, '__dict__', 1)");
+    assert_denied("'{0.__class__.__mro__}'.format(1)");
+}
+
+#[test]
+fn ordinary_classes_still_work() {
+    let o = run(
+        "class A:\n    def __init__(self, x):\n        self._x = x\n    def __repr__(self):\n        return f'A({self._x})'\n    def __eq__(self, o):\n        return self._x == o._x\nrepr(A(1)) + str(A(1) == A(1)) + type(A(2)).__name__",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!("A(1)TrueA")));
+}

@@ -1,0 +1,84 @@
+//! Attacks on the limits of embedded mode: each tries to outrun its bound and must
+//! end with the limit's status, with the host alive. Bounds are checked with slack
+//! for a loaded 2-core machine; speed itself is measured in benches/.
+
+use terrarium::Status;
+
+use crate::common::{run, run_with_timeout};
+
+/// Deadline used by these tests, and the slack allowed on top of it.
+const DEADLINE: f64 = 1.0;
+const SLACK_MS: u64 = 1500;
+
+#[track_caller]
+fn assert_times_out(code: &str) {
+    let o = run_with_timeout(code, DEADLINE);
+    assert_eq!(o.status, Status::Timeout, "{code:?}: {o:?}");
+    let bound = (DEADLINE * 1000.0) as u64 + SLACK_MS;
+    assert!(o.usage.wall_ms <= bound, "{code:?} took {} ms, bound {bound} ms", o.usage.wall_ms);
+}
+
+#[test]
+fn infinite_loop_times_out() {
+    assert_times_out("while True:\n    pass");
+}
+
+#[test]
+fn catching_the_deadline_does_not_help() {
+    assert_times_out(
+        "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
+    );
+    assert_times_out(
+        "def f():\n    try:\n        while True: pass\n    finally:\n        while True: pass\nwhile True:\n    try:\n        f()\n    except BaseException:\n        continue",
+    );
+}
+
+#[test]
+fn sleep_counts_against_the_deadline() {
+    assert_times_out("import time\ntime.sleep(100)");
+    assert_times_out(
+        "import time\nwhile True:\n    try:\n        time.sleep(100)\n    except BaseException:\n        pass",
+    );
+}
+
+#[test]
+fn sleep_within_the_deadline_sleeps() {
+    let o = run_with_timeout("import time\nt = time.monotonic()\ntime.sleep(0.2)\ntime.monotonic() - t >= 0.2", 5.0);
+    assert_eq!(o.result, Some(serde_json::json!(true)), "{o:?}");
+}
+
+#[test]
+fn output_flood_is_capped() {
+    let o = run("while True:\n    print('x' * 1000)");
+    assert_eq!(o.status, Status::OutputLimit, "{o:?}");
+    assert!(o.stdout.len() + o.stderr.len() <= 1 << 20, "captured {} bytes", o.stdout.len());
+    let o = run("try:\n    while True:\n        print('y' * 4096)\nexcept BaseException:\n    print('ESCAPED')");
+    assert_eq!(o.status, Status::OutputLimit, "{o:?}");
+    assert!(!o.stdout.contains("ESCAPED"));
+}
+
+#[test]
+fn deep_recursion_is_an_exception_not_a_crash() {
+    let o = run("def f(n):\n    return f(n + 1)\nf(0)");
+    assert_eq!(o.status, Status::Exception, "{o:?}");
+    assert_eq!(o.error.map(|e| e.kind), Some("RecursionError".to_string()));
+}
+
+#[test]
+fn deeply_nested_source_is_refused_before_compiling() {
+    let code = format!("x = {}1", "-".repeat(100_000));
+    let o = run(&code);
+    assert_eq!(o.status, Status::Denied, "{:?}", o.error);
+    let code = format!("x = {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    let o = run(&code);
+    assert_ne!(o.status, Status::Ok);
+    // The host is alive and the tier still serves.
+    assert_eq!(run("1 + 1").result, Some(serde_json::json!(2)));
+}
+
+#[test]
+fn deeply_nested_data_is_an_exception_not_a_crash() {
+    let o = run("import json\njson.loads('[' * 10**6)");
+    assert_eq!(o.status, Status::Exception, "{o:?}");
+    assert_eq!(run("1 + 1").result, Some(serde_json::json!(2)));
+}
