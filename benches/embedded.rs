@@ -1,1 +1,28 @@
-fn main() {}
+//! Embedded rustpython tier: one snippet's round trip through the executor on a
+//! warm interpreter (analysis, compile, run, capture), as a library caller sees it.
+
+#![allow(missing_docs, reason = "criterion's macros generate undocumented items")]
+use criterion::{Criterion, criterion_group, criterion_main};
+use terrarium::{ExecRequest, Executor, Policy, RustPythonExecutor, Status};
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let exec = RustPythonExecutor::with_workers(Policy::default_policy(), 1);
+    rt.block_on(exec.warm_up(1)).expect("warm up");
+    let mut group = c.benchmark_group("embedded");
+    for (name, code) in [
+        ("one_plus_one", "1+1"),
+        ("loop_10k", "t = 0\nfor i in range(10000):\n    t += i\nt"),
+        ("json_dumps_100", "import json\njson.dumps(list(range(100)))"),
+    ] {
+        let probe = rt.block_on(exec.execute(ExecRequest::new(code))).expect("run");
+        assert_eq!(probe.status, Status::Ok, "{name}: {probe:?}");
+        group.bench_function(name, |b| {
+            b.iter(|| rt.block_on(exec.execute(ExecRequest::new(code))).expect("run"));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

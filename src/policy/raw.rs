@@ -122,7 +122,7 @@ impl Serialize for Size {
 /// Writes a byte count in the largest unit that divides it (`536870912` → `"512m"`).
 pub fn format_size(n: u64) -> String {
     for (unit, shift) in [("t", 40), ("g", 30), ("m", 20), ("k", 10)] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
