@@ -3,14 +3,7 @@
 
 use terrarium::Status;
 
-use crate::common::{run, run_wide};
-
-#[track_caller]
-fn assert_denied(code: &str) {
-    let o = run(code);
-    assert_eq!(o.status, Status::Denied, "{code:?} was not denied: {o:?}");
-    assert!(!o.stdout.contains("ESCAPED"), "{code:?} escaped: {o:?}");
-}
+use crate::common::{assert_denied, run, run_wide};
 
 #[test]
 fn function_globals_give_nothing() {

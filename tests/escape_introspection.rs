@@ -3,14 +3,7 @@
 
 use terrarium::Status;
 
-use crate::common::run;
-
-#[track_caller]
-fn assert_denied(code: &str) {
-    let o = run(&format!("{code}\nprint('ESCAPED')"));
-    assert_eq!(o.status, Status::Denied, "{code:?} was not denied: {o:?}");
-    assert!(!o.stdout.contains("ESCAPED"), "{code:?} escaped: {o:?}");
-}
+use crate::common::{assert_denied, run};
 
 #[test]
 fn subclasses_of_object_are_out_of_reach() {

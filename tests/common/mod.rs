@@ -35,6 +35,15 @@ pub fn run(code: &str) -> Outcome {
     exec(default_executor(), ExecRequest::new(code))
 }
 
+/// Asserts that `code`, followed by a marker print, ends `denied` under the
+/// default policy without printing the marker.
+#[track_caller]
+pub fn assert_denied(code: &str) {
+    let o = run(&format!("{code}\nprint('ESCAPED')"));
+    assert_eq!(o.status, terrarium::Status::Denied, "{code:?} was not denied: {o:?}");
+    assert!(!o.stdout.contains("ESCAPED"), "{code:?} escaped: {o:?}");
+}
+
 /// Runs `code` under the wide policy (every stdlib module of the table allowed).
 pub fn run_wide(code: &str) -> Outcome {
     exec(wide_executor(), ExecRequest::new(code))

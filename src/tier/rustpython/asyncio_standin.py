@@ -619,41 +619,6 @@ class Event:
         return await fut
 
 
-class Lock:
-    def __init__(self):
-        self._locked = False
-        self._waiters = collections.deque()
-
-    def locked(self):
-        return self._locked
-
-    async def acquire(self):
-        while self._locked:
-            fut = get_running_loop().create_future()
-            self._waiters.append(fut)
-            await fut
-        self._locked = True
-        return True
-
-    def release(self):
-        if not self._locked:
-            raise RuntimeError("Lock is not acquired.")
-        self._locked = False
-        while self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_result(True)
-                break
-
-    async def __aenter__(self):
-        await self.acquire()
-        return None
-
-    async def __aexit__(self, *exc):
-        self.release()
-        return False
-
-
 class Semaphore:
     def __init__(self, value=1):
         if value < 0:
@@ -687,6 +652,16 @@ class Semaphore:
     async def __aexit__(self, *exc):
         self.release()
         return False
+
+
+class Lock(Semaphore):
+    def __init__(self):
+        super().__init__(1)
+
+    def release(self):
+        if not self.locked():
+            raise RuntimeError("Lock is not acquired.")
+        super().release()
 
 
 class BoundedSemaphore(Semaphore):
