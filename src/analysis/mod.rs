@@ -19,7 +19,8 @@ use ruff_text_size::Ranged;
 pub const MAX_NESTING: usize = 200;
 
 /// Attribute names that reach frames, code objects or generator internals without a
-/// leading underscore. Kept in step with the rustpython tier's prelude.
+/// leading underscore. The rustpython tier's prelude enforces the same list at run
+/// time.
 pub const DENIED_ATTRS: &[&str] = &[
     "gi_frame",
     "gi_code",
@@ -54,7 +55,8 @@ pub const DENIED_ATTRS: &[&str] = &[
     "mro",
 ];
 
-/// Dunder attributes ordinary code uses that lead nowhere dangerous.
+/// Dunder attributes ordinary code uses that lead nowhere dangerous (also handed to
+/// the rustpython tier's prelude).
 pub const SAFE_DUNDERS: &[&str] = &[
     "__init__",
     "__new__",

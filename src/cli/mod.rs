@@ -224,8 +224,8 @@ pub fn exit_code(status: Status) -> u8 {
         Status::Ok => 0,
         Status::Exception => 1,
         Status::Denied => 4,
-        Status::Error => EXIT_HOST,
-        _ => 3,
+        s if s.is_limit() => 3,
+        _ => EXIT_HOST,
     }
 }
 

@@ -40,6 +40,28 @@ impl ExecRequest {
         ExecRequest { id: None, code: code.into(), overrides: Overrides::default() }
     }
 
+    /// Checks what every tier requires of source text: not empty, no NUL byte, at
+    /// most `max_code_size` bytes.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidRequest`] saying which.
+    pub fn validate(&self, max_code_size: u64) -> Result<(), SandboxError> {
+        let code = &self.code;
+        if code.trim().is_empty() {
+            return Err(SandboxError::InvalidRequest("the code is empty".into()));
+        }
+        if code.len() as u64 > max_code_size {
+            return Err(SandboxError::InvalidRequest(format!(
+                "the code is {} bytes, more than the policy's max_code_size of {max_code_size} bytes",
+                code.len()
+            )));
+        }
+        if code.contains('\0') {
+            return Err(SandboxError::InvalidRequest("the code contains a NUL byte".into()));
+        }
+        Ok(())
+    }
+
     /// Sets the caller's identifier.
     #[must_use]
     pub fn with_id(mut self, id: impl Into<String>) -> ExecRequest {

@@ -103,7 +103,7 @@ impl RustPythonExecutor {
     async fn run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
         let policy = self.policy.tighten(&req.overrides)?;
-        validate_code(&req.code, policy.max_code_size())?;
+        req.validate(policy.max_code_size())?;
         if !policy.enabled() {
             return Ok(Outcome::refused(
                 req.id,
@@ -176,27 +176,6 @@ impl Executor for RustPythonExecutor {
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
         Box::pin(self.run(req))
     }
-}
-
-/// Checks what every tier requires of source text.
-///
-/// # Errors
-/// [`SandboxError::InvalidRequest`] for empty or oversized code.
-pub fn validate_code(code: &str, max: u64) -> Result<(), SandboxError> {
-    if code.trim().is_empty() {
-        return Err(SandboxError::InvalidRequest("the code is empty".into()));
-    }
-    if code.len() as u64 > max {
-        return Err(SandboxError::InvalidRequest(format!(
-            "the code is {} bytes, more than the policy's max_code_size of {} bytes",
-            code.len(),
-            max
-        )));
-    }
-    if code.contains('\0') {
-        return Err(SandboxError::InvalidRequest("the code contains a NUL byte".into()));
-    }
-    Ok(())
 }
 
 fn ms(d: Duration) -> u64 {

@@ -10,6 +10,8 @@
 #   _t_urandom(n)           n bytes of entropy
 #   _t_allowed(name)        whether the policy lets snippets import `name`
 #   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
+#   _t_denied_attrs         attribute names snippets may not use (analysis::DENIED_ATTRS)
+#   _t_safe_dunders         dunder names snippets may use (analysis::SAFE_DUNDERS)
 #
 # Security: every object a snippet can name is either a restricted builtin, a value
 # it made, or something reached through a module proxy. Proxies carry only public,
@@ -27,39 +29,9 @@ _real_setattr = _real_builtins["setattr"]
 _real_delattr = _real_builtins["delattr"]
 _ModuleType = type(sys)
 
-# Attributes that reach interpreter internals without a leading underscore.
-DENIED_ATTRS = frozenset((
-    "gi_frame", "gi_code", "gi_yieldfrom", "gi_suspended",
-    "cr_frame", "cr_code", "cr_await", "cr_origin", "cr_suspended",
-    "ag_frame", "ag_code", "ag_await",
-    "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace",
-    "tb_frame", "tb_next",
-    "co_code", "co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars",
-    "func_globals", "func_code", "im_func", "im_self",
-    "mro",
-))
-
-# Dunder names that ordinary code uses and that lead nowhere dangerous.
-SAFE_DUNDERS = frozenset((
-    "__init__", "__new__", "__name__", "__qualname__", "__doc__", "__class__",
-    "__module__", "__slots__", "__post_init__", "__match_args__",
-    "__len__", "__iter__", "__next__", "__aiter__", "__anext__", "__await__",
-    "__enter__", "__exit__", "__aenter__", "__aexit__",
-    "__contains__", "__getitem__", "__setitem__", "__delitem__", "__missing__",
-    "__call__", "__bool__", "__hash__", "__repr__", "__str__", "__format__",
-    "__bytes__", "__int__", "__float__", "__index__", "__complex__", "__round__",
-    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
-    "__add__", "__sub__", "__mul__", "__matmul__", "__truediv__", "__floordiv__",
-    "__mod__", "__divmod__", "__pow__", "__lshift__", "__rshift__", "__and__",
-    "__xor__", "__or__", "__neg__", "__pos__", "__abs__", "__invert__",
-    "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__rfloordiv__", "__rmod__",
-    "__rpow__", "__rand__", "__ror__", "__rxor__",
-    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
-    "__ior__", "__iand__", "__ixor__",
-    "__getattr__", "__setattr__", "__delattr__", "__set_name__",
-    "__get__", "__set__", "__delete__", "__init_subclass__", "__class_getitem__",
-    "__reversed__", "__length_hint__", "__copy__", "__deepcopy__",
-))
+# The attribute rules are the static analysis' own lists (src/analysis/mod.rs).
+DENIED_ATTRS = frozenset(_t_denied_attrs)
+SAFE_DUNDERS = frozenset(_t_safe_dunders)
 
 
 def attr_allowed(name):

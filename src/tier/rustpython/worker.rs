@@ -82,6 +82,16 @@ pub enum Terminal {
 }
 
 impl Terminal {
+    /// The outcome status and error type a terminal condition reports, if any.
+    fn status(self) -> Option<(Status, &'static str)> {
+        match self {
+            Terminal::None => None,
+            Terminal::Timeout => Some((Status::Timeout, "Timeout")),
+            Terminal::OutputLimit => Some((Status::OutputLimit, "OutputLimit")),
+            Terminal::Denied => Some((Status::Denied, "PolicyDenied")),
+        }
+    }
+
     fn from_u8(v: u8) -> Terminal {
         match v {
             1 => Terminal::Timeout,
@@ -314,6 +324,12 @@ impl Worker {
             set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
             set("_t_allowed", vm.new_function("_t_allowed", native_allowed).into())?;
             set("_t_asyncio_source", vm.ctx.new_str(ASYNCIO_STANDIN).into())?;
+            // One list of attribute rules, shared with the static analysis.
+            let names = |list: &[&str]| -> PyObjectRef {
+                vm.ctx.new_tuple(list.iter().map(|n| vm.ctx.new_str(*n).into()).collect()).into()
+            };
+            set("_t_denied_attrs", names(analysis::DENIED_ATTRS))?;
+            set("_t_safe_dunders", names(analysis::SAFE_DUNDERS))?;
             let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| e.to_string())?;
             vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| exc_text(vm, &e))?;
             let get = |k: &str| globals.get_item(k, vm).map_err(|e| exc_text(vm, &e));
@@ -335,8 +351,9 @@ impl Worker {
     }
 
     /// Runs one job. Returns the outcome and whether this interpreter may be reused.
+    /// `usage.wall_ms` is left to the supervisor, which measures from accepting the
+    /// request.
     pub fn run(&self, job: &Job) -> (Outcome, bool) {
-        let started = Instant::now();
         self.ctrl.run_id.store(job.run_id, Ordering::SeqCst);
         self.ctrl.terminal.store(0, Ordering::SeqCst);
         RUN.with(|r| {
@@ -365,46 +382,28 @@ impl Worker {
             error: None,
             usage: Usage::default(),
         };
-        let mut reusable = true;
         let terminal = self.ctrl.terminal();
-        let message = self.ctrl.message.lock().map(|m| m.clone()).unwrap_or_default();
-        match (terminal, result) {
-            (Terminal::Timeout, _) => {
-                outcome.status = Status::Timeout;
-                outcome.error = Some(ErrorInfo { kind: "Timeout".into(), message });
-                reusable = false;
+        // A terminal condition wins over however the run unwound; an interpreter that
+        // hit one, or panicked, is not reused.
+        let (status, error, reusable) = match (terminal.status(), result) {
+            (Some((status, kind)), _) => {
+                let message = self.ctrl.message.lock().map(|m| m.clone()).unwrap_or_default();
+                (status, Some((kind.to_string(), message)), false)
             }
-            (Terminal::OutputLimit, _) => {
-                outcome.status = Status::OutputLimit;
-                outcome.error = Some(ErrorInfo { kind: "OutputLimit".into(), message });
-                reusable = false;
-            }
-            (Terminal::Denied, _) => {
-                outcome.status = Status::Denied;
-                outcome.error = Some(ErrorInfo { kind: "PolicyDenied".into(), message });
-                reusable = false;
-            }
-            (Terminal::None, Err(_panic)) => {
-                outcome.status = Status::Crashed;
-                outcome.error = Some(ErrorInfo {
-                    kind: "InterpreterPanic".into(),
-                    message: "the interpreter failed internally; the run was discarded".into(),
-                });
-                reusable = false;
-            }
-            (Terminal::None, Ok(RunResult::Denied(message))) => {
-                outcome.status = Status::Denied;
-                outcome.error = Some(ErrorInfo { kind: "PolicyDenied".into(), message });
-            }
-            (Terminal::None, Ok(RunResult::Exception(kind, message))) => {
-                outcome.status = Status::Exception;
-                outcome.error = Some(ErrorInfo { kind, message });
-            }
-            (Terminal::None, Ok(RunResult::Value(json))) => {
+            (None, Err(_panic)) => (
+                Status::Crashed,
+                Some(("InterpreterPanic".into(), "the interpreter failed internally; the run was discarded".into())),
+                false,
+            ),
+            (None, Ok(RunResult::Denied(message))) => (Status::Denied, Some(("PolicyDenied".into(), message)), true),
+            (None, Ok(RunResult::Exception(kind, message))) => (Status::Exception, Some((kind, message)), true),
+            (None, Ok(RunResult::Value(json))) => {
                 outcome.result = json.and_then(|j| serde_json::from_str(&j).ok());
+                (Status::Ok, None, true)
             }
-        }
-        outcome.usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        };
+        outcome.status = status;
+        outcome.error = error.map(|(kind, message)| ErrorInfo { kind, message });
         (outcome, reusable)
     }
 
