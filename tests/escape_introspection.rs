@@ -3,7 +3,7 @@
 
 use terrarium::Status;
 
-use crate::common::{assert_denied, run};
+use crate::common::{assert_denied, run, run_wide};
 
 #[test]
 fn subclasses_of_object_are_out_of_reach() {
@@ -54,4 +54,55 @@ fn ordinary_classes_still_work() {
     );
     assert_eq!(o.status, Status::Ok, "{o:?}");
     assert_eq!(o.result, Some(serde_json::json!("A(1)TrueA")));
+}
+
+/// Asserts that `code` under the wide policy ends `denied` or raises, without
+/// printing the marker.
+#[track_caller]
+fn assert_refused_wide(code: &str) {
+    let o = run_wide(&format!("{code}\nprint('ESCAPED')"));
+    assert!(matches!(o.status, Status::Denied | Status::Exception), "{code:?} was not refused: {o:?}");
+    assert!(!o.stdout.contains("ESCAPED"), "{code:?} escaped: {o:?}");
+}
+
+#[test]
+fn string_annotations_are_evaluated_with_snippet_builtins() {
+    // typing evaluates string annotations with eval(); the text must meet the same
+    // walls as snippet source and never see the real builtins.
+    assert_refused_wide(
+        "import typing\nA = type('A', (), {'__annotations__': {'x': '__import__(\"sys\")'}})\ntyping.get_type_hints(A, globalns={})",
+    );
+    assert_refused_wide(
+        "import typing\nA = type('A', (), {'__annotations__': {'x': '().__class__.__base__.__subclasses__()'}})\ntyping.get_type_hints(A)",
+    );
+    assert_refused_wide("import typing\ndef f(x: 'open'): pass\ntyping.get_type_hints(f)['x']('/etc/passwd')");
+    assert_refused_wide(
+        "import typing\nA = type('A', (), {'__annotations__': {'x': 'eval(\"1\")'}})\ntyping.get_type_hints(A)",
+    );
+    // A name resolved through a module (ForwardRef's `module=`) finds no module.
+    assert_refused_wide(
+        "import typing\nA = type('A', (), {'__module__': 'builtins', '__annotations__': {'x': 'eval'}})\ntyping.get_type_hints(A)['x']('1')",
+    );
+}
+
+#[test]
+fn dataclass_field_names_cannot_inject_code() {
+    // dataclasses writes __init__ as text from field names.
+    assert_refused_wide(
+        "import dataclasses\nA = type('A', (), {'__annotations__': {'x=().__class__.__base__.__subclasses__()': int}})\ndataclasses.dataclass(A)",
+    );
+}
+
+#[test]
+fn typing_and_dataclasses_still_work() {
+    let o = run_wide(
+        "import typing, dataclasses\n\
+         def f(x: 'int', y: 'list[str]') -> 'typing.Optional[int]': pass\n\
+         @dataclasses.dataclass(frozen=True)\n\
+         class P:\n    x: int\n    y: str = 's'\n\
+         N = typing.NamedTuple('N', [('a', int)])\n\
+         [sorted(typing.get_type_hints(f)), repr(P(1)), P(1) == P(1, 's'), N(3).a]",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!([["return", "x", "y"], "P(x=1, y='s')", true, 3])));
 }

@@ -9,6 +9,7 @@
 #   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
 #   _t_urandom(n)           n bytes of entropy
 #   _t_allowed(name)        whether the policy lets snippets import `name`
+#   _t_check(source)        the static analysis' refusal of `source`, or None
 #   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
 #   _t_denied_attrs         attribute names snippets may not use (analysis::DENIED_ATTRS)
 #   _t_safe_dunders         dunder names snippets may use (analysis::SAFE_DUNDERS)
@@ -215,6 +216,7 @@ def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
     if _unservable(name):
         raise _t_deny("the rustpython tier does not provide %r (it has no host access and hides interpreter internals)" % (name,))
     top = _real_import(name, None, None, fromlist, 0)
+    _harden_loaded()
     if fromlist:
         for f in fromlist:
             if isinstance(f, str) and f != "*" and not attr_allowed(f):
@@ -251,6 +253,134 @@ _snippet_builtins["getattr"] = _guarded_getattr
 _snippet_builtins["setattr"] = _guarded_setattr
 _snippet_builtins["delattr"] = _guarded_delattr
 _snippet_builtins["hasattr"] = _guarded_hasattr
+
+
+# --- stdlib modules that evaluate text as code -------------------------------------
+
+# typing and annotationlib eval() string annotations and ForwardRefs; dataclasses
+# exec()s methods it writes from field names. Left alone they would run text a
+# snippet chose with the real builtins, past the static analysis, with any loaded
+# module's globals (looked up in sys.modules). In those modules: eval/compile check
+# the text as snippet source and always run it with snippet builtins; exec (only
+# dataclasses' own generated text) runs with snippet builtins; dataclass field names
+# must be identifiers; `sys.modules` is empty and `builtins` is the snippet builtins.
+
+_real_eval = _real_builtins["eval"]
+_real_exec = _real_builtins["exec"]
+_real_compile = _real_builtins["compile"]
+_CodeType = type(_real_compile("0", "<terrarium>", "eval"))
+
+
+def _check_text(source):
+    if not isinstance(source, str):
+        raise _t_deny("only text can be evaluated in the sandbox")
+    finding = _t_check(source)
+    if finding is not None:
+        raise _t_deny("evaluated text: " + finding)
+
+
+def _sandbox_globals(g):
+    g = {} if g is None else dict(g)
+    g["__builtins__"] = dict(_snippet_builtins)
+    return g
+
+
+def _h_eval(source, globals=None, locals=None):
+    if not isinstance(source, _CodeType):
+        _check_text(source)
+    return _real_eval(source, _sandbox_globals(globals), locals)
+
+
+def _h_compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1):
+    _check_text(source)
+    return _real_compile(source, filename, mode, flags, dont_inherit, optimize)
+
+
+def _h_exec(source, globals=None, locals=None):
+    if locals is None:
+        raise _t_deny("exec() without a namespace is not available here")
+    return _real_exec(source, _sandbox_globals(globals), locals)
+
+
+class _Modules:
+    """A read-only window on sys.modules showing only `names`."""
+
+    def __init__(self, names):
+        self._names = frozenset(names)
+
+    def get(self, name, default=None):
+        return sys.modules.get(name, default) if name in self._names else default
+
+    def __getitem__(self, name):
+        if name not in self._names:
+            raise KeyError(name)
+        return sys.modules[name]
+
+    def __contains__(self, name):
+        return name in self._names and name in sys.modules
+
+
+class _SysView:
+    """What the text-evaluating modules see as `sys`: the few attributes they use,
+    and a sys.modules limited to their own helpers."""
+
+    _PASS = frozenset(("_getframemodulename", "stdout", "stderr", "_clear_type_descriptors",
+                       "version_info", "maxsize", "flags", "implementation"))
+
+    def __init__(self, modules):
+        self.modules = _Modules(modules)
+
+    def __getattr__(self, name):
+        if name == "_getframe":
+            return _guarded_getframe
+        if name not in _SysView._PASS:
+            raise AttributeError("sys.%s is not available here" % (name,))
+        return _real_getattr(sys, name)
+
+
+_builtins_view = _ModuleType("builtins")
+_builtins_view.__dict__.update(_snippet_builtins)
+
+
+def _identifier_fields(process):
+    def checked(cls, *args, **kwargs):
+        ann = cls.__dict__.get("__annotations__") or {}
+        for name in ann:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise TypeError("dataclass field names must be identifiers, not %r" % (name,))
+        return process(cls, *args, **kwargs)
+    return checked
+
+
+def _harden_annotationlib(m):
+    m.eval, m.compile, m.sys, m.builtins = _h_eval, _h_compile, _SysView(()), _builtins_view
+
+
+def _harden_typing(m):
+    m.sys = _SysView(())
+
+
+def _harden_dataclasses(m):
+    m.exec, m.sys = _h_exec, _SysView(("dataclasses", "typing"))
+    m._process_class = _identifier_fields(m._process_class)
+
+
+_HARDEN = {"annotationlib": _harden_annotationlib, "typing": _harden_typing,
+           "dataclasses": _harden_dataclasses}
+_hardened = set()
+
+
+def _harden_loaded():
+    if len(_hardened) == len(_HARDEN):
+        return
+    # typing loads annotationlib lazily, on the first forward reference.
+    if "typing" in sys.modules or "dataclasses" in sys.modules:
+        _real_import("annotationlib")
+    for name, harden in _HARDEN.items():
+        m = sys.modules.get(name)
+        if m is not None and name not in _hardened:
+            harden(m)
+            _hardened.add(name)
 
 
 # --- the interpreter itself: close what stdlib code could be tricked into using --

@@ -270,6 +270,13 @@ fn native_allowed(name: PyStrRef) -> bool {
     with_run(|run| module_allowed(&run.allowed, &name)).unwrap_or(false)
 }
 
+/// The static analysis' refusal of text that trusted stdlib code is about to
+/// evaluate for a snippet (typing's forward references), or `None`.
+fn native_check(source: PyStrRef) -> Option<String> {
+    let source = source.as_wtf8().to_string_lossy().into_owned();
+    analysis::analyze(&source).denial().map(|f| f.message.clone())
+}
+
 /// A warm interpreter and the pieces of its prelude each run uses.
 pub struct Worker {
     interp: Interpreter,
@@ -323,6 +330,7 @@ impl Worker {
             set("_t_sleep", vm.new_function("_t_sleep", native_sleep).into())?;
             set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
             set("_t_allowed", vm.new_function("_t_allowed", native_allowed).into())?;
+            set("_t_check", vm.new_function("_t_check", native_check).into())?;
             set("_t_asyncio_source", vm.ctx.new_str(ASYNCIO_STANDIN).into())?;
             // One list of attribute rules, shared with the static analysis.
             let names = |list: &[&str]| -> PyObjectRef {
