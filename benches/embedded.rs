@@ -3,11 +3,11 @@
 
 #![allow(missing_docs, reason = "criterion's macros generate undocumented items")]
 use criterion::{Criterion, criterion_group, criterion_main};
-use terrarium::{ExecRequest, Executor, Policy, RustPythonExecutor, Status};
+use terrarium::{EmbeddedExecutor, ExecRequest, Executor, Policy, Status};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let exec = RustPythonExecutor::with_workers(Policy::default_policy(), 1);
+    let exec = EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
     rt.block_on(exec.warm_up(1)).expect("warm up");
     let mut group = c.benchmark_group("embedded");
     for (name, code) in [

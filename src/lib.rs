@@ -12,8 +12,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), terrarium::SandboxError> {
-//! use terrarium::{ExecRequest, Executor, Policy, RustPythonExecutor};
-//! let exec = RustPythonExecutor::new(Policy::default_policy());
+//! use terrarium::{ExecRequest, Executor, Policy, EmbeddedExecutor};
+//! let exec = EmbeddedExecutor::new(Policy::default_policy());
 //! let outcome = exec.execute(ExecRequest::new("import json\njson.dumps([1, 2])")).await?;
 //! assert_eq!(outcome.result, Some(serde_json::json!("[1, 2]")));
 //! # Ok(()) }
@@ -30,4 +30,4 @@ pub use error::SandboxError;
 pub use executor::{ErrorInfo, ExecRequest, Executor, Outcome, Status, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 #[cfg(feature = "rustpython")]
-pub use tier::rustpython::RustPythonExecutor;
+pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};

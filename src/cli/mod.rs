@@ -141,16 +141,22 @@ fn target(common: &CommonArgs) -> Result<Target, CliError> {
     }
     // Reject loosening before any code runs.
     policy.tighten(&overrides)?;
-    Ok(Target { tier, executor: executor_for(tier, policy), overrides })
+    Ok(Target { tier, executor: executor_for(tier, policy)?, overrides })
 }
 
-fn executor_for(tier: Tier, policy: Policy) -> Option<Box<dyn Executor>> {
+/// The executor for `tier`. Code from the command line is untrusted: the
+/// rustpython tier runs it in isolated mode (one confined child process per run).
+fn executor_for(tier: Tier, policy: Policy) -> Result<Option<Box<dyn Executor>>, CliError> {
     match tier {
         #[cfg(feature = "rustpython")]
-        Tier::Rustpython => Some(Box::new(crate::tier::rustpython::RustPythonExecutor::new(policy))),
+        Tier::Rustpython => {
+            use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
+            let config = IsolatedConfig::from_env().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
+            Ok(Some(Box::new(IsolatedExecutor::new(policy, config))))
+        }
         _ => {
             let _ = policy;
-            None
+            Ok(None)
         }
     }
 }

@@ -15,9 +15,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::SandboxError;
+use crate::policy::Policy;
 pub use crate::policy::{Overrides, Tier, TierChoice};
 
 /// A boxed future, so that executors can sit behind `dyn Executor`.
@@ -71,7 +72,7 @@ impl ExecRequest {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Status {
@@ -122,7 +123,7 @@ impl Status {
 }
 
 /// The exception or reason behind a non-`ok` status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
     /// Python exception type (`ZeroDivisionError`), or Terrarium's reason
     /// (`Timeout`, `PolicyDenied`, ...).
@@ -133,7 +134,7 @@ pub struct ErrorInfo {
 }
 
 /// What a run used. `None` where the tier cannot measure it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Wall-clock time, from accepting the request to its outcome.
     pub wall_ms: u64,
@@ -146,7 +147,7 @@ pub struct Usage {
 }
 
 /// The result of one request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The request's identifier, when it had one.
     pub id: Option<String>,
@@ -201,4 +202,26 @@ pub trait Executor: Send + Sync {
     /// [`SandboxError`] for host faults, invalid requests, or an override that
     /// would loosen the policy.
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>>;
+}
+
+/// The checks every tier makes before running a request: overrides may only
+/// tighten `base`, the code must be valid, and the sandbox must be enabled.
+/// `Ok(Err(outcome))` is a refusal to report as the request's outcome.
+///
+/// # Errors
+/// [`SandboxError::Policy`] for a loosening override, [`SandboxError::InvalidRequest`]
+/// for empty, oversized or NUL-containing code.
+pub fn admit(base: &Policy, req: &ExecRequest, tier: Tier) -> Result<Result<Policy, Outcome>, SandboxError> {
+    let policy = base.tighten(&req.overrides)?;
+    req.validate(policy.max_code_size())?;
+    if !policy.enabled() {
+        return Ok(Err(Outcome::refused(
+            req.id.clone(),
+            tier,
+            Status::Denied,
+            "PolicyDenied",
+            "the sandbox is disabled by policy (security.sandbox.enabled: false)",
+        )));
+    }
+    Ok(Ok(policy))
 }

@@ -36,7 +36,7 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_TIMEOUT_SECS: f64 = 24.0 * 3600.0;
 
 /// An isolation tier, lightest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Tier {

@@ -8,29 +8,40 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use terrarium::{ExecRequest, Executor, Outcome, Overrides, Policy, RustPythonExecutor};
+use terrarium::{
+    EmbeddedExecutor, ExecRequest, Executor, IsolatedConfig, IsolatedExecutor, Outcome, Overrides, Policy,
+};
 
 /// A policy that allows every module the stdlib table exercises.
 pub const WIDE_POLICY: &str = include_str!("wide_policy.yaml");
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime"))
 }
 
-fn default_executor() -> &'static RustPythonExecutor {
-    static EXEC: OnceLock<RustPythonExecutor> = OnceLock::new();
-    EXEC.get_or_init(|| RustPythonExecutor::new(Policy::default_policy()))
+/// Isolated mode with the real `terrarium` binary as its zygote.
+pub fn isolated(policy: Policy) -> IsolatedExecutor {
+    IsolatedExecutor::new(policy, IsolatedConfig::new(env!("CARGO_BIN_EXE_terrarium")))
 }
 
-fn wide_executor() -> &'static RustPythonExecutor {
-    static EXEC: OnceLock<RustPythonExecutor> = OnceLock::new();
-    EXEC.get_or_init(|| {
-        RustPythonExecutor::new(Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy"))
-    })
+fn default_executor() -> &'static IsolatedExecutor {
+    static EXEC: OnceLock<IsolatedExecutor> = OnceLock::new();
+    EXEC.get_or_init(|| isolated(Policy::default_policy()))
 }
 
-/// Runs `code` under the default policy.
+fn wide_executor() -> &'static IsolatedExecutor {
+    static EXEC: OnceLock<IsolatedExecutor> = OnceLock::new();
+    EXEC.get_or_init(|| isolated(Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy")))
+}
+
+fn embedded_executor() -> &'static EmbeddedExecutor {
+    static EXEC: OnceLock<EmbeddedExecutor> = OnceLock::new();
+    EXEC.get_or_init(|| EmbeddedExecutor::new(Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy")))
+}
+
+/// Runs `code` under the default policy, in isolated mode (the default for
+/// untrusted code).
 pub fn run(code: &str) -> Outcome {
     exec(default_executor(), ExecRequest::new(code))
 }
@@ -49,6 +60,11 @@ pub fn run_wide(code: &str) -> Outcome {
     exec(wide_executor(), ExecRequest::new(code))
 }
 
+/// Runs `code` under the wide policy in embedded mode (in this process).
+pub fn run_embedded(code: &str) -> Outcome {
+    exec(embedded_executor(), ExecRequest::new(code))
+}
+
 /// Runs `code` under the default policy with a shorter deadline.
 pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
     let req = ExecRequest {
@@ -59,14 +75,14 @@ pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
     exec(default_executor(), req)
 }
 
-/// Runs `code` under a policy given as YAML.
+/// Runs `code` under a policy given as YAML, in isolated mode.
 pub fn run_policy(policy_yaml: &str, code: &str) -> Outcome {
     let policy = Policy::from_yaml(policy_yaml, "<test>").expect("test policy");
-    let exec_ = RustPythonExecutor::with_workers(policy, 1);
-    exec(&exec_, ExecRequest::new(code))
+    exec(&isolated(policy), ExecRequest::new(code))
 }
 
-fn exec(e: &RustPythonExecutor, req: ExecRequest) -> Outcome {
+/// Runs one request on `e`; host faults fail the test.
+pub fn exec(e: &dyn Executor, req: ExecRequest) -> Outcome {
     runtime().block_on(e.execute(req)).expect("host fault")
 }
 

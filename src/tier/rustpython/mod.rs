@@ -1,7 +1,13 @@
-//! The rustpython tier, embedded mode: RustPython interpreters on worker threads of
-//! the calling process.
+//! The rustpython tier: RustPython 0.6, built capability-free, in two modes.
 //!
-//! # Confinement, in order
+//! - [`IsolatedExecutor`] (the default for untrusted code): a zygote process builds
+//!   one warm interpreter and forks single-use children ahead of demand; each child
+//!   enters rlimits, namespaces and a seccomp filter before it reads its request, and
+//!   the host enforces the deadline with `SIGKILL`.
+//! - [`EmbeddedExecutor`] (opt-in, trusted library calls): interpreters on worker
+//!   threads of the calling process, limits enforced best-effort.
+//!
+//! # Confinement common to both, in order
 //! 1. The interpreter is built without RustPython's `host_env`, `stdio` and
 //!    `threading` features: no `os`/`posix`, sockets, `FileIO`, subprocesses or
 //!    threads exist in the binary for it to call.
@@ -11,196 +17,11 @@
 //! 4. Snippets run with restricted builtins, a guarded `__import__` that hands out
 //!    module proxies, guarded `getattr`/`str.format`, and `sys` stripped of
 //!    `settrace`, `setrecursionlimit`, `_getframe` and the like.
-//! 5. The deadline is enforced through RustPython's user-signal channel: once it
-//!    passes, every instruction raises until the run unwinds.
-//!
-//! # Security: what embedded mode cannot stop
-//! It shares the caller's process. A native call already running (`sum(range(10**10))`,
-//! `7**(10**8)`) cannot be interrupted: the run is reported as `timeout` at the
-//! deadline and its thread is abandoned until the call returns. Memory is not
-//! capped: a failed allocation aborts the process. Embedded mode is for trusted
-//! library calls; untrusted code belongs in isolated mode.
 
+pub mod embedded;
+pub mod isolated;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
-
-use tokio::sync::Semaphore;
-
-use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier};
-use crate::policy::Policy;
-
+pub use embedded::EmbeddedExecutor;
+pub use isolated::{IsolatedConfig, IsolatedExecutor};
 pub use worker::WORKER_STACK;
-use worker::{Control, Job, Terminal};
-
-/// How long a run may take to unwind after its deadline before its thread is
-/// abandoned.
-pub const DEFAULT_GRACE: Duration = Duration::from_millis(250);
-
-struct WorkerHandle {
-    jobs: mpsc::Sender<Job>,
-    ctrl: Arc<Control>,
-}
-
-/// Runs snippets on warm RustPython interpreters inside this process.
-pub struct RustPythonExecutor {
-    policy: Policy,
-    idle: Mutex<Vec<WorkerHandle>>,
-    slots: Semaphore,
-    next_run: AtomicU64,
-    grace: Duration,
-}
-
-impl RustPythonExecutor {
-    /// An executor for `policy` with one interpreter per available core.
-    pub fn new(policy: Policy) -> RustPythonExecutor {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        RustPythonExecutor::with_workers(policy, n)
-    }
-
-    /// An executor running at most `workers` snippets at once (at least 1).
-    pub fn with_workers(policy: Policy, workers: usize) -> RustPythonExecutor {
-        RustPythonExecutor {
-            policy,
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(workers.max(1)),
-            next_run: AtomicU64::new(1),
-            grace: DEFAULT_GRACE,
-        }
-    }
-
-    /// The policy requests are checked against.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// Starts interpreters ahead of demand, so the first requests do not pay for
-    /// interpreter creation.
-    ///
-    /// # Errors
-    /// [`SandboxError::Host`] when an interpreter cannot be built.
-    pub async fn warm_up(&self, count: usize) -> Result<(), SandboxError> {
-        for _ in 0..count {
-            let w = spawn_worker().await?;
-            self.put_back(w);
-        }
-        Ok(())
-    }
-
-    fn take_idle(&self) -> Option<WorkerHandle> {
-        self.idle.lock().ok().and_then(|mut v| v.pop())
-    }
-
-    fn put_back(&self, w: WorkerHandle) {
-        if let Ok(mut v) = self.idle.lock() {
-            v.push(w);
-        }
-    }
-
-    async fn run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
-        let started = Instant::now();
-        let policy = self.policy.tighten(&req.overrides)?;
-        req.validate(policy.max_code_size())?;
-        if !policy.enabled() {
-            return Ok(Outcome::refused(
-                req.id,
-                Tier::Rustpython,
-                Status::Denied,
-                "PolicyDenied",
-                "the sandbox is disabled by policy (security.sandbox.enabled: false)",
-            ));
-        }
-        let _permit = self.slots.acquire().await.map_err(|_| host("the executor is shutting down"))?;
-        let worker = match self.take_idle() {
-            Some(w) => w,
-            None => spawn_worker().await?,
-        };
-        let run_id = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let timeout = policy.timeout();
-        let deadline = Instant::now() + timeout;
-        let (reply, mut rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            run_id,
-            id: req.id.clone(),
-            code: req.code,
-            allowed_modules: policy.allowed_modules().clone(),
-            max_output: usize::try_from(policy.max_output()).unwrap_or(usize::MAX),
-            deadline,
-            reply,
-        };
-        if worker.jobs.send(job).is_err() {
-            return Err(host("an interpreter thread exited unexpectedly"));
-        }
-        let reply = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
-            Ok(r) => r.ok(),
-            Err(_) => {
-                let msg = format!("deadline of {}s exceeded", timeout.as_secs_f64());
-                worker.ctrl.terminate(run_id, Terminal::Timeout, &msg);
-                match tokio::time::timeout(self.grace, &mut rx).await {
-                    Ok(r) => r.ok(),
-                    Err(_) => {
-                        // Inside a native call: abandon the thread (it exits when the
-                        // call returns, since the run is marked terminal).
-                        let mut o = Outcome::refused(
-                            req.id,
-                            Tier::Rustpython,
-                            Status::Timeout,
-                            "Timeout",
-                            format!("{msg}; the interpreter was inside a native call and was abandoned"),
-                        );
-                        o.usage.wall_ms = ms(started.elapsed());
-                        return Ok(o);
-                    }
-                }
-            }
-        };
-        let Some((mut outcome, reusable)) = reply else {
-            return Err(host("an interpreter thread died during a run"));
-        };
-        if reusable {
-            self.put_back(worker);
-        }
-        outcome.usage.wall_ms = ms(started.elapsed());
-        Ok(outcome)
-    }
-}
-
-impl Executor for RustPythonExecutor {
-    fn tier(&self) -> Tier {
-        Tier::Rustpython
-    }
-
-    fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
-        Box::pin(self.run(req))
-    }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn host(message: &str) -> SandboxError {
-    SandboxError::Host { tier: Tier::Rustpython, message: message.into() }
-}
-
-async fn spawn_worker() -> Result<WorkerHandle, SandboxError> {
-    tokio::task::spawn_blocking(|| {
-        let (jobs, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("terrarium-rustpython".into())
-            .stack_size(WORKER_STACK)
-            .spawn(move || worker::serve(rx, ready_tx))
-            .map_err(|e| host(&format!("cannot start an interpreter thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(ctrl)) => Ok(WorkerHandle { jobs, ctrl }),
-            Ok(Err(e)) => Err(host(&format!("the interpreter failed to start: {e}"))),
-            Err(_) => Err(host("the interpreter thread died while starting")),
-        }
-    })
-    .await
-    .map_err(|e| host(&format!("cannot start an interpreter: {e}")))?
-}

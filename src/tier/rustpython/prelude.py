@@ -514,6 +514,14 @@ def new_globals():
     return {"__builtins__": dict(_snippet_builtins), "__name__": "__main__", "__doc__": None}
 
 
+def after_fork():
+    """In a fresh child of the zygote: draw new seeds, so that children forked from
+    one interpreter do not share random streams."""
+    r = sys.modules.get("random")
+    if r is not None:
+        r.seed(int.from_bytes(_t_urandom(32), "big"))
+
+
 def to_json(value):
     """The run's last value as JSON text, or None when it has no JSON form."""
     if value is None:

@@ -168,9 +168,10 @@ pub struct Job {
     pub max_output: usize,
     /// When the run must end.
     pub deadline: Instant,
-    /// Where the outcome goes.
-    pub reply: tokio::sync::oneshot::Sender<(Outcome, bool)>,
 }
+
+/// Where a job's outcome, and whether the interpreter may be reused, go.
+pub type Reply = tokio::sync::oneshot::Sender<(Outcome, bool)>;
 
 /// Per-run state the native functions reach through a thread-local (one
 /// interpreter per thread, so per-thread is per-interpreter).
@@ -283,6 +284,7 @@ pub struct Worker {
     ctrl: Arc<Control>,
     new_globals: PyObjectRef,
     to_json: PyObjectRef,
+    after_fork: PyObjectRef,
 }
 
 impl Worker {
@@ -320,7 +322,7 @@ impl Worker {
                 }
             })
             .build();
-        let (new_globals, to_json) = interp.enter(|vm| -> Result<_, String> {
+        let (new_globals, to_json, after_fork) = interp.enter(|vm| -> Result<_, String> {
             let globals = vm.ctx.new_dict();
             let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| exc_text(vm, &e));
             set("__builtins__", vm.builtins.clone().into())?;
@@ -348,9 +350,29 @@ impl Worker {
             let fmt_map = patch.get_item(&1, vm).map_err(|e| exc_text(vm, &e))?;
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format"), fmt);
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format_map"), fmt_map);
-            Ok((get("new_globals")?, get("to_json")?))
+            Ok((get("new_globals")?, get("to_json")?, get("after_fork")?))
         })?;
-        Ok(Worker { interp, ctrl, new_globals, to_json })
+        Ok(Worker { interp, ctrl, new_globals, to_json, after_fork })
+    }
+
+    /// Imports `modules` (trusted, before any snippet) so that runs find them
+    /// loaded. Modules that fail to import are skipped: the run that imports one
+    /// reports the error itself.
+    pub fn preload(&self, modules: &[String]) {
+        self.interp.enter(|vm| {
+            for m in modules {
+                let name = vm.ctx.new_str(m.as_str());
+                let _ = vm.import(&name, 0);
+            }
+        });
+    }
+
+    /// Re-seeds per-process state (the `random` module) in a freshly forked child.
+    ///
+    /// # Errors
+    /// The exception text, when reseeding fails.
+    pub fn after_fork(&self) -> Result<(), String> {
+        self.interp.enter(|vm| self.after_fork.call((), vm).map(|_| ()).map_err(|e| exc_text(vm, &e)))
     }
 
     /// The control block supervisors use to end runs.
@@ -480,7 +502,7 @@ fn exc_text(vm: &VirtualMachine, e: &PyBaseExceptionRef) -> String {
 /// Runs a worker loop on the current thread until the job channel closes or the
 /// interpreter must be discarded. `ready` receives the control block, or the
 /// reason the interpreter could not be built.
-pub fn serve(jobs: mpsc::Receiver<Job>, ready: mpsc::SyncSender<Result<Arc<Control>, String>>) {
+pub fn serve(jobs: mpsc::Receiver<(Job, Reply)>, ready: mpsc::SyncSender<Result<Arc<Control>, String>>) {
     let worker = match Worker::new() {
         Ok(w) => w,
         Err(e) => {
@@ -491,9 +513,9 @@ pub fn serve(jobs: mpsc::Receiver<Job>, ready: mpsc::SyncSender<Result<Arc<Contr
     if ready.send(Ok(worker.control())).is_err() {
         return;
     }
-    for job in jobs {
+    for (job, reply) in jobs {
         let (outcome, reusable) = worker.run(&job);
-        let _ = job.reply.send((outcome, reusable));
+        let _ = reply.send((outcome, reusable));
         if !reusable {
             break;
         }

@@ -1,0 +1,622 @@
+//! Isolated mode: every request runs in a single-use child process forked, ahead of
+//! demand, from a warm zygote. The default for untrusted code.
+//!
+//! The supervisor (this module, in the host process, async) starts the zygote (the
+//! `terrarium` binary re-executed with [`ZYGOTE_ARG`]), keeps a pool of confined
+//! children ready, sends each request to one child, enforces the wall deadline with
+//! `SIGKILL` through a pidfd, reads the answer with a size cap, and maps how the
+//! child ended to an outcome. The zygote reaps children and reports their exit
+//! status and rusage; a zygote that dies is replaced on the next request.
+//!
+//! # Security invariants
+//! - A child is confined (descriptors, namespaces, rlimits, seccomp) before it reads
+//!   its request; see [`zygote`].
+//! - The deadline is a `SIGKILL`: it cannot be caught and it stops native calls and
+//!   `time.sleep` alike.
+//! - A child runs one request and exits; a crashed child is never reused; nothing a
+//!   child does can crash the host, and nothing it writes is trusted (answers are
+//!   size-capped and parsed, anything else is a crash).
+//!
+//! Linux only.
+
+mod protocol;
+mod seccomp;
+mod sys;
+mod zygote;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot};
+
+use self::protocol::{ChildRequest, FromZygote, SpawnSpec, ToZygote};
+pub use self::zygote::{ZYGOTE_ARG, run_zygote_if_requested};
+use super::WORKER_STACK;
+use crate::error::SandboxError;
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit};
+use crate::policy::Policy;
+
+/// Environment variable naming the binary to run as the zygote, for programs other
+/// than `terrarium` (tests, embedders). That binary must call
+/// [`run_zygote_if_requested`] first thing in `main`.
+pub const WORKER_EXE_ENV: &str = "TERRARIUM_WORKER_EXE";
+
+/// How long a request waits for a child before failing as a host fault.
+const SPAWN_WAIT: Duration = Duration::from_secs(20);
+/// How long the supervisor waits for the zygote's report after killing a child.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How isolated mode runs.
+#[derive(Debug, Clone)]
+pub struct IsolatedConfig {
+    /// The binary re-executed as the zygote.
+    pub worker_exe: PathBuf,
+    /// Children kept forked ahead of demand (at least 1).
+    pub pool_size: usize,
+    /// Whether children enter new user/net/mount/IPC/UTS namespaces (where the
+    /// kernel allows; the seccomp filter stands either way).
+    pub namespaces: bool,
+}
+
+impl IsolatedConfig {
+    /// Runs `worker_exe` as the zygote, with a pool of 4 and namespaces on.
+    pub fn new(worker_exe: impl Into<PathBuf>) -> IsolatedConfig {
+        IsolatedConfig { worker_exe: worker_exe.into(), pool_size: 4, namespaces: true }
+    }
+
+    /// The binary named by [`WORKER_EXE_ENV`], or else this program itself.
+    ///
+    /// # Errors
+    /// [`SandboxError::TierUnavailable`] when neither can be found.
+    pub fn from_env() -> Result<IsolatedConfig, SandboxError> {
+        let exe = match std::env::var_os(WORKER_EXE_ENV) {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe().map_err(|e| SandboxError::TierUnavailable {
+                tier: Tier::Rustpython,
+                reason: format!("cannot find this program to run as the isolated-mode zygote: {e}"),
+            })?,
+        };
+        Ok(IsolatedConfig::new(exe))
+    }
+}
+
+/// Runs each snippet in a fresh, confined child of a warm zygote.
+pub struct IsolatedExecutor {
+    policy: Policy,
+    config: IsolatedConfig,
+    zygote: Mutex<Option<Arc<Zygote>>>,
+    starting: tokio::sync::Mutex<()>,
+}
+
+impl IsolatedExecutor {
+    /// An executor for `policy`. The zygote starts on the first request or on
+    /// [`IsolatedExecutor::warm_up`].
+    pub fn new(policy: Policy, config: IsolatedConfig) -> IsolatedExecutor {
+        IsolatedExecutor { policy, config, zygote: Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The policy requests are checked against.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Starts the zygote and waits until the pool is full.
+    ///
+    /// # Errors
+    /// [`SandboxError::Host`] when the zygote cannot start or fork.
+    pub async fn warm_up(&self) -> Result<(), SandboxError> {
+        let z = self.zygote().await?;
+        let until = Instant::now() + SPAWN_WAIT;
+        loop {
+            let notified = z.arrived.notified();
+            {
+                let st = z.state();
+                if st.ready.len() >= z.pool_size {
+                    return Ok(());
+                }
+                if let Some(e) = &st.death {
+                    return Err(host(e));
+                }
+            }
+            if tokio::time::timeout_at(until.into(), notified).await.is_err() {
+                return Err(host("the zygote did not fill its pool in time"));
+            }
+            // A waiter consumed this arrival's permit; hand it on to the next.
+            z.arrived.notify_one();
+        }
+    }
+
+    /// The running zygote's pid, if one runs (for operators and tests).
+    pub fn zygote_pid(&self) -> Option<i32> {
+        self.zygote.lock().ok().and_then(|z| z.as_ref().filter(|z| z.alive()).map(|z| z.pid))
+    }
+
+    fn default_spec(&self) -> SpawnSpec {
+        spawn_spec(&self.policy, self.config.namespaces)
+    }
+
+    async fn zygote(&self) -> Result<Arc<Zygote>, SandboxError> {
+        if let Some(z) = self.current_zygote() {
+            return Ok(z);
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(z) = self.current_zygote() {
+            return Ok(z);
+        }
+        let config = self.config.clone();
+        let preload: Vec<String> = self.policy.allowed_modules().iter().cloned().collect();
+        let spec = self.default_spec();
+        let z = tokio::task::spawn_blocking(move || Zygote::start(&config, preload, spec))
+            .await
+            .map_err(|e| host(&format!("cannot start the zygote: {e}")))??;
+        z.refill(&mut z.state());
+        if let Ok(mut slot) = self.zygote.lock() {
+            *slot = Some(z.clone());
+        }
+        Ok(z)
+    }
+
+    fn current_zygote(&self) -> Option<Arc<Zygote>> {
+        self.zygote.lock().ok().and_then(|z| z.as_ref().filter(|z| z.alive()).cloned())
+    }
+
+    async fn run(&self, req: ExecRequest, probe: Option<&str>) -> Result<Outcome, SandboxError> {
+        let started = Instant::now();
+        let policy = match admit(&self.policy, &req, Tier::Rustpython)? {
+            Ok(p) => p,
+            Err(refused) => return Ok(refused),
+        };
+        let timeout = policy.timeout();
+        let deadline = started + timeout;
+        let z = self.zygote().await?;
+        let spec = spawn_spec(&policy, self.config.namespaces);
+        let child = if spec == self.default_spec() { z.take().await } else { z.take_dedicated(spec).await };
+        let child = child.map_err(|e| host(&e))?;
+        let request = ChildRequest {
+            id: req.id.clone(),
+            code: req.code,
+            allowed_modules: policy.allowed_modules().clone(),
+            max_output: policy.max_output(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            probe: probe.map(str::to_owned),
+        };
+        // JSON escapes at most 6 bytes per byte of output, for stdout and stderr.
+        let cap = usize::try_from(policy.max_output()).unwrap_or(usize::MAX).saturating_mul(12).saturating_add(1 << 20);
+        let mut outcome = supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await?;
+        outcome.id = req.id;
+        outcome.usage.wall_ms = ms(started.elapsed());
+        Ok(outcome)
+    }
+
+    /// Runs a child that attempts one forbidden system call (`socket`, `openat`,
+    /// `execve`, `fork`, `kill`, `ptrace`) after confinement, as a test of the
+    /// seccomp wall: the outcome must be `crashed` by `SIGSYS`. Not reachable from
+    /// snippets, requests or the CLI.
+    ///
+    /// # Errors
+    /// As for [`Executor::execute`].
+    #[doc(hidden)]
+    pub async fn probe_forbidden_syscall(&self, syscall: &str) -> Result<Outcome, SandboxError> {
+        self.run(ExecRequest::new("pass"), Some(syscall)).await
+    }
+}
+
+impl Drop for IsolatedExecutor {
+    fn drop(&mut self) {
+        if let Some(z) = self.zygote.get_mut().ok().and_then(Option::take) {
+            z.shutdown();
+        }
+    }
+}
+
+impl Executor for IsolatedExecutor {
+    fn tier(&self) -> Tier {
+        Tier::Rustpython
+    }
+
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
+        Box::pin(self.run(req, None))
+    }
+}
+
+fn spawn_spec(policy: &Policy, namespaces: bool) -> SpawnSpec {
+    SpawnSpec {
+        token: 0,
+        memory: policy.max_memory(),
+        // A backstop behind the wall deadline: whole seconds, plus one.
+        cpu_secs: policy.timeout().as_secs().saturating_add(2),
+        namespaces,
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn host(message: &str) -> SandboxError {
+    SandboxError::Host { tier: Tier::Rustpython, message: message.into() }
+}
+
+/// How a child ended, from the zygote's `wait4`.
+#[derive(Debug, Clone, Copy)]
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    cpu_us: u64,
+    maxrss_kb: u64,
+}
+
+/// A confined child waiting for its request.
+struct ReadyChild {
+    stream: std::os::unix::net::UnixStream,
+    pidfd: OwnedFd,
+    exit: oneshot::Receiver<Exit>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    ready: VecDeque<ReadyChild>,
+    pending: usize,
+    waiters: HashMap<u64, oneshot::Sender<Result<ReadyChild, String>>>,
+    exits: HashMap<i32, oneshot::Sender<Exit>>,
+    /// The last pool spawn's failure, reported to the next request that finds the
+    /// pool empty.
+    spawn_failure: Option<String>,
+    /// Why the zygote is gone, once it is.
+    death: Option<String>,
+}
+
+struct Zygote {
+    pid: i32,
+    process: Mutex<Option<Child>>,
+    ctl: OwnedFd,
+    state: Mutex<PoolState>,
+    arrived: Notify,
+    spec: SpawnSpec,
+    pool_size: usize,
+    next_token: AtomicU64,
+}
+
+impl Zygote {
+    /// Starts a zygote and waits until its interpreter is warm (blocking).
+    fn start(config: &IsolatedConfig, preload: Vec<String>, spec: SpawnSpec) -> Result<Arc<Zygote>, SandboxError> {
+        let unavailable = |reason: String| SandboxError::TierUnavailable { tier: Tier::Rustpython, reason };
+        let (ctl, theirs) =
+            sys::seqpacket_pair().map_err(|e| host(&format!("cannot create the zygote socket: {e}")))?;
+        let mut cmd = Command::new(&config.worker_exe);
+        cmd.arg(ZYGOTE_ARG).env_clear().stdin(Stdio::null()).stdout(Stdio::null());
+        sys::zygote_pre_exec(&mut cmd, theirs.as_raw_fd(), WORKER_STACK as u64);
+        let process = cmd.spawn().map_err(|e| {
+            unavailable(format!(
+                "cannot start {} as the isolated-mode zygote: {e} (set {WORKER_EXE_ENV} to the terrarium binary)",
+                config.worker_exe.display()
+            ))
+        })?;
+        drop(theirs);
+        let init = serde_json::to_vec(&ToZygote::Init { preload }).map_err(|e| host(&e.to_string()))?;
+        sys::send_msg(ctl.as_fd(), &init, &[]).map_err(|e| host(&format!("the zygote did not start: {e}")))?;
+        let mut buf = vec![0u8; protocol::MAX_CONTROL];
+        let pid = match sys::recv_msg(ctl.as_fd(), &mut buf) {
+            Ok((n, _)) if n > 0 => match serde_json::from_slice::<FromZygote>(&buf[..n]) {
+                Ok(FromZygote::Ready { pid }) => pid,
+                Ok(FromZygote::Failed { message }) => {
+                    return Err(host(&format!("the zygote could not build its interpreter: {message}")));
+                }
+                _ => return Err(host("the zygote answered out of turn")),
+            },
+            _ => {
+                return Err(unavailable(format!(
+                    "{} exited instead of becoming a zygote; it must call \
+                     terrarium::tier::rustpython::isolated::run_zygote_if_requested() first in main \
+                     (set {WORKER_EXE_ENV} to the terrarium binary)",
+                    config.worker_exe.display()
+                )));
+            }
+        };
+        let z = Arc::new(Zygote {
+            pid,
+            process: Mutex::new(Some(process)),
+            ctl,
+            state: Mutex::new(PoolState::default()),
+            arrived: Notify::new(),
+            spec,
+            pool_size: config.pool_size.max(1),
+            next_token: AtomicU64::new(1),
+        });
+        let reader = z.clone();
+        std::thread::Builder::new()
+            .name("terrarium-zygote-reader".into())
+            .spawn(move || reader.dispatch())
+            .map_err(|e| host(&format!("cannot start the zygote reader: {e}")))?;
+        Ok(z)
+    }
+
+    fn state(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding this lock leaves plain data; keep going with it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn alive(&self) -> bool {
+        self.state().death.is_none()
+    }
+
+    fn send(&self, msg: &ToZygote) -> Result<(), String> {
+        let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        sys::send_msg(self.ctl.as_fd(), &body, &[]).map_err(|e| format!("the zygote is unreachable: {e}"))
+    }
+
+    /// Asks for children until ready + pending reaches the pool size.
+    fn refill(&self, st: &mut PoolState) {
+        while st.death.is_none() && st.ready.len() + st.pending < self.pool_size {
+            if self.send(&ToZygote::Spawn(self.spec)).is_err() {
+                break;
+            }
+            st.pending += 1;
+        }
+    }
+
+    /// A child from the pool, waiting for one if the pool is empty.
+    async fn take(&self) -> Result<ReadyChild, String> {
+        let until = Instant::now() + SPAWN_WAIT;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state();
+                if let Some(d) = &st.death {
+                    return Err(d.clone());
+                }
+                if let Some(c) = st.ready.pop_front() {
+                    self.refill(&mut st);
+                    return Ok(c);
+                }
+                if let Some(e) = st.spawn_failure.take() {
+                    return Err(format!("the zygote could not fork a child: {e}"));
+                }
+                self.refill(&mut st);
+            }
+            if tokio::time::timeout_at(until.into(), notified).await.is_err() {
+                return Err("no isolated child became ready in time".into());
+            }
+        }
+    }
+
+    /// A child forked for one request with its own limits.
+    async fn take_dedicated(&self, mut spec: SpawnSpec) -> Result<ReadyChild, String> {
+        spec.token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.state();
+            if let Some(d) = &st.death {
+                return Err(d.clone());
+            }
+            st.waiters.insert(spec.token, tx);
+        }
+        if let Err(e) = self.send(&ToZygote::Spawn(spec)) {
+            self.state().waiters.remove(&spec.token);
+            return Err(e);
+        }
+        match tokio::time::timeout(SPAWN_WAIT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the zygote died".into()),
+            Err(_) => {
+                self.state().waiters.remove(&spec.token);
+                Err("no isolated child became ready in time".into())
+            }
+        }
+    }
+
+    /// The reader thread: routes the zygote's messages until it goes away.
+    fn dispatch(self: Arc<Self>) {
+        let mut buf = vec![0u8; protocol::MAX_CONTROL];
+        let death = loop {
+            let (n, mut fds) = match sys::recv_msg(self.ctl.as_fd(), &mut buf) {
+                Ok((0, _)) => break "the zygote exited".to_string(),
+                Ok(r) => r,
+                Err(e) => break format!("the zygote socket failed: {e}"),
+            };
+            let Ok(msg) = serde_json::from_slice::<FromZygote>(&buf[..n]) else {
+                continue;
+            };
+            match msg {
+                FromZygote::Spawned { token, pid } if fds.len() == 2 => {
+                    let pidfd = fds.pop().expect("two descriptors");
+                    let sock = fds.pop().expect("two descriptors");
+                    let (tx, rx) = oneshot::channel();
+                    let child = ReadyChild { stream: sock.into(), pidfd, exit: rx };
+                    let mut st = self.state();
+                    st.exits.insert(pid, tx);
+                    if token == 0 {
+                        st.pending = st.pending.saturating_sub(1);
+                        st.ready.push_back(child);
+                        drop(st);
+                        self.arrived.notify_one();
+                    } else if let Some(w) = st.waiters.remove(&token) {
+                        let _ = w.send(Ok(child));
+                    }
+                }
+                FromZygote::SpawnFailed { token, message } => {
+                    let mut st = self.state();
+                    if token == 0 {
+                        st.pending = st.pending.saturating_sub(1);
+                        st.spawn_failure = Some(message);
+                        drop(st);
+                        self.arrived.notify_one();
+                    } else if let Some(w) = st.waiters.remove(&token) {
+                        let _ = w.send(Err(message));
+                    }
+                }
+                FromZygote::Exited { pid, code, signal, cpu_us, maxrss_kb } => {
+                    if let Some(tx) = self.state().exits.remove(&pid) {
+                        let _ = tx.send(Exit { code, signal, cpu_us, maxrss_kb });
+                    }
+                }
+                _ => {}
+            }
+        };
+        {
+            let mut st = self.state();
+            st.death = Some(death);
+            st.ready.clear();
+            st.waiters.clear();
+            st.exits.clear();
+        }
+        self.arrived.notify_waiters();
+        self.shutdown();
+    }
+
+    /// Kills and reaps the zygote; its children die with it (`PR_SET_PDEATHSIG`).
+    fn shutdown(&self) {
+        let process = self.process.lock().ok().and_then(|mut p| p.take());
+        if let Some(mut p) = process {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// Why a read of the child's answer stopped early.
+enum ReadFail {
+    TooBig,
+    Io,
+}
+
+/// Sends `request` to `child`, enforces the deadline, and turns what comes back
+/// (or how the child ended) into an outcome.
+async fn supervise(
+    child: ReadyChild,
+    request: &ChildRequest,
+    deadline: Instant,
+    timeout: Duration,
+    cap: usize,
+    memory: u64,
+) -> Result<Outcome, SandboxError> {
+    let ReadyChild { stream, pidfd, exit } = child;
+    let mut frame = Vec::new();
+    protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
+    stream.set_nonblocking(true).map_err(|e| host(&e.to_string()))?;
+    let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| host(&e.to_string()))?;
+    let exchange = async {
+        // A child that died during confinement has closed its end: the write fails,
+        // and how it ended is read from its exit below.
+        let _ = stream.write_all(&frame).await;
+        let mut answer = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => return Ok(answer),
+                Ok(n) => {
+                    answer.extend_from_slice(&chunk[..n]);
+                    if answer.len() > cap {
+                        return Err(ReadFail::TooBig);
+                    }
+                }
+                Err(_) => return Err(ReadFail::Io),
+            }
+        }
+    };
+    let read = tokio::time::timeout_at(deadline.into(), exchange).await;
+    let kill = || {
+        let _ = sys::pidfd_kill(pidfd.as_fd());
+    };
+    let wait_exit = |exit: oneshot::Receiver<Exit>| async move {
+        match tokio::time::timeout(EXIT_WAIT, exit).await {
+            Ok(Ok(e)) => Ok(e),
+            _ => Err(host("the zygote did not report how a child ended")),
+        }
+    };
+    let last_words = match read {
+        Err(_elapsed) => {
+            kill();
+            let e = wait_exit(exit).await?;
+            let msg = format!("deadline of {}s exceeded; the run was killed", timeout.as_secs_f64());
+            return Ok(ended(Status::Timeout, "Timeout", msg, Some(e)));
+        }
+        Ok(Err(ReadFail::TooBig)) => {
+            kill();
+            let e = wait_exit(exit).await?;
+            let msg = format!("the run's answer exceeded {cap} bytes; it was killed");
+            return Ok(ended(Status::OutputLimit, "OutputLimit", msg, Some(e)));
+        }
+        Ok(Err(ReadFail::Io)) => String::new(),
+        Ok(Ok(bytes)) => match protocol::parse_answer(&bytes) {
+            Ok(answer) => {
+                let mut o = answer.outcome;
+                o.usage.cpu_ms = Some(answer.cpu_us / 1000);
+                o.usage.peak_memory_bytes = Some(answer.maxrss_kb.saturating_mul(1024));
+                return Ok(o);
+            }
+            Err(words) => words,
+        },
+    };
+    kill();
+    let e = wait_exit(exit).await?;
+    classify(e, &last_words, memory)
+}
+
+fn ended(status: Status, kind: &str, message: String, exit: Option<Exit>) -> Outcome {
+    let mut o = Outcome::refused(None, Tier::Rustpython, status, kind, message);
+    if let Some(e) = exit {
+        o.usage.cpu_ms = Some(e.cpu_us / 1000);
+        o.usage.peak_memory_bytes = Some(e.maxrss_kb.saturating_mul(1024));
+    }
+    o
+}
+
+/// A child that ended without a complete answer: what happened to it.
+fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxError> {
+    let limit = |kind: &str, msg: String| Ok(ended(Status::MemoryLimit, kind, msg, Some(e)));
+    if last_words.contains("memory allocation of") {
+        return limit("MemoryLimit", format!("the run exceeded its memory limit of {memory} bytes"));
+    }
+    if let Some(code) = e.code {
+        // 70-76: the child could not confine itself (see zygote::child_main).
+        if (70..=76).contains(&code) {
+            return Err(host(&format!(
+                "an isolated child could not confine itself (exit code {code}: descriptors, rlimits or seccomp \
+                 failed); no request ran"
+            )));
+        }
+        let msg = format!("the interpreter process exited with code {code} without answering");
+        return Ok(ended(Status::Crashed, "Crashed", msg, Some(e)));
+    }
+    let signal = e.signal.unwrap_or(0);
+    let (kind, msg) = match signal {
+        libc::SIGSYS => (
+            "SeccompViolation",
+            "the run attempted a system call the sandbox does not allow and was killed (SIGSYS)".to_string(),
+        ),
+        libc::SIGXCPU => {
+            return Ok(ended(Status::Timeout, "CpuLimit", "the run used up its CPU time limit".into(), Some(e)));
+        }
+        _ if last_words.contains("overflowed its stack") => {
+            ("StackOverflow", "the interpreter overflowed its stack; the run was killed".to_string())
+        }
+        s => ("Crashed", format!("the interpreter process was killed by {}", signal_name(s))),
+    };
+    Ok(ended(Status::Crashed, kind, msg, Some(e)))
+}
+
+fn signal_name(s: i32) -> String {
+    let name = match s {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return format!("signal {s}"),
+    };
+    name.to_string()
+}

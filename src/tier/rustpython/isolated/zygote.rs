@@ -1,0 +1,221 @@
+//! The zygote and its children: the worker side of isolated mode.
+//!
+//! The zygote is the `terrarium` binary re-executed with [`ZYGOTE_ARG`]. It is
+//! single-threaded (no tokio; RustPython built without `threading`), builds one warm
+//! capability-free interpreter, imports the policy's modules, and then forks a child
+//! per `Spawn` message. It reaps its children and reports how each ended.
+//!
+//! # Security invariant: a child is confined before it reads its request
+//! In order, before the first byte of the request: every descriptor but its request
+//! socket is closed (descriptor 2 becomes that socket too), it dies with the zygote,
+//! it enters new user/net/mount/IPC/UTS namespaces where the kernel allows, it takes
+//! rlimits (address space, CPU seconds, no core files, no file writes, no new
+//! descriptors), and it installs the seccomp filter of [`super::seccomp`]. It runs
+//! exactly one request and exits with `_exit`; copy-on-write gives it the zygote's
+//! pristine interpreter, so nothing one request does reaches another.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::protocol::{self, ANSWER_MAGIC, ChildAnswer, ChildRequest, FromZygote, SpawnSpec, ToZygote};
+use super::{seccomp, sys};
+use crate::tier::rustpython::worker::{Job, Worker};
+
+/// The hidden first argument that turns the `terrarium` binary into a zygote.
+pub const ZYGOTE_ARG: &str = "__terrarium-zygote";
+
+/// Descriptor number of the control socket in the zygote.
+const CONTROL_FD: i32 = 3;
+/// Descriptor number of the request socket in a child.
+const REQUEST_FD: i32 = 3;
+/// Largest request a child reads (code is capped far lower by policy).
+const MAX_REQUEST: usize = 64 << 20;
+
+/// Runs the zygote when this process was started as one; `None` otherwise.
+///
+/// Call it first thing in `main`, before any thread or runtime starts:
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(code) = terrarium::tier::rustpython::isolated::run_zygote_if_requested() {
+///         return code;
+///     }
+///     // ...
+/// #   std::process::ExitCode::SUCCESS
+/// }
+/// ```
+pub fn run_zygote_if_requested() -> Option<ExitCode> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == ZYGOTE_ARG) { Some(zygote_main()) } else { None }
+}
+
+fn send(ctl: &OwnedFd, msg: &FromZygote, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    sys::send_msg(ctl.as_fd(), &body, fds)
+}
+
+fn zygote_main() -> ExitCode {
+    let Ok(ctl) = sys::take_inherited(CONTROL_FD) else {
+        eprintln!("terrarium: {ZYGOTE_ARG} is internal: it expects a control socket on descriptor {CONTROL_FD}");
+        return ExitCode::from(2);
+    };
+    // Panics are reported as outcomes; their text (with source paths) must not reach
+    // the request socket that doubles as a child's stderr.
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut buf = vec![0u8; protocol::MAX_CONTROL];
+    let preload = match sys::recv_msg(ctl.as_fd(), &mut buf) {
+        Ok((n, _)) if n > 0 => match serde_json::from_slice::<ToZygote>(&buf[..n]) {
+            Ok(ToZygote::Init { preload }) => preload,
+            _ => return ExitCode::from(2),
+        },
+        _ => return ExitCode::from(2),
+    };
+    let worker = match Worker::new() {
+        Ok(w) => w,
+        Err(message) => {
+            let _ = send(&ctl, &FromZygote::Failed { message }, &[]);
+            return ExitCode::from(1);
+        }
+    };
+    worker.preload(&preload);
+    let Ok(sigchld) = sys::sigchld_fd() else {
+        let _ = send(&ctl, &FromZygote::Failed { message: "cannot watch for exiting children".into() }, &[]);
+        return ExitCode::from(1);
+    };
+    let me = sys::own_pid();
+    if send(&ctl, &FromZygote::Ready { pid: me }, &[]).is_err() {
+        return ExitCode::from(1);
+    }
+    loop {
+        let Ok((control, children)) = sys::poll_two(ctl.as_fd(), sigchld.as_fd()) else {
+            return ExitCode::from(1);
+        };
+        if children {
+            sys::drain_signalfd(sigchld.as_fd());
+            while let Ok(Some(r)) = sys::reap_one() {
+                let msg = FromZygote::Exited {
+                    pid: r.pid,
+                    code: r.code,
+                    signal: r.signal,
+                    cpu_us: r.cpu_us,
+                    maxrss_kb: r.maxrss_kb,
+                };
+                if send(&ctl, &msg, &[]).is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+        if control {
+            let spec = match sys::recv_msg(ctl.as_fd(), &mut buf) {
+                Ok((0, _)) | Err(_) => return ExitCode::SUCCESS, // the supervisor is gone
+                Ok((n, _)) => match serde_json::from_slice::<ToZygote>(&buf[..n]) {
+                    Ok(ToZygote::Spawn(spec)) => spec,
+                    _ => continue,
+                },
+            };
+            if let Err(e) = spawn(&worker, &ctl, &spec, me) {
+                let msg = FromZygote::SpawnFailed { token: spec.token, message: e.to_string() };
+                if send(&ctl, &msg, &[]).is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of address space this process has mapped now.
+fn mapped_bytes() -> u64 {
+    // /proc/self/statm: size in pages first.
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn spawn(worker: &Worker, ctl: &OwnedFd, spec: &SpawnSpec, zygote: i32) -> io::Result<()> {
+    let (host_end, child_end) = sys::stream_pair()?;
+    let address_space = mapped_bytes().saturating_add(spec.memory);
+    match sys::fork_single_threaded()? {
+        None => child_main(worker, child_end, spec, address_space, zygote),
+        Some(pid) => {
+            drop(child_end);
+            let pidfd = sys::pidfd_open(pid)?;
+            send(ctl, &FromZygote::Spawned { token: spec.token, pid }, &[host_end.as_fd(), pidfd.as_fd()])
+        }
+    }
+}
+
+/// The child: confine, read one request, answer, `_exit`. Never returns.
+fn child_main(worker: &Worker, sock: OwnedFd, spec: &SpawnSpec, address_space: u64, zygote: i32) -> ! {
+    sys::unblock_all_signals();
+    if sys::die_with_parent().is_err() || sys::parent_pid() != zygote {
+        sys::exit_now(70);
+    }
+    // Descriptors: only the request socket, as 3 and as 2 (the runtime's last words).
+    if sys::dup_to(sock.as_fd(), REQUEST_FD).is_err() || sys::dup_to(sock.as_fd(), 2).is_err() {
+        sys::exit_now(71);
+    }
+    std::mem::forget(sock); // its number is closed below with the rest
+    sys::close_all_from(REQUEST_FD + 1, &[0, 1]);
+    let Ok(sock) = sys::take_inherited(REQUEST_FD) else { sys::exit_now(74) };
+    let namespaces = spec.namespaces && enter_namespaces();
+    let limits = [
+        (libc::RLIMIT_AS, address_space),
+        (libc::RLIMIT_CPU, spec.cpu_secs.max(1)),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_FSIZE, 0),
+        (libc::RLIMIT_NOFILE, (REQUEST_FD + 1) as u64),
+    ];
+    for (resource, value) in limits {
+        if sys::set_rlimit(resource, value).is_err() {
+            sys::exit_now(72);
+        }
+    }
+    let Ok(filter) = seccomp::build(sys::own_pid()) else { sys::exit_now(73) };
+    if seccomp::enter(&filter).is_err() {
+        sys::exit_now(73);
+    }
+    drop(filter);
+    if worker.after_fork().is_err() {
+        sys::exit_now(74);
+    }
+    // Confined. Now, and only now, read the request.
+    let mut sock = File::from(sock);
+    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut sock, MAX_REQUEST) else { sys::exit_now(75) };
+    if let Some(syscall) = &req.probe {
+        sys::attempt_forbidden(syscall, zygote);
+        sys::exit_now(77); // not reached when the filter holds
+    }
+    let job = Job {
+        run_id: 1,
+        id: req.id,
+        code: req.code,
+        allowed_modules: req.allowed_modules,
+        max_output: usize::try_from(req.max_output).unwrap_or(usize::MAX),
+        deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
+    };
+    let (outcome, _) = worker.run(&job);
+    let (cpu_us, maxrss_kb) = sys::self_usage();
+    let answer = ChildAnswer { outcome, cpu_us, maxrss_kb, namespaces };
+    let mut bytes = ANSWER_MAGIC.to_vec();
+    let ok = protocol::write_frame(&mut bytes, &answer).is_ok() && sock.write_all(&bytes).is_ok();
+    sys::exit_now(if ok { 0 } else { 76 })
+}
+
+/// Enters new namespaces: as root directly, otherwise inside a new user namespace.
+/// A child in a new network namespace has no interfaces but loopback (down).
+fn enter_namespaces() -> bool {
+    let base = libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let flags = if sys::is_root() { base } else { base | libc::CLONE_NEWUSER };
+    sys::unshare(flags).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statm_is_readable_here() {
+        assert!(super::mapped_bytes() > 0);
+    }
+}
