@@ -1,10 +1,25 @@
-//! Nothing a snippet does is visible to the next one: monkeypatches of modules and
-//! builtins stay in their run (embedded mode gives each run fresh globals,
-//! builtins and module proxies on a warm interpreter).
+//! Nothing a snippet does is visible to the next one, and nothing a child does
+//! stops the tier: each run is a fresh child of a warm zygote (isolated mode), a
+//! dead zygote is replaced, and the zygote does not grow with use.
 
-use terrarium::Status;
+use std::process::Command;
 
-use crate::common::run;
+use terrarium::{ExecRequest, Executor, Policy, Status};
+
+use crate::common::{exec, isolated, run, run_embedded, runtime, terrarium};
+
+fn exec_on(e: &dyn Executor, code: &str) -> terrarium::Outcome {
+    exec(e, ExecRequest::new(code))
+}
+
+#[test]
+fn embedded_mode_gives_each_run_fresh_globals() {
+    // Embedded mode (trusted callers): fresh globals, builtins and proxies per run.
+    assert_eq!(run_embedded("import math\nmath.pi = 3").status, Status::Ok);
+    assert_eq!(run_embedded("import math\nmath.pi").result, Some(serde_json::json!(std::f64::consts::PI)));
+    assert_eq!(run_embedded("x_leak = 1").status, Status::Ok);
+    assert_eq!(run_embedded("'x_leak' in globals()").result, Some(serde_json::json!(false)));
+}
 
 #[test]
 fn monkeypatches_do_not_leak_into_the_next_run() {
@@ -24,4 +39,126 @@ fn monkeypatches_do_not_leak_into_the_next_run() {
             assert_eq!(o.result, Some(expected.clone()), "{patch:?} leaked into {check:?}: {o:?}");
         }
     }
+}
+
+#[test]
+fn batch_runs_do_not_see_each_others_patches() {
+    // The CLI's batch runs every line in a fresh child of one zygote.
+    let lines = [
+        r#"{"id": "p1", "code": "import math\nmath.pi = 3"}"#,
+        r#"{"id": "c1", "code": "import math\nmath.pi"}"#,
+        r#"{"id": "p2", "code": "import json\njson.dumps = lambda *a: 'evil'"}"#,
+        r#"{"id": "c2", "code": "import json\njson.dumps([1])"}"#,
+        r#"{"id": "p3", "code": "__builtins__['len'] = lambda x: 42"}"#,
+        r#"{"id": "c3", "code": "len([1, 2])"}"#,
+        r#"{"id": "p4", "code": "import json\njson.JSONEncoder.default = lambda self, o: 'evil'"}"#,
+        r#"{"id": "c4", "code": "import json\ntry:\n    r = json.dumps(object())\nexcept TypeError:\n    r = 'clean'\nr"}"#,
+    ];
+    let out = terrarium(&["batch"], lines.join("\n").as_bytes());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outcomes: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).expect("outcome line")).collect();
+    assert_eq!(outcomes.len(), lines.len());
+    let result = |id: &str| outcomes.iter().find(|o| o["id"] == id).map(|o| o["result"].clone());
+    assert_eq!(result("c1"), Some(serde_json::json!(std::f64::consts::PI)));
+    assert_eq!(result("c2"), Some(serde_json::json!("[1]")));
+    assert_eq!(result("c3"), Some(serde_json::json!(2)));
+    // Class-level patches too: copy-on-write gives each child the pristine class.
+    assert_eq!(result("c4"), Some(serde_json::json!("clean")));
+}
+
+#[test]
+fn a_dead_zygote_is_replaced() {
+    let exec = isolated(Policy::default_policy());
+    assert_eq!(exec_on(&exec, "1 + 1").result, Some(serde_json::json!(2)));
+    let pid = exec.zygote_pid().expect("a running zygote");
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    assert!(killed.success());
+    // The next requests may find the old zygote's pool gone; they must still be served.
+    let mut served = 0;
+    for _ in 0..5 {
+        if exec_on(&exec, "2 + 2").result == Some(serde_json::json!(4)) {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 5, "requests after the zygote died were not all served");
+    assert_ne!(exec.zygote_pid(), Some(pid), "the zygote was not replaced");
+}
+
+#[test]
+fn a_crashed_child_leaves_the_tier_serving() {
+    let exec = isolated(Policy::default_policy());
+    for _ in 0..3 {
+        let o = runtime().block_on(exec.probe_forbidden_syscall("socket")).expect("host fault");
+        assert_eq!(o.status, Status::Crashed);
+        assert_eq!(exec_on(&exec, "3 * 3").result, Some(serde_json::json!(9)));
+    }
+}
+
+/// VmRSS of `pid`, KiB.
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn ten_thousand_runs_keep_the_zygote_flat() {
+    let exec = isolated(Policy::default_policy());
+    for _ in 0..200 {
+        assert_eq!(exec_on(&exec, "1 + 1").status, Status::Ok);
+    }
+    let pid = exec.zygote_pid().expect("zygote");
+    let before = rss_kb(pid);
+    let mut ok = 0;
+    runtime().block_on(async {
+        // Two requests in flight at a time, as on a 2-core machine.
+        let mut pending = Vec::new();
+        for i in 0..10_000 {
+            pending.push(exec.execute(ExecRequest::new("1 + 1")));
+            if pending.len() == 2 || i == 9_999 {
+                for o in futures_join(std::mem::take(&mut pending)).await {
+                    if o.status == Status::Ok {
+                        ok += 1;
+                    }
+                }
+            }
+        }
+    });
+    assert_eq!(ok, 10_000);
+    let after = rss_kb(pid);
+    assert_eq!(exec.zygote_pid(), Some(pid), "the zygote was replaced during the run");
+    assert!(after <= before + 2048, "zygote RSS grew from {before} KiB to {after} KiB over 10,000 runs");
+}
+
+async fn futures_join(
+    futs: Vec<terrarium::executor::BoxFuture<'_, Result<terrarium::Outcome, terrarium::SandboxError>>>,
+) -> Vec<terrarium::Outcome> {
+    let handles: Vec<_> = futs.into_iter().collect();
+    let mut out = Vec::new();
+    // Poll them concurrently on this task.
+    let joined = async {
+        let mut rs = Vec::new();
+        for h in handles {
+            rs.push(h);
+        }
+        let mut results = Vec::new();
+        let mut iter = rs.into_iter();
+        if let (Some(a), Some(b)) = (iter.next(), iter.next()) {
+            let (a, b) = tokio::join!(a, b);
+            results.push(a);
+            results.push(b);
+        }
+        for rest in iter {
+            results.push(rest.await);
+        }
+        results
+    };
+    for r in joined.await {
+        out.push(r.expect("host fault"));
+    }
+    out
 }

@@ -14,6 +14,8 @@ mod escape_builtins;
 mod escape_imports;
 #[path = "../escape_introspection.rs"]
 mod escape_introspection;
+#[path = "../escape_seccomp.rs"]
+mod escape_seccomp;
 #[path = "../isolation.rs"]
 mod isolation;
 #[path = "../limits.rs"]

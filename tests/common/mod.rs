@@ -75,6 +75,16 @@ pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
     exec(default_executor(), req)
 }
 
+/// Runs `req` under the default policy, in isolated mode.
+pub fn exec_default(req: ExecRequest) -> Outcome {
+    exec(default_executor(), req)
+}
+
+/// The shared isolated executor of the default policy.
+pub fn default_isolated() -> &'static IsolatedExecutor {
+    default_executor()
+}
+
 /// Runs `code` under a policy given as YAML, in isolated mode.
 pub fn run_policy(policy_yaml: &str, code: &str) -> Outcome {
     let policy = Policy::from_yaml(policy_yaml, "<test>").expect("test policy");

@@ -174,10 +174,6 @@ impl IsolatedExecutor {
         };
         let timeout = policy.timeout();
         let deadline = started + timeout;
-        let z = self.zygote().await?;
-        let spec = spawn_spec(&policy, self.config.namespaces);
-        let child = if spec == self.default_spec() { z.take().await } else { z.take_dedicated(spec).await };
-        let child = child.map_err(|e| host(&e))?;
         let request = ChildRequest {
             id: req.id.clone(),
             code: req.code,
@@ -188,7 +184,25 @@ impl IsolatedExecutor {
         };
         // JSON escapes at most 6 bytes per byte of output, for stdout and stderr.
         let cap = usize::try_from(policy.max_output()).unwrap_or(usize::MAX).saturating_mul(12).saturating_add(1 << 20);
-        let mut outcome = supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await?;
+        // Only a tighter memory limit needs a child of its own: a shorter deadline is
+        // the supervisor's kill, and the CPU rlimit is a backstop at the policy's.
+        let spec = SpawnSpec { memory: policy.max_memory(), ..self.default_spec() };
+        // A child dies with its zygote. A request caught in that is run once more on
+        // the replacement: a child has no effects outside itself, so a second run is
+        // safe, and it keeps the original deadline.
+        let mut attempts = 0;
+        let mut outcome = loop {
+            attempts += 1;
+            let z = self.zygote().await?;
+            let child = if spec == self.default_spec() { z.take().await } else { z.take_dedicated(spec).await };
+            let child = child.map_err(|e| host(&e))?;
+            match supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await {
+                Err(Supervise::ZygoteGone) if attempts < 2 => continue,
+                Err(Supervise::ZygoteGone) => return Err(host("the zygote died twice during one request")),
+                Err(Supervise::Host(e)) => return Err(e),
+                Ok(o) => break o,
+            }
+        };
         outcome.id = req.id;
         outcome.usage.wall_ms = ms(started.elapsed());
         Ok(outcome)
@@ -488,6 +502,20 @@ enum ReadFail {
     Io,
 }
 
+/// Why supervising a child gave no outcome.
+enum Supervise {
+    /// The zygote died, and the child with it, before the child's end was known.
+    ZygoteGone,
+    /// A host fault.
+    Host(SandboxError),
+}
+
+impl From<SandboxError> for Supervise {
+    fn from(e: SandboxError) -> Supervise {
+        Supervise::Host(e)
+    }
+}
+
 /// Sends `request` to `child`, enforces the deadline, and turns what comes back
 /// (or how the child ended) into an outcome.
 async fn supervise(
@@ -497,7 +525,7 @@ async fn supervise(
     timeout: Duration,
     cap: usize,
     memory: u64,
-) -> Result<Outcome, SandboxError> {
+) -> Result<Outcome, Supervise> {
     let ReadyChild { stream, pidfd, exit } = child;
     let mut frame = Vec::new();
     protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
@@ -529,7 +557,9 @@ async fn supervise(
     let wait_exit = |exit: oneshot::Receiver<Exit>| async move {
         match tokio::time::timeout(EXIT_WAIT, exit).await {
             Ok(Ok(e)) => Ok(e),
-            _ => Err(host("the zygote did not report how a child ended")),
+            // The reader drops every pending report when the zygote goes away.
+            Ok(Err(_)) => Err(Supervise::ZygoteGone),
+            Err(_) => Err(Supervise::Host(host("the zygote did not report how a child ended"))),
         }
     };
     let last_words = match read {
@@ -558,7 +588,7 @@ async fn supervise(
     };
     kill();
     let e = wait_exit(exit).await?;
-    classify(e, &last_words, memory)
+    Ok(classify(e, &last_words, memory)?)
 }
 
 fn ended(status: Status, kind: &str, message: String, exit: Option<Exit>) -> Outcome {
