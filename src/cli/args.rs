@@ -23,6 +23,26 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Measure round-trip latency of one snippet on this machine (JSON summary).
+    Bench(BenchArgs),
+}
+
+/// `terrarium bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Policy file (default: the built-in policies/default.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Measure embedded mode (in this process; for trusted code only) instead of
+    /// isolated mode.
+    #[arg(long)]
+    pub embedded: bool,
+    /// Timed requests.
+    #[arg(short = 'n', default_value_t = 1000)]
+    pub n: usize,
+    /// The code to run.
+    #[arg(short = 'c', value_name = "CODE")]
+    pub code: String,
 }
 
 /// Options shared by `run` and `batch`.

@@ -5,6 +5,7 @@
 //! error (including a tier that is unavailable).
 
 mod args;
+mod bench;
 
 use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Executor, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-use args::{BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+use args::{BatchArgs, BenchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -98,6 +99,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_one(args),
         Command::Batch(args) => run_batch(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -285,6 +285,8 @@ pub struct Worker {
     new_globals: PyObjectRef,
     to_json: PyObjectRef,
     after_fork: PyObjectRef,
+    /// Globals made ahead of the next run (see [`Worker::prepare_globals`]).
+    next_globals: RefCell<Option<PyObjectRef>>,
 }
 
 impl Worker {
@@ -352,7 +354,7 @@ impl Worker {
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format_map"), fmt_map);
             Ok((get("new_globals")?, get("to_json")?, get("after_fork")?))
         })?;
-        Ok(Worker { interp, ctrl, new_globals, to_json, after_fork })
+        Ok(Worker { interp, ctrl, new_globals, to_json, after_fork, next_globals: RefCell::new(None) })
     }
 
     /// Imports `modules` (trusted, before any snippet) so that runs find them
@@ -365,6 +367,13 @@ impl Worker {
                 let _ = vm.import(&name, 0);
             }
         });
+    }
+
+    /// Makes the next run's fresh globals now, off the request path (a single-use
+    /// child does this while it waits for its request).
+    pub fn prepare_globals(&self) {
+        let g = self.interp.enter(|vm| self.new_globals.call((), vm).ok());
+        *self.next_globals.borrow_mut() = g;
     }
 
     /// Re-seeds per-process state (the `random` module) in a freshly forked child.
@@ -458,13 +467,14 @@ impl Worker {
                 Ok(c) => c,
                 Err(e) => return RunResult::Exception("SyntaxError".into(), e.to_string()),
             };
-            let globals =
-                match self.new_globals.call((), vm).and_then(|g| {
-                    g.downcast::<rustpython_vm::builtins::PyDict>().map_err(|_| vm.new_type_error("globals"))
-                }) {
-                    Ok(g) => g,
-                    Err(e) => return RunResult::Exception("InternalError".into(), exc_text(vm, &e)),
-                };
+            let prepared = self.next_globals.borrow_mut().take();
+            let globals = match prepared
+                .map_or_else(|| self.new_globals.call((), vm), Ok)
+                .and_then(|g| g.downcast::<rustpython_vm::builtins::PyDict>().map_err(|_| vm.new_type_error("globals")))
+            {
+                Ok(g) => g,
+                Err(e) => return RunResult::Exception("InternalError".into(), exc_text(vm, &e)),
+            };
             let globals: PyDictRef = globals;
             match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
                 Ok(value) => {

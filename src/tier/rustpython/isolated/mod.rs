@@ -196,7 +196,9 @@ impl IsolatedExecutor {
             let z = self.zygote().await?;
             let child = if spec == self.default_spec() { z.take().await } else { z.take_dedicated(spec).await };
             let child = child.map_err(|e| host(&e))?;
-            match supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await {
+            let supervised = supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await;
+            z.refill(&mut z.state());
+            match supervised {
                 Err(Supervise::ZygoteGone) if attempts < 2 => continue,
                 Err(Supervise::ZygoteGone) => return Err(host("the zygote died twice during one request")),
                 Err(Supervise::Host(e)) => return Err(e),
@@ -388,7 +390,12 @@ impl Zygote {
                     return Err(d.clone());
                 }
                 if let Some(c) = st.ready.pop_front() {
-                    self.refill(&mut st);
+                    // Refill after the request (see `run`), so that forking and
+                    // confining the replacement does not compete with it for CPU;
+                    // only an empty pool refills now.
+                    if st.ready.is_empty() {
+                        self.refill(&mut st);
+                    }
                     return Ok(c);
                 }
                 if let Some(e) = st.spawn_failure.take() {
@@ -544,6 +551,11 @@ async fn supervise(
                     answer.extend_from_slice(&chunk[..n]);
                     if answer.len() > cap {
                         return Err(ReadFail::TooBig);
+                    }
+                    // A complete answer frame is the end: do not wait for the end of
+                    // stream, which comes only after the child's memory is torn down.
+                    if protocol::answer_complete(&answer) {
+                        return Ok(answer);
                     }
                 }
                 Err(_) => return Err(ReadFail::Io),

@@ -154,6 +154,14 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read, max: usize) -
     serde_json::from_slice(&body).map_err(io::Error::other)
 }
 
+/// Whether `bytes` holds a whole answer frame (magic, length, body).
+pub fn answer_complete(bytes: &[u8]) -> bool {
+    let Some(rest) = bytes.strip_prefix(ANSWER_MAGIC.as_slice()) else {
+        return false;
+    };
+    rest.split_first_chunk::<4>().is_some_and(|(len, body)| body.len() >= u32::from_le_bytes(*len) as usize)
+}
+
 /// Parses what a child wrote on its request socket: `Ok(answer)` when it is a
 /// complete answer frame, `Err(text)` with the child's last words otherwise.
 pub fn parse_answer(bytes: &[u8]) -> Result<ChildAnswer, String> {
@@ -194,6 +202,9 @@ mod tests {
             Some("memory allocation of 9 bytes failed\n")
         );
         assert!(parse_answer(&bytes[..bytes.len() - 1]).is_err(), "a truncated answer is not an answer");
+        assert!(answer_complete(&bytes));
+        assert!(!answer_complete(&bytes[..bytes.len() - 1]));
+        assert!(!answer_complete(b"memory allocation"));
     }
 
     #[test]

@@ -270,20 +270,18 @@ pub fn unblock_all_signals() {
     }
 }
 
-/// Waits until `a` or `b` is readable (or hung up); returns which.
+/// Waits until any of `fds` is readable (or hung up); returns which are.
 ///
 /// # Errors
 /// The system call's error other than `EINTR`.
-pub fn poll_two(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd { fd: a.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-    ];
+pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
     loop {
-        // SAFETY: `fds` is a live array of two pollfds.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `pfds` is a live array of `pfds.len()` pollfds.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
         if rc >= 0 {
-            return Ok((fds[0].revents != 0, fds[1].revents != 0));
+            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

@@ -15,7 +15,7 @@
 //! pristine interpreter, so nothing one request does reaches another.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,6 +31,53 @@ pub const ZYGOTE_ARG: &str = "__terrarium-zygote";
 const CONTROL_FD: i32 = 3;
 /// Descriptor number of the request socket in a child.
 const REQUEST_FD: i32 = 3;
+/// What a child runs before it reads its request, to take its copy-on-write faults
+/// early.
+const WARM_UP: &str = "x = [str(i) for i in range(64)]\nd = {k: len(k) for k in x}\nprint(len(d))\nsum(d.values())";
+/// Common paths of allowed modules, run once in the zygote so that lazy
+/// initialisation (encoders, compiled patterns, caches) is done before the fork
+/// rather than again in every child.
+const MODULE_WARM_UPS: &[(&str, &str)] = &[
+    ("json", "import json\njson.loads(json.dumps([1, 2.5, 'x', {'k': None, 'l': [True]}], indent=1, sort_keys=True))"),
+    ("re", "import re\nre.compile(r'(\\w+)-(\\d+)').findall('a-1 b-2')\nre.sub(r'\\s+', ' ', 'a  b')"),
+    ("math", "import math\nmath.sqrt(2) + math.floor(2.5) + math.gcd(12, 18)"),
+    (
+        "collections",
+        "import collections\ncollections.Counter('abca').most_common(1)\ncollections.deque([1, 2]).popleft()",
+    ),
+    ("itertools", "import itertools\nlist(itertools.islice(itertools.count(), 3))"),
+    ("functools", "import functools\nfunctools.reduce(lambda a, b: a + b, [1, 2, 3])"),
+    ("datetime", "import datetime\n(datetime.datetime(2020, 1, 2) + datetime.timedelta(days=1)).isoformat()"),
+    ("random", "import random\nrandom.random() + random.randint(1, 6)"),
+    ("statistics", "import statistics\nstatistics.mean([1, 2, 3])"),
+    ("decimal", "import decimal\nstr(decimal.Decimal('1.1') + decimal.Decimal('2.2'))"),
+    ("fractions", "import fractions\nstr(fractions.Fraction(1, 3) + 1)"),
+    ("string", "import string\nstring.Template('$a').substitute(a=1)"),
+];
+
+/// Runs [`WARM_UP`] and the warm-ups of the allowed modules in the zygote itself.
+fn warm_up_modules(worker: &Worker, allowed: &[String]) {
+    let allowed: std::collections::BTreeSet<String> = allowed.iter().cloned().collect();
+    let run = |code: &str| {
+        let _ = worker.run(&Job {
+            run_id: 1,
+            id: None,
+            code: code.into(),
+            allowed_modules: allowed.clone(),
+            max_output: 1 << 16,
+            deadline: Instant::now() + Duration::from_secs(5),
+        });
+    };
+    run(WARM_UP);
+    for (module, code) in MODULE_WARM_UPS {
+        if allowed.contains(*module) {
+            run(code);
+        }
+    }
+}
+
+/// The byte a child writes once it is confined and warm.
+const READY: u8 = 0x52;
 /// Largest request a child reads (code is capped far lower by policy).
 const MAX_REQUEST: usize = 64 << 20;
 
@@ -79,6 +126,7 @@ fn zygote_main() -> ExitCode {
         }
     };
     worker.preload(&preload);
+    warm_up_modules(&worker, &preload);
     let Ok(sigchld) = sys::sigchld_fd() else {
         let _ = send(&ctl, &FromZygote::Failed { message: "cannot watch for exiting children".into() }, &[]);
         return ExitCode::from(1);
@@ -87,11 +135,16 @@ fn zygote_main() -> ExitCode {
     if send(&ctl, &FromZygote::Ready { pid: me }, &[]).is_err() {
         return ExitCode::from(1);
     }
+    // Children forked but still confining themselves: announced once they say ready.
+    let mut confining: Vec<Confining> = Vec::new();
     loop {
-        let Ok((control, children)) = sys::poll_two(ctl.as_fd(), sigchld.as_fd()) else {
+        let mut fds = vec![ctl.as_fd(), sigchld.as_fd()];
+        fds.extend(confining.iter().map(|c| c.host_end.as_fd()));
+        let Ok(readable) = sys::poll_readable(&fds) else {
             return ExitCode::from(1);
         };
-        if children {
+        drop(fds);
+        if readable[1] {
             sys::drain_signalfd(sigchld.as_fd());
             while let Ok(Some(r)) = sys::reap_one() {
                 let msg = FromZygote::Exited {
@@ -106,7 +159,30 @@ fn zygote_main() -> ExitCode {
                 }
             }
         }
-        if control {
+        // Announce the children that finished confining themselves (newest first, so
+        // removal keeps the indices of the rest valid).
+        for i in (0..confining.len()).rev() {
+            if !readable[2 + i] {
+                continue;
+            }
+            let c = confining.swap_remove(i);
+            let mut byte = [0u8; 1];
+            let msg = match (&c.host_end).read(&mut byte) {
+                Ok(1) if byte[0] == READY => FromZygote::Spawned { token: c.token, pid: c.pid },
+                _ => FromZygote::SpawnFailed {
+                    token: c.token,
+                    message: "a child died while confining itself (namespaces, rlimits or seccomp failed)".into(),
+                },
+            };
+            let sent = match &msg {
+                FromZygote::Spawned { .. } => send(&ctl, &msg, &[c.host_end.as_fd(), c.pidfd.as_fd()]),
+                _ => send(&ctl, &msg, &[]),
+            };
+            if sent.is_err() {
+                return ExitCode::SUCCESS;
+            }
+        }
+        if readable[0] {
             let spec = match sys::recv_msg(ctl.as_fd(), &mut buf) {
                 Ok((0, _)) | Err(_) => return ExitCode::SUCCESS, // the supervisor is gone
                 Ok((n, _)) => match serde_json::from_slice::<ToZygote>(&buf[..n]) {
@@ -114,14 +190,25 @@ fn zygote_main() -> ExitCode {
                     _ => continue,
                 },
             };
-            if let Err(e) = spawn(&worker, &ctl, &spec, me) {
-                let msg = FromZygote::SpawnFailed { token: spec.token, message: e.to_string() };
-                if send(&ctl, &msg, &[]).is_err() {
-                    return ExitCode::SUCCESS;
+            match spawn(&worker, &spec, me) {
+                Ok(c) => confining.push(c),
+                Err(e) => {
+                    let msg = FromZygote::SpawnFailed { token: spec.token, message: e.to_string() };
+                    if send(&ctl, &msg, &[]).is_err() {
+                        return ExitCode::SUCCESS;
+                    }
                 }
             }
         }
     }
+}
+
+/// A forked child that has not yet said it is confined.
+struct Confining {
+    token: u64,
+    pid: i32,
+    host_end: File,
+    pidfd: OwnedFd,
 }
 
 /// Bytes of address space this process has mapped now.
@@ -134,7 +221,7 @@ fn mapped_bytes() -> u64 {
     pages * 4096
 }
 
-fn spawn(worker: &Worker, ctl: &OwnedFd, spec: &SpawnSpec, zygote: i32) -> io::Result<()> {
+fn spawn(worker: &Worker, spec: &SpawnSpec, zygote: i32) -> io::Result<Confining> {
     let (host_end, child_end) = sys::stream_pair()?;
     let address_space = mapped_bytes().saturating_add(spec.memory);
     match sys::fork_single_threaded()? {
@@ -142,7 +229,7 @@ fn spawn(worker: &Worker, ctl: &OwnedFd, spec: &SpawnSpec, zygote: i32) -> io::R
         Some(pid) => {
             drop(child_end);
             let pidfd = sys::pidfd_open(pid)?;
-            send(ctl, &FromZygote::Spawned { token: spec.token, pid }, &[host_end.as_fd(), pidfd.as_fd()])
+            Ok(Confining { token: spec.token, pid, host_end: File::from(host_end), pidfd })
         }
     }
 }
@@ -181,8 +268,24 @@ fn child_main(worker: &Worker, sock: OwnedFd, spec: &SpawnSpec, address_space: u
     if worker.after_fork().is_err() {
         sys::exit_now(74);
     }
-    // Confined. Now, and only now, read the request.
+    // Touch, ahead of demand, the pages every run writes (parser, compiler, frames,
+    // refcounts of the core types): their copy-on-write faults then happen here,
+    // off the request path. The warm-up is Terrarium's own code, in fresh globals.
+    let _ = worker.run(&Job {
+        run_id: 1,
+        id: None,
+        code: WARM_UP.into(),
+        allowed_modules: Default::default(),
+        max_output: 1 << 16,
+        deadline: Instant::now() + Duration::from_secs(5),
+    });
+    worker.prepare_globals();
+    // Confined and warm: say so (the zygote announces the child on this byte), then,
+    // and only then, read the request.
     let mut sock = File::from(sock);
+    if sock.write_all(&[READY]).is_err() {
+        sys::exit_now(76);
+    }
     let Ok(req) = protocol::read_frame::<ChildRequest>(&mut sock, MAX_REQUEST) else { sys::exit_now(75) };
     if let Some(syscall) = &req.probe {
         sys::attempt_forbidden(syscall, zygote);

@@ -1,0 +1,121 @@
+"""Measures Terrarium against its peers on the same snippets, in one run.
+
+Each cell is the round trip of one request with fresh state, as a caller sees it:
+- terrarium isolated: `terrarium bench` (a confined single-use child of a warm
+  zygote; the pool is refilled, untimed, between requests)
+- terrarium embedded: `terrarium bench --embedded` (warm interpreter in-process,
+  fresh globals; for trusted code)
+- cpython exec: exec(compile(code)) with fresh globals in this process (no sandbox)
+- monty: a session checked out of a pydantic-monty worker pool per request
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+
+SNIPPETS = [
+    ("1+1", "1+1"),
+    ("sum(range(10000))", "sum(range(10000))"),
+    ("10k-iteration loop", "t = 0\nfor i in range(10000):\n    t += i\nt"),
+    ("json.dumps(list(range(100)))", "import json\njson.dumps(list(range(100)))"),
+]
+
+
+def pct(samples, p):
+    s = sorted(samples)
+    return s[min(len(s) - 1, round((len(s) - 1) * p))]
+
+
+def terrarium(binary, code, n, embedded):
+    args = [binary, "bench", "-n", str(n), "-c", code]
+    if embedded:
+        args.insert(2, "--embedded")
+    out = subprocess.run(args, capture_output=True, text=True)
+    if out.returncode != 0:
+        return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
+    r = json.loads(out.stdout)
+    return (r["p50_us"], r["p99_us"]), None
+
+
+def timed(fn, n, warm=20):
+    for _ in range(warm):
+        fn()
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1e6)
+    return (pct(samples, 0.5), pct(samples, 0.99)), None
+
+
+def cpython(code, n):
+    def once():
+        exec(compile(code, "<snippet>", "exec"), {})
+
+    return timed(once, n)
+
+
+def monty_runner():
+    import pydantic_monty
+
+    pool = pydantic_monty.Monty()
+    pool.__enter__()
+
+    def run(code, n):
+        def once():
+            with pool.checkout() as s:
+                s.feed_run(code)
+
+        try:
+            once()
+        except Exception as e:  # a snippet Monty does not support
+            return None, f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+        return timed(once, n)
+
+    return run, pool
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--terrarium", required=True)
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--monty-version", default="?")
+    a = ap.parse_args()
+    monty, pool = monty_runner()
+    rows = []
+    for name, code in SNIPPETS:
+        cells = {
+            "terrarium isolated": terrarium(a.terrarium, code, a.n, False),
+            "terrarium embedded": terrarium(a.terrarium, code, a.n, True),
+            "cpython exec (no sandbox)": cpython(code, a.n),
+            f"monty {a.monty_version}": monty(code, a.n),
+        }
+        rows.append((name, cells))
+    pool.__exit__(None, None, None)
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.system()} {platform.release()}, {cpu}, "
+          f"{__import__('os').cpu_count()} cores, N={a.n} per cell, p50/p99 in µs")
+    print()
+    print("| snippet | engine | p50 µs | p99 µs | p50 vs terrarium isolated |")
+    print("|---|---|---:|---:|---:|")
+    for name, cells in rows:
+        base = cells["terrarium isolated"][0]
+        for engine, (r, err) in cells.items():
+            if r is None:
+                print(f"| {name} | {engine} | n/a | n/a | {err} |")
+                continue
+            ratio = f"{r[0] / base[0]:.2f}x" if base else "n/a"
+            print(f"| {name} | {engine} | {r[0]:.0f} | {r[1]:.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

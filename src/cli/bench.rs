@@ -1,0 +1,80 @@
+//! `terrarium bench`: round-trip latency of one snippet, as the library sees it.
+//!
+//! Isolated mode is measured with a warm pool: before each timed request the pool
+//! is refilled (untimed), so the figure is the request path alone; refill cost shows
+//! in throughput, not here. Prints one JSON object with percentiles in µs.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::{BenchArgs, CliError, EXIT_HOST, runtime};
+use crate::executor::{ExecRequest, Executor, Status};
+use crate::policy::Policy;
+
+pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+    let policy = match &args.policy {
+        Some(p) => Policy::from_file(p)?,
+        None => Policy::default_policy(),
+    };
+    let rt = runtime()?;
+    let n = args.n.max(1);
+    let samples = if args.embedded {
+        let exec = crate::tier::rustpython::EmbeddedExecutor::with_workers(policy, 1);
+        rt.block_on(exec.warm_up(1))?;
+        measure(&rt, &exec, &args.code, n, |_| async { Ok(()) })?
+    } else {
+        use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
+        let exec = IsolatedExecutor::new(policy, IsolatedConfig::from_env()?);
+        let exec_ref = &exec;
+        measure(&rt, &exec, &args.code, n, |_| async move { exec_ref.warm_up().await })?
+    };
+    let mut sorted = samples.clone();
+    sorted.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e6
+    };
+    let mean = sorted.iter().map(Duration::as_secs_f64).sum::<f64>() / sorted.len() as f64 * 1e6;
+    let summary = serde_json::json!({
+        "mode": if args.embedded { "embedded" } else { "isolated" },
+        "n": n,
+        "p50_us": pct(0.50).round(),
+        "p99_us": pct(0.99).round(),
+        "mean_us": mean.round(),
+    });
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `code` `n` times (after 20 untimed runs), calling `before` untimed before
+/// each, and returns each request's round trip.
+fn measure<'a, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    exec: &'a dyn Executor,
+    code: &str,
+    n: usize,
+    before: F,
+) -> Result<Vec<Duration>, CliError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::error::SandboxError>> + 'a,
+{
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        rt.block_on(before(i))?;
+        let t = Instant::now();
+        let o = rt.block_on(exec.execute(ExecRequest::new(code)))?;
+        let elapsed = t.elapsed();
+        if o.status != Status::Ok {
+            let why = o.error.map(|e| format!("{}: {}", e.kind, e.message)).unwrap_or_default();
+            return Err(CliError {
+                code: EXIT_HOST,
+                error: anyhow::anyhow!("the benchmark snippet did not run cleanly ({}): {why}", o.status.as_str()),
+            });
+        }
+        if i >= 20 {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
+}
