@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// isolated mode.
     #[arg(long)]
     pub embedded: bool,
+    /// Isolated mode without new namespaces per child (to measure their cost).
+    #[arg(long, conflicts_with = "embedded")]
+    pub no_namespaces: bool,
     /// Timed requests.
     #[arg(short = 'n', default_value_t = 1000)]
     pub n: usize,

@@ -24,7 +24,9 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         measure(&rt, &exec, &args.code, n, |_| async { Ok(()) })?
     } else {
         use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
-        let exec = IsolatedExecutor::new(policy, IsolatedConfig::from_env()?);
+        let mut config = IsolatedConfig::from_env()?;
+        config.namespaces = !args.no_namespaces;
+        let exec = IsolatedExecutor::new(policy, config);
         let exec_ref = &exec;
         measure(&rt, &exec, &args.code, n, |_| async move { exec_ref.warm_up().await })?
     };
@@ -36,7 +38,11 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let mean = sorted.iter().map(Duration::as_secs_f64).sum::<f64>() / sorted.len() as f64 * 1e6;
     let summary = serde_json::json!({
-        "mode": if args.embedded { "embedded" } else { "isolated" },
+        "mode": match (args.embedded, args.no_namespaces) {
+            (true, _) => "embedded",
+            (false, false) => "isolated",
+            (false, true) => "isolated, no namespaces",
+        },
         "n": n,
         "p50_us": pct(0.50).round(),
         "p99_us": pct(0.99).round(),

@@ -246,31 +246,48 @@ struct BatchLine {
 }
 
 fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
-    let target = target(&args.common)?;
+    let target = std::sync::Arc::new(target(&args.common)?);
     let rt = runtime()?;
-    let stdin = std::io::stdin();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (n, line) in stdin.lock().split(b'\n').enumerate() {
-        let line = line.map_err(|e| CliError::usage(anyhow::anyhow!("cannot read stdin: {e}")))?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    // Requests run concurrently, one per core; outcomes are written in input order.
+    let in_flight = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let write_err =
+        |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") };
+    rt.block_on(async {
+        let stdin = std::io::stdin();
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut queue = std::collections::VecDeque::new();
+        let emit = |o: Result<Outcome, tokio::task::JoinError>, out: &mut dyn Write| -> Result<(), CliError> {
+            let o =
+                o.map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("a batch request failed: {e}") })?;
+            writeln!(out, "{}", serde_json::to_string(&o).unwrap_or_default()).map_err(write_err)
+        };
+        for (n, line) in stdin.lock().split(b'\n').enumerate() {
+            let line = line.map_err(|e| CliError::usage(anyhow::anyhow!("cannot read stdin: {e}")))?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if queue.len() >= in_flight
+                && let Some(h) = queue.pop_front()
+            {
+                emit(h.await, &mut out)?;
+            }
+            queue.push_back(tokio::spawn(batch_one(target.clone(), line, n + 1)));
         }
-        let outcome = batch_one(&rt, &target, &line, n + 1);
-        let text = serde_json::to_string(&outcome).unwrap_or_default();
-        writeln!(out, "{text}")
-            .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") })?;
-    }
-    out.flush().map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") })?;
+        while let Some(h) = queue.pop_front() {
+            emit(h.await, &mut out)?;
+        }
+        out.flush().map_err(write_err)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// One batch line to one outcome; a bad line becomes an `error` outcome, never the
 /// end of the batch.
-fn batch_one(rt: &tokio::runtime::Runtime, target: &Target, line: &[u8], number: usize) -> Outcome {
+async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize) -> Outcome {
     let bad = |id: Option<String>, msg: String| {
         Outcome::refused(id, target.tier, Status::Error, "InvalidRequest", format!("line {number}: {msg}"))
     };
-    let parsed: BatchLine = match std::str::from_utf8(line)
+    let parsed: BatchLine = match std::str::from_utf8(&line)
         .map_err(|e| e.to_string())
         .and_then(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
     {
@@ -292,7 +309,7 @@ fn batch_one(rt: &tokio::runtime::Runtime, target: &Target, line: &[u8], number:
         return unavailable(id, target.tier);
     };
     let req = ExecRequest { id: id.clone(), code: parsed.code, overrides };
-    match rt.block_on(exec.execute(req)) {
+    match exec.execute(req).await {
         Ok(o) => o,
         Err(e) => bad(id, e.to_string()),
     }

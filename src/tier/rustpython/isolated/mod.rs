@@ -195,7 +195,12 @@ impl IsolatedExecutor {
             attempts += 1;
             let z = self.zygote().await?;
             let child = if spec == self.default_spec() { z.take().await } else { z.take_dedicated(spec).await };
-            let child = child.map_err(|e| host(&e))?;
+            let child = match child {
+                Ok(c) => c,
+                // The zygote died while this request waited for a child.
+                Err(_) if !z.alive() && attempts < 2 => continue,
+                Err(e) => return Err(host(&e)),
+            };
             let supervised = supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await;
             z.refill(&mut z.state());
             match supervised {
