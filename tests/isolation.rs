@@ -105,60 +105,62 @@ fn rss_kb(pid: i32) -> u64 {
         .expect("VmRSS")
 }
 
-#[test]
-fn ten_thousand_runs_keep_the_zygote_flat() {
-    let exec = isolated(Policy::default_policy());
-    for _ in 0..200 {
-        assert_eq!(exec_on(&exec, "1 + 1").status, Status::Ok);
-    }
-    let pid = exec.zygote_pid().expect("zygote");
-    let before = rss_kb(pid);
-    let mut ok = 0;
-    runtime().block_on(async {
-        // Two requests in flight at a time, as on a 2-core machine.
-        let mut pending = Vec::new();
-        for i in 0..10_000 {
-            pending.push(exec.execute(ExecRequest::new("1 + 1")));
-            if pending.len() == 2 || i == 9_999 {
-                for o in futures_join(std::mem::take(&mut pending)).await {
-                    if o.status == Status::Ok {
-                        ok += 1;
-                    }
-                }
-            }
+/// The zygote started by the process `parent`.
+fn zygote_of(parent: u32) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Field 4 (after the parenthesised name) is the parent pid.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("__terrarium-zygote") {
+            return Some(pid);
         }
-    });
-    assert_eq!(ok, 10_000);
-    let after = rss_kb(pid);
-    assert_eq!(exec.zygote_pid(), Some(pid), "the zygote was replaced during the run");
-    assert!(after <= before + 2048, "zygote RSS grew from {before} KiB to {after} KiB over 10,000 runs");
+    }
+    None
 }
 
-async fn futures_join(
-    futs: Vec<terrarium::executor::BoxFuture<'_, Result<terrarium::Outcome, terrarium::SandboxError>>>,
-) -> Vec<terrarium::Outcome> {
-    let handles: Vec<_> = futs.into_iter().collect();
-    let mut out = Vec::new();
-    // Poll them concurrently on this task.
-    let joined = async {
-        let mut rs = Vec::new();
-        for h in handles {
-            rs.push(h);
+#[test]
+fn a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .arg("batch")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn terrarium batch");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ok = 0;
+    let mut read = |n: usize, ok: &mut usize| {
+        for _ in 0..n {
+            let line = lines.next().expect("an outcome line").expect("read");
+            if line.contains(r#""status":"ok""#) {
+                *ok += 1;
+            }
         }
-        let mut results = Vec::new();
-        let mut iter = rs.into_iter();
-        if let (Some(a), Some(b)) = (iter.next(), iter.next()) {
-            let (a, b) = tokio::join!(a, b);
-            results.push(a);
-            results.push(b);
-        }
-        for rest in iter {
-            results.push(rest.await);
-        }
-        results
     };
-    for r in joined.await {
-        out.push(r.expect("host fault"));
+    fn send(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
+        let text: String = (from..to).map(|i| format!("{{\"id\": {i}, \"code\": \"1+1\"}}\n")).collect();
+        stdin.write_all(text.as_bytes()).expect("write");
+        stdin.flush().expect("flush");
     }
-    out
+    // Warm: the first 200, then measure the zygote, then the other 9,800.
+    send(&mut stdin, 0, 200);
+    read(200, &mut ok);
+    let zygote = zygote_of(child.id()).expect("the batch's zygote");
+    let before = rss_kb(zygote);
+    let writer = std::thread::spawn(move || {
+        send(&mut stdin, 200, 10_000);
+        drop(stdin);
+    });
+    read(9_800, &mut ok);
+    let after = rss_kb(zygote);
+    writer.join().expect("writer");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "batch exited with {status}");
+    assert_eq!(ok, 10_000, "not every run was ok");
+    assert!(after <= before + 2048, "zygote RSS grew from {before} KiB to {after} KiB over 10,000 runs");
 }

@@ -252,31 +252,47 @@ fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
     let in_flight = std::thread::available_parallelism().map_or(2, |n| n.get());
     let write_err =
         |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") };
+    // Lines are read on their own thread, so outcomes are written as soon as they
+    // end even while the caller has not sent the next line.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(in_flight * 2);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().split(b'\n') {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
     rt.block_on(async {
-        let stdin = std::io::stdin();
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let mut queue = std::collections::VecDeque::new();
-        let emit = |o: Result<Outcome, tokio::task::JoinError>, out: &mut dyn Write| -> Result<(), CliError> {
-            let o =
-                o.map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("a batch request failed: {e}") })?;
-            writeln!(out, "{}", serde_json::to_string(&o).unwrap_or_default()).map_err(write_err)
-        };
-        for (n, line) in stdin.lock().split(b'\n').enumerate() {
-            let line = line.map_err(|e| CliError::usage(anyhow::anyhow!("cannot read stdin: {e}")))?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+        let mut queue: std::collections::VecDeque<tokio::task::JoinHandle<Outcome>> = std::collections::VecDeque::new();
+        let mut number = 0;
+        let mut input_open = true;
+        while input_open || !queue.is_empty() {
+            tokio::select! {
+                biased;
+                done = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
+                    queue.pop_front();
+                    let o = done.map_err(|e| CliError {
+                        code: EXIT_HOST,
+                        error: anyhow::anyhow!("a batch request failed: {e}"),
+                    })?;
+                    // Flushed per line: a caller streaming requests reads each outcome as it ends.
+                    writeln!(out, "{}", serde_json::to_string(&o).unwrap_or_default()).map_err(write_err)?;
+                    out.flush().map_err(write_err)?;
+                }
+                line = rx.recv(), if input_open && queue.len() < in_flight => match line {
+                    None => input_open = false,
+                    Some(Err(e)) => return Err(CliError::usage(anyhow::anyhow!("cannot read stdin: {e}"))),
+                    Some(Ok(line)) => {
+                        number += 1;
+                        if !line.iter().all(u8::is_ascii_whitespace) {
+                            queue.push_back(tokio::spawn(batch_one(target.clone(), line, number)));
+                        }
+                    }
+                },
             }
-            if queue.len() >= in_flight
-                && let Some(h) = queue.pop_front()
-            {
-                emit(h.await, &mut out)?;
-            }
-            queue.push_back(tokio::spawn(batch_one(target.clone(), line, n + 1)));
         }
-        while let Some(h) = queue.pop_front() {
-            emit(h.await, &mut out)?;
-        }
-        out.flush().map_err(write_err)
+        Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
