@@ -201,7 +201,8 @@ impl IsolatedExecutor {
                 Err(_) if !z.alive() && attempts < 2 => continue,
                 Err(e) => return Err(host(&e)),
             };
-            let supervised = supervise(child, &request, deadline, timeout, cap, policy.max_memory()).await;
+            let supervised =
+                supervise(child, &request, deadline, timeout, cap, policy.max_memory(), spec.namespaces).await;
             z.refill(&mut z.state());
             match supervised {
                 Err(Supervise::ZygoteGone) if attempts < 2 => continue,
@@ -537,6 +538,7 @@ async fn supervise(
     timeout: Duration,
     cap: usize,
     memory: u64,
+    want_namespaces: bool,
 ) -> Result<Outcome, Supervise> {
     let ReadyChild { stream, pidfd, exit } = child;
     let mut frame = Vec::new();
@@ -595,6 +597,15 @@ async fn supervise(
         Ok(Err(ReadFail::Io)) => String::new(),
         Ok(Ok(bytes)) => match protocol::parse_answer(&bytes) {
             Ok(answer) => {
+                if want_namespaces && !answer.namespaces {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!(
+                            "isolated children run without new namespaces: this kernel or container refuses \
+                             unshare (seccomp and rlimits still apply)"
+                        );
+                    });
+                }
                 let mut o = answer.outcome;
                 o.usage.cpu_ms = Some(answer.cpu_us / 1000);
                 o.usage.peak_memory_bytes = Some(answer.maxrss_kb.saturating_mul(1024));

@@ -308,7 +308,9 @@ fn child_main(worker: &Worker, sock: OwnedFd, spec: &SpawnSpec, address_space: u
 }
 
 /// Enters new namespaces: as root directly, otherwise inside a new user namespace.
-/// A child in a new network namespace has no interfaces but loopback (down).
+/// A child in a new network namespace has no interfaces but loopback (down). No new
+/// PID namespace: it would apply only to the child's own children, and the seccomp
+/// filter forbids it any.
 fn enter_namespaces() -> bool {
     let base = libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     let flags = if sys::is_root() { base } else { base | libc::CLONE_NEWUSER };
