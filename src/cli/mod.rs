@@ -5,6 +5,7 @@
 //! error (including a tier that is unavailable).
 
 mod args;
+#[cfg(feature = "rustpython")]
 mod bench;
 
 use std::io::{BufRead, Read, Write};
@@ -99,7 +100,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_one(args),
         Command::Batch(args) => run_batch(args),
+        #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
+        #[cfg(not(feature = "rustpython"))]
+        Command::Bench(_) => {
+            Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("this build has no rustpython tier to measure") })
+        }
     }
 }
 
