@@ -7,7 +7,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::{BenchArgs, CliError, EXIT_HOST, runtime};
+use super::args::BenchArgs;
+use super::{CliError, EXIT_HOST, runtime};
 use crate::executor::{ExecRequest, Executor, Status};
 use crate::policy::Policy;
 

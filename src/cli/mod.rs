@@ -17,7 +17,7 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Executor, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-use args::{BatchArgs, BenchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+use args::{BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
