@@ -31,3 +31,5 @@ pub use executor::{ErrorInfo, ExecRequest, Executor, Outcome, Status, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 #[cfg(feature = "rustpython")]
 pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};
+#[cfg(feature = "wasm")]
+pub use tier::wasm::{WasmConfig, WasmExecutor};

@@ -162,6 +162,11 @@ fn executor_for(tier: Tier, policy: Policy) -> Result<Option<Box<dyn Executor>>,
             let config = IsolatedConfig::from_env().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
             Ok(Some(Box::new(IsolatedExecutor::new(policy, config))))
         }
+        #[cfg(feature = "wasm")]
+        Tier::Wasm => {
+            use crate::tier::wasm::{WasmConfig, WasmExecutor};
+            Ok(Some(Box::new(WasmExecutor::new(policy, WasmConfig::from_env()))))
+        }
         _ => {
             let _ = policy;
             Ok(None)

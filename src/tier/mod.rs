@@ -3,3 +3,5 @@
 
 #[cfg(feature = "rustpython")]
 pub mod rustpython;
+#[cfg(feature = "wasm")]
+pub mod wasm;

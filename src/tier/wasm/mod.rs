@@ -1,0 +1,284 @@
+//! The wasm tier: the real CPython 3.12, compiled to WASI, under wasmtime.
+//!
+//! One shared [`wasmtime::Engine`] with fuel and epoch interruption; the module is
+//! compiled once and cached on disk (see [`cache`]). Each run gets a fresh instance
+//! and store: in-memory stdin (the request), capped stdout/stderr pipes, no
+//! environment, no preopened directories, no network; fuel from the policy, an epoch
+//! deadline from the timeout (a ticker thread advances the epoch), and a memory cap
+//! from `max_memory` through `StoreLimits` (growth failures surface as Python
+//! `MemoryError`).
+//!
+//! # Security invariant
+//! The wall is WebAssembly plus WASI: the guest can only call the WASI functions the
+//! linker provides, sees no host files (no preopens), no sockets, no processes and no
+//! environment, and cannot outrun its fuel, deadline or memory cap. The prelude
+//! (`prelude.py`) applies the policy's import whitelist and an audit hook on top.
+
+mod cache;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+
+use crate::error::SandboxError;
+use crate::executor::{BoxFuture, ErrorInfo, ExecRequest, Executor, Outcome, Status, Tier, admit};
+use crate::policy::Policy;
+
+pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
+
+/// The program CPython starts with (see its header).
+const PRELUDE: &str = include_str!("prelude.py");
+/// Epoch tick: the deadline's resolution.
+const TICK: Duration = Duration::from_millis(5);
+/// Fuel when the policy sets none: effectively unlimited (the deadline still holds).
+const UNLIMITED_FUEL: u64 = u64::MAX / 2;
+
+/// Per-store state.
+struct Host {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// The compiled interpreter, shared by every run of every executor in the process.
+struct Runtime {
+    engine: Engine,
+    pre: InstancePre<Host>,
+}
+
+/// Runs snippets on CPython (WASI) under wasmtime.
+pub struct WasmExecutor {
+    policy: Policy,
+    config: WasmConfig,
+    runtime: OnceLock<Result<Arc<Runtime>, String>>,
+}
+
+impl WasmExecutor {
+    /// An executor for `policy`. The module is loaded (or compiled, once per machine)
+    /// on first use.
+    pub fn new(policy: Policy, config: WasmConfig) -> WasmExecutor {
+        WasmExecutor { policy, config, runtime: OnceLock::new() }
+    }
+
+    /// Loads or compiles the module now.
+    ///
+    /// # Errors
+    /// [`SandboxError::TierUnavailable`] when python.wasm is missing or wrong.
+    pub fn warm_up(&self) -> Result<(), SandboxError> {
+        self.runtime().map(|_| ())
+    }
+
+    fn runtime(&self) -> Result<Arc<Runtime>, SandboxError> {
+        let r = self.runtime.get_or_init(|| shared_runtime(&self.config));
+        r.clone().map_err(|reason| SandboxError::TierUnavailable { tier: Tier::Wasm, reason })
+    }
+
+    async fn run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
+        let started = Instant::now();
+        let policy = match admit(&self.policy, &req, Tier::Wasm)? {
+            Ok(p) => p,
+            Err(refused) => return Ok(refused),
+        };
+        let runtime = self.runtime()?;
+        let id = req.id.clone();
+        let mut outcome = tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code))
+            .await
+            .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("the wasm run failed: {e}") })??;
+        outcome.id = id;
+        outcome.usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(outcome)
+    }
+}
+
+impl Executor for WasmExecutor {
+    fn tier(&self) -> Tier {
+        Tier::Wasm
+    }
+
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
+        Box::pin(self.run(req))
+    }
+}
+
+/// One runtime per python.wasm path per process (compiling costs seconds).
+fn shared_runtime(config: &WasmConfig) -> Result<Arc<Runtime>, String> {
+    static RUNTIMES: OnceLock<std::sync::Mutex<Vec<(PathBuf, Arc<Runtime>)>>> = OnceLock::new();
+    let all = RUNTIMES.get_or_init(Default::default);
+    let mut all = all.lock().map_err(|_| "the wasm runtime table is poisoned".to_string())?;
+    if let Some((_, r)) = all.iter().find(|(p, _)| *p == config.python_wasm) {
+        return Ok(r.clone());
+    }
+    let r = Arc::new(build_runtime(config)?);
+    all.push((config.python_wasm.clone(), r.clone()));
+    Ok(r)
+}
+
+fn build_runtime(config: &WasmConfig) -> Result<Runtime, String> {
+    let mut c = wasmtime::Config::new();
+    c.consume_fuel(true);
+    c.epoch_interruption(true);
+    let engine = Engine::new(&c).map_err(|e| format!("cannot create the wasm engine: {e}"))?;
+    let module: Module = cache::load_module(&engine, config)?;
+    let mut linker: Linker<Host> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
+        .map_err(|e| format!("cannot link WASI: {e}"))?;
+    let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot prepare python.wasm: {e}"))?;
+    start_ticker(engine.clone());
+    Ok(Runtime { engine, pre })
+}
+
+/// Advances the engine's epoch every [`TICK`], for deadlines (one thread per engine,
+/// and one engine per python.wasm path, for the life of the process).
+fn start_ticker(engine: Engine) {
+    let spawned = std::thread::Builder::new().name("terrarium-wasm-epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the wasm epoch ticker, deadlines will not fire: {e}");
+    }
+}
+
+/// Runs one request on a fresh instance (blocking).
+fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
+    let host_err = |message: String| SandboxError::Host { tier: Tier::Wasm, message };
+    let nonce = nonce();
+    let request = serde_json::json!({
+        "code": code,
+        "allowed": policy.allowed_modules(),
+        "nonce": nonce,
+    });
+    let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
+    let stdout = MemoryOutputPipe::new(max_output);
+    // stderr also carries the status line at the end.
+    let stderr = MemoryOutputPipe::new(max_output.saturating_add(64 * 1024));
+    let wasi = WasiCtxBuilder::new()
+        .stdin(MemoryInputPipe::new(request.to_string()))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .args(&["python", "-I", "-S", "-c", PRELUDE])
+        .build_p1();
+    let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
+    let limits = StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(false).build();
+    let mut store = Store::new(&runtime.engine, Host { wasi, limits });
+    store.limiter(|h| &mut h.limits);
+    let fuel = policy.fuel().unwrap_or(UNLIMITED_FUEL);
+    store.set_fuel(fuel).map_err(|e| host_err(format!("cannot set fuel: {e}")))?;
+    let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    store.epoch_deadline_trap();
+    let instance = runtime.pre.instantiate(&mut store).map_err(|e| host_err(format!("cannot instantiate: {e}")))?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut store, "_start")
+        .map_err(|e| host_err(format!("python.wasm has no _start: {e}")))?;
+    let cpu = Instant::now();
+    let ended = start.call(&mut store, ());
+    let used_fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
+    let err_bytes = stderr.contents();
+    let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err_bytes), &nonce);
+    let mut o = Outcome::refused(None, Tier::Wasm, Status::Ok, "", "");
+    o.error = None;
+    o.stdout = out;
+    o.stderr = err_text;
+    o.usage.cpu_ms = Some(u64::try_from(cpu.elapsed().as_millis()).unwrap_or(u64::MAX));
+    o.usage.fuel = policy.fuel().map(|_| used_fuel);
+    let output_full = stdout.contents().len() >= max_output || err_bytes.len() >= max_output;
+    let limit = |o: &mut Outcome, status: Status, kind: &str, message: String| {
+        o.status = status;
+        o.error = Some(ErrorInfo { kind: kind.into(), message });
+    };
+    match ended {
+        Err(e) => {
+            if let Some(trap) = e.downcast_ref::<Trap>() {
+                match trap {
+                    Trap::OutOfFuel => limit(&mut o, Status::FuelExhausted, "FuelExhausted", format!("the run used up its fuel ({fuel})")),
+                    Trap::Interrupt => limit(
+                        &mut o,
+                        Status::Timeout,
+                        "Timeout",
+                        format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()),
+                    ),
+                    other => limit(&mut o, Status::Crashed, "Trap", format!("the interpreter trapped: {other}")),
+                }
+            } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                apply_status(&mut o, status_line.as_deref(), Some(exit.0), output_full);
+            } else {
+                limit(&mut o, Status::Crashed, "Trap", format!("the interpreter failed: {e}"));
+            }
+        }
+        Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),
+    }
+    Ok(o)
+}
+
+/// Applies the prelude's status line (or its absence) to `o`.
+fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32>, output_full: bool) {
+    let set = |o: &mut Outcome, status: Status, kind: &str, message: String| {
+        o.status = status;
+        o.error = Some(ErrorInfo { kind: kind.into(), message });
+    };
+    let Some(v) = line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) else {
+        if output_full {
+            return set(o, Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output".into());
+        }
+        let code = exit.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
+        return set(o, Status::Crashed, "Crashed", format!("the interpreter ended without a status ({code})"));
+    };
+    let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    match field("kind").as_str() {
+        "ok" => {
+            o.result = v.get("result").and_then(serde_json::Value::as_str).and_then(|r| serde_json::from_str(r).ok());
+            if output_full {
+                set(o, Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output".into());
+            }
+        }
+        "denied" => set(o, Status::Denied, "PolicyDenied", field("message")),
+        _ => {
+            let kind = field("type");
+            if output_full {
+                set(o, Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output".into());
+            } else {
+                set(o, Status::Exception, &kind, field("message"));
+            }
+        }
+    }
+}
+
+/// Splits the prelude's status line (`\n<nonce> {json}\n`, the last one) off stderr.
+fn split_status(stderr: &str, nonce: &str) -> (String, Option<String>) {
+    let marker = format!("\n{nonce} ");
+    match stderr.rfind(&marker) {
+        Some(at) => {
+            let line = stderr[at + marker.len()..].trim_end_matches('\n').to_string();
+            (stderr[..at].to_string(), Some(line))
+        }
+        None => (stderr.to_string(), None),
+    }
+}
+
+fn nonce() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::getrandom(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_is_split_from_stderr() {
+        let (err, line) = split_status("warn\n\nabc {\"kind\": \"ok\"}\n", "abc");
+        assert_eq!(err, "warn\n");
+        assert_eq!(line.as_deref(), Some("{\"kind\": \"ok\"}"));
+        let (err, line) = split_status("no status", "abc");
+        assert_eq!((err.as_str(), line), ("no status", None));
+    }
+}

@@ -1,0 +1,124 @@
+# Terrarium's prelude for the wasm tier: the `-c` program CPython (WASI) starts with.
+# It reads one request from stdin (JSON: code, allowed modules, nonce), installs the
+# policy, runs the snippet in fresh globals, and ends by writing one status line to
+# stderr: "\n<nonce> {json}\n".
+#
+# Security: the wall of this tier is WebAssembly and WASI (no sockets, no processes,
+# no files beyond what the host preopens, fuel, epoch deadline, memory cap). This
+# prelude adds the policy's decisions on top, so that the same policy gives the same
+# answer here as on the interpreter tier: imports made by the snippet's own code are
+# checked against `allowed_modules` (stdlib modules may still import their own
+# helpers), and an audit hook refuses opening files, sockets, subprocesses, os.system
+# and ctypes. CPython cannot be fully confined from inside; these are policy, not the
+# wall.
+
+import sys
+
+_req_text = sys.stdin.read()
+
+import json as _json
+
+_req = _json.loads(_req_text)
+del _req_text
+_nonce = _req["nonce"]
+_allowed = frozenset(_req["allowed"])
+_real_stderr_write = sys.stderr.write
+
+
+def _module_allowed(name):
+    parts = name.split(".")
+    return any(".".join(parts[: i + 1]) in _allowed for i in range(len(parts)))
+
+
+import ast as _ast
+import builtins as _builtins
+
+_real_import = _builtins.__import__
+# The snippet's globals; imports made by code running in them are checked.
+_user_globals = {"__name__": "__main__", "__builtins__": _builtins}
+
+
+# A denial is sticky: the run is reported as denied even if the snippet catches it.
+_denial = []
+
+
+def _deny(message):
+    if not _denial:
+        _denial.append(message)
+    return PermissionError(message)
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    # Imports by the snippet's own code (code running in its globals) are checked;
+    # stdlib modules importing their helpers are not.
+    if globals is _user_globals:
+        if level != 0:
+            raise _deny("relative imports are not available to snippets")
+        if not _module_allowed(name):
+            raise _deny("import of %r is not allowed by the policy" % (name,))
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+_builtins.__import__ = _guarded_import
+
+_DENIED_EVENTS = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "os.fork",
+                  "os.posix_spawn", "ctypes.", "pty.", "shutil.")
+
+
+# The import system reads the stdlib where the interpreter found it at start-up.
+_STDLIB = tuple(p for p in sys.path if p)
+
+
+def _audit(event, args):
+    if event == "open":
+        path, mode = args[0], args[1]
+        reading = mode is None or (isinstance(mode, str) and not set(mode) & set("wax+"))
+        if reading and isinstance(path, str) and path.startswith(_STDLIB):
+            return
+        raise _deny("opening files is not allowed in the sandbox")
+    for d in _DENIED_EVENTS:
+        if event.startswith(d):
+            raise _deny("%s is not allowed in the sandbox" % (event,))
+
+
+sys.addaudithook(_audit)
+
+
+def _report(status):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _real_stderr_write("\n" + _nonce + " " + _json.dumps(status) + "\n")
+    sys.stderr.flush()
+
+
+def _run(code):
+    ast = _ast
+    try:
+        tree = ast.parse(code, "<snippet>", "exec")
+    except SyntaxError as e:
+        return {"kind": "exception", "type": "SyntaxError", "message": str(e)}
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    g = _user_globals
+    try:
+        exec(compile(tree, "<snippet>", "exec"), g)
+        value = eval(compile(last, "<snippet>", "eval"), g) if last is not None else None
+    except BaseException as e:  # the snippet's own failure, SystemExit included
+        if _denial:
+            return {"kind": "denied", "type": "PolicyDenied", "message": _denial[0]}
+        return {"kind": "exception", "type": type(e).__name__, "message": str(e)}
+    if _denial:
+        return {"kind": "denied", "type": "PolicyDenied", "message": _denial[0]}
+    result = None
+    if value is not None:
+        try:
+            result = _json.dumps(value, allow_nan=False)
+        except Exception:
+            result = None
+    return {"kind": "ok", "result": result}
+
+
+_code = _req["code"]
+del _req
+_report(_run(_code))
