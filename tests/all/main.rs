@@ -22,3 +22,5 @@ mod isolation;
 mod limits;
 #[path = "../stdlib.rs"]
 mod stdlib;
+#[path = "../wasm.rs"]
+mod wasm;

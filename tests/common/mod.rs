@@ -75,6 +75,40 @@ pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
     exec(default_executor(), req)
 }
 
+/// Environment variable that skips the wasm tier's tests (printed when used).
+pub const SKIP_WASM: &str = "TERRARIUM_SKIP_WASM";
+
+/// The wasm tier under `policy`, or `None` when python.wasm is missing and
+/// `TERRARIUM_SKIP_WASM=1` says to skip (printed). Without the opt-out, a missing
+/// python.wasm fails the test with the command that installs it.
+pub fn wasm_executor(policy: Policy) -> Option<terrarium::WasmExecutor> {
+    let exec = terrarium::WasmExecutor::new(policy, terrarium::WasmConfig::from_env());
+    match exec.warm_up() {
+        Ok(()) => Some(exec),
+        Err(e) if std::env::var_os(SKIP_WASM).is_some_and(|v| v == "1") => {
+            eprintln!("SKIPPED (wasm tier, {SKIP_WASM}=1): {e}");
+            None
+        }
+        Err(e) => panic!("the wasm tier is not set up: {e}\n(run scripts/setup-wasm, or set {SKIP_WASM}=1 to skip)"),
+    }
+}
+
+/// Runs `code` on the wasm tier under the default policy; `None` when skipped.
+pub fn run_wasm(code: &str) -> Option<Outcome> {
+    run_wasm_policy(Policy::default_policy(), code)
+}
+
+/// Runs `code` on the wasm tier under `policy`; `None` when skipped.
+pub fn run_wasm_policy(policy: Policy, code: &str) -> Option<Outcome> {
+    let exec = wasm_executor(policy)?;
+    Some(exec_wasm(&exec, ExecRequest::new(code)))
+}
+
+/// Runs `req` on `exec`.
+pub fn exec_wasm(e: &terrarium::WasmExecutor, req: ExecRequest) -> Outcome {
+    exec(e, req)
+}
+
 /// Runs `req` under the default policy, in isolated mode.
 pub fn exec_default(req: ExecRequest) -> Outcome {
     exec(default_executor(), req)

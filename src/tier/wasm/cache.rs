@@ -65,9 +65,8 @@ fn engine_key(engine: &Engine) -> String {
 /// directory unusable.
 pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, String> {
     let wasm = &config.python_wasm;
-    let meta = fs::metadata(wasm).map_err(|e| {
-        format!("python.wasm is not installed ({}: {e}); run {SETUP} to fetch it", wasm.display())
-    })?;
+    let meta = fs::metadata(wasm)
+        .map_err(|e| format!("python.wasm is not installed ({}: {e}); run {SETUP} to fetch it", wasm.display()))?;
     if meta.len() != PYTHON_WASM_SIZE {
         return Err(format!(
             "{} is not the pinned python.wasm ({} bytes, expected {PYTHON_WASM_SIZE}); run {SETUP} to replace it",

@@ -106,7 +106,8 @@ impl Executor for WasmExecutor {
 
 /// One runtime per python.wasm path per process (compiling costs seconds).
 fn shared_runtime(config: &WasmConfig) -> Result<Arc<Runtime>, String> {
-    static RUNTIMES: OnceLock<std::sync::Mutex<Vec<(PathBuf, Arc<Runtime>)>>> = OnceLock::new();
+    type Table = std::sync::Mutex<Vec<(PathBuf, Arc<Runtime>)>>;
+    static RUNTIMES: OnceLock<Table> = OnceLock::new();
     let all = RUNTIMES.get_or_init(Default::default);
     let mut all = all.lock().map_err(|_| "the wasm runtime table is poisoned".to_string())?;
     if let Some((_, r)) = all.iter().find(|(p, _)| *p == config.python_wasm) {
@@ -180,6 +181,8 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcom
     let cpu = Instant::now();
     let ended = start.call(&mut store, ());
     let used_fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    // Linear memory never shrinks: its final size is the run's peak.
+    let peak = instance.get_memory(&mut store, "memory").map(|m| m.data_size(&store) as u64);
     let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
     let err_bytes = stderr.contents();
     let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err_bytes), &nonce);
@@ -189,6 +192,7 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcom
     o.stderr = err_text;
     o.usage.cpu_ms = Some(u64::try_from(cpu.elapsed().as_millis()).unwrap_or(u64::MAX));
     o.usage.fuel = policy.fuel().map(|_| used_fuel);
+    o.usage.peak_memory_bytes = peak;
     let output_full = stdout.contents().len() >= max_output || err_bytes.len() >= max_output;
     let limit = |o: &mut Outcome, status: Status, kind: &str, message: String| {
         o.status = status;
@@ -198,7 +202,12 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcom
         Err(e) => {
             if let Some(trap) = e.downcast_ref::<Trap>() {
                 match trap {
-                    Trap::OutOfFuel => limit(&mut o, Status::FuelExhausted, "FuelExhausted", format!("the run used up its fuel ({fuel})")),
+                    Trap::OutOfFuel => limit(
+                        &mut o,
+                        Status::FuelExhausted,
+                        "FuelExhausted",
+                        format!("the run used up its fuel ({fuel})"),
+                    ),
                     Trap::Interrupt => limit(
                         &mut o,
                         Status::Timeout,
@@ -226,7 +235,12 @@ fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32>, output_f
     };
     let Some(v) = line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) else {
         if output_full {
-            return set(o, Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output".into());
+            return set(
+                o,
+                Status::OutputLimit,
+                "OutputLimit",
+                "the run's output exceeded the policy's max_output".into(),
+            );
         }
         let code = exit.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
         return set(o, Status::Crashed, "Crashed", format!("the interpreter ended without a status ({code})"));

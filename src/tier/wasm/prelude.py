@@ -34,6 +34,7 @@ import ast as _ast
 import builtins as _builtins
 
 _real_import = _builtins.__import__
+_getframe = sys._getframe
 # The snippet's globals; imports made by code running in them are checked.
 _user_globals = {"__name__": "__main__", "__builtins__": _builtins}
 
@@ -49,9 +50,9 @@ def _deny(message):
 
 
 def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    # Imports by the snippet's own code (code running in its globals) are checked;
-    # stdlib modules importing their helpers are not.
-    if globals is _user_globals:
+    # Imports by the snippet's own code (code running in its globals, whatever
+    # globals it passes) are checked; stdlib modules importing their helpers are not.
+    if _getframe(1).f_globals is _user_globals:
         if level != 0:
             raise _deny("relative imports are not available to snippets")
         if not _module_allowed(name):

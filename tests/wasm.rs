@@ -1,0 +1,134 @@
+//! The wasm tier (CPython on WASI under wasmtime), attacked: each limit and each
+//! denial is tried. These need python.wasm (`scripts/setup-wasm`); a missing one
+//! fails them with that instruction unless `TERRARIUM_SKIP_WASM=1` (printed).
+
+use std::time::Duration;
+
+use terrarium::{ExecRequest, Overrides, Policy, Status};
+
+use crate::common::{default_policy_with, exec_wasm, run_wasm, run_wasm_policy, temp_file, wasm_executor};
+
+#[test]
+fn real_cpython_runs_the_snippet() {
+    let wide = Policy::from_yaml(crate::common::WIDE_POLICY, "wide_policy.yaml").expect("wide policy");
+    let Some(o) = run_wasm_policy(wide, "import json\nprint(json.dumps([1, 2]))\nimport sys\nsys.version_info[:2]")
+    else {
+        return;
+    };
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.stdout, "[1, 2]\n");
+    assert_eq!(o.result, Some(serde_json::json!([3, 12])), "not CPython 3.12: {o:?}");
+}
+
+#[test]
+fn exceptions_keep_their_python_type() {
+    let Some(o) = run_wasm("{}['missing']") else { return };
+    assert_eq!(o.status, Status::Exception);
+    assert_eq!(o.error.map(|e| e.kind), Some("KeyError".into()));
+    let Some(o) = run_wasm("def f(:\n  pass") else { return };
+    assert_eq!(o.error.map(|e| e.kind), Some("SyntaxError".into()));
+}
+
+#[test]
+fn an_infinite_loop_ends_at_the_deadline() {
+    let Some(exec) = wasm_executor(Policy::default_policy()) else { return };
+    let req = ExecRequest {
+        id: None,
+        code: "while True:\n    try:\n        pass\n    except BaseException:\n        pass".into(),
+        overrides: Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() },
+    };
+    let o = exec_wasm(&exec, req);
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+}
+
+#[test]
+fn fuel_runs_out() {
+    let policy = Policy::from_yaml(&format!("{}\nterrarium:\n  fuel: 2000000000\n", default_policy_yaml()), "<test>")
+        .expect("fuel policy");
+    let Some(o) = run_wasm_policy(policy, "while True: pass") else { return };
+    assert_eq!(o.status, Status::FuelExhausted, "{o:?}");
+    assert_eq!(o.usage.fuel, Some(2_000_000_000));
+}
+
+fn default_policy_yaml() -> String {
+    terrarium::policy::DEFAULT_POLICY_YAML.to_string()
+}
+
+#[test]
+fn a_gibibyte_allocation_hits_the_memory_cap() {
+    let Some(o) = run_wasm("b = bytearray(2**30)") else { return };
+    let clean = o.status == Status::MemoryLimit
+        || (o.status == Status::Exception && o.error.as_ref().is_some_and(|e| e.kind == "MemoryError"));
+    assert!(clean, "{o:?}");
+    // Host alive, tier serving.
+    assert_eq!(run_wasm("1 + 1").and_then(|o| o.result), Some(serde_json::json!(2)));
+}
+
+#[test]
+fn host_files_cannot_be_read_or_written() {
+    for code in [
+        "open('/etc/passwd').read()",
+        "open('/tmp/terrarium-wasm-escape', 'w').write('x')",
+        "import io\nio.open('/etc/hostname').read()",
+    ] {
+        let Some(o) = run_wasm(&format!("{code}\nprint('ESCAPED')")) else { return };
+        assert_ne!(o.status, Status::Ok, "{code}: {o:?}");
+        assert!(!o.stdout.contains("ESCAPED"), "{code}: {o:?}");
+    }
+    assert!(!std::path::Path::new("/tmp/terrarium-wasm-escape").exists());
+}
+
+#[test]
+fn even_allowed_os_reaches_no_host() {
+    // The wall is WASI, not the prelude: with `os` allowed, the host is still absent.
+    let policy = Policy::from_yaml(
+        &default_policy_with(
+            r#"allowed_modules: ["math", "time", "json"]"#,
+            r#"allowed_modules: ["math", "time", "json", "os"]"#,
+        ),
+        "<test>",
+    )
+    .expect("policy");
+    let Some(o) = run_wasm_policy(policy, "import os\nsorted(os.environ), os.listdir('/')") else { return };
+    let listed = o.result.clone();
+    assert!(o.status != Status::Ok || listed == Some(serde_json::json!([[], []])), "the guest saw host state: {o:?}");
+}
+
+#[test]
+fn sockets_and_processes_are_denied() {
+    for code in [
+        "import socket",
+        "import subprocess",
+        "import ctypes",
+        "__import__('os').system('id')",
+        "__import__('os', {}, {}, [], 0)",
+    ] {
+        let Some(o) = run_wasm(code) else { return };
+        assert_eq!(o.status, Status::Denied, "{code}: {o:?}");
+    }
+    // CPython's module graph reaches `os` past the import policy; the wall behind it is
+    // WASI, which has no processes to start.
+    let Some(o) = run_wasm("import json\njson.codecs.sys.modules['os'].system('id')") else { return };
+    assert!(matches!(o.status, Status::Denied | Status::Exception), "{o:?}");
+}
+
+#[test]
+fn an_output_flood_is_capped() {
+    let Some(o) = run_wasm("while True:\n    print('x' * 10000)") else { return };
+    assert_eq!(o.status, Status::OutputLimit, "{o:?}");
+    assert!(o.stdout.len() <= 1 << 20);
+}
+
+#[test]
+fn a_missing_python_wasm_is_a_setup_error_naming_the_fix() {
+    let (dir, _) = temp_file("unused", b"");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .args(["run", "--tier", "wasm", "-c", "1"])
+        .env("TERRARIUM_CACHE", dir.path())
+        .env("TERRARIUM_PYTHON_WASM", dir.path().join("python.wasm"))
+        .output()
+        .expect("run terrarium");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("scripts/setup-wasm"), "{stderr}");
+}
