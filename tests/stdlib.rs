@@ -75,11 +75,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("json", "import json\njson.loads(json.dumps({'k': [1, 2.5, None]}))", "{\"k\": [1, 2.5, null]}"),
 ];
 
-#[test]
-fn every_pure_stdlib_module_works() {
+/// Runs the table with `run` and returns what did not work.
+fn failures(run: impl Fn(&str) -> Option<terrarium::Outcome>) -> Option<Vec<String>> {
     let mut failures = Vec::new();
     for (module, code, expected) in CASES {
-        let o = run_wide(code);
+        let o = run(code)?;
         let want: serde_json::Value = serde_json::from_str(expected).expect("expected is JSON");
         if o.status != Status::Ok || o.result.as_ref() != Some(&want) {
             failures.push(format!(
@@ -89,7 +89,25 @@ fn every_pure_stdlib_module_works() {
             ));
         }
     }
-    assert!(failures.is_empty(), "modules that do not work:\n{}", failures.join("\n"));
+    Some(failures)
+}
+
+#[test]
+fn every_pure_stdlib_module_works() {
+    let failed = failures(|code| Some(run_wide(code))).expect("the rustpython tier is always there");
+    assert!(failed.is_empty(), "modules that do not work:\n{}", failed.join("\n"));
+}
+
+#[test]
+fn every_pure_stdlib_module_works_on_the_wasm_tier() {
+    let Some(exec) = crate::common::wasm_executor(wide()) else { return };
+    let failed = failures(|code| Some(crate::common::exec_wasm(&exec, terrarium::ExecRequest::new(code))))
+        .expect("no skips past this point");
+    assert!(failed.is_empty(), "modules that do not work on the wasm tier:\n{}", failed.join("\n"));
+}
+
+fn wide() -> terrarium::Policy {
+    terrarium::Policy::from_yaml(crate::common::WIDE_POLICY, "wide_policy.yaml").expect("wide policy")
 }
 
 #[test]

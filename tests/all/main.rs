@@ -20,6 +20,8 @@ mod escape_seccomp;
 mod isolation;
 #[path = "../limits.rs"]
 mod limits;
+#[path = "../policy_parity.rs"]
+mod policy_parity;
 #[path = "../stdlib.rs"]
 mod stdlib;
 #[path = "../wasm.rs"]

@@ -36,7 +36,7 @@ use crate::policy::module_allowed;
 /// The prelude that builds the snippet environment (see its header).
 const PRELUDE: &str = include_str!("prelude.py");
 /// The asyncio stand-in the prelude installs.
-const ASYNCIO_STANDIN: &str = include_str!("asyncio_standin.py");
+const ASYNCIO_STANDIN: &str = include_str!("../asyncio_standin.py");
 
 /// Stack of an interpreter thread. RustPython recurses on the native stack for
 /// every Python call and for deep data; 2 MB overflows (and aborts the process) on

@@ -33,6 +33,9 @@ pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
 
 /// The program CPython starts with (see its header).
 const PRELUDE: &str = include_str!("prelude.py");
+/// The socket-free event loop the prelude installs as `asyncio` (shared with the
+/// rustpython tier).
+const ASYNCIO_STANDIN: &str = include_str!("../asyncio_standin.py");
 /// Epoch tick: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);
 /// Fuel when the policy sets none: effectively unlimited (the deadline still holds).
@@ -154,6 +157,7 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcom
         "code": code,
         "allowed": policy.allowed_modules(),
         "nonce": nonce,
+        "asyncio": if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" },
     });
     let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let stdout = MemoryOutputPipe::new(max_output);

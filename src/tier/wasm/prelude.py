@@ -120,6 +120,15 @@ def _run(code):
     return {"kind": "ok", "result": result}
 
 
+# asyncio: this WASI build has no socketpair for the event loop's self-pipe, so
+# `asyncio.run` cannot work; the snippet gets Terrarium's socket-free event loop.
+if _module_allowed("asyncio"):
+    import types as _types
+
+    _asyncio = _types.ModuleType("asyncio", "Terrarium stand-in: an event loop with no sockets, pipes or threads.")
+    exec(compile(_req["asyncio"], "<terrarium asyncio>", "exec"), _asyncio.__dict__)
+    sys.modules["asyncio"] = _asyncio
+
 _code = _req["code"]
 del _req
 _report(_run(_code))

@@ -1,4 +1,4 @@
-# Terrarium's asyncio for the rustpython tier: a single-threaded event loop with
+# Terrarium's asyncio, shared by the rustpython and wasm tiers: a single-threaded event loop with
 # tasks, futures, timers and the common synchronisation primitives, and no sockets,
 # pipes, subprocesses, signals or threads. Time passes through time.sleep, which the
 # sandbox counts against the run's deadline.
