@@ -19,7 +19,9 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let rt = runtime()?;
     let n = args.n.max(1);
-    let samples = if args.embedded {
+    let samples = if args.wasm {
+        wasm(&rt, policy, &args.code, n)?
+    } else if args.embedded {
         let exec = crate::tier::rustpython::EmbeddedExecutor::with_workers(policy, 1);
         rt.block_on(exec.warm_up(1))?;
         measure(&rt, &exec, &args.code, n, |_| async { Ok(()) })?
@@ -39,10 +41,11 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let mean = sorted.iter().map(Duration::as_secs_f64).sum::<f64>() / sorted.len() as f64 * 1e6;
     let summary = serde_json::json!({
-        "mode": match (args.embedded, args.no_namespaces) {
-            (true, _) => "embedded",
-            (false, false) => "isolated",
-            (false, true) => "isolated, no namespaces",
+        "mode": match (args.wasm, args.embedded, args.no_namespaces) {
+            (true, _, _) => "wasm (cold instance per request)",
+            (_, true, _) => "embedded",
+            (_, _, false) => "isolated",
+            (_, _, true) => "isolated, no namespaces",
         },
         "n": n,
         "p50_us": pct(0.50).round(),
@@ -51,6 +54,19 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     });
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "wasm")]
+fn wasm(rt: &tokio::runtime::Runtime, policy: Policy, code: &str, n: usize) -> Result<Vec<Duration>, CliError> {
+    use crate::tier::wasm::{WasmConfig, WasmExecutor};
+    let exec = WasmExecutor::new(policy, WasmConfig::from_env());
+    exec.warm_up()?;
+    measure(rt, &exec, code, n, |_| async { Ok(()) })
+}
+
+#[cfg(not(feature = "wasm"))]
+fn wasm(_: &tokio::runtime::Runtime, _: Policy, _: &str, _: usize) -> Result<Vec<Duration>, CliError> {
+    Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("this build has no wasm tier") })
 }
 
 /// Runs `code` `n` times (after 20 untimed runs), calling `before` untimed before

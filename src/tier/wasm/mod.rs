@@ -153,18 +153,17 @@ fn start_ticker(engine: Engine) {
 fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
     let host_err = |message: String| SandboxError::Host { tier: Tier::Wasm, message };
     let nonce = nonce();
-    let request = serde_json::json!({
-        "code": code,
-        "allowed": policy.allowed_modules(),
-        "nonce": nonce,
-        "asyncio": if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" },
-    });
+    let asyncio = if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" };
+    let allowed: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).collect();
+    // The prelude's request format: nonce, allowed modules, asyncio source length (in
+    // characters), then the asyncio source and the snippet.
+    let request = format!("{nonce}\n{}\n{}\n{asyncio}{code}", allowed.join(" "), asyncio.chars().count());
     let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let stdout = MemoryOutputPipe::new(max_output);
     // stderr also carries the status line at the end.
     let stderr = MemoryOutputPipe::new(max_output.saturating_add(64 * 1024));
     let wasi = WasiCtxBuilder::new()
-        .stdin(MemoryInputPipe::new(request.to_string()))
+        .stdin(MemoryInputPipe::new(request))
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .args(&["python", "-I", "-S", "-c", PRELUDE])

@@ -1,7 +1,10 @@
 # Terrarium's prelude for the wasm tier: the `-c` program CPython (WASI) starts with.
-# It reads one request from stdin (JSON: code, allowed modules, nonce), installs the
-# policy, runs the snippet in fresh globals, and ends by writing one status line to
-# stderr: "\n<nonce> {json}\n".
+# It reads one request from stdin (lines: nonce, allowed modules separated by spaces,
+# the length of the asyncio stand-in's source, then that source and the snippet),
+# installs the policy, runs the snippet in fresh globals, and ends by writing one
+# status line to stderr: "\n<nonce> {json}\n". It imports no pure-Python module
+# of its own (start-up is most of this tier's latency); `json` is loaded only to
+# encode a result.
 #
 # Security: the wall of this tier is WebAssembly and WASI (no sockets, no processes,
 # no files beyond what the host preopens, fuel, epoch deadline, memory cap). This
@@ -14,14 +17,10 @@
 
 import sys
 
-_req_text = sys.stdin.read()
-
-import json as _json
-
-_req = _json.loads(_req_text)
-del _req_text
-_nonce = _req["nonce"]
-_allowed = frozenset(_req["allowed"])
+_nonce, _allowed_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 3)
+_allowed = frozenset(_allowed_text.split())
+_asyncio_source, _code = _rest[: int(_asyncio_len)], _rest[int(_asyncio_len):]
+del _allowed_text, _asyncio_len, _rest
 _real_stderr_write = sys.stderr.write
 
 
@@ -30,7 +29,7 @@ def _module_allowed(name):
     return any(".".join(parts[: i + 1]) in _allowed for i in range(len(parts)))
 
 
-import ast as _ast
+import _ast
 import builtins as _builtins
 
 _real_import = _builtins.__import__
@@ -85,22 +84,41 @@ def _audit(event, args):
 sys.addaudithook(_audit)
 
 
+def _q(text):
+    # A JSON string, without importing json.
+    out = ['"']
+    for c in text:
+        o = ord(c)
+        if c == '"' or c == "\\":
+            out.append("\\" + c)
+        elif 0x20 <= o < 0x7F:
+            out.append(c)
+        elif o > 0xFFFF:
+            o -= 0x10000
+            out.append("\\u%04x\\u%04x" % (0xD800 + (o >> 10), 0xDC00 + (o & 0x3FF)))
+        else:
+            out.append("\\u%04x" % o)
+    out.append('"')
+    return "".join(out)
+
+
 def _report(status):
     sys.stdout.flush()
     sys.stderr.flush()
-    _real_stderr_write("\n" + _nonce + " " + _json.dumps(status) + "\n")
+    body = ", ".join("%s: %s" % (_q(k), "null" if v is None else _q(v)) for k, v in status.items())
+    _real_stderr_write("\n" + _nonce + " {" + body + "}\n")
     sys.stderr.flush()
 
 
 def _run(code):
-    ast = _ast
+    # The C `_ast` module, not `ast` (which costs milliseconds to import here).
     try:
-        tree = ast.parse(code, "<snippet>", "exec")
+        tree = compile(code, "<snippet>", "exec", _ast.PyCF_ONLY_AST)
     except SyntaxError as e:
         return {"kind": "exception", "type": "SyntaxError", "message": str(e)}
     last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+    if tree.body and isinstance(tree.body[-1], _ast.Expr):
+        last = _ast.Expression(tree.body.pop().value)
     g = _user_globals
     try:
         exec(compile(tree, "<snippet>", "exec"), g)
@@ -114,7 +132,9 @@ def _run(code):
     result = None
     if value is not None:
         try:
-            result = _json.dumps(value, allow_nan=False)
+            import json
+
+            result = json.dumps(value, allow_nan=False)
         except Exception:
             result = None
     return {"kind": "ok", "result": result}
@@ -126,9 +146,8 @@ if _module_allowed("asyncio"):
     import types as _types
 
     _asyncio = _types.ModuleType("asyncio", "Terrarium stand-in: an event loop with no sockets, pipes or threads.")
-    exec(compile(_req["asyncio"], "<terrarium asyncio>", "exec"), _asyncio.__dict__)
+    exec(compile(_asyncio_source, "<terrarium asyncio>", "exec"), _asyncio.__dict__)
     sys.modules["asyncio"] = _asyncio
 
-_code = _req["code"]
-del _req
+del _asyncio_source
 _report(_run(_code))
