@@ -122,3 +122,13 @@ fn the_wasm_tier_runs_real_cpython_from_the_cli() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "[1, 2]\n");
 }
+
+#[test]
+fn doctor_checks_every_tier_of_the_build() {
+    if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
+        return;
+    }
+    let out = terrarium(&["doctor"], b"");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("ok      rustpython") && out.stdout.contains("ok      wasm"), "{}", out.stdout);
+}

@@ -5,6 +5,8 @@ Each cell is the round trip of one request with fresh state, as a caller sees it
   zygote; the pool is refilled, untimed, between requests)
 - terrarium embedded: `terrarium bench --embedded` (warm interpreter in-process,
   fresh globals; for trusted code)
+- terrarium wasm (cold): `terrarium bench --wasm` (CPython 3.12 on WASI under
+  wasmtime, a fresh instance per request, so CPython's start-up is in every figure)
 - cpython exec: exec(compile(code)) with fresh globals in this process (no sandbox)
 - monty: a session checked out of a pydantic-monty worker pool per request
 """
@@ -29,10 +31,10 @@ def pct(samples, p):
     return s[min(len(s) - 1, round((len(s) - 1) * p))]
 
 
-def terrarium(binary, code, n, embedded):
+def terrarium(binary, code, n, mode=None):
     args = [binary, "bench", "-n", str(n), "-c", code]
-    if embedded:
-        args.insert(2, "--embedded")
+    if mode:
+        args.insert(2, mode)
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
@@ -88,8 +90,10 @@ def main():
     rows = []
     for name, code in SNIPPETS:
         cells = {
-            "terrarium isolated": terrarium(a.terrarium, code, a.n, False),
-            "terrarium embedded": terrarium(a.terrarium, code, a.n, True),
+            "terrarium isolated": terrarium(a.terrarium, code, a.n),
+            "terrarium embedded": terrarium(a.terrarium, code, a.n, "--embedded"),
+            # A fresh CPython per request costs tens of ms: fewer samples.
+            "terrarium wasm (cold)": terrarium(a.terrarium, code, min(a.n, 40), "--wasm"),
             "cpython exec (no sandbox)": cpython(code, a.n),
             f"monty {a.monty_version}": monty(code, a.n),
         }

@@ -25,6 +25,8 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Measure round-trip latency of one snippet on this machine (JSON summary).
     Bench(BenchArgs),
+    /// Check that each tier can run here (and compile python.wasm once if needed).
+    Doctor,
 }
 
 /// `terrarium bench`.

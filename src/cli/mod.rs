@@ -7,6 +7,7 @@
 mod args;
 #[cfg(feature = "rustpython")]
 mod bench;
+mod doctor;
 
 use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
@@ -100,6 +101,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_one(args),
         Command::Batch(args) => run_batch(args),
+        Command::Doctor => doctor::run(),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]

@@ -1,0 +1,51 @@
+//! `terrarium doctor`: can each tier run on this machine? Runs `1+1` on every tier
+//! this build has, after any one-time preparation (compiling python.wasm), and says
+//! what to do about each one that cannot.
+
+use std::process::ExitCode;
+
+use super::{CliError, EXIT_HOST, runtime};
+use crate::executor::{ExecRequest, Executor, Status};
+use crate::policy::Policy;
+
+pub(super) fn run() -> Result<ExitCode, CliError> {
+    let rt = runtime()?;
+    let mut ok = true;
+    let mut report = |tier: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("ok      {tier}: {detail}"),
+        Err(why) => {
+            ok = false;
+            println!("FAILED  {tier}: {why}");
+        }
+    };
+    let check = |exec: &dyn Executor| -> Result<String, String> {
+        let started = std::time::Instant::now();
+        let o = rt.block_on(exec.execute(ExecRequest::new("1+1"))).map_err(|e| e.to_string())?;
+        if o.status == Status::Ok && o.result == Some(serde_json::json!(2)) {
+            Ok(format!("1+1 = 2 in {} ms", started.elapsed().as_millis()))
+        } else {
+            Err(format!("1+1 ended {}: {:?}", o.status.as_str(), o.error))
+        }
+    };
+    #[cfg(feature = "rustpython")]
+    {
+        use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
+        let r = IsolatedConfig::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|c| check(&IsolatedExecutor::new(Policy::default_policy(), c)));
+        report("rustpython (isolated: zygote, seccomp, rlimits, namespaces)", r);
+    }
+    #[cfg(feature = "wasm")]
+    {
+        use crate::tier::wasm::{WasmConfig, WasmExecutor};
+        let exec = WasmExecutor::new(Policy::default_policy(), WasmConfig::from_env());
+        let r = exec.warm_up().map_err(|e| e.to_string()).and_then(|()| check(&exec));
+        report("wasm (CPython 3.12 on WASI)", r);
+    }
+    println!("--      docker: not in this version of terrarium yet");
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("some tiers cannot run here (see above)") })
+    }
+}
