@@ -132,3 +132,23 @@ fn a_missing_python_wasm_is_a_setup_error_naming_the_fix() {
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("scripts/setup-wasm"), "{stderr}");
 }
+
+#[test]
+fn results_are_json_without_importing_json() {
+    let Some(o) = run_wasm("[1, 2.5, 'é😀', None, True, {'a': (1, 2)}]") else { return };
+    assert_eq!(o.result, Some(serde_json::json!([1, 2.5, "é😀", null, true, {"a": [1, 2]}])), "{o:?}");
+    // Not JSON-representable, or cyclic: no result, no failure.
+    for code in ["object()", "float('nan')", "l = []\nl.append(l)\nl"] {
+        let Some(o) = run_wasm(code) else { return };
+        assert_eq!((o.status, o.result.clone()), (Status::Ok, None), "{code}: {o:?}");
+    }
+}
+
+#[test]
+fn deep_c_recursion_ends_as_an_outcome() {
+    // CPython's C stack inside wasm is small; overflowing it traps the instance, which
+    // is reported, never a host crash.
+    let Some(o) = run_wasm("x = []\nfor _ in range(100000):\n    x = [x]\nrepr(x)") else { return };
+    assert_ne!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(run_wasm("1 + 1").and_then(|o| o.result), Some(serde_json::json!(2)));
+}
