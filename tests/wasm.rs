@@ -152,3 +152,29 @@ fn deep_c_recursion_ends_as_an_outcome() {
     assert_ne!(o.status, Status::Ok, "{o:?}");
     assert_eq!(run_wasm("1 + 1").and_then(|o| o.result), Some(serde_json::json!(2)));
 }
+
+#[test]
+fn warm_instances_serve_single_use_with_their_own_deadline() {
+    let Some(exec) = crate::common::wasm_executor_with_pool(Policy::default_policy(), 2) else { return };
+    exec.fill_pool().expect("warm instances start");
+    // Each request gets a fresh interpreter, so a patch does not survive.
+    let o = exec_wasm(&exec, ExecRequest::new("import math\nmath.pi = 3\nmath.pi"));
+    assert_eq!(o.result, Some(serde_json::json!(3)), "{o:?}");
+    exec.fill_pool().expect("refilled");
+    let o = exec_wasm(&exec, ExecRequest::new("import math\nmath.pi"));
+    assert_eq!(o.result, Some(serde_json::json!(std::f64::consts::PI)), "{o:?}");
+    // The deadline counts from the request, not from the instance's start.
+    exec.fill_pool().expect("refilled");
+    std::thread::sleep(Duration::from_millis(300));
+    let req = ExecRequest {
+        id: None,
+        code: "while True: pass".into(),
+        overrides: Overrides { timeout: Some(Duration::from_millis(500)), ..Overrides::default() },
+    };
+    let o = exec_wasm(&exec, req);
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+    assert!(o.usage.wall_ms >= 450, "ended before its deadline: {o:?}");
+    exec.fill_pool().expect("refilled");
+    let o = exec_wasm(&exec, ExecRequest::new("import json\njson.dumps([1])"));
+    assert_eq!(o.result, Some(serde_json::json!("[1]")), "{o:?}");
+}

@@ -42,9 +42,12 @@ pub struct BenchArgs {
     /// Isolated mode without new namespaces per child (to measure their cost).
     #[arg(long, conflicts_with = "embedded")]
     pub no_namespaces: bool,
-    /// Measure the wasm tier (CPython on WASI; each request starts a fresh instance).
+    /// Measure the wasm tier with warm instances (refilled, untimed, between requests).
     #[arg(long, conflicts_with_all = ["embedded", "no_namespaces"])]
     pub wasm: bool,
+    /// Measure the wasm tier starting CPython for every request.
+    #[arg(long, conflicts_with_all = ["embedded", "no_namespaces", "wasm"])]
+    pub wasm_cold: bool,
     /// Timed requests.
     #[arg(short = 'n', default_value_t = 1000)]
     pub n: usize,

@@ -19,8 +19,8 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let rt = runtime()?;
     let n = args.n.max(1);
-    let samples = if args.wasm {
-        wasm(&rt, policy, &args.code, n)?
+    let samples = if args.wasm || args.wasm_cold {
+        wasm(&rt, policy, &args.code, n, args.wasm)?
     } else if args.embedded {
         let exec = crate::tier::rustpython::EmbeddedExecutor::with_workers(policy, 1);
         rt.block_on(exec.warm_up(1))?;
@@ -41,11 +41,12 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let mean = sorted.iter().map(Duration::as_secs_f64).sum::<f64>() / sorted.len() as f64 * 1e6;
     let summary = serde_json::json!({
-        "mode": match (args.wasm, args.embedded, args.no_namespaces) {
-            (true, _, _) => "wasm (cold instance per request)",
-            (_, true, _) => "embedded",
-            (_, _, false) => "isolated",
-            (_, _, true) => "isolated, no namespaces",
+        "mode": match (args.wasm, args.wasm_cold, args.embedded, args.no_namespaces) {
+            (true, _, _, _) => "wasm (warm instance)",
+            (_, true, _, _) => "wasm (cold instance per request)",
+            (_, _, true, _) => "embedded",
+            (_, _, _, false) => "isolated",
+            (_, _, _, true) => "isolated, no namespaces",
         },
         "n": n,
         "p50_us": pct(0.50).round(),
@@ -57,15 +58,24 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
 }
 
 #[cfg(feature = "wasm")]
-fn wasm(rt: &tokio::runtime::Runtime, policy: Policy, code: &str, n: usize) -> Result<Vec<Duration>, CliError> {
+fn wasm(
+    rt: &tokio::runtime::Runtime,
+    policy: Policy,
+    code: &str,
+    n: usize,
+    warm: bool,
+) -> Result<Vec<Duration>, CliError> {
     use crate::tier::wasm::{WasmConfig, WasmExecutor};
-    let exec = WasmExecutor::new(policy, WasmConfig::from_env());
+    let mut config = WasmConfig::from_env();
+    config.pool_size = usize::from(warm);
+    let exec = WasmExecutor::new(policy, config);
     exec.warm_up()?;
-    measure(rt, &exec, code, n, |_| async { Ok(()) })
+    let exec_ref = &exec;
+    measure(rt, &exec, code, n, |_| async move { if warm { exec_ref.fill_pool() } else { Ok(()) } })
 }
 
 #[cfg(not(feature = "wasm"))]
-fn wasm(_: &tokio::runtime::Runtime, _: Policy, _: &str, _: usize) -> Result<Vec<Duration>, CliError> {
+fn wasm(_: &tokio::runtime::Runtime, _: Policy, _: &str, _: usize, _: bool) -> Result<Vec<Duration>, CliError> {
     Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("this build has no wasm tier") })
 }
 

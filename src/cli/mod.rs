@@ -118,7 +118,8 @@ struct Target {
     overrides: Overrides,
 }
 
-fn target(common: &CommonArgs) -> Result<Target, CliError> {
+/// `many`: the command will run many requests (batch), so warm pools pay off.
+fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     let policy = match &common.policy {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default_policy(),
@@ -151,12 +152,12 @@ fn target(common: &CommonArgs) -> Result<Target, CliError> {
     }
     // Reject loosening before any code runs.
     policy.tighten(&overrides)?;
-    Ok(Target { tier, executor: executor_for(tier, policy)?, overrides })
+    Ok(Target { tier, executor: executor_for(tier, policy, many)?, overrides })
 }
 
 /// The executor for `tier`. Code from the command line is untrusted: the
 /// rustpython tier runs it in isolated mode (one confined child process per run).
-fn executor_for(tier: Tier, policy: Policy) -> Result<Option<Box<dyn Executor>>, CliError> {
+fn executor_for(tier: Tier, policy: Policy, many: bool) -> Result<Option<Box<dyn Executor>>, CliError> {
     match tier {
         #[cfg(feature = "rustpython")]
         Tier::Rustpython => {
@@ -167,10 +168,13 @@ fn executor_for(tier: Tier, policy: Policy) -> Result<Option<Box<dyn Executor>>,
         #[cfg(feature = "wasm")]
         Tier::Wasm => {
             use crate::tier::wasm::{WasmConfig, WasmExecutor};
-            Ok(Some(Box::new(WasmExecutor::new(policy, WasmConfig::from_env()))))
+            let mut config = WasmConfig::from_env();
+            // A single run would only pay for warm instances it never uses.
+            config.pool_size = if many { 2 } else { 0 };
+            Ok(Some(Box::new(WasmExecutor::new(policy, config))))
         }
         _ => {
-            let _ = policy;
+            let _ = (policy, many);
             Ok(None)
         }
     }
@@ -220,7 +224,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     let code = read_code(&args)?;
-    let target = target(&args.common)?;
+    let target = target(&args.common, false)?;
     let req = ExecRequest { id: None, code, overrides: target.overrides.clone() };
     let outcome = match &target.executor {
         Some(exec) => runtime()?.block_on(exec.execute(req))?,
@@ -259,7 +263,7 @@ struct BatchLine {
 }
 
 fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
-    let target = std::sync::Arc::new(target(&args.common)?);
+    let target = std::sync::Arc::new(target(&args.common, true)?);
     let rt = runtime()?;
     // Requests run concurrently, one per core; outcomes are written in input order.
     let in_flight = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -82,7 +82,14 @@ pub const SKIP_WASM: &str = "TERRARIUM_SKIP_WASM";
 /// `TERRARIUM_SKIP_WASM=1` says to skip (printed). Without the opt-out, a missing
 /// python.wasm fails the test with the command that installs it.
 pub fn wasm_executor(policy: Policy) -> Option<terrarium::WasmExecutor> {
-    let exec = terrarium::WasmExecutor::new(policy, terrarium::WasmConfig::from_env());
+    wasm_executor_with_pool(policy, 0)
+}
+
+/// As [`wasm_executor`], with `pool` warm instances.
+pub fn wasm_executor_with_pool(policy: Policy, pool: usize) -> Option<terrarium::WasmExecutor> {
+    let mut config = terrarium::WasmConfig::from_env();
+    config.pool_size = pool;
+    let exec = terrarium::WasmExecutor::new(policy, config);
     match exec.warm_up() {
         Ok(()) => Some(exec),
         Err(e) if std::env::var_os(SKIP_WASM).is_some_and(|v| v == "1") => {

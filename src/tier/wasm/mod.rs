@@ -58,21 +58,111 @@ pub struct WasmExecutor {
     policy: Policy,
     config: WasmConfig,
     runtime: OnceLock<Result<Arc<Runtime>, String>>,
+    pool: std::sync::Mutex<std::collections::VecDeque<Slot>>,
+}
+
+/// A warm instance: CPython started ahead of demand, its prelude waiting on stdin
+/// for its one request. Single-use.
+struct Slot {
+    ready_marker: String,
+    stderr: MemoryOutputPipe,
+    stdin: tokio::io::DuplexStream,
+    window: Arc<std::sync::Mutex<Option<(Instant, Instant)>>>,
+    done: tokio::sync::oneshot::Receiver<Result<Outcome, SandboxError>>,
+}
+
+impl Slot {
+    /// Whether CPython finished starting and waits for its request (its prelude
+    /// wrote the ready marker).
+    fn waiting(&self) -> bool {
+        let err = self.stderr.contents();
+        err.windows(self.ready_marker.len()).any(|w| w == self.ready_marker.as_bytes())
+    }
 }
 
 impl WasmExecutor {
     /// An executor for `policy`. The module is loaded (or compiled, once per machine)
     /// on first use.
     pub fn new(policy: Policy, config: WasmConfig) -> WasmExecutor {
-        WasmExecutor { policy, config, runtime: OnceLock::new() }
+        WasmExecutor { policy, config, runtime: OnceLock::new(), pool: Default::default() }
     }
 
-    /// Loads or compiles the module now.
+    /// Loads or compiles the module now (blocking).
     ///
     /// # Errors
     /// [`SandboxError::TierUnavailable`] when python.wasm is missing or wrong.
     pub fn warm_up(&self) -> Result<(), SandboxError> {
         self.runtime().map(|_| ())
+    }
+
+    /// Fills the pool of warm instances and waits (blocking, up to 30 s) until each
+    /// has started CPython and waits for its request.
+    ///
+    /// # Errors
+    /// As [`WasmExecutor::warm_up`], or a host fault when an instance cannot start.
+    pub fn fill_pool(&self) -> Result<(), SandboxError> {
+        self.refill()?;
+        let until = Instant::now() + STARTUP_LIMIT;
+        while Instant::now() < until {
+            let ready = self.lock_pool().iter().all(Slot::waiting);
+            if ready {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(SandboxError::Host { tier: Tier::Wasm, message: "warm instances did not start in time".into() })
+    }
+
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Slot>> {
+        self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts warm instances until the pool holds `config.pool_size`.
+    fn refill(&self) -> Result<(), SandboxError> {
+        let runtime = self.runtime()?;
+        let mut pool = self.lock_pool();
+        while pool.len() < self.config.pool_size {
+            pool.push_back(spawn_slot(runtime.clone(), self.policy.clone())?);
+        }
+        Ok(())
+    }
+
+    /// A warm instance still alive, if the pool has one.
+    fn take_slot(&self) -> Option<Slot> {
+        let mut pool = self.lock_pool();
+        while let Some(mut slot) = pool.pop_front() {
+            // One that already ended (it failed to start) is dropped.
+            if matches!(slot.done.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Runs `code` on a warm instance.
+    async fn run_warm(&self, slot: Slot, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
+        use tokio::io::AsyncWriteExt;
+        let arrived = Instant::now();
+        let due = arrived + policy.timeout();
+        if let Ok(mut w) = slot.window.lock() {
+            *w = Some((arrived, due));
+        }
+        let text = request_text(policy, code);
+        let mut stdin = slot.stdin;
+        // A guest that stops reading is stopped by its deadline; the write then fails.
+        let write = async {
+            let _ = stdin.write_all(text.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        };
+        let _ = tokio::time::timeout_at(due.into(), write).await;
+        drop(stdin);
+        match tokio::time::timeout_at((due + STARTUP_LIMIT).into(), slot.done).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(SandboxError::Host { tier: Tier::Wasm, message: "a warm instance vanished".into() }),
+            Err(_) => {
+                Err(SandboxError::Host { tier: Tier::Wasm, message: "a warm instance ignored its deadline".into() })
+            }
+        }
     }
 
     fn runtime(&self) -> Result<Arc<Runtime>, SandboxError> {
@@ -88,9 +178,31 @@ impl WasmExecutor {
         };
         let runtime = self.runtime()?;
         let id = req.id.clone();
-        let mut outcome = tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code))
-            .await
-            .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("the wasm run failed: {e}") })??;
+        // Warm instances were started with the executor's policy: they serve requests
+        // whose memory and output caps are the same, and only without fuel (fuel would
+        // count CPython's start-up).
+        let warm_fits = self.config.pool_size > 0
+            && policy.fuel().is_none()
+            && policy.max_memory() == self.policy.max_memory()
+            && policy.max_output() == self.policy.max_output();
+        let slot = if warm_fits { self.take_slot() } else { None };
+        let mut outcome = match slot {
+            Some(slot) => {
+                let o = self.run_warm(slot, &policy, &req.code).await;
+                // Refill after the request, so CPython's start-up does not compete
+                // with it for the CPU.
+                self.refill()?;
+                o?
+            }
+            None => {
+                if warm_fits {
+                    self.refill()?;
+                }
+                tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code)).await.map_err(
+                    |e| SandboxError::Host { tier: Tier::Wasm, message: format!("the wasm run failed: {e}") },
+                )??
+            }
+        };
         outcome.id = id;
         outcome.usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(outcome)
@@ -149,24 +261,94 @@ fn start_ticker(engine: Engine) {
     }
 }
 
-/// Runs one request on a fresh instance (blocking).
-fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
-    let host_err = |message: String| SandboxError::Host { tier: Tier::Wasm, message };
+/// Starts a warm instance on its own thread.
+fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, SandboxError> {
+    let (host, guest) = tokio::io::duplex(1 << 16);
+    let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
     let nonce = nonce();
+    let pipes = Pipes::new(&policy);
+    let stderr = pipes.stderr.clone();
+    let window = Arc::new(std::sync::Mutex::new(None));
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let (n, w) = (nonce.clone(), window.clone());
+    // A warm instance imports the policy's modules while it waits (asyncio excepted:
+    // the prelude installs Terrarium's own).
+    let preload: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).filter(|m| *m != "asyncio").collect();
+    let preload = preload.join(" ");
+    std::thread::Builder::new()
+        .name("terrarium-wasm-warm".into())
+        .spawn(move || {
+            let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, &n, &preload, Deadline::Cell(w)));
+        })
+        .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("cannot start a warm instance: {e}") })?;
+    Ok(Slot { ready_marker: format!("\n{nonce} ready\n"), stderr, stdin: host, window, done })
+}
+
+/// How a run's deadline is kept.
+enum Deadline {
+    /// A fixed number of ticks from instantiation (cold runs).
+    Ticks(u64),
+    /// Set to (arrival, due) when the request arrives (warm instances, started ahead
+    /// of it).
+    Cell(Arc<std::sync::Mutex<Option<(Instant, Instant)>>>),
+}
+
+/// How long a warm instance may take to start before it is abandoned.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// The request text the prelude reads: allowed modules, asyncio source length (in
+/// characters), then the asyncio source and the snippet.
+fn request_text(policy: &Policy, code: &str) -> String {
     let asyncio = if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" };
     let allowed: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).collect();
-    // The prelude's request format: nonce, allowed modules, asyncio source length (in
-    // characters), then the asyncio source and the snippet.
-    let request = format!("{nonce}\n{}\n{}\n{asyncio}{code}", allowed.join(" "), asyncio.chars().count());
+    format!("{}\n{}\n{asyncio}{code}", allowed.join(" "), asyncio.chars().count())
+}
+
+/// The capped stdout and stderr of one instance.
+#[derive(Clone)]
+struct Pipes {
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl Pipes {
+    fn new(policy: &Policy) -> Pipes {
+        let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
+        // stderr also carries the ready marker and the status line.
+        Pipes {
+            stdout: MemoryOutputPipe::new(max_output),
+            stderr: MemoryOutputPipe::new(max_output.saturating_add(64 * 1024)),
+        }
+    }
+}
+
+/// Runs one request on a fresh instance (blocking).
+fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
+    let nonce = nonce();
+    let stdin = MemoryInputPipe::new(request_text(policy, code));
+    let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
+    let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
+    run_instance(runtime, policy, stdin, Pipes::new(policy), &nonce, "", deadline)
+}
+
+/// Instantiates python.wasm with `stdin` and runs it to the end (blocking).
+fn run_instance(
+    runtime: &Runtime,
+    policy: &Policy,
+    stdin: impl wasmtime_wasi::cli::StdinStream + 'static,
+    pipes: Pipes,
+    nonce: &str,
+    preload: &str,
+    deadline: Deadline,
+) -> Result<Outcome, SandboxError> {
+    let host_err = |message: String| SandboxError::Host { tier: Tier::Wasm, message };
     let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
-    let stdout = MemoryOutputPipe::new(max_output);
-    // stderr also carries the status line at the end.
-    let stderr = MemoryOutputPipe::new(max_output.saturating_add(64 * 1024));
+    let Pipes { stdout, stderr } = pipes;
     let wasi = WasiCtxBuilder::new()
-        .stdin(MemoryInputPipe::new(request))
+        .stdin(stdin)
         .stdout(stdout.clone())
         .stderr(stderr.clone())
-        .args(&["python", "-I", "-S", "-c", PRELUDE])
+        .args(&["python", "-I", "-S", "-c", PRELUDE, nonce, preload])
         .build_p1();
     let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
     let limits = StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(false).build();
@@ -174,26 +356,48 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcom
     store.limiter(|h| &mut h.limits);
     let fuel = policy.fuel().unwrap_or(UNLIMITED_FUEL);
     store.set_fuel(fuel).map_err(|e| host_err(format!("cannot set fuel: {e}")))?;
-    let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-    store.epoch_deadline_trap();
+    let cell = match deadline {
+        Deadline::Ticks(t) => {
+            store.set_epoch_deadline(t);
+            store.epoch_deadline_trap();
+            None
+        }
+        Deadline::Cell(cell) => {
+            let created = Instant::now();
+            let watched = cell.clone();
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                let due = watched.lock().ok().and_then(|d| *d).map_or(created + STARTUP_LIMIT, |(_, due)| due);
+                if Instant::now() >= due {
+                    Err(Trap::Interrupt.into())
+                } else {
+                    Ok(wasmtime::UpdateDeadline::Continue(1))
+                }
+            });
+            Some(cell)
+        }
+    };
     let instance = runtime.pre.instantiate(&mut store).map_err(|e| host_err(format!("cannot instantiate: {e}")))?;
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(|e| host_err(format!("python.wasm has no _start: {e}")))?;
     let cpu = Instant::now();
     let ended = start.call(&mut store, ());
+    // A warm instance's work starts when its request arrives.
+    let window = cell.and_then(|c| c.lock().ok().and_then(|d| *d));
+    let began = window.map_or(cpu, |(arrived, _)| arrived);
+    let timeout = window.map_or(policy.timeout(), |(arrived, due)| due - arrived);
     let used_fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     // Linear memory never shrinks: its final size is the run's peak.
     let peak = instance.get_memory(&mut store, "memory").map(|m| m.data_size(&store) as u64);
     let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
     let err_bytes = stderr.contents();
-    let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err_bytes), &nonce);
+    let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err_bytes), nonce);
     let mut o = Outcome::refused(None, Tier::Wasm, Status::Ok, "", "");
     o.error = None;
     o.stdout = out;
     o.stderr = err_text;
-    o.usage.cpu_ms = Some(u64::try_from(cpu.elapsed().as_millis()).unwrap_or(u64::MAX));
+    o.usage.cpu_ms = Some(u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX));
     o.usage.fuel = policy.fuel().map(|_| used_fuel);
     o.usage.peak_memory_bytes = peak;
     let output_full = stdout.contents().len() >= max_output || err_bytes.len() >= max_output;
@@ -215,7 +419,7 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcom
                         &mut o,
                         Status::Timeout,
                         "Timeout",
-                        format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()),
+                        format!("deadline of {}s exceeded", timeout.as_secs_f64()),
                     ),
                     other => limit(&mut o, Status::Crashed, "Trap", format!("the interpreter trapped: {other}")),
                 }
@@ -270,6 +474,8 @@ fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32>, output_f
 
 /// Splits the prelude's status line (`\n<nonce> {json}\n`, the last one) off stderr.
 fn split_status(stderr: &str, nonce: &str) -> (String, Option<String>) {
+    let ready = format!("\n{nonce} ready\n");
+    let stderr = &stderr.replacen(&ready, "", 1);
     let marker = format!("\n{nonce} ");
     match stderr.rfind(&marker) {
         Some(at) => {
@@ -292,7 +498,7 @@ mod tests {
 
     #[test]
     fn the_status_line_is_split_from_stderr() {
-        let (err, line) = split_status("warn\n\nabc {\"kind\": \"ok\"}\n", "abc");
+        let (err, line) = split_status("\nabc ready\nwarn\n\nabc {\"kind\": \"ok\"}\n", "abc");
         assert_eq!(err, "warn\n");
         assert_eq!(line.as_deref(), Some("{\"kind\": \"ok\"}"));
         let (err, line) = split_status("no status", "abc");

@@ -1,6 +1,7 @@
 # Terrarium's prelude for the wasm tier: the `-c` program CPython (WASI) starts with.
-# It reads one request from stdin (lines: nonce, allowed modules separated by spaces,
-# the length of the asyncio stand-in's source, then that source and the snippet),
+# Its arguments are a nonce and modules to preload. It says "ready" on stderr, then
+# reads one request from stdin (lines: allowed modules separated by spaces, the length of the asyncio
+# stand-in's source, then that source and the snippet),
 # installs the policy, runs the snippet in fresh globals, and ends by writing one
 # status line to stderr: "\n<nonce> {json}\n". It imports no pure-Python module
 # of its own (start-up is most of this tier's latency); `json` is loaded only to
@@ -17,11 +18,18 @@
 
 import sys
 
-_nonce, _allowed_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 3)
-_allowed = frozenset(_allowed_text.split())
-_asyncio_source, _code = _rest[: int(_asyncio_len)], _rest[int(_asyncio_len):]
-del _allowed_text, _asyncio_len, _rest
+# Arguments: a nonce, and the modules to import before the request (a warm
+# instance's policy; empty for a cold run). Everything that does not depend on the
+# request happens before the "ready" marker, so a warm instance has done it ahead of
+# demand.
+_nonce = sys.argv[1]
+for _m in sys.argv[2].split():
+    try:
+        __import__(_m)
+    except Exception:
+        pass  # the snippet that imports it will see the error itself
 _real_stderr_write = sys.stderr.write
+_allowed = frozenset()
 
 
 def _module_allowed(name):
@@ -178,6 +186,14 @@ def _run(code):
     return {"kind": "ok", "result": result}
 
 
+# Ready: read the request.
+sys.stderr.write("\n" + _nonce + " ready\n")
+sys.stderr.flush()
+_allowed_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 2)
+_allowed = frozenset(_allowed_text.split())
+_asyncio_source, _code = _rest[: int(_asyncio_len)], _rest[int(_asyncio_len):]
+del _allowed_text, _asyncio_len, _rest
+
 # asyncio: this WASI build has no socketpair for the event loop's self-pipe, so
 # `asyncio.run` cannot work; the snippet gets Terrarium's socket-free event loop.
 if _module_allowed("asyncio"):
@@ -189,3 +205,7 @@ if _module_allowed("asyncio"):
 
 del _asyncio_source
 _report(_run(_code))
+# Skip interpreter finalisation (milliseconds inside wasm): the instance is discarded.
+import posix as _posix
+
+_posix._exit(0)
