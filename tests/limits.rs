@@ -124,6 +124,7 @@ fn a_tighter_memory_override_is_enforced() {
         id: None,
         code: "x = bytearray(100 * 2**20)\nlen(x)".into(),
         overrides: terrarium::Overrides { max_memory: Some(32 << 20), ..Default::default() },
+        scratch: false,
     };
     let o = crate::common::exec_default(req);
     assert!(matches!(o.status, Status::MemoryLimit | Status::Exception), "{o:?}");

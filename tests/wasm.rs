@@ -36,6 +36,7 @@ fn an_infinite_loop_ends_at_the_deadline() {
         id: None,
         code: "while True:\n    try:\n        pass\n    except BaseException:\n        pass".into(),
         overrides: Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() },
+        scratch: false,
     };
     let o = exec_wasm(&exec, req);
     assert_eq!(o.status, Status::Timeout, "{o:?}");
@@ -170,6 +171,7 @@ fn warm_instances_serve_single_use_with_their_own_deadline() {
         id: None,
         code: "while True: pass".into(),
         overrides: Overrides { timeout: Some(Duration::from_millis(500)), ..Overrides::default() },
+        scratch: false,
     };
     let o = exec_wasm(&exec, req);
     assert_eq!(o.status, Status::Timeout, "{o:?}");
@@ -177,4 +179,42 @@ fn warm_instances_serve_single_use_with_their_own_deadline() {
     exec.fill_pool().expect("refilled");
     let o = exec_wasm(&exec, ExecRequest::new("import json\njson.dumps([1])"));
     assert_eq!(o.result, Some(serde_json::json!("[1]")), "{o:?}");
+}
+
+#[test]
+fn a_scratch_directory_is_private_writable_and_removed() {
+    let Some(exec) = wasm_executor(Policy::default_policy()) else { return };
+    let mut req = ExecRequest::new(
+        "open('/scratch/a.txt', 'w').write('hello')\nopen('a.txt').read() + str(len(open('/scratch/a.txt').read()))",
+    );
+    req.scratch = true;
+    let before = scratch_dirs();
+    let o = exec_wasm(&exec, req);
+    assert_eq!(o.result, Some(serde_json::json!("hello5")), "{o:?}");
+    assert_eq!(scratch_dirs(), before, "the scratch directory was not removed");
+    // Outside it, nothing: not the host, not a way up.
+    for code in ["open('/tmp/terrarium-escape', 'w')", "open('../etc/passwd')", "open('/scratch/../etc/passwd')"] {
+        let mut req = ExecRequest::new(code);
+        req.scratch = true;
+        let o = exec_wasm(&exec, req);
+        assert_ne!(o.status, Status::Ok, "{code}: {o:?}");
+    }
+    // Without --scratch there is no /scratch.
+    let o = exec_wasm(&exec, ExecRequest::new("open('/scratch/a.txt', 'w')"));
+    assert_ne!(o.status, Status::Ok, "{o:?}");
+}
+
+fn scratch_dirs() -> usize {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("terrarium-scratch-")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_interpreter_tier_refuses_a_scratch_request() {
+    let mut req = ExecRequest::new("1");
+    req.scratch = true;
+    let r = crate::common::runtime().block_on(terrarium::Executor::execute(crate::common::default_isolated(), req));
+    let err = r.expect_err("refused");
+    assert!(err.to_string().contains("scratch"), "{err}");
 }

@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// Print the outcome as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Give the run a private writable directory, /scratch, deleted afterwards
+    /// (wasm tier).
+    #[arg(long)]
+    pub scratch: bool,
     /// The code to run.
     #[arg(short = 'c', value_name = "CODE", conflicts_with = "file")]
     pub code: Option<String>,

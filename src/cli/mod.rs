@@ -225,7 +225,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     let code = read_code(&args)?;
     let target = target(&args.common, false)?;
-    let req = ExecRequest { id: None, code, overrides: target.overrides.clone() };
+    let req = ExecRequest { id: None, code, overrides: target.overrides.clone(), scratch: args.scratch };
     let outcome = match &target.executor {
         Some(exec) => runtime()?.block_on(exec.execute(req))?,
         None => unavailable(None, target.tier),
@@ -260,6 +260,7 @@ struct BatchLine {
     id: Option<serde_json::Value>,
     code: String,
     timeout: Option<f64>,
+    scratch: Option<bool>,
 }
 
 fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
@@ -341,7 +342,7 @@ async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize)
     let Some(exec) = &target.executor else {
         return unavailable(id, target.tier);
     };
-    let req = ExecRequest { id: id.clone(), code: parsed.code, overrides };
+    let req = ExecRequest { id: id.clone(), code: parsed.code, overrides, scratch: parsed.scratch.unwrap_or(false) };
     match exec.execute(req).await {
         Ok(o) => o,
         Err(e) => bad(id, e.to_string()),

@@ -33,12 +33,16 @@ pub struct ExecRequest {
     pub code: String,
     /// Tightening of the executor's policy for this request only.
     pub overrides: Overrides,
+    /// Give the run an empty, private, writable directory (`/scratch`, also its
+    /// working directory), deleted when the run ends. Only tiers with a file system
+    /// serve it; the rustpython tier refuses such a request.
+    pub scratch: bool,
 }
 
 impl ExecRequest {
     /// A request for `code` under the executor's policy as it stands.
     pub fn new(code: impl Into<String>) -> ExecRequest {
-        ExecRequest { id: None, code: code.into(), overrides: Overrides::default() }
+        ExecRequest { id: None, code: code.into(), overrides: Overrides::default(), scratch: false }
     }
 
     /// Checks what every tier requires of source text: not empty, no NUL byte, at
@@ -214,6 +218,11 @@ pub trait Executor: Send + Sync {
 pub fn admit(base: &Policy, req: &ExecRequest, tier: Tier) -> Result<Result<Policy, Outcome>, SandboxError> {
     let policy = base.tighten(&req.overrides)?;
     req.validate(policy.max_code_size())?;
+    if req.scratch && tier == Tier::Rustpython {
+        return Err(SandboxError::InvalidRequest(
+            "the rustpython tier has no file system, so it cannot give a scratch directory (use --tier wasm)".into(),
+        ));
+    }
     if !policy.enabled() {
         return Ok(Err(Outcome::refused(
             req.id.clone(),

@@ -71,6 +71,7 @@ pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
         id: None,
         code: code.into(),
         overrides: Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() },
+        scratch: false,
     };
     exec(default_executor(), req)
 }

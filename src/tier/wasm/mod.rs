@@ -182,6 +182,7 @@ impl WasmExecutor {
         // whose memory and output caps are the same, and only without fuel (fuel would
         // count CPython's start-up).
         let warm_fits = self.config.pool_size > 0
+            && !req.scratch
             && policy.fuel().is_none()
             && policy.max_memory() == self.policy.max_memory()
             && policy.max_output() == self.policy.max_output();
@@ -198,9 +199,13 @@ impl WasmExecutor {
                 if warm_fits {
                     self.refill()?;
                 }
-                tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code)).await.map_err(
-                    |e| SandboxError::Host { tier: Tier::Wasm, message: format!("the wasm run failed: {e}") },
-                )??
+                let scratch = req.scratch;
+                tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code, scratch))
+                    .await
+                    .map_err(|e| SandboxError::Host {
+                        tier: Tier::Wasm,
+                        message: format!("the wasm run failed: {e}"),
+                    })??
             }
         };
         outcome.id = id;
@@ -278,7 +283,8 @@ fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, SandboxErro
     std::thread::Builder::new()
         .name("terrarium-wasm-warm".into())
         .spawn(move || {
-            let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, &n, &preload, Deadline::Cell(w)));
+            let launch = Launch { nonce: &n, preload: &preload, scratch: None };
+            let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, launch, Deadline::Cell(w)));
         })
         .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("cannot start a warm instance: {e}") })?;
     Ok(Slot { ready_marker: format!("\n{nonce} ready\n"), stderr, stdin: host, window, done })
@@ -323,12 +329,50 @@ impl Pipes {
 }
 
 /// Runs one request on a fresh instance (blocking).
-fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
+fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str, scratch: bool) -> Result<Outcome, SandboxError> {
     let nonce = nonce();
     let stdin = MemoryInputPipe::new(request_text(policy, code));
     let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
     let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
-    run_instance(runtime, policy, stdin, Pipes::new(policy), &nonce, "", deadline)
+    let dir = if scratch { Some(ScratchDir::create(&nonce)?) } else { None };
+    let launch = Launch { nonce: &nonce, preload: "", scratch: dir.as_ref() };
+    let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
+    if let Some(d) = dir {
+        d.remove()?;
+    }
+    o
+}
+
+/// A run's private writable directory, removed afterwards.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(nonce: &str) -> Result<ScratchDir, SandboxError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(format!("terrarium-scratch-{nonce}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| SandboxError::Host {
+            tier: Tier::Wasm,
+            message: format!("cannot create a scratch directory: {e}"),
+        })?;
+        Ok(ScratchDir(path))
+    }
+
+    fn remove(self) -> Result<(), SandboxError> {
+        std::fs::remove_dir_all(&self.0).map_err(|e| SandboxError::Host {
+            tier: Tier::Wasm,
+            message: format!("cannot remove the scratch directory: {e}"),
+        })
+    }
+}
+
+/// What an instance starts with besides its pipes.
+struct Launch<'a> {
+    /// Marks its status lines.
+    nonce: &'a str,
+    /// Modules to import before the request (space-separated).
+    preload: &'a str,
+    /// The run's own directory, preopened as `/scratch`.
+    scratch: Option<&'a ScratchDir>,
 }
 
 /// Instantiates python.wasm with `stdin` and runs it to the end (blocking).
@@ -337,19 +381,31 @@ fn run_instance(
     policy: &Policy,
     stdin: impl wasmtime_wasi::cli::StdinStream + 'static,
     pipes: Pipes,
-    nonce: &str,
-    preload: &str,
+    launch: Launch<'_>,
     deadline: Deadline,
 ) -> Result<Outcome, SandboxError> {
+    let Launch { nonce, preload, scratch } = launch;
     let host_err = |message: String| SandboxError::Host { tier: Tier::Wasm, message };
     let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let Pipes { stdout, stderr } = pipes;
-    let wasi = WasiCtxBuilder::new()
-        .stdin(stdin)
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .args(&["python", "-I", "-S", "-c", PRELUDE, nonce, preload])
-        .build_p1();
+    let mut builder = WasiCtxBuilder::new();
+    builder.stdin(stdin).stdout(stdout.clone()).stderr(stderr.clone()).args(&[
+        "python",
+        "-I",
+        "-S",
+        "-c",
+        PRELUDE,
+        nonce,
+        preload,
+        if scratch.is_some() { "scratch" } else { "" },
+    ]);
+    if let Some(dir) = scratch {
+        // The only host directory a guest ever sees: its own, empty, read-write.
+        builder
+            .preopened_dir(&dir.0, "/scratch", wasmtime_wasi::FsPerms::ReadWrite)
+            .map_err(|e| host_err(format!("cannot open the scratch directory: {e}")))?;
+    }
+    let wasi = builder.build_p1();
     let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
     let limits = StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(false).build();
     let mut store = Store::new(&runtime.engine, Host { wasi, limits });

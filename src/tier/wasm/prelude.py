@@ -30,6 +30,8 @@ for _m in sys.argv[2].split():
         pass  # the snippet that imports it will see the error itself
 _real_stderr_write = sys.stderr.write
 _allowed = frozenset()
+# A third argument "scratch": the host preopened /scratch for this run.
+_scratch = sys.argv[3] == "scratch"
 
 
 def _module_allowed(name):
@@ -80,6 +82,11 @@ _STDLIB = tuple(p for p in sys.path if p)
 def _audit(event, args):
     if event == "open":
         path, mode = args[0], args[1]
+        if _scratch and isinstance(path, str):
+            # Absolute under /scratch, or relative to it (the working directory).
+            inside = path == "/scratch" or path.startswith("/scratch/") or not path.startswith("/")
+            if inside and ".." not in path.split("/"):
+                return
         reading = mode is None or (isinstance(mode, str) and not set(mode) & set("wax+"))
         if reading and isinstance(path, str) and path.startswith(_STDLIB):
             return
@@ -193,6 +200,11 @@ _allowed_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 2)
 _allowed = frozenset(_allowed_text.split())
 _asyncio_source, _code = _rest[: int(_asyncio_len)], _rest[int(_asyncio_len):]
 del _allowed_text, _asyncio_len, _rest
+
+if _scratch:
+    import posix as _posix_cwd
+
+    _posix_cwd.chdir("/scratch")
 
 # asyncio: this WASI build has no socketpair for the event loop's self-pipe, so
 # `asyncio.run` cannot work; the snippet gets Terrarium's socket-free event loop.
