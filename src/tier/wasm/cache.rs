@@ -37,6 +37,9 @@ pub struct WasmConfig {
     pub cache_dir: PathBuf,
     /// Warm instances kept started ahead of demand (0: every request starts CPython).
     pub pool_size: usize,
+    /// Instances that may exist at once, running or warm (the pooling allocator's
+    /// slots). Fixed per python.wasm path for the life of the process.
+    pub max_instances: usize,
 }
 
 impl WasmConfig {
@@ -50,7 +53,7 @@ impl WasmConfig {
         let python_wasm = std::env::var_os("TERRARIUM_PYTHON_WASM")
             .map(PathBuf::from)
             .unwrap_or_else(|| cache.join("python-3.12.0.wasm"));
-        WasmConfig { python_wasm, cache_dir: cache.join("compiled"), pool_size: 2 }
+        WasmConfig { python_wasm, cache_dir: cache.join("compiled"), pool_size: 2, max_instances: 64 }
     }
 }
 
@@ -152,8 +155,12 @@ mod tests {
     #[test]
     fn a_missing_python_wasm_names_the_setup_command() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            WasmConfig { python_wasm: dir.path().join("nope.wasm"), cache_dir: dir.path().join("c"), pool_size: 0 };
+        let config = WasmConfig {
+            python_wasm: dir.path().join("nope.wasm"),
+            cache_dir: dir.path().join("c"),
+            pool_size: 0,
+            max_instances: 4,
+        };
         let engine = Engine::default();
         let err = load_module(&engine, &config).expect_err("missing");
         assert!(err.contains("scripts/setup-wasm"), "{err}");
@@ -164,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wasm = dir.path().join("python.wasm");
         fs::write(&wasm, vec![0u8; PYTHON_WASM_SIZE as usize]).expect("write");
-        let config = WasmConfig { python_wasm: wasm, cache_dir: dir.path().join("c"), pool_size: 0 };
+        let config = WasmConfig { python_wasm: wasm, cache_dir: dir.path().join("c"), pool_size: 0, max_instances: 4 };
         let err = load_module(&Engine::default(), &config).expect_err("wrong file");
         assert!(err.contains("sha256") && err.contains("scripts/setup-wasm"), "{err}");
     }

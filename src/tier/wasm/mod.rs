@@ -242,12 +242,24 @@ fn build_runtime(config: &WasmConfig) -> Result<Runtime, String> {
     let mut c = wasmtime::Config::new();
     c.consume_fuel(true);
     c.epoch_interruption(true);
+    // Instances come from pre-reserved slots (fast instantiation, no mmap per run).
+    // Each slot reserves address space for a full 4 GiB linear memory, never commits
+    // it; `max_instances` bounds how many run or wait warm at once.
+    let mut pooling = wasmtime::PoolingAllocationConfig::default();
+    let slots = u32::try_from(config.max_instances.max(1)).unwrap_or(u32::MAX);
+    pooling.total_core_instances(slots).total_memories(slots).total_tables(slots).max_memory_size(1 << 32);
+    c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     let engine = Engine::new(&c).map_err(|e| format!("cannot create the wasm engine: {e}"))?;
     let module: Module = cache::load_module(&engine, config)?;
     let mut linker: Linker<Host> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
         .map_err(|e| format!("cannot link WASI: {e}"))?;
     let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot prepare python.wasm: {e}"))?;
+    // Fail now, not on the first request, if the pooling limits cannot hold it.
+    let mut probe =
+        Store::new(&engine, Host { wasi: WasiCtxBuilder::new().build_p1(), limits: StoreLimits::default() });
+    pre.instantiate(&mut probe).map_err(|e| format!("python.wasm does not fit the instance pool: {e}"))?;
+    drop(probe);
     start_ticker(engine.clone());
     Ok(Runtime { engine, pre })
 }
@@ -433,7 +445,9 @@ fn run_instance(
             Some(cell)
         }
     };
-    let instance = runtime.pre.instantiate(&mut store).map_err(|e| host_err(format!("cannot instantiate: {e}")))?;
+    let instance = runtime.pre.instantiate(&mut store).map_err(|e| {
+        host_err(format!("cannot instantiate python.wasm (are more than max_instances running at once?): {e}"))
+    })?;
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(|e| host_err(format!("python.wasm has no _start: {e}")))?;
