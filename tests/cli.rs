@@ -132,3 +132,23 @@ fn doctor_checks_every_tier_of_the_build() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("ok      rustpython") && out.stdout.contains("ok      wasm"), "{}", out.stdout);
 }
+
+#[test]
+fn a_wasm_batch_uses_warm_instances_and_exits_cleanly() {
+    if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
+        return;
+    }
+    let lines: String =
+        (0..6).map(|i| format!("{{\"id\": {i}, \"code\": \"import json\\njson.dumps([{i}])\"}}\n")).collect();
+    let out = terrarium(&["batch", "--tier", "wasm"], lines.as_bytes());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Warm instances still waiting when the batch ends must go quietly.
+    assert_eq!(out.stderr, "", "the batch wrote to stderr");
+    let results: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["result"].clone())
+        .collect();
+    let want: Vec<serde_json::Value> = (0..6).map(|i| serde_json::json!(format!("[{i}]"))).collect();
+    assert_eq!(results, want);
+}

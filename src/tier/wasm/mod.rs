@@ -281,7 +281,6 @@ fn start_ticker(engine: Engine) {
 /// Starts a warm instance on its own thread.
 fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, SandboxError> {
     let (host, guest) = tokio::io::duplex(1 << 16);
-    let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
     let nonce = nonce();
     let pipes = Pipes::new(&policy);
     let stderr = pipes.stderr.clone();
@@ -295,6 +294,10 @@ fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, SandboxErro
     std::thread::Builder::new()
         .name("terrarium-wasm-warm".into())
         .spawn(move || {
+            // Made here, off the caller's runtime: the stream's reader task then runs on
+            // wasmtime-wasi's own runtime, which outlives the caller's (a task on the
+            // caller's runtime dies with it at shutdown and the guest's read panics).
+            let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
             let launch = Launch { nonce: &n, preload: &preload, scratch: None };
             let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, launch, Deadline::Cell(w)));
         })
