@@ -152,13 +152,15 @@ fn a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
     read(200, &mut ok);
     let zygote = zygote_of(child.id()).expect("the batch's zygote");
     let before = rss_kb(zygote);
+    // Stdin stays open until the zygote is measured: at end of input the batch exits,
+    // and its zygote with it.
     let writer = std::thread::spawn(move || {
         send(&mut stdin, 200, 10_000);
-        drop(stdin);
+        stdin
     });
     read(9_800, &mut ok);
     let after = rss_kb(zygote);
-    writer.join().expect("writer");
+    drop(writer.join().expect("writer"));
     let status = child.wait().expect("wait");
     assert!(status.success(), "batch exited with {status}");
     assert_eq!(ok, 10_000, "not every run was ok");
