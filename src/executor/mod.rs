@@ -172,6 +172,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Marks the run as ended with `status` for the reason `kind`/`message`.
+    pub fn end(&mut self, status: Status, kind: &str, message: impl Into<String>) {
+        self.status = status;
+        self.error = Some(ErrorInfo { kind: kind.into(), message: message.into() });
+    }
+
     /// An outcome with no output, for a run that never started or was refused.
     pub fn refused(id: Option<String>, tier: Tier, status: Status, kind: &str, message: impl Into<String>) -> Outcome {
         Outcome {
@@ -206,6 +212,11 @@ pub trait Executor: Send + Sync {
     /// [`SandboxError`] for host faults, invalid requests, or an override that
     /// would loosen the policy.
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>>;
+}
+
+/// `d` in whole milliseconds, saturating (for `Usage`).
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The checks every tier makes before running a request: overrides may only

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit};
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 
 use super::worker::{self, Control, Job, Terminal, WORKER_STACK};
@@ -130,7 +130,7 @@ impl EmbeddedExecutor {
                             "Timeout",
                             format!("{msg}; the interpreter was inside a native call and was abandoned"),
                         );
-                        o.usage.wall_ms = ms(started.elapsed());
+                        o.usage.wall_ms = millis(started.elapsed());
                         return Ok(o);
                     }
                 }
@@ -142,7 +142,7 @@ impl EmbeddedExecutor {
         if reusable {
             self.put_back(worker);
         }
-        outcome.usage.wall_ms = ms(started.elapsed());
+        outcome.usage.wall_ms = millis(started.elapsed());
         Ok(outcome)
     }
 }
@@ -155,10 +155,6 @@ impl Executor for EmbeddedExecutor {
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
         Box::pin(self.run(req))
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn host(message: &str) -> SandboxError {

@@ -26,7 +26,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ErrorInfo, ExecRequest, Executor, Outcome, Status, Tier, admit};
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 
 pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
@@ -209,7 +209,7 @@ impl WasmExecutor {
             }
         };
         outcome.id = id;
-        outcome.usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        outcome.usage.wall_ms = millis(started.elapsed());
         Ok(outcome)
     }
 }
@@ -470,36 +470,26 @@ fn run_instance(
     o.error = None;
     o.stdout = out;
     o.stderr = err_text;
-    o.usage.cpu_ms = Some(u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX));
+    o.usage.cpu_ms = Some(millis(began.elapsed()));
     o.usage.fuel = policy.fuel().map(|_| used_fuel);
     o.usage.peak_memory_bytes = peak;
     let output_full = stdout.contents().len() >= max_output || err_bytes.len() >= max_output;
-    let limit = |o: &mut Outcome, status: Status, kind: &str, message: String| {
-        o.status = status;
-        o.error = Some(ErrorInfo { kind: kind.into(), message });
-    };
     match ended {
         Err(e) => {
             if let Some(trap) = e.downcast_ref::<Trap>() {
                 match trap {
-                    Trap::OutOfFuel => limit(
-                        &mut o,
-                        Status::FuelExhausted,
-                        "FuelExhausted",
-                        format!("the run used up its fuel ({fuel})"),
-                    ),
-                    Trap::Interrupt => limit(
-                        &mut o,
-                        Status::Timeout,
-                        "Timeout",
-                        format!("deadline of {}s exceeded", timeout.as_secs_f64()),
-                    ),
-                    other => limit(&mut o, Status::Crashed, "Trap", format!("the interpreter trapped: {other}")),
+                    Trap::OutOfFuel => {
+                        o.end(Status::FuelExhausted, "FuelExhausted", format!("the run used up its fuel ({fuel})"))
+                    }
+                    Trap::Interrupt => {
+                        o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", timeout.as_secs_f64()))
+                    }
+                    other => o.end(Status::Crashed, "Trap", format!("the interpreter trapped: {other}")),
                 }
             } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 apply_status(&mut o, status_line.as_deref(), Some(exit.0), output_full);
             } else {
-                limit(&mut o, Status::Crashed, "Trap", format!("the interpreter failed: {e}"));
+                o.end(Status::Crashed, "Trap", format!("the interpreter failed: {e}"));
             }
         }
         Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),
@@ -509,37 +499,28 @@ fn run_instance(
 
 /// Applies the prelude's status line (or its absence) to `o`.
 fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32>, output_full: bool) {
-    let set = |o: &mut Outcome, status: Status, kind: &str, message: String| {
-        o.status = status;
-        o.error = Some(ErrorInfo { kind: kind.into(), message });
-    };
     let Some(v) = line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) else {
         if output_full {
-            return set(
-                o,
-                Status::OutputLimit,
-                "OutputLimit",
-                "the run's output exceeded the policy's max_output".into(),
-            );
+            return o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
         }
         let code = exit.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
-        return set(o, Status::Crashed, "Crashed", format!("the interpreter ended without a status ({code})"));
+        return o.end(Status::Crashed, "Crashed", format!("the interpreter ended without a status ({code})"));
     };
     let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
     match field("kind").as_str() {
         "ok" => {
             o.result = v.get("result").and_then(serde_json::Value::as_str).and_then(|r| serde_json::from_str(r).ok());
             if output_full {
-                set(o, Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output".into());
+                o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
             }
         }
-        "denied" => set(o, Status::Denied, "PolicyDenied", field("message")),
+        "denied" => o.end(Status::Denied, "PolicyDenied", field("message")),
         _ => {
             let kind = field("type");
             if output_full {
-                set(o, Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output".into());
+                o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
             } else {
-                set(o, Status::Exception, &kind, field("message"));
+                o.end(Status::Exception, &kind, field("message"));
             }
         }
     }

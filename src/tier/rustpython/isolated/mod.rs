@@ -39,7 +39,7 @@ use self::protocol::{ChildRequest, FromZygote, SpawnSpec, ToZygote};
 pub use self::zygote::{ZYGOTE_ARG, run_zygote_if_requested};
 use super::WORKER_STACK;
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit};
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 
 /// Environment variable naming the binary to run as the zygote, for programs other
@@ -179,7 +179,7 @@ impl IsolatedExecutor {
             code: req.code,
             allowed_modules: policy.allowed_modules().clone(),
             max_output: policy.max_output(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: millis(timeout),
             probe: probe.map(str::to_owned),
         };
         // JSON escapes at most 6 bytes per byte of output, for stdout and stderr.
@@ -212,7 +212,7 @@ impl IsolatedExecutor {
             }
         };
         outcome.id = req.id;
-        outcome.usage.wall_ms = ms(started.elapsed());
+        outcome.usage.wall_ms = millis(started.elapsed());
         Ok(outcome)
     }
 
@@ -255,10 +255,6 @@ fn spawn_spec(policy: &Policy, namespaces: bool) -> SpawnSpec {
         cpu_secs: policy.timeout().as_secs().saturating_add(2),
         namespaces,
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn host(message: &str) -> SandboxError {
