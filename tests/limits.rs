@@ -120,12 +120,8 @@ fn catching_memory_errors_only_runs_into_the_deadline() {
 
 #[test]
 fn a_tighter_memory_override_is_enforced() {
-    let req = terrarium::ExecRequest {
-        id: None,
-        code: "x = bytearray(100 * 2**20)\nlen(x)".into(),
-        overrides: terrarium::Overrides { max_memory: Some(32 << 20), ..Default::default() },
-        scratch: false,
-    };
+    let req = terrarium::ExecRequest::new("x = bytearray(100 * 2**20)\nlen(x)")
+        .with_overrides(terrarium::Overrides { max_memory: Some(32 << 20), ..Default::default() });
     let o = crate::common::exec_default(req);
     assert!(matches!(o.status, Status::MemoryLimit | Status::Exception), "{o:?}");
     assert_eq!(run("x = bytearray(100 * 2**20)\nlen(x)").result, Some(serde_json::json!(100 << 20)));

@@ -32,12 +32,8 @@ fn exceptions_keep_their_python_type() {
 #[test]
 fn an_infinite_loop_ends_at_the_deadline() {
     let Some(exec) = wasm_executor(Policy::default_policy()) else { return };
-    let req = ExecRequest {
-        id: None,
-        code: "while True:\n    try:\n        pass\n    except BaseException:\n        pass".into(),
-        overrides: Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() },
-        scratch: false,
-    };
+    let req = ExecRequest::new("while True:\n    try:\n        pass\n    except BaseException:\n        pass")
+        .with_overrides(Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() });
     let o = exec_wasm(&exec, req);
     assert_eq!(o.status, Status::Timeout, "{o:?}");
 }
@@ -167,12 +163,8 @@ fn warm_instances_serve_single_use_with_their_own_deadline() {
     // The deadline counts from the request, not from the instance's start.
     exec.fill_pool().expect("refilled");
     std::thread::sleep(Duration::from_millis(300));
-    let req = ExecRequest {
-        id: None,
-        code: "while True: pass".into(),
-        overrides: Overrides { timeout: Some(Duration::from_millis(500)), ..Overrides::default() },
-        scratch: false,
-    };
+    let req = ExecRequest::new("while True: pass")
+        .with_overrides(Overrides { timeout: Some(Duration::from_millis(500)), ..Overrides::default() });
     let o = exec_wasm(&exec, req);
     assert_eq!(o.status, Status::Timeout, "{o:?}");
     assert!(o.usage.wall_ms >= 450, "ended before its deadline: {o:?}");

@@ -67,6 +67,13 @@ impl ExecRequest {
         Ok(())
     }
 
+    /// Sets this request's tightening of the policy.
+    #[must_use]
+    pub fn with_overrides(mut self, overrides: Overrides) -> ExecRequest {
+        self.overrides = overrides;
+        self
+    }
+
     /// Sets the caller's identifier.
     #[must_use]
     pub fn with_id(mut self, id: impl Into<String>) -> ExecRequest {

@@ -67,12 +67,8 @@ pub fn run_embedded(code: &str) -> Outcome {
 
 /// Runs `code` under the default policy with a shorter deadline.
 pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
-    let req = ExecRequest {
-        id: None,
-        code: code.into(),
-        overrides: Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() },
-        scratch: false,
-    };
+    let req = ExecRequest::new(code)
+        .with_overrides(Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() });
     exec(default_executor(), req)
 }
 
