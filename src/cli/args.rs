@@ -26,7 +26,16 @@ pub enum Command {
     /// Measure round-trip latency of one snippet on this machine (JSON summary).
     Bench(BenchArgs),
     /// Check that each tier can run here (and compile python.wasm once if needed).
-    Doctor,
+    Doctor(DoctorArgs),
+}
+
+/// `terrarium doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Policy file whose settings (e.g. the docker image) are checked (default: the
+    /// built-in policies/default.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// `terrarium bench`.

@@ -4,11 +4,16 @@
 
 use std::process::ExitCode;
 
+use super::args::DoctorArgs;
 use super::{CliError, EXIT_HOST, runtime};
 use crate::executor::{ExecRequest, Executor, Status};
 use crate::policy::Policy;
 
-pub(super) fn run() -> Result<ExitCode, CliError> {
+pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
+    let policy = match &args.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default_policy(),
+    };
     let rt = runtime()?;
     let mut ok = true;
     let mut report = |tier: &str, result: Result<String, String>| match result {
@@ -32,17 +37,26 @@ pub(super) fn run() -> Result<ExitCode, CliError> {
         use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
         let r = IsolatedConfig::from_env()
             .map_err(|e| e.to_string())
-            .and_then(|c| check(&IsolatedExecutor::new(Policy::default_policy(), c)));
+            .and_then(|c| check(&IsolatedExecutor::new(policy.clone(), c)));
         report("rustpython (isolated: zygote, seccomp, rlimits, namespaces)", r);
     }
     #[cfg(feature = "wasm")]
     {
         use crate::tier::wasm::{WasmConfig, WasmExecutor};
-        let exec = WasmExecutor::new(Policy::default_policy(), WasmConfig::from_env());
+        let exec = WasmExecutor::new(policy.clone(), WasmConfig::from_env());
         let r = exec.warm_up().map_err(|e| e.to_string()).and_then(|()| check(&exec));
         report("wasm (CPython 3.12 on WASI)", r);
     }
-    println!("--      docker: not in this version of terrarium yet");
+    #[cfg(feature = "docker")]
+    {
+        use crate::tier::docker::{DockerConfig, DockerExecutor};
+        // The policy's image: the engine must have it (no registry is contacted).
+        let exec = DockerExecutor::new(policy.clone(), DockerConfig { pool_size: 0, ..DockerConfig::default() });
+        let r = rt.block_on(exec.connect()).map_err(|e| e.to_string()).and_then(|v| {
+            check(&exec).map(|d| format!("{d} (engine API {v})"))
+        });
+        report("docker (CPython in a hardened container)", r);
+    }
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -101,7 +101,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_one(args),
         Command::Batch(args) => run_batch(args),
-        Command::Doctor => doctor::run(),
+        Command::Doctor(args) => doctor::run(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]
@@ -173,6 +173,14 @@ fn executor_for(tier: Tier, policy: Policy, many: bool) -> Result<Option<Box<dyn
             config.pool_size = if many { 2 } else { 0 };
             Ok(Some(Box::new(WasmExecutor::new(policy, config))))
         }
+        #[cfg(feature = "docker")]
+        Tier::Docker => {
+            use crate::tier::docker::{DockerConfig, DockerExecutor};
+            // A single run would only pay for warm containers it never uses.
+            let config = DockerConfig { pool_size: if many { 2 } else { 0 }, ..DockerConfig::default() };
+            Ok(Some(Box::new(DockerExecutor::new(policy, config))))
+        }
+        #[allow(unreachable_patterns, reason = "reached only in builds without some tier")]
         _ => {
             let _ = (policy, many);
             Ok(None)

@@ -238,7 +238,7 @@ pub fn admit(base: &Policy, req: &ExecRequest, tier: Tier) -> Result<Result<Poli
     req.validate(policy.max_code_size())?;
     if req.scratch && tier == Tier::Rustpython {
         return Err(SandboxError::InvalidRequest(
-            "the rustpython tier has no file system, so it cannot give a scratch directory (use --tier wasm)".into(),
+            "the rustpython tier has no file system, so it cannot give a scratch directory (use --tier wasm or --tier docker)".into(),
         ));
     }
     if !policy.enabled() {

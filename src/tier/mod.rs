@@ -3,5 +3,9 @@
 
 #[cfg(feature = "rustpython")]
 pub mod rustpython;
+#[cfg(any(feature = "wasm", feature = "docker"))]
+mod cpython;
+#[cfg(feature = "docker")]
+pub mod docker;
 #[cfg(feature = "wasm")]
 pub mod wasm;

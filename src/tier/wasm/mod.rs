@@ -12,7 +12,7 @@
 //! The wall is WebAssembly plus WASI: the guest can only call the WASI functions the
 //! linker provides, sees no host files (no preopens), no sockets, no processes and no
 //! environment, and cannot outrun its fuel, deadline or memory cap. The prelude
-//! (`prelude.py`) applies the policy's import whitelist and an audit hook on top.
+//! (`../cpython/prelude.py`, shared with the docker tier) applies the policy's import whitelist and an audit hook on top.
 
 mod cache;
 
@@ -28,14 +28,10 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
+use crate::tier::cpython::{PRELUDE, apply_status, nonce, request_text, split_status};
 
 pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
 
-/// The program CPython starts with (see its header).
-const PRELUDE: &str = include_str!("prelude.py");
-/// The socket-free event loop the prelude installs as `asyncio` (shared with the
-/// rustpython tier).
-const ASYNCIO_STANDIN: &str = include_str!("../asyncio_standin.py");
 /// Epoch tick: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);
 /// Fuel when the policy sets none: effectively unlimited (the deadline still holds).
@@ -317,14 +313,6 @@ enum Deadline {
 /// How long a warm instance may take to start before it is abandoned.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
-/// The request text the prelude reads: allowed modules, asyncio source length (in
-/// characters), then the asyncio source and the snippet.
-fn request_text(policy: &Policy, code: &str) -> String {
-    let asyncio = if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" };
-    let allowed: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).collect();
-    format!("{}\n{}\n{asyncio}{code}", allowed.join(" "), asyncio.chars().count())
-}
-
 /// The capped stdout and stderr of one instance.
 #[derive(Clone)]
 struct Pipes {
@@ -495,67 +483,4 @@ fn run_instance(
         Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),
     }
     Ok(o)
-}
-
-/// Applies the prelude's status line (or its absence) to `o`.
-fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32>, output_full: bool) {
-    let Some(v) = line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) else {
-        if output_full {
-            return o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
-        }
-        let code = exit.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
-        return o.end(Status::Crashed, "Crashed", format!("the interpreter ended without a status ({code})"));
-    };
-    let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
-    match field("kind").as_str() {
-        "ok" => {
-            o.result = v.get("result").and_then(serde_json::Value::as_str).and_then(|r| serde_json::from_str(r).ok());
-            if output_full {
-                o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
-            }
-        }
-        "denied" => o.end(Status::Denied, "PolicyDenied", field("message")),
-        _ => {
-            let kind = field("type");
-            if output_full {
-                o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
-            } else {
-                o.end(Status::Exception, &kind, field("message"));
-            }
-        }
-    }
-}
-
-/// Splits the prelude's status line (`\n<nonce> {json}\n`, the last one) off stderr.
-fn split_status(stderr: &str, nonce: &str) -> (String, Option<String>) {
-    let ready = format!("\n{nonce} ready\n");
-    let stderr = &stderr.replacen(&ready, "", 1);
-    let marker = format!("\n{nonce} ");
-    match stderr.rfind(&marker) {
-        Some(at) => {
-            let line = stderr[at + marker.len()..].trim_end_matches('\n').to_string();
-            (stderr[..at].to_string(), Some(line))
-        }
-        None => (stderr.to_string(), None),
-    }
-}
-
-fn nonce() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::getrandom(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_status_line_is_split_from_stderr() {
-        let (err, line) = split_status("\nabc ready\nwarn\n\nabc {\"kind\": \"ok\"}\n", "abc");
-        assert_eq!(err, "warn\n");
-        assert_eq!(line.as_deref(), Some("{\"kind\": \"ok\"}"));
-        let (err, line) = split_status("no status", "abc");
-        assert_eq!((err.as_str(), line), ("no status", None));
-    }
 }

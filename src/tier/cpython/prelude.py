@@ -1,16 +1,18 @@
-# Terrarium's prelude for the wasm tier: the `-c` program CPython (WASI) starts with.
-# Its arguments are a nonce and modules to preload. It says "ready" on stderr, then
+# Terrarium's prelude for the tiers that run the real CPython (wasm: CPython on WASI;
+# docker: CPython in a container): the `-c` program CPython starts with.
+# Its arguments are a nonce, modules to preload, and "scratch" when the run has a
+# writable /scratch. It says "ready" on stderr, then
 # reads one request from stdin (lines: allowed modules separated by spaces, the length of the asyncio
 # stand-in's source, then that source and the snippet),
 # installs the policy, runs the snippet in fresh globals, and ends by writing one
 # status line to stderr: "\n<nonce> {json}\n". It imports no pure-Python module
-# of its own (start-up is most of this tier's latency); `json` is loaded only to
-# encode a result.
+# of its own (start-up is most of the wasm tier's latency); it has its own small
+# JSON encoder for the result.
 #
-# Security: the wall of this tier is WebAssembly and WASI (no sockets, no processes,
-# no files beyond what the host preopens, fuel, epoch deadline, memory cap). This
-# prelude adds the policy's decisions on top, so that the same policy gives the same
-# answer here as on the interpreter tier: imports made by the snippet's own code are
+# Security: the wall of each tier is outside this program (WebAssembly and WASI; the
+# container with its namespaces, cgroup limits, dropped capabilities and read-only
+# root). This prelude adds the policy's decisions on top, so that the same policy
+# gives the same answer in every tier: imports made by the snippet's own code are
 # checked against `allowed_modules` (stdlib modules may still import their own
 # helpers), and an audit hook refuses opening files, sockets, subprocesses, os.system
 # and ctypes. CPython cannot be fully confined from inside; these are policy, not the
@@ -206,8 +208,9 @@ if _scratch:
 
     _posix_cwd.chdir("/scratch")
 
-# asyncio: this WASI build has no socketpair for the event loop's self-pipe, so
-# `asyncio.run` cannot work; the snippet gets Terrarium's socket-free event loop.
+# asyncio: the real event loop opens a socketpair for its self-pipe, which WASI lacks
+# and the audit hook refuses; the snippet gets Terrarium's socket-free event loop
+# (the same one the rustpython tier has).
 if _module_allowed("asyncio"):
     import types as _types
 

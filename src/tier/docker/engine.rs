@@ -1,0 +1,374 @@
+//! The Docker engine, as this tier uses it: a connection over the engine's unix
+//! socket with the API version negotiated (Debian's engine speaks 1.41), the
+//! hardened container specification, and the container operations (create, attach,
+//! start, kill, inspect, remove, reap), each bounded by a timeout so that an engine
+//! that stops answering gives a host error instead of a hang.
+//!
+//! # Security invariant
+//! Every container Terrarium creates carries the whole hardening of the policy
+//! ([`spec`]): no network (unless the policy names one), every capability dropped,
+//! `no-new-privileges`, a read-only root with only small `noexec,nosuid` tmpfs mounts,
+//! memory equal to memory+swap, a CPU quota, a pids limit, an unprivileged user, no
+//! host mounts, no logging to the host's disk. Code reaches the container on its
+//! stdin, never through a shell. Every container is labelled with its owner, and
+//! containers whose owner process is gone are removed at start-up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::Stream;
+
+use crate::error::SandboxError;
+use crate::policy::{Policy, Tier};
+
+/// Label on every container Terrarium creates.
+pub const LABEL: &str = "terrarium";
+/// Label naming the process that owns a container: `host:pid:start-time`.
+pub const OWNER_LABEL: &str = "terrarium.owner";
+/// Label naming the executor that created a container.
+pub const EXECUTOR_LABEL: &str = "terrarium.executor";
+/// Processes a container may have at once (a fork bomb stops here).
+pub const PIDS_LIMIT: i64 = 64;
+/// CPU period the policy's `cpu_quota` is a share of (100 ms).
+pub const CPU_PERIOD: i64 = 100_000;
+/// Size of the writable `/tmp` every container has.
+pub const TMP_SIZE: &str = "16m";
+/// Size of `/scratch` for requests that ask for it.
+pub const SCRATCH_SIZE: &str = "64m";
+
+/// A container's output as bollard decodes it.
+pub type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
+/// A container's stdin.
+pub type Input = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// A connection to one engine, with its API version negotiated.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    socket: PathBuf,
+    api_timeout: Duration,
+}
+
+/// How a container ended, from `inspect`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// The main process's exit code.
+    pub exit_code: Option<i64>,
+    /// Whether the kernel's OOM killer ended it (the cgroup's memory limit).
+    pub oom_killed: bool,
+}
+
+fn host(message: String) -> SandboxError {
+    SandboxError::Host { tier: Tier::Docker, message }
+}
+
+/// The socket to use: `socket` when given, else `DOCKER_HOST` when it is a
+/// `unix://` address, else `/var/run/docker.sock`.
+///
+/// # Errors
+/// A `DOCKER_HOST` that is not a unix socket (this tier only talks to a local engine).
+pub fn socket_path(socket: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    if let Some(s) = socket {
+        return Ok(s.to_path_buf());
+    }
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if !h.is_empty() => match h.strip_prefix("unix://") {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => Err(SandboxError::TierUnavailable {
+                tier: Tier::Docker,
+                reason: format!("DOCKER_HOST={h} is not a unix:// socket; the docker tier only uses a local engine"),
+            }),
+        },
+        _ => Ok(PathBuf::from("/var/run/docker.sock")),
+    }
+}
+
+impl Engine {
+    /// Connects and negotiates the API version.
+    ///
+    /// # Errors
+    /// A host error naming the socket and how to start an engine when none answers.
+    pub async fn connect(socket: &Path, api_timeout: Duration) -> Result<Engine, SandboxError> {
+        let not_running = |why: String| {
+            host(format!(
+                "no Docker engine answers at {} ({why}); start one (as root, scripts/setup-docker installs and \
+                 starts it)",
+                socket.display()
+            ))
+        };
+        if !socket.exists() {
+            return Err(not_running("the socket does not exist".into()));
+        }
+        let addr = socket.to_str().ok_or_else(|| not_running("the path is not UTF-8".into()))?;
+        let secs = api_timeout.as_secs().max(1);
+        let docker = Docker::connect_with_unix(addr, secs, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| not_running(e.to_string()))?;
+        let docker = match tokio::time::timeout(api_timeout, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(not_running(e.to_string())),
+            Err(_) => return Err(not_running(format!("no answer within {}s", api_timeout.as_secs_f64()))),
+        };
+        Ok(Engine { docker, socket: socket.to_path_buf(), api_timeout })
+    }
+
+    /// The negotiated API version, e.g. `1.41`.
+    pub fn api_version(&self) -> String {
+        self.docker.client_version().to_string()
+    }
+
+    /// Runs one API call under the engine timeout; an error or a timeout is a host
+    /// error that says what was being done.
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+    ) -> Result<T, SandboxError> {
+        match tokio::time::timeout(self.api_timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(host(format!("Docker engine at {}: {what}: {e}", self.socket.display()))),
+            Err(_) => Err(host(format!(
+                "Docker engine at {}: {what}: no answer within {}s",
+                self.socket.display(),
+                self.api_timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    /// Creates a container; a missing image is [`SandboxError::TierUnavailable`]
+    /// naming the fix.
+    pub async fn create(&self, body: ContainerCreateBody) -> Result<String, SandboxError> {
+        let image = body.image.clone().unwrap_or_default();
+        match tokio::time::timeout(self.api_timeout, self.docker.create_container(None, body)).await {
+            Ok(Ok(r)) => Ok(r.id),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
+                Err(SandboxError::TierUnavailable {
+                    tier: Tier::Docker,
+                    reason: format!(
+                        "the image {image:?} (security.sandbox.docker.image) is not on the engine: pull it \
+                         (docker pull {image}) or build Terrarium's local image (scripts/setup-docker builds \
+                         terrarium-python:local) and name it in the policy"
+                    ),
+                })
+            }
+            Ok(Err(e)) => Err(host(format!("Docker engine at {}: create a container: {e}", self.socket.display()))),
+            Err(_) => Err(host(format!("Docker engine at {}: create a container: no answer", self.socket.display()))),
+        }
+    }
+
+    /// Attaches to a created container's stdin, stdout and stderr.
+    pub async fn attach(&self, id: &str) -> Result<(Input, Output), SandboxError> {
+        let options =
+            AttachContainerOptionsBuilder::default().stream(true).stdin(true).stdout(true).stderr(true).build();
+        let r = self.call("attach to a container", self.docker.attach_container(id, Some(options))).await?;
+        Ok((r.input, r.output))
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
+        self.call("start a container", self.docker.start_container(id, None)).await
+    }
+
+    /// How a container ended (or `None` fields while it runs).
+    pub async fn inspect(&self, id: &str) -> Result<Ended, SandboxError> {
+        let r = self.call("inspect a container", self.docker.inspect_container(id, None)).await?;
+        let state = r.state.unwrap_or_default();
+        Ok(Ended { exit_code: state.exit_code, oom_killed: state.oom_killed.unwrap_or(false) })
+    }
+
+    /// Kills (SIGKILL) and removes a container, whatever its state.
+    pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match tokio::time::timeout(self.api_timeout, self.docker.remove_container(id, Some(options))).await {
+            Ok(Ok(())) | Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
+                Ok(())
+            }
+            // Removal already in progress (the engine's 409) is removal.
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })) => Ok(()),
+            Ok(Err(e)) => Err(host(format!("Docker engine at {}: remove a container: {e}", self.socket.display()))),
+            Err(_) => Err(host(format!("Docker engine at {}: remove a container: no answer", self.socket.display()))),
+        }
+    }
+
+    /// Ids of the containers carrying `label=value` (running or not).
+    pub async fn labelled(&self, label: &str, value: Option<&str>) -> Result<Vec<(String, HashMap<String, String>)>, SandboxError> {
+        let filter = match value {
+            Some(v) => format!("{label}={v}"),
+            None => label.to_string(),
+        };
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label".to_string(), vec![filter])]))
+            .build();
+        let list = self.call("list containers", self.docker.list_containers(Some(options))).await?;
+        Ok(list.into_iter().filter_map(|c| Some((c.id?, c.labels.unwrap_or_default()))).collect())
+    }
+
+    /// Removes Terrarium's containers whose owner process on this host is gone (a
+    /// host process that crashed or was killed cannot remove its own). Returns how
+    /// many were removed.
+    pub async fn reap_orphans(&self) -> Result<usize, SandboxError> {
+        let me = host_name();
+        let mut reaped = 0;
+        for (id, labels) in self.labelled(LABEL, None).await? {
+            let Some(owner) = labels.get(OWNER_LABEL) else { continue };
+            let mut parts = owner.rsplitn(3, ':');
+            let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            if host != me || owner_alive(pid, start) {
+                continue;
+            }
+            self.remove(&id).await?;
+            reaped += 1;
+        }
+        if reaped > 0 {
+            tracing::info!(reaped, "removed containers left by Terrarium processes that are gone");
+        }
+        Ok(reaped)
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Start time of process `pid` in clock ticks since boot (field 22 of its stat).
+fn start_time(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19).map(str::to_string)
+}
+
+fn owner_alive(pid: &str, start: &str) -> bool {
+    start_time(pid).is_some_and(|s| s == start)
+}
+
+/// This process, as the owner label names it.
+pub fn owner() -> String {
+    let pid = std::process::id().to_string();
+    format!("{}:{pid}:{}", host_name(), start_time(&pid).unwrap_or_default())
+}
+
+/// What one container is started for.
+pub struct Launch<'a> {
+    /// The run's nonce (marks the prelude's lines on stderr).
+    pub nonce: &'a str,
+    /// Modules the prelude imports before saying ready.
+    pub preload: &'a str,
+    /// Whether the run gets a writable `/scratch`.
+    pub scratch: bool,
+    /// Labels on the container (owner, executor).
+    pub labels: HashMap<String, String>,
+}
+
+/// The container specification: the policy's hardening, all of it.
+pub fn spec(policy: &Policy, launch: &Launch<'_>, prelude: &str) -> ContainerCreateBody {
+    let d = policy.docker();
+    let memory = i64::try_from(policy.max_memory()).unwrap_or(i64::MAX);
+    let cpu_quota = i64::try_from(policy.cpu_quota()).unwrap_or(CPU_PERIOD);
+    let tmpfs_opts = |size: &str| format!("rw,noexec,nosuid,nodev,size={size},mode=1777");
+    let mut tmpfs = HashMap::from([("/tmp".to_string(), tmpfs_opts(TMP_SIZE))]);
+    if launch.scratch {
+        tmpfs.insert("/scratch".to_string(), tmpfs_opts(SCRATCH_SIZE));
+    }
+    let host_config = HostConfig {
+        network_mode: Some(d.network.clone()),
+        cap_drop: Some(d.cap_drop.clone()),
+        cap_add: Some(Vec::new()),
+        security_opt: Some(d.security_opt.clone()),
+        privileged: Some(false),
+        readonly_rootfs: Some(policy.readonly_filesystem()),
+        tmpfs: Some(tmpfs),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        memory_swappiness: None,
+        cpu_period: Some(CPU_PERIOD),
+        cpu_quota: Some(cpu_quota),
+        pids_limit: Some(PIDS_LIMIT),
+        // The host's OOM killer takes a sandbox before anything else.
+        oom_score_adj: Some(1000),
+        ipc_mode: Some("private".into()),
+        ulimits: Some(vec![
+            ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
+            ResourcesUlimits { name: Some("nofile".into()), soft: Some(256), hard: Some(256) },
+        ]),
+        // Output comes over the attach stream, capped; nothing is logged to disk.
+        log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+        publish_all_ports: Some(false),
+        binds: Some(Vec::new()),
+        ..HostConfig::default()
+    };
+    let cmd = vec![
+        "python3".to_string(),
+        "-I".into(),
+        "-B".into(),
+        "-c".into(),
+        prelude.to_string(),
+        launch.nonce.to_string(),
+        launch.preload.to_string(),
+        if launch.scratch { "scratch".into() } else { "-".into() },
+    ];
+    ContainerCreateBody {
+        image: Some(d.image.clone()),
+        cmd: Some(cmd),
+        entrypoint: Some(Vec::new()),
+        user: Some("65534:65534".into()),
+        working_dir: Some("/".into()),
+        hostname: Some("sandbox".into()),
+        env: Some(vec!["PYTHONDONTWRITEBYTECODE=1".into(), "PYTHONHASHSEED=random".into()]),
+        network_disabled: Some(policy.network_disabled()),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        tty: Some(false),
+        labels: Some(launch.labels.clone()),
+        host_config: Some(host_config),
+        ..ContainerCreateBody::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_carries_every_hardening_flag() {
+        let policy = Policy::default_policy();
+        let launch = Launch { nonce: "n", preload: "", scratch: false, labels: HashMap::new() };
+        let s = spec(&policy, &launch, "pass");
+        let h = s.host_config.as_ref().expect("host config");
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(h.security_opt.as_deref(), Some(&["no-new-privileges".to_string()][..]));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.memory, Some(512 << 20));
+        assert_eq!(h.memory_swap, h.memory);
+        assert_eq!((h.cpu_period, h.cpu_quota), (Some(100_000), Some(100_000)));
+        assert_eq!(h.pids_limit, Some(PIDS_LIMIT));
+        assert_eq!(h.privileged, Some(false));
+        assert!(h.binds.as_ref().is_some_and(Vec::is_empty) && h.mounts.is_none());
+        let tmp = &h.tmpfs.as_ref().expect("tmpfs")["/tmp"];
+        assert!(tmp.contains("noexec") && tmp.contains("nosuid"), "{tmp}");
+        assert_eq!(s.user.as_deref(), Some("65534:65534"));
+        assert_eq!(s.network_disabled, Some(true));
+        assert!(s.cmd.as_ref().is_some_and(|c| c[0] == "python3" && !c.iter().any(|a| a == "sh")));
+    }
+
+    #[test]
+    fn the_owner_label_names_a_live_process() {
+        let me = owner();
+        let mut parts = me.rsplitn(3, ':');
+        let (start, pid) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        assert!(owner_alive(pid, start), "{me}");
+        assert!(!owner_alive(pid, "1"), "a different start time is a different process");
+    }
+}

@@ -1,0 +1,486 @@
+//! The docker tier: the real CPython in a container of a real Docker engine, driven
+//! through bollard over the engine's unix socket.
+//!
+//! Each request runs in its own container, which is removed afterwards. A container
+//! starts CPython with the shared prelude (`../cpython/prelude.py`), which says ready
+//! on stderr and then reads the request on stdin; the host writes the request over
+//! the attach stream, reads stdout and stderr demultiplexed and capped, and enforces
+//! the wall-clock deadline itself (kill, then remove). A warm pool holds containers
+//! that are already started and waiting for their one request, refilled in the
+//! background; requests the pool cannot serve (a tighter memory cap, a scratch
+//! directory) start a container on the spot.
+//!
+//! # Security invariant
+//! The wall is the container with the policy's hardening (see [`engine::spec`]):
+//! no network, no capabilities, no new privileges, read-only root, memory, CPU and
+//! pids limits, an unprivileged user, no host mounts. The host never passes code
+//! through a shell. A run that overstays its deadline, floods its output or loses
+//! its connection is killed and its container removed before the outcome returns;
+//! containers left by a crashed host process are reaped at start-up. The prelude
+//! applies the same module whitelist as in the other tiers.
+
+pub mod engine;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::SandboxError;
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::policy::Policy;
+use crate::tier::cpython::{PRELUDE, apply_status, nonce, request_text, split_status};
+use engine::{Engine, Input, Launch, Output};
+
+/// Longest a container may take from creation to its ready marker.
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+/// Room on stderr beyond `max_output` for the prelude's markers.
+const STDERR_SLACK: usize = 64 * 1024;
+
+/// How the docker tier reaches its engine and how many warm containers it keeps.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The engine's unix socket; `None`: `DOCKER_HOST` (a `unix://` address) or
+    /// `/var/run/docker.sock`.
+    pub socket: Option<PathBuf>,
+    /// Containers started ahead of demand (0: every request starts its own).
+    pub pool_size: usize,
+    /// Longest wait for any one engine API call before it counts as a host fault.
+    pub api_timeout: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> DockerConfig {
+        DockerConfig { socket: None, pool_size: 2, api_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// A container started ahead of demand: CPython is up, the prelude waits on stdin.
+struct Warm {
+    id: String,
+    nonce: String,
+    input: Input,
+    output: Output,
+    /// What the container wrote to stderr so far (its ready marker).
+    stderr: Vec<u8>,
+}
+
+/// State shared with the background tasks that fill the pool.
+struct Shared {
+    policy: Policy,
+    config: DockerConfig,
+    /// This executor's label value: its containers, and only its, carry it.
+    executor_id: String,
+    engine: tokio::sync::Mutex<Option<Engine>>,
+    pool: Mutex<VecDeque<Warm>>,
+    /// Containers being started for the pool.
+    starting: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// Runs snippets in hardened containers of a local Docker engine.
+pub struct DockerExecutor {
+    shared: Arc<Shared>,
+}
+
+fn host(message: impl Into<String>) -> SandboxError {
+    SandboxError::Host { tier: Tier::Docker, message: message.into() }
+}
+
+impl DockerExecutor {
+    /// An executor for `policy`. Nothing touches the engine until the first request
+    /// (or [`DockerExecutor::fill_pool`]).
+    pub fn new(policy: Policy, config: DockerConfig) -> DockerExecutor {
+        let executor_id = nonce()[..16].to_string();
+        DockerExecutor {
+            shared: Arc::new(Shared {
+                policy,
+                config,
+                executor_id,
+                engine: tokio::sync::Mutex::new(None),
+                pool: Mutex::new(VecDeque::new()),
+                starting: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The label (`terrarium.executor=<value>`) on every container this executor
+    /// creates, for finding them with `docker ps -a --filter label=...`.
+    pub fn label(&self) -> (&'static str, &str) {
+        (engine::EXECUTOR_LABEL, &self.shared.executor_id)
+    }
+
+    /// Connects to the engine (negotiating the API version) and reaps containers
+    /// left by dead Terrarium processes. Returns the API version.
+    ///
+    /// # Errors
+    /// A host error saying why the engine cannot be used and how to start one.
+    pub async fn connect(&self) -> Result<String, SandboxError> {
+        Ok(self.shared.engine().await?.api_version())
+    }
+
+    /// Fills the warm pool and waits until every container in it is ready.
+    ///
+    /// # Errors
+    /// As [`DockerExecutor::connect`], or a container that cannot start.
+    pub async fn fill_pool(&self) -> Result<(), SandboxError> {
+        let engine = self.shared.engine().await?;
+        let missing = self.shared.config.pool_size.saturating_sub(self.shared.pool_len());
+        let starts = (0..missing).map(|_| Shared::start_warm(self.shared.clone(), engine.clone()));
+        for r in futures_util::future::join_all(starts).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Removes this executor's containers (the warm pool and any still starting).
+    /// Idempotent; the executor refuses requests afterwards.
+    ///
+    /// # Errors
+    /// A host error when the engine cannot remove them.
+    pub async fn shutdown(&self) -> Result<(), SandboxError> {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let warm: Vec<Warm> = self.shared.lock_pool().drain(..).collect();
+        let Some(engine) = self.shared.engine.lock().await.clone() else { return Ok(()) };
+        for w in warm {
+            engine.remove(&w.id).await?;
+        }
+        for (id, _) in engine.labelled(engine::EXECUTOR_LABEL, Some(&self.shared.executor_id)).await? {
+            engine.remove(&id).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
+        let arrived = Instant::now();
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(host("the docker executor was shut down"));
+        }
+        let policy = match admit(&shared.policy, &req, Tier::Docker)? {
+            Ok(p) => p,
+            Err(refused) => return Ok(refused),
+        };
+        let engine = shared.engine().await?;
+        // Warm containers were created with the executor's policy: they serve
+        // requests with the same memory cap and no scratch directory.
+        let warm_fits =
+            shared.config.pool_size > 0 && !req.scratch && policy.max_memory() == shared.policy.max_memory();
+        let warm = if warm_fits { shared.take_warm() } else { None };
+        if warm_fits {
+            Shared::refill(shared.clone(), engine.clone());
+        }
+        let warm = match warm {
+            Some(w) => w,
+            None => {
+                let launch = Launch { nonce: &nonce(), preload: "", scratch: req.scratch, labels: shared.labels() };
+                start_container(&engine, &policy, &launch).await?
+            }
+        };
+        let mut outcome = serve(&engine, warm, &policy, &req.code, arrived).await?;
+        outcome.id = req.id;
+        outcome.usage.wall_ms = millis(arrived.elapsed());
+        Ok(outcome)
+    }
+}
+
+impl Shared {
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, VecDeque<Warm>> {
+        self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pool_len(&self) -> usize {
+        self.lock_pool().len() + self.starting.load(Ordering::SeqCst)
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (engine::LABEL.to_string(), "1".to_string()),
+            (engine::OWNER_LABEL.to_string(), engine::owner()),
+            (engine::EXECUTOR_LABEL.to_string(), self.executor_id.clone()),
+        ])
+    }
+
+    /// The engine, connected on first use. A failed connection is not remembered:
+    /// the next request tries again (an engine may come back).
+    async fn engine(&self) -> Result<Engine, SandboxError> {
+        let mut slot = self.engine.lock().await;
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let socket = engine::socket_path(self.config.socket.as_deref())?;
+        let e = Engine::connect(&socket, self.config.api_timeout).await?;
+        // Containers of crashed Terrarium processes; failing to reap is not fatal
+        // to this request, but it is logged.
+        if let Err(err) = e.reap_orphans().await {
+            tracing::warn!(error = %err, "could not reap leftover containers");
+        }
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    fn take_warm(&self) -> Option<Warm> {
+        self.lock_pool().pop_front()
+    }
+
+    /// Starts containers in the background until the pool (ready + starting) is full.
+    fn refill(shared: Arc<Shared>, engine: Engine) {
+        let missing = shared.config.pool_size.saturating_sub(shared.pool_len());
+        for _ in 0..missing {
+            let (s, e) = (shared.clone(), engine.clone());
+            tokio::spawn(async move {
+                if let Err(err) = Shared::start_warm(s, e).await {
+                    tracing::warn!(error = %err, "a warm container could not start");
+                }
+            });
+        }
+    }
+
+    /// Starts one warm container and puts it in the pool when it is ready.
+    async fn start_warm(shared: Arc<Shared>, engine: Engine) -> Result<(), SandboxError> {
+        shared.starting.fetch_add(1, Ordering::SeqCst);
+        let preload: Vec<&str> = shared.policy.allowed_modules().iter().map(String::as_str).collect();
+        let launch = Launch { nonce: &nonce(), preload: &preload.join(" "), scratch: false, labels: shared.labels() };
+        let started = start_container(&engine, &shared.policy, &launch).await;
+        shared.starting.fetch_sub(1, Ordering::SeqCst);
+        let warm = started?;
+        if shared.closed.load(Ordering::SeqCst) {
+            return engine.remove(&warm.id).await;
+        }
+        shared.lock_pool().push_back(warm);
+        Ok(())
+    }
+}
+
+/// Creates, attaches and starts a container and waits for its ready marker. The
+/// container is removed again when any step fails.
+async fn start_container(engine: &Engine, policy: &Policy, launch: &Launch<'_>) -> Result<Warm, SandboxError> {
+    let id = engine.create(engine::spec(policy, launch, PRELUDE)).await?;
+    match attach_and_start(engine, &id, launch.nonce).await {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            let _ = engine.remove(&id).await;
+            Err(e)
+        }
+    }
+}
+
+async fn attach_and_start(engine: &Engine, id: &str, nonce: &str) -> Result<Warm, SandboxError> {
+    // Attach before start, so that nothing the container writes is missed.
+    let (input, mut output) = engine.attach(id).await?;
+    engine.start(id).await?;
+    let ready = format!("\n{nonce} ready\n");
+    let mut stderr = Vec::new();
+    let mut stdout = Vec::new();
+    let until = tokio::time::Instant::now() + STARTUP_LIMIT;
+    loop {
+        match tokio::time::timeout_at(until, output.next()).await {
+            Err(_) => return Err(host(format!("a container did not start within {}s", STARTUP_LIMIT.as_secs()))),
+            Ok(None) => {
+                let ended = engine.inspect(id).await.ok();
+                let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2000)..]).into_owned();
+                return Err(host(format!(
+                    "the container ended before Python was ready (exit code {:?}); its stderr: {}{}",
+                    ended.and_then(|e| e.exit_code),
+                    tail.trim(),
+                    String::from_utf8_lossy(&stdout).trim()
+                )));
+            }
+            Ok(Some(Err(e))) => return Err(host(format!("a container's output broke during start-up: {e}"))),
+            Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                stderr.extend_from_slice(&message);
+                if stderr.windows(ready.len()).any(|w| w == ready.as_bytes()) {
+                    return Ok(Warm { id: id.to_string(), nonce: nonce.to_string(), input, output, stderr });
+                }
+                if stderr.len() > STDERR_SLACK {
+                    return Err(host("a container wrote too much to stderr before it was ready"));
+                }
+            }
+            Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                if stdout.len() < STDERR_SLACK {
+                    stdout.extend_from_slice(&message);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// How reading a container's output ended.
+enum Ended {
+    /// The container closed its output (it exited).
+    Exited,
+    Timeout,
+    OutputFull,
+}
+
+/// Sends the request to a ready container, collects its output until it exits, the
+/// deadline passes or the output cap is hit, and removes it.
+async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: Instant) -> Result<Outcome, SandboxError> {
+    let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
+    let due = tokio::time::Instant::from_std(arrived + policy.timeout());
+    let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
+    let max_err = max_out.saturating_add(STDERR_SLACK);
+    let text = request_text(policy, code);
+    let write = async {
+        input.write_all(text.as_bytes()).await?;
+        input.shutdown().await
+    };
+    // A guest that stops reading is stopped by its deadline.
+    let written = tokio::time::timeout_at(due, write).await;
+    let mut out = Vec::new();
+    let mut ended = Ended::Exited;
+    if written.is_err() {
+        ended = Ended::Timeout;
+    } else {
+        loop {
+            match tokio::time::timeout_at(due, output.next()).await {
+                Err(_) => {
+                    ended = Ended::Timeout;
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let _ = engine.remove(&id).await;
+                    return Err(host(format!("the connection to a container broke: {e}")));
+                }
+                Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                    if append_capped(&mut err, &message, max_err) {
+                        ended = Ended::OutputFull;
+                        break;
+                    }
+                }
+                Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                    if append_capped(&mut out, &message, max_out) {
+                        ended = Ended::OutputFull;
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+    if let (Ended::Exited, Ok(Err(e))) = (&ended, &written) {
+        // The request could not be delivered and the container is gone: it died
+        // before its run (e.g. the engine restarted under a warm container).
+        if out.is_empty() && !String::from_utf8_lossy(&err).contains(&format!("\n{nonce} {{")) {
+            let _ = engine.remove(&id).await;
+            return Err(host(format!("a container ended before it could read its request: {e}")));
+        }
+    }
+    let exit = match ended {
+        Ended::Exited => Some(engine.inspect(&id).await),
+        Ended::Timeout | Ended::OutputFull => None,
+    };
+    // A run that ended early is killed now; one that exited is removed in the
+    // background (off the request's path).
+    match exit {
+        None => engine.remove(&id).await?,
+        Some(_) => {
+            let (engine, id) = (engine.clone(), id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.remove(&id).await {
+                    tracing::warn!(error = %e, "could not remove a finished container");
+                }
+            });
+        }
+    }
+    let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err), &nonce);
+    let mut o = Outcome::refused(None, Tier::Docker, Status::Ok, "", "");
+    o.error = None;
+    o.stdout = String::from_utf8_lossy(&out).into_owned();
+    o.stderr = err_text;
+    match (ended, exit) {
+        (Ended::Timeout, _) => o.end(
+            Status::Timeout,
+            "Timeout",
+            format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()),
+        ),
+        (Ended::OutputFull, _) => {
+            o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output")
+        }
+        (Ended::Exited, Some(state)) => {
+            let state = state?;
+            if state.oom_killed && status_line.is_none() {
+                o.end(
+                    Status::MemoryLimit,
+                    "MemoryLimit",
+                    format!("the run exceeded its memory limit of {} bytes", policy.max_memory()),
+                );
+            } else {
+                let code = state.exit_code.map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+                apply_status(&mut o, status_line.as_deref(), code, false);
+            }
+        }
+        (Ended::Exited, None) => apply_status(&mut o, status_line.as_deref(), None, false),
+    }
+    Ok(o)
+}
+
+/// Appends up to `cap` bytes in all; true when `chunk` did not fit.
+fn append_capped(buf: &mut Vec<u8>, chunk: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(buf.len());
+    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    chunk.len() > room
+}
+
+impl Executor for DockerExecutor {
+    fn tier(&self) -> Tier {
+        Tier::Docker
+    }
+
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
+        Box::pin(self.run(req))
+    }
+}
+
+impl Drop for DockerExecutor {
+    /// Warm containers belong to this executor: they are removed with it. The
+    /// removal runs on its own thread and runtime (the caller's may be shutting
+    /// down); a process that dies first leaves them to the next start-up's reaping.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let warm: Vec<String> = self.shared.lock_pool().drain(..).map(|w| w.id).collect();
+        let (socket, timeout, label) =
+            (self.shared.config.socket.clone(), self.shared.config.api_timeout, self.shared.executor_id.clone());
+        let connected = self.shared.engine.try_lock().map(|e| e.is_some()).unwrap_or(true);
+        if !connected {
+            return;
+        }
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let Ok(path) = engine::socket_path(socket.as_deref()) else { return };
+                let Ok(engine) = Engine::connect(&path, timeout).await else { return };
+                for id in warm {
+                    let _ = engine.remove(&id).await;
+                }
+                if let Ok(left) = engine.labelled(engine::EXECUTOR_LABEL, Some(&label)).await {
+                    for (id, _) in left {
+                        let _ = engine.remove(&id).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_cap_is_cut_and_reported() {
+        let mut buf = Vec::new();
+        assert!(!append_capped(&mut buf, b"abc", 5));
+        assert!(append_capped(&mut buf, b"defg", 5));
+        assert_eq!(buf, b"abcde");
+    }
+}
