@@ -29,9 +29,9 @@ pub mod tier;
 pub use error::SandboxError;
 pub use executor::{ErrorInfo, ExecRequest, Executor, Outcome, Status, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-#[cfg(feature = "rustpython")]
-pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
+#[cfg(feature = "rustpython")]
+pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};
 #[cfg(feature = "wasm")]
 pub use tier::wasm::{WasmConfig, WasmExecutor};

@@ -45,15 +45,13 @@ fn exit_codes_follow_the_status() {
 }
 
 #[test]
-fn unavailable_tiers_say_so_and_never_fall_back() {
-    let tier = "docker";
-    let out = terrarium(&["run", "--json", "--tier", tier, "-c", "print(1)"], b"");
-    assert_eq!(out.code, 5, "{tier}: {}", out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
-    assert_eq!(v["status"], "error");
-    assert_eq!(v["tier"], tier);
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("not available"), "{v}");
-    assert_eq!(v["stdout"], "", "it must not have run elsewhere");
+fn a_tier_the_policy_does_not_allow_is_refused_not_replaced() {
+    let text = format!("{}terrarium:\n  allowed_tiers: [rustpython, wasm]\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let (_dir, path) = crate::common::temp_file("p.yaml", text.as_bytes());
+    let out = terrarium(&["run", "--tier", "docker", "--policy", path.to_str().expect("utf-8"), "-c", "print(1)"], b"");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("docker is not in the policy's terrarium.allowed_tiers"), "{}", out.stderr);
+    assert_eq!(out.stdout, "", "it must not have run elsewhere");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! One policy, one answer: the same import cases get the same allow/deny decision
-//! on the rustpython tier (isolated mode) and the wasm tier.
+//! on the rustpython tier (isolated mode), the wasm tier and the docker tier.
 
 use terrarium::{ExecRequest, Policy, Status};
 
-use crate::common::{exec, exec_wasm, isolated, wasm_executor};
+use crate::common::{DOCKER_IMAGE, docker_executor, exec, exec_wasm, isolated, wasm_executor};
 
 /// (policy's allowed_modules, code, allowed?)
 const CASES: &[(&str, &str, bool)] = &[
@@ -34,14 +34,18 @@ fn policy(allowed: &str) -> Policy {
 }
 
 #[test]
-fn the_same_policy_decides_the_same_on_both_tiers() {
+fn the_same_policy_decides_the_same_on_every_tier() {
     let mut disagreements = Vec::new();
     for (allowed, code, want) in CASES {
         let p = policy(allowed);
         let rp = exec(&isolated(p.clone()), ExecRequest::new(*code));
-        let Some(wasm) = wasm_executor(p) else { return };
+        let Some(wasm) = wasm_executor(p.clone()) else { return };
         let wa = exec_wasm(&wasm, ExecRequest::new(*code));
-        for (tier, o) in [("rustpython", &rp), ("wasm", &wa)] {
+        let docker_policy = Policy::from_yaml(&p.to_yaml().replacen("python:3.12-slim", DOCKER_IMAGE, 1), "<parity>")
+            .expect("docker parity policy");
+        let Some(docker) = docker_executor(docker_policy, 0) else { return };
+        let dk = exec(&docker, ExecRequest::new(*code));
+        for (tier, o) in [("rustpython", &rp), ("wasm", &wa), ("docker", &dk)] {
             let allowed = o.status != Status::Denied;
             if allowed != *want {
                 disagreements.push(format!("{tier}: {code:?} under {allowed}: {:?} {:?}", o.status, o.error));

@@ -57,6 +57,13 @@ pub struct BenchArgs {
     /// Measure the wasm tier starting CPython for every request.
     #[arg(long, conflicts_with_all = ["embedded", "no_namespaces", "wasm"])]
     pub wasm_cold: bool,
+    /// Measure the docker tier with a warm container (started, untimed, before each
+    /// request). Needs a policy whose image the engine has.
+    #[arg(long, conflicts_with_all = ["embedded", "no_namespaces", "wasm", "wasm_cold"])]
+    pub docker: bool,
+    /// Measure the docker tier creating and starting a container for every request.
+    #[arg(long, conflicts_with_all = ["embedded", "no_namespaces", "wasm", "wasm_cold", "docker"])]
+    pub docker_cold: bool,
     /// Timed requests.
     #[arg(short = 'n', default_value_t = 1000)]
     pub n: usize,

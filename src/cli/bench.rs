@@ -19,7 +19,9 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let rt = runtime()?;
     let n = args.n.max(1);
-    let samples = if args.wasm || args.wasm_cold {
+    let samples = if args.docker || args.docker_cold {
+        docker(&rt, policy, &args.code, n, args.docker)?
+    } else if args.wasm || args.wasm_cold {
         wasm(&rt, policy, &args.code, n, args.wasm)?
     } else if args.embedded {
         let exec = crate::tier::rustpython::EmbeddedExecutor::with_workers(policy, 1);
@@ -42,6 +44,8 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let mean = sorted.iter().map(Duration::as_secs_f64).sum::<f64>() / sorted.len() as f64 * 1e6;
     let summary = serde_json::json!({
         "mode": match (args.wasm, args.wasm_cold, args.embedded, args.no_namespaces) {
+            _ if args.docker => "docker (warm container)",
+            _ if args.docker_cold => "docker (cold container per request)",
             (true, _, _, _) => "wasm (warm instance)",
             (_, true, _, _) => "wasm (cold instance per request)",
             (_, _, true, _) => "embedded",
@@ -77,6 +81,30 @@ fn wasm(
 #[cfg(not(feature = "wasm"))]
 fn wasm(_: &tokio::runtime::Runtime, _: Policy, _: &str, _: usize, _: bool) -> Result<Vec<Duration>, CliError> {
     Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("this build has no wasm tier") })
+}
+
+#[cfg(feature = "docker")]
+fn docker(
+    rt: &tokio::runtime::Runtime,
+    policy: Policy,
+    code: &str,
+    n: usize,
+    warm: bool,
+) -> Result<Vec<Duration>, CliError> {
+    use crate::tier::docker::{DockerConfig, DockerExecutor};
+    let config = DockerConfig { pool_size: usize::from(warm), ..DockerConfig::default() };
+    let exec = DockerExecutor::new(policy, config);
+    rt.block_on(exec.connect())?;
+    let exec_ref = &exec;
+    let samples =
+        measure(rt, &exec, code, n, |_| async move { if warm { exec_ref.fill_pool().await } else { Ok(()) } });
+    rt.block_on(exec.shutdown())?;
+    samples
+}
+
+#[cfg(not(feature = "docker"))]
+fn docker(_: &tokio::runtime::Runtime, _: Policy, _: &str, _: usize, _: bool) -> Result<Vec<Duration>, CliError> {
+    Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("this build has no docker tier") })
 }
 
 /// Runs `code` `n` times (after 20 untimed runs), calling `before` untimed before

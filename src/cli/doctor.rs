@@ -52,14 +52,36 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
         use crate::tier::docker::{DockerConfig, DockerExecutor};
         // The policy's image: the engine must have it (no registry is contacted).
         let exec = DockerExecutor::new(policy.clone(), DockerConfig { pool_size: 0, ..DockerConfig::default() });
-        let r = rt.block_on(exec.connect()).map_err(|e| e.to_string()).and_then(|v| {
-            check(&exec).map(|d| format!("{d} (engine API {v})"))
-        });
+        let r = rt
+            .block_on(exec.connect())
+            .map_err(|e| e.to_string())
+            .and_then(|v| check(&exec).map(|d| format!("{d} (engine API {v})")));
+        let walls = r.is_ok().then(|| rt.block_on(exec.probe(&[])));
         report("docker (CPython in a hardened container)", r);
+        if let Some(w) = walls {
+            report("docker walls (probe without the prelude)", w.map_err(|e| e.to_string()).map(|p| walls_summary(&p)));
+        }
     }
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
         Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("some tiers cannot run here (see above)") })
     }
+}
+
+/// One line on what the docker probe found.
+#[cfg(feature = "docker")]
+fn walls_summary(p: &serde_json::Value) -> String {
+    let f = |k: &str| p.get(k).map_or("?".to_string(), |v| v.as_str().map_or(v.to_string(), str::to_string));
+    format!(
+        "interfaces {}, write / {}, exec in /tmp {}, uid {}, CapEff {}, NoNewPrivs {}, forks stop at {} ({})",
+        f("interfaces"),
+        f("write_root"),
+        f("exec_tmp"),
+        f("uid"),
+        f("CapEff"),
+        f("NoNewPrivs"),
+        f("forks"),
+        f("forks_refused")
+    )
 }

@@ -8,8 +8,12 @@ mod common;
 mod bad_input;
 #[path = "../cli.rs"]
 mod cli;
+#[path = "../docker.rs"]
+mod docker;
 #[path = "../escape_builtins.rs"]
 mod escape_builtins;
+#[path = "../escape_docker.rs"]
+mod escape_docker;
 #[path = "../escape_imports.rs"]
 mod escape_imports;
 #[path = "../escape_introspection.rs"]

@@ -143,25 +143,7 @@ pub struct Output {
 
 /// Runs the real `terrarium` binary with `args`, feeding `stdin`.
 pub fn terrarium(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn terrarium");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("wait terrarium");
-    let _ = writer.join();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    terrarium_env(args, stdin, &[])
 }
 
 /// A policy file with `replace` applied to the default policy's text.
@@ -177,4 +159,88 @@ pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::Pat
     let path = dir.path().join(name);
     std::fs::write(&path, bytes).expect("write temp file");
     (dir, path)
+}
+
+/// Environment variable that skips the docker tier's tests (printed when used).
+pub const SKIP_DOCKER: &str = "TERRARIUM_SKIP_DOCKER";
+/// The image scripts/setup-docker builds from this machine's Python.
+pub const DOCKER_IMAGE: &str = "terrarium-python:local";
+
+/// The default policy with the local test image.
+pub fn docker_policy() -> Policy {
+    docker_policy_with(
+        "allowed_modules: [\"math\", \"time\", \"json\"]",
+        "allowed_modules: [\"math\", \"time\", \"json\"]",
+    )
+}
+
+/// The default policy with the local test image and `from` replaced by `to`.
+pub fn docker_policy_with(from: &str, to: &str) -> Policy {
+    let text = default_policy_with(from, to).replacen("python:3.12-slim", DOCKER_IMAGE, 1);
+    Policy::from_yaml(&text, "<docker test>").expect("docker test policy")
+}
+
+/// The docker tier under `policy` with `pool` warm containers, connected and with
+/// its image present; `None` when the engine or image is missing and
+/// `TERRARIUM_SKIP_DOCKER=1` says to skip (printed). Without the opt-out, a missing
+/// engine or image fails the test with the command that sets them up.
+pub fn docker_executor(policy: Policy, pool: usize) -> Option<terrarium::DockerExecutor> {
+    let config = terrarium::DockerConfig { pool_size: pool, ..terrarium::DockerConfig::default() };
+    let exec = terrarium::DockerExecutor::new(policy, config);
+    match runtime().block_on(exec.connect()) {
+        Ok(_) => Some(exec),
+        Err(e) if std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1") => {
+            eprintln!("SKIPPED (docker tier, {SKIP_DOCKER}=1): {e}");
+            None
+        }
+        Err(e) => panic!(
+            "the docker tier is not set up: {e}\n(run scripts/setup-docker as root: it installs and starts the \
+             engine and builds {DOCKER_IMAGE}; or set {SKIP_DOCKER}=1 to skip)"
+        ),
+    }
+}
+
+/// Runs `code` on a fresh docker executor (no warm pool) under `policy`; `None`
+/// when skipped.
+pub fn run_docker_policy(policy: Policy, code: &str) -> Option<Outcome> {
+    let docker = docker_executor(policy, 0)?;
+    Some(exec(&docker, ExecRequest::new(code)))
+}
+
+/// Runs `code` on the docker tier under the default policy (local image).
+pub fn run_docker(code: &str) -> Option<Outcome> {
+    run_docker_policy(docker_policy(), code)
+}
+
+/// Ids of the containers (running or not) that carry `label=value`, from the
+/// engine itself through the docker CLI.
+pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", &format!("label={label}={value}")])
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Runs the real `terrarium` binary with extra environment variables.
+pub fn terrarium_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terrarium"));
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn terrarium");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait terrarium");
+    let _ = writer.join();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -15,8 +15,8 @@ use crate::executor::{Outcome, Status};
 use crate::policy::Policy;
 
 /// The program CPython starts with (see its header). Arguments after it: the
-/// nonce, modules to import ahead of the request (space-separated), and `scratch`
-/// or `-`.
+/// nonce, modules to import ahead of the request (space-separated), `scratch` or
+/// `-`, and optionally `mark` (end stdout with [`stdout_end`]).
 pub(crate) const PRELUDE: &str = include_str!("prelude.py");
 /// The socket-free event loop the prelude installs as `asyncio` (shared with the
 /// rustpython tier).
@@ -71,6 +71,11 @@ pub(crate) fn split_status(stderr: &str, nonce: &str) -> (String, Option<String>
         }
         None => (stderr.to_string(), None),
     }
+}
+
+/// The line the prelude ends stdout with when asked to (`mark`).
+pub(crate) fn stdout_end(nonce: &str) -> String {
+    format!("\n{nonce} end\n")
 }
 
 pub(crate) fn nonce() -> String {

@@ -1,7 +1,7 @@
 # Terrarium's prelude for the tiers that run the real CPython (wasm: CPython on WASI;
 # docker: CPython in a container): the `-c` program CPython starts with.
-# Its arguments are a nonce, modules to preload, and "scratch" when the run has a
-# writable /scratch. It says "ready" on stderr, then
+# Its arguments are a nonce, modules to preload, "scratch" when the run has a
+# writable /scratch (else "-"), and optionally "mark" (see _mark_stdout). It says "ready" on stderr, then
 # reads one request from stdin (lines: allowed modules separated by spaces, the length of the asyncio
 # stand-in's source, then that source and the snippet),
 # installs the policy, runs the snippet in fresh globals, and ends by writing one
@@ -34,6 +34,12 @@ _real_stderr_write = sys.stderr.write
 _allowed = frozenset()
 # A third argument "scratch": the host preopened /scratch for this run.
 _scratch = sys.argv[3] == "scratch"
+# A fourth argument "mark": end stdout with "\n<nonce> end\n" before the status line,
+# so a host that receives stdout and stderr over separate channels (docker) knows it
+# has all of stdout once it has both markers, without waiting for the process to end.
+_mark_stdout = len(sys.argv) > 4 and sys.argv[4] == "mark"
+_real_stdout = sys.stdout
+del sys.argv[1:]
 
 
 def _module_allowed(name):
@@ -161,6 +167,9 @@ def _to_json(v, depth):
 
 def _report(status):
     sys.stdout.flush()
+    if _mark_stdout:
+        _real_stdout.write("\n" + _nonce + " end\n")
+    _real_stdout.flush()
     sys.stderr.flush()
     body = ", ".join("%s: %s" % (_q(k), "null" if v is None else _q(v)) for k, v in status.items())
     _real_stderr_write("\n" + _nonce + " {" + body + "}\n")

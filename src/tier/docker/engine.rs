@@ -142,6 +142,16 @@ impl Engine {
         }
     }
 
+    /// Whether the engine has `image` (no registry is contacted).
+    pub async fn has_image(&self, image: &str) -> Result<bool, SandboxError> {
+        match tokio::time::timeout(self.api_timeout, self.docker.inspect_image(image)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(false),
+            Ok(Err(e)) => Err(host(format!("Docker engine at {}: inspect an image: {e}", self.socket.display()))),
+            Err(_) => Err(host(format!("Docker engine at {}: inspect an image: no answer", self.socket.display()))),
+        }
+    }
+
     /// Creates a container; a missing image is [`SandboxError::TierUnavailable`]
     /// naming the fix.
     pub async fn create(&self, body: ContainerCreateBody) -> Result<String, SandboxError> {
@@ -149,14 +159,7 @@ impl Engine {
         match tokio::time::timeout(self.api_timeout, self.docker.create_container(None, body)).await {
             Ok(Ok(r)) => Ok(r.id),
             Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
-                Err(SandboxError::TierUnavailable {
-                    tier: Tier::Docker,
-                    reason: format!(
-                        "the image {image:?} (security.sandbox.docker.image) is not on the engine: pull it \
-                         (docker pull {image}) or build Terrarium's local image (scripts/setup-docker builds \
-                         terrarium-python:local) and name it in the policy"
-                    ),
-                })
+                Err(missing_image(&image))
             }
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: create a container: {e}", self.socket.display()))),
             Err(_) => Err(host(format!("Docker engine at {}: create a container: no answer", self.socket.display()))),
@@ -187,9 +190,7 @@ impl Engine {
     pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match tokio::time::timeout(self.api_timeout, self.docker.remove_container(id, Some(options))).await {
-            Ok(Ok(())) | Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
-                Ok(())
-            }
+            Ok(Ok(())) | Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(()),
             // Removal already in progress (the engine's 409) is removal.
             Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })) => Ok(()),
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: remove a container: {e}", self.socket.display()))),
@@ -198,7 +199,11 @@ impl Engine {
     }
 
     /// Ids of the containers carrying `label=value` (running or not).
-    pub async fn labelled(&self, label: &str, value: Option<&str>) -> Result<Vec<(String, HashMap<String, String>)>, SandboxError> {
+    pub async fn labelled(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<(String, HashMap<String, String>)>, SandboxError> {
         let filter = match value {
             Some(v) => format!("{label}={v}"),
             None => label.to_string(),
@@ -234,6 +239,18 @@ impl Engine {
     }
 }
 
+/// The error for a policy image the engine does not have.
+pub fn missing_image(image: &str) -> SandboxError {
+    SandboxError::TierUnavailable {
+        tier: Tier::Docker,
+        reason: format!(
+            "the image {image:?} (security.sandbox.docker.image) is not on the engine: pull it (docker pull \
+             {image}) or build Terrarium's local image (scripts/setup-docker builds terrarium-python:local) and \
+             name it in the policy"
+        ),
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
@@ -257,19 +274,34 @@ pub fn owner() -> String {
 }
 
 /// What one container is started for.
-pub struct Launch<'a> {
-    /// The run's nonce (marks the prelude's lines on stderr).
-    pub nonce: &'a str,
-    /// Modules the prelude imports before saying ready.
-    pub preload: &'a str,
+pub struct Launch {
+    /// The command (exec form: no shell), e.g. [`prelude_cmd`].
+    pub cmd: Vec<String>,
     /// Whether the run gets a writable `/scratch`.
     pub scratch: bool,
     /// Labels on the container (owner, executor).
     pub labels: HashMap<String, String>,
 }
 
+/// CPython running the shared prelude: `nonce` marks its lines, `preload` lists
+/// the modules it imports before saying ready.
+pub fn prelude_cmd(prelude: &str, nonce: &str, preload: &str, scratch: bool) -> Vec<String> {
+    vec![
+        "python3".to_string(),
+        "-I".into(),
+        "-B".into(),
+        "-c".into(),
+        prelude.to_string(),
+        nonce.to_string(),
+        preload.to_string(),
+        if scratch { "scratch".into() } else { "-".into() },
+        // End stdout with a marker: the host stops reading at the prelude's report.
+        "mark".into(),
+    ]
+}
+
 /// The container specification: the policy's hardening, all of it.
-pub fn spec(policy: &Policy, launch: &Launch<'_>, prelude: &str) -> ContainerCreateBody {
+pub fn spec(policy: &Policy, launch: &Launch) -> ContainerCreateBody {
     let d = policy.docker();
     let memory = i64::try_from(policy.max_memory()).unwrap_or(i64::MAX);
     let cpu_quota = i64::try_from(policy.cpu_quota()).unwrap_or(CPU_PERIOD);
@@ -305,19 +337,9 @@ pub fn spec(policy: &Policy, launch: &Launch<'_>, prelude: &str) -> ContainerCre
         binds: Some(Vec::new()),
         ..HostConfig::default()
     };
-    let cmd = vec![
-        "python3".to_string(),
-        "-I".into(),
-        "-B".into(),
-        "-c".into(),
-        prelude.to_string(),
-        launch.nonce.to_string(),
-        launch.preload.to_string(),
-        if launch.scratch { "scratch".into() } else { "-".into() },
-    ];
     ContainerCreateBody {
         image: Some(d.image.clone()),
-        cmd: Some(cmd),
+        cmd: Some(launch.cmd.clone()),
         entrypoint: Some(Vec::new()),
         user: Some("65534:65534".into()),
         working_dir: Some("/".into()),
@@ -343,8 +365,8 @@ mod tests {
     #[test]
     fn the_spec_carries_every_hardening_flag() {
         let policy = Policy::default_policy();
-        let launch = Launch { nonce: "n", preload: "", scratch: false, labels: HashMap::new() };
-        let s = spec(&policy, &launch, "pass");
+        let launch = Launch { cmd: prelude_cmd("pass", "n", "", false), scratch: false, labels: HashMap::new() };
+        let s = spec(&policy, &launch);
         let h = s.host_config.as_ref().expect("host config");
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));

@@ -34,9 +34,11 @@ use tokio::io::AsyncWriteExt;
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
-use crate::tier::cpython::{PRELUDE, apply_status, nonce, request_text, split_status};
+use crate::tier::cpython::{PRELUDE, apply_status, nonce, request_text, split_status, stdout_end};
 use engine::{Engine, Input, Launch, Output};
 
+/// The program [`DockerExecutor::probe`] runs.
+pub const PROBE: &str = include_str!("probe.py");
 /// Longest a container may take from creation to its ready marker.
 const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 /// Room on stderr beyond `max_output` for the prelude's markers.
@@ -122,7 +124,53 @@ impl DockerExecutor {
     /// # Errors
     /// A host error saying why the engine cannot be used and how to start one.
     pub async fn connect(&self) -> Result<String, SandboxError> {
-        Ok(self.shared.engine().await?.api_version())
+        let engine = self.shared.engine().await?;
+        let image = &self.shared.policy.docker().image;
+        if !engine.has_image(image).await? {
+            return Err(engine::missing_image(image));
+        }
+        Ok(engine.api_version())
+    }
+
+    /// Tests the container's walls without the prelude: runs [`PROBE`] in a
+    /// container with this policy's hardening. It tries to connect to each of
+    /// `targets` (`host:port`), write to the root file system and `/usr`, execute
+    /// from `/tmp`, create a device node, become root, chroot, and fork without
+    /// end, and reports what each attempt got (`"ok"` or the errno's name) with the
+    /// process's uid, capabilities, `NoNewPrivs` and network interfaces.
+    ///
+    /// # Errors
+    /// A host error when the container cannot run or its report is not JSON.
+    pub async fn probe(&self, targets: &[String]) -> Result<serde_json::Value, SandboxError> {
+        let engine = self.shared.engine().await?;
+        let mut cmd: Vec<String> = ["python3", "-I", "-B", "-c", PROBE].map(String::from).to_vec();
+        cmd.extend(targets.iter().cloned());
+        let launch = Launch { cmd, scratch: false, labels: self.shared.labels() };
+        let id = engine.create(engine::spec(&self.shared.policy, &launch)).await?;
+        let report = async {
+            let (_input, mut output) = engine.attach(&id).await?;
+            engine.start(&id).await?;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let until = tokio::time::Instant::now() + STARTUP_LIMIT;
+            loop {
+                match tokio::time::timeout_at(until, output.next()).await {
+                    Err(_) => return Err(host("the probe did not finish in time")),
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(host(format!("the probe's output broke: {e}"))),
+                    Ok(Some(Ok(LogOutput::StdErr { message }))) => append_capped(&mut err, &message, STDERR_SLACK),
+                    Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                        append_capped(&mut out, &message, STDERR_SLACK)
+                    }
+                    Ok(Some(Ok(_))) => false,
+                };
+            }
+            serde_json::from_slice(&out).map_err(|e| {
+                host(format!("the probe's report is not JSON ({e}); its stderr: {}", String::from_utf8_lossy(&err)))
+            })
+        }
+        .await;
+        engine.remove(&id).await?;
+        report
     }
 
     /// Fills the warm pool and waits until every container in it is ready.
@@ -173,17 +221,28 @@ impl DockerExecutor {
         let warm_fits =
             shared.config.pool_size > 0 && !req.scratch && policy.max_memory() == shared.policy.max_memory();
         let warm = if warm_fits { shared.take_warm() } else { None };
-        if warm_fits {
-            Shared::refill(shared.clone(), engine.clone());
-        }
         let warm = match warm {
             Some(w) => w,
             None => {
-                let launch = Launch { nonce: &nonce(), preload: "", scratch: req.scratch, labels: shared.labels() };
-                start_container(&engine, &policy, &launch).await?
+                if warm_fits {
+                    Shared::refill(shared.clone(), engine.clone());
+                }
+                let n = nonce();
+                let launch = Launch {
+                    cmd: engine::prelude_cmd(PRELUDE, &n, "", req.scratch),
+                    scratch: req.scratch,
+                    labels: shared.labels(),
+                };
+                start_container(&engine, &policy, &launch, &n).await?
             }
         };
-        let mut outcome = serve(&engine, warm, &policy, &req.code, arrived).await?;
+        let served = serve(&engine, warm, &policy, &req.code, arrived).await;
+        // Refill after the request, so that starting a container (about 100 ms of
+        // the engine's CPU) does not compete with it.
+        if warm_fits {
+            Shared::refill(shared.clone(), engine.clone());
+        }
+        let mut outcome = served?;
         outcome.id = req.id;
         outcome.usage.wall_ms = millis(arrived.elapsed());
         Ok(outcome)
@@ -235,8 +294,11 @@ impl Shared {
         for _ in 0..missing {
             let (s, e) = (shared.clone(), engine.clone());
             tokio::spawn(async move {
-                if let Err(err) = Shared::start_warm(s, e).await {
-                    tracing::warn!(error = %err, "a warm container could not start");
+                let closed = &s.closed;
+                match Shared::start_warm(s.clone(), e).await {
+                    Err(_) if closed.load(Ordering::SeqCst) => {}
+                    Err(err) => tracing::warn!(error = %err, "a warm container could not start"),
+                    Ok(()) => {}
                 }
             });
         }
@@ -246,8 +308,13 @@ impl Shared {
     async fn start_warm(shared: Arc<Shared>, engine: Engine) -> Result<(), SandboxError> {
         shared.starting.fetch_add(1, Ordering::SeqCst);
         let preload: Vec<&str> = shared.policy.allowed_modules().iter().map(String::as_str).collect();
-        let launch = Launch { nonce: &nonce(), preload: &preload.join(" "), scratch: false, labels: shared.labels() };
-        let started = start_container(&engine, &shared.policy, &launch).await;
+        let n = nonce();
+        let launch = Launch {
+            cmd: engine::prelude_cmd(PRELUDE, &n, &preload.join(" "), false),
+            scratch: false,
+            labels: shared.labels(),
+        };
+        let started = start_container(&engine, &shared.policy, &launch, &n).await;
         shared.starting.fetch_sub(1, Ordering::SeqCst);
         let warm = started?;
         if shared.closed.load(Ordering::SeqCst) {
@@ -260,9 +327,9 @@ impl Shared {
 
 /// Creates, attaches and starts a container and waits for its ready marker. The
 /// container is removed again when any step fails.
-async fn start_container(engine: &Engine, policy: &Policy, launch: &Launch<'_>) -> Result<Warm, SandboxError> {
-    let id = engine.create(engine::spec(policy, launch, PRELUDE)).await?;
-    match attach_and_start(engine, &id, launch.nonce).await {
+async fn start_container(engine: &Engine, policy: &Policy, launch: &Launch, nonce: &str) -> Result<Warm, SandboxError> {
+    let id = engine.create(engine::spec(policy, launch)).await?;
+    match attach_and_start(engine, &id, nonce).await {
         Ok(w) => Ok(w),
         Err(e) => {
             let _ = engine.remove(&id).await;
@@ -314,7 +381,10 @@ async fn attach_and_start(engine: &Engine, id: &str, nonce: &str) -> Result<Warm
 
 /// How reading a container's output ended.
 enum Ended {
-    /// The container closed its output (it exited).
+    /// The prelude reported how the run ended.
+    Reported,
+    /// The container closed its output (it exited) without the prelude's report
+    /// (or with only part of it).
     Exited,
     Timeout,
     OutputFull,
@@ -322,7 +392,13 @@ enum Ended {
 
 /// Sends the request to a ready container, collects its output until it exits, the
 /// deadline passes or the output cap is hit, and removes it.
-async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: Instant) -> Result<Outcome, SandboxError> {
+async fn serve(
+    engine: &Engine,
+    w: Warm,
+    policy: &Policy,
+    code: &str,
+    arrived: Instant,
+) -> Result<Outcome, SandboxError> {
     let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
     let due = tokio::time::Instant::from_std(arrived + policy.timeout());
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
@@ -336,6 +412,11 @@ async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: I
     let written = tokio::time::timeout_at(due, write).await;
     let mut out = Vec::new();
     let mut ended = Ended::Exited;
+    // The run is over once stderr holds the status line and stdout its end marker
+    // (the prelude writes both last); the container's exit is not waited for.
+    let status_marker = format!("\n{nonce} {{");
+    let end_marker = stdout_end(&nonce);
+    let (mut status, mut status_seen, mut end_seen) = (StatusWatch::default(), false, false);
     if written.is_err() {
         ended = Ended::Timeout;
     } else {
@@ -351,20 +432,36 @@ async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: I
                     return Err(host(format!("the connection to a container broke: {e}")));
                 }
                 Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                    let from = err.len();
                     if append_capped(&mut err, &message, max_err) {
                         ended = Ended::OutputFull;
                         break;
                     }
+                    status_seen = status.complete(&err, from, status_marker.as_bytes());
                 }
                 Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
-                    if append_capped(&mut out, &message, max_out) {
+                    let from = out.len();
+                    // The end marker may take the cap's last bytes.
+                    if append_capped(&mut out, &message, max_out.saturating_add(end_marker.len())) {
                         ended = Ended::OutputFull;
                         break;
                     }
+                    end_seen = end_seen || find_from(&out, from, end_marker.as_bytes()).is_some();
                 }
                 Ok(Some(Ok(_))) => {}
             }
+            if status_seen && end_seen {
+                ended = Ended::Reported;
+                break;
+            }
         }
+    }
+    if let Some(at) = find_from(&out, 0, end_marker.as_bytes()) {
+        out.truncate(at);
+    }
+    if out.len() > max_out {
+        out.truncate(max_out);
+        ended = Ended::OutputFull;
     }
     if let (Ended::Exited, Ok(Err(e))) = (&ended, &written) {
         // The request could not be delivered and the container is gone: it died
@@ -374,15 +471,19 @@ async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: I
             return Err(host(format!("a container ended before it could read its request: {e}")));
         }
     }
+    // Stop copying the container's output before removing it: the engine waits for
+    // an attached stream that is still being written to.
+    drop(output);
+    drop(input);
     let exit = match ended {
         Ended::Exited => Some(engine.inspect(&id).await),
-        Ended::Timeout | Ended::OutputFull => None,
+        Ended::Reported | Ended::Timeout | Ended::OutputFull => None,
     };
-    // A run that ended early is killed now; one that exited is removed in the
-    // background (off the request's path).
-    match exit {
-        None => engine.remove(&id).await?,
-        Some(_) => {
+    // A run cut short is killed and removed now; one that reported is removed in
+    // the background (off the request's path; its process is exiting anyway).
+    match ended {
+        Ended::Timeout | Ended::OutputFull => engine.remove(&id).await?,
+        Ended::Reported | Ended::Exited => {
             let (engine, id) = (engine.clone(), id.clone());
             tokio::spawn(async move {
                 if let Err(e) = engine.remove(&id).await {
@@ -397,11 +498,9 @@ async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: I
     o.stdout = String::from_utf8_lossy(&out).into_owned();
     o.stderr = err_text;
     match (ended, exit) {
-        (Ended::Timeout, _) => o.end(
-            Status::Timeout,
-            "Timeout",
-            format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()),
-        ),
+        (Ended::Timeout, _) => {
+            o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()))
+        }
         (Ended::OutputFull, _) => {
             o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output")
         }
@@ -418,9 +517,35 @@ async fn serve(engine: &Engine, w: Warm, policy: &Policy, code: &str, arrived: I
                 apply_status(&mut o, status_line.as_deref(), code, false);
             }
         }
-        (Ended::Exited, None) => apply_status(&mut o, status_line.as_deref(), None, false),
+        (Ended::Reported | Ended::Exited, _) => apply_status(&mut o, status_line.as_deref(), None, false),
     }
     Ok(o)
+}
+
+/// Where `needle` first occurs in `buf`, searching from a little before `from` (so
+/// that a needle split across chunks is found).
+fn find_from(buf: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    let start = from.saturating_sub(needle.len());
+    buf[start..].windows(needle.len()).position(|w| w == needle).map(|p| p + start)
+}
+
+/// Follows the prelude's status line on a growing stderr: where its last marker
+/// is, and whether the newline that ends it has arrived.
+#[derive(Default)]
+struct StatusWatch {
+    at: Option<usize>,
+}
+
+impl StatusWatch {
+    /// Call after stderr grew from `from` bytes; true once the last status line is
+    /// complete.
+    fn complete(&mut self, err: &[u8], from: usize, marker: &[u8]) -> bool {
+        let start = from.saturating_sub(marker.len());
+        if let Some(p) = err[start..].windows(marker.len()).rposition(|w| w == marker) {
+            self.at = Some(start + p);
+        }
+        self.at.is_some_and(|at| err[at + marker.len()..].contains(&b'\n'))
+    }
 }
 
 /// Appends up to `cap` bytes in all; true when `chunk` did not fit.
@@ -475,6 +600,17 @@ impl Drop for DockerExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_line_is_complete_only_with_its_newline() {
+        let mut w = StatusWatch::default();
+        let mut err = b"noise\nabc {\"kind\"".to_vec();
+        assert!(!w.complete(&err, 0, b"\nabc {"));
+        let from = err.len();
+        err.extend_from_slice(b": \"ok\"}\n");
+        assert!(w.complete(&err, from, b"\nabc {"));
+        assert_eq!(find_from(b"xx\nabc end\n", 5, b"\nabc end\n"), Some(2));
+    }
 
     #[test]
     fn output_past_the_cap_is_cut_and_reported() {
