@@ -22,6 +22,29 @@ fn assert_bad_policy(yaml: &str, wants: &[&str]) {
 }
 
 #[test]
+fn read_only_mounts_must_be_plain_absolute_paths_outside_reserved_places() {
+    let base = terrarium::policy::DEFAULT_POLICY_YAML;
+    let mount = |source: &str, target: &str| {
+        format!("{base}terrarium:\n  read_only_mounts:\n    - source: {source:?}\n      target: {target:?}\n")
+    };
+    let field = "terrarium.read_only_mounts[0]";
+    assert_bad_policy(&mount("relative/dir", "/data"), &[field, "source", "absolute"]);
+    assert_bad_policy(&mount("/srv/../etc", "/data"), &[field, "source"]);
+    assert_bad_policy(&mount("/srv/data", "/"), &[field, "target"]);
+    assert_bad_policy(&mount("/srv/data", "/proc/x"), &[field, "target"]);
+    assert_bad_policy(&mount("/srv/data", "/tmp"), &[field, "target"]);
+    assert_bad_policy(&mount("/srv/data", "/data\nx"), &[field, "target"]);
+    let twice = format!(
+        "{base}terrarium:\n  read_only_mounts:\n    - {{source: /a, target: /data}}\n    - {{source: /b, target: /data/}}\n"
+    );
+    assert_bad_policy(&twice, &["terrarium.read_only_mounts[1].target", "mounted twice"]);
+    assert_bad_policy(
+        &format!("{base}terrarium:\n  read_only_mounts:\n    - {{source: /a, target: /data, mode: rw}}\n"),
+        &["mode"],
+    );
+}
+
+#[test]
 fn malformed_yaml_names_the_line() {
     assert_bad_policy("security:\n  sandbox: [unclosed\n", &["p.yaml:"]);
     assert_bad_policy("", &["the policy is empty"]);

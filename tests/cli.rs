@@ -126,9 +126,23 @@ fn doctor_checks_every_tier_of_the_build() {
     if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
         return;
     }
-    let out = terrarium(&["doctor"], b"");
+    if crate::common::docker_executor(crate::common::docker_policy(), 0).is_none() {
+        return;
+    }
+    let local = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/local-docker.yaml");
+    let out = terrarium(&["doctor", "--policy", local], b"");
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("ok      rustpython") && out.stdout.contains("ok      wasm"), "{}", out.stdout);
+    for line in ["ok      rustpython", "ok      wasm", "ok      docker (", "ok      docker walls"] {
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
+    }
+    assert!(out.stdout.contains("write / EROFS") && out.stdout.contains("interfaces [\"lo\"]"), "{}", out.stdout);
+    // The default policy's image is not on this engine (no registry here): doctor
+    // says so and how to fix it, and fails.
+    let out = terrarium(&["doctor"], b"");
+    if !out.stdout.contains("ok      docker (") {
+        assert_eq!(out.code, 5, "{}", out.stdout);
+        assert!(out.stdout.contains("FAILED  docker") && out.stdout.contains("setup-docker"), "{}", out.stdout);
+    }
 }
 
 #[test]

@@ -210,3 +210,17 @@ fn the_interpreter_tier_refuses_a_scratch_request() {
     let err = r.expect_err("refused");
     assert!(err.to_string().contains("scratch"), "{err}");
 }
+
+#[test]
+fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
+    let dir = crate::docker::readable_dir();
+    let policy = crate::docker::policy_mounting(dir.path(), "python:3.12-slim");
+    let Some(exec_) = wasm_executor(policy) else { return };
+    let o = exec_wasm(&exec_, ExecRequest::new("open('/data/data.txt').read()"));
+    assert_eq!(o.result, Some(serde_json::json!("granted")), "{o:?}");
+    for code in ["open('/data/new.txt', 'w').write('x')", "open('/data/../etc/passwd').read()"] {
+        let o = exec_wasm(&exec_, ExecRequest::new(code));
+        assert_eq!(o.status, Status::Denied, "{code}: {o:?}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "the mount was written to");
+}

@@ -9,6 +9,10 @@ Each cell is the round trip of one request with fresh state, as a caller sees it
   wasmtime; a single-use instance started ahead of the request, waiting on stdin)
 - terrarium wasm (cold): `terrarium bench --wasm-cold` (a fresh instance per request,
   so CPython's start-up is in every figure)
+- terrarium docker (warm): `terrarium bench --docker` (CPython in a hardened
+  container of a local Docker engine, started ahead of the request)
+- terrarium docker (cold): `terrarium bench --docker-cold` (create, start, run and
+  remove a container per request)
 - cpython exec: exec(compile(code)) with fresh globals in this process (no sandbox)
 - monty: a session checked out of a pydantic-monty worker pool per request
 """
@@ -33,10 +37,12 @@ def pct(samples, p):
     return s[min(len(s) - 1, round((len(s) - 1) * p))]
 
 
-def terrarium(binary, code, n, mode=None):
+def terrarium(binary, code, n, mode=None, policy=None):
     args = [binary, "bench", "-n", str(n), "-c", code]
     if mode:
         args.insert(2, mode)
+    if policy:
+        args[2:2] = ["--policy", policy]
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
@@ -87,6 +93,7 @@ def main():
     ap.add_argument("--terrarium", required=True)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--monty-version", default="?")
+    ap.add_argument("--docker-policy", required=True, help="a policy whose image the local engine has")
     a = ap.parse_args()
     monty, pool = monty_runner()
     rows = []
@@ -97,6 +104,9 @@ def main():
             # Each request starts (or, warm, refills) a CPython: tens of ms, fewer samples.
             "terrarium wasm (warm)": terrarium(a.terrarium, code, min(a.n, 40), "--wasm"),
             "terrarium wasm (cold)": terrarium(a.terrarium, code, min(a.n, 40), "--wasm-cold"),
+            # A container per request: ~100 ms of the engine's time each, fewer samples.
+            "terrarium docker (warm)": terrarium(a.terrarium, code, min(a.n, 20), "--docker", a.docker_policy),
+            "terrarium docker (cold)": terrarium(a.terrarium, code, min(a.n, 20), "--docker-cold", a.docker_policy),
             "cpython exec (no sandbox)": cpython(code, a.n),
             f"monty {a.monty_version}": monty(code, a.n),
         }

@@ -157,7 +157,24 @@ pub struct Policy {
     max_output: u64,
     max_code_size: u64,
     fuel: Option<u64>,
+    read_only_mounts: Vec<ReadOnlyMount>,
 }
+
+/// A host directory the policy lets snippets read, and where they see it
+/// (`terrarium.read_only_mounts`). Tiers with a file system mount it read-only (the
+/// wasm tier preopens it read-only, the docker tier bind-mounts it read-only); the
+/// rustpython tier has no file system and never shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyMount {
+    /// Absolute host path of a directory.
+    pub source: std::path::PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+}
+
+/// Sandbox paths a read-only mount may not cover: the root, what the tiers mount
+/// themselves, and the kernel's views.
+const RESERVED_TARGETS: &[&str] = &["/", "/tmp", "/scratch", "/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/bin"];
 
 /// Tightening applied to one request. Each field, when set, must be no looser than
 /// the policy's own value.
@@ -356,6 +373,42 @@ impl Policy {
                 format!("{} is outside 1..=64m", raw::format_size(max_code_size)),
             ));
         }
+        let mut read_only_mounts = Vec::new();
+        for (i, m) in t.read_only_mounts.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("terrarium.read_only_mounts[{i}]");
+            let clean = |p: &str| {
+                p.starts_with('/')
+                    && !p.split('/').any(|c| c == ".." || c == ".")
+                    && !p.contains(':')
+                    && !p.chars().any(char::is_control)
+            };
+            if !clean(&m.source) {
+                return Err(invalid(
+                    &format!("{path}.source"),
+                    format!("{:?} must be an absolute path without '.', '..', ':' or control characters", m.source),
+                ));
+            }
+            let target = m.target.trim_end_matches('/');
+            if !clean(&m.target)
+                || RESERVED_TARGETS
+                    .iter()
+                    .any(|r| target == *r || (r.len() > 1 && target.starts_with(&format!("{r}/"))))
+                || target.is_empty()
+            {
+                return Err(invalid(
+                    &format!("{path}.target"),
+                    format!(
+                        "{:?} must be an absolute path without '.', '..' or ':', outside {}",
+                        m.target,
+                        RESERVED_TARGETS.join(", ")
+                    ),
+                ));
+            }
+            if read_only_mounts.iter().any(|o: &ReadOnlyMount| o.target == target) {
+                return Err(invalid(&format!("{path}.target"), format!("{target:?} is mounted twice")));
+            }
+            read_only_mounts.push(ReadOnlyMount { source: m.source.into(), target: target.to_string() });
+        }
         if t.fuel == Some(0) {
             return Err(invalid("terrarium.fuel", "must be at least 1 (omit it for no fuel limit)".into()));
         }
@@ -379,6 +432,7 @@ impl Policy {
             max_output,
             max_code_size,
             fuel: t.fuel,
+            read_only_mounts,
         })
     }
 
@@ -497,6 +551,11 @@ impl Policy {
         self.fuel
     }
 
+    /// Host directories snippets may read, read-only (tiers with a file system).
+    pub fn read_only_mounts(&self) -> &[ReadOnlyMount] {
+        &self.read_only_mounts
+    }
+
     /// The effective policy as a complete policy file: every key, defaults filled
     /// in. Parsing the result gives back an equal policy.
     pub fn to_yaml(&self) -> String {
@@ -536,6 +595,12 @@ impl Policy {
                 max_output: Some(Size(self.max_output)),
                 max_code_size: Some(Size(self.max_code_size)),
                 fuel: self.fuel,
+                read_only_mounts: (!self.read_only_mounts.is_empty()).then(|| {
+                    self.read_only_mounts
+                        .iter()
+                        .map(|m| raw::RawMount { source: m.source.display().to_string(), target: m.target.clone() })
+                        .collect()
+                }),
             }),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))

@@ -83,6 +83,15 @@ pub struct RawTerrarium {
     pub max_output: Option<Size>,
     pub max_code_size: Option<Size>,
     pub fuel: Option<u64>,
+    pub read_only_mounts: Option<Vec<RawMount>>,
+}
+
+/// One host directory the policy lets snippets read (`terrarium.read_only_mounts`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub source: String,
+    pub target: String,
 }
 
 /// A byte count written as an integer or as a string with a unit: `"512m"`, `"1g"`,

@@ -22,12 +22,14 @@ pub(crate) const PRELUDE: &str = include_str!("prelude.py");
 /// rustpython tier).
 const ASYNCIO_STANDIN: &str = include_str!("../asyncio_standin.py");
 
-/// The request text the prelude reads: allowed modules, asyncio source length (in
-/// characters), then the asyncio source and the snippet.
+/// The request text the prelude reads: allowed modules; the sandbox paths of the
+/// policy's read-only mounts (tab-separated); the asyncio source's length (in
+/// characters); then the asyncio source and the snippet.
 pub(crate) fn request_text(policy: &Policy, code: &str) -> String {
     let asyncio = if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" };
     let allowed: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).collect();
-    format!("{}\n{}\n{asyncio}{code}", allowed.join(" "), asyncio.chars().count())
+    let readable: Vec<&str> = policy.read_only_mounts().iter().map(|m| m.target.as_str()).collect();
+    format!("{}\n{}\n{}\n{asyncio}{code}", allowed.join(" "), readable.join("\t"), asyncio.chars().count())
 }
 
 /// Applies the prelude's status line (or its absence) to `o`.

@@ -2,7 +2,8 @@
 # docker: CPython in a container): the `-c` program CPython starts with.
 # Its arguments are a nonce, modules to preload, "scratch" when the run has a
 # writable /scratch (else "-"), and optionally "mark" (see _mark_stdout). It says "ready" on stderr, then
-# reads one request from stdin (lines: allowed modules separated by spaces, the length of the asyncio
+# reads one request from stdin (lines: allowed modules separated by spaces, the
+# policy's read-only mount points separated by tabs, the length of the asyncio
 # stand-in's source, then that source and the snippet),
 # installs the policy, runs the snippet in fresh globals, and ends by writing one
 # status line to stderr: "\n<nonce> {json}\n". It imports no pure-Python module
@@ -32,6 +33,8 @@ for _m in sys.argv[2].split():
         pass  # the snippet that imports it will see the error itself
 _real_stderr_write = sys.stderr.write
 _allowed = frozenset()
+# Directories the policy mounts read-only (set from the request).
+_readable = ()
 # A third argument "scratch": the host preopened /scratch for this run.
 _scratch = sys.argv[3] == "scratch"
 # A fourth argument "mark": end stdout with "\n<nonce> end\n" before the status line,
@@ -84,7 +87,7 @@ _DENIED_EVENTS = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", 
 
 
 # The import system reads the stdlib where the interpreter found it at start-up.
-_STDLIB = tuple(p for p in sys.path if p)
+_STDLIB = tuple(q for q in (p.rstrip("/") for p in sys.path if p.startswith("/")) if q)
 
 
 def _audit(event, args):
@@ -96,8 +99,12 @@ def _audit(event, args):
             if inside and ".." not in path.split("/"):
                 return
         reading = mode is None or (isinstance(mode, str) and not set(mode) & set("wax+"))
-        if reading and isinstance(path, str) and path.startswith(_STDLIB):
-            return
+        # Absolute, no "..": a prefix test then says where the file is.
+        plain = isinstance(path, str) and path.startswith("/") and ".." not in path.split("/")
+        if reading and plain:
+            for r in _STDLIB + _readable:
+                if path == r or path.startswith(r + "/"):
+                    return
         raise _deny("opening files is not allowed in the sandbox")
     for d in _DENIED_EVENTS:
         if event.startswith(d):
@@ -207,10 +214,11 @@ def _run(code):
 # Ready: read the request.
 sys.stderr.write("\n" + _nonce + " ready\n")
 sys.stderr.flush()
-_allowed_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 2)
+_allowed_text, _readable_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 3)
 _allowed = frozenset(_allowed_text.split())
+_readable = tuple(p for p in _readable_text.split("\t") if p)
 _asyncio_source, _code = _rest[: int(_asyncio_len)], _rest[int(_asyncio_len):]
-del _allowed_text, _asyncio_len, _rest
+del _allowed_text, _readable_text, _asyncio_len, _rest
 
 if _scratch:
     import posix as _posix_cwd

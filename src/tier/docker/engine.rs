@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
+    MountType, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -335,6 +338,24 @@ pub fn spec(policy: &Policy, launch: &Launch) -> ContainerCreateBody {
         log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
         publish_all_ports: Some(false),
         binds: Some(Vec::new()),
+        // Only what the policy grants, read-only, not propagating host mounts.
+        mounts: Some(
+            policy
+                .read_only_mounts()
+                .iter()
+                .map(|m| Mount {
+                    typ: Some(MountType::BIND),
+                    source: Some(m.source.display().to_string()),
+                    target: Some(m.target.clone()),
+                    read_only: Some(true),
+                    bind_options: Some(MountBindOptions {
+                        propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                        ..MountBindOptions::default()
+                    }),
+                    ..Mount::default()
+                })
+                .collect(),
+        ),
         ..HostConfig::default()
     };
     ContainerCreateBody {
@@ -377,7 +398,7 @@ mod tests {
         assert_eq!((h.cpu_period, h.cpu_quota), (Some(100_000), Some(100_000)));
         assert_eq!(h.pids_limit, Some(PIDS_LIMIT));
         assert_eq!(h.privileged, Some(false));
-        assert!(h.binds.as_ref().is_some_and(Vec::is_empty) && h.mounts.is_none());
+        assert!(h.binds.as_ref().is_some_and(Vec::is_empty) && h.mounts.as_ref().is_some_and(Vec::is_empty));
         let tmp = &h.tmpfs.as_ref().expect("tmpfs")["/tmp"];
         assert!(tmp.contains("noexec") && tmp.contains("nosuid"), "{tmp}");
         assert_eq!(s.user.as_deref(), Some("65534:65534"));

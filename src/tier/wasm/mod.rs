@@ -3,16 +3,18 @@
 //! One shared [`wasmtime::Engine`] with fuel and epoch interruption; the module is
 //! compiled once and cached on disk (see [`cache`]). Each run gets a fresh instance
 //! and store: in-memory stdin (the request), capped stdout/stderr pipes, no
-//! environment, no preopened directories, no network; fuel from the policy, an epoch
-//! deadline from the timeout (a ticker thread advances the epoch), and a memory cap
-//! from `max_memory` through `StoreLimits` (growth failures surface as Python
-//! `MemoryError`).
+//! environment, no preopened directories but the policy's read-only mounts, no
+//! network; fuel from the policy, an epoch deadline from the timeout (a ticker
+//! thread advances the epoch), and a memory cap from `max_memory` through
+//! `StoreLimits` (growth failures surface as Python `MemoryError`).
 //!
 //! # Security invariant
 //! The wall is WebAssembly plus WASI: the guest can only call the WASI functions the
-//! linker provides, sees no host files (no preopens), no sockets, no processes and no
-//! environment, and cannot outrun its fuel, deadline or memory cap. The prelude
-//! (`../cpython/prelude.py`, shared with the docker tier) applies the policy's import whitelist and an audit hook on top.
+//! linker provides, sees no host files but the directories the policy mounts
+//! read-only (and its own scratch directory when asked), no sockets, no processes
+//! and no environment, and cannot outrun its fuel, deadline or memory cap. The
+//! prelude (`../cpython/prelude.py`, shared with the docker tier) applies the
+//! policy's import whitelist and an audit hook on top.
 
 mod cache;
 
@@ -407,6 +409,12 @@ fn run_instance(
         builder
             .preopened_dir(&dir.0, "/scratch", wasmtime_wasi::FsPerms::ReadWrite)
             .map_err(|e| host_err(format!("cannot open the scratch directory: {e}")))?;
+    }
+    for m in policy.read_only_mounts() {
+        // What the policy grants, read-only (cap-std: nothing outside it is reachable).
+        builder
+            .preopened_dir(&m.source, &m.target, wasmtime_wasi::FsPerms::ReadOnly)
+            .map_err(|e| host_err(format!("cannot open {} (terrarium.read_only_mounts): {e}", m.source.display())))?;
     }
     let wasi = builder.build_p1();
     let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
