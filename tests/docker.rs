@@ -269,3 +269,19 @@ fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
         exec(&docker_executor(docker_policy(), 0).expect("docker"), ExecRequest::new("open('/data/data.txt').read()"));
     assert_eq!(o.status, Status::Denied, "{o:?}");
 }
+
+#[test]
+fn a_warm_container_that_died_while_waiting_is_never_handed_a_request() {
+    let Some(exec_) = docker_executor(docker_policy(), 1) else { return };
+    runtime().block_on(exec_.fill_pool()).expect("fill the pool");
+    let (label, value) = exec_.label();
+    let ids = containers_labelled(label, value);
+    assert_eq!(ids.len(), 1);
+    // What an engine restart or an operator's `docker kill` does to it.
+    let killed = std::process::Command::new("docker").args(["kill", &ids[0]]).output().expect("docker kill");
+    assert!(killed.status.success(), "{}", String::from_utf8_lossy(&killed.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    let o = exec(&exec_, ExecRequest::new("6 * 7"));
+    assert_eq!((o.status, o.result.clone()), (Status::Ok, Some(serde_json::json!(42))), "{o:?}");
+    runtime().block_on(exec_.shutdown()).expect("shutdown");
+}

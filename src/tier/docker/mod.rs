@@ -178,13 +178,24 @@ impl DockerExecutor {
     /// # Errors
     /// As [`DockerExecutor::connect`], or a container that cannot start.
     pub async fn fill_pool(&self) -> Result<(), SandboxError> {
-        let engine = self.shared.engine().await?;
-        let missing = self.shared.config.pool_size.saturating_sub(self.shared.pool_len());
-        let starts = (0..missing).map(|_| Shared::start_warm(self.shared.clone(), engine.clone()));
-        for r in futures_util::future::join_all(starts).await {
-            r?;
+        let shared = &self.shared;
+        let engine = shared.engine().await?;
+        let until = tokio::time::Instant::now() + STARTUP_LIMIT;
+        loop {
+            let missing = shared.reserve();
+            let starts = (0..missing).map(|_| Shared::start_warm(shared.clone(), engine.clone()));
+            for r in futures_util::future::join_all(starts).await {
+                r?;
+            }
+            // Containers the background refill is still starting.
+            if shared.lock_pool().len() >= shared.config.pool_size {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(host("warm containers did not start in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
     }
 
     /// Removes this executor's containers (the warm pool and any still starting).
@@ -220,7 +231,7 @@ impl DockerExecutor {
         // requests with the same memory cap and no scratch directory.
         let warm_fits =
             shared.config.pool_size > 0 && !req.scratch && policy.max_memory() == shared.policy.max_memory();
-        let warm = if warm_fits { shared.take_warm() } else { None };
+        let warm = if warm_fits { shared.take_warm(&engine) } else { None };
         let warm = match warm {
             Some(w) => w,
             None => {
@@ -236,7 +247,9 @@ impl DockerExecutor {
                 start_container(&engine, &policy, &launch, &n).await?
             }
         };
-        let served = serve(&engine, warm, &policy, &req.code, arrived).await;
+        // The deadline is the guest's: it counts from the request's delivery to a
+        // ready Python (a container's start-up has its own limit, STARTUP_LIMIT).
+        let served = serve(&engine, warm, &policy, &req.code, Instant::now()).await;
         // Refill after the request, so that starting a container (about 100 ms of
         // the engine's CPU) does not compete with it.
         if warm_fits {
@@ -254,8 +267,14 @@ impl Shared {
         self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn pool_len(&self) -> usize {
-        self.lock_pool().len() + self.starting.load(Ordering::SeqCst)
+    /// How many containers the pool lacks (ready + starting), now counted as
+    /// starting: the caller starts that many. Under the pool's lock, so that
+    /// concurrent refills do not overshoot.
+    fn reserve(&self) -> usize {
+        let pool = self.lock_pool();
+        let missing = self.config.pool_size.saturating_sub(pool.len() + self.starting.load(Ordering::SeqCst));
+        self.starting.fetch_add(missing, Ordering::SeqCst);
+        missing
     }
 
     fn labels(&self) -> HashMap<String, String> {
@@ -284,14 +303,27 @@ impl Shared {
         Ok(e)
     }
 
-    fn take_warm(&self) -> Option<Warm> {
-        self.lock_pool().pop_front()
+    /// A warm container that is still waiting, if the pool has one. One whose
+    /// output stream has ended or that wrote anything while waiting (its container
+    /// died, e.g. the engine restarted) is discarded, never handed a request.
+    fn take_warm(&self, engine: &Engine) -> Option<Warm> {
+        use futures_util::FutureExt;
+        loop {
+            let mut w = self.lock_pool().pop_front()?;
+            if w.output.next().now_or_never().is_none() {
+                return Some(w);
+            }
+            tracing::warn!(container = %w.id, "a warm container died while waiting; discarded");
+            let (engine, id) = (engine.clone(), w.id);
+            tokio::spawn(async move {
+                let _ = engine.remove(&id).await;
+            });
+        }
     }
 
     /// Starts containers in the background until the pool (ready + starting) is full.
     fn refill(shared: Arc<Shared>, engine: Engine) {
-        let missing = shared.config.pool_size.saturating_sub(shared.pool_len());
-        for _ in 0..missing {
+        for _ in 0..shared.reserve() {
             let (s, e) = (shared.clone(), engine.clone());
             tokio::spawn(async move {
                 let closed = &s.closed;
@@ -304,9 +336,9 @@ impl Shared {
         }
     }
 
-    /// Starts one warm container and puts it in the pool when it is ready.
+    /// Starts one warm container (already counted in `starting`) and puts it in
+    /// the pool when it is ready.
     async fn start_warm(shared: Arc<Shared>, engine: Engine) -> Result<(), SandboxError> {
-        shared.starting.fetch_add(1, Ordering::SeqCst);
         let preload: Vec<&str> = shared.policy.allowed_modules().iter().map(String::as_str).collect();
         let n = nonce();
         let launch = Launch {
@@ -315,12 +347,22 @@ impl Shared {
             labels: shared.labels(),
         };
         let started = start_container(&engine, &shared.policy, &launch, &n).await;
-        shared.starting.fetch_sub(1, Ordering::SeqCst);
-        let warm = started?;
+        let warm = match started {
+            Ok(w) => w,
+            Err(e) => {
+                shared.starting.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         if shared.closed.load(Ordering::SeqCst) {
+            shared.starting.fetch_sub(1, Ordering::SeqCst);
             return engine.remove(&warm.id).await;
         }
-        shared.lock_pool().push_back(warm);
+        // Into the pool before the count drops, so that it is never counted as
+        // neither.
+        let mut pool = shared.lock_pool();
+        pool.push_back(warm);
+        shared.starting.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -386,21 +428,24 @@ enum Ended {
     /// The container closed its output (it exited) without the prelude's report
     /// (or with only part of it).
     Exited,
+    /// The deadline passed.
     Timeout,
+    /// Output passed `max_output`.
     OutputFull,
 }
 
-/// Sends the request to a ready container, collects its output until it exits, the
-/// deadline passes or the output cap is hit, and removes it.
+/// Sends the request to a ready container, collects its output until the prelude's
+/// report, the container's exit, the deadline (counted from `delivered`) or the
+/// output cap, and removes the container.
 async fn serve(
     engine: &Engine,
     w: Warm,
     policy: &Policy,
     code: &str,
-    arrived: Instant,
+    delivered: Instant,
 ) -> Result<Outcome, SandboxError> {
     let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
-    let due = tokio::time::Instant::from_std(arrived + policy.timeout());
+    let due = tokio::time::Instant::from_std(delivered + policy.timeout());
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let max_err = max_out.saturating_add(STDERR_SLACK);
     let text = request_text(policy, code);
