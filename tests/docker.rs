@@ -228,30 +228,13 @@ fn the_command_line_runs_on_the_docker_tier() {
     assert_eq!((lines[0]["status"].as_str(), lines[1]["status"].as_str()), (Some("ok"), Some("denied")));
 }
 
-/// A directory with one file, readable by the container's unprivileged user.
-pub fn readable_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("data.txt"), "granted").expect("write");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    std::fs::set_permissions(dir.path().join("data.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    dir
-}
-
-/// The docker test policy with `dir` mounted read-only at /data.
-pub fn policy_mounting(dir: &std::path::Path, image: &str) -> terrarium::Policy {
-    let text = format!(
-        "{}terrarium:\n  read_only_mounts:\n    - source: {}\n      target: /data\n",
-        terrarium::policy::DEFAULT_POLICY_YAML.replacen("python:3.12-slim", image, 1),
-        dir.display()
-    );
-    terrarium::Policy::from_yaml(&text, "<mount test>").expect("mount policy")
-}
-
 #[test]
 fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
-    let dir = readable_dir();
-    let Some(exec_) = docker_executor(policy_mounting(dir.path(), crate::common::DOCKER_IMAGE), 0) else { return };
+    let dir = crate::common::readable_dir();
+    let Some(exec_) = docker_executor(crate::common::policy_mounting(dir.path(), crate::common::DOCKER_IMAGE), 0)
+    else {
+        return;
+    };
     let o = exec(&exec_, ExecRequest::new("open('/data/data.txt').read()"));
     assert_eq!(o.result, Some(serde_json::json!("granted")), "{o:?}");
     for code in [

@@ -213,8 +213,8 @@ fn the_interpreter_tier_refuses_a_scratch_request() {
 
 #[test]
 fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
-    let dir = crate::docker::readable_dir();
-    let policy = crate::docker::policy_mounting(dir.path(), "python:3.12-slim");
+    let dir = crate::common::readable_dir();
+    let policy = crate::common::policy_mounting(dir.path(), "python:3.12-slim");
     let Some(exec_) = wasm_executor(policy) else { return };
     let o = exec_wasm(&exec_, ExecRequest::new("open('/data/data.txt').read()"));
     assert_eq!(o.result, Some(serde_json::json!("granted")), "{o:?}");

@@ -244,3 +244,23 @@ pub fn terrarium_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Outpu
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A directory with one file, readable by the container's unprivileged user.
+pub fn readable_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("data.txt"), "granted").expect("write");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    std::fs::set_permissions(dir.path().join("data.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    dir
+}
+
+/// The docker test policy with `dir` mounted read-only at /data.
+pub fn policy_mounting(dir: &std::path::Path, image: &str) -> terrarium::Policy {
+    let text = format!(
+        "{}terrarium:\n  read_only_mounts:\n    - source: {}\n      target: /data\n",
+        terrarium::policy::DEFAULT_POLICY_YAML.replacen("python:3.12-slim", image, 1),
+        dir.display()
+    );
+    terrarium::Policy::from_yaml(&text, "<mount test>").expect("mount policy")
+}
