@@ -25,6 +25,10 @@ pub enum SandboxError {
         /// Why, and how to fix it.
         reason: String,
     },
+    /// A circuit breaker is open: the dependency failed repeatedly and is not
+    /// called until its recovery timeout has passed.
+    #[error(transparent)]
+    BreakerOpen(#[from] crate::breaker::Open),
     /// The tier failed for reasons of the host (a worker died, a thread could not
     /// start).
     #[error("tier {tier} failed: {message}")]
@@ -34,4 +38,12 @@ pub enum SandboxError {
         /// What happened.
         message: String,
     },
+}
+
+impl SandboxError {
+    /// Whether this is a fault of the host or a dependency (what circuit breakers
+    /// count), as opposed to a bad request or policy.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(self, SandboxError::TierUnavailable { .. } | SandboxError::Host { .. })
+    }
 }

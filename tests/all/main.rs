@@ -6,6 +6,8 @@ mod common;
 
 #[path = "../bad_input.rs"]
 mod bad_input;
+#[path = "../breaker.rs"]
+mod breaker;
 #[path = "../cli.rs"]
 mod cli;
 #[path = "../docker.rs"]
