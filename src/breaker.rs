@@ -37,7 +37,7 @@ pub enum State {
 /// A breaker's state as `terrarium breakers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
-    /// The breaker's name (`api`, `database`, `file_io`, `tier.docker`, …).
+    /// The breaker's name (`api`, `database`, `file_io`, `docker`, …).
     pub name: String,
     /// Its state now (an open breaker whose timeout has passed shows `half_open`
     /// only once a trial has been let through).
@@ -264,8 +264,9 @@ impl Drop for Permit {
 }
 
 /// Every breaker of a process, by name: the policy's `api`, `database` and
-/// `file_io`, and one per tier (`tier.rustpython`, `tier.wasm`, `tier.docker`) with
-/// the `api` settings (a tier's engine is a dependency like an API).
+/// `file_io`, and one per tier with
+/// the `api` settings (a tier's engine is a dependency like an API), named after
+/// the tier (`rustpython`, `wasm`, `docker`).
 #[derive(Debug, Clone)]
 pub struct Breakers {
     all: BTreeMap<String, Breaker>,
@@ -305,7 +306,7 @@ impl Breakers {
 
 /// The name of `tier`'s breaker.
 pub fn tier_breaker(tier: Tier) -> String {
-    format!("tier.{tier}")
+    tier.to_string()
 }
 
 #[cfg(test)]
@@ -375,7 +376,7 @@ mod tests {
     fn every_policy_breaker_and_one_per_tier() {
         let all = Breakers::from_policy(&Policy::default_policy());
         let names: Vec<String> = all.snapshot().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, ["api", "database", "file_io", "tier.docker", "tier.rustpython", "tier.wasm"]);
+        assert_eq!(names, ["api", "database", "docker", "file_io", "rustpython", "wasm"]);
         assert_eq!(all.tier(Tier::Docker).snapshot().failure_threshold, 3);
     }
 }

@@ -25,11 +25,14 @@ pub mod cli;
 pub mod error;
 pub mod executor;
 pub mod policy;
+pub mod router;
+pub mod sandbox;
 pub mod tier;
 
 pub use error::SandboxError;
 pub use executor::{ErrorInfo, ExecRequest, Executor, Outcome, Status, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
+pub use sandbox::{Sandbox, SandboxBuilder};
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
 #[cfg(feature = "rustpython")]

@@ -28,7 +28,7 @@ fn a_stopped_engine_opens_the_breaker_and_a_trial_closes_it_when_it_is_back() {
     );
     let settings =
         BreakerPolicy { failure_threshold: 3, recovery_timeout: Duration::from_millis(500), log_failures: true };
-    let breaker = Breaker::new("tier.docker", settings);
+    let breaker = Breaker::new("docker", settings);
     let run = |code: &str| runtime().block_on(breaker.run(exec.execute(ExecRequest::new(code))));
 
     // Engine stopped: the threshold's worth of host errors, then fail-fast.
@@ -44,7 +44,7 @@ fn a_stopped_engine_opens_the_breaker_and_a_trial_closes_it_when_it_is_back() {
     let started = Instant::now();
     match run("1 + 1") {
         Err(SandboxError::BreakerOpen(open)) => {
-            assert!(open.to_string().starts_with("breaker tier.docker open"), "{open}")
+            assert!(open.to_string().starts_with("breaker docker open"), "{open}")
         }
         other => panic!("expected fail-fast, got {other:?}"),
     }

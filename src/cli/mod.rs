@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::error::SandboxError;
-use crate::executor::{ExecRequest, Executor, Outcome, Status};
+use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 use args::{BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
@@ -111,11 +111,21 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
-/// The executor a command uses, after the policy and tier are settled.
+/// What a command runs requests through, after the policy and tier are settled.
 struct Target {
-    tier: Tier,
-    executor: Option<Box<dyn Executor>>,
+    sandbox: crate::Sandbox,
+    choice: TierChoice,
     overrides: Overrides,
+}
+
+impl Target {
+    /// The tier named in outcomes for requests that never reached one.
+    fn nominal_tier(&self) -> Tier {
+        match (self.choice, self.sandbox.policy().tier()) {
+            (TierChoice::Fixed(t), _) | (TierChoice::Auto, TierChoice::Fixed(t)) => t,
+            (TierChoice::Auto, TierChoice::Auto) => Tier::Rustpython,
+        }
+    }
 }
 
 /// `many`: the command will run many requests (batch), so warm pools pay off.
@@ -127,17 +137,16 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     let choice = TierChoice::parse(&common.tier).ok_or_else(|| {
         CliError::usage(anyhow::anyhow!("--tier {:?}: expected auto, rustpython, wasm or docker", common.tier))
     })?;
-    let choice = match choice {
-        TierChoice::Auto => policy.tier(),
-        fixed => fixed,
-    };
-    // Until the router lands, `auto` means the interpreter tier.
-    let tier = match choice {
-        TierChoice::Auto => Tier::Rustpython,
-        TierChoice::Fixed(t) => t,
-    };
-    if !policy.allowed_tiers().contains(&tier) {
-        return Err(CliError::usage(anyhow::anyhow!("tier {tier} is not in the policy's terrarium.allowed_tiers")));
+    if let TierChoice::Fixed(tier) = choice {
+        if !policy.allowed_tiers().contains(&tier) {
+            return Err(CliError::usage(anyhow::anyhow!("tier {tier} is not in the policy's terrarium.allowed_tiers")));
+        }
+        if tier < policy.min_isolation() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "tier {tier} is below the policy's terrarium.min_isolation ({})",
+                policy.min_isolation()
+            )));
+        }
     }
     let mut overrides = Overrides::default();
     if let Some(t) = common.timeout {
@@ -152,50 +161,25 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     }
     // Reject loosening before any code runs.
     policy.tighten(&overrides)?;
-    Ok(Target { tier, executor: executor_for(tier, policy, many)?, overrides })
-}
-
-/// The executor for `tier`. Code from the command line is untrusted: the
-/// rustpython tier runs it in isolated mode (one confined child process per run).
-fn executor_for(tier: Tier, policy: Policy, many: bool) -> Result<Option<Box<dyn Executor>>, CliError> {
-    match tier {
-        #[cfg(feature = "rustpython")]
-        Tier::Rustpython => {
-            use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
-            let config = IsolatedConfig::from_env().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
-            Ok(Some(Box::new(IsolatedExecutor::new(policy, config))))
-        }
-        #[cfg(feature = "wasm")]
-        Tier::Wasm => {
-            use crate::tier::wasm::{WasmConfig, WasmExecutor};
-            let mut config = WasmConfig::from_env();
-            // A single run would only pay for warm instances it never uses.
-            config.pool_size = if many { 2 } else { 0 };
-            Ok(Some(Box::new(WasmExecutor::new(policy, config))))
-        }
-        #[cfg(feature = "docker")]
-        Tier::Docker => {
-            use crate::tier::docker::{DockerConfig, DockerExecutor};
-            // A single run would only pay for warm containers it never uses.
-            let config = DockerConfig { pool_size: if many { 2 } else { 0 }, ..DockerConfig::default() };
-            Ok(Some(Box::new(DockerExecutor::new(policy, config))))
-        }
-        #[allow(unreachable_patterns, reason = "reached only in builds without some tier")]
-        _ => {
-            let _ = (policy, many);
-            Ok(None)
-        }
+    #[allow(unused_mut, reason = "only builds with the CPython tiers set pool sizes")]
+    let mut builder = crate::Sandbox::builder().policy(policy);
+    // Code from the command line is untrusted: the rustpython tier runs it in
+    // isolated mode (one confined child per run). A single run would only pay for
+    // warm wasm instances or containers it never uses.
+    let pool = if many { 2 } else { 0 };
+    #[cfg(feature = "wasm")]
+    {
+        let mut config = crate::tier::wasm::WasmConfig::from_env();
+        config.pool_size = pool;
+        builder = builder.wasm(config);
     }
-}
-
-fn unavailable(id: Option<String>, tier: Tier) -> Outcome {
-    Outcome::refused(
-        id,
-        tier,
-        Status::Error,
-        "TierUnavailable",
-        format!("tier {tier} is not available in this build of terrarium"),
-    )
+    #[cfg(feature = "docker")]
+    {
+        let config = crate::tier::docker::DockerConfig { pool_size: pool, ..Default::default() };
+        builder = builder.docker(config);
+    }
+    let _ = pool;
+    Ok(Target { sandbox: builder.build()?, choice, overrides })
 }
 
 fn read_code(args: &RunArgs) -> Result<String, CliError> {
@@ -233,11 +217,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     let code = read_code(&args)?;
     let target = target(&args.common, false)?;
-    let req = ExecRequest { id: None, code, overrides: target.overrides.clone(), scratch: args.scratch };
-    let outcome = match &target.executor {
-        Some(exec) => runtime()?.block_on(exec.execute(req))?,
-        None => unavailable(None, target.tier),
-    };
+    let req =
+        ExecRequest { id: None, code, overrides: target.overrides.clone(), scratch: args.scratch, tier: target.choice };
+    let outcome = runtime()?.block_on(target.sandbox.execute(req))?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
     } else {
@@ -327,7 +309,7 @@ fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
 /// end of the batch.
 async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize) -> Outcome {
     let bad = |id: Option<String>, msg: String| {
-        Outcome::refused(id, target.tier, Status::Error, "InvalidRequest", format!("line {number}: {msg}"))
+        Outcome::refused(id, target.nominal_tier(), Status::Error, "InvalidRequest", format!("line {number}: {msg}"))
     };
     let parsed: BatchLine = match std::str::from_utf8(&line)
         .map_err(|e| e.to_string())
@@ -347,11 +329,14 @@ async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize)
         }
         overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
     }
-    let Some(exec) = &target.executor else {
-        return unavailable(id, target.tier);
+    let req = ExecRequest {
+        id: id.clone(),
+        code: parsed.code,
+        overrides,
+        scratch: parsed.scratch.unwrap_or(false),
+        tier: target.choice,
     };
-    let req = ExecRequest { id: id.clone(), code: parsed.code, overrides, scratch: parsed.scratch.unwrap_or(false) };
-    match exec.execute(req).await {
+    match target.sandbox.execute(req).await {
         Ok(o) => o,
         Err(e) => bad(id, e.to_string()),
     }

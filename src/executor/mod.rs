@@ -37,12 +37,21 @@ pub struct ExecRequest {
     /// working directory), deleted when the run ends. Only tiers with a file system
     /// serve it; the rustpython tier refuses such a request.
     pub scratch: bool,
+    /// Which tier a [`crate::Sandbox`] runs it on: `Auto` (the default) leaves it
+    /// to the policy's `terrarium.tier` and the router. Executors ignore it.
+    pub tier: TierChoice,
 }
 
 impl ExecRequest {
     /// A request for `code` under the executor's policy as it stands.
     pub fn new(code: impl Into<String>) -> ExecRequest {
-        ExecRequest { id: None, code: code.into(), overrides: Overrides::default(), scratch: false }
+        ExecRequest {
+            id: None,
+            code: code.into(),
+            overrides: Overrides::default(),
+            scratch: false,
+            tier: TierChoice::Auto,
+        }
     }
 
     /// Checks what every tier requires of source text: not empty, no NUL byte, at
@@ -176,6 +185,24 @@ pub struct Outcome {
     pub error: Option<ErrorInfo>,
     /// Resources used.
     pub usage: Usage,
+    /// Why the request ran on this tier, when a [`crate::Sandbox`] chose it
+    /// (`null` from an executor called directly).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// What the static analysis noticed in the snippet (from a [`crate::Sandbox`]).
+    #[serde(default)]
+    pub findings: Vec<FindingInfo>,
+}
+
+/// A static-analysis finding as the outcome reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingInfo {
+    /// `deny` (the run is refused when the policy says `findings: deny`) or `warn`.
+    pub severity: String,
+    /// 1-based line in the snippet.
+    pub line: usize,
+    /// What was found.
+    pub message: String,
 }
 
 impl Outcome {
@@ -196,6 +223,8 @@ impl Outcome {
             result: None,
             error: Some(ErrorInfo { kind: kind.into(), message: message.into() }),
             usage: Usage::default(),
+            route: None,
+            findings: Vec::new(),
         }
     }
 }

@@ -74,9 +74,10 @@ impl fmt::Display for Tier {
 }
 
 /// Which tier serves a request: a fixed one, or the router's choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TierChoice {
     /// The lightest allowed tier that can serve the request.
+    #[default]
     Auto,
     /// Exactly this tier; never another.
     Fixed(Tier),
@@ -158,6 +159,8 @@ pub struct Policy {
     max_code_size: u64,
     fuel: Option<u64>,
     read_only_mounts: Vec<ReadOnlyMount>,
+    min_isolation: Tier,
+    deny_findings: bool,
 }
 
 /// A host directory the policy lets snippets read, and where they see it
@@ -409,6 +412,33 @@ impl Policy {
             }
             read_only_mounts.push(ReadOnlyMount { source: m.source.into(), target: target.to_string() });
         }
+        let min_isolation = match t.min_isolation.as_deref() {
+            None => Tier::Rustpython,
+            Some(name) => Tier::parse(name).ok_or_else(|| {
+                invalid("terrarium.min_isolation", format!("{name:?} is not a tier (rustpython, wasm, docker)"))
+            })?,
+        };
+        if !allowed_tiers.iter().any(|t| *t >= min_isolation) {
+            return Err(invalid(
+                "terrarium.min_isolation",
+                format!("{min_isolation} is above every tier in terrarium.allowed_tiers"),
+            ));
+        }
+        if let TierChoice::Fixed(fixed) = tier
+            && fixed < min_isolation
+        {
+            return Err(invalid(
+                "terrarium.tier",
+                format!("{fixed} is below terrarium.min_isolation ({min_isolation})"),
+            ));
+        }
+        let deny_findings = match t.findings.as_deref() {
+            None | Some("deny") => true,
+            Some("warn") => false,
+            Some(other) => {
+                return Err(invalid("terrarium.findings", format!("{other:?} is not deny or warn")));
+            }
+        };
         if t.fuel == Some(0) {
             return Err(invalid("terrarium.fuel", "must be at least 1 (omit it for no fuel limit)".into()));
         }
@@ -433,6 +463,8 @@ impl Policy {
             max_code_size,
             fuel: t.fuel,
             read_only_mounts,
+            min_isolation,
+            deny_findings,
         })
     }
 
@@ -551,6 +583,27 @@ impl Policy {
         self.fuel
     }
 
+    /// The lightest tier this policy lets a request run on
+    /// (`terrarium.min_isolation`; tiers are ordered rustpython < wasm < docker).
+    pub fn min_isolation(&self) -> Tier {
+        self.min_isolation
+    }
+
+    /// Whether a static-analysis finding of severity deny refuses the run on every
+    /// tier (`terrarium.findings: deny`, the default) or is only reported (`warn`;
+    /// the rustpython tier still refuses, its walls rely on the analysis).
+    pub fn deny_findings(&self) -> bool {
+        self.deny_findings
+    }
+
+    /// This policy with `modules` as its whitelist, for Terrarium's own trusted
+    /// calls (e.g. listing a tier's modules); never reachable from a request.
+    pub(crate) fn with_allowed_modules(&self, modules: &[&str]) -> Policy {
+        let mut p = self.clone();
+        p.allowed_modules = modules.iter().map(|m| m.to_string()).collect();
+        p
+    }
+
     /// Host directories snippets may read, read-only (tiers with a file system).
     pub fn read_only_mounts(&self) -> &[ReadOnlyMount] {
         &self.read_only_mounts
@@ -595,6 +648,8 @@ impl Policy {
                 max_output: Some(Size(self.max_output)),
                 max_code_size: Some(Size(self.max_code_size)),
                 fuel: self.fuel,
+                min_isolation: Some(self.min_isolation.to_string()),
+                findings: Some(if self.deny_findings { "deny" } else { "warn" }.to_string()),
                 read_only_mounts: (!self.read_only_mounts.is_empty()).then(|| {
                     self.read_only_mounts
                         .iter()

@@ -84,6 +84,8 @@ pub struct RawTerrarium {
     pub max_code_size: Option<Size>,
     pub fuel: Option<u64>,
     pub read_only_mounts: Option<Vec<RawMount>>,
+    pub min_isolation: Option<String>,
+    pub findings: Option<String>,
 }
 
 /// One host directory the policy lets snippets read (`terrarium.read_only_mounts`).

@@ -28,6 +28,8 @@ mod isolation;
 mod limits;
 #[path = "../policy_parity.rs"]
 mod policy_parity;
+#[path = "../router.rs"]
+mod router;
 #[path = "../stdlib.rs"]
 mod stdlib;
 #[path = "../wasm.rs"]

@@ -24,4 +24,4 @@ mod worker;
 
 pub use embedded::EmbeddedExecutor;
 pub use isolated::{IsolatedConfig, IsolatedExecutor};
-pub use worker::WORKER_STACK;
+pub use worker::{WORKER_STACK, serves_module};

@@ -63,6 +63,46 @@ const FROZEN_DENY: &[&str] = &[
     "webbrowser", "sqlite3", "dbm", "shelve", "pickle", "pickletools", "tracemalloc", "trace",
 ];
 
+/// Whether this tier can serve module `name` to a snippet under some policy: it is
+/// in RustPython's module tables (native or frozen), not removed from them, and
+/// not one the prelude never hands out (`UNSERVABLE` in `prelude.py`, `_private`
+/// names). `asyncio` is served by the prelude's stand-in. The router asks this to
+/// decide when a request needs a heavier tier.
+pub fn serves_module(name: &str) -> bool {
+    static KNOWN: OnceLock<BTreeSet<String>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        let builder = Interpreter::builder(Settings::default());
+        let mut names: BTreeSet<String> =
+            rustpython_stdlib::stdlib_module_defs(&builder.ctx).iter().map(|d| d.name.as_str().to_string()).collect();
+        names.extend(rustpython_pylib::FROZEN_STDLIB.decode().map(|(n, _)| n.to_string()));
+        names
+    });
+    let parts: Vec<&str> = name.split('.').collect();
+    if name.is_empty() || parts.iter().any(|p| p.starts_with('_')) || unservable(name) {
+        return false;
+    }
+    if parts[0] == "asyncio" {
+        return true;
+    }
+    !denied_name(NATIVE_DENY, name) && !denied_name(FROZEN_DENY, name) && known.contains(parts[0])
+}
+
+/// The prelude's `UNSERVABLE` set, read from its source (one list, two readers).
+fn unservable(name: &str) -> bool {
+    static LIST: OnceLock<Vec<String>> = OnceLock::new();
+    let list = LIST.get_or_init(|| {
+        let start = PRELUDE.find("UNSERVABLE = frozenset((").map_or(0, |i| i + "UNSERVABLE = frozenset((".len());
+        let end = PRELUDE[start..].find("))").map_or(start, |i| start + i);
+        PRELUDE[start..end]
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let parts: Vec<&str> = name.split('.').collect();
+    (1..=parts.len()).any(|i| list.iter().any(|u| *u == parts[..i].join(".")))
+}
+
 fn denied_name(list: &[&str], name: &str) -> bool {
     list.iter().any(|d| name == *d || name.strip_prefix(d).is_some_and(|rest| rest.starts_with('.')))
 }
@@ -420,6 +460,8 @@ impl Worker {
             result: None,
             error: None,
             usage: Usage::default(),
+            route: None,
+            findings: Vec::new(),
         };
         let terminal = self.ctrl.terminal();
         // A terminal condition wins over however the run unwound; an interpreter that

@@ -1,0 +1,375 @@
+//! The one entry point that joins the tiers: analyse the snippet, route it to a
+//! tier, run it there through that tier's circuit breaker, and report the route
+//! and the findings in the outcome.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), terrarium::SandboxError> {
+//! use terrarium::{ExecRequest, Policy, Sandbox};
+//! let sandbox = Sandbox::builder().policy(Policy::default_policy()).build()?;
+//! let outcome = sandbox.execute(ExecRequest::new("1 + 1")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Invariants
+//! - Routing never leaves the policy's allowed tiers or goes below its minimum
+//!   isolation, and a fixed tier is never replaced (see [`crate::router`]).
+//! - Only host faults count against a tier's breaker; an open breaker moves an
+//!   `auto` request to the next allowed tier, or fails fast naming the breaker.
+//! - With `terrarium.findings: deny` (the default), a snippet the static analysis
+//!   refuses runs nowhere.
+//! - Executors are created on first use: a request for one tier never starts
+//!   another tier's machinery.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::Instant;
+
+use crate::analysis::{self, Analysis, Severity};
+use crate::breaker::Breakers;
+use crate::error::SandboxError;
+use crate::executor::{ExecRequest, Executor, FindingInfo, Outcome, Status, millis};
+use crate::policy::{Policy, Tier, TierChoice};
+use crate::router::{self, Skip};
+
+/// Stack of the analysis thread: the parser recurses with the source's nesting.
+const ANALYSIS_STACK: usize = 256 << 20;
+
+/// The snippet that lists what a CPython tier can import (run under a policy that
+/// allows exactly `sys` and `pkgutil`, through the tier's own prelude).
+const LIST_MODULES: &str =
+    "import sys, pkgutil\nsorted(set(sys.builtin_module_names) | {m.name for m in pkgutil.iter_modules()})";
+
+/// Builds a [`Sandbox`].
+#[derive(Debug, Default)]
+pub struct SandboxBuilder {
+    policy: Option<Policy>,
+    #[cfg(feature = "rustpython")]
+    isolated: Option<crate::tier::rustpython::IsolatedConfig>,
+    #[cfg(feature = "wasm")]
+    wasm: Option<crate::tier::wasm::WasmConfig>,
+    #[cfg(feature = "docker")]
+    docker: Option<crate::tier::docker::DockerConfig>,
+}
+
+impl SandboxBuilder {
+    /// The policy (default: the built-in default policy).
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> SandboxBuilder {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// How the rustpython tier's isolated mode finds its worker (default:
+    /// [`crate::IsolatedConfig::from_env`], on first use).
+    #[cfg(feature = "rustpython")]
+    #[must_use]
+    pub fn isolated(mut self, config: crate::tier::rustpython::IsolatedConfig) -> SandboxBuilder {
+        self.isolated = Some(config);
+        self
+    }
+
+    /// The wasm tier's settings (default: [`crate::WasmConfig::from_env`]).
+    #[cfg(feature = "wasm")]
+    #[must_use]
+    pub fn wasm(mut self, config: crate::tier::wasm::WasmConfig) -> SandboxBuilder {
+        self.wasm = Some(config);
+        self
+    }
+
+    /// The docker tier's settings (default: [`crate::DockerConfig::default`]).
+    #[cfg(feature = "docker")]
+    #[must_use]
+    pub fn docker(mut self, config: crate::tier::docker::DockerConfig) -> SandboxBuilder {
+        self.docker = Some(config);
+        self
+    }
+
+    /// The sandbox. Nothing starts until the first request.
+    ///
+    /// # Errors
+    /// None yet; reserved for settings that can be checked up front.
+    pub fn build(self) -> Result<Sandbox, SandboxError> {
+        let policy = self.policy.unwrap_or_else(Policy::default_policy);
+        Ok(Sandbox {
+            breakers: Breakers::from_policy(&policy),
+            policy,
+            #[cfg(feature = "rustpython")]
+            isolated_config: self.isolated,
+            #[cfg(feature = "rustpython")]
+            isolated: OnceLock::new(),
+            #[cfg(feature = "wasm")]
+            wasm_config: self.wasm.unwrap_or_else(crate::tier::wasm::WasmConfig::from_env),
+            #[cfg(feature = "wasm")]
+            wasm: OnceLock::new(),
+            #[cfg(feature = "docker")]
+            docker_config: self.docker.unwrap_or_default(),
+            #[cfg(feature = "docker")]
+            docker: OnceLock::new(),
+            modules: Default::default(),
+        })
+    }
+}
+
+/// Runs requests on the tier the router picks, under one policy, with shared
+/// breakers. Share it (`Arc<Sandbox>`) between tasks.
+pub struct Sandbox {
+    policy: Policy,
+    breakers: Breakers,
+    #[cfg(feature = "rustpython")]
+    isolated_config: Option<crate::tier::rustpython::IsolatedConfig>,
+    #[cfg(feature = "rustpython")]
+    isolated: OnceLock<Result<Arc<crate::tier::rustpython::IsolatedExecutor>, String>>,
+    #[cfg(feature = "wasm")]
+    wasm_config: crate::tier::wasm::WasmConfig,
+    #[cfg(feature = "wasm")]
+    wasm: OnceLock<Arc<crate::tier::wasm::WasmExecutor>>,
+    #[cfg(feature = "docker")]
+    docker_config: crate::tier::docker::DockerConfig,
+    #[cfg(feature = "docker")]
+    docker: OnceLock<Arc<crate::tier::docker::DockerExecutor>>,
+    /// What the wasm (0) and docker (1) tiers can import, learned once.
+    modules: [tokio::sync::OnceCell<Arc<BTreeSet<String>>>; 2],
+}
+
+impl Sandbox {
+    /// A builder.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// The policy every request starts from.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The circuit breakers.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    /// The executor of `tier`, created on first use.
+    fn executor(&self, tier: Tier) -> Result<Arc<dyn Executor>, SandboxError> {
+        let unavailable = |reason: &str| SandboxError::TierUnavailable {
+            tier,
+            reason: format!("{reason} in this build of terrarium"),
+        };
+        match tier {
+            #[cfg(feature = "rustpython")]
+            Tier::Rustpython => {
+                use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
+                let e = self.isolated.get_or_init(|| {
+                    let config = match &self.isolated_config {
+                        Some(c) => c.clone(),
+                        None => IsolatedConfig::from_env().map_err(|e| e.to_string())?,
+                    };
+                    Ok(Arc::new(IsolatedExecutor::new(self.policy.clone(), config)))
+                });
+                match e {
+                    Ok(e) => Ok(e.clone()),
+                    Err(reason) => Err(SandboxError::TierUnavailable { tier, reason: reason.clone() }),
+                }
+            }
+            #[cfg(feature = "wasm")]
+            Tier::Wasm => Ok(self
+                .wasm
+                .get_or_init(|| {
+                    Arc::new(crate::tier::wasm::WasmExecutor::new(self.policy.clone(), self.wasm_config.clone()))
+                })
+                .clone()),
+            #[cfg(feature = "docker")]
+            Tier::Docker => Ok(self
+                .docker
+                .get_or_init(|| {
+                    Arc::new(crate::tier::docker::DockerExecutor::new(self.policy.clone(), self.docker_config.clone()))
+                })
+                .clone()),
+            #[allow(unreachable_patterns, reason = "reached only in builds without some tier")]
+            _ => Err(unavailable("the tier is not compiled")),
+        }
+    }
+
+    /// What a CPython tier can import: listed once by running [`LIST_MODULES`]
+    /// there (through the tier's breaker).
+    async fn cpython_modules(&self, tier: Tier) -> Result<Arc<BTreeSet<String>>, SandboxError> {
+        let slot = if tier == Tier::Wasm { &self.modules[0] } else { &self.modules[1] };
+        let policy = self.policy.with_allowed_modules(&["sys", "pkgutil"]);
+        let list = slot
+            .get_or_try_init(|| async {
+                let exec: Box<dyn Executor> = match tier {
+                    #[cfg(feature = "wasm")]
+                    Tier::Wasm => {
+                        let mut c = self.wasm_config.clone();
+                        c.pool_size = 0;
+                        Box::new(crate::tier::wasm::WasmExecutor::new(policy, c))
+                    }
+                    #[cfg(feature = "docker")]
+                    Tier::Docker => {
+                        let c = crate::tier::docker::DockerConfig { pool_size: 0, ..self.docker_config.clone() };
+                        Box::new(crate::tier::docker::DockerExecutor::new(policy, c))
+                    }
+                    _ => return Err(SandboxError::TierUnavailable { tier, reason: "not in this build".into() }),
+                };
+                let o = self.breakers.tier(tier).run(exec.execute(ExecRequest::new(LIST_MODULES))).await?;
+                let names: Option<BTreeSet<String>> = o
+                    .result
+                    .as_ref()
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect());
+                match (o.status, names) {
+                    (Status::Ok, Some(n)) if !n.is_empty() => Ok(Arc::new(n)),
+                    _ => Err(SandboxError::Host {
+                        tier,
+                        message: format!("listing the tier's modules failed: {:?} {:?}", o.status, o.error),
+                    }),
+                }
+            })
+            .await?;
+        Ok(list.clone())
+    }
+
+    /// The first module of `needed` that `tier` cannot import.
+    async fn missing_module(&self, tier: Tier, needed: &[String]) -> Result<Option<String>, SandboxError> {
+        if needed.is_empty() {
+            return Ok(None);
+        }
+        let root = |m: &str| m.split('.').next().unwrap_or(m).to_string();
+        match tier {
+            #[cfg(feature = "rustpython")]
+            Tier::Rustpython => Ok(router::missing(needed, crate::tier::rustpython::serves_module).map(str::to_string)),
+            Tier::Wasm | Tier::Docker => {
+                let have = self.cpython_modules(tier).await?;
+                Ok(router::missing(needed, |m| have.contains(&root(m))).map(str::to_string))
+            }
+            #[allow(unreachable_patterns, reason = "reached only in builds without some tier")]
+            _ => Err(SandboxError::TierUnavailable { tier, reason: "not in this build".into() }),
+        }
+    }
+
+    /// Runs one request: analysis, routing, the chosen tier through its breaker.
+    ///
+    /// # Errors
+    /// A bad request or a loosening override; [`SandboxError::BreakerOpen`] when
+    /// every tier that could serve has its breaker open; the chosen tier's host
+    /// fault.
+    pub async fn execute(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
+        let started = Instant::now();
+        let policy = self.policy.tighten(&req.overrides)?;
+        req.validate(policy.max_code_size())?;
+        let analysis = analyze(req.code.clone()).await;
+        let findings: Vec<FindingInfo> = analysis
+            .findings
+            .iter()
+            .map(|f| FindingInfo {
+                severity: if f.severity == Severity::Deny { "deny" } else { "warn" }.into(),
+                line: f.line,
+                message: f.message.clone(),
+            })
+            .collect();
+        let needed = router::needed_modules(&analysis, &policy);
+        let candidates = router::candidates(&self.policy, req.tier);
+        let Some(&last) = candidates.last() else {
+            return Err(SandboxError::InvalidRequest(format!(
+                "tier {} is not allowed by the policy (terrarium.allowed_tiers, terrarium.min_isolation)",
+                match req.tier {
+                    TierChoice::Auto => self.policy.tier().to_string(),
+                    t => t.to_string(),
+                }
+            )));
+        };
+        let mut skipped: Vec<(Tier, Skip)> = Vec::new();
+        for &tier in &candidates {
+            if req.scratch && tier == Tier::Rustpython {
+                skipped.push((tier, Skip::NoFileSystem));
+                continue;
+            }
+            // The last candidate runs a snippet whose module no tier has: the guest
+            // sees its own ModuleNotFoundError there.
+            if tier != last {
+                match self.missing_module(tier, &needed).await {
+                    Ok(None) => {}
+                    Ok(Some(m)) => {
+                        skipped.push((tier, Skip::Module(m)));
+                        continue;
+                    }
+                    Err(e) => {
+                        skipped.push((tier, Skip::Unknown(e.to_string())));
+                        continue;
+                    }
+                }
+            }
+            let route = router::reason(tier, req.tier, &skipped);
+            let finish = |mut o: Outcome| {
+                o.route = Some(route.clone());
+                o.findings = findings.clone();
+                o.usage.wall_ms = millis(started.elapsed());
+                o
+            };
+            if policy.deny_findings()
+                && let Some(f) = analysis.denial()
+            {
+                let msg = format!("line {}: {}", f.line, f.message);
+                return Ok(finish(Outcome::refused(req.id, tier, Status::Denied, "PolicyDenied", msg)));
+            }
+            let permit = match self.breakers.tier(tier).allow() {
+                Ok(p) => p,
+                Err(open) => {
+                    skipped.push((tier, Skip::BreakerOpen(open)));
+                    continue;
+                }
+            };
+            let exec = match self.executor(tier) {
+                Ok(e) => e,
+                Err(e) => {
+                    permit.failed(&e.to_string());
+                    return Err(e);
+                }
+            };
+            let r = exec.execute(req.clone()).await;
+            match &r {
+                Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
+                _ => permit.succeeded(),
+            }
+            return r.map(finish);
+        }
+        if let Some(open) = skipped.iter().find_map(|(_, s)| if let Skip::BreakerOpen(o) = s { Some(o) } else { None })
+        {
+            return Err(SandboxError::BreakerOpen(open.clone()));
+        }
+        let why: Vec<String> = skipped.iter().map(|(t, s)| format!("{t} {s}")).collect();
+        Err(SandboxError::InvalidRequest(format!("no allowed tier can serve this request: {}", why.join("; "))))
+    }
+}
+
+/// Runs the static analysis on a thread with a stack deep enough for any source
+/// the size caps let through (one long-lived thread, shared by every sandbox).
+async fn analyze(code: String) -> Analysis {
+    type Job = (String, tokio::sync::oneshot::Sender<Analysis>);
+    static QUEUE: OnceLock<Option<std::sync::Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("terrarium-analysis".into())
+            .stack_size(ANALYSIS_STACK)
+            .spawn(move || {
+                for (code, reply) in rx {
+                    let _ = reply.send(analysis::analyze(&code));
+                }
+            })
+            .ok()
+            .map(|_| std::sync::Mutex::new(tx))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = queue.as_ref().and_then(|q| q.lock().ok()).is_some_and(|q| q.send((code, tx)).is_ok());
+    if !sent {
+        // No analysis thread: report the snippet as unanalysable and refuse it.
+        return unanalysed("the analysis thread could not start");
+    }
+    rx.await.unwrap_or_else(|_| unanalysed("the analysis thread stopped"))
+}
+
+fn unanalysed(why: &str) -> Analysis {
+    Analysis {
+        findings: vec![analysis::Finding { severity: Severity::Deny, line: 0, message: why.into() }],
+        ..Analysis::default()
+    }
+}
