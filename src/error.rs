@@ -25,6 +25,10 @@ pub enum SandboxError {
         /// Why, and how to fix it.
         reason: String,
     },
+    /// The audit log could not record the request, so it was not run (nothing
+    /// runs unrecorded).
+    #[error("not run: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// A circuit breaker is open: the dependency failed repeatedly and is not
     /// called until its recovery timeout has passed.
     #[error(transparent)]

@@ -25,6 +25,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
 
 use crate::analysis::{self, Analysis, Severity};
+use crate::audit::{AuditLog, Event};
 use crate::breaker::Breakers;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Executor, FindingInfo, Outcome, Status, millis};
@@ -40,9 +41,10 @@ const LIST_MODULES: &str =
     "import sys, pkgutil\nsorted(set(sys.builtin_module_names) | {m.name for m in pkgutil.iter_modules()})";
 
 /// Builds a [`Sandbox`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SandboxBuilder {
     policy: Option<Policy>,
+    audit: Option<std::path::PathBuf>,
     #[cfg(feature = "rustpython")]
     isolated: Option<crate::tier::rustpython::IsolatedConfig>,
     #[cfg(feature = "wasm")]
@@ -56,6 +58,16 @@ impl SandboxBuilder {
     #[must_use]
     pub fn policy(mut self, policy: Policy) -> SandboxBuilder {
         self.policy = Some(policy);
+        self
+    }
+
+    /// Records every request and outcome in the audit log at `path` (see
+    /// [`crate::audit`]; guarded by the policy's `database` breaker): a request
+    /// runs only once its arrival is recorded, and its outcome is returned only
+    /// once that is recorded too.
+    #[must_use]
+    pub fn audit(mut self, path: impl Into<std::path::PathBuf>) -> SandboxBuilder {
+        self.audit = Some(path.into());
         self
     }
 
@@ -84,15 +96,24 @@ impl SandboxBuilder {
         self
     }
 
-    /// The sandbox. Nothing starts until the first request.
+    /// The sandbox. No tier starts until the first request.
     ///
     /// # Errors
-    /// None yet; reserved for settings that can be checked up front.
+    /// [`SandboxError::Audit`] when the audit log cannot be opened.
     pub fn build(self) -> Result<Sandbox, SandboxError> {
         let policy = self.policy.unwrap_or_else(Policy::default_policy);
+        let breakers = Breakers::from_policy(&policy);
+        let audit = match &self.audit {
+            Some(path) => {
+                let database = breakers.get("database").cloned().ok_or(crate::audit::AuditError::Stopped)?;
+                Some(AuditLog::open(path, database)?)
+            }
+            None => None,
+        };
         Ok(Sandbox {
-            breakers: Breakers::from_policy(&policy),
+            breakers,
             policy,
+            audit,
             #[cfg(feature = "rustpython")]
             isolated_config: self.isolated,
             #[cfg(feature = "rustpython")]
@@ -115,6 +136,7 @@ impl SandboxBuilder {
 pub struct Sandbox {
     policy: Policy,
     breakers: Breakers,
+    audit: Option<AuditLog>,
     #[cfg(feature = "rustpython")]
     isolated_config: Option<crate::tier::rustpython::IsolatedConfig>,
     #[cfg(feature = "rustpython")]
@@ -252,6 +274,35 @@ impl Sandbox {
     /// every tier that could serve has its breaker open; the chosen tier's host
     /// fault.
     pub async fn execute(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
+        let Some(log) = &self.audit else { return self.route_and_run(req).await };
+        let id = req.id.clone();
+        let sha = crate::audit::sha256_hex(req.code.as_bytes());
+        let data = serde_json::json!({
+            "code_sha256": sha,
+            "tier": req.tier.to_string(),
+            "scratch": req.scratch,
+            "overrides": format!("{:?}", req.overrides),
+        });
+        log.record_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
+            .await?;
+        let r = self.route_and_run(req).await;
+        let data = match &r {
+            Ok(o) => serde_json::json!({
+                "code_sha256": sha,
+                "tier": o.tier,
+                "status": o.status,
+                "route": o.route,
+                "error": o.error,
+                "findings": o.findings,
+                "usage": o.usage,
+            }),
+            Err(e) => serde_json::json!({"code_sha256": sha, "status": "error", "host_error": e.to_string()}),
+        };
+        log.record_async(Event { kind: "outcome".into(), request_id: id, data, code: None }).await?;
+        r
+    }
+
+    async fn route_and_run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
         let policy = self.policy.tighten(&req.overrides)?;
         req.validate(policy.max_code_size())?;

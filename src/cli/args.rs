@@ -27,6 +27,45 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check that each tier can run here (and compile python.wasm once if needed).
     Doctor(DoctorArgs),
+    /// Read, check and back up the audit log.
+    Audit(AuditArgs),
+}
+
+/// `terrarium audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The audit database (default: audit.db in $TERRARIUM_HOME, else in
+    /// $XDG_DATA_HOME/terrarium or ~/.local/share/terrarium).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub db: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// `terrarium audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest events, oldest first (JSON Lines).
+    Tail {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+    },
+    /// Print the source stored under a sha256 (as events name it).
+    Code {
+        /// The sha256.
+        sha256: String,
+    },
+    /// Check the hash chain; names every edited, deleted or reordered row (exit 1).
+    Verify,
+    /// Print every event as JSON Lines.
+    Export,
+    /// Copy the live database to FILE (SQLite online backup).
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
 }
 
 /// `terrarium doctor`.

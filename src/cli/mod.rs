@@ -18,7 +18,7 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-use args::{BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+use args::{AuditArgs, AuditCommand, BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -102,6 +102,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run(args) => run_one(args),
         Command::Batch(args) => run_batch(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Audit(args) => audit_command(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]
@@ -179,6 +180,10 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
         builder = builder.docker(config);
     }
     let _ = pool;
+    // Every request is recorded before it runs; a log that cannot be opened stops
+    // the command (set TERRARIUM_HOME to put it elsewhere).
+    let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
+    builder = builder.audit(path);
     Ok(Target { sandbox: builder.build()?, choice, overrides })
 }
 
@@ -340,4 +345,45 @@ async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize)
         Ok(o) => o,
         Err(e) => bad(id, e.to_string()),
     }
+}
+
+fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
+    let host = |e: crate::audit::AuditError| CliError { code: EXIT_HOST, error: e.into() };
+    let path = match args.db {
+        Some(p) => p,
+        None => crate::audit::default_path().map_err(host)?,
+    };
+    if !path.exists() {
+        return Err(CliError::usage(anyhow::anyhow!("{}: no audit database there", path.display())));
+    }
+    let print = |rows: Vec<crate::audit::Row>| {
+        let mut out = std::io::stdout().lock();
+        for r in rows {
+            let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
+        }
+    };
+    match args.command {
+        AuditCommand::Tail { n } => print(crate::audit::tail(&path, n).map_err(host)?),
+        AuditCommand::Export => print(crate::audit::tail(&path, usize::MAX).map_err(host)?),
+        AuditCommand::Code { sha256 } => match crate::audit::code(&path, &sha256).map_err(host)? {
+            Some(text) => print!("{text}"),
+            None => return Err(CliError::usage(anyhow::anyhow!("no code with sha256 {sha256}"))),
+        },
+        AuditCommand::Verify => {
+            let (rows, problems) = crate::audit::verify(&path).map_err(host)?;
+            if problems.is_empty() {
+                println!("ok: {rows} events, hash chain intact");
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+        }
+        AuditCommand::Backup { file } => {
+            crate::audit::backup(&path, &file).map_err(host)?;
+            println!("backed up {} to {}", path.display(), file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../audit.rs"]
+mod audit;
 #[path = "../bad_input.rs"]
 mod bad_input;
 #[path = "../breaker.rs"]

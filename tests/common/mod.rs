@@ -227,6 +227,8 @@ pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
 pub fn terrarium_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_terrarium"));
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The audit log and other state of test runs stay out of the user's home.
+    cmd.env("TERRARIUM_HOME", test_home());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -263,4 +265,10 @@ pub fn policy_mounting(dir: &std::path::Path, image: &str) -> terrarium::Policy 
         dir.display()
     );
     terrarium::Policy::from_yaml(&text, "<mount test>").expect("mount policy")
+}
+
+/// A `TERRARIUM_HOME` for this test process (removed when it exits normally).
+pub fn test_home() -> &'static std::path::Path {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().expect("test home")).path()
 }

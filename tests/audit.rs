@@ -1,0 +1,211 @@
+//! The audit log on real SQLite files: the hash chain catches edits, deletions and
+//! reorderings; an outage loses nothing; the sandbox records every request and its
+//! outcome; a process killed in a burst leaves a log that verifies and holds every
+//! request whose outcome it returned.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use terrarium::audit::{self, AuditLog, Event};
+use terrarium::breaker::Breaker;
+use terrarium::policy::BreakerPolicy;
+use terrarium::{ExecRequest, Policy, Sandbox};
+
+use crate::common::{runtime, terrarium_env};
+
+/// The `database` breaker with a short recovery timeout (tests wait for it).
+fn database_breaker() -> Breaker {
+    Breaker::new(
+        "database",
+        BreakerPolicy { failure_threshold: 3, recovery_timeout: Duration::from_millis(100), log_failures: true },
+    )
+}
+
+fn log_with(path: &Path, n: usize) -> AuditLog {
+    let log = AuditLog::open(path, database_breaker()).expect("open");
+    for i in 0..n {
+        let e = Event {
+            kind: "test".into(),
+            request_id: Some(format!("r{i}")),
+            data: serde_json::json!({"i": i}),
+            code: None,
+        };
+        log.record(e).expect("record");
+    }
+    log
+}
+
+fn sql(path: &Path, statement: &str) {
+    let c = rusqlite::Connection::open(path).expect("open for tampering");
+    c.execute_batch(statement).expect("tamper");
+}
+
+fn fresh(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    drop(log_with(&path, n));
+    // Let the writer thread finish with the file.
+    std::thread::sleep(Duration::from_millis(50));
+    (dir, path)
+}
+
+#[test]
+fn an_intact_log_verifies() {
+    let (_d, path) = fresh(10);
+    let (rows, problems) = audit::verify(&path).expect("verify");
+    assert_eq!((rows, problems), (10, Vec::<String>::new()));
+}
+
+#[test]
+fn an_edited_row_is_named() {
+    let (_d, path) = fresh(10);
+    sql(&path, "UPDATE events SET data = '{\"i\": 99}' WHERE seq = 4");
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert_eq!(problems, ["row 4: its content does not match its hash (edited)"]);
+}
+
+#[test]
+fn a_deleted_row_is_named() {
+    let (_d, path) = fresh(10);
+    sql(&path, "DELETE FROM events WHERE seq = 5");
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.starts_with("rows 5..5 are missing")), "{problems:?}");
+    let (_d, path) = fresh(10);
+    sql(&path, "DELETE FROM events WHERE seq >= 9");
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.contains("rows 9..10 are missing")), "the newest rows: {problems:?}");
+}
+
+#[test]
+fn a_swapped_pair_is_named() {
+    let (_d, path) = fresh(10);
+    // Swap everything but the position of rows 3 and 6, hashes included.
+    sql(
+        &path,
+        "UPDATE events SET seq = -3 WHERE seq = 3;
+         UPDATE events SET seq = 3 WHERE seq = 6;
+         UPDATE events SET seq = 6 WHERE seq = -3;",
+    );
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.starts_with("row 3:")), "{problems:?}");
+}
+
+#[test]
+fn an_outage_spills_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let log = log_with(&path, 5);
+    // Another process holds the write lock: the database is unavailable.
+    let blocker = rusqlite::Connection::open(&path).expect("open");
+    blocker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    for i in 0..20 {
+        let e =
+            Event { kind: "during".into(), request_id: Some(format!("d{i}")), data: serde_json::json!(i), code: None };
+        log.record(e).expect("acknowledged through the spill file");
+    }
+    assert!(dir.path().join("audit.db.spill").exists(), "events went to the spill file");
+    blocker.execute_batch("ROLLBACK").expect("unlock");
+    drop(blocker);
+    // The breaker opened after three failures; after its recovery timeout the next
+    // write is the trial, and it replays the spill file first.
+    std::thread::sleep(Duration::from_millis(150));
+    log.record(Event { kind: "after".into(), ..Event::default() }).expect("record");
+    assert!(!dir.path().join("audit.db.spill").exists(), "the spill file was not replayed");
+    let rows = audit::tail(&path, usize::MAX).expect("tail");
+    let during = rows.iter().filter(|r| r.kind == "during").count();
+    assert_eq!(during, 20, "every event written during the outage is in the database");
+    let ids: Vec<&str> = rows.iter().filter(|r| r.kind == "during").filter_map(|r| r.request_id.as_deref()).collect();
+    assert_eq!(ids, (0..20).map(|i| format!("d{i}")).collect::<Vec<_>>(), "in order");
+    assert_eq!(audit::verify(&path).expect("verify").1, Vec::<String>::new());
+}
+
+#[test]
+fn the_sandbox_records_each_request_and_its_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let isolated = terrarium::IsolatedConfig::new(env!("CARGO_BIN_EXE_terrarium"));
+    let s =
+        Sandbox::builder().policy(Policy::default_policy()).isolated(isolated).audit(&path).build().expect("sandbox");
+    for (i, code) in ["1 + 1", "1/0", "import os"].iter().enumerate() {
+        runtime().block_on(s.execute(ExecRequest::new(*code).with_id(format!("q{i}")))).expect("run");
+    }
+    let rows = audit::tail(&path, usize::MAX).expect("tail");
+    let kinds: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.kind.as_str(), r.request_id.as_deref())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("request", Some("q0")),
+            ("outcome", Some("q0")),
+            ("request", Some("q1")),
+            ("outcome", Some("q1")),
+            ("request", Some("q2")),
+            ("outcome", Some("q2"))
+        ]
+    );
+    assert_eq!(rows[5].data["status"], "denied");
+    let sha = rows[0].data["code_sha256"].as_str().expect("sha");
+    assert_eq!(audit::code(&path, sha).expect("code").as_deref(), Some("1 + 1"));
+}
+
+#[test]
+fn the_command_line_reads_and_verifies_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().to_str().expect("utf-8");
+    let env = [("TERRARIUM_HOME", home)];
+    assert_eq!(terrarium_env(&["run", "-c", "print(1)"], b"", &env).code, 0);
+    let out = terrarium_env(&["audit", "tail", "-n", "5"], b"", &env);
+    assert_eq!(out.stdout.lines().count(), 2, "{}{}", out.stdout, out.stderr);
+    let out = terrarium_env(&["audit", "verify"], b"", &env);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let backup = dir.path().join("copy.db");
+    let out = terrarium_env(&["audit", "backup", backup.to_str().expect("utf-8")], b"", &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(audit::verify(&backup).expect("verify backup").0, 2);
+    sql(&dir.path().join("audit.db"), "UPDATE events SET kind = 'nothing' WHERE seq = 1");
+    let out = terrarium_env(&["audit", "verify"], b"", &env);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("row 1: its content does not match its hash (edited)"), "{}", out.stdout);
+}
+
+#[test]
+fn a_process_killed_mid_burst_leaves_every_answered_request_in_a_log_that_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .arg("batch")
+        .env("TERRARIUM_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn batch");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        for i in 0..1000 {
+            if writeln!(stdin, "{{\"id\": \"k{i}\", \"code\": \"{i} + 1\"}}").is_err() {
+                break;
+            }
+        }
+        // Keep stdin open: the batch is killed, it does not end.
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let mut answered = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    while answered.len() < 300 {
+        let line = lines.next().expect("an outcome line").expect("read");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        answered.push(v["id"].as_str().expect("id").to_string());
+    }
+    // SIGKILL, mid-burst.
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let path = dir.path().join("audit.db");
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert_eq!(problems, Vec::<String>::new());
+    let rows = audit::tail(&path, usize::MAX).expect("tail");
+    let recorded: std::collections::HashSet<&str> =
+        rows.iter().filter(|r| r.kind == "outcome").filter_map(|r| r.request_id.as_deref()).collect();
+    let missing: Vec<&String> = answered.iter().filter(|id| !recorded.contains(id.as_str())).collect();
+    assert!(missing.is_empty(), "answered but not in the log: {missing:?}");
+}
