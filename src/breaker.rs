@@ -14,7 +14,7 @@
 //! `log_failures` so is every failure.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -65,12 +65,35 @@ struct Inner {
     last_failure: Option<String>,
 }
 
+/// A change of a breaker's state, as observers see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    /// The breaker's name.
+    pub breaker: String,
+    /// The state it left.
+    pub from: State,
+    /// The state it entered.
+    pub to: State,
+    /// Why (the failure that opened it, or what the trial did).
+    pub reason: String,
+}
+
+/// Called on every transition (after the breaker's lock is released).
+pub type Observer = Arc<dyn Fn(&Transition) + Send + Sync>;
+
 /// One circuit breaker. Cheap to clone (shared state).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Breaker {
     name: Arc<str>,
     settings: BreakerPolicy,
     inner: Arc<Mutex<Inner>>,
+    observer: Arc<OnceLock<Observer>>,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker").field("name", &self.name).field("settings", &self.settings).finish_non_exhaustive()
+    }
 }
 
 /// Permission to make one call through a breaker; report how it went with
@@ -110,6 +133,19 @@ impl Breaker {
                 total_failures: 0,
                 last_failure: None,
             })),
+            observer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Sets the function told about every transition (once; later calls are
+    /// ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, from: State, to: State, reason: &str) {
+        if let Some(o) = self.observer.get() {
+            o(&Transition { breaker: self.name.to_string(), from, to, reason: reason.to_string() });
         }
     }
 
@@ -139,7 +175,9 @@ impl Breaker {
                 let waited = now.saturating_duration_since(opened);
                 if waited >= self.settings.recovery_timeout {
                     g.state = State::HalfOpen;
+                    drop(g);
                     tracing::info!(target: "terrarium::breaker", breaker = %self.name, "half-open: one trial call");
+                    self.notify(State::Open, State::HalfOpen, "recovery timeout passed: one trial call");
                     Ok(Permit { breaker: self.clone(), trial: true, reported: false })
                 } else {
                     Err(self.refusal(&g, self.settings.recovery_timeout - waited))
@@ -159,13 +197,16 @@ impl Breaker {
 
     fn record(&self, ok: bool, trial: bool, message: Option<&str>, now: Instant) {
         let mut g = self.lock();
+        let from = g.state;
         if ok {
-            if g.state != State::Closed {
-                tracing::info!(target: "terrarium::breaker", breaker = %self.name, "closed: the trial call succeeded");
-            }
             g.state = State::Closed;
             g.consecutive = 0;
             g.opened_at = None;
+            drop(g);
+            if from != State::Closed {
+                tracing::info!(target: "terrarium::breaker", breaker = %self.name, "closed: the trial call succeeded");
+                self.notify(from, State::Closed, "the trial call succeeded");
+            }
             return;
         }
         g.total_failures += 1;
@@ -173,28 +214,34 @@ impl Breaker {
         if self.settings.log_failures {
             tracing::warn!(target: "terrarium::breaker", breaker = %self.name, error = message.unwrap_or(""), "failure");
         }
-        let open = |g: &mut Inner, why: &str| {
-            g.state = State::Open;
-            g.opened_at = Some(now);
-            tracing::warn!(
-                target: "terrarium::breaker",
-                breaker = %self.name,
-                retry_in_secs = self.settings.recovery_timeout.as_secs_f64(),
-                "open: {why}"
-            );
-        };
-        match g.state {
-            State::HalfOpen if trial => open(&mut g, "the trial call failed"),
+        let opens = match g.state {
+            State::HalfOpen if trial => true,
             State::Closed => {
                 g.consecutive += 1;
-                if g.consecutive >= self.settings.failure_threshold {
-                    open(&mut g, "consecutive failures reached the threshold");
-                }
+                g.consecutive >= self.settings.failure_threshold
             }
             // A call let through before the breaker opened, failing late: counted,
             // the breaker stays as it is.
-            _ => {}
+            _ => false,
+        };
+        if !opens {
+            return;
         }
+        g.state = State::Open;
+        g.opened_at = Some(now);
+        drop(g);
+        let why = if from == State::HalfOpen {
+            "the trial call failed"
+        } else {
+            "consecutive failures reached the threshold"
+        };
+        tracing::warn!(
+            target: "terrarium::breaker",
+            breaker = %self.name,
+            retry_in_secs = self.settings.recovery_timeout.as_secs_f64(),
+            "open: {why}"
+        );
+        self.notify(from, State::Open, &format!("{why}: {}", message.unwrap_or("")));
     }
 
     /// Runs `call` through the breaker: refused at once while open; a host fault
@@ -298,6 +345,13 @@ impl Breakers {
         &self.all[&tier_breaker(tier)]
     }
 
+    /// Sets `observer` on every breaker.
+    pub fn observe(&self, observer: Observer) {
+        for b in self.all.values() {
+            b.observe(observer.clone());
+        }
+    }
+
     /// Every breaker's state, by name.
     pub fn snapshot(&self) -> Vec<Snapshot> {
         self.all.values().map(Breaker::snapshot).collect()
@@ -360,6 +414,22 @@ mod tests {
         trial.succeeded();
         assert_eq!(b.snapshot().state, State::Closed);
         assert_eq!(b.snapshot().consecutive_failures, 0);
+    }
+
+    #[test]
+    fn observers_see_every_transition() {
+        let b = breaker(1, 50);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        b.observe(Arc::new(move |t: &Transition| s.lock().expect("lock").push((t.from, t.to))));
+        let t0 = Instant::now();
+        b.allow_at(t0).expect("closed").failed("down");
+        b.allow_at(t0 + Duration::from_millis(60)).expect("trial").succeeded();
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(
+            seen,
+            [(State::Closed, State::Open), (State::Open, State::HalfOpen), (State::HalfOpen, State::Closed)]
+        );
     }
 
     #[test]

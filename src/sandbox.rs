@@ -106,7 +106,19 @@ impl SandboxBuilder {
         let audit = match &self.audit {
             Some(path) => {
                 let database = breakers.get("database").cloned().ok_or(crate::audit::AuditError::Stopped)?;
-                Some(AuditLog::open(path, database)?)
+                let log = AuditLog::open(path, database)?;
+                // Every breaker transition is an event (not waited on: the
+                // database breaker changes state inside the writer itself).
+                let sink = log.clone();
+                breakers.observe(Arc::new(move |t: &crate::breaker::Transition| {
+                    sink.record_nowait(Event {
+                        kind: "breaker".into(),
+                        request_id: None,
+                        data: serde_json::to_value(t).unwrap_or_default(),
+                        code: None,
+                    });
+                }));
+                Some(log)
             }
             None => None,
         };

@@ -209,3 +209,30 @@ fn a_process_killed_mid_burst_leaves_every_answered_request_in_a_log_that_verifi
     let missing: Vec<&String> = answered.iter().filter(|id| !recorded.contains(id.as_str())).collect();
     assert!(missing.is_empty(), "answered but not in the log: {missing:?}");
 }
+
+#[test]
+fn breaker_transitions_are_recorded_and_shown_by_terrarium_breakers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+    let home = dir.path().join("home");
+    let env =
+        [("TERRARIUM_HOME", home.to_str().expect("utf-8")), ("DOCKER_HOST", &format!("unix://{}", sock.display()))];
+    let lines: String = (0..4).map(|i| format!("{{\"id\": {i}, \"code\": \"1\"}}\n")).collect();
+    let out = terrarium_env(&["batch", "--tier", "docker"], lines.as_bytes(), &env);
+    let outcomes: Vec<serde_json::Value> = out.stdout.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(outcomes.len(), 4, "{}", out.stderr);
+    let last = outcomes[3]["error"]["message"].as_str().unwrap_or_default();
+    assert!(last.contains("breaker docker open"), "the fourth request should fail fast: {last}");
+    let out = terrarium_env(&["breakers", "--json"], b"", &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let docker = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .find(|v| v["name"] == "docker")
+        .expect("a docker breaker");
+    assert_eq!(docker["state"], "open", "{docker}");
+    assert!(docker["reason"].as_str().unwrap_or_default().contains("no Docker engine answers"), "{docker}");
+    assert_eq!(audit::verify(&home.join("audit.db")).expect("verify").1, Vec::<String>::new());
+}

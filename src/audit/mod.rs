@@ -211,20 +211,20 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Lost`] when neither the database nor the spill file took it.
     pub fn record(&self, event: Event) -> Result<(), AuditError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut uid = [0u8; 16];
-        let _ = getrandom::getrandom(&mut uid);
-        let pending = Pending {
-            uid: uid.iter().map(|b| format!("{b:02x}")).collect(),
-            ts_us: i64::try_from(now.as_micros()).unwrap_or(i64::MAX),
-            kind: event.kind,
-            request_id: event.request_id,
-            data: event.data.to_string(),
-            code: event.code.map(|c| (sha256_hex(c.as_bytes()), c)),
-        };
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        self.tx.send((pending, ack_tx)).map_err(|_| AuditError::Stopped)?;
+        self.tx.send((pending(event), ack_tx)).map_err(|_| AuditError::Stopped)?;
         ack_rx.recv().map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Queues `event` without waiting for it to be durable (for notifications made
+    /// where waiting could deadlock, e.g. breaker transitions inside the writer).
+    /// A full queue drops it with a warning in the log.
+    pub fn record_nowait(&self, event: Event) {
+        let (ack_tx, _ack_rx) = mpsc::sync_channel(1);
+        let pending = pending(event);
+        if self.tx.try_send((pending, ack_tx)).is_err() {
+            tracing::warn!("audit queue full or stopped: a notification event was dropped");
+        }
     }
 
     /// [`AuditLog::record`] without blocking an async runtime's thread.
@@ -234,6 +234,20 @@ impl AuditLog {
     pub async fn record_async(&self, event: Event) -> Result<(), AuditError> {
         let log = self.clone();
         tokio::task::spawn_blocking(move || log.record(event)).await.map_err(|_| AuditError::Stopped)?
+    }
+}
+
+fn pending(event: Event) -> Pending {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut uid = [0u8; 16];
+    let _ = getrandom::getrandom(&mut uid);
+    Pending {
+        uid: uid.iter().map(|b| format!("{b:02x}")).collect(),
+        ts_us: i64::try_from(now.as_micros()).unwrap_or(i64::MAX),
+        kind: event.kind,
+        request_id: event.request_id,
+        data: event.data.to_string(),
+        code: event.code.map(|c| (sha256_hex(c.as_bytes()), c)),
     }
 }
 
@@ -445,6 +459,36 @@ pub fn tail(path: &Path, n: usize) -> Result<Vec<Row>, AuditError> {
         .map_err(|e| db_err(path, e))?;
     let rows = stmt
         .query_map([i64::try_from(n).unwrap_or(i64::MAX)], |r| {
+            let data: String = r.get(4)?;
+            Ok(Row {
+                seq: r.get(0)?,
+                ts_us: r.get(1)?,
+                kind: r.get(2)?,
+                request_id: r.get(3)?,
+                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+                hash: r.get(5)?,
+            })
+        })
+        .map_err(|e| db_err(path, e))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
+}
+
+/// The newest `breaker` event of each breaker (its last transition), by name.
+///
+/// # Errors
+/// The database cannot be read.
+pub fn breaker_transitions(path: &Path) -> Result<Vec<Row>, AuditError> {
+    let c =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    let mut stmt = c
+        .prepare(
+            "SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq IN
+             (SELECT MAX(seq) FROM events WHERE kind = 'breaker' GROUP BY json_extract(data, '$.breaker'))
+             ORDER BY json_extract(data, '$.breaker')",
+        )
+        .map_err(|e| db_err(path, e))?;
+    let rows = stmt
+        .query_map([], |r| {
             let data: String = r.get(4)?;
             Ok(Row {
                 seq: r.get(0)?,

@@ -29,6 +29,22 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Read, check and back up the audit log.
     Audit(AuditArgs),
+    /// Show the circuit breakers: settings and last recorded transition.
+    Breakers(BreakersArgs),
+}
+
+/// `terrarium breakers`.
+#[derive(Debug, Args)]
+pub struct BreakersArgs {
+    /// Policy file with the breakers' settings (default: the built-in policy).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The audit database whose transitions are shown (default: as `terrarium audit`).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// One JSON object per breaker instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `terrarium audit`.

@@ -18,7 +18,7 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-use args::{AuditArgs, AuditCommand, BatchArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+use args::{AuditArgs, AuditCommand, BatchArgs, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -103,6 +103,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Batch(args) => run_batch(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Audit(args) => audit_command(args),
+        Command::Breakers(args) => breakers_command(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]
@@ -383,6 +384,41 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
         AuditCommand::Backup { file } => {
             crate::audit::backup(&path, &file).map_err(host)?;
             println!("backed up {} to {}", path.display(), file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Breakers live in each Terrarium process; their transitions are audit events, so
+/// this shows, for each breaker, its settings and the last transition any process
+/// recorded.
+fn breakers_command(args: BreakersArgs) -> Result<ExitCode, CliError> {
+    let host = |e: crate::audit::AuditError| CliError { code: EXIT_HOST, error: e.into() };
+    let policy = match &args.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default_policy(),
+    };
+    let path = match args.db {
+        Some(p) => p,
+        None => crate::audit::default_path().map_err(host)?,
+    };
+    let last = if path.exists() { crate::audit::breaker_transitions(&path).map_err(host)? } else { Vec::new() };
+    for b in crate::breaker::Breakers::from_policy(&policy).snapshot() {
+        let t = last.iter().find(|r| r.data["breaker"] == b.name.as_str());
+        let state = t.and_then(|r| r.data["to"].as_str()).unwrap_or("closed");
+        let reason = t.and_then(|r| r.data["reason"].as_str()).unwrap_or("no transition recorded");
+        let at = t.map(|r| r.ts_us);
+        if args.json {
+            let v = serde_json::json!({
+                "name": b.name, "state": state, "since_us": at, "reason": reason,
+                "failure_threshold": b.failure_threshold, "recovery_timeout_secs": b.recovery_timeout_secs,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{:<11} {:<9} threshold {}, recovery {}s: {reason}",
+                b.name, state, b.failure_threshold, b.recovery_timeout_secs
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
