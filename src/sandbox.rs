@@ -107,6 +107,9 @@ impl SandboxBuilder {
             Some(path) => {
                 let database = breakers.get("database").cloned().ok_or(crate::audit::AuditError::Stopped)?;
                 let log = AuditLog::open(path, database)?;
+                if let Some(days) = policy.retention_days() {
+                    crate::audit::prune_days(&log, days)?;
+                }
                 // Every breaker transition is an event (not waited on: the
                 // database breaker changes state inside the writer itself).
                 let sink = log.clone();

@@ -45,6 +45,19 @@ fn read_only_mounts_must_be_plain_absolute_paths_outside_reserved_places() {
 }
 
 #[test]
+fn audit_settings_are_checked() {
+    let base = terrarium::policy::DEFAULT_POLICY_YAML;
+    assert_bad_policy(&format!("{base}audit:\n  retention_days: 0\n"), &["audit.retention_days", "1..=36500"]);
+    assert_bad_policy(&format!("{base}audit:\n  keep: forever\n"), &["keep"]);
+    assert_bad_policy(&format!("{base}terrarium:\n  findings: maybe\n"), &["terrarium.findings"]);
+    assert_bad_policy(&format!("{base}terrarium:\n  min_isolation: vm\n"), &["terrarium.min_isolation"]);
+    assert_bad_policy(
+        &format!("{base}terrarium:\n  allowed_tiers: [rustpython]\n  min_isolation: docker\n"),
+        &["terrarium.min_isolation", "above every tier"],
+    );
+}
+
+#[test]
 fn malformed_yaml_names_the_line() {
     assert_bad_policy("security:\n  sandbox: [unclosed\n", &["p.yaml:"]);
     assert_bad_policy("", &["the policy is empty"]);

@@ -175,7 +175,9 @@ fn open(path: &Path) -> Result<Connection, AuditError> {
              seq INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ts_us INTEGER NOT NULL,
              kind TEXT NOT NULL, request_id TEXT, data TEXT NOT NULL,
              prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS code (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL);",
+         CREATE TABLE IF NOT EXISTS code (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1),
+             seq INTEGER NOT NULL, hash TEXT NOT NULL);",
     )
     .map_err(|e| db_err(path, e))?;
     Ok(c)
@@ -387,6 +389,48 @@ fn write_head(db: &Path, seq: i64, hash: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, &head)
 }
 
+/// Deletes the events recorded before `cutoff_us` (microseconds since the epoch),
+/// keeping the chain verifiable: the last deleted row's seq and hash become the
+/// anchor the remaining rows are checked from. Returns how many were deleted. The
+/// caller records a `retention` event saying so (see [`prune_days`]).
+///
+/// # Errors
+/// The database cannot be written.
+pub fn prune_before(path: &Path, cutoff_us: i64) -> Result<usize, AuditError> {
+    let mut c = open(path)?;
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| db_err(path, e))?;
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM events WHERE seq = (SELECT MAX(seq) FROM events WHERE ts_us < ?1)",
+            [cutoff_us],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| db_err(path, e))?;
+    let Some((seq, hash)) = last else { return Ok(0) };
+    let n = tx.execute("DELETE FROM events WHERE seq <= ?1", [seq]).map_err(|e| db_err(path, e))?;
+    tx.execute("INSERT OR REPLACE INTO anchor (id, seq, hash) VALUES (1, ?1, ?2)", params![seq, hash])
+        .map_err(|e| db_err(path, e))?;
+    tx.commit().map_err(|e| db_err(path, e))?;
+    Ok(n)
+}
+
+/// Applies a retention of `days` to the log behind `log`, and records a
+/// `retention` event when anything was deleted.
+///
+/// # Errors
+/// As [`prune_before`], or the event cannot be recorded.
+pub fn prune_days(log: &AuditLog, days: u32) -> Result<usize, AuditError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let cutoff = now.saturating_sub(std::time::Duration::from_secs(u64::from(days) * 86_400));
+    let n = prune_before(log.path(), i64::try_from(cutoff.as_micros()).unwrap_or(i64::MAX))?;
+    if n > 0 {
+        let data = serde_json::json!({"deleted": n, "retention_days": days});
+        log.record(Event { kind: "retention".into(), request_id: None, data, code: None })?;
+    }
+    Ok(n)
+}
+
 /// What [`verify`] found wrong, one line per problem, naming the row.
 pub type Problems = Vec<String>;
 
@@ -416,7 +460,13 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         })
         .map_err(|e| db_err(path, e))?;
     let mut problems = Vec::new();
-    let (mut expected, mut prev, mut count) = (1i64, GENESIS.to_string(), 0u64);
+    // After retention, the chain starts from the last deleted row.
+    let anchor: Option<(i64, String)> = c
+        .query_row("SELECT seq, hash FROM anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .unwrap_or(None);
+    let (first, genesis) = anchor.map_or((1, GENESIS.to_string()), |(s, h)| (s + 1, h));
+    let (mut expected, mut prev, mut count) = (first, genesis, 0u64);
     for row in rows {
         let (seq, ts, kind, rid, data, prev_hash, hash) = row.map_err(|e| db_err(path, e))?;
         count += 1;

@@ -77,6 +77,12 @@ pub enum AuditCommand {
     Verify,
     /// Print every event as JSON Lines.
     Export,
+    /// Delete events older than DAYS (the chain stays verifiable from an anchor).
+    Prune {
+        /// Age in days.
+        #[arg(long)]
+        days: u32,
+    },
     /// Copy the live database to FILE (SQLite online backup).
     Backup {
         /// Where to write the copy.

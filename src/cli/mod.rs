@@ -381,6 +381,15 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(1));
             }
         }
+        AuditCommand::Prune { days } => {
+            if days == 0 {
+                return Err(CliError::usage(anyhow::anyhow!("--days must be at least 1")));
+            }
+            let breaker = crate::breaker::Breaker::new("database", crate::policy::BreakerPolicy::default());
+            let log = crate::audit::AuditLog::open(&path, breaker).map_err(host)?;
+            let n = crate::audit::prune_days(&log, days).map_err(host)?;
+            println!("deleted {n} events older than {days} days");
+        }
         AuditCommand::Backup { file } => {
             crate::audit::backup(&path, &file).map_err(host)?;
             println!("backed up {} to {}", path.display(), file.display());

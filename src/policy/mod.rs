@@ -161,6 +161,7 @@ pub struct Policy {
     read_only_mounts: Vec<ReadOnlyMount>,
     min_isolation: Tier,
     deny_findings: bool,
+    retention_days: Option<u32>,
 }
 
 /// A host directory the policy lets snippets read, and where they see it
@@ -334,6 +335,15 @@ impl Policy {
                 }
             }
         };
+        let retention_days = raw.audit.and_then(|a| a.retention_days);
+        if let Some(d) = retention_days
+            && !(1..=36_500).contains(&d)
+        {
+            return Err(invalid(
+                "audit.retention_days",
+                format!("{d} is outside 1..=36500 (omit it to keep every event)"),
+            ));
+        }
         let t = raw.terrarium.unwrap_or_default();
         let allowed_tiers = match t.allowed_tiers {
             None => Tier::ALL.to_vec(),
@@ -465,6 +475,7 @@ impl Policy {
             read_only_mounts,
             min_isolation,
             deny_findings,
+            retention_days,
         })
     }
 
@@ -583,6 +594,11 @@ impl Policy {
         self.fuel
     }
 
+    /// Days the audit log keeps events (`audit.retention_days`; `None`: forever).
+    pub fn retention_days(&self) -> Option<u32> {
+        self.retention_days
+    }
+
     /// The lightest tier this policy lets a request run on
     /// (`terrarium.min_isolation`; tiers are ordered rustpython < wasm < docker).
     pub fn min_isolation(&self) -> Tier {
@@ -657,6 +673,7 @@ impl Policy {
                         .collect()
                 }),
             }),
+            audit: self.retention_days.map(|d| raw::RawAudit { retention_days: Some(d) }),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }

@@ -17,6 +17,15 @@ pub struct RawPolicy {
     pub resilience: Option<RawResilience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terrarium: Option<RawTerrarium>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<RawAudit>,
+}
+
+/// `audit`: the audit log's settings.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
