@@ -104,7 +104,9 @@ pub struct Row {
     pub hash: String,
 }
 
-type Ack = mpsc::SyncSender<Result<(), AuditError>>;
+/// Where the writer says how an event fared (a tokio oneshot: awaited by async
+/// callers, received blocking by the others, never needs a thread hop).
+type Ack = Option<tokio::sync::oneshot::Sender<Result<(), AuditError>>>;
 
 /// A handle on the log; cheap to clone, shared by every request.
 #[derive(Clone)]
@@ -194,7 +196,14 @@ impl AuditLog {
         }
         let conn = open(path)?;
         let (tx, rx) = mpsc::sync_channel::<(Pending, Ack)>(4096);
-        let writer = Writer { conn: Some(conn), path: path.to_path_buf(), breaker: database };
+        let spilled = spill_path(path).exists();
+        let head = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(head_path(path))
+            .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
+        let writer = Writer { conn: Some(conn), path: path.to_path_buf(), breaker: database, spilled, head };
         std::thread::Builder::new()
             .name("terrarium-audit".into())
             .spawn(move || writer.run(rx))
@@ -213,18 +222,16 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Lost`] when neither the database nor the spill file took it.
     pub fn record(&self, event: Event) -> Result<(), AuditError> {
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        self.tx.send((pending(event), ack_tx)).map_err(|_| AuditError::Stopped)?;
-        ack_rx.recv().map_err(|_| AuditError::Stopped)?
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+        self.tx.send((pending(event), Some(ack_tx))).map_err(|_| AuditError::Stopped)?;
+        ack_rx.blocking_recv().map_err(|_| AuditError::Stopped)?
     }
 
     /// Queues `event` without waiting for it to be durable (for notifications made
     /// where waiting could deadlock, e.g. breaker transitions inside the writer).
     /// A full queue drops it with a warning in the log.
     pub fn record_nowait(&self, event: Event) {
-        let (ack_tx, _ack_rx) = mpsc::sync_channel(1);
-        let pending = pending(event);
-        if self.tx.try_send((pending, ack_tx)).is_err() {
+        if self.tx.try_send((pending(event), None)).is_err() {
             tracing::warn!("audit queue full or stopped: a notification event was dropped");
         }
     }
@@ -234,8 +241,20 @@ impl AuditLog {
     /// # Errors
     /// As [`AuditLog::record`].
     pub async fn record_async(&self, event: Event) -> Result<(), AuditError> {
-        let log = self.clone();
-        tokio::task::spawn_blocking(move || log.record(event)).await.map_err(|_| AuditError::Stopped)?
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+        let mut item = Some((pending(event), Some(ack_tx)));
+        // The queue is bounded: when it is full, wait without holding a thread.
+        while let Some(i) = item.take() {
+            match self.tx.try_send(i) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(back)) => {
+                    item = Some(back);
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(AuditError::Stopped),
+            }
+        }
+        ack_rx.await.map_err(|_| AuditError::Stopped)?
     }
 }
 
@@ -257,6 +276,10 @@ struct Writer {
     conn: Option<Connection>,
     path: PathBuf,
     breaker: Breaker,
+    /// Whether the spill file may hold events to replay.
+    spilled: bool,
+    /// The head file, rewritten in place after every commit.
+    head: std::fs::File,
 }
 
 impl Writer {
@@ -271,7 +294,7 @@ impl Writer {
             }
             let (events, acks): (Vec<Pending>, Vec<Ack>) = batch.into_iter().unzip();
             let result = self.store(&events);
-            for ack in acks {
+            for ack in acks.into_iter().flatten() {
                 let _ = ack.send(match &result {
                     Ok(()) => Ok(()),
                     Err(AuditError::Lost { db, spill }) => {
@@ -310,7 +333,9 @@ impl Writer {
             f.write_all(&buf)?;
             f.sync_data()
         };
-        write().map_err(|e| AuditError::Lost { db: db_error, spill: e.to_string() })
+        let r = write().map_err(|e| AuditError::Lost { db: db_error, spill: e.to_string() });
+        self.spilled = true;
+        r
     }
 
     fn commit(&mut self, events: &[Pending]) -> Result<(), AuditError> {
@@ -319,7 +344,11 @@ impl Writer {
         }
         let path = self.path.clone();
         let spill = spill_path(&path);
-        let spilled = read_spill(&spill).map_err(|e| db_err(&path, format!("cannot read the spill file: {e}")))?;
+        let spilled = if self.spilled {
+            read_spill(&spill).map_err(|e| db_err(&path, format!("cannot read the spill file: {e}")))?
+        } else {
+            Vec::new()
+        };
         let conn = self.conn.as_mut().ok_or_else(|| db_err(&path, "no connection"))?;
         let r = (|| -> rusqlite::Result<(i64, String)> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -356,11 +385,15 @@ impl Writer {
                 return Err(db_err(&path, e));
             }
         };
-        if !spilled.is_empty() {
-            std::fs::remove_file(&spill).map_err(|e| db_err(&path, format!("cannot clear the spill file: {e}")))?;
-            tracing::info!(replayed = spilled.len(), "audit spill file replayed into the database");
+        if self.spilled {
+            match std::fs::remove_file(&spill) {
+                Ok(()) => tracing::info!(replayed = spilled.len(), "audit spill file replayed into the database"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(db_err(&path, format!("cannot clear the spill file: {e}"))),
+            }
+            self.spilled = false;
         }
-        write_head(&path, seq, &hash).map_err(|e| db_err(&path, format!("cannot write the head file: {e}")))?;
+        write_head(&self.head, seq, &hash).map_err(|e| db_err(&path, format!("cannot write the head file: {e}")))?;
         Ok(())
     }
 }
@@ -382,11 +415,11 @@ fn read_spill(path: &Path) -> std::io::Result<Vec<Pending>> {
     Ok(out)
 }
 
-fn write_head(db: &Path, seq: i64, hash: &str) -> std::io::Result<()> {
-    let head = head_path(db);
-    let tmp = head.with_extension("head.tmp");
-    std::fs::write(&tmp, format!("{seq} {hash}\n"))?;
-    std::fs::rename(&tmp, &head)
+/// Rewrites the head file in place with one fixed-size write (a process killed
+/// mid-way cannot tear a single small write).
+fn write_head(head: &std::fs::File, seq: i64, hash: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    head.write_all_at(format!("{seq:020} {hash}\n").as_bytes(), 0)
 }
 
 /// Deletes the events recorded before `cutoff_us` (microseconds since the epoch),
