@@ -301,19 +301,33 @@ impl Sandbox {
         log.record_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
         let r = self.route_and_run(req).await;
-        let data = match &r {
-            Ok(o) => serde_json::json!({
-                "code_sha256": sha,
-                "tier": o.tier,
-                "status": o.status,
-                "route": o.route,
-                "error": o.error,
-                "findings": o.findings,
-                "usage": o.usage,
-            }),
-            Err(e) => serde_json::json!({"code_sha256": sha, "status": "error", "host_error": e.to_string()}),
-        };
-        log.record_async(Event { kind: "outcome".into(), request_id: id, data, code: None }).await?;
+        // One event per fact, committed together: the analysis' findings, the
+        // routing decision, a denial, and the outcome with its usage.
+        let event =
+            |kind: &str, data: serde_json::Value| Event { kind: kind.into(), request_id: id.clone(), data, code: None };
+        let mut events = Vec::new();
+        match &r {
+            Ok(o) => {
+                if !o.findings.is_empty() {
+                    events.push(event("analysis", serde_json::json!({"findings": o.findings})));
+                }
+                events.push(event("route", serde_json::json!({"tier": o.tier, "reason": o.route})));
+                if o.status == Status::Denied {
+                    events.push(event("denial", serde_json::json!({"tier": o.tier, "error": o.error})));
+                }
+                events.push(event(
+                    "outcome",
+                    serde_json::json!({
+                        "code_sha256": sha, "tier": o.tier, "status": o.status, "error": o.error, "usage": o.usage,
+                    }),
+                ));
+            }
+            Err(e) => events.push(event(
+                "outcome",
+                serde_json::json!({"code_sha256": sha, "status": "error", "host_error": e.to_string()}),
+            )),
+        }
+        log.record_all_async(events).await?;
         r
     }
 

@@ -236,14 +236,27 @@ impl AuditLog {
         }
     }
 
-    /// [`AuditLog::record`] without blocking an async runtime's thread.
+    /// Records `events` in order and waits until the last is durable (the writer
+    /// commits in order, so then all are).
     ///
     /// # Errors
-    /// As [`AuditLog::record`].
-    pub async fn record_async(&self, event: Event) -> Result<(), AuditError> {
-        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        let mut item = Some((pending(event), Some(ack_tx)));
-        // The queue is bounded: when it is full, wait without holding a thread.
+    /// As [`AuditLog::record`], for any of them.
+    pub async fn record_all_async(&self, events: Vec<Event>) -> Result<(), AuditError> {
+        let mut acks = Vec::new();
+        for e in events {
+            let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+            self.send_async((pending(e), Some(ack_tx))).await?;
+            acks.push(ack_rx);
+        }
+        for ack in acks {
+            ack.await.map_err(|_| AuditError::Stopped)??;
+        }
+        Ok(())
+    }
+
+    /// Queues one item, waiting (without holding a thread) while the queue is full.
+    async fn send_async(&self, item: (Pending, Ack)) -> Result<(), AuditError> {
+        let mut item = Some(item);
         while let Some(i) = item.take() {
             match self.tx.try_send(i) {
                 Ok(()) => {}
@@ -254,6 +267,16 @@ impl AuditLog {
                 Err(mpsc::TrySendError::Disconnected(_)) => return Err(AuditError::Stopped),
             }
         }
+        Ok(())
+    }
+
+    /// [`AuditLog::record`] without blocking an async runtime's thread.
+    ///
+    /// # Errors
+    /// As [`AuditLog::record`].
+    pub async fn record_async(&self, event: Event) -> Result<(), AuditError> {
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+        self.send_async((pending(event), Some(ack_tx))).await?;
         ack_rx.await.map_err(|_| AuditError::Stopped)?
     }
 }
@@ -525,6 +548,28 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         }
     }
     Ok((count, problems))
+}
+
+/// The row at `seq`.
+///
+/// # Errors
+/// The database cannot be read.
+pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
+    let c =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    c.query_row("SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq = ?1", [seq], |r| {
+        let data: String = r.get(4)?;
+        Ok(Row {
+            seq: r.get(0)?,
+            ts_us: r.get(1)?,
+            kind: r.get(2)?,
+            request_id: r.get(3)?,
+            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+            hash: r.get(5)?,
+        })
+    })
+    .optional()
+    .map_err(|e| db_err(path, e))
 }
 
 /// The last `n` rows, oldest first.

@@ -68,6 +68,11 @@ pub enum AuditCommand {
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
     },
+    /// Print one event (JSON) and, for a request, its code.
+    Show {
+        /// The event's seq.
+        seq: i64,
+    },
     /// Print the source stored under a sha256 (as events name it).
     Code {
         /// The sha256.

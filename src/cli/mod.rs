@@ -366,6 +366,18 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
     match args.command {
         AuditCommand::Tail { n } => print(crate::audit::tail(&path, n).map_err(host)?),
         AuditCommand::Export => print(crate::audit::tail(&path, usize::MAX).map_err(host)?),
+        AuditCommand::Show { seq } => {
+            let Some(r) = crate::audit::row(&path, seq).map_err(host)? else {
+                return Err(CliError::usage(anyhow::anyhow!("no event {seq}")));
+            };
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            if let Some(sha) = r.data.get("code_sha256").and_then(serde_json::Value::as_str)
+                && r.kind == "request"
+                && let Some(text) = crate::audit::code(&path, sha).map_err(host)?
+            {
+                println!("--- code {sha}\n{text}");
+            }
+        }
         AuditCommand::Code { sha256 } => match crate::audit::code(&path, &sha256).map_err(host)? {
             Some(text) => print!("{text}"),
             None => return Err(CliError::usage(anyhow::anyhow!("no code with sha256 {sha256}"))),
