@@ -487,6 +487,23 @@ pub fn prune_days(log: &AuditLog, days: u32) -> Result<usize, AuditError> {
     Ok(n)
 }
 
+fn read_only(path: &Path) -> Result<Connection, AuditError> {
+    Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))
+}
+
+/// A [`Row`] from `SELECT seq, ts_us, kind, request_id, data, hash`.
+fn to_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let data: String = r.get(4)?;
+    Ok(Row {
+        seq: r.get(0)?,
+        ts_us: r.get(1)?,
+        kind: r.get(2)?,
+        request_id: r.get(3)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+        hash: r.get(5)?,
+    })
+}
+
 /// What [`verify`] found wrong, one line per problem, naming the row.
 pub type Problems = Vec<String>;
 
@@ -497,8 +514,7 @@ pub type Problems = Vec<String>;
 /// # Errors
 /// The database cannot be opened or read.
 pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
-    let c =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    let c = read_only(path)?;
     let mut stmt = c
         .prepare("SELECT seq, ts_us, kind, request_id, data, prev_hash, hash FROM events ORDER BY seq")
         .map_err(|e| db_err(path, e))?;
@@ -555,21 +571,10 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
 /// # Errors
 /// The database cannot be read.
 pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
-    let c =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
-    c.query_row("SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq = ?1", [seq], |r| {
-        let data: String = r.get(4)?;
-        Ok(Row {
-            seq: r.get(0)?,
-            ts_us: r.get(1)?,
-            kind: r.get(2)?,
-            request_id: r.get(3)?,
-            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
-            hash: r.get(5)?,
-        })
-    })
-    .optional()
-    .map_err(|e| db_err(path, e))
+    let c = read_only(path)?;
+    c.query_row("SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq = ?1", [seq], to_row)
+        .optional()
+        .map_err(|e| db_err(path, e))
 }
 
 /// The last `n` rows, oldest first.
@@ -577,27 +582,14 @@ pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
 /// # Errors
 /// The database cannot be read.
 pub fn tail(path: &Path, n: usize) -> Result<Vec<Row>, AuditError> {
-    let c =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    let c = read_only(path)?;
     let mut stmt = c
         .prepare(
             "SELECT seq, ts_us, kind, request_id, data, hash FROM
              (SELECT * FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
         )
         .map_err(|e| db_err(path, e))?;
-    let rows = stmt
-        .query_map([i64::try_from(n).unwrap_or(i64::MAX)], |r| {
-            let data: String = r.get(4)?;
-            Ok(Row {
-                seq: r.get(0)?,
-                ts_us: r.get(1)?,
-                kind: r.get(2)?,
-                request_id: r.get(3)?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
-                hash: r.get(5)?,
-            })
-        })
-        .map_err(|e| db_err(path, e))?;
+    let rows = stmt.query_map([i64::try_from(n).unwrap_or(i64::MAX)], to_row).map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
 }
 
@@ -606,8 +598,7 @@ pub fn tail(path: &Path, n: usize) -> Result<Vec<Row>, AuditError> {
 /// # Errors
 /// The database cannot be read.
 pub fn breaker_transitions(path: &Path) -> Result<Vec<Row>, AuditError> {
-    let c =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    let c = read_only(path)?;
     let mut stmt = c
         .prepare(
             "SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq IN
@@ -615,19 +606,7 @@ pub fn breaker_transitions(path: &Path) -> Result<Vec<Row>, AuditError> {
              ORDER BY json_extract(data, '$.breaker')",
         )
         .map_err(|e| db_err(path, e))?;
-    let rows = stmt
-        .query_map([], |r| {
-            let data: String = r.get(4)?;
-            Ok(Row {
-                seq: r.get(0)?,
-                ts_us: r.get(1)?,
-                kind: r.get(2)?,
-                request_id: r.get(3)?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
-                hash: r.get(5)?,
-            })
-        })
-        .map_err(|e| db_err(path, e))?;
+    let rows = stmt.query_map([], to_row).map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
 }
 
@@ -636,8 +615,7 @@ pub fn breaker_transitions(path: &Path) -> Result<Vec<Row>, AuditError> {
 /// # Errors
 /// The database cannot be read.
 pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
-    let c =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    let c = read_only(path)?;
     c.query_row("SELECT text FROM code WHERE sha256 = ?1", [sha256], |r| r.get(0))
         .optional()
         .map_err(|e| db_err(path, e))
@@ -649,8 +627,7 @@ pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
 /// # Errors
 /// Either database cannot be opened, or the copy fails.
 pub fn backup(path: &Path, dest: &Path) -> Result<(), AuditError> {
-    let src =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+    let src = read_only(path)?;
     let mut dst = Connection::open(dest).map_err(|e| db_err(dest, e))?;
     let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_err(dest, e))?;
     b.run_to_completion(256, std::time::Duration::from_millis(5), None).map_err(|e| db_err(dest, e))
