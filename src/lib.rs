@@ -26,6 +26,7 @@ pub mod cli;
 pub mod error;
 pub mod executor;
 pub mod policy;
+pub mod process;
 pub mod router;
 pub mod sandbox;
 pub mod tier;

@@ -34,6 +34,10 @@ use crate::router::{self, Skip};
 
 /// Stack of the analysis thread: the parser recurses with the source's nesting.
 const ANALYSIS_STACK: usize = 256 << 20;
+/// Sources up to this size are analysed on the caller's thread: they cannot nest
+/// deeper than their length, which a default 2 MiB thread stack holds with room
+/// to spare; longer ones go to the analysis thread.
+const INLINE_ANALYSIS: usize = 256;
 
 /// The snippet that lists what a CPython tier can import (run under a policy that
 /// allows exactly `sys` and `pkgutil`, through the tier's own prelude).
@@ -110,17 +114,23 @@ impl SandboxBuilder {
                 if let Some(days) = policy.retention_days() {
                     crate::audit::prune_days(&log, days)?;
                 }
-                // Every breaker transition is an event (not waited on: the
-                // database breaker changes state inside the writer itself).
+                // Every breaker transition is an event; but the `database` breaker's
+                // (it lives in the log's own writer, which a handle in its observer
+                // would keep alive forever; its transitions go to the tracing log).
                 let sink = log.clone();
-                breakers.observe(Arc::new(move |t: &crate::breaker::Transition| {
+                let observer: crate::breaker::Observer = Arc::new(move |t: &crate::breaker::Transition| {
                     sink.record_nowait(Event {
                         kind: "breaker".into(),
                         request_id: None,
                         data: serde_json::to_value(t).unwrap_or_default(),
                         code: None,
                     });
-                }));
+                });
+                for b in breakers.snapshot().iter().filter(|b| b.name != "database") {
+                    if let Some(breaker) = breakers.get(&b.name) {
+                        breaker.observe(observer.clone());
+                    }
+                }
                 Some(log)
             }
             None => None,
@@ -177,6 +187,19 @@ impl Sandbox {
     /// The policy every request starts from.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Waits until every audit event recorded so far is in the database (they are
+    /// durable in the journal already; this is for readers of the database, and
+    /// for a clean exit).
+    ///
+    /// # Errors
+    /// The database stayed unavailable for `within`.
+    pub fn flush_audit(&self, within: std::time::Duration) -> Result<(), SandboxError> {
+        match &self.audit {
+            Some(log) => Ok(log.flush(within)?),
+            None => Ok(()),
+        }
     }
 
     /// The circuit breakers.
@@ -420,9 +443,13 @@ impl Sandbox {
     }
 }
 
-/// Runs the static analysis on a thread with a stack deep enough for any source
-/// the size caps let through (one long-lived thread, shared by every sandbox).
+/// Runs the static analysis: short sources on the caller's thread, others on a
+/// thread with a stack deep enough for any source the size caps let through (one
+/// long-lived thread, shared by every sandbox).
 async fn analyze(code: String) -> Analysis {
+    if code.len() <= INLINE_ANALYSIS {
+        return analysis::analyze(&code);
+    }
     type Job = (String, tokio::sync::oneshot::Sender<Analysis>);
     static QUEUE: OnceLock<Option<std::sync::Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
     let queue = QUEUE.get_or_init(|| {

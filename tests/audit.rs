@@ -34,6 +34,7 @@ fn log_with(path: &Path, n: usize) -> AuditLog {
         };
         log.record(e).expect("record");
     }
+    log.flush(Duration::from_secs(5)).expect("flush");
     log
 }
 
@@ -45,9 +46,7 @@ fn sql(path: &Path, statement: &str) {
 fn fresh(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
-    drop(log_with(&path, n));
-    // Let the writer thread finish with the file.
-    std::thread::sleep(Duration::from_millis(50));
+    log_with(&path, n).close();
     (dir, path)
 }
 
@@ -93,7 +92,7 @@ fn a_swapped_pair_is_named() {
 }
 
 #[test]
-fn an_outage_spills_and_loses_nothing() {
+fn an_outage_keeps_events_in_the_journal_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
     let log = log_with(&path, 5);
@@ -103,16 +102,20 @@ fn an_outage_spills_and_loses_nothing() {
     for i in 0..20 {
         let e =
             Event { kind: "during".into(), request_id: Some(format!("d{i}")), data: serde_json::json!(i), code: None };
-        log.record(e).expect("acknowledged through the spill file");
+        log.record(e).expect("acknowledged once in the journal");
     }
-    assert!(dir.path().join("audit.db.spill").exists(), "events went to the spill file");
+    assert!(log.flush(Duration::from_millis(300)).is_err(), "the database is locked: nothing can be flushed");
+    let journal = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("audit.db.journal."))
+        .expect("a journal");
+    assert!(journal.metadata().expect("metadata").len() > 0, "the events wait in the journal");
     blocker.execute_batch("ROLLBACK").expect("unlock");
     drop(blocker);
-    // The breaker opened after three failures; after its recovery timeout the next
-    // write is the trial, and it replays the spill file first.
-    std::thread::sleep(Duration::from_millis(150));
-    log.record(Event { kind: "after".into(), ..Event::default() }).expect("record");
-    assert!(!dir.path().join("audit.db.spill").exists(), "the spill file was not replayed");
+    // The breaker opened; after its recovery timeout the writer's retry replays the
+    // journal.
+    log.flush(Duration::from_secs(5)).expect("flushed once the database is back");
     let rows = audit::tail(&path, usize::MAX).expect("tail");
     let during = rows.iter().filter(|r| r.kind == "during").count();
     assert_eq!(during, 20, "every event written during the outage is in the database");
@@ -131,6 +134,7 @@ fn the_sandbox_records_each_request_and_its_outcome() {
     for (i, code) in ["1 + 1", "1/0", "import os"].iter().enumerate() {
         runtime().block_on(s.execute(ExecRequest::new(*code).with_id(format!("q{i}")))).expect("run");
     }
+    s.flush_audit(Duration::from_secs(5)).expect("flush");
     let rows = audit::tail(&path, usize::MAX).expect("tail");
     let kinds = |id: &str| -> Vec<&str> {
         rows.iter().filter(|r| r.request_id.as_deref() == Some(id)).map(|r| r.kind.as_str()).collect()
@@ -254,6 +258,7 @@ fn retention_deletes_old_events_and_the_rest_still_verifies() {
     for i in 0..5 {
         log.record(Event { kind: "new".into(), data: serde_json::json!(i), ..Event::default() }).expect("record");
     }
+    log.flush(Duration::from_secs(5)).expect("flush");
     assert_eq!(audit::prune_before(&path, i64::try_from(cutoff).expect("fits")).expect("prune"), 5);
     let (rows, problems) = audit::verify(&path).expect("verify");
     assert_eq!((rows, problems), (5, Vec::<String>::new()));

@@ -2,28 +2,30 @@
 //!
 //! One row per event (`events`: seq, time, kind, request id, JSON data, the previous
 //! row's hash and this row's hash, where `hash = sha256(prev_hash, seq, time, kind,
-//! request id, data)`); snippet source is stored once per sha256 (`code`). A single
-//! writer thread owns the connection (WAL, `synchronous=NORMAL`: a committed event
-//! survives the process being killed) and commits events in groups; [`AuditLog::record`]
-//! returns once its event is durable, so a caller that waits on it before answering
-//! never answers for an unrecorded request.
+//! request id, data)`); snippet source is stored once per sha256 (`code`).
 //!
-//! When the database cannot be written (locked, read-only, disk full; breaker
-//! `database` open), events go to an append-only spill file beside it and are
-//! replayed, in order, by the next batch that can write. Each event carries a
-//! random id, so a replay interrupted after its commit inserts nothing twice. After
-//! every commit the last row's seq and hash go to a head file, so that deleting
-//! the newest rows is detected too.
+//! Writing is in two steps. [`AuditLog::record`] appends the event to this
+//! process's journal (`audit.db.journal.<pid>.<start>`, one `write`: once it
+//! returns, the event survives the process being killed) and hands it to a writer
+//! thread, which commits events to the database in groups (WAL,
+//! `synchronous=NORMAL`) and empties the journal when everything in it is
+//! committed. When the database cannot be written (locked, read-only, full; breaker
+//! `database` open), events wait in the journal and the writer retries, replaying
+//! the journal in order. Journals left by processes that are gone are replayed by
+//! the next [`AuditLog::open`], [`recover`] or [`verify`]. Each event carries a
+//! random id, so a replay inserts nothing twice. After every commit the last row's
+//! seq and hash go to a head file, so that deleting the newest rows is detected too.
 //!
 //! # Invariant
-//! Nothing is lost: an event is acknowledged only after it is committed or written
-//! to the spill file, and [`verify`] names any row that was edited, deleted,
-//! inserted or reordered.
+//! Nothing is lost: an event is acknowledged only once it is in the journal, and
+//! it leaves the journal only once committed; [`verify`] names any row that was
+//! edited, deleted, inserted or reordered.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -36,6 +38,11 @@ use crate::breaker::Breaker;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Events committed in one transaction at most.
 const BATCH: usize = 512;
+/// Events recorded but not yet committed, at most: past it, `record` waits for the
+/// writer (memory stays bounded under overload; the journal holds them anyway).
+const MAX_BACKLOG: usize = 65_536;
+/// How often the writer retries while the database is unavailable.
+const RETRY: Duration = Duration::from_millis(100);
 /// How long the writer waits for a lock before it counts the database unavailable.
 const BUSY_MS: u64 = 200;
 
@@ -50,14 +57,18 @@ pub enum AuditError {
         /// SQLite's message.
         message: String,
     },
-    /// Neither the database nor the spill file took the event: it is not recorded.
-    #[error("audit event not recorded: the database failed ({db}) and so did the spill file ({spill})")]
-    Lost {
-        /// The database's error.
-        db: String,
-        /// The spill file's error.
-        spill: String,
+    /// The journal did not take the event: it is not recorded.
+    #[error("audit event not recorded: cannot append to the journal {path}: {message}")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
     },
+    /// [`AuditLog::flush`] gave up: the database stayed unavailable (the events
+    /// are safe in the journal).
+    #[error("audit events not yet in the database (they are in the journal): {0}")]
+    NotFlushed(String),
     /// The writer thread is gone.
     #[error("the audit writer has stopped")]
     Stopped,
@@ -76,7 +87,7 @@ pub struct Event {
     pub code: Option<String>,
 }
 
-/// An event on its way to the database or the spill file.
+/// An event on its way to the database (as the journal holds it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
     uid: String,
@@ -106,13 +117,31 @@ pub struct Row {
 
 /// Where the writer says how an event fared (a tokio oneshot: awaited by async
 /// callers, received blocking by the others, never needs a thread hop).
-type Ack = Option<tokio::sync::oneshot::Sender<Result<(), AuditError>>>;
+/// What the writer thread is sent.
+enum Msg {
+    /// An event already in the journal.
+    Event(Pending),
+    /// Answer once everything sent before is committed (`false`: it could not be).
+    Flush(mpsc::SyncSender<Result<(), String>>),
+}
 
-/// A handle on the log; cheap to clone, shared by every request.
+/// This process's journal. Appends and the hand-off to the writer happen under
+/// its lock, so the writer sees events in journal order.
+struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+/// A handle on the log; cheap to clone, shared by every request. The writer
+/// thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::SyncSender<(Pending, Ack)>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    journal: Arc<Mutex<Journal>>,
+    tx: mpsc::Sender<Msg>,
     path: PathBuf,
+    /// Events handed to the writer and not yet committed.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Where the audit database lives by default: `audit.db` in `$TERRARIUM_HOME`,
@@ -139,7 +168,17 @@ pub fn default_path() -> Result<PathBuf, AuditError> {
 
 /// sha256 of `text`, hex.
 pub fn sha256_hex(text: &[u8]) -> String {
-    Sha256::digest(text).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(text))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 fn row_hash(prev: &str, seq: i64, ts_us: i64, kind: &str, request_id: Option<&str>, data: &str) -> String {
@@ -148,17 +187,11 @@ fn row_hash(prev: &str, seq: i64, ts_us: i64, kind: &str, request_id: Option<&st
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h.finalize())
 }
 
 fn db_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
     AuditError::Database { path: path.to_path_buf(), message: e.to_string() }
-}
-
-fn spill_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".spill");
-    PathBuf::from(p)
 }
 
 fn head_path(db: &Path) -> PathBuf {
@@ -167,9 +200,14 @@ fn head_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `audit.db.journal.` — journals are this prefix plus `<pid>.<start time>`.
+fn journal_prefix(db: &Path) -> String {
+    format!("{}.journal.", db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
 fn open(path: &Path) -> Result<Connection, AuditError> {
     let c = Connection::open(path).map_err(|e| db_err(path, e))?;
-    c.busy_timeout(std::time::Duration::from_millis(BUSY_MS)).map_err(|e| db_err(path, e))?;
+    c.busy_timeout(Duration::from_millis(BUSY_MS)).map_err(|e| db_err(path, e))?;
     c.execute_batch(
         "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=NORMAL;
@@ -186,29 +224,48 @@ fn open(path: &Path) -> Result<Connection, AuditError> {
 }
 
 impl AuditLog {
-    /// Opens (creating) the log at `path`; `database` is the breaker that guards it.
+    /// Opens (creating) the log at `path`, replaying journals of processes that
+    /// are gone; `database` is the breaker that guards the database.
     ///
     /// # Errors
-    /// The database cannot be created or opened at all.
+    /// The database cannot be created, opened or recovered, or the journal cannot
+    /// be created.
     pub fn open(path: &Path, database: Breaker) -> Result<AuditLog, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
         }
-        let conn = open(path)?;
-        let (tx, rx) = mpsc::sync_channel::<(Pending, Ack)>(4096);
-        let spilled = spill_path(path).exists();
+        let mut conn = open(path)?;
         let head = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(head_path(path))
             .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
-        let writer = Writer { conn: Some(conn), path: path.to_path_buf(), breaker: database, spilled, head };
-        std::thread::Builder::new()
+        recover_with(&mut conn, path, &head)?;
+        let (pid, start) = crate::process::me();
+        let journal_path = path.with_file_name(format!("{}{pid}.{start}", journal_prefix(path)));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| AuditError::Journal { path: journal_path.clone(), message: e.to_string() })?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let journal = Arc::new(Mutex::new(Journal { file, path: journal_path }));
+        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer = Writer {
+            conn: Some(conn),
+            path: path.to_path_buf(),
+            breaker: database,
+            head,
+            journal: journal.clone(),
+            backlog: backlog.clone(),
+        };
+        let handle = std::thread::Builder::new()
             .name("terrarium-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| db_err(path, format!("cannot start the writer: {e}")))?;
-        Ok(AuditLog { tx, path: path.to_path_buf() })
+        let writer = Arc::new(Mutex::new(Some(handle)));
+        Ok(AuditLog { writer, journal, tx, path: path.to_path_buf(), backlog })
     }
 
     /// The database file.
@@ -216,77 +273,116 @@ impl AuditLog {
         &self.path
     }
 
-    /// Records `event` and waits until it is durable (committed, or in the spill
-    /// file). Blocking; see [`AuditLog::record_async`].
+    /// Records `event`: once this returns, it is in the journal (it survives the
+    /// process being killed) and on its way to the database.
     ///
     /// # Errors
-    /// [`AuditError::Lost`] when neither the database nor the spill file took it.
+    /// [`AuditError::Journal`] when it could not be appended: it is not recorded.
     pub fn record(&self, event: Event) -> Result<(), AuditError> {
-        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        self.tx.send((pending(event), Some(ack_tx))).map_err(|_| AuditError::Stopped)?;
-        ack_rx.blocking_recv().map_err(|_| AuditError::Stopped)?
+        self.record_all(vec![event])
     }
 
-    /// Queues `event` without waiting for it to be durable (for notifications made
-    /// where waiting could deadlock, e.g. breaker transitions inside the writer).
-    /// A full queue drops it with a warning in the log.
-    pub fn record_nowait(&self, event: Event) {
-        if self.tx.try_send((pending(event), None)).is_err() {
-            tracing::warn!("audit queue full or stopped: a notification event was dropped");
-        }
-    }
-
-    /// Records `events` in order and waits until the last is durable (the writer
-    /// commits in order, so then all are).
+    /// Records `events` in order with one append to the journal.
     ///
     /// # Errors
-    /// As [`AuditLog::record`], for any of them.
+    /// As [`AuditLog::record`]; then none of them is recorded.
+    pub fn record_all(&self, events: Vec<Event>) -> Result<(), AuditError> {
+        use std::sync::atomic::Ordering;
+        // Overload: let the writer catch up (bounded by the backlog, not by time).
+        while self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let pending: Vec<Pending> = events.into_iter().map(pending).collect();
+        let mut lines = Vec::new();
+        for p in &pending {
+            serde_json::to_writer(&mut lines, p).map_err(|e| AuditError::Journal {
+                path: PathBuf::from("journal"),
+                message: format!("cannot encode an event: {e}"),
+            })?;
+            lines.push(b'\n');
+        }
+        let mut j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        j.file.write_all(&lines).map_err(|e| AuditError::Journal { path: j.path.clone(), message: e.to_string() })?;
+        self.backlog.fetch_add(pending.len(), Ordering::Relaxed);
+        for p in pending {
+            self.tx.send(Msg::Event(p)).map_err(|_| AuditError::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// As [`AuditLog::record`], for notifications where an error can only be
+    /// logged (breaker transitions).
+    pub fn record_nowait(&self, event: Event) {
+        if let Err(e) = self.record(event) {
+            tracing::warn!(error = %e, "an audit notification was not recorded");
+        }
+    }
+
+    /// [`AuditLog::record_all`] (one `write`; it does not block for long).
+    ///
+    /// # Errors
+    /// As [`AuditLog::record_all`].
     pub async fn record_all_async(&self, events: Vec<Event>) -> Result<(), AuditError> {
-        let mut acks = Vec::new();
-        for e in events {
-            let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-            self.send_async((pending(e), Some(ack_tx))).await?;
-            acks.push(ack_rx);
-        }
-        for ack in acks {
-            ack.await.map_err(|_| AuditError::Stopped)??;
-        }
-        Ok(())
+        self.record_all(events)
     }
 
-    /// Queues one item, waiting (without holding a thread) while the queue is full.
-    async fn send_async(&self, item: (Pending, Ack)) -> Result<(), AuditError> {
-        let mut item = Some(item);
-        while let Some(i) = item.take() {
-            match self.tx.try_send(i) {
-                Ok(()) => {}
-                Err(mpsc::TrySendError::Full(back)) => {
-                    item = Some(back);
-                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(AuditError::Stopped),
-            }
-        }
-        Ok(())
-    }
-
-    /// [`AuditLog::record`] without blocking an async runtime's thread.
+    /// [`AuditLog::record`] (a single `write`; it does not block for long).
     ///
     /// # Errors
     /// As [`AuditLog::record`].
     pub async fn record_async(&self, event: Event) -> Result<(), AuditError> {
-        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        self.send_async((pending(event), Some(ack_tx))).await?;
-        ack_rx.await.map_err(|_| AuditError::Stopped)?
+        self.record(event)
     }
+
+    /// Closes this handle; when it is the last one, waits for the writer to commit
+    /// what it has and end (its journal is removed once the database has it all).
+    pub fn close(self) {
+        let AuditLog { writer, tx, .. } = self;
+        drop(tx);
+        if Arc::strong_count(&writer) == 1
+            && let Some(h) = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        {
+            let _ = h.join();
+        }
+    }
+
+    /// Waits until every event recorded so far is in the database (blocking).
+    ///
+    /// # Errors
+    /// [`AuditError::NotFlushed`] when the database stayed unavailable for
+    /// `within` (the events remain in the journal).
+    pub fn flush(&self, within: Duration) -> Result<(), AuditError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            // Under the journal's lock: after every event appended before.
+            let _j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.tx.send(Msg::Flush(tx)).map_err(|_| AuditError::Stopped)?;
+        }
+        match rx.recv_timeout(within) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::NotFlushed(e)),
+            Err(_) => Err(AuditError::NotFlushed(format!("not done within {}s", within.as_secs_f64()))),
+        }
+    }
+}
+
+/// A unique id for an event: this process's random prefix and a counter.
+fn uid() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::getrandom(&mut b);
+        u64::from_le_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix:016x}{n:016x}")
 }
 
 fn pending(event: Event) -> Pending {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut uid = [0u8; 16];
-    let _ = getrandom::getrandom(&mut uid);
     Pending {
-        uid: uid.iter().map(|b| format!("{b:02x}")).collect(),
+        uid: uid(),
         ts_us: i64::try_from(now.as_micros()).unwrap_or(i64::MAX),
         kind: event.kind,
         request_id: event.request_id,
@@ -299,129 +395,225 @@ struct Writer {
     conn: Option<Connection>,
     path: PathBuf,
     breaker: Breaker,
-    /// Whether the spill file may hold events to replay.
-    spilled: bool,
     /// The head file, rewritten in place after every commit.
     head: std::fs::File,
+    journal: Arc<Mutex<Journal>>,
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<(Pending, Ack)>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut behind = false; // events in the journal the database does not have
+        let mut carry: Option<Msg> = None;
+        let mut flushes: Vec<mpsc::SyncSender<Result<(), String>>> = Vec::new();
+        loop {
+            let first = match carry.take() {
+                Some(m) => Some(m),
+                None if behind => match rx.recv_timeout(RETRY) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                },
+            };
+            let mut batch = Vec::new();
+            let mut take = |m: Msg, batch: &mut Vec<Pending>| match m {
+                Msg::Event(p) => batch.push(p),
+                Msg::Flush(f) => flushes.push(f),
+            };
+            if let Some(m) = first {
+                take(m, &mut batch);
+            }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => take(m, &mut batch),
                     Err(_) => break,
                 }
             }
-            let (events, acks): (Vec<Pending>, Vec<Ack>) = batch.into_iter().unzip();
-            let result = self.store(&events);
-            for ack in acks.into_iter().flatten() {
-                let _ = ack.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(AuditError::Lost { db, spill }) => {
-                        Err(AuditError::Lost { db: db.clone(), spill: spill.clone() })
-                    }
-                    Err(e) => Err(AuditError::Lost { db: e.to_string(), spill: String::new() }),
-                });
+            let result = if behind { self.replay_journal() } else { self.store(&batch, false) };
+            behind = result.is_err();
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "audit database unavailable; events wait in the journal");
+            }
+            if !behind {
+                // Everything received so far is in the database.
+                self.backlog.store(0, std::sync::atomic::Ordering::Relaxed);
+                for f in flushes.drain(..) {
+                    let _ = f.send(Ok(()));
+                }
+                carry = self.empty_journal_if_drained(&rx);
+            }
+        }
+        // Every handle is gone, so every event was received. Once the database has
+        // them all, the journal goes.
+        if !behind || self.replay_journal().is_ok() {
+            let j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = std::fs::remove_file(&j.path);
+        }
+    }
+
+    /// Commits `events` through the `database` breaker (`replay`: some may be in
+    /// the database already; skip those by id).
+    fn store(&mut self, events: &[Pending], replay: bool) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let permit = self.breaker.allow().map_err(|open| db_err(&self.path, open))?;
+        match self.commit(events, replay) {
+            Ok(()) => {
+                permit.succeeded();
+                Ok(())
+            }
+            Err(e) => {
+                permit.failed(&e.to_string());
+                Err(e)
             }
         }
     }
 
-    /// Commits `events` (after any spilled ones), or appends them to the spill file.
-    fn store(&mut self, events: &[Pending]) -> Result<(), AuditError> {
-        let db_error = match self.breaker.allow() {
-            Err(open) => open.to_string(),
-            Ok(permit) => match self.commit(events) {
-                Ok(()) => {
-                    permit.succeeded();
-                    return Ok(());
-                }
-                Err(e) => {
-                    permit.failed(&e.to_string());
-                    e.to_string()
-                }
-            },
-        };
-        tracing::warn!(error = %db_error, events = events.len(), "audit database unavailable; spilling");
-        let spill = spill_path(&self.path);
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().create(true).append(true).open(&spill)?;
-            let mut buf = Vec::new();
-            for e in events {
-                serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
-            f.write_all(&buf)?;
-            f.sync_data()
-        };
-        let r = write().map_err(|e| AuditError::Lost { db: db_error, spill: e.to_string() });
-        self.spilled = true;
-        r
+    /// Commits everything in this process's journal (what is already in the
+    /// database is skipped by its id).
+    fn replay_journal(&mut self) -> Result<(), AuditError> {
+        let path = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).path.clone();
+        let events = read_journal(&path).map_err(|e| db_err(&self.path, format!("cannot read the journal: {e}")))?;
+        self.store(&events, true)
     }
 
-    fn commit(&mut self, events: &[Pending]) -> Result<(), AuditError> {
+    /// Empties the journal when every event in it is committed: under its lock
+    /// nothing can be appended, so if nothing is waiting in the queue either, the
+    /// database has it all. A message found waiting is handed back.
+    fn empty_journal_if_drained(&mut self, rx: &mpsc::Receiver<Msg>) -> Option<Msg> {
+        let j = self.journal.try_lock().ok()?;
+        match rx.try_recv() {
+            Ok(m) => Some(m),
+            Err(mpsc::TryRecvError::Empty) => {
+                if let Err(e) = j.file.set_len(0) {
+                    tracing::warn!(error = %e, "cannot empty the audit journal (it is replayed safely)");
+                }
+                None
+            }
+            Err(mpsc::TryRecvError::Disconnected) => None,
+        }
+    }
+
+    fn commit(&mut self, events: &[Pending], replay: bool) -> Result<(), AuditError> {
         if self.conn.is_none() {
             self.conn = Some(open(&self.path)?);
         }
         let path = self.path.clone();
-        let spill = spill_path(&path);
-        let spilled = if self.spilled {
-            read_spill(&spill).map_err(|e| db_err(&path, format!("cannot read the spill file: {e}")))?
-        } else {
-            Vec::new()
-        };
         let conn = self.conn.as_mut().ok_or_else(|| db_err(&path, "no connection"))?;
-        let r = (|| -> rusqlite::Result<(i64, String)> {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (mut seq, mut prev): (i64, String) = tx
-                .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .unwrap_or((0, GENESIS.to_string()));
-            for e in spilled.iter().chain(events) {
-                let seen: Option<i64> =
-                    tx.query_row("SELECT seq FROM events WHERE uid = ?1", [&e.uid], |r| r.get(0)).optional()?;
-                if seen.is_some() {
-                    continue;
-                }
-                seq += 1;
-                let hash = row_hash(&prev, seq, e.ts_us, &e.kind, e.request_id.as_deref(), &e.data);
-                tx.execute(
-                    "INSERT INTO events (seq, uid, ts_us, kind, request_id, data, prev_hash, hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![seq, e.uid, e.ts_us, e.kind, e.request_id, e.data, prev, hash],
-                )?;
-                if let Some((sha, text)) = &e.code {
-                    tx.execute("INSERT OR IGNORE INTO code (sha256, text) VALUES (?1, ?2)", params![sha, text])?;
-                }
-                prev = hash;
+        match commit_events(conn, events, replay) {
+            Ok(Some((seq, hash))) => {
+                write_head(&self.head, seq, &hash)
+                    .map_err(|e| db_err(&path, format!("cannot write the head file: {e}")))?;
+                Ok(())
             }
-            tx.commit()?;
-            Ok((seq, prev))
-        })();
-        let (seq, hash) = match r {
-            Ok(v) => v,
+            Ok(None) => Ok(()),
             Err(e) => {
                 // A fresh connection next time (the file may have been replaced).
                 self.conn = None;
-                return Err(db_err(&path, e));
+                Err(db_err(&path, e))
             }
-        };
-        if self.spilled {
-            match std::fs::remove_file(&spill) {
-                Ok(()) => tracing::info!(replayed = spilled.len(), "audit spill file replayed into the database"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(db_err(&path, format!("cannot clear the spill file: {e}"))),
-            }
-            self.spilled = false;
         }
-        write_head(&self.head, seq, &hash).map_err(|e| db_err(&path, format!("cannot write the head file: {e}")))?;
-        Ok(())
     }
 }
 
-fn read_spill(path: &Path) -> std::io::Result<Vec<Pending>> {
+/// Inserts `events` in order in one transaction (`replay`: skipping any already
+/// there, by id). Returns the last row's seq and hash when anything was inserted.
+fn commit_events(conn: &mut Connection, events: &[Pending], replay: bool) -> rusqlite::Result<Option<(i64, String)>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (mut seq, mut prev): (i64, String) = tx
+        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS.to_string()));
+    let mut inserted = false;
+    for e in events {
+        if replay {
+            let seen: Option<i64> = tx
+                .prepare_cached("SELECT seq FROM events WHERE uid = ?1")?
+                .query_row([&e.uid], |r| r.get(0))
+                .optional()?;
+            if seen.is_some() {
+                continue;
+            }
+        }
+        seq += 1;
+        let hash = row_hash(&prev, seq, e.ts_us, &e.kind, e.request_id.as_deref(), &e.data);
+        tx.prepare_cached(
+            "INSERT INTO events (seq, uid, ts_us, kind, request_id, data, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![seq, e.uid, e.ts_us, e.kind, e.request_id, e.data, prev, hash])?;
+        if let Some((sha, text)) = &e.code {
+            tx.prepare_cached("INSERT OR IGNORE INTO code (sha256, text) VALUES (?1, ?2)")?
+                .execute(params![sha, text])?;
+        }
+        prev = hash;
+        inserted = true;
+    }
+    tx.commit()?;
+    Ok(inserted.then_some((seq, prev)))
+}
+
+/// Replays the journals of processes that are gone into the database at `path`,
+/// then removes them. Returns how many events it inserted or found there.
+///
+/// # Errors
+/// The database cannot be written, or a journal cannot be read.
+pub fn recover(path: &Path) -> Result<usize, AuditError> {
+    if dead_journals(path).is_empty() {
+        return Ok(0);
+    }
+    let mut conn = open(path)?;
+    let head = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(head_path(path))
+        .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
+    recover_with(&mut conn, path, &head)
+}
+
+/// Journals beside the database at `path` whose process is gone.
+fn dead_journals(path: &Path) -> Vec<PathBuf> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = journal_prefix(path);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&prefix)
+                .and_then(|owner| owner.split_once('.'))
+                .is_some_and(|(pid, start)| !crate::process::alive(pid, start))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+fn recover_with(conn: &mut Connection, path: &Path, head: &std::fs::File) -> Result<usize, AuditError> {
+    let mut replayed = 0;
+    for journal in dead_journals(path) {
+        let name = journal.display().to_string();
+        let events = read_journal(&journal).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+        if let Some((seq, hash)) = commit_events(conn, &events, true).map_err(|e| db_err(path, e))? {
+            write_head(head, seq, &hash).map_err(|e| db_err(path, e))?;
+        }
+        std::fs::remove_file(&journal).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+        replayed += events.len();
+        tracing::info!(journal = %name, events = events.len(), "replayed an audit journal left by a process that is gone");
+    }
+    Ok(replayed)
+}
+
+fn read_journal(path: &Path) -> std::io::Result<Vec<Pending>> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -507,13 +699,15 @@ fn to_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 /// What [`verify`] found wrong, one line per problem, naming the row.
 pub type Problems = Vec<String>;
 
-/// Checks the hash chain of the log at `path` (read-only): every row's hash
-/// matches its content, follows the previous row's, seqs have no gaps, and the
-/// last row is the one the head file names.
+/// Checks the hash chain of the log at `path`, after replaying the journals of
+/// processes that are gone ([`recover`]): every row's hash matches its content,
+/// follows the previous row's, seqs have no gaps, and the last row is the one the
+/// head file names.
 ///
 /// # Errors
 /// The database cannot be opened or read.
 pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
+    let recovered = recover(path);
     let c = read_only(path)?;
     let mut stmt = c
         .prepare("SELECT seq, ts_us, kind, request_id, data, prev_hash, hash FROM events ORDER BY seq")
@@ -532,6 +726,9 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         })
         .map_err(|e| db_err(path, e))?;
     let mut problems = Vec::new();
+    if let Err(e) = recovered {
+        problems.push(format!("journals of processes that are gone could not be replayed: {e}"));
+    }
     // After retention, the chain starts from the last deleted row.
     let anchor: Option<(i64, String)> = c
         .query_row("SELECT seq, hash FROM anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))

@@ -226,6 +226,7 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     let req =
         ExecRequest { id: None, code, overrides: target.overrides.clone(), scratch: args.scratch, tier: target.choice };
     let outcome = runtime()?.block_on(target.sandbox.execute(req))?;
+    flush_audit(&target);
     if args.json {
         println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
     } else {
@@ -237,6 +238,15 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::from(exit_code(outcome.status)))
+}
+
+/// Before exiting: the audit events are in the journal already; moving them into
+/// the database now leaves no journal behind (a database that stays unavailable
+/// is reported, and the journal is replayed by the next command).
+fn flush_audit(target: &Target) {
+    if let Err(e) = target.sandbox.flush_audit(Duration::from_secs(10)) {
+        eprintln!("terrarium: warning: {e}");
+    }
 }
 
 /// The exit code `run` gives for a status.
@@ -308,6 +318,7 @@ fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
         }
         Ok(())
     })?;
+    flush_audit(&target);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -357,6 +368,8 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
     if !path.exists() {
         return Err(CliError::usage(anyhow::anyhow!("{}: no audit database there", path.display())));
     }
+    // Events of commands that ended before their writer caught up.
+    crate::audit::recover(&path).map_err(host)?;
     let print = |rows: Vec<crate::audit::Row>| {
         let mut out = std::io::stdout().lock();
         for r in rows {
@@ -423,7 +436,12 @@ fn breakers_command(args: BreakersArgs) -> Result<ExitCode, CliError> {
         Some(p) => p,
         None => crate::audit::default_path().map_err(host)?,
     };
-    let last = if path.exists() { crate::audit::breaker_transitions(&path).map_err(host)? } else { Vec::new() };
+    let last = if path.exists() {
+        crate::audit::recover(&path).map_err(host)?;
+        crate::audit::breaker_transitions(&path).map_err(host)?
+    } else {
+        Vec::new()
+    };
     for b in crate::breaker::Breakers::from_policy(&policy).snapshot() {
         let t = last.iter().find(|r| r.data["breaker"] == b.name.as_str());
         let state = t.and_then(|r| r.data["to"].as_str()).unwrap_or("closed");

@@ -229,7 +229,7 @@ impl Engine {
             let Some(owner) = labels.get(OWNER_LABEL) else { continue };
             let mut parts = owner.rsplitn(3, ':');
             let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            if host != me || owner_alive(pid, start) {
+            if host != me || crate::process::alive(pid, start) {
                 continue;
             }
             self.remove(&id).await?;
@@ -258,22 +258,10 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
-/// Start time of process `pid` in clock ticks since boot (field 22 of its stat).
-fn start_time(pid: &str) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from its end.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19).map(str::to_string)
-}
-
-fn owner_alive(pid: &str, start: &str) -> bool {
-    start_time(pid).is_some_and(|s| s == start)
-}
-
 /// This process, as the owner label names it.
 pub fn owner() -> String {
-    let pid = std::process::id().to_string();
-    format!("{}:{pid}:{}", host_name(), start_time(&pid).unwrap_or_default())
+    let (pid, start) = crate::process::me();
+    format!("{}:{pid}:{start}", host_name())
 }
 
 /// What one container is started for.
@@ -407,11 +395,10 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_label_names_a_live_process() {
+    fn the_owner_label_names_this_process() {
         let me = owner();
         let mut parts = me.rsplitn(3, ':');
         let (start, pid) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-        assert!(owner_alive(pid, start), "{me}");
-        assert!(!owner_alive(pid, "1"), "a different start time is a different process");
+        assert!(crate::process::alive(pid, start), "{me}");
     }
 }
