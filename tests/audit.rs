@@ -156,6 +156,11 @@ fn the_command_line_reads_and_verifies_the_log() {
     let home = dir.path().to_str().expect("utf-8");
     let env = [("TERRARIUM_HOME", home)];
     assert_eq!(terrarium_env(&["run", "-c", "print(1)"], b"", &env).code, 0);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("audit.db")).expect("audit.db").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the log holds snippets' source: owner only, got {mode:o}");
+    }
     let out = terrarium_env(&["audit", "tail", "-n", "5"], b"", &env);
     let kinds: Vec<String> = out
         .stdout

@@ -23,6 +23,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -206,7 +207,11 @@ fn journal_prefix(db: &Path) -> String {
 }
 
 fn open(path: &Path) -> Result<Connection, AuditError> {
+    use std::os::unix::fs::PermissionsExt;
     let c = Connection::open(path).map_err(|e| db_err(path, e))?;
+    // The log holds snippets' source: owner only (SQLite gives its -wal and -shm
+    // files the database's mode).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| db_err(path, e))?;
     c.busy_timeout(Duration::from_millis(BUSY_MS)).map_err(|e| db_err(path, e))?;
     c.execute_batch(
         "PRAGMA journal_mode=WAL;
@@ -239,6 +244,7 @@ impl AuditLog {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(head_path(path))
             .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
         recover_with(&mut conn, path, &head)?;
@@ -247,6 +253,7 @@ impl AuditLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&journal_path)
             .map_err(|e| AuditError::Journal { path: journal_path.clone(), message: e.to_string() })?;
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -573,6 +580,7 @@ pub fn recover(path: &Path) -> Result<usize, AuditError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(head_path(path))
         .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
     recover_with(&mut conn, path, &head)
