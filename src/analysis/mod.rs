@@ -261,6 +261,10 @@ impl Inspector<'_> {
         self.out.findings.push(Finding { severity: Severity::Deny, line, message });
     }
 
+    fn warn(&mut self, line: usize, message: String) {
+        self.out.findings.push(Finding { severity: Severity::Warn, line, message });
+    }
+
     /// Tracks nesting; returns false (and records one finding) past the cap.
     fn enter(&mut self, line: usize) -> bool {
         self.depth += 1;
@@ -308,6 +312,22 @@ impl<'a> Visitor<'a> for Inspector<'_> {
         {
             self.deny(line, format!("attribute {:?} is not accessible in the sandbox", attr.attr.as_str()));
         }
+        // Code and names built at run time: what static analysis cannot see through.
+        if let Expr::Call(call) = expr
+            && let Expr::Name(f) = &*call.func
+        {
+            match f.id.as_str() {
+                name @ ("exec" | "eval" | "compile" | "__import__") => {
+                    self.warn(line, format!("{name}() runs code or imports built at run time"));
+                }
+                name @ ("getattr" | "setattr" | "delattr" | "hasattr")
+                    if call.arguments.args.get(1).is_some_and(|a| !matches!(a, Expr::StringLiteral(_))) =>
+                {
+                    self.warn(line, format!("{name}() with an attribute name computed at run time"));
+                }
+                _ => {}
+            }
+        }
         if self.enter(line) {
             visitor::walk_expr(self, expr);
         }
@@ -340,6 +360,26 @@ mod tests {
             assert!(analyze(code).denial().is_some(), "{code} should be refused");
         }
         assert!(analyze("class A:\n    def __init__(self): self.x = 1\nA().__class__.__name__").denial().is_none());
+    }
+
+    #[test]
+    fn warns_about_code_and_names_built_at_run_time() {
+        for (code, want) in [
+            ("eval('1')", "eval()"),
+            ("exec(s)", "exec()"),
+            ("compile(s, 'x', 'exec')", "compile()"),
+            ("getattr(o, '_' + 'x')", "getattr() with an attribute name computed"),
+            ("setattr(o, n, 1)", "setattr() with an attribute name computed"),
+        ] {
+            let a = analyze(code);
+            assert!(
+                a.findings.iter().any(|f| f.severity == Severity::Warn && f.message.contains(want)),
+                "{code}: {:?}",
+                a.findings
+            );
+            assert!(a.denial().is_none(), "{code}: a warning, not a refusal");
+        }
+        assert!(analyze("getattr(o, 'name')").findings.is_empty(), "a literal name is plain attribute access");
     }
 
     #[test]
