@@ -194,8 +194,20 @@ impl Engine {
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match tokio::time::timeout(self.api_timeout, self.docker.remove_container(id, Some(options))).await {
             Ok(Ok(())) | Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(()),
-            // Removal already in progress (the engine's 409) is removal.
-            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })) => Ok(()),
+            // Removal already in progress (the engine's 409, e.g. another process
+            // reaping): wait until it is gone, so that "removed" means gone.
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })) => {
+                let until = tokio::time::Instant::now() + self.api_timeout;
+                while tokio::time::Instant::now() < until {
+                    match self.docker.inspect_container(id, None).await {
+                        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                            return Ok(());
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                Err(host(format!("Docker engine at {}: a container's removal did not finish", self.socket.display())))
+            }
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: remove a container: {e}", self.socket.display()))),
             Err(_) => Err(host(format!("Docker engine at {}: remove a container: no answer", self.socket.display()))),
         }
