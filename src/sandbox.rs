@@ -315,6 +315,14 @@ impl Sandbox {
         let Some(log) = &self.audit else { return self.route_and_run(req).await };
         let id = req.id.clone();
         let sha = crate::audit::sha256_hex(req.code.as_bytes());
+        // A request refused before it runs (bad code, a loosening override) is
+        // recorded without its text: the size cap is what keeps the log bounded.
+        let checked = self.policy.tighten(&req.overrides).map_err(SandboxError::from);
+        if let Err(e) = checked.and_then(|p| req.validate(p.max_code_size())) {
+            let data = serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()});
+            log.record_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
+            return Err(e);
+        }
         let data = serde_json::json!({
             "code_sha256": sha,
             "tier": req.tier.to_string(),

@@ -146,6 +146,16 @@ fn the_sandbox_records_each_request_and_its_outcome() {
     assert!(q2.contains(&"route") && q2.contains(&"denial"), "{q2:?}");
     let outcome = rows.iter().rfind(|r| r.kind == "outcome").expect("outcome");
     assert_eq!(outcome.data["status"], "denied");
+    // Refused before running: recorded, without its text.
+    let huge = "x = 1\n".repeat(300_000);
+    let r = runtime().block_on(s.execute(ExecRequest::new(huge).with_id("big")));
+    assert!(matches!(r, Err(terrarium::SandboxError::InvalidRequest(_))), "{r:?}");
+    s.flush_audit(Duration::from_secs(5)).expect("flush");
+    let last = audit::tail(&path, 1).expect("tail");
+    assert_eq!((last[0].kind.as_str(), last[0].request_id.as_deref()), ("request", Some("big")));
+    assert!(last[0].data["refused"].as_str().is_some_and(|m| m.contains("max_code_size")), "{:?}", last[0].data);
+    let big = last[0].data["code_sha256"].as_str().expect("sha");
+    assert_eq!(audit::code(&path, big).expect("code"), None, "an oversized snippet's text is not stored");
     let sha = rows[0].data["code_sha256"].as_str().expect("sha");
     assert_eq!(audit::code(&path, sha).expect("code").as_deref(), Some("1 + 1"));
 }
