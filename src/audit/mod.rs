@@ -240,13 +240,7 @@ impl AuditLog {
             std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
         }
         let mut conn = open(path)?;
-        let head = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(head_path(path))
-            .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
+        let head = open_head(path)?;
         recover_with(&mut conn, path, &head)?;
         let (pid, start) = crate::process::me();
         let journal_path = path.with_file_name(format!("{}{pid}.{start}", journal_prefix(path)));
@@ -576,14 +570,19 @@ pub fn recover(path: &Path) -> Result<usize, AuditError> {
         return Ok(0);
     }
     let mut conn = open(path)?;
-    let head = OpenOptions::new()
+    let head = open_head(path)?;
+    recover_with(&mut conn, path, &head)
+}
+
+/// The head file beside the database at `path` (created owner-only).
+fn open_head(path: &Path) -> Result<std::fs::File, AuditError> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(head_path(path))
-        .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))?;
-    recover_with(&mut conn, path, &head)
+        .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))
 }
 
 /// Journals beside the database at `path` whose process is gone.
