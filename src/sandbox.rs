@@ -312,17 +312,25 @@ impl Sandbox {
     /// every tier that could serve has its breaker open; the chosen tier's host
     /// fault.
     pub async fn execute(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
-        let Some(log) = &self.audit else { return self.route_and_run(req).await };
+        // The request's own policy: overrides only tighten, the code fits it.
+        let checked = self.policy.tighten(&req.overrides).map_err(SandboxError::from).and_then(|p| {
+            req.validate(p.max_code_size())?;
+            Ok(p)
+        });
+        let Some(log) = &self.audit else { return self.route_and_run(req, checked?).await };
         let id = req.id.clone();
         let sha = crate::audit::sha256_hex(req.code.as_bytes());
         // A request refused before it runs (bad code, a loosening override) is
         // recorded without its text: the size cap is what keeps the log bounded.
-        let checked = self.policy.tighten(&req.overrides).map_err(SandboxError::from);
-        if let Err(e) = checked.and_then(|p| req.validate(p.max_code_size())) {
-            let data = serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()});
-            log.record_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
-            return Err(e);
-        }
+        let policy = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                let data =
+                    serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()});
+                log.record_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
+                return Err(e);
+            }
+        };
         let data = serde_json::json!({
             "code_sha256": sha,
             "tier": req.tier.to_string(),
@@ -331,7 +339,7 @@ impl Sandbox {
         });
         log.record_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
-        let r = self.route_and_run(req).await;
+        let r = self.route_and_run(req, policy).await;
         // One event per fact, committed together: the analysis' findings, the
         // routing decision, a denial, and the outcome with its usage.
         let event =
@@ -362,10 +370,10 @@ impl Sandbox {
         r
     }
 
-    async fn route_and_run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
+    /// Analysis, routing and the run, under `policy` (the request's, already
+    /// checked by [`Sandbox::execute`]).
+    async fn route_and_run(&self, req: ExecRequest, policy: Policy) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
-        let policy = self.policy.tighten(&req.overrides)?;
-        req.validate(policy.max_code_size())?;
         let analysis = analyze(req.code.clone()).await;
         let findings: Vec<FindingInfo> = analysis
             .findings
@@ -379,13 +387,17 @@ impl Sandbox {
         let needed = router::needed_modules(&analysis, &policy);
         let candidates = router::candidates(&self.policy, req.tier);
         let Some(&last) = candidates.last() else {
-            return Err(SandboxError::InvalidRequest(format!(
-                "tier {} is not allowed by the policy (terrarium.allowed_tiers, terrarium.min_isolation)",
-                match req.tier {
-                    TierChoice::Auto => self.policy.tier().to_string(),
-                    t => t.to_string(),
-                }
-            )));
+            // Empty only for a fixed tier the policy refuses (validation keeps at
+            // least one allowed tier at or above the minimum isolation).
+            let fixed = match req.tier {
+                TierChoice::Fixed(t) => Some(t),
+                TierChoice::Auto => match self.policy.tier() {
+                    TierChoice::Fixed(t) => Some(t),
+                    TierChoice::Auto => None,
+                },
+            };
+            let why = fixed.and_then(|t| router::refusal(&self.policy, t));
+            return Err(SandboxError::InvalidRequest(why.unwrap_or_else(|| "no tier is allowed by the policy".into())));
         };
         let mut skipped: Vec<(Tier, Skip)> = Vec::new();
         for &tier in &candidates {
