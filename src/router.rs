@@ -22,11 +22,26 @@ pub fn candidates(policy: &Policy, requested: TierChoice) -> Vec<Tier> {
         TierChoice::Auto => policy.tier(),
         fixed => fixed,
     };
-    let allowed = |t: &Tier| policy.allowed_tiers().contains(t) && *t >= policy.min_isolation();
+    let allowed = |t: &Tier| refusal(policy, *t).is_none();
     match choice {
         TierChoice::Fixed(t) => [t].into_iter().filter(allowed).collect(),
         TierChoice::Auto => Tier::ALL.into_iter().filter(allowed).collect(),
     }
+}
+
+/// Why `policy` refuses the fixed tier `tier`, if it does: not in
+/// `terrarium.allowed_tiers`, or below `terrarium.min_isolation`.
+pub fn refusal(policy: &Policy, tier: Tier) -> Option<String> {
+    if !policy.allowed_tiers().contains(&tier) {
+        return Some(format!("tier {tier} is not allowed: {tier} is not in the policy's terrarium.allowed_tiers"));
+    }
+    if tier < policy.min_isolation() {
+        return Some(format!(
+            "tier {tier} is not allowed: {tier} is below the policy's terrarium.min_isolation ({})",
+            policy.min_isolation()
+        ));
+    }
+    None
 }
 
 /// The modules a tier must be able to import for this snippet: its absolute

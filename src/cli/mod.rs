@@ -139,16 +139,11 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     let choice = TierChoice::parse(&common.tier).ok_or_else(|| {
         CliError::usage(anyhow::anyhow!("--tier {:?}: expected auto, rustpython, wasm or docker", common.tier))
     })?;
-    if let TierChoice::Fixed(tier) = choice {
-        if !policy.allowed_tiers().contains(&tier) {
-            return Err(CliError::usage(anyhow::anyhow!("tier {tier} is not in the policy's terrarium.allowed_tiers")));
-        }
-        if tier < policy.min_isolation() {
-            return Err(CliError::usage(anyhow::anyhow!(
-                "tier {tier} is below the policy's terrarium.min_isolation ({})",
-                policy.min_isolation()
-            )));
-        }
+    // Refused before anything starts, with the router's own reason.
+    if let TierChoice::Fixed(tier) = choice
+        && let Some(why) = crate::router::refusal(&policy, tier)
+    {
+        return Err(CliError::usage(anyhow::anyhow!(why)));
     }
     let mut overrides = Overrides::default();
     if let Some(t) = common.timeout {
