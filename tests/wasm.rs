@@ -224,3 +224,30 @@ fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "the mount was written to");
 }
+
+/// Red-team attack `sleep_forever`: a guest blocked in WASI's `poll_oneoff` is not
+/// running wasm, so the epoch deadline alone never stopped it; a warm instance held
+/// its thread and slot for the whole hour and the request failed as a host error.
+/// Sleeps are now clamped to the deadline, on cold and warm instances alike.
+#[test]
+fn sleep_forever() {
+    let one_second = Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() };
+    let Some(cold) = wasm_executor(Policy::default_policy()) else { return };
+    let Some(warm) = crate::common::wasm_executor_with_pool(Policy::default_policy(), 1) else { return };
+    warm.fill_pool().expect("a warm instance starts");
+    for (name, exec) in [("cold", &cold), ("warm", &warm)] {
+        for code in [
+            "import time\ntime.sleep(3600)",
+            "import time\nwhile True:\n    try:\n        time.sleep(60)\n    except BaseException:\n        pass",
+        ] {
+            let o = exec_wasm(exec, ExecRequest::new(code).with_overrides(one_second.clone()));
+            assert_eq!(o.status, Status::Timeout, "{name}: {code}: {o:?}");
+        }
+    }
+    // A sleep inside the deadline still sleeps its full length.
+    let o = exec_wasm(
+        &cold,
+        ExecRequest::new("import time\nt = time.monotonic()\ntime.sleep(0.2)\ntime.monotonic() - t >= 0.2"),
+    );
+    assert_eq!(o.result, Some(serde_json::json!(true)), "{o:?}");
+}

@@ -17,6 +17,7 @@
 //! policy's import whitelist and an audit hook on top.
 
 mod cache;
+mod sleep;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -43,12 +44,39 @@ const UNLIMITED_FUEL: u64 = u64::MAX / 2;
 struct Host {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+    /// When the run must end (guest sleeps are clamped to it).
+    due: sleep::Due,
+    /// The guest's monotonic clock.
+    clock: sleep::GuestClock,
+}
+
+impl Host {
+    fn new(wasi: WasiP1Ctx, limits: StoreLimits, due: sleep::Due, clock: sleep::GuestClock) -> Host {
+        Host { wasi, limits, due, clock }
+    }
+}
+
+impl sleep::SleepState for Host {
+    fn due(&self) -> &sleep::Due {
+        &self.due
+    }
+
+    fn clock(&self) -> sleep::GuestClock {
+        self.clock
+    }
 }
 
 /// The compiled interpreter, shared by every run of every executor in the process.
 struct Runtime {
     engine: Engine,
     pre: InstancePre<Host>,
+}
+
+impl Runtime {
+    /// A store for one instance.
+    fn store(&self, wasi: WasiP1Ctx, limits: StoreLimits, due: sleep::Due, clock: sleep::GuestClock) -> Store<Host> {
+        Store::new(&self.engine, Host::new(wasi, limits, due, clock))
+    }
 }
 
 /// Runs snippets on CPython (WASI) under wasmtime.
@@ -252,14 +280,20 @@ fn build_runtime(config: &WasmConfig) -> Result<Runtime, String> {
     let mut linker: Linker<Host> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
         .map_err(|e| format!("cannot link WASI: {e}"))?;
+    // The guest's poll_oneoff is Terrarium's: its waits end by the deadline.
+    linker.allow_shadowing(true);
+    linker
+        .func_wrap("wasi_snapshot_preview1", "poll_oneoff", sleep::poll_oneoff::<Host>)
+        .map_err(|e| format!("cannot link poll_oneoff: {e}"))?;
     let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot prepare python.wasm: {e}"))?;
+    let runtime = Runtime { engine, pre };
     // Fail now, not on the first request, if the pooling limits cannot hold it.
-    let mut probe =
-        Store::new(&engine, Host { wasi: WasiCtxBuilder::new().build_p1(), limits: StoreLimits::default() });
-    pre.instantiate(&mut probe).map_err(|e| format!("python.wasm does not fit the instance pool: {e}"))?;
+    let clock = sleep::GuestClock(Instant::now());
+    let mut probe = runtime.store(WasiCtxBuilder::new().build_p1(), StoreLimits::default(), sleep::Due::Unset, clock);
+    runtime.pre.instantiate(&mut probe).map_err(|e| format!("python.wasm does not fit the instance pool: {e}"))?;
     drop(probe);
-    start_ticker(engine.clone());
-    Ok(Runtime { engine, pre })
+    start_ticker(runtime.engine.clone());
+    Ok(runtime)
 }
 
 /// Advances the engine's epoch every [`TICK`], for deadlines (one thread per engine,
@@ -416,10 +450,16 @@ fn run_instance(
             .preopened_dir(&m.source, &m.target, wasmtime_wasi::FsPerms::ReadOnly)
             .map_err(|e| host_err(format!("cannot open {} (terrarium.read_only_mounts): {e}", m.source.display())))?;
     }
+    let clock = sleep::GuestClock(Instant::now());
+    builder.monotonic_clock(clock);
     let wasi = builder.build_p1();
     let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
     let limits = StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(false).build();
-    let mut store = Store::new(&runtime.engine, Host { wasi, limits });
+    let due = match &deadline {
+        Deadline::Ticks(_) => sleep::Due::At(Instant::now() + policy.timeout()),
+        Deadline::Cell(cell) => sleep::Due::Window(cell.clone()),
+    };
+    let mut store = runtime.store(wasi, limits, due, clock);
     store.limiter(|h| &mut h.limits);
     let fuel = policy.fuel().unwrap_or(UNLIMITED_FUEL);
     store.set_fuel(fuel).map_err(|e| host_err(format!("cannot set fuel: {e}")))?;
