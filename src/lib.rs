@@ -27,6 +27,7 @@ pub mod error;
 pub mod executor;
 pub mod policy;
 pub mod process;
+pub mod redteam;
 pub mod router;
 pub mod sandbox;
 pub mod tier;

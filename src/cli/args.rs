@@ -31,6 +31,43 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show the circuit breakers: settings and last recorded transition.
     Breakers(BreakersArgs),
+    /// Run the attack corpus and its variants on every tier; exit 1 on any escape,
+    /// host crash, uncontained outcome or policy-parity disagreement.
+    Redteam(RedteamArgs),
+}
+
+/// `terrarium redteam`.
+#[derive(Debug, Args)]
+pub struct RedteamArgs {
+    /// Policy under test (default: the built-in policy).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Tiers to attack, comma-separated (default: every tier in this build that
+    /// the policy allows). A tier that is not set up fails the run.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub tiers: Vec<String>,
+    /// Variants of each attack besides the attack as written.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub variants: u32,
+    /// The mutator's seed (the same seed gives the same variants).
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Requests in flight per tier.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+    /// A directory of corpus files to use instead of the built-in corpus.
+    #[arg(long, value_name = "DIR")]
+    pub corpus: Option<PathBuf>,
+    /// Only attacks whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
+    /// Where the harness plants its secret file and watches for marker files
+    /// (default: a fresh temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// The report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `terrarium breakers`.

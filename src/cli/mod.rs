@@ -8,6 +8,7 @@ mod args;
 #[cfg(feature = "rustpython")]
 mod bench;
 mod doctor;
+mod redteam;
 
 use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
+pub(crate) use args::RedteamArgs;
 use args::{AuditArgs, AuditCommand, BatchArgs, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
 /// Exit code for a usage or configuration error.
@@ -104,6 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Doctor(args) => doctor::run(args),
         Command::Audit(args) => audit_command(args),
         Command::Breakers(args) => breakers_command(args),
+        Command::Redteam(args) => redteam::run(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]

@@ -612,9 +612,10 @@ impl Policy {
         self.deny_findings
     }
 
-    /// This policy with `modules` as its whitelist, for Terrarium's own trusted
-    /// calls (e.g. listing a tier's modules); never reachable from a request.
-    pub(crate) fn with_allowed_modules(&self, modules: &[&str]) -> Policy {
+    /// This policy with `modules` as its whitelist, built by the host (listing a
+    /// tier's modules, the red-team parity table); no request can reach it, since
+    /// overrides only ever tighten.
+    pub fn with_allowed_modules(&self, modules: &[&str]) -> Policy {
         let mut p = self.clone();
         p.allowed_modules = modules.iter().map(|m| m.to_string()).collect();
         p

@@ -30,6 +30,8 @@ mod isolation;
 mod limits;
 #[path = "../policy_parity.rs"]
 mod policy_parity;
+#[path = "../redteam.rs"]
+mod redteam;
 #[path = "../router.rs"]
 mod router;
 #[path = "../stdlib.rs"]

@@ -11,7 +11,7 @@
 //! before it runs; only the last one counts, and the prelude writes it after the
 //! snippet has finished.
 
-use crate::executor::{Outcome, Status};
+use crate::executor::{Outcome, Status, Tier};
 use crate::policy::Policy;
 
 /// The program CPython starts with (see its header). Arguments after it: the
@@ -78,6 +78,19 @@ pub(crate) fn split_status(stderr: &str, nonce: &str) -> (String, Option<String>
 /// The line the prelude ends stdout with when asked to (`mark`).
 pub(crate) fn stdout_end(nonce: &str) -> String {
     format!("\n{nonce} end\n")
+}
+
+/// How the host reads a CPython run: the run's stderr (its status line behind
+/// `nonce`), its exit code and whether its output was cut at the cap, as the
+/// outcome both CPython tiers return. Nothing in `stderr` is trusted: any text gives
+/// an outcome, never a panic (the `ipc_decode` fuzz target holds it to that).
+pub fn decode_report(tier: Tier, stderr: &str, nonce: &str, exit: Option<i32>, output_full: bool) -> Outcome {
+    let (err_text, status_line) = split_status(stderr, nonce);
+    let mut o = Outcome::refused(None, tier, Status::Ok, "", "");
+    o.error = None;
+    o.stderr = err_text;
+    apply_status(&mut o, status_line.as_deref(), exit, output_full);
+    o
 }
 
 pub(crate) fn nonce() -> String {

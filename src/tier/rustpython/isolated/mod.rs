@@ -19,7 +19,7 @@
 //!
 //! Linux only.
 
-mod protocol;
+pub mod protocol;
 mod seccomp;
 mod sys;
 mod zygote;

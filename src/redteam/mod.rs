@@ -1,0 +1,805 @@
+//! Variant simulation for security testing: an attack corpus, a mutator, and a
+//! harness that runs corpus × variants on every tier and judges each run by its
+//! effect on the host.
+//!
+//! - The corpus (`redteam/corpus/*.yaml`, compiled in; `--corpus DIR` for another)
+//!   is data: each attack names its category, the host effect that would mean it
+//!   worked, and which outcomes count as contained.
+//! - [`mutate`] writes variants of each attack, deterministic from a seed.
+//! - [`harness::Watch`] plants a secret, a marker directory and a listener, and
+//!   reports what reached them.
+//! - [`run`] sends every variant through a [`Sandbox`] fixed to each tier and
+//!   builds a [`Report`]: per category and tier, attempted / contained /
+//!   uncontained / escaped / host crashes / limit overshoot p99; the policy-parity
+//!   table's disagreements; and each failure with its code.
+//!
+//! # Security invariant kept
+//! A run is judged by the host, never by what the snippet says about itself: an
+//! escape is a planted secret or another run's token in an outcome, a marker file
+//! on the host, anything reaching the listener (also after the run ended), or a run
+//! that outlives its deadline by more than the slack. A host fault (`Err` from a
+//! tier) is a host crash. [`Report::passed`] is false on any of these, on an
+//! outcome outside the attack's contained list, and on a parity disagreement.
+
+pub mod harness;
+pub mod mutate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SandboxError;
+use crate::executor::{ExecRequest, Outcome, Status};
+use crate::policy::{Policy, Tier, TierChoice};
+use crate::sandbox::Sandbox;
+
+/// The categories every corpus must cover.
+pub const CATEGORIES: &[&str] = &[
+    "import_bypass",
+    "introspection",
+    "builtins_tampering",
+    "filesystem",
+    "network",
+    "process_thread",
+    "resource_exhaustion",
+    "state_leakage",
+    "tier_specific",
+];
+
+/// The host effects an attack may aim at.
+pub const EFFECTS: &[&str] =
+    &["secret_read", "connection", "marker_file", "outlives", "state_leak", "host_dead", "overrun"];
+
+/// Statuses an attack may list as contained (`refused`: the sandbox refused the
+/// request before any tier ran it, e.g. code over `max_code_size`).
+pub const CONTAINED_NAMES: &[&str] =
+    &["ok", "exception", "timeout", "memory_limit", "fuel_exhausted", "output_limit", "denied", "crashed", "refused"];
+
+const PLACEHOLDERS: &[&str] = &["SECRET_PATH", "SECRET_DIR", "MARKER", "MARKER_DIR", "PORT", "TOKEN", "SECRET_ENV"];
+
+/// The corpus compiled into the binary.
+const BUILTIN: &[(&str, &str)] = &[
+    ("import_bypass.yaml", include_str!("../../redteam/corpus/import_bypass.yaml")),
+    ("introspection.yaml", include_str!("../../redteam/corpus/introspection.yaml")),
+    ("builtins_tampering.yaml", include_str!("../../redteam/corpus/builtins_tampering.yaml")),
+    ("filesystem.yaml", include_str!("../../redteam/corpus/filesystem.yaml")),
+    ("network.yaml", include_str!("../../redteam/corpus/network.yaml")),
+    ("process_thread.yaml", include_str!("../../redteam/corpus/process_thread.yaml")),
+    ("resource_exhaustion.yaml", include_str!("../../redteam/corpus/resource_exhaustion.yaml")),
+    ("state_leakage.yaml", include_str!("../../redteam/corpus/state_leakage.yaml")),
+    ("tier_specific.yaml", include_str!("../../redteam/corpus/tier_specific.yaml")),
+];
+
+const PARITY: &str = include_str!("../../redteam/parity.yaml");
+
+/// One attack from the corpus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attack {
+    /// Unique name (regression tests are named after it).
+    pub name: String,
+    /// One of [`CATEGORIES`].
+    pub category: String,
+    /// The host effect that would mean it worked (one of [`EFFECTS`]).
+    pub effect: String,
+    /// The requests, in order (one unless it needs a session).
+    pub steps: Vec<String>,
+    /// Statuses that count as contained (see [`CONTAINED_NAMES`]).
+    pub contained: Vec<String>,
+    /// Tiers it runs on (all when empty).
+    pub tiers: Vec<Tier>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCorpus {
+    category: String,
+    #[allow(dead_code, reason = "documentation for readers of the file")]
+    description: Option<String>,
+    attacks: Vec<RawAttack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttack {
+    name: String,
+    effect: String,
+    #[allow(dead_code, reason = "documentation for readers of the file")]
+    why: Option<String>,
+    code: Option<String>,
+    steps: Option<Vec<String>>,
+    contained: Option<Vec<String>>,
+    tiers: Option<Vec<String>>,
+}
+
+/// A corpus file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct CorpusError {
+    /// The file.
+    pub origin: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses one corpus file.
+///
+/// # Errors
+/// Malformed YAML, unknown keys, an unknown category, effect, status, tier or
+/// placeholder, an attack with no code or with both `code` and `steps`.
+pub fn parse_corpus(text: &str, origin: &str) -> Result<Vec<Attack>, CorpusError> {
+    let err = |message: String| CorpusError { origin: origin.to_string(), message };
+    let raw: RawCorpus = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+    if !CATEGORIES.contains(&raw.category.as_str()) {
+        return Err(err(format!("category {:?} is not one of {}", raw.category, CATEGORIES.join(", "))));
+    }
+    let mut out = Vec::with_capacity(raw.attacks.len());
+    for a in raw.attacks {
+        let at = |m: String| err(format!("attack {:?}: {m}", a.name));
+        if a.name.is_empty() || !a.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(at("names are lower-case letters, digits and _".into()));
+        }
+        if !EFFECTS.contains(&a.effect.as_str()) {
+            return Err(at(format!("effect {:?} is not one of {}", a.effect, EFFECTS.join(", "))));
+        }
+        let steps = match (&a.code, &a.steps) {
+            (Some(c), None) => vec![c.clone()],
+            (None, Some(s)) if !s.is_empty() => s.clone(),
+            (Some(_), Some(_)) => return Err(at("has both code and steps".into())),
+            _ => return Err(at("has no code".into())),
+        };
+        for step in &steps {
+            if step.trim().is_empty() {
+                return Err(at("has an empty step".into()));
+            }
+            let mut rest = step.as_str();
+            while let Some(open) = rest.find("{{") {
+                let close = rest[open..].find("}}").ok_or_else(|| at("has an unclosed {{".into()))?;
+                let name = &rest[open + 2..open + close];
+                if !PLACEHOLDERS.contains(&name) {
+                    return Err(at(format!("placeholder {{{{{name}}}}} is not one of {}", PLACEHOLDERS.join(", "))));
+                }
+                rest = &rest[open + close + 2..];
+            }
+        }
+        let contained = a.contained.unwrap_or_else(|| CONTAINED_NAMES.iter().map(|s| s.to_string()).collect());
+        if contained.is_empty() {
+            return Err(at("contained is empty".into()));
+        }
+        if let Some(bad) = contained.iter().find(|c| !CONTAINED_NAMES.contains(&c.as_str())) {
+            return Err(at(format!("contained status {bad:?} is not one of {}", CONTAINED_NAMES.join(", "))));
+        }
+        let mut tiers = Vec::new();
+        for t in a.tiers.unwrap_or_default() {
+            tiers.push(Tier::parse(&t).ok_or_else(|| at(format!("tier {t:?} is not rustpython, wasm or docker")))?);
+        }
+        out.push(Attack { name: a.name, category: raw.category.clone(), effect: a.effect, steps, contained, tiers });
+    }
+    Ok(out)
+}
+
+/// The corpus compiled into this binary.
+///
+/// # Errors
+/// Never for a binary whose tests passed; the parse is checked all the same.
+pub fn builtin_corpus() -> Result<Vec<Attack>, CorpusError> {
+    let mut all = Vec::new();
+    for (name, text) in BUILTIN {
+        all.extend(parse_corpus(text, &format!("redteam/corpus/{name}"))?);
+    }
+    check_names(all)
+}
+
+/// Every `*.yaml` file in `dir`.
+///
+/// # Errors
+/// An unreadable directory or file, or any [`parse_corpus`] error.
+pub fn load_corpus(dir: &Path) -> Result<Vec<Attack>, CorpusError> {
+    let err = |m: String| CorpusError { origin: dir.display().to_string(), message: m };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| err(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(err("holds no .yaml corpus files".into()));
+    }
+    let mut all = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| CorpusError { origin: f.display().to_string(), message: e.to_string() })?;
+        all.extend(parse_corpus(&text, &f.display().to_string())?);
+    }
+    check_names(all)
+}
+
+fn check_names(all: Vec<Attack>) -> Result<Vec<Attack>, CorpusError> {
+    let mut seen = std::collections::HashSet::new();
+    for a in &all {
+        if !seen.insert(a.name.as_str()) {
+            return Err(CorpusError {
+                origin: a.category.clone(),
+                message: format!("attack {:?} appears twice", a.name),
+            });
+        }
+    }
+    Ok(all)
+}
+
+/// One row of the policy-parity table: under a whitelist, a snippet is allowed or
+/// denied, the same on every tier.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParityCase {
+    /// The policy's `allowed_modules` for this case.
+    pub allowed_modules: Vec<String>,
+    /// The snippet.
+    pub code: String,
+    /// Whether it must run (`true`) or be denied.
+    pub allowed: bool,
+}
+
+/// The policy-parity table (`redteam/parity.yaml`).
+///
+/// # Errors
+/// Only if the compiled-in table is malformed (a test holds it to parse).
+pub fn parity_cases() -> Result<Vec<ParityCase>, CorpusError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        cases: Vec<ParityCase>,
+    }
+    serde_yaml::from_str::<File>(PARITY)
+        .map(|f| f.cases)
+        .map_err(|e| CorpusError { origin: "redteam/parity.yaml".into(), message: e.to_string() })
+}
+
+/// Where progress lines go.
+pub type Progress = Box<dyn Fn(&str) + Send + Sync>;
+
+/// What to run.
+pub struct Options {
+    /// The policy under test.
+    pub policy: Policy,
+    /// Tiers to run on, in order.
+    pub tiers: Vec<Tier>,
+    /// The attacks.
+    pub corpus: Vec<Attack>,
+    /// Variants per attack (besides the attack as written).
+    pub variants: u32,
+    /// The mutator's seed.
+    pub seed: u64,
+    /// Requests in flight per tier.
+    pub jobs: usize,
+    /// Where to plant the secret and markers (`None`: a fresh temporary directory).
+    pub workdir: Option<std::path::PathBuf>,
+    /// The rustpython tier's zygote (`None`: [`crate::IsolatedConfig::from_env`]).
+    #[cfg(feature = "rustpython")]
+    pub isolated: Option<crate::tier::rustpython::IsolatedConfig>,
+    /// Called with a line of progress now and then.
+    pub progress: Option<Progress>,
+}
+
+/// One cell of the matrix: a category on a tier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// The category.
+    pub category: String,
+    /// The tier.
+    pub tier: String,
+    /// Runs (attack or variant, all its requests).
+    pub attempted: u64,
+    /// Runs with no host effect and a contained outcome.
+    pub contained: u64,
+    /// Runs with no host effect but an outcome the attack does not list.
+    pub uncontained: u64,
+    /// Runs with a host effect.
+    pub escaped: u64,
+    /// Runs during which a tier failed on the host's side.
+    pub host_crashes: u64,
+    /// 99th percentile of how long past the deadline runs that timed out ended
+    /// (ms; `null` when none timed out).
+    pub overshoot_p99_ms: Option<u64>,
+}
+
+/// The policy-parity table's result on one tier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParityRow {
+    /// The tier.
+    pub tier: String,
+    /// Cases run.
+    pub cases: u64,
+    /// Cases whose allow/deny differed from the table.
+    pub disagreements: u64,
+}
+
+/// A run that failed the red team's bar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `escaped`, `host_crash`, `uncontained` or `parity`.
+    pub kind: String,
+    /// The tier.
+    pub tier: String,
+    /// The attack (or the parity case's code).
+    pub attack: String,
+    /// Which variant (`original`, or its transforms).
+    pub variant: String,
+    /// What was seen.
+    pub detail: String,
+    /// The requests sent.
+    pub steps: Vec<String>,
+}
+
+/// The whole run's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The mutator's seed.
+    pub seed: u64,
+    /// Variants per attack.
+    pub variants: u32,
+    /// Tiers run.
+    pub tiers: Vec<String>,
+    /// Attacks in the corpus.
+    pub attacks: usize,
+    /// The matrix.
+    pub matrix: Vec<Row>,
+    /// Policy parity per tier.
+    pub parity: Vec<ParityRow>,
+    /// Host effects that named no run (any is an escape).
+    pub unattributed: Vec<String>,
+    /// Every failure.
+    pub failures: Vec<Failure>,
+    /// No escape, host crash, uncontained outcome, unattributed effect or parity
+    /// disagreement.
+    pub passed: bool,
+}
+
+impl Report {
+    /// The matrix as a text table, then the failures.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{:<20} {:<10} {:>9} {:>9} {:>11} {:>7} {:>12} {:>15}\n",
+            "category", "tier", "attempted", "contained", "uncontained", "escaped", "host_crashes", "overshoot_p99"
+        );
+        for r in &self.matrix {
+            let p99 = r.overshoot_p99_ms.map_or("-".to_string(), |ms| format!("{ms} ms"));
+            s.push_str(&format!(
+                "{:<20} {:<10} {:>9} {:>9} {:>11} {:>7} {:>12} {:>15}\n",
+                r.category, r.tier, r.attempted, r.contained, r.uncontained, r.escaped, r.host_crashes, p99
+            ));
+        }
+        for p in &self.parity {
+            s.push_str(&format!(
+                "{:<20} {:<10} {:>9} {:>9} {:>11}\n",
+                "policy_parity",
+                p.tier,
+                p.cases,
+                p.cases - p.disagreements,
+                p.disagreements
+            ));
+        }
+        for u in &self.unattributed {
+            s.push_str(&format!("unattributed host effect: {u}\n"));
+        }
+        for f in &self.failures {
+            s.push_str(&format!("\n{} on {}: {} [{}]\n  {}\n", f.kind, f.tier, f.attack, f.variant, f.detail));
+            for (i, step) in f.steps.iter().enumerate() {
+                let shown: String = step.chars().take(600).collect();
+                s.push_str(&format!("  --- request {} ---\n{}\n", i + 1, indent(&shown)));
+            }
+        }
+        s.push_str(&format!(
+            "\n{} attacks, {} variants each, seed {}: {}\n",
+            self.attacks,
+            self.variants,
+            self.seed,
+            if self.passed { "no escapes, no host crashes" } else { "FAILED" }
+        ));
+        s
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// One run: an attack or one of its variants, on one tier.
+struct Job {
+    attack: usize,
+    variant: mutate::Variant,
+    /// One token per attack step.
+    tokens: Vec<String>,
+}
+
+struct Verdict {
+    attack: usize,
+    tier: Tier,
+    variant: mutate::Variant,
+    tokens: Vec<String>,
+    steps: Vec<String>,
+    effects: Vec<String>,
+    host_fault: Option<String>,
+    statuses: Vec<String>,
+    overshoot_ms: Vec<u64>,
+}
+
+/// How much longer than its deadline a run may take before it counts as having
+/// outlived it (`overrun`): the deadline itself, at least 5 s (a loaded 2-core
+/// machine and a container's removal fit in it; a run that ignores its deadline
+/// does not).
+fn overrun_slack(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(5))
+}
+
+/// How long the harness waits after the last run for effects that come late (a
+/// thread or process that outlived its run).
+pub const LATE_EFFECT_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the corpus and its variants on every tier in `options.tiers`, then the
+/// parity table, and judges every run by its host effects.
+///
+/// # Errors
+/// [`SandboxError::TierUnavailable`] when a tier cannot run `1 + 1` (with how to
+/// set it up); host errors while planting the watch. Failures of attacks are in
+/// the [`Report`], not errors.
+pub async fn run(options: Options) -> Result<Report, SandboxError> {
+    let watch = Arc::new(
+        harness::Watch::start(options.workdir.as_deref())
+            .map_err(|e| SandboxError::Host { tier: Tier::Rustpython, message: format!("red-team watch: {e}") })?,
+    );
+    let say = |line: &str| {
+        if let Some(p) = &options.progress {
+            p(line);
+        }
+    };
+    // The variants, made once (the parser recurses with the source's depth, and the
+    // corpus has deep sources on purpose: a thread with a large stack).
+    let corpus = options.corpus.clone();
+    let (variants, seed) = (options.variants, options.seed);
+    let plans: Vec<Vec<mutate::Variant>> = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            corpus
+                .iter()
+                .map(|a| {
+                    let mut v = vec![mutate::Variant::original(&a.steps)];
+                    v.extend((1..=variants).filter_map(|n| mutate::variant(&a.steps, seed, &a.name, n)));
+                    v
+                })
+                .collect()
+        })
+        .map_err(|e| SandboxError::Host { tier: Tier::Rustpython, message: format!("cannot start a thread: {e}") })?
+        .join()
+        .map_err(|_| SandboxError::Host { tier: Tier::Rustpython, message: "the mutator panicked".into() })?;
+
+    let mut verdicts = Vec::new();
+    let mut parity = Vec::new();
+    let mut failures = Vec::new();
+    for &tier in &options.tiers {
+        let sandbox = Arc::new(sandbox_for(&options, options.policy.clone())?);
+        preflight(&sandbox, tier).await?;
+        let corpus = &options.corpus;
+        let jobs: Vec<Job> = plans
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| corpus[*i].tiers.is_empty() || corpus[*i].tiers.contains(&tier))
+            .flat_map(|(i, vs)| {
+                vs.iter().map(move |v| Job {
+                    attack: i,
+                    variant: v.clone(),
+                    tokens: corpus[i].steps.iter().map(|_| harness::token()).collect(),
+                })
+            })
+            .collect();
+        say(&format!("{tier}: {} runs", jobs.len()));
+        let started = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
+        let mut handles = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (sandbox, watch, sem) = (sandbox.clone(), watch.clone(), sem.clone());
+            let timeout = options.policy.timeout();
+            handles.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                run_job(&sandbox, &watch, tier, timeout, job).await
+            }));
+        }
+        for h in handles {
+            match h.await {
+                Ok(v) => verdicts.push(v),
+                Err(e) => failures.push(Failure {
+                    kind: "host_crash".into(),
+                    tier: tier.to_string(),
+                    attack: "(harness task)".into(),
+                    variant: String::new(),
+                    detail: format!("a run's task ended abnormally: {e}"),
+                    steps: Vec::new(),
+                }),
+            }
+        }
+        say(&format!("{tier}: done in {:.1} s", started.elapsed().as_secs_f64()));
+        parity.push(run_parity(&options, tier, &mut failures).await?);
+    }
+
+    // Effects that came late: a thread or process that outlived its run.
+    tokio::time::sleep(LATE_EFFECT_GRACE).await;
+    let mut by_token: HashMap<&str, usize> = HashMap::new();
+    for (i, v) in verdicts.iter().enumerate() {
+        for t in &v.tokens {
+            by_token.insert(t.as_str(), i);
+        }
+    }
+    let mut late: Vec<(usize, String)> = Vec::new();
+    let mut unattributed = Vec::new();
+    for (token, what) in watch.host_effects() {
+        match token.as_deref().and_then(|t| by_token.get(t)) {
+            Some(&i) => late.push((i, what)),
+            None => unattributed.push(what),
+        }
+    }
+    for (i, what) in late {
+        if !verdicts[i].effects.contains(&what) {
+            verdicts[i].effects.push(what);
+        }
+    }
+    Ok(judge(&options, verdicts, parity, failures, unattributed))
+}
+
+fn sandbox_for(options: &Options, policy: Policy) -> Result<Sandbox, SandboxError> {
+    #[allow(unused_mut, reason = "the builder is only changed by tiers in this build")]
+    let mut b = Sandbox::builder().policy(policy);
+    #[cfg(feature = "rustpython")]
+    if let Some(c) = &options.isolated {
+        b = b.isolated(c.clone());
+    }
+    #[cfg(feature = "wasm")]
+    {
+        let mut c = crate::tier::wasm::WasmConfig::from_env();
+        c.pool_size = options.jobs.min(4);
+        b = b.wasm(c);
+    }
+    #[cfg(feature = "docker")]
+    {
+        b = b.docker(crate::tier::docker::DockerConfig { pool_size: options.jobs.min(4), ..Default::default() });
+    }
+    let _ = options;
+    b.build()
+}
+
+/// `1 + 1` on the tier, so that a tier that is not set up fails the whole run
+/// loudly instead of showing up as a column of host crashes.
+async fn preflight(sandbox: &Sandbox, tier: Tier) -> Result<(), SandboxError> {
+    let req = ExecRequest { tier: TierChoice::Fixed(tier), ..ExecRequest::new("1 + 1") };
+    let o = sandbox.execute(req).await.map_err(|e| SandboxError::TierUnavailable {
+        tier,
+        reason: format!("{e} (set it up: scripts/setup-wasm, scripts/setup-docker; or leave it out with --tiers)"),
+    })?;
+    if o.status != Status::Ok {
+        return Err(SandboxError::TierUnavailable {
+            tier,
+            reason: format!("1 + 1 ended {} ({:?}) under this policy", o.status.as_str(), o.error),
+        });
+    }
+    Ok(())
+}
+
+fn outcome_text(o: &Outcome) -> String {
+    let mut s = String::with_capacity(o.stdout.len() + o.stderr.len() + 64);
+    s.push_str(&o.stdout);
+    s.push('\n');
+    s.push_str(&o.stderr);
+    s.push('\n');
+    if let Some(r) = &o.result {
+        s.push_str(&r.to_string());
+        s.push('\n');
+    }
+    if let Some(e) = &o.error {
+        s.push_str(&e.kind);
+        s.push_str(": ");
+        s.push_str(&e.message);
+    }
+    s
+}
+
+async fn run_job(sandbox: &Sandbox, watch: &harness::Watch, tier: Tier, timeout: Duration, job: Job) -> Verdict {
+    let steps: Vec<String> = job
+        .variant
+        .steps
+        .iter()
+        .zip(&job.variant.origin)
+        .map(|(code, &from)| watch.fill(code, &job.tokens[from]))
+        .collect();
+    let mut v = Verdict {
+        attack: job.attack,
+        tier,
+        variant: job.variant.clone(),
+        tokens: job.tokens.clone(),
+        steps: steps.clone(),
+        effects: Vec::new(),
+        host_fault: None,
+        statuses: Vec::new(),
+        overshoot_ms: Vec::new(),
+    };
+    for (code, &from) in steps.iter().zip(&job.variant.origin) {
+        let req = ExecRequest { tier: TierChoice::Fixed(tier), ..ExecRequest::new(code.clone()) };
+        let started = Instant::now();
+        let result = sandbox.execute(req).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(o) => {
+                v.effects.extend(watch.effects_in(&outcome_text(&o), &job.tokens[from]));
+                if o.status == Status::Timeout {
+                    v.overshoot_ms.push(u64::try_from(elapsed.saturating_sub(timeout).as_millis()).unwrap_or(u64::MAX));
+                }
+                if elapsed > timeout + overrun_slack(timeout) {
+                    v.effects.push(format!(
+                        "overrun: the request took {:.1} s under a {:.1} s deadline",
+                        elapsed.as_secs_f64(),
+                        timeout.as_secs_f64()
+                    ));
+                }
+                v.statuses.push(o.status.as_str().to_string());
+            }
+            Err(SandboxError::InvalidRequest(_) | SandboxError::Policy(_)) => v.statuses.push("refused".into()),
+            Err(e) => {
+                v.host_fault = Some(e.to_string());
+                v.statuses.push("host_fault".into());
+            }
+        }
+    }
+    for (token, what) in watch.host_effects() {
+        if token.as_deref().is_some_and(|t| job.tokens.iter().any(|own| own == t)) && !v.effects.contains(&what) {
+            v.effects.push(what);
+        }
+    }
+    v
+}
+
+async fn run_parity(options: &Options, tier: Tier, failures: &mut Vec<Failure>) -> Result<ParityRow, SandboxError> {
+    let cases = parity_cases().map_err(|e| SandboxError::Host { tier, message: e.to_string() })?;
+    let mut row = ParityRow { tier: tier.to_string(), ..ParityRow::default() };
+    // One sandbox per whitelist.
+    let mut sandboxes: BTreeMap<Vec<String>, Sandbox> = BTreeMap::new();
+    for case in cases {
+        if !sandboxes.contains_key(&case.allowed_modules) {
+            let modules: Vec<&str> = case.allowed_modules.iter().map(String::as_str).collect();
+            let s = sandbox_for(options, options.policy.with_allowed_modules(&modules))?;
+            sandboxes.insert(case.allowed_modules.clone(), s);
+        }
+        let sandbox = &sandboxes[&case.allowed_modules];
+        row.cases += 1;
+        let req = ExecRequest { tier: TierChoice::Fixed(tier), ..ExecRequest::new(case.code.clone()) };
+        let (allowed, seen) = match sandbox.execute(req).await {
+            Ok(o) => (o.status != Status::Denied, format!("{} {:?}", o.status.as_str(), o.error)),
+            Err(e) => (false, format!("host error: {e}")),
+        };
+        if allowed != case.allowed {
+            row.disagreements += 1;
+            failures.push(Failure {
+                kind: "parity".into(),
+                tier: tier.to_string(),
+                attack: case.code.clone(),
+                variant: format!("allowed_modules {:?}", case.allowed_modules),
+                detail: format!(
+                    "the table says {}, the tier said {seen}",
+                    if case.allowed { "allowed" } else { "denied" }
+                ),
+                steps: vec![case.code],
+            });
+        }
+    }
+    Ok(row)
+}
+
+fn judge(
+    options: &Options,
+    verdicts: Vec<Verdict>,
+    parity: Vec<ParityRow>,
+    mut failures: Vec<Failure>,
+    unattributed: Vec<String>,
+) -> Report {
+    let mut rows: BTreeMap<(usize, usize), (Row, Vec<u64>)> = BTreeMap::new();
+    for v in verdicts {
+        let attack = &options.corpus[v.attack];
+        let ci = CATEGORIES.iter().position(|c| *c == attack.category).unwrap_or(CATEGORIES.len());
+        let ti = options.tiers.iter().position(|t| *t == v.tier).unwrap_or(0);
+        let (row, overshoot) = rows.entry((ci, ti)).or_insert_with(|| {
+            (Row { category: attack.category.clone(), tier: v.tier.to_string(), ..Row::default() }, Vec::new())
+        });
+        row.attempted += 1;
+        overshoot.extend(&v.overshoot_ms);
+        let fail = |kind: &str, detail: String| Failure {
+            kind: kind.into(),
+            tier: v.tier.to_string(),
+            attack: attack.name.clone(),
+            variant: v.variant.label(),
+            detail,
+            steps: v.steps.clone(),
+        };
+        if !v.effects.is_empty() {
+            row.escaped += 1;
+            failures.push(fail("escaped", v.effects.join("; ")));
+        } else if let Some(e) = &v.host_fault {
+            row.host_crashes += 1;
+            failures.push(fail("host_crash", e.clone()));
+        } else {
+            // A variant may fail on its own (an exception) or, when it swallows
+            // exceptions or is split, end `ok`; neither is an escape.
+            let ok_for_variant = |s: &str| {
+                !v.variant.transforms.is_empty()
+                    && (s == "exception" || s == "refused" || (v.variant.lenient && s == "ok"))
+            };
+            match v.statuses.iter().find(|s| !attack.contained.contains(s) && !ok_for_variant(s)) {
+                Some(s) => {
+                    row.uncontained += 1;
+                    failures.push(fail(
+                        "uncontained",
+                        format!("ended {s}; contained means one of {}", attack.contained.join(", ")),
+                    ));
+                }
+                None => row.contained += 1,
+            }
+        }
+    }
+    let matrix: Vec<Row> = rows
+        .into_values()
+        .map(|(mut row, mut overshoot)| {
+            overshoot.sort_unstable();
+            row.overshoot_p99_ms = (!overshoot.is_empty()).then(|| overshoot[(overshoot.len() * 99).div_ceil(100) - 1]);
+            row
+        })
+        .collect();
+    let passed = failures.is_empty() && unattributed.is_empty();
+    Report {
+        seed: options.seed,
+        variants: options.variants,
+        tiers: options.tiers.iter().map(ToString::to_string).collect(),
+        attacks: options.corpus.len(),
+        matrix,
+        parity,
+        unattributed,
+        failures,
+        passed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_corpus_covers_every_category_with_150_attacks() {
+        let corpus = builtin_corpus().expect("corpus parses");
+        assert!(corpus.len() >= 150, "{} attacks", corpus.len());
+        for c in CATEGORIES {
+            let n = corpus.iter().filter(|a| a.category == *c).count();
+            assert!(n >= 5, "category {c} has {n} attacks");
+            assert!(
+                corpus.iter().any(|a| a.category == *c && a.tiers.is_empty()),
+                "category {c} has no attack for every tier"
+            );
+        }
+        assert!(!parity_cases().expect("parity table").is_empty());
+    }
+
+    #[test]
+    fn corpus_files_are_checked() {
+        let bad = [
+            ("category: nope\nattacks: []", "category"),
+            ("category: network\nattacks:\n  - {name: a, effect: fly, code: x}", "effect"),
+            ("category: network\nattacks:\n  - {name: a, effect: connection}", "no code"),
+            ("category: network\nattacks:\n  - {name: a, effect: connection, code: '{{HOME}}'}", "placeholder"),
+            ("category: network\nattacks:\n  - {name: a, effect: connection, code: x, contained: [fine]}", "contained"),
+            ("category: network\nattacks:\n  - {name: a, effect: connection, code: x, colour: red}", "unknown field"),
+            ("category: network\nattacks:\n  - {name: A b, effect: connection, code: x}", "lower-case"),
+            ("category: network\nattacks: [", "line 3"),
+        ];
+        for (text, want) in bad {
+            let err = parse_corpus(text, "t.yaml").expect_err(text).to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}
