@@ -54,7 +54,8 @@ pub const EFFECTS: &[&str] =
     &["secret_read", "connection", "marker_file", "outlives", "state_leak", "host_dead", "overrun"];
 
 /// Statuses an attack may list as contained (`refused`: the sandbox refused the
-/// request before any tier ran it, e.g. code over `max_code_size`).
+/// request before any tier ran it, e.g. code over `max_code_size`). `denied` and
+/// `refused` always count as contained: the policy stopped the attack.
 pub const CONTAINED_NAMES: &[&str] =
     &["ok", "exception", "timeout", "memory_limit", "fuel_exhausted", "output_limit", "denied", "crashed", "refused"];
 
@@ -726,13 +727,15 @@ fn judge(
             row.host_crashes += 1;
             failures.push(fail("host_crash", e.clone()));
         } else {
-            // A variant may fail on its own (an exception) or, when it swallows
-            // exceptions or is split, end `ok`; neither is an escape.
-            let ok_for_variant = |s: &str| {
-                !v.variant.transforms.is_empty()
-                    && (s == "exception" || s == "refused" || (v.variant.lenient && s == "ok"))
+            // The policy refusing a request (denied, or refused before it ran) always
+            // contains it. A variant may also fail on its own (an exception) or, when
+            // it swallows exceptions or is split, end `ok`; neither is an escape.
+            let also_contained = |s: &str| {
+                s == "denied"
+                    || s == "refused"
+                    || (!v.variant.transforms.is_empty() && (s == "exception" || (v.variant.lenient && s == "ok")))
             };
-            match v.statuses.iter().find(|s| !attack.contained.contains(s) && !ok_for_variant(s)) {
+            match v.statuses.iter().find(|s| !attack.contained.contains(s) && !also_contained(s)) {
                 Some(s) => {
                     row.uncontained += 1;
                     failures.push(fail(

@@ -1,0 +1,1 @@
+print([x * x for x in range(10) if x % 2])

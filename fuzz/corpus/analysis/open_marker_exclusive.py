@@ -1,0 +1,2 @@
+with open("{{MARKER}}", "x") as f:
+    f.write("x")

@@ -1,0 +1,1 @@
+print(open("{{SECRET_PATH}}", "rb").read())

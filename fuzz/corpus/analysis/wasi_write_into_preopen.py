@@ -1,0 +1,3 @@
+import json
+open(json.__file__ + ".evil", "w").write("x")
+open("{{MARKER}}", "w")

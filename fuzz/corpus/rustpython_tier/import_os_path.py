@@ -1,0 +1,2 @@
+import os.path
+print(open(os.path.join("{{SECRET_DIR}}", "secret.txt")).read())

@@ -1,0 +1,2 @@
+import json, math
+json.dumps({'pi': math.pi})

@@ -1,0 +1,3 @@
+import os
+if os.fork() == 0:
+    open("{{MARKER}}", "w")

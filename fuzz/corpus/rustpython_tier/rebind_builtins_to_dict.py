@@ -1,0 +1,2 @@
+__builtins__ = {"open": open}
+print(__builtins__["open"]("{{SECRET_PATH}}").read())

@@ -1,0 +1,3 @@
+import json
+base = json.__file__.rsplit("/", 2)[0]
+print(open(base + "/../../../../../../../.." + "{{SECRET_PATH}}").read())
