@@ -62,10 +62,13 @@ pub(super) fn run(args: RedteamArgs) -> Result<ExitCode, CliError> {
 
 fn tiers(args: &RedteamArgs, policy: &Policy) -> Result<Vec<Tier>, CliError> {
     if args.tiers.is_empty() {
-        let built: Vec<Tier> = [Tier::Rustpython, Tier::Wasm, Tier::Docker]
-            .into_iter()
-            .filter(|t| crate::router::refusal(policy, *t).is_none())
-            .collect();
+        let in_build = |t: &Tier| match t {
+            Tier::Rustpython => cfg!(feature = "rustpython"),
+            Tier::Wasm => cfg!(feature = "wasm"),
+            Tier::Docker => cfg!(feature = "docker"),
+        };
+        let built: Vec<Tier> =
+            Tier::ALL.into_iter().filter(in_build).filter(|t| crate::router::refusal(policy, *t).is_none()).collect();
         if built.is_empty() {
             return Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("no tier in this build runs this policy") });
         }

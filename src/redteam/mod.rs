@@ -788,6 +788,37 @@ mod tests {
         assert!(!parity_cases().expect("parity table").is_empty());
     }
 
+    /// A typo in an attack would make it "contained" for nothing: every step (and
+    /// every variant of it) must be Python the parser accepts, but for the attacks
+    /// that are too deep on purpose.
+    #[test]
+    fn every_attack_and_variant_is_python() {
+        let watch = harness::Watch::start(None).expect("watch");
+        let corpus = builtin_corpus().expect("corpus");
+        let bad = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || {
+                let mut bad = Vec::new();
+                for a in &corpus {
+                    let mut variants = vec![mutate::Variant::original(&a.steps)];
+                    variants.extend((1..=3).filter_map(|n| mutate::variant(&a.steps, 1, &a.name, n)));
+                    for v in variants {
+                        for step in &v.steps {
+                            let code = watch.fill(step, &harness::token());
+                            if let Err(e) = ruff_python_parser::parse_module(&code) {
+                                bad.push(format!("{} [{}]: {e}", a.name, v.label()));
+                            }
+                        }
+                    }
+                }
+                bad
+            })
+            .expect("thread")
+            .join()
+            .expect("no panic");
+        assert!(bad.is_empty(), "attacks that are not Python:\n{}", bad.join("\n"));
+    }
+
     #[test]
     fn corpus_files_are_checked() {
         let bad = [
