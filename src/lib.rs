@@ -23,6 +23,7 @@ pub mod analysis;
 pub mod audit;
 pub mod breaker;
 pub mod cli;
+pub mod command;
 pub mod error;
 pub mod executor;
 pub mod policy;
