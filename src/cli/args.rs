@@ -31,9 +31,32 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show the circuit breakers: settings and last recorded transition.
     Breakers(BreakersArgs),
+    /// Check a system command against the policy's `commands` rules and, when it is
+    /// allowed, run it in a fresh docker-tier container (never through a shell).
+    #[command(name = "command")]
+    Exec(CommandArgs),
     /// Run the attack corpus and its variants on every tier; exit 1 on any escape,
     /// host crash, uncontained outcome or policy-parity disagreement.
     Redteam(RedteamArgs),
+}
+
+/// `terrarium command`.
+#[derive(Debug, Args)]
+pub struct CommandArgs {
+    /// Policy with the `commands` rules and the docker tier's settings (default:
+    /// the built-in policy, which allows no command).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Only decide; do not run an allowed command.
+    #[arg(long)]
+    pub check: bool,
+    /// The decision (and the outcome) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The command: one argument is a command line (quoted as a shell would
+    /// quote it); several are its words as given.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub words: Vec<String>,
 }
 
 /// `terrarium redteam`.

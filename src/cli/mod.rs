@@ -7,6 +7,7 @@
 mod args;
 #[cfg(feature = "rustpython")]
 mod bench;
+mod command;
 mod doctor;
 mod redteam;
 
@@ -19,8 +20,8 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-pub(crate) use args::RedteamArgs;
 use args::{AuditArgs, AuditCommand, BatchArgs, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+pub(crate) use args::{CommandArgs, RedteamArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -107,6 +108,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Audit(args) => audit_command(args),
         Command::Breakers(args) => breakers_command(args),
         Command::Redteam(args) => redteam::run(args),
+        Command::Exec(args) => command::run(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]

@@ -162,6 +162,17 @@ pub struct Policy {
     min_isolation: Tier,
     deny_findings: bool,
     retention_days: Option<u32>,
+    commands: CommandPolicy,
+}
+
+/// The `commands` section: system commands that may run (in the docker tier) and
+/// those that never do. Checked by [`crate::command::decide`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandPolicy {
+    /// (program, argument patterns): each argument must match one pattern.
+    pub allow: Vec<(String, Vec<String>)>,
+    /// Programs that never run; `None`: [`crate::command::DEFAULT_DENY`].
+    pub deny: Option<Vec<String>>,
 }
 
 /// A host directory the policy lets snippets read, and where they see it
@@ -452,6 +463,7 @@ impl Policy {
         if t.fuel == Some(0) {
             return Err(invalid("terrarium.fuel", "must be at least 1 (omit it for no fuel limit)".into()));
         }
+        let commands = command_policy(raw.commands.unwrap_or_default(), &invalid)?;
         Ok(Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
@@ -476,6 +488,7 @@ impl Policy {
             min_isolation,
             deny_findings,
             retention_days,
+            commands,
         })
     }
 
@@ -621,6 +634,30 @@ impl Policy {
         p
     }
 
+    /// The `commands` section as written (validated).
+    pub fn commands(&self) -> &CommandPolicy {
+        &self.commands
+    }
+
+    /// The rules system commands are checked against.
+    pub fn command_rules(&self) -> crate::command::CommandRules {
+        let deny = match &self.commands.deny {
+            Some(d) => d.clone(),
+            None => crate::command::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+        };
+        let allow = self
+            .commands
+            .allow
+            .iter()
+            .filter_map(|(program, args)| {
+                let patterns: Vec<&str> = args.iter().map(String::as_str).collect();
+                // Compiled once already when the policy was loaded.
+                crate::command::AllowRule::new(program, &patterns).ok()
+            })
+            .collect();
+        crate::command::CommandRules { allow, deny }
+    }
+
     /// Host directories snippets may read, read-only (tiers with a file system).
     pub fn read_only_mounts(&self) -> &[ReadOnlyMount] {
         &self.read_only_mounts
@@ -675,9 +712,57 @@ impl Policy {
                 }),
             }),
             audit: self.retention_days.map(|d| raw::RawAudit { retention_days: Some(d) }),
+            commands: (!self.commands.allow.is_empty() || self.commands.deny.is_some()).then(|| raw::RawCommands {
+                allow: (!self.commands.allow.is_empty()).then(|| {
+                    self.commands
+                        .allow
+                        .iter()
+                        .map(|(program, args)| raw::RawAllowedCommand { program: program.clone(), args: args.clone() })
+                        .collect()
+                }),
+                deny: self.commands.deny.clone(),
+            }),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }
+}
+
+/// Checks the `commands` section: programs are plain names or absolute paths,
+/// patterns compile, and no program is both allowed and denied.
+fn command_policy(
+    raw: raw::RawCommands,
+    invalid: &dyn Fn(&str, String) -> PolicyError,
+) -> Result<CommandPolicy, PolicyError> {
+    let mut allow = Vec::new();
+    for (i, a) in raw.allow.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("commands.allow[{i}]");
+        let plain = !a.program.is_empty()
+            && !a.program.chars().any(|c| c.is_whitespace() || c.is_control())
+            && (!a.program.contains('/') || a.program.starts_with('/'));
+        if !plain {
+            return Err(invalid(
+                &format!("{field}.program"),
+                format!("{:?} is not a program name or absolute path", a.program),
+            ));
+        }
+        let patterns: Vec<&str> = a.args.iter().map(String::as_str).collect();
+        crate::command::AllowRule::new(&a.program, &patterns).map_err(|e| invalid(&format!("{field}.args"), e))?;
+        allow.push((a.program, a.args));
+    }
+    if let Some(deny) = &raw.deny {
+        if let Some((p, _)) = allow.iter().find(|(p, _)| deny.contains(p)) {
+            return Err(invalid("commands", format!("{p:?} is both allowed and denied")));
+        }
+    } else if let Some((p, _)) = allow.iter().find(|(p, _)| {
+        let base = p.rsplit('/').next().unwrap_or(p);
+        crate::command::DEFAULT_DENY.contains(&base)
+    }) {
+        return Err(invalid(
+            "commands.allow",
+            format!("{p:?} is in the built-in deny list; list commands.deny yourself to allow it"),
+        ));
+    }
+    Ok(CommandPolicy { allow, deny: raw.deny })
 }
 
 /// Parses a size such as `"512m"` (binary units), as policy files write them.

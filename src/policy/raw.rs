@@ -19,6 +19,27 @@ pub struct RawPolicy {
     pub terrarium: Option<RawTerrarium>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<RawAudit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<RawCommands>,
+}
+
+/// `commands`: which system commands may run (see `crate::command`).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommands {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<RawAllowedCommand>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+}
+
+/// `commands.allow[]`: a program and the patterns its arguments must each match.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllowedCommand {
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// `audit`: the audit log's settings.

@@ -12,6 +12,8 @@ mod bad_input;
 mod breaker;
 #[path = "../cli.rs"]
 mod cli;
+#[path = "../command.rs"]
+mod command;
 #[path = "../docker.rs"]
 mod docker;
 #[path = "../escape_builtins.rs"]

@@ -148,21 +148,14 @@ impl DockerExecutor {
         let launch = Launch { cmd, scratch: false, labels: self.shared.labels() };
         let id = engine.create(engine::spec(&self.shared.policy, &launch)).await?;
         let report = async {
-            let (_input, mut output) = engine.attach(&id).await?;
+            let (_input, output) = engine.attach(&id).await?;
             engine.start(&id).await?;
-            let (mut out, mut err) = (Vec::new(), Vec::new());
             let until = tokio::time::Instant::now() + STARTUP_LIMIT;
-            loop {
-                match tokio::time::timeout_at(until, output.next()).await {
-                    Err(_) => return Err(host("the probe did not finish in time")),
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => return Err(host(format!("the probe's output broke: {e}"))),
-                    Ok(Some(Ok(LogOutput::StdErr { message }))) => append_capped(&mut err, &message, STDERR_SLACK),
-                    Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
-                        append_capped(&mut out, &message, STDERR_SLACK)
-                    }
-                    Ok(Some(Ok(_))) => false,
-                };
+            let (out, err, end) = read_to_end(output, until, STDERR_SLACK).await;
+            match end {
+                StreamEnd::Eof | StreamEnd::Full => {}
+                StreamEnd::Deadline => return Err(host("the probe did not finish in time")),
+                StreamEnd::Broken(e) => return Err(host(format!("the probe's output broke: {e}"))),
             }
             serde_json::from_slice(&out).map_err(|e| {
                 host(format!("the probe's report is not JSON ({e}); its stderr: {}", String::from_utf8_lossy(&err)))
@@ -171,6 +164,75 @@ impl DockerExecutor {
         .await;
         engine.remove(&id).await?;
         report
+    }
+
+    /// Runs `argv` (exec form: no shell is involved) in a fresh, single-use container
+    /// with the policy's hardening, under its deadline and output cap; the
+    /// container is killed and removed before this returns. Exit code 0 is `ok`;
+    /// another is an `exception` of type `ExitCode`. Callers validate `argv` first
+    /// ([`crate::command::decide`]).
+    ///
+    /// # Errors
+    /// Host errors: the engine, the image, a container that cannot start.
+    pub async fn run_command(&self, argv: &[String]) -> Result<Outcome, SandboxError> {
+        let arrived = Instant::now();
+        let engine = self.shared.engine().await?;
+        let policy = &self.shared.policy;
+        let launch = Launch { cmd: argv.to_vec(), scratch: false, labels: self.shared.labels() };
+        let id = engine.create(engine::spec(policy, &launch)).await?;
+        let ran = async {
+            let (_input, output) = engine.attach(&id).await?;
+            engine.start(&id).await?;
+            let cap = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
+            let until = tokio::time::Instant::from_std(arrived + policy.timeout());
+            let (out, err, end) = read_to_end(output, until, cap).await;
+            let ended = match end {
+                StreamEnd::Eof => Some(engine.inspect(&id).await?),
+                _ => None,
+            };
+            Ok::<_, SandboxError>((out, err, end, ended))
+        }
+        .await;
+        engine.remove(&id).await?;
+        let (out, err, end, ended) = match ran {
+            // The image has no such program: the command's failure, not the host's.
+            Err(SandboxError::Host { message, .. }) if message.contains("executable file not found") => {
+                let mut o = Outcome::refused(
+                    None,
+                    Tier::Docker,
+                    Status::Exception,
+                    "CommandNotFound",
+                    format!("{} is not in the image", argv.first().map_or("", String::as_str)),
+                );
+                o.usage.wall_ms = millis(arrived.elapsed());
+                return Ok(o);
+            }
+            other => other?,
+        };
+        let mut o = Outcome::refused(None, Tier::Docker, Status::Ok, "", "");
+        o.error = None;
+        o.stdout = String::from_utf8_lossy(&out).into_owned();
+        o.stderr = String::from_utf8_lossy(&err).into_owned();
+        match (end, ended) {
+            (StreamEnd::Deadline, _) => {
+                o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()))
+            }
+            (StreamEnd::Full, _) => {
+                o.end(Status::OutputLimit, "OutputLimit", "the command's output exceeded the policy's max_output")
+            }
+            (StreamEnd::Broken(e), _) => return Err(host(format!("the command's output broke: {e}"))),
+            (StreamEnd::Eof, Some(e)) if e.oom_killed => {
+                o.end(Status::MemoryLimit, "MemoryLimit", "the command went past the policy's max_memory")
+            }
+            (StreamEnd::Eof, Some(e)) if e.exit_code != Some(0) => o.end(
+                Status::Exception,
+                "ExitCode",
+                format!("the command exited with {}", e.exit_code.map_or("no code".to_string(), |c| c.to_string())),
+            ),
+            (StreamEnd::Eof, _) => {}
+        }
+        o.usage.wall_ms = millis(arrived.elapsed());
+        Ok(o)
     }
 
     /// Fills the warm pool and waits until every container in it is ready.
@@ -594,6 +656,42 @@ impl StatusWatch {
 }
 
 /// Appends up to `cap` bytes in all; true when `chunk` did not fit.
+/// How reading a container's output stream ended.
+enum StreamEnd {
+    /// The container closed it (its process ended).
+    Eof,
+    /// `until` passed first.
+    Deadline,
+    /// stdout or stderr went past the cap.
+    Full,
+    /// The stream failed.
+    Broken(String),
+}
+
+/// Reads a container's demultiplexed output until it ends, `until` passes, or
+/// either stream passes `cap` bytes (stderr gets [`STDERR_SLACK`] more).
+async fn read_to_end(mut output: Output, until: tokio::time::Instant, cap: usize) -> (Vec<u8>, Vec<u8>, StreamEnd) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let end = loop {
+        let full = match tokio::time::timeout_at(until, output.next()).await {
+            Err(_) => break StreamEnd::Deadline,
+            Ok(None) => break StreamEnd::Eof,
+            Ok(Some(Err(e))) => break StreamEnd::Broken(e.to_string()),
+            Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                append_capped(&mut err, &message, cap.saturating_add(STDERR_SLACK))
+            }
+            Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                append_capped(&mut out, &message, cap)
+            }
+            Ok(Some(Ok(_))) => false,
+        };
+        if full {
+            break StreamEnd::Full;
+        }
+    };
+    (out, err, end)
+}
+
 fn append_capped(buf: &mut Vec<u8>, chunk: &[u8], cap: usize) -> bool {
     let room = cap.saturating_sub(buf.len());
     buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
