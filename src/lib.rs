@@ -20,6 +20,7 @@
 //! ```
 
 pub mod analysis;
+pub mod approval;
 pub mod audit;
 pub mod breaker;
 pub mod cli;

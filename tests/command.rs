@@ -105,3 +105,83 @@ fn an_allowed_command_runs_in_a_hardened_container_under_the_deadline() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("CommandNotFound"), "{}", out.stderr);
 }
+
+fn approvals(home: &std::path::Path, args: &[&str]) -> crate::common::Output {
+    let mut all = vec!["approvals"];
+    all.extend_from_slice(args);
+    crate::common::terrarium_env(&all, b"", &[("TERRARIUM_HOME", &home.to_string_lossy())])
+}
+
+/// A command outside the allow list waits in the queue; a human approves it; it
+/// runs (in the container); the request and the decision, with who made it, are in
+/// the audit log, which still verifies.
+#[test]
+fn a_critical_command_waits_for_approval_then_runs() {
+    if std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1") {
+        eprintln!("skipped: {SKIP_DOCKER}=1");
+        return;
+    }
+    let home = tempfile::tempdir().expect("home");
+    let (_d, path) = temp_file("policy.yaml", policy(PYTHON_RULES).as_bytes());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .args(["command", "--policy", &path.to_string_lossy(), "--wait", "60", "--json", "--"])
+        .args(["python3", "-c", "import os; print(os.getuid())"])
+        .env("TERRARIUM_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = loop {
+        let out = approvals(home.path(), &["list", "--status", "pending"]);
+        if let Some(line) = out.stdout.lines().next() {
+            let item: serde_json::Value = serde_json::from_str(line).expect("item");
+            assert_eq!(item["subject"], serde_json::json!(["python3", "-c", "import os; print(os.getuid())"]));
+            break item["id"].as_i64().expect("id");
+        }
+        assert!(std::time::Instant::now() < deadline, "no pending item appeared: {}", out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = approvals(home.path(), &["approve", &id.to_string(), "--as", "alice", "--note", "checked"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let again = approvals(home.path(), &["deny", &id.to_string(), "--as", "mallory"]);
+    assert_eq!(again.code, 2, "a decided item stays decided: {}", again.stderr);
+    assert!(again.stderr.contains("already approved"), "{}", again.stderr);
+    let done = child.wait_with_output().expect("command ends");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(done.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&done.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["approval"]["decided_by"], "alice");
+    assert_eq!(v["outcome"]["stdout"], "65534\n", "it ran in the container: {v}");
+    let log = crate::common::terrarium_env(
+        &["audit", "tail", "-n", "10"],
+        b"",
+        &[("TERRARIUM_HOME", &home.path().to_string_lossy())],
+    );
+    assert!(log.stdout.contains("\"approval_requested\""), "{}", log.stdout);
+    assert!(log.stdout.contains("\"approval_approved\"") && log.stdout.contains("alice"), "{}", log.stdout);
+    let verify =
+        crate::common::terrarium_env(&["audit", "verify"], b"", &[("TERRARIUM_HOME", &home.path().to_string_lossy())]);
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+}
+
+#[test]
+fn an_unanswered_request_expires_and_is_denied() {
+    let home = tempfile::tempdir().expect("home");
+    let (_d, path) = temp_file("policy.yaml", policy(PYTHON_RULES).as_bytes());
+    let out = crate::common::terrarium_env(
+        &["command", "--policy", &path.to_string_lossy(), "--wait", "0.5", "--", "git", "status"],
+        b"",
+        &[("TERRARIUM_HOME", &home.path().to_string_lossy())],
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("ended expired"), "{}", out.stderr);
+    let list = approvals(home.path(), &["list"]);
+    let item: serde_json::Value = serde_json::from_str(list.stdout.lines().next().expect("one item")).expect("item");
+    assert_eq!((item["status"].as_str(), item["decided_by"].as_str()), (Some("expired"), None));
+    let late = approvals(home.path(), &["approve", &item["id"].to_string(), "--as", "alice"]);
+    assert_eq!(late.code, 2, "an expired request cannot be approved: {}", late.stderr);
+    assert_eq!(approvals(home.path(), &["approve", "999", "--as", "alice"]).code, 2);
+    assert_eq!(approvals(home.path(), &["list", "--status", "maybe"]).code, 2);
+}

@@ -35,6 +35,8 @@ pub enum Command {
     /// allowed, run it in a fresh docker-tier container (never through a shell).
     #[command(name = "command")]
     Exec(CommandArgs),
+    /// The queue of critical operations waiting for a human: list, show, approve, deny.
+    Approvals(ApprovalsArgs),
     /// Run the attack corpus and its variants on every tier; exit 1 on any escape,
     /// host crash, uncontained outcome or policy-parity disagreement.
     Redteam(RedteamArgs),
@@ -50,6 +52,11 @@ pub struct CommandArgs {
     /// Only decide; do not run an allowed command.
     #[arg(long)]
     pub check: bool,
+    /// A command that needs approval waits this long in the approvals queue (in the
+    /// audit database) for `terrarium approvals approve ID`; then it is denied.
+    /// Without it, such a command is denied at once.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<f64>,
     /// The decision (and the outcome) as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -57,6 +64,50 @@ pub struct CommandArgs {
     /// quote it); several are its words as given.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub words: Vec<String>,
+}
+
+/// `terrarium approvals`.
+#[derive(Debug, Args)]
+pub struct ApprovalsArgs {
+    /// The database (default: the audit log's, as `terrarium audit`).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub db: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ApprovalsCommand,
+}
+
+/// `terrarium approvals ...`.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Items, newest first (JSON Lines).
+    List {
+        /// Only `pending`, `approved`, `denied` or `expired` ones.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One item (JSON).
+    Show {
+        /// Its id.
+        id: i64,
+    },
+    /// Approve a pending item.
+    Approve(DecideArgs),
+    /// Deny a pending item.
+    Deny(DecideArgs),
+}
+
+/// Who decides what.
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The item's id.
+    pub id: i64,
+    /// Who decides, as recorded in the audit log (default: $USER).
+    #[arg(long = "as", value_name = "NAME")]
+    pub who: Option<String>,
+    /// A note kept with the decision.
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 /// `terrarium redteam`.

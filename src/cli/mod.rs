@@ -20,8 +20,8 @@ use clap::Parser;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
+pub(crate) use args::{ApprovalsArgs, ApprovalsCommand, CommandArgs, RedteamArgs};
 use args::{AuditArgs, AuditCommand, BatchArgs, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
-pub(crate) use args::{CommandArgs, RedteamArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -109,6 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Breakers(args) => breakers_command(args),
         Command::Redteam(args) => redteam::run(args),
         Command::Exec(args) => command::run(args),
+        Command::Approvals(args) => command::approvals(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]

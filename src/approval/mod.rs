@@ -1,0 +1,309 @@
+//! Human-in-the-loop approval of critical operations: a persistent queue in the
+//! audit log's SQLite database (table `approvals`).
+//!
+//! A critical request is submitted with a deadline and waits; a human approves or
+//! denies it (`terrarium approvals approve|deny ID`); at the deadline a pending item
+//! is expired, which is a denial. Decisions are made with a conditional update
+//! (`WHERE status = 'pending' AND deadline > now`), so two deciders, or a decider
+//! and the deadline, cannot both win. Callers record each decision in the audit log
+//! with who made it.
+//!
+//! # Security invariant
+//! Nothing waiting here runs unless its row says `approved`, written before its
+//! deadline by a named decider; every other end (denied, expired, the queue
+//! unreadable) is a refusal.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Why the queue could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApprovalError {
+    /// The database failed.
+    #[error("approvals queue at {path}: {message}")]
+    Database {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// No item has this id.
+    #[error("no approval request {0}")]
+    NotFound(i64),
+    /// The item was already decided (or expired).
+    #[error("approval request {id} is already {status}")]
+    Decided {
+        /// The item.
+        id: i64,
+        /// Its status.
+        status: String,
+    },
+}
+
+/// One item in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Its id.
+    pub id: i64,
+    /// What kind of operation (`command`, …).
+    pub kind: String,
+    /// What exactly would run (e.g. the argv), as JSON.
+    pub subject: serde_json::Value,
+    /// Why it needs approval.
+    pub reason: String,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub status: String,
+    /// When it was submitted (µs since the epoch).
+    pub created_us: i64,
+    /// When it expires if nobody decides (µs since the epoch).
+    pub deadline_us: i64,
+    /// Who decided (`None` while pending or when it expired).
+    pub decided_by: Option<String>,
+    /// When it was decided or expired.
+    pub decided_us: Option<i64>,
+    /// The decider's note.
+    pub note: Option<String>,
+}
+
+/// The queue in one SQLite file.
+pub struct Queue {
+    path: PathBuf,
+}
+
+fn now_us() -> i64 {
+    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(i64::MAX)
+}
+
+impl Queue {
+    /// Opens the queue in `path` (the audit log's database), creating its table.
+    ///
+    /// # Errors
+    /// The database cannot be opened or written.
+    pub fn open(path: &Path) -> Result<Queue, ApprovalError> {
+        let q = Queue { path: path.to_path_buf() };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| q.err(e))?;
+        }
+        let c = q.conn()?;
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS approvals (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                kind TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+                created_us INTEGER NOT NULL,
+                deadline_us INTEGER NOT NULL,
+                decided_by TEXT,
+                decided_us INTEGER,
+                note TEXT
+            );",
+        )
+        .map_err(|e| q.err(e))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        Ok(q)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> ApprovalError {
+        ApprovalError::Database { path: self.path.display().to_string(), message: e.to_string() }
+    }
+
+    fn conn(&self) -> Result<Connection, ApprovalError> {
+        let c = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        c.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
+        Ok(c)
+    }
+
+    /// Puts an item in the queue, pending until `wait` from now.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn submit(
+        &self,
+        kind: &str,
+        subject: &serde_json::Value,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Item, ApprovalError> {
+        let c = self.conn()?;
+        let created = now_us();
+        let deadline = created.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+        c.execute(
+            "INSERT INTO approvals (kind, subject, reason, status, created_us, deadline_us)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+            params![kind, subject.to_string(), reason, created, deadline],
+        )
+        .map_err(|e| self.err(e))?;
+        let id = c.last_insert_rowid();
+        self.get(id)?.ok_or(ApprovalError::NotFound(id))
+    }
+
+    /// Marks every pending item past its deadline `expired`; returns them.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn expire_overdue(&self) -> Result<Vec<Item>, ApprovalError> {
+        let c = self.conn()?;
+        let now = now_us();
+        let mut stmt = c
+            .prepare(
+                "UPDATE approvals SET status = 'expired', decided_us = ?1
+                 WHERE status = 'pending' AND deadline_us <= ?1 RETURNING id",
+            )
+            .map_err(|e| self.err(e))?;
+        let ids: Vec<i64> = stmt
+            .query_map([now], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        drop(stmt);
+        ids.into_iter().filter_map(|id| self.get(id).transpose()).collect()
+    }
+
+    /// One item.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn get(&self, id: i64) -> Result<Option<Item>, ApprovalError> {
+        let c = self.conn()?;
+        c.query_row(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), [id], to_item)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Items, newest first; only those with `status` when given. Overdue items are
+    /// expired first, so a list never shows one as pending.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn list(&self, status: Option<&str>) -> Result<Vec<Item>, ApprovalError> {
+        self.expire_overdue()?;
+        let c = self.conn()?;
+        let mut stmt = c
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT 1000"
+            ))
+            .map_err(|e| self.err(e))?;
+        let items = stmt
+            .query_map([status], to_item)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(items)
+    }
+
+    /// Approves (`true`) or denies a pending item, as `who`.
+    ///
+    /// # Errors
+    /// [`ApprovalError::Decided`] when it is no longer pending (decided, or past its
+    /// deadline: then it is expired now), [`ApprovalError::NotFound`], or the
+    /// database.
+    pub fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
+        let c = self.conn()?;
+        let now = now_us();
+        let status = if approve { "approved" } else { "denied" };
+        let changed = c
+            .execute(
+                "UPDATE approvals SET status = ?1, decided_by = ?2, decided_us = ?3, note = ?4
+                 WHERE id = ?5 AND status = 'pending' AND deadline_us > ?3",
+                params![status, who, now, note, id],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            self.expire_overdue()?;
+            let item = self.get(id)?.ok_or(ApprovalError::NotFound(id))?;
+            return Err(ApprovalError::Decided { id, status: item.status });
+        }
+        self.get(id)?.ok_or(ApprovalError::NotFound(id))
+    }
+
+    /// Waits until the item is decided or its deadline passes (then it is
+    /// expired), checking every `poll`. Returns the final item.
+    ///
+    /// # Errors
+    /// The database failed, or the item vanished.
+    pub fn wait(&self, id: i64, poll: Duration) -> Result<Item, ApprovalError> {
+        loop {
+            let item = self.get(id)?.ok_or(ApprovalError::NotFound(id))?;
+            if item.status != "pending" {
+                return Ok(item);
+            }
+            if now_us() >= item.deadline_us {
+                self.expire_overdue()?;
+                continue;
+            }
+            std::thread::sleep(poll);
+        }
+    }
+}
+
+const COLUMNS: &str = "id, kind, subject, reason, status, created_us, deadline_us, decided_by, decided_us, note";
+
+fn to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    let subject: String = r.get(2)?;
+    Ok(Item {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        subject: serde_json::from_str(&subject).unwrap_or(serde_json::Value::String(subject)),
+        reason: r.get(3)?,
+        status: r.get(4)?,
+        created_us: r.get(5)?,
+        deadline_us: r.get(6)?,
+        decided_by: r.get(7)?,
+        decided_us: r.get(8)?,
+        note: r.get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(&dir.path().join("audit.db")).expect("queue");
+        (dir, q)
+    }
+
+    #[test]
+    fn an_item_is_decided_once_and_only_before_its_deadline() {
+        let (_d, q) = queue();
+        let subject = serde_json::json!(["git", "status"]);
+        let a = q.submit("command", &subject, "not allow-listed", Duration::from_secs(60)).expect("submit");
+        assert_eq!(a.status, "pending");
+        assert_eq!(q.list(Some("pending")).expect("list").len(), 1);
+        let done = q.decide(a.id, true, "alice", Some("looks fine")).expect("approve");
+        assert_eq!((done.status.as_str(), done.decided_by.as_deref()), ("approved", Some("alice")));
+        let again = q.decide(a.id, false, "mallory", None).expect_err("decided twice");
+        assert!(again.to_string().contains("already approved"), "{again}");
+        assert!(matches!(q.decide(999, true, "alice", None), Err(ApprovalError::NotFound(999))));
+
+        let b = q.submit("command", &subject, "not allow-listed", Duration::from_millis(50)).expect("submit");
+        std::thread::sleep(Duration::from_millis(80));
+        let late = q.decide(b.id, true, "alice", None).expect_err("past its deadline");
+        assert!(late.to_string().contains("already expired"), "{late}");
+        let waited = q.wait(b.id, Duration::from_millis(10)).expect("wait");
+        assert_eq!(waited.status, "expired");
+        assert_eq!(waited.decided_by, None);
+    }
+
+    #[test]
+    fn a_waiter_sees_another_connections_decision() {
+        let (d, q) = queue();
+        let item = q.submit("command", &serde_json::json!(["x"]), "r", Duration::from_secs(30)).expect("submit");
+        let path = d.path().join("audit.db");
+        let id = item.id;
+        let decider = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            Queue::open(&path).expect("second opener").decide(id, false, "bob", None).expect("deny")
+        });
+        let end = q.wait(item.id, Duration::from_millis(10)).expect("wait");
+        decider.join().expect("decider");
+        assert_eq!((end.status.as_str(), end.decided_by.as_deref()), ("denied", Some("bob")));
+    }
+}
