@@ -63,6 +63,21 @@ fn bad_command_rules_are_policy_errors() {
 }
 
 #[test]
+fn a_policy_without_the_docker_tier_runs_no_command_and_queues_none() {
+    let text = format!("{}terrarium:\n  allowed_tiers: [rustpython, wasm]\n", policy(PYTHON_RULES));
+    let (_d, path) = temp_file("policy.yaml", text.as_bytes());
+    let home = tempfile::tempdir().expect("home");
+    for words in [&["python3", "-c", "print(1)"][..], &["git", "status"][..]] {
+        let mut args = vec!["command", "--policy", path.to_str().expect("utf-8 path"), "--wait", "30", "--"];
+        args.extend_from_slice(words);
+        let out = crate::common::terrarium_env(&args, b"", &[("TERRARIUM_HOME", &home.path().to_string_lossy())]);
+        assert_eq!(out.code, 2, "{words:?}: {}", out.stderr);
+        assert!(out.stderr.contains("only in the docker tier"), "{}", out.stderr);
+    }
+    assert_eq!(approvals(home.path(), &["list"]).stdout, "", "nothing was queued");
+}
+
+#[test]
 fn an_allowed_command_runs_in_a_hardened_container_under_the_deadline() {
     if std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1") {
         eprintln!("skipped: {SKIP_DOCKER}=1");

@@ -24,14 +24,21 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
     };
     let line = command_line(&args.words);
     let decision = decide(&line, &policy.command_rules());
-    let (kind, reason, argv) = match &decision {
+    let (mut kind, mut reason, argv) = match &decision {
         Decision::Allow { argv } => ("allow", String::new(), argv.clone()),
         Decision::Deny { reason } => ("deny", reason.clone(), Vec::new()),
-        // Nobody can approve from here: a critical command is denied by default.
         Decision::NeedsApproval { argv, reason } => ("needs_approval", reason.clone(), argv.clone()),
     };
-    let mut kind = kind;
-    let mut reason = reason;
+    // Commands run only in the docker tier: a policy that refuses it is told before
+    // anything is queued for a human or run.
+    if !matches!(decision, Decision::Deny { .. })
+        && !args.check
+        && let Some(why) = crate::router::refusal(&policy, Tier::Docker)
+    {
+        return Err(CliError::usage(anyhow::anyhow!("commands run only in the docker tier, and {why}")));
+    }
+    // A command that needs approval is denied at once, unless the caller waits for
+    // a human's decision in the queue.
     let mut approval = None;
     if let (Decision::NeedsApproval { .. }, Some(secs), false) = (&decision, args.wait, args.check) {
         if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
@@ -46,14 +53,7 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         approval = Some(item);
     }
     let allowed = kind == "allow";
-    let outcome = if allowed && !args.check {
-        if let Some(why) = crate::router::refusal(&policy, Tier::Docker) {
-            return Err(CliError::usage(anyhow::anyhow!("commands run only in the docker tier, and {why}")));
-        }
-        Some(run_in_docker(&policy, &argv)?)
-    } else {
-        None
-    };
+    let outcome = if allowed && !args.check { Some(run_in_docker(&policy, &argv)?) } else { None };
     if args.json {
         let v = serde_json::json!({
             "decision": kind, "reason": reason, "argv": argv, "approval": approval, "outcome": outcome
