@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use super::{ApprovalsArgs, ApprovalsCommand, CliError, CommandArgs, EXIT_HOST, exit_code, runtime};
+use super::{ApprovalsArgs, ApprovalsCommand, CliError, CommandArgs, EXIT_HOST, exit_code};
 use crate::approval::Queue;
 use crate::audit::{AuditLog, Event};
 use crate::command::{Decision, decide};
@@ -192,7 +192,7 @@ fn run_in_docker(policy: &Policy, argv: &[String]) -> Result<crate::executor::Ou
         policy.clone(),
         crate::tier::docker::DockerConfig { pool_size: 0, ..Default::default() },
     );
-    Ok(runtime()?.block_on(exec.run_command(argv))?)
+    Ok(super::runtime()?.block_on(exec.run_command(argv))?)
 }
 
 #[cfg(not(feature = "docker"))]
