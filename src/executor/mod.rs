@@ -212,6 +212,13 @@ impl Outcome {
         self.error = Some(ErrorInfo { kind: kind.into(), message: message.into() });
     }
 
+    /// An `ok` outcome with nothing in it yet, for a tier to fill in as its run ends.
+    pub fn blank(tier: Tier) -> Outcome {
+        let mut o = Outcome::refused(None, tier, Status::Ok, "", "");
+        o.error = None;
+        o
+    }
+
     /// An outcome with no output, for a run that never started or was refused.
     pub fn refused(id: Option<String>, tier: Tier, status: Status, kind: &str, message: impl Into<String>) -> Outcome {
         Outcome {

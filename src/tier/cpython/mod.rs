@@ -86,8 +86,7 @@ pub(crate) fn stdout_end(nonce: &str) -> String {
 /// an outcome, never a panic (the `ipc_decode` fuzz target holds it to that).
 pub fn decode_report(tier: Tier, stderr: &str, nonce: &str, exit: Option<i32>, output_full: bool) -> Outcome {
     let (err_text, status_line) = split_status(stderr, nonce);
-    let mut o = Outcome::refused(None, tier, Status::Ok, "", "");
-    o.error = None;
+    let mut o = Outcome::blank(tier);
     o.stderr = err_text;
     apply_status(&mut o, status_line.as_deref(), exit, output_full);
     o

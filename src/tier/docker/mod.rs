@@ -209,8 +209,7 @@ impl DockerExecutor {
             }
             other => other?,
         };
-        let mut o = Outcome::refused(None, Tier::Docker, Status::Ok, "", "");
-        o.error = None;
+        let mut o = Outcome::blank(Tier::Docker);
         o.stdout = String::from_utf8_lossy(&out).into_owned();
         o.stderr = String::from_utf8_lossy(&err).into_owned();
         match (end, ended) {
@@ -600,8 +599,7 @@ async fn serve(
         }
     }
     let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err), &nonce);
-    let mut o = Outcome::refused(None, Tier::Docker, Status::Ok, "", "");
-    o.error = None;
+    let mut o = Outcome::blank(Tier::Docker);
     o.stdout = String::from_utf8_lossy(&out).into_owned();
     o.stderr = err_text;
     match (ended, exit) {

@@ -502,8 +502,7 @@ fn run_instance(
     let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
     let err_bytes = stderr.contents();
     let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err_bytes), nonce);
-    let mut o = Outcome::refused(None, Tier::Wasm, Status::Ok, "", "");
-    o.error = None;
+    let mut o = Outcome::blank(Tier::Wasm);
     o.stdout = out;
     o.stderr = err_text;
     o.usage.cpu_ms = Some(millis(began.elapsed()));
