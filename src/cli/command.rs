@@ -91,7 +91,7 @@ fn wait_for_approval(
 ) -> Result<crate::approval::Item, CliError> {
     let host = |e: anyhow::Error| CliError { code: EXIT_HOST, error: e };
     let path = crate::audit::default_path().map_err(|e| host(e.into()))?;
-    let log = open_log(&path)?;
+    let log = super::open_audit_log(&path)?;
     let queue = Queue::open(&path).map_err(|e| host(e.into()))?;
     let item = queue.submit("command", &serde_json::json!(argv), reason, wait).map_err(|e| host(e.into()))?;
     record(&log, "approval_requested", &item)?;
@@ -107,11 +107,6 @@ fn wait_for_approval(
     }
     let _ = log.flush(std::time::Duration::from_secs(10));
     Ok(end)
-}
-
-fn open_log(path: &std::path::Path) -> Result<AuditLog, CliError> {
-    let breaker = crate::breaker::Breaker::new("database", crate::policy::BreakerPolicy::default());
-    AuditLog::open(path, breaker).map_err(|e| CliError { code: EXIT_HOST, error: e.into() })
 }
 
 fn record(log: &AuditLog, kind: &str, item: &crate::approval::Item) -> Result<(), CliError> {
@@ -170,7 +165,7 @@ fn record_decision(
         }
         Err(e) => return Err(CliError { code: EXIT_HOST, error: e.into() }),
     };
-    let log = open_log(path)?;
+    let log = super::open_audit_log(path)?;
     record(&log, if approve { "approval_approved" } else { "approval_denied" }, &item)?;
     let _ = log.flush(std::time::Duration::from_secs(10));
     println!("{}", serde_json::to_string(&item).unwrap_or_default());
@@ -183,7 +178,7 @@ fn command_line(words: &[String]) -> String {
     if let [line] = words {
         return line.clone();
     }
-    words.iter().map(|w| format!("'{}'", w.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ")
+    words.iter().map(|w| crate::command::quote(w)).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(feature = "docker")]

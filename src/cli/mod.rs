@@ -411,8 +411,7 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
             if days == 0 {
                 return Err(CliError::usage(anyhow::anyhow!("--days must be at least 1")));
             }
-            let breaker = crate::breaker::Breaker::new("database", crate::policy::BreakerPolicy::default());
-            let log = crate::audit::AuditLog::open(&path, breaker).map_err(host)?;
+            let log = open_audit_log(&path)?;
             let n = crate::audit::prune_days(&log, days).map_err(host)?;
             println!("deleted {n} events older than {days} days");
         }
@@ -427,6 +426,13 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
 /// Breakers live in each Terrarium process; their transitions are audit events, so
 /// this shows, for each breaker, its settings and the last transition any process
 /// recorded.
+/// The audit log for a command that writes to it directly (not through a
+/// `Sandbox`), with a `database` breaker of default settings.
+fn open_audit_log(path: &std::path::Path) -> Result<crate::audit::AuditLog, CliError> {
+    let breaker = crate::breaker::Breaker::new("database", crate::policy::BreakerPolicy::default());
+    crate::audit::AuditLog::open(path, breaker).map_err(|e| CliError { code: EXIT_HOST, error: e.into() })
+}
+
 fn breakers_command(args: BreakersArgs) -> Result<ExitCode, CliError> {
     let host = |e: crate::audit::AuditError| CliError { code: EXIT_HOST, error: e.into() };
     let policy = match &args.policy {

@@ -176,6 +176,11 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// `word` single-quoted so that [`split`] gives it back as one literal word.
+pub fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 fn dollar_reason(next: Option<char>) -> String {
     match next {
         Some('(') => "`$(…)` is command substitution".into(),
