@@ -1,6 +1,0 @@
-while True:
-    try:
-        while True:
-            pass
-    except BaseException:
-        pass

@@ -1,2 +1,0 @@
-import os.path
-print(open(os.path.join("{{SECRET_DIR}}", "secret.txt")).read())

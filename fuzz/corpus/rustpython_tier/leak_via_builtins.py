@@ -1,2 +1,0 @@
-b = __builtins__ if isinstance(__builtins__, dict) else vars(__builtins__)
-b["leaked"] = "{{TOKEN}}"

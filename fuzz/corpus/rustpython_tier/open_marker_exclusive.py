@@ -1,2 +1,0 @@
-with open("{{MARKER}}", "x") as f:
-    f.write("x")

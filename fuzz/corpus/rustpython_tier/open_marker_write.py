@@ -1,1 +1,0 @@
-open("{{MARKER}}", "w").write("x")

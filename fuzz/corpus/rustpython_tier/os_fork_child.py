@@ -1,3 +1,0 @@
-import os
-if os.fork() == 0:
-    open("{{MARKER}}", "w")

@@ -1,2 +1,0 @@
-__builtins__ = {"open": open}
-print(__builtins__["open"]("{{SECRET_PATH}}").read())

@@ -1,6 +1,0 @@
-import time
-while True:
-    try:
-        time.sleep(1)
-    except BaseException:
-        pass

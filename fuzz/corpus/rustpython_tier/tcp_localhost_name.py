@@ -1,2 +1,0 @@
-import socket
-socket.create_connection(("localhost", {{PORT}}), timeout=2).sendall(b"{{TOKEN}}")

@@ -1,1 +1,0 @@
-print(open("/.." + "{{SECRET_PATH}}").read())

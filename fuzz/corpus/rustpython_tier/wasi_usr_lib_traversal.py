@@ -1,1 +1,0 @@
-print(open("/usr/local/lib/python3.12/" + "../" * 12 + "{{SECRET_PATH}}").read())
