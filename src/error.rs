@@ -29,6 +29,9 @@ pub enum SandboxError {
     /// runs unrecorded).
     #[error("not run: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// The approvals queue failed, so a critical operation was not run.
+    #[error("not run: {0}")]
+    Approval(#[from] crate::approval::ApprovalError),
     /// A circuit breaker is open: the dependency failed repeatedly and is not
     /// called until its recovery timeout has passed.
     #[error(transparent)]

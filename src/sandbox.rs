@@ -17,6 +17,10 @@
 //!   `auto` request to the next allowed tier, or fails fast naming the breaker.
 //! - With `terrarium.findings: deny` (the default), a snippet the static analysis
 //!   refuses runs nowhere.
+//! - An operation the policy lists in `approvals.critical` (a run in the docker
+//!   tier, a writable scratch directory) runs only once a human approved it in
+//!   the approvals queue (see [`crate::approval`]); a sandbox without an audit log
+//!   has no queue and refuses such operations.
 //! - Executors are created on first use: a request for one tier never starts
 //!   another tier's machinery.
 
@@ -25,11 +29,12 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
 
 use crate::analysis::{self, Analysis, Severity};
+use crate::approval::Gate;
 use crate::audit::{AuditLog, Event};
 use crate::breaker::Breakers;
 use crate::error::SandboxError;
 use crate::executor::{ExecRequest, Executor, FindingInfo, Outcome, Status, millis};
-use crate::policy::{Policy, Tier, TierChoice};
+use crate::policy::{Critical, Policy, Tier, TierChoice};
 use crate::router::{self, Skip};
 
 /// Stack of the analysis thread: the parser recurses with the source's nesting.
@@ -135,10 +140,15 @@ impl SandboxBuilder {
             }
             None => None,
         };
+        let gate = match (&self.audit, &audit) {
+            (Some(path), Some(log)) => Some(Gate::new(crate::approval::Queue::open(path)?, log.clone())),
+            _ => None,
+        };
         Ok(Sandbox {
             breakers,
             policy,
             audit,
+            gate,
             #[cfg(feature = "rustpython")]
             isolated_config: self.isolated,
             #[cfg(feature = "rustpython")]
@@ -162,6 +172,8 @@ pub struct Sandbox {
     policy: Policy,
     breakers: Breakers,
     audit: Option<AuditLog>,
+    /// The approvals queue (in the audit log's database; none without one).
+    gate: Option<Gate>,
     #[cfg(feature = "rustpython")]
     isolated_config: Option<crate::tier::rustpython::IsolatedConfig>,
     #[cfg(feature = "rustpython")]
@@ -205,6 +217,50 @@ impl Sandbox {
     /// The circuit breakers.
     pub fn breakers(&self) -> &Breakers {
         &self.breakers
+    }
+
+    /// The approvals queue critical operations wait in (present when the sandbox
+    /// has an audit log).
+    pub fn approvals(&self) -> Option<&Gate> {
+        self.gate.as_ref()
+    }
+
+    /// Waits for a human's approval when running `req` on `tier` is critical under
+    /// `policy`. `Ok(None)`: not critical; `Ok(Some(id))`: approved as request
+    /// `id`; `Err(outcome)`: refused (denied, expired, or no queue to ask).
+    async fn clear(
+        &self,
+        req: &ExecRequest,
+        tier: Tier,
+        policy: &Policy,
+        route: &str,
+        findings: &[FindingInfo],
+    ) -> Result<Result<Option<i64>, Outcome>, SandboxError> {
+        let mut why = Vec::new();
+        if tier == Tier::Docker && policy.is_critical(Critical::DockerTier) {
+            why.push("the run would use the docker tier");
+        }
+        if req.scratch && policy.is_critical(Critical::WritableScratch) {
+            why.push("the run asks for a writable scratch directory");
+        }
+        if why.is_empty() {
+            return Ok(Ok(None));
+        }
+        let reason = format!("{} (critical under the policy's approvals)", why.join(" and "));
+        let refuse = |msg: String| Outcome::refused(req.id.clone(), tier, Status::Denied, "NotApproved", msg);
+        let Some(gate) = &self.gate else {
+            return Ok(Err(refuse(format!("{reason}, and this sandbox has no approvals queue (it needs an audit log)"))));
+        };
+        let subject = serde_json::json!({
+            "request_id": req.id, "code": req.code, "tier": tier, "route": route, "scratch": req.scratch,
+            "findings": findings, "policy": policy.to_yaml(),
+        });
+        let item = gate.ask("execute", subject, &reason, policy.approvals().timeout).await?;
+        if item.status == "approved" {
+            Ok(Ok(Some(item.id)))
+        } else {
+            Ok(Err(refuse(format!("{reason}; {}", crate::approval::refusal(&item)))))
+        }
     }
 
     /// The executor of `tier`, created on first use.
@@ -437,6 +493,12 @@ impl Sandbox {
                 let msg = format!("line {}: {}", f.line, f.message);
                 return Ok(finish(Outcome::refused(req.id, tier, Status::Denied, "PolicyDenied", msg)));
             }
+            // A human decides before the breaker is asked: a wait must not hold
+            // the breaker's one half-open trial.
+            let approved = match self.clear(&req, tier, &policy, &route, &findings).await? {
+                Ok(a) => a,
+                Err(refused) => return Ok(finish(refused)),
+            };
             let permit = match self.breakers.tier(tier).allow() {
                 Ok(p) => p,
                 Err(open) => {
@@ -456,7 +518,18 @@ impl Sandbox {
                 Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
                 _ => permit.succeeded(),
             }
-            return r.map(finish);
+            let mut r = r.map(finish);
+            if let (Some(id), Some(gate)) = (approved, &self.gate) {
+                let end = match &r {
+                    Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+                    Err(e) => serde_json::json!({"status": "error", "host_error": e.to_string()}),
+                };
+                gate.complete(id, end).await?;
+                if let Ok(o) = &mut r {
+                    o.route = o.route.take().map(|route| format!("{route}; approved as request {id}"));
+                }
+            }
+            return r;
         }
         if let Some(open) = skipped.iter().find_map(|(_, s)| if let Skip::BreakerOpen(o) = s { Some(o) } else { None })
         {

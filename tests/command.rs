@@ -151,7 +151,7 @@ fn a_critical_command_waits_for_approval_then_runs() {
         let out = approvals(home.path(), &["list", "--status", "pending"]);
         if let Some(line) = out.stdout.lines().next() {
             let item: serde_json::Value = serde_json::from_str(line).expect("item");
-            assert_eq!(item["subject"], serde_json::json!(["python3", "-c", "import os; print(os.getuid())"]));
+            assert_eq!(item["subject"]["argv"], serde_json::json!(["python3", "-c", "import os; print(os.getuid())"]));
             break item["id"].as_i64().expect("id");
         }
         assert!(std::time::Instant::now() < deadline, "no pending item appeared: {}", out.stderr);
@@ -166,8 +166,9 @@ fn a_critical_command_waits_for_approval_then_runs() {
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert_eq!(done.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&done.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
-    assert_eq!(v["decision"], "allow");
+    assert_eq!((&v["decision"], &v["allowed"]), (&serde_json::json!("needs_approval"), &serde_json::json!(true)));
     assert_eq!(v["approval"]["decided_by"], "alice");
+    assert_eq!(v["approval"]["outcome"]["stdout"], "65534\n", "the queue keeps how it ended: {v}");
     assert_eq!(v["outcome"]["stdout"], "65534\n", "it ran in the container: {v}");
     let log = crate::common::terrarium_env(
         &["audit", "tail", "-n", "10"],
@@ -176,6 +177,7 @@ fn a_critical_command_waits_for_approval_then_runs() {
     );
     assert!(log.stdout.contains("\"approval_requested\""), "{}", log.stdout);
     assert!(log.stdout.contains("\"approval_approved\"") && log.stdout.contains("alice"), "{}", log.stdout);
+    assert!(log.stdout.contains("\"approval_completed\""), "{}", log.stdout);
     let verify =
         crate::common::terrarium_env(&["audit", "verify"], b"", &[("TERRARIUM_HOME", &home.path().to_string_lossy())]);
     assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
@@ -191,7 +193,7 @@ fn an_unanswered_request_expires_and_is_denied() {
         &[("TERRARIUM_HOME", &home.path().to_string_lossy())],
     );
     assert_eq!(out.code, 4, "{}", out.stderr);
-    assert!(out.stderr.contains("ended expired"), "{}", out.stderr);
+    assert!(out.stderr.contains("expired before anyone decided"), "{}", out.stderr);
     let list = approvals(home.path(), &["list"]);
     let item: serde_json::Value = serde_json::from_str(list.stdout.lines().next().expect("one item")).expect("item");
     assert_eq!((item["status"].as_str(), item["decided_by"].as_str()), (Some("expired"), None));

@@ -16,6 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod gate;
+pub use gate::{Announce, Gate, refusal};
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +37,9 @@ pub enum ApprovalError {
     /// No item has this id.
     #[error("no approval request {0}")]
     NotFound(i64),
+    /// The audit log could not record a submission or decision.
+    #[error("the audit log could not record an approval: {0}")]
+    Audit(String),
     /// The item was already decided (or expired).
     #[error("approval request {id} is already {status}")]
     Decided {
@@ -67,9 +73,12 @@ pub struct Item {
     pub decided_us: Option<i64>,
     /// The decider's note.
     pub note: Option<String>,
+    /// How the approved operation ended, once it has run (its outcome as JSON).
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// The queue in one SQLite file.
+#[derive(Debug, Clone)]
 pub struct Queue {
     path: PathBuf,
 }
@@ -100,10 +109,19 @@ impl Queue {
                 deadline_us INTEGER NOT NULL,
                 decided_by TEXT,
                 decided_us INTEGER,
-                note TEXT
+                note TEXT,
+                outcome TEXT
             );",
         )
         .map_err(|e| q.err(e))?;
+        // Queues made before outcomes were kept get the column.
+        let has_outcome = c
+            .prepare("SELECT 1 FROM pragma_table_info('approvals') WHERE name = 'outcome'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| q.err(e))?;
+        if !has_outcome {
+            c.execute_batch("ALTER TABLE approvals ADD COLUMN outcome TEXT").map_err(|e| q.err(e))?;
+        }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         Ok(q)
@@ -222,6 +240,25 @@ impl Queue {
         self.get(id)?.ok_or(ApprovalError::NotFound(id))
     }
 
+    /// Records how an approved item's operation ended.
+    ///
+    /// # Errors
+    /// The database failed, or the item is not approved.
+    pub fn complete(&self, id: i64, outcome: &serde_json::Value) -> Result<Item, ApprovalError> {
+        let c = self.conn()?;
+        let changed = c
+            .execute(
+                "UPDATE approvals SET outcome = ?1 WHERE id = ?2 AND status = 'approved'",
+                params![outcome.to_string(), id],
+            )
+            .map_err(|e| self.err(e))?;
+        let item = self.get(id)?.ok_or(ApprovalError::NotFound(id))?;
+        if changed == 0 {
+            return Err(ApprovalError::Decided { id, status: item.status });
+        }
+        Ok(item)
+    }
+
     /// Waits until the item is decided or its deadline passes (then it is
     /// expired), checking every `poll`. Returns the final item.
     ///
@@ -242,7 +279,8 @@ impl Queue {
     }
 }
 
-const COLUMNS: &str = "id, kind, subject, reason, status, created_us, deadline_us, decided_by, decided_us, note";
+const COLUMNS: &str =
+    "id, kind, subject, reason, status, created_us, deadline_us, decided_by, decided_us, note, outcome";
 
 fn to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let subject: String = r.get(2)?;
@@ -257,6 +295,7 @@ fn to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         decided_by: r.get(7)?,
         decided_us: r.get(8)?,
         note: r.get(9)?,
+        outcome: r.get::<_, Option<String>>(10)?.map(|o| serde_json::from_str(&o).unwrap_or(serde_json::Value::String(o))),
     })
 }
 

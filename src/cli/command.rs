@@ -9,10 +9,9 @@
 use std::process::ExitCode;
 
 use super::{ApprovalsArgs, ApprovalsCommand, CliError, CommandArgs, EXIT_HOST, exit_code};
-use crate::approval::Queue;
-use crate::audit::{AuditLog, Event};
-use crate::command::{Decision, decide};
-use crate::policy::{Policy, Tier};
+use crate::approval::{Gate, Queue};
+use crate::command::handle_command;
+use crate::policy::Policy;
 
 /// Exit code for a command that is denied.
 const EXIT_DENIED: u8 = 4;
@@ -23,105 +22,80 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         None => Policy::default_policy(),
     };
     let line = command_line(&args.words);
-    let decision = decide(&line, &policy.command_rules());
-    let (mut kind, mut reason, argv) = match &decision {
-        Decision::Allow { argv } => ("allow", String::new(), argv.clone()),
-        Decision::Deny { reason } => ("deny", reason.clone(), Vec::new()),
-        Decision::NeedsApproval { argv, reason } => ("needs_approval", reason.clone(), argv.clone()),
-    };
-    // Commands run only in the docker tier: a policy that refuses it is told before
-    // anything is queued for a human or run.
-    if !matches!(decision, Decision::Deny { .. })
-        && !args.check
-        && let Some(why) = crate::router::refusal(&policy, Tier::Docker)
-    {
-        return Err(CliError::usage(anyhow::anyhow!("commands run only in the docker tier, and {why}")));
-    }
     // A command that needs approval is denied at once, unless the caller waits for
     // a human's decision in the queue.
-    let mut approval = None;
-    if let (Decision::NeedsApproval { .. }, Some(secs), false) = (&decision, args.wait, args.check) {
-        if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+    let wait = match args.wait {
+        Some(secs) if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 => {
             return Err(CliError::usage(anyhow::anyhow!("--wait {secs}: expected 0 < SECS ≤ 86400")));
         }
-        let item = wait_for_approval(&argv, &reason, std::time::Duration::from_secs_f64(secs))?;
-        if item.status == "approved" {
-            kind = "allow";
-        } else {
-            reason = format!("{reason}; approval request {} ended {}", item.id, item.status);
-        }
-        approval = Some(item);
+        Some(secs) if !args.check => Some(std::time::Duration::from_secs_f64(secs)),
+        _ => None,
+    };
+    let gate = match wait {
+        Some(wait) => Some(open_gate(None)?.announcing(std::sync::Arc::new(move |item| {
+            eprintln!(
+                "terrarium: approval request {} ({}); waiting {:.0} s for: terrarium approvals approve {}",
+                item.id,
+                item.reason,
+                wait.as_secs_f64(),
+                item.id
+            );
+        }))),
+        None => None,
+    };
+    let rt = super::runtime()?;
+    let report = rt
+        .block_on(handle_command(&line, &policy, gate.as_ref(), wait, !args.check))
+        .map_err(|e| match e {
+            crate::SandboxError::InvalidRequest(m) => CliError::usage(anyhow::anyhow!(m)),
+            e => CliError::from(e),
+        })?;
+    if let Some(gate) = &gate {
+        flush(gate);
     }
-    let allowed = kind == "allow";
-    let outcome = if allowed && !args.check { Some(run_in_docker(&policy, &argv)?) } else { None };
     if args.json {
-        let v = serde_json::json!({
-            "decision": kind, "reason": reason, "argv": argv, "approval": approval, "outcome": outcome
-        });
-        println!("{v}");
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
-        match (&decision, &outcome) {
-            (Decision::Deny { reason }, _) => eprintln!("terrarium: denied: {reason}"),
-            (Decision::NeedsApproval { .. }, None) if approval.is_some() => eprintln!("terrarium: denied: {reason}"),
-            (Decision::NeedsApproval { reason, .. }, None) => {
-                eprintln!("terrarium: needs approval: {reason}; denied (pass --wait SECS to queue it for a human)")
-            }
-            (Decision::Allow { argv }, None) => println!("allowed: {}", argv.join(" ")),
-            (_, Some(o)) => {
+        match (&report.outcome, report.decision) {
+            (Some(o), _) => {
                 print!("{}", o.stdout);
                 eprint!("{}", o.stderr);
                 if let Some(err) = &o.error {
                     eprintln!("terrarium: {}: {}: {}", o.status.as_str(), err.kind, err.message);
                 }
             }
+            (None, _) if report.allowed => println!("allowed: {}", report.argv.join(" ")),
+            (None, "needs_approval") if report.approval.is_none() && wait.is_none() => eprintln!(
+                "terrarium: needs approval: {}; denied (pass --wait SECS to queue it for a human)",
+                report.reason
+            ),
+            (None, _) => eprintln!("terrarium: denied: {}", report.reason),
         }
     }
-    Ok(match (allowed, outcome) {
+    Ok(match (report.allowed, &report.outcome) {
         (false, _) => ExitCode::from(EXIT_DENIED),
         (true, None) => ExitCode::SUCCESS,
         (true, Some(o)) => ExitCode::from(exit_code(o.status)),
     })
 }
 
-/// Queues `argv` for approval, records that, waits, and records how it ended.
-fn wait_for_approval(
-    argv: &[String],
-    reason: &str,
-    wait: std::time::Duration,
-) -> Result<crate::approval::Item, CliError> {
+/// The approvals queue and the audit log in `db` (default: the audit log's
+/// database), as one gate.
+fn open_gate(db: Option<std::path::PathBuf>) -> Result<Gate, CliError> {
     let host = |e: anyhow::Error| CliError { code: EXIT_HOST, error: e };
-    let path = crate::audit::default_path().map_err(|e| host(e.into()))?;
+    let path = match db {
+        Some(p) => p,
+        None => crate::audit::default_path().map_err(|e| host(e.into()))?,
+    };
     let log = super::open_audit_log(&path)?;
     let queue = Queue::open(&path).map_err(|e| host(e.into()))?;
-    let item = queue.submit("command", &serde_json::json!(argv), reason, wait).map_err(|e| host(e.into()))?;
-    record(&log, "approval_requested", &item)?;
-    eprintln!(
-        "terrarium: approval request {} ({reason}); waiting {:.0} s for: terrarium approvals approve {}",
-        item.id,
-        wait.as_secs_f64(),
-        item.id
-    );
-    let end = queue.wait(item.id, std::time::Duration::from_millis(200)).map_err(|e| host(e.into()))?;
-    if end.status == "expired" {
-        record(&log, "approval_expired", &end)?;
-    }
-    let _ = log.flush(std::time::Duration::from_secs(10));
-    Ok(end)
-}
-
-fn record(log: &AuditLog, kind: &str, item: &crate::approval::Item) -> Result<(), CliError> {
-    let data = serde_json::to_value(item).unwrap_or_default();
-    log.record(Event { kind: kind.into(), request_id: Some(format!("approval-{}", item.id)), data, code: None })
-        .map_err(|e| CliError { code: EXIT_HOST, error: e.into() })
+    Ok(Gate::new(queue, log))
 }
 
 pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
     let host = |e: anyhow::Error| CliError { code: EXIT_HOST, error: e };
-    let path = match args.db {
-        Some(p) => p,
-        None => crate::audit::default_path().map_err(|e| host(e.into()))?,
-    };
-    let queue = Queue::open(&path).map_err(|e| host(e.into()))?;
+    let gate = open_gate(args.db)?;
+    let queue = gate.queue();
     match args.command {
         ApprovalsCommand::List { status } => {
             if let Some(s) = &status
@@ -142,32 +116,32 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
         ApprovalsCommand::Approve(d) | ApprovalsCommand::Deny(d) if d.id < 1 => {
             return Err(CliError::usage(anyhow::anyhow!("no approval request {}", d.id)));
         }
-        ApprovalsCommand::Approve(d) => record_decision(&queue, &path, d, true)?,
-        ApprovalsCommand::Deny(d) => record_decision(&queue, &path, d, false)?,
+        ApprovalsCommand::Approve(d) => record_decision(&gate, d, true)?,
+        ApprovalsCommand::Deny(d) => record_decision(&gate, d, false)?,
     }
+    flush(&gate);
     Ok(ExitCode::SUCCESS)
 }
 
-fn record_decision(
-    queue: &Queue,
-    path: &std::path::Path,
-    d: super::args::DecideArgs,
-    approve: bool,
-) -> Result<(), CliError> {
+/// Waits until the audit events of this command are in the database.
+fn flush(gate: &Gate) {
+    if let Err(e) = gate.audit().flush(std::time::Duration::from_secs(10)) {
+        eprintln!("terrarium: warning: {e}");
+    }
+}
+
+fn record_decision(gate: &Gate, d: super::args::DecideArgs, approve: bool) -> Result<(), CliError> {
     let who = d
         .who
         .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
         .ok_or_else(|| CliError::usage(anyhow::anyhow!("who decides? pass --as NAME (no $USER)")))?;
-    let item = match queue.decide(d.id, approve, &who, d.note.as_deref()) {
+    let item = match super::runtime()?.block_on(gate.decide(d.id, approve, &who, d.note.as_deref())) {
         Ok(item) => item,
         Err(e @ (crate::approval::ApprovalError::Decided { .. } | crate::approval::ApprovalError::NotFound(_))) => {
             return Err(CliError::usage(e));
         }
         Err(e) => return Err(CliError { code: EXIT_HOST, error: e.into() }),
     };
-    let log = super::open_audit_log(path)?;
-    record(&log, if approve { "approval_approved" } else { "approval_denied" }, &item)?;
-    let _ = log.flush(std::time::Duration::from_secs(10));
     println!("{}", serde_json::to_string(&item).unwrap_or_default());
     Ok(())
 }
@@ -179,18 +153,4 @@ fn command_line(words: &[String]) -> String {
         return line.clone();
     }
     words.iter().map(|w| crate::command::quote(w)).collect::<Vec<_>>().join(" ")
-}
-
-#[cfg(feature = "docker")]
-fn run_in_docker(policy: &Policy, argv: &[String]) -> Result<crate::executor::Outcome, CliError> {
-    let exec = crate::tier::docker::DockerExecutor::new(
-        policy.clone(),
-        crate::tier::docker::DockerConfig { pool_size: 0, ..Default::default() },
-    );
-    Ok(super::runtime()?.block_on(exec.run_command(argv))?)
-}
-
-#[cfg(not(feature = "docker"))]
-fn run_in_docker(_: &Policy, _: &[String]) -> Result<crate::executor::Outcome, CliError> {
-    Err(CliError { code: super::EXIT_HOST, error: anyhow::anyhow!("this build has no docker tier to run commands in") })
 }

@@ -17,6 +17,9 @@
 
 use regex::Regex;
 
+mod handle;
+pub use handle::{CommandReport, handle_command};
+
 /// What [`decide`] answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -70,6 +73,9 @@ pub struct CommandRules {
     pub allow: Vec<AllowRule>,
     /// Programs that never run (checked first).
     pub deny: Vec<String>,
+    /// Whether a command that is not allow-listed may wait for a human's approval
+    /// (`unlisted_command` in the policy's `approvals.critical`); if not, it is denied.
+    pub approvable: bool,
 }
 
 /// Programs denied when a policy names none: deletion, shells and interpreters,
@@ -84,7 +90,11 @@ pub const DEFAULT_DENY: &[&str] = &[
 impl CommandRules {
     /// No program allowed; [`DEFAULT_DENY`] denied.
     pub fn default_rules() -> CommandRules {
-        CommandRules { allow: Vec::new(), deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect() }
+        CommandRules {
+            allow: Vec::new(),
+            deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            approvable: true,
+        }
     }
 }
 
@@ -191,6 +201,15 @@ fn dollar_reason(next: Option<char>) -> String {
 
 /// Decides what may happen to `line` under `rules`.
 pub fn decide(line: &str, rules: &CommandRules) -> Decision {
+    match check(line, rules) {
+        Decision::NeedsApproval { reason, .. } if !rules.approvable => Decision::Deny {
+            reason: format!("{reason}, and the policy lets no unlisted command be approved"),
+        },
+        d => d,
+    }
+}
+
+fn check(line: &str, rules: &CommandRules) -> Decision {
     let argv = match split(line) {
         Ok(w) => w,
         Err(reason) => return Decision::Deny { reason },

@@ -163,7 +163,64 @@ pub struct Policy {
     deny_findings: bool,
     retention_days: Option<u32>,
     commands: CommandPolicy,
+    approvals: ApprovalPolicy,
 }
+
+/// An operation the policy can make wait for a human's approval
+/// (`approvals.critical`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Critical {
+    /// A request that would run in the docker tier.
+    DockerTier,
+    /// A request that asks for a writable scratch directory.
+    WritableScratch,
+    /// A system command that is not allow-listed (without it, such a command is
+    /// denied).
+    UnlistedCommand,
+    /// Replacing a running server's policy.
+    PolicyChange,
+}
+
+impl Critical {
+    /// Every critical operation.
+    pub const ALL: [Critical; 4] =
+        [Critical::DockerTier, Critical::WritableScratch, Critical::UnlistedCommand, Critical::PolicyChange];
+
+    /// Its name in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Critical::DockerTier => "docker_tier",
+            Critical::WritableScratch => "writable_scratch",
+            Critical::UnlistedCommand => "unlisted_command",
+            Critical::PolicyChange => "policy_change",
+        }
+    }
+}
+
+/// The `approvals` section: which operations wait for a human (see
+/// [`crate::approval`]) and how long before an undecided one is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// The critical operations.
+    pub critical: BTreeSet<Critical>,
+    /// How long a critical operation waits for a decision.
+    pub timeout: Duration,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        ApprovalPolicy {
+            critical: [Critical::UnlistedCommand].into_iter().collect(),
+            timeout: Duration::from_secs(DEFAULT_APPROVAL_SECS),
+        }
+    }
+}
+
+/// How long a critical operation waits for a human when the policy does not say.
+const DEFAULT_APPROVAL_SECS: u64 = 300;
+/// The longest `approvals.timeout`: a day.
+const MAX_APPROVAL_SECS: f64 = 86_400.0;
 
 /// The `commands` section: system commands that may run (in the docker tier) and
 /// those that never do. Checked by [`crate::command::decide`].
@@ -464,6 +521,7 @@ impl Policy {
             return Err(invalid("terrarium.fuel", "must be at least 1 (omit it for no fuel limit)".into()));
         }
         let commands = command_policy(raw.commands.unwrap_or_default(), &invalid)?;
+        let approvals = approval_policy(raw.approvals.unwrap_or_default(), &invalid)?;
         Ok(Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
@@ -489,6 +547,7 @@ impl Policy {
             deny_findings,
             retention_days,
             commands,
+            approvals,
         })
     }
 
@@ -639,6 +698,16 @@ impl Policy {
         &self.commands
     }
 
+    /// The `approvals` section (defaults filled in).
+    pub fn approvals(&self) -> &ApprovalPolicy {
+        &self.approvals
+    }
+
+    /// Whether `op` waits for a human's approval.
+    pub fn is_critical(&self, op: Critical) -> bool {
+        self.approvals.critical.contains(&op)
+    }
+
     /// The rules system commands are checked against.
     pub fn command_rules(&self) -> crate::command::CommandRules {
         let deny = match &self.commands.deny {
@@ -655,7 +724,8 @@ impl Policy {
                 crate::command::AllowRule::new(program, &patterns).ok()
             })
             .collect();
-        crate::command::CommandRules { allow, deny }
+        let approvable = self.approvals.critical.contains(&Critical::UnlistedCommand);
+        crate::command::CommandRules { allow, deny, approvable }
     }
 
     /// Host directories snippets may read, read-only (tiers with a file system).
@@ -722,6 +792,10 @@ impl Policy {
                 }),
                 deny: self.commands.deny.clone(),
             }),
+            approvals: Some(raw::RawApprovals {
+                critical: Some(self.approvals.critical.iter().map(|c| c.as_str().to_string()).collect()),
+                timeout: Some(Seconds(self.approvals.timeout.as_secs_f64())),
+            }),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }
@@ -763,6 +837,34 @@ fn command_policy(
         ));
     }
     Ok(CommandPolicy { allow, deny: raw.deny })
+}
+
+/// Checks the `approvals` section: known operation names, a timeout in range.
+fn approval_policy(
+    raw: raw::RawApprovals,
+    invalid: &dyn Fn(&str, String) -> PolicyError,
+) -> Result<ApprovalPolicy, PolicyError> {
+    let mut p = ApprovalPolicy::default();
+    if let Some(names) = raw.critical {
+        p.critical.clear();
+        for (i, name) in names.iter().enumerate() {
+            let Some(op) = Critical::ALL.into_iter().find(|c| c.as_str() == name) else {
+                let known: Vec<&str> = Critical::ALL.iter().map(|c| c.as_str()).collect();
+                return Err(invalid(
+                    &format!("approvals.critical[{i}]"),
+                    format!("{name:?} is not one of {}", known.join(", ")),
+                ));
+            };
+            p.critical.insert(op);
+        }
+    }
+    if let Some(Seconds(secs)) = raw.timeout {
+        if !(secs > 0.0 && secs <= MAX_APPROVAL_SECS) {
+            return Err(invalid("approvals.timeout", format!("{secs} seconds: expected 0 < seconds ≤ {MAX_APPROVAL_SECS}")));
+        }
+        p.timeout = Duration::from_secs_f64(secs);
+    }
+    Ok(p)
 }
 
 /// Parses a size such as `"512m"` (binary units), as policy files write them.

@@ -21,6 +21,18 @@ pub struct RawPolicy {
     pub audit: Option<RawAudit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands: Option<RawCommands>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<RawApprovals>,
+}
+
+/// `approvals`: which operations wait for a human, and for how long.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Seconds>,
 }
 
 /// `commands`: which system commands may run (see `crate::command`).

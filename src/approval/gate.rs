@@ -1,0 +1,176 @@
+//! The gate critical operations pass: submit to the [`Queue`], record that in the
+//! audit log, wait (without blocking a thread) for a decision or the deadline,
+//! record how it ended.
+//!
+//! # Security invariant
+//! [`Gate::ask`] returns an item whose status is `approved` only when the queue's
+//! row says so; a database or audit failure is an error, which callers treat as a
+//! refusal. Every submission, decision, expiry and completion is an audit event
+//! written before the caller goes on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ApprovalError, Item, Queue};
+use crate::audit::{AuditLog, Event};
+
+/// How often a waiter re-reads its item when nothing in this process woke it (a
+/// decision made by another process, e.g. `terrarium approvals approve`).
+const POLL: Duration = Duration::from_millis(250);
+
+/// Submits critical operations and waits for their decisions. Cheap to clone.
+#[derive(Clone)]
+pub struct Gate {
+    queue: Queue,
+    audit: AuditLog,
+    wake: Arc<tokio::sync::Notify>,
+    announce: Option<Announce>,
+}
+
+/// Told of each item [`Gate::ask`] submits, before it waits (e.g. to tell a
+/// person at a terminal how to approve it).
+pub type Announce = Arc<dyn Fn(&Item) + Send + Sync>;
+
+impl Gate {
+    /// A gate over `queue`, recording in `audit` (the log of the same database).
+    pub fn new(queue: Queue, audit: AuditLog) -> Gate {
+        Gate { queue, audit, wake: Arc::new(tokio::sync::Notify::new()), announce: None }
+    }
+
+    /// Calls `announce` with each submitted item before waiting for it.
+    #[must_use]
+    pub fn announcing(mut self, announce: Announce) -> Gate {
+        self.announce = Some(announce);
+        self
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The audit log decisions are recorded in.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Runs a queue call off the async threads.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Queue) -> Result<T, ApprovalError> + Send + 'static,
+    ) -> Result<T, ApprovalError> {
+        let q = self.queue.clone();
+        tokio::task::spawn_blocking(move || f(&q))
+            .await
+            .map_err(|e| ApprovalError::Database { path: self.queue.path.display().to_string(), message: e.to_string() })?
+    }
+
+    async fn record(&self, kind: &str, item: &Item) -> Result<(), ApprovalError> {
+        let data = serde_json::to_value(item).unwrap_or_default();
+        let event = Event { kind: kind.into(), request_id: Some(format!("approval-{}", item.id)), data, code: None };
+        self.audit.record_async(event).await.map_err(|e| ApprovalError::Audit(e.to_string()))
+    }
+
+    /// Queues an operation of `kind` (what would run: `subject`; why it waits:
+    /// `reason`) for at most `wait`, and waits for its end: approved, denied or
+    /// expired.
+    ///
+    /// # Errors
+    /// The queue or the audit log failed; the operation must then not run.
+    pub async fn ask(
+        &self,
+        kind: &str,
+        subject: serde_json::Value,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Item, ApprovalError> {
+        let (kind_owned, reason_owned) = (kind.to_string(), reason.to_string());
+        let item = self.db(move |q| q.submit(&kind_owned, &subject, &reason_owned, wait)).await?;
+        self.record("approval_requested", &item).await?;
+        tracing::info!(id = item.id, kind, reason, "waiting for approval");
+        if let Some(announce) = &self.announce {
+            announce(&item);
+        }
+        let id = item.id;
+        loop {
+            // Registered before the read, so a decision between the read and the
+            // wait still wakes us.
+            let woken = self.wake.notified();
+            let item = self.db(move |q| q.get(id)?.ok_or(ApprovalError::NotFound(id))).await?;
+            if item.status == "expired" {
+                // Whoever marked it (this loop, a listing, another process), its
+                // waiter is the one that records it.
+                self.record("approval_expired", &item).await?;
+            }
+            if item.status != "pending" {
+                return Ok(item);
+            }
+            let now = super::now_us();
+            if now >= item.deadline_us {
+                self.db(move |q| q.expire_overdue()).await?;
+                continue;
+            }
+            let left = Duration::from_micros(u64::try_from(item.deadline_us - now).unwrap_or(0));
+            let _ = tokio::time::timeout(POLL.min(left), woken).await;
+        }
+    }
+
+    /// Approves or denies a pending item as `who`, records the decision and wakes
+    /// the item's waiter in this process.
+    ///
+    /// # Errors
+    /// [`ApprovalError::Decided`], [`ApprovalError::NotFound`], the database or
+    /// the audit log.
+    pub async fn decide(
+        &self,
+        id: i64,
+        approve: bool,
+        who: &str,
+        note: Option<&str>,
+    ) -> Result<Item, ApprovalError> {
+        let (who, note) = (who.to_string(), note.map(str::to_string));
+        let item = self.db(move |q| q.decide(id, approve, &who, note.as_deref())).await?;
+        self.record(if approve { "approval_approved" } else { "approval_denied" }, &item).await?;
+        self.wake.notify_waiters();
+        Ok(item)
+    }
+
+    /// Records how an approved item's operation ended (in the queue and the log).
+    ///
+    /// # Errors
+    /// The database or the audit log failed.
+    pub async fn complete(&self, id: i64, outcome: serde_json::Value) -> Result<Item, ApprovalError> {
+        let item = self.db(move |q| q.complete(id, &outcome)).await?;
+        self.record("approval_completed", &item).await?;
+        Ok(item)
+    }
+
+    /// Items, newest first (see [`Queue::list`]).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn list(&self, status: Option<String>) -> Result<Vec<Item>, ApprovalError> {
+        self.db(move |q| q.list(status.as_deref())).await
+    }
+
+    /// One item.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn get(&self, id: i64) -> Result<Option<Item>, ApprovalError> {
+        self.db(move |q| q.get(id)).await
+    }
+}
+
+/// Why an operation that waited did not run, for an error message.
+pub fn refusal(item: &Item) -> String {
+    match (item.status.as_str(), &item.decided_by) {
+        ("denied", Some(who)) => format!(
+            "approval request {} was denied by {who}{}",
+            item.id,
+            item.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()
+        ),
+        ("expired", _) => format!("approval request {} expired before anyone decided", item.id),
+        (status, _) => format!("approval request {} ended {status}", item.id),
+    }
+}

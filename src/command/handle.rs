@@ -1,0 +1,106 @@
+//! `handle_command`: a command line from its text to its end: checked by
+//! [`decide`], held for a human when it needs approval, run in the docker tier
+//! when allowed.
+//!
+//! # Security invariant
+//! A command runs only when [`decide`] allows it or a human approved exactly the
+//! argv that [`decide`] produced; it runs only in a fresh, hardened docker-tier
+//! container, never on the host and never through a shell.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Decision, decide};
+use crate::approval::{Gate, Item};
+use crate::error::SandboxError;
+use crate::executor::Outcome;
+use crate::policy::{Policy, Tier};
+
+/// How a command ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandReport {
+    /// `allow`, `deny` or `needs_approval` (what the rules said).
+    pub decision: &'static str,
+    /// Why it was denied or needed approval (empty when allowed).
+    pub reason: String,
+    /// The words it runs as (empty when it could not be split).
+    pub argv: Vec<String>,
+    /// Whether it was allowed to run (by the rules, or by a human).
+    pub allowed: bool,
+    /// The approval request, when it waited for one.
+    pub approval: Option<Item>,
+    /// How the run ended (when it ran).
+    pub outcome: Option<Outcome>,
+}
+
+/// Checks `line` against `policy`'s command rules; a command that needs approval
+/// waits up to `wait` in `gate`'s queue (without a wait or a gate it is denied);
+/// an allowed one runs in the docker tier unless `run` is false (a check only).
+///
+/// # Errors
+/// [`SandboxError::InvalidRequest`] when the policy refuses the docker tier (for a
+/// command that is not denied anyway); the queue, the audit log or the engine
+/// failing.
+pub async fn handle_command(
+    line: &str,
+    policy: &Policy,
+    gate: Option<&Gate>,
+    wait: Option<Duration>,
+    run: bool,
+) -> Result<CommandReport, SandboxError> {
+    let decision = decide(line, &policy.command_rules());
+    let (kind, reason, argv) = match decision {
+        Decision::Allow { argv } => ("allow", String::new(), argv),
+        Decision::Deny { reason } => ("deny", reason, Vec::new()),
+        Decision::NeedsApproval { argv, reason } => ("needs_approval", reason, argv),
+    };
+    let mut report = CommandReport { decision: kind, reason, argv, allowed: kind == "allow", approval: None, outcome: None };
+    if kind == "deny" {
+        return Ok(report);
+    }
+    // Commands run only in the docker tier: a policy that refuses it is told before
+    // anything is queued for a human or run.
+    if run && let Some(why) = crate::router::refusal(policy, Tier::Docker) {
+        return Err(SandboxError::InvalidRequest(format!("commands run only in the docker tier, and {why}")));
+    }
+    if kind == "needs_approval" && run {
+        match (gate, wait) {
+            (Some(gate), Some(wait)) => {
+                let subject = serde_json::json!({"argv": report.argv, "line": line});
+                let item = gate.ask("command", subject, &report.reason, wait).await?;
+                if item.status == "approved" {
+                    report.allowed = true;
+                } else {
+                    report.reason = format!("{}; {}", report.reason, crate::approval::refusal(&item));
+                }
+                report.approval = Some(item);
+            }
+            (None, Some(_)) => report.reason.push_str("; there is no approvals queue to wait in"),
+            (_, None) => {}
+        }
+    }
+    if !(report.allowed && run) {
+        return Ok(report);
+    }
+    let outcome = run_in_docker(policy, &report.argv).await?;
+    if let (Some(item), Some(gate)) = (&report.approval, gate) {
+        report.approval = Some(gate.complete(item.id, serde_json::to_value(&outcome).unwrap_or_default()).await?);
+    }
+    report.outcome = Some(outcome);
+    Ok(report)
+}
+
+#[cfg(feature = "docker")]
+async fn run_in_docker(policy: &Policy, argv: &[String]) -> Result<Outcome, SandboxError> {
+    let config = crate::tier::docker::DockerConfig { pool_size: 0, ..Default::default() };
+    crate::tier::docker::DockerExecutor::new(policy.clone(), config).run_command(argv).await
+}
+
+#[cfg(not(feature = "docker"))]
+async fn run_in_docker(_: &Policy, _: &[String]) -> Result<Outcome, SandboxError> {
+    Err(SandboxError::TierUnavailable {
+        tier: Tier::Docker,
+        reason: "this build has no docker tier to run commands in".into(),
+    })
+}
