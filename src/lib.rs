@@ -32,6 +32,7 @@ pub mod process;
 pub mod redteam;
 pub mod router;
 pub mod sandbox;
+pub mod server;
 pub mod tier;
 
 pub use error::SandboxError;

@@ -219,6 +219,11 @@ impl Sandbox {
         &self.breakers
     }
 
+    /// The audit log (when the sandbox has one).
+    pub fn audit_log(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
     /// The approvals queue critical operations wait in (present when the sandbox
     /// has an audit log).
     pub fn approvals(&self) -> Option<&Gate> {
@@ -249,7 +254,9 @@ impl Sandbox {
         let reason = format!("{} (critical under the policy's approvals)", why.join(" and "));
         let refuse = |msg: String| Outcome::refused(req.id.clone(), tier, Status::Denied, "NotApproved", msg);
         let Some(gate) = &self.gate else {
-            return Ok(Err(refuse(format!("{reason}, and this sandbox has no approvals queue (it needs an audit log)"))));
+            return Ok(Err(refuse(format!(
+                "{reason}, and this sandbox has no approvals queue (it needs an audit log)"
+            ))));
         };
         let subject = serde_json::json!({
             "request_id": req.id, "code": req.code, "tier": tier, "route": route, "scratch": req.scratch,

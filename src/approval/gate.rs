@@ -60,9 +60,10 @@ impl Gate {
         f: impl FnOnce(&Queue) -> Result<T, ApprovalError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
         let q = self.queue.clone();
-        tokio::task::spawn_blocking(move || f(&q))
-            .await
-            .map_err(|e| ApprovalError::Database { path: self.queue.path.display().to_string(), message: e.to_string() })?
+        tokio::task::spawn_blocking(move || f(&q)).await.map_err(|e| ApprovalError::Database {
+            path: self.queue.path.display().to_string(),
+            message: e.to_string(),
+        })?
     }
 
     async fn record(&self, kind: &str, item: &Item) -> Result<(), ApprovalError> {
@@ -121,13 +122,7 @@ impl Gate {
     /// # Errors
     /// [`ApprovalError::Decided`], [`ApprovalError::NotFound`], the database or
     /// the audit log.
-    pub async fn decide(
-        &self,
-        id: i64,
-        approve: bool,
-        who: &str,
-        note: Option<&str>,
-    ) -> Result<Item, ApprovalError> {
+    pub async fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
         let (who, note) = (who.to_string(), note.map(str::to_string));
         let item = self.db(move |q| q.decide(id, approve, &who, note.as_deref())).await?;
         self.record(if approve { "approval_approved" } else { "approval_denied" }, &item).await?;

@@ -83,7 +83,8 @@ pub struct Queue {
     path: PathBuf,
 }
 
-fn now_us() -> i64 {
+/// Now, in µs since the epoch (the queue's clock).
+pub fn now_us() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -295,7 +296,9 @@ fn to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         decided_by: r.get(7)?,
         decided_us: r.get(8)?,
         note: r.get(9)?,
-        outcome: r.get::<_, Option<String>>(10)?.map(|o| serde_json::from_str(&o).unwrap_or(serde_json::Value::String(o))),
+        outcome: r
+            .get::<_, Option<String>>(10)?
+            .map(|o| serde_json::from_str(&o).unwrap_or(serde_json::Value::String(o))),
     })
 }
 

@@ -37,9 +37,35 @@ pub enum Command {
     Exec(CommandArgs),
     /// The queue of critical operations waiting for a human: list, show, approve, deny.
     Approvals(ApprovalsArgs),
+    /// Serve Terrarium over HTTP (loopback by default), with the /review page for
+    /// the approvals queue.
+    Serve(ServeArgs),
     /// Run the attack corpus and its variants on every tier; exit 1 on any escape,
     /// host crash, uncontained outcome or policy-parity disagreement.
     Redteam(RedteamArgs),
+}
+
+/// `terrarium serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback sends tokens in clear text:
+    /// put a TLS proxy in front.
+    #[arg(long, value_name = "ADDR", default_value = crate::server::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Policy file (default: the built-in policy).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Bearer tokens, one per line: `NAME ROLES TOKEN` (roles: submit, approve,
+    /// admin, comma-separated); mode 600. `TERRARIUM_TOKEN` adds one named `env`
+    /// with every role.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Requests served at once; more get 429.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_requests: usize,
+    /// Runs and commands at once (including those waiting for approval); more get 429.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_running: usize,
 }
 
 /// `terrarium command`.

@@ -44,9 +44,8 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         None => None,
     };
     let rt = super::runtime()?;
-    let report = rt
-        .block_on(handle_command(&line, &policy, gate.as_ref(), wait, !args.check))
-        .map_err(|e| match e {
+    let report =
+        rt.block_on(handle_command(&line, &policy, gate.as_ref(), wait, !args.check)).map_err(|e| match e {
             crate::SandboxError::InvalidRequest(m) => CliError::usage(anyhow::anyhow!(m)),
             e => CliError::from(e),
         })?;

@@ -10,6 +10,7 @@ mod bench;
 mod command;
 mod doctor;
 mod redteam;
+mod serve;
 
 use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
@@ -110,6 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Redteam(args) => redteam::run(args),
         Command::Exec(args) => command::run(args),
         Command::Approvals(args) => command::approvals(args),
+        Command::Serve(args) => serve::run(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]

@@ -55,7 +55,8 @@ pub async fn handle_command(
         Decision::Deny { reason } => ("deny", reason, Vec::new()),
         Decision::NeedsApproval { argv, reason } => ("needs_approval", reason, argv),
     };
-    let mut report = CommandReport { decision: kind, reason, argv, allowed: kind == "allow", approval: None, outcome: None };
+    let mut report =
+        CommandReport { decision: kind, reason, argv, allowed: kind == "allow", approval: None, outcome: None };
     if kind == "deny" {
         return Ok(report);
     }

@@ -90,11 +90,7 @@ pub const DEFAULT_DENY: &[&str] = &[
 impl CommandRules {
     /// No program allowed; [`DEFAULT_DENY`] denied.
     pub fn default_rules() -> CommandRules {
-        CommandRules {
-            allow: Vec::new(),
-            deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
-            approvable: true,
-        }
+        CommandRules { allow: Vec::new(), deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(), approvable: true }
     }
 }
 
@@ -202,9 +198,9 @@ fn dollar_reason(next: Option<char>) -> String {
 /// Decides what may happen to `line` under `rules`.
 pub fn decide(line: &str, rules: &CommandRules) -> Decision {
     match check(line, rules) {
-        Decision::NeedsApproval { reason, .. } if !rules.approvable => Decision::Deny {
-            reason: format!("{reason}, and the policy lets no unlisted command be approved"),
-        },
+        Decision::NeedsApproval { reason, .. } if !rules.approvable => {
+            Decision::Deny { reason: format!("{reason}, and the policy lets no unlisted command be approved") }
+        }
         d => d,
     }
 }

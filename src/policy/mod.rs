@@ -178,14 +178,11 @@ pub enum Critical {
     /// A system command that is not allow-listed (without it, such a command is
     /// denied).
     UnlistedCommand,
-    /// Replacing a running server's policy.
-    PolicyChange,
 }
 
 impl Critical {
     /// Every critical operation.
-    pub const ALL: [Critical; 4] =
-        [Critical::DockerTier, Critical::WritableScratch, Critical::UnlistedCommand, Critical::PolicyChange];
+    pub const ALL: [Critical; 3] = [Critical::DockerTier, Critical::WritableScratch, Critical::UnlistedCommand];
 
     /// Its name in policy files.
     pub fn as_str(self) -> &'static str {
@@ -193,7 +190,6 @@ impl Critical {
             Critical::DockerTier => "docker_tier",
             Critical::WritableScratch => "writable_scratch",
             Critical::UnlistedCommand => "unlisted_command",
-            Critical::PolicyChange => "policy_change",
         }
     }
 }
@@ -860,7 +856,10 @@ fn approval_policy(
     }
     if let Some(Seconds(secs)) = raw.timeout {
         if !(secs > 0.0 && secs <= MAX_APPROVAL_SECS) {
-            return Err(invalid("approvals.timeout", format!("{secs} seconds: expected 0 < seconds ≤ {MAX_APPROVAL_SECS}")));
+            return Err(invalid(
+                "approvals.timeout",
+                format!("{secs} seconds: expected 0 < seconds ≤ {MAX_APPROVAL_SECS}"),
+            ));
         }
         p.timeout = Duration::from_secs_f64(secs);
     }

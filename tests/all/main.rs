@@ -34,8 +34,12 @@ mod limits;
 mod policy_parity;
 #[path = "../redteam.rs"]
 mod redteam;
+#[path = "../review_browser.rs"]
+mod review_browser;
 #[path = "../router.rs"]
 mod router;
+#[path = "../server.rs"]
+mod server;
 #[path = "../stdlib.rs"]
 mod stdlib;
 #[path = "../wasm.rs"]

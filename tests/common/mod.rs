@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test module uses a different subset")]
 
+pub mod server;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

@@ -1,0 +1,80 @@
+//! `terrarium serve`: the HTTP server (see [`crate::server`]) over one sandbox
+//! with the audit log at the usual place (`TERRARIUM_HOME`). Prints
+//! `terrarium: serving on http://ADDR` once it listens; stops on SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::args::ServeArgs;
+use super::{CliError, EXIT_HOST};
+use crate::policy::Policy;
+use crate::server::auth::{Role, Tokens};
+use crate::server::{ServerConfig, app, serve};
+
+/// The environment variable holding one token with every role.
+pub const TOKEN_ENV: &str = "TERRARIUM_TOKEN";
+
+pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
+    let policy = match &args.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default_policy(),
+    };
+    let mut tokens = match &args.token_file {
+        Some(path) => Tokens::from_file(path).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?,
+        None => Tokens::default(),
+    };
+    if let Ok(token) = std::env::var(TOKEN_ENV) {
+        tokens
+            .add("env", [Role::Admin].into_iter().collect(), &token)
+            .map_err(|e| CliError::usage(anyhow::anyhow!("{TOKEN_ENV}: {e}")))?;
+    }
+    let mut config = ServerConfig::new(tokens, policy.max_code_size());
+    config.max_requests = args.max_requests;
+    config.max_running = args.max_running;
+    let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
+    let sandbox = Arc::new(crate::Sandbox::builder().policy(policy).audit(path).build()?);
+    let router = app(sandbox.clone(), config).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "terrarium: warning: listening on {} (not loopback): bearer tokens travel in clear text unless a TLS proxy is in front",
+            args.listen
+        );
+    }
+    raise_open_files_limit();
+    let rt = super::runtime()?;
+    rt.block_on(serve(router, args.listen, |addr| eprintln!("terrarium: serving on http://{addr}"), stop_signal()))
+        .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("serving on {}: {e}", args.listen) })?;
+    if let Err(e) = sandbox.flush_audit(std::time::Duration::from_secs(10)) {
+        eprintln!("terrarium: warning: {e}");
+    }
+    eprintln!("terrarium: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Every connection is a descriptor: lift the soft limit to the hard one, as
+/// servers do, so that a burst of clients meets 429s rather than refused accepts.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    #[allow(unsafe_code, reason = "getrlimit/setrlimit have no safe wrapper in std")]
+    // SAFETY: both calls only read or write the live local `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

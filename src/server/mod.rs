@@ -1,0 +1,552 @@
+//! `terrarium serve`: Terrarium over HTTP (axum), for callers in other languages,
+//! and the `/review` page where humans decide the approvals queue.
+//!
+//! Endpoints (the OpenAPI document at `/openapi.json` is the reference):
+//! `POST /v1/execute` and `POST /v1/commands` (role `submit`), `GET /v1/approvals`,
+//! `GET /v1/approvals/{id}`, `POST /v1/approvals/{id}/approve|deny` (role
+//! `approve`), `GET /v1/breakers` and `GET /metrics` (role `admin`), `GET
+//! /v1/health` and `GET /openapi.json` (no token), `/review` (see [`review`]).
+//!
+//! # Security invariants
+//! - Every endpoint but health, the OpenAPI document and the review page's login
+//!   needs a bearer token with the endpoint's role (see [`auth`]); a missing or
+//!   unknown token is 401, a token without the role 403, and both are audit events
+//!   (with the token's name when it is known, never the token).
+//! - Load is shed, never queued without bound: at most `max_requests` requests are
+//!   served at once and at most `max_running` of them run in a tier (or wait for a
+//!   human); beyond that the answer is 429 with `Retry-After`, before the body is
+//!   read. A body is read only after its token is checked, and never past
+//!   `max_body` bytes (413).
+//! - Server faults (5xx) tell the client only a reference; the details, which may
+//!   name host paths, go to the server's log.
+//! - The listener is loopback unless the operator names another address.
+
+#![allow(clippy::result_large_err, reason = "handlers hand axum responses back by value, as axum itself does")]
+
+pub mod auth;
+pub mod metrics;
+mod review;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use self::auth::{Identity, Role, Tokens};
+use self::metrics::Metrics;
+use crate::audit::Event;
+use crate::error::SandboxError;
+use crate::executor::ExecRequest;
+use crate::policy::{Overrides, TierChoice};
+use crate::sandbox::Sandbox;
+
+/// The OpenAPI document (`GET /openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Where `terrarium serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+/// How the server admits work.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Who may call, with which roles.
+    pub tokens: Tokens,
+    /// Requests served at once (all endpoints); more get 429.
+    pub max_requests: usize,
+    /// Runs and commands at once (including those waiting for a human); more get 429.
+    pub max_running: usize,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `tokens`: 256 requests, 16 runs, bodies up to the policy's
+    /// code size cap plus room for the JSON around it.
+    pub fn new(tokens: Tokens, max_code_size: u64) -> ServerConfig {
+        let max_body = usize::try_from(max_code_size).unwrap_or(usize::MAX).saturating_add(64 << 10);
+        ServerConfig { tokens, max_requests: 256, max_running: 16, max_body }
+    }
+}
+
+struct AppState {
+    sandbox: Arc<Sandbox>,
+    tokens: Tokens,
+    metrics: Metrics,
+    in_flight: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    max_body: usize,
+    sessions: review::Sessions,
+}
+
+type Shared = Arc<AppState>;
+
+/// The application: every route, with admission and metrics. The sandbox must
+/// have an audit log (its approvals queue lives there).
+///
+/// # Errors
+/// The sandbox has no audit log, or there are no tokens.
+pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String> {
+    if sandbox.approvals().is_none() {
+        return Err("the server needs a sandbox with an audit log (its approvals queue lives there)".into());
+    }
+    if config.tokens.is_empty() {
+        return Err("no tokens: pass --token-file FILE or set TERRARIUM_TOKEN".into());
+    }
+    if config.max_requests == 0 || config.max_running == 0 {
+        return Err("--max-requests and --max-running must be at least 1".into());
+    }
+    let state = Arc::new(AppState {
+        sandbox,
+        tokens: config.tokens,
+        metrics: Metrics::default(),
+        in_flight: Arc::new(Semaphore::new(config.max_requests)),
+        running: Arc::new(Semaphore::new(config.max_running)),
+        max_body: config.max_body,
+        sessions: review::Sessions::default(),
+    });
+    Ok(Router::new()
+        .route("/v1/execute", post(execute))
+        .route("/v1/commands", post(command))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}", get(show_approval))
+        .route("/v1/approvals/{id}/{decision}", post(decide_approval))
+        .route("/v1/breakers", get(breakers))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .merge(review::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state))
+}
+
+/// Serves `app` on `listen` until `shutdown` resolves; calls `ready` with the
+/// bound address once it listens.
+///
+/// # Errors
+/// The address cannot be bound, or serving fails.
+pub async fn serve(
+    app: Router,
+    listen: SocketAddr,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    ready(listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// A JSON error body: `{"error": message}`.
+fn problem(code: StatusCode, message: &str) -> Response {
+    (code, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// 429 with the seconds to wait.
+fn busy(state: &AppState, what: &str) -> Response {
+    state.metrics.rejected("busy");
+    let mut r = problem(StatusCode::TOO_MANY_REQUESTS, &format!("the server is at its limit of {what}; retry"));
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Admission and metrics, around every route: a slot among `max_requests` or 429.
+async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
+        let r = busy(&state, "requests in flight");
+        state.metrics.request(&route, r.status().as_u16());
+        return r;
+    };
+    state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let r = next.run(req).await;
+    state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    state.metrics.request(&route, r.status().as_u16());
+    r
+}
+
+/// The caller's identity when its bearer token has `role`; otherwise the 401 or
+/// 403 to answer, recorded in the audit log first.
+async fn authorize(state: &AppState, headers: &HeaderMap, role: Role, what: &str) -> Result<Identity, Response> {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+    let id = presented.and_then(|t| state.tokens.identify(t));
+    match id {
+        Some(id) if id.can(role) => Ok(id.clone()),
+        Some(id) => Err(refuse_caller(state, StatusCode::FORBIDDEN, what, Some(&id.name), role).await),
+        None => Err(refuse_caller(state, StatusCode::UNAUTHORIZED, what, None, role).await),
+    }
+}
+
+/// Records and answers a refused caller.
+async fn refuse_caller(state: &AppState, code: StatusCode, what: &str, name: Option<&str>, role: Role) -> Response {
+    let (reason, message) = if code == StatusCode::FORBIDDEN {
+        ("forbidden", format!("this token lacks the {} role", role.as_str()))
+    } else {
+        ("unauthorized", "a valid bearer token is required".to_string())
+    };
+    state.metrics.rejected(reason);
+    let data = serde_json::json!({
+        "status": code.as_u16(), "endpoint": what, "token_name": name, "role_needed": role.as_str(),
+    });
+    if let Some(log) = state.sandbox.audit_log() {
+        let event = Event { kind: "auth_denied".into(), request_id: None, data, code: None };
+        if let Err(e) = log.record_async(event).await {
+            tracing::error!(error = %e, "cannot record a refused caller");
+            return fault("the audit log", &e);
+        }
+    }
+    let mut r = problem(code, &message);
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// A 500 that names only a reference; the details go to the log.
+fn fault(what: &str, error: &dyn std::fmt::Display) -> Response {
+    let mut reference = [0u8; 6];
+    let _ = getrandom::getrandom(&mut reference);
+    let reference: String = reference.iter().map(|b| format!("{b:02x}")).collect();
+    tracing::error!(reference, error = %error, "{what} failed");
+    problem(StatusCode::INTERNAL_SERVER_ERROR, &format!("{what} failed (reference {reference} in the server log)"))
+}
+
+/// The body, read only up to the limit.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, state.max_body).await.map_err(|_| {
+        state.metrics.rejected("too_large");
+        problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than {} bytes or broken", state.max_body))
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(bytes).map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
+}
+
+/// A slot among `max_running`, or 429.
+fn run_slot(state: &AppState) -> Result<RunSlot<'_>, Response> {
+    let permit = state.running.clone().try_acquire_owned().map_err(|_| busy(state, "runs"))?;
+    state.metrics.running.fetch_add(1, Ordering::Relaxed);
+    Ok(RunSlot { _permit: permit, metrics: &state.metrics })
+}
+
+struct RunSlot<'a> {
+    _permit: OwnedSemaphorePermit,
+    metrics: &'a Metrics,
+}
+
+impl Drop for RunSlot<'_> {
+    fn drop(&mut self) {
+        self.metrics.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `POST /v1/execute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody {
+    code: String,
+    id: Option<String>,
+    tier: Option<String>,
+    #[serde(default)]
+    scratch: bool,
+    timeout: Option<f64>,
+    max_memory: Option<serde_json::Value>,
+    max_output: Option<serde_json::Value>,
+    allowed_modules: Option<Vec<String>>,
+}
+
+/// A size as a number of bytes or a string such as `"64m"`.
+fn size(field: &str, v: Option<serde_json::Value>) -> Result<Option<u64>, String> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| format!("{field}: {n} is not a whole number of bytes"))
+        }
+        Some(serde_json::Value::String(s)) => {
+            crate::policy::parse_size(&s).map(Some).map_err(|e| format!("{field}: {e}"))
+        }
+        Some(other) => Err(format!("{field}: {other} is not a size")),
+    }
+}
+
+impl ExecuteBody {
+    fn request(self) -> Result<ExecRequest, String> {
+        let tier = match self.tier.as_deref() {
+            None => TierChoice::Auto,
+            Some(t) => {
+                TierChoice::parse(t).ok_or_else(|| format!("tier {t:?}: expected auto, rustpython, wasm or docker"))?
+            }
+        };
+        let timeout = match self.timeout {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
+            Some(t) => return Err(format!("timeout {t}: expected a positive number of seconds")),
+        };
+        let overrides = Overrides {
+            timeout,
+            max_memory: size("max_memory", self.max_memory)?,
+            max_output: size("max_output", self.max_output)?,
+            allowed_modules: self.allowed_modules.map(|m| m.into_iter().collect()),
+        };
+        Ok(ExecRequest { id: self.id, code: self.code, overrides, scratch: self.scratch, tier })
+    }
+}
+
+/// The answer for a sandbox error: the request's fault (4xx, with the reason) or
+/// the server's (5xx, with a reference).
+fn sandbox_error(e: &SandboxError) -> Response {
+    match e {
+        SandboxError::InvalidRequest(_) | SandboxError::Policy(_) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        SandboxError::BreakerOpen(open) => {
+            let mut r =
+                problem(StatusCode::SERVICE_UNAVAILABLE, &format!("breaker {} is open; retry later", open.name));
+            let secs = open.retry_in.ceil().max(1.0).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        SandboxError::TierUnavailable { tier, .. } => {
+            tracing::error!(error = %e, "tier unavailable");
+            problem(StatusCode::SERVICE_UNAVAILABLE, &format!("tier {tier} is not available on this server"))
+        }
+        _ => fault("the run", e),
+    }
+}
+
+async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let caller = match authorize(&state, &headers, Role::Submit, "POST /v1/execute").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let _slot = match run_slot(&state) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let bytes = match read_body(&state, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req = match parse::<ExecuteBody>(&bytes).map(ExecuteBody::request) {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) => return problem(StatusCode::BAD_REQUEST, &why),
+        Err(r) => return r,
+    };
+    tracing::info!(caller = caller.name, id = ?req.id, "execute");
+    match state.sandbox.execute(req).await {
+        Ok(o) => {
+            state.metrics.outcome(o.tier.as_str(), o.status.as_str());
+            axum::Json(o).into_response()
+        }
+        Err(e) => sandbox_error(&e),
+    }
+}
+
+/// `POST /v1/commands`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandBody {
+    /// A command line (quoted as a shell would quote it).
+    command: Option<String>,
+    /// Or its words.
+    argv: Option<Vec<String>>,
+    /// Seconds to wait for a human when it needs approval (default: the policy's
+    /// `approvals.timeout`; 0: do not wait).
+    wait: Option<f64>,
+    /// Only decide.
+    #[serde(default)]
+    check: bool,
+}
+
+async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let caller = match authorize(&state, &headers, Role::Submit, "POST /v1/commands").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let _slot = match run_slot(&state) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let bytes = match read_body(&state, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let b: CommandBody = match parse(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let line = match (b.command, b.argv) {
+        (Some(line), None) => line,
+        (None, Some(argv)) if !argv.is_empty() => {
+            argv.iter().map(|w| crate::command::quote(w)).collect::<Vec<_>>().join(" ")
+        }
+        _ => return problem(StatusCode::BAD_REQUEST, "give exactly one of command (a line) or argv (its words)"),
+    };
+    let policy = state.sandbox.policy();
+    let wait = match b.wait {
+        None => Some(policy.approvals().timeout),
+        Some(0.0) => None,
+        Some(w) if w.is_finite() && w > 0.0 && w <= policy.approvals().timeout.as_secs_f64() => {
+            Some(Duration::from_secs_f64(w))
+        }
+        Some(w) => {
+            let most = policy.approvals().timeout.as_secs_f64();
+            return problem(StatusCode::BAD_REQUEST, &format!("wait {w}: expected 0 ≤ seconds ≤ {most}"));
+        }
+    };
+    tracing::info!(caller = caller.name, line, "command");
+    match crate::command::handle_command(&line, policy, state.sandbox.approvals(), wait, !b.check).await {
+        Ok(report) => {
+            if let Some(o) = &report.outcome {
+                state.metrics.outcome("docker", o.status.as_str());
+            }
+            axum::Json(report).into_response()
+        }
+        Err(e) => sandbox_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+async fn list_approvals(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals").await {
+        return r;
+    }
+    if let Some(s) = &q.status
+        && !["pending", "approved", "denied", "expired"].contains(&s.as_str())
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            &format!("status {s:?}: expected pending, approved, denied or expired"),
+        );
+    }
+    let Some(gate) = state.sandbox.approvals() else { return problem(StatusCode::SERVICE_UNAVAILABLE, "no queue") };
+    match gate.list(q.status).await {
+        Ok(items) => axum::Json(items).into_response(),
+        Err(e) => fault("the approvals queue", &e),
+    }
+}
+
+async fn show_approval(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals/{id}").await {
+        return r;
+    }
+    let Some(gate) = state.sandbox.approvals() else { return problem(StatusCode::SERVICE_UNAVAILABLE, "no queue") };
+    let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
+    match gate.get(id).await {
+        Ok(Some(item)) => axum::Json(item).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
+        Err(e) => fault("the approvals queue", &e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    note: Option<String>,
+}
+
+async fn decide_approval(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let caller = match authorize(&state, &headers, Role::Approve, "POST /v1/approvals/{id}/{decision}").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return problem(StatusCode::NOT_FOUND, "expected /approve or /deny"),
+    };
+    let bytes = match read_body(&state, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let b: DecideBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DecideBody::default()
+    } else {
+        match parse(&bytes) {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    };
+    let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
+    decide(&state, id, approve, &caller, b.note.as_deref()).await
+}
+
+/// Decides an item as `caller`: the item, 404, 409 (already decided or expired).
+async fn decide(state: &AppState, id: i64, approve: bool, caller: &Identity, note: Option<&str>) -> Response {
+    use crate::approval::ApprovalError;
+    let Some(gate) = state.sandbox.approvals() else { return problem(StatusCode::SERVICE_UNAVAILABLE, "no queue") };
+    match gate.decide(id, approve, &caller.name, note).await {
+        Ok(item) => axum::Json(item).into_response(),
+        Err(ApprovalError::NotFound(_)) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
+        Err(e @ ApprovalError::Decided { .. }) => problem(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => fault("the approvals queue", &e),
+    }
+}
+
+async fn breakers(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, "GET /v1/breakers").await {
+        return r;
+    }
+    axum::Json(state.sandbox.breakers().snapshot()).into_response()
+}
+
+async fn health(State(state): State<Shared>) -> Response {
+    let tiers: Vec<&str> = state.sandbox.policy().allowed_tiers().iter().map(|t| t.as_str()).collect();
+    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "tiers": tiers}))
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, "GET /metrics").await {
+        return r;
+    }
+    let breakers = state
+        .sandbox
+        .breakers()
+        .snapshot()
+        .into_iter()
+        .map(|b| {
+            let v = match b.state {
+                crate::breaker::State::Closed => 0.0,
+                crate::breaker::State::HalfOpen => 1.0,
+                crate::breaker::State::Open => 2.0,
+            };
+            (format!("breaker=\"{}\"", b.name), v)
+        })
+        .collect();
+    let pending = match state.sandbox.approvals() {
+        Some(gate) => match gate.list(Some("pending".into())).await {
+            Ok(items) => items.len() as f64,
+            Err(e) => return fault("the approvals queue", &e),
+        },
+        None => 0.0,
+    };
+    let text = state.metrics.render(&[
+        ("terrarium_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", breakers),
+        ("terrarium_approvals_pending", "Critical operations waiting for a human.", vec![(String::new(), pending)]),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

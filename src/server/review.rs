@@ -1,0 +1,464 @@
+//! `/review`: the page where a human decides the approvals queue. Server-rendered
+//! HTML (no build step); its one small script reloads the page when the queue
+//! changes.
+//!
+//! A browser cannot send a bearer header when it navigates, so the page signs in
+//! once: `POST /review/login` with a token that has the `approve` role starts a
+//! session (a random id in an `HttpOnly`, `SameSite=Strict` cookie, eight hours).
+//! Approve and deny are plain forms that carry the session's CSRF token.
+//!
+//! # Security invariants
+//! - Everything shown is HTML-escaped (code, findings, reasons, outcomes): a
+//!   snippet under review cannot script the reviewer's page. The Content Security
+//!   Policy allows only the page's own script (by nonce) and same-origin fetches
+//!   and forms.
+//! - A decision needs a live session and its CSRF token; it is recorded with the
+//!   session's token name, as the API's are.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ruff_text_size::Ranged;
+use serde::Deserialize;
+
+use super::auth::{Identity, Role};
+use super::{Shared, problem};
+use crate::approval::Item;
+
+/// The session cookie's name.
+const COOKIE: &str = "terrarium_review";
+/// How long a session lasts.
+const SESSION: Duration = Duration::from_secs(8 * 3600);
+/// Most sessions at once (sign-ins beyond are refused until some expire).
+const MAX_SESSIONS: usize = 1024;
+/// Decided items shown under the queue.
+const RECENT: usize = 10;
+/// Outcome text shown per item.
+const SHOWN_OUTPUT: usize = 4096;
+
+struct Session {
+    who: Identity,
+    csrf: String,
+    expires: Instant,
+}
+
+/// The review page's sign-ins.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+fn random_hex(bytes: usize) -> Option<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl Sessions {
+    fn start(&self, who: Identity) -> Option<String> {
+        let mut map = self.map.lock().ok()?;
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS {
+            return None;
+        }
+        let id = random_hex(32)?;
+        map.insert(id.clone(), Session { who, csrf: random_hex(16)?, expires: now + SESSION });
+        Some(id)
+    }
+
+    /// The session's identity and CSRF token.
+    fn find(&self, headers: &HeaderMap) -> Option<(Identity, String)> {
+        let cookies = headers.get_all(header::COOKIE);
+        let id = cookies
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
+        let map = self.map.lock().ok()?;
+        let s = map.get(id).filter(|s| s.expires > Instant::now())?;
+        Some((s.who.clone(), s.csrf.clone()))
+    }
+
+    fn end(&self, headers: &HeaderMap) {
+        let Some(id) = headers
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=')))
+        else {
+            return;
+        };
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/review", get(page))
+        .route("/review/state", get(state_json))
+        .route("/review/login", post(login))
+        .route("/review/logout", post(logout))
+        .route("/review/{id}/{decision}", post(decide))
+        .layer(DefaultBodyLimit::max(16 << 10))
+}
+
+/// Headers every review response carries.
+fn html(status: StatusCode, body: String, nonce: &str) -> Response {
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; connect-src 'self'; \
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}\
+h1{font-size:1.4em}.item{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}\
+pre{background:#f6f6f6;padding:.6em;overflow:auto}.k{color:#a626a4;font-weight:600}.s{color:#50a14f}\
+.c{color:#999;font-style:italic}.n{color:#986801}.o{color:#0184bc}.deny{color:#b00}.warn{color:#a60}\
+form{display:inline}button{margin-right:.5em}.meta{color:#666}";
+
+fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str) -> String {
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{STYLE}</style></head>\
+         <body data-fingerprint=\"{}\">{body}<script nonce=\"{nonce}\">{SCRIPT}</script></body></html>",
+        escape(fingerprint)
+    )
+}
+
+/// Reloads the page when the queue's fingerprint changes.
+const SCRIPT: &str = "(function(){var f=document.body.dataset.fingerprint;if(!f)return;\
+setInterval(function(){fetch('/review/state',{credentials:'same-origin'}).then(function(r){return r.ok?r.json():null})\
+.then(function(j){if(j&&j.fingerprint!==f)location.reload()}).catch(function(){})},1000)})();";
+
+fn login_page(message: &str, status: StatusCode) -> Response {
+    let nonce = random_hex(16).unwrap_or_default();
+    let body = format!(
+        "<h1>Terrarium review</h1><p>{}</p><form method=post action=/review/login>\
+         <label>Token with the approve role <input id=token name=token type=password autocomplete=off></label> \
+         <button id=login>Sign in</button></form>",
+        escape(message)
+    );
+    html(status, layout("Terrarium review: sign in", &body, &nonce, ""), &nonce)
+}
+
+/// What changes the page: the items, their statuses, whether they have outcomes.
+fn fingerprint(items: &[Item]) -> String {
+    items.iter().map(|i| format!("{}:{}:{}", i.id, i.status, i.outcome.is_some())).collect::<Vec<_>>().join(",")
+}
+
+async fn load(state: &Shared) -> Result<(Vec<Item>, Vec<Item>), Response> {
+    let Some(gate) = state.sandbox.approvals() else {
+        return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "no approvals queue"));
+    };
+    let items = gate.list(None).await.map_err(|e| super::fault("the approvals queue", &e))?;
+    let (pending, decided): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.status == "pending");
+    Ok((pending, decided.into_iter().take(RECENT).collect()))
+}
+
+async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let Some((who, csrf)) = state.sessions.find(&headers) else {
+        return login_page("Sign in to see the approvals queue.", StatusCode::OK);
+    };
+    let (pending, recent) = match load(&state).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut body = format!(
+        "<h1>Terrarium review</h1><p class=meta>Signed in as <b id=who>{}</b>. \
+         <form method=post action=/review/logout><input type=hidden name=csrf value=\"{csrf}\"><button>Sign out</button></form></p>\
+         <h2>Waiting for a decision ({})</h2>",
+        escape(&who.name),
+        pending.len()
+    );
+    if pending.is_empty() {
+        body.push_str("<p id=empty>Nothing is waiting.</p>");
+    }
+    let now = crate::approval::now_us();
+    for item in &pending {
+        render_pending(&mut body, item, &csrf, now);
+    }
+    body.push_str("<h2>Recently decided</h2>");
+    for item in &recent {
+        render_decided(&mut body, item);
+    }
+    let all: Vec<Item> = pending.iter().chain(&recent).cloned().collect();
+    let nonce = random_hex(16).unwrap_or_default();
+    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &fingerprint(&all)), &nonce)
+}
+
+fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
+    let id = item.id;
+    let left = (item.deadline_us - now_us).max(0) / 1_000_000;
+    let _ = write!(
+        out,
+        "<div class=item id=item-{id}><h3>#{id} {}</h3><p>{}</p><p class=meta>Denied automatically in {left} s.</p>",
+        escape(&item.kind),
+        escape(&item.reason)
+    );
+    let s = &item.subject;
+    match item.kind.as_str() {
+        "execute" => {
+            let code = s["code"].as_str().unwrap_or("");
+            let _ = write!(out, "<pre class=code id=code-{id}>{}</pre>", highlight(code));
+            let _ = write!(
+                out,
+                "<p>Tier <b id=tier-{id}>{}</b>; route: {}</p>",
+                escape(s["tier"].as_str().unwrap_or("?")),
+                escape(s["route"].as_str().unwrap_or(""))
+            );
+            let findings = s["findings"].as_array().cloned().unwrap_or_default();
+            if findings.is_empty() {
+                out.push_str("<p>Static analysis: no findings.</p>");
+            } else {
+                let _ = write!(out, "<ul id=findings-{id}>");
+                for f in &findings {
+                    let sev = f["severity"].as_str().unwrap_or("warn");
+                    let _ = write!(
+                        out,
+                        "<li class={}>line {}: {}</li>",
+                        if sev == "deny" { "deny" } else { "warn" },
+                        f["line"],
+                        escape(f["message"].as_str().unwrap_or(""))
+                    );
+                }
+                out.push_str("</ul>");
+            }
+            let _ = write!(
+                out,
+                "<details><summary>Policy that applies</summary><pre id=policy-{id}>{}</pre></details>",
+                escape(s["policy"].as_str().unwrap_or(""))
+            );
+        }
+        _ => {
+            let argv: Vec<String> = s["argv"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|w| w.as_str()).map(escape).collect())
+                .unwrap_or_default();
+            let _ =
+                write!(out, "<p>Runs in a docker-tier container as <code id=argv-{id}>{}</code></p>", argv.join(" "));
+        }
+    }
+    for (decision, label) in [("approve", "Approve"), ("deny", "Deny")] {
+        let _ = write!(
+            out,
+            "<form method=post action=/review/{id}/{decision}><input type=hidden name=csrf value=\"{csrf}\">\
+             <input name=note placeholder=\"note (optional)\" id={decision}-note-{id}> \
+             <button id={decision}-{id}>{label}</button></form>"
+        );
+    }
+    out.push_str("</div>");
+}
+
+fn render_decided(out: &mut String, item: &Item) {
+    let id = item.id;
+    let by = item.decided_by.as_deref().map(|w| format!(" by {}", escape(w))).unwrap_or_default();
+    let _ = write!(
+        out,
+        "<div class=item id=done-{id}><b>#{id} {}</b>: <span id=status-{id}>{}</span>{by}",
+        escape(&item.kind),
+        escape(&item.status)
+    );
+    match &item.outcome {
+        Some(o) => {
+            let status = o["status"].as_str().unwrap_or("?");
+            let mut text = o["stdout"].as_str().unwrap_or("").to_string();
+            if let Some(err) = o["error"]["message"].as_str() {
+                text.push_str(err);
+            }
+            let cut: String = text.chars().take(SHOWN_OUTPUT).collect();
+            let _ = write!(
+                out,
+                "; ran: <span id=outcome-{id}>{}</span><pre id=output-{id}>{}</pre>",
+                escape(status),
+                escape(&cut)
+            );
+        }
+        None if item.status == "approved" => out.push_str("; running…"),
+        None => {}
+    }
+    out.push_str("</div>");
+}
+
+async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if state.sessions.find(&headers).is_none() {
+        return problem(StatusCode::UNAUTHORIZED, "sign in at /review");
+    }
+    match load(&state).await {
+        Ok((pending, recent)) => {
+            let all: Vec<Item> = pending.into_iter().chain(recent).collect();
+            axum::Json(serde_json::json!({"fingerprint": fingerprint(&all)})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(state): State<Shared>, Form(f): Form<LoginForm>) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", f.token.trim())) {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    let who = match super::authorize(&state, &headers, Role::Approve, "POST /review/login").await {
+        Ok(who) => who,
+        Err(r) => {
+            let status = r.status();
+            return login_page(
+                if status == StatusCode::FORBIDDEN { "That token lacks the approve role." } else { "Unknown token." },
+                status,
+            );
+        }
+    };
+    let Some(id) = state.sessions.start(who) else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "too many review sessions; try again later");
+    };
+    let mut r = see_other("/review");
+    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/review; Max-Age={}", SESSION.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct DecisionForm {
+    csrf: String,
+    note: Option<String>,
+}
+
+async fn decide(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
+    let Some((who, csrf)) = state.sessions.find(&headers) else {
+        return login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
+    };
+    if !super::auth::same_secret(&f.csrf, &csrf) {
+        return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
+    }
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return problem(StatusCode::NOT_FOUND, "expected /approve or /deny"),
+    };
+    let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
+    let note = f.note.filter(|n| !n.trim().is_empty());
+    let r = super::decide(&state, id, approve, &who, note.as_deref()).await;
+    if r.status().is_success() { see_other("/review") } else { r }
+}
+
+async fn logout(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    state.sessions.end(&headers);
+    let mut r = see_other("/review");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("terrarium_review=; HttpOnly; SameSite=Strict; Path=/review; Max-Age=0"),
+    );
+    r
+}
+
+/// `s` with `& < > " '` escaped for HTML text and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Python source as escaped HTML with `<span class=…>` around keywords (`k`),
+/// strings (`s`), comments (`c`), numbers (`n`) and operators (`o`), from the same
+/// lexer the analysis uses. Source that does not lex is shown plain past the error.
+pub fn highlight(code: &str) -> String {
+    use ruff_python_ast::token::TokenKind as K;
+    let parsed = ruff_python_parser::parse_unchecked(
+        code,
+        ruff_python_parser::ParseOptions::from(ruff_python_ast::PySourceType::Python),
+    );
+    let mut out = String::with_capacity(code.len() * 2);
+    let mut at = 0usize;
+    for t in parsed.tokens().iter() {
+        let (start, end) = (usize::from(t.range().start()), usize::from(t.range().end()));
+        if start < at || end > code.len() || !code.is_char_boundary(start) || !code.is_char_boundary(end) {
+            continue;
+        }
+        out.push_str(&escape(&code[at..start]));
+        let class = match t.kind() {
+            k if k.is_keyword() => Some("k"),
+            K::String
+            | K::FStringStart
+            | K::FStringMiddle
+            | K::FStringEnd
+            | K::TStringStart
+            | K::TStringMiddle
+            | K::TStringEnd => Some("s"),
+            K::Comment => Some("c"),
+            K::Int | K::Float | K::Complex => Some("n"),
+            k if k.is_operator() => Some("o"),
+            _ => None,
+        };
+        let text = escape(&code[start..end]);
+        match class {
+            Some(c) => {
+                let _ = write!(out, "<span class={c}>{text}</span>");
+            }
+            None => out.push_str(&text),
+        }
+        at = end;
+    }
+    out.push_str(&escape(&code[at.min(code.len())..]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highlighting_escapes_and_marks_tokens() {
+        let h = highlight("import os  # <b>\nx = f'{1}' + \"</pre><script>\"\n");
+        assert!(h.contains("<span class=k>import</span>"), "{h}");
+        assert!(h.contains("<span class=c># &lt;b&gt;</span>"), "{h}");
+        assert!(h.contains("&lt;/pre&gt;&lt;script&gt;"), "{h}");
+        assert!(!h.contains("<script>") && !h.contains("</pre>"), "{h}");
+        assert!(h.contains("<span class=n>1</span>"), "{h}");
+        // Text that does not lex is still all there, escaped.
+        let bad = highlight("def (:\n  '''<x>");
+        assert!(bad.contains("&lt;x&gt;"), "{bad}");
+        assert_eq!(escape("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
+    }
+}

@@ -1,0 +1,193 @@
+//! The `/review` page in a real headless Chromium, driven over WebDriver: sign in,
+//! see the pending run with its code, approve it, see the run complete; a snippet
+//! that carries markup is shown as text, never run by the page, and is denied.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{ClientBuilder, Locator};
+
+use crate::common::SKIP_DOCKER;
+use crate::common::server::{APPROVE, SUBMIT, Server, call};
+
+/// Skips the browser test (printed when used).
+const SKIP_BROWSER: &str = "TERRARIUM_SKIP_BROWSER";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// chromedriver on a free loopback port.
+fn start_chromedriver() -> (Driver, u16) {
+    let exe = std::env::var("TERRARIUM_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let child = Command::new(&exe)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {exe} ({e}): the browser test needs Chromium and its driver \
+                 (apt-get install chromium chromium-driver, as scripts/test does), \
+                 or set {SKIP_BROWSER}=1 to skip it"
+            )
+        });
+    let driver = Driver(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "chromedriver did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (driver, port)
+}
+
+#[test]
+fn a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() {
+    for var in [SKIP_BROWSER, SKIP_DOCKER] {
+        if std::env::var_os(var).is_some_and(|v| v == "1") {
+            eprintln!("skipped: {var}=1");
+            return;
+        }
+    }
+    let policy = format!(
+        "{}\napprovals:\n  critical: [docker_tier]\n  timeout: 120\n",
+        crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE)
+    );
+    let s = Server::start(Some(&policy), &[]);
+    let (_driver, port) = start_chromedriver();
+    let profile = tempfile::tempdir().expect("profile");
+    let addr = s.addr;
+    let good = std::thread::spawn(move || {
+        let body = r#"{"code": "print(6 * 7)", "tier": "docker"}"#;
+        call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[])
+    });
+    let first = crate::server::first_pending(&s);
+    let id = first["id"].as_i64().expect("id");
+    let evil = std::thread::spawn(move || {
+        let body = r#"{"code": "x = '</pre><script>document.title = \"owned\"</script>'", "tier": "docker"}"#;
+        call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[])
+    });
+    let base = format!("http://{}", s.addr);
+    let result: Result<(), String> = crate::common::runtime().block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": std::env::var("TERRARIUM_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let c = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .map_err(|e| format!("cannot start a Chromium session: {e}"))?;
+        let r = review(&c, &base, id).await;
+        let _ = c.close().await;
+        r
+    });
+    result.unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", s.log()));
+    let done = good.join().expect("client");
+    let v = done.json();
+    assert_eq!((done.status, v["status"].as_str(), v["stdout"].as_str()), (200, Some("ok"), Some("42\n")), "{v}");
+    let denied = evil.join().expect("client").json();
+    assert_eq!((denied["status"].as_str(), denied["error"]["type"].as_str()), (Some("denied"), Some("NotApproved")));
+    assert!(denied["error"]["message"].as_str().unwrap_or("").contains("denied by alice"), "{denied}");
+}
+
+/// The browser's part; every failure says what it expected.
+async fn review(c: &fantoccini::Client, base: &str, id: i64) -> Result<(), String> {
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: fantoccini::error::CmdError| format!("{what}: {err}")
+    };
+    let wait = Duration::from_secs(30);
+    c.goto(&format!("{base}/review")).await.map_err(e("load /review"))?;
+    // A token without the approve role does not sign in.
+    c.find(Locator::Id("token")).await.map_err(e("token field"))?.send_keys(SUBMIT).await.map_err(e("type"))?;
+    c.find(Locator::Id("login")).await.map_err(e("sign-in button"))?.click().await.map_err(e("click"))?;
+    let body = c.find(Locator::Css("body")).await.map_err(e("body"))?.text().await.map_err(e("text"))?;
+    if !body.contains("lacks the approve role") {
+        return Err(format!("a submit-only token signed in: {body}"));
+    }
+    c.find(Locator::Id("token")).await.map_err(e("token field"))?.send_keys(APPROVE).await.map_err(e("type"))?;
+    c.find(Locator::Id("login")).await.map_err(e("sign-in button"))?.click().await.map_err(e("click"))?;
+    let who = c.wait().at_most(wait).for_element(Locator::Id("who")).await.map_err(e("signed in"))?;
+    if who.text().await.map_err(e("who"))? != "alice" {
+        return Err("signed in as someone else".into());
+    }
+    // The pending run: its code (highlighted), its tier, the policy.
+    let item = format!("item-{id}");
+    c.wait().at_most(wait).for_element(Locator::Id(&item)).await.map_err(e("the pending item"))?;
+    let code = c.find(Locator::Id(&format!("code-{id}"))).await.map_err(e("code"))?;
+    let html = code.html(true).await.map_err(e("code html"))?;
+    if !(html.contains("class=\"n\">6</span>") && code.text().await.map_err(e("code text"))? == "print(6 * 7)") {
+        return Err(format!("the code is not shown highlighted: {html}"));
+    }
+    let tier = c.find(Locator::Id(&format!("tier-{id}"))).await.map_err(e("tier"))?.text().await.map_err(e("tier"))?;
+    if tier != "docker" {
+        return Err(format!("tier shown: {tier}"));
+    }
+    c.find(Locator::Id(&format!("policy-{id}"))).await.map_err(e("the policy"))?;
+    // The second item carries markup: shown as text, never run.
+    let evil_id = id + 1;
+    let evil = c
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Id(&format!("code-{evil_id}")))
+        .await
+        .map_err(e("the second item (the page reloads when the queue changes)"))?;
+    let text = evil.text().await.map_err(e("evil text"))?;
+    if !text.contains("<script>document.title") {
+        return Err(format!("the markup is not shown as text: {text}"));
+    }
+    if c.title().await.map_err(e("title"))? == "owned" {
+        return Err("the snippet's script ran in the reviewer's page".into());
+    }
+    // Decide both.
+    c.find(Locator::Id(&format!("deny-note-{evil_id}")))
+        .await
+        .map_err(e("note"))?
+        .send_keys("markup in a snippet")
+        .await
+        .map_err(e("type"))?;
+    c.find(Locator::Id(&format!("deny-{evil_id}")))
+        .await
+        .map_err(e("deny button"))?
+        .click()
+        .await
+        .map_err(e("deny"))?;
+    c.wait().at_most(wait).for_element(Locator::Id(&format!("approve-{id}"))).await.map_err(e("back on the page"))?;
+    c.find(Locator::Id(&format!("approve-{id}")))
+        .await
+        .map_err(e("approve button"))?
+        .click()
+        .await
+        .map_err(e("approve"))?;
+    // The run completes; the page reloads itself and shows how it ended.
+    let outcome =
+        c.wait().at_most(wait).for_element(Locator::Id(&format!("outcome-{id}"))).await.map_err(e("the outcome"))?;
+    let status = outcome.text().await.map_err(e("outcome"))?;
+    let output =
+        c.find(Locator::Id(&format!("output-{id}"))).await.map_err(e("output"))?.text().await.map_err(e("o"))?;
+    if status != "ok" || output.trim() != "42" {
+        return Err(format!("the run ended {status}: {output}"));
+    }
+    let evil_status =
+        c.find(Locator::Id(&format!("status-{evil_id}"))).await.map_err(e("status"))?.text().await.map_err(e("s"))?;
+    if evil_status != "denied" {
+        return Err(format!("the second item is {evil_status}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `terrarium serve` as a client sees it: the real binary on a loopback port,
+//! real tiers, the real audit database. Attacks on the door: no token, a wrong
+//! token, the wrong role, bad bodies, shell tricks in commands, a flood.
+
+use crate::common::server::{ADMIN, APPROVE, Reply, SUBMIT, Server, call, parse_reply, request_bytes};
+use crate::common::{SKIP_DOCKER, default_policy_with};
+
+fn audit_rows(server: &Server) -> Vec<serde_json::Value> {
+    let out = server.cli(&["audit", "tail", "-n", "500"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout.lines().map(|l| serde_json::from_str(l).expect("row")).collect()
+}
+
+/// Waits until the audit log has a row of `kind` matching `pred` (the server
+/// writes its log asynchronously).
+fn wait_for_audit(server: &Server, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(row) = audit_rows(server).into_iter().find(|r| r["kind"] == kind && pred(r)) {
+            return row;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {kind} event in the audit log");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn callers_without_a_token_or_without_the_role_get_401_or_403_and_are_audited() {
+    let s = Server::start(None, &[]);
+    let exec = r#"{"code": "1 + 1"}"#;
+    let none = s.call("POST", "/v1/execute", None, Some(exec));
+    assert_eq!(none.status, 401, "{}", none.body);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    let guess = s.call("POST", "/v1/execute", Some("root-token-0123456789abcdef0123456789abcdeF"), Some(exec));
+    assert_eq!(guess.status, 401, "one wrong character is a wrong token: {}", guess.body);
+    let basic = call(s.addr, "POST", "/v1/execute", None, Some(exec.as_bytes()), &[("Authorization", ADMIN)]);
+    assert_eq!(basic.status, 401, "a token without the Bearer scheme: {}", basic.body);
+    for (method, path, token) in [
+        ("POST", "/v1/execute", APPROVE),
+        ("POST", "/v1/commands", APPROVE),
+        ("GET", "/v1/approvals", SUBMIT),
+        ("POST", "/v1/approvals/1/approve", SUBMIT),
+        ("GET", "/v1/breakers", SUBMIT),
+        ("GET", "/metrics", APPROVE),
+    ] {
+        let r = s.call(method, path, Some(token), Some(exec));
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+        assert!(r.json()["error"].as_str().unwrap_or("").contains("role"), "{}", r.body);
+    }
+    // What needs no token.
+    assert_eq!(s.call("GET", "/v1/health", None, None).status, 200);
+    assert_eq!(s.call("GET", "/openapi.json", None, None).json()["openapi"], "3.1.0");
+    // The right role goes through (admin may do everything).
+    let ok = s.call("POST", "/v1/execute", Some(SUBMIT), Some(exec));
+    assert_eq!((ok.status, &ok.json()["result"]), (200, &serde_json::json!(2)), "{}", ok.body);
+    assert_eq!(s.call("GET", "/v1/breakers", Some(ADMIN), None).status, 200);
+    assert_eq!(s.call("GET", "/v1/approvals", Some(ADMIN), None).status, 200);
+
+    let refused = wait_for_audit(&s, "auth_denied", |r| r["data"]["token_name"] == "ci");
+    assert_eq!(refused["data"]["status"], 403, "{refused}");
+    let rows = audit_rows(&s);
+    let denied: Vec<_> = rows.iter().filter(|r| r["kind"] == "auth_denied").collect();
+    assert_eq!(denied.len(), 9, "every refusal is recorded: {denied:#?}");
+    assert_eq!(denied.iter().filter(|r| r["data"]["status"] == 401).count(), 3);
+    assert!(denied.iter().any(|r| r["data"]["token_name"] == "alice" && r["data"]["endpoint"] == "GET /metrics"));
+    let all = serde_json::to_string(&rows).expect("rows");
+    for secret in [ADMIN, SUBMIT, APPROVE, "root-token-0123456789abcdef0123456789abcdeF"] {
+        assert!(!all.contains(secret), "a token reached the audit log");
+    }
+    let verify = s.cli(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_answers() {
+    let s = Server::start(None, &[]);
+    let post = |body: &[u8]| call(s.addr, "POST", "/v1/execute", Some(SUBMIT), Some(body), &[]);
+    for (body, status, needle) in [
+        (&b"{"[..], 400, "bad JSON"),
+        (b"", 400, "bad JSON"),
+        (b"\xff\xfe", 400, "bad JSON"),
+        (br#"{"code": "1", "network": true}"#, 400, "unknown field"),
+        (br#"{"code": ""}"#, 400, "empty"),
+        (br#"{"code": "1", "tier": "vm"}"#, 400, "expected auto"),
+        (br#"{"code": "1", "timeout": -1}"#, 400, "positive"),
+        (br#"{"code": "1", "timeout": 3600}"#, 400, "only tighten"),
+        (br#"{"code": "1", "max_memory": "1t"}"#, 400, "only tighten"),
+        (br#"{"code": "1", "allowed_modules": ["os"]}"#, 400, "only tighten"),
+    ] {
+        let r = post(body);
+        assert_eq!(r.status, status, "{}: {}", String::from_utf8_lossy(body), r.body);
+        assert!(r.json()["error"].as_str().unwrap_or("").contains(needle), "{needle:?}: {}", r.body);
+    }
+    // Bodies past the limit are refused without being read to the end.
+    let big = format!(r#"{{"code": "{}"}}"#, "x".repeat(2 << 20));
+    let r = post(big.as_bytes());
+    assert_eq!(r.status, 413, "{}", r.body);
+    // Code over the policy's size cap, inside the body limit.
+    let r = post(format!(r#"{{"code": "{}"}}"#, "1".repeat((1 << 20) + 1)).as_bytes());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(s.call("GET", "/v1/nothing", Some(ADMIN), None).status, 404);
+    assert_eq!(s.call("GET", "/v1/approvals/abc", Some(ADMIN), None).status, 404);
+    assert_eq!(s.call("GET", "/v1/approvals/999", Some(ADMIN), None).status, 404);
+    assert_eq!(s.call("GET", "/v1/approvals?status=maybe", Some(ADMIN), None).status, 400);
+    assert_eq!(s.call("POST", "/v1/approvals/999/approve", Some(ADMIN), None).status, 404);
+    assert_eq!(s.call("POST", "/v1/approvals/1/maybe", Some(ADMIN), None).status, 404);
+    assert_eq!(s.call("POST", "/v1/commands", Some(SUBMIT), Some("{}")).status, 400);
+    // A guest's own failure is an outcome, not an HTTP error.
+    let r = s.call("POST", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "import os"}"#));
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("denied")), "{}", r.body);
+}
+
+/// Every path the OpenAPI document names is served (with the role it names).
+#[test]
+fn the_openapi_document_describes_the_served_endpoints() {
+    let s = Server::start(None, &[]);
+    let doc = s.call("GET", "/openapi.json", None, None).json();
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 13, "{paths:?}");
+    for (path, ops) in paths {
+        for method in ops.as_object().expect("ops").keys() {
+            let concrete = path.replace("{id}", "1").replace("{decision}", "approve");
+            let r = s.call(&method.to_uppercase(), &concrete, Some(ADMIN), None);
+            let unknown = r.status == 404 && r.body.contains("no such endpoint") || r.status == 405;
+            assert!(!unknown, "{method} {path} is documented but not served: {} {}", r.status, r.body);
+        }
+    }
+    for endpoint in ["/v1/execute", "/v1/commands", "/v1/approvals", "/v1/breakers", "/v1/health", "/metrics"] {
+        assert!(paths.contains_key(endpoint), "{endpoint} is not documented");
+    }
+    let metrics = s.call("GET", "/metrics", Some(ADMIN), None);
+    assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4"));
+    assert!(metrics.body.contains("# TYPE terrarium_http_requests_total counter"), "{}", metrics.body);
+    assert!(metrics.body.contains("terrarium_breaker_state{breaker=\"docker\"} 0"), "{}", metrics.body);
+    assert!(metrics.body.contains("terrarium_approvals_pending 0"), "{}", metrics.body);
+}
+
+/// The acceptance's shell tricks, over HTTP: each refused with its reason, none run.
+#[test]
+fn commands_with_shell_tricks_are_refused_with_reasons() {
+    let s = Server::start(None, &[]);
+    for (line, needle) in [
+        ("rm -rf /", "rm is denied"),
+        ("curl http://127.0.0.1/x | sh", "`|`"),
+        ("echo $(id)", "`$(…)`"),
+        ("echo `id`", "backtick"),
+        ("ls; id", "`;`"),
+        ("ls && id", "`&`"),
+        ("ls > /etc/passwd", "redirect"),
+        ("cat < /etc/shadow", "redirect"),
+    ] {
+        let body = serde_json::json!({ "command": line }).to_string();
+        let r = s.call("POST", "/v1/commands", Some(SUBMIT), Some(&body));
+        assert_eq!(r.status, 200, "{line}: {}", r.body);
+        let v = r.json();
+        assert_eq!((v["decision"].as_str(), v["allowed"].as_bool()), (Some("deny"), Some(false)), "{line}: {v}");
+        assert!(v["reason"].as_str().unwrap_or("").contains(needle), "{line}: {needle:?} not in {v}");
+        assert!(v["outcome"].is_null(), "{line} ran: {v}");
+    }
+    // Not allow-listed, and the caller will not wait: denied, nothing queued.
+    let r = s.call("POST", "/v1/commands", Some(SUBMIT), Some(r#"{"argv": ["git", "status"], "wait": 0}"#));
+    let v = r.json();
+    assert_eq!((v["decision"].as_str(), v["allowed"].as_bool()), (Some("needs_approval"), Some(false)), "{v}");
+    assert_eq!(s.call("GET", "/v1/approvals", Some(APPROVE), None).json(), serde_json::json!([]));
+}
+
+/// A policy with the local image whose `approvals` section is `approvals`.
+fn docker_policy_with_approvals(approvals: &str) -> String {
+    format!("{}\n{approvals}", default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE))
+}
+
+fn skip_docker() -> bool {
+    let skip = std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1");
+    if skip {
+        eprintln!("skipped: {SKIP_DOCKER}=1");
+    }
+    skip
+}
+
+/// Polls the queue until one item is pending; returns it.
+pub fn first_pending(s: &Server) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let items = s.call("GET", "/v1/approvals?status=pending", Some(APPROVE), None).json();
+        if let Some(item) = items.as_array().and_then(|a| a.first()) {
+            return item.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing became pending: {}", s.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_critical_run_blocks_until_approved_then_runs() {
+    if skip_docker() {
+        return;
+    }
+    let s = Server::start(
+        Some(&docker_policy_with_approvals("approvals:\n  critical: [docker_tier]\n  timeout: 60\n")),
+        &[],
+    );
+    let addr = s.addr;
+    let body = r#"{"code": "print(6 * 7)", "tier": "docker", "id": "needs-a-human"}"#;
+    let client =
+        std::thread::spawn(move || call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[]));
+    let item = first_pending(&s);
+    assert_eq!((item["kind"].as_str(), item["subject"]["tier"].as_str()), (Some("execute"), Some("docker")), "{item}");
+    assert_eq!(item["subject"]["code"], "print(6 * 7)");
+    assert!(item["reason"].as_str().unwrap_or("").contains("docker tier"), "{item}");
+    assert!(!client.is_finished(), "the run waits for the decision");
+    let id = item["id"].as_i64().expect("id");
+    let decided = s.call("POST", &format!("/v1/approvals/{id}/approve"), Some(APPROVE), Some(r#"{"note": "fine"}"#));
+    assert_eq!((decided.status, decided.json()["decided_by"].as_str()), (200, Some("alice")), "{}", decided.body);
+    let r: Reply = client.join().expect("client");
+    let v = r.json();
+    assert_eq!((r.status, v["status"].as_str(), v["stdout"].as_str()), (200, Some("ok"), Some("42\n")), "{v}");
+    assert!(v["route"].as_str().unwrap_or("").contains(&format!("approved as request {id}")), "{v}");
+    let again = s.call("POST", &format!("/v1/approvals/{id}/deny"), Some(APPROVE), None);
+    assert_eq!(again.status, 409, "a decision stands: {}", again.body);
+    let done = s.call("GET", &format!("/v1/approvals/{id}"), Some(APPROVE), None).json();
+    assert_eq!(done["outcome"]["stdout"], "42\n", "the queue keeps how it ended: {done}");
+    let approved = wait_for_audit(&s, "approval_approved", |r| r["data"]["id"] == id);
+    assert_eq!(approved["data"]["decided_by"], "alice");
+    wait_for_audit(&s, "approval_completed", |r| r["data"]["id"] == id);
+}
+
+#[test]
+fn an_unanswered_critical_run_expires_and_is_denied() {
+    let policy = format!(
+        "{}\napprovals:\n  critical: [docker_tier, writable_scratch]\n  timeout: 1\n",
+        terrarium::policy::DEFAULT_POLICY_YAML
+    );
+    let s = Server::start(Some(&policy), &[]);
+    for body in [r#"{"code": "1", "tier": "docker"}"#, r#"{"code": "1", "tier": "wasm", "scratch": true}"#] {
+        let r = s.call("POST", "/v1/execute", Some(SUBMIT), Some(body));
+        let v = r.json();
+        assert_eq!((r.status, v["status"].as_str()), (200, Some("denied")), "{body}: {v}");
+        assert_eq!(v["error"]["type"], "NotApproved", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap_or("").contains("expired"), "{v}");
+    }
+    let items = s.call("GET", "/v1/approvals", Some(APPROVE), None).json();
+    let statuses: Vec<_> = items.as_array().expect("items").iter().map(|i| i["status"].clone()).collect();
+    assert_eq!(statuses, [serde_json::json!("expired"), serde_json::json!("expired")]);
+    let late = s.call("POST", &format!("/v1/approvals/{}/approve", items[0]["id"]), Some(APPROVE), None);
+    assert_eq!(late.status, 409, "{}", late.body);
+    wait_for_audit(&s, "approval_expired", |_| true);
+}
+
+/// RSS and its peak (VmRSS, VmHWM) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("field")
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One thousand clients at once: each gets an answer (200) or a 429 with
+/// Retry-After, nothing else; the server's memory stays bounded and does not grow
+/// from one burst to the next.
+#[test]
+fn a_thousand_concurrent_requests_get_answers_or_429s_with_bounded_memory() {
+    raise_open_files_limit();
+    let s = Server::start(None, &["--max-running", "8", "--max-requests", "128"]);
+    let warm = s.call("POST", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "1 + 1"}"#));
+    assert_eq!(warm.status, 200, "{}", warm.body);
+    let burst = || {
+        crate::common::runtime().block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..1000 {
+                let addr = s.addr;
+                tasks.push(tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let body = format!(r#"{{"code": "{i} * 2"}}"#);
+                    let mut c = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+                    let req = request_bytes(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[]);
+                    c.write_all(&req).await.map_err(|e| format!("send: {e}"))?;
+                    let mut raw = Vec::new();
+                    c.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+                    Ok::<_, String>((i, parse_reply(&raw)))
+                }));
+            }
+            let mut replies = Vec::new();
+            for t in tasks {
+                replies.push(t.await.expect("task"));
+            }
+            replies
+        })
+    };
+    let mut peaks = Vec::new();
+    let mut total_busy = 0;
+    for round in 0..2 {
+        let replies = burst();
+        let (mut ok, mut busy) = (0, 0);
+        for r in replies {
+            let (i, reply) = r.unwrap_or_else(|e| panic!("round {round}: a client got no answer: {e}"));
+            match reply.status {
+                200 => {
+                    assert_eq!(reply.json()["result"], i * 2, "{}", reply.body);
+                    ok += 1;
+                }
+                429 => {
+                    assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+                    busy += 1;
+                }
+                other => panic!("round {round}: status {other}: {}", reply.body),
+            }
+        }
+        assert_eq!(ok + busy, 1000);
+        total_busy += busy;
+        assert!(ok >= 8, "round {round}: only {ok} requests were served");
+        let (rss, hwm) = memory_kib(s.pid());
+        eprintln!("round {round}: {ok} answered, {busy} × 429; server RSS {rss} KiB, peak {hwm} KiB");
+        assert!(hwm < 512 * 1024, "the server's peak memory is {hwm} KiB");
+        peaks.push(hwm);
+    }
+    assert!(peaks[1] < peaks[0] + 64 * 1024, "memory grew from one burst to the next: {peaks:?}");
+    let health = s.call("GET", "/v1/health", None, None);
+    assert_eq!(health.status, 200, "the server is still up");
+    let m = s.call("GET", "/metrics", Some(ADMIN), None).body;
+    if total_busy > 0 {
+        assert!(m.contains(&format!("terrarium_rejected_total{{reason=\"busy\"}} {total_busy}\n")), "{m}");
+    }
+}
+
+/// A thousand sockets need more than the usual 1,024 descriptors here too.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    #[allow(unsafe_code, reason = "getrlimit/setrlimit have no safe wrapper in std")]
+    // SAFETY: both calls only read or write the live local `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
