@@ -60,9 +60,18 @@ pub struct SandboxBuilder {
     wasm: Option<crate::tier::wasm::WasmConfig>,
     #[cfg(feature = "docker")]
     docker: Option<crate::tier::docker::DockerConfig>,
+    announce: Option<crate::approval::Announce>,
 }
 
 impl SandboxBuilder {
+    /// Calls `announce` with each critical operation queued for approval, before
+    /// the run waits for it (e.g. to tell the person at a terminal how to approve).
+    #[must_use]
+    pub fn announce(mut self, announce: crate::approval::Announce) -> SandboxBuilder {
+        self.announce = Some(announce);
+        self
+    }
+
     /// The policy (default: the built-in default policy).
     #[must_use]
     pub fn policy(mut self, policy: Policy) -> SandboxBuilder {
@@ -141,7 +150,13 @@ impl SandboxBuilder {
             None => None,
         };
         let gate = match (&self.audit, &audit) {
-            (Some(path), Some(log)) => Some(Gate::new(crate::approval::Queue::open(path)?, log.clone())),
+            (Some(path), Some(log)) => {
+                let gate = Gate::new(crate::approval::Queue::open(path)?, log.clone());
+                Some(match self.announce {
+                    Some(a) => gate.announcing(a),
+                    None => gate,
+                })
+            }
             _ => None,
         };
         Ok(Sandbox {

@@ -155,3 +155,54 @@ fn bad_batch_lines_become_error_outcomes() {
     assert_eq!(lines[5]["result"], 4);
     assert_eq!(lines[3]["id"], "4");
 }
+
+#[test]
+fn approval_settings_are_checked() {
+    let base = terrarium::policy::DEFAULT_POLICY_YAML;
+    assert_bad_policy(
+        &format!("{base}approvals:\n  critical: [docker_tier, reboot]\n"),
+        &["approvals.critical[1]", "\"reboot\" is not one of docker_tier, writable_scratch, unlisted_command"],
+    );
+    assert_bad_policy(
+        &format!("{base}approvals:\n  timeout: 0\n"),
+        &["approvals.timeout", "positive number of seconds"],
+    );
+    assert_bad_policy(&format!("{base}approvals:\n  timeout: 90000\n"), &["approvals.timeout"]);
+    assert_bad_policy(&format!("{base}approvals:\n  timeout: soon\n"), &["approvals.timeout"]);
+    assert_bad_policy(&format!("{base}approvals:\n  who: alice\n"), &["who"]);
+    // Valid: the section round-trips through the effective policy.
+    let (_d, path) =
+        temp_file("p.yaml", format!("{base}approvals:\n  critical: [docker_tier]\n  timeout: 30\n").as_bytes());
+    let out = terrarium(&["policy", "check", path.to_str().expect("utf-8")], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("approvals:\n  critical:\n  - docker_tier\n  timeout: 30"), "{}", out.stdout);
+}
+
+#[test]
+fn the_server_refuses_to_start_without_good_tokens() {
+    use std::os::unix::fs::PermissionsExt;
+    let token = "t".repeat(40);
+    fn serve(file: &str) -> Vec<&str> {
+        vec!["serve", "--listen", "127.0.0.1:0", "--token-file", file]
+    }
+    let (_a, open) = temp_file("tokens", format!("alice approve {token}\n").as_bytes());
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_usage_error(&serve(open.to_str().expect("utf-8")), b"", &["mode 644", "chmod 600"]);
+    for (text, want) in [
+        (String::new(), "no tokens"),
+        ("alice approve short\n".to_string(), "shorter than 32"),
+        (format!("alice sudo {token}\n"), "\"sudo\" is not submit, approve or admin"),
+        (format!("alice approve {token} extra\n"), ":1: expected NAME ROLES TOKEN"),
+    ] {
+        let (_d, path) = temp_file("tokens", text.as_bytes());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_usage_error(&serve(path.to_str().expect("utf-8")), b"", &[want]);
+    }
+    assert_usage_error(&["serve", "--listen", "127.0.0.1:0"], b"", &["no tokens", "TERRARIUM_TOKEN"]);
+    assert_usage_error(&["serve", "--listen", "nowhere"], b"", &["--listen"]);
+    assert_usage_error(
+        &["serve", "--listen", "127.0.0.1:0", "--token-file", "/nonexistent/tokens"],
+        b"",
+        &["/nonexistent"],
+    );
+}

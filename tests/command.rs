@@ -202,3 +202,33 @@ fn an_unanswered_request_expires_and_is_denied() {
     assert_eq!(approvals(home.path(), &["approve", "999", "--as", "alice"]).code, 2);
     assert_eq!(approvals(home.path(), &["list", "--status", "maybe"]).code, 2);
 }
+
+/// `terrarium run` under a policy that makes docker runs critical: the request is
+/// announced with how to approve it, and denied when nobody decides in time.
+#[test]
+fn a_critical_run_on_the_command_line_is_announced_and_denied_when_nobody_decides() {
+    let home = tempfile::tempdir().expect("home");
+    let text =
+        format!("{}approvals:\n  critical: [docker_tier]\n  timeout: 0.5\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let (_d, path) = temp_file("policy.yaml", text.as_bytes());
+    let out = crate::common::terrarium_env(
+        &["run", "--policy", &path.to_string_lossy(), "--tier", "docker", "-c", "1"],
+        b"",
+        &[("TERRARIUM_HOME", &home.path().to_string_lossy())],
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("approval request 1 (the run would use the docker tier"), "{}", out.stderr);
+    assert!(out.stderr.contains("terrarium approvals approve 1"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("NotApproved") && out.stderr.contains("expired before anyone decided"),
+        "{}",
+        out.stderr
+    );
+    // The rustpython tier is not critical: it runs without a human.
+    let out = crate::common::terrarium_env(
+        &["run", "--policy", &path.to_string_lossy(), "-c", "print(1)"],
+        b"",
+        &[("TERRARIUM_HOME", &home.path().to_string_lossy())],
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (0, "1\n"), "{}", out.stderr);
+}

@@ -187,7 +187,12 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     // Every request is recorded before it runs; a log that cannot be opened stops
     // the command (set TERRARIUM_HOME to put it elsewhere).
     let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
-    builder = builder.audit(path);
+    builder = builder.audit(path).announce(std::sync::Arc::new(|item: &crate::approval::Item| {
+        eprintln!(
+            "terrarium: approval request {} ({}); waiting for: terrarium approvals approve {}",
+            item.id, item.reason, item.id
+        );
+    }));
     Ok(Target { sandbox: builder.build()?, choice, overrides })
 }
 
