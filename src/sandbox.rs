@@ -542,14 +542,14 @@ impl Sandbox {
             }
             let mut r = r.map(finish);
             if let (Some(id), Some(gate)) = (approved, &self.gate) {
+                if let Ok(o) = &mut r {
+                    o.route = o.route.take().map(|route| format!("{route}; approved as request {id}"));
+                }
                 let end = match &r {
                     Ok(o) => serde_json::to_value(o).unwrap_or_default(),
                     Err(e) => serde_json::json!({"status": "error", "host_error": e.to_string()}),
                 };
                 gate.complete(id, end).await?;
-                if let Ok(o) = &mut r {
-                    o.route = o.route.take().map(|route| format!("{route}; approved as request {id}"));
-                }
             }
             return r;
         }

@@ -111,17 +111,20 @@ impl Queue {
                 decided_by TEXT,
                 decided_us INTEGER,
                 note TEXT,
-                outcome TEXT
+                outcome TEXT,
+                waiter TEXT
             );",
         )
         .map_err(|e| q.err(e))?;
-        // Queues made before outcomes were kept get the column.
-        let has_outcome = c
-            .prepare("SELECT 1 FROM pragma_table_info('approvals') WHERE name = 'outcome'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| q.err(e))?;
-        if !has_outcome {
-            c.execute_batch("ALTER TABLE approvals ADD COLUMN outcome TEXT").map_err(|e| q.err(e))?;
+        // Queues made before outcomes and waiters were kept get the columns.
+        for column in ["outcome", "waiter"] {
+            let has = c
+                .prepare("SELECT 1 FROM pragma_table_info('approvals') WHERE name = ?1")
+                .and_then(|mut s| s.exists([column]))
+                .map_err(|e| q.err(e))?;
+            if !has {
+                c.execute_batch(&format!("ALTER TABLE approvals ADD COLUMN {column} TEXT")).map_err(|e| q.err(e))?;
+            }
         }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
@@ -152,23 +155,46 @@ impl Queue {
         let c = self.conn()?;
         let created = now_us();
         let deadline = created.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+        // The process that waits for the decision, so that an item whose waiter is
+        // gone is expired instead of approved for nothing.
+        let (pid, start) = crate::process::me();
         c.execute(
-            "INSERT INTO approvals (kind, subject, reason, status, created_us, deadline_us)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
-            params![kind, subject.to_string(), reason, created, deadline],
+            "INSERT INTO approvals (kind, subject, reason, status, created_us, deadline_us, waiter)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
+            params![kind, subject.to_string(), reason, created, deadline, format!("{pid}:{start}")],
         )
         .map_err(|e| self.err(e))?;
         let id = c.last_insert_rowid();
         self.get(id)?.ok_or(ApprovalError::NotFound(id))
     }
 
-    /// Marks every pending item past its deadline `expired`; returns them.
+    /// Marks `expired` every pending item past its deadline, and every one whose
+    /// waiting process has ended (nothing would run it); returns them.
     ///
     /// # Errors
     /// The database failed.
     pub fn expire_overdue(&self) -> Result<Vec<Item>, ApprovalError> {
         let c = self.conn()?;
         let now = now_us();
+        let mut stmt = c
+            .prepare("SELECT id, waiter FROM approvals WHERE status = 'pending' AND waiter IS NOT NULL")
+            .map_err(|e| self.err(e))?;
+        let orphans: Vec<i64> = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?
+            .filter_map(Result::ok)
+            .filter(|(_, w)| w.split_once(':').is_some_and(|(pid, start)| !crate::process::alive(pid, start)))
+            .map(|(id, _)| id)
+            .collect();
+        drop(stmt);
+        for id in &orphans {
+            c.execute(
+                "UPDATE approvals SET status = 'expired', decided_us = ?1,
+                 note = 'the process waiting for it ended' WHERE id = ?2 AND status = 'pending'",
+                params![now, id],
+            )
+            .map_err(|e| self.err(e))?;
+        }
         let mut stmt = c
             .prepare(
                 "UPDATE approvals SET status = 'expired', decided_us = ?1
@@ -181,7 +207,7 @@ impl Queue {
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
         drop(stmt);
-        ids.into_iter().filter_map(|id| self.get(id).transpose()).collect()
+        orphans.into_iter().chain(ids).filter_map(|id| self.get(id).transpose()).collect()
     }
 
     /// One item.
@@ -223,6 +249,7 @@ impl Queue {
     /// deadline: then it is expired now), [`ApprovalError::NotFound`], or the
     /// database.
     pub fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
+        self.expire_overdue()?;
         let c = self.conn()?;
         let now = now_us();
         let status = if approve { "approved" } else { "denied" };
@@ -320,6 +347,7 @@ mod tests {
         assert_eq!(a.status, "pending");
         assert_eq!(q.list(Some("pending")).expect("list").len(), 1);
         let done = q.decide(a.id, true, "alice", Some("looks fine")).expect("approve");
+        assert_eq!(done.note.as_deref(), Some("looks fine"));
         assert_eq!((done.status.as_str(), done.decided_by.as_deref()), ("approved", Some("alice")));
         let again = q.decide(a.id, false, "mallory", None).expect_err("decided twice");
         assert!(again.to_string().contains("already approved"), "{again}");
@@ -332,6 +360,19 @@ mod tests {
         let waited = q.wait(b.id, Duration::from_millis(10)).expect("wait");
         assert_eq!(waited.status, "expired");
         assert_eq!(waited.decided_by, None);
+    }
+
+    #[test]
+    fn an_item_whose_waiter_ended_expires_instead_of_being_approved_for_nothing() {
+        let (d, q) = queue();
+        let item = q.submit("command", &serde_json::json!(["x"]), "r", Duration::from_secs(60)).expect("submit");
+        assert!(q.expire_overdue().expect("expire").is_empty(), "this process still waits");
+        let c = Connection::open(d.path().join("audit.db")).expect("open");
+        c.execute("UPDATE approvals SET waiter = '999999999:1' WHERE id = ?1", [item.id]).expect("orphan it");
+        let e = q.decide(item.id, true, "alice", None).expect_err("nobody would run it");
+        assert!(e.to_string().contains("already expired"), "{e}");
+        let end = q.get(item.id).expect("get").expect("item");
+        assert_eq!(end.note.as_deref(), Some("the process waiting for it ended"));
     }
 
     #[test]

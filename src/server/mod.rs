@@ -70,10 +70,11 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults for `tokens`: 256 requests, 16 runs, bodies up to the policy's
-    /// code size cap plus room for the JSON around it.
+    /// Defaults for `tokens`: 256 requests, 16 runs, bodies up to twice the
+    /// policy's code size cap (JSON escapes newlines and quotes in two bytes) plus
+    /// room for the fields around it.
     pub fn new(tokens: Tokens, max_code_size: u64) -> ServerConfig {
-        let max_body = usize::try_from(max_code_size).unwrap_or(usize::MAX).saturating_add(64 << 10);
+        let max_body = usize::try_from(max_code_size).unwrap_or(usize::MAX).saturating_mul(2).saturating_add(64 << 10);
         ServerConfig { tokens, max_requests: 256, max_running: 16, max_body }
     }
 }
