@@ -29,6 +29,10 @@ pub enum SandboxError {
     /// runs unrecorded).
     #[error("not run: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// The sandbox is at its limit of concurrent runs or of operations waiting for
+    /// approval; nothing was run. Retry later.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The approvals queue failed, so a critical operation was not run.
     #[error("not run: {0}")]
     Approval(#[from] crate::approval::ApprovalError),

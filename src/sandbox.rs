@@ -61,9 +61,27 @@ pub struct SandboxBuilder {
     #[cfg(feature = "docker")]
     docker: Option<crate::tier::docker::DockerConfig>,
     announce: Option<crate::approval::Announce>,
+    max_running: Option<std::num::NonZeroUsize>,
+    max_waiting: Option<std::num::NonZeroUsize>,
 }
 
 impl SandboxBuilder {
+    /// At most `n` runs (and system commands) in a tier at once; more fail at once
+    /// with [`SandboxError::Busy`] (default: no limit but the tiers' own).
+    #[must_use]
+    pub fn max_running(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
+        self.max_running = Some(n);
+        self
+    }
+
+    /// At most `n` critical operations wait for approval at once; more are refused
+    /// with [`SandboxError::Busy`], nothing queued (default: no limit).
+    #[must_use]
+    pub fn max_waiting(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
+        self.max_waiting = Some(n);
+        self
+    }
+
     /// Calls `announce` with each critical operation queued for approval, before
     /// the run waits for it (e.g. to tell the person at a terminal how to approve).
     #[must_use]
@@ -151,11 +169,14 @@ impl SandboxBuilder {
         };
         let gate = match (&self.audit, &audit) {
             (Some(path), Some(log)) => {
-                let gate = Gate::new(crate::approval::Queue::open(path)?, log.clone());
-                Some(match self.announce {
-                    Some(a) => gate.announcing(a),
-                    None => gate,
-                })
+                let mut gate = Gate::new(crate::approval::Queue::open(path)?, log.clone());
+                if let Some(a) = self.announce {
+                    gate = gate.announcing(a);
+                }
+                if let Some(n) = self.max_waiting {
+                    gate = gate.limit_waiting(n);
+                }
+                Some(gate)
             }
             _ => None,
         };
@@ -164,6 +185,7 @@ impl SandboxBuilder {
             policy,
             audit,
             gate,
+            running: self.max_running.map(|n| (Arc::new(tokio::sync::Semaphore::new(n.get())), n.get())),
             #[cfg(feature = "rustpython")]
             isolated_config: self.isolated,
             #[cfg(feature = "rustpython")]
@@ -189,6 +211,8 @@ pub struct Sandbox {
     audit: Option<AuditLog>,
     /// The approvals queue (in the audit log's database; none without one).
     gate: Option<Gate>,
+    /// Slots for runs in a tier (with their number), when limited.
+    running: Option<(Arc<tokio::sync::Semaphore>, usize)>,
     #[cfg(feature = "rustpython")]
     isolated_config: Option<crate::tier::rustpython::IsolatedConfig>,
     #[cfg(feature = "rustpython")]
@@ -245,6 +269,27 @@ impl Sandbox {
         self.gate.as_ref()
     }
 
+    /// A slot for one run or command in a tier, held until dropped; `None` when
+    /// runs are not limited.
+    ///
+    /// # Errors
+    /// [`SandboxError::Busy`] when every slot is taken.
+    pub fn run_slot(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, SandboxError> {
+        match &self.running {
+            Some((slots, n)) => slots
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| SandboxError::Busy(format!("{n} runs are in progress, the most allowed; retry"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs in a tier now (0 when runs are not limited: they are not counted).
+    pub fn running(&self) -> usize {
+        self.running.as_ref().map_or(0, |(slots, n)| n - slots.available_permits())
+    }
+
     /// Waits for a human's approval when running `req` on `tier` is critical under
     /// `policy`. `Ok(None)`: not critical; `Ok(Some(id))`: approved as request
     /// `id`; `Err(outcome)`: refused (denied, expired, or no queue to ask).
@@ -277,7 +322,11 @@ impl Sandbox {
             "request_id": req.id, "code": req.code, "tier": tier, "route": route, "scratch": req.scratch,
             "findings": findings, "policy": policy.to_yaml(),
         });
-        let item = gate.ask("execute", subject, &reason, policy.approvals().timeout).await?;
+        let item = match gate.ask("execute", subject, &reason, policy.approvals().timeout).await {
+            Ok(item) => item,
+            Err(e @ crate::approval::ApprovalError::Busy(_)) => return Err(SandboxError::Busy(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
         if item.status == "approved" {
             Ok(Ok(Some(item.id)))
         } else {
@@ -521,6 +570,8 @@ impl Sandbox {
                 Ok(a) => a,
                 Err(refused) => return Ok(finish(refused)),
             };
+            // A run slot only once any human has decided: waits have their own limit.
+            let _slot = self.run_slot()?;
             let permit = match self.breakers.tier(tier).allow() {
                 Ok(p) => p,
                 Err(open) => {

@@ -200,6 +200,8 @@ fn the_server_refuses_to_start_without_good_tokens() {
     }
     assert_usage_error(&["serve", "--listen", "127.0.0.1:0"], b"", &["no tokens", "TERRARIUM_TOKEN"]);
     assert_usage_error(&["serve", "--listen", "nowhere"], b"", &["--listen"]);
+    assert_usage_error(&["serve", "--max-running", "0"], b"", &["--max-running"]);
+    assert_usage_error(&["serve", "--max-waiting=-1"], b"", &["--max-waiting"]);
     assert_usage_error(
         &["serve", "--listen", "127.0.0.1:0", "--token-file", "/nonexistent/tokens"],
         b"",

@@ -250,6 +250,35 @@ fn an_unanswered_critical_run_expires_and_is_denied() {
     wait_for_audit(&s, "approval_expired", |_| true);
 }
 
+/// Runs waiting for a human have their own budget: past it, another critical run
+/// gets 429 (nothing queued), and ordinary runs go on meanwhile.
+#[test]
+fn approval_waits_have_their_own_limit_and_do_not_hold_up_other_runs() {
+    let policy =
+        format!("{}\napprovals:\n  critical: [docker_tier]\n  timeout: 60\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = Server::start(Some(&policy), &["--max-waiting", "1", "--max-running", "1"]);
+    let addr = s.addr;
+    let critical = r#"{"code": "1", "tier": "docker"}"#;
+    let first =
+        std::thread::spawn(move || call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(critical.as_bytes()), &[]));
+    let item = first_pending(&s);
+    let second = s.call("POST", "/v1/execute", Some(SUBMIT), Some(critical));
+    assert_eq!((second.status, second.header("retry-after")), (429, Some("1")), "{}", second.body);
+    assert!(second.body.contains("already wait"), "{}", second.body);
+    let items = s.call("GET", "/v1/approvals", Some(APPROVE), None).json();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "the refused one was not queued: {items}");
+    for _ in 0..3 {
+        let other = s.call("POST", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "2 + 2"}"#));
+        assert_eq!((other.status, &other.json()["result"]), (200, &serde_json::json!(4)), "{}", other.body);
+    }
+    let id = item["id"].as_i64().expect("id");
+    let denied = s.call("POST", &format!("/v1/approvals/{id}/deny"), Some(APPROVE), Some(r#"{"note": "no"}"#));
+    assert_eq!(denied.status, 200, "{}", denied.body);
+    let v = first.join().expect("client").json();
+    assert_eq!((v["status"].as_str(), v["error"]["type"].as_str()), (Some("denied"), Some("NotApproved")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("denied by alice: no"), "{v}");
+}
+
 /// RSS and its peak (VmRSS, VmHWM) of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

@@ -25,6 +25,8 @@ pub struct Gate {
     audit: AuditLog,
     wake: Arc<tokio::sync::Notify>,
     announce: Option<Announce>,
+    /// At most this many [`Gate::ask`]s wait at once (with its size).
+    waiting: Option<(Arc<tokio::sync::Semaphore>, usize)>,
 }
 
 /// Told of each item [`Gate::ask`] submits, before it waits (e.g. to tell a
@@ -34,7 +36,14 @@ pub type Announce = Arc<dyn Fn(&Item) + Send + Sync>;
 impl Gate {
     /// A gate over `queue`, recording in `audit` (the log of the same database).
     pub fn new(queue: Queue, audit: AuditLog) -> Gate {
-        Gate { queue, audit, wake: Arc::new(tokio::sync::Notify::new()), announce: None }
+        Gate { queue, audit, wake: Arc::new(tokio::sync::Notify::new()), announce: None, waiting: None }
+    }
+
+    /// Lets at most `n` operations wait at once; more get [`ApprovalError::Busy`].
+    #[must_use]
+    pub fn limit_waiting(mut self, n: std::num::NonZeroUsize) -> Gate {
+        self.waiting = Some((Arc::new(tokio::sync::Semaphore::new(n.get())), n.get()));
+        self
     }
 
     /// Calls `announce` with each submitted item before waiting for it.
@@ -77,7 +86,8 @@ impl Gate {
     /// expired.
     ///
     /// # Errors
-    /// The queue or the audit log failed; the operation must then not run.
+    /// [`ApprovalError::Busy`] (nothing queued) when the gate's waiting limit is
+    /// reached; the queue or the audit log failed. The operation must then not run.
     pub async fn ask(
         &self,
         kind: &str,
@@ -85,6 +95,10 @@ impl Gate {
         reason: &str,
         wait: Duration,
     ) -> Result<Item, ApprovalError> {
+        let _waiting = match &self.waiting {
+            Some((slots, n)) => Some(slots.clone().try_acquire_owned().map_err(|_| ApprovalError::Busy(*n))?),
+            None => None,
+        };
         let (kind_owned, reason_owned) = (kind.to_string(), reason.to_string());
         let item = self.db(move |q| q.submit(&kind_owned, &subject, &reason_owned, wait)).await?;
         self.record("approval_requested", &item).await?;

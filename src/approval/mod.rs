@@ -40,6 +40,9 @@ pub enum ApprovalError {
     /// The audit log could not record a submission or decision.
     #[error("the audit log could not record an approval: {0}")]
     Audit(String),
+    /// As many operations as allowed already wait for a decision.
+    #[error("{0} critical operations already wait for a decision, the most allowed")]
+    Busy(usize),
     /// The item was already decided (or expired).
     #[error("approval request {id} is already {status}")]
     Decided {

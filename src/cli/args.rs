@@ -63,9 +63,12 @@ pub struct ServeArgs {
     /// Requests served at once; more get 429.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_requests: usize,
-    /// Runs and commands at once (including those waiting for approval); more get 429.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub max_running: usize,
+    /// Runs and commands in a tier at once; more get 429.
+    #[arg(long, value_name = "N", default_value = "16")]
+    pub max_running: std::num::NonZeroUsize,
+    /// Critical operations waiting for a human at once; more get 429.
+    #[arg(long, value_name = "N", default_value = "64")]
+    pub max_waiting: std::num::NonZeroUsize,
 }
 
 /// `terrarium command`.

@@ -31,8 +31,11 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         Some(secs) if !args.check => Some(std::time::Duration::from_secs_f64(secs)),
         _ => None,
     };
-    let gate = match wait {
-        Some(wait) => Some(open_gate(None)?.announcing(std::sync::Arc::new(move |item| {
+    // Only a caller that waits needs the queue (and the audit log it lives in).
+    let mut builder = crate::Sandbox::builder().policy(policy);
+    if let Some(wait) = wait {
+        let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
+        builder = builder.audit(path).announce(std::sync::Arc::new(move |item| {
             eprintln!(
                 "terrarium: approval request {} ({}); waiting {:.0} s for: terrarium approvals approve {}",
                 item.id,
@@ -40,17 +43,16 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
                 wait.as_secs_f64(),
                 item.id
             );
-        }))),
-        None => None,
-    };
-    let rt = super::runtime()?;
+        }));
+    }
+    let sandbox = builder.build()?;
     let report =
-        rt.block_on(handle_command(&line, &policy, gate.as_ref(), wait, !args.check)).map_err(|e| match e {
+        super::runtime()?.block_on(handle_command(&sandbox, &line, wait, !args.check)).map_err(|e| match e {
             crate::SandboxError::InvalidRequest(m) => CliError::usage(anyhow::anyhow!(m)),
             e => CliError::from(e),
         })?;
-    if let Some(gate) = &gate {
-        flush(gate);
+    if let Err(e) = sandbox.flush_audit(std::time::Duration::from_secs(10)) {
+        eprintln!("terrarium: warning: {e}");
     }
     if args.json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -30,9 +30,15 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     }
     let mut config = ServerConfig::new(tokens, policy.max_code_size());
     config.max_requests = args.max_requests;
-    config.max_running = args.max_running;
     let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
-    let sandbox = Arc::new(crate::Sandbox::builder().policy(policy).audit(path).build()?);
+    let sandbox = Arc::new(
+        crate::Sandbox::builder()
+            .policy(policy)
+            .audit(path)
+            .max_running(args.max_running)
+            .max_waiting(args.max_waiting)
+            .build()?,
+    );
     let router = app(sandbox.clone(), config).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
     if !args.listen.ip().is_loopback() {
         eprintln!(

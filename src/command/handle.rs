@@ -12,10 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Decision, decide};
-use crate::approval::{Gate, Item};
+use crate::approval::{ApprovalError, Item};
 use crate::error::SandboxError;
 use crate::executor::Outcome;
 use crate::policy::{Policy, Tier};
+use crate::sandbox::Sandbox;
 
 /// How a command ended.
 #[derive(Debug, Clone, Serialize)]
@@ -34,21 +35,22 @@ pub struct CommandReport {
     pub outcome: Option<Outcome>,
 }
 
-/// Checks `line` against `policy`'s command rules; a command that needs approval
-/// waits up to `wait` in `gate`'s queue (without a wait or a gate it is denied);
-/// an allowed one runs in the docker tier unless `run` is false (a check only).
+/// Checks `line` against the sandbox policy's command rules; a command that needs
+/// approval waits up to `wait` in the sandbox's approvals queue (without a wait or
+/// a queue it is denied); an allowed one runs in the docker tier, in one of the
+/// sandbox's run slots, unless `run` is false (a check only).
 ///
 /// # Errors
 /// [`SandboxError::InvalidRequest`] when the policy refuses the docker tier (for a
-/// command that is not denied anyway); the queue, the audit log or the engine
-/// failing.
+/// command that is not denied anyway); [`SandboxError::Busy`] when the waiting or
+/// running limit is reached; the queue, the audit log or the engine failing.
 pub async fn handle_command(
+    sandbox: &Sandbox,
     line: &str,
-    policy: &Policy,
-    gate: Option<&Gate>,
     wait: Option<Duration>,
     run: bool,
 ) -> Result<CommandReport, SandboxError> {
+    let (policy, gate) = (sandbox.policy(), sandbox.approvals());
     let decision = decide(line, &policy.command_rules());
     let (kind, reason, argv) = match decision {
         Decision::Allow { argv } => ("allow", String::new(), argv),
@@ -69,7 +71,11 @@ pub async fn handle_command(
         match (gate, wait) {
             (Some(gate), Some(wait)) => {
                 let subject = serde_json::json!({"argv": report.argv, "line": line});
-                let item = gate.ask("command", subject, &report.reason, wait).await?;
+                let item = match gate.ask("command", subject, &report.reason, wait).await {
+                    Ok(item) => item,
+                    Err(e @ ApprovalError::Busy(_)) => return Err(SandboxError::Busy(e.to_string())),
+                    Err(e) => return Err(e.into()),
+                };
                 if item.status == "approved" {
                     report.allowed = true;
                 } else {
@@ -84,7 +90,9 @@ pub async fn handle_command(
     if !(report.allowed && run) {
         return Ok(report);
     }
+    let slot = sandbox.run_slot()?;
     let outcome = run_in_docker(policy, &report.argv).await?;
+    drop(slot);
     if let (Some(item), Some(gate)) = (&report.approval, gate) {
         report.approval = Some(gate.complete(item.id, serde_json::to_value(&outcome).unwrap_or_default()).await?);
     }

@@ -24,8 +24,6 @@ pub struct Metrics {
     outcomes: Mutex<BTreeMap<(String, String), u64>>,
     /// `terrarium_in_flight`: requests being served.
     pub in_flight: AtomicI64,
-    /// `terrarium_running`: runs in a tier now.
-    pub running: AtomicI64,
 }
 
 fn rows<K>(m: &Mutex<BTreeMap<K, u64>>, f: impl Fn(&K) -> String) -> Vec<(String, f64)> {
@@ -93,12 +91,6 @@ impl Metrics {
             "gauge",
             "Requests being served now.",
             vec![(String::new(), self.in_flight.load(Ordering::Relaxed) as f64)],
-        );
-        family(
-            "terrarium_running",
-            "gauge",
-            "Runs and commands in a tier now.",
-            vec![(String::new(), self.running.load(Ordering::Relaxed) as f64)],
         );
         for (name, help, rows) in extra {
             family(name, "gauge", help, rows.clone());

@@ -13,10 +13,10 @@
 //!   unknown token is 401, a token without the role 403, and both are audit events
 //!   (with the token's name when it is known, never the token).
 //! - Load is shed, never queued without bound: at most `max_requests` requests are
-//!   served at once and at most `max_running` of them run in a tier (or wait for a
-//!   human); beyond that the answer is 429 with `Retry-After`, before the body is
-//!   read. A body is read only after its token is checked, and never past
-//!   `max_body` bytes (413).
+//!   served at once (beyond that: 429 with `Retry-After`, before the body is read);
+//!   the sandbox's own limits on runs in a tier and on operations waiting for a
+//!   human answer 429 too ([`SandboxError::Busy`]). A body is read only after its
+//!   token is checked, and never past `max_body` bytes (413).
 //! - Server faults (5xx) tell the client only a reference; the details, which may
 //!   name host paths, go to the server's log.
 //! - The listener is loopback unless the operator names another address.
@@ -40,7 +40,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use self::auth::{Identity, Role, Tokens};
 use self::metrics::Metrics;
@@ -63,19 +63,17 @@ pub struct ServerConfig {
     pub tokens: Tokens,
     /// Requests served at once (all endpoints); more get 429.
     pub max_requests: usize,
-    /// Runs and commands at once (including those waiting for a human); more get 429.
-    pub max_running: usize,
     /// Largest request body, in bytes.
     pub max_body: usize,
 }
 
 impl ServerConfig {
-    /// Defaults for `tokens`: 256 requests, 16 runs, bodies up to twice the
+    /// Defaults for `tokens`: 256 requests, bodies up to twice the
     /// policy's code size cap (JSON escapes newlines and quotes in two bytes) plus
     /// room for the fields around it.
     pub fn new(tokens: Tokens, max_code_size: u64) -> ServerConfig {
         let max_body = usize::try_from(max_code_size).unwrap_or(usize::MAX).saturating_mul(2).saturating_add(64 << 10);
-        ServerConfig { tokens, max_requests: 256, max_running: 16, max_body }
+        ServerConfig { tokens, max_requests: 256, max_body }
     }
 }
 
@@ -84,7 +82,6 @@ struct AppState {
     tokens: Tokens,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
-    running: Arc<Semaphore>,
     max_body: usize,
     sessions: review::Sessions,
 }
@@ -103,15 +100,14 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
     if config.tokens.is_empty() {
         return Err("no tokens: pass --token-file FILE or set TERRARIUM_TOKEN".into());
     }
-    if config.max_requests == 0 || config.max_running == 0 {
-        return Err("--max-requests and --max-running must be at least 1".into());
+    if config.max_requests == 0 {
+        return Err("--max-requests must be at least 1".into());
     }
     let state = Arc::new(AppState {
         sandbox,
         tokens: config.tokens,
         metrics: Metrics::default(),
         in_flight: Arc::new(Semaphore::new(config.max_requests)),
-        running: Arc::new(Semaphore::new(config.max_running)),
         max_body: config.max_body,
         sessions: review::Sessions::default(),
     });
@@ -153,9 +149,9 @@ fn problem(code: StatusCode, message: &str) -> Response {
 }
 
 /// 429 with the seconds to wait.
-fn busy(state: &AppState, what: &str) -> Response {
+fn busy(state: &AppState, message: &str) -> Response {
     state.metrics.rejected("busy");
-    let mut r = problem(StatusCode::TOO_MANY_REQUESTS, &format!("the server is at its limit of {what}; retry"));
+    let mut r = problem(StatusCode::TOO_MANY_REQUESTS, message);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
@@ -164,7 +160,7 @@ fn busy(state: &AppState, what: &str) -> Response {
 async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
-        let r = busy(&state, "requests in flight");
+        let r = busy(&state, "the server is at its limit of requests in flight; retry");
         state.metrics.request(&route, r.status().as_u16());
         return r;
     };
@@ -233,24 +229,6 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(bytes).map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
 }
 
-/// A slot among `max_running`, or 429.
-fn run_slot(state: &AppState) -> Result<RunSlot<'_>, Response> {
-    let permit = state.running.clone().try_acquire_owned().map_err(|_| busy(state, "runs"))?;
-    state.metrics.running.fetch_add(1, Ordering::Relaxed);
-    Ok(RunSlot { _permit: permit, metrics: &state.metrics })
-}
-
-struct RunSlot<'a> {
-    _permit: OwnedSemaphorePermit,
-    metrics: &'a Metrics,
-}
-
-impl Drop for RunSlot<'_> {
-    fn drop(&mut self) {
-        self.metrics.running.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// `POST /v1/execute`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,8 +283,9 @@ impl ExecuteBody {
 
 /// The answer for a sandbox error: the request's fault (4xx, with the reason) or
 /// the server's (5xx, with a reference).
-fn sandbox_error(e: &SandboxError) -> Response {
+fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
     match e {
+        SandboxError::Busy(why) => busy(state, why),
         SandboxError::InvalidRequest(_) | SandboxError::Policy(_) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
         SandboxError::BreakerOpen(open) => {
             let mut r =
@@ -330,10 +309,6 @@ async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
         Ok(c) => c,
         Err(r) => return r,
     };
-    let _slot = match run_slot(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -349,7 +324,7 @@ async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
             state.metrics.outcome(o.tier.as_str(), o.status.as_str());
             axum::Json(o).into_response()
         }
-        Err(e) => sandbox_error(&e),
+        Err(e) => sandbox_error(&state, &e),
     }
 }
 
@@ -372,10 +347,6 @@ struct CommandBody {
 async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     let caller = match authorize(&state, &headers, Role::Submit, "POST /v1/commands").await {
         Ok(c) => c,
-        Err(r) => return r,
-    };
-    let _slot = match run_slot(&state) {
-        Ok(s) => s,
         Err(r) => return r,
     };
     let bytes = match read_body(&state, body).await {
@@ -406,14 +377,14 @@ async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
         }
     };
     tracing::info!(caller = caller.name, line, "command");
-    match crate::command::handle_command(&line, policy, state.sandbox.approvals(), wait, !b.check).await {
+    match crate::command::handle_command(&state.sandbox, &line, wait, !b.check).await {
         Ok(report) => {
             if let Some(o) = &report.outcome {
                 state.metrics.outcome("docker", o.status.as_str());
             }
             axum::Json(report).into_response()
         }
-        Err(e) => sandbox_error(&e),
+        Err(e) => sandbox_error(&state, &e),
     }
 }
 
@@ -545,7 +516,9 @@ async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
         },
         None => 0.0,
     };
+    let running = vec![(String::new(), state.sandbox.running() as f64)];
     let text = state.metrics.render(&[
+        ("terrarium_running", "Runs and commands in a tier now (0 when runs are not limited).", running),
         ("terrarium_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", breakers),
         ("terrarium_approvals_pending", "Critical operations waiting for a human.", vec![(String::new(), pending)]),
     ]);
