@@ -250,6 +250,49 @@ fn an_unanswered_critical_run_expires_and_is_denied() {
     wait_for_audit(&s, "approval_expired", |_| true);
 }
 
+/// The review page over plain HTTP: sign-in by role (refusals audited), a session
+/// cookie that scripts cannot read, decisions only with the session's CSRF token,
+/// and a Content Security Policy on every page.
+#[test]
+fn the_review_page_needs_a_session_with_the_approve_role_and_its_csrf_token() {
+    let s = Server::start(None, &[]);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let login =
+        |token: &str| call(s.addr, "POST", "/review/login", None, Some(format!("token={token}").as_bytes()), &form);
+    let page = s.call("GET", "/review", None, None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=token") && !page.body.contains("Waiting for a decision"), "{}", page.body);
+    let csp = page.header("content-security-policy").unwrap_or("");
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'nonce-"), "{csp}");
+    assert_eq!(login("nonsense-token-nonsense-token-nonsense").status, 401);
+    assert_eq!(login(SUBMIT).status, 403, "a token without the approve role");
+    let ok = login(APPROVE);
+    assert_eq!((ok.status, ok.header("location")), (303, Some("/review")), "{ok:?}");
+    let cookie = ok.header("set-cookie").expect("session cookie").to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let with_session = [("Cookie", session.as_str())];
+    let page = call(s.addr, "GET", "/review", None, None, &with_session);
+    assert!(page.body.contains("Signed in as <b id=who>alice</b>"), "{}", page.body);
+    let csrf = page.body.split("name=csrf value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf");
+    let decide = |body: String, headers: &[(&str, &str)]| {
+        call(s.addr, "POST", "/review/1/approve", None, Some(body.as_bytes()), headers)
+    };
+    let both = [form[0], with_session[0]];
+    assert_eq!(decide(format!("csrf={csrf}"), &form).status, 401, "no session");
+    assert_eq!(decide("csrf=forged".into(), &both).status, 403, "a forged CSRF token");
+    assert_eq!(decide(format!("csrf={csrf}"), &both).status, 404, "a real session reaches the queue");
+    let out = call(s.addr, "POST", "/review/logout", None, Some(b"csrf=forged"), &both);
+    assert_eq!(out.status, 403, "a forged sign-out");
+    let out = call(s.addr, "POST", "/review/logout", None, Some(format!("csrf={csrf}").as_bytes()), &both);
+    assert_eq!(out.status, 303);
+    assert_eq!(decide(format!("csrf={csrf}"), &both).status, 401, "the session ended");
+    wait_for_audit(&s, "auth_denied", |r| r["data"]["status"] == 401 && r["data"]["endpoint"] == "POST /review/login");
+    wait_for_audit(&s, "auth_denied", |r| {
+        r["data"]["token_name"] == "ci" && r["data"]["endpoint"] == "POST /review/login"
+    });
+}
+
 /// Runs waiting for a human have their own budget: past it, another critical run
 /// gets 429 (nothing queued), and ordinary runs go on meanwhile.
 #[test]

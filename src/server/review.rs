@@ -76,29 +76,27 @@ impl Sessions {
 
     /// The session's identity and CSRF token.
     fn find(&self, headers: &HeaderMap) -> Option<(Identity, String)> {
-        let cookies = headers.get_all(header::COOKIE);
-        let id = cookies
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
+        let id = session_id(headers)?;
         let map = self.map.lock().ok()?;
         let s = map.get(id).filter(|s| s.expires > Instant::now())?;
         Some((s.who.clone(), s.csrf.clone()))
     }
 
     fn end(&self, headers: &HeaderMap) {
-        let Some(id) = headers
-            .get(header::COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=')))
-        else {
-            return;
-        };
-        if let Ok(mut map) = self.map.lock() {
+        if let (Some(id), Ok(mut map)) = (session_id(headers), self.map.lock()) {
             map.remove(id);
         }
     }
+}
+
+/// The session id in the request's cookies.
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
 pub(super) fn routes() -> Router<Shared> {
@@ -374,8 +372,18 @@ async fn decide(
     if r.status().is_success() { see_other("/review") } else { r }
 }
 
-async fn logout(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    state.sessions.end(&headers);
+#[derive(Deserialize)]
+struct LogoutForm {
+    csrf: String,
+}
+
+async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(f): Form<LogoutForm>) -> Response {
+    if let Some((_, csrf)) = state.sessions.find(&headers) {
+        if !super::auth::same_secret(&f.csrf, &csrf) {
+            return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
+        }
+        state.sessions.end(&headers);
+    }
     let mut r = see_other("/review");
     r.headers_mut().insert(
         header::SET_COOKIE,
