@@ -232,3 +232,45 @@ fn a_critical_run_on_the_command_line_is_announced_and_denied_when_nobody_decide
     );
     assert_eq!((out.code, out.stdout.as_str()), (0, "1\n"), "{}", out.stderr);
 }
+
+/// The process waiting for an approval is killed: its item expires (recorded in
+/// the audit log) rather than being approvable for a run nobody would start.
+#[test]
+fn an_item_whose_waiter_was_killed_expires_and_cannot_be_approved() {
+    let home = tempfile::tempdir().expect("home");
+    let (_d, path) = temp_file("policy.yaml", policy(PYTHON_RULES).as_bytes());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .args(["command", "--policy", &path.to_string_lossy(), "--wait", "60", "--", "git", "status"])
+        .env("TERRARIUM_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = loop {
+        let out = approvals(home.path(), &["list", "--status", "pending"]);
+        if let Some(line) = out.stdout.lines().next() {
+            let item: serde_json::Value = serde_json::from_str(line).expect("item");
+            break item["id"].as_i64().expect("id");
+        }
+        assert!(std::time::Instant::now() < deadline, "no pending item appeared: {}", out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    child.kill().expect("kill the waiter");
+    child.wait().expect("reap");
+    let late = approvals(home.path(), &["approve", &id.to_string(), "--as", "alice"]);
+    assert_eq!(late.code, 2, "{}", late.stderr);
+    assert!(late.stderr.contains("already expired"), "{}", late.stderr);
+    let item: serde_json::Value =
+        serde_json::from_str(&approvals(home.path(), &["show", &id.to_string()]).stdout).expect("item");
+    assert_eq!(
+        (item["status"].as_str(), item["note"].as_str()),
+        (Some("expired"), Some("the process waiting for it ended"))
+    );
+    let log = crate::common::terrarium_env(
+        &["audit", "tail", "-n", "10"],
+        b"",
+        &[("TERRARIUM_HOME", &home.path().to_string_lossy())],
+    );
+    assert!(log.stdout.contains("\"approval_expired\""), "{}", log.stdout);
+}

@@ -137,6 +137,7 @@ impl Gate {
     /// [`ApprovalError::Decided`], [`ApprovalError::NotFound`], the database or
     /// the audit log.
     pub async fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
+        self.expire_orphans().await?;
         let (who, note) = (who.to_string(), note.map(str::to_string));
         let item = self.db(move |q| q.decide(id, approve, &who, note.as_deref())).await?;
         self.record(if approve { "approval_approved" } else { "approval_denied" }, &item).await?;
@@ -159,7 +160,19 @@ impl Gate {
     /// # Errors
     /// The database failed.
     pub async fn list(&self, status: Option<String>) -> Result<Vec<Item>, ApprovalError> {
+        self.expire_orphans().await?;
         self.db(move |q| q.list(status.as_deref())).await
+    }
+
+    /// Expires what is overdue and records the items whose waiting process ended
+    /// (nobody else will: recording an expiry is its waiter's job).
+    async fn expire_orphans(&self) -> Result<(), ApprovalError> {
+        for item in self.db(|q| q.expire_overdue()).await? {
+            if item.note.as_deref() == Some(super::ORPHANED) {
+                self.record("approval_expired", &item).await?;
+            }
+        }
+        Ok(())
     }
 
     /// One item.

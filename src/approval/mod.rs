@@ -80,6 +80,9 @@ pub struct Item {
     pub outcome: Option<serde_json::Value>,
 }
 
+/// The note on an item expired because the process waiting for it ended.
+pub const ORPHANED: &str = "the process waiting for it ended";
+
 /// The queue in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -193,8 +196,8 @@ impl Queue {
         for id in &orphans {
             c.execute(
                 "UPDATE approvals SET status = 'expired', decided_us = ?1,
-                 note = 'the process waiting for it ended' WHERE id = ?2 AND status = 'pending'",
-                params![now, id],
+                 note = ?3 WHERE id = ?2 AND status = 'pending'",
+                params![now, id, ORPHANED],
             )
             .map_err(|e| self.err(e))?;
         }
@@ -375,7 +378,7 @@ mod tests {
         let e = q.decide(item.id, true, "alice", None).expect_err("nobody would run it");
         assert!(e.to_string().contains("already expired"), "{e}");
         let end = q.get(item.id).expect("get").expect("item");
-        assert_eq!(end.note.as_deref(), Some("the process waiting for it ended"));
+        assert_eq!(end.note.as_deref(), Some(ORPHANED));
     }
 
     #[test]

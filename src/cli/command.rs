@@ -106,7 +106,7 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
                     "--status {s:?}: expected pending, approved, denied or expired"
                 )));
             }
-            for item in queue.list(status.as_deref()).map_err(|e| host(e.into()))? {
+            for item in super::runtime()?.block_on(gate.list(status)).map_err(|e| host(e.into()))? {
                 println!("{}", serde_json::to_string(&item).unwrap_or_default());
             }
         }
