@@ -293,6 +293,30 @@ fn the_review_page_needs_a_session_with_the_approve_role_and_its_csrf_token() {
     });
 }
 
+/// SIGTERM: the server stops within its grace period even while a request waits
+/// for a human, and the abandoned item expires instead of staying approvable.
+#[test]
+fn a_terminated_server_exits_promptly_and_its_waiting_items_expire() {
+    let policy =
+        format!("{}\napprovals:\n  critical: [docker_tier]\n  timeout: 600\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let mut s = Server::start(Some(&policy), &[]);
+    let addr = s.addr;
+    let critical = r#"{"code": "1", "tier": "docker"}"#;
+    let client =
+        std::thread::spawn(move || call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(critical.as_bytes()), &[]));
+    let id = first_pending(&s)["id"].as_i64().expect("id");
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}: {}", s.log());
+    assert!(s.log().contains("cut off"), "{}", s.log());
+    let r = client.join().expect("client");
+    assert_ne!(r.status, 200, "the waiting request did not run: {r:?}");
+    let item: serde_json::Value =
+        serde_json::from_str(&s.cli(&["approvals", "show", &id.to_string()]).stdout).expect("item");
+    assert_eq!(item["status"], "expired", "{item}");
+    let late = s.cli(&["approvals", "approve", &id.to_string(), "--as", "alice"]);
+    assert_eq!(late.code, 2, "{}", late.stderr);
+}
+
 /// Runs waiting for a human have their own budget: past it, another critical run
 /// gets 429 (nothing queued), and ordinary runs go on meanwhile.
 #[test]

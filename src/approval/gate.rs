@@ -53,11 +53,6 @@ impl Gate {
         self
     }
 
-    /// The queue.
-    pub fn queue(&self) -> &Queue {
-        &self.queue
-    }
-
     /// The audit log decisions are recorded in.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -175,11 +170,12 @@ impl Gate {
         Ok(())
     }
 
-    /// One item.
+    /// One item (as it stands after overdue and orphaned items are expired).
     ///
     /// # Errors
     /// The database failed.
     pub async fn get(&self, id: i64) -> Result<Option<Item>, ApprovalError> {
+        self.expire_orphans().await?;
         self.db(move |q| q.get(id)).await
     }
 }

@@ -96,7 +96,6 @@ fn open_gate(db: Option<std::path::PathBuf>) -> Result<Gate, CliError> {
 pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
     let host = |e: anyhow::Error| CliError { code: EXIT_HOST, error: e };
     let gate = open_gate(args.db)?;
-    let queue = gate.queue();
     match args.command {
         ApprovalsCommand::List { status } => {
             if let Some(s) = &status
@@ -110,7 +109,7 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
                 println!("{}", serde_json::to_string(&item).unwrap_or_default());
             }
         }
-        ApprovalsCommand::Show { id } => match queue.get(id).map_err(|e| host(e.into()))? {
+        ApprovalsCommand::Show { id } => match super::runtime()?.block_on(gate.get(id)).map_err(|e| host(e.into()))? {
             Some(item) => println!("{}", serde_json::to_string_pretty(&item).unwrap_or_default()),
             None => return Err(CliError::usage(anyhow::anyhow!("no approval request {id}"))),
         },

@@ -1,6 +1,7 @@
 //! `terrarium serve`: the HTTP server (see [`crate::server`]) over one sandbox
 //! with the audit log at the usual place (`TERRARIUM_HOME`). Prints
-//! `terrarium: serving on http://ADDR` once it listens; stops on SIGINT or SIGTERM.
+//! `terrarium: serving on http://ADDR` once it listens; on SIGINT or SIGTERM it
+//! stops accepting, gives requests in progress a short grace period, and exits.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +11,9 @@ use super::{CliError, EXIT_HOST};
 use crate::policy::Policy;
 use crate::server::auth::{Role, Tokens};
 use crate::server::{ServerConfig, app, serve};
+
+/// How long requests in progress may go on after SIGINT or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The environment variable holding one token with every role.
 pub const TOKEN_ENV: &str = "TERRARIUM_TOKEN";
@@ -48,8 +52,32 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     }
     raise_open_files_limit();
     let rt = super::runtime()?;
-    rt.block_on(serve(router, args.listen, |addr| eprintln!("terrarium: serving on http://{addr}"), stop_signal()))
-        .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("serving on {}: {e}", args.listen) })?;
+    let failed =
+        |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("serving on {}: {e}", args.listen) };
+    rt.block_on(async {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ready = |addr| eprintln!("terrarium: serving on http://{addr}");
+        let mut server = tokio::spawn(serve(router, args.listen, ready, async {
+            let _ = stopped.await;
+        }));
+        tokio::select! {
+            r = &mut server => return r.map_err(|e| failed(std::io::Error::other(e)))?.map_err(failed),
+            () = stop_signal() => {}
+        }
+        // New connections stop at once; requests in progress get a grace period
+        // (one waiting for a human could otherwise hold the exit for its deadline;
+        // its queue item expires once this process is gone).
+        eprintln!("terrarium: stopping; requests in progress have {} s", SHUTDOWN_GRACE.as_secs());
+        let _ = stop.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(r) => r.map_err(|e| failed(std::io::Error::other(e)))?.map_err(failed),
+            Err(_) => {
+                eprintln!("terrarium: requests still in progress after the grace period were cut off");
+                server.abort();
+                Ok(())
+            }
+        }
+    })?;
     if let Err(e) = sandbox.flush_audit(std::time::Duration::from_secs(10)) {
         eprintln!("terrarium: warning: {e}");
     }

@@ -76,6 +76,23 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends SIGTERM and waits (at most 60 s) for the server to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        #[allow(unsafe_code, reason = "sending a signal has no safe wrapper in std")]
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit on SIGTERM: {}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// `terrarium ARGS` against this server's home (audit log, approvals).
     pub fn cli(&self, args: &[&str]) -> super::Output {
         super::terrarium_env(args, b"", &[("TERRARIUM_HOME", &self.home.path().to_string_lossy())])
