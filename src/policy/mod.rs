@@ -2,7 +2,7 @@
 //!
 //! A policy file is YAML. Its core is the security guidelines' schema
 //! (`security.sandbox.*`, `resilience.circuit_breaker.*`); Terrarium's own settings
-//! live under `terrarium:`. Parsing happens in two stages: [`raw`] mirrors the file
+//! live under `terrarium:`. Parsing happens in two stages: `raw.rs` mirrors the file
 //! and rejects unknown keys, then [`Policy::from_yaml`] validates it into a typed
 //! [`Policy`] whose fields cannot be set to nonsense afterwards.
 //!

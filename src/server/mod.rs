@@ -5,7 +5,7 @@
 //! `POST /v1/execute` and `POST /v1/commands` (role `submit`), `GET /v1/approvals`,
 //! `GET /v1/approvals/{id}`, `POST /v1/approvals/{id}/approve|deny` (role
 //! `approve`), `GET /v1/breakers` and `GET /metrics` (role `admin`), `GET
-//! /v1/health` and `GET /openapi.json` (no token), `/review` (see [`review`]).
+//! /v1/health` and `GET /openapi.json` (no token), `/review` (see `review.rs`).
 //!
 //! # Security invariants
 //! - Every endpoint but health, the OpenAPI document and the review page's login

@@ -1,7 +1,7 @@
 //! The wasm tier: the real CPython 3.12, compiled to WASI, under wasmtime.
 //!
 //! One shared [`wasmtime::Engine`] with fuel and epoch interruption; the module is
-//! compiled once and cached on disk (see [`cache`]). Each run gets a fresh instance
+//! compiled once and cached on disk (see `cache.rs`). Each run gets a fresh instance
 //! and store: in-memory stdin (the request), capped stdout/stderr pipes, no
 //! environment, no preopened directories but the policy's read-only mounts, no
 //! network; fuel from the policy, an epoch deadline from the timeout (a ticker

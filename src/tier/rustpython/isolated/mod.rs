@@ -10,7 +10,7 @@
 //!
 //! # Security invariants
 //! - A child is confined (descriptors, namespaces, rlimits, seccomp) before it reads
-//!   its request; see [`zygote`].
+//!   its request; see `zygote.rs`.
 //! - The deadline is a `SIGKILL`: it cannot be caught and it stops native calls and
 //!   `time.sleep` alike.
 //! - A child runs one request and exits; a crashed child is never reused; nothing a
