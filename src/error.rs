@@ -35,7 +35,7 @@ pub enum SandboxError {
     Busy(String),
     /// The approvals queue failed, so a critical operation was not run.
     #[error("not run: {0}")]
-    Approval(#[from] crate::approval::ApprovalError),
+    Approval(crate::approval::ApprovalError),
     /// A circuit breaker is open: the dependency failed repeatedly and is not
     /// called until its recovery timeout has passed.
     #[error(transparent)]
@@ -49,6 +49,17 @@ pub enum SandboxError {
         /// What happened.
         message: String,
     },
+}
+
+impl From<crate::approval::ApprovalError> for SandboxError {
+    /// A full waiting budget is [`SandboxError::Busy`] (retry later); any other
+    /// failure of the queue is [`SandboxError::Approval`].
+    fn from(e: crate::approval::ApprovalError) -> SandboxError {
+        match e {
+            crate::approval::ApprovalError::Busy(_) => SandboxError::Busy(e.to_string()),
+            e => SandboxError::Approval(e),
+        }
+    }
 }
 
 impl SandboxError {

@@ -322,11 +322,7 @@ impl Sandbox {
             "request_id": req.id, "code": req.code, "tier": tier, "route": route, "scratch": req.scratch,
             "findings": findings, "policy": policy.to_yaml(),
         });
-        let item = match gate.ask("execute", subject, &reason, policy.approvals().timeout).await {
-            Ok(item) => item,
-            Err(e @ crate::approval::ApprovalError::Busy(_)) => return Err(SandboxError::Busy(e.to_string())),
-            Err(e) => return Err(e.into()),
-        };
+        let item = gate.ask("execute", subject, &reason, policy.approvals().timeout).await?;
         if item.status == "approved" {
             Ok(Ok(Some(item.id)))
         } else {

@@ -178,6 +178,16 @@ fn a_critical_command_waits_for_approval_then_runs() {
     assert!(log.stdout.contains("\"approval_requested\""), "{}", log.stdout);
     assert!(log.stdout.contains("\"approval_approved\"") && log.stdout.contains("alice"), "{}", log.stdout);
     assert!(log.stdout.contains("\"approval_completed\""), "{}", log.stdout);
+    let ran = log
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("row"))
+        .find(|r| r["kind"] == "command")
+        .expect("a command event");
+    assert_eq!(
+        (&ran["data"]["ran"], &ran["data"]["outcome"]["status"]),
+        (&serde_json::json!(true), &serde_json::json!("ok"))
+    );
     let verify =
         crate::common::terrarium_env(&["audit", "verify"], b"", &[("TERRARIUM_HOME", &home.path().to_string_lossy())]);
     assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);

@@ -161,6 +161,8 @@ fn commands_with_shell_tricks_are_refused_with_reasons() {
         assert!(v["reason"].as_str().unwrap_or("").contains(needle), "{line}: {needle:?} not in {v}");
         assert!(v["outcome"].is_null(), "{line} ran: {v}");
     }
+    let event = wait_for_audit(&s, "command", |r| r["data"]["line"] == "rm -rf /");
+    assert_eq!((event["data"]["decision"].as_str(), event["data"]["ran"].as_bool()), (Some("deny"), Some(false)));
     // Not allow-listed, and the caller will not wait: denied, nothing queued.
     let r = s.call("POST", "/v1/commands", Some(SUBMIT), Some(r#"{"argv": ["git", "status"], "wait": 0}"#));
     let v = r.json();

@@ -1,7 +1,8 @@
 //! `terrarium command -- CMD…`: a system command checked against the policy's
 //! `commands` rules and, when allowed (or approved), run in a fresh docker-tier
-//! container. Exit codes as `run`: 0 ok, 1 the command exited non-zero, 3 a limit,
-//! 4 denied (also: not approved in time), 2 usage, 5 host error.
+//! container; each is a `command` event in the audit log. Exit codes as `run`: 0
+//! ok, 1 the command exited non-zero, 3 a limit, 4 denied (also: not approved in
+//! time), 2 usage, 5 host error.
 //!
 //! `terrarium approvals list|show|approve|deny`: the approvals queue, in the audit
 //! log's database; every submission and decision is an audit event naming who.
@@ -31,11 +32,12 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         Some(secs) if !args.check => Some(std::time::Duration::from_secs_f64(secs)),
         _ => None,
     };
-    // Only a caller that waits needs the queue (and the audit log it lives in).
-    let mut builder = crate::Sandbox::builder().policy(policy);
+    // Every command is recorded in the audit log, like every `run`; its database
+    // also holds the approvals queue a waiting caller needs.
+    let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
+    let mut builder = crate::Sandbox::builder().policy(policy).audit(path);
     if let Some(wait) = wait {
-        let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
-        builder = builder.audit(path).announce(std::sync::Arc::new(move |item| {
+        builder = builder.announce(std::sync::Arc::new(move |item| {
             eprintln!(
                 "terrarium: approval request {} ({}); waiting {:.0} s for: terrarium approvals approve {}",
                 item.id,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Decision, decide};
-use crate::approval::{ApprovalError, Item};
+use crate::approval::Item;
 use crate::error::SandboxError;
 use crate::executor::Outcome;
 use crate::policy::{Policy, Tier};
@@ -50,6 +50,32 @@ pub async fn handle_command(
     wait: Option<Duration>,
     run: bool,
 ) -> Result<CommandReport, SandboxError> {
+    let r = check_and_run(sandbox, line, wait, run).await;
+    // With an audit log, every command is an event: what was asked, what the rules
+    // said, whether it ran and how it ended (not its output).
+    if let Some(log) = sandbox.audit_log() {
+        let data = match &r {
+            Ok(report) => serde_json::json!({
+                "line": line, "decision": report.decision, "reason": report.reason, "argv": report.argv,
+                "allowed": report.allowed, "ran": report.outcome.is_some(),
+                "approval": report.approval.as_ref().map(|i| i.id),
+                "outcome": report.outcome.as_ref().map(|o| serde_json::json!({
+                    "status": o.status, "error": o.error, "usage": o.usage,
+                })),
+            }),
+            Err(e) => serde_json::json!({"line": line, "host_error": e.to_string()}),
+        };
+        log.record_async(crate::audit::Event { kind: "command".into(), request_id: None, data, code: None }).await?;
+    }
+    r
+}
+
+async fn check_and_run(
+    sandbox: &Sandbox,
+    line: &str,
+    wait: Option<Duration>,
+    run: bool,
+) -> Result<CommandReport, SandboxError> {
     let (policy, gate) = (sandbox.policy(), sandbox.approvals());
     let decision = decide(line, &policy.command_rules());
     let (kind, reason, argv) = match decision {
@@ -71,11 +97,7 @@ pub async fn handle_command(
         match (gate, wait) {
             (Some(gate), Some(wait)) => {
                 let subject = serde_json::json!({"argv": report.argv, "line": line});
-                let item = match gate.ask("command", subject, &report.reason, wait).await {
-                    Ok(item) => item,
-                    Err(e @ ApprovalError::Busy(_)) => return Err(SandboxError::Busy(e.to_string())),
-                    Err(e) => return Err(e.into()),
-                };
+                let item = gate.ask("command", subject, &report.reason, wait).await?;
                 if item.status == "approved" {
                     report.allowed = true;
                 } else {
@@ -90,8 +112,10 @@ pub async fn handle_command(
     if !(report.allowed && run) {
         return Ok(report);
     }
+    // One of the sandbox's run slots, and the docker tier's breaker: an engine
+    // that keeps failing is not called again until the breaker lets a trial through.
     let slot = sandbox.run_slot()?;
-    let outcome = run_in_docker(policy, &report.argv).await?;
+    let outcome = sandbox.breakers().tier(Tier::Docker).run(run_in_docker(policy, &report.argv)).await?;
     drop(slot);
     if let (Some(item), Some(gate)) = (&report.approval, gate) {
         report.approval = Some(gate.complete(item.id, serde_json::to_value(&outcome).unwrap_or_default()).await?);
