@@ -1,6 +1,7 @@
 //! Which process is which, across pid reuse: a pid with its start time (clock
-//! ticks since boot, from `/proc`). Used to tell whether the owner of a container
-//! or of an audit journal is still running.
+//! ticks since boot, from `/proc`). Used to tell whether the owner of a container,
+//! of an audit journal or of a waiting approval is still running. Also this
+//! process's own descriptor limit.
 
 /// Start time of process `pid` in clock ticks since boot (field 22 of its stat).
 pub fn start_time(pid: &str) -> Option<String> {
@@ -20,6 +21,21 @@ pub fn me() -> (String, String) {
     let pid = std::process::id().to_string();
     let start = start_time(&pid).unwrap_or_default();
     (pid, start)
+}
+
+/// Lifts this process's soft limit on open descriptors to its hard limit, as
+/// servers do: every connection is a descriptor, and a burst of clients should meet
+/// 429s, not refused accepts.
+pub fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    #[allow(unsafe_code, reason = "getrlimit/setrlimit have no safe wrapper in std")]
+    // SAFETY: both calls only read or write the live local `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 #[cfg(test)]

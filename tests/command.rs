@@ -127,6 +127,19 @@ fn approvals(home: &std::path::Path, args: &[&str]) -> crate::common::Output {
     crate::common::terrarium_env(&all, b"", &[("TERRARIUM_HOME", &home.to_string_lossy())])
 }
 
+/// Polls `approvals list` until an item is pending; returns it.
+fn first_pending(home: &std::path::Path) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = approvals(home, &["list", "--status", "pending"]);
+        if let Some(line) = out.stdout.lines().next() {
+            return serde_json::from_str(line).expect("item");
+        }
+        assert!(std::time::Instant::now() < deadline, "no pending item appeared: {}", out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A command outside the allow list waits in the queue; a human approves it; it
 /// runs (in the container); the request and the decision, with who made it, are in
 /// the audit log, which still verifies.
@@ -146,17 +159,9 @@ fn a_critical_command_waits_for_approval_then_runs() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let id = loop {
-        let out = approvals(home.path(), &["list", "--status", "pending"]);
-        if let Some(line) = out.stdout.lines().next() {
-            let item: serde_json::Value = serde_json::from_str(line).expect("item");
-            assert_eq!(item["subject"]["argv"], serde_json::json!(["python3", "-c", "import os; print(os.getuid())"]));
-            break item["id"].as_i64().expect("id");
-        }
-        assert!(std::time::Instant::now() < deadline, "no pending item appeared: {}", out.stderr);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let item = first_pending(home.path());
+    assert_eq!(item["subject"]["argv"], serde_json::json!(["python3", "-c", "import os; print(os.getuid())"]));
+    let id = item["id"].as_i64().expect("id");
     let out = approvals(home.path(), &["approve", &id.to_string(), "--as", "alice", "--note", "checked"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let again = approvals(home.path(), &["deny", &id.to_string(), "--as", "mallory"]);
@@ -256,16 +261,7 @@ fn an_item_whose_waiter_was_killed_expires_and_cannot_be_approved() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let id = loop {
-        let out = approvals(home.path(), &["list", "--status", "pending"]);
-        if let Some(line) = out.stdout.lines().next() {
-            let item: serde_json::Value = serde_json::from_str(line).expect("item");
-            break item["id"].as_i64().expect("id");
-        }
-        assert!(std::time::Instant::now() < deadline, "no pending item appeared: {}", out.stderr);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let id = first_pending(home.path())["id"].as_i64().expect("id");
     child.kill().expect("kill the waiter");
     child.wait().expect("reap");
     let late = approvals(home.path(), &["approve", &id.to_string(), "--as", "alice"]);

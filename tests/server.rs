@@ -367,7 +367,8 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 /// from one burst to the next.
 #[test]
 fn a_thousand_concurrent_requests_get_answers_or_429s_with_bounded_memory() {
-    raise_open_files_limit();
+    // A thousand sockets need more than the usual 1,024 descriptors here too.
+    terrarium::process::raise_open_files_limit();
     let s = Server::start(None, &["--max-running", "8", "--max-requests", "128"]);
     let warm = s.call("POST", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "1 + 1"}"#));
     assert_eq!(warm.status, 200, "{}", warm.body);
@@ -427,18 +428,5 @@ fn a_thousand_concurrent_requests_get_answers_or_429s_with_bounded_memory() {
     let m = s.call("GET", "/metrics", Some(ADMIN), None).body;
     if total_busy > 0 {
         assert!(m.contains(&format!("terrarium_rejected_total{{reason=\"busy\"}} {total_busy}\n")), "{m}");
-    }
-}
-
-/// A thousand sockets need more than the usual 1,024 descriptors here too.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    #[allow(unsafe_code, reason = "getrlimit/setrlimit have no safe wrapper in std")]
-    // SAFETY: both calls only read or write the live local `lim`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

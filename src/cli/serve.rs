@@ -50,7 +50,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             args.listen
         );
     }
-    raise_open_files_limit();
+    crate::process::raise_open_files_limit();
     let rt = super::runtime()?;
     let failed =
         |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("serving on {}: {e}", args.listen) };
@@ -96,19 +96,5 @@ async fn stop_signal() {
             }
         }
         _ => std::future::pending().await,
-    }
-}
-
-/// Every connection is a descriptor: lift the soft limit to the hard one, as
-/// servers do, so that a burst of clients meets 429s rather than refused accepts.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    #[allow(unsafe_code, reason = "getrlimit/setrlimit have no safe wrapper in std")]
-    // SAFETY: both calls only read or write the live local `lim`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
