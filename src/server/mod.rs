@@ -79,6 +79,8 @@ impl ServerConfig {
 
 struct AppState {
     sandbox: Arc<Sandbox>,
+    /// The sandbox's approvals queue (a server always has one).
+    gate: crate::approval::Gate,
     tokens: Tokens,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
@@ -94,9 +96,9 @@ type Shared = Arc<AppState>;
 /// # Errors
 /// The sandbox has no audit log, or there are no tokens.
 pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String> {
-    if sandbox.approvals().is_none() {
+    let Some(gate) = sandbox.approvals().cloned() else {
         return Err("the server needs a sandbox with an audit log (its approvals queue lives there)".into());
-    }
+    };
     if config.tokens.is_empty() {
         return Err("no tokens: pass --token-file FILE or set TERRARIUM_TOKEN".into());
     }
@@ -105,6 +107,7 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
     }
     let state = Arc::new(AppState {
         sandbox,
+        gate,
         tokens: config.tokens,
         metrics: Metrics::default(),
         in_flight: Arc::new(Semaphore::new(config.max_requests)),
@@ -405,8 +408,7 @@ async fn list_approvals(State(state): State<Shared>, headers: HeaderMap, Query(q
             &format!("status {s:?}: expected pending, approved, denied or expired"),
         );
     }
-    let Some(gate) = state.sandbox.approvals() else { return problem(StatusCode::SERVICE_UNAVAILABLE, "no queue") };
-    match gate.list(q.status).await {
+    match state.gate.list(q.status).await {
         Ok(items) => axum::Json(items).into_response(),
         Err(e) => fault("the approvals queue", &e),
     }
@@ -416,9 +418,8 @@ async fn show_approval(State(state): State<Shared>, headers: HeaderMap, Path(id)
     if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals/{id}").await {
         return r;
     }
-    let Some(gate) = state.sandbox.approvals() else { return problem(StatusCode::SERVICE_UNAVAILABLE, "no queue") };
     let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
-    match gate.get(id).await {
+    match state.gate.get(id).await {
         Ok(Some(item)) => axum::Json(item).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
         Err(e) => fault("the approvals queue", &e),
@@ -465,8 +466,7 @@ async fn decide_approval(
 /// Decides an item as `caller`: the item, 404, 409 (already decided or expired).
 async fn decide(state: &AppState, id: i64, approve: bool, caller: &Identity, note: Option<&str>) -> Response {
     use crate::approval::ApprovalError;
-    let Some(gate) = state.sandbox.approvals() else { return problem(StatusCode::SERVICE_UNAVAILABLE, "no queue") };
-    match gate.decide(id, approve, &caller.name, note).await {
+    match state.gate.decide(id, approve, &caller.name, note).await {
         Ok(item) => axum::Json(item).into_response(),
         Err(ApprovalError::NotFound(_)) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
         Err(e @ ApprovalError::Decided { .. }) => problem(StatusCode::CONFLICT, &e.to_string()),
@@ -509,12 +509,9 @@ async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
             (format!("breaker=\"{}\"", b.name), v)
         })
         .collect();
-    let pending = match state.sandbox.approvals() {
-        Some(gate) => match gate.list(Some("pending".into())).await {
-            Ok(items) => items.len() as f64,
-            Err(e) => return fault("the approvals queue", &e),
-        },
-        None => 0.0,
+    let pending = match state.gate.list(Some("pending".into())).await {
+        Ok(items) => items.len() as f64,
+        Err(e) => return fault("the approvals queue", &e),
     };
     let running = vec![(String::new(), state.sandbox.running() as f64)];
     let text = state.metrics.render(&[

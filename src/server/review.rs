@@ -167,10 +167,7 @@ fn fingerprint(items: &[Item]) -> String {
 }
 
 async fn load(state: &Shared) -> Result<(Vec<Item>, Vec<Item>), Response> {
-    let Some(gate) = state.sandbox.approvals() else {
-        return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "no approvals queue"));
-    };
-    let items = gate.list(None).await.map_err(|e| super::fault("the approvals queue", &e))?;
+    let items = state.gate.list(None).await.map_err(|e| super::fault("the approvals queue", &e))?;
     let (pending, decided): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.status == "pending");
     Ok((pending, decided.into_iter().take(RECENT).collect()))
 }
