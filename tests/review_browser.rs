@@ -117,9 +117,14 @@ async fn review(c: &fantoccini::Client, base: &str, id: i64) -> Result<(), Strin
     // A token without the approve role does not sign in.
     c.find(Locator::Id("token")).await.map_err(e("token field"))?.send_keys(SUBMIT).await.map_err(e("type"))?;
     c.find(Locator::Id("login")).await.map_err(e("sign-in button"))?.click().await.map_err(e("click"))?;
-    let body = c.find(Locator::Css("body")).await.map_err(e("body"))?.text().await.map_err(e("text"))?;
-    if !body.contains("lacks the approve role") {
-        return Err(format!("a submit-only token signed in: {body}"));
+    // The refusal page replaces the form once the submission is answered.
+    c.wait()
+        .at_most(wait)
+        .for_element(Locator::XPath("//p[@id='message' and contains(., 'lacks the approve role')]"))
+        .await
+        .map_err(e("the refusal of a submit-only token"))?;
+    if c.find(Locator::Id("who")).await.is_ok() {
+        return Err("a submit-only token signed in".into());
     }
     c.find(Locator::Id("token")).await.map_err(e("token field"))?.send_keys(APPROVE).await.map_err(e("type"))?;
     c.find(Locator::Id("login")).await.map_err(e("sign-in button"))?.click().await.map_err(e("click"))?;

@@ -153,7 +153,7 @@ setInterval(function(){fetch('/review/state',{credentials:'same-origin'}).then(f
 fn login_page(message: &str, status: StatusCode) -> Response {
     let nonce = random_hex(16).unwrap_or_default();
     let body = format!(
-        "<h1>Terrarium review</h1><p>{}</p><form method=post action=/review/login>\
+        "<h1>Terrarium review</h1><p id=message>{}</p><form method=post action=/review/login>\
          <label>Token with the approve role <input id=token name=token type=password autocomplete=off></label> \
          <button id=login>Sign in</button></form>",
         escape(message)
