@@ -5,14 +5,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use terrarium::command::{CommandRules, Decision, decide, quote, split};
+use terrarium::command::{CommandRules, Decision, decide, quote_words, split};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else { return };
     if let Ok(words) = split(line) {
         assert!(!words.is_empty(), "an accepted line has a program");
-        let quoted: Vec<String> = words.iter().map(|w| quote(w)).collect();
-        let again = split(&quoted.join(" ")).expect("quoted words split");
+        let again = split(&quote_words(&words)).expect("quoted words split");
         assert_eq!(words, again, "round trip changed the words of {line:?}");
     }
     match decide(line, &CommandRules::default_rules()) {

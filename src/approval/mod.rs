@@ -80,6 +80,21 @@ pub struct Item {
     pub outcome: Option<serde_json::Value>,
 }
 
+/// The statuses an item can have.
+pub const STATUSES: [&str; 4] = ["pending", "approved", "denied", "expired"];
+
+/// Checks a status a caller filters by.
+///
+/// # Errors
+/// `"{status:?}: expected pending, approved, denied or expired"`.
+pub fn check_status(status: &str) -> Result<(), String> {
+    if STATUSES.contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("{status:?}: expected pending, approved, denied or expired"))
+    }
+}
+
 /// The note on an item expired because the process waiting for it ended.
 pub const ORPHANED: &str = "the process waiting for it ended";
 

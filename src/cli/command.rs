@@ -100,12 +100,8 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
     let gate = open_gate(args.db)?;
     match args.command {
         ApprovalsCommand::List { status } => {
-            if let Some(s) = &status
-                && !["pending", "approved", "denied", "expired"].contains(&s.as_str())
-            {
-                return Err(CliError::usage(anyhow::anyhow!(
-                    "--status {s:?}: expected pending, approved, denied or expired"
-                )));
+            if let Some(Err(why)) = status.as_deref().map(crate::approval::check_status) {
+                return Err(CliError::usage(anyhow::anyhow!("--status {why}")));
             }
             for item in super::runtime()?.block_on(gate.list(status)).map_err(|e| host(e.into()))? {
                 println!("{}", serde_json::to_string(&item).unwrap_or_default());
@@ -154,5 +150,5 @@ fn command_line(words: &[String]) -> String {
     if let [line] = words {
         return line.clone();
     }
-    words.iter().map(|w| crate::command::quote(w)).collect::<Vec<_>>().join(" ")
+    crate::command::quote_words(words)
 }

@@ -187,6 +187,11 @@ pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
+/// `words` as one command line that [`split`] gives back word for word.
+pub fn quote_words(words: &[String]) -> String {
+    words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
+}
+
 fn dollar_reason(next: Option<char>) -> String {
     match next {
         Some('(') => "`$(…)` is command substitution".into(),

@@ -362,9 +362,7 @@ async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
     };
     let line = match (b.command, b.argv) {
         (Some(line), None) => line,
-        (None, Some(argv)) if !argv.is_empty() => {
-            argv.iter().map(|w| crate::command::quote(w)).collect::<Vec<_>>().join(" ")
-        }
+        (None, Some(argv)) if !argv.is_empty() => crate::command::quote_words(&argv),
         _ => return problem(StatusCode::BAD_REQUEST, "give exactly one of command (a line) or argv (its words)"),
     };
     let policy = state.sandbox.policy();
@@ -400,13 +398,8 @@ async fn list_approvals(State(state): State<Shared>, headers: HeaderMap, Query(q
     if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals").await {
         return r;
     }
-    if let Some(s) = &q.status
-        && !["pending", "approved", "denied", "expired"].contains(&s.as_str())
-    {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            &format!("status {s:?}: expected pending, approved, denied or expired"),
-        );
+    if let Some(Err(why)) = q.status.as_deref().map(crate::approval::check_status) {
+        return problem(StatusCode::BAD_REQUEST, &format!("status {why}"));
     }
     match state.gate.list(q.status).await {
         Ok(items) => axum::Json(items).into_response(),
