@@ -26,8 +26,9 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
     // A command that needs approval is denied at once, unless the caller waits for
     // a human's decision in the queue.
     let wait = match args.wait {
-        Some(secs) if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 => {
-            return Err(CliError::usage(anyhow::anyhow!("--wait {secs}: expected 0 < SECS ≤ 86400")));
+        Some(secs) if !secs.is_finite() || secs <= 0.0 || secs > crate::policy::MAX_APPROVAL_SECS => {
+            let most = crate::policy::MAX_APPROVAL_SECS;
+            return Err(CliError::usage(anyhow::anyhow!("--wait {secs}: expected 0 < SECS ≤ {most}")));
         }
         Some(secs) if !args.check => Some(std::time::Duration::from_secs_f64(secs)),
         _ => None,

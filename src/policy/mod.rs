@@ -215,8 +215,9 @@ impl Default for ApprovalPolicy {
 
 /// How long a critical operation waits for a human when the policy does not say.
 const DEFAULT_APPROVAL_SECS: u64 = 300;
-/// The longest `approvals.timeout`: a day.
-const MAX_APPROVAL_SECS: f64 = 86_400.0;
+/// The longest `approvals.timeout`, and the longest a caller may wait for a
+/// decision: a day.
+pub const MAX_APPROVAL_SECS: f64 = 86_400.0;
 
 /// The `commands` section: system commands that may run (in the docker tier) and
 /// those that never do. Checked by [`crate::command::decide`].

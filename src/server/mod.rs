@@ -232,6 +232,19 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(bytes).map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
 }
 
+/// A `submit` request's caller and JSON body: the token first, then the body (up
+/// to the limit), then its parse.
+async fn submitted<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+    body: Body,
+) -> Result<(Identity, T), Response> {
+    let caller = authorize(state, headers, Role::Submit, what).await?;
+    let bytes = read_body(state, body).await?;
+    Ok((caller, parse(&bytes)?))
+}
+
 /// `POST /v1/execute`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,18 +321,13 @@ fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
 }
 
 async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let caller = match authorize(&state, &headers, Role::Submit, "POST /v1/execute").await {
-        Ok(c) => c,
+    let (caller, b) = match submitted::<ExecuteBody>(&state, &headers, "POST /v1/execute", body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let bytes = match read_body(&state, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req = match parse::<ExecuteBody>(&bytes).map(ExecuteBody::request) {
-        Ok(Ok(r)) => r,
-        Ok(Err(why)) => return problem(StatusCode::BAD_REQUEST, &why),
-        Err(r) => return r,
+    let req = match b.request() {
+        Ok(r) => r,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
     };
     tracing::info!(caller = caller.name, id = ?req.id, "execute");
     match state.sandbox.execute(req).await {
@@ -348,16 +356,8 @@ struct CommandBody {
 }
 
 async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let caller = match authorize(&state, &headers, Role::Submit, "POST /v1/commands").await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let bytes = match read_body(&state, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let b: CommandBody = match parse(&bytes) {
-        Ok(b) => b,
+    let (caller, b) = match submitted::<CommandBody>(&state, &headers, "POST /v1/commands", body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let line = match (b.command, b.argv) {
