@@ -213,11 +213,17 @@ async fn refuse_caller(state: &AppState, code: StatusCode, what: &str, name: Opt
 
 /// A 500 that names only a reference; the details go to the log.
 fn fault(what: &str, error: &dyn std::fmt::Display) -> Response {
-    let mut reference = [0u8; 6];
-    let _ = getrandom::getrandom(&mut reference);
-    let reference: String = reference.iter().map(|b| format!("{b:02x}")).collect();
+    let reference = random_hex(6).unwrap_or_else(|| "0".repeat(12));
     tracing::error!(reference, error = %error, "{what} failed");
     problem(StatusCode::INTERNAL_SERVER_ERROR, &format!("{what} failed (reference {reference} in the server log)"))
+}
+
+/// `bytes` random bytes from the OS, in hex (session ids, CSRF tokens, nonces,
+/// fault references); `None` when the OS has no randomness to give.
+fn random_hex(bytes: usize) -> Option<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// The body, read only up to the limit.

@@ -29,7 +29,7 @@ use ruff_text_size::Ranged;
 use serde::Deserialize;
 
 use super::auth::{Identity, Role};
-use super::{Shared, problem};
+use super::{Shared, problem, random_hex};
 use crate::approval::Item;
 
 /// The session cookie's name.
@@ -53,12 +53,6 @@ struct Session {
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
-}
-
-fn random_hex(bytes: usize) -> Option<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::getrandom(&mut b).ok()?;
-    Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl Sessions {
