@@ -485,6 +485,7 @@ impl Sandbox {
                     "outcome",
                     serde_json::json!({
                         "code_sha256": sha, "tier": o.tier, "status": o.status, "error": o.error, "usage": o.usage,
+                        "guest_word": o.guest_word(),
                     }),
                 ));
             }

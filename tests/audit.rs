@@ -66,6 +66,34 @@ fn an_edited_row_is_named() {
 }
 
 #[test]
+fn an_edited_column_of_any_kind_is_named() {
+    // See: issue 15 (the id column could be edited and verify still said intact).
+    for (column, value) in [("uid", "'forged'"), ("ts_us", "1"), ("kind", "'nothing'"), ("request_id", "'r'")] {
+        let (_d, path) = fresh(6);
+        sql(&path, &format!("UPDATE events SET {column} = {value} WHERE seq = 3"));
+        let (_, problems) = audit::verify(&path).expect("verify");
+        assert_eq!(problems, ["row 3: its content does not match its hash (edited)"], "{column}");
+    }
+}
+
+#[test]
+fn edited_stored_code_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, database_breaker()).expect("open");
+    let e = Event { kind: "test".into(), request_id: None, data: serde_json::json!({}), code: Some("print(1)".into()) };
+    log.record(e).expect("record");
+    log.flush(Duration::from_secs(5)).expect("flush");
+    log.close();
+    sql(&path, "UPDATE code SET text = 'print(2)'");
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("stored code ") && problems[0].ends_with("its text does not match its hash (edited)")
+    );
+}
+
+#[test]
 fn a_deleted_row_is_named() {
     let (_d, path) = fresh(10);
     sql(&path, "DELETE FROM events WHERE seq = 5");

@@ -2,16 +2,18 @@
 //! and findings about constructs that reach interpreter internals.
 //!
 //! # Security
-//! Analysis is a first wall, not the only one: everything it refuses statically is
-//! also refused at run time (guarded `getattr`, `__import__`, `str.format`), because
-//! names can be built at run time. It caps nesting depth so that neither the
-//! compiler nor the interpreter recurses deep enough to exhaust a stack.
+//! Analysis is an early refusal with a good message, not a wall: names can be built
+//! at run time, so the interpreter tier's walls are below Python (the attributes
+//! that hand out interpreter internals are removed from its types), and the CPython
+//! tiers' behind WASI and the container. What analysis must do itself is cap
+//! nesting depth, so that neither the compiler nor the interpreter recurses deep
+//! enough to exhaust a stack.
 //!
 //! Parsing recurses with the depth of the source; call [`analyze`] on a thread with
 //! a large stack (the rustpython tier's workers have one).
 
 use ruff_python_ast::visitor::{self, Visitor};
-use ruff_python_ast::{Expr, Stmt};
+use ruff_python_ast::{Expr, Pattern, Stmt};
 use ruff_text_size::Ranged;
 
 /// Deepest expression or statement nesting accepted (CPython's own parser stops
@@ -41,7 +43,6 @@ pub const DENIED_ATTRS: &[&str] = &[
     "f_code",
     "f_trace",
     "tb_frame",
-    "tb_next",
     "co_code",
     "co_consts",
     "co_names",
@@ -151,6 +152,14 @@ pub const SAFE_DUNDERS: &[&str] = &[
     "__length_hint__",
     "__copy__",
     "__deepcopy__",
+    // Exception chaining and generic aliases: the interpreter tier's walls do not
+    // depend on these names being absent.
+    "__cause__",
+    "__context__",
+    "__suppress_context__",
+    "__traceback__",
+    "__notes__",
+    "__orig_class__",
 ];
 
 /// Whether snippets may use attribute `name`.
@@ -297,6 +306,24 @@ impl<'a> Visitor<'a> for Inspector<'_> {
                 }
                 self.out.imports.push(Import { module, level: imp.level, line });
             }
+            // `__match_args__` names the attributes positional class patterns read.
+            Stmt::Assign(assign)
+                if assign.targets.iter().any(|t| matches!(t, Expr::Name(n) if n.id.as_str() == "__match_args__")) =>
+            {
+                let names: &[Expr] = match &*assign.value {
+                    Expr::Tuple(t) => &t.elts,
+                    Expr::List(l) => &l.elts,
+                    _ => &[],
+                };
+                for name in names {
+                    if let Expr::StringLiteral(lit) = name
+                        && !attr_allowed(lit.value.to_str())
+                    {
+                        let message = format!("attribute {:?} is not accessible in the sandbox", lit.value.to_str());
+                        self.deny(line, message);
+                    }
+                }
+            }
             _ => {}
         }
         if self.enter(line) {
@@ -320,11 +347,14 @@ impl<'a> Visitor<'a> for Inspector<'_> {
                 name @ ("exec" | "eval" | "compile" | "__import__") => {
                     self.warn(line, format!("{name}() runs code or imports built at run time"));
                 }
-                name @ ("getattr" | "setattr" | "delattr" | "hasattr")
-                    if call.arguments.args.get(1).is_some_and(|a| !matches!(a, Expr::StringLiteral(_))) =>
-                {
-                    self.warn(line, format!("{name}() with an attribute name computed at run time"));
-                }
+                name @ ("getattr" | "setattr" | "delattr" | "hasattr") => match call.arguments.args.get(1) {
+                    Some(Expr::StringLiteral(lit)) if !attr_allowed(lit.value.to_str()) => {
+                        let message = format!("attribute {:?} is not accessible in the sandbox", lit.value.to_str());
+                        self.deny(line, message);
+                    }
+                    Some(Expr::StringLiteral(_)) | None => {}
+                    Some(_) => self.warn(line, format!("{name}() with an attribute name computed at run time")),
+                },
                 _ => {}
             }
         }
@@ -332,6 +362,19 @@ impl<'a> Visitor<'a> for Inspector<'_> {
             visitor::walk_expr(self, expr);
         }
         self.depth -= 1;
+    }
+
+    fn visit_pattern(&mut self, pattern: &'a Pattern) {
+        // `case C(name=...)` reads attribute `name` of the subject.
+        if let Pattern::MatchClass(class) = pattern {
+            let line = self.line_of(pattern);
+            for kw in &class.arguments.keywords {
+                if !attr_allowed(kw.attr.as_str()) {
+                    self.deny(line, format!("attribute {:?} is not accessible in the sandbox", kw.attr.as_str()));
+                }
+            }
+        }
+        visitor::walk_pattern(self, pattern);
     }
 }
 
@@ -356,6 +399,9 @@ mod tests {
             "g.gi_frame.f_back",
             "f'{x.__globals__}'",
             "from json import __builtins__",
+            "match getattr:\n    case object(__globals__=g):\n        pass",
+            "getattr(f, '__globals__')",
+            "class C:\n    __match_args__ = ('__globals__',)",
         ] {
             assert!(analyze(code).denial().is_some(), "{code} should be refused");
         }

@@ -1,8 +1,11 @@
 //! The audit log: every request and decision, in SQLite, hash-chained.
 //!
-//! One row per event (`events`: seq, time, kind, request id, JSON data, the previous
-//! row's hash and this row's hash, where `hash = sha256(prev_hash, seq, time, kind,
-//! request id, data)`); snippet source is stored once per sha256 (`code`).
+//! One row per event (`events`: seq, random id, time, kind, request id, JSON data,
+//! the previous row's hash and this row's hash, where `hash = sha256("v2", prev_hash,
+//! seq, id, time, kind, request id, data)`: every column); snippet source is stored
+//! once per sha256 (`code`), and [`verify`] checks each text against its key. Rows
+//! written before the hash covered the id (no "v2") still verify, as long as they
+//! all come before the first row that does.
 //!
 //! Writing is in two steps. [`AuditLog::record`] appends the event to this
 //! process's journal (`audit.db.journal.<pid>.<start>`, one `write`: once it
@@ -182,13 +185,36 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn row_hash(prev: &str, seq: i64, ts_us: i64, kind: &str, request_id: Option<&str>, data: &str) -> String {
+/// One row's fields, as the chain hashes them.
+struct RowFields<'a> {
+    prev: &'a str,
+    seq: i64,
+    uid: &'a str,
+    ts_us: i64,
+    kind: &'a str,
+    request_id: Option<&'a str>,
+    data: &'a str,
+}
+
+fn hash_parts(parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for part in [prev, &seq.to_string(), &ts_us.to_string(), kind, request_id.unwrap_or(""), data] {
+    for part in parts {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
     hex(&h.finalize())
+}
+
+/// The chain hash of a row: every column but the hash itself.
+fn row_hash(r: &RowFields<'_>) -> String {
+    let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
+    hash_parts(&["v2", r.prev, &seq, r.uid, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
+}
+
+/// The hash rows had before it covered their id (verified, never written).
+fn legacy_row_hash(r: &RowFields<'_>) -> String {
+    let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
+    hash_parts(&[r.prev, &seq, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
 }
 
 fn db_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -543,7 +569,15 @@ fn commit_events(conn: &mut Connection, events: &[Pending], replay: bool) -> rus
             }
         }
         seq += 1;
-        let hash = row_hash(&prev, seq, e.ts_us, &e.kind, e.request_id.as_deref(), &e.data);
+        let hash = row_hash(&RowFields {
+            prev: &prev,
+            seq,
+            uid: &e.uid,
+            ts_us: e.ts_us,
+            kind: &e.kind,
+            request_id: e.request_id.as_deref(),
+            data: &e.data,
+        });
         tx.prepare_cached(
             "INSERT INTO events (seq, uid, ts_us, kind, request_id, data, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -717,18 +751,21 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
     let recovered = recover(path);
     let c = read_only(path)?;
     let mut stmt = c
-        .prepare("SELECT seq, ts_us, kind, request_id, data, prev_hash, hash FROM events ORDER BY seq")
+        .prepare("SELECT seq, ts_us, kind, request_id, data, prev_hash, hash, uid FROM events ORDER BY seq")
         .map_err(|e| db_err(path, e))?;
     let rows = stmt
         .query_map([], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
+                (
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                ),
                 r.get::<_, String>(5)?,
                 r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
             ))
         })
         .map_err(|e| db_err(path, e))?;
@@ -742,20 +779,41 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         .optional()
         .unwrap_or(None);
     let (first, genesis) = anchor.map_or((1, GENESIS.to_string()), |(s, h)| (s + 1, h));
-    let (mut expected, mut prev, mut count) = (first, genesis, 0u64);
+    let (mut expected, mut prev, mut count, mut v2_seen) = (first, genesis, 0u64, false);
     for row in rows {
-        let (seq, ts, kind, rid, data, prev_hash, hash) = row.map_err(|e| db_err(path, e))?;
+        let ((seq, ts, kind, rid, data), prev_hash, hash, uid) = row.map_err(|e| db_err(path, e))?;
         count += 1;
         if seq != expected {
             problems.push(format!("rows {expected}..{} are missing (deleted)", seq - 1));
         } else if prev_hash != prev {
             problems.push(format!("row {seq}: does not follow row {} (rows reordered, replaced or inserted)", seq - 1));
         }
-        if row_hash(&prev_hash, seq, ts, &kind, rid.as_deref(), &data) != hash {
+        let fields = RowFields {
+            prev: &prev_hash,
+            seq,
+            uid: &uid,
+            ts_us: ts,
+            kind: &kind,
+            request_id: rid.as_deref(),
+            data: &data,
+        };
+        if row_hash(&fields) == hash {
+            v2_seen = true;
+        } else if v2_seen || legacy_row_hash(&fields) != hash {
             problems.push(format!("row {seq}: its content does not match its hash (edited)"));
         }
         expected = seq + 1;
         prev = hash;
+    }
+    drop(stmt);
+    let mut texts = c.prepare("SELECT sha256, text FROM code").map_err(|e| db_err(path, e))?;
+    let code =
+        texts.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| db_err(path, e))?;
+    for row in code {
+        let (sha, text) = row.map_err(|e| db_err(path, e))?;
+        if sha256_hex(text.as_bytes()) != sha {
+            problems.push(format!("stored code {sha}: its text does not match its hash (edited)"));
+        }
     }
     if let Ok(head) = std::fs::read_to_string(head_path(path)) {
         let mut parts = head.split_whitespace();
@@ -843,9 +901,16 @@ mod tests {
 
     #[test]
     fn the_row_hash_covers_every_field_unambiguously() {
-        let a = row_hash(GENESIS, 1, 5, "ab", Some("c"), "{}");
-        assert_ne!(a, row_hash(GENESIS, 1, 5, "a", Some("bc"), "{}"), "field boundaries must count");
-        assert_ne!(a, row_hash(GENESIS, 2, 5, "ab", Some("c"), "{}"));
-        assert_eq!(a, row_hash(GENESIS, 1, 5, "ab", Some("c"), "{}"));
+        let base =
+            RowFields { prev: GENESIS, seq: 1, uid: "u", ts_us: 5, kind: "ab", request_id: Some("c"), data: "{}" };
+        let a = row_hash(&base);
+        assert_ne!(a, row_hash(&RowFields { kind: "a", request_id: Some("bc"), ..base }), "field boundaries count");
+        assert_ne!(a, row_hash(&RowFields { seq: 2, ..base }));
+        assert_ne!(a, row_hash(&RowFields { uid: "v", ..base }), "the id is covered");
+        assert_ne!(a, row_hash(&RowFields { ts_us: 6, ..base }));
+        assert_ne!(a, row_hash(&RowFields { data: "{ }", ..base }));
+        assert_ne!(a, row_hash(&RowFields { prev: "x", ..base }));
+        assert_ne!(a, legacy_row_hash(&base), "the two formats never collide");
+        assert_eq!(a, row_hash(&RowFields { ..base }));
     }
 }

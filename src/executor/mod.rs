@@ -212,6 +212,18 @@ impl Outcome {
         self.error = Some(ErrorInfo { kind: kind.into(), message: message.into() });
     }
 
+    /// The fields of this outcome that are the guest's word rather than the host's
+    /// observation: a snippet may control the process it runs in, so what it
+    /// printed, its value, whether it raised and with what are its own account. The
+    /// tier, the route, usage, and every limit and denial status are the host's.
+    pub fn guest_word(&self) -> &'static [&'static str] {
+        match self.status {
+            Status::Ok => &["status", "stdout", "stderr", "result"],
+            Status::Exception => &["status", "stdout", "stderr", "error"],
+            _ => &["stdout", "stderr"],
+        }
+    }
+
     /// An `ok` outcome with nothing in it yet, for a tier to fill in as its run ends.
     pub fn blank(tier: Tier) -> Outcome {
         let mut o = Outcome::refused(None, tier, Status::Ok, "", "");

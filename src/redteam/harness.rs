@@ -184,6 +184,44 @@ impl Drop for Watch {
     }
 }
 
+/// What an interpreter-tier run's outcome shows it reached inside the interpreter:
+/// a module outside `allowed`, the real builtins (`exec`, `open`, `__import__`,
+/// ... as the builtin functions themselves), a frame, a code object or the import
+/// machinery. On the interpreter tier these are capabilities even with no host
+/// effect, because the walls there are the interpreter's own. (On the CPython
+/// tiers they are not: the wall is WASI or the container, and the interpreter's
+/// internals are the guest's.)
+pub fn capabilities_in(text: &str, allowed: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("<module '") {
+        let rest = &text[at + "<module '".len()..];
+        let name = rest.split('\'').next().unwrap_or_default();
+        if !crate::policy::module_allowed(allowed, name) {
+            found.push(format!("capability: module {name:?}, outside the policy, reached"));
+        }
+    }
+    for real in ["exec", "eval", "compile", "open", "__import__", "breakpoint", "input", "vars", "__build_class__"] {
+        if text.contains(&format!("<built-in function {real}>")) {
+            found.push(format!("capability: the real builtin {real}() reached"));
+        }
+    }
+    for (sign, what) in [
+        ("<frame ", "a frame"),
+        ("<frame object", "a frame"),
+        ("<code object", "a code object"),
+        ("_frozen_importlib", "the import machinery"),
+        ("BuiltinImporter", "the import machinery"),
+        ("FrozenImporter", "the import machinery"),
+    ] {
+        if text.contains(sign) {
+            found.push(format!("capability: {what} reached"));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +256,16 @@ mod tests {
         let dir = w.dir().to_path_buf();
         drop(w);
         assert!(!dir.exists(), "the harness cleans up its own directory");
+    }
+
+    #[test]
+    fn capabilities_are_read_from_what_a_run_printed() {
+        let allowed: std::collections::BTreeSet<String> = ["json".to_string(), "math".to_string()].into();
+        assert!(capabilities_in("<module 'json'> <module 'json.decoder'> 42", &allowed).is_empty());
+        let found =
+            capabilities_in("<module 'sys' (built-in)> <built-in function exec> <frame object at 0x1>", &allowed);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(capabilities_in("<code object f at 0x1>", &allowed)[0].contains("code object"));
+        assert!(capabilities_in("<function _denied_builtin.<locals>.denied at 0x1>", &allowed).is_empty());
     }
 }

@@ -47,11 +47,12 @@ pub const CATEGORIES: &[&str] = &[
     "resource_exhaustion",
     "state_leakage",
     "tier_specific",
+    "interpreter_internals",
 ];
 
 /// The host effects an attack may aim at.
 pub const EFFECTS: &[&str] =
-    &["secret_read", "connection", "marker_file", "outlives", "state_leak", "host_dead", "overrun"];
+    &["secret_read", "connection", "marker_file", "outlives", "state_leak", "host_dead", "overrun", "capability"];
 
 /// Statuses an attack may list as contained (`refused`: the sandbox refused the
 /// request before any tier ran it, e.g. code over `max_code_size`). `denied` and
@@ -65,6 +66,7 @@ const PLACEHOLDERS: &[&str] = &["SECRET_PATH", "SECRET_DIR", "MARKER", "MARKER_D
 const BUILTIN: &[(&str, &str)] = &[
     ("import_bypass.yaml", include_str!("../../redteam/corpus/import_bypass.yaml")),
     ("introspection.yaml", include_str!("../../redteam/corpus/introspection.yaml")),
+    ("interpreter_internals.yaml", include_str!("../../redteam/corpus/interpreter_internals.yaml")),
     ("builtins_tampering.yaml", include_str!("../../redteam/corpus/builtins_tampering.yaml")),
     ("filesystem.yaml", include_str!("../../redteam/corpus/filesystem.yaml")),
     ("network.yaml", include_str!("../../redteam/corpus/network.yaml")),
@@ -632,6 +634,10 @@ async fn run_job(sandbox: &Sandbox, watch: &harness::Watch, tier: Tier, timeout:
         match result {
             Ok(o) => {
                 v.effects.extend(watch.effects_in(&outcome_text(&o), &job.tokens[from]));
+                if tier == Tier::Rustpython {
+                    let reached = harness::capabilities_in(&outcome_text(&o), sandbox.policy().allowed_modules());
+                    v.effects.extend(reached);
+                }
                 if o.status == Status::Timeout {
                     v.overshoot_ms.push(u64::try_from(elapsed.saturating_sub(timeout).as_millis()).unwrap_or(u64::MAX));
                 }

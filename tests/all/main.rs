@@ -22,6 +22,8 @@ mod escape_builtins;
 mod escape_docker;
 #[path = "../escape_imports.rs"]
 mod escape_imports;
+#[path = "../escape_interpreter.rs"]
+mod escape_interpreter;
 #[path = "../escape_introspection.rs"]
 mod escape_introspection;
 #[path = "../escape_seccomp.rs"]

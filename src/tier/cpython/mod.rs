@@ -7,9 +7,14 @@
 //! # Security invariant
 //! The prelude is policy, not the wall (each tier's sandbox is the wall), but it is
 //! the same policy in both tiers: the same whitelist, the same refusals, the same
-//! statuses. The status line is found by a random nonce the snippet is not told
-//! before it runs; only the last one counts, and the prelude writes it after the
-//! snippet has finished.
+//! statuses. The snippet runs in the same interpreter as the prelude, so it can
+//! read the nonce and write lines of its own: what the status line says (`ok` or
+//! `exception`, the value) is the guest's word about its own output. A denial is
+//! not: the prelude writes each one to stderr, unbuffered, the moment it happens,
+//! before the snippet regains control, and the host reads every denial line;
+//! stderr cannot be taken back, so a run with a denial is `denied` whatever it
+//! prints or claims afterwards. Limits (deadline, fuel, memory, output) are the
+//! host's own observation.
 
 use crate::executor::{Outcome, Status, Tier};
 use crate::policy::Policy;
@@ -61,18 +66,55 @@ pub(crate) fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32
     }
 }
 
-/// Splits the prelude's status line (`\n<nonce> {json}\n`, the last one) off stderr.
-pub(crate) fn split_status(stderr: &str, nonce: &str) -> (String, Option<String>) {
-    let ready = format!("\n{nonce} ready\n");
-    let stderr = &stderr.replacen(&ready, "", 1);
-    let marker = format!("\n{nonce} ");
-    match stderr.rfind(&marker) {
-        Some(at) => {
-            let line = stderr[at + marker.len()..].trim_end_matches('\n').to_string();
-            (stderr[..at].to_string(), Some(line))
-        }
-        None => (stderr.to_string(), None),
+/// Makes a run that sent a denial line `denied`, however it ended otherwise (a
+/// deadline excepted: the host's own kill stands).
+pub(crate) fn apply_denial(o: &mut Outcome, denial: Option<&str>) {
+    if let Some(reason) = denial
+        && o.status != Status::Timeout
+    {
+        o.result = None;
+        o.end(Status::Denied, "PolicyDenied", reason);
     }
+}
+
+/// What the host reads from a CPython run's stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    /// The guest's stderr, without the prelude's lines.
+    pub stderr: String,
+    /// The last status line's JSON (`\n<nonce> {...}`).
+    pub status_line: Option<String>,
+    /// The first denial line's reason (`\n<nonce> denied "..."`).
+    pub denial: Option<String>,
+}
+
+/// Splits the prelude's lines off stderr: the ready marker, every denial line (the
+/// first one's reason is kept), and the last status line.
+pub(crate) fn split_status(stderr: &str, nonce: &str) -> Report {
+    let ready = format!("\n{nonce} ready\n");
+    let mut text = stderr.replacen(&ready, "", 1);
+    let denied = format!("\n{nonce} denied ");
+    let mut denial = None;
+    while let Some(at) = text.find(&denied) {
+        let rest = &text[at + denied.len()..];
+        let end = rest.find('\n').unwrap_or(rest.len());
+        if denial.is_none() {
+            // A line that does not parse still denies: the guest can add denials.
+            let reason = serde_json::from_str::<String>(&rest[..end]).unwrap_or_else(|_| rest[..end].to_string());
+            denial = Some(reason);
+        }
+        let stop = (at + denied.len() + end + 1).min(text.len());
+        text.replace_range(at..stop, "");
+    }
+    let marker = format!("\n{nonce} {{");
+    let (stderr, status_line) = match text.rfind(&marker) {
+        Some(at) => {
+            let line = text[at + marker.len() - 1..].trim_end_matches('\n').to_string();
+            (text[..at].to_string(), Some(line))
+        }
+        None => (text, None),
+    };
+    Report { stderr, status_line, denial }
 }
 
 /// The line the prelude ends stdout with when asked to (`mark`).
@@ -85,10 +127,11 @@ pub(crate) fn stdout_end(nonce: &str) -> String {
 /// outcome both CPython tiers return. Nothing in `stderr` is trusted: any text gives
 /// an outcome, never a panic (the `ipc_decode` fuzz target holds it to that).
 pub fn decode_report(tier: Tier, stderr: &str, nonce: &str, exit: Option<i32>, output_full: bool) -> Outcome {
-    let (err_text, status_line) = split_status(stderr, nonce);
+    let report = split_status(stderr, nonce);
     let mut o = Outcome::blank(tier);
-    o.stderr = err_text;
-    apply_status(&mut o, status_line.as_deref(), exit, output_full);
+    o.stderr = report.stderr;
+    apply_status(&mut o, report.status_line.as_deref(), exit, output_full);
+    apply_denial(&mut o, report.denial.as_deref());
     o
 }
 
@@ -104,10 +147,26 @@ mod tests {
 
     #[test]
     fn the_status_line_is_split_from_stderr() {
-        let (err, line) = split_status("\nabc ready\nwarn\n\nabc {\"kind\": \"ok\"}\n", "abc");
-        assert_eq!(err, "warn\n");
-        assert_eq!(line.as_deref(), Some("{\"kind\": \"ok\"}"));
-        let (err, line) = split_status("no status", "abc");
-        assert_eq!((err.as_str(), line), ("no status", None));
+        let r = split_status("\nabc ready\nwarn\n\nabc {\"kind\": \"ok\"}\n", "abc");
+        assert_eq!(r.stderr, "warn\n");
+        assert_eq!(r.status_line.as_deref(), Some("{\"kind\": \"ok\"}"));
+        assert_eq!(r.denial, None);
+        let r = split_status("no status", "abc");
+        assert_eq!((r.stderr.as_str(), r.status_line, r.denial), ("no status", None, None));
+    }
+
+    #[test]
+    fn a_denial_line_denies_whatever_status_follows() {
+        // See: issue 15 (F9, F10): the snippet caught the PermissionError, cleared
+        // the prelude's record and forged an ok status.
+        let stderr = "\nabc ready\nx\nabc denied \"import of 'os'\"\ny\nabc {\"kind\": \"ok\", \"result\": \"1\"}\n";
+        let o = decode_report(Tier::Wasm, stderr, "abc", Some(0), false);
+        assert_eq!(o.status, Status::Denied);
+        assert_eq!(o.error.map(|e| e.message), Some("import of 'os'".to_string()));
+        assert_eq!(o.result, None);
+        assert_eq!(o.stderr, "xy", "the guest wrote x, then y");
+        // A forged ok without a denial is the guest's word about its own output.
+        let o = decode_report(Tier::Wasm, "\nabc {\"kind\": \"ok\"}\n", "abc", Some(0), false);
+        assert_eq!(o.status, Status::Ok);
     }
 }

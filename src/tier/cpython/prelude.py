@@ -60,12 +60,22 @@ _user_globals = {"__name__": "__main__", "__builtins__": _builtins}
 
 
 # A denial is sticky: the run is reported as denied even if the snippet catches it.
+# Each one goes to the host the moment it happens, as its own line on stderr,
+# flushed before the snippet regains control: the snippet can change this module's
+# state afterwards (it runs in the same interpreter), but not take back a line the
+# host already has.
 _denial = []
+_real_stderr_flush = sys.stderr.flush
 
 
 def _deny(message):
     if not _denial:
         _denial.append(message)
+    try:
+        _real_stderr_write("\n" + _nonce + " denied " + _q(message) + "\n")
+        _real_stderr_flush()
+    except Exception:
+        pass  # stderr past the output cap: the run ends output_limit, not ok
     return PermissionError(message)
 
 

@@ -34,7 +34,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
-use crate::tier::cpython::{PRELUDE, apply_status, nonce, request_text, split_status, stdout_end};
+use crate::tier::cpython::{PRELUDE, apply_denial, apply_status, nonce, request_text, split_status, stdout_end};
 use engine::{Engine, Input, Launch, Output};
 
 /// The program [`DockerExecutor::probe`] runs.
@@ -598,10 +598,11 @@ async fn serve(
             });
         }
     }
-    let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err), &nonce);
+    let report = split_status(&String::from_utf8_lossy(&err), &nonce);
+    let status_line = report.status_line;
     let mut o = Outcome::blank(Tier::Docker);
     o.stdout = String::from_utf8_lossy(&out).into_owned();
-    o.stderr = err_text;
+    o.stderr = report.stderr;
     match (ended, exit) {
         (Ended::Timeout, _) => {
             o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()))
@@ -624,6 +625,7 @@ async fn serve(
         }
         (Ended::Reported | Ended::Exited, _) => apply_status(&mut o, status_line.as_deref(), None, false),
     }
+    apply_denial(&mut o, report.denial.as_deref());
     Ok(o)
 }
 

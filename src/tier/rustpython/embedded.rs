@@ -64,6 +64,12 @@ impl EmbeddedExecutor {
         &self.policy
     }
 
+    /// The modules an interpreter imports before it is sealed: the policy's
+    /// whitelist (requests may only narrow it).
+    fn preload(&self) -> Vec<String> {
+        self.policy.allowed_modules().iter().cloned().collect()
+    }
+
     /// Starts interpreters ahead of demand, so the first requests do not pay for
     /// interpreter creation.
     ///
@@ -71,7 +77,7 @@ impl EmbeddedExecutor {
     /// [`SandboxError::Host`] when an interpreter cannot be built.
     pub async fn warm_up(&self, count: usize) -> Result<(), SandboxError> {
         for _ in 0..count {
-            let w = spawn_worker().await?;
+            let w = spawn_worker(self.preload()).await?;
             self.put_back(w);
         }
         Ok(())
@@ -96,7 +102,7 @@ impl EmbeddedExecutor {
         let _permit = self.slots.acquire().await.map_err(|_| host("the executor is shutting down"))?;
         let worker = match self.take_idle() {
             Some(w) => w,
-            None => spawn_worker().await?,
+            None => spawn_worker(self.preload()).await?,
         };
         let run_id = self.next_run.fetch_add(1, Ordering::Relaxed);
         let timeout = policy.timeout();
@@ -161,14 +167,14 @@ fn host(message: &str) -> SandboxError {
     SandboxError::Host { tier: Tier::Rustpython, message: message.into() }
 }
 
-async fn spawn_worker() -> Result<WorkerHandle, SandboxError> {
-    tokio::task::spawn_blocking(|| {
+async fn spawn_worker(preload: Vec<String>) -> Result<WorkerHandle, SandboxError> {
+    tokio::task::spawn_blocking(move || {
         let (jobs, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("terrarium-rustpython".into())
             .stack_size(WORKER_STACK)
-            .spawn(move || worker::serve(rx, ready_tx))
+            .spawn(move || worker::serve(&preload, rx, ready_tx))
             .map_err(|e| host(&format!("cannot start an interpreter thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(ctrl)) => Ok(WorkerHandle { jobs, ctrl }),

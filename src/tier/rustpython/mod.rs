@@ -20,6 +20,7 @@
 
 pub mod embedded;
 pub mod isolated;
+mod walls;
 mod worker;
 
 pub use embedded::EmbeddedExecutor;

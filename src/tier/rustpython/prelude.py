@@ -3,7 +3,8 @@
 # that snippets get, the guarded importer that hands out module proxies, and the
 # capability-free stand-ins that stdlib modules import instead of host modules.
 #
-# The host injects, as globals of this script:
+# The host injects, as globals of this script (native functions; their state lives
+# in Rust):
 #   _t_write(stream, text)  append to the run's captured stdout (1) or stderr (2)
 #   _t_deny(reason)         end the run as `denied` (returns the exception to raise)
 #   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
@@ -11,68 +12,33 @@
 #   _t_allowed(name)        whether the policy lets snippets import `name`
 #   _t_check(source)        the static analysis' refusal of `source`, or None
 #   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
-#   _t_denied_attrs         attribute names snippets may not use (analysis::DENIED_ATTRS)
-#   _t_safe_dunders         dunder names snippets may use (analysis::SAFE_DUNDERS)
+#   _t_getattr, _t_setattr, _t_delattr, _t_hasattr
+#                           snippets' attribute builtins: they read the name's exact
+#                           str value and refuse what the static analysis refuses
+#   _t_attr_allowed(name)   the same rule, for the checks below
+#   _t_abc_subclasses(cls)  ABCMeta.__subclasses__ (type.__subclasses__ is removed)
+#   _t_globals(), _t_locals()
+#                           globals()/locals() that answer only in snippet code
 #
-# Security: every object a snippet can name is either a restricted builtin, a value
-# it made, or something reached through a module proxy. Proxies carry only public,
-# non-module attributes (and proxies of allowed submodules). Dunder attributes
-# outside a small safe set, and the frame/code/generator internals, are refused
-# both statically (the host's analysis) and at run time (getattr and friends,
-# str.format fields, operator.attrgetter).
+# Security: the walls are below this file. After it runs, the host deletes from the
+# interpreter's types every attribute that hands out interpreter internals (function
+# globals, closures and code, builtin functions' modules, frames, code rebuilding,
+# type.__subclasses__; see walls.rs), so no object here is reachable through a
+# function or a frame, whatever route a snippet takes. What this file adds on top
+# are early refusals with good messages, module proxies (which carry only public,
+# non-module attributes and proxies of allowed submodules), and patches to the few
+# served stdlib modules that used the removed attributes.
 
 import sys
 
 _real_builtins = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
 _real_import = _real_builtins["__import__"]
-_real_getattr = _real_builtins["getattr"]
-_real_setattr = _real_builtins["setattr"]
-_real_delattr = _real_builtins["delattr"]
 _ModuleType = type(sys)
-
-# The attribute rules are the static analysis' own lists (src/analysis/mod.rs).
-DENIED_ATTRS = frozenset(_t_denied_attrs)
-SAFE_DUNDERS = frozenset(_t_safe_dunders)
-
-
-def attr_allowed(name):
-    if not isinstance(name, str):
-        return True  # the real function raises the TypeError
-    if name in DENIED_ATTRS:
-        return False
-    if name.startswith("__"):
-        return name in SAFE_DUNDERS
-    return True
 
 
 def _check_attr(name):
-    if not attr_allowed(name):
-        raise _t_deny("attribute %r is not accessible in the sandbox" % (name,))
-
-
-def _guarded_getattr(obj, name, *default):
-    _check_attr(name)
-    return _real_getattr(obj, name, *default)
-
-
-def _guarded_setattr(obj, name, value):
-    _check_attr(name)
-    return _real_setattr(obj, name, value)
-
-
-def _guarded_delattr(obj, name):
-    _check_attr(name)
-    return _real_delattr(obj, name)
-
-
-def _guarded_hasattr(obj, name):
-    if not attr_allowed(name):
-        return False
-    try:
-        _real_getattr(obj, name)
-    except AttributeError:
-        return False
-    return True
+    if not _t_attr_allowed(name):
+        raise _t_deny("attribute %s is not accessible in the sandbox" % (str.__repr__(name),))
 
 
 # --- str.format: replacement fields can walk attributes ({0.__globals__}) ---------
@@ -115,7 +81,7 @@ def _guarded_attrgetter(*names):
     import operator
     for n in names:
         if isinstance(n, str):
-            for part in n.split("."):
+            for part in str.split(n, "."):
                 _check_attr(part)
     return operator.attrgetter(*names)
 
@@ -143,6 +109,10 @@ def _make_safe_formatter():
 _PROXY_OVERRIDES = {
     "operator": lambda: {"attrgetter": _guarded_attrgetter, "methodcaller": _guarded_methodcaller},
     "string": lambda: {"Formatter": _make_safe_formatter()},
+    # The VM's native typing code (Generic[...], subclassing Generic) looks these
+    # up on whatever `import typing` gives the running frame: the snippet's proxy.
+    "typing": lambda: {n: getattr(sys.modules["typing"], n)
+                       for n in ("_generic_class_getitem", "_generic_init_subclass", "_GenericAlias")},
 }
 # Public names of allowed modules that would hand out host or interpreter access.
 _PROXY_REMOVALS = {
@@ -219,8 +189,8 @@ def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
     _harden_loaded()
     if fromlist:
         for f in fromlist:
-            if isinstance(f, str) and f != "*" and not attr_allowed(f):
-                raise _t_deny("attribute %r is not accessible in the sandbox" % (f,))
+            if isinstance(f, str) and f != "*":
+                _check_attr(f)
         return _proxy(sys.modules[name])
     # Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible.
     parts = name.split(".")
@@ -249,10 +219,12 @@ for _k in ("open", "exec", "eval", "compile", "input", "breakpoint", "vars"):
     _snippet_builtins[_k] = _denied_builtin(_k)
 _snippet_builtins["__build_class__"] = _real_builtins["__build_class__"]
 _snippet_builtins["__import__"] = _guarded_import
-_snippet_builtins["getattr"] = _guarded_getattr
-_snippet_builtins["setattr"] = _guarded_setattr
-_snippet_builtins["delattr"] = _guarded_delattr
-_snippet_builtins["hasattr"] = _guarded_hasattr
+_snippet_builtins["getattr"] = _t_getattr
+_snippet_builtins["setattr"] = _t_setattr
+_snippet_builtins["delattr"] = _t_delattr
+_snippet_builtins["hasattr"] = _t_hasattr
+_snippet_builtins["globals"] = _t_globals
+_snippet_builtins["locals"] = _t_locals
 
 
 # --- stdlib modules that evaluate text as code -------------------------------------
@@ -324,18 +296,16 @@ class _SysView:
     """What the text-evaluating modules see as `sys`: the few attributes they use,
     and a sys.modules limited to their own helpers."""
 
-    _PASS = frozenset(("_getframemodulename", "stdout", "stderr", "_clear_type_descriptors",
+    _PASS = frozenset(("_getframe", "_getframemodulename", "stdout", "stderr", "_clear_type_descriptors",
                        "version_info", "maxsize", "flags", "implementation"))
 
     def __init__(self, modules):
         self.modules = _Modules(modules)
 
     def __getattr__(self, name):
-        if name == "_getframe":
-            return _guarded_getframe
         if name not in _SysView._PASS:
             raise AttributeError("sys.%s is not available here" % (name,))
-        return _real_getattr(sys, name)
+        return getattr(sys, name)
 
 
 _builtins_view = _ModuleType("builtins")
@@ -360,9 +330,31 @@ def _harden_typing(m):
     m.sys = _SysView(())
 
 
+class _NoSignatures:
+    """dataclasses' view of inspect: signatures need function code, which is gone
+    from the interpreter; a dataclass's generated doc string goes without one."""
+
+    @staticmethod
+    def signature(*args, **kwargs):
+        raise ValueError("signatures are not available in the sandbox")
+
+    @staticmethod
+    def unwrap(func, *args, **kwargs):
+        return _real_import("inspect").unwrap(func, *args, **kwargs)
+
+
+def _no_class_cell(f, oldcls, newcls):
+    # dataclass(slots=True) rewrites methods' __class__ cells through __code__ and
+    # __closure__, which no longer exist; methods using zero-argument super() on
+    # such a class see the class before slots were added.
+    return False
+
+
 def _harden_dataclasses(m):
     m.exec, m.sys = _h_exec, _SysView(("dataclasses", "typing"))
     m._process_class = _identifier_fields(m._process_class)
+    m.inspect = _NoSignatures
+    m._update_func_cell_for__class__ = _no_class_cell
 
 
 _HARDEN = {"annotationlib": _harden_annotationlib, "typing": _harden_typing,
@@ -385,21 +377,20 @@ def _harden_loaded():
 
 # --- the interpreter itself: close what stdlib code could be tricked into using --
 
-_real_getframe = sys._getframe
-_builtins_module = _real_import("builtins")
+# type.__subclasses__ is removed (it lists every class, importers included);
+# isinstance() against an ABC asks the ABC for its subclasses, so ABCs keep a
+# native variant that lists only classes with a metaclass of their own.
+import abc as _abc_module
+# Its import-time code reads a frame's f_locals, which the host removes later.
+import _collections_abc as _collections_abc_module
 
 
-def _guarded_getframe(depth=0):
-    """sys._getframe for stdlib internals only: a caller running with snippet
-    builtins is refused, so frames (and their globals) never reach a snippet."""
-    caller = _real_getframe(1)
-    b = caller.f_globals.get("__builtins__")
-    if b is not _builtins_module and b is not _real_builtins:
-        raise _t_deny("sys._getframe is not available to snippets")
-    return _real_getframe(depth + 1)
+def __subclasses__(cls):
+    return _t_abc_subclasses(cls)
 
 
-sys._getframe = _guarded_getframe
+_abc_module.ABCMeta.__subclasses__ = __subclasses__
+del __subclasses__
 
 for _k in ("settrace", "setprofile", "setrecursionlimit", "_current_frames", "_current_exceptions",
            "setswitchinterval", "monitoring", "call_tracing", "addaudithook",
@@ -506,6 +497,14 @@ except Exception:  # the path helpers are a convenience, not a requirement
 _asyncio = _ModuleType("asyncio", "Terrarium stand-in: an event loop with no sockets, pipes or threads.")
 exec(compile(_t_asyncio_source, "<terrarium asyncio>", "exec"), _asyncio.__dict__)
 sys.modules["asyncio"] = _asyncio
+
+
+# Modules whose import-time code reads what the host removes once this file and the
+# policy's modules are loaded (a function's __code__), and that other modules import
+# lazily: load them now, with the stand-ins above in place.
+import types as _types_module
+import importlib.machinery as _importlib_machinery
+import annotationlib as _annotationlib_module
 
 
 def new_globals():

@@ -33,6 +33,8 @@ use crate::analysis;
 use crate::executor::{ErrorInfo, Outcome, Status, Tier, Usage};
 use crate::policy::module_allowed;
 
+use super::walls;
+
 /// The prelude that builds the snippet environment (see its header).
 const PRELUDE: &str = include_str!("prelude.py");
 /// The asyncio stand-in the prelude installs.
@@ -223,6 +225,8 @@ struct RunState {
     max_output: usize,
     deadline: Instant,
     allowed: BTreeSet<String>,
+    /// The snippet's globals, once the run has them.
+    globals: Option<PyObjectRef>,
 }
 
 thread_local! {
@@ -263,12 +267,39 @@ fn native_write(fd: i32, text: PyStrRef, vm: &VirtualMachine) -> PyResult<()> {
     Ok(())
 }
 
-fn native_deny(reason: PyStrRef, vm: &VirtualMachine) -> PyBaseExceptionRef {
-    let reason = reason.as_wtf8().to_string_lossy().into_owned();
+/// Where a run's denials go the moment they happen (the isolated child sends each
+/// to the host at once, so a snippet cannot take one back).
+pub type DenialSink = Box<dyn Fn(&str)>;
+
+thread_local! {
+    static DENIALS: RefCell<Option<DenialSink>> = const { RefCell::new(None) };
+}
+
+/// Sends this thread's denials to `sink` from now on.
+pub fn set_denial_sink(sink: DenialSink) {
+    DENIALS.with(|d| *d.borrow_mut() = Some(sink));
+}
+
+fn report_denial(reason: &str) {
+    DENIALS.with(|d| {
+        if let Some(sink) = d.borrow().as_ref() {
+            sink(reason);
+        }
+    });
+}
+
+/// Ends the current run as denied for `reason` and returns the `PermissionError`
+/// to raise.
+pub(super) fn deny(reason: &str, vm: &VirtualMachine) -> PyBaseExceptionRef {
+    report_denial(reason);
     if let Some((ctrl, run_id)) = with_run(|run| (run.ctrl.clone(), run.run_id)) {
-        ctrl.terminate(run_id, Terminal::Denied, &reason);
+        ctrl.terminate(run_id, Terminal::Denied, reason);
     }
-    vm.new_exception_msg(vm.ctx.exceptions.permission_error.to_owned(), reason.into())
+    vm.new_exception_msg(vm.ctx.exceptions.permission_error.to_owned(), reason.to_owned().into())
+}
+
+fn native_deny(reason: PyStrRef, vm: &VirtualMachine) -> PyBaseExceptionRef {
+    deny(&reason.as_wtf8().to_string_lossy(), vm)
 }
 
 fn native_sleep(secs: ArgIntoFloat, vm: &VirtualMachine) -> PyResult<()> {
@@ -304,6 +335,34 @@ fn native_urandom(n: isize, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
     let mut buf = vec![0u8; n];
     getrandom::getrandom(&mut buf).map_err(|e| vm.new_os_error(format!("entropy unavailable: {e}")))?;
     Ok(vm.ctx.new_bytes(buf).into())
+}
+
+/// Whether the innermost Python frame is the snippet's own code (its globals are
+/// the run's): `globals()` and `locals()` answer only there, so that a stdlib
+/// function calling back a snippet's callable never hands out its own module's
+/// names.
+fn in_snippet_code(vm: &VirtualMachine) -> bool {
+    let current = vm.current_globals();
+    with_run(|run| run.globals.as_ref().is_some_and(|g| g.is(current.as_object()))).unwrap_or(false)
+}
+
+/// Whether `obj` is the running snippet's globals dict.
+pub(super) fn is_run_globals(obj: &PyObjectRef) -> bool {
+    with_run(|run| run.globals.as_ref().is_some_and(|g| g.is(obj))).unwrap_or(false)
+}
+
+fn native_globals(vm: &VirtualMachine) -> PyResult<PyDictRef> {
+    if !in_snippet_code(vm) {
+        return Err(deny("globals() is available only in the snippet's own code", vm));
+    }
+    Ok(vm.current_globals())
+}
+
+fn native_locals(vm: &VirtualMachine) -> PyResult<rustpython_vm::function::ArgMapping> {
+    if !in_snippet_code(vm) {
+        return Err(deny("locals() is available only in the snippet's own code", vm));
+    }
+    vm.current_locals()
 }
 
 fn native_allowed(name: PyStrRef) -> bool {
@@ -376,12 +435,14 @@ impl Worker {
             set("_t_allowed", vm.new_function("_t_allowed", native_allowed).into())?;
             set("_t_check", vm.new_function("_t_check", native_check).into())?;
             set("_t_asyncio_source", vm.ctx.new_str(ASYNCIO_STANDIN).into())?;
-            // One list of attribute rules, shared with the static analysis.
-            let names = |list: &[&str]| -> PyObjectRef {
-                vm.ctx.new_tuple(list.iter().map(|n| vm.ctx.new_str(*n).into()).collect()).into()
-            };
-            set("_t_denied_attrs", names(analysis::DENIED_ATTRS))?;
-            set("_t_safe_dunders", names(analysis::SAFE_DUNDERS))?;
+            set("_t_getattr", vm.new_function("getattr", walls::native_getattr).into())?;
+            set("_t_setattr", vm.new_function("setattr", walls::native_setattr).into())?;
+            set("_t_delattr", vm.new_function("delattr", walls::native_delattr).into())?;
+            set("_t_hasattr", vm.new_function("hasattr", walls::native_hasattr).into())?;
+            set("_t_globals", vm.new_function("globals", native_globals).into())?;
+            set("_t_locals", vm.new_function("locals", native_locals).into())?;
+            set("_t_attr_allowed", vm.new_function("_t_attr_allowed", walls::native_attr_allowed).into())?;
+            set("_t_abc_subclasses", vm.new_function("__subclasses__", walls::native_abc_subclasses).into())?;
             let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| e.to_string())?;
             vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| exc_text(vm, &e))?;
             let get = |k: &str| globals.get_item(k, vm).map_err(|e| exc_text(vm, &e));
@@ -407,6 +468,16 @@ impl Worker {
                 let _ = vm.import(&name, 0);
             }
         });
+    }
+
+    /// Removes the interpreter internals from the VM's types (see `walls.rs`): the
+    /// last step before the first snippet, after the prelude and the preloaded
+    /// modules (some stdlib modules read the removed attributes while they import).
+    ///
+    /// # Errors
+    /// A listed attribute that the interpreter does not have (a build defect).
+    pub fn seal(&self) -> Result<(), String> {
+        self.interp.enter(walls::remove_internals)
     }
 
     /// Makes the next run's fresh globals now, off the request path (a single-use
@@ -444,6 +515,7 @@ impl Worker {
                 max_output: job.max_output,
                 deadline: job.deadline,
                 allowed: job.allowed_modules.clone(),
+                globals: None,
             });
         });
         let result = catch_unwind(AssertUnwindSafe(|| self.run_inner(job)));
@@ -489,20 +561,9 @@ impl Worker {
     }
 
     fn run_inner(&self, job: &Job) -> RunResult {
-        let analysis = analysis::analyze(&job.code);
-        if let Some(f) = analysis.denial() {
-            return RunResult::Denied(format!("line {}: {}", f.line, f.message));
-        }
-        for imp in &analysis.imports {
-            if imp.level != 0 {
-                return RunResult::Denied(format!("line {}: relative imports are not available to snippets", imp.line));
-            }
-            if !module_allowed(&job.allowed_modules, &imp.module) {
-                return RunResult::Denied(format!(
-                    "line {}: import of {:?} is not allowed by the policy",
-                    imp.line, imp.module
-                ));
-            }
+        if let Some(reason) = static_denial(&job.code, &job.allowed_modules) {
+            report_denial(&reason);
+            return RunResult::Denied(reason);
         }
         self.interp.enter(|vm| {
             let code = match vm.compile(&job.code, Mode::BlockExpr, "<snippet>") {
@@ -518,6 +579,7 @@ impl Worker {
                 Err(e) => return RunResult::Exception("InternalError".into(), exc_text(vm, &e)),
             };
             let globals: PyDictRef = globals;
+            with_run(|run| run.globals = Some(globals.clone().into()));
             match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
                 Ok(value) => {
                     let json = self
@@ -539,6 +601,23 @@ impl Worker {
     }
 }
 
+/// The static analysis' refusal of `code` under `allowed`, if any.
+fn static_denial(code: &str, allowed: &BTreeSet<String>) -> Option<String> {
+    let analysis = analysis::analyze(code);
+    if let Some(f) = analysis.denial() {
+        return Some(format!("line {}: {}", f.line, f.message));
+    }
+    analysis.imports.iter().find_map(|imp| {
+        if imp.level != 0 {
+            Some(format!("line {}: relative imports are not available to snippets", imp.line))
+        } else if !module_allowed(allowed, &imp.module) {
+            Some(format!("line {}: import of {:?} is not allowed by the policy", imp.line, imp.module))
+        } else {
+            None
+        }
+    })
+}
+
 enum RunResult {
     Value(Option<String>),
     Exception(String, String),
@@ -551,11 +630,19 @@ fn exc_text(vm: &VirtualMachine, e: &PyBaseExceptionRef) -> String {
     s
 }
 
-/// Runs a worker loop on the current thread until the job channel closes or the
-/// interpreter must be discarded. `ready` receives the control block, or the
+/// Runs a worker loop on the current thread (after importing `preload` and sealing
+/// the interpreter) until the job channel closes or the interpreter must be
+/// discarded. `ready` receives the control block, or the
 /// reason the interpreter could not be built.
-pub fn serve(jobs: mpsc::Receiver<(Job, Reply)>, ready: mpsc::SyncSender<Result<Arc<Control>, String>>) {
-    let worker = match Worker::new() {
+pub fn serve(
+    preload: &[String],
+    jobs: mpsc::Receiver<(Job, Reply)>,
+    ready: mpsc::SyncSender<Result<Arc<Control>, String>>,
+) {
+    let worker = match Worker::new().and_then(|w| {
+        w.preload(preload);
+        w.seal().map(|()| w)
+    }) {
         Ok(w) => w,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -587,6 +674,7 @@ mod tests {
             .stack_size(WORKER_STACK)
             .spawn(move || {
                 let w = Worker::new().expect("worker");
+                w.seal().expect("seal");
                 w.interp.enter(|vm| {
                     let globals = vm.ctx.new_dict();
                     globals.set_item("__builtins__", vm.builtins.clone().into(), vm).expect("builtins");
@@ -600,6 +688,149 @@ mod tests {
             .expect("spawn")
             .join()
             .expect("join")
+    }
+
+    /// Walks the object graph from a snippet's names (`walk_test.py`) under a policy
+    /// allowing `allowed`, with the real getattr; returns the walk's report.
+    fn walk(allowed: Vec<String>) -> String {
+        std::thread::Builder::new()
+            .stack_size(WORKER_STACK)
+            .spawn(move || {
+                let w = Worker::new().expect("worker");
+                let set: BTreeSet<String> = allowed.iter().cloned().collect();
+                w.preload(&allowed);
+                w.seal().expect("seal");
+                RUN.with(|r| {
+                    *r.borrow_mut() = Some(RunState {
+                        ctrl: w.ctrl.clone(),
+                        run_id: 0,
+                        stdout: String::new(),
+                        stderr: String::new(),
+                        max_output: 1 << 20,
+                        deadline: Instant::now() + Duration::from_secs(600),
+                        allowed: set,
+                        globals: None,
+                    });
+                });
+                w.interp.enter(|vm| {
+                    let snippet_globals = w.new_globals.call((), vm).expect("snippet globals");
+                    let globals = vm.ctx.new_dict();
+                    globals.set_item("__builtins__", vm.builtins.clone().into(), vm).expect("builtins");
+                    globals.set_item("snippet_globals", snippet_globals, vm).expect("roots");
+                    let names: Vec<PyObjectRef> = allowed.iter().map(|m| vm.ctx.new_str(m.as_str()).into()).collect();
+                    globals.set_item("allowed", vm.ctx.new_list(names).into(), vm).expect("allowed");
+                    globals.set_item("limit", vm.ctx.new_int(200_000).into(), vm).expect("limit");
+                    let code =
+                        vm.compile(include_str!("walk_test.py"), Mode::BlockExpr, "<walk>").expect("compile walk");
+                    match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
+                        Ok(v) => v.str(vm).map(|s| s.as_wtf8().to_string_lossy().into_owned()).unwrap_or_default(),
+                        Err(e) => format!("the walk raised {}", exc_text(vm, &e)),
+                    }
+                })
+            })
+            .expect("spawn")
+            .join()
+            .expect("join")
+    }
+
+    #[track_caller]
+    fn assert_walk_reaches_nothing(allowed: Vec<String>) {
+        let report = walk(allowed);
+        assert!(report.contains(" 0 reached"), "{report}");
+        eprintln!("{report}");
+    }
+
+    #[test]
+    fn the_object_graph_from_a_snippet_reaches_no_internals_default_policy() {
+        // See: issue 15.
+        assert_walk_reaches_nothing(vec!["math".into(), "time".into(), "json".into()]);
+    }
+
+    #[test]
+    fn the_object_graph_from_a_snippet_reaches_no_internals_every_module_served() {
+        let builder = Interpreter::builder(Settings::default());
+        let mut names: BTreeSet<String> =
+            rustpython_stdlib::stdlib_module_defs(&builder.ctx).iter().map(|d| d.name.as_str().to_string()).collect();
+        names.extend(rustpython_pylib::FROZEN_STDLIB.decode().map(|(n, _)| n.to_string()));
+        let served: Vec<String> = names.into_iter().filter(|n| !n.contains('.') && serves_module(n)).collect();
+        assert!(served.len() > 30, "{served:?}");
+        assert_walk_reaches_nothing(served);
+    }
+
+    #[test]
+    fn the_removed_internals_are_gone_even_for_trusted_code() {
+        // Trusted code has the real builtins and no static analysis: what it cannot
+        // reach, no snippet route can.
+        for (what, code) in [
+            (
+                "function globals",
+                "def f(): pass
+hasattr(f, '__globals__') or hasattr(f, '__code__') or hasattr(f, '__closure__')",
+            ),
+            (
+                "match class patterns",
+                "r = False
+match getattr:
+    case object(__globals__=g):
+        r = True
+r",
+            ),
+            ("a builtin's module", "hasattr(len, '__self__')"),
+            ("subclasses", "hasattr(object, '__subclasses__')"),
+            (
+                "generator frames",
+                "def g():
+    yield 1
+x = g()
+hasattr(x, 'gi_frame') or hasattr(x, 'gi_code')",
+            ),
+            (
+                "traceback frames",
+                "try:
+    1/0
+except Exception as e:
+    r = hasattr(e.__traceback__, 'tb_frame')
+r",
+            ),
+            (
+                "frame internals",
+                "import sys
+f = sys._getframe()
+any(hasattr(f, n) for n in ('f_back', 'f_globals', 'f_locals', 'f_builtins', 'f_code'))",
+            ),
+            (
+                "code rebuilding",
+                "c = compile('0', 'x', 'eval')
+hasattr(c, 'replace')",
+            ),
+        ] {
+            assert_eq!(trusted(code), "False", "{what} is still reachable");
+        }
+        // ABCs still answer isinstance through their own subclasses.
+        assert_eq!(
+            trusted(
+                "import collections.abc
+isinstance([], collections.abc.Sequence) and isinstance({}, collections.abc.Mapping)"
+            ),
+            "True"
+        );
+        assert_eq!(
+            trusted(
+                "import abc
+class A(abc.ABC): pass
+class B(A): pass
+B in A.__subclasses__()"
+            ),
+            "True"
+        );
+        assert!(
+            trusted(
+                "import abc
+abc.ABCMeta.__subclasses__(object)"
+            )
+            .starts_with("raised"),
+            "plain classes stay unlisted"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
-use crate::tier::cpython::{PRELUDE, apply_status, nonce, request_text, split_status};
+use crate::tier::cpython::{PRELUDE, apply_denial, apply_status, nonce, request_text, split_status};
 
 pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
 
@@ -501,10 +501,11 @@ fn run_instance(
     let peak = instance.get_memory(&mut store, "memory").map(|m| m.data_size(&store) as u64);
     let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
     let err_bytes = stderr.contents();
-    let (err_text, status_line) = split_status(&String::from_utf8_lossy(&err_bytes), nonce);
+    let report = split_status(&String::from_utf8_lossy(&err_bytes), nonce);
+    let status_line = report.status_line;
     let mut o = Outcome::blank(Tier::Wasm);
     o.stdout = out;
-    o.stderr = err_text;
+    o.stderr = report.stderr;
     o.usage.cpu_ms = Some(millis(began.elapsed()));
     o.usage.fuel = policy.fuel().map(|_| used_fuel);
     o.usage.peak_memory_bytes = peak;
@@ -529,5 +530,6 @@ fn run_instance(
         }
         Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),
     }
+    apply_denial(&mut o, report.denial.as_deref());
     Ok(o)
 }

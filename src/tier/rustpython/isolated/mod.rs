@@ -4,8 +4,8 @@
 //! The supervisor (this module, in the host process, async) starts the zygote (the
 //! `terrarium` binary re-executed with [`ZYGOTE_ARG`]), keeps a pool of confined
 //! children ready, sends each request to one child, enforces the wall deadline with
-//! `SIGKILL` through a pidfd, reads the answer with a size cap, and maps how the
-//! child ended to an outcome. The zygote reaps children and reports their exit
+//! `SIGKILL` through a pidfd, reads the answer with a size cap, kills the child, and
+//! decides how the run ended. The zygote reaps children and reports their exit
 //! status and rusage; a zygote that dies is replaced on the next request.
 //!
 //! # Security invariants
@@ -13,9 +13,13 @@
 //!   its request; see `zygote.rs`.
 //! - The deadline is a `SIGKILL`: it cannot be caught and it stops native calls and
 //!   `time.sleep` alike.
-//! - A child runs one request and exits; a crashed child is never reused; nothing a
-//!   child does can crash the host, and nothing it writes is trusted (answers are
-//!   size-capped and parsed, anything else is a crash).
+//! - The host is the only witness. A child may be fully controlled by its snippet,
+//!   so it is `SIGKILL`ed and reaped after its answer, at its deadline, and on any
+//!   protocol error, before the request returns (and when the request is dropped):
+//!   no child outlives its run. Its answer supplies only what the guest produced
+//!   (output, value, exception); the tier, the limits hit, the denials it sent
+//!   (which it cannot take back), wall and CPU time and memory are what the host
+//!   saw. Answers are size-capped and parsed; anything else is a crash.
 //!
 //! Linux only.
 
@@ -35,11 +39,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 
-use self::protocol::{ChildRequest, FromZygote, SpawnSpec, ToZygote};
+use self::protocol::{AnswerStream, ChildRequest, FromZygote, GuestAnswer, GuestEnd, SpawnSpec, StreamError, ToZygote};
 pub use self::zygote::{ZYGOTE_ARG, run_zygote_if_requested};
 use super::WORKER_STACK;
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{BoxFuture, ErrorInfo, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 
 /// Environment variable naming the binary to run as the zygote, for programs other
@@ -201,8 +205,9 @@ impl IsolatedExecutor {
                 Err(_) if !z.alive() && attempts < 2 => continue,
                 Err(e) => return Err(host(&e)),
             };
-            let supervised =
-                supervise(child, &request, deadline, timeout, cap, policy.max_memory(), spec.namespaces).await;
+            let limits =
+                RunLimits { deadline, timeout, cap, memory: policy.max_memory(), max_output: policy.max_output() };
+            let supervised = supervise(child, &request, &limits, spec.namespaces).await;
             z.refill(&mut z.state());
             match supervised {
                 Err(Supervise::ZygoteGone) if attempts < 2 => continue,
@@ -226,6 +231,19 @@ impl IsolatedExecutor {
     #[doc(hidden)]
     pub async fn probe_forbidden_syscall(&self, syscall: &str) -> Result<Outcome, SandboxError> {
         self.run(ExecRequest::new("pass"), Some(syscall)).await
+    }
+
+    /// Runs `code` in a child that then acts as one its snippet fully controls, as
+    /// a test of the supervisor: `forge_on_stderr` (a complete forged answer on the
+    /// runtime's descriptor 2 before the run), `linger_after_answer`,
+    /// `spin_after_answer`, `hold_memory_after_answer` (the child keeps running
+    /// after its answer). Not reachable from snippets, requests or the CLI.
+    ///
+    /// # Errors
+    /// As for [`Executor::execute`].
+    #[doc(hidden)]
+    pub async fn probe_misbehaving_child(&self, code: &str, how: &str) -> Result<Outcome, SandboxError> {
+        self.run(ExecRequest::new(code), Some(how)).await
     }
 }
 
@@ -273,8 +291,10 @@ struct Exit {
 /// A confined child waiting for its request.
 struct ReadyChild {
     stream: std::os::unix::net::UnixStream,
+    words: std::os::unix::net::UnixStream,
     pidfd: OwnedFd,
     exit: oneshot::Receiver<Exit>,
+    namespaces: bool,
 }
 
 #[derive(Default)]
@@ -440,7 +460,7 @@ impl Zygote {
     fn dispatch(self: Arc<Self>) {
         let mut buf = vec![0u8; protocol::MAX_CONTROL];
         let death = loop {
-            let (n, mut fds) = match sys::recv_msg(self.ctl.as_fd(), &mut buf) {
+            let (n, fds) = match sys::recv_msg(self.ctl.as_fd(), &mut buf) {
                 Ok((0, _)) => break "the zygote exited".to_string(),
                 Ok(r) => r,
                 Err(e) => break format!("the zygote socket failed: {e}"),
@@ -449,11 +469,13 @@ impl Zygote {
                 continue;
             };
             match msg {
-                FromZygote::Spawned { token, pid } if fds.len() == 2 => {
-                    let pidfd = fds.pop().expect("two descriptors");
-                    let sock = fds.pop().expect("two descriptors");
+                FromZygote::Spawned { token, pid, namespaces } if fds.len() == 3 => {
+                    let mut fds = fds.into_iter();
+                    let (Some(sock), Some(words), Some(pidfd)) = (fds.next(), fds.next(), fds.next()) else {
+                        continue;
+                    };
                     let (tx, rx) = oneshot::channel();
-                    let child = ReadyChild { stream: sock.into(), pidfd, exit: rx };
+                    let child = ReadyChild { stream: sock.into(), words: words.into(), pidfd, exit: rx, namespaces };
                     let mut st = self.state();
                     st.exits.insert(pid, tx);
                     if token == 0 {
@@ -505,12 +527,6 @@ impl Zygote {
     }
 }
 
-/// Why a read of the child's answer stopped early.
-enum ReadFail {
-    TooBig,
-    Io,
-}
-
 /// Why supervising a child gave no outcome.
 enum Supervise {
     /// The zygote died, and the child with it, before the child's end was known.
@@ -525,111 +541,190 @@ impl From<SandboxError> for Supervise {
     }
 }
 
-/// Sends `request` to `child`, enforces the deadline, and turns what comes back
-/// (or how the child ended) into an outcome.
+/// The bounds one run is held to.
+struct RunLimits {
+    deadline: Instant,
+    timeout: Duration,
+    /// Bytes the answer stream may take.
+    cap: usize,
+    /// Address-space limit, for messages.
+    memory: u64,
+    /// Output cap, checked by the host on what the child sends.
+    max_output: u64,
+}
+
+/// Kills its child when dropped: whatever path a request takes out of
+/// [`supervise`] (an answer, an error, a cancelled request), the child dies.
+struct KillOnDrop(OwnedFd);
+
+impl KillOnDrop {
+    fn kill(&self) {
+        // ESRCH (already dead and reaped) is the only expected failure.
+        let _ = sys::pidfd_kill(self.0.as_fd());
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How reading a child's answer stream ended.
+enum Read {
+    Answer(GuestAnswer),
+    Closed,
+    Broken(StreamError),
+}
+
+/// Sends `request` to `child`, enforces the deadline, kills the child, and decides
+/// from what the host saw (and the guest's word for its own output) how the run
+/// ended.
 async fn supervise(
     child: ReadyChild,
     request: &ChildRequest,
-    deadline: Instant,
-    timeout: Duration,
-    cap: usize,
-    memory: u64,
+    limits: &RunLimits,
     want_namespaces: bool,
 ) -> Result<Outcome, Supervise> {
-    let ReadyChild { stream, pidfd, exit } = child;
+    let ReadyChild { stream, words, pidfd, exit, namespaces } = child;
+    let child = KillOnDrop(pidfd);
+    if want_namespaces && !namespaces {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "isolated children run without new namespaces: this kernel or container refuses unshare \
+                 (seccomp and rlimits still apply)"
+            );
+        });
+    }
     let mut frame = Vec::new();
     protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
     stream.set_nonblocking(true).map_err(|e| host(&e.to_string()))?;
     let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| host(&e.to_string()))?;
+    let mut answers = AnswerStream::new(limits.cap);
     let exchange = async {
         // A child that died during confinement has closed its end: the write fails,
         // and how it ended is read from its exit below.
         let _ = stream.write_all(&frame).await;
-        let mut answer = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             match stream.read(&mut chunk).await {
-                Ok(0) => return Ok(answer),
-                Ok(n) => {
-                    answer.extend_from_slice(&chunk[..n]);
-                    if answer.len() > cap {
-                        return Err(ReadFail::TooBig);
-                    }
-                    // A complete answer frame is the end: do not wait for the end of
-                    // stream, which comes only after the child's memory is torn down.
-                    if protocol::answer_complete(&answer) {
-                        return Ok(answer);
-                    }
-                }
-                Err(_) => return Err(ReadFail::Io),
+                Ok(0) | Err(_) => return Read::Closed,
+                Ok(n) => match answers.push(&chunk[..n]) {
+                    Ok(Some(answer)) => return Read::Answer(answer),
+                    Ok(None) => {}
+                    Err(e) => return Read::Broken(e),
+                },
             }
         }
     };
-    let read = tokio::time::timeout_at(deadline.into(), exchange).await;
-    let kill = || {
-        let _ = sys::pidfd_kill(pidfd.as_fd());
+    let read = tokio::time::timeout_at(limits.deadline.into(), exchange).await;
+    // Whatever came back, the child's run is over: it dies now, and the request
+    // returns only once the zygote has reaped it.
+    child.kill();
+    let e = match tokio::time::timeout(EXIT_WAIT, exit).await {
+        Ok(Ok(e)) => e,
+        // The reader drops every pending report when the zygote goes away.
+        Ok(Err(_)) => return Err(Supervise::ZygoteGone),
+        Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
     };
-    let wait_exit = |exit: oneshot::Receiver<Exit>| async move {
-        match tokio::time::timeout(EXIT_WAIT, exit).await {
-            Ok(Ok(e)) => Ok(e),
-            // The reader drops every pending report when the zygote goes away.
-            Ok(Err(_)) => Err(Supervise::ZygoteGone),
-            Err(_) => Err(Supervise::Host(host("the zygote did not report how a child ended"))),
-        }
-    };
-    let last_words = match read {
+    let denial = answers.denials.first().cloned();
+    let outcome = match read {
         Err(_elapsed) => {
-            kill();
-            let e = wait_exit(exit).await?;
-            let msg = format!("deadline of {}s exceeded; the run was killed", timeout.as_secs_f64());
-            return Ok(ended(Status::Timeout, "Timeout", msg, Some(e)));
+            let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
+            ended(Status::Timeout, "Timeout", msg, e)
         }
-        Ok(Err(ReadFail::TooBig)) => {
-            kill();
-            let e = wait_exit(exit).await?;
-            let msg = format!("the run's answer exceeded {cap} bytes; it was killed");
-            return Ok(ended(Status::OutputLimit, "OutputLimit", msg, Some(e)));
+        Ok(Read::Broken(StreamError::TooBig)) => {
+            let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
+            ended(Status::OutputLimit, "OutputLimit", msg, e)
         }
-        Ok(Err(ReadFail::Io)) => String::new(),
-        Ok(Ok(bytes)) => match protocol::parse_answer(&bytes) {
-            Ok(answer) => {
-                if want_namespaces && !answer.namespaces {
-                    static WARNED: std::sync::Once = std::sync::Once::new();
-                    WARNED.call_once(|| {
-                        tracing::warn!(
-                            "isolated children run without new namespaces: this kernel or container refuses \
-                             unshare (seccomp and rlimits still apply)"
-                        );
-                    });
-                }
-                let mut o = answer.outcome;
-                o.usage.cpu_ms = Some(answer.cpu_us / 1000);
-                o.usage.peak_memory_bytes = Some(answer.maxrss_kb.saturating_mul(1024));
-                return Ok(o);
-            }
-            Err(words) => words,
-        },
+        Ok(Read::Broken(StreamError::Malformed)) => ended(
+            Status::Crashed,
+            "ProtocolError",
+            "the run's process broke the answer protocol; it was killed".into(),
+            e,
+        ),
+        Ok(Read::Closed) => classify(e, &last_words(words), limits.memory)?,
+        Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
     };
-    kill();
-    let e = wait_exit(exit).await?;
-    Ok(classify(e, &last_words, memory)?)
+    // A denial the child sent stands, however the run ended afterwards.
+    Ok(match denial {
+        Some(reason) if outcome.status != Status::Timeout => {
+            let mut o = ended(Status::Denied, "PolicyDenied", reason, e);
+            o.stdout = outcome.stdout;
+            o.stderr = outcome.stderr;
+            o
+        }
+        _ => outcome,
+    })
 }
 
-fn ended(status: Status, kind: &str, message: String, exit: Option<Exit>) -> Outcome {
-    let mut o = Outcome::refused(None, Tier::Rustpython, status, kind, message);
-    if let Some(e) = exit {
-        o.usage.cpu_ms = Some(e.cpu_us / 1000);
-        o.usage.peak_memory_bytes = Some(e.maxrss_kb.saturating_mul(1024));
+/// The outcome of a child that answered: its output and value are the guest's
+/// word; the status is the host's, from the output sizes it sees.
+fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
+    let GuestAnswer { mut stdout, mut stderr, result, end, output_over } = answer;
+    let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
+    let over = output_over || stdout.len().saturating_add(stderr.len()) > cap;
+    if over {
+        truncate(&mut stdout, cap);
+        truncate(&mut stderr, cap.saturating_sub(stdout.len()));
+    }
+    let mut o = ended(Status::Ok, "", String::new(), e);
+    o.error = None;
+    o.stdout = stdout;
+    o.stderr = stderr;
+    if over {
+        o.status = Status::OutputLimit;
+        o.error = Some(ErrorInfo { kind: "OutputLimit".into(), message: format!("output exceeded {cap} bytes") });
+        return o;
+    }
+    match end {
+        GuestEnd::Returned => o.result = result,
+        GuestEnd::Raised { kind, message } => {
+            o.status = Status::Exception;
+            o.error = Some(ErrorInfo { kind, message });
+        }
+        GuestEnd::Panicked => {
+            o.status = Status::Crashed;
+            o.error = Some(ErrorInfo {
+                kind: "InterpreterPanic".into(),
+                message: "the interpreter failed internally; the run was discarded".into(),
+            });
+        }
     }
     o
 }
 
-/// A child that ended without a complete answer: what happened to it.
-fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxError> {
-    let limit = |kind: &str, msg: String| Ok(ended(Status::MemoryLimit, kind, msg, Some(e)));
-    if last_words.contains("memory allocation of") {
-        return limit("MemoryLimit", format!("the run exceeded its memory limit of {memory} bytes"));
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
     }
+}
+
+/// What a dead child printed on its last-words socket (at most 4 KiB).
+fn last_words(words: std::os::unix::net::UnixStream) -> String {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    if words.set_nonblocking(true).is_ok() {
+        let _ = (&words).take(4096).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn ended(status: Status, kind: &str, message: String, e: Exit) -> Outcome {
+    let mut o = Outcome::refused(None, Tier::Rustpython, status, kind, message);
+    o.usage.cpu_ms = Some(e.cpu_us / 1000);
+    o.usage.peak_memory_bytes = Some(e.maxrss_kb.saturating_mul(1024));
+    o
+}
+
+/// A child that ended without a complete answer: what happened to it. The host saw
+/// the death (exit code or signal); the child's last words only name its cause.
+fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxError> {
     if let Some(code) = e.code {
         // 70-76: the child could not confine itself (see zygote::child_main).
         if (70..=76).contains(&code) {
@@ -639,23 +734,27 @@ fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxEr
             )));
         }
         let msg = format!("the interpreter process exited with code {code} without answering");
-        return Ok(ended(Status::Crashed, "Crashed", msg, Some(e)));
+        return Ok(ended(Status::Crashed, "Crashed", msg, e));
     }
     let signal = e.signal.unwrap_or(0);
     let (kind, msg) = match signal {
+        libc::SIGABRT if last_words.contains("memory allocation of") => {
+            let msg = format!("the run exceeded its memory limit of {memory} bytes");
+            return Ok(ended(Status::MemoryLimit, "MemoryLimit", msg, e));
+        }
         libc::SIGSYS => (
             "SeccompViolation",
             "the run attempted a system call the sandbox does not allow and was killed (SIGSYS)".to_string(),
         ),
         libc::SIGXCPU => {
-            return Ok(ended(Status::Timeout, "CpuLimit", "the run used up its CPU time limit".into(), Some(e)));
+            return Ok(ended(Status::Timeout, "CpuLimit", "the run used up its CPU time limit".into(), e));
         }
-        _ if last_words.contains("overflowed its stack") => {
+        libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS if last_words.contains("overflowed its stack") => {
             ("StackOverflow", "the interpreter overflowed its stack; the run was killed".to_string())
         }
         s => ("Crashed", format!("the interpreter process was killed by {}", signal_name(s))),
     };
-    Ok(ended(Status::Crashed, kind, msg, Some(e)))
+    Ok(ended(Status::Crashed, kind, msg, e))
 }
 
 fn signal_name(s: i32) -> String {

@@ -1,24 +1,30 @@
 //! What the supervisor, the zygote and the children say to each other.
 //!
 //! - Control socket (`SOCK_SEQPACKET`, supervisor ↔ zygote): one JSON message per
-//!   packet; [`FromZygote::Spawned`] carries the child's request socket and a pidfd
-//!   as `SCM_RIGHTS`.
-//! - Request socket (`SOCK_STREAM`, supervisor ↔ one child): the request as a
-//!   length-prefixed JSON frame; the answer as [`ANSWER_MAGIC`] and a length-prefixed
-//!   JSON frame. Anything else the child writes (its descriptor 2 is the same socket)
-//!   is the runtime's last words before an abort, read only to tell an allocation
-//!   failure from other crashes.
+//!   packet; [`FromZygote::Spawned`] carries the child's request socket, its
+//!   last-words socket and a pidfd as `SCM_RIGHTS`.
+//! - Request socket (`SOCK_STREAM`, supervisor ↔ one child, the child's
+//!   descriptor 3): the request as a length-prefixed JSON frame; then, from the
+//!   child, [`ChildMessage`]s, each [`ANSWER_MAGIC`] and a length-prefixed JSON
+//!   frame: zero or more denials as they happen, then one answer. Only Terrarium's
+//!   Rust code in the child writes here; no interpreter code path reaches
+//!   descriptor 3.
+//! - Last-words socket (the child's descriptor 2): whatever the runtime prints
+//!   before an abort (an allocation failure, a stack overflow). Interpreter code
+//!   can write here too, so it is read only to name the cause of a death the host
+//!   saw itself (the signal), never to decide an outcome.
 //!
 //! # Security
-//! Nothing from a child is trusted: frames are size-capped by the reader, and an
-//! answer that does not parse is a crash, not an outcome.
+//! Nothing from a child is trusted: the stream is size-capped by the reader,
+//! anything but message frames is a protocol error (the child is killed), and what
+//! a child says is the guest's word: its output, its value, its exception. How the
+//! run ended (tier, limits, denials seen, wall and CPU time, memory) is the
+//! supervisor's observation.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
-
-use crate::executor::Outcome;
 
 /// Supervisor → zygote.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,12 +64,16 @@ pub enum FromZygote {
         /// Why.
         message: String,
     },
-    /// A child is waiting for its request; its socket and pidfd are attached.
+    /// A child is waiting for its request; its request socket, last-words socket
+    /// and pidfd are attached, in that order.
     Spawned {
         /// The spawn's token.
         token: u64,
         /// The child's pid.
         pid: i32,
+        /// Whether it entered new namespaces (said before it read any request, so
+        /// before any snippet ran in it).
+        namespaces: bool,
     },
     /// A spawn failed.
     SpawnFailed {
@@ -106,21 +116,57 @@ pub struct ChildRequest {
     pub probe: Option<String>,
 }
 
-/// Child → supervisor: the outcome and what the run cost.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChildAnswer {
-    /// The outcome (wall time is filled in by the supervisor).
-    pub outcome: Outcome,
-    /// CPU time of the child, µs.
-    pub cpu_us: u64,
-    /// Peak resident set of the child, KiB.
-    pub maxrss_kb: u64,
-    /// Whether the child entered new namespaces.
-    pub namespaces: bool,
+/// Child → supervisor, on the answer socket: what the guest produced. Everything in
+/// it is the guest's word: a child may be fully controlled by its snippet, so the
+/// host takes from it only the guest's own output, never how the run ended (tier,
+/// limits, usage), which the host decides from what it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChildMessage {
+    /// The policy refused something, at the moment it did. A run with one is
+    /// `denied` whatever the child says afterwards: the guest can add denials, never
+    /// retract one.
+    Denial {
+        /// What was refused (shown to the caller).
+        reason: String,
+    },
+    /// The run's end, the last message a child sends. The supervisor kills the child
+    /// when it reads it.
+    Answer(GuestAnswer),
 }
 
-/// Marks the start of an answer frame on the request socket.
-pub const ANSWER_MAGIC: &[u8; 8] = b"TRRMv1\0\0";
+/// What a snippet produced, as its child reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestAnswer {
+    /// Captured standard output.
+    pub stdout: String,
+    /// Captured standard error.
+    pub stderr: String,
+    /// The last expression's value as JSON.
+    pub result: Option<serde_json::Value>,
+    /// How the snippet's code ended.
+    pub end: GuestEnd,
+    /// The child cut its output at the cap (the host also checks the sizes itself).
+    pub output_over: bool,
+}
+
+/// How the snippet's code ended, as its child reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestEnd {
+    /// It ran to the end.
+    Returned,
+    /// It raised.
+    Raised {
+        /// Exception class name.
+        kind: String,
+        /// Exception text.
+        message: String,
+    },
+    /// The interpreter failed internally (a caught panic).
+    Panicked,
+}
+
+/// Marks the start of every message frame on the answer socket.
+pub const ANSWER_MAGIC: &[u8; 8] = b"TRRMv2\0\0";
 
 /// Largest control message.
 pub const MAX_CONTROL: usize = 64 * 1024;
@@ -136,6 +182,16 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> io::Result<()
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&body);
     w.write_all(&buf)
+}
+
+/// Writes one message to the answer socket: [`ANSWER_MAGIC`], then a frame.
+///
+/// # Errors
+/// Serialisation or I/O errors.
+pub fn write_message(w: &mut impl Write, msg: &ChildMessage) -> io::Result<()> {
+    let mut bytes = ANSWER_MAGIC.to_vec();
+    write_frame(&mut bytes, msg)?;
+    w.write_all(&bytes)
 }
 
 /// Reads one length-prefixed JSON frame of at most `max` bytes.
@@ -154,57 +210,118 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read, max: usize) -
     serde_json::from_slice(&body).map_err(io::Error::other)
 }
 
-/// Whether `bytes` holds a whole answer frame (magic, length, body).
-pub fn answer_complete(bytes: &[u8]) -> bool {
-    let Some(rest) = bytes.strip_prefix(ANSWER_MAGIC.as_slice()) else {
-        return false;
-    };
-    rest.split_first_chunk::<4>().is_some_and(|(len, body)| body.len() >= u32::from_le_bytes(*len) as usize)
+/// The supervisor's reader of one child's answer socket: bytes in, messages out,
+/// with a cap on the whole stream.
+#[derive(Debug)]
+pub struct AnswerStream {
+    buf: Vec<u8>,
+    pos: usize,
+    cap: usize,
+    /// The denials read so far, in order.
+    pub denials: Vec<String>,
 }
 
-/// Parses what a child wrote on its request socket: `Ok(answer)` when it is a
-/// complete answer frame, `Err(text)` with the child's last words otherwise.
-pub fn parse_answer(bytes: &[u8]) -> Result<ChildAnswer, String> {
-    let last_words = || String::from_utf8_lossy(bytes).chars().take(4096).collect::<String>();
-    let Some(rest) = bytes.strip_prefix(ANSWER_MAGIC.as_slice()) else {
-        return Err(last_words());
-    };
-    let Some((len, body)) = rest.split_first_chunk::<4>() else {
-        return Err(last_words());
-    };
-    let len = u32::from_le_bytes(*len) as usize;
-    if body.len() != len {
-        return Err(last_words());
+/// Why a child's answer stream is not one the supervisor accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    /// More bytes than the cap.
+    TooBig,
+    /// Bytes that are not a message frame.
+    Malformed,
+}
+
+impl AnswerStream {
+    /// A reader that refuses more than `cap` bytes in all.
+    pub fn new(cap: usize) -> AnswerStream {
+        AnswerStream { buf: Vec::new(), pos: 0, cap, denials: Vec::new() }
     }
-    serde_json::from_slice(body).map_err(|_| last_words())
+
+    /// Takes `bytes`; returns the answer once it is complete. Denials before it are
+    /// kept in [`AnswerStream::denials`].
+    ///
+    /// # Errors
+    /// [`StreamError`] when the stream is over its cap or not made of message frames.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<GuestAnswer>, StreamError> {
+        if self.buf.len().saturating_add(bytes.len()) > self.cap {
+            return Err(StreamError::TooBig);
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let rest = &self.buf[self.pos..];
+            let head = ANSWER_MAGIC.len() + 4;
+            if rest.len() < head {
+                // A prefix of a frame is fine; anything else is not a frame.
+                let n = rest.len().min(ANSWER_MAGIC.len());
+                return if rest[..n] == ANSWER_MAGIC[..n] { Ok(None) } else { Err(StreamError::Malformed) };
+            }
+            if !rest.starts_with(ANSWER_MAGIC.as_slice()) {
+                return Err(StreamError::Malformed);
+            }
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&rest[ANSWER_MAGIC.len()..head]);
+            let len = u32::from_le_bytes(len) as usize;
+            if len > self.cap {
+                return Err(StreamError::TooBig);
+            }
+            let Some(body) = rest.get(head..head + len) else {
+                return Ok(None);
+            };
+            let msg: ChildMessage = serde_json::from_slice(body).map_err(|_| StreamError::Malformed)?;
+            self.pos += head + len;
+            match msg {
+                ChildMessage::Denial { reason } => self.denials.push(reason),
+                ChildMessage::Answer(a) => return Ok(Some(a)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::{Status, Tier};
+
+    fn answer() -> GuestAnswer {
+        GuestAnswer {
+            stdout: "out".into(),
+            stderr: String::new(),
+            result: Some(serde_json::json!(2)),
+            end: GuestEnd::Returned,
+            output_over: false,
+        }
+    }
 
     #[test]
-    fn answers_round_trip_and_anything_else_is_last_words() {
-        let answer = ChildAnswer {
-            outcome: Outcome::refused(None, Tier::Rustpython, Status::Ok, "", ""),
-            cpu_us: 5,
-            maxrss_kb: 6,
-            namespaces: true,
-        };
-        let mut bytes = ANSWER_MAGIC.to_vec();
-        write_frame(&mut bytes, &answer).expect("frame");
-        let back = parse_answer(&bytes).expect("answer");
-        assert_eq!(back.cpu_us, 5);
-        assert_eq!(back.outcome.status, Status::Ok);
+    fn denials_then_an_answer_read_in_any_chunks() {
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &ChildMessage::Denial { reason: "no".into() }).expect("frame");
+        write_message(&mut bytes, &ChildMessage::Answer(answer())).expect("frame");
+        for step in [1, 3, 7, bytes.len()] {
+            let mut s = AnswerStream::new(1 << 20);
+            let mut got = None;
+            for chunk in bytes.chunks(step) {
+                if let Some(a) = s.push(chunk).expect("well formed") {
+                    got = Some(a);
+                }
+            }
+            assert_eq!(got, Some(answer()), "chunks of {step}");
+            assert_eq!(s.denials, ["no"]);
+        }
+    }
+
+    #[test]
+    fn anything_but_frames_is_refused() {
         assert_eq!(
-            parse_answer(b"memory allocation of 9 bytes failed\n").err().as_deref(),
-            Some("memory allocation of 9 bytes failed\n")
+            AnswerStream::new(1 << 20).push(b"memory allocation of 9 bytes failed\n"),
+            Err(StreamError::Malformed)
         );
-        assert!(parse_answer(&bytes[..bytes.len() - 1]).is_err(), "a truncated answer is not an answer");
-        assert!(answer_complete(&bytes));
-        assert!(!answer_complete(&bytes[..bytes.len() - 1]));
-        assert!(!answer_complete(b"memory allocation"));
+        assert_eq!(AnswerStream::new(1 << 20).push(b"TRRMv1\0\0"), Err(StreamError::Malformed));
+        assert_eq!(AnswerStream::new(1 << 20).push(b"TRR"), Ok(None), "a prefix waits for more");
+        let mut bytes = ANSWER_MAGIC.to_vec();
+        write_frame(&mut bytes, &"not a message").expect("frame");
+        assert_eq!(AnswerStream::new(1 << 20).push(&bytes), Err(StreamError::Malformed));
+        let mut big = Vec::new();
+        write_message(&mut big, &ChildMessage::Answer(answer())).expect("frame");
+        assert_eq!(AnswerStream::new(big.len() - 1).push(&big), Err(StreamError::TooBig));
     }
 
     #[test]

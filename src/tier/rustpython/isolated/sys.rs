@@ -218,17 +218,6 @@ pub fn reap_one() -> io::Result<Option<Reaped>> {
     Ok(Some(Reaped { pid, code, signal, cpu_us: cpu_us(&ru), maxrss_kb: ru.ru_maxrss as u64 }))
 }
 
-/// This process's CPU time (µs) and peak resident set (KiB) so far.
-pub fn self_usage() -> (u64, u64) {
-    // SAFETY: an all-zero rusage is valid; getrusage only writes it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return (0, 0);
-    }
-    (cpu_us(&ru), ru.ru_maxrss as u64)
-}
-
 fn sigchld_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set we own.
     unsafe {

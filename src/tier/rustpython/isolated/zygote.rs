@@ -7,12 +7,19 @@
 //!
 //! # Security invariant: a child is confined before it reads its request
 //! In order, before the first byte of the request: every descriptor but its request
-//! socket is closed (descriptor 2 becomes that socket too), it dies with the zygote,
+//! socket (descriptor 3) and its last-words socket (descriptor 2, where the runtime
+//! prints before an abort) is closed, it dies with the zygote,
 //! it enters new user/net/mount/IPC/UTS namespaces where the kernel allows, it takes
 //! rlimits (address space, CPU seconds, no core files, no file writes, no new
 //! descriptors), and it installs the seccomp filter of [`super::seccomp`]. It runs
 //! exactly one request and exits with `_exit`; copy-on-write gives it the zygote's
 //! pristine interpreter, so nothing one request does reaches another.
+//!
+//! # What a child says
+//! Only this file's Rust code writes to descriptor 3: each denial as it happens,
+//! then one answer with what the guest produced. No interpreter code path writes
+//! there (RustPython's fallback writes go to descriptor 2). The supervisor kills the
+//! child as soon as it reads the answer.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -20,9 +27,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::protocol::{self, ANSWER_MAGIC, ChildAnswer, ChildRequest, FromZygote, SpawnSpec, ToZygote};
+use super::protocol::{self, ChildMessage, ChildRequest, FromZygote, GuestAnswer, GuestEnd, SpawnSpec, ToZygote};
 use super::{seccomp, sys};
-use crate::tier::rustpython::worker::{Job, Worker};
+use crate::executor::{Outcome, Status};
+use crate::tier::rustpython::worker::{Job, Worker, set_denial_sink};
 
 /// The hidden first argument that turns the `terrarium` binary into a zygote.
 pub const ZYGOTE_ARG: &str = "__terrarium-zygote";
@@ -76,8 +84,10 @@ fn warm_up_modules(worker: &Worker, allowed: &[String]) {
     }
 }
 
-/// The byte a child writes once it is confined and warm.
+/// The byte a child writes once it is confined and warm, without new namespaces.
 const READY: u8 = 0x52;
+/// The same, from a child that entered new namespaces.
+const READY_NAMESPACES: u8 = 0x4e;
 /// Largest request a child reads (code is capped far lower by policy).
 const MAX_REQUEST: usize = 64 << 20;
 
@@ -126,6 +136,10 @@ fn zygote_main() -> ExitCode {
         }
     };
     worker.preload(&preload);
+    if let Err(message) = worker.seal() {
+        let _ = send(&ctl, &FromZygote::Failed { message }, &[]);
+        return ExitCode::from(1);
+    }
     warm_up_modules(&worker, &preload);
     let Ok(sigchld) = sys::sigchld_fd() else {
         let _ = send(&ctl, &FromZygote::Failed { message: "cannot watch for exiting children".into() }, &[]);
@@ -168,14 +182,18 @@ fn zygote_main() -> ExitCode {
             let c = confining.swap_remove(i);
             let mut byte = [0u8; 1];
             let msg = match (&c.host_end).read(&mut byte) {
-                Ok(1) if byte[0] == READY => FromZygote::Spawned { token: c.token, pid: c.pid },
+                Ok(1) if byte[0] == READY || byte[0] == READY_NAMESPACES => {
+                    FromZygote::Spawned { token: c.token, pid: c.pid, namespaces: byte[0] == READY_NAMESPACES }
+                }
                 _ => FromZygote::SpawnFailed {
                     token: c.token,
                     message: "a child died while confining itself (namespaces, rlimits or seccomp failed)".into(),
                 },
             };
             let sent = match &msg {
-                FromZygote::Spawned { .. } => send(&ctl, &msg, &[c.host_end.as_fd(), c.pidfd.as_fd()]),
+                FromZygote::Spawned { .. } => {
+                    send(&ctl, &msg, &[c.host_end.as_fd(), c.host_words.as_fd(), c.pidfd.as_fd()])
+                }
                 _ => send(&ctl, &msg, &[]),
             };
             if sent.is_err() {
@@ -208,6 +226,7 @@ struct Confining {
     token: u64,
     pid: i32,
     host_end: File,
+    host_words: OwnedFd,
     pidfd: OwnedFd,
 }
 
@@ -223,28 +242,36 @@ fn mapped_bytes() -> u64 {
 
 fn spawn(worker: &Worker, spec: &SpawnSpec, zygote: i32) -> io::Result<Confining> {
     let (host_end, child_end) = sys::stream_pair()?;
+    let (host_words, child_words) = sys::stream_pair()?;
     let address_space = mapped_bytes().saturating_add(spec.memory);
     match sys::fork_single_threaded()? {
-        None => child_main(worker, child_end, spec, address_space, zygote),
+        None => {
+            drop(host_end);
+            drop(host_words);
+            child_main(worker, child_end, child_words, spec, address_space, zygote)
+        }
         Some(pid) => {
             drop(child_end);
+            drop(child_words);
             let pidfd = sys::pidfd_open(pid)?;
-            Ok(Confining { token: spec.token, pid, host_end: File::from(host_end), pidfd })
+            Ok(Confining { token: spec.token, pid, host_end: File::from(host_end), host_words, pidfd })
         }
     }
 }
 
 /// The child: confine, read one request, answer, `_exit`. Never returns.
-fn child_main(worker: &Worker, sock: OwnedFd, spec: &SpawnSpec, address_space: u64, zygote: i32) -> ! {
+fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, address_space: u64, zygote: i32) -> ! {
     sys::unblock_all_signals();
     if sys::die_with_parent().is_err() || sys::parent_pid() != zygote {
         sys::exit_now(70);
     }
-    // Descriptors: only the request socket, as 3 and as 2 (the runtime's last words).
-    if sys::dup_to(sock.as_fd(), REQUEST_FD).is_err() || sys::dup_to(sock.as_fd(), 2).is_err() {
+    // Descriptors: the request socket as 3, the last-words socket as 2.
+    if sys::dup_to(sock.as_fd(), REQUEST_FD).is_err() || sys::dup_to(words.as_fd(), 2).is_err() {
         sys::exit_now(71);
     }
-    std::mem::forget(sock); // its number is closed below with the rest
+    // Their numbers are closed below with the rest.
+    std::mem::forget(sock);
+    std::mem::forget(words);
     sys::close_all_from(REQUEST_FD + 1, &[0, 1]);
     let Ok(sock) = sys::take_inherited(REQUEST_FD) else { sys::exit_now(74) };
     let namespaces = spec.namespaces && enter_namespaces();
@@ -282,14 +309,42 @@ fn child_main(worker: &Worker, sock: OwnedFd, spec: &SpawnSpec, address_space: u
     worker.prepare_globals();
     // Confined and warm: say so (the zygote announces the child on this byte), then,
     // and only then, read the request.
-    let mut sock = File::from(sock);
-    if sock.write_all(&[READY]).is_err() {
+    let sock = std::rc::Rc::new(File::from(sock));
+    let ready = if namespaces { READY_NAMESPACES } else { READY };
+    if (&*sock).write_all(&[ready]).is_err() {
         sys::exit_now(76);
     }
-    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut sock, MAX_REQUEST) else { sys::exit_now(75) };
-    if let Some(syscall) = &req.probe {
-        sys::attempt_forbidden(syscall, zygote);
-        sys::exit_now(77); // not reached when the filter holds
+    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else { sys::exit_now(75) };
+    // Host-only test hooks: a child acting as one its snippet fully controls.
+    let misbehave = match req.probe.as_deref() {
+        Some("forge_on_stderr") => {
+            // What the runtime's fallback writes would put on descriptor 2: a
+            // complete answer frame that claims another output.
+            let forged = GuestAnswer {
+                stdout: "FORGED\n".into(),
+                stderr: String::new(),
+                result: None,
+                end: GuestEnd::Returned,
+                output_over: false,
+            };
+            let _ = protocol::write_message(&mut std::io::stderr(), &ChildMessage::Answer(forged));
+            None
+        }
+        Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer")) => Some(after),
+        Some(syscall) => {
+            sys::attempt_forbidden(syscall, zygote);
+            sys::exit_now(77); // not reached when the filter holds
+        }
+        None => None,
+    };
+    // Each denial goes to the host the moment it happens.
+    let denials = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    {
+        let (sock, denials) = (sock.clone(), denials.clone());
+        set_denial_sink(Box::new(move |reason| {
+            denials.set(denials.get() + 1);
+            let _ = protocol::write_message(&mut &*sock, &ChildMessage::Denial { reason: reason.into() });
+        }));
     }
     let job = Job {
         run_id: 1,
@@ -300,11 +355,60 @@ fn child_main(worker: &Worker, sock: OwnedFd, spec: &SpawnSpec, address_space: u
         deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
     };
     let (outcome, _) = worker.run(&job);
-    let (cpu_us, maxrss_kb) = sys::self_usage();
-    let answer = ChildAnswer { outcome, cpu_us, maxrss_kb, namespaces };
-    let mut bytes = ANSWER_MAGIC.to_vec();
-    let ok = protocol::write_frame(&mut bytes, &answer).is_ok() && sock.write_all(&bytes).is_ok();
+    if outcome.status == Status::Denied && denials.get() == 0 {
+        let reason = outcome.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        let _ = protocol::write_message(&mut &*sock, &ChildMessage::Denial { reason });
+    }
+    let answer = ChildMessage::Answer(guest_answer(outcome));
+    let ok = protocol::write_message(&mut &*sock, &answer).is_ok();
+    if let Some(how) = misbehave {
+        keep_running(how);
+    }
     sys::exit_now(if ok { 0 } else { 76 })
+}
+
+/// A test hook's child that does not exit after its answer: it sleeps, spins, or
+/// fills memory and sleeps, for as long as nobody kills it.
+fn keep_running(how: &str) {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    if how == "hold_memory_after_answer" {
+        for _ in 0..64 {
+            // Touched pages, 1 MiB at a time, as far as the address-space limit allows.
+            let mut block = Vec::new();
+            if block.try_reserve_exact(1 << 20).is_err() {
+                break;
+            }
+            block.resize(1 << 20, 1u8);
+            held.push(block);
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < end {
+        if how == "spin_after_answer" {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(held);
+}
+
+/// What the guest produced in a run, for the host (how the run ended is the host's
+/// to decide; a denial was already sent on its own).
+fn guest_answer(o: Outcome) -> GuestAnswer {
+    let end = match (o.status, o.error) {
+        (Status::Ok, _) => GuestEnd::Returned,
+        (Status::Crashed, _) => GuestEnd::Panicked,
+        (_, Some(e)) => GuestEnd::Raised { kind: e.kind, message: e.message },
+        (_, None) => GuestEnd::Returned,
+    };
+    GuestAnswer {
+        stdout: o.stdout,
+        stderr: o.stderr,
+        result: o.result,
+        end,
+        output_over: o.status == Status::OutputLimit,
+    }
 }
 
 /// Enters new namespaces: as root directly, otherwise inside a new user namespace.

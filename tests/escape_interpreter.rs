@@ -1,0 +1,320 @@
+//! Attacks on the interpreter tier's walls and on the host's trust in its children,
+//! named after the findings of the outside review behind issue 15 (F1–F7). Each is
+//! judged by the capability it reaches (a module outside the policy, a function's
+//! globals, a frame), not only by an effect on the host.
+//!
+//! See: issue 15.
+
+use std::time::{Duration, Instant};
+
+use terrarium::{ExecRequest, Executor, IsolatedConfig, IsolatedExecutor, Outcome, Policy, Status, Tier};
+
+use crate::common::{default_isolated, exec, run, run_embedded, run_policy, run_wide, runtime};
+
+/// The default policy with `module` allowed too.
+fn policy_allowing(module: &str) -> String {
+    crate::common::default_policy_with(
+        r#"allowed_modules: ["math", "time", "json"]"#,
+        &format!(r#"allowed_modules: ["math", "time", "json", "{module}"]"#),
+    )
+}
+
+/// Asserts that `o` reached no interpreter internals: it did not end `ok` with the
+/// marker, and nothing it printed names a module outside the policy or a host path.
+#[track_caller]
+fn assert_reached_nothing(what: &str, o: &Outcome) {
+    assert_ne!(o.status, Status::Ok, "{what} ran to the end: {o:?}");
+    let text = format!("{} {} {:?}", o.stdout, o.stderr, o.result);
+    for leak in ["REACHED", "<module 'sys'", "<module '_io'", "<module 'marshal'", "built-in function exec", "/"] {
+        assert!(!o.stdout.contains(leak), "{what} printed {leak:?}: {text}");
+    }
+}
+
+/// F1's snippet from the review: a class pattern reads `__globals__` directly.
+const F1_MATCH: &str = "match getattr:\n    case object(__globals__=g):\n        pass\nprint('REACHED', g['sys'])";
+
+#[test]
+fn f1_match_class_patterns_reach_no_globals() {
+    for (mode, o) in [("isolated", run(F1_MATCH)), ("embedded", run_embedded(F1_MATCH))] {
+        assert_eq!(o.status, Status::Denied, "{mode}: {o:?}");
+        assert_reached_nothing(mode, &o);
+    }
+    // Positional patterns read the names in `__match_args__`.
+    let o =
+        run("class C:\n    __match_args__ = ('__globals__',)\nmatch C():\n    case C(g):\n        print('REACHED')");
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    // The relatives the review reached the same way: subclasses, frames of
+    // generators, coroutines, async generators and tracebacks.
+    for code in [
+        "match object:\n    case type(__subclasses__=s):\n        print('REACHED', s())",
+        "def g():\n    yield 1\nmatch g():\n    case object(gi_frame=f):\n        print('REACHED', f)",
+        "async def c():\n    pass\nmatch c():\n    case object(cr_frame=f):\n        print('REACHED', f)",
+        "try:\n    1/0\nexcept Exception as e:\n    match e.__traceback__:\n        case object(tb_frame=f):\n            print('REACHED', f)",
+    ] {
+        let o = run(code);
+        assert_reached_nothing(code, &o);
+    }
+}
+
+/// F2's snippet from the review: a `str` subclass whose `startswith` lies.
+const F2_STR_SUBCLASS: &str = "class S(str):\n    def startswith(self, p):\n        return False\n    def split(self, *a):\n        return ['x']\n    def __eq__(self, o):\n        return False\n    def __hash__(self):\n        return 1\n";
+
+#[test]
+fn f2_str_subclasses_do_not_fool_the_attribute_builtins() {
+    for call in [
+        "g = getattr(getattr, S('__globals__'))\nprint('REACHED', g['sys'], g['sys'].executable)",
+        "setattr(getattr, S('__dict__'), {})\nprint('REACHED')",
+        "delattr(getattr, S('__globals__'))\nprint('REACHED')",
+    ] {
+        let o = run(&format!("{F2_STR_SUBCLASS}{call}"));
+        assert_eq!(o.status, Status::Denied, "{call}: {o:?}");
+        assert_reached_nothing(call, &o);
+    }
+    let o = run(&format!("{F2_STR_SUBCLASS}hasattr(getattr, S('__globals__'))"));
+    assert_eq!((o.status, o.result), (Status::Ok, Some(serde_json::json!(false))), "hasattr says absent");
+    // The guarded attrgetter, whose check called `split` on the name.
+    let o = run_policy(
+        &policy_allowing("operator"),
+        &format!("{F2_STR_SUBCLASS}import operator\nprint('REACHED', operator.attrgetter(S('__globals__'))(getattr))"),
+    );
+    assert_reached_nothing("attrgetter", &o);
+}
+
+#[test]
+fn f3_typing_forward_references_reach_no_globals() {
+    let o = run_policy(
+        &policy_allowing("typing"),
+        "import typing\nfr = typing.get_args(typing.List['sys'])[0]\nprint('REACHED', fr.evaluate(owner=getattr))",
+    );
+    assert_reached_nothing("typing ForwardRef.evaluate(owner=getattr)", &o);
+    let o = run_policy(
+        &policy_allowing("typing"),
+        "import typing\nfr = typing.get_args(typing.List['_real_import'])[0]\nprint('REACHED', fr.evaluate(owner=getattr)('_io'))",
+    );
+    assert_reached_nothing("typing ForwardRef to the importer", &o);
+}
+
+#[test]
+fn f4_string_formatter_through_super_reaches_no_globals() {
+    let o = run_policy(
+        &policy_allowing("string"),
+        "import string\nF = string.Formatter\nobj, _ = super(F, F()).get_field('0.' + '_'*2 + 'globals' + '_'*2, (getattr,), {})\nprint('REACHED', obj['sys'])",
+    );
+    assert_reached_nothing("super(Formatter).get_field", &o);
+    // With the guard stepped around, the wall is what answers: no such attribute.
+    assert_eq!(o.error.as_ref().map(|e| e.kind.as_str()), Some("AttributeError"), "{o:?}");
+}
+
+#[test]
+fn f5_the_real_operator_classes_reach_no_globals() {
+    let policy = policy_allowing("operator");
+    let o = run_policy(
+        &policy,
+        "import operator\nA = type(operator.attrgetter('x'))\nprint('REACHED', A('_'*2 + 'globals' + '_'*2)(getattr)['sys'])",
+    );
+    assert_reached_nothing("type(attrgetter)", &o);
+    assert_eq!(o.error.as_ref().map(|e| e.kind.as_str()), Some("AttributeError"), "the wall answers: {o:?}");
+    let o = run_policy(
+        &policy,
+        "import operator\nM = type(operator.methodcaller('x'))\nprint('REACHED', M('_'*2 + 'subclasses' + '_'*2)(object))",
+    );
+    assert_reached_nothing("type(methodcaller)", &o);
+}
+
+#[test]
+fn module_level_builtins_do_not_hand_out_their_module() {
+    // `len.__self__` was the real builtins module; operator reaches it past the
+    // names.
+    let o = run_policy(
+        &policy_allowing("operator"),
+        "import operator\nA = type(operator.attrgetter('x'))\nprint('REACHED', A('_'*2 + 'self' + '_'*2)(len))",
+    );
+    assert_reached_nothing("len.__self__", &o);
+}
+
+#[test]
+fn stdlib_callbacks_do_not_hand_out_their_module_globals() {
+    // globals() called back from a stdlib function's frame would be that module's.
+    let o = run_wide(
+        "import contextlib\nwith contextlib.ExitStack() as s:\n    s.callback(lambda: None)\n    s.callback(globals)\nprint('REACHED')",
+    );
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    let o = run("x = 1\nsorted(globals())[:3] + [locals()['x']]");
+    assert_eq!(o.status, Status::Ok, "the snippet's own globals and locals still answer: {o:?}");
+}
+
+#[test]
+fn honest_code_gets_back_what_the_name_guards_broke() {
+    let o = run(
+        "try:\n    try:\n        1/0\n    except ZeroDivisionError as e:\n        raise ValueError('x') from e\nexcept ValueError as v:\n    r = [type(v.__cause__).__name__, type(v.__context__).__name__, v.__suppress_context__]\nr",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!(["ZeroDivisionError", "ZeroDivisionError", true])));
+    let o = run_policy(
+        &policy_allowing("typing"),
+        "import typing\nT = typing.TypeVar('T')\nclass Box(typing.Generic[T]):\n    def __init__(self, v):\n        self.v = v\nb = Box[int](3)\n[b.v, b.__orig_class__ == Box[int]]",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!([3, true])));
+}
+
+/// Pids of the live children of `parent` (from /proc).
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn pool_of_one() -> IsolatedExecutor {
+    let mut config = IsolatedConfig::new(env!("CARGO_BIN_EXE_terrarium"));
+    config.pool_size = 1;
+    IsolatedExecutor::new(Policy::default_policy(), config)
+}
+
+#[test]
+fn f6_a_child_cannot_forge_its_answer_on_stderr() {
+    // The runtime's fallback writes go to descriptor 2; the answer channel is 3.
+    let o = runtime()
+        .block_on(default_isolated().probe_misbehaving_child("print('real')\n'value'", "forge_on_stderr"))
+        .expect("host fault");
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.stdout, "real\n", "the host took the forged frame: {o:?}");
+    assert_eq!(o.result, Some(serde_json::json!("value")));
+    assert_eq!(o.tier, Tier::Rustpython);
+}
+
+#[test]
+fn f6_a_denial_is_final_whatever_the_snippet_does_next() {
+    // The child tells the host of a denial when it happens; catching the
+    // PermissionError and returning normally does not take it back.
+    let o = run("try:\n    import os\nexcept BaseException:\n    pass\nprint('after')\n'ok'");
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert_eq!(o.result, None, "a denied run has no value: {o:?}");
+}
+
+#[test]
+fn f7_a_child_that_keeps_running_after_its_answer_is_killed() {
+    let exec = pool_of_one();
+    runtime().block_on(exec.warm_up()).expect("warm up");
+    let zygote = exec.zygote_pid().expect("zygote");
+    for how in ["linger_after_answer", "spin_after_answer", "hold_memory_after_answer"] {
+        let started = Instant::now();
+        let o = runtime().block_on(exec.probe_misbehaving_child("print('answered')", how)).expect("host fault");
+        assert_eq!(o.status, Status::Ok, "{how}: {o:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{how}: the request waited for the child");
+        // The run returns only once its child is reaped: what is left is the pool
+        // (one child, ready or being forked).
+        let left = children_of(zygote);
+        assert!(left.len() <= 1, "{how}: children of the zygote after the run: {left:?}");
+    }
+    // A batch of them, then the count once more.
+    for _ in 0..4 {
+        let o = runtime().block_on(exec.probe_misbehaving_child("1", "hold_memory_after_answer")).expect("host fault");
+        assert_eq!(o.status, Status::Ok);
+    }
+    let left = children_of(zygote);
+    assert!(left.len() <= 1, "children of the zygote after the batch: {left:?}");
+}
+
+#[test]
+fn f7_a_cancelled_request_kills_its_child() {
+    let exec = pool_of_one();
+    runtime().block_on(exec.warm_up()).expect("warm up");
+    let zygote = exec.zygote_pid().expect("zygote");
+    // The caller gives up long before the deadline: dropping the request's future
+    // kills its child.
+    let gave_up = runtime().block_on(async {
+        tokio::time::timeout(Duration::from_millis(300), exec.execute(ExecRequest::new("import time\ntime.sleep(30)")))
+            .await
+    });
+    assert!(gave_up.is_err(), "the sleep finished early");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = children_of(zygote);
+        if left.len() <= 1 {
+            break;
+        }
+        assert!(Instant::now() < until, "the abandoned child still runs: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn usage_and_tier_are_the_hosts_observation() {
+    let o = exec(default_isolated(), ExecRequest::new("sum(range(300000))"));
+    assert_eq!(o.status, Status::Ok);
+    assert_eq!(o.tier, Tier::Rustpython);
+    assert!(o.usage.peak_memory_bytes.is_some_and(|m| m > 1 << 20), "the zygote's rusage, not the child's: {o:?}");
+    assert!(o.guest_word().contains(&"result") && !o.guest_word().contains(&"tier"));
+}
+
+/// F9's snippet from the review: catch two denials, then clear the prelude's record.
+const F9_CLEAR_DENIALS: &str = "import json\nm = json.decoder.re.enum.sys.modules['__main__']\ntry:\n    __import__('subprocess')\nexcept PermissionError as e:\n    print('caught:', e)\ntry:\n    open('/etc/passwd')\nexcept PermissionError as e:\n    print('caught:', e)\nm._denial.clear()\nprint('the run goes on')\n'ok'";
+
+/// F10's snippet, after a denial: forge an ok status line and leave at once.
+const F10_FORGE_STATUS: &str = "import json\nsys = json.decoder.re.enum.sys\nm = sys.modules['__main__']\ntry:\n    __import__('subprocess')\nexcept PermissionError:\n    pass\nm._denial.clear()\nm._real_stderr_write('\\n' + m._nonce + ' {\"kind\": \"ok\", \"result\": \"{\\\\\"forged\\\\\": true}\"}\\n')\nm._real_stderr_flush()\nns = {}\nexec('import posix', ns)\nns['posix']._exit(0)";
+
+#[track_caller]
+fn assert_denied_after_all(tier: &str, o: &Outcome) {
+    assert_eq!(o.status, Status::Denied, "{tier}: {o:?}");
+    assert_eq!(o.result, None, "{tier}: {o:?}");
+}
+
+#[test]
+fn f9_f10_denials_on_the_cpython_tiers_cannot_be_taken_back() {
+    if let Some(o) = crate::common::run_wasm(F9_CLEAR_DENIALS) {
+        assert_denied_after_all("wasm F9", &o);
+    }
+    if let Some(o) = crate::common::run_wasm(F10_FORGE_STATUS) {
+        assert_denied_after_all("wasm F10", &o);
+    }
+    if let Some(o) = crate::common::run_docker(F9_CLEAR_DENIALS) {
+        assert_denied_after_all("docker F9", &o);
+    }
+    if let Some(o) = crate::common::run_docker(F10_FORGE_STATUS) {
+        assert_denied_after_all("docker F10", &o);
+    }
+}
+
+#[test]
+fn f8_modules_imported_by_name_on_the_cpython_tiers_reach_nothing_on_the_host() {
+    // The whitelist is the prelude's policy inside a CPython the snippet shares; these
+    // routes still import by name (README, "Security model"). What holds is the
+    // tier's wall: the modules they bring can do nothing to the host.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("f8-marker");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let code = format!(
+        "ns = {{}}\nexec('import os, subprocess, socket', ns)\nimport json\nsys = json.decoder.re.enum.sys\n\
+         gcd = sys.modules['_frozen_importlib']._gcd_import\nshutil = gcd('shutil')\n\
+         results = []\n\
+         for attempt in (lambda: ns['subprocess'].run(['touch', {m:?}]),\n\
+                         lambda: ns['os'].system('touch ' + {m:?}),\n\
+                         lambda: ns['socket'].create_connection(('127.0.0.1', {port}), timeout=1),\n\
+                         lambda: open({m:?}, 'w').write('x'),\n\
+                         lambda: shutil.copy('/etc/hostname', {m:?})):\n\
+         \x20   try:\n\
+         \x20       attempt()\n\
+         \x20       results.append('ran')\n\
+         \x20   except BaseException as e:\n\
+         \x20       results.append(type(e).__name__)\n\
+         print(results)",
+        m = marker.to_string_lossy(),
+    );
+    for (tier, o) in [("wasm", crate::common::run_wasm(&code)), ("docker", crate::common::run_docker(&code))] {
+        let Some(o) = o else { continue };
+        assert!(!marker.exists(), "{tier}: a file appeared on the host: {o:?}");
+        assert!(listener.accept().is_err(), "{tier}: a connection reached the host: {o:?}");
+        assert_eq!(o.tier.as_str(), tier);
+    }
+}
