@@ -8,18 +8,24 @@ use libfuzzer_sys::fuzz_target;
 use terrarium::Tier;
 use terrarium::tier::cpython::decode_report;
 use terrarium::tier::rustpython::isolated::protocol::{
-    ChildAnswer, ChildRequest, FromZygote, ToZygote, answer_complete, parse_answer, read_frame,
+    AnswerStream, ChildMessage, ChildRequest, FromZygote, ToZygote, read_frame,
 };
 
 fuzz_target!(|data: &[u8]| {
-    // A child's request socket: complete or not, an answer or last words.
-    let complete = answer_complete(data);
-    let parsed = parse_answer(data);
-    if parsed.is_ok() {
-        assert!(complete, "an answer parsed from an incomplete frame");
+    // A child's answer stream, whole and in two chunks: the same verdict either way,
+    // and never past the cap.
+    let whole = AnswerStream::new(64 * 1024).push(data);
+    let cut = data.len() / 2;
+    let mut split = AnswerStream::new(64 * 1024);
+    let chunked = split.push(&data[..cut]).and_then(|first| match first {
+        Some(a) => Ok(Some(a)),
+        None => split.push(&data[cut..]),
+    });
+    if let (Ok(Some(a)), Ok(b)) = (&whole, &chunked) {
+        assert_eq!(Some(a), b.as_ref(), "an answer depends on how the bytes were cut");
     }
     // Length-prefixed frames, with the reader's cap.
-    let _ = read_frame::<ChildAnswer>(&mut &data[..], 64 * 1024);
+    let _ = read_frame::<ChildMessage>(&mut &data[..], 64 * 1024);
     let _ = read_frame::<ChildRequest>(&mut &data[..], 64 * 1024);
     // Control packets.
     let _ = serde_json::from_slice::<FromZygote>(data);

@@ -103,6 +103,10 @@ _STDLIB = tuple(q for q in (p.rstrip("/") for p in sys.path if p.startswith("/")
 def _audit(event, args):
     if event == "open":
         path, mode = args[0], args[1]
+        if path == "<snippet>":
+            # CPython looking for the source line of a SyntaxError: no such file,
+            # and not the snippet's doing, so no denial.
+            raise FileNotFoundError(2, "No such file or directory", path)
         if _scratch and isinstance(path, str):
             # Absolute under /scratch, or relative to it (the working directory).
             inside = path == "/scratch" or path.startswith("/scratch/") or not path.startswith("/")

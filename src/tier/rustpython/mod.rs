@@ -12,11 +12,15 @@
 //!    `threading` features: no `os`/`posix`, sockets, `FileIO`, subprocesses or
 //!    threads exist in the binary for it to call.
 //! 2. Its module tables are pruned of introspection and host modules.
-//! 3. Static analysis refuses imports outside the policy, dunder and frame
-//!    attribute chains, and nesting deeper than [`crate::analysis::MAX_NESTING`].
-//! 4. Snippets run with restricted builtins, a guarded `__import__` that hands out
-//!    module proxies, guarded `getattr`/`str.format`, and `sys` stripped of
-//!    `settrace`, `setrecursionlimit`, `_getframe` and the like.
+//! 3. The prelude builds the snippet environment (restricted builtins, a guarded
+//!    `__import__` that hands out module proxies, stand-ins for `os` and `asyncio`),
+//!    the policy's modules are imported, and then the interpreter is sealed
+//!    (`walls.rs`): the attributes that hand out interpreter internals are deleted
+//!    from the VM's types, so no route reaches them, whatever names a snippet builds.
+//! 4. Static analysis and the native attribute builtins refuse dunder and frame
+//!    attribute names early, with a clear message; they are not the wall.
+//! 5. A denial, the deadline or the output cap is terminal: it raises at every
+//!    instruction until the run unwinds.
 
 pub mod embedded;
 pub mod isolated;

@@ -7,7 +7,11 @@
 //! # Security
 //! - Only modules that cannot reach the host are compiled in (no `host_env`); the
 //!   module tables are further pruned of introspection modules here.
-//! - Snippets get restricted builtins and module proxies (see `prelude.py`).
+//! - Snippets get restricted builtins and module proxies (see `prelude.py`); once
+//!   the prelude and the policy's modules are loaded, [`Worker::seal`] removes the
+//!   interpreter internals from the VM's types (`walls.rs`).
+//! - Denials go to a sink the moment they happen ([`set_denial_sink`]): the
+//!   isolated child sends each to the host before the snippet regains control.
 //! - Terminal conditions (deadline, output cap, denial) raise at *every*
 //!   instruction until the run unwinds, so `except BaseException` cannot swallow
 //!   them; native calls already running finish first (embedded mode's limit).
