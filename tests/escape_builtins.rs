@@ -29,17 +29,28 @@ fn guarded_getattr_cannot_be_replaced_by_helpers() {
 fn snippet_builtins_are_the_restricted_copy() {
     assert_denied("__builtins__['__import__']('sys')\nprint('ESCAPED')");
     assert_denied("__import__('os')\nprint('ESCAPED')");
-    for f in [
-        "exec('1')",
-        "eval('1')",
-        "compile('1', 's', 'eval')",
-        "open('/etc/passwd')",
-        "breakpoint()",
-        "input()",
-        "vars()",
-    ] {
+    for f in ["compile('1', 's', 'eval')", "open('/etc/passwd')", "breakpoint()", "input()", "vars()"] {
         assert_denied(&format!("{f}\nprint('ESCAPED')"));
     }
+}
+
+#[test]
+fn eval_and_exec_of_text_meet_the_same_walls_as_the_snippet() {
+    // See: issue 15 (given back once the walls no longer depend on names).
+    let o = run("g = {}\nexec('y = 5\\ndef f(): return y * 2', g)\n[eval('1 + 2'), g['y'], g['f']()]");
+    assert_eq!((o.status, o.result.clone()), (Status::Ok, Some(serde_json::json!([3, 5, 10]))), "{o:?}");
+    for code in [
+        "exec('import os', {})",
+        "eval('__import__(\"sys\")')",
+        "eval('().__class__.__base__.__subclasses__()')",
+        "exec('match getattr:\\n    case object(__globals__=g):\\n        pass', {})",
+        "exec('x = 1', {'__builtins__': {}})\nexec(b'import os')",
+        "eval(compile('1', 's', 'eval'))",
+    ] {
+        assert_denied(&format!("{code}\nprint('ESCAPED')"));
+    }
+    // Called back from a stdlib function's frame, eval would see that module's names.
+    assert_denied("import json\njson.loads('[1]', parse_int=eval)");
 }
 
 #[test]

@@ -81,7 +81,7 @@ fn string_annotations_are_evaluated_with_snippet_builtins() {
     );
     // A name resolved through a module (ForwardRef's `module=`) finds no module.
     assert_refused_wide(
-        "import typing\nA = type('A', (), {'__module__': 'builtins', '__annotations__': {'x': 'eval'}})\ntyping.get_type_hints(A)['x']('1')",
+        "import typing\nA = type('A', (), {'__module__': 'builtins', '__annotations__': {'x': 'compile'}})\ntyping.get_type_hints(A)['x']('1', 's', 'eval')",
     );
 }
 

@@ -19,6 +19,7 @@
 #   _t_abc_subclasses(cls)  ABCMeta.__subclasses__ (type.__subclasses__ is removed)
 #   _t_globals(), _t_locals()
 #                           globals()/locals() that answer only in snippet code
+#   _t_eval, _t_exec        snippets' eval/exec of text, checked like the snippet
 #
 # Security: the walls are below this file. After it runs, the host deletes from the
 # interpreter's types every attribute that hands out interpreter internals (function
@@ -215,8 +216,11 @@ for _k, _v in _real_builtins.items():
     if _k in _REMOVED_BUILTINS:
         continue
     _snippet_builtins[_k] = _v
-for _k in ("open", "exec", "eval", "compile", "input", "breakpoint", "vars"):
+for _k in ("open", "compile", "input", "breakpoint", "vars"):
     _snippet_builtins[_k] = _denied_builtin(_k)
+# Text only, checked like the snippet, run with these builtins (native: worker.rs).
+_snippet_builtins["eval"] = _t_eval
+_snippet_builtins["exec"] = _t_exec
 _snippet_builtins["__build_class__"] = _real_builtins["__build_class__"]
 _snippet_builtins["__import__"] = _guarded_import
 _snippet_builtins["getattr"] = _t_getattr

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyDictRef, PyStrRef};
 use rustpython_vm::common::rc::PyRc;
 use rustpython_vm::compiler::Mode;
-use rustpython_vm::function::ArgIntoFloat;
+use rustpython_vm::function::{ArgIntoFloat, OptionalArg};
 use rustpython_vm::scope::Scope;
 use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
 use rustpython_vm::{AsObject, Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
@@ -369,6 +369,76 @@ fn native_locals(vm: &VirtualMachine) -> PyResult<rustpython_vm::function::ArgMa
     vm.current_locals()
 }
 
+/// Snippets' `eval` and `exec`: text only (a code object is never handed out), read
+/// by its exact `str` value, refused as the snippet itself would be by the static
+/// analysis and the policy's imports, compiled as `<snippet>`, and run with the
+/// snippet's builtins. Without `globals`, the snippet's own globals (only from the
+/// snippet's own code: a stdlib function calling `eval` back gets no module's
+/// names); the caller's function locals are not seen.
+fn run_text(
+    mode: Mode,
+    source: PyObjectRef,
+    globals: OptionalArg<PyObjectRef>,
+    locals: OptionalArg<PyObjectRef>,
+    vm: &VirtualMachine,
+) -> PyResult {
+    let eval = matches!(mode, Mode::Eval);
+    let name = if eval { "eval" } else { "exec" };
+    let Some(text) = source.downcast_ref::<rustpython_vm::builtins::PyStr>() else {
+        return Err(deny(&format!("{name}() runs text only in the sandbox, not {}", source.class().name()), vm));
+    };
+    let text = text.as_wtf8().to_string_lossy().into_owned();
+    let allowed = with_run(|run| run.allowed.clone()).unwrap_or_default();
+    if let Some(reason) = static_denial(&text, &allowed) {
+        return Err(deny(&format!("{name}(): {reason}"), vm));
+    }
+    let globals: PyDictRef = match globals {
+        OptionalArg::Present(g) if !vm.is_none(&g) => g
+            .downcast::<rustpython_vm::builtins::PyDict>()
+            .map_err(|g| vm.new_type_error(format!("globals must be a dict, not {}", g.class().name())))?,
+        _ if in_snippet_code(vm) => vm.current_globals(),
+        _ => return Err(deny(&format!("{name}() without globals is available only in the snippet's own code"), vm)),
+    };
+    if !globals.contains_key("__builtins__", vm) {
+        // The snippet's builtins, never the interpreter's (which `Scope` would add).
+        let run_globals = with_run(|run| run.globals.clone()).flatten();
+        let builtins = run_globals
+            .and_then(|g| g.downcast::<rustpython_vm::builtins::PyDict>().ok())
+            .and_then(|g| g.get_item_opt("__builtins__", vm).ok().flatten());
+        let Some(builtins) = builtins else {
+            return Err(deny(&format!("{name}() is available only during a run"), vm));
+        };
+        globals.set_item("__builtins__", builtins, vm)?;
+    }
+    let locals = match locals {
+        OptionalArg::Present(l) if !vm.is_none(&l) => {
+            Some(<rustpython_vm::function::ArgMapping as rustpython_vm::TryFromObject>::try_from_object(vm, l)?)
+        }
+        _ => None,
+    };
+    let code = vm.compile(&text, mode, "<snippet>").map_err(|e| e.into_pyexception(vm, Some(&text)))?;
+    let value = vm.run_code_obj(code, Scope::with_builtins(locals, globals, vm))?;
+    Ok(if eval { value } else { vm.ctx.none() })
+}
+
+fn native_eval(
+    source: PyObjectRef,
+    globals: OptionalArg<PyObjectRef>,
+    locals: OptionalArg<PyObjectRef>,
+    vm: &VirtualMachine,
+) -> PyResult {
+    run_text(Mode::Eval, source, globals, locals, vm)
+}
+
+fn native_exec(
+    source: PyObjectRef,
+    globals: OptionalArg<PyObjectRef>,
+    locals: OptionalArg<PyObjectRef>,
+    vm: &VirtualMachine,
+) -> PyResult {
+    run_text(Mode::Exec, source, globals, locals, vm)
+}
+
 fn native_allowed(name: PyStrRef) -> bool {
     let name = name.as_wtf8().to_string_lossy().into_owned();
     with_run(|run| module_allowed(&run.allowed, &name)).unwrap_or(false)
@@ -444,6 +514,8 @@ impl Worker {
             set("_t_delattr", vm.new_function("delattr", walls::native_delattr).into())?;
             set("_t_hasattr", vm.new_function("hasattr", walls::native_hasattr).into())?;
             set("_t_globals", vm.new_function("globals", native_globals).into())?;
+            set("_t_eval", vm.new_function("eval", native_eval).into())?;
+            set("_t_exec", vm.new_function("exec", native_exec).into())?;
             set("_t_locals", vm.new_function("locals", native_locals).into())?;
             set("_t_attr_allowed", vm.new_function("_t_attr_allowed", walls::native_attr_allowed).into())?;
             set("_t_abc_subclasses", vm.new_function("__subclasses__", walls::native_abc_subclasses).into())?;
