@@ -318,3 +318,51 @@ fn f8_modules_imported_by_name_on_the_cpython_tiers_reach_nothing_on_the_host() 
         assert_eq!(o.tier.as_str(), tier);
     }
 }
+
+// The outside attack on this change (the breaches it found, now regression tests).
+
+#[test]
+fn b1_a_str_subclass_import_name_cannot_choose_the_module() {
+    let o = run(
+        "class S(str):\n    def __hash__(self):\n        return hash('sys')\n    def __eq__(self, other):\n        return other == 'sys' or str.__eq__(self, other)\nsysp = __builtins__['__import__'](S('json'), None, None, ['dumps'], 0)\nprint('REACHED', sysp.modules['sys'])",
+    );
+    assert_reached_nothing("S('json') hashing as 'sys'", &o);
+}
+
+#[test]
+fn b2_a_str_subclass_cannot_pass_for_a_servable_module() {
+    for policy in [policy_allowing("sys"), crate::common::WIDE_POLICY.to_string()] {
+        let o = run_policy(
+            &policy,
+            "class S(str):\n    def split(self, sep=None, maxsplit=-1):\n        return ['math']\ns = __builtins__['__import__'](S('sys'))\nprint('REACHED', s.modules['builtins'])",
+        );
+        assert_reached_nothing("S('sys') splitting as 'math'", &o);
+    }
+}
+
+#[test]
+fn b3_the_preludes_views_of_sys_are_not_in_any_proxy() {
+    let o = run_policy(&policy_allowing("typing"), "import typing\nprint('REACHED', typing.sys._getframe())");
+    assert_reached_nothing("typing.sys", &o);
+    let o = run_policy(
+        &policy_allowing("dataclasses"),
+        "import dataclasses\nprint('REACHED', dataclasses.sys.modules['dataclasses'].annotationlib.enum.sys)",
+    );
+    assert_reached_nothing("dataclasses.sys", &o);
+    let o = run_policy(
+        &policy_allowing("dataclasses"),
+        "import dataclasses\nprint('REACHED', dataclasses.exec, dataclasses.inspect)",
+    );
+    assert_reached_nothing("dataclasses.exec", &o);
+}
+
+#[test]
+fn b4_a_code_object_from_stdlib_cannot_be_run_or_rebuilt() {
+    // A class pattern whose metaclass claims every instance reads any attribute past
+    // the names; the code object it finds must be inert.
+    let o = run_policy(
+        &policy_allowing("typing"),
+        "import typing\nclass M(type):\n    def __instancecheck__(cls, obj):\n        return True\nclass Any(metaclass=M):\n    pass\nAny.__match_args__ = tuple(['_' * 2 + 'forward_code' + '_' * 2])\nfr = typing.get_args(typing.List['int'])[0]\nmatch fr:\n    case Any(code):\n        pass\nf = type(lambda: 0)(code, {'len': 42})\nprint('REACHED', f())",
+    );
+    assert_reached_nothing("FunctionType(stdlib code)", &o);
+}

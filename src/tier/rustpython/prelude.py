@@ -20,6 +20,7 @@
 #   _t_globals(), _t_locals()
 #                           globals()/locals() that answer only in snippet code
 #   _t_eval, _t_exec        snippets' eval/exec of text, checked like the snippet
+#   _t_exact(s)             a plain str with the value of str (or subclass) `s`
 #
 # Security: the walls are below this file. After it runs, the host deletes from the
 # interpreter's types every attribute that hands out interpreter internals (function
@@ -171,6 +172,8 @@ def _proxy(mod):
         d[k] = v
     for k in _PROXY_REMOVALS.get(name, ()):
         d.pop(k, None)
+    for k in _HARDENED_NAMES.get(name, ()):
+        d.pop(k, None)
     make = _PROXY_OVERRIDES.get(name)
     if make is not None:
         d.update(make())
@@ -182,6 +185,10 @@ def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
         raise _t_deny("relative imports are not available to snippets")
     if not isinstance(name, str) or not name:
         raise TypeError("__import__() argument 1 must be a non-empty str")
+    # Plain str values from here on: a subclass's __hash__/__eq__/__format__ would
+    # otherwise choose what sys.modules and the import system look up.
+    name = _t_exact(name)
+    fromlist = tuple(_t_exact(f) if isinstance(f, str) else f for f in (fromlist or ()))
     if not _t_allowed(name):
         raise _t_deny("import of %r is not allowed by the policy" % (name,))
     if _unservable(name):
@@ -300,7 +307,7 @@ class _SysView:
     """What the text-evaluating modules see as `sys`: the few attributes they use,
     and a sys.modules limited to their own helpers."""
 
-    _PASS = frozenset(("_getframe", "_getframemodulename", "stdout", "stderr", "_clear_type_descriptors",
+    _PASS = frozenset(("_getframemodulename", "stdout", "stderr", "_clear_type_descriptors",
                        "version_info", "maxsize", "flags", "implementation"))
 
     def __init__(self, modules):
@@ -326,12 +333,23 @@ def _identifier_fields(process):
     return checked
 
 
+# Names the hardening below sets on a module: its own code reads them as globals;
+# a snippet's proxy of the module never shows them.
+_HARDENED_NAMES = {}
+
+
+def _set_hidden(m, **names):
+    for k, v in names.items():
+        setattr(m, k, v)
+    _HARDENED_NAMES.setdefault(m.__name__, set()).update(names)
+
+
 def _harden_annotationlib(m):
-    m.eval, m.compile, m.sys, m.builtins = _h_eval, _h_compile, _SysView(()), _builtins_view
+    _set_hidden(m, eval=_h_eval, compile=_h_compile, sys=_SysView(()), builtins=_builtins_view)
 
 
 def _harden_typing(m):
-    m.sys = _SysView(())
+    _set_hidden(m, sys=_SysView(()))
 
 
 class _NoSignatures:
@@ -355,9 +373,8 @@ def _no_class_cell(f, oldcls, newcls):
 
 
 def _harden_dataclasses(m):
-    m.exec, m.sys = _h_exec, _SysView(("dataclasses", "typing"))
+    _set_hidden(m, exec=_h_exec, sys=_SysView(("dataclasses", "typing")), inspect=_NoSignatures)
     m._process_class = _identifier_fields(m._process_class)
-    m.inspect = _NoSignatures
     m._update_func_cell_for__class__ = _no_class_cell
 
 

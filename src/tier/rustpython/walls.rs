@@ -14,7 +14,8 @@
 //! closure cells or code, a module through a builtin
 //! function's `__self__`, a frame (from generators, coroutines, async generators or
 //! tracebacks), a frame's globals, locals, builtins, code or caller, a code object's
-//! `replace`, or the subclasses of an arbitrary class (only an ABC's, which
+//! `replace` or constructor, a function made from a code object, or the
+//! subclasses of an arbitrary class (only an ABC's, which
 //! `isinstance` checks need). Trusted stdlib code loses these too: the prelude
 //! patches the few served modules that used them. A test walks the object graph
 //! from every name a snippet has and finds none of them.
@@ -23,8 +24,8 @@
 //! name's exact `str` value (never a method of the object given) and are early,
 //! well-worded refusals on top of the removal, not the wall.
 
-use rustpython_vm::builtins::{PyStr, PyStrRef, PyType};
-use rustpython_vm::function::OptionalArg;
+use rustpython_vm::builtins::{PyStr, PyStrRef, PyType, PyTypeRef};
+use rustpython_vm::function::{FuncArgs, OptionalArg};
 use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
 use crate::analysis;
@@ -84,6 +85,15 @@ pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
         }
         typ.modified();
     }
+    // No functions from code objects, and no code objects from parts: stdlib code
+    // still makes code objects (a forward reference's compiled text), but a snippet
+    // that gets one can neither run it with globals of its choosing nor rebuild it
+    // with other bytecode.
+    for typ in [vm.ctx.types.function_type, vm.ctx.types.code_type] {
+        typ.slots.new.store(Some(refuse_new));
+        typ.attributes.remove(vm.ctx.intern_str("__new__"));
+        typ.modified();
+    }
     // A function the snippet defined may show its globals: they are the run's own
     // (`globals()`), and typing's get_type_hints reads them for string annotations.
     // Any other function's are its module's, and stay gone.
@@ -104,6 +114,11 @@ pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
     attribute_error.attributes.set(vm.ctx.intern_str("obj"), obj.into());
     attribute_error.modified();
     Ok(())
+}
+
+/// The constructor of a type snippets may not instantiate.
+fn refuse_new(cls: PyTypeRef, _args: FuncArgs, vm: &VirtualMachine) -> PyResult {
+    Err(vm.new_type_error(format!("cannot create '{}' instances in the sandbox", cls.name())))
 }
 
 /// Attributes this RustPython build may not define at all.
@@ -150,6 +165,13 @@ fn exact_name(name: &PyObject, vm: &VirtualMachine) -> PyResult<PyStrRef> {
         Some(s) => Ok(vm.ctx.new_str(s.as_wtf8().to_owned())),
         None => Err(vm.new_type_error(format!("attribute name must be string, not '{}'", name.class().name()))),
     }
+}
+
+/// A plain `str` with the value of `s`, a `str` or a subclass of it (for the
+/// prelude's importer: a subclass's `__hash__`, `__eq__` or `__format__` would
+/// choose what the import system looks up).
+pub fn native_exact_str(s: PyObjectRef, vm: &VirtualMachine) -> PyResult<PyStrRef> {
+    exact_name(&s, vm)
 }
 
 /// Whether snippets may name attribute `name` (the analysis' rule, on the exact

@@ -515,6 +515,7 @@ impl Worker {
             set("_t_hasattr", vm.new_function("hasattr", walls::native_hasattr).into())?;
             set("_t_globals", vm.new_function("globals", native_globals).into())?;
             set("_t_eval", vm.new_function("eval", native_eval).into())?;
+            set("_t_exact", vm.new_function("_t_exact", walls::native_exact_str).into())?;
             set("_t_exec", vm.new_function("exec", native_exec).into())?;
             set("_t_locals", vm.new_function("locals", native_locals).into())?;
             set("_t_attr_allowed", vm.new_function("_t_attr_allowed", walls::native_attr_allowed).into())?;
@@ -878,6 +879,14 @@ any(hasattr(f, n) for n in ('f_back', 'f_globals', 'f_locals', 'f_builtins', 'f_
                 "code rebuilding",
                 "c = compile('0', 'x', 'eval')
 hasattr(c, 'replace')",
+            ),
+            (
+                "functions from code",
+                "c = compile('0', 'x', 'eval')\ntry:\n    type(lambda: 0)(c, {})\n    r = True\nexcept TypeError:\n    r = False\nr",
+            ),
+            (
+                "code from parts",
+                "c = compile('0', 'x', 'eval')\ntry:\n    type(c)(0, 0, 0, 0, 0, 0, b'', (), (), (), 'x', 'x', 'x', 1, b'', b'')\n    r = True\nexcept TypeError:\n    r = False\nr",
             ),
         ] {
             assert_eq!(trusted(code), "False", "{what} is still reachable");
