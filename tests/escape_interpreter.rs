@@ -366,3 +366,59 @@ fn b4_a_code_object_from_stdlib_cannot_be_run_or_rebuilt() {
     );
     assert_reached_nothing("FunctionType(stdlib code)", &o);
 }
+
+// The second outside attack on this change.
+
+#[test]
+fn r1_r2_enum_convert_cannot_look_up_sys_by_name() {
+    let o = run_policy(
+        &policy_allowing("enum"),
+        "import enum\nE = enum.Enum._convert_('Zz', 'sys', lambda n: n in ('modules', '_getframe'))\nprint('REACHED', E.modules.value)",
+    );
+    assert_reached_nothing("Enum._convert_('sys')", &o);
+    // The same class reached from the default policy through a class pattern.
+    let o = run(
+        "import json\nclass Meta(type):\n    def __instancecheck__(cls, o):\n        return True\nclass C(metaclass=Meta):\n    pass\nC.__match_args__ = ('_' * 2 + 'mro' + '_' * 2,)\nmatch type(json.decoder.FLAGS):\n    case C(mro):\n        pass\nEnum = [c for c in mro if c.__name__ == 'Enum'][0]\nE = Enum._convert_('Zz', 'sys', lambda n: n == 'modules')\nprint('REACHED', E.modules.value)",
+    );
+    assert_reached_nothing("Enum._convert_ from the default policy", &o);
+}
+
+#[test]
+fn r3_contextlib_redirect_cannot_read_sys_modules() {
+    let o = run_policy(
+        &policy_allowing("contextlib"),
+        "import contextlib\ncm = contextlib.redirect_stdout({})\ncm._stream = 'modules'\nwith cm:\n    mods = cm._old_targets[0]\nprint('REACHED', mods['sys'])",
+    );
+    assert_reached_nothing("redirect_stdout._stream = 'modules'", &o);
+    // Redirecting the snippet's own output still works.
+    let o = run_policy(
+        &policy_allowing("contextlib"),
+        "import contextlib\nclass W:\n    def __init__(self):\n        self.parts = []\n    def write(self, s):\n        self.parts.append(s)\nw = W()\nwith contextlib.redirect_stdout(w):\n    print('inside')\nprint('outside')\n''.join(w.parts)",
+    );
+    assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, "outside\n"), "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!("inside\n")));
+}
+
+#[test]
+fn r4_catch_warnings_holds_no_real_module() {
+    let o = run_policy(
+        &policy_allowing("warnings"),
+        "import warnings\ncw = warnings.catch_warnings()\nm = cw._module\nprint('REACHED', m, getattr(m, 'sys', None))",
+    );
+    assert_reached_nothing("catch_warnings()._module", &o);
+}
+
+#[test]
+fn h2_stdout_and_stderr_together_are_held_to_max_output() {
+    let code =
+        "import json\nsys = json.codecs.sys\nprint('a' * 1000000)\nsys.stderr.write('b' * 1000000)\nsys.stderr.flush()";
+    if let Some(o) = crate::common::run_wasm(code) {
+        assert_eq!(o.status, Status::OutputLimit, "wasm: {:?}", o.error);
+    }
+    if let Some(o) = crate::common::run_docker(code) {
+        assert_eq!(o.status, Status::OutputLimit, "docker: {:?}", o.error);
+    }
+    // On the interpreter tier the value counts too.
+    let o = run("'x' * 3000000");
+    assert_eq!(o.status, Status::OutputLimit, "{:?}", o.error);
+}

@@ -66,6 +66,16 @@ pub(crate) fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32
     }
 }
 
+/// Makes a run whose stdout and stderr together passed `max_output` end
+/// `output_limit` (the tiers cap each stream on its own as it arrives).
+pub(crate) fn apply_output_cap(o: &mut Outcome, max_output: usize) {
+    if matches!(o.status, Status::Ok | Status::Exception) && o.stdout.len().saturating_add(o.stderr.len()) > max_output
+    {
+        o.result = None;
+        o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
+    }
+}
+
 /// Makes a run that sent a denial line `denied`, however it ended otherwise (a
 /// deadline excepted: the host's own kill stands).
 pub(crate) fn apply_denial(o: &mut Outcome, denial: Option<&str>) {

@@ -34,7 +34,9 @@ use tokio::io::AsyncWriteExt;
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
-use crate::tier::cpython::{PRELUDE, apply_denial, apply_status, nonce, request_text, split_status, stdout_end};
+use crate::tier::cpython::{
+    PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status, stdout_end,
+};
 use engine::{Engine, Input, Launch, Output};
 
 /// The program [`DockerExecutor::probe`] runs.
@@ -625,6 +627,7 @@ async fn serve(
         }
         (Ended::Reported | Ended::Exited, _) => apply_status(&mut o, status_line.as_deref(), None, false),
     }
+    apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
     Ok(o)
 }

@@ -307,20 +307,60 @@ class _SysView:
     """What the text-evaluating modules see as `sys`: the few attributes they use,
     and a sys.modules limited to their own helpers."""
 
-    _PASS = frozenset(("_getframemodulename", "stdout", "stderr", "_clear_type_descriptors",
-                       "version_info", "maxsize", "flags", "implementation"))
+    _PASS = frozenset(("_getframemodulename", "stdout", "stderr", "stdin", "_clear_type_descriptors",
+                       "version_info", "version", "hexversion", "api_version", "maxsize", "maxunicode",
+                       "flags", "implementation", "byteorder", "platform", "float_info", "int_info",
+                       "hash_info", "float_repr_style", "getrecursionlimit", "getsizeof", "intern",
+                       "exc_info", "exception", "getdefaultencoding", "getfilesystemencoding",
+                       "getfilesystemencodeerrors", "is_finalizing", "audit", "dont_write_bytecode",
+                       "_git", "copyright", "get_int_max_str_digits", "set_int_max_str_digits",
+                       "__stdout__", "__stderr__"))
 
     def __init__(self, modules):
-        self.modules = _Modules(modules)
+        object.__setattr__(self, "modules", _Modules(modules))
 
     def __getattr__(self, name):
         if name not in _SysView._PASS:
             raise AttributeError("sys.%s is not available here" % (name,))
         return getattr(sys, name)
 
+    def __setattr__(self, name, value):
+        # contextlib.redirect_stdout/stderr swap the streams; nothing else is set.
+        if name not in ("stdout", "stderr"):
+            raise AttributeError("sys.%s cannot be set here" % (name,))
+        setattr(sys, name, value)
+
+
+# Every loaded stdlib module sees `sys` through a view with an empty sys.modules and
+# `builtins` as the snippet builtins: stdlib functions that look a module up by a
+# name a snippet chose (enum's _convert_, contextlib's redirect, warnings'
+# catch_warnings) or that hold the interpreter's builtins reach nothing through
+# them. The import machinery keeps the real ones.
+_SYS_VIEW = None
+_KEEP_REAL = ("sys", "builtins", "__main__", "_imp", "importlib", "_frozen_importlib",
+              "_frozen_importlib_external", "marshal", "_io", "_thread", "_warnings")
+_viewed = set()
+
+
+def _view_sys_in_modules():
+    for name, m in list(sys.modules.items()):
+        if name in _viewed or type(m) is not _ModuleType:
+            continue
+        _viewed.add(name)
+        if name.split(".")[0] in _KEEP_REAL:
+            continue
+        d = m.__dict__
+        for k, v in list(d.items()):
+            if v is sys:
+                d[k] = _SYS_VIEW
+            elif v is _builtins_module:
+                d[k] = _builtins_view
+
 
 _builtins_view = _ModuleType("builtins")
 _builtins_view.__dict__.update(_snippet_builtins)
+_builtins_module = _real_import("builtins")
+_SYS_VIEW = _SysView(())
 
 
 def _identifier_fields(process):
@@ -384,6 +424,7 @@ _hardened = set()
 
 
 def _harden_loaded():
+    _view_sys_in_modules()
     if len(_hardened) == len(_HARDEN):
         return
     # typing loads annotationlib lazily, on the first forward reference.
@@ -394,6 +435,7 @@ def _harden_loaded():
         if m is not None and name not in _hardened:
             harden(m)
             _hardened.add(name)
+    _view_sys_in_modules()
 
 
 # --- the interpreter itself: close what stdlib code could be tricked into using --
@@ -418,7 +460,7 @@ for _k in ("settrace", "setprofile", "setrecursionlimit", "_current_frames", "_c
            "_clear_type_cache", "_clear_internal_caches", "activate_stack_trampoline",
            "remote_exec", "setdlopenflags", "breakpointhook", "set_asyncgen_hooks",
            "set_coroutine_origin_tracking_depth", "_enablelegacywindowsfsencoding",
-           "unraisablehook"):
+           "unraisablehook", "_settraceallthreads", "_setprofileallthreads"):
     try:
         delattr(sys, _k)
     except AttributeError:
@@ -526,6 +568,11 @@ sys.modules["asyncio"] = _asyncio
 import types as _types_module
 import importlib.machinery as _importlib_machinery
 import annotationlib as _annotationlib_module
+
+
+def harden_all():
+    """Before the host seals the interpreter: the policy's modules are loaded."""
+    _harden_loaded()
 
 
 def new_globals():

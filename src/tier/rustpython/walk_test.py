@@ -3,7 +3,7 @@
 # builtins and the proxies of every allowed module) it follows every attribute,
 # breadth first, with the real getattr, and lists the paths that reach a module
 # outside the policy, the real builtins, sys, a frame, a code object or an
-# importer. Given by the host: snippet_globals, allowed (module names), limit.
+# importer. Given by the host: snippet_globals, allowed (module names).
 
 import sys
 from collections import deque
@@ -61,6 +61,7 @@ for _m in sorted(allowed):
     except BaseException as e:
         queue.append(("import " + _m, e))
 
+limit = 200000
 seen = set()
 keep = []  # every visited object stays alive, so no id is reused during the walk
 bad = []

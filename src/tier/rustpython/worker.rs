@@ -458,6 +458,7 @@ pub struct Worker {
     new_globals: PyObjectRef,
     to_json: PyObjectRef,
     after_fork: PyObjectRef,
+    harden_all: PyObjectRef,
     /// Globals made ahead of the next run (see [`Worker::prepare_globals`]).
     next_globals: RefCell<Option<PyObjectRef>>,
 }
@@ -497,7 +498,7 @@ impl Worker {
                 }
             })
             .build();
-        let (new_globals, to_json, after_fork) = interp.enter(|vm| -> Result<_, String> {
+        let (new_globals, to_json, after_fork, harden_all) = interp.enter(|vm| -> Result<_, String> {
             let globals = vm.ctx.new_dict();
             let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| exc_text(vm, &e));
             set("__builtins__", vm.builtins.clone().into())?;
@@ -530,9 +531,9 @@ impl Worker {
             let fmt_map = patch.get_item(&1, vm).map_err(|e| exc_text(vm, &e))?;
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format"), fmt);
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format_map"), fmt_map);
-            Ok((get("new_globals")?, get("to_json")?, get("after_fork")?))
+            Ok((get("new_globals")?, get("to_json")?, get("after_fork")?, get("harden_all")?))
         })?;
-        Ok(Worker { interp, ctrl, new_globals, to_json, after_fork, next_globals: RefCell::new(None) })
+        Ok(Worker { interp, ctrl, new_globals, to_json, after_fork, harden_all, next_globals: RefCell::new(None) })
     }
 
     /// Imports `modules` (trusted, before any snippet) so that runs find them
@@ -554,7 +555,10 @@ impl Worker {
     /// # Errors
     /// A listed attribute that the interpreter does not have (a build defect).
     pub fn seal(&self) -> Result<(), String> {
-        self.interp.enter(walls::remove_internals)
+        self.interp.enter(|vm| {
+            self.harden_all.call((), vm).map_err(|e| exc_text(vm, &e))?;
+            walls::remove_internals(vm)
+        })
     }
 
     /// Makes the next run's fresh globals now, off the request path (a single-use
@@ -745,16 +749,36 @@ mod tests {
 
     use super::*;
 
-    /// Runs `code` with the real builtins and returns `str(result)`.
-    fn trusted(code: &'static str) -> String {
+    /// Runs `code` as trusted code (the real builtins, no analysis) in a sealed
+    /// interpreter that first imported `preload`; during the run `_t_allowed` answers
+    /// for `preload`, and the globals also hold `snippet_globals` (a fresh snippet
+    /// environment) and `allowed`. Returns `str(result)`, or `raised ...`.
+    fn trusted_with(code: &'static str, preload: Vec<String>) -> String {
         std::thread::Builder::new()
             .stack_size(WORKER_STACK)
             .spawn(move || {
                 let w = Worker::new().expect("worker");
+                w.preload(&preload);
                 w.seal().expect("seal");
+                RUN.with(|r| {
+                    *r.borrow_mut() = Some(RunState {
+                        ctrl: w.ctrl.clone(),
+                        run_id: 0,
+                        stdout: String::new(),
+                        stderr: String::new(),
+                        max_output: 1 << 20,
+                        deadline: Instant::now() + Duration::from_secs(600),
+                        allowed: preload.iter().cloned().collect(),
+                        globals: None,
+                    });
+                });
                 w.interp.enter(|vm| {
+                    let snippet_globals = w.new_globals.call((), vm).expect("snippet globals");
+                    let names: Vec<PyObjectRef> = preload.iter().map(|m| vm.ctx.new_str(m.as_str()).into()).collect();
                     let globals = vm.ctx.new_dict();
                     globals.set_item("__builtins__", vm.builtins.clone().into(), vm).expect("builtins");
+                    globals.set_item("snippet_globals", snippet_globals, vm).expect("roots");
+                    globals.set_item("allowed", vm.ctx.new_list(names).into(), vm).expect("allowed");
                     let code = vm.compile(code, Mode::BlockExpr, "<trusted>").expect("compile");
                     match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
                         Ok(v) => v.str(vm).map(|s| s.as_wtf8().to_string_lossy().into_owned()).unwrap_or_default(),
@@ -767,47 +791,15 @@ mod tests {
             .expect("join")
     }
 
+    /// Runs `code` with the real builtins and returns `str(result)`.
+    fn trusted(code: &'static str) -> String {
+        trusted_with(code, Vec::new())
+    }
+
     /// Walks the object graph from a snippet's names (`walk_test.py`) under a policy
     /// allowing `allowed`, with the real getattr; returns the walk's report.
     fn walk(allowed: Vec<String>) -> String {
-        std::thread::Builder::new()
-            .stack_size(WORKER_STACK)
-            .spawn(move || {
-                let w = Worker::new().expect("worker");
-                let set: BTreeSet<String> = allowed.iter().cloned().collect();
-                w.preload(&allowed);
-                w.seal().expect("seal");
-                RUN.with(|r| {
-                    *r.borrow_mut() = Some(RunState {
-                        ctrl: w.ctrl.clone(),
-                        run_id: 0,
-                        stdout: String::new(),
-                        stderr: String::new(),
-                        max_output: 1 << 20,
-                        deadline: Instant::now() + Duration::from_secs(600),
-                        allowed: set,
-                        globals: None,
-                    });
-                });
-                w.interp.enter(|vm| {
-                    let snippet_globals = w.new_globals.call((), vm).expect("snippet globals");
-                    let globals = vm.ctx.new_dict();
-                    globals.set_item("__builtins__", vm.builtins.clone().into(), vm).expect("builtins");
-                    globals.set_item("snippet_globals", snippet_globals, vm).expect("roots");
-                    let names: Vec<PyObjectRef> = allowed.iter().map(|m| vm.ctx.new_str(m.as_str()).into()).collect();
-                    globals.set_item("allowed", vm.ctx.new_list(names).into(), vm).expect("allowed");
-                    globals.set_item("limit", vm.ctx.new_int(200_000).into(), vm).expect("limit");
-                    let code =
-                        vm.compile(include_str!("walk_test.py"), Mode::BlockExpr, "<walk>").expect("compile walk");
-                    match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
-                        Ok(v) => v.str(vm).map(|s| s.as_wtf8().to_string_lossy().into_owned()).unwrap_or_default(),
-                        Err(e) => format!("the walk raised {}", exc_text(vm, &e)),
-                    }
-                })
-            })
-            .expect("spawn")
-            .join()
-            .expect("join")
+        trusted_with(include_str!("walk_test.py"), allowed)
     }
 
     #[track_caller]

@@ -31,7 +31,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
-use crate::tier::cpython::{PRELUDE, apply_denial, apply_status, nonce, request_text, split_status};
+use crate::tier::cpython::{PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status};
 
 pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
 
@@ -530,6 +530,7 @@ fn run_instance(
         }
         Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),
     }
+    apply_output_cap(&mut o, max_output);
     apply_denial(&mut o, report.denial.as_deref());
     Ok(o)
 }

@@ -664,7 +664,9 @@ async fn supervise(
 fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
     let GuestAnswer { mut stdout, mut stderr, result, end, output_over } = answer;
     let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
-    let over = output_over || stdout.len().saturating_add(stderr.len()) > cap;
+    // The value counts against the cap as well (the CPython tiers carry it on stderr).
+    let value_len = result.as_ref().map_or(0, |r| serde_json::to_string(r).map_or(0, |t| t.len()));
+    let over = output_over || stdout.len().saturating_add(stderr.len()) > cap || value_len > cap;
     if over {
         truncate(&mut stdout, cap);
         truncate(&mut stderr, cap.saturating_sub(stdout.len()));
