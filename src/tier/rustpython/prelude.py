@@ -162,7 +162,7 @@ def _proxy(mod):
         _run_proxies[name] = p
     d = p.__dict__
     for k, v in list(mod.__dict__.items()):
-        if k.startswith("_") or k in d:
+        if k.startswith("_") or k in d or type(v) is _SysView:
             continue
         if type(v) is _ModuleType:
             sub = getattr(v, "__name__", "")
