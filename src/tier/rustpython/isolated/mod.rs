@@ -14,9 +14,10 @@
 //! - The deadline is a `SIGKILL`: it cannot be caught and it stops native calls and
 //!   `time.sleep` alike.
 //! - The host is the only witness. A child may be fully controlled by its snippet,
-//!   so it is `SIGKILL`ed and reaped after its answer, at its deadline, and on any
-//!   protocol error, before the request returns (and when the request is dropped):
-//!   no child outlives its run. Its answer supplies only what the guest produced
+//!   so it is `SIGKILL`ed after its answer, at its deadline, and on any protocol
+//!   error, before the request returns (and when the request is dropped): no child
+//!   runs code after its run. The zygote reaps it; only a child that did not answer
+//!   is waited for, to learn how it died. Its answer supplies only what the guest produced
 //!   (output, value, exception); the tier, the limits hit, the denials it sent
 //!   (which it cannot take back), wall and CPU time and memory are what the host
 //!   saw. Answers are size-capped and parsed; anything else is a crash.
@@ -290,6 +291,7 @@ struct Exit {
 
 /// A confined child waiting for its request.
 struct ReadyChild {
+    pid: i32,
     stream: std::os::unix::net::UnixStream,
     words: std::os::unix::net::UnixStream,
     pidfd: OwnedFd,
@@ -475,7 +477,8 @@ impl Zygote {
                         continue;
                     };
                     let (tx, rx) = oneshot::channel();
-                    let child = ReadyChild { stream: sock.into(), words: words.into(), pidfd, exit: rx, namespaces };
+                    let child =
+                        ReadyChild { pid, stream: sock.into(), words: words.into(), pidfd, exit: rx, namespaces };
                     let mut st = self.state();
                     st.exits.insert(pid, tx);
                     if token == 0 {
@@ -586,7 +589,7 @@ async fn supervise(
     limits: &RunLimits,
     want_namespaces: bool,
 ) -> Result<Outcome, Supervise> {
-    let ReadyChild { stream, words, pidfd, exit, namespaces } = child;
+    let ReadyChild { pid, stream, words, pidfd, exit, namespaces } = child;
     let child = KillOnDrop(pidfd);
     if want_namespaces && !namespaces {
         static WARNED: std::sync::Once = std::sync::Once::new();
@@ -618,9 +621,30 @@ async fn supervise(
             }
         }
     };
-    let read = tokio::time::timeout_at(limits.deadline.into(), exchange).await;
-    // Whatever came back, the child's run is over: it dies now, and the request
-    // returns only once the zygote has reaped it.
+    let read = match tokio::time::timeout_at(limits.deadline.into(), exchange).await {
+        // The usual end: what the run cost is read from the kernel's accounting of
+        // the live child (not from anything it said), then it is killed. SIGKILL
+        // lets it run no more code; the zygote reaps it off the request path, so the
+        // request does not wait for its address space to be torn down.
+        Ok(Read::Answer(answer)) => {
+            let e = observe(pid).unwrap_or(Exit { code: None, signal: None, cpu_us: 0, maxrss_kb: 0 });
+            child.kill();
+            drop(exit);
+            let outcome = decide(answer, limits.max_output, e);
+            return Ok(match answers.denials.first() {
+                Some(reason) => {
+                    let mut o = ended(Status::Denied, "PolicyDenied", reason.clone(), e);
+                    o.stdout = outcome.stdout;
+                    o.stderr = outcome.stderr;
+                    o
+                }
+                None => outcome,
+            });
+        }
+        other => other,
+    };
+    // Otherwise the child's run is over too: it dies now, and the request returns
+    // once the zygote has reaped it and said how it ended.
     child.kill();
     let e = match tokio::time::timeout(EXIT_WAIT, exit).await {
         Ok(Ok(e)) => e,
@@ -645,6 +669,7 @@ async fn supervise(
             e,
         ),
         Ok(Read::Closed) => classify(e, &last_words(words), limits.memory)?,
+        // Returned above.
         Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
     };
     // A denial the child sent stands, however the run ended afterwards.
@@ -705,6 +730,21 @@ fn truncate(s: &mut String, max: usize) {
         }
         s.truncate(cut);
     }
+}
+
+/// CPU time and peak resident set of live process `pid`, from the kernel's own
+/// accounting (`/proc/<pid>/schedstat` and `VmHWM` in `/proc/<pid>/status`).
+fn observe(pid: i32) -> Option<Exit> {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let cpu_ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(Exit { code: None, signal: None, cpu_us: cpu_ns / 1000, maxrss_kb: hwm_kb })
 }
 
 /// What a dead child printed on its last-words socket (at most 4 KiB).

@@ -364,6 +364,13 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
     if let Some(how) = misbehave {
         keep_running(how);
     }
+    // Wait to be killed: the host reads what this run cost from the kernel's
+    // accounting of this live process, then kills it. If the host goes away instead,
+    // the socket ends and so does this child.
+    if ok {
+        let mut byte = [0u8; 1];
+        let _ = (&*sock).read(&mut byte);
+    }
     sys::exit_now(if ok { 0 } else { 76 })
 }
 
