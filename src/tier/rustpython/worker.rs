@@ -80,6 +80,10 @@ pub fn serves_module(name: &str) -> bool {
         let builder = Interpreter::builder(Settings::default());
         let mut names: BTreeSet<String> =
             rustpython_stdlib::stdlib_module_defs(&builder.ctx).iter().map(|d| d.name.as_str().to_string()).collect();
+        // The VM's own modules (`time` among them) are in neither list above.
+        names.extend(
+            rustpython_vm::stdlib::builtin_module_defs(&builder.ctx).iter().map(|d| d.name.as_str().to_string()),
+        );
         names.extend(rustpython_pylib::FROZEN_STDLIB.decode().map(|(n, _)| n.to_string()));
         names
     });
