@@ -13,7 +13,7 @@
 //!   unknown token is 401, a token without the role 403, and both are audit events
 //!   (with the token's name when it is known, never the token).
 //! - Load is shed, never queued without bound: at most `max_requests` requests are
-//!   served at once (beyond that: 429 with `Retry-After`, before the body is read);
+//!   served at once (beyond that: 429 with `Retry-After`, without parsing the body, whose first 64 KiB are drained for at most 100 ms so the reply is not lost to a reset);
 //!   the sandbox's own limits on runs in a tier and on operations waiting for a
 //!   human answer 429 too ([`SandboxError::Busy`]). A body is read only after its
 //!   token is checked, and never past `max_body` bytes (413).
@@ -163,6 +163,11 @@ fn busy(state: &AppState, message: &str) -> Response {
 async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
+        // Take in what the client already sent (at most 64 KiB, at most 100 ms, and no
+        // slot held meanwhile): closing a connection with unread bytes makes the
+        // kernel reset it, and the client would lose the 429 before reading it.
+        let drain = axum::body::to_bytes(req.into_body(), 64 * 1024);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), drain).await;
         let r = busy(&state, "the server is at its limit of requests in flight; retry");
         state.metrics.request(&route, r.status().as_u16());
         return r;
