@@ -235,12 +235,15 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
         ExecRequest { id: None, code, overrides: target.overrides.clone(), scratch: args.scratch, tier: target.choice };
     let outcome = runtime()?.block_on(target.sandbox.execute(req))?;
     flush_audit(&target);
+    // A reader that closed the pipe (`| head`) has taken what it wanted: a failed
+    // write ends nothing but the output; the exit code still says how the run ended.
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+        let _ = writeln!(out, "{}", serde_json::to_string(&outcome).unwrap_or_default());
     } else {
-        print!("{}", outcome.stdout);
-        eprint!("{}", outcome.stderr);
-        let _ = std::io::stdout().flush();
+        let _ = write!(out, "{}", outcome.stdout);
+        let _ = out.flush();
+        let _ = write!(std::io::stderr(), "{}", outcome.stderr);
         if let Some(err) = &outcome.error {
             eprintln!("terrarium: {}: {}: {}", outcome.status.as_str(), err.kind, err.message);
         }
