@@ -19,6 +19,15 @@ fn policy_allowing(module: &str) -> String {
     )
 }
 
+/// Runs `code` under the default policy with `module` allowed too, and asserts that
+/// it reached nothing (see [`assert_reached_nothing`]); returns the outcome.
+#[track_caller]
+fn attack_with(module: &str, what: &str, code: &str) -> Outcome {
+    let o = run_policy(&policy_allowing(module), code);
+    assert_reached_nothing(what, &o);
+    o
+}
+
 /// Asserts that `o` reached no interpreter internals: it did not end `ok` with the
 /// marker, and nothing it printed names a module outside the policy or a host path.
 #[track_caller]
@@ -73,34 +82,34 @@ fn f2_str_subclasses_do_not_fool_the_attribute_builtins() {
     let o = run(&format!("{F2_STR_SUBCLASS}hasattr(getattr, S('__globals__'))"));
     assert_eq!((o.status, o.result), (Status::Ok, Some(serde_json::json!(false))), "hasattr says absent");
     // The guarded attrgetter, whose check called `split` on the name.
-    let o = run_policy(
-        &policy_allowing("operator"),
+    attack_with(
+        "operator",
+        "attrgetter",
         &format!("{F2_STR_SUBCLASS}import operator\nprint('REACHED', operator.attrgetter(S('__globals__'))(getattr))"),
     );
-    assert_reached_nothing("attrgetter", &o);
 }
 
 #[test]
 fn f3_typing_forward_references_reach_no_globals() {
-    let o = run_policy(
-        &policy_allowing("typing"),
+    attack_with(
+        "typing",
+        "typing ForwardRef.evaluate(owner=getattr)",
         "import typing\nfr = typing.get_args(typing.List['sys'])[0]\nprint('REACHED', fr.evaluate(owner=getattr))",
     );
-    assert_reached_nothing("typing ForwardRef.evaluate(owner=getattr)", &o);
-    let o = run_policy(
-        &policy_allowing("typing"),
+    attack_with(
+        "typing",
+        "typing ForwardRef to the importer",
         "import typing\nfr = typing.get_args(typing.List['_real_import'])[0]\nprint('REACHED', fr.evaluate(owner=getattr)('_io'))",
     );
-    assert_reached_nothing("typing ForwardRef to the importer", &o);
 }
 
 #[test]
 fn f4_string_formatter_through_super_reaches_no_globals() {
-    let o = run_policy(
-        &policy_allowing("string"),
+    let o = attack_with(
+        "string",
+        "super(Formatter).get_field",
         "import string\nF = string.Formatter\nobj, _ = super(F, F()).get_field('0.' + '_'*2 + 'globals' + '_'*2, (getattr,), {})\nprint('REACHED', obj['sys'])",
     );
-    assert_reached_nothing("super(Formatter).get_field", &o);
     // With the guard stepped around, the wall is what answers: no such attribute.
     assert_eq!(o.error.as_ref().map(|e| e.kind.as_str()), Some("AttributeError"), "{o:?}");
 }
@@ -125,11 +134,11 @@ fn f5_the_real_operator_classes_reach_no_globals() {
 fn module_level_builtins_do_not_hand_out_their_module() {
     // `len.__self__` was the real builtins module; operator reaches it past the
     // names.
-    let o = run_policy(
-        &policy_allowing("operator"),
+    attack_with(
+        "operator",
+        "len.__self__",
         "import operator\nA = type(operator.attrgetter('x'))\nprint('REACHED', A('_'*2 + 'self' + '_'*2)(len))",
     );
-    assert_reached_nothing("len.__self__", &o);
 }
 
 #[test]
@@ -350,40 +359,39 @@ fn b2_a_str_subclass_cannot_pass_for_a_servable_module() {
 
 #[test]
 fn b3_the_preludes_views_of_sys_are_not_in_any_proxy() {
-    let o = run_policy(&policy_allowing("typing"), "import typing\nprint('REACHED', typing.sys._getframe())");
-    assert_reached_nothing("typing.sys", &o);
-    let o = run_policy(
-        &policy_allowing("dataclasses"),
+    attack_with("typing", "typing.sys", "import typing\nprint('REACHED', typing.sys._getframe())");
+    attack_with(
+        "dataclasses",
+        "dataclasses.sys",
         "import dataclasses\nprint('REACHED', dataclasses.sys.modules['dataclasses'].annotationlib.enum.sys)",
     );
-    assert_reached_nothing("dataclasses.sys", &o);
-    let o = run_policy(
-        &policy_allowing("dataclasses"),
+    attack_with(
+        "dataclasses",
+        "dataclasses.exec",
         "import dataclasses\nprint('REACHED', dataclasses.exec, dataclasses.inspect)",
     );
-    assert_reached_nothing("dataclasses.exec", &o);
 }
 
 #[test]
 fn b4_a_code_object_from_stdlib_cannot_be_run_or_rebuilt() {
     // A class pattern whose metaclass claims every instance reads any attribute past
     // the names; the code object it finds must be inert.
-    let o = run_policy(
-        &policy_allowing("typing"),
+    attack_with(
+        "typing",
+        "FunctionType(stdlib code)",
         "import typing\nclass M(type):\n    def __instancecheck__(cls, obj):\n        return True\nclass Any(metaclass=M):\n    pass\nAny.__match_args__ = tuple(['_' * 2 + 'forward_code' + '_' * 2])\nfr = typing.get_args(typing.List['int'])[0]\nmatch fr:\n    case Any(code):\n        pass\nf = type(lambda: 0)(code, {'len': 42})\nprint('REACHED', f())",
     );
-    assert_reached_nothing("FunctionType(stdlib code)", &o);
 }
 
 // The second outside attack on this change.
 
 #[test]
 fn r1_r2_enum_convert_cannot_look_up_sys_by_name() {
-    let o = run_policy(
-        &policy_allowing("enum"),
+    attack_with(
+        "enum",
+        "Enum._convert_('sys')",
         "import enum\nE = enum.Enum._convert_('Zz', 'sys', lambda n: n in ('modules', '_getframe'))\nprint('REACHED', E.modules.value)",
     );
-    assert_reached_nothing("Enum._convert_('sys')", &o);
     // The same class reached from the default policy through a class pattern.
     let o = run(
         "import json\nclass Meta(type):\n    def __instancecheck__(cls, o):\n        return True\nclass C(metaclass=Meta):\n    pass\nC.__match_args__ = ('_' * 2 + 'mro' + '_' * 2,)\nmatch type(json.decoder.FLAGS):\n    case C(mro):\n        pass\nEnum = [c for c in mro if c.__name__ == 'Enum'][0]\nE = Enum._convert_('Zz', 'sys', lambda n: n == 'modules')\nprint('REACHED', E.modules.value)",
@@ -393,11 +401,11 @@ fn r1_r2_enum_convert_cannot_look_up_sys_by_name() {
 
 #[test]
 fn r3_contextlib_redirect_cannot_read_sys_modules() {
-    let o = run_policy(
-        &policy_allowing("contextlib"),
+    attack_with(
+        "contextlib",
+        "redirect_stdout._stream = 'modules'",
         "import contextlib\ncm = contextlib.redirect_stdout({})\ncm._stream = 'modules'\nwith cm:\n    mods = cm._old_targets[0]\nprint('REACHED', mods['sys'])",
     );
-    assert_reached_nothing("redirect_stdout._stream = 'modules'", &o);
     // Redirecting the snippet's own output still works.
     let o = run_policy(
         &policy_allowing("contextlib"),
@@ -409,11 +417,11 @@ fn r3_contextlib_redirect_cannot_read_sys_modules() {
 
 #[test]
 fn r4_catch_warnings_holds_no_real_module() {
-    let o = run_policy(
-        &policy_allowing("warnings"),
+    attack_with(
+        "warnings",
+        "catch_warnings()._module",
         "import warnings\ncw = warnings.catch_warnings()\nm = cw._module\nprint('REACHED', m, getattr(m, 'sys', None))",
     );
-    assert_reached_nothing("catch_warnings()._module", &o);
 }
 
 #[test]

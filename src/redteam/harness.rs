@@ -207,7 +207,6 @@ pub fn capabilities_in(text: &str, allowed: &std::collections::BTreeSet<String>)
     }
     for (sign, what) in [
         ("<frame ", "a frame"),
-        ("<frame object", "a frame"),
         ("<code object", "a code object"),
         ("_frozen_importlib", "the import machinery"),
         ("BuiltinImporter", "the import machinery"),

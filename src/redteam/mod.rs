@@ -633,10 +633,10 @@ async fn run_job(sandbox: &Sandbox, watch: &harness::Watch, tier: Tier, timeout:
         let elapsed = started.elapsed();
         match result {
             Ok(o) => {
-                v.effects.extend(watch.effects_in(&outcome_text(&o), &job.tokens[from]));
+                let text = outcome_text(&o);
+                v.effects.extend(watch.effects_in(&text, &job.tokens[from]));
                 if tier == Tier::Rustpython {
-                    let reached = harness::capabilities_in(&outcome_text(&o), sandbox.policy().allowed_modules());
-                    v.effects.extend(reached);
+                    v.effects.extend(harness::capabilities_in(&text, sandbox.policy().allowed_modules()));
                 }
                 if o.status == Status::Timeout {
                     v.overshoot_ms.push(u64::try_from(elapsed.saturating_sub(timeout).as_millis()).unwrap_or(u64::MAX));

@@ -336,7 +336,7 @@ class _SysView:
 # name a snippet chose (enum's _convert_, contextlib's redirect, warnings'
 # catch_warnings) or that hold the interpreter's builtins reach nothing through
 # them. The import machinery keeps the real ones.
-_SYS_VIEW = None
+_SYS_VIEW = _SysView(())
 _KEEP_REAL = ("sys", "builtins", "__main__", "_imp", "importlib", "_frozen_importlib",
               "_frozen_importlib_external", "marshal", "_io", "_thread", "_warnings")
 _viewed = set()
@@ -360,7 +360,6 @@ def _view_sys_in_modules():
 _builtins_view = _ModuleType("builtins")
 _builtins_view.__dict__.update(_snippet_builtins)
 _builtins_module = _real_import("builtins")
-_SYS_VIEW = _SysView(())
 
 
 def _identifier_fields(process):
@@ -385,11 +384,8 @@ def _set_hidden(m, **names):
 
 
 def _harden_annotationlib(m):
-    _set_hidden(m, eval=_h_eval, compile=_h_compile, sys=_SysView(()), builtins=_builtins_view)
-
-
-def _harden_typing(m):
-    _set_hidden(m, sys=_SysView(()))
+    # (Its `sys` and `builtins` are replaced with every module's, see above.)
+    _set_hidden(m, eval=_h_eval, compile=_h_compile)
 
 
 class _NoSignatures:
@@ -418,8 +414,7 @@ def _harden_dataclasses(m):
     m._update_func_cell_for__class__ = _no_class_cell
 
 
-_HARDEN = {"annotationlib": _harden_annotationlib, "typing": _harden_typing,
-           "dataclasses": _harden_dataclasses}
+_HARDEN = {"annotationlib": _harden_annotationlib, "dataclasses": _harden_dataclasses}
 _hardened = set()
 
 

@@ -350,8 +350,7 @@ fn native_urandom(n: isize, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
 /// function calling back a snippet's callable never hands out its own module's
 /// names.
 fn in_snippet_code(vm: &VirtualMachine) -> bool {
-    let current = vm.current_globals();
-    with_run(|run| run.globals.as_ref().is_some_and(|g| g.is(current.as_object()))).unwrap_or(false)
+    is_run_globals(&vm.current_globals().into())
 }
 
 /// Whether `obj` is the running snippet's globals dict.

@@ -621,7 +621,7 @@ async fn supervise(
             }
         }
     };
-    let read = match tokio::time::timeout_at(limits.deadline.into(), exchange).await {
+    let mut outcome = match tokio::time::timeout_at(limits.deadline.into(), exchange).await {
         // The usual end: what the run cost is read from the kernel's accounting of
         // the live child (not from anything it said), then it is killed. SIGKILL
         // lets it run no more code; the zygote reaps it off the request path, so the
@@ -629,59 +629,47 @@ async fn supervise(
         Ok(Read::Answer(answer)) => {
             let e = observe(pid).unwrap_or(Exit { code: None, signal: None, cpu_us: 0, maxrss_kb: 0 });
             child.kill();
-            drop(exit);
-            let outcome = decide(answer, limits.max_output, e);
-            return Ok(match answers.denials.first() {
-                Some(reason) => {
-                    let mut o = ended(Status::Denied, "PolicyDenied", reason.clone(), e);
-                    o.stdout = outcome.stdout;
-                    o.stderr = outcome.stderr;
-                    o
+            decide(answer, limits.max_output, e)
+        }
+        // Otherwise the child's run is over too: it dies now, and the request
+        // returns once the zygote has reaped it and said how it ended.
+        read => {
+            child.kill();
+            let e = match tokio::time::timeout(EXIT_WAIT, exit).await {
+                Ok(Ok(e)) => e,
+                // The reader drops every pending report when the zygote goes away.
+                Ok(Err(_)) => return Err(Supervise::ZygoteGone),
+                Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
+            };
+            match read {
+                Err(_elapsed) => {
+                    let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
+                    ended(Status::Timeout, "Timeout", msg, e)
                 }
-                None => outcome,
-            });
+                Ok(Read::Broken(StreamError::TooBig)) => {
+                    let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
+                    ended(Status::OutputLimit, "OutputLimit", msg, e)
+                }
+                Ok(Read::Broken(StreamError::Malformed)) => ended(
+                    Status::Crashed,
+                    "ProtocolError",
+                    "the run's process broke the answer protocol; it was killed".into(),
+                    e,
+                ),
+                Ok(Read::Closed) => classify(e, &last_words(words), limits.memory)?,
+                Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
+            }
         }
-        other => other,
     };
-    // Otherwise the child's run is over too: it dies now, and the request returns
-    // once the zygote has reaped it and said how it ended.
-    child.kill();
-    let e = match tokio::time::timeout(EXIT_WAIT, exit).await {
-        Ok(Ok(e)) => e,
-        // The reader drops every pending report when the zygote goes away.
-        Ok(Err(_)) => return Err(Supervise::ZygoteGone),
-        Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
-    };
-    let denial = answers.denials.first().cloned();
-    let outcome = match read {
-        Err(_elapsed) => {
-            let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
-            ended(Status::Timeout, "Timeout", msg, e)
-        }
-        Ok(Read::Broken(StreamError::TooBig)) => {
-            let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
-            ended(Status::OutputLimit, "OutputLimit", msg, e)
-        }
-        Ok(Read::Broken(StreamError::Malformed)) => ended(
-            Status::Crashed,
-            "ProtocolError",
-            "the run's process broke the answer protocol; it was killed".into(),
-            e,
-        ),
-        Ok(Read::Closed) => classify(e, &last_words(words), limits.memory)?,
-        // Returned above.
-        Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
-    };
-    // A denial the child sent stands, however the run ended afterwards.
-    Ok(match denial {
-        Some(reason) if outcome.status != Status::Timeout => {
-            let mut o = ended(Status::Denied, "PolicyDenied", reason, e);
-            o.stdout = outcome.stdout;
-            o.stderr = outcome.stderr;
-            o
-        }
-        _ => outcome,
-    })
+    // A denial the child sent stands, however the run ended afterwards (but for the
+    // host's own deadline kill).
+    if let Some(reason) = answers.denials.first()
+        && outcome.status != Status::Timeout
+    {
+        outcome.result = None;
+        outcome.end(Status::Denied, "PolicyDenied", reason.clone());
+    }
+    Ok(outcome)
 }
 
 /// The outcome of a child that answered: its output and value are the guest's

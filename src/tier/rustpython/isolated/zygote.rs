@@ -337,12 +337,11 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
         }
         None => None,
     };
-    // Each denial goes to the host the moment it happens.
-    let denials = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    // Each denial goes to the host the moment it happens (every way a run ends
+    // `denied` passes through this sink).
     {
-        let (sock, denials) = (sock.clone(), denials.clone());
+        let sock = sock.clone();
         set_denial_sink(Box::new(move |reason| {
-            denials.set(denials.get() + 1);
             let _ = protocol::write_message(&mut &*sock, &ChildMessage::Denial { reason: reason.into() });
         }));
     }
@@ -355,10 +354,6 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
         deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
     };
     let (outcome, _) = worker.run(&job);
-    if outcome.status == Status::Denied && denials.get() == 0 {
-        let reason = outcome.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-        let _ = protocol::write_message(&mut &*sock, &ChildMessage::Denial { reason });
-    }
     let answer = ChildMessage::Answer(guest_answer(outcome));
     let ok = protocol::write_message(&mut &*sock, &answer).is_ok();
     if let Some(how) = misbehave {
