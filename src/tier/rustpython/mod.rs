@@ -23,6 +23,7 @@
 //!    instruction until the run unwinds.
 
 pub mod embedded;
+mod importer;
 pub mod isolated;
 mod walls;
 mod worker;

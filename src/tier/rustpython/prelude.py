@@ -5,11 +5,15 @@
 #
 # The host injects, as globals of this script (native functions; their state lives
 # in Rust):
-#   _t_write(stream, text)  append to the run's captured stdout (1) or stderr (2)
+#   _t_stdout(text), _t_stderr(text)
+#                           append to the run's captured stdout or stderr
 #   _t_deny(reason)         end the run as `denied` (returns the exception to raise)
 #   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
 #   _t_urandom(n)           n bytes of entropy
-#   _t_allowed(name)        whether the policy lets snippets import `name`
+#   _t_import               snippets' __import__ (importer.rs): policy and served-
+#                           module checks, module proxies, all state in Rust
+#   _t_importer_setup(real_import, after_import, skip_type), _t_proxy_override(module, make),
+#   _t_hide(module, name)   what the native importer needs from this file
 #   _t_check(source)        the static analysis' refusal of `source`, or None
 #   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
 #   _t_getattr, _t_setattr, _t_delattr, _t_hasattr
@@ -20,15 +24,14 @@
 #   _t_globals(), _t_locals()
 #                           globals()/locals() that answer only in snippet code
 #   _t_eval, _t_exec        snippets' eval/exec of text, checked like the snippet
-#   _t_exact(s)             a plain str with the value of str (or subclass) `s`
 #
 # Security: the walls are below this file. After it runs, the host deletes from the
 # interpreter's types every attribute that hands out interpreter internals (function
 # globals, closures and code, builtin functions' modules, frames, code rebuilding,
 # type.__subclasses__; see walls.rs), so no object here is reachable through a
 # function or a frame, whatever route a snippet takes. What this file adds on top
-# are early refusals with good messages, module proxies (which carry only public,
-# non-module attributes and proxies of allowed submodules), and patches to the few
+# are early refusals with good messages, what module proxies replace (the proxies
+# themselves and the importer are native: importer.rs), and patches to the few
 # served stdlib modules that used the removed attributes.
 
 import sys
@@ -108,6 +111,8 @@ def _make_safe_formatter():
     return Formatter
 
 
+# Names that replace a module's own in every proxy of it (the importer is native:
+# importer.rs; it calls these once per proxy).
 _PROXY_OVERRIDES = {
     "operator": lambda: {"attrgetter": _guarded_attrgetter, "methodcaller": _guarded_methodcaller},
     "string": lambda: {"Formatter": _make_safe_formatter()},
@@ -116,97 +121,6 @@ _PROXY_OVERRIDES = {
     "typing": lambda: {n: getattr(sys.modules["typing"], n)
                        for n in ("_generic_class_getitem", "_generic_init_subclass", "_GenericAlias")},
 }
-# Public names of allowed modules that would hand out host or interpreter access.
-_PROXY_REMOVALS = {
-    "io": ("open", "open_code", "FileIO"),
-    "functools": (),
-    "random": ("SystemRandom",),
-}
-
-
-# --- modules this tier never hands to snippets, whatever the policy says ---------
-
-# They expose interpreter internals (frames, code objects, arbitrary callables by
-# name, the garbage collector's object graph) or the host. The policy may allow
-# them for the wasm and docker tiers, where a process or VM wall stands behind.
-UNSERVABLE = frozenset((
-    "sys", "builtins", "gc", "inspect", "types", "marshal", "pickle", "copyreg",
-    "shelve", "importlib", "code", "codeop", "pdb", "bdb", "trace", "traceback",
-    "runpy", "pkgutil", "zipimport", "ctypes", "threading", "_thread", "os",
-    "posix", "socket", "select", "selectors", "subprocess", "signal", "io",
-    "multiprocessing", "concurrent", "shutil", "tempfile", "pathlib", "glob",
-    "ssl", "http", "urllib", "ftplib", "smtplib", "asyncio.subprocess", "faulthandler",
-    "tracemalloc", "sysconfig", "site", "atexit", "weakref", "abc_internal",
-    "linecache", "tokenize", "dis", "ast", "symtable", "annotationlib",
-))
-
-
-def _unservable(name):
-    parts = name.split(".")
-    if any(p.startswith("_") for p in parts):
-        return True
-    for i in range(len(parts)):
-        if ".".join(parts[: i + 1]) in UNSERVABLE:
-            return True
-    return False
-
-
-_run_proxies = {}
-
-
-def _proxy(mod):
-    name = mod.__name__
-    p = _run_proxies.get(name)
-    if p is None:
-        p = _ModuleType(name)
-        _run_proxies[name] = p
-    d = p.__dict__
-    for k, v in list(mod.__dict__.items()):
-        if k.startswith("_") or k in d or type(v) is _SysView:
-            continue
-        if type(v) is _ModuleType:
-            sub = getattr(v, "__name__", "")
-            if sub.startswith(name + ".") and _t_allowed(sub) and not _unservable(sub):
-                d[k] = _proxy(v)
-            continue
-        d[k] = v
-    for k in _PROXY_REMOVALS.get(name, ()):
-        d.pop(k, None)
-    for k in _HARDENED_NAMES.get(name, ()):
-        d.pop(k, None)
-    make = _PROXY_OVERRIDES.get(name)
-    if make is not None:
-        d.update(make())
-    return p
-
-
-def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if level != 0:
-        raise _t_deny("relative imports are not available to snippets")
-    if not isinstance(name, str) or not name:
-        raise TypeError("__import__() argument 1 must be a non-empty str")
-    # Plain str values from here on: a subclass's __hash__/__eq__/__format__ would
-    # otherwise choose what sys.modules and the import system look up.
-    name = _t_exact(name)
-    fromlist = tuple(_t_exact(f) if isinstance(f, str) else f for f in (fromlist or ()))
-    if not _t_allowed(name):
-        raise _t_deny("import of %r is not allowed by the policy" % (name,))
-    if _unservable(name):
-        raise _t_deny("the rustpython tier does not provide %r (it has no host access and hides interpreter internals)" % (name,))
-    top = _real_import(name, None, None, fromlist, 0)
-    _harden_loaded()
-    if fromlist:
-        for f in fromlist:
-            if isinstance(f, str) and f != "*":
-                _check_attr(f)
-        return _proxy(sys.modules[name])
-    # Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible.
-    parts = name.split(".")
-    for i in range(len(parts), 0, -1):
-        _proxy(sys.modules[".".join(parts[:i])])
-    return _proxy(top)
-
-
 def _denied_builtin(name):
     def denied(*args, **kwargs):
         raise _t_deny("%s() is not available in the sandbox" % (name,))
@@ -229,7 +143,7 @@ for _k in ("open", "compile", "input", "breakpoint", "vars"):
 _snippet_builtins["eval"] = _t_eval
 _snippet_builtins["exec"] = _t_exec
 _snippet_builtins["__build_class__"] = _real_builtins["__build_class__"]
-_snippet_builtins["__import__"] = _guarded_import
+_snippet_builtins["__import__"] = _t_import
 _snippet_builtins["getattr"] = _t_getattr
 _snippet_builtins["setattr"] = _t_setattr
 _snippet_builtins["delattr"] = _t_delattr
@@ -372,15 +286,12 @@ def _identifier_fields(process):
     return checked
 
 
-# Names the hardening below sets on a module: its own code reads them as globals;
-# a snippet's proxy of the module never shows them.
-_HARDENED_NAMES = {}
-
-
 def _set_hidden(m, **names):
+    """Names the hardening below sets on a module: its own code reads them as
+    globals; a snippet's proxy of the module never shows them."""
     for k, v in names.items():
         setattr(m, k, v)
-    _HARDENED_NAMES.setdefault(m.__name__, set()).update(names)
+        _t_hide(m.__name__, k)
 
 
 def _harden_annotationlib(m):
@@ -433,6 +344,14 @@ def _harden_loaded():
     _view_sys_in_modules()
 
 
+# The snippets' importer is native (importer.rs): it imports with the real
+# __import__, hardens what that loaded, and hands out proxies that never carry a
+# `sys` view.
+_t_importer_setup(_real_import, _harden_loaded, _SysView)
+for _k, _v in _PROXY_OVERRIDES.items():
+    _t_proxy_override(_k, _v)
+
+
 # --- the interpreter itself: close what stdlib code could be tricked into using --
 
 # type.__subclasses__ is removed (it lists every class, importers included);
@@ -466,16 +385,10 @@ for _k in ("breakpoint", "input"):
 
 
 class _Stream:
-    """sys.stdout / sys.stderr: text goes to the run's capped capture buffer."""
+    """sys.stdout / sys.stderr: `write` is native (worker.rs) and appends to the
+    run's capped capture buffer; the stream objects hold no state."""
 
-    def __init__(self, fd):
-        self._fd = fd
-
-    def write(self, text):
-        if not isinstance(text, str):
-            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
-        _t_write(self._fd, text)
-        return len(text)
+    __slots__ = ()
 
     def flush(self):
         pass
@@ -491,8 +404,18 @@ class _Stream:
         return "utf-8"
 
 
-sys.stdout = _Stream(1)
-sys.stderr = _Stream(2)
+class _Stdout(_Stream):
+    __slots__ = ()
+    write = _t_stdout
+
+
+class _Stderr(_Stream):
+    __slots__ = ()
+    write = _t_stderr
+
+
+sys.stdout = _Stdout()
+sys.stderr = _Stderr()
 sys.stdin = None
 
 # time.sleep must count against the deadline and wake when the run is cancelled.
@@ -572,7 +495,6 @@ def harden_all():
 
 def new_globals():
     """Fresh globals for one run: a private copy of the snippet builtins."""
-    _run_proxies.clear()
     return {"__builtins__": dict(_snippet_builtins), "__name__": "__main__", "__doc__": None}
 
 

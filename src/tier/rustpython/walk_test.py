@@ -94,7 +94,7 @@ while queue and visited < limit and len(bad) < 20:
     if why is None and t is _code_t:
         why = "a code object"
     if why is None and getattr(t, "__module__", "") == "terrarium_prelude" and t.__name__ in (
-            "_SysView", "_Modules", "_Stream", "_NoSignatures"):
+            "_SysView", "_Modules", "_NoSignatures"):
         why = "the prelude's own %s" % (t.__name__,)
     if why is None and t is _module_t:
         _n = getattr(o, "__name__", "?")

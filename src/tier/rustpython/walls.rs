@@ -167,13 +167,6 @@ fn exact_name(name: &PyObject, vm: &VirtualMachine) -> PyResult<PyStrRef> {
     }
 }
 
-/// A plain `str` with the value of `s`, a `str` or a subclass of it (for the
-/// prelude's importer: a subclass's `__hash__`, `__eq__` or `__format__` would
-/// choose what the import system looks up).
-pub fn native_exact_str(s: PyObjectRef, vm: &VirtualMachine) -> PyResult<PyStrRef> {
-    exact_name(&s, vm)
-}
-
 /// Whether snippets may name attribute `name` (the analysis' rule, on the exact
 /// value).
 fn allowed(name: &Py<PyStr>) -> bool {

@@ -37,7 +37,7 @@ use crate::analysis;
 use crate::executor::{ErrorInfo, Outcome, Status, Tier, Usage};
 use crate::policy::module_allowed;
 
-use super::walls;
+use super::{importer, walls};
 
 /// The prelude that builds the snippet environment (see its header).
 const PRELUDE: &str = include_str!("prelude.py");
@@ -71,8 +71,7 @@ const FROZEN_DENY: &[&str] = &[
 
 /// Whether this tier can serve module `name` to a snippet under some policy: it is
 /// in RustPython's module tables (native or frozen), not removed from them, and
-/// not one the prelude never hands out (`UNSERVABLE` in `prelude.py`, `_private`
-/// names). `asyncio` is served by the prelude's stand-in. The router asks this to
+/// not one the importer never hands out ([`importer::unservable`]). `asyncio` is served by the prelude's stand-in. The router asks this to
 /// decide when a request needs a heavier tier.
 pub fn serves_module(name: &str) -> bool {
     static KNOWN: OnceLock<BTreeSet<String>> = OnceLock::new();
@@ -88,29 +87,13 @@ pub fn serves_module(name: &str) -> bool {
         names
     });
     let parts: Vec<&str> = name.split('.').collect();
-    if name.is_empty() || parts.iter().any(|p| p.starts_with('_')) || unservable(name) {
+    if name.is_empty() || importer::unservable(name) {
         return false;
     }
     if parts[0] == "asyncio" {
         return true;
     }
     !denied_name(NATIVE_DENY, name) && !denied_name(FROZEN_DENY, name) && known.contains(parts[0])
-}
-
-/// The prelude's `UNSERVABLE` set, read from its source (one list, two readers).
-fn unservable(name: &str) -> bool {
-    static LIST: OnceLock<Vec<String>> = OnceLock::new();
-    let list = LIST.get_or_init(|| {
-        let start = PRELUDE.find("UNSERVABLE = frozenset((").map_or(0, |i| i + "UNSERVABLE = frozenset((".len());
-        let end = PRELUDE[start..].find("))").map_or(start, |i| start + i);
-        PRELUDE[start..end]
-            .split(',')
-            .map(|s| s.trim().trim_matches('"').to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
-    let parts: Vec<&str> = name.split('.').collect();
-    (1..=parts.len()).any(|i| list.iter().any(|u| *u == parts[..i].join(".")))
 }
 
 fn denied_name(list: &[&str], name: &str) -> bool {
@@ -249,7 +232,21 @@ fn terminal_exc(vm: &VirtualMachine) -> PyBaseExceptionRef {
     vm.new_exception_msg(vm.ctx.exceptions.keyboard_interrupt.to_owned(), "terrarium: run ended".into())
 }
 
-fn native_write(fd: i32, text: PyStrRef, vm: &VirtualMachine) -> PyResult<()> {
+/// `sys.stdout.write`: appends to the run's capture, returns the characters written.
+fn native_stdout(text: PyStrRef, vm: &VirtualMachine) -> PyResult<usize> {
+    capture(1, &text, vm)?;
+    Ok(text.char_len())
+}
+
+/// `sys.stderr.write`.
+fn native_stderr(text: PyStrRef, vm: &VirtualMachine) -> PyResult<usize> {
+    capture(2, &text, vm)?;
+    Ok(text.char_len())
+}
+
+/// Appends `text` to the run's stdout (1) or stderr (2), ending the run when the
+/// output cap is passed.
+fn capture(fd: i32, text: &PyStrRef, vm: &VirtualMachine) -> PyResult<()> {
     let text = text.as_wtf8().to_string_lossy().into_owned();
     let over = with_run(|run| {
         let used = run.stdout.len() + run.stderr.len();
@@ -442,9 +439,9 @@ fn native_exec(
     run_text(Mode::Exec, source, globals, locals, vm)
 }
 
-fn native_allowed(name: PyStrRef) -> bool {
-    let name = name.as_wtf8().to_string_lossy().into_owned();
-    with_run(|run| module_allowed(&run.allowed, &name)).unwrap_or(false)
+/// Whether the running snippet's policy lets it import `name` (false between runs).
+pub(super) fn module_allowed_now(name: &str) -> bool {
+    with_run(|run| module_allowed(&run.allowed, name)).unwrap_or(false)
 }
 
 /// The static analysis' refusal of text that trusted stdlib code is about to
@@ -506,11 +503,15 @@ impl Worker {
             let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| exc_text(vm, &e));
             set("__builtins__", vm.builtins.clone().into())?;
             set("__name__", vm.ctx.new_str("terrarium_prelude").into())?;
-            set("_t_write", vm.new_function("_t_write", native_write).into())?;
+            set("_t_stdout", vm.new_function("write", native_stdout).into())?;
+            set("_t_stderr", vm.new_function("write", native_stderr).into())?;
             set("_t_deny", vm.new_function("_t_deny", native_deny).into())?;
             set("_t_sleep", vm.new_function("_t_sleep", native_sleep).into())?;
             set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
-            set("_t_allowed", vm.new_function("_t_allowed", native_allowed).into())?;
+            set("_t_import", vm.new_function("__import__", importer::native_import).into())?;
+            set("_t_importer_setup", vm.new_function("_t_importer_setup", importer::native_setup).into())?;
+            set("_t_proxy_override", vm.new_function("_t_proxy_override", importer::native_override).into())?;
+            set("_t_hide", vm.new_function("_t_hide", importer::native_hide).into())?;
             set("_t_check", vm.new_function("_t_check", native_check).into())?;
             set("_t_asyncio_source", vm.ctx.new_str(ASYNCIO_STANDIN).into())?;
             set("_t_getattr", vm.new_function("getattr", walls::native_getattr).into())?;
@@ -519,7 +520,6 @@ impl Worker {
             set("_t_hasattr", vm.new_function("hasattr", walls::native_hasattr).into())?;
             set("_t_globals", vm.new_function("globals", native_globals).into())?;
             set("_t_eval", vm.new_function("eval", native_eval).into())?;
-            set("_t_exact", vm.new_function("_t_exact", walls::native_exact_str).into())?;
             set("_t_exec", vm.new_function("exec", native_exec).into())?;
             set("_t_locals", vm.new_function("locals", native_locals).into())?;
             set("_t_attr_allowed", vm.new_function("_t_attr_allowed", walls::native_attr_allowed).into())?;
@@ -560,6 +560,7 @@ impl Worker {
     pub fn seal(&self) -> Result<(), String> {
         self.interp.enter(|vm| {
             self.harden_all.call((), vm).map_err(|e| exc_text(vm, &e))?;
+            importer::seal();
             walls::remove_internals(vm)
         })
     }
@@ -590,6 +591,7 @@ impl Worker {
     pub fn run(&self, job: &Job) -> (Outcome, bool) {
         self.ctrl.run_id.store(job.run_id, Ordering::SeqCst);
         self.ctrl.terminal.store(0, Ordering::SeqCst);
+        importer::new_run();
         RUN.with(|r| {
             *r.borrow_mut() = Some(RunState {
                 ctrl: self.ctrl.clone(),

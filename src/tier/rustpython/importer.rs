@@ -1,0 +1,298 @@
+//! Snippets' `__import__` and the module proxies it hands out: native functions
+//! whose state (the real importer, the per-run proxies, what each proxy hides)
+//! lives in Rust, where no snippet route reaches it.
+//!
+//! # Security invariant
+//! A snippet's import gives it a proxy, never a module: a fresh module object
+//! holding only the public, non-module attributes of the real one, proxies of
+//! its allowed submodules, and the guarded replacements the prelude registered.
+//! The import name and `fromlist` are read by their exact `str` values (a
+//! subclass's `__hash__`/`__eq__` never choose what the import system looks up).
+//! A module is imported only if the policy allows it and this tier serves it
+//! ([`unservable`] names introspection and host modules, which are never served
+//! whatever the policy says). No Python object holds the real `__import__` for
+//! snippets: the prelude hands it to [`native_setup`] once, before the seal.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use rustpython_vm::builtins::{PyDict, PyStr, PyStrRef};
+use rustpython_vm::{AsObject, FromArgs, PyObjectRef, PyResult, VirtualMachine};
+
+use crate::analysis;
+
+use super::worker;
+
+/// Modules this tier never hands to snippets, whatever the policy says. They
+/// expose interpreter internals (frames, code objects, arbitrary callables by
+/// name, the garbage collector's object graph) or the host. The policy may allow
+/// them for the wasm and docker tiers, where a process or VM wall stands behind.
+#[rustfmt::skip]
+pub const UNSERVABLE: &[&str] = &[
+    "sys", "builtins", "gc", "inspect", "types", "marshal", "pickle", "copyreg",
+    "shelve", "importlib", "code", "codeop", "pdb", "bdb", "trace", "traceback",
+    "runpy", "pkgutil", "zipimport", "ctypes", "threading", "_thread", "os",
+    "posix", "socket", "select", "selectors", "subprocess", "signal", "io",
+    "multiprocessing", "concurrent", "shutil", "tempfile", "pathlib", "glob",
+    "ssl", "http", "urllib", "ftplib", "smtplib", "asyncio.subprocess", "faulthandler",
+    "tracemalloc", "sysconfig", "site", "atexit", "weakref", "abc_internal",
+    "linecache", "tokenize", "dis", "ast", "symtable", "annotationlib",
+];
+
+/// Public names of served modules that would hand out host or interpreter access.
+const REMOVED: &[(&str, &[&str])] = &[("io", &["open", "open_code", "FileIO"]), ("random", &["SystemRandom"])];
+
+/// Whether module `name` is never served: it, or a package above it, is in
+/// [`UNSERVABLE`], or a part of its name is private.
+pub fn unservable(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.iter().any(|p| p.starts_with('_'))
+        || (1..=parts.len()).any(|i| UNSERVABLE.contains(&parts[..i].join(".").as_str()))
+}
+
+/// What the prelude hands over once, before the seal.
+struct Setup {
+    /// The interpreter's real `__import__`.
+    real_import: PyObjectRef,
+    /// The prelude's hardening of newly loaded modules, called after each import.
+    after_import: PyObjectRef,
+    /// A type whose instances a proxy never carries (the prelude's `sys` view).
+    skip_type: PyObjectRef,
+}
+
+#[derive(Default)]
+struct State {
+    setup: Option<Setup>,
+    /// Module name → a callable returning the names that replace the module's
+    /// own in its proxy (guarded `operator.attrgetter`, `string.Formatter`, …).
+    overrides: HashMap<String, PyObjectRef>,
+    /// Module name → names the prelude set on the module for its own code.
+    hidden: HashMap<String, HashSet<String>>,
+    /// No more overrides once the interpreter is sealed.
+    sealed: bool,
+    /// This run's proxies, by module name (one proxy per module per run, so that
+    /// `import a` and `from a import b` agree).
+    proxies: HashMap<String, PyObjectRef>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// `_t_importer_setup(real_import, after_import, skip_type)`: once per interpreter.
+pub fn native_setup(
+    real_import: PyObjectRef,
+    after_import: PyObjectRef,
+    skip_type: PyObjectRef,
+    vm: &VirtualMachine,
+) -> PyResult<()> {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.setup.is_some() {
+            return Err(vm.new_runtime_error("the importer is already set up"));
+        }
+        s.setup = Some(Setup { real_import, after_import, skip_type });
+        Ok(())
+    })
+}
+
+/// `_t_proxy_override(module, make)`: `make()` returns a dict of names that replace
+/// the module's own in every proxy of it. Refused once the interpreter is sealed.
+pub fn native_override(module: PyStrRef, make: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.sealed {
+            return Err(vm.new_runtime_error("the importer is sealed"));
+        }
+        s.overrides.insert(module.as_wtf8().to_string_lossy().into_owned(), make);
+        Ok(())
+    })
+}
+
+/// `_t_hide(module, name)`: a name the prelude set on a module for the module's
+/// own code; proxies of the module never show it. (Hiding more is never a
+/// capability, so this stays available after the seal: hardening runs when a
+/// module is first loaded, which may be during a run.)
+pub fn native_hide(module: PyStrRef, name: PyStrRef) {
+    STATE.with(|s| {
+        s.borrow_mut()
+            .hidden
+            .entry(module.as_wtf8().to_string_lossy().into_owned())
+            .or_default()
+            .insert(name.as_wtf8().to_string_lossy().into_owned());
+    });
+}
+
+/// Called when the interpreter is sealed: the overrides are final.
+pub fn seal() {
+    STATE.with(|s| s.borrow_mut().sealed = true);
+}
+
+/// Called when a run starts: proxies are per run.
+pub fn new_run() {
+    STATE.with(|s| s.borrow_mut().proxies.clear());
+}
+
+/// The exact value of a `str` (or subclass) as a Rust string, or `None`.
+fn exact(obj: &PyObjectRef) -> Option<String> {
+    obj.downcast_ref::<PyStr>().map(|s| s.as_wtf8().to_string_lossy().into_owned())
+}
+
+/// The arguments of `__import__`, by position or keyword.
+#[derive(FromArgs)]
+pub struct ImportArgs {
+    #[pyarg(any)]
+    name: PyObjectRef,
+    #[allow(
+        dead_code,
+        reason = "bound so that callers may pass it; the snippet never chooses the globals an import sees"
+    )]
+    #[pyarg(any, optional)]
+    globals: Option<PyObjectRef>,
+    #[allow(
+        dead_code,
+        reason = "bound so that callers may pass it; the snippet never chooses the globals an import sees"
+    )]
+    #[pyarg(any, optional)]
+    locals: Option<PyObjectRef>,
+    #[pyarg(any, default)]
+    fromlist: Option<PyObjectRef>,
+    #[pyarg(any, default)]
+    level: i32,
+}
+
+/// Snippets' `__import__(name, globals=None, locals=None, fromlist=(), level=0)`.
+pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
+    let ImportArgs { name, fromlist, level, .. } = args;
+    if level != 0 {
+        return Err(worker::deny("relative imports are not available to snippets", vm));
+    }
+    let name = match exact(&name) {
+        Some(n) if !n.is_empty() => n,
+        _ => return Err(vm.new_type_error("__import__() argument 1 must be a non-empty str")),
+    };
+    // Plain str values from here on.
+    let fromlist: Vec<PyObjectRef> = match fromlist {
+        Some(f) if !vm.is_none(&f) => f.try_to_value::<Vec<PyObjectRef>>(vm)?,
+        _ => Vec::new(),
+    };
+    let fromlist: Vec<PyObjectRef> =
+        fromlist.into_iter().map(|f| exact(&f).map_or(f, |s| vm.ctx.new_str(s).into())).collect();
+    if !worker::module_allowed_now(&name) {
+        return Err(worker::deny(&format!("import of {name:?} is not allowed by the policy"), vm));
+    }
+    if unservable(&name) {
+        return Err(worker::deny(
+            &format!(
+                "the rustpython tier does not provide {name:?} (it has no host access and hides interpreter internals)"
+            ),
+            vm,
+        ));
+    }
+    let (real_import, after_import) = STATE
+        .with(|s| s.borrow().setup.as_ref().map(|s| (s.real_import.clone(), s.after_import.clone())))
+        .ok_or_else(|| vm.new_runtime_error("the importer is not set up"))?;
+    let none = vm.ctx.none();
+    let from_tuple: PyObjectRef = vm.ctx.new_tuple(fromlist.clone()).into();
+    let top = real_import.call((vm.ctx.new_str(name.as_str()), none.clone(), none, from_tuple, 0), vm)?;
+    after_import.call((), vm)?;
+    if !fromlist.is_empty() {
+        for f in &fromlist {
+            if let Some(f) = exact(f)
+                && f != "*"
+                && !analysis::attr_allowed(&f)
+            {
+                return Err(worker::deny(&format!("attribute {f:?} is not accessible in the sandbox"), vm));
+            }
+        }
+        return proxy(&loaded(&name, vm)?, vm);
+    }
+    // Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible.
+    let parts: Vec<&str> = name.split('.').collect();
+    for i in (1..=parts.len()).rev() {
+        proxy(&loaded(&parts[..i].join("."), vm)?, vm)?;
+    }
+    proxy(&top, vm)
+}
+
+/// `sys.modules[name]`.
+fn loaded(name: &str, vm: &VirtualMachine) -> PyResult {
+    vm.sys_module.get_attr("modules", vm)?.get_item(name, vm)
+}
+
+/// The run's proxy of `module`, refreshed with the module's current public names.
+fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
+    let module_type = vm.ctx.types.module_type;
+    if !module.class().is(module_type) {
+        return Err(vm.new_runtime_error("the sandbox serves modules only"));
+    }
+    let name = exact(&module.get_attr("__name__", vm)?).unwrap_or_default();
+    let existing = STATE.with(|s| s.borrow().proxies.get(&name).cloned());
+    let p = match existing {
+        Some(p) => p,
+        None => {
+            let p: PyObjectRef = vm.new_module(&name, vm.ctx.new_dict(), None).into();
+            STATE.with(|s| s.borrow_mut().proxies.insert(name.clone(), p.clone()));
+            p
+        }
+    };
+    let d = p.dict().ok_or_else(|| vm.new_runtime_error("a proxy has no namespace"))?;
+    let source = module.dict().ok_or_else(|| vm.new_runtime_error("a module has no namespace"))?;
+    let skip_type = STATE.with(|s| s.borrow().setup.as_ref().map(|s| s.skip_type.clone()));
+    for (k, v) in source.items_vec() {
+        let Some(key) = exact(&k) else { continue };
+        if key.starts_with('_')
+            || d.contains_key(key.as_str(), vm)
+            || skip_type.as_ref().is_some_and(|t| v.class().is(t))
+        {
+            continue;
+        }
+        if v.class().is(module_type) {
+            let sub = v.get_attr("__name__", vm).ok().and_then(|n| exact(&n)).unwrap_or_default();
+            if sub.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('.'))
+                && worker::module_allowed_now(&sub)
+                && !unservable(&sub)
+            {
+                d.set_item(key.as_str(), proxy(&v, vm)?, vm)?;
+            }
+            continue;
+        }
+        d.set_item(key.as_str(), v, vm)?;
+    }
+    let hidden: Vec<String> =
+        STATE.with(|s| s.borrow().hidden.get(&name).map(|h| h.iter().cloned().collect()).unwrap_or_default());
+    let removed = REMOVED.iter().filter(|(m, _)| *m == name).flat_map(|(_, names)| names.iter().map(|n| n.to_string()));
+    for k in removed.chain(hidden) {
+        if d.contains_key(k.as_str(), vm) {
+            d.del_item(k.as_str(), vm)?;
+        }
+    }
+    let make = STATE.with(|s| s.borrow().overrides.get(&name).cloned());
+    if let Some(make) = make {
+        let names = make.call((), vm)?;
+        let names =
+            names.downcast::<PyDict>().map_err(|_| vm.new_runtime_error("a proxy override must return a dict"))?;
+        for (k, v) in names.items_vec() {
+            d.set_item(&*k, v, vm)?;
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unservable_covers_packages_and_private_names() {
+        assert!(unservable("os"));
+        assert!(unservable("os.path"));
+        assert!(unservable("importlib.machinery"));
+        assert!(unservable("json._private"));
+        assert!(unservable("_json"));
+        assert!(!unservable("json"));
+        assert!(!unservable("json.decoder"));
+        assert!(!unservable("asyncio"));
+        assert!(unservable("asyncio.subprocess"));
+    }
+}
