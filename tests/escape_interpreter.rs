@@ -438,3 +438,57 @@ fn h2_stdout_and_stderr_together_are_held_to_max_output() {
     let o = run("'x' * 3000000");
     assert_eq!(o.status, Status::OutputLimit, "{:?}", o.error);
 }
+
+// The outside attack on the native importer (issue 15, session 7).
+
+/// `from m import name` falls back to `sys.modules[m.__name__ + "." + name]`.
+#[test]
+fn i1_a_renamed_proxy_cannot_import_from_sys_modules() {
+    for code in [
+        "import json\njson.__name__ = 'importlib'\nfrom json import _bootstrap\nprint('REACHED', _bootstrap.sys)",
+        "import json\njson.__name__ = 'os'\nfrom json import path\nprint('REACHED', path)",
+        "import json\njson.__name__ = 're'\nfrom json import _parser\nprint('REACHED', _parser)",
+    ] {
+        for (mode, o) in [("isolated", run(code)), ("embedded", run_embedded(code))] {
+            assert_reached_nothing(&format!("{mode}: {code}"), &o);
+            assert!(!o.stdout.contains("REACHED"), "{mode}: {o:?}");
+        }
+    }
+}
+
+#[test]
+fn i1_a_snippets_own_import_cannot_name_a_loaded_module() {
+    let o = run(
+        "bi = globals()['_' * 2 + 'builtins' + '_' * 2]\nclass Fake:\n    pass\nfake = Fake()\nfake.__name__ = 'importlib'\nbi['_' * 2 + 'import' + '_' * 2] = lambda *a, **k: fake\nfrom json import _bootstrap\nprint('REACHED', _bootstrap, _bootstrap.sys)",
+    );
+    assert_reached_nothing("a fake module from the snippet's own __import__", &o);
+}
+
+/// A key planted in a proxy's namespace, with a real name's hash and an `__eq__`
+/// that raises: the importer must not run it (nor panic on it) when it refreshes
+/// the proxy.
+#[test]
+fn i2_a_key_planted_in_a_proxy_cannot_crash_the_importer() {
+    let o = run(
+        "import json\nclass M(type):\n    def __instancecheck__(cls, o):\n        return True\nclass C(metaclass=M):\n    __match_args__ = ('_' * 2 + 'dict' + '_' * 2,)\nmatch json:\n    case C(d):\n        pass\nclass K(str):\n    def __hash__(self):\n        return hash('loads')\n    def __eq__(self, o):\n        raise ValueError('boom')\ndel d['loads']\nd[K('q')] = 1\nimport json\nprint('survived')",
+    );
+    assert_ne!(o.status, Status::Crashed, "{o:?}");
+    assert!(o.stdout.contains("survived") || o.status == Status::Exception, "{o:?}");
+    // And eval/exec globals with such a key.
+    let o = run(
+        "class K(str):\n    def __hash__(self):\n        return hash('_' * 2 + 'builtins' + '_' * 2)\n    def __eq__(self, o):\n        raise ValueError('boom')\ng = {K('x'): 1}\nexec('y = 1', g)\nprint('ran')",
+    );
+    assert_ne!(o.status, Status::Crashed, "{o:?}");
+}
+
+/// The names the prelude sets on a module for the module's own code (dataclasses'
+/// checked `exec`, its view of `sys`) are never in the proxy, not even while it is
+/// being refreshed with snippet code running.
+#[test]
+fn i3_hidden_names_never_appear_in_a_proxy_mid_refresh() {
+    let o = run_policy(
+        &policy_allowing("dataclasses"),
+        "class M(type):\n    def __instancecheck__(cls, o):\n        return True\nclass C(metaclass=M):\n    __match_args__ = ('_' * 2 + 'dict' + '_' * 2,)\nimport dataclasses\nmatch dataclasses:\n    case C(d):\n        pass\nleak = {}\ndef mk(t):\n    class K(str):\n        def __hash__(self):\n            return hash(t)\n        def __eq__(self, o):\n            for k, v in list(d.items()):\n                if type(k) is str and k in ('exec', 'inspect', 'sys'):\n                    leak[k] = v\n            return False\n    return K\nfor t in ('exec', 'inspect', 'sys'):\n    d[mk(t)('x' + t)] = 1\nimport dataclasses as again\nprint(sorted(leak))",
+    );
+    assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, "[]\n"), "{o:?}");
+}

@@ -72,7 +72,15 @@ struct State {
     sealed: bool,
     /// This run's proxies, by module name (one proxy per module per run, so that
     /// `import a` and `from a import b` agree).
-    proxies: HashMap<String, PyObjectRef>,
+    proxies: HashMap<String, Proxy>,
+}
+
+/// A proxy and the names it has been given (never read back from its namespace,
+/// which the snippet may change).
+#[derive(Clone)]
+struct Proxy {
+    module: PyObjectRef,
+    names: HashSet<String>,
 }
 
 thread_local! {
@@ -123,9 +131,61 @@ pub fn native_hide(module: PyStrRef, name: PyStrRef) {
     });
 }
 
-/// Called when the interpreter is sealed: the overrides are final.
-pub fn seal() {
+thread_local! {
+    /// The interpreter's real `sys.modules`.
+    static MODULES: RefCell<Option<PyObjectRef>> = const { RefCell::new(None) };
+}
+
+/// Called when the interpreter is sealed: the overrides are final, and
+/// `sys.modules` answers snippet code with an empty dict.
+///
+/// Why: `from m import name`, when `m` has no attribute `name`, falls back to
+/// `sys.modules[m.__name__ + "." + name]` (the interpreter reads it in Rust). A
+/// snippet chooses `m.__name__` (on a proxy, or on any object its own
+/// `__import__` returns), so without this that fallback hands out any loaded
+/// module. `sys` becomes an instance of a module subtype whose `modules` is a
+/// data descriptor: the real dict for trusted code, a fresh empty one when the
+/// running frame's code is the snippet's (compiled as `<snippet>`; a snippet cannot
+/// make code objects under another name). The native importer reads the real dict
+/// directly.
+///
+/// # Errors
+/// `sys.modules` is missing (a build defect).
+pub fn seal(vm: &VirtualMachine) -> Result<(), String> {
     STATE.with(|s| s.borrow_mut().sealed = true);
+    let sys = vm.sys_module.clone();
+    let real = sys.dict().get_item("modules", vm).map_err(|_| "sys.modules is missing".to_string())?;
+    MODULES.with(|m| *m.borrow_mut() = Some(real));
+    let typ = vm.ctx.new_class(None, "module", vm.ctx.types.module_type.to_owned(), Default::default());
+    let modules = vm.ctx.new_getset(
+        "modules",
+        &typ,
+        |_zelf: PyObjectRef, vm: &VirtualMachine| -> PyResult {
+            if in_snippet_code() {
+                return Ok(vm.ctx.new_dict().into());
+            }
+            real_modules(vm)
+        },
+        |_zelf: PyObjectRef, _value: PyObjectRef, vm: &VirtualMachine| -> PyResult<()> {
+            Err(vm.new_attribute_error("sys.modules cannot be replaced"))
+        },
+    );
+    typ.set_attr(vm.ctx.intern_str("modules"), modules.into());
+    sys.as_object().set_class(typ, vm);
+    Ok(())
+}
+
+/// Whether the innermost frame runs snippet code.
+fn in_snippet_code() -> bool {
+    rustpython_vm::frame::current_code().is_some_and(|c| c.source_path().as_str() == "<snippet>")
+}
+
+/// The real `sys.modules`.
+fn real_modules(vm: &VirtualMachine) -> PyResult {
+    match MODULES.with(|m| m.borrow().clone()) {
+        Some(m) => Ok(m),
+        None => vm.sys_module.dict().get_item("modules", vm),
+    }
 }
 
 /// Called when a run starts: proxies are per run.
@@ -215,66 +275,83 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
     proxy(&top, vm)
 }
 
-/// `sys.modules[name]`.
+/// `sys.modules[name]` (the real one, whoever is running).
 fn loaded(name: &str, vm: &VirtualMachine) -> PyResult {
-    vm.sys_module.get_attr("modules", vm)?.get_item(name, vm)
+    real_modules(vm)?.get_item(name, vm)
 }
 
 /// The run's proxy of `module`, refreshed with the module's current public names.
+///
+/// What goes in is decided entirely in Rust from the real module (trusted) before
+/// anything is written to the proxy, and a name is only ever added, once: the
+/// proxy's namespace is the snippet's to change, so it is never read here (a key
+/// the snippet planted there could run its code mid-refresh), and a hidden or
+/// removed name is never in it, not even for a moment.
 fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
     let module_type = vm.ctx.types.module_type;
     if !module.class().is(module_type) {
         return Err(vm.new_runtime_error("the sandbox serves modules only"));
     }
-    let name = exact(&module.get_attr("__name__", vm)?).unwrap_or_default();
-    let existing = STATE.with(|s| s.borrow().proxies.get(&name).cloned());
-    let p = match existing {
-        Some(p) => p,
-        None => {
-            let p: PyObjectRef = vm.new_module(&name, vm.ctx.new_dict(), None).into();
-            STATE.with(|s| s.borrow_mut().proxies.insert(name.clone(), p.clone()));
-            p
-        }
-    };
-    let d = p.dict().ok_or_else(|| vm.new_runtime_error("a proxy has no namespace"))?;
     let source = module.dict().ok_or_else(|| vm.new_runtime_error("a module has no namespace"))?;
-    let skip_type = STATE.with(|s| s.borrow().setup.as_ref().map(|s| s.skip_type.clone()));
+    let name = source.get_item_opt("__name__", vm)?.as_ref().and_then(exact).unwrap_or_default();
+    let existing = STATE.with(|s| s.borrow().proxies.get(&name).map(|p| (p.module.clone(), p.names.clone())));
+    let (p, mut given) = match existing {
+        Some(found) => found,
+        None => (vm.new_module(&name, vm.ctx.new_dict(), None).into(), HashSet::new()),
+    };
+    let (skip_type, hidden, make) = STATE.with(|s| {
+        let s = s.borrow();
+        (
+            s.setup.as_ref().map(|s| s.skip_type.clone()),
+            s.hidden.get(&name).cloned().unwrap_or_default(),
+            s.overrides.get(&name).cloned(),
+        )
+    });
+    let removed: &[&str] = REMOVED.iter().find(|(m, _)| *m == name).map_or(&[], |(_, names)| names);
+    let mut add: Vec<(String, PyObjectRef)> = Vec::new();
     for (k, v) in source.items_vec() {
         let Some(key) = exact(&k) else { continue };
         if key.starts_with('_')
-            || d.contains_key(key.as_str(), vm)
+            || given.contains(&key)
+            || hidden.contains(&key)
+            || removed.contains(&key.as_str())
             || skip_type.as_ref().is_some_and(|t| v.class().is(t))
         {
             continue;
         }
-        if v.class().is(module_type) {
-            let sub = v.get_attr("__name__", vm).ok().and_then(|n| exact(&n)).unwrap_or_default();
+        if v.class().is(module_type) || v.class().fast_issubclass(module_type) {
+            let sub = v.dict().and_then(|d| d.get_item_opt("__name__", vm).ok().flatten()).as_ref().and_then(exact);
+            let sub = sub.unwrap_or_default();
             if sub.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('.'))
                 && worker::module_allowed_now(&sub)
                 && !unservable(&sub)
             {
-                d.set_item(key.as_str(), proxy(&v, vm)?, vm)?;
+                add.push((key, proxy(&v, vm)?));
             }
             continue;
         }
-        d.set_item(key.as_str(), v, vm)?;
+        add.push((key, v));
     }
-    let hidden: Vec<String> =
-        STATE.with(|s| s.borrow().hidden.get(&name).map(|h| h.iter().cloned().collect()).unwrap_or_default());
-    let removed = REMOVED.iter().filter(|(m, _)| *m == name).flat_map(|(_, names)| names.iter().map(|n| n.to_string()));
-    for k in removed.chain(hidden) {
-        if d.contains_key(k.as_str(), vm) {
-            d.del_item(k.as_str(), vm)?;
-        }
-    }
-    let make = STATE.with(|s| s.borrow().overrides.get(&name).cloned());
     if let Some(make) = make {
         let names = make.call((), vm)?;
         let names =
             names.downcast::<PyDict>().map_err(|_| vm.new_runtime_error("a proxy override must return a dict"))?;
         for (k, v) in names.items_vec() {
-            d.set_item(&*k, v, vm)?;
+            if let Some(key) = exact(&k)
+                && !given.contains(&key)
+            {
+                add.retain(|(n, _)| *n != key);
+                add.push((key, v));
+            }
         }
+    }
+    // Recorded before writing: a snippet's code may run during a write (a key it
+    // planted with the same hash), and a re-entrant import must not add twice.
+    given.extend(add.iter().map(|(k, _)| k.clone()));
+    STATE.with(|s| s.borrow_mut().proxies.insert(name.clone(), Proxy { module: p.clone(), names: given }));
+    let d = p.dict().ok_or_else(|| vm.new_runtime_error("a proxy has no namespace"))?;
+    for (k, v) in add {
+        d.set_item(k.as_str(), v, vm)?;
     }
     Ok(p)
 }

@@ -399,7 +399,9 @@ fn run_text(
         _ if in_snippet_code(vm) => vm.current_globals(),
         _ => return Err(deny(&format!("{name}() without globals is available only in the snippet's own code"), vm)),
     };
-    if !globals.contains_key("__builtins__", vm) {
+    // (get_item_opt, not contains_key: a key the snippet planted may raise in
+    // its __eq__, which contains_key would turn into a panic.)
+    if globals.get_item_opt("__builtins__", vm)?.is_none() {
         // The snippet's builtins, never the interpreter's (which `Scope` would add).
         let run_globals = with_run(|run| run.globals.clone()).flatten();
         let builtins = run_globals
@@ -560,7 +562,7 @@ impl Worker {
     pub fn seal(&self) -> Result<(), String> {
         self.interp.enter(|vm| {
             self.harden_all.call((), vm).map_err(|e| exc_text(vm, &e))?;
-            importer::seal();
+            importer::seal(vm)?;
             walls::remove_internals(vm)
         })
     }
