@@ -25,6 +25,7 @@ pub mod audit;
 pub mod breaker;
 pub mod cli;
 pub mod command;
+pub mod dirs;
 pub mod error;
 pub mod executor;
 pub mod policy;

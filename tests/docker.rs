@@ -203,7 +203,7 @@ fn containers_of_a_dead_terrarium_process_are_reaped_at_start_up() {
         scratch: false,
         labels,
     };
-    let id = rt.block_on(eng.create(engine::spec(&docker_policy(), &launch))).expect("create");
+    let id = rt.block_on(eng.create(engine::spec(&docker_policy(), &launch).expect("spec"))).expect("create");
     rt.block_on(eng.start(&id)).expect("start");
     assert_eq!(containers_labelled(engine::EXECUTOR_LABEL, &marker).len(), 1);
     let reaped = rt.block_on(eng.reap_orphans()).expect("reap");

@@ -116,9 +116,6 @@ impl Queue {
     /// The database cannot be opened or written.
     pub fn open(path: &Path) -> Result<Queue, ApprovalError> {
         let q = Queue { path: path.to_path_buf() };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| q.err(e))?;
-        }
         let c = q.conn()?;
         c.execute_batch(
             "CREATE TABLE IF NOT EXISTS approvals (
@@ -147,8 +144,6 @@ impl Queue {
                 c.execute_batch(&format!("ALTER TABLE approvals ADD COLUMN {column} TEXT")).map_err(|e| q.err(e))?;
             }
         }
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         Ok(q)
     }
 
@@ -157,7 +152,8 @@ impl Queue {
     }
 
     fn conn(&self) -> Result<Connection, ApprovalError> {
-        let c = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        // Through the checked state directory, never through a link (audit::connect).
+        let c = crate::audit::connect(&self.path).map_err(|e| self.err(e))?;
         c.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
         Ok(c)
     }

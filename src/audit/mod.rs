@@ -26,7 +26,6 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -37,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::breaker::Breaker;
+use crate::dirs::OwnedDir;
 
 /// Hash before the first row.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -53,6 +53,9 @@ const BUSY_MS: u64 = 200;
 /// Why the audit log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The directory it lives in is not one Terrarium may use (see [`crate::dirs`]).
+    #[error(transparent)]
+    Directory(#[from] crate::dirs::DirError),
     /// SQLite said no.
     #[error("audit database {path}: {message}")]
     Database {
@@ -133,6 +136,9 @@ enum Msg {
 /// its lock, so the writer sees events in journal order.
 struct Journal {
     file: std::fs::File,
+    /// Its name in the state directory.
+    name: String,
+    /// Its path (for messages).
     path: PathBuf,
 }
 
@@ -150,10 +156,11 @@ pub struct AuditLog {
 
 /// Where the audit database lives by default: `audit.db` in `$TERRARIUM_HOME`,
 /// else in `$XDG_DATA_HOME/terrarium`, else in `~/.local/share/terrarium` (created
-/// 0700).
+/// 0700; an existing one must be this user's and private, see [`crate::dirs`]).
 ///
 /// # Errors
-/// No home directory to put it in, or the directory cannot be created.
+/// No home directory to put it in, or the directory cannot be created or is
+/// refused.
 pub fn default_path() -> Result<PathBuf, AuditError> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     let dir = env("TERRARIUM_HOME")
@@ -163,10 +170,7 @@ pub fn default_path() -> Result<PathBuf, AuditError> {
             path: PathBuf::from("audit.db"),
             message: "no TERRARIUM_HOME, XDG_DATA_HOME or HOME to keep the audit log in".into(),
         })?;
-    if !dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| db_err(&dir, e))?;
-    }
+    OwnedDir::open(&dir, "state directory")?;
     Ok(dir.join("audit.db"))
 }
 
@@ -221,23 +225,56 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
     AuditError::Database { path: path.to_path_buf(), message: e.to_string() }
 }
 
-fn head_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".head");
-    PathBuf::from(p)
+/// Where the database at `path` lives: its checked directory and its file name.
+/// Every file of the log is opened through this handle (see [`crate::dirs`]).
+struct Store {
+    dir: OwnedDir,
+    name: String,
 }
 
-/// `audit.db.journal.` — journals are this prefix plus `<pid>.<start time>`.
-fn journal_prefix(db: &Path) -> String {
-    format!("{}.journal.", db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+impl Store {
+    fn at(path: &Path) -> Result<Store, AuditError> {
+        let parent = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| db_err(path, "not a file name"))?;
+        Ok(Store { dir: OwnedDir::open(parent, "state directory")?, name })
+    }
+
+    fn head(&self) -> String {
+        format!("{}.head", self.name)
+    }
+
+    /// `audit.db.journal.` — journals are this prefix plus `<pid>.<start time>`.
+    fn journal_prefix(&self) -> String {
+        format!("{}.journal.", self.name)
+    }
+
+    /// The database's resolved path (for messages and SQLite).
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
 }
 
-fn open(path: &Path) -> Result<Connection, AuditError> {
-    use std::os::unix::fs::PermissionsExt;
-    let c = Connection::open(path).map_err(|e| db_err(path, e))?;
+/// SQLite never opens the database through a symbolic link.
+fn flags(read_only: bool) -> rusqlite::OpenFlags {
+    use rusqlite::OpenFlags as F;
+    let base =
+        if read_only { F::SQLITE_OPEN_READ_ONLY | F::SQLITE_OPEN_URI | F::SQLITE_OPEN_NO_MUTEX } else { F::default() };
+    base | F::SQLITE_OPEN_NOFOLLOW
+}
+
+fn open(store: &Store) -> Result<Connection, AuditError> {
+    let path = store.db_path();
+    let path = &path;
     // The log holds snippets' source: owner only (SQLite gives its -wal and -shm
-    // files the database's mode).
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| db_err(path, e))?;
+    // files the database's mode). Created, or checked, through the directory handle.
+    store.dir.private_file(&store.name).map_err(|e| db_err(path, e))?;
+    let c = Connection::open_with_flags(path, flags(false)).map_err(|e| db_err(path, e))?;
     c.busy_timeout(Duration::from_millis(BUSY_MS)).map_err(|e| db_err(path, e))?;
     c.execute_batch(
         "PRAGMA journal_mode=WAL;
@@ -262,26 +299,24 @@ impl AuditLog {
     /// The database cannot be created, opened or recovered, or the journal cannot
     /// be created.
     pub fn open(path: &Path, database: Breaker) -> Result<AuditLog, AuditError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
-        }
-        let mut conn = open(path)?;
-        let head = open_head(path)?;
-        recover_with(&mut conn, path, &head)?;
+        let store = Store::at(path)?;
+        let mut conn = open(&store)?;
+        let head = open_head(&store)?;
+        recover_with(&mut conn, &store, &head)?;
         let (pid, start) = crate::process::me();
-        let journal_path = path.with_file_name(format!("{}{pid}.{start}", journal_prefix(path)));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&journal_path)
+        let journal_name = format!("{}{pid}.{start}", store.journal_prefix());
+        let journal_path = store.dir.path().join(&journal_name);
+        let file = store
+            .dir
+            .open_file(&journal_name, cap_std::fs::OpenOptions::new().create(true).append(true))
             .map_err(|e| AuditError::Journal { path: journal_path.clone(), message: e.to_string() })?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let journal = Arc::new(Mutex::new(Journal { file, path: journal_path }));
+        let journal = Arc::new(Mutex::new(Journal { file, name: journal_name, path: journal_path }));
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = Writer {
             conn: Some(conn),
-            path: path.to_path_buf(),
+            path: store.db_path(),
+            store,
             breaker: database,
             head,
             journal: journal.clone(),
@@ -421,6 +456,7 @@ fn pending(event: Event) -> Pending {
 struct Writer {
     conn: Option<Connection>,
     path: PathBuf,
+    store: Store,
     breaker: Breaker,
     /// The head file, rewritten in place after every commit.
     head: std::fs::File,
@@ -478,7 +514,7 @@ impl Writer {
         // them all, the journal goes.
         if !behind || self.replay_journal().is_ok() {
             let j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let _ = std::fs::remove_file(&j.path);
+            let _ = self.store.dir.remove(&j.name);
         }
     }
 
@@ -504,8 +540,9 @@ impl Writer {
     /// Commits everything in this process's journal (what is already in the
     /// database is skipped by its id).
     fn replay_journal(&mut self) -> Result<(), AuditError> {
-        let path = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).path.clone();
-        let events = read_journal(&path).map_err(|e| db_err(&self.path, format!("cannot read the journal: {e}")))?;
+        let name = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).name.clone();
+        let events = read_journal(&self.store, &name)
+            .map_err(|e| db_err(&self.path, format!("cannot read the journal: {e}")))?;
         self.store(&events, true)
     }
 
@@ -528,7 +565,7 @@ impl Writer {
 
     fn commit(&mut self, events: &[Pending], replay: bool) -> Result<(), AuditError> {
         if self.conn.is_none() {
-            self.conn = Some(open(&self.path)?);
+            self.conn = Some(open(&self.store)?);
         }
         let path = self.path.clone();
         let conn = self.conn.as_mut().ok_or_else(|| db_err(&path, "no connection"))?;
@@ -600,66 +637,54 @@ fn commit_events(conn: &mut Connection, events: &[Pending], replay: bool) -> rus
 /// # Errors
 /// The database cannot be written, or a journal cannot be read.
 pub fn recover(path: &Path) -> Result<usize, AuditError> {
-    if dead_journals(path).is_empty() {
+    let store = Store::at(path)?;
+    if dead_journals(&store).is_empty() {
         return Ok(0);
     }
-    let mut conn = open(path)?;
-    let head = open_head(path)?;
-    recover_with(&mut conn, path, &head)
+    let mut conn = open(&store)?;
+    let head = open_head(&store)?;
+    recover_with(&mut conn, &store, &head)
 }
 
-/// The head file beside the database at `path` (created owner-only).
-fn open_head(path: &Path) -> Result<std::fs::File, AuditError> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(head_path(path))
-        .map_err(|e| db_err(path, format!("cannot open the head file: {e}")))
+/// The head file beside the database (created owner-only, never through a link).
+fn open_head(store: &Store) -> Result<std::fs::File, AuditError> {
+    store
+        .dir
+        .open_file(&store.head(), cap_std::fs::OpenOptions::new().create(true).truncate(false).write(true))
+        .map_err(|e| db_err(&store.db_path(), format!("cannot open the head file: {e}")))
 }
 
-/// Journals beside the database at `path` whose process is gone.
-fn dead_journals(path: &Path) -> Vec<PathBuf> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let prefix = journal_prefix(path);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
+/// Journals beside the database whose process is gone, by name.
+fn dead_journals(store: &Store) -> Vec<String> {
+    let prefix = store.journal_prefix();
+    let Ok(names) = store.dir.names() else { return Vec::new() };
+    names
+        .into_iter()
+        .filter(|name| {
             name.strip_prefix(&prefix)
                 .and_then(|owner| owner.split_once('.'))
                 .is_some_and(|(pid, start)| !crate::process::alive(pid, start))
         })
-        .map(|e| e.path())
         .collect()
 }
 
-fn recover_with(conn: &mut Connection, path: &Path, head: &std::fs::File) -> Result<usize, AuditError> {
+fn recover_with(conn: &mut Connection, store: &Store, head: &std::fs::File) -> Result<usize, AuditError> {
+    let path = &store.db_path();
     let mut replayed = 0;
-    for journal in dead_journals(path) {
-        let name = journal.display().to_string();
-        let events = read_journal(&journal).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+    for name in dead_journals(store) {
+        let events = read_journal(store, &name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
         if let Some((seq, hash)) = commit_events(conn, &events, true).map_err(|e| db_err(path, e))? {
             write_head(head, seq, &hash).map_err(|e| db_err(path, e))?;
         }
-        std::fs::remove_file(&journal).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+        store.dir.remove(&name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
         replayed += events.len();
         tracing::info!(journal = %name, events = events.len(), "replayed an audit journal left by a process that is gone");
     }
     Ok(replayed)
 }
 
-fn read_journal(path: &Path) -> std::io::Result<Vec<Pending>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+fn read_journal(store: &Store, name: &str) -> std::io::Result<Vec<Pending>> {
+    let Some(f) = store.dir.read(name)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for line in std::io::BufReader::new(f).lines() {
         let line = line?;
@@ -686,7 +711,7 @@ fn write_head(head: &std::fs::File, seq: i64, hash: &str) -> std::io::Result<()>
 /// # Errors
 /// The database cannot be written.
 pub fn prune_before(path: &Path, cutoff_us: i64) -> Result<usize, AuditError> {
-    let mut c = open(path)?;
+    let mut c = open(&Store::at(path)?)?;
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| db_err(path, e))?;
     let last: Option<(i64, String)> = tx
         .query_row(
@@ -720,8 +745,22 @@ pub fn prune_days(log: &AuditLog, days: u32) -> Result<usize, AuditError> {
     Ok(n)
 }
 
+/// A read-write connection to the database at `path` (for the approval queue,
+/// which keeps its table there), opened as the log's own: through the checked
+/// state directory, never through a link, owner-only.
+///
+/// # Errors
+/// The directory is refused, or the database cannot be opened.
+pub fn connect(path: &Path) -> Result<Connection, AuditError> {
+    let store = Store::at(path)?;
+    let db = store.db_path();
+    store.dir.private_file(&store.name).map_err(|e| db_err(&db, e))?;
+    Connection::open_with_flags(&db, flags(false)).map_err(|e| db_err(&db, e))
+}
+
 fn read_only(path: &Path) -> Result<Connection, AuditError> {
-    Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))
+    let store = Store::at(path)?;
+    Connection::open_with_flags(store.db_path(), flags(true)).map_err(|e| db_err(path, e))
 }
 
 /// A [`Row`] from `SELECT seq, ts_us, kind, request_id, data, hash`.
@@ -815,7 +854,27 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
             problems.push(format!("stored code {sha}: its text does not match its hash (edited)"));
         }
     }
-    if let Ok(head) = std::fs::read_to_string(head_path(path)) {
+    let store = Store::at(path)?;
+    let head = match store.dir.read(&store.head()) {
+        Ok(Some(mut f)) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).map(|_| Some(text)).unwrap_or(None)
+        }
+        Ok(None) => {
+            if count > 0 {
+                problems.push(format!(
+                    "the head file {} is missing (the newest rows may have been deleted with it)",
+                    store.head()
+                ));
+            }
+            None
+        }
+        Err(e) => {
+            problems.push(format!("the head file {} cannot be read: {e}", store.head()));
+            None
+        }
+    };
+    if let Some(head) = head {
         let mut parts = head.split_whitespace();
         if let (Some(seq), Some(hash)) = (parts.next().and_then(|s| s.parse::<i64>().ok()), parts.next()) {
             if seq >= expected {
@@ -890,7 +949,25 @@ pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
 /// Either database cannot be opened, or the copy fails.
 pub fn backup(path: &Path, dest: &Path) -> Result<(), AuditError> {
     let src = read_only(path)?;
-    let mut dst = Connection::open(dest).map_err(|e| db_err(dest, e))?;
+    // The copy holds snippets' source too: created 0600 (never through a link), or
+    // an existing regular file of this user made 0600, before SQLite writes to it.
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .map_err(|e| db_err(dest, e))?;
+        let meta = f.metadata().map_err(|e| db_err(dest, e))?;
+        if !meta.is_file() || std::os::unix::fs::MetadataExt::uid(&meta) != crate::dirs::euid() {
+            return Err(db_err(dest, "not a regular file of this user"));
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| db_err(dest, e))?;
+    }
+    let mut dst = Connection::open_with_flags(dest, flags(false)).map_err(|e| db_err(dest, e))?;
     let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_err(dest, e))?;
     b.run_to_completion(256, std::time::Duration::from_millis(5), None).map_err(|e| db_err(dest, e))
 }

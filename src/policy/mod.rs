@@ -233,17 +233,28 @@ pub struct CommandPolicy {
 /// (`terrarium.read_only_mounts`). Tiers with a file system mount it read-only (the
 /// wasm tier preopens it read-only, the docker tier bind-mounts it read-only); the
 /// rustpython tier has no file system and never shows it.
+///
+/// The source is pinned when the policy is loaded ([`crate::dirs::Pinned`]): resolved,
+/// every directory above it owned by root or this user and writable by no one else,
+/// its identity recorded; tiers check that identity again at every run, so another
+/// user cannot swap a path component for a link to somewhere else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOnlyMount {
-    /// Absolute host path of a directory.
+    /// Absolute host path of a directory, resolved.
     pub source: std::path::PathBuf,
-    /// Absolute path inside the sandbox.
+    /// Absolute path inside the sandbox, normalised (no repeated or trailing `/`).
     pub target: String,
+    /// The source's identity, as the policy was loaded.
+    pub pinned: crate::dirs::Pinned,
 }
 
 /// Sandbox paths a read-only mount may not cover: the root, what the tiers mount
 /// themselves, and the kernel's views.
-const RESERVED_TARGETS: &[&str] = &["/", "/tmp", "/scratch", "/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/bin"];
+#[rustfmt::skip]
+const RESERVED_TARGETS: &[&str] = &[
+    "/", "/tmp", "/scratch", "/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/lib32", "/lib64", "/libx32",
+    "/bin", "/sbin", "/boot", "/run", "/var",
+];
 
 /// Tightening applied to one request. Each field, when set, must be no looser than
 /// the policy's own value.
@@ -466,7 +477,9 @@ impl Policy {
                     format!("{:?} must be an absolute path without '.', '..', ':' or control characters", m.source),
                 ));
             }
-            let target = m.target.trim_end_matches('/');
+            // `//etc` and `/etc/` are `/etc`.
+            let target = format!("/{}", m.target.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>().join("/"));
+            let target = target.as_str();
             if !clean(&m.target)
                 || RESERVED_TARGETS
                     .iter()
@@ -482,11 +495,21 @@ impl Policy {
                     ),
                 ));
             }
-            if read_only_mounts.iter().any(|o: &ReadOnlyMount| o.target == target) {
+            if read_only_mounts.iter().any(|(_, _, o): &(String, String, String)| o == target) {
                 return Err(invalid(&format!("{path}.target"), format!("{target:?} is mounted twice")));
             }
-            read_only_mounts.push(ReadOnlyMount { source: m.source.into(), target: target.to_string() });
+            read_only_mounts.push((path, m.source, target.to_string()));
         }
+        // Pinned once every entry reads well (a missing directory is the last thing
+        // worth reporting).
+        let read_only_mounts = read_only_mounts
+            .into_iter()
+            .map(|(path, source, target)| {
+                let pinned = crate::dirs::Pinned::new(std::path::Path::new(&source), "mount source")
+                    .map_err(|e| invalid(&format!("{path}.source"), e.to_string()))?;
+                Ok(ReadOnlyMount { source: pinned.path.clone(), target, pinned })
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()?;
         let min_isolation = match t.min_isolation.as_deref() {
             None => Tier::Rustpython,
             Some(name) => Tier::parse(name).ok_or_else(|| {

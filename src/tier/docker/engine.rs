@@ -304,7 +304,17 @@ pub fn prelude_cmd(prelude: &str, nonce: &str, preload: &str, scratch: bool) -> 
 }
 
 /// The container specification: the policy's hardening, all of it.
-pub fn spec(policy: &Policy, launch: &Launch) -> ContainerCreateBody {
+///
+/// # Errors
+/// A read-only mount's source is no longer the directory pinned when the policy was
+/// loaded.
+pub fn spec(policy: &Policy, launch: &Launch) -> Result<ContainerCreateBody, SandboxError> {
+    for m in policy.read_only_mounts() {
+        m.pinned.open().map_err(|e| SandboxError::Host {
+            tier: crate::executor::Tier::Docker,
+            message: format!("terrarium.read_only_mounts {}: {e}", m.target),
+        })?;
+    }
     let d = policy.docker();
     let memory = i64::try_from(policy.max_memory()).unwrap_or(i64::MAX);
     let cpu_quota = i64::try_from(policy.cpu_quota()).unwrap_or(CPU_PERIOD);
@@ -358,7 +368,7 @@ pub fn spec(policy: &Policy, launch: &Launch) -> ContainerCreateBody {
         ),
         ..HostConfig::default()
     };
-    ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(d.image.clone()),
         cmd: Some(launch.cmd.clone()),
         entrypoint: Some(Vec::new()),
@@ -376,7 +386,7 @@ pub fn spec(policy: &Policy, launch: &Launch) -> ContainerCreateBody {
         labels: Some(launch.labels.clone()),
         host_config: Some(host_config),
         ..ContainerCreateBody::default()
-    }
+    })
 }
 
 #[cfg(test)]
@@ -387,7 +397,7 @@ mod tests {
     fn the_spec_carries_every_hardening_flag() {
         let policy = Policy::default_policy();
         let launch = Launch { cmd: prelude_cmd("pass", "n", "", false), scratch: false, labels: HashMap::new() };
-        let s = spec(&policy, &launch);
+        let s = spec(&policy, &launch).expect("spec");
         let h = s.host_config.as_ref().expect("host config");
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));

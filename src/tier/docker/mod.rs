@@ -148,7 +148,7 @@ impl DockerExecutor {
         let mut cmd: Vec<String> = ["python3", "-I", "-B", "-c", PROBE].map(String::from).to_vec();
         cmd.extend(targets.iter().cloned());
         let launch = Launch { cmd, scratch: false, labels: self.shared.labels() };
-        let id = engine.create(engine::spec(&self.shared.policy, &launch)).await?;
+        let id = engine.create(engine::spec(&self.shared.policy, &launch)?).await?;
         let report = async {
             let (_input, output) = engine.attach(&id).await?;
             engine.start(&id).await?;
@@ -181,7 +181,7 @@ impl DockerExecutor {
         let engine = self.shared.engine().await?;
         let policy = &self.shared.policy;
         let launch = Launch { cmd: argv.to_vec(), scratch: false, labels: self.shared.labels() };
-        let id = engine.create(engine::spec(policy, &launch)).await?;
+        let id = engine.create(engine::spec(policy, &launch)?).await?;
         let ran = async {
             let (_input, output) = engine.attach(&id).await?;
             engine.start(&id).await?;
@@ -433,7 +433,7 @@ impl Shared {
 /// Creates, attaches and starts a container and waits for its ready marker. The
 /// container is removed again when any step fails.
 async fn start_container(engine: &Engine, policy: &Policy, launch: &Launch, nonce: &str) -> Result<Warm, SandboxError> {
-    let id = engine.create(engine::spec(policy, launch)).await?;
+    let id = engine.create(engine::spec(policy, launch)?).await?;
     match attach_and_start(engine, &id, nonce).await {
         Ok(w) => Ok(w),
         Err(e) => {

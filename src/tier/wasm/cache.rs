@@ -8,17 +8,20 @@
 //! # Security invariant
 //! Loading a compiled module runs its machine code, so only files Terrarium wrote are
 //! loaded: the source is checked against [`PYTHON_WASM_SHA256`] before compiling, the
-//! result is written atomically (temporary file, then rename) into a directory with
-//! mode 0700, and a cached file is loaded only if it is a regular file owned by this
-//! user in such a directory.
+//! result is written atomically (temporary file, then rename) into a directory this
+//! user owns and no one else can write (checked, with every directory above it, by
+//! [`crate::dirs::OwnedDir`]); a cached file is opened through that directory's
+//! handle, never through a link, must be a regular file of this user, and the file
+//! handle that was checked is the one loaded.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::dirs::OwnedDir;
 use wasmtime::{Engine, Module};
 
 /// sha256 of the one python.wasm this tier runs (CPython 3.12.0, WASI).
@@ -44,16 +47,17 @@ pub struct WasmConfig {
 
 impl WasmConfig {
     /// `$TERRARIUM_PYTHON_WASM`, or `python-3.12.0.wasm` in `$TERRARIUM_CACHE`
-    /// (default `~/.cache/terrarium`), where `scripts/setup-wasm` puts it.
+    /// (default `~/.cache/terrarium`), where `scripts/setup-wasm` puts it. With
+    /// neither `TERRARIUM_CACHE` nor `HOME` set there is no cache directory (never
+    /// a shared one under `/tmp`): loading the module then says so.
     pub fn from_env() -> WasmConfig {
-        let cache = std::env::var_os("TERRARIUM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-            home.join(".cache").join("terrarium")
-        });
-        let python_wasm = std::env::var_os("TERRARIUM_PYTHON_WASM")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cache.join("python-3.12.0.wasm"));
-        WasmConfig { python_wasm, cache_dir: cache.join("compiled"), pool_size: 2, max_instances: 64 }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let cache = env("TERRARIUM_CACHE").or_else(|| env("HOME").map(|h| h.join(".cache").join("terrarium")));
+        let python_wasm = env("TERRARIUM_PYTHON_WASM")
+            .or_else(|| cache.as_ref().map(|c| c.join("python-3.12.0.wasm")))
+            .unwrap_or_default();
+        let cache_dir = cache.map(|c| c.join("compiled")).unwrap_or_default();
+        WasmConfig { python_wasm, cache_dir, pool_size: 2, max_instances: 64 }
     }
 }
 
@@ -67,9 +71,14 @@ fn engine_key(engine: &Engine) -> String {
 ///
 /// # Errors
 /// A message naming the fix: python.wasm missing or not the pinned file, or the cache
-/// directory unusable.
+/// directory unusable (not this user's, writable by others, or unset).
 pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, String> {
     let wasm = &config.python_wasm;
+    if wasm.as_os_str().is_empty() || config.cache_dir.as_os_str().is_empty() {
+        return Err("no TERRARIUM_CACHE or HOME to find python.wasm and keep its compiled form in; set \
+                    TERRARIUM_CACHE to a private directory and run scripts/setup-wasm"
+            .into());
+    }
     let meta = fs::metadata(wasm)
         .map_err(|e| format!("python.wasm is not installed ({}: {e}); run {SETUP} to fetch it", wasm.display()))?;
     if meta.len() != PYTHON_WASM_SIZE {
@@ -79,20 +88,29 @@ pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, Strin
             meta.len()
         ));
     }
-    ensure_private_dir(&config.cache_dir)?;
-    let compiled = config.cache_dir.join(format!("{}-{}.cwasm", &PYTHON_WASM_SHA256[..16], engine_key(engine)));
-    if !trusted_file(&compiled) {
-        compile_into(engine, wasm, &compiled)?;
-    }
-    // SAFETY: `compiled` is a regular file, owned by this user, in a 0700 directory,
-    // written by `compile_into` from a python.wasm whose sha256 was checked; wasmtime
-    // additionally checks that it was compiled by a compatible engine.
+    let dir = OwnedDir::open(&config.cache_dir, "cache directory").map_err(|e| e.to_string())?;
+    let name = format!("{}-{}.cwasm", &PYTHON_WASM_SHA256[..16], engine_key(engine));
+    let shown = dir.path().join(&name);
+    let file = match dir.read(&name) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            compile_into(engine, wasm, &dir, &name)?;
+            dir.read(&name).ok().flatten().ok_or_else(|| format!("{} vanished after compiling", shown.display()))?
+        }
+        Err(e) => return Err(format!("cannot use the cached {}: {e}; remove it", shown.display())),
+    };
+    // SAFETY: `file` was opened through the handle of a directory that this user
+    // owns and no one else can write (every directory above it trusted too), never
+    // through a link, and is a regular file of this user: only `compile_into`
+    // writes there, from a python.wasm whose sha256 was checked. The handle that
+    // was checked is the one loaded. wasmtime additionally checks that it was
+    // compiled by a compatible engine.
     #[allow(unsafe_code, reason = "loading precompiled machine code is unsafe by nature")]
-    let module = unsafe { Module::deserialize_file(engine, &compiled) };
-    module.map_err(|e| format!("cannot load the compiled python.wasm ({}): {e}", compiled.display()))
+    let module = unsafe { Module::deserialize_open_file(engine, file) };
+    module.map_err(|e| format!("cannot load the compiled python.wasm ({}): {e}", shown.display()))
 }
 
-fn compile_into(engine: &Engine, wasm: &Path, out: &Path) -> Result<(), String> {
+fn compile_into(engine: &Engine, wasm: &Path, dir: &OwnedDir, name: &str) -> Result<(), String> {
     let bytes = fs::read(wasm).map_err(|e| format!("cannot read {}: {e}; run {SETUP}", wasm.display()))?;
     let got = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
     if got != PYTHON_WASM_SHA256 {
@@ -104,48 +122,20 @@ fn compile_into(engine: &Engine, wasm: &Path, out: &Path) -> Result<(), String> 
     eprintln!("terrarium: compiling python.wasm for this machine (once; it takes 10-20 s)...");
     let started = std::time::Instant::now();
     let code = engine.precompile_module(&bytes).map_err(|e| format!("cannot compile python.wasm: {e}"))?;
-    let dir = out.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    let tmp = format!(".{}.tmp", std::process::id());
     let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&tmp)?;
+        let mut f = dir.create_new(&tmp)?;
         f.write_all(&code)?;
         f.sync_all()?;
-        fs::rename(&tmp, out)
+        dir.rename(&tmp, name)
     };
+    let out = dir.path().join(name);
     write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.remove(&tmp);
         format!("cannot write {}: {e}", out.display())
     })?;
     eprintln!("terrarium: compiled in {:.1} s, cached at {}", started.elapsed().as_secs_f64(), out.display());
     Ok(())
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
-}
-
-fn ensure_private_dir(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
-    Ok(())
-}
-
-/// A regular file owned by this user, in a directory only this user can write.
-fn trusted_file(path: &Path) -> bool {
-    // SAFETY: geteuid cannot fail and has no side effects.
-    #[allow(unsafe_code, reason = "libc::geteuid has no safe wrapper in std")]
-    let me = unsafe { libc::geteuid() };
-    let Ok(meta) = fs::symlink_metadata(path) else { return false };
-    let Some(dir) = path.parent().and_then(|d| fs::metadata(d).ok()) else { return false };
-    meta.file_type().is_file() && meta.uid() == me && dir.uid() == me && dir.mode() & 0o077 == 0
 }
 
 #[cfg(test)]
@@ -177,14 +167,24 @@ mod tests {
     }
 
     #[test]
-    fn only_private_owned_files_are_trusted() {
+    fn a_shared_cache_directory_is_refused_before_anything_is_loaded() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = dir.path().join("x.cwasm");
-        fs::write(&f, b"x").expect("write");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        assert!(!trusted_file(&f), "a group/world-readable directory is not private enough");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
-        assert!(trusted_file(&f));
-        assert!(!trusted_file(&dir.path().join("missing.cwasm")));
+        let cache = dir.path().join("c");
+        fs::create_dir(&cache).expect("cache");
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let wasm = dir.path().join("python.wasm");
+        fs::write(&wasm, vec![0u8; PYTHON_WASM_SIZE as usize]).expect("write");
+        let config = WasmConfig { python_wasm: wasm, cache_dir: cache, pool_size: 0, max_instances: 4 };
+        let err = load_module(&Engine::default(), &config).expect_err("shared");
+        assert!(err.contains("cache directory") && err.contains("writable by other users"), "{err}");
+    }
+
+    #[test]
+    fn without_a_cache_directory_nothing_falls_back_to_tmp() {
+        let config =
+            WasmConfig { python_wasm: PathBuf::new(), cache_dir: PathBuf::new(), pool_size: 0, max_instances: 4 };
+        let err = load_module(&Engine::default(), &config).expect_err("no cache");
+        assert!(err.contains("TERRARIUM_CACHE"), "{err}");
     }
 }

@@ -445,10 +445,12 @@ fn run_instance(
             .map_err(|e| host_err(format!("cannot open the scratch directory: {e}")))?;
     }
     for m in policy.read_only_mounts() {
-        // What the policy grants, read-only (cap-std: nothing outside it is reachable).
-        builder
-            .preopened_dir(&m.source, &m.target, wasmtime_wasi::FsPerms::ReadOnly)
-            .map_err(|e| host_err(format!("cannot open {} (terrarium.read_only_mounts): {e}", m.source.display())))?;
+        // What the policy grants, read-only (cap-std: nothing outside it is
+        // reachable), and only while it is the directory pinned at policy load.
+        m.pinned.open().map_err(|e| host_err(format!("terrarium.read_only_mounts {}: {e}", m.target)))?;
+        builder.preopened_dir(&m.source, &m.target, wasmtime_wasi::FsPerms::ReadOnly).map_err(|e| {
+            host_err(format!("cannot open the directory mounted at {} (terrarium.read_only_mounts): {e}", m.target))
+        })?;
     }
     let clock = sleep::GuestClock(Instant::now());
     builder.monotonic_clock(clock);

@@ -1,0 +1,337 @@
+//! Directories Terrarium keeps its files in (the state directory with the audit
+//! log, the compiled-module cache) and directories it hands to sandboxes (read-only
+//! mounts), opened through `cap-std`.
+//!
+//! # Security invariant
+//! Terrarium never follows a path another local user can change. A directory it
+//! keeps files in is refused unless this user owns it, no one else can write it,
+//! and every directory above it is owned by root or this user and writable by no
+//! one else (a sticky directory such as `/tmp` is accepted above: there only an
+//! entry's owner can rename it). Inside, files are opened relative to the checked
+//! directory handle, never through a symbolic link, and each must be a regular
+//! file this user owns. A directory handed to a sandbox is pinned when the policy
+//! is loaded (resolved, every directory above it trusted as above, its identity
+//! recorded) and checked against that identity at every run.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+
+/// Why a directory was refused or could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {message}")]
+pub struct DirError {
+    /// What the directory is for ("state directory", "cache directory", …).
+    pub what: String,
+    /// The directory.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no side effects.
+    #[allow(unsafe_code, reason = "libc::geteuid has no safe wrapper in std")]
+    unsafe {
+        libc::geteuid()
+    }
+}
+
+/// The identity of a directory: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+/// Checks that every directory strictly above `canonical` (a resolved absolute
+/// path) is owned by root or this user and writable by no one else unless sticky.
+fn check_ancestors(canonical: &Path, what: &str) -> Result<(), DirError> {
+    let me = euid();
+    let refuse = |p: &Path, message: String| DirError { what: what.into(), path: p.display().to_string(), message };
+    for ancestor in canonical.ancestors().skip(1) {
+        let meta = std::fs::symlink_metadata(ancestor).map_err(|e| refuse(ancestor, e.to_string()))?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(refuse(
+                canonical,
+                format!(
+                    "{} above it is owned by uid {}, who could replace it (only root or uid {me} may own the \
+                     directories above)",
+                    ancestor.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(refuse(
+                canonical,
+                format!(
+                    "{} above it is writable by other users (mode {:o}), who could replace it",
+                    ancestor.display(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute against the current directory, then resolved.
+fn resolve(path: &Path, what: &str) -> Result<PathBuf, DirError> {
+    std::fs::canonicalize(path).map_err(|e| DirError {
+        what: what.into(),
+        path: path.display().to_string(),
+        message: format!("cannot resolve it: {e}"),
+    })
+}
+
+/// A directory this user owns and alone can write, with a handle every file in
+/// it is opened through.
+#[derive(Debug)]
+pub struct OwnedDir {
+    dir: Dir,
+    path: PathBuf,
+}
+
+impl OwnedDir {
+    /// Opens `path`, creating it (and missing parents) with mode 0700 when it does
+    /// not exist. `what` names it in errors.
+    ///
+    /// # Errors
+    /// It cannot be created or opened, or it (or a directory above it) is owned or
+    /// writable by another user: the message names the directory and the fix.
+    pub fn open(path: &Path, what: &str) -> Result<OwnedDir, DirError> {
+        let err = |message: String| DirError { what: what.into(), path: path.display().to_string(), message };
+        if path.as_os_str().is_empty() {
+            return Err(err("no directory given".into()));
+        }
+        if std::fs::symlink_metadata(path).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| err(format!("cannot create it: {e}")))?;
+        }
+        let canonical = resolve(path, what)?;
+        check_ancestors(&canonical, what)?;
+        let meta = std::fs::symlink_metadata(&canonical).map_err(|e| err(e.to_string()))?;
+        let me = euid();
+        if !meta.is_dir() {
+            return Err(err("not a directory".into()));
+        }
+        if meta.uid() != me {
+            return Err(err(format!(
+                "owned by uid {}, not by this user (uid {me}): another user's directory could redirect \
+                 Terrarium's files; use a directory of your own",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(err(format!(
+                "writable by other users (mode {:o}); make it private (chmod 700)",
+                meta.mode() & 0o7777
+            )));
+        }
+        let dir =
+            Dir::open_ambient_dir(&canonical, ambient_authority()).map_err(|e| err(format!("cannot open it: {e}")))?;
+        let opened = dir.dir_metadata().map_err(|e| err(e.to_string()))?;
+        use cap_std::fs::MetadataExt as _;
+        if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(err("it changed while being checked".into()));
+        }
+        Ok(OwnedDir { dir, path: canonical })
+    }
+
+    /// The directory's resolved path (for libraries that open by path, such as
+    /// SQLite, given a name in it that [`OwnedDir::private_file`] checked).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens file `name` in the directory with `options`, never through a
+    /// symbolic link, and only if it is a regular file this user owns (created
+    /// with mode 0600).
+    ///
+    /// # Errors
+    /// As the system call, or `PermissionDenied` for a file that is not a regular
+    /// file of this user.
+    pub fn open_file(&self, name: &str, options: &mut OpenOptions) -> io::Result<std::fs::File> {
+        let file = self.dir.open_with(name, options.follow(FollowSymlinks::No).mode(0o600))?.into_std();
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.uid() != euid() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{name} is not a regular file of this user"),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Makes sure file `name` exists as a regular file of this user with mode
+    /// 0600, creating it empty when missing; returns its resolved path.
+    ///
+    /// # Errors
+    /// As [`OwnedDir::open_file`].
+    pub fn private_file(&self, name: &str) -> io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let f = self.open_file(name, OpenOptions::new().read(true).write(true).create(true))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(self.path.join(name))
+    }
+
+    /// Creates file `name`, which must not exist, with mode 0600.
+    ///
+    /// # Errors
+    /// As the system call (`AlreadyExists` when it exists, a link included).
+    pub fn create_new(&self, name: &str) -> io::Result<std::fs::File> {
+        self.open_file(name, OpenOptions::new().write(true).create_new(true))
+    }
+
+    /// Reads file `name`, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// As [`OwnedDir::open_file`].
+    pub fn read(&self, name: &str) -> io::Result<Option<std::fs::File>> {
+        match self.open_file(name, OpenOptions::new().read(true)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names of the entries in the directory.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in self.dir.entries()? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    /// Removes file `name`.
+    ///
+    /// # Errors
+    /// As the system call.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        self.dir.remove_file(name)
+    }
+
+    /// Renames `from` to `to`, both in this directory.
+    ///
+    /// # Errors
+    /// As the system call.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.dir.rename(from, &self.dir, to)
+    }
+}
+
+/// A directory handed to sandboxes, pinned when the policy was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// Its resolved path.
+    pub path: PathBuf,
+    identity: Identity,
+}
+
+impl Pinned {
+    /// Pins directory `path`: resolves it, checks every directory above it (owned
+    /// by root or this user, writable by no one else unless sticky), and records
+    /// its identity. The directory itself may belong to anyone (what is in it is
+    /// what is mounted; links in it do not leave it on any tier).
+    ///
+    /// # Errors
+    /// It does not exist, is not a directory, or a directory above it could be
+    /// replaced by another user.
+    pub fn new(path: &Path, what: &str) -> Result<Pinned, DirError> {
+        let canonical = resolve(path, what)?;
+        check_ancestors(&canonical, what)?;
+        let meta = std::fs::symlink_metadata(&canonical).map_err(|e| DirError {
+            what: what.into(),
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if !meta.is_dir() {
+            return Err(DirError {
+                what: what.into(),
+                path: path.display().to_string(),
+                message: "not a directory".into(),
+            });
+        }
+        Ok(Pinned { path: canonical, identity: Identity { dev: meta.dev(), ino: meta.ino() } })
+    }
+
+    /// Checks, at run time, that the path still leads to the pinned directory,
+    /// without following a link in its last component, and returns a handle on it.
+    ///
+    /// # Errors
+    /// It is gone, no longer a directory, or another directory is at its path.
+    pub fn open(&self) -> Result<Dir, String> {
+        let dir = Dir::open_ambient_dir(&self.path, ambient_authority())
+            .map_err(|e| format!("the mounted directory cannot be opened: {e}"))?;
+        let lstat = std::fs::symlink_metadata(&self.path).map_err(|e| format!("the mounted directory: {e}"))?;
+        use cap_std::fs::MetadataExt as _;
+        let opened = dir.dir_metadata().map_err(|e| format!("the mounted directory: {e}"))?;
+        let now = Identity { dev: opened.dev(), ino: opened.ino() };
+        if lstat.file_type().is_symlink() || now != self.identity || (lstat.dev(), lstat.ino()) != (now.dev, now.ino) {
+            return Err("the mounted directory was replaced since the policy was loaded".into());
+        }
+        Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_directory_opens_and_a_shared_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        let dir = OwnedDir::open(&state, "state directory").expect("created");
+        assert_eq!(std::fs::metadata(&state).expect("meta").mode() & 0o777, 0o700);
+        drop(dir);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = OwnedDir::open(&state, "state directory").expect_err("shared");
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+    }
+
+    #[test]
+    fn files_are_never_opened_through_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = OwnedDir::open(tmp.path(), "state directory").expect("open");
+        std::fs::write(tmp.path().join("victim"), "keep").expect("victim");
+        std::os::unix::fs::symlink(tmp.path().join("victim"), tmp.path().join("audit.db.head")).expect("link");
+        let err = dir.open_file("audit.db.head", OpenOptions::new().write(true).create(true)).expect_err("link");
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ELOOP)) || err.kind() == io::ErrorKind::PermissionDenied,
+            "{err}"
+        );
+        assert!(dir.private_file("audit.db.head").is_err());
+        assert!(dir.create_new("audit.db.head").is_err());
+        assert_eq!(std::fs::read_to_string(tmp.path().join("victim")).expect("victim"), "keep");
+    }
+
+    #[test]
+    fn a_pinned_directory_that_is_replaced_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).expect("data");
+        let pinned = Pinned::new(&data, "mount source").expect("pin");
+        pinned.open().expect("same directory");
+        std::fs::rename(&data, tmp.path().join("old")).expect("move");
+        std::fs::create_dir(tmp.path().join("other")).expect("other");
+        std::os::unix::fs::symlink(tmp.path().join("other"), &data).expect("link");
+        let err = pinned.open().expect_err("replaced");
+        assert!(err.contains("replaced"), "{err}");
+    }
+}
