@@ -49,33 +49,46 @@ pub struct Identity {
     ino: u64,
 }
 
-/// Checks that every directory strictly above `canonical` (a resolved absolute
-/// path) is owned by root or this user and writable by no one else unless sticky.
-fn check_ancestors(canonical: &Path, what: &str) -> Result<(), DirError> {
+/// Checks that no other user can change what `path` leads to: every directory
+/// strictly above it, as written (each containing a component, a link included)
+/// and as resolved, is owned by root or this user and writable by no one else
+/// unless sticky.
+fn check_ancestors(path: &Path, what: &str) -> Result<(), DirError> {
+    let refuse = |message: String| DirError { what: what.into(), path: path.display().to_string(), message };
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| refuse(format!("no current directory: {e}")))?.join(path)
+    };
+    for parent in absolute.ancestors().skip(1) {
+        let resolved = std::fs::canonicalize(parent).map_err(|e| refuse(format!("{}: {e}", parent.display())))?;
+        check_resolved(&resolved, path, true, what)?;
+    }
+    let resolved = std::fs::canonicalize(&absolute).map_err(|e| refuse(format!("cannot resolve it: {e}")))?;
+    check_resolved(&resolved, path, false, what)
+}
+
+/// Checks the directories above `resolved` (and `resolved` itself when
+/// `inclusive`): owned by root or this user, writable by no one else unless sticky.
+fn check_resolved(resolved: &Path, shown: &Path, inclusive: bool, what: &str) -> Result<(), DirError> {
     let me = euid();
-    let refuse = |p: &Path, message: String| DirError { what: what.into(), path: p.display().to_string(), message };
-    for ancestor in canonical.ancestors().skip(1) {
-        let meta = std::fs::symlink_metadata(ancestor).map_err(|e| refuse(ancestor, e.to_string()))?;
+    let refuse = |message: String| DirError { what: what.into(), path: shown.display().to_string(), message };
+    for ancestor in resolved.ancestors().skip(usize::from(!inclusive)) {
+        let meta = std::fs::symlink_metadata(ancestor).map_err(|e| refuse(format!("{}: {e}", ancestor.display())))?;
         if meta.uid() != 0 && meta.uid() != me {
-            return Err(refuse(
-                canonical,
-                format!(
-                    "{} above it is owned by uid {}, who could replace it (only root or uid {me} may own the \
-                     directories above)",
-                    ancestor.display(),
-                    meta.uid()
-                ),
-            ));
+            return Err(refuse(format!(
+                "{} on its path is owned by uid {}, who could replace what it leads to (only root or uid {me} \
+                     may own the directories on the path)",
+                ancestor.display(),
+                meta.uid()
+            )));
         }
         if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-            return Err(refuse(
-                canonical,
-                format!(
-                    "{} above it is writable by other users (mode {:o}), who could replace it",
-                    ancestor.display(),
-                    meta.mode() & 0o7777
-                ),
-            ));
+            return Err(refuse(format!(
+                "{} on its path is writable by other users (mode {:o}), who could replace what it leads to",
+                ancestor.display(),
+                meta.mode() & 0o7777
+            )));
         }
     }
     Ok(())
@@ -118,8 +131,8 @@ impl OwnedDir {
                 .create(path)
                 .map_err(|e| err(format!("cannot create it: {e}")))?;
         }
+        check_ancestors(path, what)?;
         let canonical = resolve(path, what)?;
-        check_ancestors(&canonical, what)?;
         let meta = std::fs::symlink_metadata(&canonical).map_err(|e| err(e.to_string()))?;
         let me = euid();
         if !meta.is_dir() {
@@ -252,8 +265,8 @@ impl Pinned {
     /// It does not exist, is not a directory, or a directory above it could be
     /// replaced by another user.
     pub fn new(path: &Path, what: &str) -> Result<Pinned, DirError> {
+        check_ancestors(path, what)?;
         let canonical = resolve(path, what)?;
-        check_ancestors(&canonical, what)?;
         let meta = std::fs::symlink_metadata(&canonical).map_err(|e| DirError {
             what: what.into(),
             path: path.display().to_string(),

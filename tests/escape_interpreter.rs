@@ -492,3 +492,69 @@ fn i3_hidden_names_never_appear_in_a_proxy_mid_refresh() {
     );
     assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, "[]\n"), "{o:?}");
 }
+
+/// A field name from `__annotate__` is pasted into the source of the methods
+/// dataclasses writes: it must be an identifier, and that source runs as snippet
+/// code (it sees no real `sys.modules`).
+#[test]
+fn i4_a_dataclass_field_name_cannot_inject_code() {
+    let o = run_policy(
+        &policy_allowing("dataclasses"),
+        r#"import dataclasses
+P = """x=0):
+  pass
+ class F: pass
+ f = F()
+ f.__name__ = 'importlib'
+ __builtins__['__import__'] = lambda *a, **k: f
+ from json import _bootstrap
+ sys = _bootstrap.sys
+ B = sys.modules['builtins']
+ print('bootstrap:', _bootstrap, 'sys:', sys)
+ print('builtins:', B.open, B.exec, B.eval, B.compile, B.__import__)
+ print('frame:', sys._getframe(), 'exe:', sys.executable)
+ print('disallowed:', _bootstrap._gcd_import('marshal'), _bootstrap._gcd_import('inspect'))
+ raise LookupError(B, sys)
+ def zz(y=0"""
+class C:
+    def __annotate__(format):
+        return {P: dataclasses.InitVar(int)}
+try:
+    dataclasses.dataclass(C)
+except LookupError as e:
+    B, sys = e.args
+print("back in snippet:", B, sys)
+ns = {}
+B.exec("import os as o; r = o.listdir", ns)
+print(ns["r"])
+"#,
+    );
+    assert_reached_nothing("a field name that is code", &o);
+    assert!(o.error.as_ref().is_some_and(|e| e.message.contains("must be identifiers")), "{o:?}");
+}
+
+/// Modules that run text or import by name with the interpreter's own builtins are
+/// never served by this tier, whatever the policy allows (the router sends such
+/// requests to a CPython tier).
+#[test]
+fn i5_only_vetted_modules_are_served() {
+    for (module, code) in [
+        ("timeit", "import timeit\nprint('REACHED', timeit.timeit('import sys', number=1))"),
+        (
+            "rlcompleter",
+            "import rlcompleter\nns = {}\nrlcompleter.Completer(ns).complete('x.', 0)\nprint('REACHED', ns)",
+        ),
+        ("logging", "import logging.config\nprint('REACHED')"),
+    ] {
+        let o = attack_with(module, module, code);
+        assert_eq!(o.status, Status::Denied, "{module}: {o:?}");
+        assert!(o.error.as_ref().is_some_and(|e| e.message.contains("does not provide")), "{module}: {o:?}");
+        assert!(!terrarium::tier::rustpython::serves_module(module), "{module}");
+    }
+    // What the fences around typing give back to honest code.
+    let o = run_policy(
+        &policy_allowing("typing"),
+        "import typing\nclass N(typing.NamedTuple):\n    a: int\n    b: str = 'x'\nclass TD(typing.TypedDict):\n    k: int\ndef f(a: 'int') -> 'str':\n    pass\n[repr(N(3)), TD(k=1), sorted(typing.get_type_hints(f))]",
+    );
+    assert_eq!(o.result, Some(serde_json::json!(["N(a=3, b='x')", {"k": 1}, ["a", "return"]])), "{o:?}");
+}

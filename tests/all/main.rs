@@ -28,6 +28,8 @@ mod escape_interpreter;
 mod escape_introspection;
 #[path = "../escape_seccomp.rs"]
 mod escape_seccomp;
+#[path = "../escape_state.rs"]
+mod escape_state;
 #[path = "../isolation.rs"]
 mod isolation;
 #[path = "../limits.rs"]

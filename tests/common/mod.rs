@@ -137,6 +137,7 @@ pub fn exec(e: &dyn Executor, req: ExecRequest) -> Outcome {
 }
 
 /// What the binary did.
+#[derive(Debug)]
 pub struct Output {
     pub code: i32,
     pub stdout: String,

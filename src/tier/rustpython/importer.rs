@@ -9,8 +9,8 @@
 //! The import name and `fromlist` are read by their exact `str` values (a
 //! subclass's `__hash__`/`__eq__` never choose what the import system looks up).
 //! A module is imported only if the policy allows it and this tier serves it
-//! ([`unservable`] names introspection and host modules, which are never served
-//! whatever the policy says). No Python object holds the real `__import__` for
+//! (only the pure-computation modules in [`SERVED`] ever are, whatever the policy
+//! says). No Python object holds the real `__import__` for
 //! snippets: the prelude hands it to [`native_setup`] once, before the seal.
 
 use std::cell::RefCell;
@@ -23,31 +23,39 @@ use crate::analysis;
 
 use super::worker;
 
-/// Modules this tier never hands to snippets, whatever the policy says. They
-/// expose interpreter internals (frames, code objects, arbitrary callables by
-/// name, the garbage collector's object graph) or the host. The policy may allow
-/// them for the wasm and docker tiers, where a process or VM wall stands behind.
+/// The only modules (and their public submodules) this tier hands to snippets,
+/// when the policy allows them: pure computation, each read for what it does with
+/// text and names (nothing here evaluates text a snippet chose with the real
+/// builtins, or imports or looks up a module by a name a snippet chose, beyond what
+/// the prelude fences: typing's and dataclasses' evaluation, enum's `_convert_`,
+/// contextlib's redirects, warnings' `catch_warnings`, operator's and string's
+/// attribute paths). Anything else the policy allows (`timeit`, `rlcompleter`,
+/// `logging`, ... which run text or import by name with the interpreter's own
+/// builtins) is served by the wasm and docker tiers, where a process or VM wall
+/// stands behind the interpreter; the router escalates there.
 #[rustfmt::skip]
-pub const UNSERVABLE: &[&str] = &[
-    "sys", "builtins", "gc", "inspect", "types", "marshal", "pickle", "copyreg",
-    "shelve", "importlib", "code", "codeop", "pdb", "bdb", "trace", "traceback",
-    "runpy", "pkgutil", "zipimport", "ctypes", "threading", "_thread", "os",
-    "posix", "socket", "select", "selectors", "subprocess", "signal", "io",
-    "multiprocessing", "concurrent", "shutil", "tempfile", "pathlib", "glob",
-    "ssl", "http", "urllib", "ftplib", "smtplib", "asyncio.subprocess", "faulthandler",
-    "tracemalloc", "sysconfig", "site", "atexit", "weakref", "abc_internal",
-    "linecache", "tokenize", "dis", "ast", "symtable", "annotationlib",
+pub const SERVED: &[&str] = &[
+    "abc", "array", "asyncio", "base64", "binascii", "bisect", "calendar", "cmath", "collections",
+    "colorsys", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
+    "enum", "fnmatch", "fractions", "functools", "graphlib", "hashlib", "heapq", "hmac", "html",
+    "itertools", "json", "keyword", "math", "numbers", "operator", "pprint", "random", "re",
+    "reprlib", "statistics", "string", "struct", "textwrap", "time", "typing", "unicodedata",
+    "warnings", "zlib",
 ];
+
+/// Submodules of served packages that are not served.
+const NOT_SERVED: &[&str] = &["json.tool", "asyncio.subprocess"];
 
 /// Public names of served modules that would hand out host or interpreter access.
 const REMOVED: &[(&str, &[&str])] = &[("io", &["open", "open_code", "FileIO"]), ("random", &["SystemRandom"])];
 
-/// Whether module `name` is never served: it, or a package above it, is in
-/// [`UNSERVABLE`], or a part of its name is private.
+/// Whether module `name` is never served: its package is not in [`SERVED`], it
+/// (or a package above it) is in [`NOT_SERVED`], or a part of its name is private.
 pub fn unservable(name: &str) -> bool {
     let parts: Vec<&str> = name.split('.').collect();
-    parts.iter().any(|p| p.starts_with('_'))
-        || (1..=parts.len()).any(|i| UNSERVABLE.contains(&parts[..i].join(".").as_str()))
+    parts.iter().any(|p| p.is_empty() || p.starts_with('_'))
+        || !SERVED.contains(&parts[0])
+        || (1..=parts.len()).any(|i| NOT_SERVED.contains(&parts[..i].join(".").as_str()))
 }
 
 /// What the prelude hands over once, before the seal.
@@ -161,7 +169,7 @@ pub fn seal(vm: &VirtualMachine) -> Result<(), String> {
         "modules",
         &typ,
         |_zelf: PyObjectRef, vm: &VirtualMachine| -> PyResult {
-            if in_snippet_code() {
+            if in_snippet_code(vm) {
                 return Ok(vm.ctx.new_dict().into());
             }
             real_modules(vm)
@@ -175,9 +183,15 @@ pub fn seal(vm: &VirtualMachine) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the innermost frame runs snippet code.
-fn in_snippet_code() -> bool {
-    rustpython_vm::frame::current_code().is_some_and(|c| c.source_path().as_str() == "<snippet>")
+/// Whether the innermost frame runs snippet code, or code with the snippet's
+/// power: compiled as `<snippet>` (the snippet, its `eval`/`exec` text, and what
+/// stdlib modules compile from text for it), or running with builtins other than
+/// the interpreter's (everything the prelude evaluates for a snippet runs with the
+/// snippet builtins). Trusted stdlib code is neither.
+fn in_snippet_code(vm: &VirtualMachine) -> bool {
+    let snippet_code = rustpython_vm::frame::current_code().is_some_and(|c| c.source_path().as_str() == "<snippet>");
+    let real_builtins = rustpython_vm::frame::current_builtins().is_none_or(|b| b.is(vm.builtins.dict().as_object()));
+    snippet_code || !real_builtins
 }
 
 /// The real `sys.modules`.
@@ -371,5 +385,8 @@ mod tests {
         assert!(!unservable("json.decoder"));
         assert!(!unservable("asyncio"));
         assert!(unservable("asyncio.subprocess"));
+        assert!(unservable("timeit") && unservable("rlcompleter") && unservable("logging"));
+        assert!(unservable("sys") && unservable("types") && unservable("inspect") && unservable("io"));
+        assert!(unservable("") && unservable("json."));
     }
 }

@@ -182,21 +182,31 @@ def _sandbox_globals(g):
     return g
 
 
+# Text evaluated for a snippet is compiled as `<snippet>`: code under that name, or
+# run with the snippet builtins, is the snippet's own to the host (it sees an empty
+# sys.modules, importer.rs), whatever stdlib module compiled it.
+
+
 def _h_eval(source, globals=None, locals=None):
     if not isinstance(source, _CodeType):
         _check_text(source)
+        source = _real_compile(source, "<snippet>", "eval")
     return _real_eval(source, _sandbox_globals(globals), locals)
 
 
 def _h_compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1):
     _check_text(source)
-    return _real_compile(source, filename, mode, flags, dont_inherit, optimize)
+    return _real_compile(source, "<snippet>", mode, flags, dont_inherit, optimize)
 
 
 def _h_exec(source, globals=None, locals=None):
+    # Only dataclasses' own generated text comes here; the field names in it are
+    # checked (_checked_field below), and it runs as snippet code.
     if locals is None:
         raise _t_deny("exec() without a namespace is not available here")
-    return _real_exec(source, _sandbox_globals(globals), locals)
+    if not isinstance(source, str):
+        raise _t_deny("only text can be executed here")
+    return _real_exec(_real_compile(source, "<snippet>", "exec"), _sandbox_globals(globals), locals)
 
 
 class _Modules:
@@ -276,13 +286,16 @@ _builtins_view.__dict__.update(_snippet_builtins)
 _builtins_module = _real_import("builtins")
 
 
-def _identifier_fields(process):
-    def checked(cls, *args, **kwargs):
-        ann = cls.__dict__.get("__annotations__") or {}
-        for name in ann:
-            if not isinstance(name, str) or not name.isidentifier():
-                raise TypeError("dataclass field names must be identifiers, not %r" % (name,))
-        return process(cls, *args, **kwargs)
+def _checked_field(get_field):
+    # dataclasses writes each field name into the source of the methods it makes;
+    # the names come from the class's annotations (its __annotate__ included),
+    # whatever the snippet put there. Checked where dataclasses reads them.
+    import keyword
+
+    def checked(cls, a_name, *args, **kwargs):
+        if type(a_name) is not str or not a_name.isidentifier() or keyword.iskeyword(a_name):
+            raise TypeError("dataclass field names must be identifiers, not %r" % (a_name,))
+        return get_field(cls, a_name, *args, **kwargs)
     return checked
 
 
@@ -297,6 +310,22 @@ def _set_hidden(m, **names):
 def _harden_annotationlib(m):
     # (Its `sys` and `builtins` are replaced with every module's, see above.)
     _set_hidden(m, eval=_h_eval, compile=_h_compile)
+    real_call = m.call_annotate_function
+    value = m.Format.VALUE
+
+    def call_annotate_function(annotate, format, *, owner=None, _is_evaluate=False):
+        # The forward-reference and string formats rebuild the annotate function
+        # from its code and builtins, which the sandbox removes; what can be given
+        # then is the value (typing.NamedTuple, TypedDict and dataclasses ask for
+        # forward references first).
+        try:
+            return real_call(annotate, format, owner=owner, _is_evaluate=_is_evaluate)
+        except AttributeError:
+            if format == value:
+                raise
+            return real_call(annotate, value, owner=owner, _is_evaluate=_is_evaluate)
+
+    m.call_annotate_function = call_annotate_function
 
 
 class _NoSignatures:
@@ -321,7 +350,7 @@ def _no_class_cell(f, oldcls, newcls):
 
 def _harden_dataclasses(m):
     _set_hidden(m, exec=_h_exec, sys=_SysView(("dataclasses", "typing")), inspect=_NoSignatures)
-    m._process_class = _identifier_fields(m._process_class)
+    m._get_field = _checked_field(m._get_field)
     m._update_func_cell_for__class__ = _no_class_cell
 
 
