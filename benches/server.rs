@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
     rt.spawn(serve(
         router,
         "127.0.0.1:0".parse().expect("addr"),
+        std::time::Duration::from_secs(10),
         move |a| tx.send(a).expect("addr"),
         std::future::pending(),
     ));

@@ -49,58 +49,140 @@ pub struct Identity {
     ino: u64,
 }
 
-/// Checks that no other user can change what `path` leads to: every directory
-/// strictly above it, as written (each containing a component, a link included)
-/// and as resolved, is owned by root or this user and writable by no one else
-/// unless sticky.
-fn check_ancestors(path: &Path, what: &str) -> Result<(), DirError> {
-    let refuse = |message: String| DirError { what: what.into(), path: path.display().to_string(), message };
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|e| refuse(format!("no current directory: {e}")))?.join(path)
-    };
-    for parent in absolute.ancestors().skip(1) {
-        let resolved = std::fs::canonicalize(parent).map_err(|e| refuse(format!("{}: {e}", parent.display())))?;
-        check_resolved(&resolved, path, true, what)?;
-    }
-    let resolved = std::fs::canonicalize(&absolute).map_err(|e| refuse(format!("cannot resolve it: {e}")))?;
-    check_resolved(&resolved, path, false, what)
+/// Most symbolic links followed while walking one path.
+const MAX_LINKS: usize = 40;
+
+/// Whether a directory's metadata lets only its owner add, remove or rename
+/// entries: not writable by group or others, unless sticky (then only an entry's
+/// owner can rename or remove it).
+fn closed(meta: &std::fs::Metadata) -> bool {
+    meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0
 }
 
-/// Checks the directories above `resolved` (and `resolved` itself when
-/// `inclusive`): owned by root or this user, writable by no one else unless sticky.
-fn check_resolved(resolved: &Path, shown: &Path, inclusive: bool, what: &str) -> Result<(), DirError> {
+/// Whether `meta` belongs to root or this user.
+fn trusted_owner(meta: &std::fs::Metadata) -> bool {
+    meta.uid() == 0 || meta.uid() == euid()
+}
+
+/// `path` made absolute against the current directory.
+fn absolute(path: &Path, refuse: &dyn Fn(String) -> DirError) -> Result<PathBuf, DirError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir().map_err(|e| refuse(format!("no current directory: {e}")))?.join(path))
+}
+
+/// Walks `path` one component at a time, never trusting a name another user can
+/// change, and returns it resolved. Every directory the walk passes through must
+/// be owned by root or this user and closed to others ([`closed`]); an entry of a
+/// directory others can write (sticky) must itself be owned by root or this user;
+/// a symbolic link is followed only from such a place, and its target is walked
+/// the same way. The last component must exist; what it is (and who owns it) is
+/// for the caller to judge, except that in a sticky directory it must be owned by
+/// root or this user too.
+fn walk(path: &Path, what: &str) -> Result<PathBuf, DirError> {
+    let shown = path.display().to_string();
+    let refuse = |message: String| DirError { what: what.into(), path: shown.clone(), message };
+    let absolute = absolute(path, &refuse)?;
+    let mut links = 0;
+    walk_from(&absolute, &mut links, &refuse)
+}
+
+/// A directory the walk passes through: owned by root or this user, closed.
+fn check_dir(dir: &Path, refuse: &dyn Fn(String) -> DirError) -> Result<(), DirError> {
     let me = euid();
-    let refuse = |message: String| DirError { what: what.into(), path: shown.display().to_string(), message };
-    for ancestor in resolved.ancestors().skip(usize::from(!inclusive)) {
-        let meta = std::fs::symlink_metadata(ancestor).map_err(|e| refuse(format!("{}: {e}", ancestor.display())))?;
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(refuse(format!(
-                "{} on its path is owned by uid {}, who could replace what it leads to (only root or uid {me} \
-                     may own the directories on the path)",
-                ancestor.display(),
-                meta.uid()
-            )));
-        }
-        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-            return Err(refuse(format!(
-                "{} on its path is writable by other users (mode {:o}), who could replace what it leads to",
-                ancestor.display(),
-                meta.mode() & 0o7777
-            )));
-        }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(format!("{}: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(refuse(format!("{} on its path is not a directory", dir.display())));
+    }
+    if !trusted_owner(&meta) {
+        return Err(refuse(format!(
+            "{} on its path is owned by uid {}, who could change what the path leads to (only root or uid {me} \
+             may own the directories on it)",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if !closed(&meta) {
+        return Err(refuse(format!(
+            "{} on its path is writable by other users (mode {:o}), who could change what the path leads to",
+            dir.display(),
+            meta.mode() & 0o7777
+        )));
     }
     Ok(())
 }
 
-/// `path` made absolute against the current directory, then resolved.
-fn resolve(path: &Path, what: &str) -> Result<PathBuf, DirError> {
-    std::fs::canonicalize(path).map_err(|e| DirError {
-        what: what.into(),
-        path: path.display().to_string(),
-        message: format!("cannot resolve it: {e}"),
-    })
+fn walk_from(path: &Path, links: &mut usize, refuse: &dyn Fn(String) -> DirError) -> Result<PathBuf, DirError> {
+    use std::path::Component;
+    let mut current = PathBuf::from("/");
+    check_dir(&current, refuse)?;
+    let components: Vec<Component<'_>> = path.components().collect();
+    for (n, component) in components.iter().enumerate() {
+        let name = match component {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+            Component::ParentDir => {
+                current.pop();
+                continue;
+            }
+            Component::Normal(name) => name,
+        };
+        let last = n + 1 == components.len();
+        let next = current.join(name);
+        let meta = std::fs::symlink_metadata(&next).map_err(|e| refuse(format!("{}: {e}", next.display())))?;
+        let parent = std::fs::symlink_metadata(&current).map_err(|e| refuse(format!("{}: {e}", current.display())))?;
+        if parent.mode() & 0o022 != 0 && !trusted_owner(&meta) {
+            // A sticky directory others can write: whoever owns the entry can
+            // rename it, or point it elsewhere.
+            return Err(refuse(format!(
+                "{} is owned by uid {} in {}, which others can write: that user could change what it leads to",
+                next.display(),
+                meta.uid(),
+                current.display()
+            )));
+        }
+        if meta.file_type().is_symlink() {
+            *links += 1;
+            if *links > MAX_LINKS {
+                return Err(refuse("too many symbolic links on its path".into()));
+            }
+            let target = std::fs::read_link(&next).map_err(|e| refuse(format!("{}: {e}", next.display())))?;
+            current = walk_from(&current.join(target), links, refuse)?;
+        } else {
+            current = next;
+        }
+        if !last {
+            check_dir(&current, refuse)?;
+        }
+    }
+    Ok(current)
+}
+
+/// Creates the missing directories of `path` one at a time (mode 0700), each only
+/// in a directory [`walk`] accepted, so nothing is created below a directory
+/// another user controls.
+fn create_checked(path: &Path, what: &str) -> Result<(), DirError> {
+    let shown = path.display().to_string();
+    let refuse = |message: String| DirError { what: what.into(), path: shown.clone(), message };
+    let absolute = absolute(path, &refuse)?;
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    while std::fs::symlink_metadata(existing).is_err() {
+        missing.push(existing.to_path_buf());
+        existing = existing.parent().ok_or_else(|| refuse("no existing directory above it".into()))?;
+    }
+    for dir in missing.iter().rev() {
+        let parent = dir.parent().ok_or_else(|| refuse("no directory above it".into()))?;
+        let resolved = walk(parent, what)?;
+        check_dir(&resolved, &refuse)?;
+        let name = dir.file_name().ok_or_else(|| refuse("no directory name".into()))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(resolved.join(name))
+            .map_err(|e| refuse(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// A directory this user owns and alone can write, with a handle every file in
@@ -124,15 +206,9 @@ impl OwnedDir {
             return Err(err("no directory given".into()));
         }
         if std::fs::symlink_metadata(path).is_err() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(|e| err(format!("cannot create it: {e}")))?;
+            create_checked(path, what)?;
         }
-        check_ancestors(path, what)?;
-        let canonical = resolve(path, what)?;
+        let canonical = walk(path, what)?;
         let meta = std::fs::symlink_metadata(&canonical).map_err(|e| err(e.to_string()))?;
         let me = euid();
         if !meta.is_dir() {
@@ -265,8 +341,7 @@ impl Pinned {
     /// It does not exist, is not a directory, or a directory above it could be
     /// replaced by another user.
     pub fn new(path: &Path, what: &str) -> Result<Pinned, DirError> {
-        check_ancestors(path, what)?;
-        let canonical = resolve(path, what)?;
+        let canonical = walk(path, what)?;
         let meta = std::fs::symlink_metadata(&canonical).map_err(|e| DirError {
             what: what.into(),
             path: path.display().to_string(),

@@ -454,7 +454,7 @@ impl Sandbox {
             Err(e) => {
                 let data =
                     serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()});
-                log.record_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
+                log.admit_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
                 return Err(e);
             }
         };
@@ -464,7 +464,7 @@ impl Sandbox {
             "scratch": req.scratch,
             "overrides": format!("{:?}", req.overrides),
         });
-        log.record_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
+        log.admit_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
         let r = self.route_and_run(req, policy).await;
         // One event per fact, committed together: the analysis' findings, the

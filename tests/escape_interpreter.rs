@@ -558,3 +558,43 @@ fn i5_only_vetted_modules_are_served() {
     );
     assert_eq!(o.result, Some(serde_json::json!(["N(a=3, b='x')", {"k": 1}, ["a", "return"]])), "{o:?}");
 }
+
+/// contextlib's redirect reads `getattr(sys, name)` with a name the snippet chose:
+/// the `sys` view's window on sys.modules must not be steerable once held.
+#[test]
+fn g1_the_sys_views_window_cannot_be_widened() {
+    let o = run_policy(
+        &policy_allowing("contextlib"),
+        r#"import contextlib
+r = contextlib.redirect_stdout(None)
+r._stream = "modules"            # contextlib's sys is the prelude's _SysView; getattr(view, "modules")
+try:
+    with r:                      # __enter__: _old_targets.append(getattr(sys, "modules")), then setattr fails
+        pass
+except AttributeError as e:
+    print("setattr refused:", e)
+mods = r._old_targets[0]
+print("got:", mods)
+mods._names = frozenset(["sys", "builtins", "_frozen_importlib", "marshal"])
+sys = mods.get("sys")            # _Modules.get runs as prelude code: real sys.modules
+B = mods.get("builtins")
+print("real:", sys, B)
+print(B.open, B.exec, B.eval, B.compile)
+print("exe:", sys.executable)
+print("frame:", sys._getframe())
+ns = {}
+B.exec("import sys, marshal, inspect\nf = sys._getframe(0)\nimp = __import__\nn = len(sys.modules)", ns)
+print(ns["f"], ns["imp"], ns["n"], ns["marshal"], ns["inspect"])
+print(mods.get("_frozen_importlib"))
+print("code:", B.compile("1+1", "x", "eval"), B.eval("6*7"))
+"#,
+    );
+    assert_reached_nothing("contextlib's view of sys.modules, widened", &o);
+    // Replacing its methods only runs the snippet's own code; a str subclass does
+    // not pass for a name the view lets through.
+    let o = run_policy(
+        &policy_allowing("contextlib"),
+        "import contextlib\nr = contextlib.redirect_stdout(None)\nr._stream = 'modules'\ntry:\n    with r:\n        pass\nexcept AttributeError:\n    pass\nm = r._old_targets[0]\ntype(m).get = lambda self, n, d=None: n\nprint(m.get('sys'))\nclass S(str):\n    def __eq__(self, o):\n        return True\n    def __hash__(self):\n        return hash('stdout')\nr2 = contextlib.redirect_stdout(None)\nr2._stream = S('_getframe')\nwith r2:\n    pass\nprint('REACHED', r2._old_targets)",
+    );
+    assert_reached_nothing("a str subclass passing for stdout", &o);
+}

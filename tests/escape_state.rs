@@ -217,3 +217,69 @@ fn h13_mount_targets_are_normalised_before_the_reserved_check() {
     let p = terrarium::Policy::from_yaml(&text, "<h13>").expect("a plain target");
     assert_eq!(p.read_only_mounts()[0].target, "/data");
 }
+
+/// A directory like `/tmp`: everyone may create entries, only an entry's owner may
+/// rename or remove it.
+fn sticky_dir(root: &Path) -> std::path::PathBuf {
+    let sticky = root.join("sticky");
+    std::fs::create_dir(&sticky).expect("sticky");
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    sticky
+}
+
+#[test]
+fn h1_h3_a_link_another_user_planted_in_a_sticky_directory_is_not_followed() {
+    require_root();
+    let root = shared_root();
+    let sticky = sticky_dir(root.path());
+    let mine = root.path().join("mine");
+    std::fs::create_dir(&mine).expect("mine");
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::write(mine.join("audit.db"), "not yours").expect("file");
+    std::fs::set_permissions(mine.join("audit.db"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // The other user points names in the shared directory at our directory and
+    // at /etc.
+    as_nobody(&format!("ln -s {m} {s}/state && ln -s /etc {s}/data", m = mine.display(), s = sticky.display()));
+    let out = run_with_home(&sticky.join("state"), &[]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("owned by uid 65534"), "{out:?}");
+    assert_eq!(std::fs::metadata(mine.join("audit.db")).expect("file").mode() & 0o777, 0o644, "chmod-ed");
+    let policy = root.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}terrarium:\n  read_only_mounts:\n    - source: {}/data\n      target: /data\n",
+            terrarium::policy::DEFAULT_POLICY_YAML,
+            sticky.display()
+        ),
+    )
+    .expect("policy");
+    let out = terrarium_env(
+        &[
+            "run",
+            "--tier",
+            "wasm",
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "-c",
+            "print(open('/data/shadow').read())",
+        ],
+        b"",
+        &[],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("root:"), "read /etc/shadow through the mount: {out:?}");
+    assert!(out.stderr.contains("owned by uid 65534"), "{out:?}");
+}
+
+#[test]
+fn h1_nothing_is_created_below_a_directory_another_user_controls() {
+    require_root();
+    let root = shared_root();
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).expect("theirs");
+    chown(&theirs, NOBODY);
+    let out = run_with_home(&theirs.join("a").join("b"), &[]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!theirs.join("a").exists(), "created a directory below another user's before refusing");
+}

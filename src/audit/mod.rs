@@ -79,6 +79,10 @@ pub enum AuditError {
     /// The writer thread is gone.
     #[error("the audit writer has stopped")]
     Stopped,
+    /// [`AuditLog::admit_async`] refused a new arrival: the writer is too far
+    /// behind (the database is unavailable or slow). Shed the request; retry later.
+    #[error("the audit log is {0} events behind; retry later")]
+    Overloaded(usize),
 }
 
 /// One event to record.
@@ -349,11 +353,17 @@ impl AuditLog {
     /// # Errors
     /// As [`AuditLog::record`]; then none of them is recorded.
     pub fn record_all(&self, events: Vec<Event>) -> Result<(), AuditError> {
-        use std::sync::atomic::Ordering;
         // Overload: let the writer catch up (bounded by the backlog, not by time).
-        while self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG {
+        // Blocking callers only; async ones never wait (see admit_async).
+        while self.backlog.load(std::sync::atomic::Ordering::Relaxed) > MAX_BACKLOG {
             std::thread::sleep(Duration::from_micros(200));
         }
+        self.append(events)
+    }
+
+    /// Appends `events` to the journal and hands them to the writer.
+    fn append(&self, events: Vec<Event>) -> Result<(), AuditError> {
+        use std::sync::atomic::Ordering;
         let pending: Vec<Pending> = events.into_iter().map(pending).collect();
         let mut lines = Vec::new();
         for p in &pending {
@@ -380,20 +390,40 @@ impl AuditLog {
         }
     }
 
-    /// [`AuditLog::record_all`] (one `write`; it does not block for long).
+    /// [`AuditLog::record_all`] for async callers: one `write`, and never a wait
+    /// for the writer (a runtime thread is never put to sleep), even past the
+    /// backlog cap: what follows something that already happened (an outcome, a
+    /// decision) is always recorded. The number of such events is bounded by the
+    /// requests admitted, which [`AuditLog::admit_async`] bounds.
     ///
     /// # Errors
     /// As [`AuditLog::record_all`].
     pub async fn record_all_async(&self, events: Vec<Event>) -> Result<(), AuditError> {
-        self.record_all(events)
+        self.append(events)
     }
 
-    /// [`AuditLog::record`] (a single `write`; it does not block for long).
+    /// [`AuditLog::record_all_async`] with one event.
     ///
     /// # Errors
     /// As [`AuditLog::record`].
     pub async fn record_async(&self, event: Event) -> Result<(), AuditError> {
-        self.record(event)
+        self.append(vec![event])
+    }
+
+    /// Records the arrival of new work (a request, a refused caller, a queued
+    /// approval): refused at once with [`AuditError::Overloaded`] when the writer
+    /// is more than the backlog cap behind, so that load is shed (the caller
+    /// answers 503) instead of queued or waited for, and service resumes as soon as
+    /// the database catches up.
+    ///
+    /// # Errors
+    /// [`AuditError::Overloaded`], or as [`AuditLog::record`].
+    pub async fn admit_async(&self, event: Event) -> Result<(), AuditError> {
+        let behind = self.backlog.load(std::sync::atomic::Ordering::Relaxed);
+        if behind > MAX_BACKLOG {
+            return Err(AuditError::Overloaded(behind));
+        }
+        self.append(vec![event])
     }
 
     /// Closes this handle; when it is the last one, waits for the writer to commit

@@ -43,6 +43,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             .max_waiting(args.max_waiting)
             .build()?,
     );
+    let header_timeout = config.header_timeout;
     let router = app(sandbox.clone(), config).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
     if !args.listen.ip().is_loopback() {
         eprintln!(
@@ -57,7 +58,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     rt.block_on(async {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let ready = |addr| eprintln!("terrarium: serving on http://{addr}");
-        let mut server = tokio::spawn(serve(router, args.listen, ready, async {
+        let mut server = tokio::spawn(serve(router, args.listen, header_timeout, ready, async {
             let _ = stopped.await;
         }));
         tokio::select! {

@@ -12,11 +12,22 @@
 //!   needs a bearer token with the endpoint's role (see [`auth`]); a missing or
 //!   unknown token is 401, a token without the role 403, and both are audit events
 //!   (with the token's name when it is known, never the token).
-//! - Load is shed, never queued without bound: at most `max_requests` requests are
-//!   served at once (beyond that: 429 with `Retry-After`, without parsing the body, whose first 64 KiB are drained for at most 100 ms so the reply is not lost to a reset);
-//!   the sandbox's own limits on runs in a tier and on operations waiting for a
-//!   human answer 429 too ([`SandboxError::Busy`]). A body is read only after its
-//!   token is checked, and never past `max_body` bytes (413).
+//! - Load is shed, never queued without bound, and cannot be held by clients
+//!   without credentials: requests that carry a known bearer token or review
+//!   session share `max_requests` slots, all others (the health check, the OpenAPI
+//!   document, the review sign-in form) a small pool of their own
+//!   (`anonymous_requests`); beyond either, 429 with `Retry-After`, without parsing
+//!   the body, whose first 64 KiB are drained for at most 100 ms so the reply is not
+//!   lost to a reset. The sandbox's own limits on runs in a tier and on operations
+//!   waiting for a human answer 429 too ([`SandboxError::Busy`]), and an audit log
+//!   too far behind 503s new work. A body is read only once the request holds a
+//!   slot, within `body_timeout` (408) and never past `max_body` bytes (413; 16 KiB
+//!   without credentials); headers must arrive within `header_timeout`, or the
+//!   connection is closed.
+//! - Refused callers are audited, aggregated: the first 401/403 of a token name (or
+//!   of unknown tokens) in each ten-second window is an `auth_denied` event; the
+//!   others in the window are counted in one `auth_denied_repeated` event when it
+//!   ends (or in the next `auth_denied`'s `unrecorded_before`).
 //! - Server faults (5xx) tell the client only a reference; the details, which may
 //!   name host paths, go to the server's log.
 //! - The listener is loopback unless the operator names another address.
@@ -65,6 +76,12 @@ pub struct ServerConfig {
     pub max_requests: usize,
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Requests without credentials served at once (their own pool).
+    pub anonymous_requests: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, once admitted.
+    pub body_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -73,7 +90,14 @@ impl ServerConfig {
     /// room for the fields around it.
     pub fn new(tokens: Tokens, max_code_size: u64) -> ServerConfig {
         let max_body = usize::try_from(max_code_size).unwrap_or(usize::MAX).saturating_mul(2).saturating_add(64 << 10);
-        ServerConfig { tokens, max_requests: 256, max_body }
+        ServerConfig {
+            tokens,
+            max_requests: 256,
+            max_body,
+            anonymous_requests: 16,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -84,8 +108,104 @@ struct AppState {
     tokens: Tokens,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
+    anonymous: Arc<Semaphore>,
     max_body: usize,
+    body_timeout: Duration,
     sessions: review::Sessions,
+    refusals: Refusals,
+    /// Started on the first request (inside the runtime).
+    refusal_flusher: std::sync::OnceLock<()>,
+}
+
+/// Every window, records the refusals that were only counted, so that none is
+/// lost when no later refusal comes to carry the count. Ends with the app.
+fn start_refusal_flusher(state: &Shared) {
+    state.refusal_flusher.get_or_init(|| {
+        let weak = Arc::downgrade(state);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(state) = weak.upgrade() else { return };
+                let Some(log) = state.sandbox.audit_log() else { return };
+                let events: Vec<Event> = state
+                    .refusals
+                    .take_ended()
+                    .into_iter()
+                    .map(|((status, name), count)| Event {
+                        kind: "auth_denied_repeated".into(),
+                        request_id: None,
+                        data: serde_json::json!({"status": status, "token_name": name, "count": count,
+                            "window_secs": REFUSAL_WINDOW.as_secs()}),
+                        code: None,
+                    })
+                    .collect();
+                if !events.is_empty()
+                    && let Err(e) = log.record_all_async(events).await
+                {
+                    tracing::error!(error = %e, "cannot record repeated refusals");
+                }
+            }
+        });
+    });
+}
+
+/// Largest body of a request without credentials (the review sign-in form).
+const ANONYMOUS_BODY: usize = 16 << 10;
+/// Refused callers are aggregated over windows of this length.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Refusals per (status, token name), for aggregation: when the current window
+/// started and how many refusals in it were not recorded.
+#[derive(Default)]
+struct Refusals {
+    map: std::sync::Mutex<std::collections::HashMap<RefusalKey, (std::time::Instant, u64)>>,
+}
+
+/// A refusal's status and token name (`None`: no known token).
+type RefusalKey = (u16, Option<String>);
+
+impl Refusals {
+    /// Takes the counts of refusals not recorded, of windows that have ended.
+    fn take_ended(&self) -> Vec<(RefusalKey, u64)> {
+        let now = std::time::Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ended: Vec<_> = map
+            .iter()
+            .filter(|(_, (start, skipped))| *skipped > 0 && now.duration_since(*start) >= REFUSAL_WINDOW)
+            .map(|(k, (_, skipped))| (k.clone(), *skipped))
+            .collect();
+        for (k, _) in &ended {
+            map.remove(k);
+        }
+        ended
+    }
+
+    /// `Some(unrecorded refusals of the previous window)` when this refusal starts
+    /// a window and is to be recorded; `None` when it is only counted.
+    fn record(&self, status: u16, name: Option<&str>) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 4096 {
+            map.retain(|_, (start, _)| now.duration_since(*start) < REFUSAL_WINDOW);
+        }
+        match map.entry((status, name.map(str::to_string))) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let (start, skipped) = e.get_mut();
+                if now.duration_since(*start) < REFUSAL_WINDOW {
+                    *skipped += 1;
+                    return None;
+                }
+                let before = *skipped;
+                *start = now;
+                *skipped = 0;
+                Some(before)
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -102,7 +222,7 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
     if config.tokens.is_empty() {
         return Err("no tokens: pass --token-file FILE or set TERRARIUM_TOKEN".into());
     }
-    if config.max_requests == 0 {
+    if config.max_requests == 0 || config.anonymous_requests == 0 {
         return Err("--max-requests must be at least 1".into());
     }
     let state = Arc::new(AppState {
@@ -111,8 +231,12 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
         tokens: config.tokens,
         metrics: Metrics::default(),
         in_flight: Arc::new(Semaphore::new(config.max_requests)),
+        anonymous: Arc::new(Semaphore::new(config.anonymous_requests)),
         max_body: config.max_body,
+        body_timeout: config.body_timeout,
         sessions: review::Sessions::default(),
+        refusals: Refusals::default(),
+        refusal_flusher: std::sync::OnceLock::new(),
     });
     Ok(Router::new()
         .route("/v1/execute", post(execute))
@@ -131,19 +255,55 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
 }
 
 /// Serves `app` on `listen` until `shutdown` resolves; calls `ready` with the
-/// bound address once it listens.
+/// bound address once it listens. Each connection must send a request's headers
+/// within `header_timeout` (idle keep-alive connections included), or it is
+/// closed. On shutdown, requests in flight get 30 s to finish.
 ///
 /// # Errors
-/// The address cannot be bound, or serving fails.
+/// The address cannot be bound.
 pub async fn serve(
     app: Router,
     listen: SocketAddr,
+    header_timeout: Duration,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     ready(listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Out of descriptors or a connection reset before accept:
+                        // breathe and go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight 30 s after shutdown began; stopping anyway");
+    }
+    Ok(())
 }
 
 /// A JSON error body: `{"error": message}`.
@@ -159,10 +319,22 @@ fn busy(state: &AppState, message: &str) -> Response {
     r
 }
 
-/// Admission and metrics, around every route: a slot among `max_requests` or 429.
+/// Whether the request carries credentials: a known bearer token (whatever its
+/// roles) or a live review session.
+fn credentialed(state: &AppState, headers: &HeaderMap) -> bool {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+    bearer.is_some_and(|t| state.tokens.identify(t).is_some()) || state.sessions.signed_in(headers)
+}
+
+/// Admission and metrics, around every route: a slot in the pool for requests
+/// with credentials or in the one for those without, or 429; then the body, read
+/// whole within `body_timeout` (408) and its size limit (413).
 async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    start_refusal_flusher(&state);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-    let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
+    let known = credentialed(&state, req.headers());
+    let pool = if known { &state.in_flight } else { &state.anonymous };
+    let Ok(_slot) = pool.clone().try_acquire_owned() else {
         // Take in what the client already sent (at most 64 KiB, at most 100 ms, and no
         // slot held meanwhile): closing a connection with unread bytes makes the
         // kernel reset it, and the client would lose the 429 before reading it.
@@ -173,7 +345,31 @@ async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Respons
         return r;
     };
     state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let r = next.run(req).await;
+    let r = async {
+        let (parts, body) = req.into_parts();
+        let limit = if known { state.max_body } else { ANONYMOUS_BODY };
+        let bytes = match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
+                state.metrics.rejected("too_large");
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the body is larger than {limit} bytes or broken"),
+                );
+            }
+            Err(_) => {
+                state.metrics.rejected("slow_body");
+                let mut r = problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("the body did not arrive within {} s", state.body_timeout.as_secs_f64()),
+                );
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        };
+        next.run(Request::from_parts(parts, Body::from(bytes))).await
+    }
+    .await;
     state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     state.metrics.request(&route, r.status().as_u16());
     r
@@ -199,14 +395,16 @@ async fn refuse_caller(state: &AppState, code: StatusCode, what: &str, name: Opt
         ("unauthorized", "a valid bearer token is required".to_string())
     };
     state.metrics.rejected(reason);
-    let data = serde_json::json!({
-        "status": code.as_u16(), "endpoint": what, "token_name": name, "role_needed": role.as_str(),
-    });
-    if let Some(log) = state.sandbox.audit_log() {
+    if let Some(log) = state.sandbox.audit_log()
+        && let Some(unrecorded) = state.refusals.record(code.as_u16(), name)
+    {
+        let data = serde_json::json!({
+            "status": code.as_u16(), "endpoint": what, "token_name": name, "role_needed": role.as_str(),
+            "unrecorded_before": unrecorded,
+        });
         let event = Event { kind: "auth_denied".into(), request_id: None, data, code: None };
-        if let Err(e) = log.record_async(event).await {
-            tracing::error!(error = %e, "cannot record a refused caller");
-            return fault("the audit log", &e);
+        if let Err(e) = log.admit_async(event).await {
+            return audit_error(&e);
         }
     }
     let mut r = problem(code, &message);
@@ -214,6 +412,18 @@ async fn refuse_caller(state: &AppState, code: StatusCode, what: &str, name: Opt
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
+}
+
+/// The answer when the audit log does not take an event: 503 when it is behind
+/// (shed, retry), else a fault.
+fn audit_error(e: &crate::audit::AuditError) -> Response {
+    if let crate::audit::AuditError::Overloaded(_) = e {
+        let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "the audit log is behind; retry later");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    tracing::error!(error = %e, "cannot record an event");
+    fault("the audit log", e)
 }
 
 /// A 500 that names only a reference; the details go to the log.
@@ -327,6 +537,7 @@ fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
             tracing::error!(error = %e, "tier unavailable");
             problem(StatusCode::SERVICE_UNAVAILABLE, &format!("tier {tier} is not available on this server"))
         }
+        SandboxError::Audit(a) => audit_error(a),
         _ => fault("the run", e),
     }
 }

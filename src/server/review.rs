@@ -76,6 +76,11 @@ impl Sessions {
         Some((s.who.clone(), s.csrf.clone()))
     }
 
+    /// Whether the request carries a live session (for admission).
+    pub(super) fn signed_in(&self, headers: &HeaderMap) -> bool {
+        self.find(headers).is_some()
+    }
+
     fn end(&self, headers: &HeaderMap) {
         if let (Some(id), Ok(mut map)) = (session_id(headers), self.map.lock()) {
             map.remove(id);

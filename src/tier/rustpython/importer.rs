@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-use rustpython_vm::builtins::{PyDict, PyStr, PyStrRef};
+use rustpython_vm::builtins::{PyDict, PyStr, PyStrRef, PyType};
 use rustpython_vm::{AsObject, FromArgs, PyObjectRef, PyResult, VirtualMachine};
 
 use crate::analysis;
@@ -64,7 +64,8 @@ struct Setup {
     real_import: PyObjectRef,
     /// The prelude's hardening of newly loaded modules, called after each import.
     after_import: PyObjectRef,
-    /// A type whose instances a proxy never carries (the prelude's `sys` view).
+    /// A type whose instances (its subclasses' included) a proxy never carries (the
+    /// prelude's `sys` views).
     skip_type: PyObjectRef,
 }
 
@@ -329,7 +330,7 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
             || given.contains(&key)
             || hidden.contains(&key)
             || removed.contains(&key.as_str())
-            || skip_type.as_ref().is_some_and(|t| v.class().is(t))
+            || skip_type.as_ref().and_then(|t| t.downcast_ref::<PyType>()).is_some_and(|t| v.class().fast_issubclass(t))
         {
             continue;
         }

@@ -209,50 +209,71 @@ def _h_exec(source, globals=None, locals=None):
     return _real_exec(_real_compile(source, "<snippet>", "exec"), _sandbox_globals(globals), locals)
 
 
-class _Modules:
-    """A read-only window on sys.modules showing only `names`."""
-
-    def __init__(self, names):
-        self._names = frozenset(names)
-
-    def get(self, name, default=None):
-        return sys.modules.get(name, default) if name in self._names else default
-
-    def __getitem__(self, name):
-        if name not in self._names:
-            raise KeyError(name)
-        return sys.modules[name]
-
-    def __contains__(self, name):
-        return name in self._names and name in sys.modules
+_PASSED_SYS = frozenset((
+    "_getframemodulename", "stdout", "stderr", "stdin", "_clear_type_descriptors", "version_info",
+    "version", "hexversion", "api_version", "maxsize", "maxunicode", "flags", "implementation",
+    "byteorder", "platform", "float_info", "int_info", "hash_info", "float_repr_style",
+    "getrecursionlimit", "getsizeof", "intern", "exc_info", "exception", "getdefaultencoding",
+    "getfilesystemencoding", "getfilesystemencodeerrors", "is_finalizing", "audit",
+    "dont_write_bytecode", "_git", "copyright", "get_int_max_str_digits", "set_int_max_str_digits",
+    "__stdout__", "__stderr__"))
 
 
-class _SysView:
-    """What the text-evaluating modules see as `sys`: the few attributes they use,
-    and a sys.modules limited to their own helpers."""
+class _SysViewBase:
+    """The base of every `sys` view (the importer never puts one in a proxy)."""
 
-    _PASS = frozenset(("_getframemodulename", "stdout", "stderr", "stdin", "_clear_type_descriptors",
-                       "version_info", "version", "hexversion", "api_version", "maxsize", "maxunicode",
-                       "flags", "implementation", "byteorder", "platform", "float_info", "int_info",
-                       "hash_info", "float_repr_style", "getrecursionlimit", "getsizeof", "intern",
-                       "exc_info", "exception", "getdefaultencoding", "getfilesystemencoding",
-                       "getfilesystemencodeerrors", "is_finalizing", "audit", "dont_write_bytecode",
-                       "_git", "copyright", "get_int_max_str_digits", "set_int_max_str_digits",
-                       "__stdout__", "__stderr__"))
+    __slots__ = ()
 
-    def __init__(self, modules):
-        object.__setattr__(self, "modules", _Modules(modules))
 
-    def __getattr__(self, name):
-        if name not in _SysView._PASS:
-            raise AttributeError("sys.%s is not available here" % (name,))
-        return getattr(sys, name)
+def _sys_view(modules):
+    """What stdlib modules see as `sys`: the few attributes they use, and a
+    sys.modules that shows only `modules`.
 
-    def __setattr__(self, name, value):
-        # contextlib.redirect_stdout/stderr swap the streams; nothing else is set.
-        if name not in ("stdout", "stderr"):
-            raise AttributeError("sys.%s cannot be set here" % (name,))
-        setattr(sys, name, value)
+    Its methods run as trusted code (they read the real sys), so a snippet that
+    gets hold of a view (contextlib's redirect reads `getattr(sys, name)` with a name
+    it chose) must not be able to steer them: the state is in closure cells, which
+    the walls make unreachable, not in attributes; the classes are made per view
+    (replacing a method only replaces it with the snippet's own code); names are
+    compared as exact str values."""
+    shown = frozenset(modules)
+    passed = _PASSED_SYS
+    real = sys
+
+    class _Modules:
+        __slots__ = ()
+
+        def get(self, name, default=None):
+            if type(name) is str and name in shown:
+                return real.modules.get(name, default)
+            return default
+
+        def __getitem__(self, name):
+            if type(name) is not str or name not in shown:
+                raise KeyError(name)
+            return real.modules[name]
+
+        def __contains__(self, name):
+            return type(name) is str and name in shown and name in real.modules
+
+    window = _Modules()
+
+    class _SysView(_SysViewBase):
+        __slots__ = ()
+
+        def __getattr__(self, name):
+            if type(name) is str and name == "modules":
+                return window
+            if type(name) is not str or name not in passed:
+                raise AttributeError("sys.%s is not available here" % (name,))
+            return getattr(real, name)
+
+        def __setattr__(self, name, value):
+            # contextlib.redirect_stdout/stderr swap the streams; nothing else is set.
+            if type(name) is not str or name not in ("stdout", "stderr"):
+                raise AttributeError("sys.%s cannot be set here" % (name,))
+            setattr(real, name, value)
+
+    return _SysView()
 
 
 # Every loaded stdlib module sees `sys` through a view with an empty sys.modules and
@@ -260,7 +281,7 @@ class _SysView:
 # name a snippet chose (enum's _convert_, contextlib's redirect, warnings'
 # catch_warnings) or that hold the interpreter's builtins reach nothing through
 # them. The import machinery keeps the real ones.
-_SYS_VIEW = _SysView(())
+_SYS_VIEW = _sys_view(())
 _KEEP_REAL = ("sys", "builtins", "__main__", "_imp", "importlib", "_frozen_importlib",
               "_frozen_importlib_external", "marshal", "_io", "_thread", "_warnings")
 _viewed = set()
@@ -349,7 +370,7 @@ def _no_class_cell(f, oldcls, newcls):
 
 
 def _harden_dataclasses(m):
-    _set_hidden(m, exec=_h_exec, sys=_SysView(("dataclasses", "typing")), inspect=_NoSignatures)
+    _set_hidden(m, exec=_h_exec, sys=_sys_view(("dataclasses", "typing")), inspect=_NoSignatures)
     m._get_field = _checked_field(m._get_field)
     m._update_func_cell_for__class__ = _no_class_cell
 
@@ -376,7 +397,7 @@ def _harden_loaded():
 # The snippets' importer is native (importer.rs): it imports with the real
 # __import__, hardens what that loaded, and hands out proxies that never carry a
 # `sys` view.
-_t_importer_setup(_real_import, _harden_loaded, _SysView)
+_t_importer_setup(_real_import, _harden_loaded, _SysViewBase)
 for _k, _v in _PROXY_OVERRIDES.items():
     _t_proxy_override(_k, _v)
 

@@ -446,11 +446,16 @@ fn run_instance(
     }
     for m in policy.read_only_mounts() {
         // What the policy grants, read-only (cap-std: nothing outside it is
-        // reachable), and only while it is the directory pinned at policy load.
-        m.pinned.open().map_err(|e| host_err(format!("terrarium.read_only_mounts {}: {e}", m.target)))?;
-        builder.preopened_dir(&m.source, &m.target, wasmtime_wasi::FsPerms::ReadOnly).map_err(|e| {
+        // reachable), and only the directory pinned at policy load: it is checked
+        // through a handle, and the handle, not the path, is what is preopened
+        // (its /proc/self/fd name leads to the same directory whatever happens to
+        // the path meanwhile).
+        let pinned = m.pinned.open().map_err(|e| host_err(format!("terrarium.read_only_mounts {}: {e}", m.target)))?;
+        let by_handle = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
+        builder.preopened_dir(&by_handle, &m.target, wasmtime_wasi::FsPerms::ReadOnly).map_err(|e| {
             host_err(format!("cannot open the directory mounted at {} (terrarium.read_only_mounts): {e}", m.target))
         })?;
+        drop(pinned);
     }
     let clock = sleep::GuestClock(Instant::now());
     builder.monotonic_clock(clock);
