@@ -314,12 +314,84 @@ impl OwnedDir {
         self.dir.remove_file(name)
     }
 
+    /// Links `to` to the file `from`, both in this directory; fails with
+    /// `AlreadyExists` when `to` exists (never replaces it).
+    ///
+    /// # Errors
+    /// As the system call.
+    pub fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        self.dir.hard_link(from, &self.dir, to)
+    }
+
     /// Renames `from` to `to`, both in this directory.
     ///
     /// # Errors
     /// As the system call.
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.dir.rename(from, &self.dir, to)
+    }
+}
+
+/// Checks that no other user can change `path` or what it leads to: walked like
+/// every path here, and itself owned by root or this user and closed to others
+/// (sticky qualifies). For directories Terrarium makes new entries in.
+///
+/// # Errors
+/// It is refused, with a message naming it.
+pub fn check_closed(path: &Path, what: &str) -> Result<PathBuf, DirError> {
+    let shown = path.display().to_string();
+    let refuse = |message: String| DirError { what: what.into(), path: shown.clone(), message };
+    let resolved = walk(path, what)?;
+    check_dir(&resolved, &refuse)?;
+    Ok(resolved)
+}
+
+/// A private directory made for one use inside a directory no other user can
+/// change (the system's temporary directory for wasm's `/scratch`), held by handle
+/// and removed through its parent's handle.
+#[derive(Debug)]
+pub struct ScratchDir {
+    parent: Dir,
+    name: String,
+    dir: Dir,
+}
+
+impl ScratchDir {
+    /// Creates `name` (mode 0700; it must not exist) in `parent`, which is walked
+    /// like every path here and must be owned by root or this user and closed to
+    /// others (sticky `/tmp` qualifies; a `TMPDIR` another user controls does not).
+    ///
+    /// # Errors
+    /// `parent` is refused, or the directory cannot be made.
+    pub fn create(parent: &Path, name: &str) -> Result<ScratchDir, DirError> {
+        let what = "scratch directory's parent";
+        let shown = parent.display().to_string();
+        let refuse = |message: String| DirError { what: what.into(), path: shown.clone(), message };
+        let resolved = walk(parent, what)?;
+        check_dir(&resolved, &refuse)?;
+        let parent = Dir::open_ambient_dir(&resolved, ambient_authority()).map_err(|e| refuse(e.to_string()))?;
+        let mut builder = cap_std::fs::DirBuilder::new();
+        cap_std::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        parent.create_dir_with(name, &builder).map_err(|e| refuse(format!("cannot create {name}: {e}")))?;
+        use cap_fs_ext::DirExt;
+        let dir = parent.open_dir_nofollow(name).map_err(|e| refuse(format!("cannot open {name}: {e}")))?;
+        Ok(ScratchDir { parent, name: name.to_string(), dir })
+    }
+
+    /// A path that leads to this directory whatever happens to its name: its
+    /// handle's `/proc/self/fd` entry (valid while `self` lives).
+    pub fn by_handle(&self) -> String {
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&self.dir))
+    }
+
+    /// Removes it and what is in it, through the parent's handle.
+    ///
+    /// # Errors
+    /// As the system calls.
+    pub fn remove(self) -> io::Result<()> {
+        let ScratchDir { parent, name, dir } = self;
+        drop(dir);
+        parent.remove_dir_all(&name)
     }
 }
 

@@ -62,7 +62,7 @@ fn an_edited_row_is_named() {
     let (_d, path) = fresh(10);
     sql(&path, "UPDATE events SET data = '{\"i\": 99}' WHERE seq = 4");
     let (_, problems) = audit::verify(&path).expect("verify");
-    assert_eq!(problems, ["row 4: its content does not match its hash (edited)"]);
+    assert_eq!(problems, ["row 4: its content does not match its MAC (edited or forged)"]);
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn an_edited_column_of_any_kind_is_named() {
         let (_d, path) = fresh(6);
         sql(&path, &format!("UPDATE events SET {column} = {value} WHERE seq = 3"));
         let (_, problems) = audit::verify(&path).expect("verify");
-        assert_eq!(problems, ["row 3: its content does not match its hash (edited)"], "{column}");
+        assert_eq!(problems, ["row 3: its content does not match its MAC (edited or forged)"], "{column}");
     }
 }
 
@@ -217,7 +217,7 @@ fn the_command_line_reads_and_verifies_the_log() {
     sql(&dir.path().join("audit.db"), "UPDATE events SET kind = 'nothing' WHERE seq = 1");
     let out = terrarium_env(&["audit", "verify"], b"", &env);
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("row 1: its content does not match its hash (edited)"), "{}", out.stdout);
+    assert!(out.stdout.contains("row 1: its content does not match its MAC (edited or forged)"), "{}", out.stdout);
 }
 
 #[test]
@@ -309,4 +309,130 @@ fn retention_deletes_old_events_and_the_rest_still_verifies() {
     // Deleting one of the kept rows is still caught.
     sql(&path, "DELETE FROM events WHERE seq = 8");
     assert!(audit::verify(&path).expect("verify").1.iter().any(|p| p.starts_with("rows 8..8 are missing")));
+}
+
+// H4: tampering the outside review made that `verify` did not see.
+
+#[test]
+fn h4_deleting_the_newest_rows_with_the_head_is_named() {
+    let (_d, path) = fresh(6);
+    sql(&path, "DELETE FROM events WHERE seq > 4");
+    std::fs::remove_file(path.with_file_name("audit.db.head")).expect("head");
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.contains("head file") && p.contains("missing")), "{problems:?}");
+}
+
+#[test]
+fn h4_a_made_up_retention_anchor_is_named() {
+    let (_d, path) = fresh(6);
+    // Delete the oldest rows and anchor the rest at the last deleted row's hash.
+    sql(
+        &path,
+        "INSERT OR REPLACE INTO anchor (id, seq, hash) SELECT 1, seq, hash FROM events WHERE seq = 3;
+         DELETE FROM events WHERE seq <= 3",
+    );
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.contains("anchor") && p.contains("not authentic")), "{problems:?}");
+    // Real retention still verifies.
+    let (_d, path) = fresh(6);
+    assert!(audit::prune_before(&path, i64::MAX).expect("prune") > 0);
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().all(|p| !p.contains("anchor")), "{problems:?}");
+}
+
+#[test]
+fn h4_a_recomputed_unkeyed_chain_is_named() {
+    let (_d, path) = fresh(4);
+    // Edit a row and recompute every hash with the unkeyed formula.
+    sql(&path, "UPDATE events SET data = '{\"i\": 99}' WHERE seq = 2");
+    let c = rusqlite::Connection::open(&path).expect("db");
+    let rows: Vec<(i64, String, i64, String, Option<String>, String)> = c
+        .prepare("SELECT seq, uid, ts_us, kind, request_id, data FROM events ORDER BY seq")
+        .expect("select")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut prev = "0".repeat(64);
+    for (seq, uid, ts, kind, rid, data) in rows {
+        let hash = unkeyed_hash(&[
+            "v2",
+            &prev,
+            &seq.to_string(),
+            &uid,
+            &ts.to_string(),
+            &kind,
+            rid.as_deref().unwrap_or(""),
+            &data,
+        ]);
+        c.execute("UPDATE events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3", rusqlite::params![prev, hash, seq])
+            .expect("update");
+        prev = hash;
+    }
+    drop(c);
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(!problems.is_empty(), "a recomputed chain verified");
+}
+
+/// The chain's unkeyed formula (length-prefixed parts, sha256, hex).
+fn unkeyed_hash(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn h4_replaced_stored_code_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let isolated = terrarium::IsolatedConfig::new(env!("CARGO_BIN_EXE_terrarium"));
+    let sandbox =
+        Sandbox::builder().policy(Policy::default_policy()).isolated(isolated).audit(&path).build().expect("sandbox");
+    runtime().block_on(sandbox.execute(ExecRequest::new("print('honest')"))).expect("run");
+    sandbox.flush_audit(Duration::from_secs(5)).expect("flush");
+    drop(sandbox);
+    // Replace the text and its key together: the text still hashes to its key.
+    let forged = "print(42)";
+    sql(
+        &path,
+        &format!(
+            "DELETE FROM code; INSERT INTO code (sha256, text) VALUES ('{}', '{forged}')",
+            audit::sha256_hex(forged.as_bytes())
+        ),
+    );
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.contains("is not stored")), "{problems:?}");
+}
+
+#[test]
+fn h4_a_journal_dropped_into_the_directory_is_not_replayed() {
+    let (dir, path) = fresh(2);
+    // A backdated event in a journal named like one of a process that is gone.
+    let forged = r#"{"uid":"ffffffffffffffff0000000000000001","ts_us":1,"kind":"approval_approved","request_id":"approval-7","data":"{}","code":null}"#;
+    let name = dir.path().join("audit.db.journal.999999.1");
+    std::fs::write(&name, format!("{}\n{} {}\n", forged, "0".repeat(64), forged)).expect("journal");
+    let (rows, problems) = audit::verify(&path).expect("verify");
+    assert_eq!(rows, 2, "a forged event was replayed: {problems:?}");
+    assert!(problems.iter().any(|p| p.contains("does not vouch for")), "{problems:?}");
+    assert!(!name.exists(), "the journal is set aside");
+}
+
+#[test]
+fn h4_an_approval_completed_without_its_approval_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, database_breaker()).expect("open");
+    for kind in ["approval_requested", "approval_completed"] {
+        let e =
+            Event { kind: kind.into(), request_id: Some("approval-1".into()), data: serde_json::json!({}), code: None };
+        log.record(e).expect("record");
+    }
+    log.flush(Duration::from_secs(5)).expect("flush");
+    log.close();
+    let (_, problems) = audit::verify(&path).expect("verify");
+    assert!(problems.iter().any(|p| p.contains("approval-1 completed without an approval_approved")), "{problems:?}");
 }

@@ -598,3 +598,45 @@ print("code:", B.compile("1+1", "x", "eval"), B.eval("6*7"))
     );
     assert_reached_nothing("a str subclass passing for stdout", &o);
 }
+
+/// A class that claims `__module__ = "dataclasses"` must not hand its generated
+/// methods dataclasses' own globals (its loader ran stdlib code with the real
+/// builtins on any object); no loaded module keeps its loader or spec.
+#[test]
+fn d1_a_dataclass_cannot_borrow_a_modules_globals() {
+    let o = run_policy(
+        &policy_allowing("dataclasses"),
+        r#"import dataclasses
+got = {}
+class C:
+    __module__ = "dataclasses"
+    __loader__: dataclasses.InitVar[int] = dataclasses.field(init=False)
+    def __post_init__(self, loader):
+        got['loader'] = loader
+dataclasses.dataclass(C)
+C()
+FI = got['loader']
+print("loader:", FI)
+class Spec:
+    name = "reprlib"
+class Fake:
+    __spec__ = Spec()
+m = Fake()
+FI.exec_module(m)          # runs frozen reprlib's code in m's instance dict, with the real builtins
+B = m.builtins             # reprlib does `import builtins`: the real module
+print("builtins:", B, B.open, B.exec, B.eval, B.compile)
+ns = {"__builtins__": B}
+B.exec("import sys, marshal, inspect, _frozen_importlib as fi\nf = sys._getframe(0)\nimp = __import__", ns)
+sys = ns["sys"]
+print("sys:", sys, sys.executable, len(sys.modules))
+print("disallowed:", ns["marshal"], ns["inspect"], ns["fi"])
+print("frame:", ns["f"], "import:", ns["imp"], "code:", B.compile("1", "x", "eval"))
+"#,
+    );
+    assert_reached_nothing("FrozenImporter through dataclasses' globals", &o);
+    let o = run_policy(
+        &policy_allowing("dataclasses"),
+        "import dataclasses\ngot = {}\nclass C:\n    __module__ = 'dataclasses'\n    __spec__: dataclasses.InitVar[int] = dataclasses.field(init=False)\n    def __post_init__(self, spec):\n        got['spec'] = spec\ndataclasses.dataclass(C)\nC()\nprint('REACHED', got['spec'].loader)",
+    );
+    assert_reached_nothing("a module's spec through dataclasses' globals", &o);
+}

@@ -136,6 +136,7 @@ fn h1_without_home_the_cache_does_not_fall_back_to_tmp() {
         .env_remove("TERRARIUM_CACHE")
         .env_remove("TERRARIUM_PYTHON_WASM")
         .env("TERRARIUM_HOME", crate::common::test_home())
+        .env("TERRARIUM_AUDIT_KEY", crate::common::test_home().join("audit.key"))
         .output()
         .expect("terrarium");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -282,4 +283,64 @@ fn h1_nothing_is_created_below_a_directory_another_user_controls() {
     let out = run_with_home(&theirs.join("a").join("b"), &[]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(!theirs.join("a").exists(), "created a directory below another user's before refusing");
+}
+
+/// The wasm tier's `/scratch` is made in `TMPDIR` only when no other user can
+/// change it, and preopened by handle.
+#[test]
+fn h1_a_scratch_directory_is_never_made_where_another_user_can_swap_it() {
+    require_root();
+    if std::env::var_os(SKIP_WASM).is_some() {
+        eprintln!("SKIPPED scratch: {SKIP_WASM} is set");
+        return;
+    }
+    let root = shared_root();
+    let theirs = root.path().join("tmp");
+    std::fs::create_dir(&theirs).expect("tmp");
+    chown(&theirs, NOBODY);
+    let out = terrarium_env(
+        &["run", "--tier", "wasm", "--scratch", "-c", "open('/scratch/x', 'w').write('x')"],
+        b"",
+        &[("TMPDIR", theirs.to_str().expect("utf-8"))],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("scratch") && out.stderr.contains("uid 65534"), "{out:?}");
+    assert_eq!(std::fs::read_dir(&theirs).expect("tmp").count(), 0, "something was made in it");
+}
+
+/// `audit backup` writes only into a directory of this user's that no one else
+/// can change.
+#[test]
+fn h11_a_backup_is_never_written_into_another_users_directory() {
+    require_root();
+    let root = shared_root();
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).expect("theirs");
+    chown(&theirs, NOBODY);
+    assert_eq!(terrarium_env(&["run", "-c", "1"], b"", &[]).code, 0, "a log to back up");
+    let dest = theirs.join("b.db");
+    let out = terrarium_env(&["audit", "backup", dest.to_str().expect("utf-8")], b"", &[]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("backup directory") && out.stderr.contains("uid 65534"), "{out:?}");
+    assert!(!dest.exists());
+}
+
+/// The red team's work directory is made new; an existing one (with links to host
+/// files planted in it) is refused before anything is written.
+#[test]
+fn h1_the_red_teams_work_directory_must_be_new() {
+    let root = shared_root();
+    let work = root.path().join("work");
+    std::fs::create_dir(&work).expect("work");
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, "keep").expect("victim");
+    std::os::unix::fs::symlink(&victim, work.join("secret.txt")).expect("link");
+    let out = terrarium_env(
+        &["redteam", "--tiers", "rustpython", "--variants", "0", "--workdir", work.to_str().expect("utf-8")],
+        b"",
+        &[],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("must be new"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
 }

@@ -51,7 +51,7 @@ fn a_planted_secret_that_leaves_is_an_escape() {
     let (_p, policy_path) = temp_file("policy.yaml", policy.as_bytes());
     let corpus = corpus_dir(&[(
         "control.yaml",
-        "category: filesystem\nattacks:\n  - name: granted_mount_read\n    effect: secret_read\n    code: print(open('/data/secret.txt').read())\n",
+        "category: filesystem\nattacks:\n  - name: granted_mount_read\n    effect: secret_read\n    code: print(open('/data/w/secret.txt').read())\n",
     )]);
     let out = terrarium(
         &[
@@ -65,7 +65,8 @@ fn a_planted_secret_that_leaves_is_an_escape() {
             "--corpus",
             &corpus.path().to_string_lossy(),
             "--workdir",
-            &work.path().to_string_lossy(),
+            // A new directory inside the mounted one.
+            &work.path().join("w").to_string_lossy(),
             "--json",
         ],
         b"",

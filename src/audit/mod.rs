@@ -24,8 +24,7 @@
 //! it leaves the journal only once committed; [`verify`] names any row that was
 //! edited, deleted, inserted or reordered.
 
-use std::fs::OpenOptions;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -37,6 +36,9 @@ use sha2::{Digest, Sha256};
 
 use crate::breaker::Breaker;
 use crate::dirs::OwnedDir;
+
+pub mod key;
+pub use key::Key;
 
 /// Hash before the first row.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -79,6 +81,14 @@ pub enum AuditError {
     /// The writer thread is gone.
     #[error("the audit writer has stopped")]
     Stopped,
+    /// The audit key cannot be found, made or read (see [`key`]).
+    #[error("audit key {path}: {message}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// [`AuditLog::admit_async`] refused a new arrival: the writer is too far
     /// behind (the database is unavailable or slow). Shed the request; retry later.
     #[error("the audit log is {0} events behind; retry later")]
@@ -156,6 +166,8 @@ pub struct AuditLog {
     path: PathBuf,
     /// Events handed to the writer and not yet committed.
     backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// Authenticates journal lines.
+    key: Key,
 }
 
 /// Where the audit database lives by default: `audit.db` in `$TERRARIUM_HOME`,
@@ -213,7 +225,14 @@ fn hash_parts(parts: &[&str]) -> String {
     hex(&h.finalize())
 }
 
-/// The chain hash of a row: every column but the hash itself.
+/// The chain hash rows are written with: a MAC, under the audit key, of every
+/// column but the hash itself.
+fn keyed_row_hash(key: &Key, r: &RowFields<'_>) -> String {
+    let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
+    key.mac(&["v3", r.prev, &seq, r.uid, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
+}
+
+/// The unkeyed hash rows had before the key (verified, never written).
 fn row_hash(r: &RowFields<'_>) -> String {
     let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
     hash_parts(&["v2", r.prev, &seq, r.uid, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
@@ -234,9 +253,22 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
 struct Store {
     dir: OwnedDir,
     name: String,
+    /// The key, for a store that writes (see [`Store::writable`]).
+    key: Option<Key>,
 }
 
 impl Store {
+    /// The store at `path`, with its key (created on first use): for writing.
+    fn writable(path: &Path) -> Result<Store, AuditError> {
+        let mut store = Store::at(path)?;
+        store.key = Some(Key::load(true)?);
+        Ok(store)
+    }
+
+    fn key(&self) -> Result<&Key, AuditError> {
+        self.key.as_ref().ok_or_else(|| db_err(&self.db_path(), "the audit key is not loaded"))
+    }
+
     fn at(path: &Path) -> Result<Store, AuditError> {
         let parent = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -246,7 +278,7 @@ impl Store {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| db_err(path, "not a file name"))?;
-        Ok(Store { dir: OwnedDir::open(parent, "state directory")?, name })
+        Ok(Store { dir: OwnedDir::open(parent, "state directory")?, name, key: None })
     }
 
     fn head(&self) -> String {
@@ -256,6 +288,12 @@ impl Store {
     /// `audit.db.journal.` — journals are this prefix plus `<pid>.<start time>`.
     fn journal_prefix(&self) -> String {
         format!("{}.journal.", self.name)
+    }
+
+    /// `audit.db.rejected.` — a journal with lines that are not authentic is set
+    /// aside under this prefix (and named by `verify`) instead of removed.
+    fn rejected_prefix(&self) -> String {
+        format!("{}.rejected.", self.name)
     }
 
     /// The database's resolved path (for messages and SQLite).
@@ -292,6 +330,21 @@ fn open(store: &Store) -> Result<Connection, AuditError> {
              seq INTEGER NOT NULL, hash TEXT NOT NULL);",
     )
     .map_err(|e| db_err(path, e))?;
+    // Anchors made before the key have no MAC (verify names them).
+    let has_mac = c
+        .prepare("SELECT 1 FROM pragma_table_info('anchor') WHERE name = 'mac'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(|e| db_err(path, e))?;
+    if !has_mac && let Err(e) = c.execute_batch("ALTER TABLE anchor ADD COLUMN mac TEXT") {
+        // Another process may have added it meanwhile.
+        let added = c
+            .prepare("SELECT 1 FROM pragma_table_info('anchor') WHERE name = 'mac'")
+            .and_then(|mut s| s.exists([]))
+            .unwrap_or(false);
+        if !added {
+            return Err(db_err(path, e));
+        }
+    }
     Ok(c)
 }
 
@@ -303,7 +356,8 @@ impl AuditLog {
     /// The database cannot be created, opened or recovered, or the journal cannot
     /// be created.
     pub fn open(path: &Path, database: Breaker) -> Result<AuditLog, AuditError> {
-        let store = Store::at(path)?;
+        let store = Store::writable(path)?;
+        let key = store.key()?.clone();
         let mut conn = open(&store)?;
         let head = open_head(&store)?;
         recover_with(&mut conn, &store, &head)?;
@@ -331,7 +385,7 @@ impl AuditLog {
             .spawn(move || writer.run(rx))
             .map_err(|e| db_err(path, format!("cannot start the writer: {e}")))?;
         let writer = Arc::new(Mutex::new(Some(handle)));
-        Ok(AuditLog { writer, journal, tx, path: path.to_path_buf(), backlog })
+        Ok(AuditLog { writer, journal, tx, path: path.to_path_buf(), backlog, key })
     }
 
     /// The database file.
@@ -367,10 +421,14 @@ impl AuditLog {
         let pending: Vec<Pending> = events.into_iter().map(pending).collect();
         let mut lines = Vec::new();
         for p in &pending {
-            serde_json::to_writer(&mut lines, p).map_err(|e| AuditError::Journal {
+            // `<mac> <json>`: replay takes only lines the key vouches for.
+            let json = serde_json::to_string(p).map_err(|e| AuditError::Journal {
                 path: PathBuf::from("journal"),
                 message: format!("cannot encode an event: {e}"),
             })?;
+            lines.extend_from_slice(self.key.mac(&["journal", &json]).as_bytes());
+            lines.push(b' ');
+            lines.extend_from_slice(json.as_bytes());
             lines.push(b'\n');
         }
         let mut j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -571,7 +629,7 @@ impl Writer {
     /// database is skipped by its id).
     fn replay_journal(&mut self) -> Result<(), AuditError> {
         let name = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).name.clone();
-        let events = read_journal(&self.store, &name)
+        let (events, _rejected) = read_journal(&self.store, &name)
             .map_err(|e| db_err(&self.path, format!("cannot read the journal: {e}")))?;
         self.store(&events, true)
     }
@@ -598,10 +656,11 @@ impl Writer {
             self.conn = Some(open(&self.store)?);
         }
         let path = self.path.clone();
+        let key = self.store.key()?.clone();
         let conn = self.conn.as_mut().ok_or_else(|| db_err(&path, "no connection"))?;
-        match commit_events(conn, events, replay) {
+        match commit_events(conn, events, replay, &key) {
             Ok(Some((seq, hash))) => {
-                write_head(&self.head, seq, &hash)
+                write_head(&self.head, seq, &hash, &key)
                     .map_err(|e| db_err(&path, format!("cannot write the head file: {e}")))?;
                 Ok(())
             }
@@ -617,7 +676,12 @@ impl Writer {
 
 /// Inserts `events` in order in one transaction (`replay`: skipping any already
 /// there, by id). Returns the last row's seq and hash when anything was inserted.
-fn commit_events(conn: &mut Connection, events: &[Pending], replay: bool) -> rusqlite::Result<Option<(i64, String)>> {
+fn commit_events(
+    conn: &mut Connection,
+    events: &[Pending],
+    replay: bool,
+    key: &Key,
+) -> rusqlite::Result<Option<(i64, String)>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (mut seq, mut prev): (i64, String) = tx
         .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")?
@@ -636,15 +700,18 @@ fn commit_events(conn: &mut Connection, events: &[Pending], replay: bool) -> rus
             }
         }
         seq += 1;
-        let hash = row_hash(&RowFields {
-            prev: &prev,
-            seq,
-            uid: &e.uid,
-            ts_us: e.ts_us,
-            kind: &e.kind,
-            request_id: e.request_id.as_deref(),
-            data: &e.data,
-        });
+        let hash = keyed_row_hash(
+            key,
+            &RowFields {
+                prev: &prev,
+                seq,
+                uid: &e.uid,
+                ts_us: e.ts_us,
+                kind: &e.kind,
+                request_id: e.request_id.as_deref(),
+                data: &e.data,
+            },
+        );
         tx.prepare_cached(
             "INSERT INTO events (seq, uid, ts_us, kind, request_id, data, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -667,10 +734,11 @@ fn commit_events(conn: &mut Connection, events: &[Pending], replay: bool) -> rus
 /// # Errors
 /// The database cannot be written, or a journal cannot be read.
 pub fn recover(path: &Path) -> Result<usize, AuditError> {
-    let store = Store::at(path)?;
+    let mut store = Store::at(path)?;
     if dead_journals(&store).is_empty() {
         return Ok(0);
     }
+    store.key = Some(Key::load(true)?);
     let mut conn = open(&store)?;
     let head = open_head(&store)?;
     recover_with(&mut conn, &store, &head)
@@ -701,36 +769,58 @@ fn dead_journals(store: &Store) -> Vec<String> {
 fn recover_with(conn: &mut Connection, store: &Store, head: &std::fs::File) -> Result<usize, AuditError> {
     let path = &store.db_path();
     let mut replayed = 0;
+    let key = store.key()?;
     for name in dead_journals(store) {
-        let events = read_journal(store, &name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
-        if let Some((seq, hash)) = commit_events(conn, &events, true).map_err(|e| db_err(path, e))? {
-            write_head(head, seq, &hash).map_err(|e| db_err(path, e))?;
+        let (events, rejected) = read_journal(store, &name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+        if let Some((seq, hash)) = commit_events(conn, &events, true, key).map_err(|e| db_err(path, e))? {
+            write_head(head, seq, &hash, key).map_err(|e| db_err(path, e))?;
         }
-        store.dir.remove(&name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+        if rejected > 0 {
+            // Not replayed, and kept for the operator; `verify` names it.
+            let aside = name.replacen(&store.journal_prefix(), &store.rejected_prefix(), 1);
+            store.dir.rename(&name, &aside).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+            tracing::warn!(journal = %name, rejected, "a journal held lines the audit key does not vouch for; set aside");
+        } else {
+            store.dir.remove(&name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+        }
         replayed += events.len();
         tracing::info!(journal = %name, events = events.len(), "replayed an audit journal left by a process that is gone");
     }
     Ok(replayed)
 }
 
-fn read_journal(store: &Store, name: &str) -> std::io::Result<Vec<Pending>> {
-    let Some(f) = store.dir.read(name)? else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line?;
-        // A line cut short by a crash mid-write was never acknowledged: skip it.
-        if let Ok(p) = serde_json::from_str::<Pending>(&line) {
-            out.push(p);
+/// The authentic events of journal `name`, and how many complete lines were not
+/// authentic (a last line cut short by a crash was never acknowledged: skipped,
+/// not counted).
+fn read_journal(store: &Store, name: &str) -> std::io::Result<(Vec<Pending>, usize)> {
+    let Some(mut f) = store.dir.read(name)? else { return Ok((Vec::new(), 0)) };
+    let key = store.key().map_err(std::io::Error::other)?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut text)?;
+    let complete = text.ends_with(b"\n");
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let (mut out, mut rejected) = (Vec::new(), 0);
+    for (i, line) in lines.iter().enumerate() {
+        let torn = i + 1 == lines.len() && !complete;
+        let event = std::str::from_utf8(line).ok().and_then(|line| {
+            let (mac, json) = line.split_once(' ')?;
+            key.verify(&["journal", json], mac).then(|| serde_json::from_str::<Pending>(json).ok()).flatten()
+        });
+        match event {
+            Some(p) => out.push(p),
+            None if torn => {}
+            None => rejected += 1,
         }
     }
-    Ok(out)
+    Ok((out, rejected))
 }
 
 /// Rewrites the head file in place with one fixed-size write (a process killed
 /// mid-way cannot tear a single small write).
-fn write_head(head: &std::fs::File, seq: i64, hash: &str) -> std::io::Result<()> {
+fn write_head(head: &std::fs::File, seq: i64, hash: &str, key: &Key) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    head.write_all_at(format!("{seq:020} {hash}\n").as_bytes(), 0)
+    let mac = key.mac(&["head", &seq.to_string(), hash]);
+    head.write_all_at(format!("{seq:020} {hash} {mac}\n").as_bytes(), 0)
 }
 
 /// Deletes the events recorded before `cutoff_us` (microseconds since the epoch),
@@ -741,7 +831,9 @@ fn write_head(head: &std::fs::File, seq: i64, hash: &str) -> std::io::Result<()>
 /// # Errors
 /// The database cannot be written.
 pub fn prune_before(path: &Path, cutoff_us: i64) -> Result<usize, AuditError> {
-    let mut c = open(&Store::at(path)?)?;
+    let store = Store::writable(path)?;
+    let key = store.key()?.clone();
+    let mut c = open(&store)?;
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| db_err(path, e))?;
     let last: Option<(i64, String)> = tx
         .query_row(
@@ -753,7 +845,10 @@ pub fn prune_before(path: &Path, cutoff_us: i64) -> Result<usize, AuditError> {
         .map_err(|e| db_err(path, e))?;
     let Some((seq, hash)) = last else { return Ok(0) };
     let n = tx.execute("DELETE FROM events WHERE seq <= ?1", [seq]).map_err(|e| db_err(path, e))?;
-    tx.execute("INSERT OR REPLACE INTO anchor (id, seq, hash) VALUES (1, ?1, ?2)", params![seq, hash])
+    // The anchor is authenticated: an anchor made up after deleting the oldest rows
+    // does not verify.
+    let mac = key.mac(&["anchor", &seq.to_string(), &hash]);
+    tx.execute("INSERT OR REPLACE INTO anchor (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)", params![seq, hash, mac])
         .map_err(|e| db_err(path, e))?;
     tx.commit().map_err(|e| db_err(path, e))?;
     Ok(n)
@@ -809,16 +904,49 @@ fn to_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 /// What [`verify`] found wrong, one line per problem, naming the row.
 pub type Problems = Vec<String>;
 
-/// Checks the hash chain of the log at `path`, after replaying the journals of
-/// processes that are gone ([`recover`]): every row's hash matches its content,
-/// follows the previous row's, seqs have no gaps, and the last row is the one the
-/// head file names.
+/// Checks the log at `path`, after replaying the journals of processes that are
+/// gone ([`recover`], which replays only lines the key vouches for): every row's
+/// hash is its MAC under the audit key (rows written before the key, with the
+/// unkeyed hashes, are accepted only before the first keyed row) and follows the
+/// previous row's; seqs have no gaps; the first row follows the authenticated
+/// anchor after retention; the head file exists, is authentic and names no row
+/// beyond the last; every stored text hashes to its key and every request that ran
+/// has its text stored; every `approval_completed` follows an `approval_approved`
+/// of the same item; no journal was set aside as not authentic. What it cannot
+/// detect is in [`key`]'s docs.
 ///
 /// # Errors
 /// The database cannot be opened or read.
 pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
     let recovered = recover(path);
+    let store = Store::at(path)?;
+    let key = Key::load(false);
     let c = read_only(path)?;
+    let mut problems = Vec::new();
+    if let Err(e) = recovered {
+        problems.push(format!("journals of processes that are gone could not be replayed: {e}"));
+    }
+    let key = match key {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problems.push(format!("rows cannot be authenticated: {e}"));
+            None
+        }
+    };
+    // After retention, the chain starts from the last deleted row.
+    let anchor: Option<(i64, String, Option<String>)> = c
+        .query_row("SELECT seq, hash, mac FROM anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+        .unwrap_or(None);
+    if let (Some((seq, hash, mac)), Some(key)) = (&anchor, &key) {
+        let authentic = mac.as_deref().is_some_and(|m| key.verify(&["anchor", &seq.to_string(), hash], m));
+        if !authentic {
+            problems.push(format!(
+                "the retention anchor (row {seq}) is not authentic: rows before it may have been deleted"
+            ));
+        }
+    }
+    let (first, genesis) = anchor.map_or((1, GENESIS.to_string()), |(s, h, _)| (s + 1, h));
     let mut stmt = c
         .prepare("SELECT seq, ts_us, kind, request_id, data, prev_hash, hash, uid FROM events ORDER BY seq")
         .map_err(|e| db_err(path, e))?;
@@ -838,17 +966,11 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
             ))
         })
         .map_err(|e| db_err(path, e))?;
-    let mut problems = Vec::new();
-    if let Err(e) = recovered {
-        problems.push(format!("journals of processes that are gone could not be replayed: {e}"));
-    }
-    // After retention, the chain starts from the last deleted row.
-    let anchor: Option<(i64, String)> = c
-        .query_row("SELECT seq, hash FROM anchor WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .unwrap_or(None);
-    let (first, genesis) = anchor.map_or((1, GENESIS.to_string()), |(s, h)| (s + 1, h));
-    let (mut expected, mut prev, mut count, mut v2_seen) = (first, genesis, 0u64, false);
+    let (mut expected, mut prev, mut count) = (first, genesis, 0u64);
+    // How far the chain has moved on: 0 legacy, 1 unkeyed v2, 2 keyed.
+    let mut era = 0;
+    let mut approved = std::collections::HashSet::new();
+    let mut code_needed: Vec<(i64, String)> = Vec::new();
     for row in rows {
         let ((seq, ts, kind, rid, data), prev_hash, hash, uid) = row.map_err(|e| db_err(path, e))?;
         count += 1;
@@ -866,15 +988,40 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
             request_id: rid.as_deref(),
             data: &data,
         };
-        if row_hash(&fields) == hash {
-            v2_seen = true;
-        } else if v2_seen || legacy_row_hash(&fields) != hash {
-            problems.push(format!("row {seq}: its content does not match its hash (edited)"));
+        let keyed = key.as_ref().is_some_and(|k| k.verify_hex(&keyed_row_hash(k, &fields), &hash));
+        if keyed {
+            era = 2;
+        } else if era <= 1 && row_hash(&fields) == hash {
+            era = 1;
+        } else if era == 0 && legacy_row_hash(&fields) == hash {
+        } else if key.is_none() {
+            problems.push(format!("row {seq}: cannot be checked without the audit key"));
+        } else {
+            problems.push(format!("row {seq}: its content does not match its MAC (edited or forged)"));
+        }
+        let data_json: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+        match kind.as_str() {
+            "approval_approved" => {
+                approved.insert(rid.clone().unwrap_or_default());
+            }
+            "approval_completed" if !approved.contains(&rid.clone().unwrap_or_default()) => {
+                problems.push(format!(
+                    "row {seq}: {} completed without an approval_approved before it",
+                    rid.as_deref().unwrap_or("an approval")
+                ));
+            }
+            "request" if data_json.get("refused").is_none() => {
+                if let Some(sha) = data_json.get("code_sha256").and_then(|v| v.as_str()) {
+                    code_needed.push((seq, sha.to_string()));
+                }
+            }
+            _ => {}
         }
         expected = seq + 1;
         prev = hash;
     }
     drop(stmt);
+    let mut stored = std::collections::HashSet::new();
     let mut texts = c.prepare("SELECT sha256, text FROM code").map_err(|e| db_err(path, e))?;
     let code =
         texts.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| db_err(path, e))?;
@@ -883,35 +1030,50 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         if sha256_hex(text.as_bytes()) != sha {
             problems.push(format!("stored code {sha}: its text does not match its hash (edited)"));
         }
+        stored.insert(sha);
     }
-    let store = Store::at(path)?;
-    let head = match store.dir.read(&store.head()) {
+    for (seq, sha) in code_needed {
+        if !stored.contains(&sha) {
+            problems.push(format!("row {seq}: the code it ran ({sha}) is not stored (deleted or replaced)"));
+        }
+    }
+    match store.dir.read(&store.head()) {
         Ok(Some(mut f)) => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut f, &mut text).map(|_| Some(text)).unwrap_or(None)
-        }
-        Ok(None) => {
-            if count > 0 {
-                problems.push(format!(
-                    "the head file {} is missing (the newest rows may have been deleted with it)",
-                    store.head()
-                ));
+            let mut head = String::new();
+            let _ = std::io::Read::read_to_string(&mut f, &mut head);
+            let parts: Vec<&str> = head.split_whitespace().collect();
+            let seq = parts.first().and_then(|s| s.parse::<i64>().ok());
+            match (seq, parts.get(1), parts.get(2)) {
+                (Some(seq), Some(hash), mac) => {
+                    let authentic = match (&key, mac) {
+                        (Some(k), Some(m)) => k.verify(&["head", &seq.to_string(), hash], m),
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    };
+                    if !authentic {
+                        problems.push(format!("the head file {} is not authentic (rewritten)", store.head()));
+                    } else if seq >= expected {
+                        problems.push(format!("rows {expected}..{seq} are missing (the newest rows were deleted)"));
+                    } else if seq == expected - 1 && *hash != prev {
+                        problems.push(format!("row {seq}: not the row last committed (replaced)"));
+                    }
+                }
+                _ if count > 0 => problems.push(format!("the head file {} is empty or unreadable", store.head())),
+                _ => {}
             }
-            None
         }
-        Err(e) => {
-            problems.push(format!("the head file {} cannot be read: {e}", store.head()));
-            None
+        Ok(None) if count > 0 => {
+            problems.push(format!(
+                "the head file {} is missing (the newest rows may have been deleted with it)",
+                store.head()
+            ));
         }
-    };
-    if let Some(head) = head {
-        let mut parts = head.split_whitespace();
-        if let (Some(seq), Some(hash)) = (parts.next().and_then(|s| s.parse::<i64>().ok()), parts.next()) {
-            if seq >= expected {
-                problems.push(format!("rows {expected}..{seq} are missing (the newest rows were deleted)"));
-            } else if seq == expected - 1 && hash != prev {
-                problems.push(format!("row {seq}: not the row last committed (replaced)"));
-            }
+        Ok(None) => {}
+        Err(e) => problems.push(format!("the head file {} cannot be read: {e}", store.head())),
+    }
+    if let Ok(names) = store.dir.names() {
+        for name in names.into_iter().filter(|n| n.starts_with(&store.rejected_prefix())) {
+            problems.push(format!("{name}: a journal with lines the audit key does not vouch for was set aside"));
         }
     }
     Ok((count, problems))
@@ -979,25 +1141,18 @@ pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
 /// Either database cannot be opened, or the copy fails.
 pub fn backup(path: &Path, dest: &Path) -> Result<(), AuditError> {
     let src = read_only(path)?;
-    // The copy holds snippets' source too: created 0600 (never through a link), or
-    // an existing regular file of this user made 0600, before SQLite writes to it.
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dest)
-            .map_err(|e| db_err(dest, e))?;
-        let meta = f.metadata().map_err(|e| db_err(dest, e))?;
-        if !meta.is_file() || std::os::unix::fs::MetadataExt::uid(&meta) != crate::dirs::euid() {
-            return Err(db_err(dest, "not a regular file of this user"));
-        }
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| db_err(dest, e))?;
-    }
-    let mut dst = Connection::open_with_flags(dest, flags(false)).map_err(|e| db_err(dest, e))?;
+    // The copy holds snippets' source too: it goes in a directory that is this
+    // user's and closed to others (checked like the state directory), created
+    // 0600 or checked through that directory's handle, never through a link.
+    let parent = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name =
+        dest.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| db_err(dest, "not a file name"))?;
+    let dir = OwnedDir::open(parent, "backup directory")?;
+    let checked = dir.private_file(&name).map_err(|e| db_err(dest, e))?;
+    let mut dst = Connection::open_with_flags(&checked, flags(false)).map_err(|e| db_err(dest, e))?;
     let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_err(dest, e))?;
     b.run_to_completion(256, std::time::Duration::from_millis(5), None).map_err(|e| db_err(dest, e))
 }

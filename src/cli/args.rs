@@ -164,8 +164,9 @@ pub struct RedteamArgs {
     /// Only attacks whose name contains this text.
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
-    /// Where the harness plants its secret file and watches for marker files
-    /// (default: a fresh temporary directory, removed afterwards).
+    /// Where the harness plants its secret file and watches for marker files: a
+    /// new directory, made here, in a parent no other user can change (default: a
+    /// fresh temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// The report as one JSON object instead of a table.

@@ -62,23 +62,40 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Plants a secret file in `dir` (created; `None`: a new directory under the
-    /// system's temporary directory, removed on drop), makes `dir/markers`, and
-    /// starts the listener.
+    /// Plants a secret file in `dir` (`None`: a new directory under the system's
+    /// temporary directory, removed on drop), makes `dir/markers`, and starts the
+    /// listener. `dir` must not exist: it is made here, in a parent no other user
+    /// can change (checked like Terrarium's own directories), so that nothing
+    /// planted in it beforehand (links to host files) is written or chmod-ed.
     ///
     /// # Errors
-    /// The directory, the files or the listener could not be made.
+    /// The directory exists or its parent is refused; the files or the listener
+    /// could not be made.
     pub fn start(dir: Option<&Path>) -> std::io::Result<Watch> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let (dir, owned) = match dir {
             Some(d) => (d.to_path_buf(), false),
             None => (std::env::temp_dir().join(format!("terrarium-redteam-{}", random_hex())), true),
         };
-        std::fs::create_dir_all(dir.join("markers"))?;
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::dirs::check_closed(parent, "red team work directory's parent").map_err(std::io::Error::other)?;
+        std::fs::create_dir(&dir).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{}: {e} (the work directory must be new)", dir.display()))
+        })?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::set_permissions(dir.join("markers"), std::fs::Permissions::from_mode(0o777))?;
+        std::fs::create_dir(dir.join("markers"))?;
+        // Sandboxes (uid 65534 in the docker tier) may add markers, not list or
+        // remove others' (sticky).
+        std::fs::set_permissions(dir.join("markers"), std::fs::Permissions::from_mode(0o1733))?;
         let secret = format!("TRRM-FILE-SECRET-{}", random_hex());
-        std::fs::write(dir.join("secret.txt"), &secret)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join("secret.txt"))?;
+        f.write_all(secret.as_bytes())?;
         std::fs::set_permissions(dir.join("secret.txt"), std::fs::Permissions::from_mode(0o644))?;
         let mut secrets = vec![secret];
         if let Ok(s) = std::env::var(SECRET_ENV) {

@@ -201,12 +201,15 @@ def _h_compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1)
 
 def _h_exec(source, globals=None, locals=None):
     # Only dataclasses' own generated text comes here; the field names in it are
-    # checked (_checked_field below), and it runs as snippet code.
+    # checked (_checked_field below), and it runs as snippet code with fresh
+    # globals: never the namespace of the module a class claims to be from
+    # (`__module__ = "dataclasses"` would hand its methods dataclasses' own
+    # globals, importers included). What the text needs comes in `locals`.
     if locals is None:
         raise _t_deny("exec() without a namespace is not available here")
     if not isinstance(source, str):
         raise _t_deny("only text can be executed here")
-    return _real_exec(_real_compile(source, "<snippet>", "exec"), _sandbox_globals(globals), locals)
+    return _real_exec(_real_compile(source, "<snippet>", "exec"), _sandbox_globals(None), locals)
 
 
 _PASSED_SYS = frozenset((
@@ -300,6 +303,11 @@ def _view_sys_in_modules():
                 d[k] = _SYS_VIEW
             elif v is _builtins_module:
                 d[k] = _builtins_view
+        # A module's loader and spec are importers: their methods run module code
+        # with the real builtins on any object given. Loaded modules keep neither.
+        for k in ("__loader__", "__spec__"):
+            if k in d:
+                d[k] = None
 
 
 _builtins_view = _ModuleType("builtins")

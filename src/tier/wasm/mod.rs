@@ -382,22 +382,23 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str, scratch: bool) -
     o
 }
 
-/// A run's private writable directory, removed afterwards.
-struct ScratchDir(PathBuf);
+/// A run's private writable directory, removed afterwards: made in the system's
+/// temporary directory only if no other user can change that ([`crate::dirs::ScratchDir`]),
+/// and preopened by handle, never by path.
+struct ScratchDir(crate::dirs::ScratchDir);
 
 impl ScratchDir {
     fn create(nonce: &str) -> Result<ScratchDir, SandboxError> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = std::env::temp_dir().join(format!("terrarium-scratch-{nonce}"));
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| SandboxError::Host {
-            tier: Tier::Wasm,
-            message: format!("cannot create a scratch directory: {e}"),
-        })?;
-        Ok(ScratchDir(path))
+        crate::dirs::ScratchDir::create(&std::env::temp_dir(), &format!("terrarium-scratch-{nonce}"))
+            .map(ScratchDir)
+            .map_err(|e| SandboxError::Host {
+                tier: Tier::Wasm,
+                message: format!("cannot create a scratch directory: {e}"),
+            })
     }
 
     fn remove(self) -> Result<(), SandboxError> {
-        std::fs::remove_dir_all(&self.0).map_err(|e| SandboxError::Host {
+        self.0.remove().map_err(|e| SandboxError::Host {
             tier: Tier::Wasm,
             message: format!("cannot remove the scratch directory: {e}"),
         })
@@ -441,7 +442,7 @@ fn run_instance(
     if let Some(dir) = scratch {
         // The only host directory a guest ever sees: its own, empty, read-write.
         builder
-            .preopened_dir(&dir.0, "/scratch", wasmtime_wasi::FsPerms::ReadWrite)
+            .preopened_dir(dir.0.by_handle(), "/scratch", wasmtime_wasi::FsPerms::ReadWrite)
             .map_err(|e| host_err(format!("cannot open the scratch directory: {e}")))?;
     }
     for m in policy.read_only_mounts() {
