@@ -49,6 +49,23 @@ fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");
 }
 
+/// A directory `name` in `root` that the other user owns.
+fn theirs(root: &Path, name: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("their directory");
+    chown(&dir, NOBODY);
+    dir
+}
+
+/// Whether the wasm tests are opted out (and says so).
+fn wasm_skipped(what: &str) -> bool {
+    let skip = std::env::var_os(SKIP_WASM).is_some();
+    if skip {
+        eprintln!("SKIPPED {what}: {SKIP_WASM} is set");
+    }
+    skip
+}
+
 fn run_with_home(home: &Path, extra: &[(&str, &str)]) -> crate::common::Output {
     let mut env = vec![("TERRARIUM_HOME", home.to_str().expect("utf-8"))];
     env.extend_from_slice(extra);
@@ -104,15 +121,12 @@ fn h1_a_state_directory_under_a_directory_others_can_write_is_refused() {
 #[test]
 fn h1_the_compiled_module_cache_of_another_user_is_never_loaded() {
     require_root();
-    if std::env::var_os(SKIP_WASM).is_some() {
-        eprintln!("SKIPPED h1 cache: {SKIP_WASM} is set");
+    if wasm_skipped("h1 cache") {
         return;
     }
     let root = shared_root();
-    let cache = root.path().join("cache");
-    std::fs::create_dir_all(cache.join("compiled")).expect("cache");
-    chown(&cache, NOBODY);
-    chown(&cache.join("compiled"), NOBODY);
+    let cache = theirs(root.path(), "cache");
+    theirs(&cache, "compiled");
     let wasm = terrarium::WasmConfig::from_env().python_wasm;
     let home = tempfile::tempdir().expect("home");
     let out = terrarium_env(
@@ -149,9 +163,7 @@ fn h1_without_home_the_cache_does_not_fall_back_to_tmp() {
 fn h3_a_mount_source_under_another_users_directory_is_refused_and_cannot_be_swapped() {
     require_root();
     let root = shared_root();
-    let theirs = root.path().join("theirs");
-    std::fs::create_dir(&theirs).expect("theirs");
-    chown(&theirs, NOBODY);
+    let theirs = theirs(root.path(), "theirs");
     as_nobody(&format!("mkdir {t}/data && echo granted > {t}/data/f && chmod -R a+rX {t}", t = theirs.display()));
     let policy = root.path().join("policy.yaml");
     std::fs::write(
@@ -277,9 +289,7 @@ fn h1_h3_a_link_another_user_planted_in_a_sticky_directory_is_not_followed() {
 fn h1_nothing_is_created_below_a_directory_another_user_controls() {
     require_root();
     let root = shared_root();
-    let theirs = root.path().join("theirs");
-    std::fs::create_dir(&theirs).expect("theirs");
-    chown(&theirs, NOBODY);
+    let theirs = theirs(root.path(), "theirs");
     let out = run_with_home(&theirs.join("a").join("b"), &[]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(!theirs.join("a").exists(), "created a directory below another user's before refusing");
@@ -290,14 +300,11 @@ fn h1_nothing_is_created_below_a_directory_another_user_controls() {
 #[test]
 fn h1_a_scratch_directory_is_never_made_where_another_user_can_swap_it() {
     require_root();
-    if std::env::var_os(SKIP_WASM).is_some() {
-        eprintln!("SKIPPED scratch: {SKIP_WASM} is set");
+    if wasm_skipped("scratch") {
         return;
     }
     let root = shared_root();
-    let theirs = root.path().join("tmp");
-    std::fs::create_dir(&theirs).expect("tmp");
-    chown(&theirs, NOBODY);
+    let theirs = theirs(root.path(), "tmp");
     let out = terrarium_env(
         &["run", "--tier", "wasm", "--scratch", "-c", "open('/scratch/x', 'w').write('x')"],
         b"",
@@ -314,9 +321,7 @@ fn h1_a_scratch_directory_is_never_made_where_another_user_can_swap_it() {
 fn h11_a_backup_is_never_written_into_another_users_directory() {
     require_root();
     let root = shared_root();
-    let theirs = root.path().join("theirs");
-    std::fs::create_dir(&theirs).expect("theirs");
-    chown(&theirs, NOBODY);
+    let theirs = theirs(root.path(), "theirs");
     assert_eq!(terrarium_env(&["run", "-c", "1"], b"", &[]).code, 0, "a log to back up");
     let dest = theirs.join("b.db");
     let out = terrarium_env(&["audit", "backup", dest.to_str().expect("utf-8")], b"", &[]);

@@ -71,8 +71,9 @@ const FROZEN_DENY: &[&str] = &[
 
 /// Whether this tier can serve module `name` to a snippet under some policy: it is
 /// in RustPython's module tables (native or frozen), not removed from them, and
-/// not one the importer never hands out ([`importer::unservable`]). `asyncio` is served by the prelude's stand-in. The router asks this to
-/// decide when a request needs a heavier tier.
+/// one the importer hands out (only its vetted `SERVED` list, see `importer.rs`).
+/// `asyncio` is served by the prelude's stand-in. The router asks this to decide
+/// when a request needs a heavier tier.
 pub fn serves_module(name: &str) -> bool {
     static KNOWN: OnceLock<BTreeSet<String>> = OnceLock::new();
     let known = KNOWN.get_or_init(|| {
