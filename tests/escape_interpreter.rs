@@ -640,3 +640,82 @@ print("frame:", ns["f"], "import:", ns["imp"], "code:", B.compile("1", "x", "eva
     );
     assert_reached_nothing("a module's spec through dataclasses' globals", &o);
 }
+
+/// A module stdlib code imports lazily during a run (functools.singledispatch
+/// imports typing) is hardened as soon as that import finishes, and evaluated
+/// annotations never get a module's namespace as their locals.
+#[test]
+fn j1_a_module_loaded_lazily_during_a_run_is_hardened_at_once() {
+    let o = run_policy(
+        &policy_allowing("functools"),
+        r#"import functools
+got = []
+def cb(x):
+    got.append(x)
+    return int
+class B:                      # a class claiming to be from "sys"
+    __module__ = "sys"
+    a: "cb(modules)"          # evaluated with locals = sys.__dict__ (the real one)
+B.cb = cb
+flip = []
+class O:                      # not a class for singledispatch, a class for get_type_hints
+    __mro__ = (B,)
+    @property
+    def __class__(self):
+        return type if flip else O
+    @property
+    def __annotate__(self):
+        flip.append(1)
+        return lambda fmt: {}
+sd = functools.singledispatch(lambda x: 0)
+try:
+    sd.register(O())          # lazily imports typing: its `sys` is the real one
+except TypeError:
+    pass
+mods = got[0]
+sys, Bi = mods["sys"], mods["builtins"]
+print("real:", sys, Bi, Bi.open, Bi.exec, Bi.eval, Bi.compile)
+print("exe:", sys.executable, "| importer:", mods["_frozen_importlib"], "| marshal:", mods["marshal"])
+ns = {}
+Bi.exec("import sys, inspect, _frozen_importlib as fi\nf = sys._getframe(0)\nn = len(sys.modules)\nimp = __import__\ndis = __import__('dis')", ns)
+print("frame:", ns["f"], "| n:", ns["n"], "| import:", ns["imp"], "| refused imports:", ns["inspect"], ns["dis"])
+print("code:", Bi.compile("1+1", "x", "eval"), Bi.eval("6*7"))
+"#,
+    );
+    assert_reached_nothing("typing loaded by functools, then get_type_hints", &o);
+}
+
+/// inspect, loaded lazily by enum during a run, sees no real sys either.
+#[test]
+fn j2_inspect_loaded_lazily_reaches_no_host_path() {
+    let o = run_policy(
+        &policy_allowing("enum"),
+        r#"import enum
+class M(type):
+    def __instancecheck__(cls, o): return True
+class C(metaclass=M):
+    __match_args__ = ("_"*2 + "signature" + "_"*2,)
+match enum.Enum:
+    case C(sig): pass            # EnumType.__signature__ does `from inspect import ...`: a fresh inspect
+Signature = type(sig)
+class D:                          # a "method descriptor" with a text signature
+    __module__ = "sys"
+    __text_signature__ = "(exe=executable, prefix=prefix, ver=version, loaded=marshal.__name__, fi=_frozen_importlib.__name__)"
+    def __get__(self, *a): return self
+    def __call__(self, *a): pass
+print(Signature, Signature.from_callable(D()))
+"#,
+    );
+    assert!(!o.stdout.contains('/'), "a host path: {o:?}");
+    assert!(!o.stdout.contains("marshal"), "{o:?}");
+}
+
+/// A served submodule first imported after the seal (not preloaded) is served.
+#[test]
+fn a_submodule_imported_after_the_seal_is_served() {
+    let o = run_policy(
+        &policy_allowing("html"),
+        "import html.parser\nclass P(html.parser.HTMLParser):\n    def handle_starttag(self, tag, attrs):\n        print(tag)\nP().feed('<b>x</b>')",
+    );
+    assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, "b\n"), "{o:?}");
+}

@@ -176,8 +176,17 @@ def _check_text(source):
         raise _t_deny("evaluated text: " + finding)
 
 
+def _is_module_namespace(d):
+    for m in list(sys.modules.values()):
+        if type(m) is _ModuleType and m.__dict__ is d:
+            return True
+    return False
+
+
 def _sandbox_globals(g):
-    g = {} if g is None else dict(g)
+    # A module's own namespace is never lent to evaluated text (typing passes
+    # sys.modules[cls.__module__].__dict__, and a class chooses its __module__).
+    g = {} if g is None or _is_module_namespace(g) else dict(g)
     g["__builtins__"] = dict(_snippet_builtins)
     return g
 
@@ -191,6 +200,8 @@ def _h_eval(source, globals=None, locals=None):
     if not isinstance(source, _CodeType):
         _check_text(source)
         source = _real_compile(source, "<snippet>", "eval")
+    if locals is not None and _is_module_namespace(locals):
+        locals = None
     return _real_eval(source, _sandbox_globals(globals), locals)
 
 
@@ -242,21 +253,34 @@ def _sys_view(modules):
     passed = _PASSED_SYS
     real = sys
 
+    def visible(name):
+        # `modules`, and a module still running its import-time code: stdlib
+        # modules register things in their own namespace as they load (re's
+        # enum.global_enum), and snippet code does not run inside that.
+        if type(name) is not str:
+            return False
+        if name in shown:
+            return True
+        # Never the import machinery's own modules (their specs may still say
+        # initializing), nor one already hardened (a module is hardened only once
+        # it has finished loading).
+        if name in _viewed or name.split(".")[0] in _KEEP_REAL:
+            return False
+        return _loaded(name) is None and type(real.modules.get(name)) is _ModuleType
+
     class _Modules:
         __slots__ = ()
 
         def get(self, name, default=None):
-            if type(name) is str and name in shown:
-                return real.modules.get(name, default)
-            return default
+            return real.modules.get(name, default) if visible(name) else default
 
         def __getitem__(self, name):
-            if type(name) is not str or name not in shown:
+            if not visible(name):
                 raise KeyError(name)
             return real.modules[name]
 
         def __contains__(self, name):
-            return type(name) is str and name in shown and name in real.modules
+            return visible(name) and name in real.modules
 
     window = _Modules()
 
@@ -290,9 +314,22 @@ _KEEP_REAL = ("sys", "builtins", "__main__", "_imp", "importlib", "_frozen_impor
 _viewed = set()
 
 
+def _loaded(name):
+    """The module `name` once its import-time code has finished, else None (a
+    module still initializing is hardened by the import that loads it, after)."""
+    m = sys.modules.get(name)
+    if type(m) is not _ModuleType:
+        return None
+    spec = m.__dict__.get("__spec__")
+    if spec is not None and getattr(spec, "_initializing", False):
+        return None
+    return m
+
+
 def _view_sys_in_modules():
-    for name, m in list(sys.modules.items()):
-        if name in _viewed or type(m) is not _ModuleType:
+    for name in list(sys.modules):
+        m = _loaded(name)
+        if name in _viewed or m is None:
             continue
         _viewed.add(name)
         if name.split(".")[0] in _KEEP_REAL:
@@ -392,10 +429,10 @@ def _harden_loaded():
     if len(_hardened) == len(_HARDEN):
         return
     # typing loads annotationlib lazily, on the first forward reference.
-    if "typing" in sys.modules or "dataclasses" in sys.modules:
+    if _loaded("typing") is not None or _loaded("dataclasses") is not None:
         _real_import("annotationlib")
     for name, harden in _HARDEN.items():
-        m = sys.modules.get(name)
+        m = _loaded(name)
         if m is not None and name not in _hardened:
             harden(m)
             _hardened.add(name)
@@ -406,6 +443,42 @@ def _harden_loaded():
 # __import__, hardens what that loaded, and hands out proxies that never carry a
 # `sys` view.
 _t_importer_setup(_real_import, _harden_loaded, _SysViewBase)
+
+# Stdlib code imports lazily too, inside its functions (functools.singledispatch
+# imports typing, enum's signatures inspect): every load, by any route (__import__,
+# importlib, the interpreter's own), goes through _find_and_load, and is hardened
+# as soon as the import finishes, not at the snippet's next import.
+import _frozen_importlib as _bootstrap_module
+_real_find_and_load = _bootstrap_module._find_and_load
+
+
+_import_depth = [0]
+
+
+def _find_and_load(name, import_):
+    # Hardened when the outermost import finishes: modules it loads along the way
+    # use their real sys while they initialize (re's import-time enum.global_enum
+    # writes into sys.modules["re"]).
+    _import_depth[0] += 1
+    try:
+        module = _real_find_and_load(name, import_)
+    finally:
+        _import_depth[0] -= 1
+    if _import_depth[0] == 0:
+        _harden_loaded()
+    return module
+
+
+_bootstrap_module._find_and_load = _find_and_load
+
+
+def _new_module(name):
+    # importlib makes modules with type(sys)(name); after the seal sys is an
+    # instance of a module subtype (importer.rs), which new modules must not be.
+    return _ModuleType(name)
+
+
+_bootstrap_module._new_module = _new_module
 for _k, _v in _PROXY_OVERRIDES.items():
     _t_proxy_override(_k, _v)
 
