@@ -719,3 +719,87 @@ fn a_submodule_imported_after_the_seal_is_served() {
     );
     assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, "b\n"), "{o:?}");
 }
+
+/// A hook planted on a stdlib class (EnumType) ran inside a module's import-time
+/// code and read that module's namespace through the sys views' window for
+/// modules still loading. Stdlib classes are immutable for snippets, and that
+/// window is open only to the loading module's own code.
+#[test]
+fn k1_a_hook_on_a_stdlib_class_cannot_run_inside_import_time_code() {
+    let o = run(r#"import json
+class M(type):
+    def __instancecheck__(cls, o): return True
+def native(obj, name):            # read any attribute natively (computed __match_args__)
+    C = M("C", (), {"__match_args__": (name,)})
+    match obj:
+        case C(v): return v
+Flag = type(json.decoder.FLAGS)                 # re.RegexFlag, an Enum class, public in json.decoder
+EnumType = type(Flag)
+Enum = native(Flag, "_"*2 + "mro" + "_"*2)[-2]
+orig = EnumType._check_for_existing_members_
+got = {}
+def hook(mcls, class_name, bases):              # runs inside every Enum class creation
+    if not got:
+        got[0] = 1
+        E = Enum._convert_("TT", "inspect", lambda n: n in ("sys", "builtins"))   # enum's sys view admits an initializing module
+        got.update({m.name: m.value for m in E})
+    return orig(class_name, bases)
+EnumType._check_for_existing_members_ = classmethod(hook)
+native(Enum, "_"*2 + "signature" + "_"*2)       # EnumType.__signature__: `from inspect import ...` (real import); inspect defines _ParameterKind(IntEnum)
+sys, B = got["sys"], got["builtins"]
+print("real:", sys, B, B.open, B.exec, B.eval, B.compile)
+print("exe:", sys.executable)
+ns = {}
+B.exec("import sys, marshal, _frozen_importlib as fi\nf = sys._getframe(0)\nn = len(sys.modules)\nimp = __import__", ns)
+print("frame:", ns["f"], "| n:", ns["n"], "| import:", ns["imp"], "| refused imports:", ns["marshal"], ns["fi"])
+print("code:", B.compile("1+1", "x", "eval"), B.eval("6*7"))
+"#);
+    assert_reached_nothing("a hook on EnumType during inspect's import", &o);
+    let o = run("import json\nt = type(json.decoder.FLAGS)\nt.value = property(lambda self: 1)\nprint('REACHED')");
+    assert_reached_nothing("a property planted on a stdlib enum", &o);
+    assert!(o.error.as_ref().is_some_and(|e| e.message.contains("immutable")), "{o:?}");
+}
+
+#[test]
+fn k3_contextlibs_view_has_no_window_on_sys_modules() {
+    let policy = crate::common::default_policy_with(
+        r#"allowed_modules: ["math", "time", "json"]"#,
+        r#"allowed_modules: ["math", "time", "json", "enum", "contextlib", "html", "re"]"#,
+    );
+    let o = run_policy(
+        &policy,
+        r#"import enum, contextlib
+class M(type):
+    def __instancecheck__(cls, o): return True
+def native(obj, name):
+    C = M("C", (), {"__match_args__": (name,)})
+    match obj:
+        case C(v): return v
+class R(contextlib.redirect_stderr):           # contextlib's redirect hands out its sys view's `modules` window
+    _stream = "modules"
+r = R(None)
+try:
+    r.__enter__()
+except AttributeError:
+    pass
+window = r._old_targets[0]
+got = {}
+def value(self):                               # Enum.value: read by re._compile for every RegexFlag
+    if "m" not in got:
+        m = window.get("html.parser")          # still initializing: the view admits it
+        if m is not None:
+            got["m"] = m
+    return self._value_
+enum.Enum.value = property(value)
+import html.parser                             # its import-time code: re.compile(..., re.VERBOSE)
+m = got["m"]
+print("module:", m, m.re, m._markupbase)
+B = native(m, "_"*2 + "builtins" + "_"*2)
+print("builtins:", type(B), B["open"], B["exec"], B["eval"], B["compile"])
+ns = {}
+B["exec"]("import sys, marshal, _frozen_importlib as fi\nf = sys._getframe(0)\nexe = sys.executable\nn = len(sys.modules)", ns)
+print("frame:", ns["f"], "| exe:", ns["exe"], "| n:", ns["n"], "| refused imports:", ns["marshal"], ns["fi"])
+"#,
+    );
+    assert_reached_nothing("contextlib's window, a planted Enum.value, html.parser loading", &o);
+}

@@ -184,6 +184,29 @@ pub fn seal(vm: &VirtualMachine) -> Result<(), String> {
     Ok(())
 }
 
+/// `_t_import_time_caller(name)`: whether the running code was called, through
+/// trusted frames only, by module `name`'s own import-time code (its `<module>`
+/// frame). The prelude's `sys` views show a module that is still loading only to
+/// such callers (re's import-time `enum.global_enum` registers in `re`); a snippet
+/// frame anywhere between (a hook the snippet planted and stdlib import-time code
+/// ran) means no.
+pub fn native_import_time_caller(name: PyStrRef, vm: &VirtualMachine) -> bool {
+    let Ok(module) = loaded(&name.as_wtf8().to_string_lossy(), vm) else { return false };
+    let Some(namespace) = module.dict() else { return false };
+    let real_builtins = vm.builtins.dict();
+    for offset in 0..100_000 {
+        let Some(frame) = rustpython_vm::frame::frame_at_offset(offset, vm) else { return false };
+        let code = frame.f_code();
+        if code.source_path().as_str() == "<snippet>" || !frame.f_builtins().is(real_builtins.as_object()) {
+            return false;
+        }
+        if frame.f_globals().is(&namespace) && code.code.obj_name.as_str() == "<module>" {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether the innermost frame runs snippet code, or code with the snippet's
 /// power: compiled as `<snippet>` (the snippet, its `eval`/`exec` text, and what
 /// stdlib modules compile from text for it), or running with builtins other than

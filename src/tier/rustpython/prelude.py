@@ -239,7 +239,7 @@ class _SysViewBase:
     __slots__ = ()
 
 
-def _sys_view(modules):
+def _sys_view(modules, window=True):
     """What stdlib modules see as `sys`: the few attributes they use, and a
     sys.modules that shows only `modules`.
 
@@ -254,19 +254,20 @@ def _sys_view(modules):
     real = sys
 
     def visible(name):
-        # `modules`, and a module still running its import-time code: stdlib
-        # modules register things in their own namespace as they load (re's
-        # enum.global_enum), and snippet code does not run inside that.
+        # `modules`, and a module still running its import-time code when that
+        # code itself asks (re's import-time enum.global_enum registers in `re`):
+        # checked natively on the frames, none of which may be the snippet's.
         if type(name) is not str:
             return False
         if name in shown:
             return True
-        # Never the import machinery's own modules (their specs may still say
-        # initializing), nor one already hardened (a module is hardened only once
-        # it has finished loading).
+        # Never the import machinery's own modules, nor one already hardened (a
+        # module is hardened only once it has finished loading).
         if name in _viewed or name.split(".")[0] in _KEEP_REAL:
             return False
-        return _loaded(name) is None and type(real.modules.get(name)) is _ModuleType
+        if _loaded(name) is not None or type(real.modules.get(name)) is not _ModuleType:
+            return False
+        return _t_import_time_caller(name)
 
     class _Modules:
         __slots__ = ()
@@ -282,14 +283,14 @@ def _sys_view(modules):
         def __contains__(self, name):
             return visible(name) and name in real.modules
 
-    window = _Modules()
+    modules_window = _Modules() if window else None
 
     class _SysView(_SysViewBase):
         __slots__ = ()
 
         def __getattr__(self, name):
-            if type(name) is str and name == "modules":
-                return window
+            if type(name) is str and name == "modules" and modules_window is not None:
+                return modules_window
             if type(name) is not str or name not in passed:
                 raise AttributeError("sys.%s is not available here" % (name,))
             return getattr(real, name)
@@ -420,7 +421,20 @@ def _harden_dataclasses(m):
     m._update_func_cell_for__class__ = _no_class_cell
 
 
-_HARDEN = {"annotationlib": _harden_annotationlib, "dataclasses": _harden_dataclasses}
+def _harden_contextlib(m):
+    # Its redirects read getattr(sys, name) with a name the snippet chose: its
+    # view has the streams and no sys.modules at all.
+    _set_hidden(m, sys=_sys_view((), window=False))
+
+
+def _harden_string(m):
+    # Template compiles its pattern into a class attribute on first use; classes
+    # that exist at the seal are immutable (walls.rs), so it is compiled now.
+    m.Template._compile_pattern()
+
+
+_HARDEN = {"annotationlib": _harden_annotationlib, "dataclasses": _harden_dataclasses,
+           "contextlib": _harden_contextlib, "string": _harden_string}
 _hardened = set()
 
 
@@ -461,12 +475,12 @@ def _find_and_load(name, import_):
     # writes into sys.modules["re"]).
     _import_depth[0] += 1
     try:
-        module = _real_find_and_load(name, import_)
+        return _real_find_and_load(name, import_)
     finally:
         _import_depth[0] -= 1
-    if _import_depth[0] == 0:
-        _harden_loaded()
-    return module
+        if _import_depth[0] == 0:
+            # Failed imports too: what they loaded before failing stays loaded.
+            _harden_loaded()
 
 
 _bootstrap_module._find_and_load = _find_and_load

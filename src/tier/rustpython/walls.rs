@@ -70,6 +70,9 @@ fn removals(vm: &VirtualMachine) -> Vec<(&'static Py<PyType>, &'static [&'static
 pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
     // The real `type.__subclasses__`, kept for the native ABC variant below.
     let subclasses = vm.ctx.types.type_type.get_attr(vm.ctx.intern_str("__subclasses__"));
+    if let Some(real) = &subclasses {
+        freeze_existing_classes(real, vm)?;
+    }
     SUBCLASSES.with(|s| *s.borrow_mut() = subclasses);
     for (typ, names) in removals(vm) {
         for name in names {
@@ -113,6 +116,30 @@ pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
     );
     attribute_error.attributes.set(vm.ctx.intern_str("obj"), obj.into());
     attribute_error.modified();
+    Ok(())
+}
+
+/// Makes every class that exists now (the stdlib's, the prelude's) immutable: a
+/// snippet cannot plant its code in one (a hook on an enum metaclass, a property on
+/// `Enum.value`) for trusted stdlib code to run, or change what a class does for
+/// stdlib code. Classes made later (the snippet's, those of modules loaded later)
+/// are not affected; instances keep their own attributes.
+fn freeze_existing_classes(subclasses: &PyObjectRef, vm: &VirtualMachine) -> Result<(), String> {
+    use rustpython_vm::types::PyTypeFlags;
+    let immutable = PyTypeFlags::from_slice(&[PyTypeFlags::IMMUTABLETYPE]);
+    let mut seen = std::collections::HashSet::new();
+    let mut queue: Vec<PyTypeRef> = vec![vm.ctx.types.object_type.to_owned()];
+    while let Some(typ) = queue.pop() {
+        if !seen.insert(typ.get_id()) {
+            continue;
+        }
+        if typ.slots.flags.has_feature(PyTypeFlags::HEAPTYPE) {
+            typ.slots.flags.replace_masked(immutable, immutable);
+        }
+        let subs = subclasses.call((typ.clone(),), vm).map_err(|e| format!("listing subclasses: {e:?}"))?;
+        let subs: Vec<PyObjectRef> = subs.try_to_value(vm).map_err(|e| format!("listing subclasses: {e:?}"))?;
+        queue.extend(subs.into_iter().filter_map(|s| s.downcast::<PyType>().ok()));
+    }
     Ok(())
 }
 

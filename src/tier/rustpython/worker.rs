@@ -515,6 +515,10 @@ impl Worker {
             set("_t_importer_setup", vm.new_function("_t_importer_setup", importer::native_setup).into())?;
             set("_t_proxy_override", vm.new_function("_t_proxy_override", importer::native_override).into())?;
             set("_t_hide", vm.new_function("_t_hide", importer::native_hide).into())?;
+            set(
+                "_t_import_time_caller",
+                vm.new_function("_t_import_time_caller", importer::native_import_time_caller).into(),
+            )?;
             set("_t_check", vm.new_function("_t_check", native_check).into())?;
             set("_t_asyncio_source", vm.ctx.new_str(ASYNCIO_STANDIN).into())?;
             set("_t_getattr", vm.new_function("getattr", walls::native_getattr).into())?;
