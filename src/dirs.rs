@@ -267,10 +267,41 @@ impl OwnedDir {
     ///
     /// # Errors
     /// As [`OwnedDir::open_file`].
+    ///
+    /// An existing file is checked without opening it: closing any descriptor of
+    /// a file drops every POSIX lock this process holds on it, which would pull
+    /// the floor from under an SQLite connection to it. One readable or writable by
+    /// others is refused (it was not made here).
     pub fn private_file(&self, name: &str) -> io::Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let f = self.open_file(name, OpenOptions::new().read(true).write(true).create(true))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        use cap_std::fs::MetadataExt as _;
+        match self.dir.symlink_metadata(name) {
+            Ok(meta) => {
+                if !meta.is_file() || meta.uid() != euid() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{name} is not a regular file of this user"),
+                    ));
+                }
+                if meta.mode() & 0o077 != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{name} is readable or writable by others (mode {:o}); chmod 600 it",
+                            meta.mode() & 0o777
+                        ),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Made here, 0600; no connection to it exists yet.
+                match self.create_new(name) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return self.private_file(name),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
         Ok(self.path.join(name))
     }
 

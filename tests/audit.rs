@@ -436,3 +436,52 @@ fn h4_an_approval_completed_without_its_approval_is_named() {
     let (_, problems) = audit::verify(&path).expect("verify");
     assert!(problems.iter().any(|p| p.contains("approval-1 completed without an approval_approved")), "{problems:?}");
 }
+
+/// A2: rows deleted before a writer appends are recorded in the chain itself (a
+/// `chain_break` row), so a later write does not hide the deletion.
+#[test]
+fn h4_deleting_the_newest_rows_then_writing_again_is_named() {
+    for remove_head in [false, true] {
+        let (_d, path) = fresh(6);
+        sql(&path, "DELETE FROM events WHERE seq > 3");
+        if remove_head {
+            std::fs::remove_file(path.with_file_name("audit.db.head")).expect("head");
+        }
+        log_with(&path, 2).close();
+        let (_, problems) = audit::verify(&path).expect("verify");
+        assert!(problems.iter().any(|p| p.contains("changed behind it")), "head removed {remove_head}: {problems:?}");
+    }
+}
+
+/// A3: journal lines are chained: a line dropped from a journal, or the lines
+/// reordered, stops its replay there and sets the journal aside, named by verify.
+#[test]
+fn h4_a_journal_cut_or_reordered_is_named() {
+    for tamper in ["drop the first line", "reverse the lines"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.db");
+        log_with(&path, 1).close();
+        // The database refuses new rows: the run's events stay in its journal.
+        sql(&path, "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END;");
+        let home = dir.path().to_str().expect("utf-8");
+        let _ = terrarium_env(&["run", "-c", "print(1)"], b"", &[("TERRARIUM_HOME", home)]);
+        sql(&path, "DROP TRIGGER refuse");
+        let journal = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("audit.db.journal.")))
+            .expect("the run left its journal");
+        let text = std::fs::read_to_string(&journal).expect("journal");
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 2, "{text}");
+        if tamper == "drop the first line" {
+            lines.remove(0);
+        } else {
+            lines.reverse();
+        }
+        std::fs::write(&journal, format!("{}\n", lines.join("\n"))).expect("tamper");
+        let (_, problems) = audit::verify(&path).expect("verify");
+        assert!(problems.iter().any(|p| p.contains("does not vouch for")), "{tamper}: {problems:?}");
+    }
+}

@@ -111,6 +111,12 @@ impl Key {
         Ok(Key(key))
     }
 
+    /// A key with these bytes (tests).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
     /// HMAC-SHA256 of `parts`, each prefixed by its length, hex.
     pub fn mac(&self, parts: &[&str]) -> String {
         #[allow(clippy::expect_used, reason = "HMAC takes a key of any length")]

@@ -1,11 +1,13 @@
-//! The audit log: every request and decision, in SQLite, hash-chained.
+//! The audit log: every request and decision, in SQLite, chained by MACs.
 //!
 //! One row per event (`events`: seq, random id, time, kind, request id, JSON data,
-//! the previous row's hash and this row's hash, where `hash = sha256("v2", prev_hash,
-//! seq, id, time, kind, request id, data)`: every column); snippet source is stored
-//! once per sha256 (`code`), and [`verify`] checks each text against its key. Rows
-//! written before the hash covered the id (no "v2") still verify, as long as they
-//! all come before the first row that does.
+//! the previous row's hash and this row's hash, where `hash = HMAC-SHA256(key, "v3",
+//! prev_hash, seq, id, time, kind, request id, data)`: every column, under the key
+//! of [`key`], kept outside the state directory); snippet source is stored once per
+//! sha256 (`code`), and [`verify`] checks each text against its key. Rows hashed any
+//! other way (older, unkeyed logs) do not verify: they cannot be told from forgeries.
+//! A writer checks that the row it last saw (or the head file names) is still there
+//! before it appends; if not, a `chain_break` event goes into the chain first.
 //!
 //! Writing is in two steps. [`AuditLog::record`] appends the event to this
 //! process's journal (`audit.db.journal.<pid>.<start>`, one `write`: once it
@@ -154,6 +156,17 @@ struct Journal {
     name: String,
     /// Its path (for messages).
     path: PathBuf,
+    /// The log it belongs to (its database's resolved path), the next line's
+    /// index and the previous line's MAC: each line's MAC covers them, so lines
+    /// cannot be dropped from the middle, reordered, or carried into another log.
+    log: String,
+    index: u64,
+    prev: String,
+}
+
+/// The MAC of journal line `index` of journal `name` of `log`, after `prev`.
+fn journal_mac(key: &Key, log: &str, name: &str, index: u64, prev: &str, json: &str) -> String {
+    key.mac(&["journal", log, name, &index.to_string(), prev, json])
 }
 
 /// A handle on the log; cheap to clone, shared by every request. The writer
@@ -216,32 +229,11 @@ struct RowFields<'a> {
     data: &'a str,
 }
 
-fn hash_parts(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    hex(&h.finalize())
-}
-
 /// The chain hash rows are written with: a MAC, under the audit key, of every
 /// column but the hash itself.
 fn keyed_row_hash(key: &Key, r: &RowFields<'_>) -> String {
     let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
     key.mac(&["v3", r.prev, &seq, r.uid, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
-}
-
-/// The unkeyed hash rows had before the key (verified, never written).
-fn row_hash(r: &RowFields<'_>) -> String {
-    let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
-    hash_parts(&["v2", r.prev, &seq, r.uid, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
-}
-
-/// The hash rows had before it covered their id (verified, never written).
-fn legacy_row_hash(r: &RowFields<'_>) -> String {
-    let (seq, ts) = (r.seq.to_string(), r.ts_us.to_string());
-    hash_parts(&[r.prev, &seq, &ts, r.kind, r.request_id.unwrap_or(""), r.data])
 }
 
 fn db_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -360,7 +352,8 @@ impl AuditLog {
         let key = store.key()?.clone();
         let mut conn = open(&store)?;
         let head = open_head(&store)?;
-        recover_with(&mut conn, &store, &head)?;
+        let mut expected = expected_from_head(&store, &conn, &key);
+        recover_with(&mut conn, &store, &head, &mut expected)?;
         let (pid, start) = crate::process::me();
         let journal_name = format!("{}{pid}.{start}", store.journal_prefix());
         let journal_path = store.dir.path().join(&journal_name);
@@ -369,11 +362,19 @@ impl AuditLog {
             .open_file(&journal_name, cap_std::fs::OpenOptions::new().create(true).append(true))
             .map_err(|e| AuditError::Journal { path: journal_path.clone(), message: e.to_string() })?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let journal = Arc::new(Mutex::new(Journal { file, name: journal_name, path: journal_path }));
+        let journal = Arc::new(Mutex::new(Journal {
+            file,
+            name: journal_name,
+            path: journal_path,
+            log: store.db_path().display().to_string(),
+            index: 0,
+            prev: String::new(),
+        }));
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = Writer {
             conn: Some(conn),
             path: store.db_path(),
+            expected,
             store,
             breaker: database,
             head,
@@ -419,20 +420,29 @@ impl AuditLog {
     fn append(&self, events: Vec<Event>) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
         let pending: Vec<Pending> = events.into_iter().map(pending).collect();
-        let mut lines = Vec::new();
+        let mut jsons = Vec::new();
         for p in &pending {
-            // `<mac> <json>`: replay takes only lines the key vouches for.
-            let json = serde_json::to_string(p).map_err(|e| AuditError::Journal {
+            jsons.push(serde_json::to_string(p).map_err(|e| AuditError::Journal {
                 path: PathBuf::from("journal"),
                 message: format!("cannot encode an event: {e}"),
-            })?;
-            lines.extend_from_slice(self.key.mac(&["journal", &json]).as_bytes());
+            })?);
+        }
+        let mut j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // `<mac> <json>`, each MAC chained to the line before (see Journal).
+        let (mut index, mut prev) = (j.index, j.prev.clone());
+        let mut lines = Vec::new();
+        for json in &jsons {
+            let mac = journal_mac(&self.key, &j.log, &j.name, index, &prev, json);
+            lines.extend_from_slice(mac.as_bytes());
             lines.push(b' ');
             lines.extend_from_slice(json.as_bytes());
             lines.push(b'\n');
+            index += 1;
+            prev = mac;
         }
-        let mut j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         j.file.write_all(&lines).map_err(|e| AuditError::Journal { path: j.path.clone(), message: e.to_string() })?;
+        j.index = index;
+        j.prev = prev;
         self.backlog.fetch_add(pending.len(), Ordering::Relaxed);
         for p in pending {
             self.tx.send(Msg::Event(p)).map_err(|_| AuditError::Stopped)?;
@@ -545,6 +555,8 @@ struct Writer {
     conn: Option<Connection>,
     path: PathBuf,
     store: Store,
+    /// The end of the log as this writer last saw it.
+    expected: Expected,
     breaker: Breaker,
     /// The head file, rewritten in place after every commit.
     head: std::fs::File,
@@ -638,12 +650,17 @@ impl Writer {
     /// nothing can be appended, so if nothing is waiting in the queue either, the
     /// database has it all. A message found waiting is handed back.
     fn empty_journal_if_drained(&mut self, rx: &mpsc::Receiver<Msg>) -> Option<Msg> {
-        let j = self.journal.try_lock().ok()?;
+        let mut j = self.journal.try_lock().ok()?;
         match rx.try_recv() {
             Ok(m) => Some(m),
             Err(mpsc::TryRecvError::Empty) => {
-                if let Err(e) = j.file.set_len(0) {
-                    tracing::warn!(error = %e, "cannot empty the audit journal (it is replayed safely)");
+                match j.file.set_len(0) {
+                    // A new chain starts with the next line.
+                    Ok(()) => {
+                        j.index = 0;
+                        j.prev.clear();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot empty the audit journal (it is replayed safely)"),
                 }
                 None
             }
@@ -658,7 +675,7 @@ impl Writer {
         let path = self.path.clone();
         let key = self.store.key()?.clone();
         let conn = self.conn.as_mut().ok_or_else(|| db_err(&path, "no connection"))?;
-        match commit_events(conn, events, replay, &key) {
+        match commit_events(conn, events, replay, &key, &mut self.expected) {
             Ok(Some((seq, hash))) => {
                 write_head(&self.head, seq, &hash, &key)
                     .map_err(|e| db_err(&path, format!("cannot write the head file: {e}")))?;
@@ -681,6 +698,7 @@ fn commit_events(
     events: &[Pending],
     replay: bool,
     key: &Key,
+    expected: &mut Expected,
 ) -> rusqlite::Result<Option<(i64, String)>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (mut seq, mut prev): (i64, String) = tx
@@ -688,8 +706,32 @@ fn commit_events(
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .unwrap_or((0, GENESIS.to_string()));
+    // The row this process last knew of must still be there, unchanged (other
+    // processes may have appended after it): otherwise rows were deleted or
+    // replaced behind the writer's back, and the break goes into the chain itself,
+    // before anything is appended after it.
+    let broken = match expected {
+        Expected::Nothing => None,
+        Expected::Broken(why) => Some(why.clone()),
+        Expected::Row(es, eh) => {
+            let found: Option<String> = tx
+                .prepare_cached("SELECT hash FROM events WHERE seq = ?1")?
+                .query_row([*es], |r| r.get(0))
+                .optional()?;
+            (found.as_deref() != Some(eh.as_str()))
+                .then(|| format!("row {es} (hash {eh}) is no longer in the log; it now ends at row {seq}"))
+        }
+    };
+    let break_event = broken.map(|why| {
+        pending(Event {
+            kind: "chain_break".into(),
+            request_id: None,
+            data: serde_json::json!({ "found": why }),
+            code: None,
+        })
+    });
     let mut inserted = false;
-    for e in events {
+    for e in break_event.iter().chain(events) {
         if replay {
             let seen: Option<i64> = tx
                 .prepare_cached("SELECT seq FROM events WHERE uid = ?1")?
@@ -725,7 +767,43 @@ fn commit_events(
         inserted = true;
     }
     tx.commit()?;
+    if inserted || !matches!(expected, Expected::Nothing) || seq > 0 {
+        *expected = if seq > 0 { Expected::Row(seq, prev.clone()) } else { Expected::Nothing };
+    }
     Ok(inserted.then_some((seq, prev)))
+}
+
+/// What a writer expects to find at the end of the log before it appends.
+#[derive(Debug, Clone)]
+enum Expected {
+    /// An empty log (or one this process has not seen yet and has no head for).
+    Nothing,
+    /// This row, with this hash (later rows may have been added by others).
+    Row(i64, String),
+    /// The log did not match its head when it was opened: recorded first.
+    Broken(String),
+}
+
+/// What the head file says the log's end was, checked against the key and the
+/// database: the writer's starting [`Expected`].
+fn expected_from_head(store: &Store, conn: &Connection, key: &Key) -> Expected {
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap_or(0);
+    let text = match store.dir.read(&store.head()) {
+        Ok(Some(mut f)) => {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut f, &mut text);
+            text
+        }
+        _ => String::new(),
+    };
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    match (parts.first().and_then(|s| s.parse::<i64>().ok()), parts.get(1), parts.get(2)) {
+        (Some(seq), Some(hash), Some(mac)) if key.verify(&["head", &seq.to_string(), hash], mac) => {
+            Expected::Row(seq, (*hash).to_string())
+        }
+        _ if rows == 0 => Expected::Nothing,
+        _ => Expected::Broken(format!("the head file was missing or not authentic while the log held {rows} rows")),
+    }
 }
 
 /// Replays the journals of processes that are gone into the database at `path`,
@@ -741,7 +819,8 @@ pub fn recover(path: &Path) -> Result<usize, AuditError> {
     store.key = Some(Key::load(true)?);
     let mut conn = open(&store)?;
     let head = open_head(&store)?;
-    recover_with(&mut conn, &store, &head)
+    let mut expected = expected_from_head(&store, &conn, store.key()?);
+    recover_with(&mut conn, &store, &head, &mut expected)
 }
 
 /// The head file beside the database (created owner-only, never through a link).
@@ -766,13 +845,18 @@ fn dead_journals(store: &Store) -> Vec<String> {
         .collect()
 }
 
-fn recover_with(conn: &mut Connection, store: &Store, head: &std::fs::File) -> Result<usize, AuditError> {
+fn recover_with(
+    conn: &mut Connection,
+    store: &Store,
+    head: &std::fs::File,
+    expected: &mut Expected,
+) -> Result<usize, AuditError> {
     let path = &store.db_path();
     let mut replayed = 0;
     let key = store.key()?;
     for name in dead_journals(store) {
         let (events, rejected) = read_journal(store, &name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
-        if let Some((seq, hash)) = commit_events(conn, &events, true, key).map_err(|e| db_err(path, e))? {
+        if let Some((seq, hash)) = commit_events(conn, &events, true, key, expected).map_err(|e| db_err(path, e))? {
             write_head(head, seq, &hash, key).map_err(|e| db_err(path, e))?;
         }
         if rejected > 0 {
@@ -799,20 +883,26 @@ fn read_journal(store: &Store, name: &str) -> std::io::Result<(Vec<Pending>, usi
     std::io::Read::read_to_end(&mut f, &mut text)?;
     let complete = text.ends_with(b"\n");
     let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
-    let (mut out, mut rejected) = (Vec::new(), 0);
+    let log = store.db_path().display().to_string();
+    let (mut out, mut prev) = (Vec::new(), String::new());
     for (i, line) in lines.iter().enumerate() {
         let torn = i + 1 == lines.len() && !complete;
         let event = std::str::from_utf8(line).ok().and_then(|line| {
             let (mac, json) = line.split_once(' ')?;
-            key.verify(&["journal", json], mac).then(|| serde_json::from_str::<Pending>(json).ok()).flatten()
+            let want = journal_mac(key, &log, name, i as u64, &prev, json);
+            key.verify_hex(&want, mac).then(|| serde_json::from_str::<Pending>(json).ok().map(|p| (p, want))).flatten()
         });
         match event {
-            Some(p) => out.push(p),
+            Some((p, mac)) => {
+                out.push(p);
+                prev = mac;
+            }
             None if torn => {}
-            None => rejected += 1,
+            // The chain is broken here: nothing after it is replayed.
+            None => return Ok((out, lines.len() - i)),
         }
     }
-    Ok((out, rejected))
+    Ok((out, 0))
 }
 
 /// Rewrites the head file in place with one fixed-size write (a process killed
@@ -967,8 +1057,6 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         })
         .map_err(|e| db_err(path, e))?;
     let (mut expected, mut prev, mut count) = (first, genesis, 0u64);
-    // How far the chain has moved on: 0 legacy, 1 unkeyed v2, 2 keyed.
-    let mut era = 0;
     let mut approved = std::collections::HashSet::new();
     let mut code_needed: Vec<(i64, String)> = Vec::new();
     for row in rows {
@@ -988,16 +1076,16 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
             request_id: rid.as_deref(),
             data: &data,
         };
+        // Every row is a MAC under the key: a row hashed any other way (written
+        // before the key, or by someone without it) cannot be told from a forgery.
         let keyed = key.as_ref().is_some_and(|k| k.verify_hex(&keyed_row_hash(k, &fields), &hash));
-        if keyed {
-            era = 2;
-        } else if era <= 1 && row_hash(&fields) == hash {
-            era = 1;
-        } else if era == 0 && legacy_row_hash(&fields) == hash {
-        } else if key.is_none() {
+        if key.is_none() {
             problems.push(format!("row {seq}: cannot be checked without the audit key"));
-        } else {
+        } else if !keyed {
             problems.push(format!("row {seq}: its content does not match its MAC (edited or forged)"));
+        }
+        if kind == "chain_break" {
+            problems.push(format!("row {seq}: a writer found the log changed behind it: {data}"));
         }
         let data_json: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
         match kind.as_str() {
@@ -1165,6 +1253,8 @@ mod tests {
     fn the_row_hash_covers_every_field_unambiguously() {
         let base =
             RowFields { prev: GENESIS, seq: 1, uid: "u", ts_us: 5, kind: "ab", request_id: Some("c"), data: "{}" };
+        let key = Key::from_bytes([7; 32]);
+        let row_hash = |r: &RowFields<'_>| keyed_row_hash(&key, r);
         let a = row_hash(&base);
         assert_ne!(a, row_hash(&RowFields { kind: "a", request_id: Some("bc"), ..base }), "field boundaries count");
         assert_ne!(a, row_hash(&RowFields { seq: 2, ..base }));
@@ -1172,7 +1262,7 @@ mod tests {
         assert_ne!(a, row_hash(&RowFields { ts_us: 6, ..base }));
         assert_ne!(a, row_hash(&RowFields { data: "{ }", ..base }));
         assert_ne!(a, row_hash(&RowFields { prev: "x", ..base }));
-        assert_ne!(a, legacy_row_hash(&base), "the two formats never collide");
+        assert_ne!(a, keyed_row_hash(&Key::from_bytes([8; 32]), &base), "another key, another MAC");
         assert_eq!(a, row_hash(&RowFields { ..base }));
     }
 }

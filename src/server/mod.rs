@@ -332,6 +332,13 @@ fn credentialed(state: &AppState, headers: &HeaderMap) -> bool {
 async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     start_refusal_flusher(&state);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    if route == "/v1/health" {
+        // No body, no work: answered outside both pools, so that a liveness check
+        // is never held at 429 by clients filling the pool without credentials.
+        let r = next.run(req).await;
+        state.metrics.request(&route, r.status().as_u16());
+        return r;
+    }
     let known = credentialed(&state, req.headers());
     let pool = if known { &state.in_flight } else { &state.anonymous };
     let Ok(_slot) = pool.clone().try_acquire_owned() else {
