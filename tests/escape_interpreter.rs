@@ -803,3 +803,87 @@ print("frame:", ns["f"], "| exe:", ns["exe"], "| n:", ns["n"], "| refused import
     );
     assert_reached_nothing("contextlib's window, a planted Enum.value, html.parser loading", &o);
 }
+
+/// A native callable as a snippet object's finalizer runs, with no frame of its
+/// own, wherever the collector happens to run: inside a module's import-time code
+/// it passed the frame check for modules still loading. After the seal no sys view
+/// shows a module that is still loading.
+#[test]
+fn l1_a_finalizer_inside_import_time_code_reaches_no_module() {
+    let o = run(r#"import json
+D = "_"*2 + "del" + "_"*2
+class M(type):
+    def __instancecheck__(cls, o): return True
+def native(obj, name):                      # native attribute read (computed __match_args__)
+    C = M("C", (), {"__match_args__": (name,)})
+    match obj:
+        case C(v): return v
+Flag = type(json.decoder.FLAGS)             # re.RegexFlag, public in json.decoder
+Enum = native(Flag, "_"*2 + "mro" + "_"*2)[-2]
+got = []
+# 1. sync with the automatic cycle collector: a canary dies at the next collection
+canary = []
+def cd(self):
+    canary.append(1)
+Kc = type("Kc", (), {D: cd})
+a = Kc(); a.me = a; del a
+keep = []
+while not canary:
+    keep.append([0])
+pre = [[0] for i in range(1000)]            # the next collection now falls ~1000 allocations into inspect's import
+# 2. cyclic garbage whose __del__ is a chain of NATIVE callables: no snippet frame on the stack
+filt = frozenset(("sys", "builtins")).__contains__
+chain = map(got.append, map(Enum._convert_, ["T"], ["inspect"], [filt]))
+K = type("K", (), {D: staticmethod(chain.__next__)})
+o = K(); o.me = o
+del o
+# 3. EnumType.__signature__ lazily imports inspect from enum's frame; the collector
+#    runs the chain inside inspect's import-time code, so the frame walk sees only trusted frames
+native(Enum, "_"*2 + "signature" + "_"*2)
+E = got[0]
+sys, B = E.sys.value, E.builtins.value
+print("real:", sys, B, B.open, B.exec, B.eval, B.compile)
+print("exe:", sys.executable)
+ns = {}
+B.exec("import sys, marshal, _frozen_importlib as fi\nf = sys._getframe(0)\nn = len(sys.modules)\nimp = __import__\nmods = sorted(sys.modules)[:6]", ns)
+print("frame:", ns["f"], "| n:", ns["n"], "| import:", ns["imp"], "| refused imports:", ns["marshal"], ns["fi"], ns["mods"])
+print("code:", B.compile("1+1", "x", "eval"), B.eval("6*7"))
+try:
+    B.open("/etc/hostname").read()
+except Exception as e:
+    print("open:", type(e).__name__, e)
+"#);
+    assert_reached_nothing("Enum._convert_ from a finalizer during inspect's import", &o);
+}
+
+/// A finalizer that raises inside trusted code used to panic the interpreter (no
+/// sys.unraisablehook).
+#[test]
+fn l3_a_finalizer_that_raises_does_not_crash_the_child() {
+    let o = run(r#"import json
+D = "_"*2 + "del" + "_"*2
+class M(type):
+    def __instancecheck__(cls, o): return True
+def native(obj, name):
+    C = M("C", (), {"__match_args__": (name,)})
+    match obj:
+        case C(v): return v
+Enum = native(type(json.decoder.FLAGS), "_"*2 + "mro" + "_"*2)[-2]
+canary = []
+def cd(self):
+    canary.append(1)
+Kc = type("Kc", (), {D: cd})
+a = Kc(); a.me = a; del a
+keep = []
+while not canary:
+    keep.append([0])
+pre = [[0] for i in range(1000)]
+chain = map({}.__getitem__, ["nope"])
+K = type("K", (), {D: staticmethod(chain.__next__)})
+o = K(); o.me = o
+del o
+native(Enum, "_"*2 + "signature" + "_"*2)
+print("done")
+"#);
+    assert_ne!(o.status, Status::Crashed, "{o:?}");
+}

@@ -184,13 +184,21 @@ pub fn seal(vm: &VirtualMachine) -> Result<(), String> {
     Ok(())
 }
 
-/// `_t_import_time_caller(name)`: whether the running code was called, through
-/// trusted frames only, by module `name`'s own import-time code (its `<module>`
-/// frame). The prelude's `sys` views show a module that is still loading only to
+/// `_t_import_time_caller(name)`: before the seal, whether the running code was
+/// called, through trusted frames only, by module `name`'s own import-time code
+/// (its `<module>` frame). The prelude's `sys` views show a module that is still loading only to
 /// such callers (re's import-time `enum.global_enum` registers in `re`); a snippet
 /// frame anywhere between (a hook the snippet planted and stdlib import-time code
 /// ran) means no.
 pub fn native_import_time_caller(name: PyStrRef, vm: &VirtualMachine) -> bool {
+    // After the seal, never: code can run inside import-time code with no frame
+    // of its own (a native callable as a snippet object's finalizer, run by the
+    // collector wherever it happens to be), so the frames prove nothing then.
+    // Stdlib modules that register in their own namespace as they load (re) are
+    // loaded before the seal.
+    if STATE.with(|s| s.borrow().sealed) {
+        return false;
+    }
     let Ok(module) = loaded(&name.as_wtf8().to_string_lossy(), vm) else { return false };
     let Some(namespace) = module.dict() else { return false };
     let real_builtins = vm.builtins.dict();

@@ -519,11 +519,20 @@ for _k in ("settrace", "setprofile", "setrecursionlimit", "_current_frames", "_c
            "_clear_type_cache", "_clear_internal_caches", "activate_stack_trampoline",
            "remote_exec", "setdlopenflags", "breakpointhook", "set_asyncgen_hooks",
            "set_coroutine_origin_tracking_depth", "_enablelegacywindowsfsencoding",
-           "unraisablehook", "_settraceallthreads", "_setprofileallthreads"):
+           "_settraceallthreads", "_setprofileallthreads"):
     try:
         delattr(sys, _k)
     except AttributeError:
         pass
+
+
+def _ignore_unraisable(args):
+    # An exception no one can catch (a finalizer that raised): dropped. The VM
+    # calls this hook unconditionally; without one it panics.
+    pass
+
+
+sys.unraisablehook = _ignore_unraisable
 # `open` stays (tokenize imports it by name); this build has no FileIO behind it.
 for _k in ("breakpoint", "input"):
     _real_builtins.pop(_k, None)
