@@ -329,8 +329,10 @@ def _loaded(name):
 
 def _view_sys_in_modules():
     for name in list(sys.modules):
+        if name in _viewed:
+            continue
         m = _loaded(name)
-        if name in _viewed or m is None:
+        if m is None:
             continue
         _viewed.add(name)
         if name.split(".")[0] in _KEEP_REAL:
