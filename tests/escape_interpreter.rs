@@ -887,3 +887,14 @@ print("done")
 "#);
     assert_ne!(o.status, Status::Crashed, "{o:?}");
 }
+
+/// `from pkg import name` imports `pkg.name` when it is not an attribute yet: that
+/// submodule is checked against the policy and the served list before anything runs.
+#[test]
+fn m1_a_from_import_does_not_run_a_submodule_the_tier_refuses() {
+    let o = run("from json import tool\nprint('REACHED')");
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert!(o.error.as_ref().is_some_and(|e| e.message.contains("json.tool")), "{o:?}");
+    let o = run("from json import decoder, loads\nprint(decoder.JSONDecoder, loads('1'))");
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+}

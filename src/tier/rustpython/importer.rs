@@ -298,6 +298,19 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
     let (real_import, after_import) = STATE
         .with(|s| s.borrow().setup.as_ref().map(|s| (s.real_import.clone(), s.after_import.clone())))
         .ok_or_else(|| vm.new_runtime_error("the importer is not set up"))?;
+    // `from pkg import name` imports `pkg.name` when `name` is not already an
+    // attribute of the package: that submodule must be one the policy allows and
+    // the tier serves, checked before anything is imported.
+    if let Ok(package) = loaded(&name, vm) {
+        let attributes = package.dict();
+        for f in fromlist.iter().filter_map(exact) {
+            let present = attributes.as_ref().is_some_and(|d| d.get_item_opt(f.as_str(), vm).ok().flatten().is_some());
+            let sub = format!("{name}.{f}");
+            if f != "*" && !present && (!worker::module_allowed_now(&sub) || unservable(&sub)) {
+                return Err(worker::deny(&format!("import of {sub:?} is not allowed by the policy or this tier"), vm));
+            }
+        }
+    }
     // Already loaded (the usual case: the policy's modules are preloaded), with
     // every package above it: taken from sys.modules directly, without the import
     // machinery or another hardening pass.
