@@ -300,15 +300,23 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
         .ok_or_else(|| vm.new_runtime_error("the importer is not set up"))?;
     // `from pkg import name` imports `pkg.name` when `name` is not already an
     // attribute of the package: that submodule must be one the policy allows and
-    // the tier serves, checked before anything is imported.
+    // the tier serves, checked before anything is imported. The same pass finds
+    // whether every name is already there (attribute or loaded submodule).
+    let mut names_there = false;
     if let Ok(package) = loaded(&name, vm) {
-        let attributes = package.dict();
-        for f in fromlist.iter().filter_map(exact) {
-            let present = attributes.as_ref().is_some_and(|d| d.get_item_opt(f.as_str(), vm).ok().flatten().is_some());
+        let namespace = package.dict();
+        names_there = true;
+        for f in &fromlist {
+            let Some(f) = exact(f) else {
+                names_there = false;
+                continue;
+            };
+            let present = namespace.as_ref().is_some_and(|d| d.get_item_opt(f.as_str(), vm).ok().flatten().is_some());
             let sub = format!("{name}.{f}");
             if f != "*" && !present && (!worker::module_allowed_now(&sub) || unservable(&sub)) {
                 return Err(worker::deny(&format!("import of {sub:?} is not allowed by the policy or this tier"), vm));
             }
+            names_there &= f != "*" && (present || loaded(&sub, vm).is_ok());
         }
     }
     // Already loaded (the usual case: the policy's modules are preloaded), with
@@ -316,19 +324,7 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
     // machinery or another hardening pass.
     let parts: Vec<&str> = name.split('.').collect();
     let cached = (1..=parts.len()).all(|i| loaded(&parts[..i].join("."), vm).is_ok_and(|m| initialized(&m, vm)));
-    // A `from` import needs nothing loaded when every name is already there.
-    let names_there = || {
-        let Ok(module) = loaded(&name, vm) else { return false };
-        let Some(d) = module.dict() else { return false };
-        fromlist.iter().all(|f| {
-            exact(f).is_some_and(|f| {
-                f != "*"
-                    && (d.get_item_opt(f.as_str(), vm).ok().flatten().is_some()
-                        || loaded(&format!("{name}.{f}"), vm).is_ok())
-            })
-        })
-    };
-    let top = if cached && (fromlist.is_empty() || names_there()) {
+    let top = if cached && (fromlist.is_empty() || names_there) {
         loaded(parts[0], vm)?
     } else {
         let none = vm.ctx.none();
@@ -349,7 +345,6 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
         return proxy(&loaded(&name, vm)?, vm);
     }
     // Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible.
-    let parts: Vec<&str> = name.split('.').collect();
     for i in (1..=parts.len()).rev() {
         proxy(&loaded(&parts[..i].join("."), vm)?, vm)?;
     }
