@@ -15,12 +15,14 @@ fn policy(commands: &str) -> String {
     )
 }
 
-const PYTHON_RULES: &str = "  allow:\n    - program: python3\n      args: ['-c', 'print\\(.*\\)', 'while True: pass', 'import sys; sys.exit\\(3\\)']\n    - program: echo\n      args: ['.*']\n  deny: [rm, sh]\n";
+const PYTHON_RULES: &str = "  allow:\n    - program: python3\n      args: ['-c', 'print\\(.*\\)|while True: pass|import sys; sys.exit\\(3\\)']\n    - program: echo\n      args: ['.*']\n  deny: [rm, sh]\n";
 
 #[test]
 fn shell_tricks_and_denied_programs_are_refused_with_reasons() {
     let cases: &[(&[&str], &str)] = &[
-        (&["rm", "-rf", "/"], "rm is denied"),
+        (&["rm", "-rf", "/"], "\"rm\" is denied"),
+        (&["python3.11", "-c", "1"], "\"python3.11\" is denied"),
+        (&["/bin/rm/", "x"], "not a program name"),
         (&["curl http://127.0.0.1/x | sh"], "pipe"),
         (&["echo $(id)"], "command substitution"),
         (&["echo `id`"], "backticks"),
@@ -54,6 +56,10 @@ fn bad_command_rules_are_policy_errors() {
         ("  allow:\n    - program: 'ls -la'\n", "not a program name"),
         ("  allow:\n    - program: bin/ls\n", "not a program name"),
         ("  allowed: []\n", "unknown field"),
+        // H14: a pattern cannot break out of the anchors it is wrapped in.
+        ("  allow:\n    - program: git\n      args: ['status)|(.*']\n", "commands.allow[0].args"),
+        ("  allow:\n    - program: python3.11\n", "built-in deny list"),
+        ("  deny: ['*']\n", "commands.deny[0]"),
     ] {
         let (_d, path) = temp_file("policy.yaml", policy(rules).as_bytes());
         let out = terrarium(&["command", "--policy", &path.to_string_lossy(), "--", "ls"], b"");

@@ -219,6 +219,9 @@ const DEFAULT_APPROVAL_SECS: u64 = 300;
 /// decision: a day.
 pub const MAX_APPROVAL_SECS: f64 = 86_400.0;
 
+/// What [`Policy::to_yaml_redacted`] shows instead of a mount's host directory.
+pub const HIDDEN_SOURCE: &str = "(a host directory, pinned by the operator)";
+
 /// The `commands` section: system commands that may run (in the docker tier) and
 /// those that never do. Checked by [`crate::command::decide`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -756,6 +759,17 @@ impl Policy {
     /// The effective policy as a complete policy file: every key, defaults filled
     /// in. Parsing the result gives back an equal policy.
     pub fn to_yaml(&self) -> String {
+        self.render(true)
+    }
+
+    /// [`Policy::to_yaml`] for people other than the operator (approvers, the audit
+    /// log): each mount's host directory is replaced by [`HIDDEN_SOURCE`], so that
+    /// no host path leaves the host's configuration (H12).
+    pub fn to_yaml_redacted(&self) -> String {
+        self.render(false)
+    }
+
+    fn render(&self, sources: bool) -> String {
         let b = |p: &BreakerPolicy| RawBreaker {
             failure_threshold: p.failure_threshold,
             recovery_timeout: Seconds(p.recovery_timeout.as_secs_f64()),
@@ -797,7 +811,10 @@ impl Policy {
                 read_only_mounts: (!self.read_only_mounts.is_empty()).then(|| {
                     self.read_only_mounts
                         .iter()
-                        .map(|m| raw::RawMount { source: m.source.display().to_string(), target: m.target.clone() })
+                        .map(|m| raw::RawMount {
+                            source: if sources { m.source.display().to_string() } else { HIDDEN_SOURCE.into() },
+                            target: m.target.clone(),
+                        })
                         .collect()
                 }),
             }),
@@ -844,12 +861,20 @@ fn command_policy(
         allow.push((a.program, a.args));
     }
     if let Some(deny) = &raw.deny {
-        if let Some((p, _)) = allow.iter().find(|(p, _)| deny.contains(p)) {
+        for (i, d) in deny.iter().enumerate() {
+            if d.is_empty() || d == "*" || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    &format!("commands.deny[{i}]"),
+                    format!("{d:?} is not a program name, path or name pattern (`*` alone would deny everything)"),
+                ));
+            }
+        }
+        if let Some((p, _)) = allow.iter().find(|(p, _)| crate::command::denied(p, deny)) {
             return Err(invalid("commands", format!("{p:?} is both allowed and denied")));
         }
     } else if let Some((p, _)) = allow.iter().find(|(p, _)| {
-        let base = p.rsplit('/').next().unwrap_or(p);
-        crate::command::DEFAULT_DENY.contains(&base)
+        let deny: Vec<String> = crate::command::DEFAULT_DENY.iter().map(|d| d.to_string()).collect();
+        crate::command::denied(p, &deny)
     }) {
         return Err(invalid(
             "commands.allow",
