@@ -34,6 +34,7 @@ pub mod redteam;
 pub mod router;
 pub mod sandbox;
 pub mod server;
+pub mod text;
 pub mod tier;
 
 pub use error::SandboxError;

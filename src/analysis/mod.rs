@@ -223,6 +223,10 @@ impl Analysis {
 /// Parses and inspects `source`.
 pub fn analyze(source: &str) -> Analysis {
     let mut out = Analysis::default();
+    let lines = LineIndex::new(source);
+    if !source.is_ascii() {
+        hidden_characters(source, &lines, &mut out);
+    }
     let parsed = match ruff_python_parser::parse_module(source) {
         Ok(p) => p,
         Err(e) => {
@@ -230,12 +234,51 @@ pub fn analyze(source: &str) -> Analysis {
             return out;
         }
     };
-    let lines = LineIndex::new(source);
+    if !source.is_ascii() {
+        non_ascii_names(source, parsed.tokens(), &lines, &mut out);
+    }
     let mut v = Inspector { lines: &lines, out: &mut out, depth: 0, too_deep: false };
     for stmt in &parsed.syntax().body {
         v.visit_stmt(stmt);
     }
+    out.findings.sort_by_key(|f| f.line);
     out
+}
+
+/// Characters that make what a reviewer sees differ from what runs (bidirectional
+/// controls, invisible characters; see [`crate::text::hidden`]): one warning per
+/// line, naming them. The review page shows each as a visible mark.
+fn hidden_characters(source: &str, lines: &LineIndex, out: &mut Analysis) {
+    let mut last_line = 0;
+    for (at, c) in source.char_indices() {
+        let Some(name) = crate::text::hidden(c) else { continue };
+        let line = lines.line(at);
+        if line != last_line {
+            last_line = line;
+            let message = format!(
+                "invisible or bidirectional control character U+{:04X} ({name}): what is displayed may differ from what runs",
+                u32::from(c)
+            );
+            out.findings.push(Finding { severity: Severity::Warn, line, message });
+        }
+    }
+}
+
+/// Identifiers with non-ASCII letters, which can look like other identifiers
+/// (Cyrillic `а` for Latin `a`): one warning per distinct name.
+fn non_ascii_names(source: &str, tokens: &ruff_python_ast::token::Tokens, lines: &LineIndex, out: &mut Analysis) {
+    let mut seen = std::collections::HashSet::new();
+    for t in tokens.iter().filter(|t| t.kind() == ruff_python_ast::token::TokenKind::Name) {
+        let Some(name) = source.get(t.range().start().into()..t.range().end().into()) else { continue };
+        if name.is_ascii() || !seen.insert(name) {
+            continue;
+        }
+        let odd: Vec<String> =
+            name.chars().filter(|c| !c.is_ascii()).map(|c| format!("U+{:04X}", u32::from(c))).collect();
+        let message =
+            format!("identifier {name:?} has non-ASCII characters ({}): it may look like another name", odd.join(" "));
+        out.findings.push(Finding { severity: Severity::Warn, line: lines.line(t.range().start().into()), message });
+    }
 }
 
 struct LineIndex {
@@ -426,6 +469,24 @@ mod tests {
             assert!(a.denial().is_none(), "{code}: a warning, not a refusal");
         }
         assert!(analyze("getattr(o, 'name')").findings.is_empty(), "a literal name is plain attribute access");
+    }
+
+    /// H5: Trojan Source and homoglyphs are findings, so that a reviewer is told.
+    #[test]
+    fn h5_bidi_controls_invisible_characters_and_homoglyph_names_are_reported() {
+        let trojan =
+            "access = 'user'\nif access != 'user\u{202E} \u{2066}# admin\u{2069} \u{2066}':\n    print('admin')\n";
+        let a = analyze(trojan);
+        let hidden: Vec<_> = a.findings.iter().filter(|f| f.message.contains("bidirectional")).collect();
+        assert_eq!(hidden.len(), 1, "one finding per line: {:?}", a.findings);
+        assert!(hidden[0].message.contains("U+202E") && hidden[0].line == 2, "{:?}", hidden[0]);
+        let a = analyze("\u{0430}dmin = True\nif \u{0430}dmin: pass\nx = 'a\u{200B}b'\n");
+        let names: Vec<_> = a.findings.iter().filter(|f| f.message.contains("non-ASCII")).collect();
+        assert_eq!(names.len(), 1, "one finding per distinct name: {:?}", a.findings);
+        assert!(names[0].message.contains("U+0430"), "{:?}", names[0]);
+        assert!(a.findings.iter().any(|f| f.message.contains("U+200B")), "{:?}", a.findings);
+        assert!(a.denial().is_none(), "warnings: the code runs as written");
+        assert!(analyze("s = 'caf\u{e9}'").findings.is_empty(), "non-ASCII text in a string is ordinary");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{ApprovalsArgs, ApprovalsCommand, CliError, CommandArgs, EXIT_HOST, e
 use crate::approval::{Gate, Queue};
 use crate::command::handle_command;
 use crate::policy::Policy;
+use crate::text::{for_terminal, json_for_terminal};
 
 /// Exit code for a command that is denied.
 const EXIT_DENIED: u8 = 4;
@@ -42,15 +43,16 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
             eprintln!(
                 "terrarium: approval request {} ({}); waiting {:.0} s for: terrarium approvals approve {}",
                 item.id,
-                item.reason,
+                for_terminal(&item.reason),
                 wait.as_secs_f64(),
                 item.id
             );
         }));
     }
     let sandbox = builder.build()?;
-    let report =
-        super::runtime()?.block_on(handle_command(&sandbox, &line, wait, !args.check)).map_err(|e| match e {
+    let report = super::runtime()?
+        .block_on(handle_command(&sandbox, &line, wait, !args.check, &super::local_caller()))
+        .map_err(|e| match e {
             crate::SandboxError::InvalidRequest(m) => CliError::usage(anyhow::anyhow!(m)),
             e => CliError::from(e),
         })?;
@@ -58,22 +60,29 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         eprintln!("terrarium: warning: {e}");
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        println!("{}", json_line(&report));
     } else {
         match (&report.outcome, report.decision) {
             (Some(o), _) => {
                 print!("{}", o.stdout);
                 eprint!("{}", o.stderr);
                 if let Some(err) = &o.error {
-                    eprintln!("terrarium: {}: {}: {}", o.status.as_str(), err.kind, err.message);
+                    eprintln!(
+                        "terrarium: {}: {}: {}",
+                        o.status.as_str(),
+                        err.kind,
+                        crate::text::lines_for_terminal(&err.message)
+                    );
                 }
             }
-            (None, _) if report.allowed => println!("allowed: {}", report.argv.join(" ")),
+            (None, _) if report.allowed => {
+                println!("allowed: {}", for_terminal(&crate::command::quote_words(&report.argv)));
+            }
             (None, "needs_approval") if report.approval.is_none() && wait.is_none() => eprintln!(
                 "terrarium: needs approval: {}; denied (pass --wait SECS to queue it for a human)",
-                report.reason
+                for_terminal(&report.reason)
             ),
-            (None, _) => eprintln!("terrarium: denied: {}", report.reason),
+            (None, _) => eprintln!("terrarium: denied: {}", for_terminal(&report.reason)),
         }
     }
     Ok(match (report.allowed, &report.outcome) {
@@ -100,16 +109,20 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
     let host = |e: anyhow::Error| CliError { code: EXIT_HOST, error: e };
     let gate = open_gate(args.db)?;
     match args.command {
-        ApprovalsCommand::List { status } => {
+        ApprovalsCommand::List { status, before, limit } => {
             if let Some(Err(why)) = status.as_deref().map(crate::approval::check_status) {
                 return Err(CliError::usage(anyhow::anyhow!("--status {why}")));
             }
-            for item in super::runtime()?.block_on(gate.list(status)).map_err(|e| host(e.into()))? {
-                println!("{}", serde_json::to_string(&item).unwrap_or_default());
+            for item in
+                super::runtime()?.block_on(gate.list(status, before, usize::from(limit))).map_err(|e| host(e.into()))?
+            {
+                println!("{}", json_line(&item));
             }
         }
         ApprovalsCommand::Show { id } => match super::runtime()?.block_on(gate.get(id)).map_err(|e| host(e.into()))? {
-            Some(item) => println!("{}", serde_json::to_string_pretty(&item).unwrap_or_default()),
+            Some(item) => {
+                println!("{}", json_for_terminal(&serde_json::to_string_pretty(&item).unwrap_or_default()));
+            }
             None => return Err(CliError::usage(anyhow::anyhow!("no approval request {id}"))),
         },
         ApprovalsCommand::Approve(d) | ApprovalsCommand::Deny(d) if d.id < 1 => {
@@ -136,13 +149,23 @@ fn record_decision(gate: &Gate, d: super::args::DecideArgs, approve: bool) -> Re
         .ok_or_else(|| CliError::usage(anyhow::anyhow!("who decides? pass --as NAME (no $USER)")))?;
     let item = match super::runtime()?.block_on(gate.decide(d.id, approve, &who, d.note.as_deref())) {
         Ok(item) => item,
-        Err(e @ (crate::approval::ApprovalError::Decided { .. } | crate::approval::ApprovalError::NotFound(_))) => {
+        Err(
+            e @ (crate::approval::ApprovalError::Decided { .. }
+            | crate::approval::ApprovalError::NotFound(_)
+            | crate::approval::ApprovalError::BadDecider),
+        ) => {
             return Err(CliError::usage(e));
         }
         Err(e) => return Err(CliError { code: EXIT_HOST, error: e.into() }),
     };
-    println!("{}", serde_json::to_string(&item).unwrap_or_default());
+    println!("{}", json_line(&item));
     Ok(())
+}
+
+/// `value` as one line of JSON that cannot drive the terminal it is printed on
+/// (H16: the words in it come from whoever submitted the command).
+fn json_line(value: &impl serde::Serialize) -> String {
+    json_for_terminal(&serde_json::to_string(value).unwrap_or_default()).into_owned()
 }
 
 /// One argument is taken as the command line itself; several are words, quoted so

@@ -231,8 +231,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     let code = read_code(&args)?;
     let target = target(&args.common, false)?;
-    let req =
-        ExecRequest { id: None, code, overrides: target.overrides.clone(), scratch: args.scratch, tier: target.choice };
+    let req = ExecRequest {
+        id: None,
+        code,
+        overrides: target.overrides.clone(),
+        scratch: args.scratch,
+        tier: target.choice,
+        caller: Some(local_caller()),
+    };
     let outcome = runtime()?.block_on(target.sandbox.execute(req))?;
     flush_audit(&target);
     // A reader that closed the pipe (`| head`) has taken what it wanted: a failed
@@ -245,7 +251,12 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
         let _ = out.flush();
         let _ = write!(std::io::stderr(), "{}", outcome.stderr);
         if let Some(err) = &outcome.error {
-            eprintln!("terrarium: {}: {}: {}", outcome.status.as_str(), err.kind, err.message);
+            eprintln!(
+                "terrarium: {}: {}: {}",
+                outcome.status.as_str(),
+                err.kind,
+                crate::text::lines_for_terminal(&err.message)
+            );
         }
     }
     Ok(ExitCode::from(exit_code(outcome.status)))
@@ -363,6 +374,7 @@ async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize)
         overrides,
         scratch: parsed.scratch.unwrap_or(false),
         tier: target.choice,
+        caller: Some(local_caller()),
     };
     match target.sandbox.execute(req).await {
         Ok(o) => o,
@@ -478,4 +490,16 @@ fn breakers_command(args: BreakersArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs the CLI, as audit events name a caller: `local:USER` (or the uid).
+pub(crate) fn local_caller() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    static CALLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CALLER
+        .get_or_init(|| match std::env::var("USER") {
+            Ok(user) if !user.is_empty() => format!("local:{user}"),
+            _ => format!("local:uid{}", std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)),
+        })
+        .clone()
 }

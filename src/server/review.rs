@@ -38,6 +38,10 @@ const COOKIE: &str = "terrarium_review";
 const SESSION: Duration = Duration::from_secs(8 * 3600);
 /// Most sessions at once (sign-ins beyond are refused until some expire).
 const MAX_SESSIONS: usize = 1024;
+/// Most sessions one identity holds: its next sign-in ends its oldest.
+const PER_IDENTITY: usize = 4;
+/// The cookie that ties a sign-in form to the browser that loaded it.
+const LOGIN_COOKIE: &str = "terrarium_login";
 /// Decided items shown under the queue.
 const RECENT: usize = 10;
 /// Outcome text shown per item.
@@ -46,6 +50,7 @@ const SHOWN_OUTPUT: usize = 4096;
 struct Session {
     who: Identity,
     csrf: String,
+    started: Instant,
     expires: Instant,
 }
 
@@ -60,11 +65,21 @@ impl Sessions {
         let mut map = self.map.lock().ok()?;
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
+        // One identity cannot crowd out the others: its oldest sessions end.
+        loop {
+            let mine: Vec<(&String, Instant)> =
+                map.iter().filter(|(_, s)| s.who.name == who.name).map(|(k, s)| (k, s.started)).collect();
+            if mine.len() < PER_IDENTITY {
+                break;
+            }
+            let oldest = mine.iter().min_by_key(|(_, t)| *t).map(|(k, _)| (*k).clone())?;
+            map.remove(&oldest);
+        }
         if map.len() >= MAX_SESSIONS {
             return None;
         }
         let id = random_hex(32)?;
-        map.insert(id.clone(), Session { who, csrf: random_hex(16)?, expires: now + SESSION });
+        map.insert(id.clone(), Session { who, csrf: random_hex(16)?, started: now, expires: now + SESSION });
         Some(id)
     }
 
@@ -90,12 +105,17 @@ impl Sessions {
 
 /// The session id in the request's cookies.
 fn session_id(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
+/// Cookie `name`'s value in the request.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
 pub(super) fn routes() -> Router<Shared> {
@@ -134,7 +154,9 @@ const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2em auto;max
 h1{font-size:1.4em}.item{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}\
 pre{background:#f6f6f6;padding:.6em;overflow:auto}.k{color:#a626a4;font-weight:600}.s{color:#50a14f}\
 .c{color:#999;font-style:italic}.n{color:#986801}.o{color:#0184bc}.deny{color:#b00}.warn{color:#a60}\
-form{display:inline}button{margin-right:.5em}.meta{color:#666}";
+form{display:inline}button{margin-right:.5em}.meta{color:#666}\
+.ltr{unicode-bidi:bidi-override;direction:ltr}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
+ol.argv code{background:#f6f6f6;padding:0 .2em;white-space:pre-wrap}";
 
 fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str) -> String {
     format!(
@@ -149,15 +171,26 @@ const SCRIPT: &str = "(function(){var f=document.body.dataset.fingerprint;if(!f)
 setInterval(function(){fetch('/review/state',{credentials:'same-origin'}).then(function(r){return r.ok?r.json():null})\
 .then(function(j){if(j&&j.fingerprint!==f)location.reload()}).catch(function(){})},1000)})();";
 
+/// The sign-in form. It carries a random value that is also set as a
+/// `SameSite=Strict` cookie; a sign-in must present both (H10: a page on another
+/// origin cannot sign the reviewer in as someone else, since its POST carries no
+/// such cookie).
 fn login_page(message: &str, status: StatusCode) -> Response {
     let nonce = random_hex(16).unwrap_or_default();
+    let check = random_hex(16).unwrap_or_default();
     let body = format!(
         "<h1>Terrarium review</h1><p id=message>{}</p><form method=post action=/review/login>\
+         <input type=hidden name=check value=\"{check}\">\
          <label>Token with the approve role <input id=token name=token type=password autocomplete=off></label> \
          <button id=login>Sign in</button></form>",
         escape(message)
     );
-    html(status, layout("Terrarium review: sign in", &body, &nonce, ""), &nonce)
+    let mut r = html(status, layout("Terrarium review: sign in", &body, &nonce, ""), &nonce);
+    let c = format!("{LOGIN_COOKIE}={check}; HttpOnly; SameSite=Strict; Path=/review; Max-Age=3600");
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// What changes the page: the items, their statuses, whether they have outcomes.
@@ -165,10 +198,10 @@ fn fingerprint(items: &[Item]) -> String {
     items.iter().map(|i| format!("{}:{}:{}", i.id, i.status, i.outcome.is_some())).collect::<Vec<_>>().join(",")
 }
 
+/// Every pending item (queried by status, so newer decided items never hide one)
+/// and the [`RECENT`] newest decided ones.
 async fn load(state: &Shared) -> Result<(Vec<Item>, Vec<Item>), Response> {
-    let items = state.gate.list(None).await.map_err(|e| super::fault("the approvals queue", &e))?;
-    let (pending, decided): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.status == "pending");
-    Ok((pending, decided.into_iter().take(RECENT).collect()))
+    state.gate.review(RECENT).await.map_err(|e| super::fault("the approvals queue", &e))
 }
 
 async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -183,7 +216,7 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
         "<h1>Terrarium review</h1><p class=meta>Signed in as <b id=who>{}</b>. \
          <form method=post action=/review/logout><input type=hidden name=csrf value=\"{csrf}\"><button>Sign out</button></form></p>\
          <h2>Waiting for a decision ({})</h2>",
-        escape(&who.name),
+        show(&who.name),
         pending.len()
     );
     if pending.is_empty() {
@@ -208,19 +241,20 @@ fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
     let _ = write!(
         out,
         "<div class=item id=item-{id}><h3>#{id} {}</h3><p>{}</p><p class=meta>Denied automatically in {left} s.</p>",
-        escape(&item.kind),
-        escape(&item.reason)
+        show(&item.kind),
+        show(&item.reason)
     );
     let s = &item.subject;
     match item.kind.as_str() {
         "execute" => {
             let code = s["code"].as_str().unwrap_or("");
-            let _ = write!(out, "<pre class=code id=code-{id}>{}</pre>", highlight(code));
+            hidden_warning(out, id, code);
+            let _ = write!(out, "<pre class=\"code ltr\" id=code-{id}>{}</pre>", highlight(code));
             let _ = write!(
                 out,
                 "<p>Tier <b id=tier-{id}>{}</b>; route: {}</p>",
-                escape(s["tier"].as_str().unwrap_or("?")),
-                escape(s["route"].as_str().unwrap_or(""))
+                show(s["tier"].as_str().unwrap_or("?")),
+                show(s["route"].as_str().unwrap_or(""))
             );
             let findings = s["findings"].as_array().cloned().unwrap_or_default();
             if findings.is_empty() {
@@ -234,24 +268,31 @@ fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
                         "<li class={}>line {}: {}</li>",
                         if sev == "deny" { "deny" } else { "warn" },
                         f["line"],
-                        escape(f["message"].as_str().unwrap_or(""))
+                        show(f["message"].as_str().unwrap_or(""))
                     );
                 }
                 out.push_str("</ul>");
             }
             let _ = write!(
                 out,
-                "<details><summary>Policy that applies</summary><pre id=policy-{id}>{}</pre></details>",
-                escape(s["policy"].as_str().unwrap_or(""))
+                "<details><summary>Policy that applies</summary><pre class=ltr id=policy-{id}>{}</pre></details>",
+                show(s["policy"].as_str().unwrap_or(""))
             );
         }
         _ => {
-            let argv: Vec<String> = s["argv"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|w| w.as_str()).map(escape).collect())
-                .unwrap_or_default();
-            let _ =
-                write!(out, "<p>Runs in a docker-tier container as <code id=argv-{id}>{}</code></p>", argv.join(" "));
+            // Word by word: a word with spaces or quotes cannot pass for two.
+            let words: Vec<&str> =
+                s["argv"].as_array().map(|a| a.iter().filter_map(|w| w.as_str()).collect()).unwrap_or_default();
+            hidden_warning(out, id, &words.concat());
+            let _ = write!(
+                out,
+                "<p>Runs in a docker-tier container, {} words:</p><ol class=\"argv ltr\" id=argv-{id}>",
+                words.len()
+            );
+            for w in words {
+                let _ = write!(out, "<li><code>{}</code></li>", show(w));
+            }
+            out.push_str("</ol>");
         }
     }
     for (decision, label) in [("approve", "Approve"), ("deny", "Deny")] {
@@ -267,7 +308,7 @@ fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
 
 fn render_decided(out: &mut String, item: &Item) {
     let id = item.id;
-    let by = item.decided_by.as_deref().map(|w| format!(" by {}", escape(w))).unwrap_or_default();
+    let by = item.decided_by.as_deref().map(|w| format!(" by {}", show(w))).unwrap_or_default();
     let _ = write!(
         out,
         "<div class=item id=done-{id}><b>#{id} {}</b>: <span id=status-{id}>{}</span>{by}",
@@ -285,8 +326,8 @@ fn render_decided(out: &mut String, item: &Item) {
             let _ = write!(
                 out,
                 "; ran: <span id=outcome-{id}>{}</span><pre id=output-{id}>{}</pre>",
-                escape(status),
-                escape(&cut)
+                show(status),
+                show(&cut)
             );
         }
         None if item.status == "approved" => out.push_str("; running…"),
@@ -299,21 +340,30 @@ async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response
     if state.sessions.find(&headers).is_none() {
         return problem(StatusCode::UNAUTHORIZED, "sign in at /review");
     }
-    match load(&state).await {
-        Ok((pending, recent)) => {
-            let all: Vec<Item> = pending.into_iter().chain(recent).collect();
-            axum::Json(serde_json::json!({"fingerprint": fingerprint(&all)})).into_response()
-        }
-        Err(r) => r,
+    // Polled every second by every open tab: read without the items' subjects.
+    match state.gate.fingerprint(RECENT).await {
+        Ok(f) => axum::Json(serde_json::json!({"fingerprint": f})).into_response(),
+        Err(e) => super::fault("the approvals queue", &e),
     }
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    /// The value the sign-in form carried (also in its cookie).
+    #[serde(default)]
+    check: String,
 }
 
-async fn login(State(state): State<Shared>, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(state): State<Shared>, request_headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    let from_our_form =
+        cookie(&request_headers, LOGIN_COOKIE).is_some_and(|c| !c.is_empty() && super::auth::same_secret(c, &f.check));
+    if !from_our_form {
+        return login_page(
+            "Sign in from this page (the sign-in did not come from a form this server showed).",
+            StatusCode::FORBIDDEN,
+        );
+    }
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", f.token.trim())) {
         headers.insert(header::AUTHORIZATION, v);
@@ -388,6 +438,44 @@ async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(f): Form<L
     r
 }
 
+/// A warning above an item whose text has characters [`crate::text::hidden`]
+/// names (they are shown as marks in the text itself, by [`show`]).
+fn hidden_warning(out: &mut String, id: i64, text: &str) {
+    let n = text.chars().filter(|c| crate::text::hidden(*c).is_some()).count();
+    if n > 0 {
+        let _ = write!(
+            out,
+            "<p class=deny id=hidden-{id}>Contains {n} invisible or bidirectional control character(s), \
+             marked below: an editor or terminal may show this differently from what runs.</p>"
+        );
+    }
+}
+
+/// `s` escaped for HTML text, with every character [`crate::text::hidden`] names
+/// replaced by a visible mark (`⟦U+202E⟧`) titled with its name, and control
+/// characters other than tab and newline shown as `⟦U+001B⟧`.
+pub fn show(s: &str) -> String {
+    if !s.chars().any(|c| crate::text::hidden(c).is_some() || (c.is_control() && c != '\n' && c != '\t')) {
+        return escape(s);
+    }
+    let mut out = String::with_capacity(s.len() + 32);
+    let mut plain = String::new();
+    for c in s.chars() {
+        let name = match crate::text::hidden(c) {
+            Some(name) => name,
+            None if c.is_control() && c != '\n' && c != '\t' => "CONTROL CHARACTER",
+            None => {
+                plain.push(c);
+                continue;
+            }
+        };
+        out.push_str(&escape(&std::mem::take(&mut plain)));
+        let _ = write!(out, "<mark class=hidden title=\"{name}\">\u{27E6}U+{:04X}\u{27E7}</mark>", u32::from(c));
+    }
+    out.push_str(&escape(&plain));
+    out
+}
+
 /// `s` with `& < > " '` escaped for HTML text and attribute values.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -420,7 +508,7 @@ pub fn highlight(code: &str) -> String {
         if start < at || end > code.len() || !code.is_char_boundary(start) || !code.is_char_boundary(end) {
             continue;
         }
-        out.push_str(&escape(&code[at..start]));
+        out.push_str(&show(&code[at..start]));
         let class = match t.kind() {
             k if k.is_keyword() => Some("k"),
             K::String
@@ -435,7 +523,7 @@ pub fn highlight(code: &str) -> String {
             k if k.is_operator() => Some("o"),
             _ => None,
         };
-        let text = escape(&code[start..end]);
+        let text = show(&code[start..end]);
         match class {
             Some(c) => {
                 let _ = write!(out, "<span class={c}>{text}</span>");
@@ -444,7 +532,7 @@ pub fn highlight(code: &str) -> String {
         }
         at = end;
     }
-    out.push_str(&escape(&code[at.min(code.len())..]));
+    out.push_str(&show(&code[at.min(code.len())..]));
     out
 }
 
@@ -464,5 +552,17 @@ mod tests {
         let bad = highlight("def (:\n  '''<x>");
         assert!(bad.contains("&lt;x&gt;"), "{bad}");
         assert_eq!(escape("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
+    }
+
+    /// H5: what the reviewer sees is what runs: bidi controls and invisible
+    /// characters become visible marks, in the code and in its tokens.
+    #[test]
+    fn h5_hidden_characters_are_shown_as_marks() {
+        let code = "if access != 'user\u{202E} \u{2066}# admin\u{2069} \u{2066}':\n    x\u{1b}[2K\n";
+        let h = highlight(code);
+        assert!(!h.chars().any(|c| crate::text::hidden(c).is_some() || c == '\u{1b}'), "{h}");
+        assert!(h.contains("title=\"RIGHT-TO-LEFT OVERRIDE\">\u{27E6}U+202E\u{27E7}</mark>"), "{h}");
+        assert!(h.contains("\u{27E6}U+2066\u{27E7}") && h.contains("\u{27E6}U+001B\u{27E7}"), "{h}");
+        assert_eq!(show("a<b\n"), "a&lt;b\n");
     }
 }
