@@ -52,11 +52,13 @@ pub enum SandboxError {
 }
 
 impl From<crate::approval::ApprovalError> for SandboxError {
-    /// A full waiting budget is [`SandboxError::Busy`] (retry later); any other
+    /// A full waiting budget is [`SandboxError::Busy`] (retry later), a subject too
+    /// large to review an invalid request; any other
     /// failure of the queue is [`SandboxError::Approval`].
     fn from(e: crate::approval::ApprovalError) -> SandboxError {
         match e {
             crate::approval::ApprovalError::Busy(_) => SandboxError::Busy(e.to_string()),
+            crate::approval::ApprovalError::TooLarge { .. } => SandboxError::InvalidRequest(e.to_string()),
             e => SandboxError::Approval(e),
         }
     }
@@ -67,5 +69,31 @@ impl SandboxError {
     /// count), as opposed to a bad request or policy.
     pub fn is_host_fault(&self) -> bool {
         matches!(self, SandboxError::TierUnavailable { .. } | SandboxError::Host { .. })
+    }
+}
+
+/// `message` with every absolute host path replaced by `<host path>` (H12: a host
+/// error recorded in the audit log or shown to an approver names no socket, overlay
+/// or state directory; the server's own log keeps the full text).
+pub fn redact_paths(message: &str) -> String {
+    static PATH: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = PATH.get_or_init(|| {
+        regex::Regex::new(r#"(^|[\s"'(=:,\[{])/[^\s"'),\]}]*"#)
+            .unwrap_or_else(|_| regex::Regex::new("$^").expect("empty"))
+    });
+    re.replace_all(message, "${1}<host path>").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    /// H12: host paths leave no host error that is recorded or shown.
+    #[test]
+    fn h12_host_paths_are_redacted_from_host_errors() {
+        let m = "docker: error trying to connect: unix:///var/run/docker.sock: No such file (os error 2); \
+                 overlay at \"/var/lib/docker/overlay2/abc/merged\", home=/root/.local/share/terrarium";
+        let r = super::redact_paths(m);
+        assert!(!r.contains("/var") && !r.contains("/root"), "{r}");
+        assert!(r.contains("No such file (os error 2)") && r.contains("<host path>"), "{r}");
+        assert_eq!(super::redact_paths("a/b is relative"), "a/b is relative");
     }
 }

@@ -320,7 +320,7 @@ impl Sandbox {
         };
         let subject = serde_json::json!({
             "request_id": req.id, "code": req.code, "tier": tier, "route": route, "scratch": req.scratch,
-            "findings": findings, "policy": policy.to_yaml(),
+            "findings": findings, "policy": policy.to_yaml_redacted(), "caller": req.caller,
         });
         let item = gate.ask("execute", subject, &reason, policy.approvals().timeout).await?;
         if item.status == "approved" {
@@ -445,32 +445,46 @@ impl Sandbox {
             Ok(p)
         });
         let Some(log) = &self.audit else { return self.route_and_run(req, checked?).await };
-        let id = req.id.clone();
+        // H15: every event names who asked, and a client's id is kept in its own
+        // namespace (`req:CALLER:ID`), apart from the gate's `approval-N`.
+        let caller = req.caller.clone().unwrap_or_else(|| "local".into());
+        let id = req.id.as_ref().map(|i| format!("req:{caller}:{i}"));
+        let with_caller = |mut data: serde_json::Value| {
+            if let Some(map) = data.as_object_mut() {
+                map.insert("caller".into(), serde_json::Value::String(caller.clone()));
+            }
+            data
+        };
         let sha = crate::audit::sha256_hex(req.code.as_bytes());
         // A request refused before it runs (bad code, a loosening override) is
         // recorded without its text: the size cap is what keeps the log bounded.
         let policy = match checked {
             Ok(p) => p,
             Err(e) => {
-                let data =
-                    serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()});
+                let data = with_caller(
+                    serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()}),
+                );
                 log.admit_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
                 return Err(e);
             }
         };
-        let data = serde_json::json!({
+        let data = with_caller(serde_json::json!({
             "code_sha256": sha,
             "tier": req.tier.to_string(),
             "scratch": req.scratch,
             "overrides": format!("{:?}", req.overrides),
-        });
+        }));
         log.admit_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
         let r = self.route_and_run(req, policy).await;
         // One event per fact, committed together: the analysis' findings, the
         // routing decision, a denial, and the outcome with its usage.
-        let event =
-            |kind: &str, data: serde_json::Value| Event { kind: kind.into(), request_id: id.clone(), data, code: None };
+        let event = |kind: &str, data: serde_json::Value| Event {
+            kind: kind.into(),
+            request_id: id.clone(),
+            data: with_caller(data),
+            code: None,
+        };
         let mut events = Vec::new();
         match &r {
             Ok(o) => {
@@ -491,7 +505,9 @@ impl Sandbox {
             }
             Err(e) => events.push(event(
                 "outcome",
-                serde_json::json!({"code_sha256": sha, "status": "error", "host_error": e.to_string()}),
+                serde_json::json!({
+                    "code_sha256": sha, "status": "error", "host_error": crate::error::redact_paths(&e.to_string()),
+                }),
             )),
         }
         log.record_all_async(events).await?;

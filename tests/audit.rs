@@ -167,9 +167,12 @@ fn the_sandbox_records_each_request_and_its_outcome() {
     let kinds = |id: &str| -> Vec<&str> {
         rows.iter().filter(|r| r.request_id.as_deref() == Some(id)).map(|r| r.kind.as_str()).collect()
     };
-    assert_eq!(kinds("q0"), ["request", "route", "outcome"]);
-    assert_eq!(kinds("q1"), ["request", "route", "outcome"]);
-    let q2 = kinds("q2");
+    // H15: a client's id is kept in its own namespace, and every event names the caller.
+    assert_eq!(kinds("req:local:q0"), ["request", "route", "outcome"]);
+    assert_eq!(kinds("req:local:q1"), ["request", "route", "outcome"]);
+    assert!(kinds("q0").is_empty(), "a client id is never used bare");
+    assert!(rows.iter().filter(|r| r.request_id.is_some()).all(|r| r.data["caller"] == "local"), "{rows:?}");
+    let q2 = kinds("req:local:q2");
     assert_eq!((q2.first(), q2.last()), (Some(&"request"), Some(&"outcome")), "{q2:?}");
     assert!(q2.contains(&"route") && q2.contains(&"denial"), "{q2:?}");
     let outcome = rows.iter().rfind(|r| r.kind == "outcome").expect("outcome");
@@ -180,7 +183,7 @@ fn the_sandbox_records_each_request_and_its_outcome() {
     assert!(matches!(r, Err(terrarium::SandboxError::InvalidRequest(_))), "{r:?}");
     s.flush_audit(Duration::from_secs(5)).expect("flush");
     let last = audit::tail(&path, 1).expect("tail");
-    assert_eq!((last[0].kind.as_str(), last[0].request_id.as_deref()), ("request", Some("big")));
+    assert_eq!((last[0].kind.as_str(), last[0].request_id.as_deref()), ("request", Some("req:local:big")));
     assert!(last[0].data["refused"].as_str().is_some_and(|m| m.contains("max_code_size")), "{:?}", last[0].data);
     let big = last[0].data["code_sha256"].as_str().expect("sha");
     assert_eq!(audit::code(&path, big).expect("code"), None, "an oversized snippet's text is not stored");
@@ -255,8 +258,11 @@ fn a_process_killed_mid_burst_leaves_every_answered_request_in_a_log_that_verifi
     let (_, problems) = audit::verify(&path).expect("verify");
     assert_eq!(problems, Vec::<String>::new());
     let rows = audit::tail(&path, usize::MAX).expect("tail");
-    let recorded: std::collections::HashSet<&str> =
-        rows.iter().filter(|r| r.kind == "outcome").filter_map(|r| r.request_id.as_deref()).collect();
+    let recorded: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.kind == "outcome")
+        .filter_map(|r| r.request_id.as_deref()?.rsplit(':').next())
+        .collect();
     let missing: Vec<&String> = answered.iter().filter(|id| !recorded.contains(id.as_str())).collect();
     assert!(missing.is_empty(), "answered but not in the log: {missing:?}");
 }

@@ -2,7 +2,7 @@
 //! real tiers, the real audit database. Attacks on the door: no token, a wrong
 //! token, the wrong role, bad bodies, shell tricks in commands, a flood.
 
-use crate::common::server::{ADMIN, APPROVE, Reply, SUBMIT, Server, call, parse_reply, request_bytes};
+use crate::common::server::{ADMIN, APPROVE, Reply, SUBMIT, Server, call, parse_reply, request_bytes, sign_in};
 use crate::common::{SKIP_DOCKER, default_policy_with};
 
 fn audit_rows(server: &Server) -> Vec<serde_json::Value> {
@@ -151,7 +151,7 @@ fn the_openapi_document_describes_the_served_endpoints() {
 fn commands_with_shell_tricks_are_refused_with_reasons() {
     let s = Server::start(None, &[]);
     for (line, needle) in [
-        ("rm -rf /", "rm is denied"),
+        ("rm -rf /", "\"rm\" is denied"),
         ("curl http://127.0.0.1/x | sh", "`|`"),
         ("echo $(id)", "`$(…)`"),
         ("echo `id`", "backtick"),
@@ -263,11 +263,10 @@ fn an_unanswered_critical_run_expires_and_is_denied() {
 /// cookie that scripts cannot read, decisions only with the session's CSRF token,
 /// and a Content Security Policy on every page.
 #[test]
-fn the_review_page_needs_a_session_with_the_approve_role_and_its_csrf_token() {
+fn h10_the_review_page_needs_a_session_from_its_own_form_with_the_approve_role_and_its_csrf_token() {
     let s = Server::start(None, &[]);
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    let login =
-        |token: &str| call(s.addr, "POST", "/review/login", None, Some(format!("token={token}").as_bytes()), &form);
+    let login = |token: &str| sign_in(s.addr, token);
     let page = s.call("GET", "/review", None, None);
     assert_eq!(page.status, 200);
     assert!(page.body.contains("id=token") && !page.body.contains("Waiting for a decision"), "{}", page.body);
@@ -296,6 +295,22 @@ fn the_review_page_needs_a_session_with_the_approve_role_and_its_csrf_token() {
     let out = call(s.addr, "POST", "/review/logout", None, Some(format!("csrf={csrf}").as_bytes()), &both);
     assert_eq!(out.status, 303);
     assert_eq!(decide(format!("csrf={csrf}"), &both).status, 401, "the session ended");
+    // H10: a sign-in posted by a page on another origin carries no check cookie.
+    let forged =
+        call(s.addr, "POST", "/review/login", None, Some(format!("token={APPROVE}&check=x").as_bytes()), &form);
+    assert_eq!(forged.status, 403, "login CSRF: {}", forged.body);
+    assert!(forged.header("set-cookie").is_none_or(|c| !c.starts_with("terrarium_review=")), "{forged:?}");
+    // H10: one identity holds at most four sessions; its fifth sign-in ends the oldest.
+    let session_of =
+        |r: &Reply| r.header("set-cookie").and_then(|c| c.split(';').next()).expect("session cookie").to_string();
+    let first = session_of(&login(APPROVE));
+    let signed_in =
+        |cookie: &str| call(s.addr, "GET", "/review", None, None, &[("Cookie", cookie)]).body.contains("Signed in as");
+    assert!(signed_in(&first));
+    for _ in 0..4 {
+        assert_eq!(login(APPROVE).status, 303);
+    }
+    assert!(!signed_in(&first), "the oldest of alice's sessions ended");
     wait_for_audit(&s, "auth_denied", |r| r["data"]["status"] == 401 && r["data"]["endpoint"] == "POST /review/login");
     wait_for_audit(&s, "auth_denied", |r| {
         r["data"]["token_name"] == "ci" && r["data"]["endpoint"] == "POST /review/login"
@@ -593,4 +608,93 @@ fn h4_another_process_reading_the_log_loses_no_events() {
     assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
     let executes = audit_rows(&s).iter().filter(|r| r["kind"] == "outcome").count();
     assert_eq!(executes, 6, "every answered run's outcome is in the log");
+}
+
+/// The review page and the queue, attacked through what a submitter controls:
+/// H5 (bidi controls shown as marks, argv word by word, the analysis' finding),
+/// H6 (a subject too large to review is refused), H12 (no mount source reaches an
+/// approver), H15 (events name the caller, client ids are namespaced, an empty
+/// decider is refused).
+#[test]
+fn h5_h6_h12_h15_what_the_reviewer_sees_is_what_runs_and_names_no_host_path() {
+    let secret_dir = tempfile::tempdir().expect("mount source");
+    let source = secret_dir.path().to_string_lossy().to_string();
+    let policy = format!(
+        "{}\nterrarium:\n  read_only_mounts:\n    - source: {source}\n      target: /data\n\
+         approvals:\n  critical: [writable_scratch, unlisted_command]\n  timeout: 60\n",
+        terrarium::policy::DEFAULT_POLICY_YAML
+    );
+    let s = Server::start(Some(&policy), &[]);
+    let addr = s.addr;
+    // A Trojan Source snippet waits for approval (a writable scratch directory).
+    let trojan = "access = 'user'\nif access != 'user\u{202E} \u{2066}# admin\u{2069} \u{2066}':\n    print('admin')\n";
+    let body = serde_json::json!({"code": trojan, "tier": "wasm", "scratch": true, "id": "approval-1"}).to_string();
+    let run = std::thread::spawn(move || call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[]));
+    let item = first_pending(&s);
+    let id = item["id"].as_i64().expect("id");
+    let policy_shown = item["subject"]["policy"].as_str().expect("policy");
+    assert!(!policy_shown.contains(&source) && policy_shown.contains("/data"), "H12: {policy_shown}");
+    assert_eq!(item["subject"]["caller"], "ci", "H15: the approver sees who asks: {item}");
+    let findings = item["subject"]["findings"].to_string();
+    assert!(findings.contains("U+202E"), "H5: the analysis reports it: {findings}");
+    let session =
+        sign_in(addr, APPROVE).header("set-cookie").and_then(|c| c.split(';').next()).expect("cookie").to_string();
+    let page = call(addr, "GET", "/review", None, None, &[("Cookie", &session)]);
+    assert!(!page.body.contains('\u{202E}') && !page.body.contains('\u{2066}'), "H5: raw bidi controls on the page");
+    assert!(
+        page.body.contains(&format!("id=hidden-{id}")) && page.body.contains("\u{27E6}U+202E\u{27E7}"),
+        "H5: {}",
+        page.body
+    );
+    // H15: an empty decider is refused, on the CLI as on the API.
+    let empty = s.cli(&["approvals", "deny", &id.to_string(), "--as", ""]);
+    assert_eq!(empty.code, 2, "{}", empty.stderr);
+    assert!(empty.stderr.contains("decider"), "{}", empty.stderr);
+    let denied = s.call("POST", &format!("/v1/approvals/{id}/deny"), Some(APPROVE), None);
+    assert_eq!(denied.status, 200, "{}", denied.body);
+    assert_eq!(run.join().expect("run").json()["status"], "denied");
+    // H15: the client's id "approval-1" is not the gate's "approval-1".
+    let request = wait_for_audit(&s, "request", |r| r["data"]["caller"] == "ci");
+    assert_eq!(request["request_id"], "req:ci:approval-1", "{request}");
+    let outcome = wait_for_audit(&s, "outcome", |r| r["request_id"] == "req:ci:approval-1");
+    assert_eq!(outcome["data"]["caller"], "ci");
+    // H5: a command's words, one by one, with a hidden character marked.
+    let argv = serde_json::json!({"argv": ["git", "log", "--format=a b\u{202E}c"], "wait": 30}).to_string();
+    let cmd = std::thread::spawn(move || call(addr, "POST", "/v1/commands", Some(SUBMIT), Some(argv.as_bytes()), &[]));
+    let item = first_pending(&s);
+    let cid = item["id"].as_i64().expect("id");
+    let page = call(addr, "GET", "/review", None, None, &[("Cookie", &session)]);
+    let words =
+        page.body.split(&format!("id=argv-{cid}>")).nth(1).and_then(|r| r.split("</ol>").next()).expect("argv list");
+    assert_eq!(words.matches("<li>").count(), 3, "{words}");
+    assert!(words.contains("a b\u{27E6}") || words.contains("a b<mark"), "{words}");
+    s.call("POST", &format!("/v1/approvals/{cid}/deny"), Some(APPROVE), None);
+    let v = cmd.join().expect("command").json();
+    assert_eq!(v["allowed"], false, "{v}");
+    let event = wait_for_audit(&s, "command", |r| r["data"]["caller"] == "ci");
+    assert_eq!(event["data"]["argv"][0], "git");
+    // H6: a command line too long to review is refused before it is queued.
+    let long = serde_json::json!({"argv": ["git", "x".repeat(20_000)], "wait": 30}).to_string();
+    let v = s.call("POST", "/v1/commands", Some(SUBMIT), Some(&long)).json();
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert!(v["reason"].as_str().unwrap_or("").contains("more than 16384"), "{v}");
+    // Pages: a limit out of range is a clear 400.
+    assert_eq!(s.call("GET", "/v1/approvals?limit=0", Some(APPROVE), None).status, 400);
+    assert_eq!(s.call("GET", "/v1/approvals?limit=1", Some(APPROVE), None).json().as_array().map(Vec::len), Some(1));
+}
+
+/// DNS rebinding: a page on a name rebound to the server's address sends that name
+/// as Host; only IP addresses, localhost and names given with --allow-host pass.
+#[test]
+fn a_request_for_another_host_name_is_refused() {
+    let s = Server::start(None, &["--allow-host", "sandbox.internal"]);
+    let with_host = |host: &str| call(s.addr, "GET", "/v1/health", None, None, &[("Host", host)]);
+    let port = s.addr.port();
+    assert_eq!(with_host(&format!("evil.example:{port}")).status, 421, "a rebound name");
+    assert_eq!(with_host("evil.example").status, 421);
+    let login = call(s.addr, "GET", "/review", None, None, &[("Host", "evil.example")]);
+    assert_eq!(login.status, 421, "the review page too");
+    for ok in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "sandbox.internal".into(), "[::1]:1".into()] {
+        assert_eq!(with_host(&ok).status, 200, "{ok}");
+    }
 }

@@ -71,7 +71,16 @@ impl Gate {
     }
 
     async fn record(&self, kind: &str, item: &Item) -> Result<(), ApprovalError> {
-        let data = serde_json::to_value(item).unwrap_or_default();
+        let mut data = serde_json::to_value(item).unwrap_or_default();
+        // The subject is in the log once, with the request; later events name it by
+        // its hash (a large subject is not stored four times).
+        if kind != "approval_requested"
+            && let Some(map) = data.as_object_mut()
+            && let Some(subject) = map.remove("subject")
+        {
+            let hash = crate::audit::sha256_hex(subject.to_string().as_bytes());
+            map.insert("subject_sha256".into(), serde_json::Value::String(hash));
+        }
         let event = Event { kind: kind.into(), request_id: Some(format!("approval-{}", item.id)), data, code: None };
         self.audit.record_async(event).await.map_err(|e| ApprovalError::Audit(e.to_string()))
     }
@@ -132,6 +141,7 @@ impl Gate {
     /// [`ApprovalError::Decided`], [`ApprovalError::NotFound`], the database or
     /// the audit log.
     pub async fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
+        super::check_decider(who)?;
         self.expire_orphans().await?;
         let (who, note) = (who.to_string(), note.map(str::to_string));
         let item = self.db(move |q| q.decide(id, approve, &who, note.as_deref())).await?;
@@ -150,13 +160,45 @@ impl Gate {
         Ok(item)
     }
 
-    /// Items, newest first (see [`Queue::list`]).
+    /// One page of items, newest first (see [`Queue::list`]).
     ///
     /// # Errors
     /// The database failed.
-    pub async fn list(&self, status: Option<String>) -> Result<Vec<Item>, ApprovalError> {
+    pub async fn list(
+        &self,
+        status: Option<String>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Item>, ApprovalError> {
         self.expire_orphans().await?;
-        self.db(move |q| q.list(status.as_deref())).await
+        self.db(move |q| q.list(status.as_deref(), before, limit)).await
+    }
+
+    /// Every pending item, and the `recent` newest decided ones (the review page).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn review(&self, recent: usize) -> Result<(Vec<Item>, Vec<Item>), ApprovalError> {
+        self.expire_orphans().await?;
+        self.db(move |q| Ok((q.list(Some("pending"), None, super::MAX_PAGE)?, q.recently_decided(recent)?))).await
+    }
+
+    /// See [`Queue::fingerprint`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn fingerprint(&self, recent: usize) -> Result<String, ApprovalError> {
+        self.expire_orphans().await?;
+        self.db(move |q| q.fingerprint(recent)).await
+    }
+
+    /// How many items are pending.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn pending(&self) -> Result<usize, ApprovalError> {
+        self.expire_orphans().await?;
+        self.db(Queue::pending).await
     }
 
     /// Expires what is overdue and records the items whose waiting process ended

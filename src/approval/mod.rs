@@ -43,6 +43,17 @@ pub enum ApprovalError {
     /// As many operations as allowed already wait for a decision.
     #[error("{0} critical operations already wait for a decision, the most allowed")]
     Busy(usize),
+    /// What would wait is too large for a human to review.
+    #[error("the operation is {bytes} bytes as submitted for review, more than the {most} a reviewer is shown")]
+    TooLarge {
+        /// Its size (the subject as JSON).
+        bytes: usize,
+        /// The most accepted.
+        most: usize,
+    },
+    /// A decision needs a decider's name.
+    #[error("a decider's name must be non-empty printable text, at most 128 characters")]
+    BadDecider,
     /// The item was already decided (or expired).
     #[error("approval request {id} is already {status}")]
     Decided {
@@ -93,6 +104,26 @@ pub fn check_status(status: &str) -> Result<(), String> {
     } else {
         Err(format!("{status:?}: expected pending, approved, denied or expired"))
     }
+}
+
+/// The largest subject (what would run, as JSON) an item may have: a reviewer
+/// reads all of it, and every list and page pays for it.
+pub const MAX_SUBJECT: usize = 256 << 10;
+
+/// The most items one [`Queue::list`] returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// Refuses a decider name that would make the record say nobody decided, or that
+/// hides what it is: empty, blank, control or invisible characters, over 128.
+///
+/// # Errors
+/// [`ApprovalError::BadDecider`].
+pub fn check_decider(who: &str) -> Result<(), ApprovalError> {
+    let printable = who.chars().all(|c| !c.is_control() && crate::text::hidden(c).is_none());
+    if who.trim().is_empty() || !printable || who.chars().count() > 128 {
+        return Err(ApprovalError::BadDecider);
+    }
+    Ok(())
 }
 
 /// The note on an item expired because the process waiting for it ended.
@@ -169,6 +200,10 @@ impl Queue {
         reason: &str,
         wait: Duration,
     ) -> Result<Item, ApprovalError> {
+        let text = subject.to_string();
+        if text.len() > MAX_SUBJECT {
+            return Err(ApprovalError::TooLarge { bytes: text.len(), most: MAX_SUBJECT });
+        }
         let c = self.conn()?;
         let created = now_us();
         let deadline = created.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
@@ -178,7 +213,7 @@ impl Queue {
         c.execute(
             "INSERT INTO approvals (kind, subject, reason, status, created_us, deadline_us, waiter)
              VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
-            params![kind, subject.to_string(), reason, created, deadline, format!("{pid}:{start}")],
+            params![kind, text, reason, created, deadline, format!("{pid}:{start}")],
         )
         .map_err(|e| self.err(e))?;
         let id = c.last_insert_rowid();
@@ -238,25 +273,83 @@ impl Queue {
             .map_err(|e| self.err(e))
     }
 
-    /// Items, newest first; only those with `status` when given. Overdue items are
-    /// expired first, so a list never shows one as pending.
+    /// One page of items, newest first: only those with `status` when given, only
+    /// those older than id `before` when given (the next page starts before the
+    /// last id of this one), at most `limit` (capped at [`MAX_PAGE`]). The status
+    /// is a condition of the query, so a pending item is never hidden by newer
+    /// decided ones. Overdue items are expired first, so a list never shows one as
+    /// pending.
     ///
     /// # Errors
     /// The database failed.
-    pub fn list(&self, status: Option<&str>) -> Result<Vec<Item>, ApprovalError> {
+    pub fn list(&self, status: Option<&str>, before: Option<i64>, limit: usize) -> Result<Vec<Item>, ApprovalError> {
         self.expire_overdue()?;
+        self.select(
+            "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)",
+            params![status, before, limit.min(MAX_PAGE) as i64],
+        )
+    }
+
+    /// The `n` most recently submitted items that are no longer pending.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn recently_decided(&self, n: usize) -> Result<Vec<Item>, ApprovalError> {
+        self.select("status != 'pending'", params![n.min(MAX_PAGE) as i64])
+    }
+
+    fn select(&self, condition: &str, args: impl rusqlite::Params) -> Result<Vec<Item>, ApprovalError> {
         let c = self.conn()?;
+        let limit = if condition.contains("?2") { "?3" } else { "?1" };
         let mut stmt = c
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT 1000"
-            ))
+            .prepare(&format!("SELECT {COLUMNS} FROM approvals WHERE {condition} ORDER BY id DESC LIMIT {limit}"))
             .map_err(|e| self.err(e))?;
         let items = stmt
-            .query_map([status], to_item)
+            .query_map(args, to_item)
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
         Ok(items)
+    }
+
+    /// What the review page shows changes when this does: every pending item and
+    /// the `recent` newest decided ones, with their statuses and whether they have
+    /// outcomes (read without their subjects, so cheap to poll).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn fingerprint(&self, recent: usize) -> Result<String, ApprovalError> {
+        self.expire_overdue()?;
+        let c = self.conn()?;
+        let mut parts = Vec::new();
+        for (condition, limit) in [("status = 'pending'", -1), ("status != 'pending'", recent.min(MAX_PAGE) as i64)] {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT id, status, outcome IS NOT NULL FROM approvals WHERE {condition} ORDER BY id DESC LIMIT ?1"
+                ))
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(format!("{}:{}:{}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                parts.push(row.map_err(|e| self.err(e))?);
+            }
+        }
+        Ok(parts.join(","))
+    }
+
+    /// How many items are pending.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn pending(&self) -> Result<usize, ApprovalError> {
+        self.expire_overdue()?;
+        let c = self.conn()?;
+        c.query_row("SELECT count(*) FROM approvals WHERE status = 'pending'", [], |r| r.get::<_, i64>(0))
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(|e| self.err(e))
     }
 
     /// Approves (`true`) or denies a pending item, as `who`.
@@ -266,6 +359,7 @@ impl Queue {
     /// deadline: then it is expired now), [`ApprovalError::NotFound`], or the
     /// database.
     pub fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
+        check_decider(who)?;
         self.expire_overdue()?;
         let c = self.conn()?;
         let now = now_us();
@@ -362,7 +456,7 @@ mod tests {
         let subject = serde_json::json!(["git", "status"]);
         let a = q.submit("command", &subject, "not allow-listed", Duration::from_secs(60)).expect("submit");
         assert_eq!(a.status, "pending");
-        assert_eq!(q.list(Some("pending")).expect("list").len(), 1);
+        assert_eq!(q.list(Some("pending"), None, 10).expect("list").len(), 1);
         let done = q.decide(a.id, true, "alice", Some("looks fine")).expect("approve");
         assert_eq!(done.note.as_deref(), Some("looks fine"));
         assert_eq!((done.status.as_str(), done.decided_by.as_deref()), ("approved", Some("alice")));
@@ -390,6 +484,30 @@ mod tests {
         assert!(e.to_string().contains("already expired"), "{e}");
         let end = q.get(item.id).expect("get").expect("item");
         assert_eq!(end.note.as_deref(), Some(ORPHANED));
+    }
+
+    /// H9 and H6: a pending item is listed whatever number of newer decided ones
+    /// there are; pages are bounded; a subject too large to review is refused.
+    #[test]
+    fn h9_a_pending_item_is_never_hidden_by_newer_ones_and_h6_subjects_are_capped() {
+        let (_d, q) = queue();
+        let old = q.submit("command", &serde_json::json!(["x"]), "r", Duration::from_secs(60)).expect("submit");
+        for _ in 0..1001 {
+            let i = q.submit("command", &serde_json::json!(["y"]), "r", Duration::from_secs(60)).expect("submit");
+            q.decide(i.id, false, "bob", None).expect("deny");
+        }
+        let pending = q.list(Some("pending"), None, 10).expect("list");
+        assert_eq!(pending.iter().map(|i| i.id).collect::<Vec<_>>(), [old.id]);
+        assert_eq!(q.pending().expect("count"), 1);
+        assert!(q.fingerprint(10).expect("fingerprint").starts_with(&format!("{}:pending:", old.id)));
+        let page = q.list(None, None, 5000).expect("list");
+        assert_eq!(page.len(), MAX_PAGE, "a page is capped");
+        let next = q.list(None, Some(page[page.len() - 1].id), 5000).expect("next page");
+        assert_eq!(next.len(), 2, "the rest, older first page's last id");
+        assert_eq!(q.recently_decided(3).expect("recent").len(), 3);
+        let big = serde_json::json!(["echo", "x".repeat(MAX_SUBJECT)]);
+        let e = q.submit("command", &big, "r", Duration::from_secs(60)).expect_err("too large");
+        assert!(e.to_string().contains("more than the 262144"), "{e}");
     }
 
     #[test]

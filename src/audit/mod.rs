@@ -859,13 +859,19 @@ fn recover_with(
         if let Some((seq, hash)) = commit_events(conn, &events, true, key, expected).map_err(|e| db_err(path, e))? {
             write_head(head, seq, &hash, key).map_err(|e| db_err(path, e))?;
         }
+        // Another process recovering at the same time may have replayed and removed
+        // it first (replay is idempotent by event uid): gone is done.
+        let gone = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| db_err(path, format!("{name}: {e}"))),
+        };
         if rejected > 0 {
             // Not replayed, and kept for the operator; `verify` names it.
             let aside = name.replacen(&store.journal_prefix(), &store.rejected_prefix(), 1);
-            store.dir.rename(&name, &aside).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+            gone(store.dir.rename(&name, &aside))?;
             tracing::warn!(journal = %name, rejected, "a journal held lines the audit key does not vouch for; set aside");
         } else {
-            store.dir.remove(&name).map_err(|e| db_err(path, format!("{name}: {e}")))?;
+            gone(store.dir.remove(&name))?;
         }
         replayed += events.len();
         tracing::info!(journal = %name, events = events.len(), "replayed an audit journal left by a process that is gone");

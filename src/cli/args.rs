@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// Critical operations waiting for a human at once; more get 429.
     #[arg(long, value_name = "N", default_value = "64")]
     pub max_waiting: std::num::NonZeroUsize,
+    /// A host name clients may reach the server by (repeatable). IP addresses and
+    /// `localhost` always may; any other name in a request's Host header is refused
+    /// (a page whose name was rebound to this address cannot call the server).
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
 }
 
 /// `terrarium command`.
@@ -114,6 +119,12 @@ pub enum ApprovalsCommand {
         /// Only `pending`, `approved`, `denied` or `expired` ones.
         #[arg(long)]
         status: Option<String>,
+        /// Only items older than this id (the next page starts before the last id shown).
+        #[arg(long)]
+        before: Option<i64>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
     },
     /// One item (JSON).
     Show {

@@ -34,6 +34,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     }
     let mut config = ServerConfig::new(tokens, policy.max_code_size());
     config.max_requests = args.max_requests;
+    config.allowed_hosts = args.allow_host.iter().map(|h| h.to_ascii_lowercase()).collect();
     let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
     let sandbox = Arc::new(
         crate::Sandbox::builder()

@@ -49,21 +49,24 @@ pub async fn handle_command(
     line: &str,
     wait: Option<Duration>,
     run: bool,
+    caller: &str,
 ) -> Result<CommandReport, SandboxError> {
-    let r = check_and_run(sandbox, line, wait, run).await;
+    let r = check_and_run(sandbox, line, wait, run, caller).await;
     // With an audit log, every command is an event: what was asked, what the rules
     // said, whether it ran and how it ended (not its output).
     if let Some(log) = sandbox.audit_log() {
         let data = match &r {
             Ok(report) => serde_json::json!({
-                "line": line, "decision": report.decision, "reason": report.reason, "argv": report.argv,
+                "caller": caller, "line": line, "decision": report.decision, "reason": report.reason, "argv": report.argv,
                 "allowed": report.allowed, "ran": report.outcome.is_some(),
                 "approval": report.approval.as_ref().map(|i| i.id),
                 "outcome": report.outcome.as_ref().map(|o| serde_json::json!({
                     "status": o.status, "error": o.error, "usage": o.usage,
                 })),
             }),
-            Err(e) => serde_json::json!({"line": line, "host_error": e.to_string()}),
+            Err(e) => serde_json::json!({
+                "caller": caller, "line": line, "host_error": crate::error::redact_paths(&e.to_string()),
+            }),
         };
         log.record_async(crate::audit::Event { kind: "command".into(), request_id: None, data, code: None }).await?;
     }
@@ -75,6 +78,7 @@ async fn check_and_run(
     line: &str,
     wait: Option<Duration>,
     run: bool,
+    caller: &str,
 ) -> Result<CommandReport, SandboxError> {
     let (policy, gate) = (sandbox.policy(), sandbox.approvals());
     let decision = decide(line, &policy.command_rules());
@@ -96,7 +100,7 @@ async fn check_and_run(
     if kind == "needs_approval" && run {
         match (gate, wait) {
             (Some(gate), Some(wait)) => {
-                let subject = serde_json::json!({"argv": report.argv, "line": line});
+                let subject = serde_json::json!({"argv": report.argv, "line": line, "caller": caller});
                 let item = gate.ask("command", subject, &report.reason, wait).await?;
                 if item.status == "approved" {
                     report.allowed = true;

@@ -40,6 +40,10 @@ pub struct ExecRequest {
     /// Which tier a [`crate::Sandbox`] runs it on: `Auto` (the default) leaves it
     /// to the policy's `terrarium.tier` and the router. Executors ignore it.
     pub tier: TierChoice,
+    /// Who asks (a server's token name, `local:USER` for the CLI), recorded on
+    /// every audit event of the run; `None`: the library's caller, recorded as
+    /// `local`.
+    pub caller: Option<String>,
 }
 
 impl ExecRequest {
@@ -51,6 +55,7 @@ impl ExecRequest {
             overrides: Overrides::default(),
             scratch: false,
             tier: TierChoice::Auto,
+            caller: None,
         }
     }
 
@@ -87,6 +92,13 @@ impl ExecRequest {
     #[must_use]
     pub fn with_id(mut self, id: impl Into<String>) -> ExecRequest {
         self.id = Some(id.into());
+        self
+    }
+
+    /// Sets who asks (see [`ExecRequest::caller`]).
+    #[must_use]
+    pub fn with_caller(mut self, caller: impl Into<String>) -> ExecRequest {
+        self.caller = Some(caller.into());
         self
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! A token file has one token per line: `NAME ROLES TOKEN`, where `ROLES` is a
 //! comma-separated subset of `submit`, `approve`, `admin` (`admin` may do
-//! everything); `#` starts a comment. `TERRARIUM_TOKEN` adds one token named `env`
+//! everything); a word that starts with `#` starts a comment. Tokens are printable
+//! ASCII without `#` (one with it is refused, never cut short). `TERRARIUM_TOKEN`
+//! adds one token named `env`
 //! with every role.
 //!
 //! # Security invariant
@@ -85,7 +87,13 @@ impl Tokens {
     pub fn parse(text: &str, origin: &str) -> Result<Tokens, String> {
         let mut tokens = Tokens::default();
         for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
+            // A comment starts at a word that starts with `#`; a `#` inside a word is
+            // part of it (and refused below when that word is the token).
+            let comment = line
+                .char_indices()
+                .find(|&(i, c)| c == '#' && line[..i].chars().next_back().is_none_or(char::is_whitespace))
+                .map_or(line.len(), |(i, _)| i);
+            let line = line[..comment].trim();
             if line.is_empty() {
                 continue;
             }
@@ -129,6 +137,9 @@ impl Tokens {
     pub fn add(&mut self, name: &str, roles: BTreeSet<Role>, token: &str) -> Result<(), String> {
         if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("the token of {name:?} is shorter than {MIN_TOKEN_LEN} characters or not one word"));
+        }
+        if !token.chars().all(|c| c.is_ascii_graphic() && c != '#') {
+            return Err(format!("the token of {name:?} has `#` or a non-ASCII character; use letters and digits"));
         }
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
             return Err(format!("{name:?} is not a token name (letters, digits, - _ . @)"));
@@ -210,6 +221,9 @@ mod tests {
             (&format!("alice approve {A}\nalice submit {B}"), "two tokens are named"),
             (&format!("alice approve {A}\nbob submit {A}"), "also another name's"),
             (&format!("al/ice approve {A}"), "not a token name"),
+            // A `#` inside a token once cut it short silently.
+            (&format!("alice approve {A}#{B}"), "has `#`"),
+            (&format!("alice approve {A}\u{e9}"), "non-ASCII"),
         ] {
             let e = Tokens::parse(text, "tokens").expect_err(text);
             assert!(e.contains(needle), "{text:?}: {e}");

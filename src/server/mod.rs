@@ -82,6 +82,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body, once admitted.
     pub body_timeout: Duration,
+    /// Host names (lower case) a request's Host header may name besides IP
+    /// addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ServerConfig {
@@ -97,6 +100,7 @@ impl ServerConfig {
             anonymous_requests: 16,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -113,6 +117,7 @@ struct AppState {
     body_timeout: Duration,
     sessions: review::Sessions,
     refusals: Refusals,
+    allowed_hosts: Vec<String>,
     /// Started on the first request (inside the runtime).
     refusal_flusher: std::sync::OnceLock<()>,
 }
@@ -236,6 +241,7 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
         body_timeout: config.body_timeout,
         sessions: review::Sessions::default(),
         refusals: Refusals::default(),
+        allowed_hosts: config.allowed_hosts,
         refusal_flusher: std::sync::OnceLock::new(),
     });
     Ok(Router::new()
@@ -329,9 +335,37 @@ fn credentialed(state: &AppState, headers: &HeaderMap) -> bool {
 /// Admission and metrics, around every route: a slot in the pool for requests
 /// with credentials or in the one for those without, or 429; then the body, read
 /// whole within `body_timeout` (408) and its size limit (413).
+/// Whether the request names this server by an IP address, `localhost` or an
+/// allowed name. DNS rebinding needs a name (the attacker's, rebound to this
+/// address), so a literal address is always this server.
+fn host_allowed(req: &Request, allowed: &[String]) -> Result<(), String> {
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().map_err(|_| "the Host header is not text".to_string())?.to_string(),
+        None => req.uri().authority().map(|a| a.as_str().to_string()).ok_or("the request names no Host")?,
+    };
+    let name = if host.starts_with('[') {
+        return Ok(()); // an IPv6 literal
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host.as_str(),
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed.contains(&name) {
+        return Ok(());
+    }
+    Err(format!("Host {host:?} is not a name of this server (start it with --allow-host NAME to allow one)"))
+}
+
 async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     start_refusal_flusher(&state);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    if let Err(why) = host_allowed(&req, &state.allowed_hosts) {
+        let r = problem(StatusCode::MISDIRECTED_REQUEST, &why);
+        state.metrics.request(&route, r.status().as_u16());
+        return r;
+    }
     if route == "/v1/health" {
         // No body, no work: answered outside both pools, so that a liveness check
         // is never held at 429 by clients filling the pool without credentials.
@@ -521,7 +555,7 @@ impl ExecuteBody {
             max_output: size("max_output", self.max_output)?,
             allowed_modules: self.allowed_modules.map(|m| m.into_iter().collect()),
         };
-        Ok(ExecRequest { id: self.id, code: self.code, overrides, scratch: self.scratch, tier })
+        Ok(ExecRequest { id: self.id, code: self.code, overrides, scratch: self.scratch, tier, caller: None })
     }
 }
 
@@ -559,7 +593,7 @@ async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
         Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
     };
     tracing::info!(caller = caller.name, id = ?req.id, "execute");
-    match state.sandbox.execute(req).await {
+    match state.sandbox.execute(req.with_caller(caller.name.clone())).await {
         Ok(o) => {
             state.metrics.outcome(o.tier.as_str(), o.status.as_str());
             axum::Json(o).into_response()
@@ -607,7 +641,7 @@ async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
         }
     };
     tracing::info!(caller = caller.name, line, "command");
-    match crate::command::handle_command(&state.sandbox, &line, wait, !b.check).await {
+    match crate::command::handle_command(&state.sandbox, &line, wait, !b.check, &caller.name).await {
         Ok(report) => {
             if let Some(o) = &report.outcome {
                 state.metrics.outcome("docker", o.status.as_str());
@@ -619,9 +653,17 @@ async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) ->
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
+    /// Only items older than this id (the next page: the last id of this one).
+    before: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
 }
+
+/// Items per page of `GET /v1/approvals` unless the caller asks.
+const PAGE: usize = 100;
 
 async fn list_approvals(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
     if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals").await {
@@ -630,7 +672,12 @@ async fn list_approvals(State(state): State<Shared>, headers: HeaderMap, Query(q
     if let Some(Err(why)) = q.status.as_deref().map(crate::approval::check_status) {
         return problem(StatusCode::BAD_REQUEST, &format!("status {why}"));
     }
-    match state.gate.list(q.status).await {
+    let limit = match q.limit {
+        None => PAGE,
+        Some(n) if (1..=crate::approval::MAX_PAGE).contains(&n) => n,
+        Some(n) => return problem(StatusCode::BAD_REQUEST, &format!("limit {n}: expected 1 to 1000")),
+    };
+    match state.gate.list(q.status, q.before, limit).await {
         Ok(items) => axum::Json(items).into_response(),
         Err(e) => fault("the approvals queue", &e),
     }
@@ -692,6 +739,7 @@ async fn decide(state: &AppState, id: i64, approve: bool, caller: &Identity, not
         Ok(item) => axum::Json(item).into_response(),
         Err(ApprovalError::NotFound(_)) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
         Err(e @ ApprovalError::Decided { .. }) => problem(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ ApprovalError::BadDecider) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => fault("the approvals queue", &e),
     }
 }
@@ -731,8 +779,8 @@ async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
             (format!("breaker=\"{}\"", b.name), v)
         })
         .collect();
-    let pending = match state.gate.list(Some("pending".into())).await {
-        Ok(items) => items.len() as f64,
+    let pending = match state.gate.pending().await {
+        Ok(n) => n as f64,
         Err(e) => return fault("the approvals queue", &e),
     };
     let running = vec![(String::new(), state.sandbox.running() as f64)];

@@ -138,7 +138,10 @@ pub fn request_bytes(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -180,4 +183,22 @@ pub fn call(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     parse_reply(&raw)
+}
+
+/// Signs in to the review page as a browser does: loads the sign-in form (which
+/// sets its check cookie), then posts `token` with the form's check value and the
+/// cookie. The reply to the post.
+pub fn sign_in(addr: SocketAddr, token: &str) -> Reply {
+    let page = call(addr, "GET", "/review", None, None, &[]);
+    let check = page.body.split("name=check value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+    let cookie = page.header("set-cookie").and_then(|c| c.split(';').next()).unwrap_or("").to_string();
+    let form = format!("token={token}&check={check}");
+    call(
+        addr,
+        "POST",
+        "/review/login",
+        None,
+        Some(form.as_bytes()),
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)],
+    )
 }
