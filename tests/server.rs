@@ -698,3 +698,43 @@ fn a_request_for_another_host_name_is_refused() {
         assert_eq!(with_host(&ok).status, 200, "{ok}");
     }
 }
+
+/// S1: clients that pipeline requests and never read the replies lose their
+/// connections once a write stalls, and past the connection cap new clients wait
+/// in the backlog instead of the server running out of descriptors.
+#[test]
+fn s1_clients_that_never_read_their_replies_cannot_hold_the_server() {
+    use std::io::{Read, Write};
+    let s = Server::start(None, &["--max-connections", "32"]);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", s.pid())).map(|d| d.count()).unwrap_or(0);
+    let base = fds();
+    let one = format!("GET /openapi.json HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr);
+    let flood: Vec<u8> = one.repeat(4000).into_bytes();
+    for _ in 0..48 {
+        let (addr, flood) = (s.addr, flood.clone());
+        // Detached: each holds its socket, never reading, longer than the test runs.
+        std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            let _ = c.set_write_timeout(Some(std::time::Duration::from_secs(60)));
+            let _ = c.write_all(&flood);
+            std::thread::sleep(std::time::Duration::from_secs(90));
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let held = fds();
+    assert!(held <= base + 32 + 2, "the connection cap bounds descriptors: {held} (base {base})");
+    // Each stalled connection is closed 10 s after its reply stalls; those waiting in
+    // the backlog are then accepted and closed in turn.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    while fds() > base + 2 {
+        assert!(std::time::Instant::now() < deadline, "stalled connections are still held: {} (base {base})", fds());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let mut c = std::net::TcpStream::connect(s.addr).expect("connect");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let req = format!("GET /v1/health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", s.addr);
+    c.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    assert_eq!(parse_reply(&raw).status, 200, "a new client is served");
+}

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// (a page whose name was rebound to this address cannot call the server).
     #[arg(long, value_name = "NAME")]
     pub allow_host: Vec<String>,
+    /// Connections open at once (kept 64 below the descriptor limit); more wait in
+    /// the listen backlog. A client that reads no reply for 10 s is disconnected.
+    #[arg(long, value_name = "N", default_value = "1024")]
+    pub max_connections: std::num::NonZeroUsize,
 }
 
 /// `terrarium command`.

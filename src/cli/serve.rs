@@ -34,6 +34,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     }
     let mut config = ServerConfig::new(tokens, policy.max_code_size());
     config.max_requests = args.max_requests;
+    config.max_connections = args.max_connections.get();
     config.allowed_hosts = args.allow_host.iter().map(|h| h.to_ascii_lowercase()).collect();
     let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
     let sandbox = Arc::new(
@@ -44,7 +45,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             .max_waiting(args.max_waiting)
             .build()?,
     );
-    let header_timeout = config.header_timeout;
+    let (header_timeout, max_connections) = (config.header_timeout, config.max_connections);
     let router = app(sandbox.clone(), config).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
     if !args.listen.ip().is_loopback() {
         eprintln!(
@@ -59,7 +60,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     rt.block_on(async {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let ready = |addr| eprintln!("terrarium: serving on http://{addr}");
-        let mut server = tokio::spawn(serve(router, args.listen, header_timeout, ready, async {
+        let mut server = tokio::spawn(serve(router, args.listen, header_timeout, max_connections, ready, async {
             let _ = stopped.await;
         }));
         tokio::select! {

@@ -35,6 +35,7 @@
 #![allow(clippy::result_large_err, reason = "handlers hand axum responses back by value, as axum itself does")]
 
 pub mod auth;
+mod conn;
 pub mod metrics;
 mod review;
 
@@ -85,6 +86,9 @@ pub struct ServerConfig {
     /// Host names (lower case) a request's Host header may name besides IP
     /// addresses and `localhost`.
     pub allowed_hosts: Vec<String>,
+    /// Connections served at once (kept below the descriptor limit); more wait in
+    /// the listen backlog.
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -101,6 +105,7 @@ impl ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             allowed_hosts: Vec::new(),
+            max_connections: 1024,
         }
     }
 }
@@ -263,7 +268,9 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String
 /// Serves `app` on `listen` until `shutdown` resolves; calls `ready` with the
 /// bound address once it listens. Each connection must send a request's headers
 /// within `header_timeout` (idle keep-alive connections included), or it is
-/// closed. On shutdown, requests in flight get 30 s to finish.
+/// closed; a reply the client does not read for 10 s closes it too. At most
+/// `max_connections` (kept below the descriptor limit) are open at once; more wait
+/// in the listen backlog. On shutdown, requests in flight get 30 s to finish.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -271,14 +278,25 @@ pub async fn serve(
     app: Router,
     listen: SocketAddr,
     header_timeout: Duration,
+    max_connections: usize,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     ready(listener.local_addr()?);
+    // S1: at most this many connections hold a descriptor; a client that stops
+    // reading its replies loses its connection after conn::WRITE_STALL.
+    let connections = Arc::new(Semaphore::new(conn::connection_cap(max_connections).max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -293,6 +311,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let stream = conn::Deadlined::new(stream, conn::WRITE_STALL);
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(header_timeout)
@@ -300,6 +319,7 @@ pub async fn serve(
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
@@ -332,9 +352,6 @@ fn credentialed(state: &AppState, headers: &HeaderMap) -> bool {
     bearer.is_some_and(|t| state.tokens.identify(t).is_some()) || state.sessions.signed_in(headers)
 }
 
-/// Admission and metrics, around every route: a slot in the pool for requests
-/// with credentials or in the one for those without, or 429; then the body, read
-/// whole within `body_timeout` (408) and its size limit (413).
 /// Whether the request names this server by an IP address, `localhost` or an
 /// allowed name. DNS rebinding needs a name (the attacker's, rebound to this
 /// address), so a literal address is always this server.
@@ -358,6 +375,9 @@ fn host_allowed(req: &Request, allowed: &[String]) -> Result<(), String> {
     Err(format!("Host {host:?} is not a name of this server (start it with --allow-host NAME to allow one)"))
 }
 
+/// Admission and metrics, around every route: the Host check (421); a slot in the
+/// pool for requests with credentials or in the one for those without, or 429; then
+/// the body, read whole within `body_timeout` (408) and its size limit (413).
 async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     start_refusal_flusher(&state);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
