@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
         router,
         "127.0.0.1:0".parse().expect("addr"),
         std::time::Duration::from_secs(10),
+        1024,
         move |a| tx.send(a).expect("addr"),
         std::future::pending(),
     ));
