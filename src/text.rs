@@ -13,9 +13,11 @@
 
 use std::borrow::Cow;
 
-/// The name of `c` if it reorders or hides text when displayed: bidirectional
-/// controls, zero-width and invisible formatting characters, fillers that render as
-/// blank, tag characters.
+/// The name of `c` if it reorders or hides text when displayed: the bidirectional
+/// controls and every character Unicode marks Default_Ignorable_Code_Point
+/// (zero-width and invisible formatting characters, fillers that render as blank,
+/// variation selectors, tag characters, musical-symbol formatting, shorthand
+/// format controls), reserved ones included.
 pub fn hidden(c: char) -> Option<&'static str> {
     Some(match c {
         '\u{061C}' => "ARABIC LETTER MARK",
@@ -34,16 +36,21 @@ pub fn hidden(c: char) -> Option<&'static str> {
         '\u{034F}' => "COMBINING GRAPHEME JOINER",
         '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' => "HANGUL FILLER",
         '\u{17B4}' | '\u{17B5}' => "KHMER INHERENT VOWEL",
+        '\u{180B}'..='\u{180D}' | '\u{180F}' => "MONGOLIAN FREE VARIATION SELECTOR",
         '\u{180E}' => "MONGOLIAN VOWEL SEPARATOR",
         '\u{200B}' => "ZERO WIDTH SPACE",
         '\u{200C}' => "ZERO WIDTH NON-JOINER",
         '\u{200D}' => "ZERO WIDTH JOINER",
-        '\u{2060}'..='\u{2064}' => "INVISIBLE FORMATTING CHARACTER",
+        '\u{2060}'..='\u{2065}' => "INVISIBLE FORMATTING CHARACTER",
         '\u{206A}'..='\u{206F}' => "DEPRECATED FORMATTING CHARACTER",
         '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => "VARIATION SELECTOR",
         '\u{FEFF}' => "ZERO WIDTH NO-BREAK SPACE",
+        '\u{FFF0}'..='\u{FFF8}' => "RESERVED INVISIBLE CHARACTER",
         '\u{FFF9}'..='\u{FFFB}' => "INTERLINEAR ANNOTATION CHARACTER",
+        '\u{1BCA0}'..='\u{1BCA3}' => "SHORTHAND FORMAT CONTROL",
+        '\u{1D173}'..='\u{1D17A}' => "MUSICAL SYMBOL FORMATTING CHARACTER",
         '\u{E0000}'..='\u{E007F}' => "TAG CHARACTER",
+        '\u{E0080}'..='\u{E00FF}' | '\u{E01F0}'..='\u{E0FFF}' => "RESERVED INVISIBLE CHARACTER",
         _ => return None,
     })
 }
@@ -66,6 +73,21 @@ pub fn for_terminal(s: &str) -> Cow<'_, str> {
 /// backslashes are kept.
 pub fn lines_for_terminal(s: &str) -> Cow<'_, str> {
     escape_for_terminal(s, true)
+}
+
+/// A message (an exception's, a host error's) for one `terrarium: …` line on a
+/// terminal: [`lines_for_terminal`], with every line after the first indented, so
+/// that a message cannot forge a line of Terrarium's own.
+pub fn message_for_terminal(s: &str) -> String {
+    lines_for_terminal(s).replace('\n', "\n    ")
+}
+
+/// Text a sandbox produced (a snippet's output, stored code) for `out`: as it is
+/// when `out` is not a terminal (a pipe or file gets the exact bytes), with
+/// [`lines_for_terminal`] when it is, so that escape sequences in it cannot drive
+/// the terminal (rewrite lines, set the title, write the clipboard).
+pub fn for_stream<'s>(s: &'s str, terminal: bool) -> Cow<'s, str> {
+    if terminal { lines_for_terminal(s) } else { Cow::Borrowed(s) }
 }
 
 fn escape_for_terminal(s: &str, keep_lines: bool) -> Cow<'_, str> {
@@ -127,11 +149,18 @@ mod tests {
         assert_eq!(shown, "rm\\u{001B}[2K\\u{000D}allowed: ls\\u{202E}x\\u{009B}\\\\u{1B}");
         assert_eq!(hidden('\u{202E}'), Some("RIGHT-TO-LEFT OVERRIDE"));
         assert_eq!(hidden('a'), None);
+        // Round 4 of the host review: invisible in a browser, once unmarked.
+        for c in ['\u{1D173}', '\u{180B}', '\u{2065}', '\u{FFF0}', '\u{1BCA0}', '\u{E0FFF}'] {
+            assert!(hidden(c).is_some(), "U+{:04X}", u32::from(c));
+        }
         let v = serde_json::json!({"argv": ["ls\u{9b}2K", "\u{202E}x\u{E0041}"]});
         let text = serde_json::to_string(&v).expect("json");
         let shown = json_for_terminal(&text);
         assert!(!shown.chars().any(|c| c.is_control() || hidden(c).is_some()), "{shown}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).expect("still JSON"), v);
+        assert_eq!(message_for_terminal("boom\nterrarium: ok: fine"), "boom\n    terrarium: ok: fine");
+        assert_eq!(for_stream("a\u{1b}]52;c;x\u{7}", true), "a\\u{001B}]52;c;x\\u{0007}");
+        assert_eq!(for_stream("a\u{1b}", false), "a\u{1b}");
         let pretty = serde_json::to_string_pretty(&v).expect("json");
         let shown = json_for_terminal(&pretty);
         assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).expect("pretty JSON"), v);

@@ -164,3 +164,17 @@ fn a_wasm_batch_uses_warm_instances_and_exits_cleanly() {
     let want: Vec<serde_json::Value> = (0..6).map(|i| serde_json::json!(format!("[{i}]"))).collect();
     assert_eq!(results, want);
 }
+
+/// H16: what a snippet prints cannot drive the terminal of whoever reads the CLI's
+/// JSON or its error lines: C1 controls and bidi characters are escaped in JSON,
+/// and a multi-line exception message cannot forge a line of Terrarium's own.
+#[test]
+fn h16_snippet_text_cannot_drive_the_terminal() {
+    let out = terrarium(&["run", "--json", "-c", "print('\\x9b2J\\u202e')\nraise ValueError('\\x1b[2K')"], b"");
+    assert!(!out.stdout.contains('\u{9b}') && !out.stdout.contains('\u{202E}'), "{:?}", out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("still JSON");
+    assert_eq!(v["stdout"], "\u{9b}2J\u{202E}\n", "{v}");
+    let out = terrarium(&["run", "-c", "raise ValueError('boom\\nterrarium: ok: all fine\\x1b[2K')"], b"");
+    assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
+    assert!(out.stderr.contains("\n    terrarium: ok: all fine"), "continuation lines are indented: {:?}", out.stderr);
+}

@@ -898,3 +898,49 @@ fn m1_a_from_import_does_not_run_a_submodule_the_tier_refuses() {
     let o = run("from json import decoder, loads\nprint(decoder.JSONDecoder, loads('1'))");
     assert_eq!(o.status, Status::Ok, "{o:?}");
 }
+
+/// Round 9: a snippet's `__del__`, timed by a canary to fire during the codec
+/// search's lazy `import encodings.cp1252`, read `EnumType.__signature__`, which
+/// imported `inspect` inside that import; unhardened until the outer import ended,
+/// its `_signature_fromstr` evaluated `sys.executable` against the real `sys`. The
+/// cycle collector is now paused while an import is in progress.
+#[test]
+fn n1_a_finalizer_cannot_run_while_an_import_is_in_progress() {
+    let code = r#"
+import json
+U = "_" * 2
+D = U + "del" + U
+class M(type):
+    def __instancecheck__(cls, o): return True
+def native(obj, name):
+    C = M("C", (), {"__match_args__": (name,)})
+    match obj:
+        case C(v): return v
+Enum = native(type(json.decoder.FLAGS), U + "mro" + U)[-2]
+def g(self, *a): return self
+def c(self, *a): return 1
+F = type("F", (), {U + "get" + U: g, U + "call" + U: c,
+                   U + "text_signature" + U: "(a=sys.executable, b=sys.prefix)", U + "module" + U: "nonexistent"})
+got = []
+def fin(self):
+    try:
+        sig = native(Enum, U + "signature" + U)
+        got.append(str(type(sig).from_callable(F())))
+    except BaseException as e:
+        got.append("E " + type(e).__name__)
+for pre_count in (1700, 1800, 1900, 1950):
+    canary = []
+    def cd(self): canary.append(1)
+    Kc = type("Kc", (), {D: cd}); a = Kc(); a.me = a; del a
+    keep = []
+    while not canary: keep.append([0])
+    pre = [[0] for i in range(pre_count)]
+    K = type("K", (), {D: fin}); o = K(); o.me = o; del o
+    "abc".encode(["cp1252", "cp037", "cp437", "cp850"][len(got) % 4])
+print("got:", got)
+"#;
+    let o = run(code);
+    let text = format!("{} {} {:?}", o.stdout, o.stderr, o.error);
+    assert!(!text.contains("/usr") && !text.contains(env!("CARGO_BIN_EXE_terrarium")), "host paths: {text}");
+    assert!(!text.contains("a='"), "a signature evaluated against the real sys: {text}");
+}

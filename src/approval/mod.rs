@@ -51,6 +51,12 @@ pub enum ApprovalError {
         /// The most accepted.
         most: usize,
     },
+    /// Whoever asked for an operation does not decide it.
+    #[error("approval request {0} was asked for by the same caller; another person must decide it")]
+    OwnRequest(i64),
+    /// A decision's note is longer than [`MAX_NOTE`].
+    #[error("the note is {0} bytes, more than the {MAX_NOTE} a decision keeps")]
+    NoteTooLong(usize),
     /// A decision needs a decider's name.
     #[error("a decider's name must be non-empty printable text, at most 128 characters")]
     BadDecider,
@@ -109,6 +115,9 @@ pub fn check_status(status: &str) -> Result<(), String> {
 /// The largest subject (what would run, as JSON) an item may have: a reviewer
 /// reads all of it, and every list and page pays for it.
 pub const MAX_SUBJECT: usize = 256 << 10;
+
+/// The longest note a decision keeps.
+pub const MAX_NOTE: usize = 4096;
 
 /// The most items one [`Queue::list`] returns.
 pub const MAX_PAGE: usize = 1000;
@@ -360,6 +369,14 @@ impl Queue {
     /// database.
     pub fn decide(&self, id: i64, approve: bool, who: &str, note: Option<&str>) -> Result<Item, ApprovalError> {
         check_decider(who)?;
+        if let Some(n) = note.filter(|n| n.len() > MAX_NOTE) {
+            return Err(ApprovalError::NoteTooLong(n.len()));
+        }
+        // The caller recorded with the request (a server token's name) cannot
+        // approve or deny its own request.
+        if self.get(id)?.is_some_and(|i| i.subject["caller"].as_str() == Some(who)) {
+            return Err(ApprovalError::OwnRequest(id));
+        }
         self.expire_overdue()?;
         let c = self.conn()?;
         let now = now_us();
@@ -484,6 +501,18 @@ mod tests {
         assert!(e.to_string().contains("already expired"), "{e}");
         let end = q.get(item.id).expect("get").expect("item");
         assert_eq!(end.note.as_deref(), Some(ORPHANED));
+    }
+
+    /// A caller cannot decide its own request; notes are bounded.
+    #[test]
+    fn the_caller_does_not_decide_its_own_request() {
+        let (_d, q) = queue();
+        let subject = serde_json::json!({"argv": ["x"], "caller": "ci"});
+        let item = q.submit("command", &subject, "r", Duration::from_secs(60)).expect("submit");
+        assert!(matches!(q.decide(item.id, true, "ci", None), Err(ApprovalError::OwnRequest(_))));
+        let long = "n".repeat(MAX_NOTE + 1);
+        assert!(matches!(q.decide(item.id, true, "alice", Some(&long)), Err(ApprovalError::NoteTooLong(_))));
+        assert_eq!(q.decide(item.id, true, "alice", None).expect("another person").status, "approved");
     }
 
     /// H9 and H6: a pending item is listed whatever number of newer decided ones

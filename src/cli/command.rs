@@ -60,18 +60,19 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         eprintln!("terrarium: warning: {e}");
     }
     if args.json {
-        println!("{}", json_line(&report));
+        println!("{}", super::json_line(&report));
     } else {
         match (&report.outcome, report.decision) {
             (Some(o), _) => {
-                print!("{}", o.stdout);
-                eprint!("{}", o.stderr);
+                use std::io::IsTerminal as _;
+                print!("{}", crate::text::for_stream(&o.stdout, std::io::stdout().is_terminal()));
+                eprint!("{}", crate::text::for_stream(&o.stderr, std::io::stderr().is_terminal()));
                 if let Some(err) = &o.error {
                     eprintln!(
                         "terrarium: {}: {}: {}",
                         o.status.as_str(),
                         err.kind,
-                        crate::text::lines_for_terminal(&err.message)
+                        crate::text::message_for_terminal(&err.message)
                     );
                 }
             }
@@ -116,7 +117,7 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
             for item in
                 super::runtime()?.block_on(gate.list(status, before, usize::from(limit))).map_err(|e| host(e.into()))?
             {
-                println!("{}", json_line(&item));
+                println!("{}", super::json_line(&item));
             }
         }
         ApprovalsCommand::Show { id } => match super::runtime()?.block_on(gate.get(id)).map_err(|e| host(e.into()))? {
@@ -152,20 +153,16 @@ fn record_decision(gate: &Gate, d: super::args::DecideArgs, approve: bool) -> Re
         Err(
             e @ (crate::approval::ApprovalError::Decided { .. }
             | crate::approval::ApprovalError::NotFound(_)
-            | crate::approval::ApprovalError::BadDecider),
+            | crate::approval::ApprovalError::BadDecider
+            | crate::approval::ApprovalError::NoteTooLong(_)
+            | crate::approval::ApprovalError::OwnRequest(_)),
         ) => {
             return Err(CliError::usage(e));
         }
         Err(e) => return Err(CliError { code: EXIT_HOST, error: e.into() }),
     };
-    println!("{}", json_line(&item));
+    println!("{}", super::json_line(&item));
     Ok(())
-}
-
-/// `value` as one line of JSON that cannot drive the terminal it is printed on
-/// (H16: the words in it come from whoever submitted the command).
-fn json_line(value: &impl serde::Serialize) -> String {
-    json_for_terminal(&serde_json::to_string(value).unwrap_or_default()).into_owned()
 }
 
 /// One argument is taken as the command line itself; several are words, quoted so

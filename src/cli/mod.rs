@@ -45,7 +45,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("terrarium: {e:#}");
+            eprintln!("terrarium: {}", crate::text::message_for_terminal(&format!("{e:#}")));
             ExitCode::from(e.exit_code())
         }
     }
@@ -243,19 +243,22 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     flush_audit(&target);
     // A reader that closed the pipe (`| head`) has taken what it wanted: a failed
     // write ends nothing but the output; the exit code still says how the run ended.
+    // The snippet's text reaches a terminal escaped (H16), a pipe as it is.
+    use std::io::IsTerminal as _;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let _ = writeln!(out, "{}", serde_json::to_string(&outcome).unwrap_or_default());
+        let _ = writeln!(out, "{}", json_line(&outcome));
     } else {
-        let _ = write!(out, "{}", outcome.stdout);
+        let _ = write!(out, "{}", crate::text::for_stream(&outcome.stdout, std::io::stdout().is_terminal()));
         let _ = out.flush();
-        let _ = write!(std::io::stderr(), "{}", outcome.stderr);
+        let stderr = crate::text::for_stream(&outcome.stderr, std::io::stderr().is_terminal());
+        let _ = write!(std::io::stderr(), "{stderr}");
         if let Some(err) = &outcome.error {
             eprintln!(
                 "terrarium: {}: {}: {}",
                 outcome.status.as_str(),
                 err.kind,
-                crate::text::lines_for_terminal(&err.message)
+                crate::text::message_for_terminal(&err.message)
             );
         }
     }
@@ -323,7 +326,7 @@ fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
                         error: anyhow::anyhow!("a batch request failed: {e}"),
                     })?;
                     // Flushed per line: a caller streaming requests reads each outcome as it ends.
-                    writeln!(out, "{}", serde_json::to_string(&o).unwrap_or_default()).map_err(write_err)?;
+                    writeln!(out, "{}", json_line(&o)).map_err(write_err)?;
                     out.flush().map_err(write_err)?;
                 }
                 line = rx.recv(), if input_open && queue.len() < in_flight => match line {
@@ -396,7 +399,7 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
     let print = |rows: Vec<crate::audit::Row>| {
         let mut out = std::io::stdout().lock();
         for r in rows {
-            let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
+            let _ = writeln!(out, "{}", json_line(&r));
         }
     };
     match args.command {
@@ -406,16 +409,20 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
             let Some(r) = crate::audit::row(&path, seq).map_err(host)? else {
                 return Err(CliError::usage(anyhow::anyhow!("no event {seq}")));
             };
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            println!("{}", crate::text::json_for_terminal(&serde_json::to_string_pretty(&r).unwrap_or_default()));
             if let Some(sha) = r.data.get("code_sha256").and_then(serde_json::Value::as_str)
                 && r.kind == "request"
                 && let Some(text) = crate::audit::code(&path, sha).map_err(host)?
             {
-                println!("--- code {sha}\n{text}");
+                use std::io::IsTerminal as _;
+                println!("--- code {sha}\n{}", crate::text::for_stream(&text, std::io::stdout().is_terminal()));
             }
         }
         AuditCommand::Code { sha256 } => match crate::audit::code(&path, &sha256).map_err(host)? {
-            Some(text) => print!("{text}"),
+            Some(text) => {
+                use std::io::IsTerminal as _;
+                print!("{}", crate::text::for_stream(&text, std::io::stdout().is_terminal()));
+            }
             None => return Err(CliError::usage(anyhow::anyhow!("no code with sha256 {sha256}"))),
         },
         AuditCommand::Verify => {
@@ -490,6 +497,12 @@ fn breakers_command(args: BreakersArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `value` as one line of JSON that cannot drive the terminal it is printed on
+/// (H16: the text in it comes from snippets and submitters).
+pub(crate) fn json_line(value: &impl serde::Serialize) -> String {
+    crate::text::json_for_terminal(&serde_json::to_string(value).unwrap_or_default()).into_owned()
 }
 
 /// Who runs the CLI, as audit events name a caller: `local:USER` (or the uid).

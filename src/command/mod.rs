@@ -8,7 +8,7 @@
 //! [`CommandRules`]: a denied program (by name pattern: `python*` is every
 //! Python) is refused, a program with an allow rule whose patterns match its
 //! arguments position by position is allowed, and anything else needs a human's
-//! approval. An argument with a `..` path component is never allowed by a rule.
+//! approval. An argument with `..` anywhere in it is never allowed by a rule.
 //!
 //! # Security invariant
 //! [`decide`] allows only a single program with literal arguments that a rule names
@@ -52,6 +52,9 @@ pub struct AllowRule {
     /// Argument `i` must match pattern `i` (anchored at both ends), and there are
     /// exactly as many arguments as patterns.
     pub args: Vec<Regex>,
+    /// Whether pattern `i` starts with a literal `-`: only such a pattern matches
+    /// an argument that starts with `-` (an option).
+    pub options: Vec<bool>,
 }
 
 impl AllowRule {
@@ -71,12 +74,18 @@ impl AllowRule {
                     .map_err(|e| format!("argument pattern {i} {p:?}: {e}"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(AllowRule { program: program.to_string(), args })
+        let options = patterns.iter().map(|p| p.starts_with('-')).collect();
+        Ok(AllowRule { program: program.to_string(), args, options })
     }
 
-    /// Whether `args` match this rule's patterns position by position.
+    /// Whether `args` match this rule's patterns position by position (an option
+    /// only where the pattern itself starts with `-`).
     fn admits(&self, args: &[String]) -> bool {
-        args.len() == self.args.len() && args.iter().zip(&self.args).all(|(a, p)| p.is_match(a))
+        args.len() == self.args.len()
+            && args
+                .iter()
+                .zip(self.args.iter().zip(&self.options))
+                .all(|(a, (p, option))| p.is_match(a) && (*option || !a.starts_with('-')))
     }
 }
 
@@ -101,6 +110,7 @@ pub struct CommandRules {
 /// multi-call binaries (`busybox`), programs that run other programs, network
 /// clients, privilege and permission changes.
 pub const DEFAULT_DENY: &[&str] = &[
+    // Deletion and disks.
     "rm",
     "rmdir",
     "shred",
@@ -111,10 +121,34 @@ pub const DEFAULT_DENY: &[&str] = &[
     "parted",
     "mount",
     "umount",
+    // Shells, interpreters of any version or prefix, multi-call binaries.
     "*sh",
     "fish",
-    "busybox",
-    "toybox",
+    "busybox*",
+    "toybox*",
+    "*python*",
+    "pypy*",
+    "*perl*",
+    "*ruby*",
+    "irb*",
+    "*node*",
+    "deno",
+    "bun",
+    "php*",
+    "lua*",
+    "tclsh*",
+    "wish*",
+    "*awk",
+    "dc",
+    "java",
+    "jshell",
+    "R",
+    "Rscript",
+    "osascript",
+    // Programs that run another program: the dynamic loader, launchers, debuggers.
+    "ld-*",
+    "ld.so*",
+    "ld64*",
     "env",
     "xargs",
     "nohup",
@@ -123,30 +157,33 @@ pub const DEFAULT_DENY: &[&str] = &[
     "ionice",
     "stdbuf",
     "setsid",
+    "setarch",
+    "linux32",
+    "linux64",
+    "flock",
+    "chrt",
+    "taskset",
+    "prlimit",
+    "numactl",
+    "unbuffer",
+    "catchsegv",
+    "valgrind",
     "strace",
     "ltrace",
     "gdb",
     "watch",
     "script",
     "expect",
-    "python*",
-    "pypy*",
-    "perl*",
-    "ruby*",
-    "irb*",
-    "node*",
-    "deno",
-    "bun",
-    "php*",
-    "lua*",
-    "tclsh*",
-    "wish*",
-    "*awk",
-    "java",
-    "jshell",
-    "R",
-    "Rscript",
-    "osascript",
+    "systemd-run",
+    "start-stop-daemon",
+    "runuser",
+    "sg",
+    "newgrp",
+    "sudo*",
+    "su",
+    "doas",
+    "pkexec",
+    // Network clients.
     "curl",
     "wget",
     "nc",
@@ -158,10 +195,7 @@ pub const DEFAULT_DENY: &[&str] = &[
     "rsync",
     "telnet",
     "ftp",
-    "sudo",
-    "su",
-    "doas",
-    "pkexec",
+    // Permissions, privileges, processes, the system.
     "chmod",
     "chown",
     "chgrp",
@@ -351,11 +385,10 @@ fn check(line: &str, rules: &CommandRules) -> Decision {
     if rules_for.is_empty() {
         return Decision::NeedsApproval { reason: format!("{program:?} is not allow-listed"), argv };
     }
-    if let Some(up) = argv[1..].iter().find(|a| a.split(['/', '=']).any(|c| c == "..")) {
-        return Decision::NeedsApproval {
-            reason: format!("argument {up:?} has a `..` path component, which no rule allows"),
-            argv,
-        };
+    // Any `..`, wherever it is (`-C..`, `x=../y`): a rule cannot tell a path from
+    // an option with a path glued to it.
+    if let Some(up) = argv[1..].iter().find(|a| a.contains("..")) {
+        return Decision::NeedsApproval { reason: format!("argument {up:?} has `..`, which no rule allows"), argv };
     }
     if !rules_for.iter().any(|r| r.admits(&argv[1..])) {
         let reason =
@@ -466,18 +499,38 @@ mod tests {
         assert!(needs_approval("ls -l /data/x -a", &r).contains("position by position"), "an extra argument");
         assert!(needs_approval("ls -l --color=/data", &r).contains("position by position"));
         assert!(needs_approval("ls -l /data/-rf", &r).contains("position by position"), "no option in a path");
+        // A pattern that does not start with `-` never admits an option.
+        let mut tar = CommandRules::default_rules();
+        tar.allow.push(AllowRule::new("tar", &["-cf", "[A-Za-z0-9_./-]+"]).expect("rule"));
+        assert!(matches!(decide("tar -cf out.tar", &tar), Decision::Allow { .. }));
+        assert!(needs_approval("tar -cf --to-command=x", &tar).contains("position by position"));
         // The old example, `["-[la]+", "[A-Za-z0-9_./-]+"]` in any position, admitted both.
         assert!(needs_approval("ls -la /data/../../etc", &rules()).contains("`..`"));
         assert!(needs_approval("ls --file=../x", &rules()).contains("`..`"));
+        assert!(needs_approval("ls -C..", &rules()).contains("`..`"), "glued to an option");
+        assert!(needs_approval("ls -la/../..", &rules()).contains("`..`"));
     }
 
     /// The default deny list matches interpreters of any version, multi-call
     /// binaries and shells by name pattern, and odd program names are refused.
     #[test]
     fn h16_the_default_deny_list_matches_by_name_pattern_and_names_are_quoted() {
-        for line in
-            ["python3.11 -c 1", "/usr/bin/python3.12", "busybox sh", "awk 1", "gawk 1", "perl5.36", "/bin/rm/", "tcsh"]
-        {
+        for line in [
+            "python3.11 -c 1",
+            "/usr/bin/python3.12",
+            "x86_64-linux-gnu-python3.11",
+            "busybox sh",
+            "busybox.static sh",
+            "awk 1",
+            "gawk 1",
+            "perl5.36",
+            "/bin/rm/",
+            "tcsh",
+            "/lib64/ld-linux-x86-64.so.2 /usr/local/bin/python3 -c 1",
+            "setarch x86_64 sh",
+            "flock /tmp/x sh",
+            "dc -e 1",
+        ] {
             let reason = denied(line);
             assert!(reason.contains("denied") || reason.contains("not a program"), "{line}: {reason}");
         }

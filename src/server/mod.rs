@@ -360,13 +360,15 @@ fn host_allowed(req: &Request, allowed: &[String]) -> Result<(), String> {
         Some(h) => h.to_str().map_err(|_| "the Host header is not text".to_string())?.to_string(),
         None => req.uri().authority().map(|a| a.as_str().to_string()).ok_or("the request names no Host")?,
     };
-    let name = if host.starts_with('[') {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.split_once(']'))
+        && v6.0.parse::<std::net::Ipv6Addr>().is_ok()
+        && (v6.1.is_empty() || v6.1.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
+    {
         return Ok(()); // an IPv6 literal
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host.as_str(),
-        }
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host.as_str(),
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed.contains(&name) {
@@ -759,7 +761,10 @@ async fn decide(state: &AppState, id: i64, approve: bool, caller: &Identity, not
         Ok(item) => axum::Json(item).into_response(),
         Err(ApprovalError::NotFound(_)) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
         Err(e @ ApprovalError::Decided { .. }) => problem(StatusCode::CONFLICT, &e.to_string()),
-        Err(e @ ApprovalError::BadDecider) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ (ApprovalError::BadDecider | ApprovalError::NoteTooLong(_))) => {
+            problem(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ ApprovalError::OwnRequest(_)) => problem(StatusCode::FORBIDDEN, &e.to_string()),
         Err(e) => fault("the approvals queue", &e),
     }
 }

@@ -46,6 +46,8 @@ const LOGIN_COOKIE: &str = "terrarium_login";
 const RECENT: usize = 10;
 /// Outcome text shown per item.
 const SHOWN_OUTPUT: usize = 4096;
+/// Code longer than this is shown plain (no highlighting) and folded.
+const HIGHLIGHTED: usize = 16 << 10;
 
 struct Session {
     who: Identity,
@@ -108,14 +110,45 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
     cookie(headers, COOKIE)
 }
 
-/// Cookie `name`'s value in the request.
+/// Cookie `name`'s value in the request; `None` when it is there more than once
+/// (a page on a sibling origin can add a same-named cookie with a narrower path,
+/// which a browser sends first).
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
+        .filter_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Whether a form post comes from this server's own pages, as far as the browser
+/// says: `Sec-Fetch-Site` must be `same-origin` (or `none`, typed by the user) and
+/// `Origin` must be this Host. Another port on the same host is another origin but
+/// the same site, so `SameSite` cookies alone do not stop it. A client that sends
+/// neither header is not a browser, and has no ambient credentials to abuse.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |h: header::HeaderName| headers.get(h).map(|v| v.to_str().unwrap_or("\u{0}"));
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && site != "same-origin"
+        && site != "none"
+    {
+        return false;
+    }
+    match (text(header::ORIGIN), text(header::HOST)) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => {
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
+        }
+        (Some(_), None) => false,
+    }
+}
+
+/// The answer to a form post from another origin.
+fn cross_origin() -> Response {
+    problem(StatusCode::FORBIDDEN, "this form was posted from another origin")
 }
 
 pub(super) fn routes() -> Router<Shared> {
@@ -139,7 +172,10 @@ fn html(status: StatusCode, body: String, nonce: &str) -> Response {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the page's own
+    // form posts, which `same_origin` must refuse. `same-origin` still sends
+    // nothing to another origin.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if let Ok(v) = HeaderValue::from_str(&csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
@@ -155,7 +191,8 @@ h1{font-size:1.4em}.item{border:1px solid #ccc;border-radius:6px;padding:1em;mar
 pre{background:#f6f6f6;padding:.6em;overflow:auto}.k{color:#a626a4;font-weight:600}.s{color:#50a14f}\
 .c{color:#999;font-style:italic}.n{color:#986801}.o{color:#0184bc}.deny{color:#b00}.warn{color:#a60}\
 form{display:inline}button{margin-right:.5em}.meta{color:#666}\
-.ltr{unicode-bidi:bidi-override;direction:ltr}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
+.ltr{unicode-bidi:bidi-override;direction:ltr}pre.code{white-space:pre-wrap;overflow-wrap:anywhere}\
+#changed{position:sticky;top:0;background:#ffd;border:1px solid #cc0;padding:.4em;display:none}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
 ol.argv code{background:#f6f6f6;padding:0 .2em;white-space:pre-wrap}";
 
 fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str) -> String {
@@ -166,10 +203,17 @@ fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str) -> String {
     )
 }
 
-/// Reloads the page when the queue's fingerprint changes.
-const SCRIPT: &str = "(function(){var f=document.body.dataset.fingerprint;if(!f)return;\
-setInterval(function(){fetch('/review/state',{credentials:'same-origin'}).then(function(r){return r.ok?r.json():null})\
-.then(function(j){if(j&&j.fingerprint!==f)location.reload()}).catch(function(){})},1000)})();";
+/// Reloads the page when the queue's fingerprint changes, but never under a
+/// reviewer's hand: while the pointer moved or a key was pressed in the last two
+/// seconds, or a field has focus, it shows a notice instead and reloads once the
+/// reviewer pauses (an item arriving must not move a button under the pointer).
+const SCRIPT: &str = "(function(){var f=document.body.dataset.fingerprint;if(!f)return;var last=Date.now(),stale=false;\
+['mousemove','keydown','mousedown','touchstart','wheel'].forEach(function(e){addEventListener(e,function(){last=Date.now()},true)});\
+function busy(){var a=document.activeElement;return Date.now()-last<2000||(a&&a.tagName==='INPUT')}\
+function tick(){if(stale){if(!busy())location.reload();return}\
+fetch('/review/state',{credentials:'same-origin'}).then(function(r){return r.ok?r.json():null})\
+.then(function(j){if(j&&j.fingerprint!==f){stale=true;var n=document.getElementById('changed');if(n)n.style.display='block';\
+if(!busy())location.reload()}}).catch(function(){})}setInterval(tick,1000)})();";
 
 /// The sign-in form. It carries a random value that is also set as a
 /// `SameSite=Strict` cookie; a sign-in must present both (H10: a page on another
@@ -212,8 +256,13 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
+    // The fingerprint is the queue's own order (newest first); the page lists the
+    // oldest first, so that a new item lands below what the reviewer is reading.
+    let all: Vec<Item> = pending.iter().chain(&recent).cloned().collect();
+    let print = fingerprint(&all);
     let mut body = format!(
-        "<h1>Terrarium review</h1><p class=meta>Signed in as <b id=who>{}</b>. \
+        "<p id=changed>The queue changed; the page reloads when you pause.</p>\
+         <h1>Terrarium review</h1><p class=meta>Signed in as <b id=who>{}</b>. \
          <form method=post action=/review/logout><input type=hidden name=csrf value=\"{csrf}\"><button>Sign out</button></form></p>\
          <h2>Waiting for a decision ({})</h2>",
         show(&who.name),
@@ -223,16 +272,15 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
         body.push_str("<p id=empty>Nothing is waiting.</p>");
     }
     let now = crate::approval::now_us();
-    for item in &pending {
+    for item in pending.iter().rev() {
         render_pending(&mut body, item, &csrf, now);
     }
     body.push_str("<h2>Recently decided</h2>");
     for item in &recent {
         render_decided(&mut body, item);
     }
-    let all: Vec<Item> = pending.iter().chain(&recent).cloned().collect();
     let nonce = random_hex(16).unwrap_or_default();
-    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &fingerprint(&all)), &nonce)
+    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &print), &nonce)
 }
 
 fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
@@ -245,11 +293,29 @@ fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
         show(&item.reason)
     );
     let s = &item.subject;
+    let _ = write!(
+        out,
+        "<p class=meta>Asked by <b id=caller-{id}>{}</b>{}</p>",
+        show(s["caller"].as_str().unwrap_or("(not recorded)")),
+        if s["scratch"].as_bool() == Some(true) { ", with a writable scratch directory" } else { "" }
+    );
     match item.kind.as_str() {
         "execute" => {
             let code = s["code"].as_str().unwrap_or("");
             hidden_warning(out, id, code);
-            let _ = write!(out, "<pre class=\"code ltr\" id=code-{id}>{}</pre>", highlight(code));
+            if code.len() <= HIGHLIGHTED {
+                let _ = write!(out, "<pre class=\"code ltr\" id=code-{id}>{}</pre>", highlight(code));
+            } else {
+                // Large code: plain, folded (highlighting wraps every token in markup).
+                let _ = write!(
+                    out,
+                    "<details><summary>Code: {} bytes, {} lines (expand to read all of it)</summary>\
+                     <pre class=\"code ltr\" id=code-{id}>{}</pre></details>",
+                    code.len(),
+                    code.lines().count(),
+                    show(code)
+                );
+            }
             let _ = write!(
                 out,
                 "<p>Tier <b id=tier-{id}>{}</b>; route: {}</p>",
@@ -356,6 +422,9 @@ struct LoginForm {
 }
 
 async fn login(State(state): State<Shared>, request_headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    if !same_origin(&request_headers) {
+        return cross_origin();
+    }
     let from_our_form =
         cookie(&request_headers, LOGIN_COOKIE).is_some_and(|c| !c.is_empty() && super::auth::same_secret(c, &f.check));
     if !from_our_form {
@@ -401,6 +470,9 @@ async fn decide(
     Path((id, decision)): Path<(String, String)>,
     Form(f): Form<DecisionForm>,
 ) -> Response {
+    if !same_origin(&headers) {
+        return cross_origin();
+    }
     let Some((who, csrf)) = state.sessions.find(&headers) else {
         return login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
     };
@@ -424,6 +496,9 @@ struct LogoutForm {
 }
 
 async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(f): Form<LogoutForm>) -> Response {
+    if !same_origin(&headers) {
+        return cross_origin();
+    }
     if let Some((_, csrf)) = state.sessions.find(&headers) {
         if !super::auth::same_secret(&f.csrf, &csrf) {
             return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
@@ -552,6 +627,30 @@ mod tests {
         let bad = highlight("def (:\n  '''<x>");
         assert!(bad.contains("&lt;x&gt;"), "{bad}");
         assert_eq!(escape("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
+    }
+
+    /// Round 4 of the host review: a large snippet is not highlighted (markup per
+    /// token made a 240 KB item into megabytes) and is folded; who asked is shown.
+    #[test]
+    fn large_code_is_shown_plain_and_folded_with_who_asked() {
+        let item = Item {
+            id: 7,
+            kind: "execute".into(),
+            subject: serde_json::json!({"code": "1,".repeat(HIGHLIGHTED), "caller": "ci", "tier": "wasm"}),
+            reason: "r".into(),
+            status: "pending".into(),
+            created_us: 0,
+            deadline_us: 0,
+            decided_by: None,
+            decided_us: None,
+            note: None,
+            outcome: None,
+        };
+        let mut out = String::new();
+        render_pending(&mut out, &item, "csrf", 0);
+        assert!(out.contains("<details><summary>Code: 32768 bytes") && !out.contains("<span class=n>"), "folded");
+        assert!(out.len() < 2 * 32768 + 4096, "{} bytes of markup", out.len());
+        assert!(out.contains("Asked by <b id=caller-7>ci</b>"), "who asked");
     }
 
     /// H5: what the reviewer sees is what runs: bidi controls and invisible

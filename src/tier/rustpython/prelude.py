@@ -10,6 +10,7 @@
 #   _t_deny(reason)         end the run as `denied` (returns the exception to raise)
 #   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
 #   _t_urandom(n)           n bytes of entropy
+#   _t_gc_pause(on)         pause the cycle collector while an import is in progress
 #   _t_import               snippets' __import__ (importer.rs): policy and served-
 #                           module checks, module proxies, all state in Rust
 #   _t_importer_setup(real_import, after_import, skip_type), _t_proxy_override(module, make),
@@ -474,15 +475,21 @@ _import_depth = [0]
 def _find_and_load(name, import_):
     # Hardened when the outermost import finishes: modules it loads along the way
     # use their real sys while they initialize (re's import-time enum.global_enum
-    # writes into sys.modules["re"]).
+    # writes into sys.modules["re"]). Meanwhile the cycle collector is paused, so
+    # that no snippet finalizer runs while they are not hardened.
+    if _import_depth[0] == 0:
+        _t_gc_pause(True)
     _import_depth[0] += 1
     try:
         return _real_find_and_load(name, import_)
     finally:
         _import_depth[0] -= 1
         if _import_depth[0] == 0:
-            # Failed imports too: what they loaded before failing stays loaded.
-            _harden_loaded()
+            try:
+                # Failed imports too: what they loaded before failing stays loaded.
+                _harden_loaded()
+            finally:
+                _t_gc_pause(False)
 
 
 _bootstrap_module._find_and_load = _find_and_load

@@ -333,6 +333,20 @@ fn native_sleep(secs: ArgIntoFloat, vm: &VirtualMachine) -> PyResult<()> {
     }
 }
 
+/// `_t_gc_pause(True)` when an outermost import begins, `(False)` when it ends
+/// (the prelude's `_find_and_load`). While an import is in progress, automatic
+/// cycle collection does not run, so no snippet finalizer (`__del__`, a weakref
+/// callback) runs while modules loaded by the import are not yet hardened: a
+/// snippet's `__del__` fired mid-import once read host paths through a freshly
+/// loaded `inspect` that still had the real `sys`.
+fn native_gc_pause(pause: bool, vm: &VirtualMachine) {
+    if pause {
+        vm.state.gc.disable();
+    } else {
+        vm.state.gc.enable();
+    }
+}
+
 fn native_urandom(n: isize, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
     let n = usize::try_from(n).map_err(|_| vm.new_value_error("negative argument not allowed"))?;
     if n > 1 << 20 {
@@ -511,6 +525,7 @@ impl Worker {
             set("_t_deny", vm.new_function("_t_deny", native_deny).into())?;
             set("_t_sleep", vm.new_function("_t_sleep", native_sleep).into())?;
             set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
+            set("_t_gc_pause", vm.new_function("_t_gc_pause", native_gc_pause).into())?;
             set("_t_import", vm.new_function("__import__", importer::native_import).into())?;
             set("_t_importer_setup", vm.new_function("_t_importer_setup", importer::native_setup).into())?;
             set("_t_proxy_override", vm.new_function("_t_proxy_override", importer::native_override).into())?;
