@@ -768,13 +768,8 @@ fn k3_contextlibs_view_has_no_window_on_sys_modules() {
     );
     let o = run_policy(
         &policy,
-        r#"import enum, contextlib
-class M(type):
-    def __instancecheck__(cls, o): return True
-def native(obj, name):
-    C = M("C", (), {"__match_args__": (name,)})
-    match obj:
-        case C(v): return v
+        &(NATIVE_ATTRIBUTE.to_string()
+            + r#"import enum, contextlib
 class R(contextlib.redirect_stderr):           # contextlib's redirect hands out its sys view's `modules` window
     _stream = "modules"
 r = R(None)
@@ -799,7 +794,7 @@ print("builtins:", type(B), B["open"], B["exec"], B["eval"], B["compile"])
 ns = {}
 B["exec"]("import sys, marshal, _frozen_importlib as fi\nf = sys._getframe(0)\nexe = sys.executable\nn = len(sys.modules)", ns)
 print("frame:", ns["f"], "| exe:", ns["exe"], "| n:", ns["n"], "| refused imports:", ns["marshal"], ns["fi"])
-"#,
+"#),
     );
     assert_reached_nothing("contextlib's window, a planted Enum.value, html.parser loading", &o);
 }
@@ -899,6 +894,16 @@ fn m1_a_from_import_does_not_run_a_submodule_the_tier_refuses() {
     assert_eq!(o.status, Status::Ok, "{o:?}");
 }
 
+/// The attacks' prologue: `native(obj, name)` reads an attribute the way a class
+/// pattern does, natively (what the removed attributes must withstand).
+const NATIVE_ATTRIBUTE: &str = r#"class M(type):
+    def __instancecheck__(cls, o): return True
+def native(obj, name):
+    C = M("C", (), {"__match_args__": (name,)})
+    match obj:
+        case C(v): return v
+"#;
+
 /// Round 9: a snippet's `__del__`, timed by a canary to fire during the codec
 /// search's lazy `import encodings.cp1252`, read `EnumType.__signature__`, which
 /// imported `inspect` inside that import; unhardened until the outer import ended,
@@ -906,16 +911,11 @@ fn m1_a_from_import_does_not_run_a_submodule_the_tier_refuses() {
 /// cycle collector is now paused while an import is in progress.
 #[test]
 fn n1_a_finalizer_cannot_run_while_an_import_is_in_progress() {
-    let code = r#"
+    let code = NATIVE_ATTRIBUTE.to_string()
+        + r#"
 import json
 U = "_" * 2
 D = U + "del" + U
-class M(type):
-    def __instancecheck__(cls, o): return True
-def native(obj, name):
-    C = M("C", (), {"__match_args__": (name,)})
-    match obj:
-        case C(v): return v
 Enum = native(type(json.decoder.FLAGS), U + "mro" + U)[-2]
 def g(self, *a): return self
 def c(self, *a): return 1
@@ -939,7 +939,7 @@ for pre_count in (1700, 1800, 1900, 1950):
     "abc".encode(["cp1252", "cp037", "cp437", "cp850"][len(got) % 4])
 print("got:", got)
 "#;
-    let o = run(code);
+    let o = run(&code);
     let text = format!("{} {} {:?}", o.stdout, o.stderr, o.error);
     assert!(!text.contains("/usr") && !text.contains(env!("CARGO_BIN_EXE_terrarium")), "host paths: {text}");
     assert!(!text.contains("a='"), "a signature evaluated against the real sys: {text}");
