@@ -25,7 +25,7 @@ fn wait_for_audit(server: &Server, kind: &str, pred: impl Fn(&serde_json::Value)
 }
 
 #[test]
-fn callers_without_a_token_or_without_the_role_get_401_or_403_and_are_audited() {
+fn h8_callers_without_a_token_or_without_the_role_get_401_or_403_and_are_audited_in_aggregate() {
     let s = Server::start(None, &[]);
     let exec = r#"{"code": "1 + 1"}"#;
     let none = s.call("POST", "/v1/execute", None, Some(exec));
