@@ -473,10 +473,14 @@ _import_depth = [0]
 
 
 def _find_and_load(name, import_):
-    # Hardened when the outermost import finishes: modules it loads along the way
-    # use their real sys while they initialize (re's import-time enum.global_enum
-    # writes into sys.modules["re"]). Meanwhile the cycle collector is paused, so
-    # that no snippet finalizer runs while they are not hardened.
+    # Every module is hardened as soon as its own load finishes, at any depth of an
+    # import chain (modules still running their import-time code are left for the
+    # load that finishes them, see _loaded): snippet code can run inside a trusted
+    # import (a finalizer on a refcount drop, an __eq__ called by a cache lookup),
+    # and must find no module there with the real sys. A module that is still
+    # initializing keeps its real sys until then (re's import-time
+    # enum.global_enum writes into sys.modules["re"]). The cycle collector is also
+    # paused for the whole import.
     if _import_depth[0] == 0:
         _t_gc_pause(True)
     _import_depth[0] += 1
@@ -484,11 +488,11 @@ def _find_and_load(name, import_):
         return _real_find_and_load(name, import_)
     finally:
         _import_depth[0] -= 1
-        if _import_depth[0] == 0:
-            try:
-                # Failed imports too: what they loaded before failing stays loaded.
-                _harden_loaded()
-            finally:
+        try:
+            # Failed imports too: what they loaded before failing stays loaded.
+            _harden_loaded()
+        finally:
+            if _import_depth[0] == 0:
                 _t_gc_pause(False)
 
 
