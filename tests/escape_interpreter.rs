@@ -944,3 +944,73 @@ print("got:", got)
     assert!(!text.contains("/usr") && !text.contains(env!("CARGO_BIN_EXE_terrarium")), "host paths: {text}");
     assert!(!text.contains("a='"), "a signature evaluated against the real sys: {text}");
 }
+
+/// Round 10: snippet code run inside a trusted import without the cycle collector:
+/// a `__del__` on the refcount drop when `re.compile` evicts the snippet's pattern
+/// from its cache, and an `__eq__` reached through a hash collision in that cache,
+/// both inside `encodings.idna`'s import-time `re.compile`. Modules are now
+/// hardened as soon as their own load finishes, so `inspect`, imported there, never
+/// holds the real `sys` where the snippet can reach it.
+#[test]
+fn o1_snippet_code_run_inside_an_import_finds_every_loaded_module_hardened() {
+    let prologue = NATIVE_ATTRIBUTE.to_string()
+        + r#"
+import re
+U = "_" * 2
+Enum = native(type(re.IGNORECASE), U + "mro" + U)[-2]
+def g(self, *a): return self
+def c(self, *a): return 1
+F = type("F", (), {U + "get" + U: g, U + "call" + U: c,
+                   U + "text_signature" + U: "(a=sys.executable, b=sys.prefix)", U + "module" + U: "nonexistent"})
+got = []
+def leak():
+    got.append("in")
+    try:
+        got.append(str(type(native(Enum, U + "signature" + U)).from_callable(F())))
+    except BaseException as e:
+        got.append("E " + type(e).__name__)
+"#;
+    let evicted = prologue.clone()
+        + r#"
+P = type("P", (str,), {U + "del" + U: lambda self: leak()})
+for i in range(600): re.compile("a%d" % i)
+re.compile(P("zz"))
+for i in range(511): re.compile("b%d" % i)
+"abc".encode("idna")
+print("got:", got)
+"#;
+    let collided = prologue
+        + r#"
+LIT = "[\u002E\u3002\uFF0E\uFF61]"
+class EM(type):
+    def __hash__(cls): return hash(str)
+    def __eq__(cls, other):
+        if not got: leak()
+        return False
+class P(str, metaclass=EM):
+    def __hash__(self): return hash(LIT)
+for i in range(300): re.compile("a%d" % i)
+re.compile(P("zz"))
+"abc".encode("idna")
+print("got:", got)
+"#;
+    for (what, code) in [("a finalizer on cache eviction", evicted), ("an __eq__ in a cache lookup", collided)] {
+        let o = run_policy(&policy_allowing("re"), &code);
+        let text = format!("{} {} {:?}", o.stdout, o.stderr, o.error);
+        assert!(text.contains("'in'"), "{what}: the hook did not run, so this tests nothing: {text}");
+        assert!(!text.contains("a='") && !text.contains("/usr"), "{what}: the real sys inside an import: {text}");
+    }
+}
+
+/// Round 10: `str.encode` imported `encodings.<name>` for any codec the snippet
+/// named, and the bytes-to-bytes ones import modules the tier does not serve (bz2,
+/// compression, zlib, binascii, quopri). The codec search now finds text codecs only.
+#[test]
+fn o2_a_codec_name_does_not_import_modules_the_tier_does_not_serve() {
+    let o = run("out = []\nfor e in ('bz2', 'zlib', 'base64', 'hex', 'quopri', 'uu', 'rot13', 'bz2_codec'):\n    \
+         try:\n        'abc'.encode(e)\n        out.append(e + ' found')\n    except LookupError as x:\n        \
+         out.append(str(x))\nprint(out)\nprint('é'.encode('cp1252'), 'x'.encode('idna'), b'\\xe9'.decode('latin-1'))");
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert!(!o.stdout.contains("found") && !o.stdout.contains("not a text encoding"), "{}", o.stdout);
+    assert!(o.stdout.contains("unknown encoding: bz2") && o.stdout.contains("b'\\xe9' b'x' é"), "{}", o.stdout);
+}

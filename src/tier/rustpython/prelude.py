@@ -512,6 +512,34 @@ for _k, _v in _PROXY_OVERRIDES.items():
 
 # --- the interpreter itself: close what stdlib code could be tricked into using --
 
+# Codecs: str.encode and bytes.decode import `encodings.<name>` for a name the snippet
+# chooses. The bytes-to-bytes codecs import modules the tier does not serve
+# (bz2, compression, zlib, binascii, quopri) and are no text encodings anyway: the
+# codec search finds only the others.
+import _codecs as _codecs_native
+import encodings as _encodings_module
+
+_BYTES_CODECS = frozenset(("base64_codec", "bz2_codec", "hex_codec", "quopri_codec", "rot_13", "uu_codec",
+                           "zlib_codec"))
+
+
+def _text_codec_search_over(search, normalize, aliases):
+    # State in closure cells, which the walls make unreachable (not in defaults).
+    def _text_codec_search(encoding):
+        if type(encoding) is not str:
+            return None
+        norm = normalize(encoding)
+        if {norm, aliases.get(norm), aliases.get(norm.replace(".", "_"))} & _BYTES_CODECS:
+            return None
+        return search(encoding)
+    return _text_codec_search
+
+
+_codecs_native.unregister(_encodings_module.search_function)
+_codecs_native.register(_text_codec_search_over(
+    _encodings_module.search_function, _encodings_module.normalize_encoding, _encodings_module._aliases))
+
+
 # type.__subclasses__ is removed (it lists every class, importers included);
 # isinstance() against an ABC asks the ABC for its subclasses, so ABCs keep a
 # native variant that lists only classes with a metaclass of their own.
