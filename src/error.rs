@@ -57,7 +57,9 @@ impl From<crate::approval::ApprovalError> for SandboxError {
     /// failure of the queue is [`SandboxError::Approval`].
     fn from(e: crate::approval::ApprovalError) -> SandboxError {
         match e {
-            crate::approval::ApprovalError::Busy(_) => SandboxError::Busy(e.to_string()),
+            crate::approval::ApprovalError::Busy(_) | crate::approval::ApprovalError::CallerBusy { .. } => {
+                SandboxError::Busy(e.to_string())
+            }
             crate::approval::ApprovalError::TooLarge { .. } => SandboxError::InvalidRequest(e.to_string()),
             e => SandboxError::Approval(e),
         }

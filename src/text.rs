@@ -118,7 +118,9 @@ fn escape_for_terminal(s: &str, keep_lines: bool) -> Cow<'_, str> {
 /// escape. Newlines and tabs are the pretty printer's whitespace and stay. The
 /// result parses to the same value.
 pub fn json_for_terminal(json: &str) -> Cow<'_, str> {
-    let bad = |c: char| c != '\n' && c != '\t' && (control(c) || hidden(c).is_some());
+    // U+2028 and U+2029 are line breaks to some terminals and viewers.
+    let bad =
+        |c: char| c != '\n' && c != '\t' && (control(c) || hidden(c).is_some() || c == '\u{2028}' || c == '\u{2029}');
     if !json.chars().any(bad) {
         return Cow::Borrowed(json);
     }

@@ -347,7 +347,8 @@ fn a_terminated_server_exits_promptly_and_its_waiting_items_expire() {
 fn approval_waits_have_their_own_limit_and_do_not_hold_up_other_runs() {
     let policy =
         format!("{}\napprovals:\n  critical: [docker_tier]\n  timeout: 60\n", terrarium::policy::DEFAULT_POLICY_YAML);
-    let s = Server::start(Some(&policy), &["--max-waiting", "1", "--max-running", "1"]);
+    // Four may wait, one per caller (a quarter each): one caller cannot hold them all.
+    let s = Server::start(Some(&policy), &["--max-waiting", "4", "--max-running", "1"]);
     let addr = s.addr;
     let critical = r#"{"code": "1", "tier": "docker"}"#;
     let first =
@@ -355,13 +356,27 @@ fn approval_waits_have_their_own_limit_and_do_not_hold_up_other_runs() {
     let item = first_pending(&s);
     let second = s.call("POST", "/v1/execute", Some(SUBMIT), Some(critical));
     assert_eq!((second.status, second.header("retry-after")), (429, Some("1")), "{}", second.body);
-    assert!(second.body.contains("already wait"), "{}", second.body);
+    assert!(second.body.contains("the most one caller may"), "{}", second.body);
     let items = s.call("GET", "/v1/approvals", Some(APPROVE), None).json();
     assert_eq!(items.as_array().map(Vec::len), Some(1), "the refused one was not queued: {items}");
+    // Another caller still gets a place.
+    let other_caller =
+        std::thread::spawn(move || call(addr, "POST", "/v1/execute", Some(ADMIN), Some(critical.as_bytes()), &[]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let admins = loop {
+        let items = s.call("GET", "/v1/approvals?status=pending", Some(APPROVE), None).json();
+        if let Some(i) = items.as_array().and_then(|a| a.iter().find(|i| i["subject"]["caller"] == "root")) {
+            break i["id"].as_i64().expect("id");
+        }
+        assert!(std::time::Instant::now() < deadline, "the second caller's item was not queued");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     for _ in 0..3 {
         let other = s.call("POST", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "2 + 2"}"#));
         assert_eq!((other.status, &other.json()["result"]), (200, &serde_json::json!(4)), "{}", other.body);
     }
+    assert_eq!(s.call("POST", &format!("/v1/approvals/{admins}/deny"), Some(APPROVE), None).status, 200);
+    assert_eq!(other_caller.join().expect("client").json()["status"], "denied");
     let id = item["id"].as_i64().expect("id");
     let denied = s.call("POST", &format!("/v1/approvals/{id}/deny"), Some(APPROVE), Some(r#"{"note": "no"}"#));
     assert_eq!(denied.status, 200, "{}", denied.body);
@@ -737,4 +752,55 @@ fn s1_clients_that_never_read_their_replies_cannot_hold_the_server() {
     let mut raw = Vec::new();
     let _ = c.read_to_end(&mut raw);
     assert_eq!(parse_reply(&raw).status, 200, "a new client is served");
+}
+
+/// Host review round 5 (F0): a client that hangs up while its critical request
+/// waits gave back its waiting place but left the item pending; one submit token
+/// piled up 1,500 items past the cap of 64. The item now expires at once.
+#[test]
+fn an_abandoned_wait_expires_its_item_and_gives_back_its_place() {
+    use std::io::Write;
+    let policy =
+        format!("{}\napprovals:\n  critical: [docker_tier]\n  timeout: 60\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = Server::start(Some(&policy), &["--max-waiting", "4"]);
+    let critical = r#"{"code": "1", "tier": "docker"}"#;
+    let mut c = std::net::TcpStream::connect(s.addr).expect("connect");
+    c.write_all(&request_bytes(s.addr, "POST", "/v1/execute", Some(SUBMIT), Some(critical.as_bytes()), &[]))
+        .expect("send");
+    let id = first_pending(&s)["id"].as_i64().expect("id");
+    drop(c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let item = s.call("GET", &format!("/v1/approvals/{id}"), Some(APPROVE), None).json();
+        if item["status"] == "expired" {
+            assert_eq!(item["note"], "the request waiting for it went away", "{item}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned item is still {item}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    wait_for_audit(&s, "approval_expired", |r| r["data"]["id"] == id);
+    // Its caller's place is free again (one per caller with four in all).
+    let addr = s.addr;
+    let again =
+        std::thread::spawn(move || call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(critical.as_bytes()), &[]));
+    let next = first_pending(&s)["id"].as_i64().expect("id");
+    assert_ne!(next, id);
+    assert_eq!(s.call("POST", &format!("/v1/approvals/{next}/deny"), Some(APPROVE), None).status, 200);
+    assert_eq!(again.join().expect("client").json()["status"], "denied");
+    // The sign-in form stays reachable while anonymous slow bodies hold their pool.
+    let holders: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut h = std::net::TcpStream::connect(s.addr).expect("connect");
+            let head = format!(
+                "POST /review/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nt",
+                s.addr
+            );
+            h.write_all(head.as_bytes()).expect("send");
+            h
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(s.call("GET", "/review", None, None).status, 200, "the sign-in form");
+    drop(holders);
 }

@@ -27,6 +27,49 @@ pub struct Gate {
     announce: Option<Announce>,
     /// At most this many [`Gate::ask`]s wait at once (with its size).
     waiting: Option<(Arc<tokio::sync::Semaphore>, usize)>,
+    /// How many wait per caller (the subject's `caller`), so that one caller cannot
+    /// hold every waiting slot: at most a quarter of the limit each.
+    per_caller: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// A caller's place among those waiting; given back when dropped.
+struct CallerSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Expires an item whose [`Gate::ask`] was dropped before the item was decided.
+struct Abandoned {
+    gate: Option<Gate>,
+    id: i64,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let (Some(gate), Ok(runtime)) = (self.gate.take(), tokio::runtime::Handle::try_current()) else { return };
+        let id = self.id;
+        runtime.spawn(async move {
+            match gate.db(move |q| q.abandon(id)).await {
+                Ok(Some(item)) => {
+                    let _ = gate.record("approval_expired", &item).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(id, error = %e, "cannot expire an abandoned approval request"),
+            }
+        });
+    }
 }
 
 /// Told of each item [`Gate::ask`] submits, before it waits (e.g. to tell a
@@ -36,10 +79,18 @@ pub type Announce = Arc<dyn Fn(&Item) + Send + Sync>;
 impl Gate {
     /// A gate over `queue`, recording in `audit` (the log of the same database).
     pub fn new(queue: Queue, audit: AuditLog) -> Gate {
-        Gate { queue, audit, wake: Arc::new(tokio::sync::Notify::new()), announce: None, waiting: None }
+        Gate {
+            queue,
+            audit,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            announce: None,
+            waiting: None,
+            per_caller: Arc::default(),
+        }
     }
 
-    /// Lets at most `n` operations wait at once; more get [`ApprovalError::Busy`].
+    /// Lets at most `n` operations wait at once, and at most a quarter of `n` (at
+    /// least one) from one caller; more get [`ApprovalError::Busy`].
     #[must_use]
     pub fn limit_waiting(mut self, n: std::num::NonZeroUsize) -> Gate {
         self.waiting = Some((Arc::new(tokio::sync::Semaphore::new(n.get())), n.get()));
@@ -99,12 +150,30 @@ impl Gate {
         reason: &str,
         wait: Duration,
     ) -> Result<Item, ApprovalError> {
+        let _caller = match (&self.waiting, subject["caller"].as_str()) {
+            (Some((_, n)), Some(caller)) => {
+                let most = (n / 4).max(1);
+                let mut counts = self.per_caller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mine = counts.entry(caller.to_string()).or_insert(0);
+                if *mine >= most {
+                    return Err(ApprovalError::CallerBusy { caller: caller.to_string(), most });
+                }
+                *mine += 1;
+                Some(CallerSlot { counts: self.per_caller.clone(), caller: caller.to_string() })
+            }
+            _ => None,
+        };
         let _waiting = match &self.waiting {
             Some((slots, n)) => Some(slots.clone().try_acquire_owned().map_err(|_| ApprovalError::Busy(*n))?),
             None => None,
         };
         let (kind_owned, reason_owned) = (kind.to_string(), reason.to_string());
         let item = self.db(move |q| q.submit(&kind_owned, &subject, &reason_owned, wait)).await?;
+        // If this wait is abandoned (a server's client hung up and the request's
+        // future is dropped), the item expires at once: its waiting slots are given
+        // back, so it must not stay approvable for a run nobody will start, nor
+        // crowd the queue past the waiting limit.
+        let mut abandoned = Abandoned { gate: Some(self.clone()), id: item.id };
         self.record("approval_requested", &item).await?;
         tracing::info!(id = item.id, kind, reason, "waiting for approval");
         if let Some(announce) = &self.announce {
@@ -122,6 +191,7 @@ impl Gate {
                 self.record("approval_expired", &item).await?;
             }
             if item.status != "pending" {
+                abandoned.gate = None;
                 return Ok(item);
             }
             let now = super::now_us();

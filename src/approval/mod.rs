@@ -60,6 +60,14 @@ pub enum ApprovalError {
     /// A decision needs a decider's name.
     #[error("a decider's name must be non-empty printable text, at most 128 characters")]
     BadDecider,
+    /// This caller already has as many operations waiting as one caller may.
+    #[error("{caller} already has {most} critical operations waiting for a decision, the most one caller may")]
+    CallerBusy {
+        /// Who.
+        caller: String,
+        /// Its limit.
+        most: usize,
+    },
     /// The item was already decided (or expired).
     #[error("approval request {id} is already {status}")]
     Decided {
@@ -137,6 +145,10 @@ pub fn check_decider(who: &str) -> Result<(), ApprovalError> {
 
 /// The note on an item expired because the process waiting for it ended.
 pub const ORPHANED: &str = "the process waiting for it ended";
+
+/// The note on an item expired because the request waiting for it went away (a
+/// server's client hung up).
+pub const ABANDONED: &str = "the request waiting for it went away";
 
 /// The queue in one SQLite file.
 #[derive(Debug, Clone)]
@@ -269,6 +281,21 @@ impl Queue {
             .map_err(|e| self.err(e))?;
         drop(stmt);
         orphans.into_iter().chain(ids).filter_map(|id| self.get(id).transpose()).collect()
+    }
+
+    /// Expires `id` if it is still pending, noting [`ABANDONED`]; the item if so.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn abandon(&self, id: i64) -> Result<Option<Item>, ApprovalError> {
+        let c = self.conn()?;
+        let changed = c
+            .execute(
+                "UPDATE approvals SET status = 'expired', decided_us = ?1, note = ?3 WHERE id = ?2 AND status = 'pending'",
+                params![now_us(), id, ABANDONED],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 { Ok(None) } else { self.get(id) }
     }
 
     /// One item.

@@ -161,6 +161,9 @@ fn start_refusal_flusher(state: &Shared) {
 
 /// Largest body of a request without credentials (the review sign-in form).
 const ANONYMOUS_BODY: usize = 16 << 10;
+
+/// How long a request without credentials may take to send its body.
+const ANONYMOUS_BODY_TIME: Duration = Duration::from_secs(2);
 /// Refused callers are aggregated over windows of this length.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
@@ -388,14 +391,18 @@ async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Respons
         state.metrics.request(&route, r.status().as_u16());
         return r;
     }
-    if route == "/v1/health" {
-        // No body, no work: answered outside both pools, so that a liveness check
-        // is never held at 429 by clients filling the pool without credentials.
+    let known = credentialed(&state, req.headers());
+    // No body, no work: the health check, and the sign-in form and the OpenAPI
+    // document for callers without credentials, are answered outside both pools,
+    // so that clients filling the pool without credentials never hold them at 429.
+    let bodiless = req.method() == axum::http::Method::GET
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+    if route == "/v1/health" || (!known && bodiless && (route == "/review" || route == "/openapi.json")) {
         let r = next.run(req).await;
         state.metrics.request(&route, r.status().as_u16());
         return r;
     }
-    let known = credentialed(&state, req.headers());
     let pool = if known { &state.in_flight } else { &state.anonymous };
     let Ok(_slot) = pool.clone().try_acquire_owned() else {
         // Take in what the client already sent (at most 64 KiB, at most 100 ms, and no
@@ -411,7 +418,10 @@ async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Respons
     let r = async {
         let (parts, body) = req.into_parts();
         let limit = if known { state.max_body } else { ANONYMOUS_BODY };
-        let bytes = match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        // At most 16 KiB without credentials: two seconds are plenty, and a slow
+        // sender holds one of the 16 anonymous slots no longer than that.
+        let deadline = if known { state.body_timeout } else { state.body_timeout.min(ANONYMOUS_BODY_TIME) };
+        let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(_)) => {
                 state.metrics.rejected("too_large");
@@ -424,7 +434,7 @@ async fn admit(State(state): State<Shared>, req: Request, next: Next) -> Respons
                 state.metrics.rejected("slow_body");
                 let mut r = problem(
                     StatusCode::REQUEST_TIMEOUT,
-                    &format!("the body did not arrive within {} s", state.body_timeout.as_secs_f64()),
+                    &format!("the body did not arrive within {} s", deadline.as_secs_f64()),
                 );
                 r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return r;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ruff_text_size::Ranged;
@@ -146,6 +146,33 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// When the request carries one of the review page's cookies twice (a page on
+/// another port of this host can set cookies here, with a narrower path), the
+/// answer that clears this site's cookies (`Clear-Site-Data`) and says why; the
+/// reviewer signs in again.
+fn tossed(headers: &HeaderMap) -> Option<Response> {
+    let twice = |name: &str| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter(|c| c.trim().strip_prefix(name).is_some_and(|r| r.starts_with('=')))
+            .count()
+            > 1
+    };
+    if !(twice(COOKIE) || twice(LOGIN_COOKIE)) {
+        return None;
+    }
+    let mut r = login_page(
+        "Another site on this host set a second review cookie in this browser; this site's cookies were \
+         cleared. Sign in again, and close pages from other local servers you do not trust.",
+        StatusCode::FORBIDDEN,
+    );
+    r.headers_mut().insert(HeaderName::from_static("clear-site-data"), HeaderValue::from_static("\"cookies\""));
+    Some(r)
+}
+
 /// The answer to a form post from another origin.
 fn cross_origin() -> Response {
     problem(StatusCode::FORBIDDEN, "this form was posted from another origin")
@@ -192,28 +219,38 @@ pre{background:#f6f6f6;padding:.6em;overflow:auto}.k{color:#a626a4;font-weight:6
 .c{color:#999;font-style:italic}.n{color:#986801}.o{color:#0184bc}.deny{color:#b00}.warn{color:#a60}\
 form{display:inline}button{margin-right:.5em}.meta{color:#666}\
 .ltr{unicode-bidi:bidi-override;direction:ltr}pre.code{white-space:pre-wrap;overflow-wrap:anywhere}\
-#changed{position:sticky;top:0;background:#ffd;border:1px solid #cc0;padding:.4em;display:none}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
+#changed{position:fixed;top:0;left:0;right:0;background:#ffd;border-bottom:1px solid #cc0;padding:.4em;display:none}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
 ol.argv code{background:#f6f6f6;padding:0 .2em;white-space:pre-wrap}";
 
-fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str) -> String {
+fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str, pending: &str) -> String {
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{STYLE}</style></head>\
-         <body data-fingerprint=\"{}\">{body}<script nonce=\"{nonce}\">{SCRIPT}</script></body></html>",
-        escape(fingerprint)
+         <body data-fingerprint=\"{}\" data-pending=\"{}\">{body}<script nonce=\"{nonce}\">{SCRIPT}</script></body></html>",
+        escape(fingerprint),
+        escape(pending)
     )
 }
 
-/// Reloads the page when the queue's fingerprint changes, but never under a
-/// reviewer's hand: while the pointer moved or a key was pressed in the last two
-/// seconds, or a field has focus, it shows a notice instead and reloads once the
-/// reviewer pauses (an item arriving must not move a button under the pointer).
-const SCRIPT: &str = "(function(){var f=document.body.dataset.fingerprint;if(!f)return;var last=Date.now(),stale=false;\
+/// Keeps the page current without moving anything under the reviewer's hand.
+/// When the queue changes, the page reloads by itself only if every pending item
+/// it shows is still pending (new items are listed below the ones shown, and
+/// decided ones are in their own section below) and the reviewer has been idle for
+/// two seconds with no field focused. If a pending item it shows was decided or
+/// expired, reloading would move the items below it up, under a resting pointer:
+/// the page only shows a notice (fixed, out of the layout) and waits for the
+/// reviewer to reload.
+const SCRIPT: &str = "(function(){var f=document.body.dataset.fingerprint;if(!f)return;var last=Date.now(),state=0;\
+var shown=(document.body.dataset.pending||'').split(',').filter(Boolean);\
 ['mousemove','keydown','mousedown','touchstart','wheel'].forEach(function(e){addEventListener(e,function(){last=Date.now()},true)});\
 function busy(){var a=document.activeElement;return Date.now()-last<2000||(a&&a.tagName==='INPUT')}\
-function tick(){if(stale){if(!busy())location.reload();return}\
+function note(t){var n=document.getElementById('changed');if(n){n.textContent=t;n.style.display='block'}}\
+function tick(){if(state===2)return;if(state===1){if(!busy())location.reload();return}\
 fetch('/review/state',{credentials:'same-origin'}).then(function(r){return r.ok?r.json():null})\
-.then(function(j){if(j&&j.fingerprint!==f){stale=true;var n=document.getElementById('changed');if(n)n.style.display='block';\
-if(!busy())location.reload()}}).catch(function(){})}setInterval(tick,1000)})();";
+.then(function(j){if(!j||j.fingerprint===f)return;var p=j.pending||[];\
+if(shown.some(function(i){return p.indexOf(Number(i))<0})){state=2;\
+note('An item on this page was decided or expired: reload the page to see the queue as it is now.');return}\
+state=1;note('New items arrived below; the page reloads when you pause.');if(!busy())location.reload()}).catch(function(){})}\
+setInterval(tick,1000)})();";
 
 /// The sign-in form. It carries a random value that is also set as a
 /// `SameSite=Strict` cookie; a sign-in must present both (H10: a page on another
@@ -229,7 +266,7 @@ fn login_page(message: &str, status: StatusCode) -> Response {
          <button id=login>Sign in</button></form>",
         escape(message)
     );
-    let mut r = html(status, layout("Terrarium review: sign in", &body, &nonce, ""), &nonce);
+    let mut r = html(status, layout("Terrarium review: sign in", &body, &nonce, "", ""), &nonce);
     let c = format!("{LOGIN_COOKIE}={check}; HttpOnly; SameSite=Strict; Path=/review; Max-Age=3600");
     if let Ok(v) = HeaderValue::from_str(&c) {
         r.headers_mut().append(header::SET_COOKIE, v);
@@ -249,6 +286,9 @@ async fn load(state: &Shared) -> Result<(Vec<Item>, Vec<Item>), Response> {
 }
 
 async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(r) = tossed(&headers) {
+        return r;
+    }
     let Some((who, csrf)) = state.sessions.find(&headers) else {
         return login_page("Sign in to see the approvals queue.", StatusCode::OK);
     };
@@ -273,17 +313,18 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
     }
     let now = crate::approval::now_us();
     for item in pending.iter().rev() {
-        render_pending(&mut body, item, &csrf, now);
+        render_pending(&mut body, item, &csrf, now, &who.name);
     }
     body.push_str("<h2>Recently decided</h2>");
     for item in &recent {
         render_decided(&mut body, item);
     }
     let nonce = random_hex(16).unwrap_or_default();
-    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &print), &nonce)
+    let ids: Vec<String> = pending.iter().map(|i| i.id.to_string()).collect();
+    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &print, &ids.join(",")), &nonce)
 }
 
-fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
+fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64, who: &str) {
     let id = item.id;
     let left = (item.deadline_us - now_us).max(0) / 1_000_000;
     let _ = write!(
@@ -356,17 +397,28 @@ fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64) {
                 words.len()
             );
             for w in words {
-                let _ = write!(out, "<li><code>{}</code></li>", show(w));
+                // Paths and options are rarely anything but ASCII: a look-alike letter
+                // (Cyrillic а in /dаta) is named.
+                let odd: Vec<String> =
+                    w.chars().filter(|c| !c.is_ascii()).map(|c| format!("U+{:04X}", u32::from(c))).collect();
+                let note = if odd.is_empty() {
+                    String::new()
+                } else {
+                    format!(" <span class=warn>(not ASCII: {})</span>", odd.join(" "))
+                };
+                let _ = write!(out, "<li><code>{}</code>{note}</li>", show(w));
             }
             out.push_str("</ol>");
         }
     }
+    // Who decides is on the button: a session another site swapped in shows itself.
     for (decision, label) in [("approve", "Approve"), ("deny", "Deny")] {
         let _ = write!(
             out,
             "<form method=post action=/review/{id}/{decision}><input type=hidden name=csrf value=\"{csrf}\">\
              <input name=note placeholder=\"note (optional)\" id={decision}-note-{id}> \
-             <button id={decision}-{id}>{label}</button></form>"
+             <button id={decision}-{id}>{label} #{id} as {}</button></form>",
+            show(who)
         );
     }
     out.push_str("</div>");
@@ -403,12 +455,20 @@ fn render_decided(out: &mut String, item: &Item) {
 }
 
 async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(r) = tossed(&headers) {
+        return r;
+    }
     if state.sessions.find(&headers).is_none() {
         return problem(StatusCode::UNAUTHORIZED, "sign in at /review");
     }
     // Polled every second by every open tab: read without the items' subjects.
     match state.gate.fingerprint(RECENT).await {
-        Ok(f) => axum::Json(serde_json::json!({"fingerprint": f})).into_response(),
+        Ok(f) => {
+            // The pending ids lead the fingerprint (`id:pending:…`).
+            let pending: Vec<i64> =
+                f.split(',').filter_map(|p| p.split_once(":pending:").and_then(|(id, _)| id.parse().ok())).collect();
+            axum::Json(serde_json::json!({"fingerprint": f, "pending": pending})).into_response()
+        }
         Err(e) => super::fault("the approvals queue", &e),
     }
 }
@@ -424,6 +484,9 @@ struct LoginForm {
 async fn login(State(state): State<Shared>, request_headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     if !same_origin(&request_headers) {
         return cross_origin();
+    }
+    if let Some(r) = tossed(&request_headers) {
+        return r;
     }
     let from_our_form =
         cookie(&request_headers, LOGIN_COOKIE).is_some_and(|c| !c.is_empty() && super::auth::same_secret(c, &f.check));
@@ -472,6 +535,9 @@ async fn decide(
 ) -> Response {
     if !same_origin(&headers) {
         return cross_origin();
+    }
+    if let Some(r) = tossed(&headers) {
+        return r;
     }
     let Some((who, csrf)) = state.sessions.find(&headers) else {
         return login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
@@ -528,28 +594,46 @@ fn hidden_warning(out: &mut String, id: i64, text: &str) {
 
 /// `s` escaped for HTML text, with every character [`crate::text::hidden`] names
 /// replaced by a visible mark (`⟦U+202E⟧`) titled with its name, and control
-/// characters other than tab and newline shown as `⟦U+001B⟧`.
+/// characters other than tab and newline shown as `⟦U+001B⟧`. A run of one such
+/// character is one mark with its count (`⟦U+200B ×84000⟧`), and past
+/// [`MAX_MARKS`] marks the rest are plain text, so that invisible characters cannot
+/// make the page many times the size of what was submitted.
 pub fn show(s: &str) -> String {
-    if !s.chars().any(|c| crate::text::hidden(c).is_some() || (c.is_control() && c != '\n' && c != '\t')) {
+    let odd = |c: char| crate::text::hidden(c).is_some() || (c.is_control() && c != '\n' && c != '\t');
+    if !s.chars().any(odd) {
         return escape(s);
     }
     let mut out = String::with_capacity(s.len() + 32);
     let mut plain = String::new();
-    for c in s.chars() {
-        let name = match crate::text::hidden(c) {
-            Some(name) => name,
-            None if c.is_control() && c != '\n' && c != '\t' => "CONTROL CHARACTER",
-            None => {
-                plain.push(c);
-                continue;
-            }
-        };
+    let mut marks = 0;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if !odd(c) {
+            plain.push(c);
+            continue;
+        }
+        let mut run = 1;
+        while chars.peek() == Some(&c) {
+            chars.next();
+            run += 1;
+        }
         out.push_str(&escape(&std::mem::take(&mut plain)));
-        let _ = write!(out, "<mark class=hidden title=\"{name}\">\u{27E6}U+{:04X}\u{27E7}</mark>", u32::from(c));
+        let count = if run > 1 { format!(" \u{D7}{run}") } else { String::new() };
+        let label = format!("\u{27E6}U+{:04X}{count}\u{27E7}", u32::from(c));
+        if marks < MAX_MARKS {
+            let name = crate::text::hidden(c).unwrap_or("CONTROL CHARACTER");
+            let _ = write!(out, "<mark class=hidden title=\"{name}\">{label}</mark>");
+        } else {
+            out.push_str(&label);
+        }
+        marks += 1;
     }
     out.push_str(&escape(&plain));
     out
 }
+
+/// Marks [`show`] draws in one text before it writes the rest as plain text.
+const MAX_MARKS: usize = 64;
 
 /// `s` with `& < > " '` escaped for HTML text and attribute values.
 pub fn escape(s: &str) -> String {
@@ -647,7 +731,7 @@ mod tests {
             outcome: None,
         };
         let mut out = String::new();
-        render_pending(&mut out, &item, "csrf", 0);
+        render_pending(&mut out, &item, "csrf", 0, "alice");
         assert!(out.contains("<details><summary>Code: 32768 bytes") && !out.contains("<span class=n>"), "folded");
         assert!(out.len() < 2 * 32768 + 4096, "{} bytes of markup", out.len());
         assert!(out.contains("Asked by <b id=caller-7>ci</b>"), "who asked");
@@ -663,5 +747,11 @@ mod tests {
         assert!(h.contains("title=\"RIGHT-TO-LEFT OVERRIDE\">\u{27E6}U+202E\u{27E7}</mark>"), "{h}");
         assert!(h.contains("\u{27E6}U+2066\u{27E7}") && h.contains("\u{27E6}U+001B\u{27E7}"), "{h}");
         assert_eq!(show("a<b\n"), "a&lt;b\n");
+        // Host review round 5: 84,000 zero-width spaces made 5 MB of marks.
+        let many = show(&"\u{200B}".repeat(84_000));
+        assert!(many.contains("U+200B \u{D7}84000") && many.len() < 200, "{many}");
+        let alternating = show(&"\u{200B}\u{200C}".repeat(40_000));
+        assert!(alternating.len() < 80_000 * 14, "{} bytes", alternating.len());
+        assert_eq!(alternating.matches("<mark").count(), MAX_MARKS);
     }
 }
