@@ -1014,3 +1014,41 @@ fn o2_a_codec_name_does_not_import_modules_the_tier_does_not_serve() {
     assert!(!o.stdout.contains("found") && !o.stdout.contains("not a text encoding"), "{}", o.stdout);
     assert!(o.stdout.contains("unknown encoding: bz2") && o.stdout.contains("b'\\xe9' b'x' é"), "{}", o.stdout);
 }
+
+/// Round 11: a hook planted in `re`'s cache ran inside `html.parser`'s import-time
+/// `re.compile`, imported the half-loaded module (a proxy of it), then made the load
+/// fail, so that the module it held was never hardened. A module still loading is
+/// now refused.
+#[test]
+fn p1_a_module_still_loading_is_not_handed_to_a_snippet() {
+    let policy = crate::common::default_policy_with(
+        r#"allowed_modules: ["math", "time", "json"]"#,
+        r#"allowed_modules: ["math", "time", "json", "re", "html"]"#,
+    );
+    let o = run_policy(
+        &policy,
+        r#"import re, html
+got = []
+LIT = "&#(?:[0-9]+|[xX][0-9a-fA-F]+)[^0-9a-fA-F]"
+class EM(type):
+    def __hash__(cls): return hash(str)
+    def __eq__(cls, other):
+        if not got:
+            got.append(__import__("html.parser", None, None, ["interesting_normal"]))
+            raise ValueError("abort the load")
+        return False
+class P(str, metaclass=EM):
+    def __hash__(self): return hash(LIT)
+for i in range(300): re.compile("a%d" % i)
+re.compile(P("zz"))
+try:
+    import html.parser
+except ValueError as e:
+    print("first import", e)
+print("REACHED", sorted(k for k in dir(got[0]) if not k.startswith("_")))
+"#,
+    );
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert!(o.error.as_ref().is_some_and(|e| e.message.contains("still loading")), "{o:?}");
+    assert!(!o.stdout.contains("REACHED"), "{o:?}");
+}

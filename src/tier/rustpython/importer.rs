@@ -383,6 +383,12 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
     }
     let source = module.dict().ok_or_else(|| vm.new_runtime_error("a module has no namespace"))?;
     let name = source.get_item_opt("__name__", vm)?.as_ref().and_then(exact).unwrap_or_default();
+    // A module still running its import-time code is not hardened yet, and a load
+    // the snippet makes fail (from a hook its own import-time code calls) never
+    // is: snippets get a module only once it has finished loading.
+    if !initialized(module, vm) {
+        return Err(worker::deny(&format!("import of {name:?} while it is still loading"), vm));
+    }
     let existing = STATE.with(|s| s.borrow().proxies.get(&name).map(|p| (p.module.clone(), p.names.clone())));
     let (p, mut given) = match existing {
         Some(found) => found,
