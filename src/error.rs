@@ -78,11 +78,11 @@ impl SandboxError {
 /// error recorded in the audit log or shown to an approver names no socket, overlay
 /// or state directory; the server's own log keeps the full text).
 pub fn redact_paths(message: &str) -> String {
-    static PATH: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = PATH.get_or_init(|| {
-        regex::Regex::new(r#"(^|[\s"'(=:,\[{])/[^\s"'),\]}]*"#)
-            .unwrap_or_else(|_| regex::Regex::new("$^").expect("empty"))
-    });
+    static PATH: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = PATH.get_or_init(|| regex::Regex::new(r#"(^|[\s"'(=:,\[{])/[^\s"'),\]}]*"#).ok());
+    // The pattern is a constant (tested below); were it ever refused, nothing of the
+    // message is shown rather than all of it.
+    let Some(re) = re else { return "<host error>".into() };
     re.replace_all(message, "${1}<host path>").into_owned()
 }
 
