@@ -60,10 +60,9 @@ pub fn unservable(name: &str) -> bool {
 
 /// What the prelude hands over once, before the seal.
 struct Setup {
-    /// The interpreter's real `__import__`.
+    /// The interpreter's real `__import__` (every load it makes is hardened by the
+    /// prelude's `_find_and_load` as soon as that load finishes).
     real_import: PyObjectRef,
-    /// The prelude's hardening of newly loaded modules, called after each import.
-    after_import: PyObjectRef,
     /// A type whose instances (its subclasses' included) a proxy never carries (the
     /// prelude's `sys` views).
     skip_type: PyObjectRef,
@@ -96,19 +95,14 @@ thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
 }
 
-/// `_t_importer_setup(real_import, after_import, skip_type)`: once per interpreter.
-pub fn native_setup(
-    real_import: PyObjectRef,
-    after_import: PyObjectRef,
-    skip_type: PyObjectRef,
-    vm: &VirtualMachine,
-) -> PyResult<()> {
+/// `_t_importer_setup(real_import, skip_type)`: once per interpreter.
+pub fn native_setup(real_import: PyObjectRef, skip_type: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         if s.setup.is_some() {
             return Err(vm.new_runtime_error("the importer is already set up"));
         }
-        s.setup = Some(Setup { real_import, after_import, skip_type });
+        s.setup = Some(Setup { real_import, skip_type });
         Ok(())
     })
 }
@@ -295,8 +289,8 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
             vm,
         ));
     }
-    let (real_import, after_import) = STATE
-        .with(|s| s.borrow().setup.as_ref().map(|s| (s.real_import.clone(), s.after_import.clone())))
+    let real_import = STATE
+        .with(|s| s.borrow().setup.as_ref().map(|s| s.real_import.clone()))
         .ok_or_else(|| vm.new_runtime_error("the importer is not set up"))?;
     // `from pkg import name` imports `pkg.name` when `name` is not already an
     // attribute of the package: that submodule must be one the policy allows and
@@ -329,9 +323,7 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
     } else {
         let none = vm.ctx.none();
         let from_tuple: PyObjectRef = vm.ctx.new_tuple(fromlist.clone()).into();
-        let top = real_import.call((vm.ctx.new_str(name.as_str()), none.clone(), none, from_tuple, 0), vm)?;
-        after_import.call((), vm)?;
-        top
+        real_import.call((vm.ctx.new_str(name.as_str()), none.clone(), none, from_tuple, 0), vm)?
     };
     if !fromlist.is_empty() {
         for f in &fromlist {

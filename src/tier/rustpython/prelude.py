@@ -13,7 +13,7 @@
 #   _t_gc_pause(on)         pause the cycle collector while an import is in progress
 #   _t_import               snippets' __import__ (importer.rs): policy and served-
 #                           module checks, module proxies, all state in Rust
-#   _t_importer_setup(real_import, after_import, skip_type), _t_proxy_override(module, make),
+#   _t_importer_setup(real_import, skip_type), _t_proxy_override(module, make),
 #   _t_hide(module, name)   what the native importer needs from this file
 #   _t_check(source)        the static analysis' refusal of `source`, or None
 #   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
@@ -457,9 +457,9 @@ def _harden_loaded():
 
 
 # The snippets' importer is native (importer.rs): it imports with the real
-# __import__, hardens what that loaded, and hands out proxies that never carry a
-# `sys` view.
-_t_importer_setup(_real_import, _harden_loaded, _SysViewBase)
+# __import__ (whose loads _find_and_load below hardens) and hands out proxies that
+# never carry a `sys` view.
+_t_importer_setup(_real_import, _SysViewBase)
 
 # Stdlib code imports lazily too, inside its functions (functools.singledispatch
 # imports typing, enum's signatures inspect): every load, by any route (__import__,
