@@ -143,6 +143,12 @@ pub fn check_decider(who: &str) -> Result<(), ApprovalError> {
     Ok(())
 }
 
+/// One item's part of a queue fingerprint ([`Queue::fingerprint`]; the review page
+/// computes the same from the items it shows): `id:status:has_outcome`.
+pub fn fingerprint_entry(id: i64, status: &str, has_outcome: bool) -> String {
+    format!("{id}:{status}:{has_outcome}")
+}
+
 /// The note on an item expired because the process waiting for it ended.
 pub const ORPHANED: &str = "the process waiting for it ended";
 
@@ -320,10 +326,7 @@ impl Queue {
     /// The database failed.
     pub fn list(&self, status: Option<&str>, before: Option<i64>, limit: usize) -> Result<Vec<Item>, ApprovalError> {
         self.expire_overdue()?;
-        self.select(
-            "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)",
-            params![status, before, limit.min(MAX_PAGE) as i64],
-        )
+        self.select("(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)", params![status, before], limit)
     }
 
     /// The `n` most recently submitted items that are no longer pending.
@@ -331,12 +334,14 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub fn recently_decided(&self, n: usize) -> Result<Vec<Item>, ApprovalError> {
-        self.select("status != 'pending'", params![n.min(MAX_PAGE) as i64])
+        self.select("status != 'pending'", [], n)
     }
 
-    fn select(&self, condition: &str, args: impl rusqlite::Params) -> Result<Vec<Item>, ApprovalError> {
+    /// Items matching `condition` (with `args`), newest first, at most `limit`
+    /// (capped at [`MAX_PAGE`]).
+    fn select(&self, condition: &str, args: impl rusqlite::Params, limit: usize) -> Result<Vec<Item>, ApprovalError> {
         let c = self.conn()?;
-        let limit = if condition.contains("?2") { "?3" } else { "?1" };
+        let limit = limit.min(MAX_PAGE);
         let mut stmt = c
             .prepare(&format!("SELECT {COLUMNS} FROM approvals WHERE {condition} ORDER BY id DESC LIMIT {limit}"))
             .map_err(|e| self.err(e))?;
@@ -365,9 +370,7 @@ impl Queue {
                 ))
                 .map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map([limit], |r| {
-                    Ok(format!("{}:{}:{}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
-                })
+                .query_map([limit], |r| Ok(fingerprint_entry(r.get(0)?, &r.get::<_, String>(1)?, r.get(2)?)))
                 .map_err(|e| self.err(e))?;
             for row in rows {
                 parts.push(row.map_err(|e| self.err(e))?);

@@ -276,7 +276,11 @@ fn login_page(message: &str, status: StatusCode) -> Response {
 
 /// What changes the page: the items, their statuses, whether they have outcomes.
 fn fingerprint(items: &[Item]) -> String {
-    items.iter().map(|i| format!("{}:{}:{}", i.id, i.status, i.outcome.is_some())).collect::<Vec<_>>().join(",")
+    items
+        .iter()
+        .map(|i| crate::approval::fingerprint_entry(i.id, &i.status, i.outcome.is_some()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Every pending item (queried by status, so newer decided items never hide one)
