@@ -55,6 +55,12 @@ pub fn hidden(c: char) -> Option<&'static str> {
     })
 }
 
+/// The code points of `s` outside ASCII, as `U+0430 U+0435` (empty when none): how a
+/// look-alike letter (Cyrillic `а` for Latin `a`) is named to a human.
+pub fn non_ascii_code_points(s: &str) -> String {
+    s.chars().filter(|c| !c.is_ascii()).map(|c| format!("U+{:04X}", u32::from(c))).collect::<Vec<_>>().join(" ")
+}
+
 /// Whether `c` changes a terminal's state or the line shown rather than printing:
 /// C0 and C1 controls and DEL (tab and newline included, since a word or reason
 /// printed on one line must stay on it).

@@ -273,10 +273,8 @@ fn non_ascii_names(source: &str, tokens: &ruff_python_ast::token::Tokens, lines:
         if name.is_ascii() || !seen.insert(name) {
             continue;
         }
-        let odd: Vec<String> =
-            name.chars().filter(|c| !c.is_ascii()).map(|c| format!("U+{:04X}", u32::from(c))).collect();
-        let message =
-            format!("identifier {name:?} has non-ASCII characters ({}): it may look like another name", odd.join(" "));
+        let odd = crate::text::non_ascii_code_points(name);
+        let message = format!("identifier {name:?} has non-ASCII characters ({odd}): it may look like another name");
         out.findings.push(Finding { severity: Severity::Warn, line: lines.line(t.range().start().into()), message });
     }
 }

@@ -110,16 +110,21 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
     cookie(headers, COOKIE)
 }
 
-/// Cookie `name`'s value in the request; `None` when it is there more than once
-/// (a page on a sibling origin can add a same-named cookie with a narrower path,
-/// which a browser sends first).
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    let mut found = headers
+/// Every value cookie `name` has in the request.
+fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='));
+        .filter_map(move |c| c.trim().strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Cookie `name`'s value in the request; `None` when it is there more than once
+/// (a page on a sibling origin can add a same-named cookie with a narrower path,
+/// which a browser sends first).
+fn cookie<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h str> {
+    let mut found = cookie_values(headers, name);
     let first = found.next()?;
     found.next().is_none().then_some(first)
 }
@@ -151,16 +156,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// answer that clears this site's cookies (`Clear-Site-Data`) and says why; the
 /// reviewer signs in again.
 fn tossed(headers: &HeaderMap) -> Option<Response> {
-    let twice = |name: &str| {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter(|c| c.trim().strip_prefix(name).is_some_and(|r| r.starts_with('=')))
-            .count()
-            > 1
-    };
+    let twice = |name: &'static str| cookie_values(headers, name).nth(1).is_some();
     if !(twice(COOKIE) || twice(LOGIN_COOKIE)) {
         return None;
     }
@@ -403,13 +399,9 @@ fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64, who: &
             for w in words {
                 // Paths and options are rarely anything but ASCII: a look-alike letter
                 // (Cyrillic а in /dаta) is named.
-                let odd: Vec<String> =
-                    w.chars().filter(|c| !c.is_ascii()).map(|c| format!("U+{:04X}", u32::from(c))).collect();
-                let note = if odd.is_empty() {
-                    String::new()
-                } else {
-                    format!(" <span class=warn>(not ASCII: {})</span>", odd.join(" "))
-                };
+                let odd = crate::text::non_ascii_code_points(w);
+                let note =
+                    if odd.is_empty() { String::new() } else { format!(" <span class=warn>(not ASCII: {odd})</span>") };
                 let _ = write!(out, "<li><code>{}</code>{note}</li>", show(w));
             }
             out.push_str("</ol>");
