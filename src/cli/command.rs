@@ -63,19 +63,7 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
         println!("{}", super::json_line(&report));
     } else {
         match (&report.outcome, report.decision) {
-            (Some(o), _) => {
-                use std::io::IsTerminal as _;
-                print!("{}", crate::text::for_stream(&o.stdout, std::io::stdout().is_terminal()));
-                eprint!("{}", crate::text::for_stream(&o.stderr, std::io::stderr().is_terminal()));
-                if let Some(err) = &o.error {
-                    eprintln!(
-                        "terrarium: {}: {}: {}",
-                        o.status.as_str(),
-                        err.kind,
-                        crate::text::message_for_terminal(&err.message)
-                    );
-                }
-            }
+            (Some(o), _) => super::print_outcome(o),
             (None, _) if report.allowed => {
                 println!("allowed: {}", for_terminal(&crate::command::quote_words(&report.argv)));
             }

@@ -12,7 +12,7 @@ mod doctor;
 mod redteam;
 mod serve;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, IsTerminal as _, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -243,26 +243,37 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
     flush_audit(&target);
     // A reader that closed the pipe (`| head`) has taken what it wanted: a failed
     // write ends nothing but the output; the exit code still says how the run ended.
-    // The snippet's text reaches a terminal escaped (H16), a pipe as it is.
-    use std::io::IsTerminal as _;
-    let mut out = std::io::stdout().lock();
     if args.json {
-        let _ = writeln!(out, "{}", json_line(&outcome));
+        let _ = writeln!(std::io::stdout().lock(), "{}", json_line(&outcome));
     } else {
-        let _ = write!(out, "{}", crate::text::for_stream(&outcome.stdout, std::io::stdout().is_terminal()));
-        let _ = out.flush();
-        let stderr = crate::text::for_stream(&outcome.stderr, std::io::stderr().is_terminal());
-        let _ = write!(std::io::stderr(), "{stderr}");
-        if let Some(err) = &outcome.error {
-            eprintln!(
-                "terrarium: {}: {}: {}",
-                outcome.status.as_str(),
-                err.kind,
-                crate::text::message_for_terminal(&err.message)
-            );
-        }
+        print_outcome(&outcome);
     }
     Ok(ExitCode::from(exit_code(outcome.status)))
+}
+
+/// A run's stdout and stderr, then on any status but `ok` the line
+/// `terrarium: STATUS: TYPE: MESSAGE`. The snippet's text reaches a terminal
+/// escaped (H16), a pipe as it is; a failed write is ignored (see `run`).
+pub(super) fn print_outcome(outcome: &Outcome) {
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", stdout_text(&outcome.stdout));
+    let _ = out.flush();
+    let stderr = crate::text::for_stream(&outcome.stderr, std::io::stderr().is_terminal());
+    let _ = write!(std::io::stderr(), "{stderr}");
+    if let Some(err) = &outcome.error {
+        eprintln!(
+            "terrarium: {}: {}: {}",
+            outcome.status.as_str(),
+            err.kind,
+            crate::text::message_for_terminal(&err.message)
+        );
+    }
+}
+
+/// Sandbox text (a snippet's output, stored code) for this process's stdout: see
+/// [`crate::text::for_stream`].
+fn stdout_text(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::text::for_stream(text, std::io::stdout().is_terminal())
 }
 
 /// Before exiting: the audit events are in the journal already; moving them into
@@ -414,15 +425,11 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
                 && r.kind == "request"
                 && let Some(text) = crate::audit::code(&path, sha).map_err(host)?
             {
-                use std::io::IsTerminal as _;
-                println!("--- code {sha}\n{}", crate::text::for_stream(&text, std::io::stdout().is_terminal()));
+                println!("--- code {sha}\n{}", stdout_text(&text));
             }
         }
         AuditCommand::Code { sha256 } => match crate::audit::code(&path, &sha256).map_err(host)? {
-            Some(text) => {
-                use std::io::IsTerminal as _;
-                print!("{}", crate::text::for_stream(&text, std::io::stdout().is_terminal()));
-            }
+            Some(text) => print!("{}", stdout_text(&text)),
             None => return Err(CliError::usage(anyhow::anyhow!("no code with sha256 {sha256}"))),
         },
         AuditCommand::Verify => {
