@@ -262,9 +262,9 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// Whether `program` (as a path or by its last component) matches any of `deny`.
-pub fn denied(program: &str, deny: &[String]) -> bool {
+pub fn denied(program: &str, deny: &[impl AsRef<str>]) -> bool {
     let base = program.rsplit('/').next().unwrap_or(program);
-    deny.iter().any(|d| name_matches(d, program) || name_matches(d, base))
+    deny.iter().any(|d| name_matches(d.as_ref(), program) || name_matches(d.as_ref(), base))
 }
 
 impl CommandRules {

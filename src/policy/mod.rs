@@ -872,10 +872,7 @@ fn command_policy(
         if let Some((p, _)) = allow.iter().find(|(p, _)| crate::command::denied(p, deny)) {
             return Err(invalid("commands", format!("{p:?} is both allowed and denied")));
         }
-    } else if let Some((p, _)) = allow.iter().find(|(p, _)| {
-        let deny: Vec<String> = crate::command::DEFAULT_DENY.iter().map(|d| d.to_string()).collect();
-        crate::command::denied(p, &deny)
-    }) {
+    } else if let Some((p, _)) = allow.iter().find(|(p, _)| crate::command::denied(p, crate::command::DEFAULT_DENY)) {
         return Err(invalid(
             "commands.allow",
             format!("{p:?} is in the built-in deny list; list commands.deny yourself to allow it"),
