@@ -1052,3 +1052,49 @@ print("REACHED", sorted(k for k in dir(got[0]) if not k.startswith("_")))
     assert!(o.error.as_ref().is_some_and(|e| e.message.contains("still loading")), "{o:?}");
     assert!(!o.stdout.contains("REACHED"), "{o:?}");
 }
+
+/// The run's last value is read by the host from the interpreter's storage: a
+/// subclass whose methods would run the snippet's code after its run (when the
+/// deadline and the output capture are no longer the run's) is never called, and a
+/// cycle or a float that JSON cannot carry gives no value rather than a hang.
+#[test]
+fn the_result_is_read_without_running_the_snippets_code() {
+    let code = r#"
+class D(dict):
+    def items(self): print("items ran"); return [("forged", 1)]
+    def keys(self): print("keys ran"); return ["forged"]
+    def __iter__(self): print("iter ran"); return iter(["forged"])
+    def __getitem__(self, k): print("getitem ran"); return "forged"
+class L(list):
+    def __iter__(self): print("list iter ran"); return iter(["forged"])
+    def __len__(self): print("len ran"); return 0
+class S(str):
+    def __str__(self): print("str ran"); return "forged"
+    def __repr__(self): print("repr ran"); return "forged"
+class I(int):
+    def __repr__(self): print("int repr ran"); return "99"
+class F(float):
+    def __repr__(self): print("float repr ran"); return "99.0"
+D(a=L([S("s"), I(7), F(1.5)]))
+"#;
+    let expected = serde_json::json!({"a": ["s", 7, 1.5]});
+    for o in [run(code), run_embedded(code)] {
+        assert_eq!(o.status, Status::Ok, "{o:?}");
+        assert_eq!(o.stdout, "", "the snippet's methods ran: {o:?}");
+        assert_eq!(o.result, Some(expected.clone()), "{o:?}");
+    }
+    for code in ["x = []\nx.append(x)\nx", "d = {}\nd['d'] = d\nd", "float('nan')", "[1, float('inf')]", "{(1, 2): 3}"]
+    {
+        for o in [run(code), run_embedded(code)] {
+            assert_eq!(o.status, Status::Ok, "{code:?}: {o:?}");
+            assert_eq!(o.result, None, "{code:?} has no JSON form: {o:?}");
+        }
+    }
+    // Keys as json.dumps writes them; integers past 64 bits as a double (within
+    // the JSON parser's rounding).
+    let o = run("{1: 'a', 1.5: 'b', False: 'c', None: 'd', 'k': 2**70}");
+    let mut got = o.result.clone().unwrap_or_default();
+    let k = got.as_object_mut().and_then(|m| m.remove("k")).and_then(|k| k.as_f64()).unwrap_or_default();
+    assert!((k / 2f64.powi(70) - 1.0).abs() < 1e-15, "{o:?}");
+    assert_eq!(got, serde_json::json!({"1": "a", "1.5": "b", "false": "c", "null": "d"}), "{o:?}");
+}

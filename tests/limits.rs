@@ -126,3 +126,13 @@ fn a_tighter_memory_override_is_enforced() {
     assert!(matches!(o.status, Status::MemoryLimit | Status::Exception), "{o:?}");
     assert_eq!(run("x = bytearray(100 * 2**20)\nlen(x)").result, Some(serde_json::json!(100 << 20)));
 }
+
+#[test]
+fn a_result_longer_than_the_output_cap_is_output_limit() {
+    // The last value counts against the output cap as printed output does; the
+    // conversion stops counting items past the cap instead of building the text.
+    for o in [run("list(range(2_000_000))"), crate::common::run_embedded("list(range(2_000_000))")] {
+        assert_eq!(o.status, Status::OutputLimit, "{o:?}");
+        assert!(o.result.is_none(), "{o:?}");
+    }
+}

@@ -25,6 +25,7 @@
 pub mod embedded;
 mod importer;
 pub mod isolated;
+mod value;
 mod walls;
 mod worker;
 

@@ -688,11 +688,6 @@ def harden_all():
     _harden_loaded()
 
 
-def new_globals():
-    """Fresh globals for one run: a private copy of the snippet builtins."""
-    return {"__builtins__": dict(_snippet_builtins), "__name__": "__main__", "__doc__": None}
-
-
 def after_fork():
     """In a fresh child of the zygote: draw new seeds, so that children forked from
     one interpreter do not share random streams."""
@@ -700,18 +695,6 @@ def after_fork():
     if r is not None:
         r.seed(int.from_bytes(_t_urandom(32), "big"))
 
-
-def to_json(value):
-    """The run's last value as JSON text, or None when it has no JSON form."""
-    if value is None:
-        return None
-    try:
-        return _json.dumps(value, allow_nan=False)
-    except Exception:
-        return None
-
-
-import json as _json
 
 # Patch str.format last: the code above uses it while setting up.
 _HOST_PATCH_STR_FORMAT = (_safe_format, _safe_format_map)

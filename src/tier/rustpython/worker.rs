@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use rustpython_vm::builtins::{PyBaseExceptionRef, PyDictRef, PyStrRef};
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyCode, PyDictRef, PyStrRef};
 use rustpython_vm::common::rc::PyRc;
 use rustpython_vm::compiler::Mode;
 use rustpython_vm::function::{ArgIntoFloat, OptionalArg};
@@ -37,7 +37,7 @@ use crate::analysis;
 use crate::executor::{ErrorInfo, Outcome, Status, Tier, Usage};
 use crate::policy::module_allowed;
 
-use super::{importer, walls};
+use super::{importer, value, walls};
 
 /// The prelude that builds the snippet environment (see its header).
 const PRELUDE: &str = include_str!("prelude.py");
@@ -472,12 +472,14 @@ fn native_check(source: PyStrRef) -> Option<String> {
 pub struct Worker {
     interp: Interpreter,
     ctrl: Arc<Control>,
-    new_globals: PyObjectRef,
-    to_json: PyObjectRef,
+    /// The builtins every run gets a private copy of.
+    snippet_builtins: PyDictRef,
     after_fork: PyObjectRef,
     harden_all: PyObjectRef,
     /// Globals made ahead of the next run (see [`Worker::prepare_globals`]).
-    next_globals: RefCell<Option<PyObjectRef>>,
+    next_globals: RefCell<Option<PyDictRef>>,
+    /// The last run's globals, dropped by [`Worker::tidy`] off the request path.
+    retired: RefCell<Option<PyObjectRef>>,
 }
 
 impl Worker {
@@ -515,7 +517,7 @@ impl Worker {
                 }
             })
             .build();
-        let (new_globals, to_json, after_fork, harden_all) = interp.enter(|vm| -> Result<_, String> {
+        let (snippet_builtins, after_fork, harden_all) = interp.enter(|vm| -> Result<_, String> {
             let globals = vm.ctx.new_dict();
             let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| exc_text(vm, &e));
             set("__builtins__", vm.builtins.clone().into())?;
@@ -556,9 +558,20 @@ impl Worker {
             let fmt_map = patch.get_item(&1, vm).map_err(|e| exc_text(vm, &e))?;
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format"), fmt);
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format_map"), fmt_map);
-            Ok((get("new_globals")?, get("to_json")?, get("after_fork")?, get("harden_all")?))
+            let snippet_builtins = get("_snippet_builtins")?
+                .downcast::<rustpython_vm::builtins::PyDict>()
+                .map_err(|_| "the prelude's _snippet_builtins is not a dict".to_string())?;
+            Ok((snippet_builtins, get("after_fork")?, get("harden_all")?))
         })?;
-        Ok(Worker { interp, ctrl, new_globals, to_json, after_fork, harden_all, next_globals: RefCell::new(None) })
+        Ok(Worker {
+            interp,
+            ctrl,
+            snippet_builtins,
+            after_fork,
+            harden_all,
+            next_globals: RefCell::new(None),
+            retired: RefCell::new(None),
+        })
     }
 
     /// Imports `modules` (trusted, before any snippet) so that runs find them
@@ -590,8 +603,31 @@ impl Worker {
     /// Makes the next run's fresh globals now, off the request path (a single-use
     /// child does this while it waits for its request).
     pub fn prepare_globals(&self) {
-        let g = self.interp.enter(|vm| self.new_globals.call((), vm).ok());
-        *self.next_globals.borrow_mut() = g;
+        let g = self.interp.enter(|vm| self.fresh_globals(vm));
+        *self.next_globals.borrow_mut() = Some(g);
+    }
+
+    /// Fresh globals for one run: a private copy of the snippet builtins (a run may
+    /// change its own), `__name__` and `__doc__`.
+    fn fresh_globals(&self, vm: &VirtualMachine) -> PyDictRef {
+        use rustpython_vm::PyPayload;
+        let globals = vm.ctx.new_dict();
+        let builtins = self.snippet_builtins.copy().into_ref(&vm.ctx);
+        // Setting str keys on a new dict cannot fail.
+        let _ = globals.set_item("__builtins__", builtins.into(), vm);
+        let _ = globals.set_item("__name__", vm.ctx.new_str("__main__").into(), vm);
+        let _ = globals.set_item("__doc__", vm.ctx.none(), vm);
+        globals
+    }
+
+    /// Work a reused interpreter does after answering, off the request path: drops
+    /// the last run's globals and prepares the next run's.
+    pub fn tidy(&self) {
+        let retired = self.retired.borrow_mut().take();
+        drop(retired);
+        if self.next_globals.borrow().is_none() {
+            self.prepare_globals();
+        }
     }
 
     /// Re-seeds per-process state (the `random` module) in a freshly forked child.
@@ -630,7 +666,12 @@ impl Worker {
         let run = RUN.with(|r| r.borrow_mut().take());
         // Retire the run id so that late signals for it are ignored.
         self.ctrl.run_id.store(0, Ordering::SeqCst);
-        let (stdout, stderr) = run.map(|r| (r.stdout, r.stderr)).unwrap_or_default();
+        let (stdout, stderr) = run
+            .map(|r| {
+                *self.retired.borrow_mut() = r.globals;
+                (r.stdout, r.stderr)
+            })
+            .unwrap_or_default();
         let mut outcome = Outcome {
             id: job.id.clone(),
             status: Status::Ok,
@@ -658,8 +699,8 @@ impl Worker {
             ),
             (None, Ok(RunResult::Denied(message))) => (Status::Denied, Some(("PolicyDenied".into(), message)), true),
             (None, Ok(RunResult::Exception(kind, message))) => (Status::Exception, Some((kind, message)), true),
-            (None, Ok(RunResult::Value(json))) => {
-                outcome.result = json.and_then(|j| serde_json::from_str(&j).ok());
+            (None, Ok(RunResult::Value(value))) => {
+                outcome.result = value;
                 (Status::Ok, None, true)
             }
         };
@@ -674,30 +715,22 @@ impl Worker {
             return RunResult::Denied(reason);
         }
         self.interp.enter(|vm| {
-            let code = match vm.compile(&job.code, Mode::BlockExpr, "<snippet>") {
+            let code = match compile(&job.code, Mode::BlockExpr, vm) {
                 Ok(c) => c,
-                Err(e) => return RunResult::Exception("SyntaxError".into(), e.to_string()),
+                Err(message) => return RunResult::Exception("SyntaxError".into(), message),
             };
             let prepared = self.next_globals.borrow_mut().take();
-            let globals = match prepared
-                .map_or_else(|| self.new_globals.call((), vm), Ok)
-                .and_then(|g| g.downcast::<rustpython_vm::builtins::PyDict>().map_err(|_| vm.new_type_error("globals")))
-            {
-                Ok(g) => g,
-                Err(e) => return RunResult::Exception("InternalError".into(), exc_text(vm, &e)),
-            };
-            let globals: PyDictRef = globals;
+            let globals = prepared.unwrap_or_else(|| self.fresh_globals(vm));
             with_run(|run| run.globals = Some(globals.clone().into()));
             match vm.run_code_obj(code, Scope::with_builtins(None, globals, vm)) {
-                Ok(value) => {
-                    let json = self
-                        .to_json
-                        .call((value,), vm)
-                        .ok()
-                        .and_then(|j| j.downcast::<rustpython_vm::builtins::PyStr>().ok())
-                        .map(|s| s.as_wtf8().to_string_lossy().into_owned());
-                    RunResult::Value(json)
-                }
+                Ok(value) => match value::to_json(&value, job.max_output, vm) {
+                    Ok(json) => RunResult::Value(json),
+                    Err(value::TooBig) => {
+                        let message = format!("the result exceeded the output cap of {} bytes", job.max_output);
+                        self.ctrl.terminate(job.run_id, Terminal::OutputLimit, &message);
+                        RunResult::Value(None)
+                    }
+                },
                 Err(exc) => {
                     let kind = exc.class().name().to_string();
                     let message =
@@ -707,6 +740,15 @@ impl Worker {
             }
         })
     }
+}
+
+/// Compiles snippet text. The parser and code generator only: the interpreter's
+/// own `compile` first re-parses the text twice to emit `SyntaxWarning`s, which
+/// a snippet has no use for.
+fn compile(source: &str, mode: Mode, vm: &VirtualMachine) -> Result<rustpython_vm::PyRef<PyCode>, String> {
+    rustpython_vm::compiler::compile(source, mode, "<snippet>", vm.compile_opts())
+        .map(|code| PyCode::new_ref_from_bytecode(vm, code))
+        .map_err(|e| e.to_string())
 }
 
 /// The static analysis' refusal of `code` under `allowed`, if any.
@@ -727,7 +769,7 @@ fn static_denial(code: &str, allowed: &BTreeSet<String>) -> Option<String> {
 }
 
 enum RunResult {
-    Value(Option<String>),
+    Value(Option<serde_json::Value>),
     Exception(String, String),
     Denied(String),
 }
@@ -766,6 +808,7 @@ pub fn serve(
         if !reusable {
             break;
         }
+        worker.tidy();
     }
 }
 
@@ -800,7 +843,7 @@ mod tests {
                     });
                 });
                 w.interp.enter(|vm| {
-                    let snippet_globals = w.new_globals.call((), vm).expect("snippet globals");
+                    let snippet_globals: PyObjectRef = w.fresh_globals(vm).into();
                     let names: Vec<PyObjectRef> = preload.iter().map(|m| vm.ctx.new_str(m.as_str()).into()).collect();
                     let globals = vm.ctx.new_dict();
                     globals.set_item("__builtins__", vm.builtins.clone().into(), vm).expect("builtins");
