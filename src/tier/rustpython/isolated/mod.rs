@@ -297,6 +297,28 @@ struct ReadyChild {
     pidfd: OwnedFd,
     exit: oneshot::Receiver<Exit>,
     namespaces: bool,
+    /// The kernel's accounting files of this child, opened ahead of its request.
+    accounting: Option<Accounting>,
+}
+
+/// `/proc/<pid>/schedstat` and `/proc/<pid>/status` of one live child, opened when
+/// it is announced (off the request path): reading an open procfs file again costs
+/// a fraction of opening it by path.
+struct Accounting {
+    schedstat: std::fs::File,
+    status: std::fs::File,
+}
+
+impl Accounting {
+    /// Opens the files of child `pid`, behind `pidfd`. `None` when the child has
+    /// already exited: its pid might then name another process.
+    fn open(pid: i32, pidfd: &OwnedFd) -> Option<Accounting> {
+        let schedstat = std::fs::File::open(format!("/proc/{pid}/schedstat")).ok()?;
+        let status = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
+        // Still alive after both opens: the pid was not reused, so the files are
+        // this child's (a process's procfs files never switch to another one).
+        (!sys::has_exited(pidfd.as_fd())).then_some(Accounting { schedstat, status })
+    }
 }
 
 #[derive(Default)]
@@ -477,8 +499,16 @@ impl Zygote {
                         continue;
                     };
                     let (tx, rx) = oneshot::channel();
-                    let child =
-                        ReadyChild { pid, stream: sock.into(), words: words.into(), pidfd, exit: rx, namespaces };
+                    let accounting = Accounting::open(pid, &pidfd);
+                    let child = ReadyChild {
+                        pid,
+                        stream: sock.into(),
+                        words: words.into(),
+                        pidfd,
+                        exit: rx,
+                        namespaces,
+                        accounting,
+                    };
                     let mut st = self.state();
                     st.exits.insert(pid, tx);
                     if token == 0 {
@@ -589,7 +619,7 @@ async fn supervise(
     limits: &RunLimits,
     want_namespaces: bool,
 ) -> Result<Outcome, Supervise> {
-    let ReadyChild { pid, stream, words, pidfd, exit, namespaces } = child;
+    let ReadyChild { pid, stream, words, pidfd, exit, namespaces, accounting } = child;
     let child = KillOnDrop(pidfd);
     if want_namespaces && !namespaces {
         static WARNED: std::sync::Once = std::sync::Once::new();
@@ -627,7 +657,8 @@ async fn supervise(
         // lets it run no more code; the zygote reaps it off the request path, so the
         // request does not wait for its address space to be torn down.
         Ok(Read::Answer(answer)) => {
-            let e = observe(pid).unwrap_or(Exit { code: None, signal: None, cpu_us: 0, maxrss_kb: 0 });
+            let e =
+                observe(pid, accounting.as_ref()).unwrap_or(Exit { code: None, signal: None, cpu_us: 0, maxrss_kb: 0 });
             child.kill();
             decide(answer, limits.max_output, e)
         }
@@ -721,11 +752,24 @@ fn truncate(s: &mut String, max: usize) {
 }
 
 /// CPU time and peak resident set of live process `pid`, from the kernel's own
-/// accounting (`/proc/<pid>/schedstat` and `VmHWM` in `/proc/<pid>/status`).
-fn observe(pid: i32) -> Option<Exit> {
-    let sched = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+/// accounting (`/proc/<pid>/schedstat` and `VmHWM` in `/proc/<pid>/status`), read
+/// through the files opened ahead when there are some.
+fn observe(pid: i32, opened: Option<&Accounting>) -> Option<Exit> {
+    use std::os::unix::fs::FileExt;
+    let read = |file: Option<&std::fs::File>, name: &str| -> Option<String> {
+        match file {
+            Some(f) => {
+                let mut buf = vec![0u8; 16 << 10];
+                let n = f.read_at(&mut buf, 0).ok()?;
+                buf.truncate(n);
+                String::from_utf8(buf).ok()
+            }
+            None => std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok(),
+        }
+    };
+    let sched = read(opened.map(|a| &a.schedstat), "schedstat")?;
     let cpu_ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = read(opened.map(|a| &a.status), "status")?;
     let hwm_kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -159,6 +159,15 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Whether the process behind `pidfd` has exited (its pidfd is readable then),
+/// without waiting.
+pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd; a zero timeout does not block.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc != 0
+}
+
 /// Sends `SIGKILL` through a pidfd. A process that already exited is not an error.
 ///
 /// # Errors
