@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::args::BenchArgs;
-use super::{CliError, EXIT_HOST, runtime};
+use super::{CliError, EXIT_HOST, local_runtime};
 use crate::executor::{ExecRequest, Executor, Status};
 use crate::policy::Policy;
 
@@ -17,7 +17,7 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         Some(p) => Policy::from_file(p)?,
         None => Policy::default_policy(),
     };
-    let rt = runtime()?;
+    let rt = local_runtime()?;
     let n = args.n.max(1);
     let samples = if args.docker || args.docker_cold {
         docker(&rt, policy, &args.code, n, args.docker)?
