@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
@@ -119,8 +120,20 @@ impl EmbeddedExecutor {
         if worker.jobs.send((job, reply)).is_err() {
             return Err(host("an interpreter thread exited unexpectedly"));
         }
-        let reply = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
-            Ok(r) => r.ok(),
+        // A short run answers within microseconds: wait for it here first, so that
+        // neither this thread nor the runtime goes to sleep and has to be woken
+        // (tens of µs per wake-up across CPUs here; see docs/benchmarks.md).
+        let early = spin_until(SPIN, || match rx.try_recv() {
+            Ok(r) => Some(Some(r)),
+            Err(TryRecvError::Closed) => Some(None),
+            Err(TryRecvError::Empty) => None,
+        });
+        let waited = match early {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout_at(deadline.into(), &mut rx).await.map(Result::ok),
+        };
+        let reply = match waited {
+            Ok(r) => r,
             Err(_) => {
                 let msg = format!("deadline of {}s exceeded", timeout.as_secs_f64());
                 worker.ctrl.terminate(run_id, Terminal::Timeout, &msg);
@@ -160,6 +173,25 @@ impl Executor for EmbeddedExecutor {
 
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
         Box::pin(self.run(req))
+    }
+}
+
+/// How long a caller, and an idle interpreter thread, poll before they sleep.
+pub(super) const SPIN: Duration = Duration::from_micros(50);
+
+/// Polls `ready` until it gives a value or `budget` has passed. Bounded busy
+/// waiting: it trades up to `budget` of CPU for a wake-up that costs about as much
+/// and arrives later.
+pub(super) fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + budget;
+    loop {
+        if let Some(v) = ready() {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::hint::spin_loop();
     }
 }
 

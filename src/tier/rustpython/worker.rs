@@ -802,7 +802,17 @@ pub fn serve(
     if ready.send(Ok(worker.control())).is_err() {
         return;
     }
-    for (job, reply) in jobs {
+    loop {
+        // Poll briefly before sleeping: a caller sending its next job right away
+        // then finds this thread awake (see `embedded::SPIN`).
+        let next = super::embedded::spin_until(super::embedded::SPIN, || match jobs.try_recv() {
+            Ok(job) => Some(Some(job)),
+            Err(mpsc::TryRecvError::Disconnected) => Some(None),
+            Err(mpsc::TryRecvError::Empty) => None,
+        });
+        let Some((job, reply)) = next.unwrap_or_else(|| jobs.recv().ok()) else {
+            return;
+        };
         let (outcome, reusable) = worker.run(&job);
         let _ = reply.send((outcome, reusable));
         if !reusable {
