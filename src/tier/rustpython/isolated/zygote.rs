@@ -9,7 +9,8 @@
 //! In order, before the first byte of the request: every descriptor but its request
 //! socket (descriptor 3) and its last-words socket (descriptor 2, where the runtime
 //! prints before an abort) is closed, it dies with the zygote,
-//! it enters new user/net/mount/IPC/UTS namespaces where the kernel allows, it takes
+//! it is in new user/net/mount/IPC/UTS namespaces where the kernel allows (entered
+//! once by the zygote before its first child, and inherited), it takes
 //! rlimits (address space, CPU seconds, no core files, no file writes, no new
 //! descriptors), and it installs the seccomp filter of [`super::seccomp`]. It runs
 //! exactly one request and exits with `_exit`; copy-on-write gives it the zygote's
@@ -151,6 +152,8 @@ fn zygote_main() -> ExitCode {
     }
     // Children forked but still confining themselves: announced once they say ready.
     let mut confining: Vec<Confining> = Vec::new();
+    // Whether this zygote entered new namespaces (once asked to; see below).
+    let mut in_namespaces: Option<bool> = None;
     loop {
         let mut fds = vec![ctl.as_fd(), sigchld.as_fd()];
         fds.extend(confining.iter().map(|c| c.host_end.as_fd()));
@@ -208,6 +211,16 @@ fn zygote_main() -> ExitCode {
                     _ => continue,
                 },
             };
+            // Namespaces are entered once, by the zygote, before its first child
+            // that wants them: children inherit them at fork. A network namespace
+            // per child cost its set-up on the request path and a teardown in the
+            // kernel's background workers that lengthened the tail; children share
+            // these, and the seccomp filter leaves them no call that could reach
+            // another child through them (no sockets, IPC, mounts or hostname).
+            if spec.namespaces && in_namespaces.is_none() {
+                in_namespaces = Some(enter_namespaces());
+            }
+            let spec = SpawnSpec { namespaces: spec.namespaces && in_namespaces == Some(true), ..spec };
             match spawn(&worker, &spec, me) {
                 Ok(c) => confining.push(c),
                 Err(e) => {
@@ -274,7 +287,8 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
     std::mem::forget(words);
     sys::close_all_from(REQUEST_FD + 1, &[0, 1]);
     let Ok(sock) = sys::take_inherited(REQUEST_FD) else { sys::exit_now(74) };
-    let namespaces = spec.namespaces && enter_namespaces();
+    // In the zygote's new namespaces, when it entered them (see `zygote_main`).
+    let namespaces = spec.namespaces;
     let limits = [
         (libc::RLIMIT_AS, address_space),
         (libc::RLIMIT_CPU, spec.cpu_secs.max(1)),
@@ -414,7 +428,7 @@ fn guest_answer(o: Outcome) -> GuestAnswer {
 }
 
 /// Enters new namespaces: as root directly, otherwise inside a new user namespace.
-/// A child in a new network namespace has no interfaces but loopback (down). No new
+/// A process in a new network namespace has no interfaces but loopback (down). No new
 /// PID namespace: it would apply only to the child's own children, and the seccomp
 /// filter forbids it any.
 fn enter_namespaces() -> bool {
