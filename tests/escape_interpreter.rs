@@ -304,7 +304,7 @@ fn f9_f10_denials_on_the_cpython_tiers_cannot_be_taken_back() {
 #[test]
 fn f8_modules_imported_by_name_on_the_cpython_tiers_reach_nothing_on_the_host() {
     // The whitelist is the prelude's policy inside a CPython the snippet shares; these
-    // routes still import by name (README, "Security model"). What holds is the
+    // routes still import by name (docs/security-model.md). What holds is the
     // tier's wall: the modules they bring can do nothing to the host.
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("f8-marker");
@@ -1097,4 +1097,124 @@ D(a=L([S("s"), I(7), F(1.5)]))
     let k = got.as_object_mut().and_then(|m| m.remove("k")).and_then(|k| k.as_f64()).unwrap_or_default();
     assert!((k / 2f64.powi(70) - 1.0).abs() < 1e-15, "{o:?}");
     assert_eq!(got, serde_json::json!({"1": "a", "1.5": "b", "false": "c", "null": "d"}), "{o:?}");
+}
+
+// The outside attack on issue 17's changes (embedded reuse, the native value
+// reader): a finalizer, a value and a collection, each aimed at the gap between
+// one run and the next.
+
+/// Cyclic garbage whose finalizer spins, built so that the collector's young
+/// generation is `slack` allocations short of its threshold when the snippet ends:
+/// the next allocation anywhere (the interpreter's own set-up for the next run)
+/// collects it.
+fn spinning_cycle(slack: usize) -> String {
+    format!(
+        r#"
+state = {{"fired": 0}}
+class G:
+    def __init__(self, tag): self.tag = tag; self.me = self
+    def __del__(self):
+        state["fired"] = self.tag
+        if self.tag == 3:
+            while True: pass
+keep = []
+G(1)
+while state["fired"] != 1: keep.append([])
+G(2)
+n = 0
+while state["fired"] != 2:
+    keep.append([]); n += 1
+G(3)
+for i in range(n - {slack}): keep.append([])
+None
+"#
+    )
+}
+
+/// F3 of the attack on issue 17: a finalizer left behind by one run of an
+/// embedded interpreter ran between runs, where no deadline reached it, and the
+/// next request was reported as timing out. Now the collector runs only inside
+/// runs, and a run's garbage is collected before it ends: the finalizer is its
+/// own run's (stopped by its deadline), and the next request is served.
+#[test]
+fn a_finalizer_left_by_one_embedded_run_is_not_the_next_requests() {
+    for slack in 1..=4 {
+        let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
+        let short = terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+        let first = crate::common::exec(&exec, ExecRequest::new(spinning_cycle(slack)).with_overrides(short));
+        assert!(matches!(first.status, Status::Ok | Status::Timeout), "slack {slack}: {first:?}");
+        let started = Instant::now();
+        let next = crate::common::exec(&exec, ExecRequest::new("1 + 1"));
+        assert_eq!(
+            (next.status, next.result.clone()),
+            (Status::Ok, Some(serde_json::json!(2))),
+            "slack {slack}: {next:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "slack {slack}: the next request waited");
+    }
+}
+
+/// F5 of the attack on issue 17: reading a value allocated (a big integer's
+/// range check), the allocation ran a collection, and the snippet's finalizer
+/// changed the value halfway through the read. The collector is paused while the
+/// value is read: what is returned is what the snippet left.
+#[test]
+fn no_finalizer_runs_while_the_value_is_read() {
+    for slack in 0..=5 {
+        let code = format!(
+            r#"
+state = {{"fired": 0}}
+inner = ["before"]
+big = [10**30] * 50 + [inner]
+class G:
+    def __init__(self, tag): self.tag = tag; self.me = self
+    def __del__(self):
+        state["fired"] = self.tag
+        if self.tag == 3:
+            inner[0] = "mutated after the snippet ended" if state.get("ended") else "mutated by the snippet"
+keep = []
+G(1)
+while state["fired"] != 1: keep.append([])
+G(2)
+n = 0
+while state["fired"] != 2:
+    keep.append([]); n += 1
+G(3)
+for i in range(n - {slack}): keep.append([])
+state["ended"] = True
+big
+"#
+        );
+        for o in [run(&code), run_embedded(&code)] {
+            assert_eq!(o.status, Status::Ok, "slack {slack}: {o:?}");
+            let last = o.result.as_ref().and_then(|v| v.as_array()).and_then(|a| a.last()).cloned();
+            assert_ne!(
+                last,
+                Some(serde_json::json!(["mutated after the snippet ended"])),
+                "slack {slack}: the value changed while it was read: {o:?}"
+            );
+        }
+    }
+}
+
+/// F4 of the attack on issue 17: the value reader counted items, not bytes, so a
+/// 3 MB string was `ok` under a 1 MiB cap in embedded mode, and a 10 MB string
+/// listed 1,000 times was copied until the host process aborted. Each string now
+/// costs its length and each integer its digits, in both modes, and integers past
+/// Python's 4,300-digit limit have no JSON form (as in `json.dumps`).
+#[test]
+fn a_value_is_measured_in_bytes_not_items() {
+    for code in ["'x' * 3_000_000", "['x' * 100_000] * 100", "['x' * 10**7] * 1000", "{'k' * 2_000_000: 1}"] {
+        for (mode, o) in [("isolated", run(code)), ("embedded", run_embedded(code))] {
+            assert_eq!(o.status, Status::OutputLimit, "{mode} {code:?}: {o:?}");
+            assert!(o.result.is_none(), "{mode} {code:?}: {o:?}");
+        }
+    }
+    for code in ["10**100000", "[10**5000] * 1000", "{10**5000: 1}"] {
+        for (mode, o) in [("isolated", run(code)), ("embedded", run_embedded(code))] {
+            assert_eq!((o.status, o.result.clone()), (Status::Ok, None), "{mode} {code:?} has no JSON form: {o:?}");
+        }
+    }
+    let o = run_embedded("['x' * 1000] * 100");
+    assert_eq!(o.result.as_ref().and_then(|v| v.as_array()).map(Vec::len), Some(100), "within the cap: {o:?}");
 }

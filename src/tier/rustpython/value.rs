@@ -3,10 +3,17 @@
 //! The value is the snippet's: it may be a subclass with overridden methods, a
 //! cycle, or a structure of millions of items. The conversion calls no Python code
 //! (no `__iter__`, `items`, `__str__` or `__float__` of the snippet's), reads the
-//! storage of the built-in types and their subclasses, and stops at a depth and an
-//! item budget. What `json.dumps(value, allow_nan=False)` would refuse (other types,
-//! `NaN`, keys that are not `str`, `int`, `float`, `bool` or `None`, cycles) has no
-//! JSON form: the result is `None`, as for a value that is `None`.
+//! storage of the built-in types and their subclasses, and stops at a depth and a
+//! byte budget: each item costs at least the bytes of JSON text it would add (a
+//! string its length, an integer its digits), so a value whose text would pass the
+//! output cap is stopped before it is built, however often it repeats one object.
+//! What `json.dumps(value, allow_nan=False)` would refuse (other types, `NaN`, keys
+//! that are not `str`, `int`, `float`, `bool` or `None`, cycles, integers over
+//! Python's 4,300-digit limit for text) has no JSON form: the result is `None`, as
+//! for a value that is `None`.
+//!
+//! The caller pauses the cycle collector while it reads, so that no finalizer of
+//! the snippet's runs mid-read.
 //!
 //! Numbers keep what the JSON text of earlier versions parsed to: integers in the
 //! `i64`/`u64` range exactly, larger ones as the nearest `f64`.
@@ -15,18 +22,22 @@ use rustpython_vm::builtins::{PyDict, PyFloat, PyInt, PyList, PyStr, PyTuple};
 use rustpython_vm::{AsObject, Py, PyObject, VirtualMachine};
 use serde_json::{Map, Number, Value};
 
+/// Python's limit on the digits of an integer turned into text
+/// (`sys.get_int_max_str_digits()`), in bits: about 4,300 decimal digits.
+const MAX_INT_BITS: u64 = 14_284;
+
 /// Nesting deeper than this has no JSON form (`json.dumps` raises `RecursionError`
 /// near 1,000 levels; cycles end here too).
 const MAX_DEPTH: usize = 512;
 
-/// A value with more items than the budget: its JSON text is longer than the
-/// output cap.
+/// A value whose JSON text would be longer than the output cap.
 #[derive(Debug)]
 pub struct TooBig;
 
-/// The JSON form of `obj` (`None` when it has none), or [`TooBig`] when it has
-/// more than `max_len` items: each scalar, list, dict and key adds at least one
-/// byte of JSON text, so the text would be longer than `max_len` bytes.
+/// The JSON form of `obj` (`None` when it has none), or [`TooBig`] when its text
+/// would be longer than `max_len` bytes (counted from below: each scalar, list,
+/// dict and key at least one byte, a string or key its length in bytes, an
+/// integer its digits).
 pub fn to_json(obj: &PyObject, max_len: usize, vm: &VirtualMachine) -> Result<Option<Value>, TooBig> {
     if vm.is_none(obj) {
         return Ok(None);
@@ -36,12 +47,26 @@ pub fn to_json(obj: &PyObject, max_len: usize, vm: &VirtualMachine) -> Result<Op
     if left == 0 { Err(TooBig) } else { Ok(value) }
 }
 
-/// Converts `obj`, counting items down in `left`; stops (`None`) when it reaches 0.
+/// Takes `cost` bytes from the budget `left`; `false` (and `left` 0) when they
+/// are not there.
+fn spend(left: &mut usize, cost: usize) -> bool {
+    match left.checked_sub(cost.max(1)) {
+        Some(rest) if rest > 0 => {
+            *left = rest;
+            true
+        }
+        _ => {
+            *left = 0;
+            false
+        }
+    }
+}
+
+/// Converts `obj`, counting bytes down in `left`; stops (`None`) when it reaches 0.
 fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) -> Option<Value> {
-    if depth > MAX_DEPTH || *left == 0 {
+    if depth > MAX_DEPTH || !spend(left, 1) {
         return None;
     }
-    *left -= 1;
     if vm.is_none(obj) {
         return Some(Value::Null);
     }
@@ -49,10 +74,16 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
         return Some(Value::Bool(obj.is(&vm.ctx.true_value)));
     }
     if let Some(s) = obj.downcast_ref::<PyStr>() {
+        if !spend(left, s.byte_len()) {
+            return None;
+        }
         return s.to_str().map(|s| Value::String(s.to_owned()));
     }
     if let Some(i) = obj.downcast_ref::<PyInt>() {
-        return Some(int_value(i, vm));
+        if !spend(left, int_digits(i)) {
+            return None;
+        }
+        return int_value(i, vm);
     }
     if let Some(f) = obj.downcast_ref::<PyFloat>() {
         return Number::from_f64(f.to_f64()).map(Value::Number);
@@ -68,11 +99,10 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
     if let Some(dict) = obj.downcast_ref::<PyDict>() {
         let mut map = Map::new();
         for (k, v) in dict.items_vec() {
-            if *left == 0 {
+            let key = key_text(&k, vm)?;
+            if !spend(left, key.len() + 1) {
                 return None;
             }
-            *left -= 1;
-            let key = key_text(&k, vm)?;
             map.insert(key, convert(&v, depth + 1, left, vm)?);
         }
         return Some(Value::Object(map));
@@ -80,15 +110,24 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
     None
 }
 
-fn int_value(i: &Py<PyInt>, vm: &VirtualMachine) -> Value {
+/// A lower bound of the decimal digits of `i` (from its bits: 3.33 per digit).
+fn int_digits(i: &Py<PyInt>) -> usize {
+    usize::try_from(i.as_bigint().bits() * 3 / 10).unwrap_or(usize::MAX).max(1)
+}
+
+/// `i` as JSON: exact in the `i64`/`u64` range, else the nearest double (as the
+/// JSON text of earlier versions parsed to); `None` past the digit limit.
+fn int_value(i: &Py<PyInt>, vm: &VirtualMachine) -> Option<Value> {
+    if i.as_bigint().bits() > MAX_INT_BITS {
+        return None;
+    }
     if let Ok(v) = i.try_to_primitive::<i64>(vm) {
-        return Value::from(v);
+        return Some(Value::from(v));
     }
     if let Ok(v) = i.try_to_primitive::<u64>(vm) {
-        return Value::from(v);
+        return Some(Value::from(v));
     }
-    // Out of range for both: the nearest double, as the JSON text parsed to.
-    i.as_bigint().to_string().parse::<f64>().ok().and_then(Number::from_f64).map_or(Value::Null, Value::Number)
+    Some(i.as_bigint().to_string().parse::<f64>().ok().and_then(Number::from_f64).map_or(Value::Null, Value::Number))
 }
 
 /// A dict key as `json.dumps` writes it, or `None` for a key it refuses.
@@ -103,7 +142,7 @@ fn key_text(k: &PyObject, vm: &VirtualMachine) -> Option<String> {
         return s.to_str().map(str::to_owned);
     }
     if let Some(i) = k.downcast_ref::<PyInt>() {
-        return Some(i.as_bigint().to_string());
+        return (i.as_bigint().bits() <= MAX_INT_BITS).then(|| i.as_bigint().to_string());
     }
     if let Some(f) = k.downcast_ref::<PyFloat>() {
         let f = f.to_f64();
