@@ -7,6 +7,10 @@
 //! (**half-open**): success closes it, failure opens it again for another
 //! `recovery_timeout`.
 //!
+//! The module knows nothing of the rest of the crate: what counts as a fault is the
+//! [`Fault`] of the error a call returns, and the settings come from whoever builds
+//! the breaker (the policy's `resilience.circuit_breaker` section).
+//!
 //! # Invariant
 //! Only host faults count. A guest's exception, a limit or a denial is the sandbox
 //! working, not the dependency failing; callers report those as successes. Every
@@ -19,8 +23,30 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::SandboxError;
-use crate::policy::{BreakerPolicy, Policy, Tier};
+/// One circuit breaker's settings (`resilience.circuit_breaker.NAME` in a policy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Consecutive host faults that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker waits before one trial.
+    pub recovery_timeout: Duration,
+    /// Whether every failure is logged.
+    pub log_failures: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { failure_threshold: 3, recovery_timeout: Duration::from_secs(60), log_failures: true }
+    }
+}
+
+/// What an error says about the dependency behind a breaker: a host fault (the
+/// dependency failed: counted) or anything else (a bad request, a refusal: the
+/// dependency worked).
+pub trait Fault {
+    /// Whether this error is the dependency's fault.
+    fn is_host_fault(&self) -> bool;
+}
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,7 +111,7 @@ pub type Observer = Arc<dyn Fn(&Transition) + Send + Sync>;
 #[derive(Clone)]
 pub struct Breaker {
     name: Arc<str>,
-    settings: BreakerPolicy,
+    settings: Settings,
     inner: Arc<Mutex<Inner>>,
     observer: Arc<OnceLock<Observer>>,
 }
@@ -122,7 +148,7 @@ pub struct Open {
 
 impl Breaker {
     /// A closed breaker named `name` with `settings`.
-    pub fn new(name: &str, settings: BreakerPolicy) -> Breaker {
+    pub fn new(name: &str, settings: Settings) -> Breaker {
         Breaker {
             name: name.into(),
             settings,
@@ -245,15 +271,15 @@ impl Breaker {
     }
 
     /// Runs `call` through the breaker: refused at once while open; a host fault
-    /// ([`SandboxError::is_host_fault`]) counts as a failure, anything else (an
-    /// outcome of any status, a bad request) as a success.
+    /// ([`Fault::is_host_fault`]) counts as a failure, anything else (an outcome
+    /// of any status, a bad request) as a success.
     ///
     /// # Errors
-    /// [`SandboxError::BreakerOpen`] without calling, or `call`'s own error.
-    pub async fn run<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, SandboxError>>,
-    ) -> Result<T, SandboxError> {
+    /// [`Open`] (converted into `E`) without calling, or `call`'s own error.
+    pub async fn run<T, E>(&self, call: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E>
+    where
+        E: Fault + From<Open> + std::fmt::Display,
+    {
         let permit = self.allow()?;
         let r = call.await;
         match &r {
@@ -311,27 +337,19 @@ impl Drop for Permit {
 }
 
 /// Every breaker of a process, by name: the policy's `api`, `database` and
-/// `file_io`, and one per tier with
-/// the `api` settings (a tier's engine is a dependency like an API), named after
-/// the tier (`rustpython`, `wasm`, `docker`).
+/// `file_io`, and one per tier with the `api` settings (a tier's engine is a
+/// dependency like an API), named after the tier (`rustpython`, `wasm`,
+/// `docker`); see `Breakers::from_policy`.
 #[derive(Debug, Clone)]
 pub struct Breakers {
     all: BTreeMap<String, Breaker>,
 }
 
 impl Breakers {
-    /// The breakers `policy` configures.
-    pub fn from_policy(policy: &Policy) -> Breakers {
-        let b = policy.breakers();
-        let mut all = BTreeMap::new();
-        for (name, settings) in [("api", b.api), ("database", b.database), ("file_io", b.file_io)] {
-            all.insert(name.to_string(), Breaker::new(name, settings));
-        }
-        for tier in Tier::ALL {
-            let name = tier_breaker(tier);
-            all.insert(name.clone(), Breaker::new(&name, b.api));
-        }
-        Breakers { all }
+    /// One breaker per `(name, settings)` (the public way to build a set is
+    /// `Breakers::from_policy`, which names every breaker a sandbox looks up).
+    pub(crate) fn new<'a>(named: impl IntoIterator<Item = (&'a str, Settings)>) -> Breakers {
+        Breakers { all: named.into_iter().map(|(n, s)| (n.to_string(), Breaker::new(n, s))).collect() }
     }
 
     /// The breaker named `name`.
@@ -339,28 +357,26 @@ impl Breakers {
         self.all.get(name)
     }
 
-    /// The breaker of `tier`.
-    pub fn tier(&self, tier: Tier) -> &Breaker {
-        // Every tier has one (see from_policy).
-        &self.all[&tier_breaker(tier)]
-    }
-
-    /// Sets `observer` on every breaker.
-    pub fn observe(&self, observer: Observer) {
-        for b in self.all.values() {
+    /// Sets `observer` on every breaker but those named in `except`.
+    pub fn observe(&self, observer: Observer, except: &[&str]) {
+        for b in self.all.values().filter(|b| !except.contains(&b.name())) {
             b.observe(observer.clone());
         }
+    }
+
+    /// The breaker named `name`.
+    ///
+    /// # Panics
+    /// When the set has none of that name: the names looked up are the ones
+    /// `Breakers::from_policy` creates.
+    pub(crate) fn named(&self, name: &str) -> &Breaker {
+        &self.all[name]
     }
 
     /// Every breaker's state, by name.
     pub fn snapshot(&self) -> Vec<Snapshot> {
         self.all.values().map(Breaker::snapshot).collect()
     }
-}
-
-/// The name of `tier`'s breaker.
-pub fn tier_breaker(tier: Tier) -> String {
-    tier.to_string()
 }
 
 #[cfg(test)]
@@ -370,7 +386,7 @@ mod tests {
     fn breaker(threshold: u32, recovery_ms: u64) -> Breaker {
         Breaker::new(
             "t",
-            BreakerPolicy {
+            Settings {
                 failure_threshold: threshold,
                 recovery_timeout: Duration::from_millis(recovery_ms),
                 log_failures: true,
@@ -440,13 +456,5 @@ mod tests {
         drop(b.allow_at(t0 + Duration::from_millis(60)).expect("trial"));
         assert_eq!(b.snapshot().state, State::Open);
         assert!(b.allow().is_ok(), "the abandoned trial must not keep the breaker shut");
-    }
-
-    #[test]
-    fn every_policy_breaker_and_one_per_tier() {
-        let all = Breakers::from_policy(&Policy::default_policy());
-        let names: Vec<String> = all.snapshot().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, ["api", "database", "docker", "file_io", "rustpython", "wasm"]);
-        assert_eq!(all.tier(Tier::Docker).snapshot().failure_threshold, 3);
     }
 }

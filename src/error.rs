@@ -4,6 +4,10 @@
 //! These are host-side errors: they may name host paths. What sandboxed code sees
 //! is an [`crate::executor::Outcome`], whose messages never carry host paths.
 
+//! It knows only the layers below it (the policy, the breakers): the audit log and
+//! the approvals queue convert their own errors into it, so nothing here depends
+//! on them.
+
 use crate::policy::{PolicyError, Tier};
 
 /// A host-side failure: the request could not be served. Guest exceptions and limit
@@ -26,16 +30,23 @@ pub enum SandboxError {
         reason: String,
     },
     /// The audit log could not record the request, so it was not run (nothing
-    /// runs unrecorded).
-    #[error("not run: {0}")]
-    Audit(#[from] crate::audit::AuditError),
+    /// runs unrecorded). `source` is the audit log's error.
+    #[error("not run: {source}")]
+    Audit {
+        /// The log is only behind (its writer is catching up): retry shortly.
+        overloaded: bool,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The sandbox is at its limit of concurrent runs or of operations waiting for
     /// approval; nothing was run. Retry later.
     #[error("busy: {0}")]
     Busy(String),
-    /// The approvals queue failed, so a critical operation was not run.
+    /// The approvals queue failed, so a critical operation was not run (the
+    /// source is the queue's error).
     #[error("not run: {0}")]
-    Approval(crate::approval::ApprovalError),
+    Approval(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A circuit breaker is open: the dependency failed repeatedly and is not
     /// called until its recovery timeout has passed.
     #[error(transparent)]
@@ -51,26 +62,17 @@ pub enum SandboxError {
     },
 }
 
-impl From<crate::approval::ApprovalError> for SandboxError {
-    /// A full waiting budget is [`SandboxError::Busy`] (retry later), a subject too
-    /// large to review an invalid request; any other
-    /// failure of the queue is [`SandboxError::Approval`].
-    fn from(e: crate::approval::ApprovalError) -> SandboxError {
-        match e {
-            crate::approval::ApprovalError::Busy(_) | crate::approval::ApprovalError::CallerBusy { .. } => {
-                SandboxError::Busy(e.to_string())
-            }
-            crate::approval::ApprovalError::TooLarge { .. } => SandboxError::InvalidRequest(e.to_string()),
-            e => SandboxError::Approval(e),
-        }
-    }
-}
-
 impl SandboxError {
     /// Whether this is a fault of the host or a dependency (what circuit breakers
     /// count), as opposed to a bad request or policy.
     pub fn is_host_fault(&self) -> bool {
         matches!(self, SandboxError::TierUnavailable { .. } | SandboxError::Host { .. })
+    }
+}
+
+impl crate::breaker::Fault for SandboxError {
+    fn is_host_fault(&self) -> bool {
+        SandboxError::is_host_fault(self)
     }
 }
 

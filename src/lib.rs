@@ -23,6 +23,7 @@ pub mod analysis;
 pub mod approval;
 pub mod audit;
 pub mod breaker;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod command;
 pub mod dirs;
@@ -30,9 +31,11 @@ pub mod error;
 pub mod executor;
 pub mod policy;
 pub mod process;
+#[cfg(feature = "redteam")]
 pub mod redteam;
 pub mod router;
 pub mod sandbox;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod text;
 pub mod tier;

@@ -178,3 +178,19 @@ fn h16_snippet_text_cannot_drive_the_terminal() {
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
     assert!(out.stderr.contains("\n    terrarium: ok: all fine"), "continuation lines are indented: {:?}", out.stderr);
 }
+
+/// A log read from a file or a pipe is plain text: no colour codes when stderr is
+/// not a terminal (the breaker's WARN for an engine that does not answer).
+#[test]
+fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    let env = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let args = ["run", "--policy", "policies/local-docker.yaml", "--tier", "docker", "-c", "1"];
+    let out = crate::common::terrarium_env(&args, b"", &env);
+    assert_ne!(out.code, 0, "no engine answers there: {}", out.stderr);
+    assert!(
+        out.stderr.contains("WARN") && out.stderr.contains("breaker=docker"),
+        "a line to test with: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\u{1b}'), "colour codes in a piped log: {:?}", out.stderr);
+}

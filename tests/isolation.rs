@@ -121,7 +121,7 @@ fn zygote_of(parent: u32) -> Option<i32> {
 }
 
 #[test]
-fn a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
+fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
     let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))

@@ -48,7 +48,7 @@ fn start_chromedriver() -> (Driver, u16) {
 }
 
 #[test]
-fn a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() {
+fn slow_a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() {
     for var in [SKIP_BROWSER, SKIP_DOCKER] {
         if std::env::var_os(var).is_some_and(|v| v == "1") {
             eprintln!("skipped: {var}=1");

@@ -403,7 +403,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 /// Retry-After, nothing else; the server's memory stays bounded and does not grow
 /// from one burst to the next.
 #[test]
-fn a_thousand_concurrent_requests_get_answers_or_429s_with_bounded_memory() {
+fn slow_a_thousand_concurrent_requests_get_answers_or_429s_with_bounded_memory() {
     // A thousand sockets need more than the usual 1,024 descriptors here too.
     terrarium::process::raise_open_files_limit();
     let s = Server::start(None, &["--max-running", "8", "--max-requests", "128"]);

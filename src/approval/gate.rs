@@ -185,12 +185,12 @@ impl Gate {
             // wait still wakes us.
             let woken = self.wake.notified();
             let item = self.db(move |q| q.get(id)?.ok_or(ApprovalError::NotFound(id))).await?;
-            if item.status == "expired" {
+            if item.status == super::ApprovalStatus::Expired {
                 // Whoever marked it (this loop, a listing, another process), its
                 // waiter is the one that records it.
                 self.record("approval_expired", &item).await?;
             }
-            if item.status != "pending" {
+            if item.status != super::ApprovalStatus::Pending {
                 abandoned.gate = None;
                 return Ok(item);
             }
@@ -235,12 +235,12 @@ impl Gate {
     /// The database failed.
     pub async fn list(
         &self,
-        status: Option<String>,
+        status: Option<super::ApprovalStatus>,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Item>, ApprovalError> {
         self.expire_orphans().await?;
-        self.db(move |q| q.list(status.as_deref(), before, limit)).await
+        self.db(move |q| q.list(status, before, limit)).await
     }
 
     /// Every pending item, and the `recent` newest decided ones (the review page).
@@ -249,7 +249,10 @@ impl Gate {
     /// The database failed.
     pub async fn review(&self, recent: usize) -> Result<(Vec<Item>, Vec<Item>), ApprovalError> {
         self.expire_orphans().await?;
-        self.db(move |q| Ok((q.list(Some("pending"), None, super::MAX_PAGE)?, q.recently_decided(recent)?))).await
+        self.db(move |q| {
+            Ok((q.list(Some(super::ApprovalStatus::Pending), None, super::MAX_PAGE)?, q.recently_decided(recent)?))
+        })
+        .await
     }
 
     /// See [`Queue::fingerprint`].
@@ -293,13 +296,29 @@ impl Gate {
 
 /// Why an operation that waited did not run, for an error message.
 pub fn refusal(item: &Item) -> String {
-    match (item.status.as_str(), &item.decided_by) {
-        ("denied", Some(who)) => format!(
+    use super::ApprovalStatus;
+    match (item.status, &item.decided_by) {
+        (ApprovalStatus::Denied, Some(who)) => format!(
             "approval request {} was denied by {who}{}",
             item.id,
             item.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()
         ),
-        ("expired", _) => format!("approval request {} expired before anyone decided", item.id),
+        (ApprovalStatus::Expired, _) => format!("approval request {} expired before anyone decided", item.id),
         (status, _) => format!("approval request {} ended {status}", item.id),
+    }
+}
+
+impl From<super::ApprovalError> for crate::error::SandboxError {
+    /// A full waiting budget is [`crate::error::SandboxError::Busy`] (retry later), a subject too
+    /// large to review an invalid request; any other
+    /// failure of the queue is [`crate::error::SandboxError::Approval`].
+    fn from(e: super::ApprovalError) -> crate::error::SandboxError {
+        match e {
+            super::ApprovalError::Busy(_) | super::ApprovalError::CallerBusy { .. } => {
+                crate::error::SandboxError::Busy(e.to_string())
+            }
+            super::ApprovalError::TooLarge { .. } => crate::error::SandboxError::InvalidRequest(e.to_string()),
+            e => crate::error::SandboxError::Approval(Box::new(e)),
+        }
     }
 }

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod gate;
+mod status;
 pub use gate::{Announce, Gate, refusal};
+pub use status::{ApprovalStatus, UnknownStatus};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -74,7 +76,7 @@ pub enum ApprovalError {
         /// The item.
         id: i64,
         /// Its status.
-        status: String,
+        status: ApprovalStatus,
     },
 }
 
@@ -89,8 +91,8 @@ pub struct Item {
     pub subject: serde_json::Value,
     /// Why it needs approval.
     pub reason: String,
-    /// `pending`, `approved`, `denied` or `expired`.
-    pub status: String,
+    /// Where it stands.
+    pub status: ApprovalStatus,
     /// When it was submitted (µs since the epoch).
     pub created_us: i64,
     /// When it expires if nobody decides (µs since the epoch).
@@ -103,21 +105,6 @@ pub struct Item {
     pub note: Option<String>,
     /// How the approved operation ended, once it has run (its outcome as JSON).
     pub outcome: Option<serde_json::Value>,
-}
-
-/// The statuses an item can have.
-pub const STATUSES: [&str; 4] = ["pending", "approved", "denied", "expired"];
-
-/// Checks a status a caller filters by.
-///
-/// # Errors
-/// `"{status:?}: expected pending, approved, denied or expired"`.
-pub fn check_status(status: &str) -> Result<(), String> {
-    if STATUSES.contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("{status:?}: expected pending, approved, denied or expired"))
-    }
 }
 
 /// The largest subject (what would run, as JSON) an item may have: a reviewer
@@ -145,7 +132,7 @@ pub fn check_decider(who: &str) -> Result<(), ApprovalError> {
 
 /// One item's part of a queue fingerprint ([`Queue::fingerprint`]; the review page
 /// computes the same from the items it shows): `id:status:has_outcome`.
-pub fn fingerprint_entry(id: i64, status: &str, has_outcome: bool) -> String {
+pub fn fingerprint_entry(id: i64, status: ApprovalStatus, has_outcome: bool) -> String {
     format!("{id}:{status}:{has_outcome}")
 }
 
@@ -324,7 +311,12 @@ impl Queue {
     ///
     /// # Errors
     /// The database failed.
-    pub fn list(&self, status: Option<&str>, before: Option<i64>, limit: usize) -> Result<Vec<Item>, ApprovalError> {
+    pub fn list(
+        &self,
+        status: Option<ApprovalStatus>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Item>, ApprovalError> {
         self.expire_overdue()?;
         self.select("(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)", params![status, before], limit)
     }
@@ -370,7 +362,7 @@ impl Queue {
                 ))
                 .map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map([limit], |r| Ok(fingerprint_entry(r.get(0)?, &r.get::<_, String>(1)?, r.get(2)?)))
+                .query_map([limit], |r| Ok(fingerprint_entry(r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(|e| self.err(e))?;
             for row in rows {
                 parts.push(row.map_err(|e| self.err(e))?);
@@ -410,7 +402,7 @@ impl Queue {
         self.expire_overdue()?;
         let c = self.conn()?;
         let now = now_us();
-        let status = if approve { "approved" } else { "denied" };
+        let status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
         let changed = c
             .execute(
                 "UPDATE approvals SET status = ?1, decided_by = ?2, decided_us = ?3, note = ?4
@@ -453,7 +445,7 @@ impl Queue {
     pub fn wait(&self, id: i64, poll: Duration) -> Result<Item, ApprovalError> {
         loop {
             let item = self.get(id)?.ok_or(ApprovalError::NotFound(id))?;
-            if item.status != "pending" {
+            if item.status != ApprovalStatus::Pending {
                 return Ok(item);
             }
             if now_us() >= item.deadline_us {
@@ -502,11 +494,11 @@ mod tests {
         let (_d, q) = queue();
         let subject = serde_json::json!(["git", "status"]);
         let a = q.submit("command", &subject, "not allow-listed", Duration::from_secs(60)).expect("submit");
-        assert_eq!(a.status, "pending");
-        assert_eq!(q.list(Some("pending"), None, 10).expect("list").len(), 1);
+        assert_eq!(a.status, ApprovalStatus::Pending);
+        assert_eq!(q.list(Some(ApprovalStatus::Pending), None, 10).expect("list").len(), 1);
         let done = q.decide(a.id, true, "alice", Some("looks fine")).expect("approve");
         assert_eq!(done.note.as_deref(), Some("looks fine"));
-        assert_eq!((done.status.as_str(), done.decided_by.as_deref()), ("approved", Some("alice")));
+        assert_eq!((done.status, done.decided_by.as_deref()), (ApprovalStatus::Approved, Some("alice")));
         let again = q.decide(a.id, false, "mallory", None).expect_err("decided twice");
         assert!(again.to_string().contains("already approved"), "{again}");
         assert!(matches!(q.decide(999, true, "alice", None), Err(ApprovalError::NotFound(999))));
@@ -516,7 +508,7 @@ mod tests {
         let late = q.decide(b.id, true, "alice", None).expect_err("past its deadline");
         assert!(late.to_string().contains("already expired"), "{late}");
         let waited = q.wait(b.id, Duration::from_millis(10)).expect("wait");
-        assert_eq!(waited.status, "expired");
+        assert_eq!(waited.status, ApprovalStatus::Expired);
         assert_eq!(waited.decided_by, None);
     }
 
@@ -542,7 +534,7 @@ mod tests {
         assert!(matches!(q.decide(item.id, true, "ci", None), Err(ApprovalError::OwnRequest(_))));
         let long = "n".repeat(MAX_NOTE + 1);
         assert!(matches!(q.decide(item.id, true, "alice", Some(&long)), Err(ApprovalError::NoteTooLong(_))));
-        assert_eq!(q.decide(item.id, true, "alice", None).expect("another person").status, "approved");
+        assert_eq!(q.decide(item.id, true, "alice", None).expect("another person").status, ApprovalStatus::Approved);
     }
 
     /// H9 and H6: a pending item is listed whatever number of newer decided ones
@@ -555,7 +547,7 @@ mod tests {
             let i = q.submit("command", &serde_json::json!(["y"]), "r", Duration::from_secs(60)).expect("submit");
             q.decide(i.id, false, "bob", None).expect("deny");
         }
-        let pending = q.list(Some("pending"), None, 10).expect("list");
+        let pending = q.list(Some(ApprovalStatus::Pending), None, 10).expect("list");
         assert_eq!(pending.iter().map(|i| i.id).collect::<Vec<_>>(), [old.id]);
         assert_eq!(q.pending().expect("count"), 1);
         assert!(q.fingerprint(10).expect("fingerprint").starts_with(&format!("{}:pending:", old.id)));
@@ -581,6 +573,6 @@ mod tests {
         });
         let end = q.wait(item.id, Duration::from_millis(10)).expect("wait");
         decider.join().expect("decider");
-        assert_eq!((end.status.as_str(), end.decided_by.as_deref()), ("denied", Some("bob")));
+        assert_eq!((end.status, end.decided_by.as_deref()), (ApprovalStatus::Denied, Some("bob")));
     }
 }

@@ -122,7 +122,7 @@ pub enum ApprovalsCommand {
     List {
         /// Only `pending`, `approved`, `denied` or `expired` ones.
         #[arg(long)]
-        status: Option<String>,
+        status: Option<crate::approval::ApprovalStatus>,
         /// Only items older than this id (the next page starts before the last id shown).
         #[arg(long)]
         before: Option<i64>,

@@ -11,7 +11,6 @@ use std::process::ExitCode;
 
 use super::{ApprovalsArgs, ApprovalsCommand, CliError, CommandArgs, EXIT_HOST, exit_code};
 use crate::approval::{Gate, Queue};
-use crate::command::handle_command;
 use crate::policy::Policy;
 use crate::text::{for_terminal, json_for_terminal};
 
@@ -51,7 +50,7 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
     }
     let sandbox = builder.build()?;
     let report = super::runtime()?
-        .block_on(handle_command(&sandbox, &line, wait, !args.check, &super::local_caller()))
+        .block_on(sandbox.run_command(&line, wait, !args.check, &super::local_caller()))
         .map_err(|e| match e {
             crate::SandboxError::InvalidRequest(m) => CliError::usage(anyhow::anyhow!(m)),
             e => CliError::from(e),
@@ -67,7 +66,7 @@ pub(super) fn run(args: CommandArgs) -> Result<ExitCode, CliError> {
             (None, _) if report.allowed => {
                 println!("allowed: {}", for_terminal(&crate::command::quote_words(&report.argv)));
             }
-            (None, "needs_approval") if report.approval.is_none() && wait.is_none() => eprintln!(
+            (None, crate::command::Ruling::NeedsApproval) if report.approval.is_none() && wait.is_none() => eprintln!(
                 "terrarium: needs approval: {}; denied (pass --wait SECS to queue it for a human)",
                 for_terminal(&report.reason)
             ),
@@ -99,9 +98,6 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
     let gate = open_gate(args.db)?;
     match args.command {
         ApprovalsCommand::List { status, before, limit } => {
-            if let Some(Err(why)) = status.as_deref().map(crate::approval::check_status) {
-                return Err(CliError::usage(anyhow::anyhow!("--status {why}")));
-            }
             for item in
                 super::runtime()?.block_on(gate.list(status, before, usize::from(limit))).map_err(|e| host(e.into()))?
             {

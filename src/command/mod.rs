@@ -1,4 +1,5 @@
-//! Validation of system commands before anything runs them (`handle_command`).
+//! Validation of system commands before anything runs them
+//! (`Sandbox::run_command` runs what passes).
 //!
 //! A command line is split into words the way a POSIX shell would quote them, but no
 //! shell ever sees it: anything a shell would treat as more than one plain command
@@ -16,10 +17,7 @@
 //! guessed at. (Running an allowed command, in the docker tier, and the approvals
 //! queue are separate steps.)
 
-use regex::Regex;
-
-mod handle;
-pub use handle::{CommandReport, handle_command};
+pub use crate::policy::{AllowRule, CommandRules, DEFAULT_DENY, denied, name_matches};
 
 /// What [`decide`] answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,236 +41,32 @@ pub enum Decision {
     },
 }
 
-/// One allow rule: a program (by name, or by absolute path when it contains `/`) and
-/// one pattern per argument position (whole-argument regular expressions).
-#[derive(Debug, Clone)]
-pub struct AllowRule {
-    /// The program.
-    pub program: String,
-    /// Argument `i` must match pattern `i` (anchored at both ends), and there are
-    /// exactly as many arguments as patterns.
-    pub args: Vec<Regex>,
-    /// Whether pattern `i` starts with a literal `-`: only such a pattern matches
-    /// an argument that starts with `-` (an option).
-    pub options: Vec<bool>,
+/// What the rules said about a command line, without the details of [`Decision`]:
+/// written `allow`, `deny` or `needs_approval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ruling {
+    /// The rules allow it.
+    Allow,
+    /// The rules deny it.
+    Deny,
+    /// Only a human may allow it.
+    NeedsApproval,
 }
 
-impl AllowRule {
-    /// A rule for `program` whose `i`-th argument matches `patterns[i]`.
-    ///
-    /// # Errors
-    /// A pattern that is not a valid regular expression on its own (checked before
-    /// it is anchored, so that `a)|(.*` cannot break out of the anchoring), with
-    /// which one.
-    pub fn new(program: &str, patterns: &[&str]) -> Result<AllowRule, String> {
-        let args = patterns
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                Regex::new(p)
-                    .and_then(|_| Regex::new(&format!("^(?:{p})$")))
-                    .map_err(|e| format!("argument pattern {i} {p:?}: {e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        let options = patterns.iter().map(|p| p.starts_with('-')).collect();
-        Ok(AllowRule { program: program.to_string(), args, options })
-    }
-
-    /// Whether `args` match this rule's patterns position by position (an option
-    /// only where the pattern itself starts with `-`).
-    fn admits(&self, args: &[String]) -> bool {
-        args.len() == self.args.len()
-            && args
-                .iter()
-                .zip(self.args.iter().zip(&self.options))
-                .all(|(a, (p, option))| p.is_match(a) && (*option || !a.starts_with('-')))
+impl Decision {
+    /// The kind of this decision.
+    pub fn ruling(&self) -> Ruling {
+        match self {
+            Decision::Allow { .. } => Ruling::Allow,
+            Decision::Deny { .. } => Ruling::Deny,
+            Decision::NeedsApproval { .. } => Ruling::NeedsApproval,
+        }
     }
 }
 
 /// The longest command line accepted (a human may have to review all of it).
 pub const MAX_LINE: usize = 16 << 10;
-
-/// The rules a command is checked against.
-#[derive(Debug, Clone, Default)]
-pub struct CommandRules {
-    /// Programs that may run, with their argument patterns.
-    pub allow: Vec<AllowRule>,
-    /// Programs that never run (checked first): names, paths or name patterns
-    /// where `*` stands for any run of characters.
-    pub deny: Vec<String>,
-    /// Whether a command that is not allow-listed may wait for a human's approval
-    /// (`unlisted_command` in the policy's `approvals.critical`); if not, it is denied.
-    pub approvable: bool,
-}
-
-/// Programs denied when a policy names none, by name pattern: deletion and disk
-/// tools, shells (`*sh`), interpreters of every version (`python*`, `perl*`, …),
-/// multi-call binaries (`busybox`), programs that run other programs, network
-/// clients, privilege and permission changes.
-pub const DEFAULT_DENY: &[&str] = &[
-    // Deletion and disks.
-    "rm",
-    "rmdir",
-    "shred",
-    "dd",
-    "mkfs*",
-    "fdisk",
-    "sfdisk",
-    "parted",
-    "mount",
-    "umount",
-    // Shells, interpreters of any version or prefix, multi-call binaries.
-    "*sh",
-    "fish",
-    "busybox*",
-    "toybox*",
-    "*python*",
-    "pypy*",
-    "*perl*",
-    "*ruby*",
-    "irb*",
-    "*node*",
-    "deno",
-    "bun",
-    "php*",
-    "lua*",
-    "tclsh*",
-    "wish*",
-    "*awk",
-    "dc",
-    "java",
-    "jshell",
-    "R",
-    "Rscript",
-    "osascript",
-    // Programs that run another program: the dynamic loader, launchers, debuggers.
-    "ld-*",
-    "ld.so*",
-    "ld64*",
-    "env",
-    "xargs",
-    "nohup",
-    "timeout",
-    "nice",
-    "ionice",
-    "stdbuf",
-    "setsid",
-    "setarch",
-    "linux32",
-    "linux64",
-    "flock",
-    "chrt",
-    "taskset",
-    "prlimit",
-    "numactl",
-    "unbuffer",
-    "catchsegv",
-    "valgrind",
-    "strace",
-    "ltrace",
-    "gdb",
-    "watch",
-    "script",
-    "expect",
-    "systemd-run",
-    "start-stop-daemon",
-    "runuser",
-    "sg",
-    "newgrp",
-    "sudo*",
-    "su",
-    "doas",
-    "pkexec",
-    "time",
-    "setpriv",
-    "find",
-    "gosu",
-    "su-exec",
-    "tini",
-    "dumb-init",
-    "chpst",
-    "fakeroot",
-    "bwrap",
-    "proot",
-    "firejail",
-    "sh.*",
-    "pip*",
-    "pydoc*",
-    "idle*",
-    "2to3*",
-    "vi",
-    "vim*",
-    "nvim",
-    "view",
-    "ex",
-    "emacs*",
-    "ed",
-    "less",
-    "more",
-    "man",
-    // Network clients.
-    "curl",
-    "wget",
-    "nc",
-    "ncat",
-    "netcat",
-    "socat",
-    "scp",
-    "sftp",
-    "rsync",
-    "telnet",
-    "ftp",
-    // Permissions, privileges, processes, the system.
-    "chmod",
-    "chown",
-    "chgrp",
-    "chroot",
-    "setcap",
-    "capsh",
-    "unshare",
-    "nsenter",
-    "kill",
-    "pkill",
-    "killall",
-    "reboot",
-    "shutdown",
-    "halt",
-    "poweroff",
-    "systemctl",
-    "docker",
-    "podman",
-    "crontab",
-    "at",
-];
-
-/// Whether `name` matches deny pattern `pattern` (`*`: any run of characters).
-pub fn name_matches(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else { return false };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
-/// Whether `program` (as a path or by its last component) matches any of `deny`.
-pub fn denied(program: &str, deny: &[impl AsRef<str>]) -> bool {
-    let base = program.rsplit('/').next().unwrap_or(program);
-    deny.iter().any(|d| name_matches(d.as_ref(), program) || name_matches(d.as_ref(), base))
-}
-
-impl CommandRules {
-    /// No program allowed; [`DEFAULT_DENY`] denied.
-    pub fn default_rules() -> CommandRules {
-        CommandRules { allow: Vec::new(), deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(), approvable: true }
-    }
-}
 
 /// Splits `line` into words as a POSIX shell quotes them, refusing everything that
 /// would make a shell do more than run one program with literal arguments.
@@ -517,7 +311,7 @@ mod tests {
         let escape = AllowRule::new("git", &["status)|(.*"]).expect_err("breaks out of its anchors");
         assert!(escape.contains("argument pattern 0"), "{escape}");
         let mut r = CommandRules::default_rules();
-        // The README's example: a fixed option, then a path under /data.
+        // The example in docs/commands-and-approvals.md: a fixed option, then a path under /data.
         r.allow.push(AllowRule::new("ls", &["-l", "/data(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"]).expect("rule"));
         assert!(matches!(decide("ls -l /data/x/y.txt", &r), Decision::Allow { .. }));
         assert!(needs_approval("ls -l /data/../../etc", &r).contains("`..`"));

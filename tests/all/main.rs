@@ -1,9 +1,15 @@
 //! Terrarium's integration tests, built as one binary. Security tests are named
 //! after the attack they try (`escape_*`, `limits`).
+//!
+//! The slowest tests (a batch of 10,000 runs, 1,000 concurrent clients, the review
+//! page in a real browser) are named `slow_*`: CI runs them; a developer can leave
+//! them out with `cargo test -- --skip slow_`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../architecture.rs"]
+mod architecture;
 #[path = "../audit.rs"]
 mod audit;
 #[path = "../bad_input.rs"]

@@ -24,16 +24,23 @@
 //! - Executors are created on first use: a request for one tier never starts
 //!   another tier's machinery.
 
-use std::collections::BTreeSet;
+mod builder;
+mod command;
+mod tiers;
+
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
+
+pub use builder::SandboxBuilder;
+pub use command::CommandReport;
+use tiers::Tiers;
 
 use crate::analysis::{self, Analysis, Severity};
 use crate::approval::Gate;
 use crate::audit::{AuditLog, Event};
 use crate::breaker::Breakers;
 use crate::error::SandboxError;
-use crate::executor::{ExecRequest, Executor, FindingInfo, Outcome, Status, millis};
+use crate::executor::{ExecRequest, FindingInfo, Outcome, Status, millis};
 use crate::policy::{Critical, Policy, Tier, TierChoice};
 use crate::router::{self, Skip};
 
@@ -43,165 +50,6 @@ const ANALYSIS_STACK: usize = 256 << 20;
 /// deeper than their length, which a default 2 MiB thread stack holds with room
 /// to spare; longer ones go to the analysis thread.
 const INLINE_ANALYSIS: usize = 256;
-
-/// The snippet that lists what a CPython tier can import (run under a policy that
-/// allows exactly `sys` and `pkgutil`, through the tier's own prelude).
-const LIST_MODULES: &str =
-    "import sys, pkgutil\nsorted(set(sys.builtin_module_names) | {m.name for m in pkgutil.iter_modules()})";
-
-/// Builds a [`Sandbox`].
-#[derive(Default)]
-pub struct SandboxBuilder {
-    policy: Option<Policy>,
-    audit: Option<std::path::PathBuf>,
-    #[cfg(feature = "rustpython")]
-    isolated: Option<crate::tier::rustpython::IsolatedConfig>,
-    #[cfg(feature = "wasm")]
-    wasm: Option<crate::tier::wasm::WasmConfig>,
-    #[cfg(feature = "docker")]
-    docker: Option<crate::tier::docker::DockerConfig>,
-    announce: Option<crate::approval::Announce>,
-    max_running: Option<std::num::NonZeroUsize>,
-    max_waiting: Option<std::num::NonZeroUsize>,
-}
-
-impl SandboxBuilder {
-    /// At most `n` runs (and system commands) in a tier at once; more fail at once
-    /// with [`SandboxError::Busy`] (default: no limit but the tiers' own).
-    #[must_use]
-    pub fn max_running(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
-        self.max_running = Some(n);
-        self
-    }
-
-    /// At most `n` critical operations wait for approval at once; more are refused
-    /// with [`SandboxError::Busy`], nothing queued (default: no limit).
-    #[must_use]
-    pub fn max_waiting(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
-        self.max_waiting = Some(n);
-        self
-    }
-
-    /// Calls `announce` with each critical operation queued for approval, before
-    /// the run waits for it (e.g. to tell the person at a terminal how to approve).
-    #[must_use]
-    pub fn announce(mut self, announce: crate::approval::Announce) -> SandboxBuilder {
-        self.announce = Some(announce);
-        self
-    }
-
-    /// The policy (default: the built-in default policy).
-    #[must_use]
-    pub fn policy(mut self, policy: Policy) -> SandboxBuilder {
-        self.policy = Some(policy);
-        self
-    }
-
-    /// Records every request and outcome in the audit log at `path` (see
-    /// [`crate::audit`]; guarded by the policy's `database` breaker): a request
-    /// runs only once its arrival is recorded, and its outcome is returned only
-    /// once that is recorded too.
-    #[must_use]
-    pub fn audit(mut self, path: impl Into<std::path::PathBuf>) -> SandboxBuilder {
-        self.audit = Some(path.into());
-        self
-    }
-
-    /// How the rustpython tier's isolated mode finds its worker (default:
-    /// [`crate::IsolatedConfig::from_env`], on first use).
-    #[cfg(feature = "rustpython")]
-    #[must_use]
-    pub fn isolated(mut self, config: crate::tier::rustpython::IsolatedConfig) -> SandboxBuilder {
-        self.isolated = Some(config);
-        self
-    }
-
-    /// The wasm tier's settings (default: [`crate::WasmConfig::from_env`]).
-    #[cfg(feature = "wasm")]
-    #[must_use]
-    pub fn wasm(mut self, config: crate::tier::wasm::WasmConfig) -> SandboxBuilder {
-        self.wasm = Some(config);
-        self
-    }
-
-    /// The docker tier's settings (default: [`crate::DockerConfig::default`]).
-    #[cfg(feature = "docker")]
-    #[must_use]
-    pub fn docker(mut self, config: crate::tier::docker::DockerConfig) -> SandboxBuilder {
-        self.docker = Some(config);
-        self
-    }
-
-    /// The sandbox. No tier starts until the first request.
-    ///
-    /// # Errors
-    /// [`SandboxError::Audit`] when the audit log cannot be opened.
-    pub fn build(self) -> Result<Sandbox, SandboxError> {
-        let policy = self.policy.unwrap_or_else(Policy::default_policy);
-        let breakers = Breakers::from_policy(&policy);
-        let audit = match &self.audit {
-            Some(path) => {
-                let database = breakers.get("database").cloned().ok_or(crate::audit::AuditError::Stopped)?;
-                let log = AuditLog::open(path, database)?;
-                if let Some(days) = policy.retention_days() {
-                    crate::audit::prune_days(&log, days)?;
-                }
-                // Every breaker transition is an event; but the `database` breaker's
-                // (it lives in the log's own writer, which a handle in its observer
-                // would keep alive forever; its transitions go to the tracing log).
-                let sink = log.clone();
-                let observer: crate::breaker::Observer = Arc::new(move |t: &crate::breaker::Transition| {
-                    sink.record_nowait(Event {
-                        kind: "breaker".into(),
-                        request_id: None,
-                        data: serde_json::to_value(t).unwrap_or_default(),
-                        code: None,
-                    });
-                });
-                for b in breakers.snapshot().iter().filter(|b| b.name != "database") {
-                    if let Some(breaker) = breakers.get(&b.name) {
-                        breaker.observe(observer.clone());
-                    }
-                }
-                Some(log)
-            }
-            None => None,
-        };
-        let gate = match (&self.audit, &audit) {
-            (Some(path), Some(log)) => {
-                let mut gate = Gate::new(crate::approval::Queue::open(path)?, log.clone());
-                if let Some(a) = self.announce {
-                    gate = gate.announcing(a);
-                }
-                if let Some(n) = self.max_waiting {
-                    gate = gate.limit_waiting(n);
-                }
-                Some(gate)
-            }
-            _ => None,
-        };
-        Ok(Sandbox {
-            breakers,
-            policy,
-            audit,
-            gate,
-            running: self.max_running.map(|n| (Arc::new(tokio::sync::Semaphore::new(n.get())), n.get())),
-            #[cfg(feature = "rustpython")]
-            isolated_config: self.isolated,
-            #[cfg(feature = "rustpython")]
-            isolated: OnceLock::new(),
-            #[cfg(feature = "wasm")]
-            wasm_config: self.wasm.unwrap_or_else(crate::tier::wasm::WasmConfig::from_env),
-            #[cfg(feature = "wasm")]
-            wasm: OnceLock::new(),
-            #[cfg(feature = "docker")]
-            docker_config: self.docker.unwrap_or_default(),
-            #[cfg(feature = "docker")]
-            docker: OnceLock::new(),
-            modules: Default::default(),
-        })
-    }
-}
 
 /// Runs requests on the tier the router picks, under one policy, with shared
 /// breakers. Share it (`Arc<Sandbox>`) between tasks.
@@ -213,20 +61,8 @@ pub struct Sandbox {
     gate: Option<Gate>,
     /// Slots for runs in a tier (with their number), when limited.
     running: Option<(Arc<tokio::sync::Semaphore>, usize)>,
-    #[cfg(feature = "rustpython")]
-    isolated_config: Option<crate::tier::rustpython::IsolatedConfig>,
-    #[cfg(feature = "rustpython")]
-    isolated: OnceLock<Result<Arc<crate::tier::rustpython::IsolatedExecutor>, String>>,
-    #[cfg(feature = "wasm")]
-    wasm_config: crate::tier::wasm::WasmConfig,
-    #[cfg(feature = "wasm")]
-    wasm: OnceLock<Arc<crate::tier::wasm::WasmExecutor>>,
-    #[cfg(feature = "docker")]
-    docker_config: crate::tier::docker::DockerConfig,
-    #[cfg(feature = "docker")]
-    docker: OnceLock<Arc<crate::tier::docker::DockerExecutor>>,
-    /// What the wasm (0) and docker (1) tiers can import, learned once.
-    modules: [tokio::sync::OnceCell<Arc<BTreeSet<String>>>; 2],
+    /// Each tier's settings and executor.
+    tiers: Tiers,
 }
 
 impl Sandbox {
@@ -323,95 +159,11 @@ impl Sandbox {
             "findings": findings, "policy": policy.to_yaml_redacted(), "caller": req.caller,
         });
         let item = gate.ask("execute", subject, &reason, policy.approvals().timeout).await?;
-        if item.status == "approved" {
+        if item.status == crate::approval::ApprovalStatus::Approved {
             Ok(Ok(Some(item.id)))
         } else {
             Ok(Err(refuse(format!("{reason}; {}", crate::approval::refusal(&item)))))
         }
-    }
-
-    /// The executor of `tier`, created on first use.
-    fn executor(&self, tier: Tier) -> Result<Arc<dyn Executor>, SandboxError> {
-        let unavailable = |reason: &str| SandboxError::TierUnavailable {
-            tier,
-            reason: format!("{reason} in this build of terrarium"),
-        };
-        match tier {
-            #[cfg(feature = "rustpython")]
-            Tier::Rustpython => {
-                use crate::tier::rustpython::{IsolatedConfig, IsolatedExecutor};
-                let e = self.isolated.get_or_init(|| {
-                    let config = match &self.isolated_config {
-                        Some(c) => c.clone(),
-                        None => IsolatedConfig::from_env().map_err(|e| e.to_string())?,
-                    };
-                    Ok(Arc::new(IsolatedExecutor::new(self.policy.clone(), config)))
-                });
-                match e {
-                    Ok(e) => Ok(e.clone()),
-                    Err(reason) => Err(SandboxError::TierUnavailable { tier, reason: reason.clone() }),
-                }
-            }
-            #[cfg(feature = "wasm")]
-            Tier::Wasm => Ok(self
-                .wasm
-                .get_or_init(|| {
-                    Arc::new(crate::tier::wasm::WasmExecutor::new(self.policy.clone(), self.wasm_config.clone()))
-                })
-                .clone()),
-            #[cfg(feature = "docker")]
-            Tier::Docker => Ok(self
-                .docker
-                .get_or_init(|| {
-                    Arc::new(crate::tier::docker::DockerExecutor::new(self.policy.clone(), self.docker_config.clone()))
-                })
-                .clone()),
-            #[allow(unreachable_patterns, reason = "reached only in builds without some tier")]
-            _ => Err(unavailable("the tier is not compiled")),
-        }
-    }
-
-    /// What a CPython tier can import: listed once by running [`LIST_MODULES`]
-    /// there (through the tier's breaker).
-    #[cfg_attr(
-        not(any(feature = "wasm", feature = "docker")),
-        allow(unused_variables, unreachable_code, reason = "a build without CPython tiers lists nothing")
-    )]
-    async fn cpython_modules(&self, tier: Tier) -> Result<Arc<BTreeSet<String>>, SandboxError> {
-        let slot = if tier == Tier::Wasm { &self.modules[0] } else { &self.modules[1] };
-        let policy = self.policy.with_allowed_modules(&["sys", "pkgutil"]);
-        let list = slot
-            .get_or_try_init(|| async {
-                let exec: Box<dyn Executor> = match tier {
-                    #[cfg(feature = "wasm")]
-                    Tier::Wasm => {
-                        let mut c = self.wasm_config.clone();
-                        c.pool_size = 0;
-                        Box::new(crate::tier::wasm::WasmExecutor::new(policy, c))
-                    }
-                    #[cfg(feature = "docker")]
-                    Tier::Docker => {
-                        let c = crate::tier::docker::DockerConfig { pool_size: 0, ..self.docker_config.clone() };
-                        Box::new(crate::tier::docker::DockerExecutor::new(policy, c))
-                    }
-                    _ => return Err(SandboxError::TierUnavailable { tier, reason: "not in this build".into() }),
-                };
-                let o = self.breakers.tier(tier).run(exec.execute(ExecRequest::new(LIST_MODULES))).await?;
-                let names: Option<BTreeSet<String>> = o
-                    .result
-                    .as_ref()
-                    .and_then(|v| v.as_array())
-                    .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect());
-                match (o.status, names) {
-                    (Status::Ok, Some(n)) if !n.is_empty() => Ok(Arc::new(n)),
-                    _ => Err(SandboxError::Host {
-                        tier,
-                        message: format!("listing the tier's modules failed: {:?} {:?}", o.status, o.error),
-                    }),
-                }
-            })
-            .await?;
-        Ok(list.clone())
     }
 
     /// The first module of `needed` that `tier` cannot import.
@@ -424,7 +176,7 @@ impl Sandbox {
             #[cfg(feature = "rustpython")]
             Tier::Rustpython => Ok(router::missing(needed, crate::tier::rustpython::serves_module).map(str::to_string)),
             Tier::Wasm | Tier::Docker => {
-                let have = self.cpython_modules(tier).await?;
+                let have = self.tiers.cpython_modules(tier, &self.breakers).await?;
                 Ok(router::missing(needed, |m| have.contains(&root(m))).map(str::to_string))
             }
             #[allow(unreachable_patterns, reason = "reached only in builds without some tier")]
@@ -592,7 +344,7 @@ impl Sandbox {
                     continue;
                 }
             };
-            let exec = match self.executor(tier) {
+            let exec = match self.tiers.executor(tier) {
                 Ok(e) => e,
                 Err(e) => {
                     permit.failed(&e.to_string());

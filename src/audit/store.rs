@@ -1,0 +1,135 @@
+//! Where the log's files live and how they are opened: through the checked state
+//! directory (see [`crate::dirs`]), never through a link, owner-only.
+
+use super::*;
+
+/// Where the database at `path` lives: its checked directory and its file name.
+/// Every file of the log is opened through this handle (see [`crate::dirs`]).
+pub(super) struct Store {
+    pub(super) dir: OwnedDir,
+    pub(super) name: String,
+    /// The key, for a store that writes (see [`Store::writable`]).
+    pub(super) key: Option<Key>,
+}
+
+impl Store {
+    /// The store at `path`, with its key (created on first use): for writing.
+    pub(super) fn writable(path: &Path) -> Result<Store, AuditError> {
+        let mut store = Store::at(path)?;
+        store.key = Some(Key::load(true)?);
+        Ok(store)
+    }
+
+    pub(super) fn key(&self) -> Result<&Key, AuditError> {
+        self.key.as_ref().ok_or_else(|| db_err(&self.db_path(), "the audit key is not loaded"))
+    }
+
+    pub(super) fn at(path: &Path) -> Result<Store, AuditError> {
+        let parent = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| db_err(path, "not a file name"))?;
+        Ok(Store { dir: OwnedDir::open(parent, "state directory")?, name, key: None })
+    }
+
+    pub(super) fn head(&self) -> String {
+        format!("{}.head", self.name)
+    }
+
+    /// `audit.db.journal.` — journals are this prefix plus `<pid>.<start time>`.
+    pub(super) fn journal_prefix(&self) -> String {
+        format!("{}.journal.", self.name)
+    }
+
+    /// `audit.db.rejected.` — a journal with lines that are not authentic is set
+    /// aside under this prefix (and named by `verify`) instead of removed.
+    pub(super) fn rejected_prefix(&self) -> String {
+        format!("{}.rejected.", self.name)
+    }
+
+    /// The database's resolved path (for messages and SQLite).
+    pub(super) fn db_path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+}
+
+/// SQLite never opens the database through a symbolic link.
+pub(super) fn flags(read_only: bool) -> rusqlite::OpenFlags {
+    use rusqlite::OpenFlags as F;
+    let base =
+        if read_only { F::SQLITE_OPEN_READ_ONLY | F::SQLITE_OPEN_URI | F::SQLITE_OPEN_NO_MUTEX } else { F::default() };
+    base | F::SQLITE_OPEN_NOFOLLOW
+}
+
+pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
+    let path = store.db_path();
+    let path = &path;
+    // The log holds snippets' source: owner only (SQLite gives its -wal and -shm
+    // files the database's mode). Created, or checked, through the directory handle.
+    store.dir.private_file(&store.name).map_err(|e| db_err(path, e))?;
+    let c = Connection::open_with_flags(path, flags(false)).map_err(|e| db_err(path, e))?;
+    c.busy_timeout(Duration::from_millis(BUSY_MS)).map_err(|e| db_err(path, e))?;
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous=NORMAL;
+         CREATE TABLE IF NOT EXISTS events (
+             seq INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ts_us INTEGER NOT NULL,
+             kind TEXT NOT NULL, request_id TEXT, data TEXT NOT NULL,
+             prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS code (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1),
+             seq INTEGER NOT NULL, hash TEXT NOT NULL);",
+    )
+    .map_err(|e| db_err(path, e))?;
+    // Anchors made before the key have no MAC (verify names them).
+    let has_mac = c
+        .prepare("SELECT 1 FROM pragma_table_info('anchor') WHERE name = 'mac'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(|e| db_err(path, e))?;
+    if !has_mac && let Err(e) = c.execute_batch("ALTER TABLE anchor ADD COLUMN mac TEXT") {
+        // Another process may have added it meanwhile.
+        let added = c
+            .prepare("SELECT 1 FROM pragma_table_info('anchor') WHERE name = 'mac'")
+            .and_then(|mut s| s.exists([]))
+            .unwrap_or(false);
+        if !added {
+            return Err(db_err(path, e));
+        }
+    }
+    Ok(c)
+}
+
+/// A read-write connection to the database at `path` (for the approval queue,
+/// which keeps its table there), opened as the log's own: through the checked
+/// state directory, never through a link, owner-only.
+///
+/// # Errors
+/// The directory is refused, or the database cannot be opened.
+pub fn connect(path: &Path) -> Result<Connection, AuditError> {
+    let store = Store::at(path)?;
+    let db = store.db_path();
+    store.dir.private_file(&store.name).map_err(|e| db_err(&db, e))?;
+    Connection::open_with_flags(&db, flags(false)).map_err(|e| db_err(&db, e))
+}
+
+pub(super) fn read_only(path: &Path) -> Result<Connection, AuditError> {
+    let store = Store::at(path)?;
+    Connection::open_with_flags(store.db_path(), flags(true)).map_err(|e| db_err(path, e))
+}
+
+/// A [`Row`] from `SELECT seq, ts_us, kind, request_id, data, hash`.
+pub(super) fn to_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let data: String = r.get(4)?;
+    Ok(Row {
+        seq: r.get(0)?,
+        ts_us: r.get(1)?,
+        kind: r.get(2)?,
+        request_id: r.get(3)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+        hash: r.get(5)?,
+    })
+}

@@ -1,0 +1,149 @@
+//! [`SandboxBuilder`]: a sandbox's policy, audit log, approvals queue, limits and
+//! tier settings, checked and joined once.
+
+use std::sync::Arc;
+
+use super::Sandbox;
+use super::tiers::{TierSettings, Tiers};
+use crate::approval::Gate;
+use crate::audit::{AuditLog, Event};
+use crate::breaker::Breakers;
+use crate::error::SandboxError;
+use crate::policy::Policy;
+
+/// Builds a [`Sandbox`].
+#[derive(Default)]
+pub struct SandboxBuilder {
+    policy: Option<Policy>,
+    audit: Option<std::path::PathBuf>,
+    tiers: TierSettings,
+    announce: Option<crate::approval::Announce>,
+    max_running: Option<std::num::NonZeroUsize>,
+    max_waiting: Option<std::num::NonZeroUsize>,
+}
+
+impl SandboxBuilder {
+    /// At most `n` runs (and system commands) in a tier at once; more fail at once
+    /// with [`SandboxError::Busy`] (default: no limit but the tiers' own).
+    #[must_use]
+    pub fn max_running(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
+        self.max_running = Some(n);
+        self
+    }
+
+    /// At most `n` critical operations wait for approval at once; more are refused
+    /// with [`SandboxError::Busy`], nothing queued (default: no limit).
+    #[must_use]
+    pub fn max_waiting(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
+        self.max_waiting = Some(n);
+        self
+    }
+
+    /// Calls `announce` with each critical operation queued for approval, before
+    /// the run waits for it (e.g. to tell the person at a terminal how to approve).
+    #[must_use]
+    pub fn announce(mut self, announce: crate::approval::Announce) -> SandboxBuilder {
+        self.announce = Some(announce);
+        self
+    }
+
+    /// The policy (default: the built-in default policy).
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> SandboxBuilder {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Records every request and outcome in the audit log at `path` (see
+    /// [`crate::audit`]; guarded by the policy's `database` breaker): a request
+    /// runs only once its arrival is recorded, and its outcome is returned only
+    /// once that is recorded too.
+    #[must_use]
+    pub fn audit(mut self, path: impl Into<std::path::PathBuf>) -> SandboxBuilder {
+        self.audit = Some(path.into());
+        self
+    }
+
+    /// How the rustpython tier's isolated mode finds its worker (default:
+    /// [`crate::IsolatedConfig::from_env`], on first use).
+    #[cfg(feature = "rustpython")]
+    #[must_use]
+    pub fn isolated(mut self, config: crate::tier::rustpython::IsolatedConfig) -> SandboxBuilder {
+        self.tiers.isolated = Some(config);
+        self
+    }
+
+    /// The wasm tier's settings (default: [`crate::WasmConfig::from_env`]).
+    #[cfg(feature = "wasm")]
+    #[must_use]
+    pub fn wasm(mut self, config: crate::tier::wasm::WasmConfig) -> SandboxBuilder {
+        self.tiers.wasm = Some(config);
+        self
+    }
+
+    /// The docker tier's settings (default: [`crate::DockerConfig::default`]).
+    #[cfg(feature = "docker")]
+    #[must_use]
+    pub fn docker(mut self, config: crate::tier::docker::DockerConfig) -> SandboxBuilder {
+        self.tiers.docker = Some(config);
+        self
+    }
+
+    /// The sandbox. No tier starts until the first request.
+    ///
+    /// # Errors
+    /// [`SandboxError::Audit`] when the audit log cannot be opened.
+    pub fn build(self) -> Result<Sandbox, SandboxError> {
+        let policy = self.policy.unwrap_or_else(Policy::default_policy);
+        let breakers = Breakers::from_policy(&policy);
+        let audit = match &self.audit {
+            Some(path) => {
+                let database = breakers.get("database").cloned().ok_or(crate::audit::AuditError::Stopped)?;
+                let mut log = AuditLog::open(path, database)?;
+                if let Some(file_io) = breakers.get("file_io") {
+                    log = log.with_file_io(file_io.clone());
+                }
+                if let Some(days) = policy.retention_days() {
+                    crate::audit::prune_days(&log, days)?;
+                }
+                // Every breaker transition is an event; but the `database` and
+                // `file_io` breakers' (they live in the log itself, which a handle
+                // in their observer would keep alive forever; their transitions go
+                // to the tracing log).
+                let sink = log.clone();
+                let observer: crate::breaker::Observer = Arc::new(move |t: &crate::breaker::Transition| {
+                    sink.record_nowait(Event {
+                        kind: "breaker".into(),
+                        request_id: None,
+                        data: serde_json::to_value(t).unwrap_or_default(),
+                        code: None,
+                    });
+                });
+                breakers.observe(observer, &["database", "file_io"]);
+                Some(log)
+            }
+            None => None,
+        };
+        let gate = match (&self.audit, &audit) {
+            (Some(path), Some(log)) => {
+                let mut gate = Gate::new(crate::approval::Queue::open(path)?, log.clone());
+                if let Some(a) = self.announce {
+                    gate = gate.announcing(a);
+                }
+                if let Some(n) = self.max_waiting {
+                    gate = gate.limit_waiting(n);
+                }
+                Some(gate)
+            }
+            _ => None,
+        };
+        Ok(Sandbox {
+            tiers: Tiers::new(policy.clone(), self.tiers),
+            breakers,
+            policy,
+            audit,
+            gate,
+            running: self.max_running.map(|n| (Arc::new(tokio::sync::Semaphore::new(n.get())), n.get())),
+        })
+    }
+}

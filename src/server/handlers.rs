@@ -1,0 +1,303 @@
+//! The endpoints: execute, commands, approvals, breakers, health, the OpenAPI
+//! document and metrics.
+
+use super::*;
+
+/// `POST /v1/execute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExecuteBody {
+    pub(super) code: String,
+    pub(super) id: Option<String>,
+    pub(super) tier: Option<String>,
+    #[serde(default)]
+    pub(super) scratch: bool,
+    pub(super) timeout: Option<f64>,
+    pub(super) max_memory: Option<serde_json::Value>,
+    pub(super) max_output: Option<serde_json::Value>,
+    pub(super) allowed_modules: Option<Vec<String>>,
+}
+
+/// A size as a number of bytes or a string such as `"64m"`.
+pub(super) fn size(field: &str, v: Option<serde_json::Value>) -> Result<Option<u64>, String> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| format!("{field}: {n} is not a whole number of bytes"))
+        }
+        Some(serde_json::Value::String(s)) => {
+            crate::policy::parse_size(&s).map(Some).map_err(|e| format!("{field}: {e}"))
+        }
+        Some(other) => Err(format!("{field}: {other} is not a size")),
+    }
+}
+
+impl ExecuteBody {
+    pub(super) fn request(self) -> Result<ExecRequest, String> {
+        let tier = match self.tier.as_deref() {
+            None => TierChoice::Auto,
+            Some(t) => {
+                TierChoice::parse(t).ok_or_else(|| format!("tier {t:?}: expected auto, rustpython, wasm or docker"))?
+            }
+        };
+        let timeout = match self.timeout {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
+            Some(t) => return Err(format!("timeout {t}: expected a positive number of seconds")),
+        };
+        let overrides = Overrides {
+            timeout,
+            max_memory: size("max_memory", self.max_memory)?,
+            max_output: size("max_output", self.max_output)?,
+            allowed_modules: self.allowed_modules.map(|m| m.into_iter().collect()),
+        };
+        Ok(ExecRequest { id: self.id, code: self.code, overrides, scratch: self.scratch, tier, caller: None })
+    }
+}
+
+/// The answer for a sandbox error: the request's fault (4xx, with the reason) or
+/// the server's (5xx, with a reference).
+pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
+    match e {
+        SandboxError::Busy(why) => busy(state, why),
+        SandboxError::InvalidRequest(_) | SandboxError::Policy(_) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        SandboxError::BreakerOpen(open) => {
+            let mut r =
+                problem(StatusCode::SERVICE_UNAVAILABLE, &format!("breaker {} is open; retry later", open.name));
+            let secs = open.retry_in.ceil().max(1.0).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        SandboxError::TierUnavailable { tier, .. } => {
+            tracing::error!(error = %e, "tier unavailable");
+            problem(StatusCode::SERVICE_UNAVAILABLE, &format!("tier {tier} is not available on this server"))
+        }
+        SandboxError::Audit { overloaded, source } => audit_failure(*overloaded, source),
+        _ => fault("the run", e),
+    }
+}
+
+pub(super) async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let (caller, b) = match submitted::<ExecuteBody>(&state, &headers, "POST /v1/execute", body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let req = match b.request() {
+        Ok(r) => r,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
+    };
+    tracing::info!(caller = caller.name, id = ?req.id, "execute");
+    match state.sandbox.execute(req.with_caller(caller.name.clone())).await {
+        Ok(o) => {
+            state.metrics.outcome(o.tier.as_str(), o.status.as_str());
+            axum::Json(o).into_response()
+        }
+        Err(e) => sandbox_error(&state, &e),
+    }
+}
+
+/// `POST /v1/commands`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CommandBody {
+    /// A command line (quoted as a shell would quote it).
+    pub(super) command: Option<String>,
+    /// Or its words.
+    pub(super) argv: Option<Vec<String>>,
+    /// Seconds to wait for a human when it needs approval (default: the policy's
+    /// `approvals.timeout`; 0: do not wait).
+    pub(super) wait: Option<f64>,
+    /// Only decide.
+    #[serde(default)]
+    pub(super) check: bool,
+}
+
+pub(super) async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let (caller, b) = match submitted::<CommandBody>(&state, &headers, "POST /v1/commands", body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let line = match (b.command, b.argv) {
+        (Some(line), None) => line,
+        (None, Some(argv)) if !argv.is_empty() => crate::command::quote_words(&argv),
+        _ => return problem(StatusCode::BAD_REQUEST, "give exactly one of command (a line) or argv (its words)"),
+    };
+    let policy = state.sandbox.policy();
+    let wait = match b.wait {
+        None => Some(policy.approvals().timeout),
+        Some(0.0) => None,
+        Some(w) if w.is_finite() && w > 0.0 && w <= policy.approvals().timeout.as_secs_f64() => {
+            Some(Duration::from_secs_f64(w))
+        }
+        Some(w) => {
+            let most = policy.approvals().timeout.as_secs_f64();
+            return problem(StatusCode::BAD_REQUEST, &format!("wait {w}: expected 0 ≤ seconds ≤ {most}"));
+        }
+    };
+    tracing::info!(caller = caller.name, line, "command");
+    match state.sandbox.run_command(&line, wait, !b.check, &caller.name).await {
+        Ok(report) => {
+            if let Some(o) = &report.outcome {
+                state.metrics.outcome("docker", o.status.as_str());
+            }
+            axum::Json(report).into_response()
+        }
+        Err(e) => sandbox_error(&state, &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    pub(super) status: Option<String>,
+    /// Only items older than this id (the next page: the last id of this one).
+    pub(super) before: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub(super) limit: Option<usize>,
+}
+
+/// Items per page of `GET /v1/approvals` unless the caller asks.
+pub(super) const PAGE: usize = 100;
+
+pub(super) async fn list_approvals(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals").await {
+        return r;
+    }
+    let status = match q.status.as_deref().map(str::parse::<crate::approval::ApprovalStatus>).transpose() {
+        Ok(s) => s,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, &format!("status {why}")),
+    };
+    let limit = match q.limit {
+        None => PAGE,
+        Some(n) if (1..=crate::approval::MAX_PAGE).contains(&n) => n,
+        Some(n) => return problem(StatusCode::BAD_REQUEST, &format!("limit {n}: expected 1 to 1000")),
+    };
+    match state.gate.list(status, q.before, limit).await {
+        Ok(items) => axum::Json(items).into_response(),
+        Err(e) => fault("the approvals queue", &e),
+    }
+}
+
+pub(super) async fn show_approval(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals/{id}").await {
+        return r;
+    }
+    let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
+    match state.gate.get(id).await {
+        Ok(Some(item)) => axum::Json(item).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
+        Err(e) => fault("the approvals queue", &e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DecideBody {
+    pub(super) note: Option<String>,
+}
+
+pub(super) async fn decide_approval(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let caller = match authorize(&state, &headers, Role::Approve, "POST /v1/approvals/{id}/{decision}").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return problem(StatusCode::NOT_FOUND, "expected /approve or /deny"),
+    };
+    let bytes = match read_body(&state, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let b: DecideBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DecideBody::default()
+    } else {
+        match parse(&bytes) {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    };
+    let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
+    decide(&state, id, approve, &caller, b.note.as_deref()).await
+}
+
+/// Decides an item as `caller`: the item, 404, 409 (already decided or expired).
+pub(super) async fn decide(
+    state: &AppState,
+    id: i64,
+    approve: bool,
+    caller: &Identity,
+    note: Option<&str>,
+) -> Response {
+    use crate::approval::ApprovalError;
+    match state.gate.decide(id, approve, &caller.name, note).await {
+        Ok(item) => axum::Json(item).into_response(),
+        Err(ApprovalError::NotFound(_)) => problem(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
+        Err(e @ ApprovalError::Decided { .. }) => problem(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ (ApprovalError::BadDecider | ApprovalError::NoteTooLong(_))) => {
+            problem(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ ApprovalError::OwnRequest(_)) => problem(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e) => fault("the approvals queue", &e),
+    }
+}
+
+pub(super) async fn breakers(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, "GET /v1/breakers").await {
+        return r;
+    }
+    axum::Json(state.sandbox.breakers().snapshot()).into_response()
+}
+
+pub(super) async fn health(State(state): State<Shared>) -> Response {
+    let tiers: Vec<&str> = state.sandbox.policy().allowed_tiers().iter().map(|t| t.as_str()).collect();
+    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "tiers": tiers}))
+        .into_response()
+}
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub(super) async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, "GET /metrics").await {
+        return r;
+    }
+    let breakers = state
+        .sandbox
+        .breakers()
+        .snapshot()
+        .into_iter()
+        .map(|b| {
+            let v = match b.state {
+                crate::breaker::State::Closed => 0.0,
+                crate::breaker::State::HalfOpen => 1.0,
+                crate::breaker::State::Open => 2.0,
+            };
+            (format!("breaker=\"{}\"", b.name), v)
+        })
+        .collect();
+    let pending = match state.gate.pending().await {
+        Ok(n) => n as f64,
+        Err(e) => return fault("the approvals queue", &e),
+    };
+    let running = vec![(String::new(), state.sandbox.running() as f64)];
+    let text = state.metrics.render(&[
+        ("terrarium_running", "Runs and commands in a tier now (0 when runs are not limited).", running),
+        ("terrarium_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", breakers),
+        ("terrarium_approvals_pending", "Critical operations waiting for a human.", vec![(String::new(), pending)]),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

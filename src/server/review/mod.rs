@@ -1,0 +1,296 @@
+//! `/review`: the page where a human decides the approvals queue. Server-rendered
+//! HTML (no build step); its one small script reloads the page when the queue
+//! changes.
+//!
+//! A browser cannot send a bearer header when it navigates, so the page signs in
+//! once: `POST /review/login` with a token that has the `approve` role starts a
+//! session (a random id in an `HttpOnly`, `SameSite=Strict` cookie, eight hours).
+//! Approve and deny are plain forms that carry the session's CSRF token.
+//!
+//! # Security invariants
+//! - Everything shown is HTML-escaped (code, findings, reasons, outcomes): a
+//!   snippet under review cannot script the reviewer's page. The Content Security
+//!   Policy allows only the page's own script (by nonce) and same-origin fetches
+//!   and forms.
+//! - A decision needs a live session and its CSRF token; it is recorded with the
+//!   session's token name, as the API's are.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Form, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ruff_text_size::Ranged;
+use serde::Deserialize;
+
+use super::auth::{Identity, Role};
+use super::{Shared, problem, random_hex};
+use crate::approval::Item;
+
+mod sessions;
+pub use sessions::*;
+mod render;
+pub use render::*;
+
+/// The session cookie's name.
+const COOKIE: &str = "terrarium_review";
+/// How long a session lasts.
+const SESSION: Duration = Duration::from_secs(8 * 3600);
+/// Most sessions at once (sign-ins beyond are refused until some expire).
+const MAX_SESSIONS: usize = 1024;
+/// Most sessions one identity holds: its next sign-in ends its oldest.
+const PER_IDENTITY: usize = 4;
+/// The cookie that ties a sign-in form to the browser that loaded it.
+const LOGIN_COOKIE: &str = "terrarium_login";
+/// Decided items shown under the queue.
+const RECENT: usize = 10;
+/// Outcome text shown per item.
+const SHOWN_OUTPUT: usize = 4096;
+/// Code longer than this is shown plain (no highlighting) and folded.
+const HIGHLIGHTED: usize = 16 << 10;
+
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/review", get(page))
+        .route("/review/state", get(state_json))
+        .route("/review/login", post(login))
+        .route("/review/logout", post(logout))
+        .route("/review/{id}/{decision}", post(decide))
+        .layer(DefaultBodyLimit::max(16 << 10))
+}
+
+/// Every pending item (queried by status, so newer decided items never hide one)
+/// and the [`RECENT`] newest decided ones.
+async fn load(state: &Shared) -> Result<(Vec<Item>, Vec<Item>), Response> {
+    state.gate.review(RECENT).await.map_err(|e| super::fault("the approvals queue", &e))
+}
+
+async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(r) = tossed(&headers) {
+        return r;
+    }
+    let Some((who, csrf)) = state.sessions.find(&headers) else {
+        return login_page("Sign in to see the approvals queue.", StatusCode::OK);
+    };
+    let (pending, recent) = match load(&state).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // The fingerprint is the queue's own order (newest first); the page lists the
+    // oldest first, so that a new item lands below what the reviewer is reading.
+    let all: Vec<Item> = pending.iter().chain(&recent).cloned().collect();
+    let print = fingerprint(&all);
+    let mut body = format!(
+        "<p id=changed>The queue changed; the page reloads when you pause.</p>\
+         <h1>Terrarium review</h1><p class=meta>Signed in as <b id=who>{}</b>. \
+         <form method=post action=/review/logout><input type=hidden name=csrf value=\"{csrf}\"><button>Sign out</button></form></p>\
+         <h2>Waiting for a decision ({})</h2>",
+        show(&who.name),
+        pending.len()
+    );
+    if pending.is_empty() {
+        body.push_str("<p id=empty>Nothing is waiting.</p>");
+    }
+    let now = crate::approval::now_us();
+    for item in pending.iter().rev() {
+        render_pending(&mut body, item, &csrf, now, &who.name);
+    }
+    body.push_str("<h2>Recently decided</h2>");
+    for item in &recent {
+        render_decided(&mut body, item);
+    }
+    let nonce = random_hex(16).unwrap_or_default();
+    let ids: Vec<String> = pending.iter().map(|i| i.id.to_string()).collect();
+    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &print, &ids.join(",")), &nonce)
+}
+
+async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(r) = tossed(&headers) {
+        return r;
+    }
+    if state.sessions.find(&headers).is_none() {
+        return problem(StatusCode::UNAUTHORIZED, "sign in at /review");
+    }
+    // Polled every second by every open tab: read without the items' subjects.
+    match state.gate.fingerprint(RECENT).await {
+        Ok(f) => {
+            // The pending ids lead the fingerprint (`id:pending:…`).
+            let pending: Vec<i64> =
+                f.split(',').filter_map(|p| p.split_once(":pending:").and_then(|(id, _)| id.parse().ok())).collect();
+            axum::Json(serde_json::json!({"fingerprint": f, "pending": pending})).into_response()
+        }
+        Err(e) => super::fault("the approvals queue", &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    /// The value the sign-in form carried (also in its cookie).
+    #[serde(default)]
+    check: String,
+}
+
+async fn login(State(state): State<Shared>, request_headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    if !same_origin(&request_headers) {
+        return cross_origin();
+    }
+    if let Some(r) = tossed(&request_headers) {
+        return r;
+    }
+    let from_our_form =
+        cookie(&request_headers, LOGIN_COOKIE).is_some_and(|c| !c.is_empty() && super::auth::same_secret(c, &f.check));
+    if !from_our_form {
+        return login_page(
+            "Sign in from this page (the sign-in did not come from a form this server showed).",
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", f.token.trim())) {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    let who = match super::authorize(&state, &headers, Role::Approve, "POST /review/login").await {
+        Ok(who) => who,
+        Err(r) => {
+            let status = r.status();
+            return login_page(
+                if status == StatusCode::FORBIDDEN { "That token lacks the approve role." } else { "Unknown token." },
+                status,
+            );
+        }
+    };
+    let Some(id) = state.sessions.start(who) else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "too many review sessions; try again later");
+    };
+    let mut r = see_other("/review");
+    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/review; Max-Age={}", SESSION.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct DecisionForm {
+    csrf: String,
+    note: Option<String>,
+}
+
+async fn decide(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return cross_origin();
+    }
+    if let Some(r) = tossed(&headers) {
+        return r;
+    }
+    let Some((who, csrf)) = state.sessions.find(&headers) else {
+        return login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
+    };
+    if !super::auth::same_secret(&f.csrf, &csrf) {
+        return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
+    }
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return problem(StatusCode::NOT_FOUND, "expected /approve or /deny"),
+    };
+    let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
+    let note = f.note.filter(|n| !n.trim().is_empty());
+    let r = super::decide(&state, id, approve, &who, note.as_deref()).await;
+    if r.status().is_success() { see_other("/review") } else { r }
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    csrf: String,
+}
+
+async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(f): Form<LogoutForm>) -> Response {
+    if !same_origin(&headers) {
+        return cross_origin();
+    }
+    if let Some((_, csrf)) = state.sessions.find(&headers) {
+        if !super::auth::same_secret(&f.csrf, &csrf) {
+            return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
+        }
+        state.sessions.end(&headers);
+    }
+    let mut r = see_other("/review");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("terrarium_review=; HttpOnly; SameSite=Strict; Path=/review; Max-Age=0"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highlighting_escapes_and_marks_tokens() {
+        let h = highlight("import os  # <b>\nx = f'{1}' + \"</pre><script>\"\n");
+        assert!(h.contains("<span class=k>import</span>"), "{h}");
+        assert!(h.contains("<span class=c># &lt;b&gt;</span>"), "{h}");
+        assert!(h.contains("&lt;/pre&gt;&lt;script&gt;"), "{h}");
+        assert!(!h.contains("<script>") && !h.contains("</pre>"), "{h}");
+        assert!(h.contains("<span class=n>1</span>"), "{h}");
+        // Text that does not lex is still all there, escaped.
+        let bad = highlight("def (:\n  '''<x>");
+        assert!(bad.contains("&lt;x&gt;"), "{bad}");
+        assert_eq!(escape("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
+    }
+
+    /// Round 4 of the host review: a large snippet is not highlighted (markup per
+    /// token made a 240 KB item into megabytes) and is folded; who asked is shown.
+    #[test]
+    fn large_code_is_shown_plain_and_folded_with_who_asked() {
+        let item = Item {
+            id: 7,
+            kind: "execute".into(),
+            subject: serde_json::json!({"code": "1,".repeat(HIGHLIGHTED), "caller": "ci", "tier": "wasm"}),
+            reason: "r".into(),
+            status: crate::approval::ApprovalStatus::Pending,
+            created_us: 0,
+            deadline_us: 0,
+            decided_by: None,
+            decided_us: None,
+            note: None,
+            outcome: None,
+        };
+        let mut out = String::new();
+        render_pending(&mut out, &item, "csrf", 0, "alice");
+        assert!(out.contains("<details><summary>Code: 32768 bytes") && !out.contains("<span class=n>"), "folded");
+        assert!(out.len() < 2 * 32768 + 4096, "{} bytes of markup", out.len());
+        assert!(out.contains("Asked by <b id=caller-7>ci</b>"), "who asked");
+    }
+
+    /// H5: what the reviewer sees is what runs: bidi controls and invisible
+    /// characters become visible marks, in the code and in its tokens.
+    #[test]
+    fn h5_hidden_characters_are_shown_as_marks() {
+        let code = "if access != 'user\u{202E} \u{2066}# admin\u{2069} \u{2066}':\n    x\u{1b}[2K\n";
+        let h = highlight(code);
+        assert!(!h.chars().any(|c| crate::text::hidden(c).is_some() || c == '\u{1b}'), "{h}");
+        assert!(h.contains("title=\"RIGHT-TO-LEFT OVERRIDE\">\u{27E6}U+202E\u{27E7}</mark>"), "{h}");
+        assert!(h.contains("\u{27E6}U+2066\u{27E7}") && h.contains("\u{27E6}U+001B\u{27E7}"), "{h}");
+        assert_eq!(show("a<b\n"), "a&lt;b\n");
+        // Host review round 5: 84,000 zero-width spaces made 5 MB of marks.
+        let many = show(&"\u{200B}".repeat(84_000));
+        assert!(many.contains("U+200B \u{D7}84000") && many.len() < 200, "{many}");
+        let alternating = show(&"\u{200B}\u{200C}".repeat(40_000));
+        assert!(alternating.len() < 80_000 * 14, "{} bytes", alternating.len());
+        assert_eq!(alternating.matches("<mark").count(), MAX_MARKS);
+    }
+}

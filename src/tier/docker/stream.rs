@@ -1,0 +1,225 @@
+//! One container's run: the request sent, its output read until the prelude's
+//! report, the exit, the deadline or the output cap, and the container removed.
+
+use super::*;
+
+/// How reading a container's output ended.
+pub(super) enum Ended {
+    /// The prelude reported how the run ended.
+    Reported,
+    /// The container closed its output (it exited) without the prelude's report
+    /// (or with only part of it).
+    Exited,
+    /// The deadline passed.
+    Timeout,
+    /// Output passed `max_output`.
+    OutputFull,
+}
+
+/// Sends the request to a ready container, collects its output until the prelude's
+/// report, the container's exit, the deadline (counted from `delivered`) or the
+/// output cap, and removes the container.
+pub(super) async fn serve(
+    engine: &Engine,
+    w: Warm,
+    policy: &Policy,
+    code: &str,
+    delivered: Instant,
+) -> Result<Outcome, SandboxError> {
+    let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
+    let due = tokio::time::Instant::from_std(delivered + policy.timeout());
+    let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
+    let max_err = max_out.saturating_add(STDERR_SLACK);
+    let text = request_text(policy, code);
+    let write = async {
+        input.write_all(text.as_bytes()).await?;
+        input.shutdown().await
+    };
+    // A guest that stops reading is stopped by its deadline.
+    let written = tokio::time::timeout_at(due, write).await;
+    let mut out = Vec::new();
+    let mut ended = Ended::Exited;
+    // The run is over once stderr holds the status line and stdout its end marker
+    // (the prelude writes both last); the container's exit is not waited for.
+    let status_marker = format!("\n{nonce} {{");
+    let end_marker = stdout_end(&nonce);
+    let (mut status, mut status_seen, mut end_seen) = (StatusWatch::default(), false, false);
+    if written.is_err() {
+        ended = Ended::Timeout;
+    } else {
+        loop {
+            match tokio::time::timeout_at(due, output.next()).await {
+                Err(_) => {
+                    ended = Ended::Timeout;
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let _ = engine.remove(&id).await;
+                    return Err(host(format!("the connection to a container broke: {e}")));
+                }
+                Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                    let from = err.len();
+                    if append_capped(&mut err, &message, max_err) {
+                        ended = Ended::OutputFull;
+                        break;
+                    }
+                    status_seen = status.complete(&err, from, status_marker.as_bytes());
+                }
+                Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                    let from = out.len();
+                    // The end marker may take the cap's last bytes.
+                    if append_capped(&mut out, &message, max_out.saturating_add(end_marker.len())) {
+                        ended = Ended::OutputFull;
+                        break;
+                    }
+                    end_seen = end_seen || find_from(&out, from, end_marker.as_bytes()).is_some();
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+            if status_seen && end_seen {
+                ended = Ended::Reported;
+                break;
+            }
+        }
+    }
+    if let Some(at) = find_from(&out, 0, end_marker.as_bytes()) {
+        out.truncate(at);
+    }
+    if out.len() > max_out {
+        out.truncate(max_out);
+        ended = Ended::OutputFull;
+    }
+    if let (Ended::Exited, Ok(Err(e))) = (&ended, &written) {
+        // The request could not be delivered and the container is gone: it died
+        // before its run (e.g. the engine restarted under a warm container).
+        if out.is_empty() && !String::from_utf8_lossy(&err).contains(&format!("\n{nonce} {{")) {
+            let _ = engine.remove(&id).await;
+            return Err(host(format!("a container ended before it could read its request: {e}")));
+        }
+    }
+    // Stop copying the container's output before removing it: the engine waits for
+    // an attached stream that is still being written to.
+    drop(output);
+    drop(input);
+    let exit = match ended {
+        Ended::Exited => Some(engine.inspect(&id).await),
+        Ended::Reported | Ended::Timeout | Ended::OutputFull => None,
+    };
+    // A run cut short is killed and removed now; one that reported is removed in
+    // the background (off the request's path; its process is exiting anyway).
+    match ended {
+        Ended::Timeout | Ended::OutputFull => engine.remove(&id).await?,
+        Ended::Reported | Ended::Exited => {
+            let (engine, id) = (engine.clone(), id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.remove(&id).await {
+                    tracing::warn!(error = %e, "could not remove a finished container");
+                }
+            });
+        }
+    }
+    let report = split_status(&String::from_utf8_lossy(&err), &nonce);
+    let status_line = report.status_line;
+    let mut o = Outcome::blank(Tier::Docker);
+    o.stdout = String::from_utf8_lossy(&out).into_owned();
+    o.stderr = report.stderr;
+    match (ended, exit) {
+        (Ended::Timeout, _) => {
+            o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()))
+        }
+        (Ended::OutputFull, _) => {
+            o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output")
+        }
+        (Ended::Exited, Some(state)) => {
+            let state = state?;
+            if state.oom_killed && status_line.is_none() {
+                o.end(
+                    Status::MemoryLimit,
+                    "MemoryLimit",
+                    format!("the run exceeded its memory limit of {} bytes", policy.max_memory()),
+                );
+            } else {
+                let code = state.exit_code.map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+                apply_status(&mut o, status_line.as_deref(), code, false);
+            }
+        }
+        (Ended::Reported | Ended::Exited, _) => apply_status(&mut o, status_line.as_deref(), None, false),
+    }
+    apply_output_cap(&mut o, max_out);
+    apply_denial(&mut o, report.denial.as_deref());
+    Ok(o)
+}
+
+/// Where `needle` first occurs in `buf`, searching from a little before `from` (so
+/// that a needle split across chunks is found).
+pub(super) fn find_from(buf: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    let start = from.saturating_sub(needle.len());
+    buf[start..].windows(needle.len()).position(|w| w == needle).map(|p| p + start)
+}
+
+/// Follows the prelude's status line on a growing stderr: where its last marker
+/// is, and whether the newline that ends it has arrived.
+#[derive(Default)]
+pub(super) struct StatusWatch {
+    pub(super) at: Option<usize>,
+}
+
+impl StatusWatch {
+    /// Call after stderr grew from `from` bytes; true once the last status line is
+    /// complete.
+    pub(super) fn complete(&mut self, err: &[u8], from: usize, marker: &[u8]) -> bool {
+        let start = from.saturating_sub(marker.len());
+        if let Some(p) = err[start..].windows(marker.len()).rposition(|w| w == marker) {
+            self.at = Some(start + p);
+        }
+        self.at.is_some_and(|at| err[at + marker.len()..].contains(&b'\n'))
+    }
+}
+
+/// Appends up to `cap` bytes in all; true when `chunk` did not fit.
+/// How reading a container's output stream ended.
+pub(super) enum StreamEnd {
+    /// The container closed it (its process ended).
+    Eof,
+    /// `until` passed first.
+    Deadline,
+    /// stdout or stderr went past the cap.
+    Full,
+    /// The stream failed.
+    Broken(String),
+}
+
+/// Reads a container's demultiplexed output until it ends, `until` passes, or
+/// either stream passes `cap` bytes (stderr gets [`STDERR_SLACK`] more).
+pub(super) async fn read_to_end(
+    mut output: Output,
+    until: tokio::time::Instant,
+    cap: usize,
+) -> (Vec<u8>, Vec<u8>, StreamEnd) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let end = loop {
+        let full = match tokio::time::timeout_at(until, output.next()).await {
+            Err(_) => break StreamEnd::Deadline,
+            Ok(None) => break StreamEnd::Eof,
+            Ok(Some(Err(e))) => break StreamEnd::Broken(e.to_string()),
+            Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                append_capped(&mut err, &message, cap.saturating_add(STDERR_SLACK))
+            }
+            Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                append_capped(&mut out, &message, cap)
+            }
+            Ok(Some(Ok(_))) => false,
+        };
+        if full {
+            break StreamEnd::Full;
+        }
+    };
+    (out, err, end)
+}
+
+pub(super) fn append_capped(buf: &mut Vec<u8>, chunk: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(buf.len());
+    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    chunk.len() > room
+}

@@ -1,0 +1,288 @@
+//! The zygote and its pool of ready children: started, refilled after each
+//! request, each child's accounting files opened when it is announced.
+
+use super::*;
+
+/// How a child ended, from the zygote's `wait4`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exit {
+    pub(super) code: Option<i32>,
+    pub(super) signal: Option<i32>,
+    pub(super) cpu_us: u64,
+    pub(super) maxrss_kb: u64,
+}
+
+/// A confined child waiting for its request.
+pub(super) struct ReadyChild {
+    pub(super) pid: i32,
+    pub(super) stream: std::os::unix::net::UnixStream,
+    pub(super) words: std::os::unix::net::UnixStream,
+    pub(super) pidfd: OwnedFd,
+    pub(super) exit: oneshot::Receiver<Exit>,
+    pub(super) namespaces: bool,
+    /// The kernel's accounting files of this child, opened ahead of its request.
+    pub(super) accounting: Option<Accounting>,
+}
+
+/// `/proc/<pid>/schedstat` and `/proc/<pid>/status` of one live child, opened when
+/// it is announced (off the request path): reading an open procfs file again costs
+/// a fraction of opening it by path.
+pub(super) struct Accounting {
+    pub(super) schedstat: std::fs::File,
+    pub(super) status: std::fs::File,
+}
+
+impl Accounting {
+    /// Opens the files of child `pid`, behind `pidfd`. `None` when the child has
+    /// already exited: its pid might then name another process.
+    pub(super) fn open(pid: i32, pidfd: &OwnedFd) -> Option<Accounting> {
+        let schedstat = std::fs::File::open(format!("/proc/{pid}/schedstat")).ok()?;
+        let status = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
+        // Still alive after both opens: the pid was not reused, so the files are
+        // this child's (a process's procfs files never switch to another one).
+        (!sys::has_exited(pidfd.as_fd())).then_some(Accounting { schedstat, status })
+    }
+}
+
+#[derive(Default)]
+pub(super) struct PoolState {
+    pub(super) ready: VecDeque<ReadyChild>,
+    pub(super) pending: usize,
+    pub(super) waiters: HashMap<u64, oneshot::Sender<Result<ReadyChild, String>>>,
+    pub(super) exits: HashMap<i32, oneshot::Sender<Exit>>,
+    /// The last pool spawn's failure, reported to the next request that finds the
+    /// pool empty.
+    pub(super) spawn_failure: Option<String>,
+    /// Why the zygote is gone, once it is.
+    pub(super) death: Option<String>,
+}
+
+pub(super) struct Zygote {
+    pub(super) pid: i32,
+    pub(super) process: Mutex<Option<Child>>,
+    pub(super) ctl: OwnedFd,
+    pub(super) state: Mutex<PoolState>,
+    pub(super) arrived: Notify,
+    pub(super) spec: SpawnSpec,
+    pub(super) pool_size: usize,
+    pub(super) next_token: AtomicU64,
+}
+
+impl Zygote {
+    /// Starts a zygote and waits until its interpreter is warm (blocking).
+    pub(super) fn start(
+        config: &IsolatedConfig,
+        preload: Vec<String>,
+        spec: SpawnSpec,
+    ) -> Result<Arc<Zygote>, SandboxError> {
+        let unavailable = |reason: String| SandboxError::TierUnavailable { tier: Tier::Rustpython, reason };
+        let (ctl, theirs) =
+            sys::seqpacket_pair().map_err(|e| host(&format!("cannot create the zygote socket: {e}")))?;
+        let mut cmd = Command::new(&config.worker_exe);
+        cmd.arg(ZYGOTE_ARG).env_clear().stdin(Stdio::null()).stdout(Stdio::null());
+        sys::zygote_pre_exec(&mut cmd, theirs.as_raw_fd(), WORKER_STACK as u64);
+        let process = cmd.spawn().map_err(|e| {
+            unavailable(format!(
+                "cannot start {} as the isolated-mode zygote: {e} (set {WORKER_EXE_ENV} to the terrarium binary)",
+                config.worker_exe.display()
+            ))
+        })?;
+        drop(theirs);
+        let init = serde_json::to_vec(&ToZygote::Init { preload }).map_err(|e| host(&e.to_string()))?;
+        sys::send_msg(ctl.as_fd(), &init, &[]).map_err(|e| host(&format!("the zygote did not start: {e}")))?;
+        let mut buf = vec![0u8; protocol::MAX_CONTROL];
+        let pid = match sys::recv_msg(ctl.as_fd(), &mut buf) {
+            Ok((n, _)) if n > 0 => match serde_json::from_slice::<FromZygote>(&buf[..n]) {
+                Ok(FromZygote::Ready { pid }) => pid,
+                Ok(FromZygote::Failed { message }) => {
+                    return Err(host(&format!("the zygote could not build its interpreter: {message}")));
+                }
+                _ => return Err(host("the zygote answered out of turn")),
+            },
+            _ => {
+                return Err(unavailable(format!(
+                    "{} exited instead of becoming a zygote; it must call \
+                     terrarium::tier::rustpython::isolated::run_zygote_if_requested() first in main \
+                     (set {WORKER_EXE_ENV} to the terrarium binary)",
+                    config.worker_exe.display()
+                )));
+            }
+        };
+        let z = Arc::new(Zygote {
+            pid,
+            process: Mutex::new(Some(process)),
+            ctl,
+            state: Mutex::new(PoolState::default()),
+            arrived: Notify::new(),
+            spec,
+            pool_size: config.pool_size.max(1),
+            next_token: AtomicU64::new(1),
+        });
+        let reader = z.clone();
+        std::thread::Builder::new()
+            .name("terrarium-zygote-reader".into())
+            .spawn(move || reader.dispatch())
+            .map_err(|e| host(&format!("cannot start the zygote reader: {e}")))?;
+        Ok(z)
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding this lock leaves plain data; keep going with it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn alive(&self) -> bool {
+        self.state().death.is_none()
+    }
+
+    pub(super) fn send(&self, msg: &ToZygote) -> Result<(), String> {
+        let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        sys::send_msg(self.ctl.as_fd(), &body, &[]).map_err(|e| format!("the zygote is unreachable: {e}"))
+    }
+
+    /// Asks for children until ready + pending reaches the pool size.
+    pub(super) fn refill(&self, st: &mut PoolState) {
+        while st.death.is_none() && st.ready.len() + st.pending < self.pool_size {
+            if self.send(&ToZygote::Spawn(self.spec)).is_err() {
+                break;
+            }
+            st.pending += 1;
+        }
+    }
+
+    /// A child from the pool, waiting for one if the pool is empty.
+    pub(super) async fn take(&self) -> Result<ReadyChild, String> {
+        let until = Instant::now() + SPAWN_WAIT;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state();
+                if let Some(d) = &st.death {
+                    return Err(d.clone());
+                }
+                if let Some(c) = st.ready.pop_front() {
+                    // Refill after the request (see `run`), so that forking and
+                    // confining the replacement does not compete with it for CPU;
+                    // only an empty pool refills now.
+                    if st.ready.is_empty() {
+                        self.refill(&mut st);
+                    }
+                    return Ok(c);
+                }
+                if let Some(e) = st.spawn_failure.take() {
+                    return Err(format!("the zygote could not fork a child: {e}"));
+                }
+                self.refill(&mut st);
+            }
+            if tokio::time::timeout_at(until.into(), notified).await.is_err() {
+                return Err("no isolated child became ready in time".into());
+            }
+        }
+    }
+
+    /// A child forked for one request with its own limits.
+    pub(super) async fn take_dedicated(&self, mut spec: SpawnSpec) -> Result<ReadyChild, String> {
+        spec.token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.state();
+            if let Some(d) = &st.death {
+                return Err(d.clone());
+            }
+            st.waiters.insert(spec.token, tx);
+        }
+        if let Err(e) = self.send(&ToZygote::Spawn(spec)) {
+            self.state().waiters.remove(&spec.token);
+            return Err(e);
+        }
+        match tokio::time::timeout(SPAWN_WAIT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the zygote died".into()),
+            Err(_) => {
+                self.state().waiters.remove(&spec.token);
+                Err("no isolated child became ready in time".into())
+            }
+        }
+    }
+
+    /// The reader thread: routes the zygote's messages until it goes away.
+    pub(super) fn dispatch(self: Arc<Self>) {
+        let mut buf = vec![0u8; protocol::MAX_CONTROL];
+        let death = loop {
+            let (n, fds) = match sys::recv_msg(self.ctl.as_fd(), &mut buf) {
+                Ok((0, _)) => break "the zygote exited".to_string(),
+                Ok(r) => r,
+                Err(e) => break format!("the zygote socket failed: {e}"),
+            };
+            let Ok(msg) = serde_json::from_slice::<FromZygote>(&buf[..n]) else {
+                continue;
+            };
+            match msg {
+                FromZygote::Spawned { token, pid, namespaces } if fds.len() == 3 => {
+                    let mut fds = fds.into_iter();
+                    let (Some(sock), Some(words), Some(pidfd)) = (fds.next(), fds.next(), fds.next()) else {
+                        continue;
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    let accounting = Accounting::open(pid, &pidfd);
+                    let child = ReadyChild {
+                        pid,
+                        stream: sock.into(),
+                        words: words.into(),
+                        pidfd,
+                        exit: rx,
+                        namespaces,
+                        accounting,
+                    };
+                    let mut st = self.state();
+                    st.exits.insert(pid, tx);
+                    if token == 0 {
+                        st.pending = st.pending.saturating_sub(1);
+                        st.ready.push_back(child);
+                        drop(st);
+                        self.arrived.notify_one();
+                    } else if let Some(w) = st.waiters.remove(&token) {
+                        let _ = w.send(Ok(child));
+                    }
+                }
+                FromZygote::SpawnFailed { token, message } => {
+                    let mut st = self.state();
+                    if token == 0 {
+                        st.pending = st.pending.saturating_sub(1);
+                        st.spawn_failure = Some(message);
+                        drop(st);
+                        self.arrived.notify_one();
+                    } else if let Some(w) = st.waiters.remove(&token) {
+                        let _ = w.send(Err(message));
+                    }
+                }
+                FromZygote::Exited { pid, code, signal, cpu_us, maxrss_kb } => {
+                    if let Some(tx) = self.state().exits.remove(&pid) {
+                        let _ = tx.send(Exit { code, signal, cpu_us, maxrss_kb });
+                    }
+                }
+                _ => {}
+            }
+        };
+        {
+            let mut st = self.state();
+            st.death = Some(death);
+            st.ready.clear();
+            st.waiters.clear();
+            st.exits.clear();
+        }
+        self.arrived.notify_waiters();
+        self.shutdown();
+    }
+
+    /// Kills and reaps the zygote; its children die with it (`PR_SET_PDEATHSIG`).
+    pub(super) fn shutdown(&self) {
+        let process = self.process.lock().ok().and_then(|mut p| p.take());
+        if let Some(mut p) = process {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}

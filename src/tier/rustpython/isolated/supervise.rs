@@ -1,0 +1,292 @@
+//! Supervising one child's run: the request written, the deadline enforced with
+//! SIGKILL, and the outcome decided by the host from what it saw.
+
+use super::*;
+
+/// Why supervising a child gave no outcome.
+pub(super) enum Supervise {
+    /// The zygote died, and the child with it, before the child's end was known.
+    ZygoteGone,
+    /// A host fault.
+    Host(SandboxError),
+}
+
+impl From<SandboxError> for Supervise {
+    fn from(e: SandboxError) -> Supervise {
+        Supervise::Host(e)
+    }
+}
+
+/// The bounds one run is held to.
+pub(super) struct RunLimits {
+    pub(super) deadline: Instant,
+    pub(super) timeout: Duration,
+    /// Bytes the answer stream may take.
+    pub(super) cap: usize,
+    /// Address-space limit, for messages.
+    pub(super) memory: u64,
+    /// Output cap, checked by the host on what the child sends.
+    pub(super) max_output: u64,
+}
+
+/// Kills its child when dropped: whatever path a request takes out of
+/// [`supervise`] (an answer, an error, a cancelled request), the child dies.
+pub(super) struct KillOnDrop(OwnedFd);
+
+impl KillOnDrop {
+    pub(super) fn kill(&self) {
+        // ESRCH (already dead and reaped) is the only expected failure.
+        let _ = sys::pidfd_kill(self.0.as_fd());
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How reading a child's answer stream ended.
+pub(super) enum Read {
+    Answer(GuestAnswer),
+    Closed,
+    Broken(StreamError),
+}
+
+/// Sends `request` to `child`, enforces the deadline, kills the child, and decides
+/// from what the host saw (and the guest's word for its own output) how the run
+/// ended.
+pub(super) async fn supervise(
+    child: ReadyChild,
+    request: &ChildRequest,
+    limits: &RunLimits,
+    want_namespaces: bool,
+) -> Result<Outcome, Supervise> {
+    let ReadyChild { pid, stream, words, pidfd, exit, namespaces, accounting } = child;
+    let child = KillOnDrop(pidfd);
+    if want_namespaces && !namespaces {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "isolated children run without new namespaces: this kernel or container refuses unshare \
+                 (seccomp and rlimits still apply)"
+            );
+        });
+    }
+    let mut frame = Vec::new();
+    protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
+    stream.set_nonblocking(true).map_err(|e| host(&e.to_string()))?;
+    let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| host(&e.to_string()))?;
+    let mut answers = AnswerStream::new(limits.cap);
+    let exchange = async {
+        // A child that died during confinement has closed its end: the write fails,
+        // and how it ended is read from its exit below.
+        let _ = stream.write_all(&frame).await;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Read::Closed,
+                Ok(n) => match answers.push(&chunk[..n]) {
+                    Ok(Some(answer)) => return Read::Answer(answer),
+                    Ok(None) => {}
+                    Err(e) => return Read::Broken(e),
+                },
+            }
+        }
+    };
+    let mut outcome = match tokio::time::timeout_at(limits.deadline.into(), exchange).await {
+        // The usual end: what the run cost is read from the kernel's accounting of
+        // the live child (not from anything it said), then it is killed. SIGKILL
+        // lets it run no more code; the zygote reaps it off the request path, so the
+        // request does not wait for its address space to be torn down.
+        Ok(Read::Answer(answer)) => {
+            let e =
+                observe(pid, accounting.as_ref()).unwrap_or(Exit { code: None, signal: None, cpu_us: 0, maxrss_kb: 0 });
+            child.kill();
+            decide(answer, limits.max_output, e)
+        }
+        // Otherwise the child's run is over too: it dies now, and the request
+        // returns once the zygote has reaped it and said how it ended.
+        read => {
+            child.kill();
+            let e = match tokio::time::timeout(EXIT_WAIT, exit).await {
+                Ok(Ok(e)) => e,
+                // The reader drops every pending report when the zygote goes away.
+                Ok(Err(_)) => return Err(Supervise::ZygoteGone),
+                Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
+            };
+            match read {
+                Err(_elapsed) => {
+                    let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
+                    ended(Status::Timeout, "Timeout", msg, e)
+                }
+                Ok(Read::Broken(StreamError::TooBig)) => {
+                    let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
+                    ended(Status::OutputLimit, "OutputLimit", msg, e)
+                }
+                Ok(Read::Broken(StreamError::Malformed)) => ended(
+                    Status::Crashed,
+                    "ProtocolError",
+                    "the run's process broke the answer protocol; it was killed".into(),
+                    e,
+                ),
+                Ok(Read::Closed) => classify(e, &last_words(words), limits.memory)?,
+                Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
+            }
+        }
+    };
+    // A denial the child sent stands, however the run ended afterwards (but for the
+    // host's own deadline kill).
+    if let Some(reason) = answers.denials.first()
+        && outcome.status != Status::Timeout
+    {
+        outcome.result = None;
+        outcome.end(Status::Denied, "PolicyDenied", reason.clone());
+    }
+    Ok(outcome)
+}
+
+/// The outcome of a child that answered: its output and value are the guest's
+/// word; the status is the host's, from the output sizes it sees.
+pub(super) fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
+    let GuestAnswer { mut stdout, mut stderr, result, end, output_over } = answer;
+    let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
+    // The value counts against the cap as well (the CPython tiers carry it on stderr).
+    let value_len = result.as_ref().map_or(0, |r| serde_json::to_string(r).map_or(0, |t| t.len()));
+    let over = output_over || stdout.len().saturating_add(stderr.len()) > cap || value_len > cap;
+    if over {
+        truncate(&mut stdout, cap);
+        truncate(&mut stderr, cap.saturating_sub(stdout.len()));
+    }
+    let mut o = ended(Status::Ok, "", String::new(), e);
+    o.error = None;
+    o.stdout = stdout;
+    o.stderr = stderr;
+    if over {
+        o.status = Status::OutputLimit;
+        o.error = Some(ErrorInfo { kind: "OutputLimit".into(), message: format!("output exceeded {cap} bytes") });
+        return o;
+    }
+    match end {
+        GuestEnd::Returned => o.result = result,
+        GuestEnd::Raised { kind, message } => {
+            o.status = Status::Exception;
+            o.error = Some(ErrorInfo { kind, message });
+        }
+        GuestEnd::Panicked => {
+            o.status = Status::Crashed;
+            o.error = Some(ErrorInfo {
+                kind: "InterpreterPanic".into(),
+                message: "the interpreter failed internally; the run was discarded".into(),
+            });
+        }
+    }
+    o
+}
+
+pub(super) fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// CPU time and peak resident set of live process `pid`, from the kernel's own
+/// accounting (`/proc/<pid>/schedstat` and `VmHWM` in `/proc/<pid>/status`), read
+/// through the files opened ahead when there are some.
+pub(super) fn observe(pid: i32, opened: Option<&Accounting>) -> Option<Exit> {
+    use std::os::unix::fs::FileExt;
+    let read = |file: Option<&std::fs::File>, name: &str| -> Option<String> {
+        match file {
+            Some(f) => {
+                let mut buf = vec![0u8; 16 << 10];
+                let n = f.read_at(&mut buf, 0).ok()?;
+                buf.truncate(n);
+                String::from_utf8(buf).ok()
+            }
+            None => std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok(),
+        }
+    };
+    let sched = read(opened.map(|a| &a.schedstat), "schedstat")?;
+    let cpu_ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
+    let status = read(opened.map(|a| &a.status), "status")?;
+    let hwm_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(Exit { code: None, signal: None, cpu_us: cpu_ns / 1000, maxrss_kb: hwm_kb })
+}
+
+/// What a dead child printed on its last-words socket (at most 4 KiB).
+pub(super) fn last_words(words: std::os::unix::net::UnixStream) -> String {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    if words.set_nonblocking(true).is_ok() {
+        let _ = (&words).take(4096).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub(super) fn ended(status: Status, kind: &str, message: String, e: Exit) -> Outcome {
+    let mut o = Outcome::refused(None, Tier::Rustpython, status, kind, message);
+    o.usage.cpu_ms = Some(e.cpu_us / 1000);
+    o.usage.peak_memory_bytes = Some(e.maxrss_kb.saturating_mul(1024));
+    o
+}
+
+/// A child that ended without a complete answer: what happened to it. The host saw
+/// the death (exit code or signal); the child's last words only name its cause.
+pub(super) fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxError> {
+    if let Some(code) = e.code {
+        // 70-76: the child could not confine itself (see zygote::child_main).
+        if (70..=76).contains(&code) {
+            return Err(host(&format!(
+                "an isolated child could not confine itself (exit code {code}: descriptors, rlimits or seccomp \
+                 failed); no request ran"
+            )));
+        }
+        let msg = format!("the interpreter process exited with code {code} without answering");
+        return Ok(ended(Status::Crashed, "Crashed", msg, e));
+    }
+    let signal = e.signal.unwrap_or(0);
+    let (kind, msg) = match signal {
+        libc::SIGABRT if last_words.contains("memory allocation of") => {
+            let msg = format!("the run exceeded its memory limit of {memory} bytes");
+            return Ok(ended(Status::MemoryLimit, "MemoryLimit", msg, e));
+        }
+        libc::SIGSYS => (
+            "SeccompViolation",
+            "the run attempted a system call the sandbox does not allow and was killed (SIGSYS)".to_string(),
+        ),
+        libc::SIGXCPU => {
+            return Ok(ended(Status::Timeout, "CpuLimit", "the run used up its CPU time limit".into(), e));
+        }
+        libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS if last_words.contains("overflowed its stack") => {
+            ("StackOverflow", "the interpreter overflowed its stack; the run was killed".to_string())
+        }
+        s => ("Crashed", format!("the interpreter process was killed by {}", signal_name(s))),
+    };
+    Ok(ended(Status::Crashed, kind, msg, e))
+}
+
+pub(super) fn signal_name(s: i32) -> String {
+    let name = match s {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return format!("signal {s}"),
+    };
+    name.to_string()
+}
