@@ -1103,20 +1103,22 @@ D(a=L([S("s"), I(7), F(1.5)]))
 // reader): a finalizer, a value and a collection, each aimed at the gap between
 // one run and the next.
 
-/// Cyclic garbage whose finalizer spins, built so that the collector's young
-/// generation is `slack` allocations short of its threshold when the snippet ends:
-/// the next allocation anywhere (the interpreter's own set-up for the next run)
-/// collects it.
-fn spinning_cycle(slack: usize) -> String {
+/// A snippet that leaves cyclic garbage (`G(3)`) whose `__del__` runs `finalizer`,
+/// built so that the collector's young generation is `slack` allocations short of
+/// its threshold when the snippet's `last` lines run: the next allocations
+/// anywhere (the value's reading, the interpreter's set-up for the next run)
+/// collect it. `setup` comes first.
+fn timed_finalizer(setup: &str, finalizer: &str, last: &str, slack: usize) -> String {
     format!(
         r#"
 state = {{"fired": 0}}
+{setup}
 class G:
     def __init__(self, tag): self.tag = tag; self.me = self
     def __del__(self):
         state["fired"] = self.tag
         if self.tag == 3:
-            while True: pass
+            {finalizer}
 keep = []
 G(1)
 while state["fired"] != 1: keep.append([])
@@ -1126,7 +1128,7 @@ while state["fired"] != 2:
     keep.append([]); n += 1
 G(3)
 for i in range(n - {slack}): keep.append([])
-None
+{last}
 "#
     )
 }
@@ -1141,7 +1143,8 @@ fn a_finalizer_left_by_one_embedded_run_is_not_the_next_requests() {
     for slack in 1..=4 {
         let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
         let short = terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() };
-        let first = crate::common::exec(&exec, ExecRequest::new(spinning_cycle(slack)).with_overrides(short));
+        let spinning = timed_finalizer("", "while True: pass", "None", slack);
+        let first = crate::common::exec(&exec, ExecRequest::new(spinning).with_overrides(short));
         assert!(matches!(first.status, Status::Ok | Status::Timeout), "slack {slack}: {first:?}");
         let started = Instant::now();
         let next = crate::common::exec(&exec, ExecRequest::new("1 + 1"));
@@ -1161,29 +1164,11 @@ fn a_finalizer_left_by_one_embedded_run_is_not_the_next_requests() {
 #[test]
 fn no_finalizer_runs_while_the_value_is_read() {
     for slack in 0..=5 {
-        let code = format!(
-            r#"
-state = {{"fired": 0}}
-inner = ["before"]
-big = [10**30] * 50 + [inner]
-class G:
-    def __init__(self, tag): self.tag = tag; self.me = self
-    def __del__(self):
-        state["fired"] = self.tag
-        if self.tag == 3:
-            inner[0] = "mutated after the snippet ended" if state.get("ended") else "mutated by the snippet"
-keep = []
-G(1)
-while state["fired"] != 1: keep.append([])
-G(2)
-n = 0
-while state["fired"] != 2:
-    keep.append([]); n += 1
-G(3)
-for i in range(n - {slack}): keep.append([])
-state["ended"] = True
-big
-"#
+        let code = timed_finalizer(
+            "inner = [\"before\"]\nbig = [10**30] * 50 + [inner]",
+            "inner[0] = \"mutated after the snippet ended\" if state.get(\"ended\") else \"mutated by the snippet\"",
+            "state[\"ended\"] = True\nbig",
+            slack,
         );
         for o in [run(&code), run_embedded(&code)] {
             assert_eq!(o.status, Status::Ok, "slack {slack}: {o:?}");
@@ -1204,7 +1189,16 @@ big
 /// Python's 4,300-digit limit have no JSON form (as in `json.dumps`).
 #[test]
 fn a_value_is_measured_in_bytes_not_items() {
-    for code in ["'x' * 3_000_000", "['x' * 100_000] * 100", "['x' * 10**7] * 1000", "{'k' * 2_000_000: 1}"] {
+    for code in [
+        "'x' * 3_000_000",
+        "['x' * 100_000] * 100",
+        "['x' * 10**7] * 1000",
+        "{'k' * 2_000_000: 1}",
+        // Counted as their text, escapes and separators included (round 2).
+        "[-1.2345678901234567e-300] * 1_000_000",
+        "'\\x00' * 1_000_000",
+        "[None] * 300_000",
+    ] {
         for (mode, o) in [("isolated", run(code)), ("embedded", run_embedded(code))] {
             assert_eq!(o.status, Status::OutputLimit, "{mode} {code:?}: {o:?}");
             assert!(o.result.is_none(), "{mode} {code:?}: {o:?}");
@@ -1217,4 +1211,38 @@ fn a_value_is_measured_in_bytes_not_items() {
     }
     let o = run_embedded("['x' * 1000] * 100");
     assert_eq!(o.result.as_ref().and_then(|v| v.as_array()).map(Vec::len), Some(100), "within the cap: {o:?}");
+}
+
+/// Round 2 of the attack on issue 17, F1: a native (`globals`) as a class's
+/// `__del__` ran with no frame on the stack as the run's objects were dropped,
+/// the frame lookup panicked, and a second such panic in a destructor aborted the
+/// host process. Now no frame means "not the snippet's code": refused, and the
+/// host goes on serving.
+#[test]
+fn a_native_finalizer_with_no_frame_is_refused_not_a_panic() {
+    let codes = [
+        "class C:\n    __del__ = globals\na = C(); b = C()",
+        "class C:\n    __del__ = locals\na = C(); b = C()",
+        "class E(Exception):\n    __str__ = globals\nraise E()",
+    ];
+    for code in codes {
+        for (mode, o) in [("isolated", run(code)), ("embedded", run_embedded(code))] {
+            assert!(matches!(o.status, Status::Ok | Status::Denied | Status::Exception), "{mode} {code:?}: {o:?}");
+        }
+    }
+    assert_eq!(run_embedded("1 + 1").result, Some(serde_json::json!(2)), "the embedded tier stopped serving");
+}
+
+/// Round 2, F2: a cycle hung on a module proxy (`math.keep = c`) outlived its
+/// run's collection (the proxies were dropped only when the next run began) and
+/// its finalizer ran in the next request. The proxies now go with the run.
+#[test]
+fn a_cycle_hung_on_a_module_proxy_is_its_own_runs() {
+    let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
+    let short = terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+    let plant = "import math\nclass C:\n    def __del__(self):\n        while True: pass\nc = C(); c.me = c\nmath.keep = c\nNone";
+    let first = crate::common::exec(&exec, ExecRequest::new(plant).with_overrides(short));
+    assert!(matches!(first.status, Status::Ok | Status::Timeout), "{first:?}");
+    let next = crate::common::exec(&exec, ExecRequest::new("1 + 1"));
+    assert_eq!((next.status, next.result.clone()), (Status::Ok, Some(serde_json::json!(2))), "{next:?}");
 }

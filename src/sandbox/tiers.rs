@@ -16,11 +16,19 @@ const LIST_MODULES: &str =
     "import sys, pkgutil\nsorted(set(sys.builtin_module_names) | {m.name for m in pkgutil.iter_modules()})";
 
 /// One tier's executor, made from its settings on first use.
+#[cfg_attr(
+    not(any(feature = "rustpython", feature = "wasm", feature = "docker")),
+    allow(dead_code, reason = "a build without tiers has no executor to make")
+)]
 struct Lazy<C, E> {
     config: C,
     executor: OnceLock<E>,
 }
 
+#[cfg_attr(
+    not(any(feature = "rustpython", feature = "wasm", feature = "docker")),
+    allow(dead_code, reason = "a build without tiers has no executor to make")
+)]
 impl<C, E: Clone> Lazy<C, E> {
     fn new(config: C) -> Lazy<C, E> {
         Lazy { config, executor: OnceLock::new() }

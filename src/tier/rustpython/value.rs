@@ -64,20 +64,22 @@ fn spend(left: &mut usize, cost: usize) -> bool {
 
 /// Converts `obj`, counting bytes down in `left`; stops (`None`) when it reaches 0.
 fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) -> Option<Value> {
+    // One byte for the separator after it (`,` or the closing bracket).
     if depth > MAX_DEPTH || !spend(left, 1) {
         return None;
     }
     if vm.is_none(obj) {
-        return Some(Value::Null);
+        return spend(left, 4).then_some(Value::Null);
     }
     if obj.class().is(vm.ctx.types.bool_type) {
-        return Some(Value::Bool(obj.is(&vm.ctx.true_value)));
+        return spend(left, 5).then(|| Value::Bool(obj.is(&vm.ctx.true_value)));
     }
     if let Some(s) = obj.downcast_ref::<PyStr>() {
-        if !spend(left, s.byte_len()) {
+        let text = s.to_str()?;
+        if !spend(left, quoted_len(text)) {
             return None;
         }
-        return s.to_str().map(|s| Value::String(s.to_owned()));
+        return Some(Value::String(text.to_owned()));
     }
     if let Some(i) = obj.downcast_ref::<PyInt>() {
         if !spend(left, int_digits(i)) {
@@ -86,7 +88,8 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
         return int_value(i, vm);
     }
     if let Some(f) = obj.downcast_ref::<PyFloat>() {
-        return Number::from_f64(f.to_f64()).map(Value::Number);
+        let n = Number::from_f64(f.to_f64())?;
+        return spend(left, n.to_string().len()).then_some(Value::Number(n));
     }
     if let Some(list) = obj.downcast_ref::<PyList>() {
         let items = list.borrow_vec().to_vec();
@@ -100,7 +103,8 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
         let mut map = Map::new();
         for (k, v) in dict.items_vec() {
             let key = key_text(&k, vm)?;
-            if !spend(left, key.len() + 1) {
+            // The key quoted, and its `:`.
+            if !spend(left, quoted_len(&key) + 1) {
                 return None;
             }
             map.insert(key, convert(&v, depth + 1, left, vm)?);
@@ -108,6 +112,19 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
         return Some(Value::Object(map));
     }
     None
+}
+
+/// The length of `text` as a JSON string: its quotes, two bytes for `"` and `\`,
+/// six (`\u0000`) for a control character at most.
+fn quoted_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// A lower bound of the decimal digits of `i` (from its bits: 3.33 per digit).

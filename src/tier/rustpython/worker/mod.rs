@@ -370,7 +370,11 @@ impl Worker {
             // the value mid-read (the reader calls no Python code of its own).
             vm.state.gc.disable();
             let result = match ran {
-                Ok(value) => match value::to_json(&value, job.max_output, vm) {
+                Ok(value) => match value::to_json(&value, job.max_output, vm).and_then(|json| {
+                    // The reader's count is from below; the text itself decides.
+                    let long = json.as_ref().and_then(|j| serde_json::to_string(j).ok()).map_or(0, |t| t.len());
+                    if long > job.max_output { Err(value::TooBig) } else { Ok(json) }
+                }) {
                     Ok(json) => RunResult::Value(json),
                     Err(value::TooBig) => {
                         let message = format!("the result exceeded the output cap of {} bytes", job.max_output);
@@ -391,6 +395,9 @@ impl Worker {
             // request is never charged for this one's finalizers.
             with_run(|run| run.globals = None);
             drop(globals);
+            // So do the run's module proxies (a cycle hung on one would otherwise
+            // outlive this run's collection and be finalized in the next run).
+            importer::new_run();
             if self.reused.get() {
                 let _ = vm.state.gc.collect_force(2);
             }

@@ -136,7 +136,10 @@ pub(super) fn native_urandom(n: isize, vm: &VirtualMachine) -> PyResult<PyObject
 /// function calling back a snippet's callable never hands out its own module's
 /// names.
 pub(super) fn in_snippet_code(vm: &VirtualMachine) -> bool {
-    is_run_globals(&vm.current_globals().into())
+    // No frame at all (a native called from a finalizer as the run's objects
+    // are dropped): not the snippet's code. `vm.current_globals()` would panic
+    // there, and a second such panic in a destructor aborts the process.
+    vm.current_frame().is_some_and(|f| is_run_globals(&f.f_globals().into()))
 }
 
 /// Whether `obj` is the running snippet's globals dict.
