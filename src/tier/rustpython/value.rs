@@ -91,6 +91,14 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
         let n = Number::from_f64(f.to_f64())?;
         return spend(left, n.to_string().len()).then_some(Value::Number(n));
     }
+    // A container's opening bracket (the separator byte above stands for its
+    // closing one, or for the comma after it).
+    let container = obj.downcast_ref::<PyList>().is_some()
+        || obj.downcast_ref::<PyTuple>().is_some()
+        || obj.downcast_ref::<PyDict>().is_some();
+    if container && !spend(left, 1) {
+        return None;
+    }
     if let Some(list) = obj.downcast_ref::<PyList>() {
         let items = list.borrow_vec().to_vec();
         return items.iter().map(|x| convert(x, depth + 1, left, vm)).collect::<Option<Vec<_>>>().map(Value::Array);

@@ -372,7 +372,12 @@ impl Worker {
             let result = match ran {
                 Ok(value) => match value::to_json(&value, job.max_output, vm).and_then(|json| {
                     // The reader's count is from below; the text itself decides.
-                    let long = json.as_ref().and_then(|j| serde_json::to_string(j).ok()).map_or(0, |t| t.len());
+                    // An isolated child's answer is measured by the host, so only
+                    // an embedded interpreter serializes the value to check it.
+                    let long = match &json {
+                        Some(j) if self.reused.get() => serde_json::to_string(j).map_or(0, |t| t.len()),
+                        _ => 0,
+                    };
                     if long > job.max_output { Err(value::TooBig) } else { Ok(json) }
                 }) {
                     Ok(json) => RunResult::Value(json),
