@@ -23,7 +23,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use terrarium::audit::{AuditLog, Event};
+use terrarium::audit::{AuditLog, Event, EventKind};
 use terrarium::breaker::Breaker;
 use terrarium::policy::BreakerPolicy;
 use terrarium::{Policy, TierChoice};
@@ -45,8 +45,12 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = AuditLog::open(&dir.path().join("audit.db"), Breaker::new("database", BreakerPolicy::default()))
         .expect("audit log");
-    let event =
-        || Event { kind: "bench".into(), request_id: Some("r".into()), data: serde_json::json!({"x": 1}), code: None };
+    let event = || Event {
+        kind: EventKind::Execute,
+        request_id: Some("r".into()),
+        data: serde_json::json!({"x": 1}),
+        code: None,
+    };
     group.bench_function("audit_record", |b| b.iter(|| log.record(event()).expect("record")));
     // The previous bench left the writer far behind: a log of its own.
     let log = AuditLog::open(&dir.path().join("flushed.db"), Breaker::new("database", BreakerPolicy::default()))

@@ -465,15 +465,20 @@ impl Pinned {
     ///
     /// # Errors
     /// It is gone, no longer a directory, or another directory is at its path.
-    pub fn open(&self) -> Result<Dir, String> {
+    pub fn open(&self) -> Result<Dir, DirError> {
+        let err = |message: String| DirError {
+            what: "mounted directory".into(),
+            path: self.path.display().to_string(),
+            message,
+        };
         let dir = Dir::open_ambient_dir(&self.path, ambient_authority())
-            .map_err(|e| format!("the mounted directory cannot be opened: {e}"))?;
-        let lstat = std::fs::symlink_metadata(&self.path).map_err(|e| format!("the mounted directory: {e}"))?;
+            .map_err(|e| err(format!("cannot be opened: {e}")))?;
+        let lstat = std::fs::symlink_metadata(&self.path).map_err(|e| err(e.to_string()))?;
         use cap_std::fs::MetadataExt as _;
-        let opened = dir.dir_metadata().map_err(|e| format!("the mounted directory: {e}"))?;
+        let opened = dir.dir_metadata().map_err(|e| err(e.to_string()))?;
         let now = Identity { dev: opened.dev(), ino: opened.ino() };
         if lstat.file_type().is_symlink() || now != self.identity || (lstat.dev(), lstat.ino()) != (now.dev, now.ino) {
-            return Err("the mounted directory was replaced since the policy was loaded".into());
+            return Err(err("was replaced since the policy was loaded".into()));
         }
         Ok(dir)
     }
@@ -523,6 +528,6 @@ mod tests {
         std::fs::create_dir(tmp.path().join("other")).expect("other");
         std::os::unix::fs::symlink(tmp.path().join("other"), &data).expect("link");
         let err = pinned.open().expect_err("replaced");
-        assert!(err.contains("replaced"), "{err}");
+        assert!(err.to_string().contains("replaced"), "{err}");
     }
 }

@@ -29,6 +29,8 @@ pub mod command;
 pub mod dirs;
 pub mod error;
 pub mod executor;
+pub mod hex;
+pub mod names;
 pub mod policy;
 pub mod process;
 #[cfg(feature = "redteam")]
@@ -41,7 +43,7 @@ pub mod text;
 pub mod tier;
 
 pub use error::SandboxError;
-pub use executor::{ErrorInfo, ExecRequest, Executor, Outcome, Status, Usage};
+pub use executor::{ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 pub use sandbox::{Sandbox, SandboxBuilder};
 #[cfg(feature = "docker")]

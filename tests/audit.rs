@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use terrarium::audit::{self, AuditLog, Event};
+use terrarium::audit::{self, AuditLog, Event, EventKind};
 use terrarium::breaker::Breaker;
 use terrarium::policy::BreakerPolicy;
 use terrarium::{ExecRequest, Policy, Sandbox};
@@ -27,7 +27,7 @@ fn log_with(path: &Path, n: usize) -> AuditLog {
     let log = AuditLog::open(path, database_breaker()).expect("open");
     for i in 0..n {
         let e = Event {
-            kind: "test".into(),
+            kind: EventKind::Request,
             request_id: Some(format!("r{i}")),
             data: serde_json::json!({"i": i}),
             code: None,
@@ -81,7 +81,12 @@ fn edited_stored_code_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
     let log = AuditLog::open(&path, database_breaker()).expect("open");
-    let e = Event { kind: "test".into(), request_id: None, data: serde_json::json!({}), code: Some("print(1)".into()) };
+    let e = Event {
+        kind: EventKind::Request,
+        request_id: None,
+        data: serde_json::json!({}),
+        code: Some("print(1)".into()),
+    };
     log.record(e).expect("record");
     log.flush(Duration::from_secs(5)).expect("flush");
     log.close();
@@ -128,8 +133,12 @@ fn an_outage_keeps_events_in_the_journal_and_loses_nothing() {
     let blocker = rusqlite::Connection::open(&path).expect("open");
     blocker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
     for i in 0..20 {
-        let e =
-            Event { kind: "during".into(), request_id: Some(format!("d{i}")), data: serde_json::json!(i), code: None };
+        let e = Event {
+            kind: EventKind::Execute,
+            request_id: Some(format!("d{i}")),
+            data: serde_json::json!(i),
+            code: None,
+        };
         log.record(e).expect("acknowledged once in the journal");
     }
     assert!(log.flush(Duration::from_millis(300)).is_err(), "the database is locked: nothing can be flushed");
@@ -145,9 +154,9 @@ fn an_outage_keeps_events_in_the_journal_and_loses_nothing() {
     // journal.
     log.flush(Duration::from_secs(5)).expect("flushed once the database is back");
     let rows = audit::tail(&path, usize::MAX).expect("tail");
-    let during = rows.iter().filter(|r| r.kind == "during").count();
+    let during = rows.iter().filter(|r| r.kind == "execute").count();
     assert_eq!(during, 20, "every event written during the outage is in the database");
-    let ids: Vec<&str> = rows.iter().filter(|r| r.kind == "during").filter_map(|r| r.request_id.as_deref()).collect();
+    let ids: Vec<&str> = rows.iter().filter(|r| r.kind == "execute").filter_map(|r| r.request_id.as_deref()).collect();
     assert_eq!(ids, (0..20).map(|i| format!("d{i}")).collect::<Vec<_>>(), "in order");
     assert_eq!(audit::verify(&path).expect("verify").1, Vec::<String>::new());
 }
@@ -305,13 +314,14 @@ fn retention_deletes_old_events_and_the_rest_still_verifies() {
     let cutoff = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros();
     std::thread::sleep(Duration::from_millis(5));
     for i in 0..5 {
-        log.record(Event { kind: "new".into(), data: serde_json::json!(i), ..Event::default() }).expect("record");
+        log.record(Event { kind: EventKind::Execute, request_id: None, data: serde_json::json!(i), code: None })
+            .expect("record");
     }
     log.flush(Duration::from_secs(5)).expect("flush");
     assert_eq!(audit::prune_before(&path, i64::try_from(cutoff).expect("fits")).expect("prune"), 5);
     let (rows, problems) = audit::verify(&path).expect("verify");
     assert_eq!((rows, problems), (5, Vec::<String>::new()));
-    assert!(audit::tail(&path, 10).expect("tail").iter().all(|r| r.kind == "new"));
+    assert!(audit::tail(&path, 10).expect("tail").iter().all(|r| r.kind == "execute"));
     // Deleting one of the kept rows is still caught.
     sql(&path, "DELETE FROM events WHERE seq = 8");
     assert!(audit::verify(&path).expect("verify").1.iter().any(|p| p.starts_with("rows 8..8 are missing")));
@@ -432,9 +442,8 @@ fn h4_an_approval_completed_without_its_approval_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
     let log = AuditLog::open(&path, database_breaker()).expect("open");
-    for kind in ["approval_requested", "approval_completed"] {
-        let e =
-            Event { kind: kind.into(), request_id: Some("approval-1".into()), data: serde_json::json!({}), code: None };
+    for kind in [EventKind::ApprovalRequested, EventKind::ApprovalCompleted] {
+        let e = Event { kind, request_id: Some("approval-1".into()), data: serde_json::json!({}), code: None };
         log.record(e).expect("record");
     }
     log.flush(Duration::from_secs(5)).expect("flush");

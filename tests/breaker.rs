@@ -14,6 +14,7 @@ use terrarium::{DockerConfig, DockerExecutor, ExecRequest, Executor, SandboxErro
 use crate::common::{docker_executor, docker_policy, runtime};
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_stopped_engine_opens_the_breaker_and_a_trial_closes_it_when_it_is_back() {
     if docker_executor(docker_policy(), 0).is_none() {
         return;

@@ -112,6 +112,7 @@ fn disabled_sandbox_denies_everything() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn the_wasm_tier_runs_real_cpython_from_the_cli() {
     if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
         return;
@@ -122,6 +123,8 @@ fn the_wasm_tier_runs_real_cpython_from_the_cli() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn doctor_checks_every_tier_of_the_build() {
     if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
         return;
@@ -146,6 +149,7 @@ fn doctor_checks_every_tier_of_the_build() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn a_wasm_batch_uses_warm_instances_and_exits_cleanly() {
     if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
         return;

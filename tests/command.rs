@@ -2,7 +2,7 @@
 //! and an allowed one runs only in a hardened, single-use docker-tier container.
 //! The refusals are attacks on the validator; the runs use the real engine.
 
-use crate::common::{DOCKER_IMAGE, SKIP_DOCKER, temp_file, terrarium};
+use crate::common::{DOCKER_IMAGE, temp_file, terrarium};
 
 fn policy(commands: &str) -> String {
     format!(
@@ -84,11 +84,8 @@ fn a_policy_without_the_docker_tier_runs_no_command_and_queues_none() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn an_allowed_command_runs_in_a_hardened_container_under_the_deadline() {
-    if std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1") {
-        eprintln!("skipped: {SKIP_DOCKER}=1");
-        return;
-    }
     let (_d, path) = temp_file("policy.yaml", policy(PYTHON_RULES).as_bytes());
     let p = path.to_string_lossy().to_string();
     // Runs, inside the container (uid 65534, no network), not on the host.
@@ -150,11 +147,8 @@ fn first_pending(home: &std::path::Path) -> serde_json::Value {
 /// runs (in the container); the request and the decision, with who made it, are in
 /// the audit log, which still verifies.
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_critical_command_waits_for_approval_then_runs() {
-    if std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1") {
-        eprintln!("skipped: {SKIP_DOCKER}=1");
-        return;
-    }
     let home = tempfile::tempdir().expect("home");
     let (_d, path) = temp_file("policy.yaml", policy(PYTHON_RULES).as_bytes());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))

@@ -17,6 +17,7 @@ fn with_timeout(code: &str, secs: f64) -> ExecRequest {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn print_and_results_come_back() {
     let Some(o) = run_docker("import json, math\nprint(1 + 1)\njson.dumps({'pi': round(math.pi, 2)})") else {
         return;
@@ -28,6 +29,7 @@ fn print_and_results_come_back() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn exceptions_and_syntax_errors_are_the_guests() {
     let Some(o) = run_docker("1/0") else { return };
     assert_eq!((o.status, o.error.map(|e| e.kind)), (Status::Exception, Some("ZeroDivisionError".into())));
@@ -36,6 +38,7 @@ fn exceptions_and_syntax_errors_are_the_guests() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn an_infinite_loop_times_out_and_its_container_is_gone() {
     let Some(exec_) = docker_executor(docker_policy(), 0) else { return };
     let started = Instant::now();
@@ -48,6 +51,7 @@ fn an_infinite_loop_times_out_and_its_container_is_gone() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_sleeping_snippet_is_killed_at_its_deadline() {
     let Some(exec_) = docker_executor(docker_policy(), 0) else { return };
     let o = exec(&exec_, with_timeout("import time\ntime.sleep(30)", 1.0));
@@ -57,6 +61,7 @@ fn a_sleeping_snippet_is_killed_at_its_deadline() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_memory_hog_ends_with_memory_limit() {
     let policy = docker_policy_with(r#"max_memory: "512m""#, r#"max_memory: "64m""#);
     let Some(o) = crate::common::run_docker_policy(policy, "b = bytearray(2**30)\nprint('survived')") else {
@@ -67,6 +72,7 @@ fn a_memory_hog_ends_with_memory_limit() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn an_output_flood_ends_with_output_limit_and_the_container_is_removed() {
     let Some(exec_) = docker_executor(docker_policy(), 0) else { return };
     let o = exec(&exec_, ExecRequest::new("while True: print('x' * 10000)"));
@@ -77,6 +83,7 @@ fn an_output_flood_ends_with_output_limit_and_the_container_is_removed() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn the_warm_pool_serves_fresh_single_use_containers() {
     let Some(exec_) = docker_executor(docker_policy(), 2) else { return };
     runtime().block_on(exec_.fill_pool()).expect("fill the pool");
@@ -99,6 +106,7 @@ fn the_warm_pool_serves_fresh_single_use_containers() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn dropping_the_executor_removes_its_containers() {
     let Some(exec_) = docker_executor(docker_policy(), 2) else { return };
     runtime().block_on(exec_.fill_pool()).expect("fill the pool");
@@ -109,6 +117,7 @@ fn dropping_the_executor_removes_its_containers() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_scratch_directory_is_private_writable_and_gone_afterwards() {
     let Some(exec_) = docker_executor(docker_policy(), 0) else { return };
     let mut req = ExecRequest::new("open('note.txt', 'w').write('hi')\nopen('/scratch/note.txt').read()");
@@ -166,7 +175,36 @@ fn an_engine_that_never_answers_times_out_as_a_host_error() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
 
+/// Every engine API call goes through the `api` breaker: calls that keep failing
+/// open it, and while it is open the engine is not called at all.
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn engine_calls_that_keep_failing_open_the_api_breaker() {
+    if docker_executor(docker_policy(), 0).is_none() {
+        return;
+    }
+    let rt = runtime();
+    let socket = engine::socket_path(None).expect("socket");
+    let settings = terrarium::policy::BreakerPolicy {
+        failure_threshold: 2,
+        recovery_timeout: Duration::from_secs(60),
+        log_failures: false,
+    };
+    let api = terrarium::breaker::Breaker::new("api", settings);
+    let eng =
+        rt.block_on(Engine::connect(&socket, Duration::from_secs(30))).expect("engine").guarded_by(Some(api.clone()));
+    // The real engine answers 404 for a container that does not exist: a failure.
+    for _ in 0..2 {
+        let e = rt.block_on(eng.start("terrarium-no-such-container")).expect_err("no such container");
+        assert!(e.to_string().contains("404") || e.to_string().contains("No such container"), "{e}");
+    }
+    let refused = rt.block_on(eng.start("terrarium-no-such-container")).expect_err("open");
+    assert!(refused.to_string().contains("breaker api open"), "{refused}");
+    assert_eq!(api.snapshot().state, terrarium::breaker::State::Open);
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_missing_image_says_how_to_get_one() {
     // The engine itself must be there (or the opt-out set).
     if docker_executor(docker_policy(), 0).is_none() {
@@ -184,6 +222,7 @@ fn a_missing_image_says_how_to_get_one() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn containers_of_a_dead_terrarium_process_are_reaped_at_start_up() {
     let Some(live) = docker_executor(docker_policy(), 0) else { return };
     drop(live);
@@ -218,6 +257,7 @@ fn containers_of_a_dead_terrarium_process_are_reaped_at_start_up() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn the_command_line_runs_on_the_docker_tier() {
     let text = terrarium::policy::DEFAULT_POLICY_YAML.replacen("python:3.12-slim", crate::common::DOCKER_IMAGE, 1);
     let (_dir, path) = crate::common::temp_file("docker.yaml", text.as_bytes());
@@ -235,6 +275,7 @@ fn the_command_line_runs_on_the_docker_tier() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
     let dir = crate::common::readable_dir();
     let Some(exec_) = docker_executor(crate::common::policy_mounting(dir.path(), crate::common::DOCKER_IMAGE), 0)
@@ -260,6 +301,7 @@ fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_warm_container_that_died_while_waiting_is_never_handed_a_request() {
     let Some(exec_) = docker_executor(docker_policy(), 1) else { return };
     runtime().block_on(exec_.fill_pool()).expect("fill the pool");

@@ -35,6 +35,7 @@ fn host_addresses() -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn the_network_reaches_nothing_not_even_the_host() {
     // A listener on every host address: any connection from the container is an escape.
     let listener = TcpListener::bind("0.0.0.0:0").expect("listener");
@@ -52,6 +53,7 @@ fn the_network_reaches_nothing_not_even_the_host() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn the_root_file_system_is_read_only_and_tmp_cannot_execute() {
     let Some(p) = probe(&[]) else { return };
     assert_eq!(p["write_root"], "EROFS", "{p}");
@@ -61,6 +63,7 @@ fn the_root_file_system_is_read_only_and_tmp_cannot_execute() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn no_capabilities_no_root_no_new_privileges() {
     let Some(p) = probe(&[]) else { return };
     assert_eq!(p["uid"], 65534, "{p}");
@@ -75,6 +78,7 @@ fn no_capabilities_no_root_no_new_privileges() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_fork_bomb_stops_at_the_pids_limit() {
     let Some(p) = probe(&[]) else { return };
     let forks = p["forks"].as_u64().expect("forks");
@@ -83,6 +87,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn snippets_cannot_import_os_or_open_sockets_under_the_policy() {
     for code in ["import os", "import socket", "import subprocess", "__import__('os')"] {
         let Some(o) = run_docker(&format!("{code}\nprint('ESCAPED')")) else { return };
@@ -92,12 +97,14 @@ fn snippets_cannot_import_os_or_open_sockets_under_the_policy() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn snippets_cannot_write_files_even_where_the_container_could() {
     let Some(o) = run_docker("open('/tmp/x', 'w').write('x')") else { return };
     assert_eq!(o.status, Status::Denied, "{o:?}");
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn an_allowed_socket_module_still_reaches_nothing() {
     // Policy allows `socket`; the prelude's audit hook refuses the socket, and
     // behind it the container has no network.
@@ -108,6 +115,7 @@ fn an_allowed_socket_module_still_reaches_nothing() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn errors_shown_to_the_snippet_name_no_host_paths() {
     let Some(o) = run_docker("import os") else { return };
     let text = format!("{:?} {} {}", o.error, o.stdout, o.stderr);

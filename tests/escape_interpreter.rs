@@ -286,6 +286,8 @@ fn assert_denied_after_all(tier: &str, o: &Outcome) {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn f9_f10_denials_on_the_cpython_tiers_cannot_be_taken_back() {
     if let Some(o) = crate::common::run_wasm(F9_CLEAR_DENIALS) {
         assert_denied_after_all("wasm F9", &o);
@@ -302,6 +304,8 @@ fn f9_f10_denials_on_the_cpython_tiers_cannot_be_taken_back() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn f8_modules_imported_by_name_on_the_cpython_tiers_reach_nothing_on_the_host() {
     // The whitelist is the prelude's policy inside a CPython the snippet shares; these
     // routes still import by name (docs/security-model.md). What holds is the
@@ -425,6 +429,8 @@ fn r4_catch_warnings_holds_no_real_module() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn h2_stdout_and_stderr_together_are_held_to_max_output() {
     let code =
         "import json\nsys = json.codecs.sys\nprint('a' * 1000000)\nsys.stderr.write('b' * 1000000)\nsys.stderr.flush()";

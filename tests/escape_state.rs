@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{SKIP_WASM, terrarium_env};
+use crate::common::terrarium_env;
 
 /// The second local user.
 const NOBODY: u32 = 65534;
@@ -55,15 +55,6 @@ fn theirs(root: &Path, name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("their directory");
     chown(&dir, NOBODY);
     dir
-}
-
-/// Whether the wasm tests are opted out (and says so).
-fn wasm_skipped(what: &str) -> bool {
-    let skip = std::env::var_os(SKIP_WASM).is_some();
-    if skip {
-        eprintln!("SKIPPED {what}: {SKIP_WASM} is set");
-    }
-    skip
 }
 
 fn run_with_home(home: &Path, extra: &[(&str, &str)]) -> crate::common::Output {
@@ -119,11 +110,9 @@ fn h1_a_state_directory_under_a_directory_others_can_write_is_refused() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn h1_the_compiled_module_cache_of_another_user_is_never_loaded() {
     require_root();
-    if wasm_skipped("h1 cache") {
-        return;
-    }
     let root = shared_root();
     let cache = theirs(root.path(), "cache");
     theirs(&cache, "compiled");
@@ -298,11 +287,9 @@ fn h1_nothing_is_created_below_a_directory_another_user_controls() {
 /// The wasm tier's `/scratch` is made in `TMPDIR` only when no other user can
 /// change it, and preopened by handle.
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn h1_a_scratch_directory_is_never_made_where_another_user_can_swap_it() {
     require_root();
-    if wasm_skipped("scratch") {
-        return;
-    }
     let root = shared_root();
     let theirs = theirs(root.path(), "tmp");
     let out = terrarium_env(

@@ -11,6 +11,8 @@ fn policy(allowed: &[String]) -> Policy {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn the_same_policy_decides_the_same_on_every_tier() {
     let mut disagreements = Vec::new();
     // The table `terrarium redteam` runs too (redteam/parity.yaml).

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
 
-use crate::common::SKIP_DOCKER;
 use crate::common::server::{APPROVE, SUBMIT, Server, call};
 
 /// Skips the browser test (printed when used).
@@ -48,13 +47,9 @@ fn start_chromedriver() -> (Driver, u16) {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_browser, ignore = "TERRARIUM_SKIP_BROWSER=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn slow_a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() {
-    for var in [SKIP_BROWSER, SKIP_DOCKER] {
-        if std::env::var_os(var).is_some_and(|v| v == "1") {
-            eprintln!("skipped: {var}=1");
-            return;
-        }
-    }
     let policy = format!(
         "{}\napprovals:\n  critical: [docker_tier]\n  timeout: 120\n",
         crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE)

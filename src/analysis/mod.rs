@@ -181,13 +181,14 @@ pub struct Import {
     pub line: usize,
 }
 
-/// How serious a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// The run is refused.
-    Deny,
-    /// Recorded; the run goes ahead.
-    Warn,
+crate::names::named! {
+    /// How serious a finding is.
+    "severity" pub enum Severity {
+        /// The run is refused.
+        Deny = "deny",
+        /// Recorded; the run goes ahead.
+        Warn = "warn",
+    }
 }
 
 /// Something the analysis noticed.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ApprovalError, Item, Queue};
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, Event, EventKind};
 
 /// How often a waiter re-reads its item when nothing in this process woke it (a
 /// decision made by another process, e.g. `terrarium approvals approve`).
@@ -63,7 +63,7 @@ impl Drop for Abandoned {
         runtime.spawn(async move {
             match gate.db(move |q| q.abandon(id)).await {
                 Ok(Some(item)) => {
-                    let _ = gate.record("approval_expired", &item).await;
+                    let _ = gate.record(EventKind::ApprovalExpired, &item).await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(id, error = %e, "cannot expire an abandoned approval request"),
@@ -121,18 +121,18 @@ impl Gate {
         })?
     }
 
-    async fn record(&self, kind: &str, item: &Item) -> Result<(), ApprovalError> {
+    async fn record(&self, kind: EventKind, item: &Item) -> Result<(), ApprovalError> {
         let mut data = serde_json::to_value(item).unwrap_or_default();
         // The subject is in the log once, with the request; later events name it by
         // its hash (a large subject is not stored four times).
-        if kind != "approval_requested"
+        if kind != EventKind::ApprovalRequested
             && let Some(map) = data.as_object_mut()
             && let Some(subject) = map.remove("subject")
         {
             let hash = crate::audit::sha256_hex(subject.to_string().as_bytes());
             map.insert("subject_sha256".into(), serde_json::Value::String(hash));
         }
-        let event = Event { kind: kind.into(), request_id: Some(format!("approval-{}", item.id)), data, code: None };
+        let event = Event { kind, request_id: Some(format!("approval-{}", item.id)), data, code: None };
         self.audit.record_async(event).await.map_err(|e| ApprovalError::Audit(e.to_string()))
     }
 
@@ -174,7 +174,7 @@ impl Gate {
         // back, so it must not stay approvable for a run nobody will start, nor
         // crowd the queue past the waiting limit.
         let mut abandoned = Abandoned { gate: Some(self.clone()), id: item.id };
-        self.record("approval_requested", &item).await?;
+        self.record(EventKind::ApprovalRequested, &item).await?;
         tracing::info!(id = item.id, kind, reason, "waiting for approval");
         if let Some(announce) = &self.announce {
             announce(&item);
@@ -188,7 +188,7 @@ impl Gate {
             if item.status == super::ApprovalStatus::Expired {
                 // Whoever marked it (this loop, a listing, another process), its
                 // waiter is the one that records it.
-                self.record("approval_expired", &item).await?;
+                self.record(EventKind::ApprovalExpired, &item).await?;
             }
             if item.status != super::ApprovalStatus::Pending {
                 abandoned.gate = None;
@@ -214,7 +214,7 @@ impl Gate {
         self.expire_orphans().await?;
         let (who, note) = (who.to_string(), note.map(str::to_string));
         let item = self.db(move |q| q.decide(id, approve, &who, note.as_deref())).await?;
-        self.record(if approve { "approval_approved" } else { "approval_denied" }, &item).await?;
+        self.record(if approve { EventKind::ApprovalApproved } else { EventKind::ApprovalDenied }, &item).await?;
         self.wake.notify_waiters();
         Ok(item)
     }
@@ -225,7 +225,7 @@ impl Gate {
     /// The database or the audit log failed.
     pub async fn complete(&self, id: i64, outcome: serde_json::Value) -> Result<Item, ApprovalError> {
         let item = self.db(move |q| q.complete(id, &outcome)).await?;
-        self.record("approval_completed", &item).await?;
+        self.record(EventKind::ApprovalCompleted, &item).await?;
         Ok(item)
     }
 
@@ -278,7 +278,7 @@ impl Gate {
     async fn expire_orphans(&self) -> Result<(), ApprovalError> {
         for item in self.db(|q| q.expire_overdue()).await? {
             if item.note.as_deref() == Some(super::ORPHANED) {
-                self.record("approval_expired", &item).await?;
+                self.record(EventKind::ApprovalExpired, &item).await?;
             }
         }
         Ok(())

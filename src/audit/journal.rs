@@ -265,7 +265,7 @@ pub(super) fn pending(event: Event) -> Pending {
     Pending {
         uid: uid(),
         ts_us: i64::try_from(now.as_micros()).unwrap_or(i64::MAX),
-        kind: event.kind,
+        kind: event.kind.as_str().into(),
         request_id: event.request_id,
         data: event.data.to_string(),
         code: event.code.map(|c| (sha256_hex(c.as_bytes()), c)),

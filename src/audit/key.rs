@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{AuditError, hex};
+use super::AuditError;
 use crate::dirs::OwnedDir;
 
 /// A loaded key.
@@ -73,7 +73,7 @@ impl Key {
             let tmp = format!(".{name}.{}.tmp", std::process::id());
             let _ = dir.remove(&tmp);
             let mut f = dir.create_new(&tmp).map_err(|e| err(format!("cannot create it: {e}")))?;
-            f.write_all(format!("{}\n", hex(&bytes)).as_bytes())
+            f.write_all(format!("{}\n", crate::hex::encode(&bytes)).as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(|e| err(e.to_string()))?;
             match dir.link(&tmp, &name) {
@@ -125,12 +125,13 @@ impl Key {
             m.update(&(part.len() as u64).to_le_bytes());
             m.update(part.as_bytes());
         }
-        hex(&m.finalize().into_bytes())
+        crate::hex::encode(&m.finalize().into_bytes())
     }
 
     /// Whether two hex MACs are equal (compared in constant time).
     pub fn verify_hex(&self, want: &str, mac: &str) -> bool {
-        want.len() == mac.len() && want.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        // The length of a MAC is not a secret; its bytes are.
+        want.len() == mac.len() && bool::from(subtle::ConstantTimeEq::ct_eq(want.as_bytes(), mac.as_bytes()))
     }
 
     /// Whether `mac` is the MAC of `parts` (compared in constant time).

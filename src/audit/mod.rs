@@ -110,11 +110,52 @@ pub enum AuditError {
     Overloaded(usize),
 }
 
+crate::names::named! {
+    /// What an event records. Rows read back keep the kind as text (a log may hold
+    /// kinds a later version added); [`Row::event_kind`] parses it.
+    "event kind" pub enum EventKind {
+        /// A request arrived (its code is stored by hash).
+        Request = "request",
+        /// The static analysis' findings on it.
+        Analysis = "analysis",
+        /// The tier it was routed to, and why.
+        Route = "route",
+        /// A tier refused something the snippet did.
+        Denial = "denial",
+        /// How the run ended, with its usage.
+        Outcome = "outcome",
+        /// A system command was checked (and run, when allowed or approved).
+        Command = "command",
+        /// A circuit breaker changed state.
+        Breaker = "breaker",
+        /// An approver ran a snippet from the review page.
+        Execute = "execute",
+        /// A request to the server had no valid token or role.
+        AuthDenied = "auth_denied",
+        /// A summary of refused requests from one peer, recorded once they repeat.
+        AuthDeniedRepeated = "auth_denied_repeated",
+        /// Old events were deleted under the retention rule.
+        Retention = "retention",
+        /// The writer found the chain broken at start-up.
+        ChainBreak = "chain_break",
+        /// A critical operation was queued for a human.
+        ApprovalRequested = "approval_requested",
+        /// A human approved it.
+        ApprovalApproved = "approval_approved",
+        /// A human denied it.
+        ApprovalDenied = "approval_denied",
+        /// An approved operation ran, and how it ended.
+        ApprovalCompleted = "approval_completed",
+        /// Nobody decided in time.
+        ApprovalExpired = "approval_expired",
+    }
+}
+
 /// One event to record.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Event {
-    /// What happened: `request`, `route`, `outcome`, `breaker`, …
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// The request it belongs to, when it belongs to one.
     pub request_id: Option<String>,
     /// Details (JSON).
@@ -151,6 +192,16 @@ pub struct Row {
     pub hash: String,
 }
 
+impl Row {
+    /// The row's kind, when it is one this version knows.
+    ///
+    /// # Errors
+    /// A kind this version does not know (a later version's log).
+    pub fn event_kind(&self) -> Result<EventKind, crate::names::UnknownName> {
+        self.kind.parse()
+    }
+}
+
 /// Where the writer says how an event fared (a tokio oneshot: awaited by async
 /// callers, received blocking by the others, never needs a thread hop).
 /// What the writer thread is sent.
@@ -183,17 +234,7 @@ pub fn default_path() -> Result<PathBuf, AuditError> {
 
 /// sha256 of `text`, hex.
 pub fn sha256_hex(text: &[u8]) -> String {
-    hex(&Sha256::digest(text))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    out
+    crate::hex::encode(&Sha256::digest(text))
 }
 
 fn db_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -227,7 +268,7 @@ mod tests {
         let log = AuditLog::open(&dir.path().join("audit.db"), Breaker::new("database", settings))
             .expect("open")
             .with_file_io(file_io.clone());
-        let event = || Event { kind: "test".into(), request_id: None, data: serde_json::json!({}), code: None };
+        let event = || Event { kind: EventKind::Request, request_id: None, data: serde_json::json!({}), code: None };
         log.record(event()).expect("a working journal records");
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
         log.journal.lock().expect("journal").file = full;

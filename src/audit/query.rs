@@ -44,7 +44,7 @@ pub fn prune_days(log: &AuditLog, days: u32) -> Result<usize, AuditError> {
     let n = prune_before(log.path(), i64::try_from(cutoff.as_micros()).unwrap_or(i64::MAX))?;
     if n > 0 {
         let data = serde_json::json!({"deleted": n, "retention_days": days});
-        log.record(Event { kind: "retention".into(), request_id: None, data, code: None })?;
+        log.record(Event { kind: EventKind::Retention, request_id: None, data, code: None })?;
     }
     Ok(n)
 }

@@ -113,21 +113,22 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         } else if !keyed {
             problems.push(format!("row {seq}: its content does not match its MAC (edited or forged)"));
         }
-        if kind == "chain_break" {
+        let known = kind.parse::<EventKind>().ok();
+        if known == Some(EventKind::ChainBreak) {
             problems.push(format!("row {seq}: a writer found the log changed behind it: {data}"));
         }
         let data_json: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
-        match kind.as_str() {
-            "approval_approved" => {
+        match known {
+            Some(EventKind::ApprovalApproved) => {
                 approved.insert(rid.clone().unwrap_or_default());
             }
-            "approval_completed" if !approved.contains(&rid.clone().unwrap_or_default()) => {
+            Some(EventKind::ApprovalCompleted) if !approved.contains(&rid.clone().unwrap_or_default()) => {
                 problems.push(format!(
                     "row {seq}: {} completed without an approval_approved before it",
                     rid.as_deref().unwrap_or("an approval")
                 ));
             }
-            "request" if data_json.get("refused").is_none() => {
+            Some(EventKind::Request) if data_json.get("refused").is_none() => {
                 if let Some(sha) = data_json.get("code_sha256").and_then(|v| v.as_str()) {
                     code_needed.push((seq, sha.to_string()));
                 }

@@ -176,7 +176,7 @@ pub(super) fn commit_events(
     };
     let break_event = broken.map(|why| {
         pending(Event {
-            kind: "chain_break".into(),
+            kind: EventKind::ChainBreak,
             request_id: None,
             data: serde_json::json!({ "found": why }),
             code: None,

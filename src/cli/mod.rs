@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::error::SandboxError;
-use crate::executor::{ExecRequest, Outcome, Status};
+use crate::executor::{ErrorKind, ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 pub(crate) use args::{ApprovalsArgs, ApprovalsCommand, CommandArgs, RedteamArgs};
 use args::{AuditArgs, AuditCommand, BatchArgs, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
@@ -378,7 +378,13 @@ fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
 /// end of the batch.
 async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize) -> Outcome {
     let bad = |id: Option<String>, msg: String| {
-        Outcome::refused(id, target.nominal_tier(), Status::Error, "InvalidRequest", format!("line {number}: {msg}"))
+        Outcome::refused(
+            id,
+            target.nominal_tier(),
+            Status::Error,
+            ErrorKind::InvalidRequest,
+            format!("line {number}: {msg}"),
+        )
     };
     let parsed: BatchLine = match std::str::from_utf8(&line)
         .map_err(|e| e.to_string())
@@ -438,7 +444,7 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
             };
             println!("{}", crate::text::json_for_terminal(&serde_json::to_string_pretty(&r).unwrap_or_default()));
             if let Some(sha) = r.data.get("code_sha256").and_then(serde_json::Value::as_str)
-                && r.kind == "request"
+                && r.event_kind() == Ok(crate::audit::EventKind::Request)
                 && let Some(text) = crate::audit::code(&path, sha).map_err(host)?
             {
                 println!("--- code {sha}\n{}", stdout_text(&text));

@@ -309,7 +309,8 @@ mod tests {
     #[test]
     fn h14_patterns_are_anchored_positional_and_never_admit_dot_dot() {
         let escape = AllowRule::new("git", &["status)|(.*"]).expect_err("breaks out of its anchors");
-        assert!(escape.contains("argument pattern 0"), "{escape}");
+        assert_eq!(escape.index, 0, "{escape}");
+        assert!(escape.to_string().contains("argument pattern 0"), "{escape}");
         let mut r = CommandRules::default_rules();
         // The example in docs/commands-and-approvals.md: a fixed option, then a path under /data.
         r.allow.push(AllowRule::new("ls", &["-l", "/data(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"]).expect("rule"));

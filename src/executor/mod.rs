@@ -154,15 +154,73 @@ impl Status {
     }
 }
 
+crate::names::named! {
+    /// The reasons Terrarium itself gives in [`ErrorInfo::kind`]. A snippet's own
+    /// exception (status `exception`) keeps its class name instead, which may be any
+    /// text, so a kind is only Terrarium's when the status is not `exception`.
+    "error kind" pub enum ErrorKind {
+        /// The wall-clock deadline passed.
+        Timeout = "Timeout",
+        /// The CPU-time limit (the kernel's, behind the deadline) was reached.
+        CpuLimit = "CpuLimit",
+        /// The memory cap was reached.
+        MemoryLimit = "MemoryLimit",
+        /// Output went past its cap.
+        OutputLimit = "OutputLimit",
+        /// The fuel budget ran out.
+        FuelExhausted = "FuelExhausted",
+        /// The policy refused something the snippet did or tried.
+        PolicyDenied = "PolicyDenied",
+        /// A critical operation was denied by its approver or not decided in time.
+        NotApproved = "NotApproved",
+        /// A request could not be read (a batch line that is not a request).
+        InvalidRequest = "InvalidRequest",
+        /// The interpreter's process died without answering.
+        Crashed = "Crashed",
+        /// The interpreter failed inside (a Rust panic); the run was discarded.
+        InterpreterPanic = "InterpreterPanic",
+        /// The run made a system call the seccomp filter forbids and was killed.
+        SeccompViolation = "SeccompViolation",
+        /// The interpreter overflowed its stack and was killed.
+        StackOverflow = "StackOverflow",
+        /// The interpreter's process broke the answer protocol and was killed.
+        ProtocolError = "ProtocolError",
+        /// The wasm interpreter trapped.
+        Trap = "Trap",
+        /// The command's program is not in the container's image (or cannot run).
+        CommandNotFound = "CommandNotFound",
+        /// The command exited with a status other than 0.
+        ExitCode = "ExitCode",
+    }
+}
+
 /// The exception or reason behind a non-`ok` status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    /// Python exception type (`ZeroDivisionError`), or Terrarium's reason
-    /// (`Timeout`, `PolicyDenied`, ...).
+    /// Python exception type (`ZeroDivisionError`), or Terrarium's reason (an
+    /// [`ErrorKind`]: `Timeout`, `PolicyDenied`, ...).
     #[serde(rename = "type")]
     pub kind: String,
     /// Human-readable message; never contains host paths.
     pub message: String,
+}
+
+impl ErrorInfo {
+    /// Terrarium's reason `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo { kind: kind.as_str().into(), message: message.into() }
+    }
+
+    /// An exception the snippet raised, by its class name.
+    pub fn raised(class: impl Into<String>, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo { kind: class.into(), message: message.into() }
+    }
+
+    /// Whether this is Terrarium's reason `kind` (for outcomes whose status is not
+    /// `exception`; a snippet may name its own exception class anything).
+    pub fn is(&self, kind: ErrorKind) -> bool {
+        self.kind == kind.as_str()
+    }
 }
 
 /// What a run used. `None` where the tier cannot measure it.
@@ -210,7 +268,7 @@ pub struct Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FindingInfo {
     /// `deny` (the run is refused when the policy says `findings: deny`) or `warn`.
-    pub severity: String,
+    pub severity: crate::analysis::Severity,
     /// 1-based line in the snippet.
     pub line: usize,
     /// What was found.
@@ -218,10 +276,16 @@ pub struct FindingInfo {
 }
 
 impl Outcome {
-    /// Marks the run as ended with `status` for the reason `kind`/`message`.
-    pub fn end(&mut self, status: Status, kind: &str, message: impl Into<String>) {
+    /// Marks the run as ended with `status` for Terrarium's reason `kind`.
+    pub fn end(&mut self, status: Status, kind: ErrorKind, message: impl Into<String>) {
         self.status = status;
-        self.error = Some(ErrorInfo { kind: kind.into(), message: message.into() });
+        self.error = Some(ErrorInfo::new(kind, message));
+    }
+
+    /// Marks the run as ended by the snippet's own exception `class`.
+    pub fn raise(&mut self, class: impl Into<String>, message: impl Into<String>) {
+        self.status = Status::Exception;
+        self.error = Some(ErrorInfo::raised(class, message));
     }
 
     /// The fields of this outcome that are the guest's word rather than the host's
@@ -238,25 +302,29 @@ impl Outcome {
 
     /// An `ok` outcome with nothing in it yet, for a tier to fill in as its run ends.
     pub fn blank(tier: Tier) -> Outcome {
-        let mut o = Outcome::refused(None, tier, Status::Ok, "", "");
-        o.error = None;
-        o
-    }
-
-    /// An outcome with no output, for a run that never started or was refused.
-    pub fn refused(id: Option<String>, tier: Tier, status: Status, kind: &str, message: impl Into<String>) -> Outcome {
         Outcome {
-            id,
-            status,
+            id: None,
+            status: Status::Ok,
             tier,
             stdout: String::new(),
             stderr: String::new(),
             result: None,
-            error: Some(ErrorInfo { kind: kind.into(), message: message.into() }),
+            error: None,
             usage: Usage::default(),
             route: None,
             findings: Vec::new(),
         }
+    }
+
+    /// An outcome with no output, for a run that never started or was refused.
+    pub fn refused(
+        id: Option<String>,
+        tier: Tier,
+        status: Status,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Outcome {
+        Outcome { id, status, error: Some(ErrorInfo::new(kind, message)), ..Outcome::blank(tier) }
     }
 }
 
@@ -306,7 +374,7 @@ pub fn admit(base: &Policy, req: &ExecRequest, tier: Tier) -> Result<Result<Poli
             req.id.clone(),
             tier,
             Status::Denied,
-            "PolicyDenied",
+            ErrorKind::PolicyDenied,
             "the sandbox is disabled by policy (security.sandbox.enabled: false)",
         )));
     }

@@ -31,6 +31,18 @@ pub struct AllowRule {
     pub options: Vec<bool>,
 }
 
+/// An argument pattern that is not a valid regular expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("argument pattern {index} {pattern:?}: {message}")]
+pub struct PatternError {
+    /// Which argument (0-based).
+    pub index: usize,
+    /// The pattern as written.
+    pub pattern: String,
+    /// What the regular-expression parser said.
+    pub message: String,
+}
+
 impl AllowRule {
     /// A rule for `program` whose `i`-th argument matches `patterns[i]`.
     ///
@@ -38,14 +50,16 @@ impl AllowRule {
     /// A pattern that is not a valid regular expression on its own (checked before
     /// it is anchored, so that `a)|(.*` cannot break out of the anchoring), with
     /// which one.
-    pub fn new(program: &str, patterns: &[&str]) -> Result<AllowRule, String> {
+    pub fn new(program: &str, patterns: &[&str]) -> Result<AllowRule, PatternError> {
         let args = patterns
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                Regex::new(p)
-                    .and_then(|_| Regex::new(&format!("^(?:{p})$")))
-                    .map_err(|e| format!("argument pattern {i} {p:?}: {e}"))
+                Regex::new(p).and_then(|_| Regex::new(&format!("^(?:{p})$"))).map_err(|e| PatternError {
+                    index: i,
+                    pattern: p.to_string(),
+                    message: e.to_string(),
+                })
             })
             .collect::<Result<_, _>>()?;
         let options = patterns.iter().map(|p| p.starts_with('-')).collect();
@@ -264,7 +278,7 @@ pub(super) fn command_policy(
             ));
         }
         let patterns: Vec<&str> = a.args.iter().map(String::as_str).collect();
-        AllowRule::new(&a.program, &patterns).map_err(|e| invalid(&format!("{field}.args"), e))?;
+        AllowRule::new(&a.program, &patterns).map_err(|e| invalid(&format!("{field}.args"), e.to_string()))?;
         allow.push((a.program, a.args));
     }
     if let Some(deny) = &raw.deny {

@@ -18,13 +18,14 @@ mod overrides;
 pub(crate) mod raw;
 mod render;
 
-pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, denied, name_matches};
+pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
 pub use overrides::Overrides;
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+pub use raw::SizeError;
 use raw::{RawBreaker, Seconds, Size};
 
 /// The policy shipped as `policies/default.yaml`: the guidelines' values.
@@ -405,8 +406,8 @@ impl Policy {
 /// Parses a size such as `"512m"` (binary units), as policy files write them.
 ///
 /// # Errors
-/// A sentence saying what is wrong.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// Text that is not a size, or a size too large to count.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     Size::parse(text).map(|s| s.0)
 }
 

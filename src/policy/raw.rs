@@ -143,11 +143,25 @@ pub struct RawMount {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
+/// A size that cannot be read; the message is the sentence shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Not a number with an optional unit.
+    #[error("{0:?} is not a size (try \"512m\")")]
+    NotASize(String),
+    /// More bytes than fit in 64 bits.
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 impl Size {
-    /// Parses `"512m"`-style sizes. The error is the sentence shown to the user.
-    pub fn parse(text: &str) -> Result<Size, String> {
+    /// Parses `"512m"`-style sizes.
+    ///
+    /// # Errors
+    /// Text that is not a size, or a size too large to count.
+    pub fn parse(text: &str) -> Result<Size, SizeError> {
         let t = text.trim();
-        let bad = || format!("{text:?} is not a size (try \"512m\")");
+        let bad = || SizeError::NotASize(text.to_string());
         let lower = t.to_ascii_lowercase();
         let lower = lower.strip_suffix('b').unwrap_or(&lower);
         let (digits, mult) = match lower.chars().last() {
@@ -162,7 +176,7 @@ impl Size {
             return Err(bad());
         }
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        n.checked_mul(mult).map(Size).ok_or_else(|| format!("{text:?} is too large"))
+        n.checked_mul(mult).map(Size).ok_or_else(|| SizeError::TooLarge(text.to_string()))
     }
 }
 

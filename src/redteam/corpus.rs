@@ -8,10 +8,10 @@ use super::*;
 pub struct Attack {
     /// Unique name (regression tests are named after it).
     pub name: String,
-    /// One of [`CATEGORIES`].
-    pub category: String,
-    /// The host effect that would mean it worked (one of [`EFFECTS`]).
-    pub effect: String,
+    /// What it goes after.
+    pub category: Category,
+    /// The host effect that would mean it worked.
+    pub effect: Effect,
     /// The requests, in order (one unless it needs a session).
     pub steps: Vec<String>,
     /// Statuses that count as contained (see [`CONTAINED_NAMES`]).
@@ -23,7 +23,7 @@ pub struct Attack {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCorpus {
-    pub(super) category: String,
+    pub(super) category: Category,
     #[allow(dead_code, reason = "documentation for readers of the file")]
     pub(super) description: Option<String>,
     pub(super) attacks: Vec<RawAttack>,
@@ -33,7 +33,7 @@ pub(super) struct RawCorpus {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAttack {
     pub(super) name: String,
-    pub(super) effect: String,
+    pub(super) effect: Effect,
     #[allow(dead_code, reason = "documentation for readers of the file")]
     pub(super) why: Option<String>,
     pub(super) code: Option<String>,
@@ -60,17 +60,11 @@ pub struct CorpusError {
 pub fn parse_corpus(text: &str, origin: &str) -> Result<Vec<Attack>, CorpusError> {
     let err = |message: String| CorpusError { origin: origin.to_string(), message };
     let raw: RawCorpus = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
-    if !CATEGORIES.contains(&raw.category.as_str()) {
-        return Err(err(format!("category {:?} is not one of {}", raw.category, CATEGORIES.join(", "))));
-    }
     let mut out = Vec::with_capacity(raw.attacks.len());
     for a in raw.attacks {
         let at = |m: String| err(format!("attack {:?}: {m}", a.name));
         if a.name.is_empty() || !a.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             return Err(at("names are lower-case letters, digits and _".into()));
-        }
-        if !EFFECTS.contains(&a.effect.as_str()) {
-            return Err(at(format!("effect {:?} is not one of {}", a.effect, EFFECTS.join(", "))));
         }
         let steps = match (&a.code, &a.steps) {
             (Some(c), None) => vec![c.clone()],
@@ -103,7 +97,7 @@ pub fn parse_corpus(text: &str, origin: &str) -> Result<Vec<Attack>, CorpusError
         for t in a.tiers.unwrap_or_default() {
             tiers.push(Tier::parse(&t).ok_or_else(|| at(format!("tier {t:?} is not rustpython, wasm or docker")))?);
         }
-        out.push(Attack { name: a.name, category: raw.category.clone(), effect: a.effect, steps, contained, tiers });
+        out.push(Attack { name: a.name, category: raw.category, effect: a.effect, steps, contained, tiers });
     }
     Ok(out)
 }
@@ -150,7 +144,7 @@ pub(super) fn check_names(all: Vec<Attack>) -> Result<Vec<Attack>, CorpusError> 
     for a in &all {
         if !seen.insert(a.name.as_str()) {
             return Err(CorpusError {
-                origin: a.category.clone(),
+                origin: a.category.to_string(),
                 message: format!("attack {:?} appears twice", a.name),
             });
         }

@@ -37,9 +37,7 @@ pub unsafe fn plant_env_secret() -> String {
 
 /// 16 random hex digits.
 pub fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hex::random(8).unwrap_or_else(|| format!("{:016x}", std::process::id()))
 }
 
 /// The token-length text starting at byte `at` of `text` (shorter at its end).

@@ -41,23 +41,67 @@ pub use corpus::*;
 mod report;
 pub use report::*;
 
-/// The categories every corpus must cover.
-pub const CATEGORIES: &[&str] = &[
-    "import_bypass",
-    "introspection",
-    "builtins_tampering",
-    "filesystem",
-    "network",
-    "process_thread",
-    "resource_exhaustion",
-    "state_leakage",
-    "tier_specific",
-    "interpreter_internals",
-];
+crate::names::named! {
+    /// What an attack goes after; the built-in corpus covers every category.
+    "category" pub enum Category {
+        /// Importing a module the policy does not allow.
+        ImportBypass = "import_bypass",
+        /// Reaching interpreter internals through attributes and frames.
+        Introspection = "introspection",
+        /// Replacing or reaching behind the builtins.
+        BuiltinsTampering = "builtins_tampering",
+        /// Reading, writing or listing host files.
+        Filesystem = "filesystem",
+        /// Opening connections.
+        Network = "network",
+        /// Starting processes or threads.
+        ProcessThread = "process_thread",
+        /// Outrunning a limit.
+        ResourceExhaustion = "resource_exhaustion",
+        /// Leaving state for a later run.
+        StateLeakage = "state_leakage",
+        /// One tier's own walls.
+        TierSpecific = "tier_specific",
+        /// The interpreter's own machinery (matching, finalizers, codecs).
+        InterpreterInternals = "interpreter_internals",
+    }
+}
 
-/// The host effects an attack may aim at.
-pub const EFFECTS: &[&str] =
-    &["secret_read", "connection", "marker_file", "outlives", "state_leak", "host_dead", "overrun", "capability"];
+crate::names::named! {
+    /// The host effect that would mean an attack worked.
+    "effect" pub enum Effect {
+        /// The planted secret file or variable was read.
+        SecretRead = "secret_read",
+        /// The loopback listener was reached.
+        Connection = "connection",
+        /// A file appeared in the marker directory.
+        MarkerFile = "marker_file",
+        /// Something of the run kept running after it.
+        Outlives = "outlives",
+        /// A later run saw what an earlier one left.
+        StateLeak = "state_leak",
+        /// The host process died.
+        HostDead = "host_dead",
+        /// A limit was passed by more than its margin.
+        Overrun = "overrun",
+        /// The snippet reached a capability it must not hold.
+        Capability = "capability",
+    }
+}
+
+crate::names::named! {
+    /// Why a run failed the red team's bar.
+    "failure kind" pub enum FailureKind {
+        /// A host effect was seen.
+        Escaped = "escaped",
+        /// The host failed instead of the run.
+        HostCrash = "host_crash",
+        /// The run ended in a status the attack does not count as contained.
+        Uncontained = "uncontained",
+        /// A tier disagreed with the parity table.
+        Parity = "parity",
+    }
+}
 
 /// Statuses an attack may list as contained (`refused`: the sandbox refused the
 /// request before any tier ran it, e.g. code over `max_code_size`). `denied` and
@@ -213,7 +257,7 @@ pub async fn run(options: Options) -> Result<Report, SandboxError> {
             match h.await {
                 Ok(v) => verdicts.push(v),
                 Err(e) => failures.push(Failure {
-                    kind: "host_crash".into(),
+                    kind: FailureKind::HostCrash,
                     tier: tier.to_string(),
                     attack: "(harness task)".into(),
                     variant: String::new(),
@@ -299,7 +343,7 @@ fn outcome_text(o: &Outcome) -> String {
         s.push('\n');
     }
     if let Some(e) = &o.error {
-        s.push_str(&e.kind);
+        s.push_str(e.kind.as_str());
         s.push_str(": ");
         s.push_str(&e.message);
     }
@@ -385,7 +429,7 @@ async fn run_parity(options: &Options, tier: Tier, failures: &mut Vec<Failure>) 
         if allowed != case.allowed {
             row.disagreements += 1;
             failures.push(Failure {
-                kind: "parity".into(),
+                kind: FailureKind::Parity,
                 tier: tier.to_string(),
                 attack: case.code.clone(),
                 variant: format!("allowed_modules {:?}", case.allowed_modules),
@@ -407,18 +451,16 @@ fn judge(
     mut failures: Vec<Failure>,
     unattributed: Vec<String>,
 ) -> Report {
-    let mut rows: BTreeMap<(usize, usize), (Row, Vec<u64>)> = BTreeMap::new();
+    let mut rows: BTreeMap<(Category, usize), (Row, Vec<u64>)> = BTreeMap::new();
     for v in verdicts {
         let attack = &options.corpus[v.attack];
-        let ci = CATEGORIES.iter().position(|c| *c == attack.category).unwrap_or(CATEGORIES.len());
+        let ci = attack.category;
         let ti = options.tiers.iter().position(|t| *t == v.tier).unwrap_or(0);
-        let (row, overshoot) = rows.entry((ci, ti)).or_insert_with(|| {
-            (Row { category: attack.category.clone(), tier: v.tier.to_string(), ..Row::default() }, Vec::new())
-        });
+        let (row, overshoot) = rows.entry((ci, ti)).or_insert_with(|| (Row::new(attack.category, v.tier), Vec::new()));
         row.attempted += 1;
         overshoot.extend(&v.overshoot_ms);
-        let fail = |kind: &str, detail: String| Failure {
-            kind: kind.into(),
+        let fail = |kind: FailureKind, detail: String| Failure {
+            kind,
             tier: v.tier.to_string(),
             attack: attack.name.clone(),
             variant: v.variant.label(),
@@ -427,10 +469,10 @@ fn judge(
         };
         if !v.effects.is_empty() {
             row.escaped += 1;
-            failures.push(fail("escaped", v.effects.join("; ")));
+            failures.push(fail(FailureKind::Escaped, v.effects.join("; ")));
         } else if let Some(e) = &v.host_fault {
             row.host_crashes += 1;
-            failures.push(fail("host_crash", e.clone()));
+            failures.push(fail(FailureKind::HostCrash, e.clone()));
         } else {
             // The policy refusing a request (denied, or refused before it ran) always
             // contains it. A variant may also fail on its own (an exception) or, when
@@ -444,7 +486,7 @@ fn judge(
                 Some(s) => {
                     row.uncontained += 1;
                     failures.push(fail(
-                        "uncontained",
+                        FailureKind::Uncontained,
                         format!("ended {s}; contained means one of {}", attack.contained.join(", ")),
                     ));
                 }
@@ -482,7 +524,7 @@ mod tests {
     fn the_builtin_corpus_covers_every_category_with_150_attacks() {
         let corpus = builtin_corpus().expect("corpus parses");
         assert!(corpus.len() >= 150, "{} attacks", corpus.len());
-        for c in CATEGORIES {
+        for c in Category::ALL {
             let n = corpus.iter().filter(|a| a.category == *c).count();
             assert!(n >= 5, "category {c} has {n} attacks");
             assert!(

@@ -206,7 +206,7 @@ fn encode(s: &str, rng: &mut Rng) -> String {
             format!("exec({}[::-1])\n", py_str(&reversed))
         }
         _ => {
-            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::hex::encode(s.as_bytes());
             format!("exec(bytes.fromhex(\"{hex}\").decode())\n")
         }
     }

@@ -4,10 +4,10 @@
 use super::*;
 
 /// One cell of the matrix: a category on a tier.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// The category.
-    pub category: String,
+    pub category: Category,
     /// The tier.
     pub tier: String,
     /// Runs (attack or variant, all its requests).
@@ -25,6 +25,22 @@ pub struct Row {
     pub overshoot_p99_ms: Option<u64>,
 }
 
+impl Row {
+    /// An empty cell for `category` on `tier`.
+    pub fn new(category: Category, tier: Tier) -> Row {
+        Row {
+            category,
+            tier: tier.to_string(),
+            attempted: 0,
+            contained: 0,
+            uncontained: 0,
+            escaped: 0,
+            host_crashes: 0,
+            overshoot_p99_ms: None,
+        }
+    }
+}
+
 /// The policy-parity table's result on one tier.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ParityRow {
@@ -39,8 +55,8 @@ pub struct ParityRow {
 /// A run that failed the red team's bar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
-    /// `escaped`, `host_crash`, `uncontained` or `parity`.
-    pub kind: String,
+    /// Why it failed.
+    pub kind: FailureKind,
     /// The tier.
     pub tier: String,
     /// The attack (or the parity case's code).

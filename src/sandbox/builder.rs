@@ -113,7 +113,7 @@ impl SandboxBuilder {
                 let sink = log.clone();
                 let observer: crate::breaker::Observer = Arc::new(move |t: &crate::breaker::Transition| {
                     sink.record_nowait(Event {
-                        kind: "breaker".into(),
+                        kind: crate::audit::EventKind::Breaker,
                         request_id: None,
                         data: serde_json::to_value(t).unwrap_or_default(),
                         code: None,
@@ -137,8 +137,19 @@ impl SandboxBuilder {
             }
             _ => None,
         };
+        #[cfg_attr(not(feature = "docker"), allow(unused_mut, reason = "only the docker tier's settings change"))]
+        let mut tiers = self.tiers;
+        // The engine API goes through the policy's `api` breaker.
+        #[cfg(feature = "docker")]
+        {
+            let mut docker = tiers.docker.take().unwrap_or_default();
+            if docker.api_breaker.is_none() {
+                docker.api_breaker = breakers.get("api").cloned();
+            }
+            tiers.docker = Some(docker);
+        }
         Ok(Sandbox {
-            tiers: Tiers::new(policy.clone(), self.tiers),
+            tiers: Tiers::new(policy.clone(), tiers),
             breakers,
             policy,
             audit,

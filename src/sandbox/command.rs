@@ -70,8 +70,13 @@ impl Sandbox {
                     "caller": caller, "line": line, "host_error": crate::error::redact_paths(&e.to_string()),
                 }),
             };
-            log.record_async(crate::audit::Event { kind: "command".into(), request_id: None, data, code: None })
-                .await?;
+            log.record_async(crate::audit::Event {
+                kind: crate::audit::EventKind::Command,
+                request_id: None,
+                data,
+                code: None,
+            })
+            .await?;
         }
         r
     }

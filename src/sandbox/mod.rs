@@ -37,10 +37,10 @@ use tiers::Tiers;
 
 use crate::analysis::{self, Analysis, Severity};
 use crate::approval::Gate;
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, Event, EventKind};
 use crate::breaker::Breakers;
 use crate::error::SandboxError;
-use crate::executor::{ExecRequest, FindingInfo, Outcome, Status, millis};
+use crate::executor::{ErrorKind, ExecRequest, FindingInfo, Outcome, Status, millis};
 use crate::policy::{Critical, Policy, Tier, TierChoice};
 use crate::router::{self, Skip};
 
@@ -148,7 +148,7 @@ impl Sandbox {
             return Ok(Ok(None));
         }
         let reason = format!("{} (critical under the policy's approvals)", why.join(" and "));
-        let refuse = |msg: String| Outcome::refused(req.id.clone(), tier, Status::Denied, "NotApproved", msg);
+        let refuse = |msg: String| Outcome::refused(req.id.clone(), tier, Status::Denied, ErrorKind::NotApproved, msg);
         let Some(gate) = &self.gate else {
             return Ok(Err(refuse(format!(
                 "{reason}, and this sandbox has no approvals queue (it needs an audit log)"
@@ -216,7 +216,7 @@ impl Sandbox {
                 let data = with_caller(
                     serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()}),
                 );
-                log.admit_async(Event { kind: "request".into(), request_id: id, data, code: None }).await?;
+                log.admit_async(Event { kind: EventKind::Request, request_id: id, data, code: None }).await?;
                 return Err(e);
             }
         };
@@ -226,13 +226,13 @@ impl Sandbox {
             "scratch": req.scratch,
             "overrides": format!("{:?}", req.overrides),
         }));
-        log.admit_async(Event { kind: "request".into(), request_id: id.clone(), data, code: Some(req.code.clone()) })
+        log.admit_async(Event { kind: EventKind::Request, request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
         let r = self.route_and_run(req, policy).await;
         // One event per fact, committed together: the analysis' findings, the
         // routing decision, a denial, and the outcome with its usage.
-        let event = |kind: &str, data: serde_json::Value| Event {
-            kind: kind.into(),
+        let event = |kind: EventKind, data: serde_json::Value| Event {
+            kind,
             request_id: id.clone(),
             data: with_caller(data),
             code: None,
@@ -241,14 +241,14 @@ impl Sandbox {
         match &r {
             Ok(o) => {
                 if !o.findings.is_empty() {
-                    events.push(event("analysis", serde_json::json!({"findings": o.findings})));
+                    events.push(event(EventKind::Analysis, serde_json::json!({"findings": o.findings})));
                 }
-                events.push(event("route", serde_json::json!({"tier": o.tier, "reason": o.route})));
+                events.push(event(EventKind::Route, serde_json::json!({"tier": o.tier, "reason": o.route})));
                 if o.status == Status::Denied {
-                    events.push(event("denial", serde_json::json!({"tier": o.tier, "error": o.error})));
+                    events.push(event(EventKind::Denial, serde_json::json!({"tier": o.tier, "error": o.error})));
                 }
                 events.push(event(
-                    "outcome",
+                    EventKind::Outcome,
                     serde_json::json!({
                         "code_sha256": sha, "tier": o.tier, "status": o.status, "error": o.error, "usage": o.usage,
                         "guest_word": o.guest_word(),
@@ -256,7 +256,7 @@ impl Sandbox {
                 ));
             }
             Err(e) => events.push(event(
-                "outcome",
+                EventKind::Outcome,
                 serde_json::json!({
                     "code_sha256": sha, "status": "error", "host_error": crate::error::redact_paths(&e.to_string()),
                 }),
@@ -274,11 +274,7 @@ impl Sandbox {
         let findings: Vec<FindingInfo> = analysis
             .findings
             .iter()
-            .map(|f| FindingInfo {
-                severity: if f.severity == Severity::Deny { "deny" } else { "warn" }.into(),
-                line: f.line,
-                message: f.message.clone(),
-            })
+            .map(|f| FindingInfo { severity: f.severity, line: f.line, message: f.message.clone() })
             .collect();
         let needed = router::needed_modules(&analysis, &policy);
         let candidates = router::candidates(&self.policy, req.tier);
@@ -327,7 +323,7 @@ impl Sandbox {
                 && let Some(f) = analysis.denial()
             {
                 let msg = format!("line {}: {}", f.line, f.message);
-                return Ok(finish(Outcome::refused(req.id, tier, Status::Denied, "PolicyDenied", msg)));
+                return Ok(finish(Outcome::refused(req.id, tier, Status::Denied, ErrorKind::PolicyDenied, msg)));
             }
             // A human decides before the breaker is asked: a wait must not hold
             // the breaker's one half-open trial.

@@ -69,6 +69,12 @@ impl Identity {
     }
 }
 
+/// A token file, or a token, that cannot be used: the message names the file and
+/// line where there is one, never a token's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(String);
+
 /// The known tokens.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
@@ -84,7 +90,7 @@ impl Tokens {
     ///
     /// # Errors
     /// A malformed line, an unknown role, a short token, a repeated name or token.
-    pub fn parse(text: &str, origin: &str) -> Result<Tokens, String> {
+    pub fn parse(text: &str, origin: &str) -> Result<Tokens, TokenError> {
         let mut tokens = Tokens::default();
         for (n, line) in text.lines().enumerate() {
             // A comment starts at a word that starts with `#`; a `#` inside a word is
@@ -97,7 +103,7 @@ impl Tokens {
             if line.is_empty() {
                 continue;
             }
-            let at = |msg: String| format!("{origin}:{}: {msg}", n + 1);
+            let at = |msg: String| TokenError(format!("{origin}:{}: {msg}", n + 1));
             let words: Vec<&str> = line.split_whitespace().collect();
             let [name, roles, token] = words[..] else {
                 return Err(at("expected NAME ROLES TOKEN".into()));
@@ -106,10 +112,10 @@ impl Tokens {
             for r in roles.split(',') {
                 set.insert(Role::parse(r).ok_or_else(|| at(format!("{r:?} is not submit, approve or admin")))?);
             }
-            tokens.add(name, set, token).map_err(at)?;
+            tokens.add(name, set, token).map_err(|e| at(e.0))?;
         }
         if tokens.entries.is_empty() {
-            return Err(format!("{origin}: no tokens"));
+            return Err(TokenError(format!("{origin}: no tokens")));
         }
         Ok(tokens)
     }
@@ -118,15 +124,15 @@ impl Tokens {
     ///
     /// # Errors
     /// The file cannot be read, is readable by group or others, or does not parse.
-    pub fn from_file(path: &Path) -> Result<Tokens, String> {
+    pub fn from_file(path: &Path) -> Result<Tokens, TokenError> {
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+        let meta = std::fs::metadata(path).map_err(|e| TokenError(format!("{shown}: {e}")))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(format!("{shown}: mode {mode:03o} lets others read the tokens; chmod 600 it"));
+            return Err(TokenError(format!("{shown}: mode {mode:03o} lets others read the tokens; chmod 600 it")));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| TokenError(format!("{shown}: {e}")))?;
         Tokens::parse(&text, &shown.to_string())
     }
 
@@ -134,22 +140,26 @@ impl Tokens {
     ///
     /// # Errors
     /// The token is short or known, or the name is taken or not a plain word.
-    pub fn add(&mut self, name: &str, roles: BTreeSet<Role>, token: &str) -> Result<(), String> {
+    pub fn add(&mut self, name: &str, roles: BTreeSet<Role>, token: &str) -> Result<(), TokenError> {
         if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("the token of {name:?} is shorter than {MIN_TOKEN_LEN} characters or not one word"));
+            return Err(TokenError(format!(
+                "the token of {name:?} is shorter than {MIN_TOKEN_LEN} characters or not one word"
+            )));
         }
         if !token.chars().all(|c| c.is_ascii_graphic() && c != '#') {
-            return Err(format!("the token of {name:?} has `#` or a non-ASCII character; use letters and digits"));
+            return Err(TokenError(format!(
+                "the token of {name:?} has `#` or a non-ASCII character; use letters and digits"
+            )));
         }
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
-            return Err(format!("{name:?} is not a token name (letters, digits, - _ . @)"));
+            return Err(TokenError(format!("{name:?} is not a token name (letters, digits, - _ . @)")));
         }
         if self.entries.iter().any(|(_, id)| id.name == name) {
-            return Err(format!("two tokens are named {name:?}"));
+            return Err(TokenError(format!("two tokens are named {name:?}")));
         }
         let d = digest(token);
         if self.entries.iter().any(|(e, _)| *e == d) {
-            return Err(format!("the token of {name:?} is also another name's"));
+            return Err(TokenError(format!("the token of {name:?} is also another name's")));
         }
         self.entries.push((d, Identity { name: name.to_string(), roles }));
         Ok(())
@@ -175,8 +185,7 @@ impl Tokens {
 
 /// Compares two digests without branching on their bytes.
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    bool::from(subtle::ConstantTimeEq::ct_eq(&a[..], &b[..]))
 }
 
 /// Whether two secrets are equal, compared in constant time (by digest).
@@ -226,7 +235,7 @@ mod tests {
             (&format!("alice approve {A}\u{e9}"), "non-ASCII"),
         ] {
             let e = Tokens::parse(text, "tokens").expect_err(text);
-            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(e.to_string().contains(needle), "{text:?}: {e}");
         }
     }
 

@@ -56,7 +56,7 @@ use tokio::sync::Semaphore;
 
 use self::auth::{Identity, Role, Tokens};
 use self::metrics::Metrics;
-use crate::audit::Event;
+use crate::audit::{Event, EventKind};
 use crate::error::SandboxError;
 use crate::executor::ExecRequest;
 use crate::policy::{Overrides, TierChoice};
@@ -136,20 +136,35 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
+/// Why [`app`] cannot serve with the sandbox and settings it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The sandbox records nothing, so it has no approvals queue.
+    #[error("the server needs a sandbox with an audit log (its approvals queue lives there)")]
+    NoAuditLog,
+    /// Nobody could authenticate.
+    #[error("no tokens: pass --token-file FILE or set TERRARIUM_TOKEN")]
+    NoTokens,
+    /// No request could ever be admitted.
+    #[error("--max-requests must be at least 1")]
+    NoCapacity,
+}
+
 /// The application: every route, with admission and metrics. The sandbox must
 /// have an audit log (its approvals queue lives there).
 ///
 /// # Errors
 /// The sandbox has no audit log, or there are no tokens.
-pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, String> {
+pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppError> {
     let Some(gate) = sandbox.approvals().cloned() else {
-        return Err("the server needs a sandbox with an audit log (its approvals queue lives there)".into());
+        return Err(AppError::NoAuditLog);
     };
     if config.tokens.is_empty() {
-        return Err("no tokens: pass --token-file FILE or set TERRARIUM_TOKEN".into());
+        return Err(AppError::NoTokens);
     }
     if config.max_requests == 0 || config.anonymous_requests == 0 {
-        return Err("--max-requests must be at least 1".into());
+        return Err(AppError::NoCapacity);
     }
     let state = Arc::new(AppState {
         sandbox,

@@ -18,7 +18,7 @@ pub(super) fn start_refusal_flusher(state: &Shared) {
                     .take_ended()
                     .into_iter()
                     .map(|((status, name), count)| Event {
-                        kind: "auth_denied_repeated".into(),
+                        kind: crate::audit::EventKind::AuthDeniedRepeated,
                         request_id: None,
                         data: serde_json::json!({"status": status, "token_name": name, "count": count,
                             "window_secs": REFUSAL_WINDOW.as_secs()}),

@@ -154,7 +154,7 @@ pub(super) async fn refuse_caller(
             "status": code.as_u16(), "endpoint": what, "token_name": name, "role_needed": role.as_str(),
             "unrecorded_before": unrecorded,
         });
-        let event = Event { kind: "auth_denied".into(), request_id: None, data, code: None };
+        let event = Event { kind: EventKind::AuthDenied, request_id: None, data, code: None };
         if let Err(e) = log.admit_async(event).await {
             return audit_error(&e);
         }
@@ -185,17 +185,9 @@ pub(super) fn audit_failure(overloaded: bool, e: &dyn std::fmt::Display) -> Resp
 
 /// A 500 that names only a reference; the details go to the log.
 pub(super) fn fault(what: &str, error: &dyn std::fmt::Display) -> Response {
-    let reference = random_hex(6).unwrap_or_else(|| "0".repeat(12));
+    let reference = crate::hex::random(6).unwrap_or_else(|| "0".repeat(12));
     tracing::error!(reference, error = %error, "{what} failed");
     problem(StatusCode::INTERNAL_SERVER_ERROR, &format!("{what} failed (reference {reference} in the server log)"))
-}
-
-/// `bytes` random bytes from the OS, in hex (session ids, CSRF tokens, nonces,
-/// fault references); `None` when the OS has no randomness to give.
-pub(super) fn random_hex(bytes: usize) -> Option<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::getrandom(&mut b).ok()?;
-    Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// The body, read only up to the limit.

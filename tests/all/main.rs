@@ -36,6 +36,8 @@ mod escape_introspection;
 mod escape_seccomp;
 #[path = "../escape_state.rs"]
 mod escape_state;
+#[path = "../every_tier.rs"]
+mod every_tier;
 #[path = "../isolation.rs"]
 mod isolation;
 #[path = "../limits.rs"]

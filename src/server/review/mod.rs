@@ -29,7 +29,7 @@ use ruff_text_size::Ranged;
 use serde::Deserialize;
 
 use super::auth::{Identity, Role};
-use super::{Shared, problem, random_hex};
+use super::{Shared, problem};
 use crate::approval::Item;
 
 mod sessions;
@@ -104,7 +104,7 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
     for item in &recent {
         render_decided(&mut body, item);
     }
-    let nonce = random_hex(16).unwrap_or_default();
+    let nonce = crate::hex::random(16).unwrap_or_default();
     let ids: Vec<String> = pending.iter().map(|i| i.id.to_string()).collect();
     html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &print, &ids.join(",")), &nonce)
 }

@@ -72,8 +72,8 @@ setInterval(tick,1000)})();";
 /// origin cannot sign the reviewer in as someone else, since its POST carries no
 /// such cookie).
 pub(super) fn login_page(message: &str, status: StatusCode) -> Response {
-    let nonce = random_hex(16).unwrap_or_default();
-    let check = random_hex(16).unwrap_or_default();
+    let nonce = crate::hex::random(16).unwrap_or_default();
+    let check = crate::hex::random(16).unwrap_or_default();
     let body = format!(
         "<h1>Terrarium review</h1><p id=message>{}</p><form method=post action=/review/login>\
          <input type=hidden name=check value=\"{check}\">\

@@ -34,8 +34,8 @@ impl Sessions {
         if map.len() >= MAX_SESSIONS {
             return None;
         }
-        let id = random_hex(32)?;
-        map.insert(id.clone(), Session { who, csrf: random_hex(16)?, started: now, expires: now + SESSION });
+        let id = crate::hex::random(32)?;
+        map.insert(id.clone(), Session { who, csrf: crate::hex::random(16)?, started: now, expires: now + SESSION });
         Some(id)
     }
 

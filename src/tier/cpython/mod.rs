@@ -1,5 +1,5 @@
 //! What the wasm and docker tiers share: both run the real CPython, started with the
-//! same prelude (`prelude.py`), which reads one request on stdin, applies the
+//! same prelude (`src/guest/cpython_prelude.py`), which reads one request on stdin, applies the
 //! policy's module whitelist and an audit hook, runs the snippet, and reports how it
 //! ended on stderr behind a per-run nonce. This module writes the request and reads
 //! the report.
@@ -16,16 +16,16 @@
 //! prints or claims afterwards. Limits (deadline, fuel, memory, output) are the
 //! host's own observation.
 
-use crate::executor::{Outcome, Status, Tier};
+use crate::executor::{ErrorKind, Outcome, Status, Tier};
 use crate::policy::Policy;
 
 /// The program CPython starts with (see its header). Arguments after it: the
 /// nonce, modules to import ahead of the request (space-separated), `scratch` or
 /// `-`, and optionally `mark` (end stdout with [`stdout_end`]).
-pub(crate) const PRELUDE: &str = include_str!("prelude.py");
+pub(crate) const PRELUDE: &str = include_str!("../../guest/cpython_prelude.py");
 /// The socket-free event loop the prelude installs as `asyncio` (shared with the
 /// rustpython tier).
-const ASYNCIO_STANDIN: &str = include_str!("../asyncio_standin.py");
+const ASYNCIO_STANDIN: &str = include_str!("../../guest/asyncio_standin.py");
 
 /// The request text the prelude reads: allowed modules; the sandbox paths of the
 /// policy's read-only mounts (tab-separated); the asyncio source's length (in
@@ -41,26 +41,30 @@ pub(crate) fn request_text(policy: &Policy, code: &str) -> String {
 pub(crate) fn apply_status(o: &mut Outcome, line: Option<&str>, exit: Option<i32>, output_full: bool) {
     let Some(v) = line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) else {
         if output_full {
-            return o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
+            return o.end(
+                Status::OutputLimit,
+                ErrorKind::OutputLimit,
+                "the run's output exceeded the policy's max_output",
+            );
         }
         let code = exit.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
-        return o.end(Status::Crashed, "Crashed", format!("the interpreter ended without a status ({code})"));
+        return o.end(Status::Crashed, ErrorKind::Crashed, format!("the interpreter ended without a status ({code})"));
     };
     let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
     match field("kind").as_str() {
         "ok" => {
             o.result = v.get("result").and_then(serde_json::Value::as_str).and_then(|r| serde_json::from_str(r).ok());
             if output_full {
-                o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
+                o.end(Status::OutputLimit, ErrorKind::OutputLimit, "the run's output exceeded the policy's max_output");
             }
         }
-        "denied" => o.end(Status::Denied, "PolicyDenied", field("message")),
+        "denied" => o.end(Status::Denied, ErrorKind::PolicyDenied, field("message")),
         _ => {
             let kind = field("type");
             if output_full {
-                o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
+                o.end(Status::OutputLimit, ErrorKind::OutputLimit, "the run's output exceeded the policy's max_output");
             } else {
-                o.end(Status::Exception, &kind, field("message"));
+                o.raise(kind, field("message"));
             }
         }
     }
@@ -72,7 +76,7 @@ pub(crate) fn apply_output_cap(o: &mut Outcome, max_output: usize) {
     if matches!(o.status, Status::Ok | Status::Exception) && o.stdout.len().saturating_add(o.stderr.len()) > max_output
     {
         o.result = None;
-        o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output");
+        o.end(Status::OutputLimit, ErrorKind::OutputLimit, "the run's output exceeded the policy's max_output");
     }
 }
 
@@ -83,7 +87,7 @@ pub(crate) fn apply_denial(o: &mut Outcome, denial: Option<&str>) {
         && o.status != Status::Timeout
     {
         o.result = None;
-        o.end(Status::Denied, "PolicyDenied", reason);
+        o.end(Status::Denied, ErrorKind::PolicyDenied, reason);
     }
 }
 
@@ -147,9 +151,7 @@ pub fn decode_report(tier: Tier, stderr: &str, nonce: &str, exit: Option<i32>, o
 }
 
 pub(crate) fn nonce() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::getrandom(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hex::random(16).unwrap_or_else(|| "0".repeat(32))
 }
 
 #[cfg(test)]
@@ -179,5 +181,53 @@ mod tests {
         // A forged ok without a denial is the guest's word about its own output.
         let o = decode_report(Tier::Wasm, "\nabc {\"kind\": \"ok\"}\n", "abc", Some(0), false);
         assert_eq!(o.status, Status::Ok);
+    }
+
+    /// Runs `code` through the prelude under the host's own CPython (`python3`), as
+    /// the docker tier runs it in its container, and decodes the report.
+    fn on_host_cpython(policy: &Policy, code: &str) -> Outcome {
+        use std::io::Write as _;
+        let nonce = nonce();
+        let mut child = std::process::Command::new("python3")
+            .args(["-I", "-B", "-c", PRELUDE, &nonce, "", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the host's python3 (the guest-Python tests run the preludes under it)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(request_text(policy, code).as_bytes()).expect("request");
+        drop(stdin);
+        let out = child.wait_with_output().expect("python3 ran");
+        let mut o =
+            decode_report(Tier::Docker, &String::from_utf8_lossy(&out.stderr), &nonce, out.status.code(), false);
+        o.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        o
+    }
+
+    /// The CPython tiers' prelude, tested directly: output and value come back, the
+    /// guest's exceptions keep their type, a module outside the policy is denied
+    /// (and stays denied when caught), and the asyncio stand-in serves when allowed.
+    #[test]
+    fn the_cpython_prelude_runs_and_denies_under_the_hosts_cpython() {
+        let policy = Policy::default_policy();
+        let o = on_host_cpython(&policy, "import math\nprint(math.sqrt(16))\n1 + 1");
+        assert_eq!(
+            (o.status, o.stdout.as_str(), o.result.clone()),
+            (Status::Ok, "4.0\n", Some(serde_json::json!(2))),
+            "{o:?}"
+        );
+        let o = on_host_cpython(&policy, "1/0");
+        assert_eq!((o.status, o.error.map(|e| e.kind)), (Status::Exception, Some("ZeroDivisionError".into())));
+        let o = on_host_cpython(&policy, "try:\n    import os\nexcept BaseException:\n    pass\nprint('after')");
+        assert_eq!(o.status, Status::Denied, "{o:?}");
+        assert!(o.error.is_some_and(|e| e.message.contains("'os'")));
+        let asyncio = Policy::from_yaml(
+            &crate::policy::DEFAULT_POLICY_YAML.replacen(r#"["math", "time", "json"]"#, r#"["asyncio"]"#, 1),
+            "<test>",
+        )
+        .expect("policy");
+        let o = on_host_cpython(&asyncio, "import asyncio\nasync def f():\n    return 7\nasyncio.run(f())");
+        assert_eq!((o.status, o.result), (Status::Ok, Some(serde_json::json!(7))));
     }
 }

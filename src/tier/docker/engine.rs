@@ -58,6 +58,7 @@ pub struct Engine {
     docker: Docker,
     socket: PathBuf,
     api_timeout: Duration,
+    api: Option<crate::breaker::Breaker>,
 }
 
 /// How a container ended, from `inspect`.
@@ -119,7 +120,14 @@ impl Engine {
             Ok(Err(e)) => return Err(not_running(e.to_string())),
             Err(_) => return Err(not_running(format!("no answer within {}s", api_timeout.as_secs_f64()))),
         };
-        Ok(Engine { docker, socket: socket.to_path_buf(), api_timeout })
+        Ok(Engine { docker, socket: socket.to_path_buf(), api_timeout, api: None })
+    }
+
+    /// This engine with every API call of [`Engine::call`] going through `breaker`.
+    #[must_use]
+    pub fn guarded_by(mut self, breaker: Option<crate::breaker::Breaker>) -> Engine {
+        self.api = breaker;
+        self
     }
 
     /// The negotiated API version, e.g. `1.41`.
@@ -134,7 +142,14 @@ impl Engine {
         what: &str,
         f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
     ) -> Result<T, SandboxError> {
-        match tokio::time::timeout(self.api_timeout, f).await {
+        let permit = match &self.api {
+            Some(b) => Some(
+                b.allow()
+                    .map_err(|open| host(format!("Docker engine at {}: {what}: {open}", self.socket.display())))?,
+            ),
+            None => None,
+        };
+        let r = match tokio::time::timeout(self.api_timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: {what}: {e}", self.socket.display()))),
             Err(_) => Err(host(format!(
@@ -142,7 +157,13 @@ impl Engine {
                 self.socket.display(),
                 self.api_timeout.as_secs_f64()
             ))),
+        };
+        match (permit, &r) {
+            (Some(p), Err(e)) => p.failed(&e.to_string()),
+            (Some(p), Ok(_)) => p.succeeded(),
+            (None, _) => {}
         }
+        r
     }
 
     /// Whether the engine has `image` (no registry is contacted).
@@ -180,6 +201,25 @@ impl Engine {
     /// Starts a created container.
     pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
         self.call("start a container", self.docker.start_container(id, None)).await
+    }
+
+    /// Starts a created container whose program may not be in its image. The
+    /// engine answers a program it cannot run (not found, not executable) with its
+    /// "invalid parameter" status, 400: that is `Ok(false)`, the command's failure
+    /// rather than the host's. Every other failure is a host error.
+    pub async fn start_program(&self, id: &str) -> Result<bool, SandboxError> {
+        let refused = std::sync::atomic::AtomicBool::new(false);
+        let started = async {
+            match self.docker.start_container(id, None).await {
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 400, .. }) => {
+                    refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                other => other,
+            }
+        };
+        self.call("start a container", started).await?;
+        Ok(!refused.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// How a container ended (or `None` fields while it runs).

@@ -2,7 +2,7 @@
 //! through bollard over the engine's unix socket.
 //!
 //! Each request runs in its own container, which is removed afterwards. A container
-//! starts CPython with the shared prelude (`../cpython/prelude.py`), which says ready
+//! starts CPython with the shared prelude (`src/guest/cpython_prelude.py`), which says ready
 //! on stderr and then reads the request on stdin; the host writes the request over
 //! the attach stream, reads stdout and stderr demultiplexed and capped, and enforces
 //! the wall-clock deadline itself (kill, then remove). A warm pool holds containers
@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::{
     PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status, stdout_end,
@@ -45,7 +45,7 @@ mod stream;
 use stream::*;
 
 /// The program [`DockerExecutor::probe`] runs.
-pub const PROBE: &str = include_str!("probe.py");
+pub const PROBE: &str = include_str!("../../guest/docker_probe.py");
 /// Longest a container may take from creation to its ready marker.
 const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 /// Room on stderr beyond `max_output` for the prelude's markers.
@@ -61,11 +61,15 @@ pub struct DockerConfig {
     pub pool_size: usize,
     /// Longest wait for any one engine API call before it counts as a host fault.
     pub api_timeout: Duration,
+    /// The breaker every engine API call goes through (a [`crate::Sandbox`] gives
+    /// its policy's `api` breaker): an engine that keeps failing or not answering
+    /// is not called again until the breaker lets a trial through.
+    pub api_breaker: Option<crate::breaker::Breaker>,
 }
 
 impl Default for DockerConfig {
     fn default() -> DockerConfig {
-        DockerConfig { socket: None, pool_size: 2, api_timeout: Duration::from_secs(30) }
+        DockerConfig { socket: None, pool_size: 2, api_timeout: Duration::from_secs(30), api_breaker: None }
     }
 }
 
@@ -189,7 +193,9 @@ impl DockerExecutor {
         let id = engine.create(engine::spec(policy, &launch)?).await?;
         let ran = async {
             let (_input, output) = engine.attach(&id).await?;
-            engine.start(&id).await?;
+            if !engine.start_program(&id).await? {
+                return Ok(None);
+            }
             let cap = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
             let until = tokio::time::Instant::from_std(arrived + policy.timeout());
             let (out, err, end) = read_to_end(output, until, cap).await;
@@ -197,42 +203,46 @@ impl DockerExecutor {
                 StreamEnd::Eof => Some(engine.inspect(&id).await?),
                 _ => None,
             };
-            Ok::<_, SandboxError>((out, err, end, ended))
+            Ok::<_, SandboxError>(Some((out, err, end, ended)))
         }
         .await;
         engine.remove(&id).await?;
-        let (out, err, end, ended) = match ran {
+        let (out, err, end, ended) = match ran? {
+            Some(ran) => ran,
             // The image has no such program: the command's failure, not the host's.
-            Err(SandboxError::Host { message, .. }) if message.contains("executable file not found") => {
+            None => {
                 let mut o = Outcome::refused(
                     None,
                     Tier::Docker,
                     Status::Exception,
-                    "CommandNotFound",
+                    ErrorKind::CommandNotFound,
                     format!("{} is not in the image", argv.first().map_or("", String::as_str)),
                 );
                 o.usage.wall_ms = millis(arrived.elapsed());
                 return Ok(o);
             }
-            other => other?,
         };
         let mut o = Outcome::blank(Tier::Docker);
         o.stdout = String::from_utf8_lossy(&out).into_owned();
         o.stderr = String::from_utf8_lossy(&err).into_owned();
         match (end, ended) {
-            (StreamEnd::Deadline, _) => {
-                o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()))
-            }
-            (StreamEnd::Full, _) => {
-                o.end(Status::OutputLimit, "OutputLimit", "the command's output exceeded the policy's max_output")
-            }
+            (StreamEnd::Deadline, _) => o.end(
+                Status::Timeout,
+                ErrorKind::Timeout,
+                format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()),
+            ),
+            (StreamEnd::Full, _) => o.end(
+                Status::OutputLimit,
+                ErrorKind::OutputLimit,
+                "the command's output exceeded the policy's max_output",
+            ),
             (StreamEnd::Broken(e), _) => return Err(host(format!("the command's output broke: {e}"))),
             (StreamEnd::Eof, Some(e)) if e.oom_killed => {
-                o.end(Status::MemoryLimit, "MemoryLimit", "the command went past the policy's max_memory")
+                o.end(Status::MemoryLimit, ErrorKind::MemoryLimit, "the command went past the policy's max_memory")
             }
             (StreamEnd::Eof, Some(e)) if e.exit_code != Some(0) => o.end(
                 Status::Exception,
-                "ExitCode",
+                ErrorKind::ExitCode,
                 format!("the command exited with {}", e.exit_code.map_or("no code".to_string(), |c| c.to_string())),
             ),
             (StreamEnd::Eof, _) => {}

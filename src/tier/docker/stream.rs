@@ -125,18 +125,20 @@ pub(super) async fn serve(
     o.stdout = String::from_utf8_lossy(&out).into_owned();
     o.stderr = report.stderr;
     match (ended, exit) {
-        (Ended::Timeout, _) => {
-            o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()))
-        }
+        (Ended::Timeout, _) => o.end(
+            Status::Timeout,
+            ErrorKind::Timeout,
+            format!("deadline of {}s exceeded", policy.timeout().as_secs_f64()),
+        ),
         (Ended::OutputFull, _) => {
-            o.end(Status::OutputLimit, "OutputLimit", "the run's output exceeded the policy's max_output")
+            o.end(Status::OutputLimit, ErrorKind::OutputLimit, "the run's output exceeded the policy's max_output")
         }
         (Ended::Exited, Some(state)) => {
             let state = state?;
             if state.oom_killed && status_line.is_none() {
                 o.end(
                     Status::MemoryLimit,
-                    "MemoryLimit",
+                    ErrorKind::MemoryLimit,
                     format!("the run exceeded its memory limit of {} bytes", policy.max_memory()),
                 );
             } else {

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 
 use super::worker::{self, Control, Job, Terminal, WORKER_STACK};
@@ -146,7 +146,7 @@ impl EmbeddedExecutor {
                             req.id,
                             Tier::Rustpython,
                             Status::Timeout,
-                            "Timeout",
+                            ErrorKind::Timeout,
                             format!("{msg}; the interpreter was inside a native call and was abandoned"),
                         );
                         o.usage.wall_ms = millis(started.elapsed());

@@ -112,7 +112,7 @@ pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, Strin
 
 fn compile_into(engine: &Engine, wasm: &Path, dir: &OwnedDir, name: &str) -> Result<(), String> {
     let bytes = fs::read(wasm).map_err(|e| format!("cannot read {}: {e}; run {SETUP}", wasm.display()))?;
-    let got = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let got = crate::hex::encode(&Sha256::digest(&bytes));
     if got != PYTHON_WASM_SHA256 {
         return Err(format!(
             "{} has sha256 {got}, not the pinned {PYTHON_WASM_SHA256}; run {SETUP} to replace it",

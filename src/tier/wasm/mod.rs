@@ -13,7 +13,7 @@
 //! linker provides, sees no host files but the directories the policy mounts
 //! read-only (and its own scratch directory when asked), no sockets, no processes
 //! and no environment, and cannot outrun its fuel, deadline or memory cap. The
-//! prelude (`../cpython/prelude.py`, shared with the docker tier) applies the
+//! prelude (`src/guest/cpython_prelude.py`, shared with the docker tier) applies the
 //! policy's import whitelist and an audit hook on top.
 
 mod cache;
@@ -29,7 +29,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::{PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status};
 
@@ -522,18 +522,22 @@ fn run_instance(
         Err(e) => {
             if let Some(trap) = e.downcast_ref::<Trap>() {
                 match trap {
-                    Trap::OutOfFuel => {
-                        o.end(Status::FuelExhausted, "FuelExhausted", format!("the run used up its fuel ({fuel})"))
-                    }
-                    Trap::Interrupt => {
-                        o.end(Status::Timeout, "Timeout", format!("deadline of {}s exceeded", timeout.as_secs_f64()))
-                    }
-                    other => o.end(Status::Crashed, "Trap", format!("the interpreter trapped: {other}")),
+                    Trap::OutOfFuel => o.end(
+                        Status::FuelExhausted,
+                        ErrorKind::FuelExhausted,
+                        format!("the run used up its fuel ({fuel})"),
+                    ),
+                    Trap::Interrupt => o.end(
+                        Status::Timeout,
+                        ErrorKind::Timeout,
+                        format!("deadline of {}s exceeded", timeout.as_secs_f64()),
+                    ),
+                    other => o.end(Status::Crashed, ErrorKind::Trap, format!("the interpreter trapped: {other}")),
                 }
             } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 apply_status(&mut o, status_line.as_deref(), Some(exit.0), output_full);
             } else {
-                o.end(Status::Crashed, "Trap", format!("the interpreter failed: {e}"));
+                o.end(Status::Crashed, ErrorKind::Trap, format!("the interpreter failed: {e}"));
             }
         }
         Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),

@@ -24,6 +24,8 @@
 //!
 //! Linux only.
 
+#[cfg(feature = "test-hooks")]
+mod hooks;
 pub mod protocol;
 mod seccomp;
 mod sys;
@@ -44,7 +46,7 @@ use self::protocol::{AnswerStream, ChildRequest, FromZygote, GuestAnswer, GuestE
 pub use self::zygote::{ZYGOTE_ARG, run_zygote_if_requested};
 use super::WORKER_STACK;
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ErrorInfo, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{BoxFuture, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 
 mod pool;
@@ -176,7 +178,11 @@ impl IsolatedExecutor {
         self.zygote.lock().ok().and_then(|z| z.as_ref().filter(|z| z.alive()).cloned())
     }
 
-    async fn run(&self, req: ExecRequest, probe: Option<&str>) -> Result<Outcome, SandboxError> {
+    async fn run(
+        &self,
+        req: ExecRequest,
+        #[allow(unused_variables, reason = "read by test hooks only")] probe: Option<&str>,
+    ) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
         let policy = match admit(&self.policy, &req, Tier::Rustpython)? {
             Ok(p) => p,
@@ -190,6 +196,7 @@ impl IsolatedExecutor {
             allowed_modules: policy.allowed_modules().clone(),
             max_output: policy.max_output(),
             timeout_ms: millis(timeout),
+            #[cfg(feature = "test-hooks")]
             probe: probe.map(str::to_owned),
         };
         // JSON escapes at most 6 bytes per byte of output, for stdout and stderr.
@@ -229,11 +236,12 @@ impl IsolatedExecutor {
 
     /// Runs a child that attempts one forbidden system call (`socket`, `openat`,
     /// `execve`, `fork`, `kill`, `ptrace`) after confinement, as a test of the
-    /// seccomp wall: the outcome must be `crashed` by `SIGSYS`. Not reachable from
-    /// snippets, requests or the CLI.
+    /// seccomp wall: the outcome must be `crashed` by `SIGSYS`. Only in builds with
+    /// the `test-hooks` feature (this package's own tests).
     ///
     /// # Errors
     /// As for [`Executor::execute`].
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub async fn probe_forbidden_syscall(&self, syscall: &str) -> Result<Outcome, SandboxError> {
         self.run(ExecRequest::new("pass"), Some(syscall)).await
@@ -243,10 +251,12 @@ impl IsolatedExecutor {
     /// a test of the supervisor: `forge_on_stderr` (a complete forged answer on the
     /// runtime's descriptor 2 before the run), `linger_after_answer`,
     /// `spin_after_answer`, `hold_memory_after_answer` (the child keeps running
-    /// after its answer). Not reachable from snippets, requests or the CLI.
+    /// after its answer). Only in builds with the `test-hooks` feature (this
+    /// package's own tests).
     ///
     /// # Errors
     /// As for [`Executor::execute`].
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub async fn probe_misbehaving_child(&self, code: &str, how: &str) -> Result<Outcome, SandboxError> {
         self.run(ExecRequest::new(code), Some(how)).await

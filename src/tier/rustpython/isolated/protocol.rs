@@ -111,8 +111,9 @@ pub struct ChildRequest {
     /// Wall deadline, ms (the supervisor kills at it; the child uses it to wake
     /// from `time.sleep`).
     pub timeout_ms: u64,
-    /// Host-only test hook: instead of running code, attempt this forbidden system
-    /// call after confinement (see `IsolatedExecutor::probe_forbidden_syscall`).
+    /// Test hook (builds with the `test-hooks` feature only): how the child
+    /// misbehaves around its run (see `hooks.rs`).
+    #[cfg(feature = "test-hooks")]
     pub probe: Option<String>,
 }
 

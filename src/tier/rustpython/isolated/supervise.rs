@@ -118,15 +118,15 @@ pub(super) async fn supervise(
             match read {
                 Err(_elapsed) => {
                     let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
-                    ended(Status::Timeout, "Timeout", msg, e)
+                    ended(Status::Timeout, ErrorKind::Timeout, msg, e)
                 }
                 Ok(Read::Broken(StreamError::TooBig)) => {
                     let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
-                    ended(Status::OutputLimit, "OutputLimit", msg, e)
+                    ended(Status::OutputLimit, ErrorKind::OutputLimit, msg, e)
                 }
                 Ok(Read::Broken(StreamError::Malformed)) => ended(
                     Status::Crashed,
-                    "ProtocolError",
+                    ErrorKind::ProtocolError,
                     "the run's process broke the answer protocol; it was killed".into(),
                     e,
                 ),
@@ -141,7 +141,7 @@ pub(super) async fn supervise(
         && outcome.status != Status::Timeout
     {
         outcome.result = None;
-        outcome.end(Status::Denied, "PolicyDenied", reason.clone());
+        outcome.end(Status::Denied, ErrorKind::PolicyDenied, reason.clone());
     }
     Ok(outcome)
 }
@@ -158,27 +158,26 @@ pub(super) fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
         truncate(&mut stdout, cap);
         truncate(&mut stderr, cap.saturating_sub(stdout.len()));
     }
-    let mut o = ended(Status::Ok, "", String::new(), e);
-    o.error = None;
+    let mut o = with_usage(Outcome::blank(Tier::Rustpython), e);
     o.stdout = stdout;
     o.stderr = stderr;
     if over {
         o.status = Status::OutputLimit;
-        o.error = Some(ErrorInfo { kind: "OutputLimit".into(), message: format!("output exceeded {cap} bytes") });
+        o.error = Some(ErrorInfo::new(ErrorKind::OutputLimit, format!("output exceeded {cap} bytes")));
         return o;
     }
     match end {
         GuestEnd::Returned => o.result = result,
         GuestEnd::Raised { kind, message } => {
             o.status = Status::Exception;
-            o.error = Some(ErrorInfo { kind, message });
+            o.error = Some(ErrorInfo::raised(kind, message));
         }
         GuestEnd::Panicked => {
             o.status = Status::Crashed;
-            o.error = Some(ErrorInfo {
-                kind: "InterpreterPanic".into(),
-                message: "the interpreter failed internally; the run was discarded".into(),
-            });
+            o.error = Some(ErrorInfo::new(
+                ErrorKind::InterpreterPanic,
+                "the interpreter failed internally; the run was discarded",
+            ));
         }
     }
     o
@@ -232,8 +231,12 @@ pub(super) fn last_words(words: std::os::unix::net::UnixStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-pub(super) fn ended(status: Status, kind: &str, message: String, e: Exit) -> Outcome {
-    let mut o = Outcome::refused(None, Tier::Rustpython, status, kind, message);
+pub(super) fn ended(status: Status, kind: ErrorKind, message: String, e: Exit) -> Outcome {
+    with_usage(Outcome::refused(None, Tier::Rustpython, status, kind, message), e)
+}
+
+/// `o` with what the kernel counted for the child.
+fn with_usage(mut o: Outcome, e: Exit) -> Outcome {
     o.usage.cpu_ms = Some(e.cpu_us / 1000);
     o.usage.peak_memory_bytes = Some(e.maxrss_kb.saturating_mul(1024));
     o
@@ -251,25 +254,25 @@ pub(super) fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome
             )));
         }
         let msg = format!("the interpreter process exited with code {code} without answering");
-        return Ok(ended(Status::Crashed, "Crashed", msg, e));
+        return Ok(ended(Status::Crashed, ErrorKind::Crashed, msg, e));
     }
     let signal = e.signal.unwrap_or(0);
     let (kind, msg) = match signal {
         libc::SIGABRT if last_words.contains("memory allocation of") => {
             let msg = format!("the run exceeded its memory limit of {memory} bytes");
-            return Ok(ended(Status::MemoryLimit, "MemoryLimit", msg, e));
+            return Ok(ended(Status::MemoryLimit, ErrorKind::MemoryLimit, msg, e));
         }
         libc::SIGSYS => (
-            "SeccompViolation",
+            ErrorKind::SeccompViolation,
             "the run attempted a system call the sandbox does not allow and was killed (SIGSYS)".to_string(),
         ),
         libc::SIGXCPU => {
-            return Ok(ended(Status::Timeout, "CpuLimit", "the run used up its CPU time limit".into(), e));
+            return Ok(ended(Status::Timeout, ErrorKind::CpuLimit, "the run used up its CPU time limit".into(), e));
         }
         libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS if last_words.contains("overflowed its stack") => {
-            ("StackOverflow", "the interpreter overflowed its stack; the run was killed".to_string())
+            (ErrorKind::StackOverflow, "the interpreter overflowed its stack; the run was killed".to_string())
         }
-        s => ("Crashed", format!("the interpreter process was killed by {}", signal_name(s))),
+        s => (ErrorKind::Crashed, format!("the interpreter process was killed by {}", signal_name(s))),
     };
     Ok(ended(Status::Crashed, kind, msg, e))
 }

@@ -372,7 +372,9 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// Makes one system call the seccomp filter must refuse (a test of the filter):
-/// `socket`, `openat`, `execve`, `fork`, `kill` (of `victim`) or `ptrace`.
+/// `socket`, `openat`, `execve`, `fork`, `kill` (of `victim`) or `ptrace`. Only in
+/// builds with the `test-hooks` feature (see `hooks.rs`).
+#[cfg(feature = "test-hooks")]
 pub fn attempt_forbidden(syscall: &str, victim: libc::pid_t) {
     let path = c"/etc/passwd";
     // SAFETY: each call has valid (or null) pointer arguments; under the filter none

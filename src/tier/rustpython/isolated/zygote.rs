@@ -329,28 +329,9 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
         sys::exit_now(76);
     }
     let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else { sys::exit_now(75) };
-    // Host-only test hooks: a child acting as one its snippet fully controls.
-    let misbehave = match req.probe.as_deref() {
-        Some("forge_on_stderr") => {
-            // What the runtime's fallback writes would put on descriptor 2: a
-            // complete answer frame that claims another output.
-            let forged = GuestAnswer {
-                stdout: "FORGED\n".into(),
-                stderr: String::new(),
-                result: None,
-                end: GuestEnd::Returned,
-                output_over: false,
-            };
-            let _ = protocol::write_message(&mut std::io::stderr(), &ChildMessage::Answer(forged));
-            None
-        }
-        Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer")) => Some(after),
-        Some(syscall) => {
-            sys::attempt_forbidden(syscall, zygote);
-            sys::exit_now(77); // not reached when the filter holds
-        }
-        None => None,
-    };
+    // Test hooks (test builds only): a child acting as one its snippet fully controls.
+    #[cfg(feature = "test-hooks")]
+    let misbehave = super::hooks::before_run(req.probe.as_deref(), zygote);
     // Each denial goes to the host the moment it happens (every way a run ends
     // `denied` passes through this sink).
     {
@@ -370,8 +351,9 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
     let (outcome, _) = worker.run(&job);
     let answer = ChildMessage::Answer(guest_answer(outcome));
     let ok = protocol::write_message(&mut &*sock, &answer).is_ok();
+    #[cfg(feature = "test-hooks")]
     if let Some(how) = misbehave {
-        keep_running(how);
+        super::hooks::keep_running(how);
     }
     // Wait to be killed: the host reads what this run cost from the kernel's
     // accounting of this live process, then kills it. If the host goes away instead,
@@ -381,32 +363,6 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
         let _ = (&*sock).read(&mut byte);
     }
     sys::exit_now(if ok { 0 } else { 76 })
-}
-
-/// A test hook's child that does not exit after its answer: it sleeps, spins, or
-/// fills memory and sleeps, for as long as nobody kills it.
-fn keep_running(how: &str) {
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    if how == "hold_memory_after_answer" {
-        for _ in 0..64 {
-            // Touched pages, 1 MiB at a time, as far as the address-space limit allows.
-            let mut block = Vec::new();
-            if block.try_reserve_exact(1 << 20).is_err() {
-                break;
-            }
-            block.resize(1 << 20, 1u8);
-            held.push(block);
-        }
-    }
-    let end = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < end {
-        if how == "spin_after_answer" {
-            std::hint::spin_loop();
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    drop(held);
 }
 
 /// What the guest produced in a run, for the host (how the run ended is the host's

@@ -19,12 +19,12 @@ pub enum Terminal {
 
 impl Terminal {
     /// The outcome status and error type a terminal condition reports, if any.
-    pub(super) fn status(self) -> Option<(Status, &'static str)> {
+    pub(super) fn status(self) -> Option<(Status, ErrorKind)> {
         match self {
             Terminal::None => None,
-            Terminal::Timeout => Some((Status::Timeout, "Timeout")),
-            Terminal::OutputLimit => Some((Status::OutputLimit, "OutputLimit")),
-            Terminal::Denied => Some((Status::Denied, "PolicyDenied")),
+            Terminal::Timeout => Some((Status::Timeout, ErrorKind::Timeout)),
+            Terminal::OutputLimit => Some((Status::OutputLimit, ErrorKind::OutputLimit)),
+            Terminal::Denied => Some((Status::Denied, ErrorKind::PolicyDenied)),
         }
     }
 

@@ -7,7 +7,7 @@
 //! # Security
 //! - Only modules that cannot reach the host are compiled in (no `host_env`); the
 //!   module tables are further pruned of introspection modules here.
-//! - Snippets get restricted builtins and module proxies (see `prelude.py`); once
+//! - Snippets get restricted builtins and module proxies (see `src/guest/rustpython_prelude.py`); once
 //!   the prelude and the policy's modules are loaded, [`Worker::seal`] removes the
 //!   interpreter internals from the VM's types (`walls.rs`).
 //! - Denials go to a sink the moment they happen ([`set_denial_sink`]): the
@@ -34,7 +34,7 @@ use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
 use rustpython_vm::{AsObject, Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
 
 use crate::analysis;
-use crate::executor::{ErrorInfo, Outcome, Status, Tier, Usage};
+use crate::executor::{ErrorInfo, ErrorKind, Outcome, Status, Tier, Usage};
 use crate::policy::module_allowed;
 
 use super::{importer, value, walls};
@@ -45,9 +45,9 @@ mod natives;
 pub use natives::*;
 
 /// The prelude that builds the snippet environment (see its header).
-const PRELUDE: &str = include_str!("../prelude.py");
+const PRELUDE: &str = include_str!("../../../guest/rustpython_prelude.py");
 /// The asyncio stand-in the prelude installs.
-const ASYNCIO_STANDIN: &str = include_str!("../../asyncio_standin.py");
+const ASYNCIO_STANDIN: &str = include_str!("../../../guest/asyncio_standin.py");
 
 /// Stack of an interpreter thread. RustPython recurses on the native stack for
 /// every Python call and for deep data; 2 MB overflows (and aborts the process) on
@@ -329,22 +329,29 @@ impl Worker {
         let (status, error, reusable) = match (terminal.status(), result) {
             (Some((status, kind)), _) => {
                 let message = self.ctrl.message.lock().map(|m| m.clone()).unwrap_or_default();
-                (status, Some((kind.to_string(), message)), false)
+                (status, Some(ErrorInfo::new(kind, message)), false)
             }
             (None, Err(_panic)) => (
                 Status::Crashed,
-                Some(("InterpreterPanic".into(), "the interpreter failed internally; the run was discarded".into())),
+                Some(ErrorInfo::new(
+                    ErrorKind::InterpreterPanic,
+                    "the interpreter failed internally; the run was discarded",
+                )),
                 false,
             ),
-            (None, Ok(RunResult::Denied(message))) => (Status::Denied, Some(("PolicyDenied".into(), message)), true),
-            (None, Ok(RunResult::Exception(kind, message))) => (Status::Exception, Some((kind, message)), true),
+            (None, Ok(RunResult::Denied(message))) => {
+                (Status::Denied, Some(ErrorInfo::new(ErrorKind::PolicyDenied, message)), true)
+            }
+            (None, Ok(RunResult::Exception(kind, message))) => {
+                (Status::Exception, Some(ErrorInfo::raised(kind, message)), true)
+            }
             (None, Ok(RunResult::Value(value))) => {
                 outcome.result = value;
                 (Status::Ok, None, true)
             }
         };
         outcome.status = status;
-        outcome.error = error.map(|(kind, message)| ErrorInfo { kind, message });
+        outcome.error = error;
         (outcome, reusable)
     }
 

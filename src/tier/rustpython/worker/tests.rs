@@ -53,7 +53,7 @@ fn trusted(code: &'static str) -> String {
 /// Walks the object graph from a snippet's names (`walk_test.py`) under a policy
 /// allowing `allowed`, with the real getattr; returns the walk's report.
 fn walk(allowed: Vec<String>) -> String {
-    trusted_with(include_str!("../walk_test.py"), allowed)
+    trusted_with(include_str!("../../../guest/walk_test.py"), allowed)
 }
 
 #[track_caller]
@@ -211,4 +211,31 @@ fn interpreter_settings_are_gone_from_sys() {
         "import sys\n[n for n in ('settrace', 'setprofile', 'setrecursionlimit', '_current_frames', 'monitoring') if hasattr(sys, n)]",
     );
     assert_eq!(r, "[]");
+}
+
+/// The names the host injects into the prelude are the ones the prelude documents
+/// at its top and the guest-Python lint (`ruff.toml`) knows, and no others.
+#[test]
+fn the_injected_names_are_documented_and_known_to_the_lint() {
+    use std::collections::BTreeSet;
+    let names = |text: &str, split: &str| -> BTreeSet<String> {
+        text.split(split)
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next().map(str::to_string))
+            .filter(|n| n.starts_with("_t_"))
+            .collect()
+    };
+    let injected = names(include_str!("mod.rs"), "set(");
+    assert!(injected.len() > 20, "{injected:?}");
+    let header: String = include_str!("../../../guest/rustpython_prelude.py")
+        .lines()
+        .take_while(|l| l.starts_with('#') || l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for name in &injected {
+        assert!(header.contains(name.as_str()), "{name} is injected but not documented in the prelude's header");
+    }
+    let listed: BTreeSet<String> =
+        include_str!("../../../../ruff.toml").split('"').filter(|w| w.starts_with("_t_")).map(str::to_string).collect();
+    assert_eq!(listed, injected, "ruff.toml's builtins differ from what the host injects");
 }

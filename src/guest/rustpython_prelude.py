@@ -15,6 +15,8 @@
 #                           module checks, module proxies, all state in Rust
 #   _t_importer_setup(real_import, skip_type), _t_proxy_override(module, make),
 #   _t_hide(module, name)   what the native importer needs from this file
+#   _t_import_time_caller(name)
+#                           whether the running code is a module's import-time code
 #   _t_check(source)        the static analysis' refusal of `source`, or None
 #   _t_asyncio_source       source of the asyncio stand-in (asyncio_standin.py)
 #   _t_getattr, _t_setattr, _t_delattr, _t_hasattr
@@ -545,7 +547,7 @@ _codecs_native.register(_text_codec_search_over(
 # native variant that lists only classes with a metaclass of their own.
 import abc as _abc_module
 # Its import-time code reads a frame's f_locals, which the host removes later.
-import _collections_abc as _collections_abc_module
+import _collections_abc as _collections_abc_module  # noqa: F401 (loaded for its import-time code)
 
 
 def __subclasses__(cls):
@@ -678,9 +680,9 @@ sys.modules["asyncio"] = _asyncio
 # Modules whose import-time code reads what the host removes once this file and the
 # policy's modules are loaded (a function's __code__), and that other modules import
 # lazily: load them now, with the stand-ins above in place.
-import types as _types_module
-import importlib.machinery as _importlib_machinery
-import annotationlib as _annotationlib_module
+import types as _types_module  # noqa: F401 (loaded now, see above)
+import importlib.machinery as _importlib_machinery  # noqa: F401
+import annotationlib as _annotationlib_module  # noqa: F401
 
 
 def harden_all():

@@ -1,0 +1,65 @@
+//! Test hooks: a child that misbehaves on purpose, so that the tests of the walls
+//! around a child (the seccomp filter, the supervisor's reading of answers and its
+//! kills) can act as a snippet that fully controls its process.
+//!
+//! Compiled only with the `test-hooks` feature, which this package enables for its
+//! own tests and benches and nothing else: a build of the library or of the
+//! `terrarium` binary for use has no probe field in its protocol and no code here.
+
+use std::time::{Duration, Instant};
+
+use super::protocol::{self, ChildMessage, GuestAnswer, GuestEnd};
+use super::sys;
+
+/// What a child does for the probe `probe` before its run: `None` to run as usual,
+/// or the way it keeps running after its answer. A forbidden system call does not
+/// return: the filter kills the child, or the child exits with 77.
+pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&str> {
+    match probe {
+        Some("forge_on_stderr") => {
+            // What the runtime's fallback writes would put on descriptor 2: a
+            // complete answer frame that claims another output.
+            let forged = GuestAnswer {
+                stdout: "FORGED\n".into(),
+                stderr: String::new(),
+                result: None,
+                end: GuestEnd::Returned,
+                output_over: false,
+            };
+            let _ = protocol::write_message(&mut std::io::stderr(), &ChildMessage::Answer(forged));
+            None
+        }
+        Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer")) => Some(after),
+        Some(syscall) => {
+            sys::attempt_forbidden(syscall, zygote);
+            sys::exit_now(77); // not reached when the filter holds
+        }
+        None => None,
+    }
+}
+
+/// A child that does not exit after its answer: it sleeps, spins, or fills memory
+/// and sleeps, for as long as nobody kills it.
+pub(super) fn keep_running(how: &str) {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    if how == "hold_memory_after_answer" {
+        for _ in 0..64 {
+            // Touched pages, 1 MiB at a time, as far as the address-space limit allows.
+            let mut block = Vec::new();
+            if block.try_reserve_exact(1 << 20).is_err() {
+                break;
+            }
+            block.resize(1 << 20, 1u8);
+            held.push(block);
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < end {
+        if how == "spin_after_answer" {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(held);
+}
