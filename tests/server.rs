@@ -140,8 +140,9 @@ fn the_openapi_document_describes_the_served_endpoints() {
         assert!(paths.contains_key(endpoint), "{endpoint} is not documented");
     }
     let metrics = s.call("GET", "/metrics", Some(ADMIN), None);
-    assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4"));
-    assert!(metrics.body.contains("# TYPE terrarium_http_requests_total counter"), "{}", metrics.body);
+    assert_eq!(metrics.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(metrics.body.contains("# TYPE terrarium_http_requests counter"), "{}", metrics.body);
+    assert!(metrics.body.ends_with("# EOF\n"), "{}", metrics.body);
     assert!(metrics.body.contains("terrarium_breaker_state{breaker=\"docker\"} 0"), "{}", metrics.body);
     assert!(metrics.body.contains("terrarium_approvals_pending 0"), "{}", metrics.body);
 }

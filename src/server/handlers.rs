@@ -91,7 +91,7 @@ pub(super) async fn execute(State(state): State<Shared>, headers: HeaderMap, bod
     tracing::info!(caller = caller.name, id = ?req.id, "execute");
     match state.sandbox.execute(req.with_caller(caller.name.clone())).await {
         Ok(o) => {
-            state.metrics.outcome(o.tier.as_str(), o.status.as_str());
+            state.metrics.outcome(o.tier, o.status);
             axum::Json(o).into_response()
         }
         Err(e) => sandbox_error(&state, &e),
@@ -140,7 +140,7 @@ pub(super) async fn command(State(state): State<Shared>, headers: HeaderMap, bod
     match state.sandbox.run_command(&line, wait, !b.check, &caller.name).await {
         Ok(report) => {
             if let Some(o) = &report.outcome {
-                state.metrics.outcome("docker", o.status.as_str());
+                state.metrics.outcome(crate::Tier::Docker, o.status);
             }
             axum::Json(report).into_response()
         }
@@ -282,22 +282,18 @@ pub(super) async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> 
         .into_iter()
         .map(|b| {
             let v = match b.state {
-                crate::breaker::State::Closed => 0.0,
-                crate::breaker::State::HalfOpen => 1.0,
-                crate::breaker::State::Open => 2.0,
+                crate::breaker::State::Closed => 0,
+                crate::breaker::State::HalfOpen => 1,
+                crate::breaker::State::Open => 2,
             };
-            (format!("breaker=\"{}\"", b.name), v)
+            (b.name, v)
         })
         .collect();
-    let pending = match state.gate.pending().await {
-        Ok(n) => n as f64,
+    let approvals_pending = match state.gate.pending().await {
+        Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
         Err(e) => return fault("the approvals queue", &e),
     };
-    let running = vec![(String::new(), state.sandbox.running() as f64)];
-    let text = state.metrics.render(&[
-        ("terrarium_running", "Runs and commands in a tier now (0 when runs are not limited).", running),
-        ("terrarium_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", breakers),
-        ("terrarium_approvals_pending", "Critical operations waiting for a human.", vec![(String::new(), pending)]),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let running = i64::try_from(state.sandbox.running()).unwrap_or(i64::MAX);
+    let text = state.metrics.render(&super::metrics::Scrape { running, breakers, approvals_pending });
+    ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -1,105 +1,142 @@
-//! Counters and gauges the server exposes at `GET /metrics`, in the Prometheus
-//! text format (version 0.0.4).
+//! Counters and gauges the server exposes at `GET /metrics`, in the OpenMetrics
+//! text format, encoded by `prometheus-client`.
 //!
 //! Label values come only from Terrarium's own vocabularies (route templates,
-//! status codes, tier and status names), never from request text, so the number of
-//! series stays bounded whatever clients send.
+//! status codes, tier and status names, breaker names), never from request text, so
+//! the number of series stays bounded whatever clients send.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// A gauge family computed at scrape time: name, help, `(labels, value)` rows.
-pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    tier: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    breaker: String,
+}
+
+/// What is sampled when the metrics are scraped rather than counted as it happens.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// Runs and commands in a tier now.
+    pub running: i64,
+    /// Each breaker's state: 0 closed, 1 half-open, 2 open.
+    pub breakers: Vec<(String, i64)>,
+    /// Critical operations waiting for a human.
+    pub approvals_pending: i64,
+}
 
 /// The server's metrics.
-#[derive(Default)]
 pub struct Metrics {
-    /// `terrarium_http_requests_total{route,code}`.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    /// `terrarium_rejected_total{reason}`: busy, unauthorized, forbidden, too_large.
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
-    /// `terrarium_outcomes_total{tier,status}`.
-    outcomes: Mutex<BTreeMap<(String, String), u64>>,
-    /// `terrarium_in_flight`: requests being served.
-    pub in_flight: AtomicI64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    /// Requests being served now.
+    pub in_flight: Gauge,
+    running: Gauge,
+    breakers: Family<BreakerLabels, Gauge>,
+    approvals_pending: Gauge,
 }
 
-fn rows<K>(m: &Mutex<BTreeMap<K, u64>>, f: impl Fn(&K) -> String) -> Vec<(String, f64)> {
-    m.lock().map(|m| m.iter().map(|(k, v)| (f(k), *v as f64)).collect()).unwrap_or_default()
-}
-
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    if let Ok(mut m) = map.lock() {
-        *m.entry(key).or_default() += 1;
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            requests: Family::default(),
+            rejected: Family::default(),
+            outcomes: Family::default(),
+            in_flight: Gauge::default(),
+            running: Gauge::default(),
+            breakers: Family::default(),
+            approvals_pending: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "terrarium_http_requests",
+            "HTTP requests answered, by route template and status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "terrarium_rejected",
+            "Requests refused before they were served, by reason",
+            m.rejected.clone(),
+        );
+        registry.register("terrarium_outcomes", "Snippet runs, by tier and outcome status", m.outcomes.clone());
+        registry.register("terrarium_in_flight", "Requests being served now", m.in_flight.clone());
+        registry.register(
+            "terrarium_running",
+            "Runs and commands in a tier now (0 when runs are not limited)",
+            m.running.clone(),
+        );
+        registry.register(
+            "terrarium_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            m.breakers.clone(),
+        );
+        registry.register(
+            "terrarium_approvals_pending",
+            "Critical operations waiting for a human",
+            m.approvals_pending.clone(),
+        );
+        Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
     /// Counts one answered request.
     pub fn request(&self, route: &str, code: u16) {
-        bump(&self.requests, (route.to_string(), code));
+        self.requests.get_or_create(&RequestLabels { route: escape(route), code }).inc();
     }
 
-    /// Counts one rejection.
+    /// Counts one rejection (`busy`, `unauthorized`, `forbidden`, `too_large`, …).
     pub fn rejected(&self, reason: &'static str) {
-        bump(&self.rejected, reason);
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Counts one outcome.
-    pub fn outcome(&self, tier: &str, status: &str) {
-        bump(&self.outcomes, (tier.to_string(), status.to_string()));
+    pub fn outcome(&self, tier: crate::Tier, status: crate::Status) {
+        self.outcomes.get_or_create(&OutcomeLabels { tier: tier.as_str(), status: status.as_str() }).inc();
     }
 
-    /// The text format; `extra` gauges are appended as given
-    /// (`(name, help, [(labels, value)])`).
-    pub fn render(&self, extra: &[Gauge<'_>]) -> String {
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = if labels.is_empty() {
-                    writeln!(out, "{name} {v}")
-                } else {
-                    writeln!(out, "{name}{{{labels}}} {v}")
-                };
-            }
-        };
-        family(
-            "terrarium_http_requests_total",
-            "counter",
-            "HTTP requests answered, by route template and status code.",
-            rows(&self.requests, |(r, c): &(String, u16)| format!("route=\"{}\",code=\"{c}\"", escape(r))),
-        );
-        family(
-            "terrarium_rejected_total",
-            "counter",
-            "Requests refused before they were served, by reason.",
-            rows(&self.rejected, |r: &&str| format!("reason=\"{r}\"")),
-        );
-        family(
-            "terrarium_outcomes_total",
-            "counter",
-            "Snippet runs, by tier and outcome status.",
-            rows(&self.outcomes, |(t, s): &(String, String)| {
-                format!("tier=\"{}\",status=\"{}\"", escape(t), escape(s))
-            }),
-        );
-        family(
-            "terrarium_in_flight",
-            "gauge",
-            "Requests being served now.",
-            vec![(String::new(), self.in_flight.load(Ordering::Relaxed) as f64)],
-        );
-        for (name, help, rows) in extra {
-            family(name, "gauge", help, rows.clone());
+    /// The text format, with `scrape`'s samples.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        self.running.set(scrape.running);
+        self.approvals_pending.set(scrape.approvals_pending);
+        for (name, state) in &scrape.breakers {
+            self.breakers.get_or_create(&BreakerLabels { breaker: escape(name) }).set(*state);
         }
+        let mut out = String::new();
+        // Writing to a String cannot fail; an encoder error would leave what was
+        // written so far, which is still valid up to that family.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-/// A label value with `\`, `"` and newlines escaped.
+/// A label value with `\`, `"` and newlines escaped (the encoder writes label
+/// values as given).
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -114,14 +151,22 @@ mod tests {
         m.request("/v1/execute", 200);
         m.request("/v1/execute", 200);
         m.rejected("busy");
-        m.outcome("rustpython", "ok");
-        let text = m.render(&[("terrarium_breaker_open", "Open breakers.", vec![("breaker=\"api\"".into(), 0.0)])]);
-        assert!(text.contains("# TYPE terrarium_http_requests_total counter\n"), "{text}");
+        m.outcome(crate::Tier::Rustpython, crate::Status::Ok);
+        let text = m.render(&Scrape { breakers: vec![("api".into(), 0)], ..Scrape::default() });
+        assert!(text.contains("# TYPE terrarium_http_requests counter\n"), "{text}");
         assert!(text.contains("terrarium_http_requests_total{route=\"/v1/execute\",code=\"200\"} 2\n"), "{text}");
         assert!(text.contains("terrarium_rejected_total{reason=\"busy\"} 1\n"), "{text}");
         assert!(text.contains("terrarium_outcomes_total{tier=\"rustpython\",status=\"ok\"} 1\n"), "{text}");
         assert!(text.contains("terrarium_in_flight 0\n"), "{text}");
-        assert!(text.contains("terrarium_breaker_open{breaker=\"api\"} 0\n"), "{text}");
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert!(text.contains("terrarium_breaker_state{breaker=\"api\"} 0\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_route_with_quotes_cannot_break_the_format() {
+        let m = Metrics::default();
+        m.request("/a\"b\\c\nd", 404);
+        let text = m.render(&Scrape::default());
+        assert!(text.contains(r#"route="/a\"b\\c\nd""#), "{text}");
     }
 }

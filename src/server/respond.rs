@@ -82,7 +82,7 @@ pub(super) async fn admit(State(state): State<Shared>, req: Request, next: Next)
         state.metrics.request(&route, r.status().as_u16());
         return r;
     };
-    state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    state.metrics.in_flight.inc();
     let r = async {
         let (parts, body) = req.into_parts();
         let limit = if known { state.max_body } else { ANONYMOUS_BODY };
@@ -111,7 +111,7 @@ pub(super) async fn admit(State(state): State<Shared>, req: Request, next: Next)
         next.run(Request::from_parts(parts, Body::from(bytes))).await
     }
     .await;
-    state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    state.metrics.in_flight.dec();
     state.metrics.request(&route, r.status().as_u16());
     r
 }
