@@ -163,12 +163,9 @@ pub(super) const PAGE: usize = 100;
 
 pub(super) async fn list_approvals(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    _: Caller<Approver>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals").await {
-        return r;
-    }
     let status = match q.status.as_deref().map(str::parse::<crate::approval::ApprovalStatus>).transpose() {
         Ok(s) => s,
         Err(why) => return problem(StatusCode::BAD_REQUEST, &format!("status {why}")),
@@ -184,10 +181,11 @@ pub(super) async fn list_approvals(
     }
 }
 
-pub(super) async fn show_approval(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Approve, "GET /v1/approvals/{id}").await {
-        return r;
-    }
+pub(super) async fn show_approval(
+    State(state): State<Shared>,
+    _: Caller<Approver>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = id.parse::<i64>() else { return problem(StatusCode::NOT_FOUND, "no such approval request") };
     match state.gate.get(id).await {
         Ok(Some(item)) => axum::Json(item).into_response(),
@@ -204,14 +202,10 @@ pub(super) struct DecideBody {
 
 pub(super) async fn decide_approval(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Caller(caller, _): Caller<Approver>,
     Path((id, decision)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    let caller = match authorize(&state, &headers, Role::Approve, "POST /v1/approvals/{id}/{decision}").await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let approve = match decision.as_str() {
         "approve" => true,
         "deny" => false,
@@ -254,10 +248,7 @@ pub(super) async fn decide(
     }
 }
 
-pub(super) async fn breakers(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, "GET /v1/breakers").await {
-        return r;
-    }
+pub(super) async fn breakers(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
     axum::Json(state.sandbox.breakers().snapshot()).into_response()
 }
 
@@ -271,10 +262,7 @@ pub(super) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-pub(super) async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, "GET /metrics").await {
-        return r;
-    }
+pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
     let breakers = state
         .sandbox
         .breakers()

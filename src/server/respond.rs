@@ -133,6 +133,39 @@ pub(super) async fn authorize(
     }
 }
 
+/// The role a [`Caller`] must hold.
+pub(super) trait NeedsRole {
+    /// The role.
+    const ROLE: Role;
+}
+
+/// Marker: the `approve` role.
+pub(super) struct Approver;
+impl NeedsRole for Approver {
+    const ROLE: Role = Role::Approve;
+}
+
+/// Marker: the `admin` role.
+pub(super) struct Administrator;
+impl NeedsRole for Administrator {
+    const ROLE: Role = Role::Admin;
+}
+
+/// A caller holding role `R`, as an extractor: a handler that takes it runs only
+/// for a token with that role (or `admin`); anyone else is answered 401 or 403,
+/// counted and recorded, before the handler or any extractor after this one runs.
+pub(super) struct Caller<R>(pub(super) Identity, pub(super) std::marker::PhantomData<R>);
+
+impl<R: NeedsRole> axum::extract::FromRequestParts<Shared> for Caller<R> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &Shared) -> Result<Self, Response> {
+        let route = parts.extensions.get::<MatchedPath>().map_or(parts.uri.path(), |p| p.as_str());
+        let what = format!("{} {route}", parts.method);
+        authorize(state, &parts.headers, R::ROLE, &what).await.map(|id| Caller(id, std::marker::PhantomData))
+    }
+}
+
 /// Records and answers a refused caller.
 pub(super) async fn refuse_caller(
     state: &AppState,
