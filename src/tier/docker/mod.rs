@@ -216,7 +216,7 @@ impl DockerExecutor {
                     Tier::Docker,
                     Status::Exception,
                     ErrorKind::CommandNotFound,
-                    format!("{} is not in the image", argv.first().map_or("", String::as_str)),
+                    format!("{} is not in the image, or cannot be run there", argv.first().map_or("", String::as_str)),
                 );
                 o.usage.wall_ms = millis(arrived.elapsed());
                 return Ok(o);
