@@ -2,8 +2,8 @@
 //! real tiers, the real audit database. Attacks on the door: no token, a wrong
 //! token, the wrong role, bad bodies, shell tricks in commands, a flood.
 
+use crate::common::default_policy_with;
 use crate::common::server::{ADMIN, APPROVE, Reply, SUBMIT, Server, call, parse_reply, request_bytes, sign_in};
-use crate::common::{SKIP_DOCKER, default_policy_with};
 
 fn audit_rows(server: &Server) -> Vec<serde_json::Value> {
     let out = server.cli(&["audit", "tail", "-n", "500"]);
@@ -183,14 +183,6 @@ fn docker_policy_with_approvals(approvals: &str) -> String {
     format!("{}\n{approvals}", default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE))
 }
 
-fn skip_docker() -> bool {
-    let skip = std::env::var_os(SKIP_DOCKER).is_some_and(|v| v == "1");
-    if skip {
-        eprintln!("skipped: {SKIP_DOCKER}=1");
-    }
-    skip
-}
-
 /// Polls the queue until one item is pending; returns it.
 pub fn first_pending(s: &Server) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -205,10 +197,8 @@ pub fn first_pending(s: &Server) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_critical_run_blocks_until_approved_then_runs() {
-    if skip_docker() {
-        return;
-    }
     let s = Server::start(
         Some(&docker_policy_with_approvals("approvals:\n  critical: [docker_tier]\n  timeout: 60\n")),
         &[],
@@ -804,4 +794,111 @@ fn an_abandoned_wait_expires_its_item_and_gives_back_its_place() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(s.call("GET", "/review", None, None).status, 200, "the sign-in form");
     drop(holders);
+}
+
+/// Whether `value` conforms to `schema` of the OpenAPI document `doc`: types
+/// (with `null`), enums, required fields, array items, `oneOf`, `$ref`s, and no
+/// field the document does not name (a response that grew a field the document
+/// does not describe is drift). Returns where it does not.
+fn conforms(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) -> Result<(), String> {
+    use serde_json::Value;
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(doc, &doc["components"]["schemas"][name], value, &format!("{at} ({name})"));
+    }
+    if let Some(options) = schema["oneOf"].as_array() {
+        return if options.iter().any(|o| conforms(doc, o, value, at).is_ok()) {
+            Ok(())
+        } else {
+            Err(format!("{at}: {value} matches none of {schema}"))
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let is = |t: &str| match t {
+        "null" => value.is_null(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    };
+    if !types.is_empty() && !types.iter().any(|t| is(t)) {
+        return Err(format!("{at}: {value} is not {types:?}"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in values.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    if let (Some(props), Some(fields)) = (schema["properties"].as_object(), value.as_object()) {
+        for required in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if !fields.contains_key(required) {
+                return Err(format!("{at}: {required} is required, missing from {value}"));
+            }
+        }
+        for (k, v) in fields {
+            let Some(s) = props.get(k) else { return Err(format!("{at}: field {k} is not in the document")) };
+            conforms(doc, s, v, &format!("{at}.{k}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The OpenAPI document's schemas hold for what the server really answers: each
+/// endpoint's 200 body, and the error body, checked field by field.
+#[test]
+fn real_responses_conform_to_the_openapi_documents_schemas() {
+    let policy = format!(
+        "{}\napprovals:\n  critical: [docker_tier]\n  timeout: 1\n",
+        default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE)
+    );
+    let s = Server::start(Some(&policy), &[]);
+    let doc = s.call("GET", "/openapi.json", None, None).json();
+    let ok_schema = |method: &str, path: &str| {
+        doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"].clone()
+    };
+    let check = |method: &str, path: &str, concrete: &str, token: Option<&str>, body: Option<&str>| {
+        let r = s.call(&method.to_uppercase(), concrete, token, body);
+        assert_eq!(r.status, 200, "{method} {concrete}: {}", r.body);
+        let schema = ok_schema(method, path);
+        assert!(!schema.is_null(), "{method} {path} documents no 200 body");
+        if let Err(e) = conforms(&doc, &schema, &r.json(), &format!("{method} {concrete}")) {
+            panic!("{e}");
+        }
+        r.json()
+    };
+    for code in ["print(1)\n1 + 1", "1/0", "import os", "x = ("] {
+        let body = serde_json::json!({ "code": code, "id": "schema" }).to_string();
+        check("post", "/v1/execute", "/v1/execute", Some(SUBMIT), Some(&body));
+    }
+    // A critical run nobody decides: denied after a second, and an item in the queue.
+    check("post", "/v1/execute", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "1", "tier": "docker"}"#));
+    check("post", "/v1/commands", "/v1/commands", Some(SUBMIT), Some(r#"{"command": "rm -rf /"}"#));
+    let items = check("get", "/v1/approvals", "/v1/approvals", Some(APPROVE), None);
+    let id = items[0]["id"].as_i64().expect("an item");
+    check("get", "/v1/approvals/{id}", &format!("/v1/approvals/{id}"), Some(APPROVE), None);
+    check("get", "/v1/breakers", "/v1/breakers", Some(ADMIN), None);
+    check("get", "/v1/health", "/v1/health", None, None);
+    let refused = s.call("GET", "/v1/breakers", None, None);
+    assert_eq!(refused.status, 401);
+    let error = serde_json::json!({ "$ref": "#/components/schemas/Error" });
+    if let Err(e) = conforms(&doc, &error, &refused.json(), "401") {
+        panic!("{e}");
+    }
 }

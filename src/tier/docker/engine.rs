@@ -123,7 +123,7 @@ impl Engine {
         Ok(Engine { docker, socket: socket.to_path_buf(), api_timeout, api: None })
     }
 
-    /// This engine with every API call of [`Engine::call`] going through `breaker`.
+    /// This engine with every API call going through `breaker`.
     #[must_use]
     pub fn guarded_by(mut self, breaker: Option<crate::breaker::Breaker>) -> Engine {
         self.api = breaker;
