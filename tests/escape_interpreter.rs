@@ -1163,6 +1163,26 @@ fn a_finalizer_left_by_one_embedded_run_is_not_the_next_requests() {
     }
 }
 
+/// An embedded interpreter ends each run by collecting the run's cycles: only the
+/// young generation when no collection ran during the run (everything the run
+/// made is still there), a full one when one did (and may have promoted some of
+/// it). Either way the run's cyclic garbage is finalized in the run, never in the
+/// next.
+#[test]
+fn a_runs_cycles_are_finalized_in_the_run_whichever_generation_they_reached() {
+    let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
+    for churn in [0, 20_000] {
+        let code = format!(
+            "class C:\n    def __del__(self): print('finalized')\nc = C(); c.me = c\n\
+             junk = [[] for _ in range({churn})]\ndel c\ndel junk\nNone"
+        );
+        let o = crate::common::exec(&exec, ExecRequest::new(code));
+        assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, "finalized\n"), "churn {churn}: {o:?}");
+        let next = crate::common::exec(&exec, ExecRequest::new("print('next')"));
+        assert_eq!(next.stdout, "next\n", "churn {churn}: {next:?}");
+    }
+}
+
 /// F5 of the attack on issue 17: reading a value allocated (a big integer's
 /// range check), the allocation ran a collection, and the snippet's finalizer
 /// changed the value halfway through the read. The collector is paused while the

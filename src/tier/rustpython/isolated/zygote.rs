@@ -64,7 +64,9 @@ const MODULE_WARM_UPS: &[(&str, &str)] = &[
     ("string", "import string\nstring.Template('$a').substitute(a=1)"),
 ];
 
-/// Runs [`WARM_UP`] and the warm-ups of the allowed modules in the zygote itself.
+/// Runs [`WARM_UP`] and the warm-ups of the allowed modules: in the zygote, so that
+/// lazy initialisation is done once before the fork; and in each child before it
+/// reads its request, so that its copy-on-write faults are taken ahead of demand.
 fn warm_up_modules(worker: &Worker, allowed: &[String]) {
     let allowed: std::collections::BTreeSet<String> = allowed.iter().cloned().collect();
     let run = |code: &str| {
@@ -221,7 +223,7 @@ fn zygote_main() -> ExitCode {
                 in_namespaces = Some(enter_namespaces());
             }
             let spec = SpawnSpec { namespaces: spec.namespaces && in_namespaces == Some(true), ..spec };
-            match spawn(&worker, &spec, me) {
+            match spawn(&worker, &spec, me, &preload) {
                 Ok(c) => confining.push(c),
                 Err(e) => {
                     let msg = FromZygote::SpawnFailed { token: spec.token, message: e.to_string() };
@@ -253,7 +255,7 @@ fn mapped_bytes() -> u64 {
     pages * 4096
 }
 
-fn spawn(worker: &Worker, spec: &SpawnSpec, zygote: i32) -> io::Result<Confining> {
+fn spawn(worker: &Worker, spec: &SpawnSpec, zygote: i32, preload: &[String]) -> io::Result<Confining> {
     let (host_end, child_end) = sys::stream_pair()?;
     let (host_words, child_words) = sys::stream_pair()?;
     let address_space = mapped_bytes().saturating_add(spec.memory);
@@ -261,7 +263,7 @@ fn spawn(worker: &Worker, spec: &SpawnSpec, zygote: i32) -> io::Result<Confining
         None => {
             drop(host_end);
             drop(host_words);
-            child_main(worker, child_end, child_words, spec, address_space, zygote)
+            child_main(worker, child_end, child_words, spec, address_space, zygote, preload)
         }
         Some(pid) => {
             drop(child_end);
@@ -273,7 +275,16 @@ fn spawn(worker: &Worker, spec: &SpawnSpec, zygote: i32) -> io::Result<Confining
 }
 
 /// The child: confine, read one request, answer, `_exit`. Never returns.
-fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, address_space: u64, zygote: i32) -> ! {
+#[allow(clippy::too_many_arguments, reason = "the child's whole set-up, passed once at fork")]
+fn child_main(
+    worker: &Worker,
+    sock: OwnedFd,
+    words: OwnedFd,
+    spec: &SpawnSpec,
+    address_space: u64,
+    zygote: i32,
+    preload: &[String],
+) -> ! {
     sys::unblock_all_signals();
     if sys::die_with_parent().is_err() || sys::parent_pid() != zygote {
         sys::exit_now(70);
@@ -310,16 +321,10 @@ fn child_main(worker: &Worker, sock: OwnedFd, words: OwnedFd, spec: &SpawnSpec, 
         sys::exit_now(74);
     }
     // Touch, ahead of demand, the pages every run writes (parser, compiler, frames,
-    // refcounts of the core types): their copy-on-write faults then happen here,
-    // off the request path. The warm-up is Terrarium's own code, in fresh globals.
-    let _ = worker.run(&Job {
-        run_id: 1,
-        id: None,
-        code: WARM_UP.into(),
-        allowed_modules: Default::default(),
-        max_output: 1 << 16,
-        deadline: Instant::now() + Duration::from_secs(5),
-    });
+    // refcounts of the core types, and the policy's modules' common paths): their
+    // copy-on-write faults then happen here, off the request path. The warm-ups
+    // are Terrarium's own code, in fresh globals, the same in every child.
+    warm_up_modules(worker, preload);
     worker.prepare_globals();
     // Confined and warm: say so (the zygote announces the child on this byte), then,
     // and only then, read the request.

@@ -371,6 +371,7 @@ impl Worker {
             // The cycle collector runs only inside a run (see `Worker::new`): a
             // snippet's finalizer never runs between runs, where no deadline
             // reaches it and the next request would be charged for it.
+            let collections_before = collections(vm);
             vm.state.gc.enable();
             let ran = vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm));
             // Paused again before the value is read, so that no finalizer changes
@@ -411,13 +412,24 @@ impl Worker {
             // outlive this run's collection and be finalized in the next run).
             importer::new_run();
             if self.reused.get() {
-                let _ = vm.state.gc.collect_force(2);
+                // Everything this run made is in the youngest generation unless a
+                // collection ran during it (and promoted some of it): then only a
+                // full collection is sure to reach all of it. Otherwise the young
+                // generation is the run, and the older ones (what earlier runs
+                // left alive: imported modules, caches) are not walked again.
+                let generation = if collections(vm) == collections_before { 0 } else { 2 };
+                let _ = vm.state.gc.collect_force(generation);
             }
             // A finalizer may have imported (an import's end re-enables collection).
             vm.state.gc.disable();
             result
         })
     }
+}
+
+/// How many collections the interpreter has made, all generations together.
+fn collections(vm: &VirtualMachine) -> usize {
+    vm.state.gc.get_stats().iter().map(|g| g.collections).sum()
 }
 
 /// Compiles snippet text. The parser and code generator only: the interpreter's
