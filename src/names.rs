@@ -21,7 +21,7 @@ pub struct UnknownName {
 
 /// Declares an enum of named variants:
 ///
-/// ```ignore
+/// ```text
 /// named! {
 ///     /// Doc.
 ///     "severity" pub enum Severity {
