@@ -14,6 +14,9 @@ use super::sys;
 /// What a child does for the probe `probe` before its run: `None` to run as usual,
 /// or the way it keeps running after its answer. A forbidden system call does not
 /// return: the filter kills the child, or the child exits with 77.
+// Never inlined: their symbols are how scripts/test tells a build with the hooks
+// from one without.
+#[inline(never)]
 pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&str> {
     match probe {
         Some("forge_on_stderr") => {
@@ -40,6 +43,7 @@ pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&st
 
 /// A child that does not exit after its answer: it sleeps, spins, or fills memory
 /// and sleeps, for as long as nobody kills it.
+#[inline(never)]
 pub(super) fn keep_running(how: &str) {
     let mut held: Vec<Vec<u8>> = Vec::new();
     if how == "hold_memory_after_answer" {
