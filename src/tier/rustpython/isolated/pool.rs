@@ -30,6 +30,9 @@ pub(super) struct ReadyChild {
 pub(super) struct Accounting {
     pub(super) schedstat: std::fs::File,
     pub(super) status: std::fs::File,
+    /// CPU time the child had used when it said it was ready (its confinement and
+    /// warm-ups), taken off what its run is charged.
+    pub(super) cpu_ns_at_ready: u64,
 }
 
 impl Accounting {
@@ -40,7 +43,11 @@ impl Accounting {
         let status = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
         // Still alive after both opens: the pid was not reused, so the files are
         // this child's (a process's procfs files never switch to another one).
-        (!sys::has_exited(pidfd.as_fd())).then_some(Accounting { schedstat, status })
+        let cpu_ns_at_ready = std::io::read_to_string(&schedstat)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        (!sys::has_exited(pidfd.as_fd())).then_some(Accounting { schedstat, status, cpu_ns_at_ready })
     }
 }
 

@@ -218,6 +218,7 @@ pub(super) fn observe(pid: i32, opened: Option<&Accounting>) -> Option<Exit> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    let cpu_ns = cpu_ns.saturating_sub(opened.map_or(0, |a| a.cpu_ns_at_ready));
     Some(Exit { code: None, signal: None, cpu_us: cpu_ns / 1000, maxrss_kb: hwm_kb })
 }
 

@@ -119,6 +119,9 @@ pub struct Worker {
     /// Whether the interpreter serves another run after this one (embedded
     /// mode): then each run ends by collecting its own cyclic garbage.
     reused: std::cell::Cell<bool>,
+    /// Set when a run's garbage could not all be collected before it ended: the
+    /// interpreter is then not reused.
+    tainted: std::cell::Cell<bool>,
 }
 
 impl Worker {
@@ -210,6 +213,7 @@ impl Worker {
             harden_all,
             next_globals: RefCell::new(None),
             reused: std::cell::Cell::new(false),
+            tainted: std::cell::Cell::new(false),
         })
     }
 
@@ -352,7 +356,7 @@ impl Worker {
         };
         outcome.status = status;
         outcome.error = error;
-        (outcome, reusable)
+        (outcome, reusable && !self.tainted.get())
     }
 
     fn run_inner(&self, job: &Job) -> RunResult {
@@ -371,7 +375,6 @@ impl Worker {
             // The cycle collector runs only inside a run (see `Worker::new`): a
             // snippet's finalizer never runs between runs, where no deadline
             // reaches it and the next request would be charged for it.
-            let collections_before = collections(vm);
             vm.state.gc.enable();
             let ran = vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm));
             // Paused again before the value is read, so that no finalizer changes
@@ -411,14 +414,10 @@ impl Worker {
             // So do the run's module proxies (a cycle hung on one would otherwise
             // outlive this run's collection and be finalized in the next run).
             importer::new_run();
-            if self.reused.get() {
-                // Everything this run made is in the youngest generation unless a
-                // collection ran during it (and promoted some of it): then only a
-                // full collection is sure to reach all of it. Otherwise the young
-                // generation is the run, and the older ones (what earlier runs
-                // left alive: imported modules, caches) are not walked again.
-                let generation = if collections(vm) == collections_before { 0 } else { 2 };
-                let _ = vm.state.gc.collect_force(generation);
+            if self.reused.get() && !collect_the_runs_garbage(vm) {
+                // Finalizers kept making new garbage: this interpreter serves no
+                // other run, so none of it can reach another request.
+                self.tainted.set(true);
             }
             // A finalizer may have imported (an import's end re-enables collection).
             vm.state.gc.disable();
@@ -427,9 +426,24 @@ impl Worker {
     }
 }
 
-/// How many collections the interpreter has made, all generations together.
-fn collections(vm: &VirtualMachine) -> usize {
-    vm.state.gc.get_stats().iter().map(|g| g.collections).sum()
+/// Passes of the end-of-run collection before an interpreter is given up on.
+const COLLECTION_PASSES: usize = 8;
+
+/// Collects, at the end of a run on a reused interpreter, everything the run left
+/// as garbage, so that no finalizer of it runs during another request (finding F3
+/// of issue 17's review). Every generation: a run can make an old object garbage
+/// (a cycle it hung on a module's shared state in an earlier run and unhooked in
+/// this one). Repeated while a pass frees something: a finalizer may make new
+/// cyclic garbage as it runs, which the pass that ran it did not see. `false` when
+/// garbage was still being made after [`COLLECTION_PASSES`] passes.
+fn collect_the_runs_garbage(vm: &VirtualMachine) -> bool {
+    for _ in 0..COLLECTION_PASSES {
+        let pass = vm.state.gc.collect_force(2);
+        if pass.collected == 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Compiles snippet text. The parser and code generator only: the interpreter's
