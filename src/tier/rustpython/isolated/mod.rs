@@ -211,6 +211,7 @@ impl IsolatedExecutor {
         let mut outcome = loop {
             attempts += 1;
             let z = self.zygote().await?;
+            let running = z.in_flight();
             let child = if spec == self.default_spec() { z.take().await } else { z.take_dedicated(spec).await };
             let child = match child {
                 Ok(c) => c,
@@ -221,6 +222,7 @@ impl IsolatedExecutor {
             let limits =
                 RunLimits { deadline, timeout, cap, memory: policy.max_memory(), max_output: policy.max_output() };
             let supervised = supervise(child, &request, &limits, spec.namespaces).await;
+            drop(running);
             z.refill(&mut z.state());
             match supervised {
                 Err(Supervise::ZygoteGone) if attempts < 2 => continue,
@@ -288,6 +290,7 @@ fn spawn_spec(policy: &Policy, namespaces: bool) -> SpawnSpec {
         // A backstop behind the wall deadline: whole seconds, plus one.
         cpu_secs: policy.timeout().as_secs().saturating_add(2),
         namespaces,
+        warm_modules: true,
     }
 }
 

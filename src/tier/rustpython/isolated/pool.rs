@@ -73,6 +73,17 @@ pub(super) struct Zygote {
     pub(super) spec: SpawnSpec,
     pub(super) pool_size: usize,
     pub(super) next_token: AtomicU64,
+    /// Requests running on a child of this zygote now.
+    pub(super) in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One request running on a child of `Zygote` (counted while it lives).
+pub(super) struct InFlight<'a>(&'a Zygote);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Zygote {
@@ -124,6 +135,7 @@ impl Zygote {
             spec,
             pool_size: config.pool_size.max(1),
             next_token: AtomicU64::new(1),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
         let reader = z.clone();
         std::thread::Builder::new()
@@ -148,9 +160,20 @@ impl Zygote {
     }
 
     /// Asks for children until ready + pending reaches the pool size.
+    /// Counts a request as running until the value is dropped.
+    pub(super) fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// Asks the zygote for children until the pool is full. They warm the policy's
+    /// modules only while no request is running: one at a time, a request's latency
+    /// is what counts; with several in flight, each child's extra CPU would cost
+    /// throughput on the cores they share.
     pub(super) fn refill(&self, st: &mut PoolState) {
+        let spec = SpawnSpec { warm_modules: self.in_flight.load(Ordering::Relaxed) == 0, ..self.spec };
         while st.death.is_none() && st.ready.len() + st.pending < self.pool_size {
-            if self.send(&ToZygote::Spawn(self.spec)).is_err() {
+            if self.send(&ToZygote::Spawn(spec)).is_err() {
                 break;
             }
             st.pending += 1;

@@ -49,6 +49,9 @@ pub struct SpawnSpec {
     pub cpu_secs: u64,
     /// Enter new user/net/mount/IPC/UTS namespaces, where the kernel allows.
     pub namespaces: bool,
+    /// Import the policy's modules before saying ready (see `zygote::child_warm_up`):
+    /// asked for while no request is running (see `Zygote::refill`).
+    pub warm_modules: bool,
 }
 
 /// Zygote → supervisor.

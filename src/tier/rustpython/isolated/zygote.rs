@@ -349,7 +349,7 @@ fn child_main(
     // refcounts of the core types and of the policy's modules): their copy-on-write
     // faults then happen here, off the request path. The warm-up is Terrarium's own
     // code, in fresh globals, the same in every child.
-    child_warm_up(worker, preload);
+    child_warm_up(worker, if spec.warm_modules { preload } else { &[] });
     worker.prepare_globals();
     // Confined and warm: say so (the zygote announces the child on this byte), then,
     // and only then, read the request.
