@@ -1218,6 +1218,36 @@ fn garbage_a_finalizer_makes_is_collected_in_the_same_run() {
     assert_eq!((after.status, after.stdout.as_str()), (Status::Ok, "after\n"), "{after:?}");
 }
 
+/// The re-review of that fix: a finalizer that resurrects its own object while it
+/// makes new cyclic garbage left a pass that counted nothing collected, so the
+/// repeated collection stopped, and the new garbage's finalizer ran in the next
+/// request. The collection now repeats until a pass leaves nothing new in the
+/// youngest generation.
+#[test]
+fn a_resurrecting_finalizers_garbage_is_finalized_in_its_run() {
+    let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
+    let code = r#"
+import json
+D = json.encoder.ESCAPE_DCT
+D["r"] = D.get("r", 0) + 1
+class W:
+    def __del__(self):
+        if self.born != D["r"]:
+            print("W born in run %d finalized in run %d" % (self.born, D["r"]))
+class X:
+    def __del__(self):
+        w = W(); w.me = w; w.born = D["r"]
+        w.x = self
+x = X(); x.me = x
+del x
+None
+"#;
+    for run in 1..=4 {
+        let o = crate::common::exec(&exec, ExecRequest::new(code));
+        assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, ""), "run {run}: {o:?}");
+    }
+}
+
 /// F5 of the attack on issue 17: reading a value allocated (a big integer's
 /// range check), the allocation ran a collection, and the snippet's finalizer
 /// changed the value halfway through the read. The collector is paused while the

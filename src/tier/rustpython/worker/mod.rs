@@ -415,8 +415,8 @@ impl Worker {
             // outlive this run's collection and be finalized in the next run).
             importer::new_run();
             if self.reused.get() && !collect_the_runs_garbage(vm) {
-                // Finalizers kept making new garbage: this interpreter serves no
-                // other run, so none of it can reach another request.
+                // Finalizers kept making new objects: this interpreter serves no
+                // other run, so none of them can reach another request.
                 self.tainted.set(true);
             }
             // A finalizer may have imported (an import's end re-enables collection).
@@ -433,13 +433,16 @@ const COLLECTION_PASSES: usize = 8;
 /// as garbage, so that no finalizer of it runs during another request (finding F3
 /// of issue 17's review). Every generation: a run can make an old object garbage
 /// (a cycle it hung on a module's shared state in an earlier run and unhooked in
-/// this one). Repeated while a pass frees something: a finalizer may make new
-/// cyclic garbage as it runs, which the pass that ran it did not see. `false` when
-/// garbage was still being made after [`COLLECTION_PASSES`] passes.
+/// this one). Repeated until a pass leaves nothing new: a finalizer (or what it
+/// resurrects) may make new cyclic garbage as it runs, which the pass that ran it
+/// did not see, and the pass's own count does not show it (resurrected objects are
+/// not counted as collected). A full pass moves every survivor out of the youngest
+/// generation, so what is in it afterwards was made during the pass. `false` when
+/// passes were still making objects after [`COLLECTION_PASSES`].
 fn collect_the_runs_garbage(vm: &VirtualMachine) -> bool {
     for _ in 0..COLLECTION_PASSES {
-        let pass = vm.state.gc.collect_force(2);
-        if pass.collected == 0 {
+        let _ = vm.state.gc.collect_force(2);
+        if vm.state.gc.get_objects(Some(0)).is_empty() {
             return true;
         }
     }
