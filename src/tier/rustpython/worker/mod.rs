@@ -441,8 +441,10 @@ const COLLECTION_PASSES: usize = 8;
 /// passes were still making objects after [`COLLECTION_PASSES`].
 fn collect_the_runs_garbage(vm: &VirtualMachine) -> bool {
     for _ in 0..COLLECTION_PASSES {
-        let _ = vm.state.gc.collect_force(2);
-        if vm.state.gc.get_objects(Some(0)).is_empty() {
+        // A pass with no candidates found nothing unreachable, so ran no finalizer
+        // and made nothing (and skips the scan of the youngest generation).
+        let pass = vm.state.gc.collect_force(2);
+        if pass.candidates == 0 || vm.state.gc.get_objects(Some(0)).is_empty() {
             return true;
         }
     }
