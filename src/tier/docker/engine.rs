@@ -142,13 +142,7 @@ impl Engine {
         what: &str,
         f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
     ) -> Result<T, SandboxError> {
-        let permit = match &self.api {
-            Some(b) => Some(
-                b.allow()
-                    .map_err(|open| host(format!("Docker engine at {}: {what}: {open}", self.socket.display())))?,
-            ),
-            None => None,
-        };
+        let permit = self.admit(what)?;
         let r = match tokio::time::timeout(self.api_timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: {what}: {e}", self.socket.display()))),
@@ -158,36 +152,49 @@ impl Engine {
                 self.api_timeout.as_secs_f64()
             ))),
         };
-        match (permit, &r) {
-            (Some(p), Err(e)) => p.failed(&e.to_string()),
-            (Some(p), Ok(_)) => p.succeeded(),
-            (None, _) => {}
-        }
+        settle(permit, &r);
         r
+    }
+
+    /// Asks the `api` breaker, when there is one, to let a call through.
+    fn admit(&self, what: &str) -> Result<Option<crate::breaker::Permit>, SandboxError> {
+        match &self.api {
+            Some(b) => b
+                .allow()
+                .map(Some)
+                .map_err(|open| host(format!("Docker engine at {}: {what}: {open}", self.socket.display()))),
+            None => Ok(None),
+        }
     }
 
     /// Whether the engine has `image` (no registry is contacted).
     pub async fn has_image(&self, image: &str) -> Result<bool, SandboxError> {
-        match tokio::time::timeout(self.api_timeout, self.docker.inspect_image(image)).await {
+        let permit = self.admit("inspect an image")?;
+        let r = match tokio::time::timeout(self.api_timeout, self.docker.inspect_image(image)).await {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(false),
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: inspect an image: {e}", self.socket.display()))),
             Err(_) => Err(host(format!("Docker engine at {}: inspect an image: no answer", self.socket.display()))),
-        }
+        };
+        settle(permit, &r);
+        r
     }
 
     /// Creates a container; a missing image is [`SandboxError::TierUnavailable`]
     /// naming the fix.
     pub async fn create(&self, body: ContainerCreateBody) -> Result<String, SandboxError> {
         let image = body.image.clone().unwrap_or_default();
-        match tokio::time::timeout(self.api_timeout, self.docker.create_container(None, body)).await {
+        let permit = self.admit("create a container")?;
+        let r = match tokio::time::timeout(self.api_timeout, self.docker.create_container(None, body)).await {
             Ok(Ok(r)) => Ok(r.id),
             Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
                 Err(missing_image(&image))
             }
             Ok(Err(e)) => Err(host(format!("Docker engine at {}: create a container: {e}", self.socket.display()))),
             Err(_) => Err(host(format!("Docker engine at {}: create a container: no answer", self.socket.display()))),
-        }
+        };
+        settle(permit, &r);
+        r
     }
 
     /// Attaches to a created container's stdin, stdout and stderr.
@@ -229,7 +236,9 @@ impl Engine {
         Ok(Ended { exit_code: state.exit_code, oom_killed: state.oom_killed.unwrap_or(false) })
     }
 
-    /// Kills (SIGKILL) and removes a container, whatever its state.
+    /// Kills (SIGKILL) and removes a container, whatever its state. Not through the
+    /// `api` breaker: a kill at a run's deadline and the removal of what a run left
+    /// are attempted even while the breaker keeps new work away.
     pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match tokio::time::timeout(self.api_timeout, self.docker.remove_container(id, Some(options))).await {
@@ -291,6 +300,16 @@ impl Engine {
             tracing::info!(reaped, "removed containers left by Terrarium processes that are gone");
         }
         Ok(reaped)
+    }
+}
+
+/// Reports a call's end to the `api` breaker: a host error (the engine failed or
+/// did not answer) counts against it; an answer of any kind, for it.
+fn settle<T>(permit: Option<crate::breaker::Permit>, r: &Result<T, SandboxError>) {
+    match (permit, r) {
+        (Some(p), Err(e @ SandboxError::Host { .. })) => p.failed(&e.to_string()),
+        (Some(p), _) => p.succeeded(),
+        (None, _) => {}
     }
 }
 

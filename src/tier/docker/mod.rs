@@ -61,9 +61,10 @@ pub struct DockerConfig {
     pub pool_size: usize,
     /// Longest wait for any one engine API call before it counts as a host fault.
     pub api_timeout: Duration,
-    /// The breaker every engine API call goes through (a [`crate::Sandbox`] gives
-    /// its policy's `api` breaker): an engine that keeps failing or not answering
-    /// is not called again until the breaker lets a trial through.
+    /// The breaker engine API calls go through (a [`crate::Sandbox`] gives its
+    /// policy's `api` breaker): an engine that keeps failing or not answering is
+    /// given no new work until the breaker lets a trial through. Kills and
+    /// removals are always attempted.
     pub api_breaker: Option<crate::breaker::Breaker>,
 }
 
