@@ -440,16 +440,33 @@ const COLLECTION_PASSES: usize = 8;
 /// generation, so what is in it afterwards was made during the pass. `false` when
 /// passes were still making objects after [`COLLECTION_PASSES`].
 fn collect_the_runs_garbage(vm: &VirtualMachine) -> bool {
-    for _ in 0..COLLECTION_PASSES {
+    let (mut passes, mut busy) = (0, 0);
+    while passes < COLLECTION_PASSES {
+        let pass = vm.state.gc.collect_force(2);
+        // The collector is process-wide: while another interpreter's thread is
+        // collecting, a pass returns at once, having done nothing (and timed
+        // nothing). Try again shortly; an interpreter that never gets its pass is
+        // not reused.
+        if pass.duration == 0.0 {
+            busy += 1;
+            if busy > COLLECTOR_BUSY_TRIES {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        passes += 1;
         // A pass with no candidates found nothing unreachable, so ran no finalizer
         // and made nothing (and skips the scan of the youngest generation).
-        let pass = vm.state.gc.collect_force(2);
         if pass.candidates == 0 || vm.state.gc.get_objects(Some(0)).is_empty() {
             return true;
         }
     }
     false
 }
+
+/// Times a pass may find the collector busy with another interpreter's collection.
+const COLLECTOR_BUSY_TRIES: usize = 400;
 
 /// Compiles snippet text. The parser and code generator only: the interpreter's
 /// own `compile` first re-parses the text twice to emit `SyntaxWarning`s, which
