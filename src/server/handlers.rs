@@ -79,8 +79,8 @@ pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
     }
 }
 
-pub(super) async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let (caller, b) = match submitted::<ExecuteBody>(&state, &headers, "POST /v1/execute", body).await {
+pub(super) async fn execute(State(state): State<Shared>, Caller(caller, _): Caller<Submitter>, body: Body) -> Response {
+    let b = match json_body::<ExecuteBody>(&state, body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -114,8 +114,8 @@ pub(super) struct CommandBody {
     pub(super) check: bool,
 }
 
-pub(super) async fn command(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let (caller, b) = match submitted::<CommandBody>(&state, &headers, "POST /v1/commands", body).await {
+pub(super) async fn command(State(state): State<Shared>, Caller(caller, _): Caller<Submitter>, body: Body) -> Response {
+    let b = match json_body::<CommandBody>(&state, body).await {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -139,6 +139,12 @@ pub(super) trait NeedsRole {
     const ROLE: Role;
 }
 
+/// Marker: the `submit` role.
+pub(super) struct Submitter;
+impl NeedsRole for Submitter {
+    const ROLE: Role = Role::Submit;
+}
+
 /// Marker: the `approve` role.
 pub(super) struct Approver;
 impl NeedsRole for Approver {
@@ -235,15 +241,9 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, R
     serde_json::from_slice(bytes).map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
 }
 
-/// A `submit` request's caller and JSON body: the token first, then the body (up
-/// to the limit), then its parse.
-pub(super) async fn submitted<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    headers: &HeaderMap,
-    what: &str,
-    body: Body,
-) -> Result<(Identity, T), Response> {
-    let caller = authorize(state, headers, Role::Submit, what).await?;
+/// A request's JSON body: read up to the limit, then parsed (after the caller's
+/// role was checked by its [`Caller`] extractor).
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(state: &AppState, body: Body) -> Result<T, Response> {
     let bytes = read_body(state, body).await?;
-    Ok((caller, parse(&bytes)?))
+    parse(&bytes)
 }
