@@ -135,66 +135,58 @@ impl Engine {
         self.docker.client_version().to_string()
     }
 
-    /// Runs one API call under the engine timeout; an error or a timeout is a host
-    /// error that says what was being done.
+    /// Runs one API call under the engine timeout and through the `api` breaker,
+    /// when there is one: refused at once while it is open; an error or a timeout is
+    /// a host error that says what was being done, and counts against the breaker.
     async fn call<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
     ) -> Result<T, SandboxError> {
-        let permit = self.admit(what)?;
+        let at = self.socket.display();
+        let permit = match &self.api {
+            Some(b) => Some(b.allow().map_err(|open| host(format!("Docker engine at {at}: {what}: {open}")))?),
+            None => None,
+        };
         let r = match tokio::time::timeout(self.api_timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(host(format!("Docker engine at {}: {what}: {e}", self.socket.display()))),
-            Err(_) => Err(host(format!(
-                "Docker engine at {}: {what}: no answer within {}s",
-                self.socket.display(),
-                self.api_timeout.as_secs_f64()
-            ))),
+            Ok(Err(e)) => Err(format!("Docker engine at {at}: {what}: {e}")),
+            Err(_) => {
+                Err(format!("Docker engine at {at}: {what}: no answer within {}s", self.api_timeout.as_secs_f64()))
+            }
         };
-        settle(permit, &r);
-        r
-    }
-
-    /// Asks the `api` breaker, when there is one, to let a call through.
-    fn admit(&self, what: &str) -> Result<Option<crate::breaker::Permit>, SandboxError> {
-        match &self.api {
-            Some(b) => b
-                .allow()
-                .map(Some)
-                .map_err(|open| host(format!("Docker engine at {}: {what}: {open}", self.socket.display()))),
-            None => Ok(None),
+        match (permit, &r) {
+            (Some(p), Err(message)) => p.failed(message),
+            (Some(p), Ok(_)) => p.succeeded(),
+            (None, _) => {}
         }
+        r.map_err(host)
     }
 
     /// Whether the engine has `image` (no registry is contacted).
     pub async fn has_image(&self, image: &str) -> Result<bool, SandboxError> {
-        let permit = self.admit("inspect an image")?;
-        let r = match tokio::time::timeout(self.api_timeout, self.docker.inspect_image(image)).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(false),
-            Ok(Err(e)) => Err(host(format!("Docker engine at {}: inspect an image: {e}", self.socket.display()))),
-            Err(_) => Err(host(format!("Docker engine at {}: inspect an image: no answer", self.socket.display()))),
+        let inspected = async {
+            match self.docker.inspect_image(image).await {
+                Ok(_) => Ok(true),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
         };
-        settle(permit, &r);
-        r
+        self.call("inspect an image", inspected).await
     }
 
     /// Creates a container; a missing image is [`SandboxError::TierUnavailable`]
     /// naming the fix.
     pub async fn create(&self, body: ContainerCreateBody) -> Result<String, SandboxError> {
         let image = body.image.clone().unwrap_or_default();
-        let permit = self.admit("create a container")?;
-        let r = match tokio::time::timeout(self.api_timeout, self.docker.create_container(None, body)).await {
-            Ok(Ok(r)) => Ok(r.id),
-            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
-                Err(missing_image(&image))
+        let created = async {
+            match self.docker.create_container(None, body).await {
+                Ok(r) => Ok(Some(r.id)),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
             }
-            Ok(Err(e)) => Err(host(format!("Docker engine at {}: create a container: {e}", self.socket.display()))),
-            Err(_) => Err(host(format!("Docker engine at {}: create a container: no answer", self.socket.display()))),
         };
-        settle(permit, &r);
-        r
+        self.call("create a container", created).await?.ok_or_else(|| missing_image(&image))
     }
 
     /// Attaches to a created container's stdin, stdout and stderr.
@@ -215,18 +207,14 @@ impl Engine {
     /// "invalid parameter" status, 400: that is `Ok(false)`, the command's failure
     /// rather than the host's. Every other failure is a host error.
     pub async fn start_program(&self, id: &str) -> Result<bool, SandboxError> {
-        let refused = std::sync::atomic::AtomicBool::new(false);
         let started = async {
             match self.docker.start_container(id, None).await {
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 400, .. }) => {
-                    refused.store(true, std::sync::atomic::Ordering::Relaxed);
-                    Ok(())
-                }
-                other => other,
+                Ok(()) => Ok(true),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 400, .. }) => Ok(false),
+                Err(e) => Err(e),
             }
         };
-        self.call("start a container", started).await?;
-        Ok(!refused.load(std::sync::atomic::Ordering::Relaxed))
+        self.call("start a container", started).await
     }
 
     /// How a container ended (or `None` fields while it runs).
@@ -300,16 +288,6 @@ impl Engine {
             tracing::info!(reaped, "removed containers left by Terrarium processes that are gone");
         }
         Ok(reaped)
-    }
-}
-
-/// Reports a call's end to the `api` breaker: a host error (the engine failed or
-/// did not answer) counts against it; an answer of any kind, for it.
-fn settle<T>(permit: Option<crate::breaker::Permit>, r: &Result<T, SandboxError>) {
-    match (permit, r) {
-        (Some(p), Err(e @ SandboxError::Host { .. })) => p.failed(&e.to_string()),
-        (Some(p), _) => p.succeeded(),
-        (None, _) => {}
     }
 }
 
