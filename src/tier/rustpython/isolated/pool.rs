@@ -43,10 +43,7 @@ impl Accounting {
         let status = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
         // Still alive after both opens: the pid was not reused, so the files are
         // this child's (a process's procfs files never switch to another one).
-        let cpu_ns_at_ready = std::io::read_to_string(&schedstat)
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-            .unwrap_or(0);
+        let cpu_ns_at_ready = std::io::read_to_string(&schedstat).ok().and_then(|s| cpu_ns(&s)).unwrap_or(0);
         (!sys::has_exited(pidfd.as_fd())).then_some(Accounting { schedstat, status, cpu_ns_at_ready })
     }
 }
@@ -159,7 +156,6 @@ impl Zygote {
         sys::send_msg(self.ctl.as_fd(), &body, &[]).map_err(|e| format!("the zygote is unreachable: {e}"))
     }
 
-    /// Asks for children until ready + pending reaches the pool size.
     /// Counts a request as running until the value is dropped.
     pub(super) fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -210,7 +210,7 @@ pub(super) fn observe(pid: i32, opened: Option<&Accounting>) -> Option<Exit> {
         }
     };
     let sched = read(opened.map(|a| &a.schedstat), "schedstat")?;
-    let cpu_ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
+    let cpu_ns = cpu_ns(&sched)?;
     let status = read(opened.map(|a| &a.status), "status")?;
     let hwm_kb = status
         .lines()
@@ -220,6 +220,11 @@ pub(super) fn observe(pid: i32, opened: Option<&Accounting>) -> Option<Exit> {
         .unwrap_or(0);
     let cpu_ns = cpu_ns.saturating_sub(opened.map_or(0, |a| a.cpu_ns_at_ready));
     Some(Exit { code: None, signal: None, cpu_us: cpu_ns / 1000, maxrss_kb: hwm_kb })
+}
+
+/// CPU time, ns, from the text of `/proc/<pid>/schedstat` (its first field).
+pub(super) fn cpu_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
 }
 
 /// What a dead child printed on its last-words socket (at most 4 KiB).

@@ -79,11 +79,16 @@ fn child_warm_up(worker: &Worker, allowed: &[String]) {
     if allowed.iter().any(|m| m == "json") {
         code.push_str("\njson.dumps([1, 'a', None])");
     }
+    warm_up(worker, code, allowed.iter().cloned().collect());
+}
+
+/// Runs Terrarium's own warm-up `code`, in fresh globals, allowed `allowed`.
+fn warm_up(worker: &Worker, code: String, allowed: std::collections::BTreeSet<String>) {
     let _ = worker.run(&Job {
         run_id: 1,
         id: None,
         code,
-        allowed_modules: allowed.iter().cloned().collect(),
+        allowed_modules: allowed,
         max_output: 1 << 16,
         deadline: Instant::now() + Duration::from_secs(5),
     });
@@ -94,16 +99,7 @@ fn child_warm_up(worker: &Worker, allowed: &[String]) {
 /// the fork, rather than again in every child.
 fn warm_up_modules(worker: &Worker, allowed: &[String]) {
     let allowed: std::collections::BTreeSet<String> = allowed.iter().cloned().collect();
-    let run = |code: &str| {
-        let _ = worker.run(&Job {
-            run_id: 1,
-            id: None,
-            code: code.into(),
-            allowed_modules: allowed.clone(),
-            max_output: 1 << 16,
-            deadline: Instant::now() + Duration::from_secs(5),
-        });
-    };
+    let run = |code: &str| warm_up(worker, code.into(), allowed.clone());
     run(WARM_UP);
     for (module, code) in MODULE_WARM_UPS {
         if allowed.contains(*module) {
