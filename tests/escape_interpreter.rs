@@ -1163,6 +1163,17 @@ fn a_finalizer_left_by_one_embedded_run_is_not_the_next_requests() {
     }
 }
 
+/// Runs `code` `runs` times on one embedded interpreter: each run must end `ok` and
+/// print nothing (the snippets below print only when a finalizer of theirs runs in
+/// a run other than its own).
+fn assert_runs_end_ok_and_silent(code: &str, runs: usize) {
+    let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
+    for run in 1..=runs {
+        let o = crate::common::exec(&exec, ExecRequest::new(code));
+        assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, ""), "run {run}: {o:?}");
+    }
+}
+
 /// Round 2 of the review of issue 17's embedded collection (finding 3a): a
 /// collection of the young generation only missed an old cycle that a run made
 /// garbage. Run 1 hangs a cycle with a finalizer on `json.encoder.ESCAPE_DCT` (a
@@ -1171,7 +1182,6 @@ fn a_finalizer_left_by_one_embedded_run_is_not_the_next_requests() {
 /// Every end-of-run collection is a full one: it runs in run 2.
 #[test]
 fn an_old_cycle_a_run_unhooks_is_finalized_in_that_run() {
-    let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
     let code = r#"
 import json
 D = json.encoder.ESCAPE_DCT
@@ -1190,10 +1200,7 @@ else:
     junk = [[] for _ in range(20000)]; del junk
 None
 "#;
-    for run in 1..=4 {
-        let o = crate::common::exec(&exec, ExecRequest::new(code));
-        assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, ""), "run {run}: {o:?}");
-    }
+    assert_runs_end_ok_and_silent(code, 4);
 }
 
 /// Finding 3b of the same review: a finalizer that runs during the end-of-run
@@ -1225,7 +1232,6 @@ fn garbage_a_finalizer_makes_is_collected_in_the_same_run() {
 /// youngest generation.
 #[test]
 fn a_resurrecting_finalizers_garbage_is_finalized_in_its_run() {
-    let exec = terrarium::EmbeddedExecutor::with_workers(Policy::default_policy(), 1);
     let code = r#"
 import json
 D = json.encoder.ESCAPE_DCT
@@ -1242,10 +1248,7 @@ x = X(); x.me = x
 del x
 None
 "#;
-    for run in 1..=4 {
-        let o = crate::common::exec(&exec, ExecRequest::new(code));
-        assert_eq!((o.status, o.stdout.as_str()), (Status::Ok, ""), "run {run}: {o:?}");
-    }
+    assert_runs_end_ok_and_silent(code, 4);
 }
 
 /// F5 of the attack on issue 17: reading a value allocated (a big integer's
