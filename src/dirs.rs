@@ -369,6 +369,7 @@ impl OwnedDir {
 ///
 /// # Errors
 /// It is refused, with a message naming it.
+#[cfg(feature = "cli")]
 pub fn check_closed(path: &Path, what: &str) -> Result<PathBuf, DirError> {
     let shown = path.display().to_string();
     let refuse = |message: String| DirError { what: what.into(), path: shown.clone(), message };
@@ -380,6 +381,7 @@ pub fn check_closed(path: &Path, what: &str) -> Result<PathBuf, DirError> {
 /// A private directory made for one use inside a directory no other user can
 /// change (the system's temporary directory for wasm's `/scratch`), held by handle
 /// and removed through its parent's handle.
+#[cfg(feature = "wasm")]
 #[derive(Debug)]
 pub struct ScratchDir {
     parent: Dir,
@@ -387,6 +389,7 @@ pub struct ScratchDir {
     dir: Dir,
 }
 
+#[cfg(feature = "wasm")]
 impl ScratchDir {
     /// Creates `name` (mode 0700; it must not exist) in `parent`, which is walked
     /// like every path here and must be owned by root or this user and closed to

@@ -19,35 +19,57 @@
 //! # Ok(()) }
 //! ```
 
-pub mod analysis;
+/// Declares the crate's internal modules: `pub(crate)` in the library, public (and
+/// hidden from the docs) only with the `internals` feature, which Terrarium's own
+/// tests, benches and fuzz targets enable to reach what they exercise directly. Not a
+/// stable interface.
+macro_rules! internal_modules {
+    ($($(#[$meta:meta])* $name:ident;)*) => {$(
+        $(#[$meta])*
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        $(#[$meta])*
+        #[cfg(not(feature = "internals"))]
+        pub(crate) mod $name;
+    )*};
+}
+
+internal_modules! {
+    analysis;
+    command;
+    dirs;
+    error;
+    executor;
+    hex;
+    names;
+    process;
+    #[cfg(feature = "cli")]
+    redteam;
+    router;
+    sandbox;
+    text;
+    tier;
+}
+
 pub mod approval;
 pub mod audit;
 pub mod breaker;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod command;
-pub mod dirs;
-pub mod error;
-pub mod executor;
-pub mod hex;
-pub mod names;
 pub mod policy;
-pub mod process;
-#[cfg(feature = "redteam")]
-pub mod redteam;
-pub mod router;
-pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
-pub mod text;
-pub mod tier;
 
+pub use command::Decision;
 pub use error::SandboxError;
 pub use executor::{ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-pub use sandbox::{Sandbox, SandboxBuilder};
+pub use sandbox::{CommandReport, Sandbox, SandboxBuilder};
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
+#[cfg(feature = "rustpython")]
+pub use tier::rustpython::isolated::run_zygote_if_requested;
 #[cfg(feature = "rustpython")]
 pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};
 #[cfg(feature = "wasm")]

@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     // Isolated mode re-executes this binary as its zygote; that must happen before
     // anything else starts (no threads, no runtime).
     #[cfg(feature = "rustpython")]
-    if let Some(code) = terrarium::tier::rustpython::isolated::run_zygote_if_requested() {
+    if let Some(code) = terrarium::run_zygote_if_requested() {
         return code;
     }
     terrarium::cli::main()

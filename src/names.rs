@@ -44,6 +44,7 @@ macro_rules! named {
 
         impl $name {
             /// Every variant, in declaration order.
+            #[allow(dead_code, reason = "declared for every named enum; not every one is iterated")]
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
             /// Every variant's name, in declaration order.
             pub const NAMES: &'static [&'static str] = &[$($text,)+];

@@ -26,6 +26,7 @@ pub fn me() -> (String, String) {
 /// Lifts this process's soft limit on open descriptors to its hard limit, as
 /// servers do: every connection is a descriptor, and a burst of clients should meet
 /// 429s, not refused accepts.
+#[cfg(any(feature = "cli", feature = "internals"))]
 pub fn raise_open_files_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     #[allow(unsafe_code, reason = "getrlimit/setrlimit have no safe wrapper in std")]

@@ -257,3 +257,45 @@ fn no_source_file_over_600_lines() {
     }
     assert!(long.is_empty(), "split these by concept: {long:?}");
 }
+
+/// The library's public surface is the sandbox, its policy and what a caller reads
+/// back (outcomes, errors, the audit log, approvals, breakers); every other module is
+/// declared through `internal_modules!` (`pub(crate)` unless Terrarium's own tests
+/// ask for `internals`). A new `pub mod` or root re-export is a decision, made here.
+#[test]
+fn the_library_exposes_only_its_interface() {
+    let lib = code_only(&std::fs::read_to_string(src().join("lib.rs")).expect("lib.rs"));
+    let public: Vec<&str> =
+        lib.lines().map(str::trim).filter(|l| l.starts_with("pub mod ") || l.starts_with("pub use ")).collect();
+    let expected = [
+        "pub mod $name;",
+        "pub mod approval;",
+        "pub mod audit;",
+        "pub mod breaker;",
+        "pub mod cli;",
+        "pub mod policy;",
+        "pub mod server;",
+        "pub use command::Decision;",
+        "pub use error::SandboxError;",
+        "pub use executor::{ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Usage};",
+        "pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};",
+        "pub use sandbox::{CommandReport, Sandbox, SandboxBuilder};",
+        "pub use tier::docker::{DockerConfig, DockerExecutor};",
+        "pub use tier::rustpython::isolated::run_zygote_if_requested;",
+        "pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};",
+        "pub use tier::wasm::{WasmConfig, WasmExecutor};",
+    ];
+    assert_eq!(public, expected, "src/lib.rs's public items changed");
+    let internal = lib
+        .split("internal_modules! {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("internal_modules! { … }");
+    for m in ["analysis", "command", "executor", "router", "sandbox", "tier"] {
+        assert!(internal.contains(&format!("{m};")), "{m} is not declared internal");
+    }
+    assert!(
+        lib.contains("pub(crate) mod $name;") && lib.contains("#[doc(hidden)]"),
+        "internal_modules! no longer hides"
+    );
+}

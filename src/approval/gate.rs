@@ -78,7 +78,7 @@ pub type Announce = Arc<dyn Fn(&Item) + Send + Sync>;
 
 impl Gate {
     /// A gate over `queue`, recording in `audit` (the log of the same database).
-    pub fn new(queue: Queue, audit: AuditLog) -> Gate {
+    pub(crate) fn new(queue: Queue, audit: AuditLog) -> Gate {
         Gate {
             queue,
             audit,

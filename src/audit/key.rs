@@ -7,7 +7,7 @@
 //! a journal (a shared or restored data directory, a backup copy, a process that
 //! may write the state directory but not the configuration) cannot recompute the
 //! chain after an edit. Created 0600 on first use, in a directory checked like the
-//! state directory (see [`crate::dirs`]).
+//! state directory (see docs/audit.md).
 //!
 //! # What it cannot detect
 //! Whoever can read the key (root, or the user Terrarium runs as) can rewrite the

@@ -70,7 +70,7 @@ const BUSY_MS: u64 = 200;
 /// Why the audit log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The directory it lives in is not one Terrarium may use (see [`crate::dirs`]).
+    /// The directory it lives in is not one Terrarium may use (see docs/audit.md).
     #[error(transparent)]
     Directory(#[from] crate::dirs::DirError),
     /// SQLite said no.
@@ -214,7 +214,7 @@ enum Msg {
 
 /// Where the audit database lives by default: `audit.db` in `$TERRARIUM_HOME`,
 /// else in `$XDG_DATA_HOME/terrarium`, else in `~/.local/share/terrarium` (created
-/// 0700; an existing one must be this user's and private, see [`crate::dirs`]).
+/// 0700; an existing one must be this user's and private, see docs/audit.md).
 ///
 /// # Errors
 /// No home directory to put it in, or the directory cannot be created or is

@@ -9,10 +9,10 @@
 
 use std::process::ExitCode;
 
+use super::terminal::{for_terminal, json_for_terminal};
 use super::{ApprovalsArgs, ApprovalsCommand, CliError, CommandArgs, EXIT_HOST, exit_code};
 use crate::approval::{Gate, Queue};
 use crate::policy::Policy;
-use crate::text::{for_terminal, json_for_terminal};
 
 /// Exit code for a command that is denied.
 const EXIT_DENIED: u8 = 4;

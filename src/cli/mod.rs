@@ -11,6 +11,7 @@ mod command;
 mod doctor;
 mod redteam;
 mod serve;
+mod terminal;
 
 use std::io::{BufRead, IsTerminal as _, Read, Write};
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("terrarium: {}", crate::text::message_for_terminal(&format!("{e:#}")));
+            eprintln!("terrarium: {}", terminal::message_for_terminal(&format!("{e:#}")));
             ExitCode::from(e.exit_code())
         }
     }
@@ -274,22 +275,22 @@ pub(super) fn print_outcome(outcome: &Outcome) {
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", stdout_text(&outcome.stdout));
     let _ = out.flush();
-    let stderr = crate::text::for_stream(&outcome.stderr, std::io::stderr().is_terminal());
+    let stderr = terminal::for_stream(&outcome.stderr, std::io::stderr().is_terminal());
     let _ = write!(std::io::stderr(), "{stderr}");
     if let Some(err) = &outcome.error {
         eprintln!(
             "terrarium: {}: {}: {}",
             outcome.status.as_str(),
             err.kind,
-            crate::text::message_for_terminal(&err.message)
+            terminal::message_for_terminal(&err.message)
         );
     }
 }
 
 /// Sandbox text (a snippet's output, stored code) for this process's stdout: see
-/// [`crate::text::for_stream`].
+/// [`terminal::for_stream`].
 fn stdout_text(text: &str) -> std::borrow::Cow<'_, str> {
-    crate::text::for_stream(text, std::io::stdout().is_terminal())
+    terminal::for_stream(text, std::io::stdout().is_terminal())
 }
 
 /// Before exiting: the audit events are in the journal already; moving them into
@@ -442,7 +443,7 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
             let Some(r) = crate::audit::row(&path, seq).map_err(host)? else {
                 return Err(CliError::usage(anyhow::anyhow!("no event {seq}")));
             };
-            println!("{}", crate::text::json_for_terminal(&serde_json::to_string_pretty(&r).unwrap_or_default()));
+            println!("{}", terminal::json_for_terminal(&serde_json::to_string_pretty(&r).unwrap_or_default()));
             if let Some(sha) = r.data.get("code_sha256").and_then(serde_json::Value::as_str)
                 && r.event_kind() == Ok(crate::audit::EventKind::Request)
                 && let Some(text) = crate::audit::code(&path, sha).map_err(host)?
@@ -531,7 +532,7 @@ fn breakers_command(args: BreakersArgs) -> Result<ExitCode, CliError> {
 /// `value` as one line of JSON that cannot drive the terminal it is printed on
 /// (H16: the text in it comes from snippets and submitters).
 pub(crate) fn json_line(value: &impl serde::Serialize) -> String {
-    crate::text::json_for_terminal(&serde_json::to_string(value).unwrap_or_default()).into_owned()
+    terminal::json_for_terminal(&serde_json::to_string(value).unwrap_or_default()).into_owned()
 }
 
 /// Who runs the CLI, as audit events name a caller: `local:USER` (or the uid).

@@ -17,9 +17,9 @@
 //! guessed at. (Running an allowed command, in the docker tier, and the approvals
 //! queue are separate steps.)
 
-pub use crate::policy::{AllowRule, CommandRules, DEFAULT_DENY, denied, name_matches};
+pub use crate::policy::{AllowRule, CommandRules, denied};
 
-/// What [`decide`] answers.
+/// What the command rules answer for a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The command may run: the program and its literal arguments.
@@ -157,11 +157,13 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
 }
 
 /// `word` single-quoted so that [`split`] gives it back as one literal word.
+#[cfg(any(feature = "server", feature = "internals", test))]
 pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// `words` as one command line that [`split`] gives back word for word.
+#[cfg(any(feature = "server", feature = "internals", test))]
 pub fn quote_words(words: &[String]) -> String {
     words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
 }
@@ -222,6 +224,7 @@ fn check(line: &str, rules: &CommandRules) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::name_matches;
 
     fn rules() -> CommandRules {
         let mut r = CommandRules::default_rules();

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SandboxError;
-use crate::policy::Policy;
 pub use crate::policy::{Overrides, Tier, TierChoice};
 
 /// A boxed future, so that executors can sit behind `dyn Executor`.
@@ -361,7 +360,8 @@ pub fn millis(d: std::time::Duration) -> u64 {
 /// # Errors
 /// [`SandboxError::Policy`] for a loosening override, [`SandboxError::InvalidRequest`]
 /// for empty, oversized or NUL-containing code.
-pub fn admit(base: &Policy, req: &ExecRequest, tier: Tier) -> Result<Result<Policy, Outcome>, SandboxError> {
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
+pub fn admit(base: &crate::policy::Policy, req: &ExecRequest, tier: Tier) -> Result<Result<crate::policy::Policy, Outcome>, SandboxError> {
     let policy = base.tighten(&req.overrides)?;
     req.validate(policy.max_code_size())?;
     if req.scratch && tier == Tier::Rustpython {

@@ -8,12 +8,12 @@ use super::raw;
 use super::{Critical, Policy, PolicyError};
 
 /// The `commands` section: system commands that may run (in the docker tier) and
-/// those that never do. Checked by [`crate::command::decide`].
+/// those that never do. Checked by the command rules (`Sandbox::run_command`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandPolicy {
     /// (program, argument patterns): each argument must match one pattern.
     pub allow: Vec<(String, Vec<String>)>,
-    /// Programs that never run; `None`: [`crate::command::DEFAULT_DENY`].
+    /// Programs that never run; `None`: `DEFAULT_DENY` (shells, interpreters, privilege and network tools).
     pub deny: Option<Vec<String>>,
 }
 

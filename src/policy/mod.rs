@@ -218,7 +218,7 @@ pub const HIDDEN_SOURCE: &str = "(a host directory, pinned by the operator)";
 /// wasm tier preopens it read-only, the docker tier bind-mounts it read-only); the
 /// rustpython tier has no file system and never shows it.
 ///
-/// The source is pinned when the policy is loaded ([`crate::dirs::Pinned`]): resolved,
+/// The source is pinned when the policy is loaded (held by handle): resolved,
 /// every directory above it owned by root or this user and writable by no one else,
 /// its identity recorded; tiers check that identity again at every run, so another
 /// user cannot swap a path component for a link to somewhere else.

@@ -181,11 +181,13 @@ impl Watch {
     }
 
     /// The listener's port.
+    #[cfg(test)]
     pub fn port(&self) -> u16 {
         self.port
     }
 
     /// The directory the secret and markers are in.
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -16,7 +16,7 @@
 //! prints or claims afterwards. Limits (deadline, fuel, memory, output) are the
 //! host's own observation.
 
-use crate::executor::{ErrorKind, Outcome, Status, Tier};
+use crate::executor::{ErrorKind, Outcome, Status};
 use crate::policy::Policy;
 
 /// The program CPython starts with (see its header). Arguments after it: the
@@ -141,7 +141,8 @@ pub(crate) fn stdout_end(nonce: &str) -> String {
 /// `nonce`), its exit code and whether its output was cut at the cap, as the
 /// outcome both CPython tiers return. Nothing in `stderr` is trusted: any text gives
 /// an outcome, never a panic (the `ipc_decode` fuzz target holds it to that).
-pub fn decode_report(tier: Tier, stderr: &str, nonce: &str, exit: Option<i32>, output_full: bool) -> Outcome {
+#[cfg(any(test, feature = "internals"))]
+pub fn decode_report(tier: crate::policy::Tier, stderr: &str, nonce: &str, exit: Option<i32>, output_full: bool) -> Outcome {
     let report = split_status(stderr, nonce);
     let mut o = Outcome::blank(tier);
     o.stderr = report.stderr;
@@ -157,6 +158,7 @@ pub(crate) fn nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Tier;
 
     #[test]
     fn the_status_line_is_split_from_stderr() {

@@ -144,7 +144,7 @@ impl DockerExecutor {
         Ok(engine.api_version())
     }
 
-    /// Tests the container's walls without the prelude: runs [`PROBE`] in a
+    /// Tests the container's walls without the prelude: runs a probe script in a
     /// container with this policy's hardening. It tries to connect to each of
     /// `targets` (`host:port`), write to the root file system and `/usr`, execute
     /// from `/tmp`, create a device node, become root, chroot, and fork without
@@ -182,7 +182,7 @@ impl DockerExecutor {
     /// with the policy's hardening, under its deadline and output cap; the
     /// container is killed and removed before this returns. Exit code 0 is `ok`;
     /// another is an `exception` of type `ExitCode`. Callers validate `argv` first
-    /// ([`crate::command::decide`]).
+    /// (the command rules).
     ///
     /// # Errors
     /// Host errors: the engine, the image, a container that cannot start.

@@ -33,7 +33,7 @@ use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Stat
 use crate::policy::Policy;
 use crate::tier::cpython::{PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status};
 
-pub use cache::{PYTHON_WASM_SHA256, WasmConfig};
+pub use cache::WasmConfig;
 
 /// Epoch tick: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);

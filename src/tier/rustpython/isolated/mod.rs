@@ -82,7 +82,7 @@ impl IsolatedConfig {
         IsolatedConfig { worker_exe: worker_exe.into(), pool_size: 4, namespaces: true }
     }
 
-    /// The binary named by [`WORKER_EXE_ENV`], or else this program itself.
+    /// The binary named by `TERRARIUM_WORKER_EXE`, or else this program itself.
     ///
     /// # Errors
     /// [`SandboxError::TierUnavailable`] when neither can be found.
