@@ -260,7 +260,7 @@ fn h10_the_review_page_needs_a_session_from_its_own_form_with_the_approve_role_a
     let login = |token: &str| sign_in(s.addr, token);
     let page = s.call("GET", "/review", None, None);
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("id=token") && !page.body.contains("Waiting for a decision"), "{}", page.body);
+    assert!(page.body.contains("id=\"token\"") && !page.body.contains("Waiting for a decision"), "{}", page.body);
     let csp = page.header("content-security-policy").unwrap_or("");
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'nonce-"), "{csp}");
     assert_eq!(login("nonsense-token-nonsense-token-nonsense").status, 401);
@@ -272,8 +272,8 @@ fn h10_the_review_page_needs_a_session_from_its_own_form_with_the_approve_role_a
     let session = cookie.split(';').next().expect("name=value").to_string();
     let with_session = [("Cookie", session.as_str())];
     let page = call(s.addr, "GET", "/review", None, None, &with_session);
-    assert!(page.body.contains("Signed in as <b id=who>alice</b>"), "{}", page.body);
-    let csrf = page.body.split("name=csrf value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf");
+    assert!(page.body.contains("Signed in as <b id=\"who\">alice</b>"), "{}", page.body);
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf");
     let decide = |body: String, headers: &[(&str, &str)]| {
         call(s.addr, "POST", "/review/1/approve", None, Some(body.as_bytes()), headers)
     };
@@ -648,7 +648,7 @@ fn h5_h6_h12_h15_what_the_reviewer_sees_is_what_runs_and_names_no_host_path() {
     let page = call(addr, "GET", "/review", None, None, &[("Cookie", &session)]);
     assert!(!page.body.contains('\u{202E}') && !page.body.contains('\u{2066}'), "H5: raw bidi controls on the page");
     assert!(
-        page.body.contains(&format!("id=hidden-{id}")) && page.body.contains("\u{27E6}U+202E\u{27E7}"),
+        page.body.contains(&format!("id=\"hidden-{id}\"")) && page.body.contains("\u{27E6}U+202E\u{27E7}"),
         "H5: {}",
         page.body
     );
@@ -670,8 +670,12 @@ fn h5_h6_h12_h15_what_the_reviewer_sees_is_what_runs_and_names_no_host_path() {
     let item = first_pending(&s);
     let cid = item["id"].as_i64().expect("id");
     let page = call(addr, "GET", "/review", None, None, &[("Cookie", &session)]);
-    let words =
-        page.body.split(&format!("id=argv-{cid}>")).nth(1).and_then(|r| r.split("</ol>").next()).expect("argv list");
+    let words = page
+        .body
+        .split(&format!("id=\"argv-{cid}\">"))
+        .nth(1)
+        .and_then(|r| r.split("</ol>").next())
+        .expect("argv list");
     assert_eq!(words.matches("<li>").count(), 3, "{words}");
     assert!(words.contains("a b\u{27E6}") || words.contains("a b<mark"), "{words}");
     s.call("POST", &format!("/v1/approvals/{cid}/deny"), Some(APPROVE), None);

@@ -190,7 +190,7 @@ pub fn call(
 /// cookie. The reply to the post.
 pub fn sign_in(addr: SocketAddr, token: &str) -> Reply {
     let page = call(addr, "GET", "/review", None, None, &[]);
-    let check = page.body.split("name=check value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+    let check = page.body.split("name=\"check\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
     let cookie = page.header("set-cookie").and_then(|c| c.split(';').next()).unwrap_or("").to_string();
     let form = format!("token={token}&check={check}");
     call(

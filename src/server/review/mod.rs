@@ -1,5 +1,5 @@
 //! `/review`: the page where a human decides the approvals queue. Server-rendered
-//! HTML (no build step); its one small script reloads the page when the queue
+//! HTML from maud templates (no build step); its one small script reloads the page when the queue
 //! changes.
 //!
 //! A browser cannot send a bearer header when it navigates, so the page signs in
@@ -16,7 +16,6 @@
 //!   session's token name, as the API's are.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -85,28 +84,10 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
     // oldest first, so that a new item lands below what the reviewer is reading.
     let all: Vec<Item> = pending.iter().chain(&recent).cloned().collect();
     let print = fingerprint(&all);
-    let mut body = format!(
-        "<p id=changed>The queue changed; the page reloads when you pause.</p>\
-         <h1>Terrarium review</h1><p class=meta>Signed in as <b id=who>{}</b>. \
-         <form method=post action=/review/logout><input type=hidden name=csrf value=\"{csrf}\"><button>Sign out</button></form></p>\
-         <h2>Waiting for a decision ({})</h2>",
-        show(&who.name),
-        pending.len()
-    );
-    if pending.is_empty() {
-        body.push_str("<p id=empty>Nothing is waiting.</p>");
-    }
-    let now = crate::approval::now_us();
-    for item in pending.iter().rev() {
-        render_pending(&mut body, item, &csrf, now, &who.name);
-    }
-    body.push_str("<h2>Recently decided</h2>");
-    for item in &recent {
-        render_decided(&mut body, item);
-    }
+    let body = queue_page(&pending, &recent, &csrf, &who.name, crate::approval::now_us());
     let nonce = crate::hex::random(16).unwrap_or_default();
     let ids: Vec<String> = pending.iter().map(|i| i.id.to_string()).collect();
-    html(StatusCode::OK, layout("Terrarium review", &body, &nonce, &print, &ids.join(",")), &nonce)
+    html(StatusCode::OK, layout("Terrarium review", body, &nonce, &print, &ids.join(",")), &nonce)
 }
 
 async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -240,16 +221,15 @@ mod tests {
 
     #[test]
     fn highlighting_escapes_and_marks_tokens() {
-        let h = highlight("import os  # <b>\nx = f'{1}' + \"</pre><script>\"\n");
-        assert!(h.contains("<span class=k>import</span>"), "{h}");
-        assert!(h.contains("<span class=c># &lt;b&gt;</span>"), "{h}");
+        let h = highlight("import os  # <b>\nx = f'{1}' + \"</pre><script>\"\n").into_string();
+        assert!(h.contains("<span class=\"k\">import</span>"), "{h}");
+        assert!(h.contains("<span class=\"c\"># &lt;b&gt;</span>"), "{h}");
         assert!(h.contains("&lt;/pre&gt;&lt;script&gt;"), "{h}");
         assert!(!h.contains("<script>") && !h.contains("</pre>"), "{h}");
-        assert!(h.contains("<span class=n>1</span>"), "{h}");
+        assert!(h.contains("<span class=\"n\">1</span>"), "{h}");
         // Text that does not lex is still all there, escaped.
-        let bad = highlight("def (:\n  '''<x>");
+        let bad = highlight("def (:\n  '''<x>").into_string();
         assert!(bad.contains("&lt;x&gt;"), "{bad}");
-        assert_eq!(escape("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
     }
 
     /// Round 4 of the host review: a large snippet is not highlighted (markup per
@@ -269,11 +249,10 @@ mod tests {
             note: None,
             outcome: None,
         };
-        let mut out = String::new();
-        render_pending(&mut out, &item, "csrf", 0, "alice");
-        assert!(out.contains("<details><summary>Code: 32768 bytes") && !out.contains("<span class=n>"), "folded");
+        let out = render_pending(&item, "csrf", 0, "alice").into_string();
+        assert!(out.contains("<details><summary>Code: 32768 bytes") && !out.contains("<span class=\"n\">"), "folded");
         assert!(out.len() < 2 * 32768 + 4096, "{} bytes of markup", out.len());
-        assert!(out.contains("Asked by <b id=caller-7>ci</b>"), "who asked");
+        assert!(out.contains("Asked by <b id=\"caller-7\">ci</b>"), "who asked");
     }
 
     /// H5: what the reviewer sees is what runs: bidi controls and invisible
@@ -281,15 +260,15 @@ mod tests {
     #[test]
     fn h5_hidden_characters_are_shown_as_marks() {
         let code = "if access != 'user\u{202E} \u{2066}# admin\u{2069} \u{2066}':\n    x\u{1b}[2K\n";
-        let h = highlight(code);
+        let h = highlight(code).into_string();
         assert!(!h.chars().any(|c| crate::text::hidden(c).is_some() || c == '\u{1b}'), "{h}");
         assert!(h.contains("title=\"RIGHT-TO-LEFT OVERRIDE\">\u{27E6}U+202E\u{27E7}</mark>"), "{h}");
         assert!(h.contains("\u{27E6}U+2066\u{27E7}") && h.contains("\u{27E6}U+001B\u{27E7}"), "{h}");
-        assert_eq!(show("a<b\n"), "a&lt;b\n");
+        assert_eq!(show("a<b\n").into_string(), "a&lt;b\n");
         // Host review round 5: 84,000 zero-width spaces made 5 MB of marks.
-        let many = show(&"\u{200B}".repeat(84_000));
+        let many = show(&"\u{200B}".repeat(84_000)).into_string();
         assert!(many.contains("U+200B \u{D7}84000") && many.len() < 200, "{many}");
-        let alternating = show(&"\u{200B}\u{200C}".repeat(40_000));
+        let alternating = show(&"\u{200B}\u{200C}".repeat(40_000)).into_string();
         assert!(alternating.len() < 80_000 * 14, "{} bytes", alternating.len());
         assert_eq!(alternating.matches("<mark").count(), MAX_MARKS);
     }

@@ -1,15 +1,22 @@
-//! The page's HTML: layout, script and style, each item's rendering, and the
-//! escaping every piece of text from a snippet, a command or a caller goes through.
+//! The page's HTML, from maud templates: layout, script and style, each item's
+//! rendering, and how text from a snippet, a command or a caller is shown.
+//!
+//! # Security invariant
+//! Every piece of text a request brought is spliced as text (`(value)` in a template),
+//! which maud escapes; markup is only ever the templates' own, the fixed style and
+//! script ([`PreEscaped`]) and the marks [`show`] draws for hidden characters.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::*;
 
 /// Headers every review response carries.
-pub(super) fn html(status: StatusCode, body: String, nonce: &str) -> Response {
+pub(super) fn html(status: StatusCode, page: Markup, nonce: &str) -> Response {
     let csp = format!(
         "default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; connect-src 'self'; \
          form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     );
-    let mut r = (status, body).into_response();
+    let mut r = (status, page.into_string()).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -37,13 +44,21 @@ form{display:inline}button{margin-right:.5em}.meta{color:#666}\
 #changed{position:fixed;top:0;left:0;right:0;background:#ffd;border-bottom:1px solid #cc0;padding:.4em;display:none}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
 ol.argv code{background:#f6f6f6;padding:0 .2em;white-space:pre-wrap}";
 
-pub(super) fn layout(title: &str, body: &str, nonce: &str, fingerprint: &str, pending: &str) -> String {
-    format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{STYLE}</style></head>\
-         <body data-fingerprint=\"{}\" data-pending=\"{}\">{body}<script nonce=\"{nonce}\">{SCRIPT}</script></body></html>",
-        escape(fingerprint),
-        escape(pending)
-    )
+pub(super) fn layout(title: &str, body: Markup, nonce: &str, fingerprint: &str, pending: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body data-fingerprint=(fingerprint) data-pending=(pending) {
+                (body)
+                script nonce=(nonce) { (PreEscaped(SCRIPT)) }
+            }
+        }
+    }
 }
 
 /// Keeps the page current without moving anything under the reviewer's hand.
@@ -74,19 +89,49 @@ setInterval(tick,1000)})();";
 pub(super) fn login_page(message: &str, status: StatusCode) -> Response {
     let nonce = crate::hex::random(16).unwrap_or_default();
     let check = crate::hex::random(16).unwrap_or_default();
-    let body = format!(
-        "<h1>Terrarium review</h1><p id=message>{}</p><form method=post action=/review/login>\
-         <input type=hidden name=check value=\"{check}\">\
-         <label>Token with the approve role <input id=token name=token type=password autocomplete=off></label> \
-         <button id=login>Sign in</button></form>",
-        escape(message)
-    );
-    let mut r = html(status, layout("Terrarium review: sign in", &body, &nonce, "", ""), &nonce);
+    let body = html! {
+        h1 { "Terrarium review" }
+        p #message { (message) }
+        form method="post" action="/review/login" {
+            input type="hidden" name="check" value=(check);
+            label { "Token with the approve role " input #token name="token" type="password" autocomplete="off"; }
+            " "
+            button #login { "Sign in" }
+        }
+    };
+    let mut r = html(status, layout("Terrarium review: sign in", body, &nonce, "", ""), &nonce);
     let c = format!("{LOGIN_COOKIE}={check}; HttpOnly; SameSite=Strict; Path=/review; Max-Age=3600");
     if let Ok(v) = HeaderValue::from_str(&c) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
+}
+
+/// The queue's page: who is signed in, the pending items (oldest first, so that a
+/// new item lands below what the reviewer is reading) and the recently decided ones.
+pub(super) fn queue_page(pending: &[Item], recent: &[Item], csrf: &str, who: &str, now_us: i64) -> Markup {
+    html! {
+        p #changed { "The queue changed; the page reloads when you pause." }
+        h1 { "Terrarium review" }
+        p.meta {
+            "Signed in as " b #who { (show(who)) } ". "
+            form method="post" action="/review/logout" {
+                input type="hidden" name="csrf" value=(csrf);
+                button { "Sign out" }
+            }
+        }
+        h2 { "Waiting for a decision (" (pending.len()) ")" }
+        @if pending.is_empty() {
+            p #empty { "Nothing is waiting." }
+        }
+        @for item in pending.iter().rev() {
+            (render_pending(item, csrf, now_us, who))
+        }
+        h2 { "Recently decided" }
+        @for item in recent {
+            (render_decided(item))
+        }
+    }
 }
 
 /// What changes the page: the items, their statuses, whether they have outcomes.
@@ -98,157 +143,159 @@ pub(super) fn fingerprint(items: &[Item]) -> String {
         .join(",")
 }
 
-pub(super) fn render_pending(out: &mut String, item: &Item, csrf: &str, now_us: i64, who: &str) {
+pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) -> Markup {
     let id = item.id;
     let left = (item.deadline_us - now_us).max(0) / 1_000_000;
-    let _ = write!(
-        out,
-        "<div class=item id=item-{id}><h3>#{id} {}</h3><p>{}</p><p class=meta>Denied automatically in {left} s.</p>",
-        show(&item.kind),
-        show(&item.reason)
-    );
     let s = &item.subject;
-    let _ = write!(
-        out,
-        "<p class=meta>Asked by <b id=caller-{id}>{}</b>{}</p>",
-        show(s["caller"].as_str().unwrap_or("(not recorded)")),
-        if s["scratch"].as_bool() == Some(true) { ", with a writable scratch directory" } else { "" }
-    );
-    match item.kind.as_str() {
-        "execute" => {
-            let code = s["code"].as_str().unwrap_or("");
-            hidden_warning(out, id, code);
-            if code.len() <= HIGHLIGHTED {
-                let _ = write!(out, "<pre class=\"code ltr\" id=code-{id}>{}</pre>", highlight(code));
-            } else {
-                // Large code: plain, folded (highlighting wraps every token in markup).
-                let _ = write!(
-                    out,
-                    "<details><summary>Code: {} bytes, {} lines (expand to read all of it)</summary>\
-                     <pre class=\"code ltr\" id=code-{id}>{}</pre></details>",
-                    code.len(),
-                    code.lines().count(),
-                    show(code)
-                );
+    html! {
+        div.item id={ "item-" (id) } {
+            h3 { "#" (id) " " (show(&item.kind)) }
+            p { (show(&item.reason)) }
+            p.meta { "Denied automatically in " (left) " s." }
+            p.meta {
+                "Asked by " b id={ "caller-" (id) } { (show(s["caller"].as_str().unwrap_or("(not recorded)"))) }
+                @if s["scratch"].as_bool() == Some(true) { ", with a writable scratch directory" }
             }
-            let _ = write!(
-                out,
-                "<p>Tier <b id=tier-{id}>{}</b>; route: {}</p>",
-                show(s["tier"].as_str().unwrap_or("?")),
-                show(s["route"].as_str().unwrap_or(""))
-            );
-            let findings = s["findings"].as_array().cloned().unwrap_or_default();
-            if findings.is_empty() {
-                out.push_str("<p>Static analysis: no findings.</p>");
-            } else {
-                let _ = write!(out, "<ul id=findings-{id}>");
-                for f in &findings {
-                    let sev = f["severity"].as_str().unwrap_or("warn");
-                    let _ = write!(
-                        out,
-                        "<li class={}>line {}: {}</li>",
-                        if sev == "deny" { "deny" } else { "warn" },
-                        f["line"].as_u64().unwrap_or(0),
-                        show(f["message"].as_str().unwrap_or(""))
-                    );
+            @if item.kind == "execute" {
+                (execute_details(id, s))
+            } @else {
+                (command_details(id, s))
+            }
+            // Who decides is on the button: a session another site swapped in shows itself.
+            @for (decision, label) in [("approve", "Approve"), ("deny", "Deny")] {
+                form method="post" action={ "/review/" (id) "/" (decision) } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input name="note" placeholder="note (optional)" id={ (decision) "-note-" (id) };
+                    " "
+                    button id={ (decision) "-" (id) } { (label) " #" (id) " as " (show(who)) }
                 }
-                out.push_str("</ul>");
             }
-            let _ = write!(
-                out,
-                "<details><summary>Policy that applies</summary><pre class=ltr id=policy-{id}>{}</pre></details>",
-                show(s["policy"].as_str().unwrap_or(""))
-            );
-        }
-        _ => {
-            // Word by word: a word with spaces or quotes cannot pass for two.
-            let words: Vec<&str> =
-                s["argv"].as_array().map(|a| a.iter().filter_map(|w| w.as_str()).collect()).unwrap_or_default();
-            hidden_warning(out, id, &words.concat());
-            let _ = write!(
-                out,
-                "<p>Runs in a docker-tier container, {} words:</p><ol class=\"argv ltr\" id=argv-{id}>",
-                words.len()
-            );
-            for w in words {
-                // Paths and options are rarely anything but ASCII: a look-alike letter
-                // (Cyrillic а in /dаta) is named.
-                let odd = crate::text::non_ascii_code_points(w);
-                let note =
-                    if odd.is_empty() { String::new() } else { format!(" <span class=warn>(not ASCII: {odd})</span>") };
-                let _ = write!(out, "<li><code>{}</code>{note}</li>", show(w));
-            }
-            out.push_str("</ol>");
         }
     }
-    // Who decides is on the button: a session another site swapped in shows itself.
-    for (decision, label) in [("approve", "Approve"), ("deny", "Deny")] {
-        let _ = write!(
-            out,
-            "<form method=post action=/review/{id}/{decision}><input type=hidden name=csrf value=\"{csrf}\">\
-             <input name=note placeholder=\"note (optional)\" id={decision}-note-{id}> \
-             <button id={decision}-{id}>{label} #{id} as {}</button></form>",
-            show(who)
-        );
-    }
-    out.push_str("</div>");
 }
 
-pub(super) fn render_decided(out: &mut String, item: &Item) {
-    let id = item.id;
-    let by = item.decided_by.as_deref().map(|w| format!(" by {}", show(w))).unwrap_or_default();
-    let _ = write!(
-        out,
-        "<div class=item id=done-{id}><b>#{id} {}</b>: <span id=status-{id}>{}</span>{by}",
-        escape(&item.kind),
-        escape(item.status.as_str())
-    );
-    match &item.outcome {
-        Some(o) => {
-            let status = o["status"].as_str().unwrap_or("?");
-            let mut text = o["stdout"].as_str().unwrap_or("").to_string();
-            if let Some(err) = o["error"]["message"].as_str() {
-                text.push_str(err);
+/// A snippet under review: its code (highlighted, or folded and plain when large),
+/// tier and route, the analysis' findings and the policy that applies.
+fn execute_details(id: i64, s: &serde_json::Value) -> Markup {
+    let code = s["code"].as_str().unwrap_or("");
+    let findings = s["findings"].as_array().cloned().unwrap_or_default();
+    html! {
+        (hidden_warning(id, code))
+        @if code.len() <= HIGHLIGHTED {
+            pre.code.ltr id={ "code-" (id) } { (highlight(code)) }
+        } @else {
+            // Large code: plain, folded (highlighting wraps every token in markup).
+            details {
+                summary { "Code: " (code.len()) " bytes, " (code.lines().count()) " lines (expand to read all of it)" }
+                pre.code.ltr id={ "code-" (id) } { (show(code)) }
             }
-            let cut: String = text.chars().take(SHOWN_OUTPUT).collect();
-            let _ = write!(
-                out,
-                "; ran: <span id=outcome-{id}>{}</span><pre id=output-{id}>{}</pre>",
-                show(status),
-                show(&cut)
-            );
         }
-        None if item.status == crate::approval::ApprovalStatus::Approved => out.push_str("; running…"),
-        None => {}
+        p {
+            "Tier " b id={ "tier-" (id) } { (show(s["tier"].as_str().unwrap_or("?"))) }
+            "; route: " (show(s["route"].as_str().unwrap_or("")))
+        }
+        @if findings.is_empty() {
+            p { "Static analysis: no findings." }
+        } @else {
+            ul id={ "findings-" (id) } {
+                @for f in &findings {
+                    li class=(if f["severity"].as_str() == Some("deny") { "deny" } else { "warn" }) {
+                        "line " (f["line"].as_u64().unwrap_or(0)) ": " (show(f["message"].as_str().unwrap_or("")))
+                    }
+                }
+            }
+        }
+        details {
+            summary { "Policy that applies" }
+            pre.ltr id={ "policy-" (id) } { (show(s["policy"].as_str().unwrap_or(""))) }
+        }
     }
-    out.push_str("</div>");
+}
+
+/// A command under review, word by word: a word with spaces or quotes cannot pass
+/// for two, and a word with a look-alike letter (Cyrillic а in /dаta) says so.
+fn command_details(id: i64, s: &serde_json::Value) -> Markup {
+    let words: Vec<&str> =
+        s["argv"].as_array().map(|a| a.iter().filter_map(|w| w.as_str()).collect()).unwrap_or_default();
+    html! {
+        (hidden_warning(id, &words.concat()))
+        p { "Runs in a docker-tier container, " (words.len()) " words:" }
+        ol.argv.ltr id={ "argv-" (id) } {
+            @for w in &words {
+                li {
+                    code { (show(w)) }
+                    @let odd = crate::text::non_ascii_code_points(w);
+                    @if !odd.is_empty() {
+                        " " span.warn { "(not ASCII: " (odd) ")" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn render_decided(item: &Item) -> Markup {
+    let id = item.id;
+    html! {
+        div.item id={ "done-" (id) } {
+            b { "#" (id) " " (item.kind) }
+            ": "
+            span id={ "status-" (id) } { (item.status.as_str()) }
+            @if let Some(w) = &item.decided_by { " by " (show(w)) }
+            @match &item.outcome {
+                Some(o) => {
+                    "; ran: "
+                    span id={ "outcome-" (id) } { (show(o["status"].as_str().unwrap_or("?"))) }
+                    pre id={ "output-" (id) } { (show(&outcome_text(o))) }
+                }
+                None if item.status == crate::approval::ApprovalStatus::Approved => { "; running…" }
+                None => {}
+            }
+        }
+    }
+}
+
+/// A run's output and error message, cut at [`SHOWN_OUTPUT`] characters.
+fn outcome_text(o: &serde_json::Value) -> String {
+    let mut text = o["stdout"].as_str().unwrap_or("").to_string();
+    if let Some(err) = o["error"]["message"].as_str() {
+        text.push_str(err);
+    }
+    text.chars().take(SHOWN_OUTPUT).collect()
 }
 
 /// A warning above an item whose text has characters [`crate::text::hidden`]
 /// names (they are shown as marks in the text itself, by [`show`]).
-pub(super) fn hidden_warning(out: &mut String, id: i64, text: &str) {
+pub(super) fn hidden_warning(id: i64, text: &str) -> Markup {
     let n = text.chars().filter(|c| crate::text::hidden(*c).is_some()).count();
-    if n > 0 {
-        let _ = write!(
-            out,
-            "<p class=deny id=hidden-{id}>Contains {n} invisible or bidirectional control character(s), \
-             marked below: an editor or terminal may show this differently from what runs.</p>"
-        );
+    html! {
+        @if n > 0 {
+            p.deny id={ "hidden-" (id) } {
+                "Contains " (n) " invisible or bidirectional control character(s), \
+                 marked below: an editor or terminal may show this differently from what runs."
+            }
+        }
     }
 }
 
-/// `s` escaped for HTML text, with every character [`crate::text::hidden`] names
-/// replaced by a visible mark (`⟦U+202E⟧`) titled with its name, and control
-/// characters other than tab and newline shown as `⟦U+001B⟧`. A run of one such
-/// character is one mark with its count (`⟦U+200B ×84000⟧`), and past
-/// [`MAX_MARKS`] marks the rest are plain text, so that invisible characters cannot
-/// make the page many times the size of what was submitted.
-pub fn show(s: &str) -> String {
+/// One piece of shown text: plain text, or the mark for a run of one hidden or
+/// control character.
+enum Piece {
+    Text(String),
+    /// The mark's label (`⟦U+202E⟧`, `⟦U+200B ×84000⟧`) and, while marks are still
+    /// drawn, the character's name for its title.
+    Mark(String, Option<&'static str>),
+}
+
+/// `s` as HTML text, with every character [`crate::text::hidden`] names replaced by
+/// a visible mark (`⟦U+202E⟧`) titled with its name, and control characters other
+/// than tab and newline shown as `⟦U+001B⟧`. A run of one such character is one
+/// mark with its count (`⟦U+200B ×84000⟧`), and past [`MAX_MARKS`] marks the rest
+/// are plain text, so that invisible characters cannot make the page many times the
+/// size of what was submitted.
+pub fn show(s: &str) -> Markup {
     let odd = |c: char| crate::text::hidden(c).is_some() || (c.is_control() && c != '\n' && c != '\t');
-    if !s.chars().any(odd) {
-        return escape(s);
-    }
-    let mut out = String::with_capacity(s.len() + 32);
+    let mut pieces = Vec::new();
     let mut plain = String::new();
     let mut marks = 0;
     let mut chars = s.chars().peekable();
@@ -262,57 +309,47 @@ pub fn show(s: &str) -> String {
             chars.next();
             run += 1;
         }
-        out.push_str(&escape(&std::mem::take(&mut plain)));
+        pieces.push(Piece::Text(std::mem::take(&mut plain)));
         let count = if run > 1 { format!(" \u{D7}{run}") } else { String::new() };
         let label = format!("\u{27E6}U+{:04X}{count}\u{27E7}", u32::from(c));
-        if marks < MAX_MARKS {
-            let name = crate::text::hidden(c).unwrap_or("CONTROL CHARACTER");
-            let _ = write!(out, "<mark class=hidden title=\"{name}\">{label}</mark>");
-        } else {
-            out.push_str(&label);
-        }
+        let name = (marks < MAX_MARKS).then(|| crate::text::hidden(c).unwrap_or("CONTROL CHARACTER"));
+        pieces.push(Piece::Mark(label, name));
         marks += 1;
     }
-    out.push_str(&escape(&plain));
-    out
+    pieces.push(Piece::Text(plain));
+    html! {
+        @for piece in &pieces {
+            @match piece {
+                Piece::Text(t) => (t),
+                Piece::Mark(label, Some(name)) => mark.hidden title=(name) { (label) },
+                Piece::Mark(label, None) => (label),
+            }
+        }
+    }
 }
 
 /// Marks [`show`] draws in one text before it writes the rest as plain text.
 pub(super) const MAX_MARKS: usize = 64;
 
-/// `s` with `& < > " '` escaped for HTML text and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Python source as escaped HTML with `<span class=…>` around keywords (`k`),
-/// strings (`s`), comments (`c`), numbers (`n`) and operators (`o`), from the same
-/// lexer the analysis uses. Source that does not lex is shown plain past the error.
-pub fn highlight(code: &str) -> String {
+/// Python source as HTML with `<span class=…>` around keywords (`k`), strings (`s`),
+/// comments (`c`), numbers (`n`) and operators (`o`), from the same lexer the
+/// analysis uses, every piece through [`show`]. Source that does not lex is shown
+/// plain past the error.
+pub fn highlight(code: &str) -> Markup {
     use ruff_python_ast::token::TokenKind as K;
     let parsed = ruff_python_parser::parse_unchecked(
         code,
         ruff_python_parser::ParseOptions::from(ruff_python_ast::PySourceType::Python),
     );
-    let mut out = String::with_capacity(code.len() * 2);
+    // (class, text) in source order; the text between tokens has no class.
+    let mut pieces: Vec<(Option<&str>, &str)> = Vec::new();
     let mut at = 0usize;
     for t in parsed.tokens().iter() {
         let (start, end) = (usize::from(t.range().start()), usize::from(t.range().end()));
         if start < at || end > code.len() || !code.is_char_boundary(start) || !code.is_char_boundary(end) {
             continue;
         }
-        out.push_str(&show(&code[at..start]));
+        pieces.push((None, &code[at..start]));
         let class = match t.kind() {
             k if k.is_keyword() => Some("k"),
             K::String
@@ -327,15 +364,17 @@ pub fn highlight(code: &str) -> String {
             k if k.is_operator() => Some("o"),
             _ => None,
         };
-        let text = show(&code[start..end]);
-        match class {
-            Some(c) => {
-                let _ = write!(out, "<span class={c}>{text}</span>");
-            }
-            None => out.push_str(&text),
-        }
+        pieces.push((class, &code[start..end]));
         at = end;
     }
-    out.push_str(&show(&code[at.min(code.len())..]));
-    out
+    pieces.push((None, &code[at.min(code.len())..]));
+    html! {
+        @for (class, text) in &pieces {
+            @if let Some(class) = class {
+                span class=(class) { (show(text)) }
+            } @else {
+                (show(text))
+            }
+        }
+    }
 }
