@@ -289,6 +289,22 @@ impl Breaker {
         r
     }
 
+    /// Runs the blocking `call` through the breaker: refused at once while open;
+    /// any error of `call` counts as a failure (for file I/O, where every error is
+    /// the host's).
+    ///
+    /// # Errors
+    /// [`Open`] without calling; otherwise `call`'s result, as it is.
+    pub fn guard<T, E: std::fmt::Display>(&self, call: impl FnOnce() -> Result<T, E>) -> Result<Result<T, E>, Open> {
+        let permit = self.allow()?;
+        let r = call();
+        match &r {
+            Err(e) => permit.failed(&e.to_string()),
+            Ok(_) => permit.succeeded(),
+        }
+        Ok(r)
+    }
+
     /// The breaker's state now.
     pub fn snapshot(&self) -> Snapshot {
         let g = self.lock();

@@ -180,6 +180,51 @@ fn a_scratch_directory_is_private_writable_and_removed() {
     assert_ne!(o.status, Status::Ok, "{o:?}");
 }
 
+/// The policy's `file_io` breaker guards the wasm tier's disk: scratch directories
+/// that cannot be made (here their parent is open to every user, which is refused)
+/// open it, after which none is tried until it lets a trial through; runs that need
+/// no scratch directory go on.
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn failing_scratch_directories_open_the_file_io_breaker() {
+    use std::os::unix::fs::PermissionsExt;
+    if wasm_executor(Policy::default_policy()).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // The tier's own breaker (the `api` settings) counts these host faults too: set
+    // out of the way, so that only `file_io` opens.
+    let yaml = default_policy_yaml()
+        .replacen("  file_io:\n      failure_threshold: 3", "  file_io:\n      failure_threshold: 2", 1)
+        .replacen("  api:\n      failure_threshold: 3", "  api:\n      failure_threshold: 10", 1);
+    assert_eq!(yaml.matches("failure_threshold: 3").count(), 1, "the default policy's breakers moved");
+    let policy = Policy::from_yaml(&yaml, "<test>").expect("policy");
+    let config =
+        terrarium::WasmConfig { pool_size: 0, scratch_parent: shared.clone(), ..terrarium::WasmConfig::from_env() };
+    let sandbox = terrarium::Sandbox::builder().policy(policy).wasm(config).build().expect("sandbox");
+    let run = |scratch: bool| {
+        let mut req = ExecRequest::new("1 + 1");
+        req.tier = terrarium::TierChoice::Fixed(terrarium::Tier::Wasm);
+        req.scratch = scratch;
+        crate::common::runtime().block_on(sandbox.execute(req))
+    };
+    for _ in 0..2 {
+        let e = run(true).expect_err("the scratch directory's parent is open to others");
+        assert!(e.to_string().contains("cannot create a scratch directory"), "{e}");
+    }
+    let file_io = sandbox.breakers().get("file_io").expect("file_io breaker");
+    assert_eq!(file_io.snapshot().state, terrarium::breaker::State::Open);
+    let e = run(true).expect_err("breaker open");
+    assert!(e.to_string().contains("breaker file_io open"), "{e}");
+    assert_eq!(file_io.snapshot().total_failures, 2, "refused at once: the disk was not tried");
+    let o = run(false).expect("a run without a scratch directory");
+    assert_eq!((o.status, o.result), (Status::Ok, Some(serde_json::json!(2))));
+    assert_eq!(std::fs::read_dir(&shared).expect("shared").count(), 0, "nothing was made there");
+}
+
 fn scratch_dirs() -> usize {
     std::fs::read_dir(std::env::temp_dir())
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("terrarium-scratch-")).count())

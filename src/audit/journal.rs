@@ -149,19 +149,14 @@ impl AuditLog {
             index += 1;
             prev = mac;
         }
-        let permit = match &self.file_io {
-            Some(b) => Some(
-                b.allow().map_err(|open| AuditError::Journal { path: j.path.clone(), message: open.to_string() })?,
-            ),
-            None => None,
+        let mut append = || j.file.write_all(&lines).map_err(|e| format!("journal append: {e}"));
+        let written = match &self.file_io {
+            Some(b) => b
+                .guard(append)
+                .map_err(|open| AuditError::Journal { path: j.path.clone(), message: open.to_string() })?,
+            None => append(),
         };
-        let written = j.file.write_all(&lines);
-        match (permit, &written) {
-            (Some(p), Err(e)) => p.failed(&format!("journal append: {e}")),
-            (Some(p), Ok(())) => p.succeeded(),
-            (None, _) => {}
-        }
-        written.map_err(|e| AuditError::Journal { path: j.path.clone(), message: e.to_string() })?;
+        written.map_err(|message| AuditError::Journal { path: j.path.clone(), message })?;
         j.index = index;
         j.prev = prev;
         self.backlog.fetch_add(pending.len(), Ordering::Relaxed);

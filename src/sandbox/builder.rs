@@ -137,7 +137,10 @@ impl SandboxBuilder {
             }
             _ => None,
         };
-        #[cfg_attr(not(feature = "docker"), allow(unused_mut, reason = "only the docker tier's settings change"))]
+        #[cfg_attr(
+            not(any(feature = "docker", feature = "wasm")),
+            allow(unused_mut, reason = "only the docker and wasm tiers' settings change")
+        )]
         let mut tiers = self.tiers;
         // The engine API goes through the policy's `api` breaker.
         #[cfg(feature = "docker")]
@@ -147,6 +150,16 @@ impl SandboxBuilder {
                 docker.api_breaker = breakers.get("api").cloned();
             }
             tiers.docker = Some(docker);
+        }
+        // The wasm tier's file I/O (its compiled-module cache, scratch directories)
+        // goes through the policy's `file_io` breaker.
+        #[cfg(feature = "wasm")]
+        {
+            let mut wasm = tiers.wasm.take().unwrap_or_else(crate::tier::wasm::WasmConfig::from_env);
+            if wasm.file_io_breaker.is_none() {
+                wasm.file_io_breaker = breakers.get("file_io").cloned();
+            }
+            tiers.wasm = Some(wasm);
         }
         Ok(Sandbox {
             tiers: Tiers::new(policy.clone(), tiers),

@@ -43,6 +43,15 @@ pub struct WasmConfig {
     /// Instances that may exist at once, running or warm (the pooling allocator's
     /// slots). Fixed per python.wasm path for the life of the process.
     pub max_instances: usize,
+    /// The breaker the tier's file I/O goes through (loading or writing the compiled
+    /// module, making and removing scratch directories); a [`crate::Sandbox`] gives
+    /// its policy's `file_io` breaker. A disk that keeps failing is not tried again
+    /// until the breaker lets a trial through.
+    pub file_io_breaker: Option<crate::breaker::Breaker>,
+    /// Where each run's `/scratch` is made (default: the system's temporary
+    /// directory); refused unless owned by root or this user and closed to others
+    /// (sticky qualifies).
+    pub scratch_parent: PathBuf,
 }
 
 impl WasmConfig {
@@ -57,7 +66,14 @@ impl WasmConfig {
             .or_else(|| cache.as_ref().map(|c| c.join("python-3.12.0.wasm")))
             .unwrap_or_default();
         let cache_dir = cache.map(|c| c.join("compiled")).unwrap_or_default();
-        WasmConfig { python_wasm, cache_dir, pool_size: 2, max_instances: 64 }
+        WasmConfig {
+            python_wasm,
+            cache_dir,
+            pool_size: 2,
+            max_instances: 64,
+            file_io_breaker: None,
+            scratch_parent: std::env::temp_dir(),
+        }
     }
 }
 
@@ -67,37 +83,92 @@ fn engine_key(engine: &Engine) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Loads python.wasm's compiled form, compiling and caching it first if needed.
+/// Why python.wasm's compiled form cannot be loaded; each message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Neither `TERRARIUM_CACHE` nor `HOME` is set.
+    #[error(
+        "no TERRARIUM_CACHE or HOME to find python.wasm and keep its compiled form in; set TERRARIUM_CACHE to a \
+         private directory and run {SETUP}"
+    )]
+    NoCacheDirectory,
+    /// python.wasm is not where it should be.
+    #[error("python.wasm is not installed ({path}: {source}); run {SETUP} to fetch it")]
+    NotInstalled {
+        /// Where it was looked for.
+        path: String,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file there is not the pinned one.
+    #[error("{path} is not the pinned python.wasm ({found}); run {SETUP} to replace it")]
+    NotPinned {
+        /// The file.
+        path: String,
+        /// What it is instead (its size or its sha256).
+        found: String,
+    },
+    /// The cache directory is refused (not this user's, open to others).
+    #[error(transparent)]
+    Directory(#[from] crate::dirs::DirError),
+    /// Reading, compiling into or loading from the cache failed.
+    #[error("cannot {doing} {path}: {message}")]
+    Io {
+        /// What was being done (`read`, `write`, `use the cached`, `load`).
+        doing: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// wasmtime could not compile python.wasm.
+    #[error("cannot compile python.wasm: {0}")]
+    Compile(String),
+    /// The `file_io` breaker is open after earlier failures.
+    #[error("the compiled python.wasm is not read: {0}")]
+    Breaker(#[from] crate::breaker::Open),
+}
+
+/// Loads python.wasm's compiled form, compiling and caching it first if needed,
+/// through `config`'s `file_io` breaker when it has one.
 ///
 /// # Errors
-/// A message naming the fix: python.wasm missing or not the pinned file, or the cache
-/// directory unusable (not this user's, writable by others, or unset).
-pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, String> {
+/// [`CacheError`], whose message names the fix: python.wasm missing or not the pinned
+/// file, the cache directory unusable (not this user's, writable by others, or
+/// unset), the disk failing, or the breaker open after earlier failures.
+pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, CacheError> {
+    match &config.file_io_breaker {
+        Some(b) => b.guard(|| load_unguarded(engine, config))?,
+        None => load_unguarded(engine, config),
+    }
+}
+
+fn load_unguarded(engine: &Engine, config: &WasmConfig) -> Result<Module, CacheError> {
     let wasm = &config.python_wasm;
     if wasm.as_os_str().is_empty() || config.cache_dir.as_os_str().is_empty() {
-        return Err("no TERRARIUM_CACHE or HOME to find python.wasm and keep its compiled form in; set \
-                    TERRARIUM_CACHE to a private directory and run scripts/setup-wasm"
-            .into());
+        return Err(CacheError::NoCacheDirectory);
     }
-    let meta = fs::metadata(wasm)
-        .map_err(|e| format!("python.wasm is not installed ({}: {e}); run {SETUP} to fetch it", wasm.display()))?;
+    let shown = |p: &Path| p.display().to_string();
+    let meta =
+        fs::metadata(wasm).map_err(|source| CacheError::NotInstalled { path: shown(wasm), source })?;
     if meta.len() != PYTHON_WASM_SIZE {
-        return Err(format!(
-            "{} is not the pinned python.wasm ({} bytes, expected {PYTHON_WASM_SIZE}); run {SETUP} to replace it",
-            wasm.display(),
-            meta.len()
-        ));
+        let found = format!("{} bytes, expected {PYTHON_WASM_SIZE}", meta.len());
+        return Err(CacheError::NotPinned { path: shown(wasm), found });
     }
-    let dir = OwnedDir::open(&config.cache_dir, "cache directory").map_err(|e| e.to_string())?;
+    let dir = OwnedDir::open(&config.cache_dir, "cache directory")?;
     let name = format!("{}-{}.cwasm", &PYTHON_WASM_SHA256[..16], engine_key(engine));
-    let shown = dir.path().join(&name);
+    let path = shown(&dir.path().join(&name));
+    let io = |doing: &'static str, message: String| CacheError::Io { doing, path: path.clone(), message };
     let file = match dir.read(&name) {
         Ok(Some(f)) => f,
         Ok(None) => {
             compile_into(engine, wasm, &dir, &name)?;
-            dir.read(&name).ok().flatten().ok_or_else(|| format!("{} vanished after compiling", shown.display()))?
+            dir.read(&name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| io("read", "it vanished after compiling".into()))?
         }
-        Err(e) => return Err(format!("cannot use the cached {}: {e}; remove it", shown.display())),
+        Err(e) => return Err(io("use the cached", format!("{e}; remove it"))),
     };
     // SAFETY: `file` was opened through the handle of a directory that this user
     // owns and no one else can write (every directory above it trusted too), never
@@ -107,21 +178,23 @@ pub fn load_module(engine: &Engine, config: &WasmConfig) -> Result<Module, Strin
     // compiled by a compatible engine.
     #[allow(unsafe_code, reason = "loading precompiled machine code is unsafe by nature")]
     let module = unsafe { Module::deserialize_open_file(engine, file) };
-    module.map_err(|e| format!("cannot load the compiled python.wasm ({}): {e}", shown.display()))
+    module.map_err(|e| io("load the compiled python.wasm from", e.to_string()))
 }
 
-fn compile_into(engine: &Engine, wasm: &Path, dir: &OwnedDir, name: &str) -> Result<(), String> {
-    let bytes = fs::read(wasm).map_err(|e| format!("cannot read {}: {e}; run {SETUP}", wasm.display()))?;
+fn compile_into(engine: &Engine, wasm: &Path, dir: &OwnedDir, name: &str) -> Result<(), CacheError> {
+    let bytes = fs::read(wasm).map_err(|e| CacheError::Io {
+        doing: "read",
+        path: wasm.display().to_string(),
+        message: format!("{e}; run {SETUP}"),
+    })?;
     let got = crate::hex::encode(&Sha256::digest(&bytes));
     if got != PYTHON_WASM_SHA256 {
-        return Err(format!(
-            "{} has sha256 {got}, not the pinned {PYTHON_WASM_SHA256}; run {SETUP} to replace it",
-            wasm.display()
-        ));
+        let found = format!("sha256 {got}, not the pinned {PYTHON_WASM_SHA256}");
+        return Err(CacheError::NotPinned { path: wasm.display().to_string(), found });
     }
     eprintln!("terrarium: compiling python.wasm for this machine (once; it takes 10-20 s)...");
     let started = std::time::Instant::now();
-    let code = engine.precompile_module(&bytes).map_err(|e| format!("cannot compile python.wasm: {e}"))?;
+    let code = engine.precompile_module(&bytes).map_err(|e| CacheError::Compile(e.to_string()))?;
     let tmp = format!(".{}.tmp", std::process::id());
     let write = || -> std::io::Result<()> {
         let mut f = dir.create_new(&tmp)?;
@@ -132,7 +205,7 @@ fn compile_into(engine: &Engine, wasm: &Path, dir: &OwnedDir, name: &str) -> Res
     let out = dir.path().join(name);
     write().map_err(|e| {
         let _ = dir.remove(&tmp);
-        format!("cannot write {}: {e}", out.display())
+        CacheError::Io { doing: "write", path: out.display().to_string(), message: e.to_string() }
     })?;
     eprintln!("terrarium: compiled in {:.1} s, cached at {}", started.elapsed().as_secs_f64(), out.display());
     Ok(())
@@ -150,9 +223,11 @@ mod tests {
             cache_dir: dir.path().join("c"),
             pool_size: 0,
             max_instances: 4,
+            file_io_breaker: None,
+            scratch_parent: PathBuf::new(),
         };
         let engine = Engine::default();
-        let err = load_module(&engine, &config).expect_err("missing");
+        let err = load_module(&engine, &config).expect_err("missing").to_string();
         assert!(err.contains("scripts/setup-wasm"), "{err}");
     }
 
@@ -161,8 +236,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wasm = dir.path().join("python.wasm");
         fs::write(&wasm, vec![0u8; PYTHON_WASM_SIZE as usize]).expect("write");
-        let config = WasmConfig { python_wasm: wasm, cache_dir: dir.path().join("c"), pool_size: 0, max_instances: 4 };
-        let err = load_module(&Engine::default(), &config).expect_err("wrong file");
+        let config = WasmConfig { python_wasm: wasm, cache_dir: dir.path().join("c"), pool_size: 0, max_instances: 4, file_io_breaker: None, scratch_parent: PathBuf::new() };
+        let err = load_module(&Engine::default(), &config).expect_err("wrong file").to_string();
         assert!(err.contains("sha256") && err.contains("scripts/setup-wasm"), "{err}");
     }
 
@@ -175,16 +250,46 @@ mod tests {
         fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).expect("chmod");
         let wasm = dir.path().join("python.wasm");
         fs::write(&wasm, vec![0u8; PYTHON_WASM_SIZE as usize]).expect("write");
-        let config = WasmConfig { python_wasm: wasm, cache_dir: cache, pool_size: 0, max_instances: 4 };
-        let err = load_module(&Engine::default(), &config).expect_err("shared");
+        let config = WasmConfig { python_wasm: wasm, cache_dir: cache, pool_size: 0, max_instances: 4, file_io_breaker: None, scratch_parent: PathBuf::new() };
+        let err = load_module(&Engine::default(), &config).expect_err("shared").to_string();
         assert!(err.contains("cache directory") && err.contains("writable by other users"), "{err}");
+    }
+
+    /// The `file_io` breaker: loads that fail open it, and while it is open the
+    /// disk is not tried (a python.wasm installed meanwhile is not even looked at).
+    #[test]
+    fn failed_loads_open_the_file_io_breaker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = crate::breaker::Settings {
+            failure_threshold: 2,
+            recovery_timeout: std::time::Duration::from_secs(600),
+            log_failures: false,
+        };
+        let breaker = crate::breaker::Breaker::new("file_io", settings);
+        let config = WasmConfig {
+            python_wasm: dir.path().join("python.wasm"),
+            cache_dir: dir.path().join("c"),
+            pool_size: 0,
+            max_instances: 4,
+            file_io_breaker: Some(breaker.clone()),
+            scratch_parent: PathBuf::new(),
+        };
+        for _ in 0..2 {
+            let err = load_module(&Engine::default(), &config).expect_err("not installed");
+            assert!(matches!(err, CacheError::NotInstalled { .. }), "{err}");
+        }
+        assert_eq!(breaker.snapshot().state, crate::breaker::State::Open);
+        fs::write(&config.python_wasm, b"not read").expect("write");
+        let err = load_module(&Engine::default(), &config).expect_err("breaker open");
+        assert!(matches!(err, CacheError::Breaker(_)) && err.to_string().contains("file_io"), "{err}");
+        assert_eq!(breaker.snapshot().total_failures, 2, "refused at once: the file was not tried");
     }
 
     #[test]
     fn without_a_cache_directory_nothing_falls_back_to_tmp() {
         let config =
-            WasmConfig { python_wasm: PathBuf::new(), cache_dir: PathBuf::new(), pool_size: 0, max_instances: 4 };
-        let err = load_module(&Engine::default(), &config).expect_err("no cache");
+            WasmConfig { python_wasm: PathBuf::new(), cache_dir: PathBuf::new(), pool_size: 0, max_instances: 4, file_io_breaker: None, scratch_parent: PathBuf::new() };
+        let err = load_module(&Engine::default(), &config).expect_err("no cache").to_string();
         assert!(err.contains("TERRARIUM_CACHE"), "{err}");
     }
 }

@@ -19,7 +19,7 @@
 mod cache;
 mod sleep;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
+use crate::breaker::Breaker;
 use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
@@ -83,7 +84,7 @@ impl Runtime {
 pub struct WasmExecutor {
     policy: Policy,
     config: WasmConfig,
-    runtime: OnceLock<Result<Arc<Runtime>, String>>,
+    runtime: OnceLock<Result<Arc<Runtime>, Arc<SetupError>>>,
     pool: std::sync::Mutex<std::collections::VecDeque<Slot>>,
 }
 
@@ -193,7 +194,7 @@ impl WasmExecutor {
 
     fn runtime(&self) -> Result<Arc<Runtime>, SandboxError> {
         let r = self.runtime.get_or_init(|| shared_runtime(&self.config));
-        r.clone().map_err(|reason| SandboxError::TierUnavailable { tier: Tier::Wasm, reason })
+        r.clone().map_err(|e| SandboxError::TierUnavailable { tier: Tier::Wasm, reason: e.to_string() })
     }
 
     async fn run(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
@@ -225,7 +226,7 @@ impl WasmExecutor {
                 if warm_fits {
                     self.refill()?;
                 }
-                let scratch = req.scratch;
+                let scratch = req.scratch.then(|| (self.config.scratch_parent.clone(), self.config.file_io_breaker.clone()));
                 tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code, scratch))
                     .await
                     .map_err(|e| SandboxError::Host {
@@ -250,21 +251,36 @@ impl Executor for WasmExecutor {
     }
 }
 
+/// Why the tier cannot start (reported as [`SandboxError::TierUnavailable`]).
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// python.wasm or its compiled form cannot be loaded.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    /// wasmtime refused a step of building the runtime.
+    #[error("cannot {step}: {message}")]
+    Wasmtime { step: &'static str, message: String },
+    /// A thread panicked while holding the table of runtimes.
+    #[error("the wasm runtime table is poisoned")]
+    Poisoned,
+}
+
 /// One runtime per python.wasm path per process (compiling costs seconds).
-fn shared_runtime(config: &WasmConfig) -> Result<Arc<Runtime>, String> {
+fn shared_runtime(config: &WasmConfig) -> Result<Arc<Runtime>, Arc<SetupError>> {
     type Table = std::sync::Mutex<Vec<(PathBuf, Arc<Runtime>)>>;
     static RUNTIMES: OnceLock<Table> = OnceLock::new();
     let all = RUNTIMES.get_or_init(Default::default);
-    let mut all = all.lock().map_err(|_| "the wasm runtime table is poisoned".to_string())?;
+    let mut all = all.lock().map_err(|_| Arc::new(SetupError::Poisoned))?;
     if let Some((_, r)) = all.iter().find(|(p, _)| *p == config.python_wasm) {
         return Ok(r.clone());
     }
-    let r = Arc::new(build_runtime(config)?);
+    let r = Arc::new(build_runtime(config).map_err(Arc::new)?);
     all.push((config.python_wasm.clone(), r.clone()));
     Ok(r)
 }
 
-fn build_runtime(config: &WasmConfig) -> Result<Runtime, String> {
+fn build_runtime(config: &WasmConfig) -> Result<Runtime, SetupError> {
+    let failed = |step: &'static str| move |e: wasmtime::Error| SetupError::Wasmtime { step, message: e.to_string() };
     let mut c = wasmtime::Config::new();
     c.consume_fuel(true);
     c.epoch_interruption(true);
@@ -275,22 +291,22 @@ fn build_runtime(config: &WasmConfig) -> Result<Runtime, String> {
     let slots = u32::try_from(config.max_instances.max(1)).unwrap_or(u32::MAX);
     pooling.total_core_instances(slots).total_memories(slots).total_tables(slots).max_memory_size(1 << 32);
     c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
-    let engine = Engine::new(&c).map_err(|e| format!("cannot create the wasm engine: {e}"))?;
+    let engine = Engine::new(&c).map_err(failed("create the wasm engine"))?;
     let module: Module = cache::load_module(&engine, config)?;
     let mut linker: Linker<Host> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
-        .map_err(|e| format!("cannot link WASI: {e}"))?;
+        .map_err(failed("link WASI"))?;
     // The guest's poll_oneoff is Terrarium's: its waits end by the deadline.
     linker.allow_shadowing(true);
     linker
         .func_wrap("wasi_snapshot_preview1", "poll_oneoff", sleep::poll_oneoff::<Host>)
-        .map_err(|e| format!("cannot link poll_oneoff: {e}"))?;
-    let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot prepare python.wasm: {e}"))?;
+        .map_err(failed("link poll_oneoff"))?;
+    let pre = linker.instantiate_pre(&module).map_err(failed("prepare python.wasm"))?;
     let runtime = Runtime { engine, pre };
     // Fail now, not on the first request, if the pooling limits cannot hold it.
     let clock = sleep::GuestClock(Instant::now());
     let mut probe = runtime.store(WasiCtxBuilder::new().build_p1(), StoreLimits::default(), sleep::Due::Unset, clock);
-    runtime.pre.instantiate(&mut probe).map_err(|e| format!("python.wasm does not fit the instance pool: {e}"))?;
+    runtime.pre.instantiate(&mut probe).map_err(failed("fit python.wasm in the instance pool"))?;
     drop(probe);
     start_ticker(runtime.engine.clone());
     Ok(runtime)
@@ -367,17 +383,26 @@ impl Pipes {
     }
 }
 
-/// Runs one request on a fresh instance (blocking).
-fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str, scratch: bool) -> Result<Outcome, SandboxError> {
+/// Runs one request on a fresh instance (blocking); `scratch`: with a scratch
+/// directory, made and removed through the `file_io` breaker when there is one.
+fn run_blocking(
+    runtime: &Runtime,
+    policy: &Policy,
+    code: &str,
+    scratch: Option<(PathBuf, Option<Breaker>)>,
+) -> Result<Outcome, SandboxError> {
     let nonce = nonce();
     let stdin = MemoryInputPipe::new(request_text(policy, code));
     let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
     let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
-    let dir = if scratch { Some(ScratchDir::create(&nonce)?) } else { None };
+    let dir = match &scratch {
+        Some((parent, breaker)) => Some(ScratchDir::create(parent, &nonce, breaker.as_ref())?),
+        None => None,
+    };
     let launch = Launch { nonce: &nonce, preload: "", scratch: dir.as_ref() };
     let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
     if let Some(d) = dir {
-        d.remove()?;
+        d.remove(scratch.and_then(|(_, b)| b).as_ref())?;
     }
     o
 }
@@ -388,21 +413,36 @@ fn run_blocking(runtime: &Runtime, policy: &Policy, code: &str, scratch: bool) -
 struct ScratchDir(crate::dirs::ScratchDir);
 
 impl ScratchDir {
-    fn create(nonce: &str) -> Result<ScratchDir, SandboxError> {
-        crate::dirs::ScratchDir::create(&std::env::temp_dir(), &format!("terrarium-scratch-{nonce}"))
-            .map(ScratchDir)
-            .map_err(|e| SandboxError::Host {
-                tier: Tier::Wasm,
-                message: format!("cannot create a scratch directory: {e}"),
-            })
+    fn create(parent: &Path, nonce: &str, breaker: Option<&Breaker>) -> Result<ScratchDir, SandboxError> {
+        let make = || crate::dirs::ScratchDir::create(parent, &format!("terrarium-scratch-{nonce}"));
+        let made = match breaker {
+            Some(b) => b.guard(make).map_err(|open| open.to_string()),
+            None => Ok(make()),
+        };
+        match made {
+            Ok(Ok(dir)) => Ok(ScratchDir(dir)),
+            Ok(Err(e)) => Err(scratch_fault(format!("cannot create a scratch directory: {e}"))),
+            Err(open) => Err(scratch_fault(format!("no scratch directory is made: {open}"))),
+        }
     }
 
-    fn remove(self) -> Result<(), SandboxError> {
-        self.0.remove().map_err(|e| SandboxError::Host {
-            tier: Tier::Wasm,
-            message: format!("cannot remove the scratch directory: {e}"),
-        })
+    fn remove(self, breaker: Option<&Breaker>) -> Result<(), SandboxError> {
+        // Removal is always attempted, open breaker or not (as the engine's kills
+        // are): an open breaker must not leave directories behind. It counts when
+        // the breaker lets it.
+        let removed = self.0.remove();
+        if let Some(permit) = breaker.and_then(|b| b.allow().ok()) {
+            match &removed {
+                Err(e) => permit.failed(&format!("scratch removal: {e}")),
+                Ok(()) => permit.succeeded(),
+            }
+        }
+        removed.map_err(|e| scratch_fault(format!("cannot remove the scratch directory: {e}")))
     }
+}
+
+fn scratch_fault(message: String) -> SandboxError {
+    SandboxError::Host { tier: Tier::Wasm, message }
 }
 
 /// What an instance starts with besides its pipes.
