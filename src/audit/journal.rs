@@ -235,8 +235,7 @@ impl AuditLog {
             self.tx.send(Msg::Flush(tx)).map_err(|_| AuditError::Stopped)?;
         }
         match rx.recv_timeout(within) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::NotFlushed(e)),
+            Ok(()) => Ok(()),
             Err(_) => Err(AuditError::NotFlushed(format!("not done within {}s", within.as_secs_f64()))),
         }
     }

@@ -202,14 +202,13 @@ impl Row {
     }
 }
 
-/// Where the writer says how an event fared (a tokio oneshot: awaited by async
-/// callers, received blocking by the others, never needs a thread hop).
 /// What the writer thread is sent.
 enum Msg {
     /// An event already in the journal.
     Event(Pending),
-    /// Answer once everything sent before is committed (`false`: it could not be).
-    Flush(mpsc::SyncSender<Result<(), String>>),
+    /// Signalled once everything sent before is committed (never, while the
+    /// database is unavailable: the caller's wait runs out).
+    Flush(mpsc::SyncSender<()>),
 }
 
 /// Where the audit database lives by default: `audit.db` in `$TERRARIUM_HOME`,

@@ -20,7 +20,7 @@ impl Writer {
     pub(super) fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut behind = false; // events in the journal the database does not have
         let mut carry: Option<Msg> = None;
-        let mut flushes: Vec<mpsc::SyncSender<Result<(), String>>> = Vec::new();
+        let mut flushes: Vec<mpsc::SyncSender<()>> = Vec::new();
         loop {
             let first = match carry.take() {
                 Some(m) => Some(m),
@@ -57,7 +57,7 @@ impl Writer {
                 // Everything received so far is in the database.
                 self.backlog.store(0, std::sync::atomic::Ordering::Relaxed);
                 for f in flushes.drain(..) {
-                    let _ = f.send(Ok(()));
+                    let _ = f.send(());
                 }
                 carry = self.empty_journal_if_drained(&rx);
             }

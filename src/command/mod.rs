@@ -68,12 +68,29 @@ impl Decision {
 /// The longest command line accepted (a human may have to review all of it).
 pub const MAX_LINE: usize = 16 << 10;
 
+/// Why a command line is not one plain command (the refusal's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotPlain(pub String);
+
+impl From<&str> for NotPlain {
+    fn from(reason: &str) -> NotPlain {
+        NotPlain(reason.into())
+    }
+}
+
+impl From<String> for NotPlain {
+    fn from(reason: String) -> NotPlain {
+        NotPlain(reason)
+    }
+}
+
 /// Splits `line` into words as a POSIX shell quotes them, refusing everything that
 /// would make a shell do more than run one program with literal arguments.
 ///
 /// # Errors
-/// The reason the line is not one plain command.
-pub fn split(line: &str) -> Result<Vec<String>, String> {
+/// [`NotPlain`]: the reason the line is not one plain command.
+pub fn split(line: &str) -> Result<Vec<String>, NotPlain> {
     if line.contains('\0') {
         return Err("the command contains a NUL byte".into());
     }
@@ -93,11 +110,11 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
             ';' => return Err("`;` would run a second command".into()),
             '&' => return Err("`&` would run commands in the background or chain them (`&&`)".into()),
             '|' => return Err("`|` would pipe into another command (or chain with `||`)".into()),
-            '<' | '>' => return Err(format!("`{c}` is a redirection")),
+            '<' | '>' => return Err(format!("`{c}` is a redirection").into()),
             '(' | ')' => return Err("parentheses would start a subshell".into()),
             '`' => return Err("backticks are command substitution".into()),
-            '$' => return Err(dollar_reason(chars.peek().copied())),
-            '*' | '?' | '[' => return Err(format!("`{c}` is a glob a shell would expand; quote it")),
+            '$' => return Err(dollar_reason(chars.peek().copied()).into()),
+            '*' | '?' | '[' => return Err(format!("`{c}` is a glob a shell would expand; quote it").into()),
             '~' if !in_word => return Err("`~` at the start of a word is a home-directory expansion".into()),
             '#' if !in_word => break,
             '\\' => match chars.next() {
@@ -126,7 +143,7 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
                         Some('`') => {
                             return Err("backticks are command substitution (even inside double quotes)".into());
                         }
-                        Some('$') => return Err(dollar_reason(chars.peek().copied())),
+                        Some('$') => return Err(dollar_reason(chars.peek().copied()).into()),
                         Some('\\') => match chars.next() {
                             Some(n @ ('"' | '\\' | '$' | '`')) => word.push(n),
                             Some('\n') => {}
@@ -192,7 +209,7 @@ fn check(line: &str, rules: &CommandRules) -> Decision {
     }
     let argv = match split(line) {
         Ok(w) => w,
-        Err(reason) => return Decision::Deny { reason },
+        Err(NotPlain(reason)) => return Decision::Deny { reason },
     };
     // Program names are quoted with `{:?}` in reasons: a name with escape sequences
     // or bidi controls cannot rewrite the line a human reads.

@@ -45,7 +45,7 @@ pub(super) struct Tiers {
     #[cfg(feature = "rustpython")]
     rustpython: Lazy<
         Option<crate::tier::rustpython::IsolatedConfig>,
-        Result<Arc<crate::tier::rustpython::IsolatedExecutor>, String>,
+        Result<Arc<crate::tier::rustpython::IsolatedExecutor>, Arc<SandboxError>>,
     >,
     #[cfg(feature = "wasm")]
     wasm: Lazy<crate::tier::wasm::WasmConfig, Arc<crate::tier::wasm::WasmExecutor>>,
@@ -92,14 +92,17 @@ impl Tiers {
                 let made = self.rustpython.get(|config| {
                     let config = match config {
                         Some(c) => c.clone(),
-                        None => IsolatedConfig::from_env().map_err(|e| e.to_string())?,
+                        None => IsolatedConfig::from_env().map_err(Arc::new)?,
                     };
                     Ok(Arc::new(IsolatedExecutor::new(self.policy.clone(), config)))
                 });
-                match made {
-                    Ok(e) => Ok(e),
-                    Err(reason) => Err(SandboxError::TierUnavailable { tier, reason }),
-                }
+                let made: Result<Arc<dyn Executor>, _> = made.map(|e| e as Arc<dyn Executor>);
+                made.map_err(|e| match &*e {
+                    SandboxError::TierUnavailable { reason, .. } => {
+                        SandboxError::TierUnavailable { tier, reason: reason.clone() }
+                    }
+                    other => SandboxError::TierUnavailable { tier, reason: other.to_string() },
+                })
             }
             #[cfg(feature = "wasm")]
             Tier::Wasm => {

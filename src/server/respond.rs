@@ -23,13 +23,27 @@ pub(super) fn credentialed(state: &AppState, headers: &HeaderMap) -> bool {
     bearer.is_some_and(|t| state.tokens.identify(t).is_some()) || state.sessions.signed_in(headers)
 }
 
+/// Why a request is not for this server (the 421 answer's reason).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotForUs {
+    /// The Host header is not text.
+    #[error("the Host header is not text")]
+    Unreadable,
+    /// Neither a Host header nor an authority in the request line.
+    #[error("the request names no Host")]
+    Missing,
+    /// A name this server was not told it has.
+    #[error("Host {0:?} is not a name of this server (start it with --allow-host NAME to allow one)")]
+    OtherName(String),
+}
+
 /// Whether the request names this server by an IP address, `localhost` or an
 /// allowed name. DNS rebinding needs a name (the attacker's, rebound to this
 /// address), so a literal address is always this server.
-pub(super) fn host_allowed(req: &Request, allowed: &[String]) -> Result<(), String> {
+pub(super) fn host_allowed(req: &Request, allowed: &[String]) -> Result<(), NotForUs> {
     let host = match req.headers().get(header::HOST) {
-        Some(h) => h.to_str().map_err(|_| "the Host header is not text".to_string())?.to_string(),
-        None => req.uri().authority().map(|a| a.as_str().to_string()).ok_or("the request names no Host")?,
+        Some(h) => h.to_str().map_err(|_| NotForUs::Unreadable)?.to_string(),
+        None => req.uri().authority().map(|a| a.as_str().to_string()).ok_or(NotForUs::Missing)?,
     };
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.split_once(']'))
         && v6.0.parse::<std::net::Ipv6Addr>().is_ok()
@@ -45,7 +59,7 @@ pub(super) fn host_allowed(req: &Request, allowed: &[String]) -> Result<(), Stri
     if name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed.contains(&name) {
         return Ok(());
     }
-    Err(format!("Host {host:?} is not a name of this server (start it with --allow-host NAME to allow one)"))
+    Err(NotForUs::OtherName(host))
 }
 
 /// Admission and metrics, around every route: the Host check (421); a slot in the
@@ -55,7 +69,7 @@ pub(super) async fn admit(State(state): State<Shared>, req: Request, next: Next)
     start_refusal_flusher(&state);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     if let Err(why) = host_allowed(&req, &state.allowed_hosts) {
-        let r = problem(StatusCode::MISDIRECTED_REQUEST, &why);
+        let r = problem(StatusCode::MISDIRECTED_REQUEST, &why.to_string());
         state.metrics.request(&route, r.status().as_u16());
         return r;
     }

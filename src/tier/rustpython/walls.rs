@@ -28,6 +28,7 @@ use rustpython_vm::builtins::{PyStr, PyStrRef, PyType, PyTypeRef};
 use rustpython_vm::function::{FuncArgs, OptionalArg};
 use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
+use super::worker::SetupError;
 use crate::analysis;
 
 /// Attributes deleted from the interpreter's types, by type.
@@ -61,13 +62,17 @@ fn removals(vm: &VirtualMachine) -> Vec<(&'static Py<PyType>, &'static [&'static
     ]
 }
 
+fn sealing(detail: String) -> SetupError {
+    SetupError { step: "sealing", detail }
+}
+
 /// Deletes the capabilities listed in [`removals`] from the VM's types. Call once,
 /// after the prelude has run and before any snippet.
 ///
 /// # Errors
 /// The name of a listed attribute that was already absent: the list no longer
 /// matches the interpreter, which is a build defect to fix, not to skip.
-pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
+pub fn remove_internals(vm: &VirtualMachine) -> Result<(), SetupError> {
     // The real `type.__subclasses__`, kept for the native ABC variant below.
     let subclasses = vm.ctx.types.type_type.get_attr(vm.ctx.intern_str("__subclasses__"));
     if let Some(real) = &subclasses {
@@ -83,7 +88,7 @@ pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
                 }
                 Some(_) => {}
                 None if OPTIONAL.contains(name) => {}
-                None => return Err(format!("type {} has no attribute {name} to remove", typ.name())),
+                None => return Err(sealing(format!("type {} has no attribute {name} to remove", typ.name()))),
             }
         }
         typ.modified();
@@ -124,7 +129,7 @@ pub fn remove_internals(vm: &VirtualMachine) -> Result<(), String> {
 /// `Enum.value`) for trusted stdlib code to run, or change what a class does for
 /// stdlib code. Classes made later (the snippet's, those of modules loaded later)
 /// are not affected; instances keep their own attributes.
-fn freeze_existing_classes(subclasses: &PyObjectRef, vm: &VirtualMachine) -> Result<(), String> {
+fn freeze_existing_classes(subclasses: &PyObjectRef, vm: &VirtualMachine) -> Result<(), SetupError> {
     use rustpython_vm::types::PyTypeFlags;
     let immutable = PyTypeFlags::from_slice(&[PyTypeFlags::IMMUTABLETYPE]);
     let mut seen = std::collections::HashSet::new();
@@ -136,8 +141,8 @@ fn freeze_existing_classes(subclasses: &PyObjectRef, vm: &VirtualMachine) -> Res
         if typ.slots.flags.has_feature(PyTypeFlags::HEAPTYPE) {
             typ.slots.flags.replace_masked(immutable, immutable);
         }
-        let subs = subclasses.call((typ.clone(),), vm).map_err(|e| format!("listing subclasses: {e:?}"))?;
-        let subs: Vec<PyObjectRef> = subs.try_to_value(vm).map_err(|e| format!("listing subclasses: {e:?}"))?;
+        let subs = subclasses.call((typ.clone(),), vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
+        let subs: Vec<PyObjectRef> = subs.try_to_value(vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
         queue.extend(subs.into_iter().filter_map(|s| s.downcast::<PyType>().ok()));
     }
     Ok(())

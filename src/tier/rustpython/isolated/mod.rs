@@ -217,7 +217,7 @@ impl IsolatedExecutor {
                 Ok(c) => c,
                 // The zygote died while this request waited for a child.
                 Err(_) if !z.alive() && attempts < 2 => continue,
-                Err(e) => return Err(host(&e)),
+                Err(e) => return Err(host(&e.to_string())),
             };
             let limits =
                 RunLimits { deadline, timeout, cap, memory: policy.max_memory(), max_output: policy.max_output() };

@@ -48,11 +48,28 @@ impl Accounting {
     }
 }
 
+/// Why a request got no child from the zygote.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum NoChild {
+    /// The zygote is gone (why, as the dispatcher saw it).
+    #[error("{0}")]
+    ZygoteGone(String),
+    /// The control message could not be written or encoded.
+    #[error("the zygote is unreachable: {0}")]
+    Unreachable(String),
+    /// The zygote tried and failed to fork or confine a child.
+    #[error("the zygote could not fork a child: {0}")]
+    ForkFailed(String),
+    /// None became ready within the wait.
+    #[error("no isolated child became ready in time")]
+    Timeout,
+}
+
 #[derive(Default)]
 pub(super) struct PoolState {
     pub(super) ready: VecDeque<ReadyChild>,
     pub(super) pending: usize,
-    pub(super) waiters: HashMap<u64, oneshot::Sender<Result<ReadyChild, String>>>,
+    pub(super) waiters: HashMap<u64, oneshot::Sender<Result<ReadyChild, NoChild>>>,
     pub(super) exits: HashMap<i32, oneshot::Sender<Exit>>,
     /// The last pool spawn's failure, reported to the next request that finds the
     /// pool empty.
@@ -151,9 +168,9 @@ impl Zygote {
         self.state().death.is_none()
     }
 
-    pub(super) fn send(&self, msg: &ToZygote) -> Result<(), String> {
-        let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-        sys::send_msg(self.ctl.as_fd(), &body, &[]).map_err(|e| format!("the zygote is unreachable: {e}"))
+    pub(super) fn send(&self, msg: &ToZygote) -> Result<(), NoChild> {
+        let body = serde_json::to_vec(msg).map_err(|e| NoChild::Unreachable(e.to_string()))?;
+        sys::send_msg(self.ctl.as_fd(), &body, &[]).map_err(|e| NoChild::Unreachable(e.to_string()))
     }
 
     /// Counts a request as running until the value is dropped.
@@ -177,7 +194,7 @@ impl Zygote {
     }
 
     /// A child from the pool, waiting for one if the pool is empty.
-    pub(super) async fn take(&self) -> Result<ReadyChild, String> {
+    pub(super) async fn take(&self) -> Result<ReadyChild, NoChild> {
         let until = Instant::now() + SPAWN_WAIT;
         loop {
             let notified = self.arrived.notified();
@@ -186,7 +203,7 @@ impl Zygote {
             {
                 let mut st = self.state();
                 if let Some(d) = &st.death {
-                    return Err(d.clone());
+                    return Err(NoChild::ZygoteGone(d.clone()));
                 }
                 if let Some(c) = st.ready.pop_front() {
                     // Refill after the request (see `run`), so that forking and
@@ -198,24 +215,24 @@ impl Zygote {
                     return Ok(c);
                 }
                 if let Some(e) = st.spawn_failure.take() {
-                    return Err(format!("the zygote could not fork a child: {e}"));
+                    return Err(NoChild::ForkFailed(e));
                 }
                 self.refill(&mut st);
             }
             if tokio::time::timeout_at(until.into(), notified).await.is_err() {
-                return Err("no isolated child became ready in time".into());
+                return Err(NoChild::Timeout);
             }
         }
     }
 
     /// A child forked for one request with its own limits.
-    pub(super) async fn take_dedicated(&self, mut spec: SpawnSpec) -> Result<ReadyChild, String> {
+    pub(super) async fn take_dedicated(&self, mut spec: SpawnSpec) -> Result<ReadyChild, NoChild> {
         spec.token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self.state();
             if let Some(d) = &st.death {
-                return Err(d.clone());
+                return Err(NoChild::ZygoteGone(d.clone()));
             }
             st.waiters.insert(spec.token, tx);
         }
@@ -225,10 +242,10 @@ impl Zygote {
         }
         match tokio::time::timeout(SPAWN_WAIT, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err("the zygote died".into()),
+            Ok(Err(_)) => Err(NoChild::ZygoteGone("the zygote died".into())),
             Err(_) => {
                 self.state().waiters.remove(&spec.token);
-                Err("no isolated child became ready in time".into())
+                Err(NoChild::Timeout)
             }
         }
     }
@@ -281,7 +298,7 @@ impl Zygote {
                         drop(st);
                         self.arrived.notify_one();
                     } else if let Some(w) = st.waiters.remove(&token) {
-                        let _ = w.send(Err(message));
+                        let _ = w.send(Err(NoChild::ForkFailed(message)));
                     }
                 }
                 FromZygote::Exited { pid, code, signal, cpu_us, maxrss_kb } => {

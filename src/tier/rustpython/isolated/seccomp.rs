@@ -52,23 +52,21 @@ const ALLOWED: &[libc::c_long] = &[
 /// `abort()` still ends the process with `SIGABRT`.
 ///
 /// # Errors
-/// seccompiler's message (an unsupported architecture).
-pub fn build(pid: libc::pid_t) -> Result<BpfProgram, String> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+/// seccompiler's (an unsupported architecture).
+pub fn build(pid: libc::pid_t) -> Result<BpfProgram, seccompiler::Error> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|n| (*n, Vec::new())).collect();
     let own = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid as u64)
-        .and_then(|c| SeccompRule::new(vec![c]))
-        .map_err(|e| e.to_string())?;
+        .and_then(|c| SeccompRule::new(vec![c]))?;
     rules.insert(libc::SYS_tgkill, vec![own]);
-    let filter =
-        SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(|e| e.to_string())?;
-    BpfProgram::try_from(filter).map_err(|e| e.to_string())
+    let filter = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch)?;
+    Ok(BpfProgram::try_from(filter)?)
 }
 
 /// Installs `program` on the calling thread (the child is single-threaded).
 ///
 /// # Errors
 /// The kernel's refusal.
-pub fn enter(program: &BpfProgram) -> Result<(), String> {
-    seccompiler::apply_filter(program).map_err(|e| e.to_string())
+pub fn enter(program: &BpfProgram) -> Result<(), seccompiler::Error> {
+    seccompiler::apply_filter(program)
 }

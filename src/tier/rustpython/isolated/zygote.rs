@@ -154,14 +154,14 @@ fn zygote_main() -> ExitCode {
     };
     let worker = match Worker::new() {
         Ok(w) => w,
-        Err(message) => {
-            let _ = send(&ctl, &FromZygote::Failed { message }, &[]);
+        Err(e) => {
+            let _ = send(&ctl, &FromZygote::Failed { message: e.to_string() }, &[]);
             return ExitCode::from(1);
         }
     };
     worker.preload(&preload);
-    if let Err(message) = worker.seal() {
-        let _ = send(&ctl, &FromZygote::Failed { message }, &[]);
+    if let Err(e) = worker.seal() {
+        let _ = send(&ctl, &FromZygote::Failed { message: e.to_string() }, &[]);
         return ExitCode::from(1);
     }
     warm_up_modules(&worker, &preload);

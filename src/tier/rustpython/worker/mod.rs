@@ -124,12 +124,24 @@ pub struct Worker {
     tainted: std::cell::Cell<bool>,
 }
 
+/// The interpreter could not be built, sealed or readied after a fork (a build
+/// defect): the worker cannot serve. Says which step failed and how.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the interpreter's {step} failed: {detail}")]
+pub struct SetupError {
+    /// `building`, `sealing` or `after fork`.
+    pub step: &'static str,
+    /// The exception text or the defect.
+    pub detail: String,
+}
+
 impl Worker {
     /// Builds a capability-free interpreter on the current thread.
     ///
     /// # Errors
-    /// The prelude's exception text, when it fails (a build defect).
-    pub fn new() -> Result<Worker, String> {
+    /// [`SetupError`] with the prelude's exception text, when it fails (a build
+    /// defect).
+    pub fn new() -> Result<Worker, SetupError> {
         let ctrl = Control::new();
         let (tx, rx) = user_signal_channel();
         let _ = ctrl.signal.set(tx);
@@ -159,9 +171,10 @@ impl Worker {
                 }
             })
             .build();
-        let (snippet_builtins, after_fork, harden_all) = interp.enter(|vm| -> Result<_, String> {
+        let (snippet_builtins, after_fork, harden_all) = interp.enter(|vm| -> Result<_, SetupError> {
+            let building = |detail: String| SetupError { step: "building", detail };
             let globals = vm.ctx.new_dict();
-            let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| exc_text(vm, &e));
+            let set = |k: &str, v: PyObjectRef| globals.set_item(k, v, vm).map_err(|e| building(exc_text(vm, &e)));
             set("__builtins__", vm.builtins.clone().into())?;
             set("__name__", vm.ctx.new_str("terrarium_prelude").into())?;
             set("_t_stdout", vm.new_function("write", native_stdout).into())?;
@@ -190,19 +203,19 @@ impl Worker {
             set("_t_locals", vm.new_function("locals", native_locals).into())?;
             set("_t_attr_allowed", vm.new_function("_t_attr_allowed", walls::native_attr_allowed).into())?;
             set("_t_abc_subclasses", vm.new_function("__subclasses__", walls::native_abc_subclasses).into())?;
-            let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| e.to_string())?;
-            vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| exc_text(vm, &e))?;
-            let get = |k: &str| globals.get_item(k, vm).map_err(|e| exc_text(vm, &e));
+            let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| building(e.to_string()))?;
+            vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| building(exc_text(vm, &e)))?;
+            let get = |k: &str| globals.get_item(k, vm).map_err(|e| building(exc_text(vm, &e)));
             // str.format walks attributes in its fields; replace it on the type
             // (per thread: the type context is thread-local in this build).
             let patch = get("_HOST_PATCH_STR_FORMAT")?;
-            let fmt = patch.get_item(&0, vm).map_err(|e| exc_text(vm, &e))?;
-            let fmt_map = patch.get_item(&1, vm).map_err(|e| exc_text(vm, &e))?;
+            let fmt = patch.get_item(&0, vm).map_err(|e| building(exc_text(vm, &e)))?;
+            let fmt_map = patch.get_item(&1, vm).map_err(|e| building(exc_text(vm, &e)))?;
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format"), fmt);
             vm.ctx.types.str_type.set_attr(vm.ctx.intern_str("format_map"), fmt_map);
             let snippet_builtins = get("_snippet_builtins")?
                 .downcast::<rustpython_vm::builtins::PyDict>()
-                .map_err(|_| "the prelude's _snippet_builtins is not a dict".to_string())?;
+                .map_err(|_| building("the prelude's _snippet_builtins is not a dict".into()))?;
             Ok((snippet_builtins, get("after_fork")?, get("harden_all")?))
         })?;
         Ok(Worker {
@@ -235,9 +248,9 @@ impl Worker {
     ///
     /// # Errors
     /// A listed attribute that the interpreter does not have (a build defect).
-    pub fn seal(&self) -> Result<(), String> {
+    pub fn seal(&self) -> Result<(), SetupError> {
         self.interp.enter(|vm| {
-            self.harden_all.call((), vm).map_err(|e| exc_text(vm, &e))?;
+            self.harden_all.call((), vm).map_err(|e| SetupError { step: "sealing", detail: exc_text(vm, &e) })?;
             importer::seal(vm)?;
             walls::remove_internals(vm)?;
             // From here on the cycle collector runs only inside runs (see
@@ -281,9 +294,11 @@ impl Worker {
     /// Re-seeds per-process state (the `random` module) in a freshly forked child.
     ///
     /// # Errors
-    /// The exception text, when reseeding fails.
-    pub fn after_fork(&self) -> Result<(), String> {
-        self.interp.enter(|vm| self.after_fork.call((), vm).map(|_| ()).map_err(|e| exc_text(vm, &e)))
+    /// [`SetupError`] with the exception text, when reseeding fails.
+    pub fn after_fork(&self) -> Result<(), SetupError> {
+        self.interp.enter(|vm| {
+            self.after_fork.call((), vm).map(|_| ()).map_err(|e| SetupError { step: "after fork", detail: exc_text(vm, &e) })
+        })
     }
 
     /// The control block supervisors use to end runs.
@@ -367,7 +382,7 @@ impl Worker {
         self.interp.enter(|vm| {
             let code = match compile(&job.code, Mode::BlockExpr, vm) {
                 Ok(c) => c,
-                Err(message) => return RunResult::Exception("SyntaxError".into(), message),
+                Err(e) => return RunResult::Exception("SyntaxError".into(), e.to_string()),
             };
             let prepared = self.next_globals.borrow_mut().take();
             let globals = prepared.unwrap_or_else(|| self.fresh_globals(vm));
@@ -471,10 +486,13 @@ const COLLECTOR_BUSY_TRIES: usize = 400;
 /// Compiles snippet text. The parser and code generator only: the interpreter's
 /// own `compile` first re-parses the text twice to emit `SyntaxWarning`s, which
 /// a snippet has no use for.
-fn compile(source: &str, mode: Mode, vm: &VirtualMachine) -> Result<rustpython_vm::PyRef<PyCode>, String> {
+fn compile(
+    source: &str,
+    mode: Mode,
+    vm: &VirtualMachine,
+) -> Result<rustpython_vm::PyRef<PyCode>, rustpython_vm::compiler::CompileError> {
     rustpython_vm::compiler::compile(source, mode, "<snippet>", vm.compile_opts())
         .map(|code| PyCode::new_ref_from_bytecode(vm, code))
-        .map_err(|e| e.to_string())
 }
 
 /// The static analysis' refusal of `code` under `allowed`, if any.
@@ -513,7 +531,7 @@ fn exc_text(vm: &VirtualMachine, e: &PyBaseExceptionRef) -> String {
 pub fn serve(
     preload: &[String],
     jobs: mpsc::Receiver<(Job, Reply)>,
-    ready: mpsc::SyncSender<Result<Arc<Control>, String>>,
+    ready: mpsc::SyncSender<Result<Arc<Control>, SetupError>>,
 ) {
     let worker = match Worker::new().and_then(|w| {
         w.preload(preload);
