@@ -1179,9 +1179,10 @@ fn assert_runs_end_ok_and_silent(code: &str, runs: usize) {
 /// garbage. Run 1 hangs a cycle with a finalizer on `json.encoder.ESCAPE_DCT` (a
 /// real dict every run of the interpreter shares), run 2 unhooks it, and the
 /// finalizer ran in a later request (its output there, or a spin to its deadline).
-/// Every end-of-run collection is a full one: it runs in run 2.
+/// Now what survives a run's collection is frozen: the unhooked cycle is never
+/// finalized, in run 2 or after (runs 3 and 4 make garbage to collect).
 #[test]
-fn an_old_cycle_a_run_unhooks_is_finalized_in_that_run() {
+fn an_old_cycle_a_run_unhooks_is_never_finalized_in_a_later_run() {
     let code = r#"
 import json
 D = json.encoder.ESCAPE_DCT
