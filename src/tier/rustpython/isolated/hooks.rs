@@ -35,7 +35,7 @@ pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&st
         Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer")) => Some(after),
         Some(syscall) => {
             sys::attempt_forbidden(syscall, zygote);
-            sys::exit_now(77); // not reached when the filter holds
+            sys::exit_now(protocol::ChildExit::ForbiddenCallReturned.code()); // not reached when the filter holds
         }
         None => None,
     }

@@ -169,6 +169,69 @@ pub enum GuestEnd {
     Panicked,
 }
 
+/// How a child ends before it runs anything (its exit code). The host reports
+/// each as a failure of confinement or set-up naming the step, never as a run's
+/// outcome (see `supervise::classify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    /// Its parent is not the zygote, or it cannot ask to die with it.
+    NotTheZygotesChild = 70,
+    /// Its descriptors could not be moved into place.
+    Descriptors = 71,
+    /// An rlimit could not be set.
+    Rlimits = 72,
+    /// The seccomp filter could not be built or entered.
+    Seccomp = 73,
+    /// The request socket could not be taken, or the interpreter's after-fork
+    /// reset failed.
+    Setup = 74,
+    /// The request frame could not be read.
+    NoRequest = 75,
+    /// The ready byte could not be written.
+    NotAnnounced = 76,
+    /// A forbidden system call of the test hooks returned (the filter did not
+    /// hold); test builds only.
+    ForbiddenCallReturned = 77,
+}
+
+impl ChildExit {
+    /// Every code, in order.
+    const ALL: [ChildExit; 8] = [
+        ChildExit::NotTheZygotesChild,
+        ChildExit::Descriptors,
+        ChildExit::Rlimits,
+        ChildExit::Seccomp,
+        ChildExit::Setup,
+        ChildExit::NoRequest,
+        ChildExit::NotAnnounced,
+        ChildExit::ForbiddenCallReturned,
+    ];
+
+    /// The exit code.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The reason a child exited with `code`, if it is one of these.
+    pub fn from_code(code: i32) -> Option<ChildExit> {
+        ChildExit::ALL.into_iter().find(|e| e.code() == code)
+    }
+
+    /// What failed, for the host's error.
+    pub fn step(self) -> &'static str {
+        match self {
+            ChildExit::NotTheZygotesChild => "it was not the zygote's child or could not follow its death",
+            ChildExit::Descriptors => "its descriptors could not be set up",
+            ChildExit::Rlimits => "an rlimit could not be set",
+            ChildExit::Seccomp => "its seccomp filter could not be entered",
+            ChildExit::Setup => "its request socket or interpreter reset failed",
+            ChildExit::NoRequest => "its request could not be read",
+            ChildExit::NotAnnounced => "it could not say it was ready",
+            ChildExit::ForbiddenCallReturned => "a forbidden system call returned (the seccomp filter did not hold)",
+        }
+    }
+}
+
 /// Marks the start of every message frame on the answer socket.
 pub const ANSWER_MAGIC: &[u8; 8] = b"TRRMv2\0\0";
 

@@ -252,11 +252,11 @@ fn with_usage(mut o: Outcome, e: Exit) -> Outcome {
 /// the death (exit code or signal); the child's last words only name its cause.
 pub(super) fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxError> {
     if let Some(code) = e.code {
-        // 70-76: the child could not confine itself (see zygote::child_main).
-        if (70..=76).contains(&code) {
+        // The child could not confine or set itself up (see zygote::child_main).
+        if let Some(exit) = protocol::ChildExit::from_code(code) {
             return Err(host(&format!(
-                "an isolated child could not confine itself (exit code {code}: descriptors, rlimits or seccomp \
-                 failed); no request ran"
+                "an isolated child ended before running anything: {} (exit code {code}); no request ran",
+                exit.step()
             )));
         }
         let msg = format!("the interpreter process exited with code {code} without answering");

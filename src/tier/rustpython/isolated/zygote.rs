@@ -28,7 +28,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::protocol::{self, ChildMessage, ChildRequest, FromZygote, GuestAnswer, GuestEnd, SpawnSpec, ToZygote};
+use super::protocol::{
+    self, ChildExit, ChildMessage, ChildRequest, FromZygote, GuestAnswer, GuestEnd, SpawnSpec, ToZygote,
+};
 use super::{seccomp, sys};
 use crate::executor::{Outcome, Status};
 use crate::tier::rustpython::worker::{Job, Worker, set_denial_sink};
@@ -308,17 +310,17 @@ fn child_main(
 ) -> ! {
     sys::unblock_all_signals();
     if sys::die_with_parent().is_err() || sys::parent_pid() != zygote {
-        sys::exit_now(70);
+        sys::exit_now(ChildExit::NotTheZygotesChild.code());
     }
     // Descriptors: the request socket as 3, the last-words socket as 2.
     if sys::dup_to(sock.as_fd(), REQUEST_FD).is_err() || sys::dup_to(words.as_fd(), 2).is_err() {
-        sys::exit_now(71);
+        sys::exit_now(ChildExit::Descriptors.code());
     }
     // Their numbers are closed below with the rest.
     std::mem::forget(sock);
     std::mem::forget(words);
     sys::close_all_from(REQUEST_FD + 1, &[0, 1]);
-    let Ok(sock) = sys::take_inherited(REQUEST_FD) else { sys::exit_now(74) };
+    let Ok(sock) = sys::take_inherited(REQUEST_FD) else { sys::exit_now(ChildExit::Setup.code()) };
     // In the zygote's new namespaces, when it entered them (see `zygote_main`).
     let namespaces = spec.namespaces;
     let limits = [
@@ -330,16 +332,16 @@ fn child_main(
     ];
     for (resource, value) in limits {
         if sys::set_rlimit(resource, value).is_err() {
-            sys::exit_now(72);
+            sys::exit_now(ChildExit::Rlimits.code());
         }
     }
-    let Ok(filter) = seccomp::build(sys::own_pid()) else { sys::exit_now(73) };
+    let Ok(filter) = seccomp::build(sys::own_pid()) else { sys::exit_now(ChildExit::Seccomp.code()) };
     if seccomp::enter(&filter).is_err() {
-        sys::exit_now(73);
+        sys::exit_now(ChildExit::Seccomp.code());
     }
     drop(filter);
     if worker.after_fork().is_err() {
-        sys::exit_now(74);
+        sys::exit_now(ChildExit::Setup.code());
     }
     // Touch, ahead of demand, the pages every run writes (parser, compiler, frames,
     // refcounts of the core types and of the policy's modules): their copy-on-write
@@ -352,9 +354,9 @@ fn child_main(
     let sock = std::rc::Rc::new(File::from(sock));
     let ready = if namespaces { READY_NAMESPACES } else { READY };
     if (&*sock).write_all(&[ready]).is_err() {
-        sys::exit_now(76);
+        sys::exit_now(ChildExit::NotAnnounced.code());
     }
-    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else { sys::exit_now(75) };
+    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else { sys::exit_now(ChildExit::NoRequest.code()) };
     // Test hooks (test builds only): a child acting as one its snippet fully controls.
     #[cfg(feature = "test-hooks")]
     let misbehave = super::hooks::before_run(req.probe.as_deref(), zygote);
