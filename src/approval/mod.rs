@@ -83,10 +83,13 @@ pub enum ApprovalError {
 
 /// One item in the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "server", schema(as = ApprovalItem))]
 pub struct Item {
     /// Its id.
     pub id: i64,
-    /// What kind of operation (`command`, …).
+    /// What kind of operation (`execute` or `command` from a [`crate::Sandbox`]).
+    #[cfg_attr(feature = "server", schema(schema_with = kind_schema))]
     pub kind: String,
     /// What exactly would run (e.g. the argv), as JSON.
     pub subject: serde_json::Value,
@@ -106,6 +109,17 @@ pub struct Item {
     pub note: Option<String>,
     /// How the approved operation ended, once it has run (its outcome as JSON).
     pub outcome: Option<serde_json::Value>,
+}
+
+/// The kinds a [`crate::Sandbox`] queues, as the OpenAPI document names them.
+#[cfg(feature = "server")]
+fn kind_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("What kind of operation."))
+        .enum_values(Some(["execute", "command"]))
+        .build()
 }
 
 /// The largest subject (what would run, as JSON) an item may have: a reviewer
