@@ -50,6 +50,8 @@ pub trait Fault {
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "server", schema(as = BreakerState))]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Calls go through.
@@ -62,6 +64,8 @@ pub enum State {
 
 /// A breaker's state as `terrarium breakers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "server", schema(as = Breaker))]
 pub struct Snapshot {
     /// The breaker's name (`api`, `database`, `file_io`, `docker`, …).
     pub name: String,

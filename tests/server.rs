@@ -801,9 +801,11 @@ fn an_abandoned_wait_expires_its_item_and_gives_back_its_place() {
 }
 
 /// Whether `value` conforms to `schema` of the OpenAPI document `doc`: types
-/// (with `null`), enums, required fields, array items, `oneOf`, `$ref`s, and no
-/// field the document does not name (a response that grew a field the document
-/// does not describe is drift). Returns where it does not.
+/// (one or a list, with `null`), enums, bounds, required fields, array items,
+/// `oneOf` (exactly one), `anyOf` (at least one), `allOf` (every one, its parts'
+/// properties together), `$ref`s, and no field the document does not name (a
+/// response that grew a field the document does not describe is drift). Returns
+/// where it does not.
 fn conforms(
     doc: &serde_json::Value,
     schema: &serde_json::Value,
@@ -812,15 +814,54 @@ fn conforms(
 ) -> Result<(), String> {
     use serde_json::Value;
     if let Some(r) = schema["$ref"].as_str() {
-        let name = r.trim_start_matches("#/components/schemas/");
-        return conforms(doc, &doc["components"]["schemas"][name], value, &format!("{at} ({name})"));
+        let Some(name) = r.strip_prefix("#/components/schemas/") else { return Err(format!("{at}: $ref {r}")) };
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: $ref {r} names no schema"));
+        }
+        return conforms(doc, target, value, &format!("{at} ({name})"));
     }
     if let Some(options) = schema["oneOf"].as_array() {
-        return if options.iter().any(|o| conforms(doc, o, value, at).is_ok()) {
-            Ok(())
-        } else {
-            Err(format!("{at}: {value} matches none of {schema}"))
-        };
+        let matching = options.iter().filter(|o| conforms(doc, o, value, at).is_ok()).count();
+        if matching != 1 {
+            return Err(format!("{at}: {value} matches {matching} (not one) of {schema}"));
+        }
+    }
+    if let Some(options) = schema["anyOf"].as_array()
+        && !options.iter().any(|o| conforms(doc, o, value, at).is_ok())
+    {
+        return Err(format!("{at}: {value} matches none of {schema}"));
+    }
+    if let Some(parts) = schema["allOf"].as_array() {
+        // Each part holds, except that a field is known when any part names it (a
+        // flattened struct is the allOf of its parts): the parts' properties and
+        // required fields are checked together, the rest of each part alone.
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        for part in parts {
+            let mut part = part.clone();
+            while let Some(r) = part["$ref"].as_str() {
+                let name = r.trim_start_matches("#/components/schemas/");
+                let target = doc["components"]["schemas"][name].clone();
+                if target.is_null() {
+                    return Err(format!("{at}: $ref {r} names no schema"));
+                }
+                part = target;
+            }
+            if let Some(fields) = part.as_object_mut() {
+                if let Some(Value::Object(p)) = fields.remove("properties") {
+                    properties.extend(p);
+                }
+                if let Some(Value::Array(r)) = fields.remove("required") {
+                    required.extend(r);
+                }
+            }
+            conforms(doc, &part, value, at)?;
+        }
+        if !properties.is_empty() {
+            let together = serde_json::json!({ "properties": properties, "required": required });
+            conforms(doc, &together, value, at)?;
+        }
     }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
@@ -845,7 +886,18 @@ fn conforms(
     {
         return Err(format!("{at}: {value} is not one of {allowed:?}"));
     }
+    if let Some(n) = value.as_f64() {
+        if schema["minimum"].as_f64().is_some_and(|least| n < least) {
+            return Err(format!("{at}: {value} is below the minimum {}", schema["minimum"]));
+        }
+        if schema["maximum"].as_f64().is_some_and(|most| n > most) {
+            return Err(format!("{at}: {value} is above the maximum {}", schema["maximum"]));
+        }
+    }
     if let (Some(items), Some(values)) = (schema.get("items"), value.as_array()) {
+        if schema["minItems"].as_u64().is_some_and(|least| (values.len() as u64) < least) {
+            return Err(format!("{at}: {} items, fewer than {}", values.len(), schema["minItems"]));
+        }
         for (i, v) in values.iter().enumerate() {
             conforms(doc, items, v, &format!("{at}[{i}]"))?;
         }
@@ -862,6 +914,35 @@ fn conforms(
         }
     }
     Ok(())
+}
+
+/// `conforms` itself: what utoipa writes (type lists with null, `oneOf` with null
+/// around a `$ref`, `allOf`, `anyOf`) is checked, not waved through.
+#[test]
+fn conforms_checks_every_construct_it_meets() {
+    use serde_json::json;
+    let doc = json!({"components": {"schemas": {
+        "A": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer", "minimum": 0}}},
+        "B": {"type": "object", "properties": {"b": {"type": ["string", "null"], "enum": ["x", null]}}},
+    }}});
+    let ok = |schema: serde_json::Value, value: serde_json::Value| conforms(&doc, &schema, &value, "t");
+    let a = json!({"$ref": "#/components/schemas/A"});
+    let maybe_a = json!({"oneOf": [{"type": "null"}, a]});
+    assert!(ok(maybe_a.clone(), json!(null)).is_ok() && ok(maybe_a.clone(), json!({"a": 1})).is_ok());
+    assert!(ok(maybe_a.clone(), json!({"a": -1})).is_err(), "minimum");
+    assert!(ok(maybe_a.clone(), json!({})).is_err(), "required");
+    assert!(ok(maybe_a, json!("a")).is_err(), "neither");
+    assert!(ok(json!({"oneOf": [{"type": "integer"}, {"type": "number"}]}), json!(1)).is_err(), "both");
+    let both = json!({"allOf": [a, {"$ref": "#/components/schemas/B"}]});
+    assert!(ok(both.clone(), json!({"a": 1, "b": "x"})).is_ok());
+    assert!(ok(both.clone(), json!({"a": 1, "b": null})).is_ok());
+    assert!(ok(both.clone(), json!({"a": 1, "b": "y"})).is_err(), "enum");
+    assert!(ok(both.clone(), json!({"b": "x"})).is_err(), "a part's required field");
+    assert!(ok(both, json!({"a": 1, "c": 2})).is_err(), "a field no part names");
+    let any = json!({"anyOf": [{"type": "string"}, {"type": "integer"}]});
+    assert!(ok(any.clone(), json!(1)).is_ok() && ok(any, json!(true)).is_err());
+    assert!(ok(json!({"type": "array", "items": {"type": "string"}, "minItems": 1}), json!([])).is_err());
+    assert!(ok(json!({"$ref": "#/components/schemas/Nothing"}), json!(1)).is_err(), "a dangling $ref");
 }
 
 /// The OpenAPI document's schemas hold for what the server really answers: each

@@ -229,7 +229,10 @@ impl Gate {
         Ok(item)
     }
 
-    /// One page of items, newest first (see [`Queue::list`]).
+    /// One page of items, newest first: with `status`, only those; with `before`,
+    /// those older than that id (the next page starts before the last id of this
+    /// one); at most `limit`, capped at [`MAX_PAGE`](crate::approval::MAX_PAGE).
+    /// Overdue items are expired first, so a page never shows one as pending.
     ///
     /// # Errors
     /// The database failed.
@@ -255,7 +258,9 @@ impl Gate {
         .await
     }
 
-    /// See [`Queue::fingerprint`].
+    /// What the review page shows changes when this does: every pending item and
+    /// the `recent` newest decided ones, with their statuses and whether they have
+    /// outcomes (read without their subjects, so cheap to poll).
     ///
     /// # Errors
     /// The database failed.

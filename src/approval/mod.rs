@@ -83,10 +83,13 @@ pub enum ApprovalError {
 
 /// One item in the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "server", schema(as = ApprovalItem))]
 pub struct Item {
     /// Its id.
     pub id: i64,
-    /// What kind of operation (`command`, …).
+    /// What kind of operation (`execute` or `command` from a [`crate::Sandbox`]).
+    #[cfg_attr(feature = "server", schema(schema_with = kind_schema))]
     pub kind: String,
     /// What exactly would run (e.g. the argv), as JSON.
     pub subject: serde_json::Value,
@@ -108,6 +111,17 @@ pub struct Item {
     pub outcome: Option<serde_json::Value>,
 }
 
+/// The kinds a [`crate::Sandbox`] queues, as the OpenAPI document names them.
+#[cfg(feature = "server")]
+fn kind_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("What kind of operation."))
+        .enum_values(Some(["execute", "command"]))
+        .build()
+}
+
 /// The largest subject (what would run, as JSON) an item may have: a reviewer
 /// reads all of it, and every list and page pays for it.
 pub const MAX_SUBJECT: usize = 256 << 10;
@@ -115,7 +129,7 @@ pub const MAX_SUBJECT: usize = 256 << 10;
 /// The longest note a decision keeps.
 pub const MAX_NOTE: usize = 4096;
 
-/// The most items one [`Queue::list`] returns.
+/// The most items one page of the queue holds ([`Gate::list`]).
 pub const MAX_PAGE: usize = 1000;
 
 /// Refuses a decider name that would make the record say nobody decided, or that

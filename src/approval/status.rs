@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Where an approval request stands; written as `pending`, `approved`, `denied` or
 /// `expired` (in JSON, the database and on the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {
     /// Waiting for a decision until its deadline.

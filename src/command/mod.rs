@@ -44,6 +44,7 @@ pub enum Decision {
 /// What the rules said about a command line, without the details of [`Decision`]:
 /// written `allow`, `deny` or `needs_approval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Ruling {
     /// The rules allow it.

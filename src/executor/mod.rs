@@ -104,6 +104,7 @@ impl ExecRequest {
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Status {
@@ -195,6 +196,7 @@ crate::names::named! {
 
 /// The exception or reason behind a non-`ok` status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     /// Python exception type (`ZeroDivisionError`), or Terrarium's reason (an
     /// [`ErrorKind`]: `Timeout`, `PolicyDenied`, ...).
@@ -224,6 +226,7 @@ impl ErrorInfo {
 
 /// What a run used. `None` where the tier cannot measure it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Wall-clock time, from accepting the request to its outcome.
     pub wall_ms: u64,
@@ -237,6 +240,7 @@ pub struct Usage {
 
 /// The result of one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Outcome {
     /// The request's identifier, when it had one.
     pub id: Option<String>,
@@ -265,6 +269,9 @@ pub struct Outcome {
 
 /// A static-analysis finding as the outcome reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+// `Finding` in the OpenAPI document, the name its clients know.
+#[cfg_attr(feature = "server", schema(as = Finding))]
 pub struct FindingInfo {
     /// `deny` (the run is refused when the policy says `findings: deny`) or `warn`.
     pub severity: crate::analysis::Severity,

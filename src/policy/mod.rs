@@ -42,6 +42,7 @@ pub const MAX_TIMEOUT_SECS: f64 = 24.0 * 3600.0;
 
 /// An isolation tier, lightest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Tier {

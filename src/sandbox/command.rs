@@ -20,6 +20,7 @@ use crate::policy::Tier;
 
 /// How a command ended.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct CommandReport {
     /// What the rules said (`allow`, `deny` or `needs_approval`).
     pub decision: Ruling,

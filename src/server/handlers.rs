@@ -1,20 +1,38 @@
 //! The endpoints: execute, commands, approvals, breakers, health, the OpenAPI
 //! document and metrics.
 
+use super::openapi::{
+    BadRequest, Busy, Conflict, Forbidden, NotFound, ServerFault, TooLarge, Unauthorized, Unavailable, Verdict,
+    size_schema, tier_choice_schema,
+};
 use super::*;
 
-/// `POST /v1/execute`.
-#[derive(Debug, Deserialize)]
+/// A run to make (`POST /v1/execute`). Overrides may only tighten the policy.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ExecuteRequest)]
 pub(super) struct ExecuteBody {
+    /// Python source, UTF-8, at most the policy's max_code_size.
     pub(super) code: String,
+    /// Echoed in the outcome and the audit log.
     pub(super) id: Option<String>,
+    /// `auto` (the router's choice) or a tier's name.
+    #[schema(schema_with = tier_choice_schema)]
     pub(super) tier: Option<String>,
+    /// A writable, empty /scratch (wasm and docker tiers). Critical when the policy
+    /// lists writable_scratch.
     #[serde(default)]
+    #[schema(default = false)]
     pub(super) scratch: bool,
+    /// Seconds; only shorter than the policy's.
     pub(super) timeout: Option<f64>,
+    /// Bytes or a size such as "64m"; only smaller than the policy's.
+    #[schema(schema_with = size_schema)]
     pub(super) max_memory: Option<serde_json::Value>,
+    /// Bytes or a size; only smaller than the policy's.
+    #[schema(schema_with = size_schema)]
     pub(super) max_output: Option<serde_json::Value>,
+    /// A subset of the policy's modules.
     pub(super) allowed_modules: Option<Vec<String>>,
 }
 
@@ -79,6 +97,27 @@ pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
     }
 }
 
+/// Run a snippet (role submit).
+///
+/// A run the policy calls critical waits for a human first; one not approved in time
+/// ends denied (NotApproved).
+#[utoipa::path(
+    post,
+    path = "/v1/execute",
+    tag = "api",
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "How the run ended (any status, including denied and limits).", body = crate::Outcome),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = TooLarge),
+        (status = 429, response = Busy),
+        (status = 500, response = ServerFault),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["submit"])),
+)]
 pub(super) async fn execute(State(state): State<Shared>, Caller(caller, _): Caller<Submitter>, body: Body) -> Response {
     let b = match json_body::<ExecuteBody>(&state, body).await {
         Ok(x) => x,
@@ -98,22 +137,46 @@ pub(super) async fn execute(State(state): State<Shared>, Caller(caller, _): Call
     }
 }
 
-/// `POST /v1/commands`.
-#[derive(Debug, Deserialize)]
+/// A system command to check and run (`POST /v1/commands`): exactly one of command
+/// or argv.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CommandRequest)]
 pub(super) struct CommandBody {
-    /// A command line (quoted as a shell would quote it).
+    /// A command line, quoted as a POSIX shell would quote it; no shell ever runs it.
     pub(super) command: Option<String>,
     /// Or its words.
+    #[schema(min_items = 1)]
     pub(super) argv: Option<Vec<String>>,
-    /// Seconds to wait for a human when it needs approval (default: the policy's
-    /// `approvals.timeout`; 0: do not wait).
+    /// Seconds to wait for a human when it needs approval (default and maximum: the
+    /// policy's approvals.timeout; 0: do not wait, deny).
     pub(super) wait: Option<f64>,
     /// Only decide.
     #[serde(default)]
+    #[schema(default = false)]
     pub(super) check: bool,
 }
 
+/// Check a system command and, when allowed or approved, run it (role submit).
+///
+/// It runs in a fresh hardened docker-tier container, never through a shell.
+#[utoipa::path(
+    post,
+    path = "/v1/commands",
+    tag = "api",
+    request_body = CommandBody,
+    responses(
+        (status = 200, description = "What the rules (or a human) said, and how the run ended when it ran.", body = crate::CommandReport),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = TooLarge),
+        (status = 429, response = Busy),
+        (status = 500, response = ServerFault),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["submit"])),
+)]
 pub(super) async fn command(State(state): State<Shared>, Caller(caller, _): Caller<Submitter>, body: Body) -> Response {
     let b = match json_body::<CommandBody>(&state, body).await {
         Ok(x) => x,
@@ -148,19 +211,39 @@ pub(super) async fn command(State(state): State<Shared>, Caller(caller, _): Call
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/approvals`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only items with this status.
+    #[param(value_type = Option<crate::approval::ApprovalStatus>)]
     pub(super) status: Option<String>,
     /// Only items older than this id (the next page: the last id of this one).
     pub(super) before: Option<i64>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub(super) limit: Option<usize>,
 }
 
 /// Items per page of `GET /v1/approvals` unless the caller asks.
 pub(super) const PAGE: usize = 100;
 
+/// The approvals queue, newest first (role approve).
+#[utoipa::path(
+    get,
+    path = "/v1/approvals",
+    tag = "api",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of items.", body = Vec<crate::approval::Item>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = ServerFault),
+    ),
+    security(("bearer" = ["approve"])),
+)]
 pub(super) async fn list_approvals(
     State(state): State<Shared>,
     _: Caller<Approver>,
@@ -181,6 +264,21 @@ pub(super) async fn list_approvals(
     }
 }
 
+/// One item (role approve).
+#[utoipa::path(
+    get,
+    path = "/v1/approvals/{id}",
+    tag = "api",
+    params(("id" = i64, Path, description = "The item's id.")),
+    responses(
+        (status = 200, description = "The item.", body = crate::approval::Item),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = ServerFault),
+    ),
+    security(("bearer" = ["approve"])),
+)]
 pub(super) async fn show_approval(
     State(state): State<Shared>,
     _: Caller<Approver>,
@@ -194,12 +292,39 @@ pub(super) async fn show_approval(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A decision's optional body (`POST /v1/approvals/{id}/approve|deny`).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Decision)]
 pub(super) struct DecideBody {
+    /// Recorded with the decision (at most 4096 bytes).
     pub(super) note: Option<String>,
 }
 
+/// Approve or deny a pending item as the token's name (role approve). Audited.
+///
+/// Nobody decides their own request.
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/{decision}",
+    tag = "api",
+    params(
+        ("id" = i64, Path, description = "The item's id."),
+        ("decision" = Verdict, Path, description = "What the approver decides."),
+    ),
+    request_body(content = DecideBody, description = "Optional: an empty body decides without a note."),
+    responses(
+        (status = 200, description = "The decided item.", body = crate::approval::Item),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 500, response = ServerFault),
+    ),
+    security(("bearer" = ["approve"])),
+)]
 pub(super) async fn decide_approval(
     State(state): State<Shared>,
     Caller(caller, _): Caller<Approver>,
@@ -248,20 +373,77 @@ pub(super) async fn decide(
     }
 }
 
+/// Circuit breakers (role admin).
+#[utoipa::path(
+    get,
+    path = "/v1/breakers",
+    tag = "api",
+    responses(
+        (status = 200, description = "Every breaker's state.", body = Vec<crate::breaker::Snapshot>),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(super) async fn breakers(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
     axum::Json(state.sandbox.breakers().snapshot()).into_response()
 }
 
+/// The answer of `GET /v1/health`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
+    /// Always `ok` when the server answers.
+    status: &'static str,
+    /// Terrarium's version.
+    version: &'static str,
+    /// The tiers the policy allows.
+    tiers: Vec<crate::Tier>,
+}
+
+/// Liveness; no token.
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "api",
+    responses((status = 200, description = "The server is up.", body = Health)),
+    security(()),
+)]
 pub(super) async fn health(State(state): State<Shared>) -> Response {
-    let tiers: Vec<&str> = state.sandbox.policy().allowed_tiers().iter().map(|t| t.as_str()).collect();
-    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "tiers": tiers}))
-        .into_response()
+    let tiers = state.sandbox.policy().allowed_tiers().to_vec();
+    axum::Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), tiers }).into_response()
 }
 
+/// This document; no token.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "api",
+    responses(
+        (status = 200, description = "OpenAPI 3.1, generated from the handlers' types.", content_type = "application/json", body = Object),
+        (status = 500, response = ServerFault),
+    ),
+    security(()),
+)]
 pub(super) async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    match super::openapi::document() {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        Err(e) => fault("the OpenAPI document", &e),
+    }
 }
 
+/// Counters and gauges, in OpenMetrics text format 1.0.0 as Prometheus scrapes it (role admin).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "api",
+    responses(
+        (status = 200, description = "Counters and gauges.", content_type = "application/openmetrics-text", body = String),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = ServerFault),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
     let breakers = state
         .sandbox

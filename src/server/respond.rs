@@ -5,7 +5,7 @@ use super::*;
 
 /// A JSON error body: `{"error": message}`.
 pub(super) fn problem(code: StatusCode, message: &str) -> Response {
-    (code, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    (code, axum::Json(super::openapi::ErrorBody { error: message.to_string() })).into_response()
 }
 
 /// 429 with the seconds to wait.

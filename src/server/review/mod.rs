@@ -69,7 +69,23 @@ async fn load(state: &Shared) -> Result<(Vec<Item>, Vec<Item>), Response> {
     state.gate.review(RECENT).await.map_err(|e| super::fault("the approvals queue", &e))
 }
 
-async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+/// The review page (HTML).
+///
+/// A sign-in form, or with a session the pending queue with highlighted code,
+/// findings, policy, route and approve/deny buttons.
+#[utoipa::path(
+    get,
+    path = "/review",
+    tag = "review",
+    operation_id = "review_page",
+    responses(
+        (status = 200, description = "HTML.", content_type = "text/html", body = String),
+        (status = 403, description = "A second review cookie was set by another site on this host; cleared (HTML).", content_type = "text/html", body = String),
+        (status = 500, response = super::openapi::ServerFault),
+    ),
+    security(()),
+)]
+pub(super) async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(r) = tossed(&headers) {
         return r;
     }
@@ -90,7 +106,29 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
     html(StatusCode::OK, layout("Terrarium review", body, &nonce, &print, &ids.join(",")), &nonce)
 }
 
-async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response {
+/// The queue's fingerprint and the pending ids, for the page's reload script.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct ReviewState {
+    /// Changes whenever the queue does.
+    fingerprint: String,
+    /// The pending items' ids.
+    pending: Vec<i64>,
+}
+
+/// The queue's fingerprint, for the page's reload script (session cookie).
+#[utoipa::path(
+    get,
+    path = "/review/state",
+    tag = "review",
+    operation_id = "review_state",
+    responses(
+        (status = 200, description = "The fingerprint.", body = ReviewState),
+        (status = 401, description = "No session.", body = super::openapi::ErrorBody),
+        (status = 500, response = super::openapi::ServerFault),
+    ),
+    security(()),
+)]
+pub(super) async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(r) = tossed(&headers) {
         return r;
     }
@@ -103,21 +141,44 @@ async fn state_json(State(state): State<Shared>, headers: HeaderMap) -> Response
             // The pending ids lead the fingerprint (`id:pending:…`).
             let pending: Vec<i64> =
                 f.split(',').filter_map(|p| p.split_once(":pending:").and_then(|(id, _)| id.parse().ok())).collect();
-            axum::Json(serde_json::json!({"fingerprint": f, "pending": pending})).into_response()
+            axum::Json(ReviewState { fingerprint: f, pending }).into_response()
         }
         Err(e) => super::fault("the approvals queue", &e),
     }
 }
 
-#[derive(Deserialize)]
-struct LoginForm {
+/// The sign-in form.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct LoginForm {
+    /// A token with the approve role.
     token: String,
     /// The value the sign-in form carried (also in its cookie).
     #[serde(default)]
     check: String,
 }
 
-async fn login(State(state): State<Shared>, request_headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+/// Sign in to the review page with a token that has the approve role.
+///
+/// Sets an HttpOnly, SameSite=Strict session cookie.
+#[utoipa::path(
+    post,
+    path = "/review/login",
+    tag = "review",
+    operation_id = "review_login",
+    request_body(content = inline(LoginForm), content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in; to /review."),
+        (status = 401, description = "Unknown token (audited); the sign-in form again (HTML).", content_type = "text/html", body = String),
+        (status = 403, description = "The token lacks the approve role (audited), or the form is not this server's (HTML); or posted from another origin.", content_type = "text/html", body = String),
+        (status = 503, description = "Too many review sessions.", body = super::openapi::ErrorBody),
+    ),
+    security(()),
+)]
+pub(super) async fn login(
+    State(state): State<Shared>,
+    request_headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     if !same_origin(&request_headers) {
         return cross_origin();
     }
@@ -157,13 +218,38 @@ async fn login(State(state): State<Shared>, request_headers: HeaderMap, Form(f):
     r
 }
 
-#[derive(Deserialize)]
-struct DecisionForm {
+/// A decision from the page.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct DecisionForm {
+    /// The session's CSRF token.
     csrf: String,
+    /// Recorded with the decision.
     note: Option<String>,
 }
 
-async fn decide(
+/// Approve or deny from the review page (session cookie and its CSRF token).
+#[utoipa::path(
+    post,
+    path = "/review/{id}/{decision}",
+    tag = "review",
+    operation_id = "review_decide",
+    params(
+        ("id" = i64, Path, description = "The item's id."),
+        ("decision" = super::openapi::Verdict, Path, description = "What the reviewer decides."),
+    ),
+    request_body(content = inline(DecisionForm), content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Decided; back to /review."),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, description = "No session; the sign-in form (HTML).", content_type = "text/html", body = String),
+        (status = 403, description = "Wrong CSRF token, posted from another origin, or the reviewer's own request.", body = super::openapi::ErrorBody),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 500, response = super::openapi::ServerFault),
+    ),
+    security(()),
+)]
+pub(super) async fn decide(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path((id, decision)): Path<(String, String)>,
@@ -192,12 +278,27 @@ async fn decide(
     if r.status().is_success() { see_other("/review") } else { r }
 }
 
-#[derive(Deserialize)]
-struct LogoutForm {
+/// The sign-out form.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct LogoutForm {
+    /// The session's CSRF token.
     csrf: String,
 }
 
-async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(f): Form<LogoutForm>) -> Response {
+/// Ends the session.
+#[utoipa::path(
+    post,
+    path = "/review/logout",
+    tag = "review",
+    operation_id = "review_logout",
+    request_body(content = inline(LogoutForm), content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "To /review."),
+        (status = 403, description = "Wrong CSRF token, or posted from another origin.", body = super::openapi::ErrorBody),
+    ),
+    security(()),
+)]
+pub(super) async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(f): Form<LogoutForm>) -> Response {
     if !same_origin(&headers) {
         return cross_origin();
     }
