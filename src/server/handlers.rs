@@ -36,32 +36,43 @@ pub(super) struct ExecuteBody {
     pub(super) allowed_modules: Option<Vec<String>>,
 }
 
+/// Why a request body's field is refused (the 400 answer's reason, naming the field).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {why}")]
+pub(super) struct InvalidField {
+    field: &'static str,
+    why: String,
+}
+
+fn invalid(field: &'static str, why: String) -> InvalidField {
+    InvalidField { field, why }
+}
+
 /// A size as a number of bytes or a string such as `"64m"`.
-pub(super) fn size(field: &str, v: Option<serde_json::Value>) -> Result<Option<u64>, String> {
+pub(super) fn size(field: &'static str, v: Option<serde_json::Value>) -> Result<Option<u64>, InvalidField> {
     match v {
         None => Ok(None),
         Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(Some).ok_or_else(|| format!("{field}: {n} is not a whole number of bytes"))
+            n.as_u64().map(Some).ok_or_else(|| invalid(field, format!("{n} is not a whole number of bytes")))
         }
         Some(serde_json::Value::String(s)) => {
-            crate::policy::parse_size(&s).map(Some).map_err(|e| format!("{field}: {e}"))
+            crate::policy::parse_size(&s).map(Some).map_err(|e| invalid(field, e.to_string()))
         }
-        Some(other) => Err(format!("{field}: {other} is not a size")),
+        Some(other) => Err(invalid(field, format!("{other} is not a size"))),
     }
 }
 
 impl ExecuteBody {
-    pub(super) fn request(self) -> Result<ExecRequest, String> {
+    pub(super) fn request(self) -> Result<ExecRequest, InvalidField> {
         let tier = match self.tier.as_deref() {
             None => TierChoice::Auto,
-            Some(t) => {
-                TierChoice::parse(t).ok_or_else(|| format!("tier {t:?}: expected auto, rustpython, wasm or docker"))?
-            }
+            Some(t) => TierChoice::parse(t)
+                .ok_or_else(|| invalid("tier", format!("{t:?}: expected auto, rustpython, wasm or docker")))?,
         };
         let timeout = match self.timeout {
             None => None,
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
-            Some(t) => return Err(format!("timeout {t}: expected a positive number of seconds")),
+            Some(t) => return Err(invalid("timeout", format!("{t}: expected a positive number of seconds"))),
         };
         let overrides = Overrides {
             timeout,
@@ -125,7 +136,7 @@ pub(super) async fn execute(State(state): State<Shared>, Caller(caller, _): Call
     };
     let req = match b.request() {
         Ok(r) => r,
-        Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
+        Err(why) => return problem(StatusCode::BAD_REQUEST, &why.to_string()),
     };
     tracing::info!(caller = caller.name, id = ?req.id, "execute");
     match state.sandbox.execute(req.with_caller(caller.name.clone())).await {

@@ -182,10 +182,10 @@ impl utoipa::Modify for Additions {
 
 /// The document as JSON, built on first use; an error only if it cannot be
 /// serialized (the unit tests build it).
-pub(super) fn document() -> Result<&'static str, &'static str> {
-    static DOC: LazyLock<Result<String, String>> =
-        LazyLock::new(|| <ApiDoc as utoipa::OpenApi>::openapi().to_pretty_json().map_err(|e| e.to_string()));
-    DOC.as_deref().map_err(String::as_str)
+pub(super) fn document() -> Result<&'static str, &'static serde_json::Error> {
+    static DOC: LazyLock<Result<String, serde_json::Error>> =
+        LazyLock::new(|| <ApiDoc as utoipa::OpenApi>::openapi().to_pretty_json());
+    DOC.as_deref()
 }
 
 #[cfg(test)]
