@@ -1341,3 +1341,18 @@ fn a_cycle_hung_on_a_module_proxy_is_its_own_runs() {
     let next = crate::common::exec(&exec, ExecRequest::new("1 + 1"));
     assert_eq!((next.status, next.result.clone()), (Status::Ok, Some(serde_json::json!(2))), "{next:?}");
 }
+
+/// Review of the maud page and the embedded collection (B3): the finalizers of a
+/// run that had ended (here at its output cap) raise at their first instruction,
+/// and so did the prelude's Python `sys.unraisablehook`; the interpreter then
+/// printed each failure on the host process's own stdout, outside any outcome (one
+/// line per finalizer, as many as the snippet liked). The hook is native now.
+#[test]
+fn finalizers_of_an_ended_run_print_nothing_on_the_hosts_stdout() {
+    let code = "class X:\n    def __del__(self):\n        pass\nkeep = []\nfor i in range(2000):\n    \
+                x = X(); x.me = x; keep.append(x)\ndel x\nprint('A' * 2000000)";
+    let out = crate::common::terrarium(&["bench", "--embedded", "-n", "1", "-c", code], b"");
+    let stdout = &out.stdout;
+    assert!(!stdout.contains("run ended") && !stdout.contains("KeyboardInterrupt"), "{stdout}");
+    assert!(stdout.lines().count() < 50, "{} lines on stdout", stdout.lines().count());
+}

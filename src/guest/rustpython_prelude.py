@@ -11,6 +11,8 @@
 #   _t_sleep(seconds)       sleep, counted against the run's deadline, interruptible
 #   _t_urandom(n)           n bytes of entropy
 #   _t_gc_pause(on)         pause the cycle collector while an import is in progress
+#   _t_unraisable(args)     sys.unraisablehook: drops the exception (native, so that
+#                           it never raises itself once a run has ended)
 #   _t_import               snippets' __import__ (importer.rs): policy and served-
 #                           module checks, module proxies, all state in Rust
 #   _t_importer_setup(real_import, skip_type), _t_proxy_override(module, make),
@@ -569,13 +571,9 @@ for _k in ("settrace", "setprofile", "setrecursionlimit", "_current_frames", "_c
         pass
 
 
-def _ignore_unraisable(args):
-    # An exception no one can catch (a finalizer that raised): dropped. The VM
-    # calls this hook unconditionally; without one it panics.
-    pass
-
-
-sys.unraisablehook = _ignore_unraisable
+# An exception no one can catch (a finalizer that raised): dropped. The VM calls
+# this hook unconditionally; without one it panics.
+sys.unraisablehook = _t_unraisable
 # `open` stays (tokenize imports it by name); this build has no FileIO behind it.
 for _k in ("breakpoint", "input"):
     _real_builtins.pop(_k, None)

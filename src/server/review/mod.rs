@@ -34,7 +34,7 @@ use crate::approval::Item;
 mod sessions;
 pub use sessions::*;
 mod render;
-pub use render::*;
+use render::*;
 
 /// The session cookie's name.
 const COOKIE: &str = "terrarium_review";
@@ -322,14 +322,14 @@ mod tests {
 
     #[test]
     fn highlighting_escapes_and_marks_tokens() {
-        let h = highlight("import os  # <b>\nx = f'{1}' + \"</pre><script>\"\n").into_string();
+        let h = highlight("import os  # <b>\nx = f'{1}' + \"</pre><script>\"\n", &Marks::new()).into_string();
         assert!(h.contains("<span class=\"k\">import</span>"), "{h}");
         assert!(h.contains("<span class=\"c\"># &lt;b&gt;</span>"), "{h}");
         assert!(h.contains("&lt;/pre&gt;&lt;script&gt;"), "{h}");
         assert!(!h.contains("<script>") && !h.contains("</pre>"), "{h}");
         assert!(h.contains("<span class=\"n\">1</span>"), "{h}");
         // Text that does not lex is still all there, escaped.
-        let bad = highlight("def (:\n  '''<x>").into_string();
+        let bad = highlight("def (:\n  '''<x>", &Marks::new()).into_string();
         assert!(bad.contains("&lt;x&gt;"), "{bad}");
     }
 
@@ -337,19 +337,7 @@ mod tests {
     /// token made a 240 KB item into megabytes) and is folded; who asked is shown.
     #[test]
     fn large_code_is_shown_plain_and_folded_with_who_asked() {
-        let item = Item {
-            id: 7,
-            kind: "execute".into(),
-            subject: serde_json::json!({"code": "1,".repeat(HIGHLIGHTED), "caller": "ci", "tier": "wasm"}),
-            reason: "r".into(),
-            status: crate::approval::ApprovalStatus::Pending,
-            created_us: 0,
-            deadline_us: 0,
-            decided_by: None,
-            decided_us: None,
-            note: None,
-            outcome: None,
-        };
+        let item = pending(serde_json::json!({"code": "1,".repeat(HIGHLIGHTED), "caller": "ci", "tier": "wasm"}));
         let out = render_pending(&item, "csrf", 0, "alice").into_string();
         assert!(out.contains("<details><summary>Code: 32768 bytes") && !out.contains("<span class=\"n\">"), "folded");
         assert!(out.len() < 2 * 32768 + 4096, "{} bytes of markup", out.len());
@@ -361,16 +349,63 @@ mod tests {
     #[test]
     fn h5_hidden_characters_are_shown_as_marks() {
         let code = "if access != 'user\u{202E} \u{2066}# admin\u{2069} \u{2066}':\n    x\u{1b}[2K\n";
-        let h = highlight(code).into_string();
+        let h = highlight(code, &Marks::new()).into_string();
         assert!(!h.chars().any(|c| crate::text::hidden(c).is_some() || c == '\u{1b}'), "{h}");
         assert!(h.contains("title=\"RIGHT-TO-LEFT OVERRIDE\">\u{27E6}U+202E\u{27E7}</mark>"), "{h}");
         assert!(h.contains("\u{27E6}U+2066\u{27E7}") && h.contains("\u{27E6}U+001B\u{27E7}"), "{h}");
-        assert_eq!(show("a<b\n").into_string(), "a&lt;b\n");
+        assert_eq!(show("a<b\n", &Marks::new()).into_string(), "a&lt;b\n");
         // Host review round 5: 84,000 zero-width spaces made 5 MB of marks.
-        let many = show(&"\u{200B}".repeat(84_000)).into_string();
+        let many = show(&"\u{200B}".repeat(84_000), &Marks::new()).into_string();
         assert!(many.contains("U+200B \u{D7}84000") && many.len() < 200, "{many}");
-        let alternating = show(&"\u{200B}\u{200C}".repeat(40_000)).into_string();
+        let alternating = show(&"\u{200B}\u{200C}".repeat(40_000), &Marks::new()).into_string();
         assert!(alternating.len() < 80_000 * 14, "{} bytes", alternating.len());
         assert_eq!(alternating.matches("<mark").count(), MAX_MARKS);
+    }
+
+    fn pending(subject: serde_json::Value) -> Item {
+        let kind = if subject.get("argv").is_some() { "command" } else { "execute" };
+        Item {
+            id: 7,
+            kind: kind.into(),
+            subject,
+            reason: "r".into(),
+            status: crate::approval::ApprovalStatus::Pending,
+            created_us: 0,
+            deadline_us: 0,
+            decided_by: None,
+            decided_us: None,
+            note: None,
+            outcome: None,
+        }
+    }
+
+    /// Review of the maud page (B1): a Cyrillic `а` in a string literal made
+    /// `"sаfe"` read as `"safe"`, with no mark, warning or finding. Letters outside
+    /// ASCII are now marked where they stand and counted above the item.
+    #[test]
+    fn b1_letters_outside_ascii_are_marked_and_counted() {
+        let code = "mode = \"safe\"\nif mode != \"s\u{0430}fe\":\n    print(\"unsafe branch\")\n";
+        let out = render_pending(&pending(serde_json::json!({"code": code})), "csrf", 0, "alice").into_string();
+        assert!(out.contains("id=\"letters-7\"") && out.contains("1 letter(s) outside ASCII (U+0430)"), "{out}");
+        assert!(out.contains("<mark class=\"letter\" title=\"U+0430\">\u{0430}</mark>"), "{out}");
+        // A lone carriage return is a control character: marked and warned about.
+        let cr = render_pending(&pending(serde_json::json!({"code": "# note\rimport os"})), "c", 0, "a").into_string();
+        assert!(cr.contains("id=\"hidden-7\"") && cr.contains("\u{27E6}U+000D\u{27E7}"), "{cr}");
+    }
+
+    /// B2 of the same review: the cap on marks was per call of `show`, that is per
+    /// token or per word, so 16 KB of code made a 1 MB item and a 16 KB command
+    /// line 600 KB. The marks are now one budget per item.
+    #[test]
+    fn b2_an_items_marks_are_one_budget_however_its_text_is_cut() {
+        let code = format!("#{}\n", "\x01\x02".repeat(32)).repeat(240);
+        assert!(code.len() <= HIGHLIGHTED, "highlighted, token by token");
+        let out = render_pending(&pending(serde_json::json!({"code": code})), "csrf", 0, "alice").into_string();
+        assert!(out.len() < 4 * code.len() + 64 * MAX_MARKS, "{} bytes for {} of code", out.len(), code.len());
+        let words: Vec<String> =
+            std::iter::once("foo".to_string()).chain(std::iter::repeat_n("\u{034f}\u{00ad}".repeat(32), 126)).collect();
+        let line_len: usize = words.iter().map(|w| w.len() + 1).sum();
+        let out = render_pending(&pending(serde_json::json!({"argv": words})), "csrf", 0, "alice").into_string();
+        assert!(out.len() < 8 * line_len + 64 * MAX_MARKS, "{} bytes for a {line_len}-byte line", out.len());
     }
 }

@@ -41,7 +41,7 @@ pre{background:#f6f6f6;padding:.6em;overflow:auto}.k{color:#a626a4;font-weight:6
 .c{color:#999;font-style:italic}.n{color:#986801}.o{color:#0184bc}.deny{color:#b00}.warn{color:#a60}\
 form{display:inline}button{margin-right:.5em}.meta{color:#666}\
 .ltr{unicode-bidi:bidi-override;direction:ltr}pre.code{white-space:pre-wrap;overflow-wrap:anywhere}\
-#changed{position:fixed;top:0;left:0;right:0;background:#ffd;border-bottom:1px solid #cc0;padding:.4em;display:none}mark.hidden{background:#fdd;color:#b00;font-weight:600}\
+#changed{position:fixed;top:0;left:0;right:0;background:#ffd;border-bottom:1px solid #cc0;padding:.4em;display:none}mark.hidden{background:#fdd;color:#b00;font-weight:600}mark.letter{background:#fe9;color:inherit}\
 ol.argv code{background:#f6f6f6;padding:0 .2em;white-space:pre-wrap}";
 
 pub(super) fn layout(title: &str, body: Markup, nonce: &str, fingerprint: &str, pending: &str) -> Markup {
@@ -114,7 +114,7 @@ pub(super) fn queue_page(pending: &[Item], recent: &[Item], csrf: &str, who: &st
         p #changed { "The queue changed; the page reloads when you pause." }
         h1 { "Terrarium review" }
         p.meta {
-            "Signed in as " b #who { (show(who)) } ". "
+            "Signed in as " b #who { (show(who, &Marks::new())) } ". "
             form method="post" action="/review/logout" {
                 input type="hidden" name="csrf" value=(csrf);
                 button { "Sign out" }
@@ -147,19 +147,21 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
     let id = item.id;
     let left = (item.deadline_us - now_us).max(0) / 1_000_000;
     let s = &item.subject;
+    // One budget of marks for everything the item shows (see [`show`]).
+    let marks = Marks::new();
     html! {
         div.item id={ "item-" (id) } {
-            h3 { "#" (id) " " (show(&item.kind)) }
-            p { (show(&item.reason)) }
+            h3 { "#" (id) " " (show(&item.kind, &marks)) }
+            p { (show(&item.reason, &marks)) }
             p.meta { "Denied automatically in " (left) " s." }
             p.meta {
-                "Asked by " b id={ "caller-" (id) } { (show(s["caller"].as_str().unwrap_or("(not recorded)"))) }
+                "Asked by " b id={ "caller-" (id) } { (show(s["caller"].as_str().unwrap_or("(not recorded)"), &marks)) }
                 @if s["scratch"].as_bool() == Some(true) { ", with a writable scratch directory" }
             }
             @if item.kind == "execute" {
-                (execute_details(id, s))
+                (execute_details(id, s, &marks))
             } @else {
-                (command_details(id, s))
+                (command_details(id, s, &marks))
             }
             // Who decides is on the button: a session another site swapped in shows itself.
             @for (decision, label) in [("approve", "Approve"), ("deny", "Deny")] {
@@ -167,7 +169,7 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
                     input type="hidden" name="csrf" value=(csrf);
                     input name="note" placeholder="note (optional)" id={ (decision) "-note-" (id) };
                     " "
-                    button id={ (decision) "-" (id) } { (label) " #" (id) " as " (show(who)) }
+                    button id={ (decision) "-" (id) } { (label) " #" (id) " as " (show(who, &marks)) }
                 }
             }
         }
@@ -176,23 +178,23 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
 
 /// A snippet under review: its code (highlighted, or folded and plain when large),
 /// tier and route, the analysis' findings and the policy that applies.
-fn execute_details(id: i64, s: &serde_json::Value) -> Markup {
+fn execute_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
     let code = s["code"].as_str().unwrap_or("");
     let findings = s["findings"].as_array().cloned().unwrap_or_default();
     html! {
         (hidden_warning(id, code))
         @if code.len() <= HIGHLIGHTED {
-            pre.code.ltr id={ "code-" (id) } { (highlight(code)) }
+            pre.code.ltr id={ "code-" (id) } { (highlight(code, marks)) }
         } @else {
             // Large code: plain, folded (highlighting wraps every token in markup).
             details {
                 summary { "Code: " (code.len()) " bytes, " (code.lines().count()) " lines (expand to read all of it)" }
-                pre.code.ltr id={ "code-" (id) } { (show(code)) }
+                pre.code.ltr id={ "code-" (id) } { (show(code, marks)) }
             }
         }
         p {
-            "Tier " b id={ "tier-" (id) } { (show(s["tier"].as_str().unwrap_or("?"))) }
-            "; route: " (show(s["route"].as_str().unwrap_or("")))
+            "Tier " b id={ "tier-" (id) } { (show(s["tier"].as_str().unwrap_or("?"), marks)) }
+            "; route: " (show(s["route"].as_str().unwrap_or(""), marks))
         }
         @if findings.is_empty() {
             p { "Static analysis: no findings." }
@@ -200,21 +202,21 @@ fn execute_details(id: i64, s: &serde_json::Value) -> Markup {
             ul id={ "findings-" (id) } {
                 @for f in &findings {
                     li class=(if f["severity"].as_str() == Some("deny") { "deny" } else { "warn" }) {
-                        "line " (f["line"].as_u64().unwrap_or(0)) ": " (show(f["message"].as_str().unwrap_or("")))
+                        "line " (f["line"].as_u64().unwrap_or(0)) ": " (show(f["message"].as_str().unwrap_or(""), marks))
                     }
                 }
             }
         }
         details {
             summary { "Policy that applies" }
-            pre.ltr id={ "policy-" (id) } { (show(s["policy"].as_str().unwrap_or(""))) }
+            pre.ltr id={ "policy-" (id) } { (show(s["policy"].as_str().unwrap_or(""), marks)) }
         }
     }
 }
 
 /// A command under review, word by word: a word with spaces or quotes cannot pass
 /// for two, and a word with a look-alike letter (Cyrillic а in /dаta) says so.
-fn command_details(id: i64, s: &serde_json::Value) -> Markup {
+fn command_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
     let words: Vec<&str> =
         s["argv"].as_array().map(|a| a.iter().filter_map(|w| w.as_str()).collect()).unwrap_or_default();
     html! {
@@ -223,8 +225,8 @@ fn command_details(id: i64, s: &serde_json::Value) -> Markup {
         ol.argv.ltr id={ "argv-" (id) } {
             @for w in &words {
                 li {
-                    code { (show(w)) }
-                    @let odd = crate::text::non_ascii_code_points(w);
+                    code { (show(w, marks)) }
+                    @let odd = code_points(w.chars().filter(|c| !c.is_ascii()));
                     @if !odd.is_empty() {
                         " " span.warn { "(not ASCII: " (odd) ")" }
                     }
@@ -236,17 +238,18 @@ fn command_details(id: i64, s: &serde_json::Value) -> Markup {
 
 pub(super) fn render_decided(item: &Item) -> Markup {
     let id = item.id;
+    let marks = Marks::new();
     html! {
         div.item id={ "done-" (id) } {
             b { "#" (id) " " (item.kind) }
             ": "
             span id={ "status-" (id) } { (item.status.as_str()) }
-            @if let Some(w) = &item.decided_by { " by " (show(w)) }
+            @if let Some(w) = &item.decided_by { " by " (show(w, &marks)) }
             @match &item.outcome {
                 Some(o) => {
                     "; ran: "
-                    span id={ "outcome-" (id) } { (show(o["status"].as_str().unwrap_or("?"))) }
-                    pre id={ "output-" (id) } { (show(&outcome_text(o))) }
+                    span id={ "outcome-" (id) } { (show(o["status"].as_str().unwrap_or("?"), &marks)) }
+                    pre id={ "output-" (id) } { (show(&outcome_text(o), &marks)) }
                 }
                 None if item.status == crate::approval::ApprovalStatus::Approved => { "; running…" }
                 None => {}
@@ -264,42 +267,105 @@ fn outcome_text(o: &serde_json::Value) -> String {
     text.chars().take(SHOWN_OUTPUT).collect()
 }
 
-/// A warning above an item whose text has characters [`crate::text::hidden`]
-/// names (they are shown as marks in the text itself, by [`show`]).
+/// Warnings above an item whose text has characters [`crate::text::hidden`] names
+/// or control characters (shown as marks in the text itself, by [`show`]), or
+/// letters outside ASCII (marked there too, while the item's marks last): a letter
+/// that looks Latin (Cyrillic `а`) may make a word read as another it is not.
 pub(super) fn hidden_warning(id: i64, text: &str) -> Markup {
-    let n = text.chars().filter(|c| crate::text::hidden(*c).is_some()).count();
+    let n = text.chars().filter(|c| odd(*c)).count();
+    let mut letters: Vec<char> = text.chars().filter(|c| look_alike(*c)).collect();
+    let count = letters.len();
+    letters.sort_unstable();
+    letters.dedup();
     html! {
         @if n > 0 {
             p.deny id={ "hidden-" (id) } {
-                "Contains " (n) " invisible or bidirectional control character(s), \
+                "Contains " (n) " invisible, bidirectional or control character(s), \
                  marked below: an editor or terminal may show this differently from what runs."
+            }
+        }
+        @if count > 0 {
+            p.warn id={ "letters-" (id) } {
+                "Contains " (count) " letter(s) outside ASCII (" (code_points(letters.into_iter())) "), \
+                 marked below: one that looks Latin may make a name or a string read as another."
             }
         }
     }
 }
 
-/// One piece of shown text: plain text, or the mark for a run of one hidden or
-/// control character.
+/// `U+0430 U+0435 …`: the first [`LISTED`] code points of `chars`, and how many more.
+fn code_points(chars: impl Iterator<Item = char>) -> String {
+    let all: Vec<char> = chars.collect();
+    let mut shown: Vec<String> = all.iter().take(LISTED).map(|c| format!("U+{:04X}", u32::from(*c))).collect();
+    if all.len() > LISTED {
+        shown.push(format!("and {} more", all.len() - LISTED));
+    }
+    shown.join(" ")
+}
+
+/// Code points listed in one warning.
+const LISTED: usize = 8;
+
+/// A character [`show`] replaces by a mark: one [`crate::text::hidden`] names, or
+/// a control character other than tab and newline.
+fn odd(c: char) -> bool {
+    crate::text::hidden(c).is_some() || (c.is_control() && c != '\n' && c != '\t')
+}
+
+/// A letter outside ASCII, which [`show`] marks where it stands.
+fn look_alike(c: char) -> bool {
+    !c.is_ascii() && c.is_alphabetic()
+}
+
+/// Marks one item may still draw: every [`show`] of the item draws from the same
+/// budget of [`MAX_MARKS`], so that the item's markup stays within a small multiple
+/// of its text however that text is cut into tokens or words.
+pub(super) struct Marks(std::cell::Cell<usize>);
+
+impl Marks {
+    pub(super) fn new() -> Marks {
+        Marks(std::cell::Cell::new(MAX_MARKS))
+    }
+
+    /// Takes one mark, if any is left.
+    fn take(&self) -> bool {
+        let left = self.0.get();
+        self.0.set(left.saturating_sub(1));
+        left > 0
+    }
+}
+
+/// One piece of shown text: plain text, the mark for a run of one hidden or control
+/// character, or a marked letter outside ASCII.
 enum Piece {
     Text(String),
     /// The mark's label (`⟦U+202E⟧`, `⟦U+200B ×84000⟧`) and, while marks are still
-    /// drawn, the character's name for its title.
+    /// drawn, the character's name for its title (past them, the character shows
+    /// as U+FFFD).
     Mark(String, Option<&'static str>),
+    /// A letter outside ASCII, shown as itself on a marked background, titled with
+    /// its code point.
+    Letter(char),
 }
 
 /// `s` as HTML text, with every character [`crate::text::hidden`] names replaced by
-/// a visible mark (`⟦U+202E⟧`) titled with its name, and control characters other
-/// than tab and newline shown as `⟦U+001B⟧`. A run of one such character is one
-/// mark with its count (`⟦U+200B ×84000⟧`), and past [`MAX_MARKS`] marks the rest
-/// are plain text, so that invisible characters cannot make the page many times the
-/// size of what was submitted.
-pub fn show(s: &str) -> Markup {
-    let odd = |c: char| crate::text::hidden(c).is_some() || (c.is_control() && c != '\n' && c != '\t');
+/// a visible mark (`⟦U+202E⟧`) titled with its name, control characters other than
+/// tab and newline shown as `⟦U+001B⟧`, and letters outside ASCII marked where they
+/// stand. A run of one hidden or control character is one mark with its count
+/// (`⟦U+200B ×84000⟧`). Marks come from the item's budget ([`Marks`]): past it,
+/// each such character is one U+FFFD and letters are unmarked (the warnings above
+/// the item still count them all), so that no text makes the page more than a few
+/// times its own size.
+pub(super) fn show(s: &str, marks: &Marks) -> Markup {
     let mut pieces = Vec::new();
     let mut plain = String::new();
-    let mut marks = 0;
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
+        if look_alike(c) && marks.take() {
+            pieces.push(Piece::Text(std::mem::take(&mut plain)));
+            pieces.push(Piece::Letter(c));
+            continue;
+        }
         if !odd(c) {
             plain.push(c);
             continue;
@@ -312,9 +378,8 @@ pub fn show(s: &str) -> Markup {
         pieces.push(Piece::Text(std::mem::take(&mut plain)));
         let count = if run > 1 { format!(" \u{D7}{run}") } else { String::new() };
         let label = format!("\u{27E6}U+{:04X}{count}\u{27E7}", u32::from(c));
-        let name = (marks < MAX_MARKS).then(|| crate::text::hidden(c).unwrap_or("CONTROL CHARACTER"));
+        let name = marks.take().then(|| crate::text::hidden(c).unwrap_or("CONTROL CHARACTER"));
         pieces.push(Piece::Mark(label, name));
-        marks += 1;
     }
     pieces.push(Piece::Text(plain));
     html! {
@@ -322,20 +387,23 @@ pub fn show(s: &str) -> Markup {
             @match piece {
                 Piece::Text(t) => (t),
                 Piece::Mark(label, Some(name)) => mark.hidden title=(name) { (label) },
-                Piece::Mark(label, None) => (label),
+                // Past the item's budget: one replacement character per character
+                // (the warning above the item counts them all).
+                Piece::Mark(_, None) => "\u{FFFD}",
+                Piece::Letter(c) => mark.letter title=(format!("U+{:04X}", u32::from(*c))) { (c) },
             }
         }
     }
 }
 
-/// Marks [`show`] draws in one text before it writes the rest as plain text.
-pub(super) const MAX_MARKS: usize = 64;
+/// Marks one item's texts draw before the rest is plain text.
+pub(super) const MAX_MARKS: usize = 256;
 
 /// Python source as HTML with `<span class=…>` around keywords (`k`), strings (`s`),
 /// comments (`c`), numbers (`n`) and operators (`o`), from the same lexer the
 /// analysis uses, every piece through [`show`]. Source that does not lex is shown
 /// plain past the error.
-pub fn highlight(code: &str) -> Markup {
+pub(super) fn highlight(code: &str, marks: &Marks) -> Markup {
     use ruff_python_ast::token::TokenKind as K;
     let parsed = ruff_python_parser::parse_unchecked(
         code,
@@ -371,9 +439,9 @@ pub fn highlight(code: &str) -> Markup {
     html! {
         @for (class, text) in &pieces {
             @if let Some(class) = class {
-                span class=(class) { (show(text)) }
+                span class=(class) { (show(text, marks)) }
             } @else {
-                (show(text))
+                (show(text, marks))
             }
         }
     }

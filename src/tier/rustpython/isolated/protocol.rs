@@ -217,6 +217,13 @@ impl ChildExit {
         ChildExit::ALL.into_iter().find(|e| e.code() == code)
     }
 
+    /// Whether the child ended before it ran anything: every code but the test
+    /// hooks' (a child that returned from a forbidden call had read its request; it
+    /// is reported as a crash, as any exit without an answer).
+    pub fn before_request(self) -> bool {
+        self != ChildExit::ForbiddenCallReturned
+    }
+
     /// What failed, for the host's error.
     pub fn step(self) -> &'static str {
         match self {

@@ -253,7 +253,7 @@ fn with_usage(mut o: Outcome, e: Exit) -> Outcome {
 pub(super) fn classify(e: Exit, last_words: &str, memory: u64) -> Result<Outcome, SandboxError> {
     if let Some(code) = e.code {
         // The child could not confine or set itself up (see zygote::child_main).
-        if let Some(exit) = protocol::ChildExit::from_code(code) {
+        if let Some(exit) = protocol::ChildExit::from_code(code).filter(|e| e.before_request()) {
             return Err(host(&format!(
                 "an isolated child ended before running anything: {} (exit code {code}); no request ran",
                 exit.step()

@@ -183,6 +183,7 @@ impl Worker {
             set("_t_sleep", vm.new_function("_t_sleep", native_sleep).into())?;
             set("_t_urandom", vm.new_function("_t_urandom", native_urandom).into())?;
             set("_t_gc_pause", vm.new_function("_t_gc_pause", native_gc_pause).into())?;
+            set("_t_unraisable", vm.new_function("unraisablehook", native_unraisable).into())?;
             set("_t_import", vm.new_function("__import__", importer::native_import).into())?;
             set("_t_importer_setup", vm.new_function("_t_importer_setup", importer::native_setup).into())?;
             set("_t_proxy_override", vm.new_function("_t_proxy_override", importer::native_override).into())?;

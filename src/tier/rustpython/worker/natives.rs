@@ -121,6 +121,12 @@ pub(super) fn native_gc_pause(pause: bool, vm: &VirtualMachine) {
     }
 }
 
+/// `sys.unraisablehook`: an exception no one can catch (a finalizer that raised)
+/// is dropped. Native, so that it runs no bytecode: a Python hook raises again once
+/// the run has ended (every instruction does), and the interpreter then prints
+/// that exception on the host process's own stdout, outside any outcome.
+pub(super) fn native_unraisable(_args: rustpython_vm::function::FuncArgs) {}
+
 pub(super) fn native_urandom(n: isize, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
     let n = usize::try_from(n).map_err(|_| vm.new_value_error("negative argument not allowed"))?;
     if n > 1 << 20 {
