@@ -251,7 +251,7 @@ impl Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
             max_memory: sb.max_memory.0,
-            allowed_modules,
+            allowed_modules: std::sync::Arc::new(allowed_modules),
             cpu_quota: sb.cpu_quota,
             network_disabled: sb.network_disabled,
             readonly_filesystem: sb.readonly_filesystem,

@@ -23,6 +23,7 @@ pub use overrides::Overrides;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use raw::SizeError;
@@ -139,7 +140,9 @@ pub struct Policy {
     enabled: bool,
     timeout: Duration,
     max_memory: u64,
-    allowed_modules: BTreeSet<String>,
+    /// Shared: every request's policy is a copy of this one, and an interpreter
+    /// job carries the set to another thread without copying it.
+    allowed_modules: Arc<BTreeSet<String>>,
     cpu_quota: u64,
     network_disabled: bool,
     readonly_filesystem: bool,
@@ -311,6 +314,11 @@ impl Policy {
     pub fn allowed_modules(&self) -> &BTreeSet<String> {
         &self.allowed_modules
     }
+
+    /// [`Policy::allowed_modules`], shared rather than copied.
+    pub(crate) fn allowed_modules_shared(&self) -> Arc<BTreeSet<String>> {
+        self.allowed_modules.clone()
+    }
     /// Whether `name` (possibly dotted) may be imported by user code.
     pub fn allows_module(&self, name: &str) -> bool {
         module_allowed(&self.allowed_modules, name)
@@ -379,7 +387,7 @@ impl Policy {
     /// overrides only ever tighten.
     pub fn with_allowed_modules(&self, modules: &[&str]) -> Policy {
         let mut p = self.clone();
-        p.allowed_modules = modules.iter().map(|m| m.to_string()).collect();
+        p.allowed_modules = Arc::new(modules.iter().map(|m| m.to_string()).collect());
         p
     }
 

@@ -68,7 +68,7 @@ impl Policy {
                     allowed: format!("{:?}", self.allowed_modules),
                 });
             }
-            p.allowed_modules = mods.clone();
+            p.allowed_modules = std::sync::Arc::new(mods.clone());
         }
         Ok(p)
     }

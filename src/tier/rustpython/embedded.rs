@@ -113,7 +113,7 @@ impl EmbeddedExecutor {
             run_id,
             id: req.id.clone(),
             code: req.code,
-            allowed_modules: policy.allowed_modules().clone(),
+            allowed_modules: policy.allowed_modules_shared(),
             max_output: usize::try_from(policy.max_output()).unwrap_or(usize::MAX),
             deadline,
         };

@@ -90,7 +90,7 @@ fn warm_up(worker: &Worker, code: String, allowed: std::collections::BTreeSet<St
         run_id: 1,
         id: None,
         code,
-        allowed_modules: allowed,
+        allowed_modules: std::sync::Arc::new(allowed),
         max_output: 1 << 16,
         deadline: Instant::now() + Duration::from_secs(5),
     });
@@ -372,7 +372,7 @@ fn child_main(
         run_id: 1,
         id: req.id,
         code: req.code,
-        allowed_modules: req.allowed_modules,
+        allowed_modules: std::sync::Arc::new(req.allowed_modules),
         max_output: usize::try_from(req.max_output).unwrap_or(usize::MAX),
         deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
     };

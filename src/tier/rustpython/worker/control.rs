@@ -99,7 +99,7 @@ pub struct Job {
     /// Source.
     pub code: String,
     /// Modules this run may import.
-    pub allowed_modules: BTreeSet<String>,
+    pub allowed_modules: Arc<BTreeSet<String>>,
     /// Output cap in bytes.
     pub max_output: usize,
     /// When the run must end.
@@ -118,7 +118,7 @@ pub(super) struct RunState {
     pub(super) stderr: String,
     pub(super) max_output: usize,
     pub(super) deadline: Instant,
-    pub(super) allowed: BTreeSet<String>,
+    pub(super) allowed: Arc<BTreeSet<String>>,
     /// The snippet's globals, once the run has them.
     pub(super) globals: Option<PyObjectRef>,
 }
