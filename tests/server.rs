@@ -308,6 +308,22 @@ fn h10_the_review_page_needs_a_session_from_its_own_form_with_the_approve_role_a
     });
 }
 
+/// The review page's requests without a session (the page's poll, a decision
+/// after the session ended) are refused callers like the API's: audited, in
+/// aggregate (they were not audited at all).
+#[test]
+fn review_requests_without_a_session_are_audited_in_aggregate() {
+    let s = Server::start(None, &[]);
+    let state = s.call("GET", "/review/state", None, None);
+    assert_eq!(state.status, 401, "{}", state.body);
+    wait_for_audit(&s, "auth_denied", |r| r["data"]["status"] == 401 && r["data"]["endpoint"] == "GET /review/state");
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let decided = call(s.addr, "POST", "/review/1/approve", None, Some(b"csrf=x"), &form);
+    assert_eq!(decided.status, 401, "{}", decided.body);
+    // The second 401 of the window is counted, then recorded with the count.
+    wait_for_audit(&s, "auth_denied_repeated", |r| r["data"]["status"] == 401 && r["data"]["count"] == 1);
+}
+
 /// SIGTERM: the server stops within its grace period even while a request waits
 /// for a human, and the abandoned item expires instead of staying approvable.
 #[test]

@@ -200,6 +200,28 @@ pub(super) async fn refuse_caller(
         ("unauthorized", "a valid bearer token is required".to_string())
     };
     state.metrics.rejected(reason);
+    if let Err(r) = record_refusal(state, code, what, name, role).await {
+        return r;
+    }
+    let mut r = problem(code, &message);
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Records a refused caller in the audit log, in aggregate (the first of each kind
+/// in a window, the rest counted; see `refusals.rs`).
+///
+/// # Errors
+/// The answer to give instead when the audit log does not take the event.
+pub(super) async fn record_refusal(
+    state: &AppState,
+    code: StatusCode,
+    what: &str,
+    name: Option<&str>,
+    role: Role,
+) -> Result<(), Response> {
     if let Some(log) = state.sandbox.audit_log()
         && let Some(unrecorded) = state.refusals.record(code.as_u16(), name)
     {
@@ -208,15 +230,9 @@ pub(super) async fn refuse_caller(
             "unrecorded_before": unrecorded,
         });
         let event = Event { kind: EventKind::AuthDenied, request_id: None, data, code: None };
-        if let Err(e) = log.admit_async(event).await {
-            return audit_error(&e);
-        }
+        log.admit_async(event).await.map_err(|e| audit_error(&e))?;
     }
-    let mut r = problem(code, &message);
-    if code == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
+    Ok(())
 }
 
 /// The answer when the audit log does not take an event: 503 when it is behind

@@ -133,7 +133,8 @@ pub(super) async fn state_json(State(state): State<Shared>, headers: HeaderMap) 
         return r;
     }
     if state.sessions.find(&headers).is_none() {
-        return problem(StatusCode::UNAUTHORIZED, "sign in at /review");
+        let answer = problem(StatusCode::UNAUTHORIZED, "sign in at /review");
+        return no_session(&state, "GET /review/state", answer).await;
     }
     // Polled every second by every open tab: read without the items' subjects.
     match state.gate.fingerprint(RECENT).await {
@@ -262,7 +263,8 @@ pub(super) async fn decide(
         return r;
     }
     let Some((who, csrf)) = state.sessions.find(&headers) else {
-        return login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
+        let answer = login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
+        return no_session(&state, "POST /review/{id}/{decision}", answer).await;
     };
     if !super::auth::same_secret(&f.csrf, &csrf) {
         return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
@@ -314,6 +316,16 @@ pub(super) async fn logout(State(state): State<Shared>, headers: HeaderMap, Form
         HeaderValue::from_static("terrarium_review=; HttpOnly; SameSite=Strict; Path=/review; Max-Age=0"),
     );
     r
+}
+
+/// A request that needs a review session and has none: audited as the API's
+/// refused callers are (in aggregate), then `answer`.
+async fn no_session(state: &Shared, what: &str, answer: Response) -> Response {
+    state.metrics.rejected("unauthorized");
+    match super::respond::record_refusal(state, StatusCode::UNAUTHORIZED, what, None, Role::Approve).await {
+        Ok(()) => answer,
+        Err(r) => r,
+    }
 }
 
 #[cfg(test)]
