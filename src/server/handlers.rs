@@ -2,7 +2,7 @@
 //! document and metrics.
 
 use super::openapi::{
-    BadRequest, Busy, Conflict, Forbidden, NotFound, ServerFault, TooLarge, Unauthorized, Unavailable, Verdict,
+    BadRequest, Conflict, Forbidden, Guarded, NotFound, ServerFault, Submitted, TooLarge, Unauthorized, Verdict,
     size_schema, tier_choice_schema,
 };
 use super::*;
@@ -119,13 +119,8 @@ pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
     request_body = ExecuteBody,
     responses(
         (status = 200, description = "How the run ended (any status, including denied and limits).", body = crate::Outcome),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 429, response = Busy),
-        (status = 500, response = ServerFault),
-        (status = 503, response = Unavailable),
+        Guarded,
+        Submitted,
     ),
     security(("bearer" = ["submit"])),
 )]
@@ -178,13 +173,8 @@ pub(super) struct CommandBody {
     request_body = CommandBody,
     responses(
         (status = 200, description = "What the rules (or a human) said, and how the run ended when it ran.", body = crate::CommandReport),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 429, response = Busy),
-        (status = 500, response = ServerFault),
-        (status = 503, response = Unavailable),
+        Guarded,
+        Submitted,
     ),
     security(("bearer" = ["submit"])),
 )]
@@ -249,9 +239,7 @@ pub(super) const PAGE: usize = 100;
     responses(
         (status = 200, description = "A page of items.", body = Vec<crate::approval::Item>),
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 500, response = ServerFault),
+        Guarded,
     ),
     security(("bearer" = ["approve"])),
 )]
@@ -283,10 +271,8 @@ pub(super) async fn list_approvals(
     params(("id" = i64, Path, description = "The item's id.")),
     responses(
         (status = 200, description = "The item.", body = crate::approval::Item),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 500, response = ServerFault),
+        Guarded,
     ),
     security(("bearer" = ["approve"])),
 )]
@@ -327,12 +313,10 @@ pub(super) struct DecideBody {
     responses(
         (status = 200, description = "The decided item.", body = crate::approval::Item),
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 413, response = TooLarge),
-        (status = 500, response = ServerFault),
+        Guarded,
     ),
     security(("bearer" = ["approve"])),
 )]
@@ -449,9 +433,7 @@ pub(super) async fn openapi() -> Response {
     tag = "api",
     responses(
         (status = 200, description = "Counters and gauges.", content_type = "application/openmetrics-text", body = String),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 500, response = ServerFault),
+        Guarded,
     ),
     security(("bearer" = ["admin"])),
 )]

@@ -180,6 +180,34 @@ impl utoipa::Modify for Additions {
     }
 }
 
+/// What every endpoint behind a bearer token can answer besides its own: no token,
+/// the wrong role, a fault of the server.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "never built: only its responses are documented")]
+pub(super) enum Guarded {
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] Unauthorized),
+    #[response(status = 403)]
+    Forbidden(#[ref_response] Forbidden),
+    #[response(status = 500)]
+    ServerFault(#[ref_response] ServerFault),
+}
+
+/// What an endpoint that takes a submitter's body and runs it can answer besides
+/// [`Guarded`]'s: a bad or oversized body, no slot, a tier or the audit log unavailable.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "never built: only its responses are documented")]
+pub(super) enum Submitted {
+    #[response(status = 400)]
+    BadRequest(#[ref_response] BadRequest),
+    #[response(status = 413)]
+    TooLarge(#[ref_response] TooLarge),
+    #[response(status = 429)]
+    Busy(#[ref_response] Busy),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
+}
+
 /// The document as JSON, built on first use; an error only if it cannot be
 /// serialized (the unit tests build it).
 pub(super) fn document() -> Result<&'static str, &'static serde_json::Error> {
@@ -261,6 +289,28 @@ mod tests {
 
     /// What serde writes is what the schemas say: field names (renames included) and
     /// which fields are always there.
+    /// The shared error answers ([`Guarded`], [`Submitted`]) land in each path that
+    /// names them.
+    #[test]
+    fn shared_error_answers_are_documented_where_named() {
+        let doc = doc();
+        let codes = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"].as_object().expect("responses").keys().cloned().collect()
+        };
+        for (path, method) in [("/v1/execute", "post"), ("/v1/commands", "post")] {
+            let got = codes(path, method);
+            for code in ["200", "400", "401", "403", "413", "429", "500", "503"] {
+                assert!(got.iter().any(|c| c == code), "{method} {path} lacks {code}: {got:?}");
+            }
+        }
+        let got = codes("/metrics", "get");
+        assert!(["401", "403", "500"].iter().all(|c| got.iter().any(|g| g == c)), "{got:?}");
+        assert_eq!(
+            doc["paths"]["/v1/execute"]["post"]["responses"]["401"]["$ref"],
+            "#/components/responses/Unauthorized"
+        );
+    }
+
     #[test]
     fn schemas_follow_serde() {
         let doc = doc();
