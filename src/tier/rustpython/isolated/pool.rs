@@ -134,7 +134,7 @@ impl Zygote {
             _ => {
                 return Err(unavailable(format!(
                     "{} exited instead of becoming a zygote; it must call \
-                     terrarium::tier::rustpython::isolated::run_zygote_if_requested() first in main \
+                     terrarium::run_zygote_if_requested() first in main \
                      (set {WORKER_EXE_ENV} to the terrarium binary)",
                     config.worker_exe.display()
                 )));

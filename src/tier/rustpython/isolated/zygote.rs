@@ -122,7 +122,7 @@ const MAX_REQUEST: usize = 64 << 20;
 /// Call it first thing in `main`, before any thread or runtime starts:
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
-///     if let Some(code) = terrarium::tier::rustpython::isolated::run_zygote_if_requested() {
+///     if let Some(code) = terrarium::run_zygote_if_requested() {
 ///         return code;
 ///     }
 ///     // ...
