@@ -368,7 +368,11 @@ pub fn millis(d: std::time::Duration) -> u64 {
 /// [`SandboxError::Policy`] for a loosening override, [`SandboxError::InvalidRequest`]
 /// for empty, oversized or NUL-containing code.
 #[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
-pub fn admit(base: &crate::policy::Policy, req: &ExecRequest, tier: Tier) -> Result<Result<crate::policy::Policy, Outcome>, SandboxError> {
+pub fn admit(
+    base: &crate::policy::Policy,
+    req: &ExecRequest,
+    tier: Tier,
+) -> Result<Result<crate::policy::Policy, Outcome>, SandboxError> {
     let policy = base.tighten(&req.overrides)?;
     req.validate(policy.max_code_size())?;
     if req.scratch && tier == Tier::Rustpython {

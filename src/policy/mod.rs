@@ -316,6 +316,7 @@ impl Policy {
     }
 
     /// [`Policy::allowed_modules`], shared rather than copied.
+    #[cfg(feature = "rustpython")]
     pub(crate) fn allowed_modules_shared(&self) -> Arc<BTreeSet<String>> {
         self.allowed_modules.clone()
     }

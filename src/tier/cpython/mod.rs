@@ -142,7 +142,13 @@ pub(crate) fn stdout_end(nonce: &str) -> String {
 /// outcome both CPython tiers return. Nothing in `stderr` is trusted: any text gives
 /// an outcome, never a panic (the `ipc_decode` fuzz target holds it to that).
 #[cfg(any(test, feature = "internals"))]
-pub fn decode_report(tier: crate::policy::Tier, stderr: &str, nonce: &str, exit: Option<i32>, output_full: bool) -> Outcome {
+pub fn decode_report(
+    tier: crate::policy::Tier,
+    stderr: &str,
+    nonce: &str,
+    exit: Option<i32>,
+    output_full: bool,
+) -> Outcome {
     let report = split_status(stderr, nonce);
     let mut o = Outcome::blank(tier);
     o.stderr = report.stderr;

@@ -142,7 +142,8 @@ fn freeze_existing_classes(subclasses: &PyObjectRef, vm: &VirtualMachine) -> Res
             typ.slots.flags.replace_masked(immutable, immutable);
         }
         let subs = subclasses.call((typ.clone(),), vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
-        let subs: Vec<PyObjectRef> = subs.try_to_value(vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
+        let subs: Vec<PyObjectRef> =
+            subs.try_to_value(vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
         queue.extend(subs.into_iter().filter_map(|s| s.downcast::<PyType>().ok()));
     }
     Ok(())

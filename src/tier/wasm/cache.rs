@@ -149,8 +149,7 @@ fn load_unguarded(engine: &Engine, config: &WasmConfig) -> Result<Module, CacheE
         return Err(CacheError::NoCacheDirectory);
     }
     let shown = |p: &Path| p.display().to_string();
-    let meta =
-        fs::metadata(wasm).map_err(|source| CacheError::NotInstalled { path: shown(wasm), source })?;
+    let meta = fs::metadata(wasm).map_err(|source| CacheError::NotInstalled { path: shown(wasm), source })?;
     if meta.len() != PYTHON_WASM_SIZE {
         let found = format!("{} bytes, expected {PYTHON_WASM_SIZE}", meta.len());
         return Err(CacheError::NotPinned { path: shown(wasm), found });
@@ -163,10 +162,7 @@ fn load_unguarded(engine: &Engine, config: &WasmConfig) -> Result<Module, CacheE
         Ok(Some(f)) => f,
         Ok(None) => {
             compile_into(engine, wasm, &dir, &name)?;
-            dir.read(&name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| io("read", "it vanished after compiling".into()))?
+            dir.read(&name).ok().flatten().ok_or_else(|| io("read", "it vanished after compiling".into()))?
         }
         Err(e) => return Err(io("use the cached", format!("{e}; remove it"))),
     };
@@ -236,7 +232,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wasm = dir.path().join("python.wasm");
         fs::write(&wasm, vec![0u8; PYTHON_WASM_SIZE as usize]).expect("write");
-        let config = WasmConfig { python_wasm: wasm, cache_dir: dir.path().join("c"), pool_size: 0, max_instances: 4, file_io_breaker: None, scratch_parent: PathBuf::new() };
+        let config = WasmConfig {
+            python_wasm: wasm,
+            cache_dir: dir.path().join("c"),
+            pool_size: 0,
+            max_instances: 4,
+            file_io_breaker: None,
+            scratch_parent: PathBuf::new(),
+        };
         let err = load_module(&Engine::default(), &config).expect_err("wrong file").to_string();
         assert!(err.contains("sha256") && err.contains("scripts/setup-wasm"), "{err}");
     }
@@ -250,7 +253,14 @@ mod tests {
         fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).expect("chmod");
         let wasm = dir.path().join("python.wasm");
         fs::write(&wasm, vec![0u8; PYTHON_WASM_SIZE as usize]).expect("write");
-        let config = WasmConfig { python_wasm: wasm, cache_dir: cache, pool_size: 0, max_instances: 4, file_io_breaker: None, scratch_parent: PathBuf::new() };
+        let config = WasmConfig {
+            python_wasm: wasm,
+            cache_dir: cache,
+            pool_size: 0,
+            max_instances: 4,
+            file_io_breaker: None,
+            scratch_parent: PathBuf::new(),
+        };
         let err = load_module(&Engine::default(), &config).expect_err("shared").to_string();
         assert!(err.contains("cache directory") && err.contains("writable by other users"), "{err}");
     }
@@ -287,8 +297,14 @@ mod tests {
 
     #[test]
     fn without_a_cache_directory_nothing_falls_back_to_tmp() {
-        let config =
-            WasmConfig { python_wasm: PathBuf::new(), cache_dir: PathBuf::new(), pool_size: 0, max_instances: 4, file_io_breaker: None, scratch_parent: PathBuf::new() };
+        let config = WasmConfig {
+            python_wasm: PathBuf::new(),
+            cache_dir: PathBuf::new(),
+            pool_size: 0,
+            max_instances: 4,
+            file_io_breaker: None,
+            scratch_parent: PathBuf::new(),
+        };
         let err = load_module(&Engine::default(), &config).expect_err("no cache").to_string();
         assert!(err.contains("TERRARIUM_CACHE"), "{err}");
     }

@@ -226,7 +226,8 @@ impl WasmExecutor {
                 if warm_fits {
                     self.refill()?;
                 }
-                let scratch = req.scratch.then(|| (self.config.scratch_parent.clone(), self.config.file_io_breaker.clone()));
+                let scratch =
+                    req.scratch.then(|| (self.config.scratch_parent.clone(), self.config.file_io_breaker.clone()));
                 tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code, scratch))
                     .await
                     .map_err(|e| SandboxError::Host {
@@ -294,8 +295,7 @@ fn build_runtime(config: &WasmConfig) -> Result<Runtime, SetupError> {
     let engine = Engine::new(&c).map_err(failed("create the wasm engine"))?;
     let module: Module = cache::load_module(&engine, config)?;
     let mut linker: Linker<Host> = Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
-        .map_err(failed("link WASI"))?;
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi).map_err(failed("link WASI"))?;
     // The guest's poll_oneoff is Terrarium's: its waits end by the deadline.
     linker.allow_shadowing(true);
     linker

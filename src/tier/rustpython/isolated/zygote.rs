@@ -356,7 +356,9 @@ fn child_main(
     if (&*sock).write_all(&[ready]).is_err() {
         sys::exit_now(ChildExit::NotAnnounced.code());
     }
-    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else { sys::exit_now(ChildExit::NoRequest.code()) };
+    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else {
+        sys::exit_now(ChildExit::NoRequest.code())
+    };
     // Test hooks (test builds only): a child acting as one its snippet fully controls.
     #[cfg(feature = "test-hooks")]
     let misbehave = super::hooks::before_run(req.probe.as_deref(), zygote);

@@ -205,7 +205,8 @@ impl Worker {
             set("_t_attr_allowed", vm.new_function("_t_attr_allowed", walls::native_attr_allowed).into())?;
             set("_t_abc_subclasses", vm.new_function("__subclasses__", walls::native_abc_subclasses).into())?;
             let code = vm.compile(PRELUDE, Mode::Exec, "<terrarium prelude>").map_err(|e| building(e.to_string()))?;
-            vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm)).map_err(|e| building(exc_text(vm, &e)))?;
+            vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm))
+                .map_err(|e| building(exc_text(vm, &e)))?;
             let get = |k: &str| globals.get_item(k, vm).map_err(|e| building(exc_text(vm, &e)));
             // str.format walks attributes in its fields; replace it on the type
             // (per thread: the type context is thread-local in this build).
@@ -298,7 +299,10 @@ impl Worker {
     /// [`SetupError`] with the exception text, when reseeding fails.
     pub fn after_fork(&self) -> Result<(), SetupError> {
         self.interp.enter(|vm| {
-            self.after_fork.call((), vm).map(|_| ()).map_err(|e| SetupError { step: "after fork", detail: exc_text(vm, &e) })
+            self.after_fork
+                .call((), vm)
+                .map(|_| ())
+                .map_err(|e| SetupError { step: "after fork", detail: exc_text(vm, &e) })
         })
     }
 
