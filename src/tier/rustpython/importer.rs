@@ -157,10 +157,7 @@ thread_local! {
 pub fn seal(vm: &VirtualMachine) -> Result<(), worker::SetupError> {
     STATE.with(|s| s.borrow_mut().sealed = true);
     let sys = vm.sys_module.clone();
-    let real = sys
-        .dict()
-        .get_item("modules", vm)
-        .map_err(|_| worker::SetupError { step: "sealing", detail: "sys.modules is missing".into() })?;
+    let real = sys.dict().get_item("modules", vm).map_err(|_| worker::SetupError::sealing("sys.modules is missing"))?;
     MODULES.with(|m| *m.borrow_mut() = Some(real));
     let typ = vm.ctx.new_class(None, "module", vm.ctx.types.module_type.to_owned(), Default::default());
     let modules = vm.ctx.new_getset(

@@ -62,10 +62,6 @@ fn removals(vm: &VirtualMachine) -> Vec<(&'static Py<PyType>, &'static [&'static
     ]
 }
 
-fn sealing(detail: String) -> SetupError {
-    SetupError { step: "sealing", detail }
-}
-
 /// Deletes the capabilities listed in [`removals`] from the VM's types. Call once,
 /// after the prelude has run and before any snippet.
 ///
@@ -88,7 +84,9 @@ pub fn remove_internals(vm: &VirtualMachine) -> Result<(), SetupError> {
                 }
                 Some(_) => {}
                 None if OPTIONAL.contains(name) => {}
-                None => return Err(sealing(format!("type {} has no attribute {name} to remove", typ.name()))),
+                None => {
+                    return Err(SetupError::sealing(format!("type {} has no attribute {name} to remove", typ.name())));
+                }
             }
         }
         typ.modified();
@@ -141,9 +139,11 @@ fn freeze_existing_classes(subclasses: &PyObjectRef, vm: &VirtualMachine) -> Res
         if typ.slots.flags.has_feature(PyTypeFlags::HEAPTYPE) {
             typ.slots.flags.replace_masked(immutable, immutable);
         }
-        let subs = subclasses.call((typ.clone(),), vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
+        let subs = subclasses
+            .call((typ.clone(),), vm)
+            .map_err(|e| SetupError::sealing(format!("listing subclasses: {e:?}")))?;
         let subs: Vec<PyObjectRef> =
-            subs.try_to_value(vm).map_err(|e| sealing(format!("listing subclasses: {e:?}")))?;
+            subs.try_to_value(vm).map_err(|e| SetupError::sealing(format!("listing subclasses: {e:?}")))?;
         queue.extend(subs.into_iter().filter_map(|s| s.downcast::<PyType>().ok()));
     }
     Ok(())

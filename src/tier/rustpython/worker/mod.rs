@@ -135,6 +135,13 @@ pub struct SetupError {
     pub detail: String,
 }
 
+impl SetupError {
+    /// A failure of [`Worker::seal`] or of a step it runs (the importer's, the walls').
+    pub(super) fn sealing(detail: impl Into<String>) -> SetupError {
+        SetupError { step: "sealing", detail: detail.into() }
+    }
+}
+
 impl Worker {
     /// Builds a capability-free interpreter on the current thread.
     ///
@@ -252,7 +259,7 @@ impl Worker {
     /// A listed attribute that the interpreter does not have (a build defect).
     pub fn seal(&self) -> Result<(), SetupError> {
         self.interp.enter(|vm| {
-            self.harden_all.call((), vm).map_err(|e| SetupError { step: "sealing", detail: exc_text(vm, &e) })?;
+            self.harden_all.call((), vm).map_err(|e| SetupError::sealing(exc_text(vm, &e)))?;
             importer::seal(vm)?;
             walls::remove_internals(vm)?;
             // From here on the cycle collector runs only inside runs (see
