@@ -130,3 +130,22 @@ thread_local! {
 pub(super) fn with_run<R>(f: impl FnOnce(&mut RunState) -> R) -> Option<R> {
     RUN.with(|r| r.borrow_mut().as_mut().map(f))
 }
+
+/// The interpreter could not be built, sealed or readied after a fork (a build
+/// defect): the worker cannot serve. Says which step failed and how.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the interpreter's {step} failed: {detail}")]
+pub struct SetupError {
+    /// `building`, `sealing` or `after fork`.
+    pub step: &'static str,
+    /// The exception text or the defect.
+    pub detail: String,
+}
+
+impl SetupError {
+    /// A failure of [`super::Worker::seal`] or of a step it runs (the importer's,
+    /// the walls').
+    pub(in crate::tier::rustpython) fn sealing(detail: impl Into<String>) -> SetupError {
+        SetupError { step: "sealing", detail: detail.into() }
+    }
+}

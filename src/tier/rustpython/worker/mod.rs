@@ -124,24 +124,6 @@ pub struct Worker {
     tainted: std::cell::Cell<bool>,
 }
 
-/// The interpreter could not be built, sealed or readied after a fork (a build
-/// defect): the worker cannot serve. Says which step failed and how.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the interpreter's {step} failed: {detail}")]
-pub struct SetupError {
-    /// `building`, `sealing` or `after fork`.
-    pub step: &'static str,
-    /// The exception text or the defect.
-    pub detail: String,
-}
-
-impl SetupError {
-    /// A failure of [`Worker::seal`] or of a step it runs (the importer's, the walls').
-    pub(super) fn sealing(detail: impl Into<String>) -> SetupError {
-        SetupError { step: "sealing", detail: detail.into() }
-    }
-}
-
 impl Worker {
     /// Builds a capability-free interpreter on the current thread.
     ///
