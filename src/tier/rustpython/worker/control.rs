@@ -1,5 +1,6 @@
 //! How a run is stopped from outside: the terminal condition, the control block
-//! the host's deadline thread writes, and the per-run state natives consult.
+//! the host's deadline thread writes, and the per-run state natives consult; and
+//! how setting up an interpreter fails (`SetupError`).
 
 use super::*;
 
