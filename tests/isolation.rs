@@ -95,6 +95,31 @@ fn a_crashed_child_leaves_the_tier_serving() {
     }
 }
 
+/// The scheduling policy of `pid` (`/proc/<pid>/stat`, field 41).
+/// `None` once the process is gone.
+fn sched_policy(pid: i32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    Some(rest.split(' ').nth(41 - 3).and_then(|f| f.parse().ok()).expect("policy field"))
+}
+
+#[test]
+fn the_zygote_and_its_children_never_preempt_the_caller() {
+    // SCHED_BATCH: waking to fork and confine a replacement child must not take the
+    // CPU from the thread that is returning the last answer (docs/benchmarks.md).
+    let exec = isolated(Policy::default_policy());
+    assert_eq!(exec_on(&exec, "1 + 1").result, Some(serde_json::json!(2)));
+    let zygote = exec.zygote_pid().expect("a running zygote");
+    assert_eq!(sched_policy(zygote), Some(i64::from(libc::SCHED_BATCH)), "the zygote's policy");
+    let children = std::fs::read_to_string(format!("/proc/{zygote}/task/{zygote}/children")).expect("children");
+    // The child that ran the request may be reaped meanwhile; the pool's stay.
+    let policies: Vec<i64> =
+        children.split_whitespace().filter_map(|p| p.parse().ok()).filter_map(sched_policy).collect();
+    assert!(!policies.is_empty(), "the zygote keeps children ready");
+    assert!(policies.iter().all(|p| *p == i64::from(libc::SCHED_BATCH)), "children's policies: {policies:?}");
+}
+
 /// VmRSS of `pid`, KiB.
 fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

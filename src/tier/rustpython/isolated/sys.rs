@@ -339,6 +339,18 @@ pub fn die_with_parent() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }).map(|_| ())
 }
 
+/// Moves this process to `SCHED_BATCH` (inherited by its children): the kernel no
+/// longer lets it preempt a running task when it wakes up. Lowering the policy
+/// needs no privilege.
+///
+/// # Errors
+/// The system call's error.
+pub fn batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this process.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) }).map(|_| ())
+}
+
 /// The parent's pid.
 pub fn parent_pid() -> libc::pid_t {
     // SAFETY: getppid cannot fail.

@@ -171,6 +171,13 @@ fn zygote_main() -> ExitCode {
         let _ = send(&ctl, &FromZygote::Failed { message: "cannot watch for exiting children".into() }, &[]);
         return ExitCode::from(1);
     };
+    // The zygote wakes on the host's request for a child, which comes at the end of
+    // a request; as a normal task it preempted the caller's thread to fork (and its
+    // children, to confine and warm themselves), which put ~2 ms on 1-2% of
+    // requests (docs/benchmarks.md). As a batch task it never preempts on waking
+    // and runs when a CPU is free. Children inherit it. A kernel that refuses only
+    // costs that tail, so a refusal is not an error.
+    let _ = sys::batch_scheduling();
     let me = sys::own_pid();
     if send(&ctl, &FromZygote::Ready { pid: me }, &[]).is_err() {
         return ExitCode::from(1);
