@@ -51,6 +51,10 @@ pub enum SandboxError {
     /// called until its recovery timeout has passed.
     #[error(transparent)]
     BreakerOpen(#[from] crate::breaker::Open),
+    /// The session this cell was for has ended (why): its state is gone; start a
+    /// new one.
+    #[error("session ended: {0}")]
+    SessionEnded(String),
     /// The tier failed for reasons of the host (a worker died, a thread could not
     /// start).
     #[error("tier {tier} failed: {message}")]

@@ -103,9 +103,9 @@ pub mod server;
 
 pub use command::Decision;
 pub use error::SandboxError;
-pub use executor::{ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Usage};
+pub use executor::{CellInfo, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, TierSession, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-pub use sandbox::{CommandReport, Sandbox, SandboxBuilder};
+pub use sandbox::{CommandReport, Sandbox, SandboxBuilder, Session, SessionOptions};
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
 #[cfg(feature = "rustpython")]

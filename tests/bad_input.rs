@@ -179,6 +179,28 @@ fn approval_settings_are_checked() {
 }
 
 #[test]
+fn session_limits_are_checked() {
+    let base = terrarium::policy::DEFAULT_POLICY_YAML;
+    assert_bad_policy(&format!("{base}sessions:\n  max_cells: 0\n"), &["sessions.max_cells", "at least 1"]);
+    assert_bad_policy(&format!("{base}sessions:\n  max_cells: -3\n"), &["sessions.max_cells"]);
+    assert_bad_policy(&format!("{base}sessions:\n  idle_timeout: 0\n"), &["sessions.idle_timeout"]);
+    assert_bad_policy(&format!("{base}sessions:\n  max_lifetime: 100000\n"), &["sessions.max_lifetime", "86400"]);
+    assert_bad_policy(&format!("{base}sessions:\n  max_memory: 1k\n"), &["sessions.max_memory", "smallest"]);
+    assert_bad_policy(&format!("{base}sessions:\n  max_memory: lots\n"), &["sessions.max_memory"]);
+    assert_bad_policy(&format!("{base}sessions:\n  cells: 3\n"), &["cells"]);
+    // Valid: defaults filled in, and the section round-trips through the effective policy.
+    let (_d, path) = temp_file("p.yaml", format!("{base}sessions:\n  max_cells: 5\n").as_bytes());
+    let out = terrarium(&["policy", "check", path.to_str().expect("utf-8")], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("sessions:\n  max_cells: 5\n  idle_timeout: 600.0\n  max_lifetime: 3600.0\n  max_memory: 512m"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn the_server_refuses_to_start_without_good_tokens() {
     use std::os::unix::fs::PermissionsExt;
     let token = "t".repeat(40);

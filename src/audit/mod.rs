@@ -148,6 +148,10 @@ crate::names::named! {
         ApprovalCompleted = "approval_completed",
         /// Nobody decided in time.
         ApprovalExpired = "approval_expired",
+        /// A session started (its tier and limits).
+        SessionStart = "session_start",
+        /// A session ended (why, after how many cells).
+        SessionEnd = "session_end",
     }
 }
 

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::SandboxError;
 pub use crate::policy::{Overrides, Tier, TierChoice};
 
+mod session;
+pub use session::{CellInfo, TierSession};
+
 /// A boxed future, so that executors can sit behind `dyn Executor`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -265,6 +268,9 @@ pub struct Outcome {
     /// What the static analysis noticed in the snippet (from a [`crate::Sandbox`]).
     #[serde(default)]
     pub findings: Vec<FindingInfo>,
+    /// For a session's cell: its number, and whether the session ended with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<CellInfo>,
 }
 
 /// A static-analysis finding as the outcome reports it.
@@ -319,6 +325,7 @@ impl Outcome {
             usage: Usage::default(),
             route: None,
             findings: Vec::new(),
+            session: None,
         }
     }
 
@@ -353,6 +360,19 @@ pub trait Executor: Send + Sync {
     /// [`SandboxError`] for host faults, invalid requests, or an override that
     /// would loosen the policy.
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>>;
+
+    /// Starts a session on this tier: a child, instance or container kept for
+    /// its cells, under this executor's policy and its `sessions` limits.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidRequest`] from a tier that keeps no sessions; a host
+    /// fault when the session's child cannot start.
+    fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn TierSession>, SandboxError>> {
+        let tier = self.tier();
+        Box::pin(
+            async move { Err(SandboxError::InvalidRequest(format!("the {tier} tier does not keep sessions yet"))) },
+        )
+    }
 }
 
 /// `d` in whole milliseconds, saturating (for `Usage`).

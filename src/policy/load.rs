@@ -247,6 +247,7 @@ impl Policy {
         }
         let commands = command_policy(raw.commands.unwrap_or_default(), &invalid)?;
         let approvals = approval_policy(raw.approvals.unwrap_or_default(), &invalid)?;
+        let sessions = super::sessions::session_policy(raw.sessions.unwrap_or_default(), sb.max_memory.0, &invalid)?;
         Ok(Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
@@ -273,6 +274,7 @@ impl Policy {
             retention_days,
             commands,
             approvals,
+            sessions,
         })
     }
 }

@@ -17,9 +17,11 @@ mod load;
 mod overrides;
 pub(crate) mod raw;
 mod render;
+mod sessions;
 
 pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
 pub use overrides::Overrides;
+pub use sessions::{DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, MAX_SESSION_SECS, SessionPolicy};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -159,6 +161,7 @@ pub struct Policy {
     retention_days: Option<u32>,
     commands: CommandPolicy,
     approvals: ApprovalPolicy,
+    sessions: SessionPolicy,
 }
 
 /// An operation the policy can make wait for a human's approval
@@ -400,6 +403,11 @@ impl Policy {
     /// The `approvals` section (defaults filled in).
     pub fn approvals(&self) -> &ApprovalPolicy {
         &self.approvals
+    }
+
+    /// The `sessions` section (defaults filled in).
+    pub fn sessions(&self) -> &SessionPolicy {
+        &self.sessions
     }
 
     /// Whether `op` waits for a human's approval.

@@ -23,6 +23,22 @@ pub struct RawPolicy {
     pub commands: Option<RawCommands>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<RawApprovals>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<RawSessions>,
+}
+
+/// `sessions`: the limits of one session.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cells: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<Size>,
 }
 
 /// `approvals`: which operations wait for a human, and for how long.

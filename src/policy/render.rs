@@ -83,6 +83,7 @@ impl Policy {
                 critical: Some(self.approvals.critical.iter().map(|c| c.as_str().to_string()).collect()),
                 timeout: Some(Seconds(self.approvals.timeout.as_secs_f64())),
             }),
+            sessions: Some(self.sessions.to_raw()),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }

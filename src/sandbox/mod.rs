@@ -26,6 +26,7 @@
 
 mod builder;
 mod command;
+mod session;
 mod tiers;
 
 use std::sync::{Arc, OnceLock, mpsc};
@@ -33,6 +34,7 @@ use std::time::Instant;
 
 pub use builder::SandboxBuilder;
 pub use command::CommandReport;
+pub use session::{Session, SessionOptions};
 use tiers::Tiers;
 
 use crate::analysis::{self, Analysis, Severity};
@@ -191,16 +193,33 @@ impl Sandbox {
     /// every tier that could serve has its breaker open; the chosen tier's host
     /// fault.
     pub async fn execute(&self, req: ExecRequest) -> Result<Outcome, SandboxError> {
+        self.audited(req, None, |req, policy| Box::pin(self.route_and_run(req, policy))).await
+    }
+
+    /// Checks `req` against the policy, records it, runs it with `run` (under the
+    /// request's own policy), and records how it ended; `session` names the
+    /// session a cell belongs to.
+    async fn audited<'a>(
+        &'a self,
+        req: ExecRequest,
+        session: Option<&str>,
+        run: impl FnOnce(ExecRequest, Policy) -> crate::executor::BoxFuture<'a, Result<Outcome, SandboxError>>,
+    ) -> Result<Outcome, SandboxError> {
         // The request's own policy: overrides only tighten, the code fits it.
         let checked = self.policy.tighten(&req.overrides).map_err(SandboxError::from).and_then(|p| {
             req.validate(p.max_code_size())?;
             Ok(p)
         });
-        let Some(log) = &self.audit else { return self.route_and_run(req, checked?).await };
+        let Some(log) = &self.audit else { return run(req, checked?).await };
         // H15: every event names who asked, and a client's id is kept in its own
         // namespace (`req:CALLER:ID`), apart from the gate's `approval-N`.
         let caller = req.caller.clone().unwrap_or_else(|| "local".into());
-        let id = req.id.as_ref().map(|i| format!("req:{caller}:{i}"));
+        // A session's cells without an id of their own are filed under the session.
+        let id = match (&req.id, session) {
+            (Some(i), _) => Some(format!("req:{caller}:{i}")),
+            (None, Some(s)) => Some(format!("session:{s}")),
+            (None, None) => None,
+        };
         let with_caller = |mut data: serde_json::Value| {
             if let Some(map) = data.as_object_mut() {
                 map.insert("caller".into(), serde_json::Value::String(caller.clone()));
@@ -213,9 +232,9 @@ impl Sandbox {
         let policy = match checked {
             Ok(p) => p,
             Err(e) => {
-                let data = with_caller(
-                    serde_json::json!({"code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string()}),
-                );
+                let data = with_caller(serde_json::json!({
+                    "code_sha256": sha, "code_bytes": req.code.len(), "refused": e.to_string(), "session": session,
+                }));
                 log.admit_async(Event { kind: EventKind::Request, request_id: id, data, code: None }).await?;
                 return Err(e);
             }
@@ -225,10 +244,11 @@ impl Sandbox {
             "tier": req.tier.to_string(),
             "scratch": req.scratch,
             "overrides": format!("{:?}", req.overrides),
+            "session": session,
         }));
         log.admit_async(Event { kind: EventKind::Request, request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
-        let r = self.route_and_run(req, policy).await;
+        let r = run(req, policy).await;
         // One event per fact, committed together: the analysis' findings, the
         // routing decision, a denial, and the outcome with its usage.
         let event = |kind: EventKind, data: serde_json::Value| Event {
@@ -251,7 +271,7 @@ impl Sandbox {
                     EventKind::Outcome,
                     serde_json::json!({
                         "code_sha256": sha, "tier": o.tier, "status": o.status, "error": o.error, "usage": o.usage,
-                        "guest_word": o.guest_word(),
+                        "guest_word": o.guest_word(), "session": session.map(|s| (s, &o.session)),
                     }),
                 ));
             }

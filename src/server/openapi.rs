@@ -326,6 +326,7 @@ mod tests {
             usage: crate::Usage::default(),
             route: None,
             findings: Vec::new(),
+            session: Some(crate::executor::CellInfo { cell: 1, ended: Some("why".into()) }),
         })
         .expect("outcome");
         let props = schemas["Outcome"]["properties"].as_object().expect("properties");

@@ -34,6 +34,8 @@ mod escape_interpreter;
 mod escape_introspection;
 #[path = "../escape_seccomp.rs"]
 mod escape_seccomp;
+#[path = "../escape_sessions.rs"]
+mod escape_sessions;
 #[path = "../escape_state.rs"]
 mod escape_state;
 #[path = "../every_tier.rs"]
@@ -52,6 +54,8 @@ mod review_browser;
 mod router;
 #[path = "../server.rs"]
 mod server;
+#[path = "../sessions.rs"]
+mod sessions;
 #[path = "../stdlib.rs"]
 mod stdlib;
 #[path = "../wasm.rs"]

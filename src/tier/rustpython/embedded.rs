@@ -116,6 +116,7 @@ impl EmbeddedExecutor {
             allowed_modules: policy.allowed_modules_shared(),
             max_output: usize::try_from(policy.max_output()).unwrap_or(usize::MAX),
             deadline,
+            session: false,
         };
         if worker.jobs.send((job, reply)).is_err() {
             return Err(host("an interpreter thread exited unexpectedly"));

@@ -28,17 +28,35 @@ pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&st
                 result: None,
                 end: GuestEnd::Returned,
                 output_over: false,
+                can_continue: false,
             };
             let _ = protocol::write_message(&mut std::io::stderr(), &ChildMessage::Answer(forged));
             None
         }
-        Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer")) => Some(after),
+        Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer" | "answer_ahead")) => {
+            Some(after)
+        }
         Some(syscall) => {
             sys::attempt_forbidden(syscall, zygote);
             sys::exit_now(protocol::ChildExit::ForbiddenCallReturned.code()); // not reached when the filter holds
         }
         None => None,
     }
+}
+
+/// A session's child that writes, after its answer, a complete answer frame for a
+/// cell the host has not sent yet.
+#[inline(never)]
+pub(super) fn answer_ahead(sock: &std::fs::File) {
+    let forged = GuestAnswer {
+        stdout: "FORGED AHEAD\n".into(),
+        stderr: String::new(),
+        result: None,
+        end: GuestEnd::Returned,
+        output_over: false,
+        can_continue: true,
+    };
+    let _ = protocol::write_message(&mut &*sock, &ChildMessage::Answer(forged));
 }
 
 /// A child that does not exit after its answer: it sleeps, spins, or fills memory
@@ -56,6 +74,9 @@ pub(super) fn keep_running(how: &str) {
             block.resize(1 << 20, 1u8);
             held.push(block);
         }
+    }
+    if how == "answer_ahead" {
+        return;
     }
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end {

@@ -51,6 +51,7 @@ use crate::policy::Policy;
 
 mod pool;
 use pool::*;
+mod session;
 mod supervise;
 use supervise::*;
 
@@ -196,11 +197,11 @@ impl IsolatedExecutor {
             allowed_modules: policy.allowed_modules().clone(),
             max_output: policy.max_output(),
             timeout_ms: millis(timeout),
+            session: false,
             #[cfg(feature = "test-hooks")]
             probe: probe.map(str::to_owned),
         };
-        // JSON escapes at most 6 bytes per byte of output, for stdout and stderr.
-        let cap = usize::try_from(policy.max_output()).unwrap_or(usize::MAX).saturating_mul(12).saturating_add(1 << 20);
+        let cap = answer_cap(&policy);
         // Only a tighter memory limit needs a child of its own: a shorter deadline is
         // the supervisor's kill, and the CPU rlimit is a backstop at the policy's.
         let spec = SpawnSpec { memory: policy.max_memory(), ..self.default_spec() };
@@ -281,6 +282,51 @@ impl Executor for IsolatedExecutor {
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
         Box::pin(self.run(req, None))
     }
+
+    fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn crate::executor::TierSession>, SandboxError>> {
+        Box::pin(async move { Ok(Box::new(self.session().await?) as Box<dyn crate::executor::TierSession>) })
+    }
+}
+
+impl IsolatedExecutor {
+    /// A session whose child misbehaves as `how` says from its first cell on
+    /// (`answer_ahead`: it writes an answer for a cell not yet sent). Only in
+    /// builds with the `test-hooks` feature (this package's own tests).
+    ///
+    /// # Errors
+    /// As for [`Executor::open_session`].
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn probe_session(&self, how: &str) -> Result<Box<dyn crate::executor::TierSession>, SandboxError> {
+        let mut session = self.session().await?;
+        session.probe = Some(how.to_string());
+        Ok(Box::new(session))
+    }
+
+    /// Forks the session's child (see `session.rs`).
+    async fn session(&self) -> Result<session::IsolatedSession, SandboxError> {
+        let limits = self.policy.sessions();
+        // A child of its own: the session's memory, and a CPU-time backstop over
+        // its whole lifetime (the rlimit counts every cell).
+        let spec = SpawnSpec {
+            memory: limits.max_memory,
+            cpu_secs: limits.max_lifetime.as_secs().saturating_add(2),
+            ..self.default_spec()
+        };
+        let z = self.zygote().await?;
+        let child = z.take_dedicated(spec).await.map_err(|e| host(&e.to_string()))?;
+        let live = Live::new(child, spec.namespaces).map_err(|e| match e {
+            Supervise::Host(e) => e,
+            Supervise::ZygoteGone => host("the zygote died while a session started"),
+        })?;
+        session::IsolatedSession::start(self.policy.clone(), z, live)
+    }
+}
+
+/// Bytes a child's answer stream may take: JSON escapes at most 6 bytes per byte of
+/// output, for stdout and stderr, plus room for the rest of the frame.
+fn answer_cap(policy: &Policy) -> usize {
+    usize::try_from(policy.max_output()).unwrap_or(usize::MAX).saturating_mul(12).saturating_add(1 << 20)
 }
 
 fn spawn_spec(policy: &Policy, namespaces: bool) -> SpawnSpec {

@@ -114,6 +114,10 @@ pub struct ChildRequest {
     /// Wall deadline, ms (the supervisor kills at it; the child uses it to wake
     /// from `time.sleep`).
     pub timeout_ms: u64,
+    /// A cell of a session: the child keeps its interpreter's state and, after its
+    /// answer, reads the session's next request on the same socket (the first
+    /// request decides; a session child is never given to anyone else).
+    pub session: bool,
     /// Test hook (builds with the `test-hooks` feature only): how the child
     /// misbehaves around its run (see `hooks.rs`).
     #[cfg(feature = "test-hooks")]
@@ -151,6 +155,11 @@ pub struct GuestAnswer {
     pub end: GuestEnd,
     /// The child cut its output at the cap (the host also checks the sizes itself).
     pub output_over: bool,
+    /// The child can run a session's next cell (no terminal condition unwound its
+    /// interpreter and it did not fail). The guest's word: it can only end its own
+    /// session early, never keep another's going.
+    #[serde(default)]
+    pub can_continue: bool,
 }
 
 /// How the snippet's code ended, as its child reports it.
@@ -315,6 +324,11 @@ impl AnswerStream {
     ///
     /// # Errors
     /// [`StreamError`] when the stream is over its cap or not made of message frames.
+    /// Whether bytes follow the answer just returned by [`AnswerStream::push`].
+    pub fn has_leftover(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<GuestAnswer>, StreamError> {
         if self.buf.len().saturating_add(bytes.len()) > self.cap {
             return Err(StreamError::TooBig);
@@ -361,6 +375,7 @@ mod tests {
             result: Some(serde_json::json!(2)),
             end: GuestEnd::Returned,
             output_over: false,
+            can_continue: true,
         }
     }
 

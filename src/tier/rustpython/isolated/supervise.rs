@@ -53,103 +53,181 @@ pub(super) enum Read {
     Broken(StreamError),
 }
 
-/// Sends `request` to `child`, enforces the deadline, kills the child, and decides
-/// from what the host saw (and the guest's word for its own output) how the run
-/// ended.
+/// A child taken from the pool for one request or for a session's cells, until it
+/// is killed (when this is dropped, at the latest).
+pub(super) struct Live {
+    pid: i32,
+    stream: tokio::net::UnixStream,
+    words: std::os::unix::net::UnixStream,
+    child: KillOnDrop,
+    exit: oneshot::Receiver<Exit>,
+    accounting: Option<Accounting>,
+}
+
+/// How one request on a live child ended.
+pub(super) enum Turn {
+    /// The child answered and lives on (until killed): the outcome, and whether it
+    /// can run a session's next cell (the guest's word, with the host's own checks).
+    Answered(Outcome, bool),
+    /// The child is dead (killed at a limit or on a protocol error, or it died).
+    Ended(Outcome),
+}
+
+impl Live {
+    pub(super) fn new(child: ReadyChild, want_namespaces: bool) -> Result<Live, Supervise> {
+        let ReadyChild { pid, stream, words, pidfd, exit, namespaces, accounting } = child;
+        let child = KillOnDrop(pidfd);
+        if want_namespaces && !namespaces {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "isolated children run without new namespaces: this kernel or container refuses unshare \
+                     (seccomp and rlimits still apply)"
+                );
+            });
+        }
+        stream.set_nonblocking(true).map_err(|e| host(&e.to_string()))?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| host(&e.to_string()))?;
+        Ok(Live { pid, stream, words, child, exit, accounting })
+    }
+
+    /// A second handle on the child's pidfd (for a watchdog that may kill it).
+    pub(super) fn pidfd(&self) -> std::io::Result<OwnedFd> {
+        self.child.0.try_clone()
+    }
+
+    /// Kills the child (it runs no more code).
+    pub(super) fn kill(&self) {
+        self.child.kill();
+    }
+
+    /// Sends `request`, enforces the deadline, and decides from what the host saw
+    /// (and the guest's word for its own output) how the run ended. A child that
+    /// answered is left alive: what its run cost is read from the kernel's
+    /// accounting first (not from anything it said), and each turn is charged only
+    /// the CPU time used since the previous one.
+    pub(super) async fn turn(&mut self, request: &ChildRequest, limits: &RunLimits) -> Result<Turn, Supervise> {
+        let mut frame = Vec::new();
+        protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
+        // Between a session's cells the child has nothing to say: bytes waiting
+        // now were written ahead, which breaks the protocol.
+        let mut probe = [0u8; 1];
+        let early = match self.stream.try_read(&mut probe) {
+            Ok(0) => Some(Read::Closed),
+            Ok(_) => Some(Read::Broken(StreamError::Malformed)),
+            Err(_) => None,
+        };
+        let mut answers = AnswerStream::new(limits.cap);
+        let stream = &mut self.stream;
+        let exchange = async {
+            if let Some(read) = early {
+                return read;
+            }
+            // A child that died during confinement has closed its end: the write
+            // fails, and how it ended is read from its exit below.
+            let _ = stream.write_all(&frame).await;
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return Read::Closed,
+                    Ok(n) => match answers.push(&chunk[..n]) {
+                        Ok(Some(answer)) => return Read::Answer(answer),
+                        Ok(None) => {}
+                        Err(e) => return Read::Broken(e),
+                    },
+                }
+            }
+        };
+        let mut read = tokio::time::timeout_at(limits.deadline.into(), exchange).await;
+        // A session's child must stop at its answer: bytes after it were written
+        // ahead of a request the host has not sent.
+        if request.session && matches!(read, Ok(Read::Answer(_))) && answers.has_leftover() {
+            read = Ok(Read::Broken(StreamError::Malformed));
+        }
+        let mut turn = match read {
+            // The usual end: the kernel's accounting of the live child.
+            Ok(Read::Answer(answer)) => {
+                let e = observe(self.pid, self.accounting.as_ref()).unwrap_or(Exit {
+                    code: None,
+                    signal: None,
+                    cpu_us: 0,
+                    maxrss_kb: 0,
+                });
+                if let Some(a) = &mut self.accounting {
+                    a.cpu_ns_at_ready = a.cpu_ns_at_ready.saturating_add(e.cpu_us.saturating_mul(1000));
+                }
+                let go_on = answer.can_continue;
+                Turn::Answered(decide(answer, limits.max_output, e), go_on)
+            }
+            // Otherwise the child's run is over too: it dies now, and the turn ends
+            // once the zygote has reaped it and said how it ended.
+            read => {
+                self.child.kill();
+                let e = match tokio::time::timeout(EXIT_WAIT, &mut self.exit).await {
+                    Ok(Ok(e)) => e,
+                    // The reader drops every pending report when the zygote goes away.
+                    Ok(Err(_)) => return Err(Supervise::ZygoteGone),
+                    Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
+                };
+                Turn::Ended(match read {
+                    Err(_elapsed) => {
+                        let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
+                        ended(Status::Timeout, ErrorKind::Timeout, msg, e)
+                    }
+                    Ok(Read::Broken(StreamError::TooBig)) => {
+                        let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
+                        ended(Status::OutputLimit, ErrorKind::OutputLimit, msg, e)
+                    }
+                    Ok(Read::Broken(StreamError::Malformed)) => ended(
+                        Status::Crashed,
+                        ErrorKind::ProtocolError,
+                        "the run's process broke the answer protocol; it was killed".into(),
+                        e,
+                    ),
+                    Ok(Read::Closed) => classify(e, &last_words(&self.words), limits.memory)?,
+                    Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
+                })
+            }
+        };
+        // A denial the child sent stands, however the run ended afterwards (but for
+        // the host's own deadline kill).
+        let outcome = match &mut turn {
+            Turn::Answered(o, _) | Turn::Ended(o) => o,
+        };
+        if let Some(reason) = answers.denials.first()
+            && outcome.status != Status::Timeout
+        {
+            outcome.result = None;
+            outcome.end(Status::Denied, ErrorKind::PolicyDenied, reason.clone());
+        }
+        Ok(turn)
+    }
+}
+
+/// Runs `request` on `child`, a single-use child: it is killed as soon as the host
+/// has its answer (SIGKILL lets it run no more code; the zygote reaps it off the
+/// request path, so the request does not wait for its address space to be torn
+/// down), or at the deadline, or on any protocol error.
 pub(super) async fn supervise(
     child: ReadyChild,
     request: &ChildRequest,
     limits: &RunLimits,
     want_namespaces: bool,
 ) -> Result<Outcome, Supervise> {
-    let ReadyChild { pid, stream, words, pidfd, exit, namespaces, accounting } = child;
-    let child = KillOnDrop(pidfd);
-    if want_namespaces && !namespaces {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            tracing::warn!(
-                "isolated children run without new namespaces: this kernel or container refuses unshare \
-                 (seccomp and rlimits still apply)"
-            );
-        });
+    let mut live = Live::new(child, want_namespaces)?;
+    match live.turn(request, limits).await? {
+        Turn::Answered(o, _) => {
+            live.kill();
+            Ok(o)
+        }
+        Turn::Ended(o) => Ok(o),
     }
-    let mut frame = Vec::new();
-    protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
-    stream.set_nonblocking(true).map_err(|e| host(&e.to_string()))?;
-    let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| host(&e.to_string()))?;
-    let mut answers = AnswerStream::new(limits.cap);
-    let exchange = async {
-        // A child that died during confinement has closed its end: the write fails,
-        // and how it ended is read from its exit below.
-        let _ = stream.write_all(&frame).await;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Read::Closed,
-                Ok(n) => match answers.push(&chunk[..n]) {
-                    Ok(Some(answer)) => return Read::Answer(answer),
-                    Ok(None) => {}
-                    Err(e) => return Read::Broken(e),
-                },
-            }
-        }
-    };
-    let mut outcome = match tokio::time::timeout_at(limits.deadline.into(), exchange).await {
-        // The usual end: what the run cost is read from the kernel's accounting of
-        // the live child (not from anything it said), then it is killed. SIGKILL
-        // lets it run no more code; the zygote reaps it off the request path, so the
-        // request does not wait for its address space to be torn down.
-        Ok(Read::Answer(answer)) => {
-            let e =
-                observe(pid, accounting.as_ref()).unwrap_or(Exit { code: None, signal: None, cpu_us: 0, maxrss_kb: 0 });
-            child.kill();
-            decide(answer, limits.max_output, e)
-        }
-        // Otherwise the child's run is over too: it dies now, and the request
-        // returns once the zygote has reaped it and said how it ended.
-        read => {
-            child.kill();
-            let e = match tokio::time::timeout(EXIT_WAIT, exit).await {
-                Ok(Ok(e)) => e,
-                // The reader drops every pending report when the zygote goes away.
-                Ok(Err(_)) => return Err(Supervise::ZygoteGone),
-                Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
-            };
-            match read {
-                Err(_elapsed) => {
-                    let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
-                    ended(Status::Timeout, ErrorKind::Timeout, msg, e)
-                }
-                Ok(Read::Broken(StreamError::TooBig)) => {
-                    let msg = format!("the run's answer exceeded {} bytes; it was killed", limits.cap);
-                    ended(Status::OutputLimit, ErrorKind::OutputLimit, msg, e)
-                }
-                Ok(Read::Broken(StreamError::Malformed)) => ended(
-                    Status::Crashed,
-                    ErrorKind::ProtocolError,
-                    "the run's process broke the answer protocol; it was killed".into(),
-                    e,
-                ),
-                Ok(Read::Closed) => classify(e, &last_words(words), limits.memory)?,
-                Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
-            }
-        }
-    };
-    // A denial the child sent stands, however the run ended afterwards (but for the
-    // host's own deadline kill).
-    if let Some(reason) = answers.denials.first()
-        && outcome.status != Status::Timeout
-    {
-        outcome.result = None;
-        outcome.end(Status::Denied, ErrorKind::PolicyDenied, reason.clone());
-    }
-    Ok(outcome)
 }
 
 /// The outcome of a child that answered: its output and value are the guest's
 /// word; the status is the host's, from the output sizes it sees.
 pub(super) fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
-    let GuestAnswer { mut stdout, mut stderr, result, end, output_over } = answer;
+    let GuestAnswer { mut stdout, mut stderr, result, end, output_over, can_continue: _ } = answer;
     let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
     // The value counts against the cap as well (the CPython tiers carry it on stderr).
     let value_len = result.as_ref().map_or(0, |r| serde_json::to_string(r).map_or(0, |t| t.len()));
@@ -228,11 +306,11 @@ pub(super) fn cpu_ns(schedstat: &str) -> Option<u64> {
 }
 
 /// What a dead child printed on its last-words socket (at most 4 KiB).
-pub(super) fn last_words(words: std::os::unix::net::UnixStream) -> String {
+pub(super) fn last_words(words: &std::os::unix::net::UnixStream) -> String {
     use std::io::Read as _;
     let mut buf = Vec::new();
     if words.set_nonblocking(true).is_ok() {
-        let _ = (&words).take(4096).read_to_end(&mut buf);
+        let _ = words.take(4096).read_to_end(&mut buf);
     }
     String::from_utf8_lossy(&buf).into_owned()
 }

@@ -93,6 +93,7 @@ fn warm_up(worker: &Worker, code: String, allowed: std::collections::BTreeSet<St
         allowed_modules: std::sync::Arc::new(allowed),
         max_output: 1 << 16,
         deadline: Instant::now() + Duration::from_secs(5),
+        session: false,
     });
 }
 
@@ -363,12 +364,14 @@ fn child_main(
     if (&*sock).write_all(&[ready]).is_err() {
         sys::exit_now(ChildExit::NotAnnounced.code());
     }
-    let Ok(req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else {
+    let Ok(mut req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else {
         sys::exit_now(ChildExit::NoRequest.code())
     };
     // Test hooks (test builds only): a child acting as one its snippet fully controls.
     #[cfg(feature = "test-hooks")]
-    let misbehave = super::hooks::before_run(req.probe.as_deref(), zygote);
+    let probe = req.probe.take();
+    #[cfg(feature = "test-hooks")]
+    let misbehave = super::hooks::before_run(probe.as_deref(), zygote);
     // Each denial goes to the host the moment it happens (every way a run ends
     // `denied` passes through this sink).
     {
@@ -377,17 +380,37 @@ fn child_main(
             let _ = protocol::write_message(&mut &*sock, &ChildMessage::Denial { reason: reason.into() });
         }));
     }
-    let job = Job {
-        run_id: 1,
-        id: req.id,
-        code: req.code,
-        allowed_modules: std::sync::Arc::new(req.allowed_modules),
-        max_output: usize::try_from(req.max_output).unwrap_or(usize::MAX),
-        deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
+    // The first request decides: a single run, or the first cell of a session,
+    // whose later cells come on the same socket after each answer.
+    let session = req.session;
+    let mut run_id = 1;
+    let ok = loop {
+        let job = Job {
+            run_id,
+            id: req.id,
+            code: req.code,
+            allowed_modules: std::sync::Arc::new(req.allowed_modules),
+            max_output: usize::try_from(req.max_output).unwrap_or(usize::MAX),
+            deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
+            session,
+        };
+        let (outcome, reusable) = worker.run(&job);
+        let answer = ChildMessage::Answer(guest_answer(outcome, session && reusable));
+        let ok = protocol::write_message(&mut &*sock, &answer).is_ok();
+        #[cfg(feature = "test-hooks")]
+        if misbehave == Some("answer_ahead") {
+            super::hooks::answer_ahead(&sock);
+        }
+        if !(ok && session && reusable) {
+            break ok;
+        }
+        // The session's next cell, or the end of the socket when the host ends it.
+        match protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) {
+            Ok(next) => req = next,
+            Err(_) => sys::exit_now(0),
+        }
+        run_id += 1;
     };
-    let (outcome, _) = worker.run(&job);
-    let answer = ChildMessage::Answer(guest_answer(outcome));
-    let ok = protocol::write_message(&mut &*sock, &answer).is_ok();
     #[cfg(feature = "test-hooks")]
     if let Some(how) = misbehave {
         super::hooks::keep_running(how);
@@ -404,7 +427,7 @@ fn child_main(
 
 /// What the guest produced in a run, for the host (how the run ended is the host's
 /// to decide; a denial was already sent on its own).
-fn guest_answer(o: Outcome) -> GuestAnswer {
+fn guest_answer(o: Outcome, can_continue: bool) -> GuestAnswer {
     let end = match (o.status, o.error) {
         (Status::Ok, _) => GuestEnd::Returned,
         (Status::Crashed, _) => GuestEnd::Panicked,
@@ -417,6 +440,7 @@ fn guest_answer(o: Outcome) -> GuestAnswer {
         result: o.result,
         end,
         output_over: o.status == Status::OutputLimit,
+        can_continue,
     }
 }
 

@@ -105,6 +105,9 @@ pub struct Job {
     pub max_output: usize,
     /// When the run must end.
     pub deadline: Instant,
+    /// A cell of a session: it runs in the globals (and with the module proxies)
+    /// the session's earlier cells left, and leaves its own for the next.
+    pub session: bool,
 }
 
 /// Where a job's outcome, and whether the interpreter may be reused, go.

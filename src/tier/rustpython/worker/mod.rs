@@ -116,6 +116,8 @@ pub struct Worker {
     harden_all: PyObjectRef,
     /// Globals made ahead of the next run (see [`Worker::prepare_globals`]).
     next_globals: RefCell<Option<PyDictRef>>,
+    /// The session's globals between its cells (see [`Job::session`]).
+    session_globals: RefCell<Option<PyDictRef>>,
     /// Whether the interpreter serves another run after this one (embedded
     /// mode): then each run ends by collecting its own cyclic garbage.
     reused: std::cell::Cell<bool>,
@@ -216,6 +218,7 @@ impl Worker {
             after_fork,
             harden_all,
             next_globals: RefCell::new(None),
+            session_globals: RefCell::new(None),
             reused: std::cell::Cell::new(false),
             tainted: std::cell::Cell::new(false),
         })
@@ -306,7 +309,9 @@ impl Worker {
     pub fn run(&self, job: &Job) -> (Outcome, bool) {
         self.ctrl.run_id.store(job.run_id, Ordering::SeqCst);
         self.ctrl.terminal.store(0, Ordering::SeqCst);
-        importer::new_run();
+        if !job.session {
+            importer::new_run();
+        }
         RUN.with(|r| {
             *r.borrow_mut() = Some(RunState {
                 ctrl: self.ctrl.clone(),
@@ -335,6 +340,7 @@ impl Worker {
             usage: Usage::default(),
             route: None,
             findings: Vec::new(),
+            session: None,
         };
         let terminal = self.ctrl.terminal();
         // A terminal condition wins over however the run unwound; an interpreter that
@@ -378,7 +384,8 @@ impl Worker {
                 Ok(c) => c,
                 Err(e) => return RunResult::Exception("SyntaxError".into(), e.to_string()),
             };
-            let prepared = self.next_globals.borrow_mut().take();
+            let kept = if job.session { self.session_globals.borrow_mut().take() } else { None };
+            let prepared = kept.or_else(|| self.next_globals.borrow_mut().take());
             let globals = prepared.unwrap_or_else(|| self.fresh_globals(vm));
             with_run(|run| run.globals = Some(globals.clone().into()));
             // The cycle collector runs only inside a run (see `Worker::new`): a
@@ -419,6 +426,12 @@ impl Worker {
             // interpreter that serves another run, so do its cycles: the next
             // request is never charged for this one's finalizers.
             with_run(|run| run.globals = None);
+            if job.session {
+                // A session's state stays for its next cell, in this child alone.
+                *self.session_globals.borrow_mut() = Some(globals);
+                vm.state.gc.disable();
+                return result;
+            }
             drop(globals);
             // So do the run's module proxies (a cycle hung on one would otherwise
             // outlive this run's collection and be finalized in the next run).

@@ -1,0 +1,226 @@
+//! Sessions through a [`Sandbox`]: a sequence of cells that share interpreter
+//! state on one tier, each analysed, audited and run through the tier's breaker
+//! like a single request.
+//!
+//! # Invariants
+//! - A session stays on the tier it started on (the policy's, or the one asked
+//!   for if the policy allows it); it never escalates.
+//! - Its start, every cell (code, outcome, cell number) and its end (why, after
+//!   how many cells) are events in the audit chain.
+//! - A session that is dropped or ended kills its child, instance or container.
+
+use std::sync::Arc;
+
+use super::{Sandbox, analyze};
+use crate::audit::{Event, EventKind};
+use crate::error::SandboxError;
+use crate::executor::{ErrorKind, ExecRequest, FindingInfo, Outcome, Status, TierSession};
+use crate::policy::{Tier, TierChoice};
+use crate::router;
+
+/// How to start a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Its tier: `Auto` (the default) takes the policy's tier, or its lightest
+    /// allowed one.
+    pub tier: TierChoice,
+    /// Who starts it (recorded on its audit events); `None`: `local`.
+    pub caller: Option<String>,
+}
+
+/// A sequence of cells sharing interpreter state (globals, imported modules,
+/// definitions) and nothing else. Made by [`Sandbox::session`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), terrarium::SandboxError> {
+/// use std::sync::Arc;
+/// use terrarium::{ExecRequest, Policy, Sandbox, SessionOptions};
+/// let sandbox = Arc::new(Sandbox::builder().policy(Policy::default_policy()).build()?);
+/// let mut session = sandbox.session(SessionOptions::default()).await?;
+/// session.execute(ExecRequest::new("def double(x):\n    return 2 * x")).await?;
+/// let outcome = session.execute(ExecRequest::new("double(21)")).await?;
+/// assert_eq!(outcome.result, Some(serde_json::json!(42)));
+/// session.end("done");
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    id: String,
+    tier: Tier,
+    caller: String,
+    sandbox: Arc<Sandbox>,
+    inner: Box<dyn TierSession>,
+    /// The end is recorded once.
+    recorded_end: bool,
+}
+
+impl Sandbox {
+    /// Starts a session (see [`Session`]) under this sandbox's policy and its
+    /// `sessions` limits.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidRequest`] for a tier the policy does not allow or
+    /// that keeps no sessions; [`SandboxError::BreakerOpen`] when the tier's
+    /// breaker is open; the tier's host fault.
+    pub async fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session, SandboxError> {
+        let candidates = router::candidates(&self.policy, options.tier);
+        let Some(&tier) = candidates.first() else {
+            let why = match options.tier {
+                TierChoice::Fixed(t) => router::refusal(&self.policy, t),
+                TierChoice::Auto => None,
+            };
+            return Err(SandboxError::InvalidRequest(why.unwrap_or_else(|| "no tier is allowed by the policy".into())));
+        };
+        let permit = self.breakers.tier(tier).allow()?;
+        let opened = match self.tiers.executor(tier) {
+            Ok(exec) => exec.open_session().await,
+            Err(e) => Err(e),
+        };
+        match &opened {
+            Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
+            _ => permit.succeeded(),
+        }
+        let inner = opened?;
+        let id = new_id(tier)?;
+        let caller = options.caller.unwrap_or_else(|| "local".into());
+        let session = Session { id, tier, caller, sandbox: self.clone(), inner, recorded_end: false };
+        let limits = self.policy.sessions();
+        session.record(
+            EventKind::SessionStart,
+            serde_json::json!({
+                "tier": tier, "max_cells": limits.max_cells, "idle_timeout": limits.idle_timeout.as_secs_f64(),
+                "max_lifetime": limits.max_lifetime.as_secs_f64(), "max_memory": limits.max_memory,
+            }),
+        )?;
+        Ok(session)
+    }
+}
+
+impl Session {
+    /// The session's identifier (in its outcomes' audit events).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The tier it runs on.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Cells run so far.
+    pub fn cells(&self) -> u64 {
+        self.inner.cells()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn ended(&self) -> Option<String> {
+        self.inner.ended()
+    }
+
+    /// Runs one cell in the session's state. `req.tier` and `req.scratch` must be
+    /// left unset (the session's tier decides); its overrides tighten this cell's
+    /// limits only. The outcome's `session` gives the cell's number and, when this
+    /// cell ended the session (a limit, or its `max_cells`), why.
+    ///
+    /// # Errors
+    /// [`SandboxError::SessionEnded`] once the session has ended; otherwise as for
+    /// [`Sandbox::execute`].
+    pub async fn execute(&mut self, mut req: ExecRequest) -> Result<Outcome, SandboxError> {
+        if req.scratch || req.tier != TierChoice::Auto {
+            return Err(SandboxError::InvalidRequest(
+                "a session's cells run on the session's tier, without a scratch directory".into(),
+            ));
+        }
+        if let Some(why) = self.inner.ended() {
+            self.record_end(&why);
+            return Err(SandboxError::SessionEnded(why));
+        }
+        req.caller = Some(self.caller.clone());
+        let sandbox = self.sandbox.clone();
+        let (tier, inner) = (self.tier, &mut self.inner);
+        let r = sandbox
+            .audited(req, Some(&self.id), |req, _policy| Box::pin(cell(&sandbox, tier, inner.as_mut(), req)))
+            .await;
+        if let Some(why) = self.inner.ended() {
+            self.record_end(&why);
+        }
+        r
+    }
+
+    /// Ends the session: its state is gone and its child, instance or container is
+    /// killed. The end is recorded with `reason`.
+    pub fn end(mut self, reason: &str) {
+        self.inner.end(reason);
+        let why = self.inner.ended().unwrap_or_else(|| reason.to_string());
+        self.record_end(&why);
+    }
+
+    fn record(&self, kind: EventKind, mut data: serde_json::Value) -> Result<(), SandboxError> {
+        let Some(log) = self.sandbox.audit_log() else { return Ok(()) };
+        if let Some(map) = data.as_object_mut() {
+            map.insert("session".into(), self.id.clone().into());
+            map.insert("caller".into(), self.caller.clone().into());
+        }
+        log.record(Event { kind, request_id: Some(format!("session:{}", self.id)), data, code: None })?;
+        Ok(())
+    }
+
+    fn record_end(&mut self, why: &str) {
+        if self.recorded_end {
+            return;
+        }
+        self.recorded_end = true;
+        let data = serde_json::json!({"reason": why, "cells": self.inner.cells()});
+        if let Err(e) = self.record(EventKind::SessionEnd, data) {
+            tracing::error!(session = %self.id, error = %e, "the end of a session could not be recorded");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.inner.end("the session was dropped");
+        let why = self.inner.ended().unwrap_or_default();
+        self.record_end(&why);
+    }
+}
+
+/// One cell: the analysis, then the tier's session through its breaker.
+async fn cell(
+    sandbox: &Sandbox,
+    tier: Tier,
+    session: &mut dyn TierSession,
+    req: ExecRequest,
+) -> Result<Outcome, SandboxError> {
+    let analysis = analyze(req.code.clone()).await;
+    let findings: Vec<FindingInfo> = analysis
+        .findings
+        .iter()
+        .map(|f| FindingInfo { severity: f.severity, line: f.line, message: f.message.clone() })
+        .collect();
+    let route = format!("session on the {tier} tier");
+    let finish = |mut o: Outcome| {
+        o.route = Some(route.clone());
+        o.findings = findings.clone();
+        o
+    };
+    if sandbox.policy.deny_findings()
+        && let Some(f) = analysis.denial()
+    {
+        let msg = format!("line {}: {}", f.line, f.message);
+        return Ok(finish(Outcome::refused(req.id, tier, Status::Denied, ErrorKind::PolicyDenied, msg)));
+    }
+    let _slot = sandbox.run_slot()?;
+    let permit = sandbox.breakers.tier(tier).allow()?;
+    let r = session.execute(req).await;
+    match &r {
+        Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
+        _ => permit.succeeded(),
+    }
+    r.map(finish)
+}
+
+/// A fresh session identifier: 16 random bytes in hex.
+fn new_id(tier: Tier) -> Result<String, SandboxError> {
+    crate::hex::random(16)
+        .ok_or_else(|| SandboxError::Host { tier, message: "no randomness for a session's identifier".into() })
+}

@@ -1,0 +1,78 @@
+//! Attacks on sessions (issue 19) from a child its snippet fully controls: the
+//! answers it writes ahead, and processes left behind by ended sessions.
+
+use std::time::{Duration, Instant};
+
+use terrarium::{ExecRequest, Executor, Policy, SandboxError, Status};
+
+use crate::common::{isolated, runtime};
+
+/// The zygote's live children (the pool's and the sessions').
+fn children(zygote: i32) -> usize {
+    let list = std::fs::read_to_string(format!("/proc/{zygote}/task/{zygote}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        // A killed child stays listed, as a zombie, until the zygote reaps it.
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+        .count()
+}
+
+/// Waits up to 5 s for the zygote to have `n` live children.
+fn wait_for_children(zygote: i32, n: usize) -> usize {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = children(zygote);
+        if now == n || Instant::now() > until {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_answer_written_ahead_of_its_cell_ends_the_session() {
+    let exec = isolated(Policy::default_policy());
+    let mut session = runtime().block_on(exec.probe_session("answer_ahead")).expect("session");
+    // The forged frame comes with the first answer, or is waiting on the socket
+    // when the host sends cell 2: either way the cell it lands in is a protocol
+    // error, and the forged output is never anyone's.
+    let mut broken = None;
+    for code in ["x = 1\nx", "x + 1"] {
+        let o = runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell");
+        assert!(!o.stdout.contains("FORGED"), "{o:?}");
+        if o.status != Status::Ok {
+            broken = Some(o);
+            break;
+        }
+    }
+    let broken = broken.expect("the forged answer was taken for a cell's");
+    assert_eq!(broken.status, Status::Crashed, "{broken:?}");
+    assert_eq!(broken.error.as_ref().map(|e| e.kind.as_str()), Some("ProtocolError"), "{broken:?}");
+    assert!(broken.session.and_then(|c| c.ended).is_some());
+    assert!(matches!(runtime().block_on(session.execute(ExecRequest::new("x"))), Err(SandboxError::SessionEnded(_))));
+}
+
+#[test]
+fn ended_and_idle_sessions_leave_no_process() {
+    let policy_yaml = format!("{}\nsessions:\n  idle_timeout: 0.5\n", include_str!("../policies/default.yaml"));
+    let exec = isolated(Policy::from_yaml(&policy_yaml, "p.yaml").expect("policy"));
+    runtime().block_on(exec.warm_up()).expect("warm");
+    let zygote = exec.zygote_pid().expect("zygote");
+    let pool = wait_for_children(zygote, 4);
+    // Ended by its caller.
+    let mut session = runtime().block_on(exec.open_session()).expect("session");
+    runtime().block_on(session.execute(ExecRequest::new("x = 1"))).expect("cell");
+    assert_eq!(children(zygote), pool + 1, "the session's child is the zygote's");
+    session.end("test");
+    assert_eq!(wait_for_children(zygote, pool), pool, "the ended session's child is gone");
+    // Dropped without an end.
+    let session = runtime().block_on(exec.open_session()).expect("session");
+    assert_eq!(wait_for_children(zygote, pool + 1), pool + 1);
+    drop(session);
+    assert_eq!(wait_for_children(zygote, pool), pool, "the dropped session's child is gone");
+    // Left idle: killed in the background, with no further call.
+    let _idle = runtime().block_on(exec.open_session()).expect("session");
+    assert_eq!(wait_for_children(zygote, pool + 1), pool + 1);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(wait_for_children(zygote, pool), pool, "the idle session's child is gone");
+}

@@ -1,0 +1,186 @@
+//! Sessions (issue 19): cells share state within a session and nothing between
+//! sessions; a limit ends a session with its reason, and every later cell is
+//! refused; idle sessions expire; everything is in the audit log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use terrarium::{ExecRequest, Outcome, Policy, Sandbox, SandboxError, Session, SessionOptions, Status, TierChoice};
+
+use crate::common::{run, runtime};
+
+fn sandbox_with(policy: Policy, audit: Option<&std::path::Path>) -> Arc<Sandbox> {
+    let isolated = terrarium::IsolatedConfig::new(env!("CARGO_BIN_EXE_terrarium"));
+    let mut b = Sandbox::builder().policy(policy).isolated(isolated);
+    if let Some(path) = audit {
+        b = b.audit(path);
+    }
+    Arc::new(b.build().expect("sandbox"))
+}
+
+fn sandbox() -> Arc<Sandbox> {
+    sandbox_with(Policy::default_policy(), None)
+}
+
+/// The default policy with a `sessions` section added.
+fn session_policy(sessions: &str) -> Policy {
+    let yaml = format!("{}\nsessions:\n{sessions}\n", include_str!("../policies/default.yaml"));
+    Policy::from_yaml(&yaml, "sessions.yaml").expect("policy")
+}
+
+fn open(s: &Arc<Sandbox>) -> Session {
+    runtime().block_on(s.session(SessionOptions::default())).expect("session")
+}
+
+fn cell(session: &mut Session, code: &str) -> Outcome {
+    runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell")
+}
+
+fn refused(session: &mut Session, code: &str) -> String {
+    match runtime().block_on(session.execute(ExecRequest::new(code))) {
+        Err(e @ SandboxError::SessionEnded(_)) => e.to_string(),
+        other => panic!("expected the session to have ended, got {other:?}"),
+    }
+}
+
+#[test]
+fn cells_share_definitions_imports_and_patches() {
+    let s = sandbox();
+    let mut session = open(&s);
+    assert_eq!(cell(&mut session, "def double(x):\n    return 2 * x").status, Status::Ok);
+    let o = cell(&mut session, "double(21)");
+    assert_eq!(o.result, Some(serde_json::json!(42)), "{o:?}");
+    assert_eq!(o.session.as_ref().map(|c| c.cell), Some(2));
+    assert_eq!(cell(&mut session, "import json\njson.dumps = lambda *a, **k: 'patched'").status, Status::Ok);
+    assert_eq!(cell(&mut session, "json.dumps([1])").result, Some(serde_json::json!("patched")));
+    // A class-level patch stays too, within this session.
+    cell(&mut session, "class Point:\n    pass");
+    assert_eq!(cell(&mut session, "Point.norm = lambda self: 7").status, Status::Ok);
+    assert_eq!(cell(&mut session, "Point().norm()").result, Some(serde_json::json!(7)));
+    // A cell's exception leaves the state as it was.
+    assert_eq!(cell(&mut session, "1/0").status, Status::Exception);
+    assert_eq!(cell(&mut session, "double(2)").result, Some(serde_json::json!(4)));
+    assert_eq!(session.ended(), None);
+}
+
+#[test]
+fn nothing_crosses_between_sessions_or_into_single_runs() {
+    let s = sandbox();
+    let mut a = open(&s);
+    let mut b = open(&s);
+    cell(&mut a, "secret = 'a'\nimport json\njson.dumps = lambda *x, **k: 'evil'");
+    // The standard library's classes are sealed in every session, as in every run.
+    let o = cell(&mut a, "import json\njson.JSONEncoder.default = lambda self, o: 'evil'");
+    assert_eq!(o.error.map(|e| e.kind), Some("TypeError".into()));
+    assert_eq!(cell(&mut b, "'secret' in globals()").result, Some(serde_json::json!(false)));
+    assert_eq!(cell(&mut b, "import json\njson.dumps([1])").result, Some(serde_json::json!("[1]")));
+    let o = cell(&mut b, "import json\ntry:\n    r = json.dumps(object())\nexcept TypeError:\n    r = 'clean'\nr");
+    assert_eq!(o.result, Some(serde_json::json!("clean")));
+    assert_eq!(run("import json\njson.dumps([1])").result, Some(serde_json::json!("[1]")));
+    // And `a` still has its own.
+    assert_eq!(cell(&mut a, "secret").result, Some(serde_json::json!("a")));
+}
+
+#[test]
+fn a_cell_over_its_timeout_ends_the_session() {
+    let s = sandbox();
+    let mut session = open(&s);
+    cell(&mut session, "x = 1");
+    let req = ExecRequest::new("while True:\n    pass")
+        .with_overrides(terrarium::Overrides { timeout: Some(Duration::from_millis(500)), ..Default::default() });
+    let o = runtime().block_on(session.execute(req)).expect("cell");
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+    let ended = o.session.and_then(|c| c.ended).expect("the cell says the session ended");
+    assert!(ended.contains("timeout"), "{ended}");
+    let e = refused(&mut session, "x");
+    assert!(e.starts_with("session ended: ") && e.contains("timeout"), "{e}");
+}
+
+#[test]
+fn a_cell_over_the_sessions_memory_ends_it() {
+    let s = sandbox_with(session_policy("  max_memory: 64m"), None);
+    let mut session = open(&s);
+    cell(&mut session, "keep = []");
+    let o = cell(&mut session, "for _ in range(1000):\n    keep.append(bytearray(1 << 20))");
+    // The process killed at its limit, or the interpreter refusing the allocation.
+    let clean_error = o.status == Status::Exception && o.error.as_ref().is_some_and(|e| e.kind == "MemoryError");
+    assert!(o.status == Status::MemoryLimit || clean_error, "{o:?}");
+    let why = o.session.and_then(|c| c.ended).expect("the session ended");
+    assert!(why.contains("memory"), "{why}");
+    assert!(refused(&mut session, "keep").contains("memory"));
+}
+
+#[test]
+fn an_idle_session_expires_without_another_cell() {
+    let s = sandbox_with(session_policy("  idle_timeout: 0.5"), None);
+    let mut session = open(&s);
+    cell(&mut session, "x = 1");
+    std::thread::sleep(Duration::from_millis(1500));
+    // The watchdog ended it (and killed its child) in the background.
+    let why = session.ended().expect("ended while idle");
+    assert!(why.contains("idle"), "{why}");
+    assert!(refused(&mut session, "x").contains("sessions.idle_timeout"));
+}
+
+#[test]
+fn the_last_allowed_cell_ends_the_session() {
+    let s = sandbox_with(session_policy("  max_cells: 2"), None);
+    let mut session = open(&s);
+    assert_eq!(cell(&mut session, "1").session.and_then(|c| c.ended), None);
+    let o = cell(&mut session, "2");
+    assert_eq!(o.result, Some(serde_json::json!(2)));
+    assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("sessions.max_cells")));
+    refused(&mut session, "3");
+}
+
+#[test]
+fn an_import_refused_before_the_cell_runs_keeps_the_session() {
+    let s = sandbox();
+    let mut session = open(&s);
+    cell(&mut session, "x = 41");
+    assert_eq!(cell(&mut session, "import os").status, Status::Denied);
+    assert_eq!(cell(&mut session, "x + 1").result, Some(serde_json::json!(42)));
+    // One refused while the cell ran stopped its interpreter mid-cell: the session
+    // ends rather than go on from a half-run cell.
+    let o = cell(&mut session, "__import__('o' + 's')");
+    assert_eq!(o.status, Status::Denied);
+    assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("unable to go on")));
+}
+
+#[test]
+fn a_session_and_its_cells_are_in_the_audit_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let s = sandbox_with(Policy::default_policy(), Some(&path));
+    let mut session = open(&s);
+    let id = session.id().to_string();
+    cell(&mut session, "x = 1");
+    cell(&mut session, "x + 1");
+    session.end("done here");
+    s.flush_audit(Duration::from_secs(5)).expect("flush");
+    let rows = terrarium::audit::tail(&path, usize::MAX).expect("tail");
+    let kinds: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.request_id.as_deref() == Some(&format!("session:{id}")))
+        .map(|r| r.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["session_start", "request", "route", "outcome", "request", "route", "outcome", "session_end"],
+        "{rows:#?}"
+    );
+    let end = rows.iter().find(|r| r.kind == "session_end").expect("end");
+    assert_eq!((end.data["reason"].as_str(), end.data["cells"].as_u64()), (Some("done here"), Some(2)), "{}", end.data);
+    assert_eq!(terrarium::audit::verify(&path).expect("verify").1, Vec::<String>::new());
+}
+
+#[test]
+fn tiers_without_sessions_say_so() {
+    let s = sandbox();
+    let opts = SessionOptions { tier: TierChoice::Fixed(terrarium::Tier::Wasm), caller: None };
+    match runtime().block_on(s.session(opts)) {
+        Err(SandboxError::InvalidRequest(why)) => assert!(why.contains("does not keep sessions"), "{why}"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a wasm session started"),
+    }
+}
