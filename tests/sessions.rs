@@ -184,3 +184,33 @@ fn tiers_without_sessions_say_so() {
         Ok(_) => panic!("a wasm session started"),
     }
 }
+
+#[test]
+fn batch_lines_with_a_session_name_share_its_state_in_order() {
+    let lines = [
+        r#"{"id": "a1", "session": "a", "code": "x = 'a'\ncount = 0"}"#,
+        r#"{"id": "b1", "session": "b", "code": "'x' in globals()"}"#,
+        r#"{"id": "p1", "code": "'x' in globals()"}"#,
+        r#"{"id": "a2", "session": "a", "code": "count += 1\ncount"}"#,
+        r#"{"id": "a3", "session": "a", "code": "count += 1\n(x, count)"}"#,
+        r#"{"id": "b2", "session": "b", "timeout": 0.5, "code": "while True:\n    pass"}"#,
+        r#"{"id": "b3", "session": "b", "code": "1"}"#,
+        r#"{"id": "bad", "session": "", "code": "1"}"#,
+    ];
+    let out = crate::common::terrarium(&["batch"], lines.join("\n").as_bytes());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outcomes: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).expect("outcome line")).collect();
+    let ids: Vec<&str> = outcomes.iter().map(|o| o["id"].as_str().unwrap_or("?")).collect();
+    assert_eq!(ids, ["a1", "b1", "p1", "a2", "a3", "b2", "b3", "bad"], "outcomes in input order");
+    let result = |i: usize| outcomes[i]["result"].clone();
+    assert_eq!(result(1), serde_json::json!(false), "session b does not see a");
+    assert_eq!(result(2), serde_json::json!(false), "a single run sees no session");
+    assert_eq!(result(3), serde_json::json!(1));
+    assert_eq!(result(4), serde_json::json!(["a", 2]));
+    assert_eq!(outcomes[4]["session"]["cell"], 3);
+    assert_eq!(outcomes[5]["status"], "timeout");
+    assert_eq!(outcomes[6]["status"], "error");
+    assert!(outcomes[6]["error"]["message"].as_str().is_some_and(|m| m.contains("session ended")), "{}", outcomes[6]);
+    assert!(outcomes[7]["error"]["message"].as_str().is_some_and(|m| m.contains("session names")), "{}", outcomes[7]);
+}

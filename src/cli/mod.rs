@@ -5,6 +5,7 @@
 //! error (including a tier that is unavailable).
 
 mod args;
+mod batch;
 #[cfg(feature = "rustpython")]
 mod bench;
 mod command;
@@ -13,17 +14,17 @@ mod redteam;
 mod serve;
 mod terminal;
 
-use std::io::{BufRead, IsTerminal as _, Read, Write};
+use std::io::{IsTerminal as _, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::error::SandboxError;
-use crate::executor::{ErrorKind, ExecRequest, Outcome, Status};
+use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 pub(crate) use args::{ApprovalsArgs, ApprovalsCommand, CommandArgs, RedteamArgs};
-use args::{AuditArgs, AuditCommand, BatchArgs, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
+use args::{AuditArgs, AuditCommand, BreakersArgs, Cli, Command, CommonArgs, PolicyCommand, RunArgs};
 
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -107,7 +108,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_one(args),
-        Command::Batch(args) => run_batch(args),
+        Command::Batch(args) => batch::run_batch(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Audit(args) => audit_command(args),
         Command::Breakers(args) => breakers_command(args),
@@ -126,7 +127,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 /// What a command runs requests through, after the policy and tier are settled.
 struct Target {
-    sandbox: crate::Sandbox,
+    sandbox: std::sync::Arc<crate::Sandbox>,
     choice: TierChoice,
     overrides: Overrides,
 }
@@ -196,7 +197,7 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
             item.id, item.reason, item.id
         );
     }));
-    Ok(Target { sandbox: builder.build()?, choice, overrides })
+    Ok(Target { sandbox: std::sync::Arc::new(builder.build()?), choice, overrides })
 }
 
 fn read_code(args: &RunArgs) -> Result<String, CliError> {
@@ -310,112 +311,6 @@ pub fn exit_code(status: Status) -> u8 {
         Status::Denied => 4,
         s if s.is_limit() => 3,
         _ => EXIT_HOST,
-    }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchLine {
-    id: Option<serde_json::Value>,
-    code: String,
-    timeout: Option<f64>,
-    scratch: Option<bool>,
-}
-
-fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
-    let target = std::sync::Arc::new(target(&args.common, true)?);
-    let rt = local_runtime()?;
-    // Requests run concurrently, one per core; outcomes are written in input order.
-    let in_flight = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let write_err =
-        |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") };
-    // Lines are read on their own thread, so outcomes are written as soon as they
-    // end even while the caller has not sent the next line.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(in_flight * 2);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().split(b'\n') {
-            if tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rt.block_on(async {
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let mut queue: std::collections::VecDeque<tokio::task::JoinHandle<Outcome>> = std::collections::VecDeque::new();
-        let mut number = 0;
-        let mut input_open = true;
-        while input_open || !queue.is_empty() {
-            tokio::select! {
-                biased;
-                done = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
-                    queue.pop_front();
-                    let o = done.map_err(|e| CliError {
-                        code: EXIT_HOST,
-                        error: anyhow::anyhow!("a batch request failed: {e}"),
-                    })?;
-                    // Flushed per line: a caller streaming requests reads each outcome as it ends.
-                    writeln!(out, "{}", json_line(&o)).map_err(write_err)?;
-                    out.flush().map_err(write_err)?;
-                }
-                line = rx.recv(), if input_open && queue.len() < in_flight => match line {
-                    None => input_open = false,
-                    Some(Err(e)) => return Err(CliError::usage(anyhow::anyhow!("cannot read stdin: {e}"))),
-                    Some(Ok(line)) => {
-                        number += 1;
-                        if !line.iter().all(u8::is_ascii_whitespace) {
-                            queue.push_back(tokio::spawn(batch_one(target.clone(), line, number)));
-                        }
-                    }
-                },
-            }
-        }
-        Ok(())
-    })?;
-    flush_audit(&target);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One batch line to one outcome; a bad line becomes an `error` outcome, never the
-/// end of the batch.
-async fn batch_one(target: std::sync::Arc<Target>, line: Vec<u8>, number: usize) -> Outcome {
-    let bad = |id: Option<String>, msg: String| {
-        Outcome::refused(
-            id,
-            target.nominal_tier(),
-            Status::Error,
-            ErrorKind::InvalidRequest,
-            format!("line {number}: {msg}"),
-        )
-    };
-    let parsed: BatchLine = match std::str::from_utf8(&line)
-        .map_err(|e| e.to_string())
-        .and_then(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
-    {
-        Ok(p) => p,
-        Err(e) => return bad(None, e),
-    };
-    let id = parsed.id.map(|v| match v {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    });
-    let mut overrides = target.overrides.clone();
-    if let Some(t) = parsed.timeout {
-        if !t.is_finite() || t <= 0.0 {
-            return bad(id, format!("timeout {t} is not a positive number of seconds"));
-        }
-        overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
-    }
-    let req = ExecRequest {
-        id: id.clone(),
-        code: parsed.code,
-        overrides,
-        scratch: parsed.scratch.unwrap_or(false),
-        tier: target.choice,
-        caller: Some(local_caller()),
-    };
-    match target.sandbox.execute(req).await {
-        Ok(o) => o,
-        Err(e) => bad(id, e.to_string()),
     }
 }
 

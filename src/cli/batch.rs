@@ -1,0 +1,210 @@
+//! `terrarium batch`: JSON lines in, one outcome per line out, in input order.
+//! Lines run concurrently, one per core, except the cells of one session
+//! (`"session": "NAME"`), which run in input order in that session's state.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CliError, EXIT_HOST, Target, flush_audit, json_line, local_caller, local_runtime, target};
+use crate::executor::{ErrorKind, ExecRequest, Outcome, Status};
+use crate::sandbox::SessionOptions;
+
+use super::args::BatchArgs;
+
+/// The longest session name a line may give.
+const MAX_SESSION_NAME: usize = 128;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    id: Option<serde_json::Value>,
+    code: String,
+    timeout: Option<f64>,
+    scratch: Option<bool>,
+    /// Runs the line as the next cell of the session of this name (started on its
+    /// first line, ended when the batch ends or a cell ends it).
+    session: Option<String>,
+}
+
+/// A cell for a session's queue, and where its outcome goes.
+type Cell = (ExecRequest, oneshot::Sender<Outcome>);
+
+pub(super) fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
+    let target = Arc::new(target(&args.common, true)?);
+    let rt = local_runtime()?;
+    // Requests run concurrently, one per core; outcomes are written in input order.
+    let in_flight = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let write_err =
+        |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") };
+    // Lines are read on their own thread, so outcomes are written as soon as they
+    // end even while the caller has not sent the next line.
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(in_flight * 2);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().split(b'\n') {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rt.block_on(async {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut queue: std::collections::VecDeque<tokio::task::JoinHandle<Outcome>> = std::collections::VecDeque::new();
+        // Each session's cells, queued in input order to the task that runs them.
+        let mut sessions: HashMap<String, mpsc::UnboundedSender<Cell>> = HashMap::new();
+        let mut ended_sessions = Vec::new();
+        let mut number = 0;
+        let mut input_open = true;
+        while input_open || !queue.is_empty() {
+            tokio::select! {
+                biased;
+                done = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
+                    queue.pop_front();
+                    let o = done.map_err(|e| CliError {
+                        code: EXIT_HOST,
+                        error: anyhow::anyhow!("a batch request failed: {e}"),
+                    })?;
+                    // Flushed per line: a caller streaming requests reads each outcome as it ends.
+                    writeln!(out, "{}", json_line(&o)).map_err(write_err)?;
+                    out.flush().map_err(write_err)?;
+                }
+                line = rx.recv(), if input_open && queue.len() < in_flight => match line {
+                    None => {
+                        input_open = false;
+                        // No more cells: each session ends once its queue is done.
+                        sessions.clear();
+                    }
+                    Some(Err(e)) => return Err(CliError::usage(anyhow::anyhow!("cannot read stdin: {e}"))),
+                    Some(Ok(line)) => {
+                        number += 1;
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let task = match parse(&target, &line, number) {
+                            Err(bad) => tokio::spawn(async move { *bad }),
+                            Ok((req, None)) => {
+                                let target = target.clone();
+                                tokio::spawn(async move { run_one(&target, req, number).await })
+                            }
+                            Ok((req, Some(name))) => {
+                                let cells = sessions.entry(name.clone()).or_insert_with(|| {
+                                    let (tx, rx) = mpsc::unbounded_channel();
+                                    ended_sessions.push(tokio::spawn(run_session(target.clone(), name, rx)));
+                                    tx
+                                });
+                                let (done, outcome) = oneshot::channel();
+                                let id = req.id.clone();
+                                let nominal = target.nominal_tier();
+                                let _ = cells.send((req, done));
+                                tokio::spawn(async move {
+                                    outcome.await.unwrap_or_else(|_| {
+                                        let msg = format!("line {number}: the session's task stopped");
+                                        Outcome::refused(id, nominal, Status::Error, ErrorKind::InvalidRequest, msg)
+                                    })
+                                })
+                            }
+                        };
+                        queue.push_back(task);
+                    }
+                },
+            }
+        }
+        drop(sessions);
+        for s in ended_sessions {
+            let _ = s.await;
+        }
+        Ok(())
+    })?;
+    flush_audit(&target);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line to a request (and the session it names), or the `error` outcome of a
+/// bad line: a bad line never ends the batch.
+fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Option<String>), Box<Outcome>> {
+    let bad = |id: Option<String>, msg: String| {
+        let msg = format!("line {number}: {msg}");
+        Box::new(Outcome::refused(id, target.nominal_tier(), Status::Error, ErrorKind::InvalidRequest, msg))
+    };
+    let parsed: BatchLine = std::str::from_utf8(line)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
+        .map_err(|e| bad(None, e))?;
+    let id = parsed.id.map(|v| match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    });
+    let mut overrides = target.overrides.clone();
+    if let Some(t) = parsed.timeout {
+        if !t.is_finite() || t <= 0.0 {
+            return Err(bad(id, format!("timeout {t} is not a positive number of seconds")));
+        }
+        overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
+    }
+    if let Some(name) = &parsed.session {
+        if name.is_empty() || name.len() > MAX_SESSION_NAME || name.chars().any(char::is_control) {
+            return Err(bad(id, format!("session names are 1 to {MAX_SESSION_NAME} bytes without control characters")));
+        }
+        if parsed.scratch == Some(true) {
+            return Err(bad(id, "a session's cells have no scratch directory".into()));
+        }
+    }
+    let req = ExecRequest {
+        id,
+        code: parsed.code,
+        overrides,
+        scratch: parsed.scratch.unwrap_or(false),
+        tier: if parsed.session.is_some() { crate::policy::TierChoice::Auto } else { target.choice },
+        caller: Some(local_caller()),
+    };
+    Ok((req, parsed.session))
+}
+
+async fn run_one(target: &Target, req: ExecRequest, number: usize) -> Outcome {
+    let (id, nominal) = (req.id.clone(), target.nominal_tier());
+    target.sandbox.execute(req).await.unwrap_or_else(|e| {
+        Outcome::refused(id, nominal, Status::Error, ErrorKind::InvalidRequest, format!("line {number}: {e}"))
+    })
+}
+
+/// Runs one session's cells in order: the session starts with its first cell (on
+/// the batch's `--tier`) and ends when its queue closes.
+async fn run_session(target: Arc<Target>, name: String, mut cells: mpsc::UnboundedReceiver<Cell>) {
+    let options = SessionOptions { tier: target.choice, caller: Some(local_caller()) };
+    let mut session = match target.sandbox.session(options).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Every cell of it gets the reason.
+            while let Some((req, done)) = cells.recv().await {
+                let msg = format!("session {name:?} could not start: {e}");
+                let _ = done.send(Outcome::refused(
+                    req.id,
+                    target.nominal_tier(),
+                    Status::Error,
+                    ErrorKind::InvalidRequest,
+                    msg,
+                ));
+            }
+            return;
+        }
+    };
+    while let Some((req, done)) = cells.recv().await {
+        let id = req.id.clone();
+        let o = match session.as_mut() {
+            Some(s) => s.execute(req).await,
+            None => Err(crate::error::SandboxError::SessionEnded("it was ended".into())),
+        };
+        let o = o.unwrap_or_else(|e| {
+            let msg = format!("session {name:?}: {e}");
+            Outcome::refused(id, target.nominal_tier(), Status::Error, ErrorKind::InvalidRequest, msg)
+        });
+        let _ = done.send(o);
+    }
+    if let Some(s) = session.take() {
+        s.end("the batch ended");
+    }
+}
