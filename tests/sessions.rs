@@ -214,3 +214,88 @@ fn batch_lines_with_a_session_name_share_its_state_in_order() {
     assert!(outcomes[6]["error"]["message"].as_str().is_some_and(|m| m.contains("session ended")), "{}", outcomes[6]);
     assert!(outcomes[7]["error"]["message"].as_str().is_some_and(|m| m.contains("session names")), "{}", outcomes[7]);
 }
+
+/// A pseudo-terminal pair: (controller, the terminal end a program gets).
+fn pty() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut controller, mut terminal) = (-1, -1);
+    #[allow(unsafe_code, reason = "openpty has no safe wrapper in std")]
+    // SAFETY: two valid out-pointers; null name, termios and window size are allowed.
+    let rc = unsafe {
+        libc::openpty(&mut controller, &mut terminal, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    #[allow(unsafe_code, reason = "adopting the descriptors openpty returned")]
+    // SAFETY: both descriptors are open and owned by nobody else.
+    unsafe {
+        (std::fs::File::from_raw_fd(controller), std::os::fd::OwnedFd::from_raw_fd(terminal))
+    }
+}
+
+#[test]
+fn the_repl_at_a_terminal_keeps_definitions_shows_errors_and_ends_on_ctrl_d() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let (mut controller, terminal) = pty();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .arg("repl")
+        .env("TERRARIUM_HOME", crate::common::test_home())
+        .stdin(terminal.try_clone().expect("dup"))
+        .stdout(terminal.try_clone().expect("dup"))
+        .stderr(terminal)
+        .spawn()
+        .expect("spawn terrarium repl");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut reader = controller.try_clone().expect("dup");
+    let seen = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.lock().expect("screen").push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // Waits until the screen shows `text` after what was consumed so far.
+    let mut from = 0;
+    let mut expect = |text: &str| {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = screen.lock().expect("screen").clone();
+            if let Some(i) = s[from..].find(text) {
+                from += i + text.len();
+                return;
+            }
+            assert!(std::time::Instant::now() < until, "waited for {text:?}; the screen shows:\n{s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    expect(">>> ");
+    controller.write_all(b"def double(x):\n").expect("type");
+    expect("... ");
+    controller.write_all(b"    return 2 * x\n").expect("type");
+    expect("... ");
+    controller.write_all(b"\n").expect("type");
+    expect(">>> ");
+    controller.write_all(b"double(21)\n").expect("type");
+    expect("42");
+    expect(">>> ");
+    controller.write_all(b"1/0\n").expect("type");
+    expect("ZeroDivisionError: division by zero");
+    expect(">>> ");
+    controller.write_all(b"print(double(2))\n").expect("type");
+    expect("4");
+    expect(">>> ");
+    // Ctrl-D at the prompt: the end of input.
+    controller.write_all(&[4]).expect("type");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "the repl did not end on Ctrl-D");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -20,6 +20,9 @@ pub enum Command {
     Run(RunArgs),
     /// Run JSON Lines requests from stdin, one outcome line per request, in order.
     Batch(BatchArgs),
+    /// Run cells one after another in one session, as at a Python prompt
+    /// (Ctrl-D ends it).
+    Repl(BatchArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),

@@ -11,6 +11,7 @@ mod bench;
 mod command;
 mod doctor;
 mod redteam;
+mod repl;
 mod serve;
 mod terminal;
 
@@ -109,6 +110,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_one(args),
         Command::Batch(args) => batch::run_batch(args),
+        Command::Repl(args) => repl::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Audit(args) => audit_command(args),
         Command::Breakers(args) => breakers_command(args),
