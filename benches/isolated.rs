@@ -7,6 +7,8 @@
 //!   = 16 / time).
 //! - `isolated/stream_200`: 200 requests, two in flight at a time, with refills on
 //!   the clock (sustained throughput; criterion prints elements/s).
+//! - `isolated/session/*`: one cell in a session kept open (cells/s = 1 / time),
+//!   beside `warm/*`, the same snippet as a single run.
 
 #![allow(missing_docs, reason = "criterion's macros generate undocumented items")]
 use std::time::{Duration, Instant};
@@ -73,6 +75,30 @@ fn bench(c: &mut Criterion) {
             total
         });
     });
+
+    // Cells of one session (its child kept), beside the single runs above. A
+    // session ends at its max_cells (1000 by default): a new one starts, untimed.
+    let mut session = rt.block_on(exec.open_session()).expect("session");
+    for (name, code) in
+        [("session/one_plus_one", "1+1"), ("session/loop_10k", "t = 0\nfor i in range(10000):\n    t += i\nt")]
+    {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if session.ended().is_some() {
+                        session = rt.block_on(exec.open_session()).expect("session");
+                    }
+                    let t = Instant::now();
+                    let o = rt.block_on(session.execute(ExecRequest::new(code))).expect("host fault");
+                    total += t.elapsed();
+                    assert_eq!(o.status, Status::Ok, "{o:?}");
+                }
+                total
+            });
+        });
+    }
+    drop(session);
 
     group.throughput(Throughput::Elements(200));
     group.bench_function("stream_200", |b| {
