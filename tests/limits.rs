@@ -142,3 +142,11 @@ fn a_result_longer_than_the_output_cap_is_output_limit() {
         assert!(o.result.is_none(), "{o:?}");
     }
 }
+
+#[test]
+fn an_exception_message_longer_than_the_output_cap_is_output_limit() {
+    // Its text reaches the caller and the audit log like printed output does.
+    let o = run("raise ValueError('v' * 3_000_000)");
+    assert_eq!(o.status, Status::OutputLimit, "{o:?}");
+    assert!(o.error.as_ref().is_some_and(|e| e.message.len() < 1000), "{o:?}");
+}

@@ -996,10 +996,82 @@ fn real_responses_conform_to_the_openapi_documents_schemas() {
     check("get", "/v1/approvals/{id}", &format!("/v1/approvals/{id}"), Some(APPROVE), None);
     check("get", "/v1/breakers", "/v1/breakers", Some(ADMIN), None);
     check("get", "/v1/health", "/v1/health", None, None);
+    let session = check("post", "/v1/sessions", "/v1/sessions", Some(SUBMIT), Some(r#"{"tier": "rustpython"}"#));
+    let sid = session["id"].as_str().expect("id");
+    for code in ["x = 1", "x + 1", "1/0"] {
+        let body = serde_json::json!({ "code": code }).to_string();
+        check("post", "/v1/sessions/{id}/cells", &format!("/v1/sessions/{sid}/cells"), Some(SUBMIT), Some(&body));
+    }
+    check("get", "/v1/sessions/{id}", &format!("/v1/sessions/{sid}"), Some(SUBMIT), None);
+    check("delete", "/v1/sessions/{id}", &format!("/v1/sessions/{sid}"), Some(SUBMIT), None);
     let refused = s.call("GET", "/v1/breakers", None, None);
     assert_eq!(refused.status, 401);
     let error = serde_json::json!({ "$ref": "#/components/schemas/Error" });
     if let Err(e) = conforms(&doc, &error, &refused.json(), "401") {
         panic!("{e}");
     }
+}
+
+/// Sessions over HTTP: cells share state; a session is its token's alone; ended
+/// sessions answer 410; idle ones are swept; stopping the server ends the rest,
+/// and every end is audited.
+#[test]
+fn sessions_belong_to_their_token_keep_state_and_end_audited() {
+    let policy = format!("{}\nsessions:\n  idle_timeout: 1\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let mut s = Server::start(Some(&policy), &[]);
+    let started = s.call("POST", "/v1/sessions", Some(SUBMIT), None);
+    assert_eq!(started.status, 200, "{}", started.body);
+    let id = started.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(started.json()["tier"], "rustpython");
+    let cells = format!("/v1/sessions/{id}/cells");
+    let r = s.call("POST", &cells, Some(SUBMIT), Some(r#"{"code": "def double(x):\n    return 2 * x"}"#));
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")), "{}", r.body);
+    let r = s.call("POST", &cells, Some(SUBMIT), Some(r#"{"code": "double(21)", "id": "c2"}"#));
+    assert_eq!((r.json()["result"].as_i64(), r.json()["session"]["cell"].as_i64()), (Some(42), Some(2)), "{}", r.body);
+    // Another token (even an admin's) does not see it: 404, as for no session at all.
+    for (method, path, body) in [
+        ("POST", cells.as_str(), Some(r#"{"code": "1"}"#)),
+        ("GET", &format!("/v1/sessions/{id}"), None),
+        ("DELETE", &format!("/v1/sessions/{id}"), None),
+    ] {
+        let r = s.call(method, path, Some(ADMIN), body);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+    }
+    let shown = s.call("GET", &format!("/v1/sessions/{id}"), Some(SUBMIT), None);
+    assert_eq!((shown.status, shown.json()["cells"].as_i64()), (200, Some(2)), "{}", shown.body);
+    // A cell at a limit ends it; the next cell is 410 with the reason.
+    let r = s.call("POST", &cells, Some(SUBMIT), Some(r#"{"code": "while True:\n    pass", "timeout": 0.5}"#));
+    assert_eq!(r.json()["status"], "timeout", "{}", r.body);
+    let r = s.call("POST", &cells, Some(SUBMIT), Some(r#"{"code": "double(1)"}"#));
+    assert_eq!(r.status, 410, "{}", r.body);
+    assert!(r.json()["error"].as_str().is_some_and(|e| e.starts_with("session ended:")), "{}", r.body);
+    // Ended by its owner.
+    let other = s.call("POST", "/v1/sessions", Some(SUBMIT), Some("{}")).json()["id"].as_str().expect("id").to_string();
+    let ended = s.call("DELETE", &format!("/v1/sessions/{other}"), Some(SUBMIT), None);
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(s.call("GET", &format!("/v1/sessions/{other}"), Some(SUBMIT), None).status, 404);
+    // Left idle: swept within a second of its idle timeout.
+    let idle = s.call("POST", "/v1/sessions", Some(SUBMIT), None).json()["id"].as_str().expect("id").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(s.call("GET", &format!("/v1/sessions/{idle}"), Some(SUBMIT), None).status, 404);
+    // Open when the server stops: ended with that reason.
+    let last = s.call("POST", "/v1/sessions", Some(SUBMIT), None).json()["id"].as_str().expect("id").to_string();
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}: {}", s.log());
+    let tail = s.cli(&["audit", "export"]).stdout;
+    let ends: Vec<serde_json::Value> = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["kind"] == "session_end")
+        .collect();
+    let reason = |sid: &str| {
+        ends.iter()
+            .find(|e| e["request_id"] == format!("session:{sid}"))
+            .map(|e| e["data"]["reason"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("no session_end for {sid}: {tail}"))
+    };
+    assert!(reason(&id).contains("timeout"), "{}", reason(&id));
+    assert!(reason(&other).contains("ended by ci"), "{}", reason(&other));
+    assert!(reason(&idle).contains("idle"), "{}", reason(&idle));
+    assert_eq!(reason(&last), "the server stopped");
 }

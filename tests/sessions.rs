@@ -299,3 +299,77 @@ fn the_repl_at_a_terminal_keeps_definitions_shows_errors_and_ends_on_ctrl_d() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sessions_past_the_policys_max_open_are_refused_as_busy() {
+    let s = sandbox_with(session_policy("  max_open: 2"), None);
+    let a = open(&s);
+    let _b = open(&s);
+    match runtime().block_on(s.session(SessionOptions::default())) {
+        Err(SandboxError::Busy(why)) => assert!(why.contains("sessions.max_open"), "{why}"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a third session opened"),
+    }
+    // Ending one frees its slot.
+    a.end("done");
+    let _c = open(&s);
+}
+
+#[test]
+fn cells_refused_after_the_end_and_failed_starts_are_in_the_audit_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let s = sandbox_with(session_policy("  max_cells: 1\n  max_open: 1"), Some(&path));
+    let mut session = open(&s);
+    let id = session.id().to_string();
+    cell(&mut session, "1");
+    refused(&mut session, "2");
+    // A second session is refused while the first is open: recorded too.
+    assert!(runtime().block_on(s.session(SessionOptions::default())).is_err());
+    drop(session);
+    s.flush_audit(Duration::from_secs(5)).expect("flush");
+    let rows = terrarium::audit::tail(&path, usize::MAX).expect("tail");
+    let of_session: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.request_id.as_deref() == Some(&format!("session:{id}")))
+        .map(|r| r.kind.as_str())
+        .collect();
+    assert_eq!(of_session, ["session_start", "request", "route", "outcome", "session_end", "request", "outcome"]);
+    let refused_cell = rows.iter().rfind(|r| r.kind == "outcome").expect("the refused cell's outcome");
+    assert!(
+        refused_cell.data["host_error"].as_str().is_some_and(|e| e.starts_with("session ended:")),
+        "{:?}",
+        refused_cell.data
+    );
+    let failed = rows.iter().filter(|r| r.kind == "session_start" && r.data.get("refused").is_some()).count();
+    assert_eq!(failed, 1, "{rows:#?}");
+}
+
+#[test]
+fn a_cell_killed_at_the_sessions_lifetime_says_so_and_is_charged_its_own_cpu() {
+    let s = sandbox_with(session_policy("  max_lifetime: 2"), None);
+    let mut session = open(&s);
+    // CPU used by an earlier cell is not charged to the one killed later.
+    cell(&mut session, "t = 0\nfor i in range(3000000):\n    t += i");
+    let o = cell(&mut session, "while True:\n    pass");
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+    let message = o.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains("sessions.max_lifetime"), "{message}");
+    let (cpu, wall) = (o.usage.cpu_ms.expect("cpu"), o.usage.wall_ms);
+    assert!(cpu <= wall + 50, "cpu {cpu} ms against wall {wall} ms: {o:?}");
+}
+
+#[test]
+fn an_overlong_batch_line_is_refused_unread_and_the_batch_goes_on() {
+    let policy = format!("{}terrarium:\n  max_code_size: 1k\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let (_d, path) = crate::common::temp_file("p.yaml", policy.as_bytes());
+    let long = format!("{{\"id\": \"long\", \"code\": \"{}\"}}", "x".repeat(200_000));
+    let input = format!("{long}\n{{\"id\": \"next\", \"code\": \"1+1\"}}\n");
+    let out = crate::common::terrarium(&["batch", "--policy", path.to_str().expect("utf-8")], input.as_bytes());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = out.stdout.lines().map(|l| serde_json::from_str(l).expect("line")).collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(lines[0]["status"], "error");
+    assert!(lines[0]["error"]["message"].as_str().is_some_and(|m| m.contains("refused unread")), "{}", lines[0]);
+    assert_eq!(lines[1]["result"], 2);
+}

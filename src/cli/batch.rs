@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CliError, EXIT_HOST, Target, flush_audit, json_line, local_caller, local_runtime, target};
+use crate::error::SandboxError;
 use crate::executor::{ErrorKind, ExecRequest, Outcome, Status};
 use crate::sandbox::SessionOptions;
 
@@ -31,6 +32,48 @@ struct BatchLine {
     session: Option<String>,
 }
 
+/// One line of input.
+enum Line {
+    /// Its bytes, without the newline.
+    Text(Vec<u8>),
+    /// Over the length cap: skipped to its newline, never held.
+    TooLong,
+    /// The end of input.
+    End,
+}
+
+/// The next line of `input`, at most `max` bytes held; `Ok(None)` at the end.
+fn read_line(input: &mut impl BufRead, max: usize) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(match (too_long, line.is_empty()) {
+                (true, _) => Some(Line::TooLong),
+                (false, true) => None,
+                (false, false) => Some(Line::Text(line)),
+            });
+        }
+        let (chunk, newline) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], Some(i)),
+            None => (buf, None),
+        };
+        if !too_long && line.len().saturating_add(chunk.len()) > max {
+            too_long = true;
+            line = Vec::new();
+        }
+        if !too_long {
+            line.extend_from_slice(chunk);
+        }
+        let used = newline.map_or(buf.len(), |i| i + 1);
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(Some(if too_long { Line::TooLong } else { Line::Text(line) }));
+        }
+    }
+}
+
 /// A cell for a session's queue, and where its outcome goes.
 type Cell = (ExecRequest, oneshot::Sender<Outcome>);
 
@@ -43,10 +86,20 @@ pub(super) fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
         |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot write stdout: {e}") };
     // Lines are read on their own thread, so outcomes are written as soon as they
     // end even while the caller has not sent the next line.
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(in_flight * 2);
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Line>>(in_flight * 2);
+    // A line may hold the largest code the policy allows, JSON-escaped (two bytes
+    // for a newline or a quote), and the fields around it; longer ones are refused
+    // without being held.
+    let max_line = usize::try_from(target.sandbox.policy().max_code_size())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .saturating_add(64 << 10);
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().split(b'\n') {
-            if tx.blocking_send(line).is_err() {
+        let mut input = std::io::stdin().lock();
+        loop {
+            let line = read_line(&mut input, max_line);
+            let end = matches!(line, Ok(None) | Err(_));
+            if tx.blocking_send(line.transpose().unwrap_or(Ok(Line::End))).is_err() || end {
                 break;
             }
         }
@@ -73,13 +126,19 @@ pub(super) fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
                     out.flush().map_err(write_err)?;
                 }
                 line = rx.recv(), if input_open && queue.len() < in_flight => match line {
-                    None => {
+                    None | Some(Ok(Line::End)) => {
                         input_open = false;
                         // No more cells: each session ends once its queue is done.
                         sessions.clear();
                     }
                     Some(Err(e)) => return Err(CliError::usage(anyhow::anyhow!("cannot read stdin: {e}"))),
-                    Some(Ok(line)) => {
+                    Some(Ok(Line::TooLong)) => {
+                        number += 1;
+                        let msg = format!("line {number}: longer than {max_line} bytes; refused unread");
+                        let bad = Outcome::refused(None, target.nominal_tier(), Status::Error, ErrorKind::InvalidRequest, msg);
+                        queue.push_back(tokio::spawn(async move { bad }));
+                    }
+                    Some(Ok(Line::Text(line))) => {
                         number += 1;
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
@@ -178,16 +237,13 @@ async fn run_session(target: Arc<Target>, name: String, mut cells: mpsc::Unbound
     let mut session = match target.sandbox.session(options).await {
         Ok(s) => Some(s),
         Err(e) => {
-            // Every cell of it gets the reason.
+            // Every cell of it gets the reason, and is recorded refused.
+            let why = format!("session {name:?} could not start: {}", crate::error::redact_paths(&e.to_string()));
             while let Some((req, done)) = cells.recv().await {
-                let msg = format!("session {name:?} could not start: {e}");
-                let _ = done.send(Outcome::refused(
-                    req.id,
-                    target.nominal_tier(),
-                    Status::Error,
-                    ErrorKind::InvalidRequest,
-                    msg,
-                ));
+                let id = req.id.clone();
+                let refusal = target.sandbox.record_refused(req, SandboxError::InvalidRequest(why.clone())).await;
+                let (tier, msg) = (target.nominal_tier(), refusal.to_string());
+                let _ = done.send(Outcome::refused(id, tier, Status::Error, ErrorKind::InvalidRequest, msg));
             }
             return;
         }
@@ -196,7 +252,7 @@ async fn run_session(target: Arc<Target>, name: String, mut cells: mpsc::Unbound
         let id = req.id.clone();
         let o = match session.as_mut() {
             Some(s) => s.execute(req).await,
-            None => Err(crate::error::SandboxError::SessionEnded("it was ended".into())),
+            None => Err(SandboxError::SessionEnded("it was ended".into())),
         };
         let o = o.unwrap_or_else(|e| {
             let msg = format!("session {name:?}: {e}");

@@ -21,7 +21,10 @@ mod sessions;
 
 pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
 pub use overrides::Overrides;
-pub use sessions::{DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, MAX_SESSION_SECS, SessionPolicy};
+pub use sessions::{
+    DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, DEFAULT_MAX_OPEN, MAX_OPEN, MAX_SESSION_SECS,
+    SessionPolicy,
+};
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -39,6 +39,8 @@ pub struct RawSessions {
     pub max_lifetime: Option<Seconds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open: Option<u64>,
 }
 
 /// `approvals`: which operations wait for a human, and for how long.

@@ -12,6 +12,10 @@ use super::raw::{RawSessions, Seconds};
 
 /// Cells one session may run when the policy does not say.
 pub const DEFAULT_MAX_CELLS: u64 = 1_000;
+/// Sessions one sandbox keeps open at once when the policy does not say.
+pub const DEFAULT_MAX_OPEN: u64 = 16;
+/// The most sessions a policy may let one sandbox keep open.
+pub const MAX_OPEN: u64 = 4_096;
 /// How long a session may sit between cells when the policy does not say.
 pub const DEFAULT_IDLE_SECS: f64 = 600.0;
 /// How long a session may live when the policy does not say.
@@ -32,6 +36,9 @@ pub struct SessionPolicy {
     /// Memory of the whole session, bytes (`sessions.max_memory`; default:
     /// `security.sandbox.max_memory`): the state its cells build counts against it.
     pub max_memory: u64,
+    /// Sessions one sandbox keeps open at once (`sessions.max_open`): each holds a
+    /// process and its memory until it ends, so more are refused as busy.
+    pub max_open: u64,
 }
 
 impl SessionPolicy {
@@ -42,6 +49,7 @@ impl SessionPolicy {
             idle_timeout: Duration::from_secs_f64(DEFAULT_IDLE_SECS),
             max_lifetime: Duration::from_secs_f64(DEFAULT_LIFETIME_SECS),
             max_memory,
+            max_open: DEFAULT_MAX_OPEN,
         }
     }
 
@@ -51,6 +59,7 @@ impl SessionPolicy {
             idle_timeout: Some(Seconds(self.idle_timeout.as_secs_f64())),
             max_lifetime: Some(Seconds(self.max_lifetime.as_secs_f64())),
             max_memory: Some(super::raw::Size(self.max_memory)),
+            max_open: Some(self.max_open),
         }
     }
 }
@@ -73,6 +82,12 @@ pub(super) fn session_policy(
         Some(Seconds(s)) if s > 0.0 && s <= MAX_SESSION_SECS => Ok(Duration::from_secs_f64(s)),
         Some(Seconds(s)) => Err(invalid(key, format!("{s} seconds: expected 0 < seconds ≤ {MAX_SESSION_SECS}"))),
     };
+    if let Some(n) = raw.max_open {
+        if !(1..=MAX_OPEN).contains(&n) {
+            return Err(invalid("sessions.max_open", format!("{n}: expected 1 to {MAX_OPEN}")));
+        }
+        p.max_open = n;
+    }
     p.idle_timeout = seconds("sessions.idle_timeout", raw.idle_timeout, p.idle_timeout)?;
     p.max_lifetime = seconds("sessions.max_lifetime", raw.max_lifetime, p.max_lifetime)?;
     if let Some(m) = raw.max_memory {

@@ -96,6 +96,7 @@ impl SandboxBuilder {
     pub fn build(self) -> Result<Sandbox, SandboxError> {
         let policy = self.policy.unwrap_or_else(Policy::default_policy);
         let breakers = Breakers::from_policy(&policy);
+        let policy_sessions_max_open = policy.sessions().max_open;
         let audit = match &self.audit {
             Some(path) => {
                 let database = breakers.get("database").cloned().ok_or(crate::audit::AuditError::Stopped)?;
@@ -168,6 +169,9 @@ impl SandboxBuilder {
             audit,
             gate,
             running: self.max_running.map(|n| (Arc::new(tokio::sync::Semaphore::new(n.get())), n.get())),
+            sessions: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(policy_sessions_max_open).unwrap_or(usize::MAX),
+            )),
         })
     }
 }

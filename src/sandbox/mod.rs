@@ -63,6 +63,8 @@ pub struct Sandbox {
     gate: Option<Gate>,
     /// Slots for runs in a tier (with their number), when limited.
     running: Option<(Arc<tokio::sync::Semaphore>, usize)>,
+    /// Slots for open sessions (`sessions.max_open`).
+    sessions: Arc<tokio::sync::Semaphore>,
     /// Each tier's settings and executor.
     tiers: Tiers,
 }

@@ -51,6 +51,8 @@ pub struct Session {
     inner: Box<dyn TierSession>,
     /// The end is recorded once.
     recorded_end: bool,
+    /// This session's slot among the sandbox's open sessions.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Sandbox {
@@ -62,36 +64,76 @@ impl Sandbox {
     /// that keeps no sessions; [`SandboxError::BreakerOpen`] when the tier's
     /// breaker is open; the tier's host fault.
     pub async fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session, SandboxError> {
-        let candidates = router::candidates(&self.policy, options.tier);
-        let Some(&tier) = candidates.first() else {
-            let why = match options.tier {
-                TierChoice::Fixed(t) => router::refusal(&self.policy, t),
-                TierChoice::Auto => None,
-            };
-            return Err(SandboxError::InvalidRequest(why.unwrap_or_else(|| "no tier is allowed by the policy".into())));
+        let tier = match router::candidates(&self.policy, options.tier).first() {
+            Some(&tier) => tier,
+            None => {
+                let why = match options.tier {
+                    TierChoice::Fixed(t) => router::refusal(&self.policy, t),
+                    TierChoice::Auto => None,
+                };
+                return Err(SandboxError::InvalidRequest(
+                    why.unwrap_or_else(|| "no tier is allowed by the policy".into()),
+                ));
+            }
         };
-        let permit = self.breakers.tier(tier).allow()?;
-        let opened = match self.tiers.executor(tier) {
-            Ok(exec) => exec.open_session().await,
-            Err(e) => Err(e),
-        };
-        match &opened {
-            Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
-            _ => permit.succeeded(),
-        }
-        let inner = opened?;
         let id = new_id(tier)?;
         let caller = options.caller.unwrap_or_else(|| "local".into());
-        let session = Session { id, tier, caller, sandbox: self.clone(), inner, recorded_end: false };
         let limits = self.policy.sessions();
-        session.record(
-            EventKind::SessionStart,
-            serde_json::json!({
-                "tier": tier, "max_cells": limits.max_cells, "idle_timeout": limits.idle_timeout.as_secs_f64(),
-                "max_lifetime": limits.max_lifetime.as_secs_f64(), "max_memory": limits.max_memory,
-            }),
-        )?;
-        Ok(session)
+        // Recorded, started or not (with the reason it did not).
+        let record_start = |refused: Option<&SandboxError>| {
+            let Some(log) = &self.audit else { return Ok(()) };
+            let mut data = serde_json::json!({
+                "session": id, "caller": caller, "tier": tier, "max_cells": limits.max_cells,
+                "idle_timeout": limits.idle_timeout.as_secs_f64(), "max_lifetime": limits.max_lifetime.as_secs_f64(),
+                "max_memory": limits.max_memory,
+            });
+            if let (Some(e), Some(map)) = (refused, data.as_object_mut()) {
+                map.insert("refused".into(), crate::error::redact_paths(&e.to_string()).into());
+            }
+            let event =
+                Event { kind: EventKind::SessionStart, request_id: Some(format!("session:{id}")), data, code: None };
+            log.record(event).map_err(SandboxError::from)
+        };
+        let opened = async {
+            let slot = self.sessions.clone().try_acquire_owned().map_err(|_| {
+                SandboxError::Busy(format!(
+                    "{} sessions are open, the most the policy allows (sessions.max_open); end one or retry",
+                    limits.max_open
+                ))
+            })?;
+            let permit = self.breakers.tier(tier).allow()?;
+            let opened = match self.tiers.executor(tier) {
+                Ok(exec) => exec.open_session().await,
+                Err(e) => Err(e),
+            };
+            match &opened {
+                Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
+                _ => permit.succeeded(),
+            }
+            opened.map(|inner| (inner, slot))
+        }
+        .await;
+        let (inner, slot) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                record_start(Some(&e))?;
+                return Err(e);
+            }
+        };
+        record_start(None)?;
+        Ok(Session { id, tier, caller, sandbox: self.clone(), inner, recorded_end: false, _slot: slot })
+    }
+}
+
+impl Sandbox {
+    /// Records `req` as a request refused with `why` (a cell of a session that
+    /// could not start), as [`Sandbox::execute`] records any request, and returns
+    /// the refusal (or the audit log's failure).
+    pub(crate) async fn record_refused(&self, req: ExecRequest, why: SandboxError) -> SandboxError {
+        match self.audited(req, None, |_, _| Box::pin(async move { Err(why) })).await {
+            Err(e) => e,
+            Ok(_) => SandboxError::InvalidRequest("refused".into()),
+        }
     }
 }
 
@@ -130,15 +172,20 @@ impl Session {
                 "a session's cells run on the session's tier, without a scratch directory".into(),
             ));
         }
-        if let Some(why) = self.inner.ended() {
-            self.record_end(&why);
-            return Err(SandboxError::SessionEnded(why));
-        }
         req.caller = Some(self.caller.clone());
         let sandbox = self.sandbox.clone();
+        let shared: &Sandbox = &sandbox;
         let (tier, inner) = (self.tier, &mut self.inner);
-        let r = sandbox
-            .audited(req, Some(&self.id), |req, _policy| Box::pin(cell(&sandbox, tier, inner.as_mut(), req)))
+        // A cell of an ended session is recorded too, refused with the reason.
+        let r = shared
+            .audited(req, Some(&self.id), |req, _policy| {
+                Box::pin(async move {
+                    match inner.ended() {
+                        Some(why) => Err(SandboxError::SessionEnded(why)),
+                        None => cell(shared, tier, inner.as_mut(), req).await,
+                    }
+                })
+            })
             .await;
         if let Some(why) = self.inner.ended() {
             self.record_end(&why);

@@ -89,6 +89,9 @@ impl ExecuteBody {
 pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
     match e {
         SandboxError::Busy(why) => busy(state, why),
+        SandboxError::SessionEnded(why) => {
+            problem(StatusCode::GONE, &format!("session ended: {}", crate::error::redact_paths(why)))
+        }
         SandboxError::InvalidRequest(_) | SandboxError::Policy(_) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
         SandboxError::BreakerOpen(open) => {
             let mut r =

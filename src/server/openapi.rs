@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Server};
 
-use super::{handlers, review};
+use super::{handlers, review, sessions};
 
 /// Every error answer's body: `{"error": message}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -120,12 +120,16 @@ pub(super) fn tier_choice_schema() -> utoipa::openapi::schema::Object {
         description = "Runs untrusted Python snippets under a policy, in the lightest isolation tier that can \
                        serve them; validates and runs system commands in a hardened container; holds critical \
                        operations for a human's approval. Roles (listed in each operation's bearer requirement): \
-                       submit (execute, commands), approve (approvals), admin (everything, breakers, metrics). \
+                       submit (execute, commands, sessions), approve (approvals), admin (everything, breakers, metrics). \
                        Every refused caller (401/403) is an audit event."
     ),
     paths(
         handlers::execute,
         handlers::command,
+        sessions::start,
+        sessions::cell,
+        sessions::show,
+        sessions::end,
         handlers::list_approvals,
         handlers::show_approval,
         handlers::decide_approval,
@@ -249,6 +253,10 @@ mod tests {
         let served = [
             ("/v1/execute", "post"),
             ("/v1/commands", "post"),
+            ("/v1/sessions", "post"),
+            ("/v1/sessions/{id}", "get"),
+            ("/v1/sessions/{id}", "delete"),
+            ("/v1/sessions/{id}/cells", "post"),
             ("/v1/approvals", "get"),
             ("/v1/approvals/{id}", "get"),
             ("/v1/approvals/{id}/{decision}", "post"),
@@ -265,7 +273,8 @@ mod tests {
         for (path, method) in served {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), served.len(), "documented but not served: {:?}", paths.keys());
+        let operations: usize = paths.values().map(|p| p.as_object().map_or(0, serde_json::Map::len)).sum();
+        assert_eq!(operations, served.len(), "documented but not served: {:?}", paths.keys());
         let mut all = Vec::new();
         refs(&doc, &mut all);
         assert!(all.len() > 20, "{all:?}");

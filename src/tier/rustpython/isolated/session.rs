@@ -136,9 +136,14 @@ impl IsolatedSession {
                 self.end(&e.to_string());
                 return Err(e);
             }
-            Ok(Turn::Ended(o)) => {
-                let why = if o.status == Status::Timeout && deadline == self.expires {
-                    lifetime_reason(&self.limits)
+            Ok(Turn::Ended(mut o)) => {
+                let why = if o.status == Status::Timeout && deadline == self.expires && deadline < started + timeout {
+                    // Killed at the session's end, before the cell's own deadline.
+                    let why = lifetime_reason(&self.limits);
+                    if let Some(e) = o.error.as_mut() {
+                        e.message = format!("the session {why} while this cell ran; it was killed");
+                    }
+                    why
                 } else {
                     let message = o.error.as_ref().map(|e| e.message.as_str()).unwrap_or_default();
                     format!("cell {} ended with {}: {message}", self.cells, o.status.as_str())
@@ -149,11 +154,12 @@ impl IsolatedSession {
                 let why = if o.status == Status::OutputLimit {
                     Some(format!("cell {} went past the output cap", self.cells))
                 } else if o.error.as_ref().is_some_and(|e| e.kind == "MemoryError") {
-                    // The interpreter refused an allocation at the session's cap:
-                    // what the cells built fills it, so the session ends (on the
-                    // guest's word, which can only end its own session).
+                    // Most likely an allocation refused at the session's cap, with
+                    // what the cells built still in place: the session ends. The
+                    // exception's type is the guest's word, which can only end its
+                    // own session; the reason says what was seen, not a cause.
                     Some(format!(
-                        "cell {} ran out of memory at the session's limit of {} bytes (sessions.max_memory)",
+                        "cell {} ended with MemoryError (the session's memory limit is {} bytes, sessions.max_memory)",
                         self.cells, self.limits.max_memory
                     ))
                 } else if !go_on {

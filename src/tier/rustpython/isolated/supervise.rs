@@ -164,7 +164,13 @@ impl Live {
             read => {
                 self.child.kill();
                 let e = match tokio::time::timeout(EXIT_WAIT, &mut self.exit).await {
-                    Ok(Ok(e)) => e,
+                    // Charged what it used since its last answer (or since it was
+                    // ready), as an answered turn is.
+                    Ok(Ok(mut e)) => {
+                        let before = self.accounting.as_ref().map_or(0, |a| a.cpu_ns_at_ready / 1000);
+                        e.cpu_us = e.cpu_us.saturating_sub(before);
+                        e
+                    }
                     // The reader drops every pending report when the zygote goes away.
                     Ok(Err(_)) => return Err(Supervise::ZygoteGone),
                     Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
@@ -229,9 +235,15 @@ pub(super) async fn supervise(
 pub(super) fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
     let GuestAnswer { mut stdout, mut stderr, result, end, output_over, can_continue: _ } = answer;
     let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
-    // The value counts against the cap as well (the CPython tiers carry it on stderr).
+    // The value counts against the cap as well (the CPython tiers carry it on stderr),
+    // and so does an exception's text, which the caller and the audit log keep.
     let value_len = result.as_ref().map_or(0, |r| serde_json::to_string(r).map_or(0, |t| t.len()));
-    let over = output_over || stdout.len().saturating_add(stderr.len()) > cap || value_len > cap;
+    let raised_len = match &end {
+        GuestEnd::Raised { kind, message } => kind.len().saturating_add(message.len()),
+        _ => 0,
+    };
+    let over =
+        output_over || stdout.len().saturating_add(stderr.len()).saturating_add(raised_len) > cap || value_len > cap;
     if over {
         truncate(&mut stdout, cap);
         truncate(&mut stderr, cap.saturating_sub(stdout.len()));
