@@ -51,6 +51,10 @@ pub enum SandboxError {
     /// called until its recovery timeout has passed.
     #[error(transparent)]
     BreakerOpen(#[from] crate::breaker::Open),
+    /// A critical operation (a session on the docker tier when the policy lists
+    /// `docker_tier`) was not approved by a human in time, or was denied (why).
+    #[error("not approved: {0}")]
+    NotApproved(String),
     /// The session this cell was for has ended (why): its state is gone; start a
     /// new one.
     #[error("session ended: {0}")]

@@ -1075,3 +1075,32 @@ fn sessions_belong_to_their_token_keep_state_and_end_audited() {
     assert!(reason(&idle).contains("idle"), "{}", reason(&idle));
     assert_eq!(reason(&last), "the server stopped");
 }
+
+/// A client that hangs up while its cell runs does not leave the session stuck:
+/// the cell runs to its deadline, ends the session, and the next cell is 410.
+#[test]
+fn a_session_cell_whose_client_hangs_up_still_ends_at_its_deadline() {
+    use std::io::Write as _;
+    let policy = terrarium::policy::DEFAULT_POLICY_YAML.replacen("timeout: 10", "timeout: 2", 1);
+    let s = Server::start(Some(&policy), &[]);
+    let id = s.call("POST", "/v1/sessions", Some(SUBMIT), None).json()["id"].as_str().expect("id").to_string();
+    let body = r#"{"code": "import time\ntime.sleep(1000)"}"#;
+    let mut conn = std::net::TcpStream::connect(s.addr).expect("connect");
+    write!(
+        conn,
+        "POST /v1/sessions/{id}/cells HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {SUBMIT}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    )
+    .expect("send");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(conn);
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    let r = s.call("POST", &format!("/v1/sessions/{id}/cells"), Some(SUBMIT), Some(r#"{"code": "1"}"#));
+    assert!(r.status == 410 || r.status == 404, "{} {}", r.status, r.body);
+    let log = s.cli(&["audit", "export"]).stdout;
+    assert!(
+        log.lines().any(|l| l.contains("\"kind\":\"outcome\"") && l.contains("\"timeout\"") && l.contains(&id)),
+        "the abandoned cell's outcome was not recorded: {log}"
+    );
+}

@@ -319,13 +319,14 @@ fn sessions_past_the_policys_max_open_are_refused_as_busy() {
 fn cells_refused_after_the_end_and_failed_starts_are_in_the_audit_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
-    let s = sandbox_with(session_policy("  max_cells: 1\n  max_open: 1"), Some(&path));
+    let s = sandbox_with(session_policy("  max_cells: 2\n  max_open: 1"), Some(&path));
     let mut session = open(&s);
     let id = session.id().to_string();
     cell(&mut session, "1");
-    refused(&mut session, "2");
     // A second session is refused while the first is open: recorded too.
     assert!(runtime().block_on(s.session(SessionOptions::default())).is_err());
+    cell(&mut session, "2");
+    refused(&mut session, "3");
     drop(session);
     s.flush_audit(Duration::from_secs(5)).expect("flush");
     let rows = terrarium::audit::tail(&path, usize::MAX).expect("tail");
@@ -334,7 +335,21 @@ fn cells_refused_after_the_end_and_failed_starts_are_in_the_audit_log() {
         .filter(|r| r.request_id.as_deref() == Some(&format!("session:{id}")))
         .map(|r| r.kind.as_str())
         .collect();
-    assert_eq!(of_session, ["session_start", "request", "route", "outcome", "session_end", "request", "outcome"]);
+    assert_eq!(
+        of_session,
+        [
+            "session_start",
+            "request",
+            "route",
+            "outcome",
+            "request",
+            "route",
+            "outcome",
+            "session_end",
+            "request",
+            "outcome"
+        ]
+    );
     let refused_cell = rows.iter().rfind(|r| r.kind == "outcome").expect("the refused cell's outcome");
     assert!(
         refused_cell.data["host_error"].as_str().is_some_and(|e| e.starts_with("session ended:")),
@@ -372,4 +387,167 @@ fn an_overlong_batch_line_is_refused_unread_and_the_batch_goes_on() {
     assert_eq!(lines[0]["status"], "error");
     assert!(lines[0]["error"]["message"].as_str().is_some_and(|m| m.contains("refused unread")), "{}", lines[0]);
     assert_eq!(lines[1]["result"], 2);
+}
+
+/// A docker-tier session under the local test image's policy plus `sessions`
+/// (`None` when the docker tier is skipped).
+fn docker_session(sessions: &str) -> Option<(terrarium::DockerExecutor, Box<dyn terrarium::TierSession>)> {
+    let yaml = format!(
+        "{}\nsessions:\n{sessions}\n",
+        crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE)
+    );
+    let exec = crate::common::docker_executor(Policy::from_yaml(&yaml, "docker-sessions.yaml").expect("policy"), 0)?;
+    use terrarium::Executor as _;
+    let session = runtime().block_on(exec.open_session()).expect("docker session");
+    Some((exec, session))
+}
+
+fn tier_cell(session: &mut Box<dyn terrarium::TierSession>, code: &str) -> Outcome {
+    runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell")
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn docker_sessions_keep_state_in_one_container_and_end_at_a_limit() {
+    let Some((exec, mut session)) = docker_session("  max_cells: 100") else { return };
+    let (label, value) = exec.label();
+    let (label, value) = (label.to_string(), value.to_string());
+    assert_eq!(crate::common::containers_labelled(&label, &value).len(), 1, "one container for the session");
+    assert_eq!(tier_cell(&mut session, "import json\ndef double(x):\n    return 2 * x").status, Status::Ok);
+    let o = tier_cell(&mut session, "print('out')\njson.dumps([double(21)])");
+    assert_eq!((o.stdout.as_str(), o.result.clone()), ("out\n", Some(serde_json::json!("[42]"))), "{o:?}");
+    assert_eq!(o.session.as_ref().map(|c| c.cell), Some(2));
+    // A refused import is a denied cell; the session goes on.
+    assert_eq!(tier_cell(&mut session, "import socket").status, Status::Denied);
+    assert_eq!(tier_cell(&mut session, "double(2)").result, Some(serde_json::json!(4)));
+    // Another session of the same executor starts clean.
+    use terrarium::Executor as _;
+    let mut other = runtime().block_on(exec.open_session()).expect("second session");
+    assert_eq!(tier_cell(&mut other, "'double' in globals()").result, Some(serde_json::json!(false)));
+    drop(other);
+    // A cell over its deadline ends the session and its container is gone at once.
+    let req = ExecRequest::new("while True:\n    pass")
+        .with_overrides(terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() });
+    let o = runtime().block_on(session.execute(req)).expect("cell");
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+    assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("timeout")));
+    let left = crate::common::containers_labelled(&label, &value);
+    assert!(left.len() <= 1, "the ended session's container was not removed: {left:?}");
+    match runtime().block_on(session.execute(ExecRequest::new("1"))) {
+        Err(SandboxError::SessionEnded(why)) => assert!(why.contains("timeout"), "{why}"),
+        other => panic!("expected session ended, got {other:?}"),
+    }
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn docker_sessions_end_at_their_memory_and_when_idle() {
+    let Some((exec, mut session)) = docker_session("  max_memory: 64m\n  idle_timeout: 2") else { return };
+    let (label, value) = exec.label();
+    let (label, value) = (label.to_string(), value.to_string());
+    tier_cell(&mut session, "keep = []");
+    let o = tier_cell(&mut session, "for _ in range(40):\n    keep.append(bytearray(8 << 20))");
+    let clean_error = o.status == Status::Exception && o.error.as_ref().is_some_and(|e| e.kind == "MemoryError");
+    assert!(o.status == Status::MemoryLimit || clean_error, "{o:?}");
+    if o.status == Status::MemoryLimit {
+        assert!(o.session.and_then(|c| c.ended).is_some());
+    }
+    // Idle: the watchdog removes the container without another cell.
+    use terrarium::Executor as _;
+    let idle = runtime().block_on(exec.open_session()).expect("session");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(idle.ended().is_some_and(|w| w.contains("idle")), "{:?}", idle.ended());
+    drop(idle);
+    drop(session);
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while !crate::common::containers_labelled(&label, &value).is_empty() {
+        assert!(std::time::Instant::now() < until, "session containers were left behind");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A session on the docker tier is a critical operation when the policy lists
+/// `docker_tier`: it starts only once a human approves it (here from another
+/// process, the CLI), and not at all when nobody does.
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_docker_session_waits_for_a_humans_approval() {
+    let home = tempfile::tempdir().expect("home");
+    let path = home.path().join("audit.db");
+    let yaml = format!(
+        "{}\napprovals:\n  critical: [docker_tier]\n  timeout: 30\n",
+        crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE)
+    );
+    let policy = Policy::from_yaml(&yaml, "p.yaml").expect("policy");
+    if crate::common::docker_executor(policy.clone(), 0).is_none() {
+        return;
+    }
+    let s = sandbox_with(policy, Some(&path));
+    let approver = {
+        let home = home.path().to_path_buf();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let list = crate::common::terrarium_env(
+                    &["approvals", "list", "--status", "pending"],
+                    b"",
+                    &[("TERRARIUM_HOME", &home.to_string_lossy())],
+                );
+                if let Some(item) = list.stdout.lines().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                {
+                    assert_eq!(item["kind"], "session", "{item}");
+                    let id = item["id"].to_string();
+                    let out = crate::common::terrarium_env(
+                        &["approvals", "approve", &id, "--as", "alice"],
+                        b"",
+                        &[("TERRARIUM_HOME", &home.to_string_lossy())],
+                    );
+                    assert_eq!(out.code, 0, "{}", out.stderr);
+                    return;
+                }
+                assert!(std::time::Instant::now() < until, "no session waited for approval");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let opts = SessionOptions { tier: TierChoice::Fixed(terrarium::Tier::Docker), caller: None };
+    let mut session = runtime().block_on(s.session(opts)).expect("approved session");
+    approver.join().expect("approver");
+    assert_eq!(cell(&mut session, "x = 20\nx + 1").result, Some(serde_json::json!(21)));
+    assert_eq!(cell(&mut session, "x * 2").result, Some(serde_json::json!(40)));
+}
+
+#[test]
+fn an_abandoned_cell_ends_its_session_and_an_ended_session_frees_its_slot() {
+    let s = sandbox_with(session_policy("  max_open: 1"), None);
+    let mut session = open(&s);
+    cell(&mut session, "x = 1");
+    // The caller stops waiting half-way through a cell (its future is dropped).
+    let gave_up = runtime().block_on(async {
+        tokio::time::timeout(Duration::from_millis(300), session.execute(ExecRequest::new("while True:\n    pass")))
+            .await
+            .is_err()
+    });
+    assert!(gave_up);
+    let why = session.ended().expect("an abandoned cell ends the session");
+    assert!(why.contains("abandoned"), "{why}");
+    assert!(refused(&mut session, "x").contains("abandoned"));
+    // Seen ended, it no longer holds the only slot.
+    let _next = open(&s);
+}
+
+#[test]
+fn denial_reasons_and_exception_types_stay_bounded_and_inert() {
+    let o = run("__import__('k' * 50000)");
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert!(
+        o.error.as_ref().is_some_and(|e| e.message.len() <= 1024),
+        "{} bytes",
+        o.error.map_or(0, |e| e.message.len())
+    );
+    // A class named with terminal controls is shown escaped by `run`.
+    let out =
+        crate::common::terrarium(&["run", "-c", "E = type('\\x1b]0;PWNED\\x07', (Exception,), {})\nraise E('m')"], b"");
+    assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
+    assert!(out.stderr.contains("PWNED"), "{:?}", out.stderr);
 }

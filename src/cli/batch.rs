@@ -205,8 +205,14 @@ fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Op
         overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
     }
     if let Some(name) = &parsed.session {
-        if name.is_empty() || name.len() > MAX_SESSION_NAME || name.chars().any(char::is_control) {
-            return Err(bad(id, format!("session names are 1 to {MAX_SESSION_NAME} bytes without control characters")));
+        if name.is_empty()
+            || name.len() > MAX_SESSION_NAME
+            || name.chars().any(|c| c.is_control() || crate::text::hidden(c).is_some())
+        {
+            return Err(bad(
+                id,
+                format!("session names are 1 to {MAX_SESSION_NAME} bytes without control or invisible characters"),
+            ));
         }
         if parsed.scratch == Some(true) {
             return Err(bad(id, "a session's cells have no scratch directory".into()));
@@ -254,6 +260,7 @@ async fn run_session(target: Arc<Target>, name: String, mut cells: mpsc::Unbound
             Some(s) => s.execute(req).await,
             None => Err(SandboxError::SessionEnded("it was ended".into())),
         };
+
         let o = o.unwrap_or_else(|e| {
             let msg = format!("session {name:?}: {e}");
             Outcome::refused(id, target.nominal_tier(), Status::Error, ErrorKind::InvalidRequest, msg)

@@ -281,10 +281,11 @@ pub(super) fn print_outcome(outcome: &Outcome) {
     let stderr = terminal::for_stream(&outcome.stderr, std::io::stderr().is_terminal());
     let _ = write!(std::io::stderr(), "{stderr}");
     if let Some(err) = &outcome.error {
+        // The type is the guest's text too (a class may be named anything).
         eprintln!(
             "terrarium: {}: {}: {}",
             outcome.status.as_str(),
-            err.kind,
+            terminal::message_for_terminal(&err.kind),
             terminal::message_for_terminal(&err.message)
         );
     }

@@ -148,11 +148,12 @@ fn show(o: &Outcome) {
     let _ = out.flush();
     let _ = write!(std::io::stderr(), "{}", terminal::for_stream(&o.stderr, std::io::stderr().is_terminal()));
     if let Some(e) = &o.error {
-        let message = terminal::message_for_terminal(&e.message);
+        // Both are the guest's text (a class may be named anything).
+        let (kind, message) = (terminal::message_for_terminal(&e.kind), terminal::message_for_terminal(&e.message));
         match o.status {
             // The last line of Python's traceback.
-            Status::Exception => eprintln!("{}: {message}", e.kind),
-            s => eprintln!("terrarium: {}: {}: {message}", s.as_str(), e.kind),
+            Status::Exception => eprintln!("{kind}: {message}"),
+            s => eprintln!("terrarium: {}: {kind}: {message}", s.as_str()),
         }
     }
 }

@@ -37,10 +37,14 @@ _allowed = frozenset()
 _readable = ()
 # A third argument "scratch": the host preopened /scratch for this run.
 _scratch = sys.argv[3] == "scratch"
-# A fourth argument "mark": end stdout with "\n<nonce> end\n" before the status line,
-# so a host that receives stdout and stderr over separate channels (docker) knows it
-# has all of stdout once it has both markers, without waiting for the process to end.
-_mark_stdout = len(sys.argv) > 4 and sys.argv[4] == "mark"
+# A fourth argument, words: "mark" ends stdout with "\n<nonce> end\n" before the
+# status line, so a host that receives stdout and stderr over separate channels
+# (docker) knows it has all of stdout once it has both markers, without waiting for
+# the process to end; "session" keeps the process for a session's cells: after each
+# report it reads the next cell (see _next_cell) and runs it in the same globals.
+_flags = sys.argv[4].split() if len(sys.argv) > 4 else []
+_mark_stdout = "mark" in _flags
+_session = "session" in _flags
 _real_stdout = sys.stdout
 del sys.argv[1:]
 
@@ -225,14 +229,43 @@ def _run(code):
     return {"kind": "ok", "result": result}
 
 
+def _request(text):
+    # One request: sets the policy it carries, returns (asyncio source, snippet).
+    global _allowed, _readable
+    allowed_text, readable_text, asyncio_len, rest = text.split("\n", 3)
+    _allowed = frozenset(allowed_text.split())
+    _readable = tuple(p for p in readable_text.split("\t") if p)
+    return rest[: int(asyncio_len)], rest[int(asyncio_len):]
+
+
+# A session's requests are framed: a line with the length in bytes, then the request.
+_stdin = sys.stdin.buffer
+
+
+def _next_cell():
+    header = _stdin.readline()
+    if not header:
+        return None
+    size = int(header)
+    body = _stdin.read(size)
+    return body.decode("utf-8") if len(body) == size else None
+
+
 # Ready: read the request.
 sys.stderr.write("\n" + _nonce + " ready\n")
 sys.stderr.flush()
-_allowed_text, _readable_text, _asyncio_len, _rest = sys.stdin.read().split("\n", 3)
-_allowed = frozenset(_allowed_text.split())
-_readable = tuple(p for p in _readable_text.split("\t") if p)
-_asyncio_source, _code = _rest[: int(_asyncio_len)], _rest[int(_asyncio_len):]
-del _allowed_text, _readable_text, _asyncio_len, _rest
+if _session:
+    # The requests' channel is the prelude's alone: a cell reading it gets nothing
+    # (its own session's requests come only after its report).
+    sys.stdin = None
+    _text = _next_cell()
+    if _text is None:
+        import posix as _posix
+
+        _posix._exit(0)
+    _asyncio_source, _code = _request(_text)
+else:
+    _asyncio_source, _code = _request(sys.stdin.read())
 
 if _scratch:
     import posix as _posix_cwd
@@ -251,6 +284,13 @@ if _module_allowed("asyncio"):
 
 del _asyncio_source
 _report(_run(_code))
+while _session:
+    _text = _next_cell()
+    if _text is None:
+        break
+    # Denials are per cell (each one already reached the host as its own line).
+    del _denial[:]
+    _report(_run(_request(_text)[1]))
 # Skip interpreter finalisation (milliseconds inside wasm): the instance is discarded.
 import posix as _posix
 

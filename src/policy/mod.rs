@@ -413,6 +413,12 @@ impl Policy {
         &self.sessions
     }
 
+    /// This policy as a session's process is held to: the session's memory cap
+    /// (`sessions.max_memory`) instead of one run's.
+    pub(crate) fn for_session(&self) -> Policy {
+        Policy { max_memory: self.sessions.max_memory, ..self.clone() }
+    }
+
     /// Whether `op` waits for a human's approval.
     pub fn is_critical(&self, op: Critical) -> bool {
         self.approvals.critical.contains(&op)

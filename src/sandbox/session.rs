@@ -15,7 +15,7 @@ use super::{Sandbox, analyze};
 use crate::audit::{Event, EventKind};
 use crate::error::SandboxError;
 use crate::executor::{ErrorKind, ExecRequest, FindingInfo, Outcome, Status, TierSession};
-use crate::policy::{Tier, TierChoice};
+use crate::policy::{Critical, Tier, TierChoice};
 use crate::router;
 
 /// How to start a session.
@@ -51,8 +51,9 @@ pub struct Session {
     inner: Box<dyn TierSession>,
     /// The end is recorded once.
     recorded_end: bool,
-    /// This session's slot among the sandbox's open sessions.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// This session's slot among the sandbox's open sessions, given back as soon
+    /// as the session is seen to have ended.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Sandbox {
@@ -95,6 +96,23 @@ impl Sandbox {
             log.record(event).map_err(SandboxError::from)
         };
         let opened = async {
+            // A session on the docker tier is a run there, many times over: it
+            // waits for a human first when the policy says so.
+            if tier == Tier::Docker && self.policy.is_critical(Critical::DockerTier) {
+                let reason = "a session would use the docker tier (critical under the policy's approvals)";
+                let Some(gate) = &self.gate else {
+                    return Err(SandboxError::NotApproved(format!(
+                        "{reason}, and this sandbox has no approvals queue (it needs an audit log)"
+                    )));
+                };
+                let subject = serde_json::json!({
+                    "session": id, "tier": tier, "caller": caller, "policy": self.policy.to_yaml_redacted(),
+                });
+                let item = gate.ask("session", subject, reason, self.policy.approvals().timeout).await?;
+                if item.status != crate::approval::ApprovalStatus::Approved {
+                    return Err(SandboxError::NotApproved(format!("{reason}; {}", crate::approval::refusal(&item))));
+                }
+            }
             let slot = self.sessions.clone().try_acquire_owned().map_err(|_| {
                 SandboxError::Busy(format!(
                     "{} sessions are open, the most the policy allows (sessions.max_open); end one or retry",
@@ -121,7 +139,7 @@ impl Sandbox {
             }
         };
         record_start(None)?;
-        Ok(Session { id, tier, caller, sandbox: self.clone(), inner, recorded_end: false, _slot: slot })
+        Ok(Session { id, tier, caller, sandbox: self.clone(), inner, recorded_end: false, slot: Some(slot) })
     }
 }
 
@@ -212,6 +230,8 @@ impl Session {
     }
 
     fn record_end(&mut self, why: &str) {
+        // An ended session no longer counts against sessions.max_open.
+        self.slot = None;
         if self.recorded_end {
             return;
         }

@@ -89,6 +89,7 @@ impl ExecuteBody {
 pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
     match e {
         SandboxError::Busy(why) => busy(state, why),
+        SandboxError::NotApproved(why) => problem(StatusCode::FORBIDDEN, &format!("not approved: {why}")),
         SandboxError::SessionEnded(why) => {
             problem(StatusCode::GONE, &format!("session ended: {}", crate::error::redact_paths(why)))
         }

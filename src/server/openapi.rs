@@ -53,6 +53,12 @@ pub(super) struct NotFound(ErrorBody);
 #[allow(dead_code, reason = "never built: only its description and schema are used")]
 pub(super) struct Conflict(ErrorBody);
 
+/// The body did not arrive within the server's body timeout (10 s by default); the
+/// connection is closed.
+#[derive(utoipa::ToResponse)]
+#[allow(dead_code, reason = "never built: only its description and schema are used")]
+pub(super) struct SlowBody(ErrorBody);
+
 /// The body is larger than the server's limit (twice the policy's max_code_size plus
 /// 64 KiB).
 #[derive(utoipa::ToResponse)]
@@ -151,6 +157,7 @@ pub(super) fn tier_choice_schema() -> utoipa::openapi::schema::Object {
             Forbidden,
             NotFound,
             Conflict,
+            SlowBody,
             TooLarge,
             Busy,
             ServerFault,
@@ -181,6 +188,11 @@ impl utoipa::Modify for Additions {
         if let Some(body) = decide.and_then(|op| op.request_body.as_mut()) {
             body.required = Some(utoipa::openapi::Required::False);
         }
+        // Likewise a session's start: an empty body takes the policy's tier.
+        let start = doc.paths.paths.get_mut("/v1/sessions").and_then(|p| p.post.as_mut());
+        if let Some(body) = start.and_then(|op| op.request_body.as_mut()) {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
     }
 }
 
@@ -204,6 +216,8 @@ pub(super) enum Guarded {
 pub(super) enum Submitted {
     #[response(status = 400)]
     BadRequest(#[ref_response] BadRequest),
+    #[response(status = 408)]
+    SlowBody(#[ref_response] SlowBody),
     #[response(status = 413)]
     TooLarge(#[ref_response] TooLarge),
     #[response(status = 429)]
@@ -308,7 +322,7 @@ mod tests {
         };
         for (path, method) in [("/v1/execute", "post"), ("/v1/commands", "post")] {
             let got = codes(path, method);
-            for code in ["200", "400", "401", "403", "413", "429", "500", "503"] {
+            for code in ["200", "400", "401", "403", "408", "413", "429", "500", "503"] {
                 assert!(got.iter().any(|c| c == code), "{method} {path} lacks {code}: {got:?}");
             }
         }

@@ -96,7 +96,15 @@ pub(super) async fn admit(State(state): State<Shared>, req: Request, next: Next)
         state.metrics.request(&route, r.status().as_u16());
         return r;
     };
+    // Decremented however the request ends, a client that hung up included.
+    struct InFlight<'a>(&'a Metrics);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.dec();
+        }
+    }
     state.metrics.in_flight.inc();
+    let in_flight = InFlight(&state.metrics);
     let r = async {
         let (parts, body) = req.into_parts();
         let limit = if known { state.max_body } else { ANONYMOUS_BODY };
@@ -125,7 +133,7 @@ pub(super) async fn admit(State(state): State<Shared>, req: Request, next: Next)
         next.run(Request::from_parts(parts, Body::from(bytes))).await
     }
     .await;
-    state.metrics.in_flight.dec();
+    drop(in_flight);
     state.metrics.request(&route, r.status().as_u16());
     r
 }

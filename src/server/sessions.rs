@@ -21,7 +21,7 @@ use crate::sandbox::{Session, SessionOptions};
 /// One open session and the token name that owns it.
 struct Entry {
     owner: String,
-    session: tokio::sync::Mutex<Option<Session>>,
+    session: Arc<tokio::sync::Mutex<Option<Session>>>,
 }
 
 /// The server's open sessions, by id.
@@ -163,7 +163,7 @@ pub(super) async fn start(State(state): State<Shared>, Caller(caller, _): Caller
             let id = s.id().to_string();
             let shown = info(&id, &s);
             tracing::info!(caller = caller.name, session = id, "session started");
-            let entry = Arc::new(Entry { owner: caller.name, session: tokio::sync::Mutex::new(Some(s)) });
+            let entry = Arc::new(Entry { owner: caller.name, session: Arc::new(tokio::sync::Mutex::new(Some(s))) });
             state.api_sessions.map().insert(id, entry);
             axum::Json(shown).into_response()
         }
@@ -231,14 +231,30 @@ pub(super) async fn cell(
         Ok(m) => m,
         Err(why) => return problem(StatusCode::BAD_REQUEST, &why.to_string()),
     };
-    let Ok(mut slot) = entry.session.try_lock() else {
+    let Ok(mut slot) = entry.session.clone().try_lock_owned() else {
         return problem(StatusCode::CONFLICT, "a cell of this session is running; wait for its outcome");
     };
-    let Some(session) = slot.as_mut() else { return no_session() };
+    if slot.is_none() {
+        return no_session();
+    }
     let mut req = ExecRequest::new(b.code);
     req.id = b.id;
     req.overrides = Overrides { timeout, max_output, ..Overrides::default() };
-    match session.execute(req).await {
+    // The cell runs to its end (under its deadline) and is recorded even if the
+    // client hangs up: a cell cut off half-way would leave the session's child
+    // between two cells' protocol states.
+    let ran = tokio::spawn(async move {
+        match slot.as_mut() {
+            Some(session) => session.execute(req).await,
+            None => Err(SandboxError::SessionEnded("it was ended".into())),
+        }
+    })
+    .await;
+    let ran = match ran {
+        Ok(r) => r,
+        Err(e) => return fault("a session's cell", &e),
+    };
+    match ran {
         Ok(o) => {
             state.metrics.outcome(o.tier, o.status);
             axum::Json(o).into_response()

@@ -160,6 +160,12 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
             }
             @if item.kind == "execute" {
                 (execute_details(id, s, &marks))
+            } @else if item.kind == "session" {
+                p id={ "session-" (id) } {
+                    "A session on the " b { (show(s["tier"].as_str().unwrap_or("?"), &marks)) } " tier: "
+                    "once approved, each of its cells runs there without asking again, "
+                    "under the policy's limits, until the session ends."
+                }
             } @else {
                 (command_details(id, s, &marks))
             }

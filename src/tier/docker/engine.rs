@@ -326,6 +326,11 @@ pub struct Launch {
 /// CPython running the shared prelude: `nonce` marks its lines, `preload` lists
 /// the modules it imports before saying ready.
 pub fn prelude_cmd(prelude: &str, nonce: &str, preload: &str, scratch: bool) -> Vec<String> {
+    prelude_cmd_with(prelude, nonce, preload, scratch, "mark")
+}
+
+/// [`prelude_cmd`] with the prelude's flags (`mark`, `mark session`).
+pub fn prelude_cmd_with(prelude: &str, nonce: &str, preload: &str, scratch: bool, flags: &str) -> Vec<String> {
     vec![
         "python3".to_string(),
         "-I".into(),
@@ -335,8 +340,9 @@ pub fn prelude_cmd(prelude: &str, nonce: &str, preload: &str, scratch: bool) -> 
         nonce.to_string(),
         preload.to_string(),
         if scratch { "scratch".into() } else { "-".into() },
-        // End stdout with a marker: the host stops reading at the prelude's report.
-        "mark".into(),
+        // `mark`: end stdout with a marker, so the host stops reading at the
+        // prelude's report.
+        flags.into(),
     ]
 }
 

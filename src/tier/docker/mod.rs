@@ -41,6 +41,7 @@ use engine::{Engine, Input, Launch, Output};
 
 mod pool;
 use pool::*;
+mod session;
 mod stream;
 use stream::*;
 
@@ -344,6 +345,10 @@ impl DockerExecutor {
 impl Executor for DockerExecutor {
     fn tier(&self) -> Tier {
         Tier::Docker
+    }
+
+    fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn crate::executor::TierSession>, SandboxError>> {
+        Box::pin(async move { Ok(Box::new(self.start_session().await?) as Box<dyn crate::executor::TierSession>) })
     }
 
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {

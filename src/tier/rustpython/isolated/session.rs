@@ -102,6 +102,7 @@ impl IsolatedSession {
         }
         self.cells += 1;
         self.shared().busy = true;
+        let abandoned = Abandoned(Some(self.shared.clone()));
         let timeout = policy.timeout();
         let deadline = (started + timeout).min(self.expires);
         let request = ChildRequest {
@@ -121,6 +122,7 @@ impl IsolatedSession {
             Some(live) => live.turn(&request, &limits).await,
             None => Err(Supervise::Host(host("the session lost its process"))),
         };
+        abandoned.disarm();
         {
             let mut s = self.shared();
             s.busy = false;
@@ -204,6 +206,26 @@ impl TierSession for IsolatedSession {
 
     fn cells(&self) -> u64 {
         self.cells
+    }
+}
+
+/// Ends the session if a cell's future is dropped before the cell ended (its caller
+/// went away): the child is then somewhere in the cell, so the watchdog kills it.
+struct Abandoned(Option<Arc<Mutex<Shared>>>);
+
+impl Abandoned {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            let mut s = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.busy = false;
+            s.ended.get_or_insert_with(|| "a cell was abandoned by its caller before it ended".into());
+        }
     }
 }
 

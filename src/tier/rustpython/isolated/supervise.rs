@@ -46,6 +46,9 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The longest denial reason an outcome carries, bytes.
+const MAX_DENIAL: usize = 1024;
+
 /// How reading a child's answer stream ended.
 pub(super) enum Read {
     Answer(GuestAnswer),
@@ -203,8 +206,12 @@ impl Live {
         if let Some(reason) = answers.denials.first()
             && outcome.status != Status::Timeout
         {
+            // A reason names what the snippet asked for (a module's name, of any
+            // length): bounded like output, since callers and the audit log keep it.
+            let mut reason = reason.clone();
+            truncate(&mut reason, MAX_DENIAL.min(usize::try_from(limits.max_output).unwrap_or(usize::MAX)));
             outcome.result = None;
-            outcome.end(Status::Denied, ErrorKind::PolicyDenied, reason.clone());
+            outcome.end(Status::Denied, ErrorKind::PolicyDenied, reason);
         }
         Ok(turn)
     }
