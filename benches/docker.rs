@@ -7,6 +7,8 @@
 //!   request.
 //! - `docker/refill_1`: time to start one warm container (bounds sustained
 //!   throughput: the engine spends it on every request).
+//! - `docker/session/print`: one cell in a session kept open (its container kept;
+//!   cells/s = 1 / time), beside `warm/print`, the same snippet as a single run.
 //!
 //! Needs a running engine and the local image (`scripts/setup-docker`).
 
@@ -46,6 +48,25 @@ fn bench(c: &mut Criterion) {
             total
         });
     });
+    // Cells of one session (its container kept). A session ends at its max_cells
+    // (1000 by default): a new one starts, untimed.
+    let mut session = rt.block_on(warm.open_session()).expect("session");
+    group.bench_function("session/print", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                if session.ended().is_some() {
+                    session = rt.block_on(warm.open_session()).expect("session");
+                }
+                let t = Instant::now();
+                let o = rt.block_on(session.execute(ExecRequest::new("print(1+1)"))).expect("host fault");
+                total += t.elapsed();
+                assert_eq!(o.status, Status::Ok, "{o:?}");
+            }
+            total
+        });
+    });
+    drop(session);
     rt.block_on(warm.shutdown()).expect("shutdown");
     let cold = executor(&rt, 0);
     group.bench_function("cold/print", |b| b.iter(|| rt.block_on(run(&cold, "print(1+1)"))));
