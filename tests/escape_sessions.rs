@@ -38,6 +38,10 @@ fn an_answer_written_ahead_of_its_cell_ends_the_session() {
     // error, and the forged output is never anyone's.
     let mut broken = None;
     for code in ["x = 1\nx", "x + 1"] {
+        // Time for the forged frame to arrive before the host checks the socket.
+        // (A child that times its write to land after that check is answering the
+        // next cell itself: the guest's word, in its own session.)
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let o = runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell");
         assert!(!o.stdout.contains("FORGED"), "{o:?}");
         if o.status != Status::Ok {
@@ -75,4 +79,51 @@ fn ended_and_idle_sessions_leave_no_process() {
     assert_eq!(wait_for_children(zygote, pool + 1), pool + 1);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(wait_for_children(zygote, pool), pool, "the idle session's child is gone");
+}
+
+/// On the docker tier the snippet controls CPython: a thread it leaves behind would
+/// run and write between cells. The container is frozen between cells, so the
+/// thread's late write never lands outside a cell and it burns no CPU meanwhile.
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_thread_left_by_a_docker_cell_is_frozen_between_cells() {
+    let yaml = crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE);
+    let Some(exec) = crate::common::docker_executor(Policy::from_yaml(&yaml, "p.yaml").expect("policy"), 0) else {
+        return;
+    };
+    let mut session = runtime().block_on(exec.open_session()).expect("session");
+    let (label, value) = exec.label();
+    let containers = crate::common::containers_labelled(label, value);
+    assert_eq!(containers.len(), 1);
+    // Frozen off the cell's path: waits up to 10 s for it.
+    let paused = || {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Paused}}", &containers[0]])
+                .output()
+                .expect("docker inspect");
+            if String::from_utf8_lossy(&out.stdout).trim() == "true" {
+                return "true";
+            }
+            if std::time::Instant::now() > until {
+                return "false";
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let spawn = "G = getattr(__import__, '__glo' + 'bals__')\nth = G['_real_import']('_thread')\n\
+                 t = G['_real_import']('time')\ndef spin():\n    t.sleep(0.3)\n    \
+                 G['_real_stdout'].write('LATE\\n')\n    G['_real_stdout'].flush()\n    while True:\n        pass\n\
+                 th.start_new_thread(spin, ())\n'started'";
+    let o = runtime().block_on(session.execute(ExecRequest::new(spawn))).expect("cell");
+    assert_eq!(o.result, Some(serde_json::json!("started")), "{o:?}");
+    assert_eq!(paused(), "true", "frozen after the cell's report");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(paused(), "true", "still frozen");
+    // The thread wakes with the next cell: its write lands in that cell (the
+    // guest's word in its own session), never between cells.
+    let o = runtime().block_on(session.execute(ExecRequest::new("1 + 1"))).expect("cell");
+    assert!(o.status == Status::Ok || o.status == Status::Crashed, "{o:?}");
+    session.end("test");
 }

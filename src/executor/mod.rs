@@ -22,6 +22,8 @@ pub use crate::policy::{Overrides, Tier, TierChoice};
 
 mod session;
 pub use session::{CellInfo, TierSession};
+#[cfg(any(feature = "rustpython", feature = "docker"))]
+pub(crate) use session::{Lifecycle, end_reason};
 
 /// A boxed future, so that executors can sit behind `dyn Executor`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

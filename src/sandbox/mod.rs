@@ -293,11 +293,7 @@ impl Sandbox {
     async fn route_and_run(&self, req: ExecRequest, policy: Policy) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
         let analysis = analyze(req.code.clone()).await;
-        let findings: Vec<FindingInfo> = analysis
-            .findings
-            .iter()
-            .map(|f| FindingInfo { severity: f.severity, line: f.line, message: f.message.clone() })
-            .collect();
+        let findings = findings_of(&analysis);
         let needed = router::needed_modules(&analysis, &policy);
         let candidates = router::candidates(&self.policy, req.tier);
         let Some(&last) = candidates.last() else {
@@ -425,6 +421,15 @@ async fn analyze(code: String) -> Analysis {
         return unanalysed("the analysis thread could not start");
     }
     rx.await.unwrap_or_else(|_| unanalysed("the analysis thread stopped"))
+}
+
+/// The analysis' findings as outcomes report them.
+fn findings_of(analysis: &Analysis) -> Vec<FindingInfo> {
+    analysis
+        .findings
+        .iter()
+        .map(|f| FindingInfo { severity: f.severity, line: f.line, message: f.message.clone() })
+        .collect()
 }
 
 fn unanalysed(why: &str) -> Analysis {

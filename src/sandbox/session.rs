@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use super::{Sandbox, analyze};
+use super::{Sandbox, analyze, findings_of};
 use crate::audit::{Event, EventKind};
 use crate::error::SandboxError;
-use crate::executor::{ErrorKind, ExecRequest, FindingInfo, Outcome, Status, TierSession};
+use crate::executor::{ErrorKind, ExecRequest, Outcome, Status, TierSession};
 use crate::policy::{Critical, Tier, TierChoice};
 use crate::router;
 
@@ -147,6 +147,7 @@ impl Sandbox {
     /// Records `req` as a request refused with `why` (a cell of a session that
     /// could not start), as [`Sandbox::execute`] records any request, and returns
     /// the refusal (or the audit log's failure).
+    #[cfg(feature = "cli")]
     pub(crate) async fn record_refused(&self, req: ExecRequest, why: SandboxError) -> SandboxError {
         match self.audited(req, None, |_, _| Box::pin(async move { Err(why) })).await {
             Err(e) => e,
@@ -259,11 +260,7 @@ async fn cell(
     req: ExecRequest,
 ) -> Result<Outcome, SandboxError> {
     let analysis = analyze(req.code.clone()).await;
-    let findings: Vec<FindingInfo> = analysis
-        .findings
-        .iter()
-        .map(|f| FindingInfo { severity: f.severity, line: f.line, message: f.message.clone() })
-        .collect();
+    let findings = findings_of(&analysis);
     let route = format!("session on the {tier} tier");
     let finish = |mut o: Outcome| {
         o.route = Some(route.clone());

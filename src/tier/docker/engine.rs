@@ -202,6 +202,17 @@ impl Engine {
         self.call("start a container", self.docker.start_container(id, None)).await
     }
 
+    /// Freezes every process of a container (the cgroup freezer): none runs, none
+    /// writes, until [`Engine::unpause`].
+    pub async fn pause(&self, id: &str) -> Result<(), SandboxError> {
+        self.call("pause a container", self.docker.pause_container(id)).await
+    }
+
+    /// Thaws a container [`Engine::pause`] froze.
+    pub async fn unpause(&self, id: &str) -> Result<(), SandboxError> {
+        self.call("unpause a container", self.docker.unpause_container(id)).await
+    }
+
     /// Starts a created container whose program may not be in its image. The
     /// engine answers a program it cannot run (not found, not executable) with its
     /// "invalid parameter" status, 400: that is `Ok(false)`, the command's failure

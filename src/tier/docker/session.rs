@@ -5,34 +5,32 @@
 //! # Security invariants
 //! - The container is the policy's, with the session's memory cap; it serves no
 //!   other session or run.
+//! - The container is frozen (paused) between cells: nothing a cell left behind (a
+//!   thread, a child process) runs or writes outside a cell's window, and each
+//!   window ends at the host's deadline. Within a window the snippet controls
+//!   CPython, markers included: what it reports then (early, or for its own later
+//!   cells) is the guest's word in its own session.
 //! - The host decides every end: a cell's deadline, an output past its cap, or a
 //!   container that exits ends the session and removes the container before the
 //!   cell's outcome returns; so does output written outside a cell (between a
-//!   report and the next request, or after the report in the same chunk). Idle and
+//!   report and the freeze, or after the report in the same chunk). Idle and
 //!   expired sessions' containers are removed by a watchdog; a dropped session's
 //!   container is removed in the background.
 
 use super::*;
-use crate::executor::{CellInfo, TierSession};
-use crate::policy::SessionPolicy;
-
-/// What the session and its watchdog share.
-struct Watch {
-    ended: Option<String>,
-    busy: bool,
-    last_used: Instant,
-}
+use crate::executor::{CellInfo, Lifecycle, TierSession, end_reason};
 
 pub(super) struct DockerSession {
     policy: Policy,
-    limits: SessionPolicy,
     engine: Engine,
     /// The container, until the session ends.
     warm: Option<Warm>,
     cells: u64,
-    expires: Instant,
-    watch: Arc<Mutex<Watch>>,
+    life: Lifecycle,
     _stop: tokio::sync::oneshot::Sender<()>,
+    /// Freezing the container after the last cell (off that cell's path: the
+    /// engine takes milliseconds); the next cell waits for it first.
+    freezing: Option<tokio::task::JoinHandle<Result<(), SandboxError>>>,
 }
 
 impl DockerExecutor {
@@ -53,47 +51,42 @@ impl DockerExecutor {
             labels: shared.labels(),
         };
         let warm = start_container(&engine, &policy, &launch, &n).await?;
-        let limits = policy.sessions().clone();
-        let now = Instant::now();
-        let expires = now + limits.max_lifetime;
-        let watch = Arc::new(Mutex::new(Watch { ended: None, busy: false, last_used: now }));
+        // Frozen between cells: nothing the session's code left behind (a thread, a
+        // child process) runs or writes outside a cell's window.
+        if let Err(e) = engine.pause(&warm.id).await {
+            let _ = engine.remove(&warm.id).await;
+            return Err(e);
+        }
+        let life = Lifecycle::new(policy.sessions().clone());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(watchdog(watch.clone(), engine.clone(), warm.id.clone(), limits.clone(), expires, stopped));
+        // Removes the container once the session ended by any route (idle,
+        // lifetime, an abandoned cell, its caller: removal is idempotent); gone
+        // with the session otherwise (which removes it itself).
+        let (watched, e, id) = (life.clone(), engine.clone(), warm.id.clone());
+        tokio::spawn(async move {
+            if watched.watch(stopped).await.is_some()
+                && let Err(err) = e.remove(&id).await
+            {
+                tracing::warn!(error = %err, "could not remove an ended session's container");
+            }
+        });
         Ok(DockerSession {
             policy: shared.policy.clone(),
-            limits,
             engine,
             warm: Some(warm),
             cells: 0,
-            expires,
-            watch,
+            life,
             _stop: stop,
+            freezing: None,
         })
     }
 }
 
 impl DockerSession {
-    fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
-        self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     async fn cell(&mut self, req: ExecRequest) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
-        let ended = self.watch().ended.clone();
-        if let Some(why) = ended {
+        if let Some(why) = self.life.refuse(started) {
             self.discard();
-            return Err(SandboxError::SessionEnded(why));
-        }
-        let idle_since = self.watch().last_used;
-        let expired = if started >= self.expires {
-            Some(lifetime_reason(&self.limits))
-        } else if started.duration_since(idle_since) >= self.limits.idle_timeout {
-            Some(idle_reason(&self.limits))
-        } else {
-            None
-        };
-        if let Some(why) = expired {
-            self.end(&why);
             return Err(SandboxError::SessionEnded(why));
         }
         let policy = match admit(&self.policy, &req, Tier::Docker)? {
@@ -103,15 +96,24 @@ impl DockerSession {
         if self.warm.is_none() {
             return Err(SandboxError::SessionEnded("the session has no container".into()));
         }
+        // The container froze after the last cell (or is about to): nothing of it
+        // ran since. One that could not be frozen ends the session.
+        if let Some(freezing) = self.freezing.take() {
+            let frozen = freezing.await.unwrap_or_else(|e| Err(host(format!("freezing a container failed: {e}"))));
+            if let Err(e) = frozen {
+                let why = format!("its container could not be frozen between cells: {e}");
+                self.end(&why);
+                return Err(SandboxError::SessionEnded(why));
+            }
+        }
         self.cells += 1;
-        self.watch().busy = true;
-        let abandoned = Abandoned(Some(self.watch.clone()));
-        let due = (started + policy.timeout()).min(self.expires);
+        let running = self.life.begin_cell();
+        let due = (started + policy.timeout()).min(self.life.expires);
         let ran = match self.warm.as_mut() {
             Some(warm) => run_cell(&self.engine, warm, &policy, &req.code, due).await,
             None => Err(host("the session lost its container")),
         };
-        abandoned.disarm();
+        running.finish();
         let (mut outcome, broken) = match ran {
             Ok(r) => r,
             Err(e) => {
@@ -119,38 +121,24 @@ impl DockerSession {
                 return Err(e);
             }
         };
-        {
-            let mut w = self.watch();
-            w.busy = false;
-            w.last_used = Instant::now();
-        }
-        let why = match broken {
-            Some(why) => Some(why),
-            // As on the interpreter tier: most likely an allocation refused at the
-            // session's cap, with what the cells built still in place.
-            None if outcome.error.as_ref().is_some_and(|e| e.kind == "MemoryError") => Some(format!(
-                "cell {} ended with MemoryError (the session's memory limit is {} bytes, sessions.max_memory)",
-                self.cells, self.limits.max_memory
-            )),
-            None if outcome.status.is_limit() || outcome.status == Status::Crashed => {
-                let message = outcome.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-                Some(format!("cell {} ended with {}: {message}", self.cells, outcome.status.as_str()))
-            }
-            None if self.cells >= self.limits.max_cells => {
-                Some(format!("the session ran its {} cells (sessions.max_cells)", self.limits.max_cells))
-            }
-            None => None,
-        };
+        let why = broken.or_else(|| end_reason(&outcome, self.cells, policy.sessions(), true));
         if let Some(why) = &why {
             // Removed before the cell's outcome returns (a cell cut at a limit may
             // still be running in it).
-            {
-                let mut w = self.watch();
-                w.ended.get_or_insert_with(|| why.clone());
-            }
+            self.life.end(why);
             if let Some(w) = self.warm.take() {
                 self.engine.remove(&w.id).await?;
             }
+        }
+        // Frozen again, from now until the next cell's window: whatever this cell
+        // left running (a thread, a child process) stops. What it does in a later
+        // window, a forged report included, is the guest's word in its own session;
+        // each window still ends at the host's deadline.
+        if why.is_none()
+            && let Some(w) = &self.warm
+        {
+            let (engine, id) = (self.engine.clone(), w.id.clone());
+            self.freezing = Some(tokio::spawn(async move { engine.pause(&id).await }));
         }
         outcome.id = req.id;
         outcome.usage.wall_ms = millis(started.elapsed());
@@ -172,16 +160,11 @@ impl TierSession for DockerSession {
     }
 
     fn ended(&self) -> Option<String> {
-        self.watch().ended.clone()
+        self.life.ended()
     }
 
     fn end(&mut self, reason: &str) {
-        {
-            let mut w = self.watch();
-            if w.ended.is_none() {
-                w.ended = Some(reason.to_string());
-            }
-        }
+        self.life.end(reason);
         self.discard();
     }
 
@@ -232,54 +215,30 @@ async fn run_cell(
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let max_err = max_out.saturating_add(STDERR_SLACK);
     let nonce = warm.nonce.clone();
-    // Output written since the last report was written outside any cell.
+    // Output that arrived since the last report (written before the container was
+    // frozen) was written outside any cell.
     if let Some(pending) = futures_util::FutureExt::now_or_never(warm.output.next()) {
         let why = match pending {
             None => "its container exited between cells",
             Some(_) => "its container wrote output between cells",
         };
         let mut o = Outcome::blank(Tier::Docker);
-        o.end(Status::Crashed, ErrorKind::ProtocolError, format!("the session's {why}; it was removed"));
-        return Ok((o, Some(format!("the session's {why}"))));
+        o.end(Status::Crashed, ErrorKind::ProtocolError, format!("{why}; the session's container was removed"));
+        return Ok((o, Some(why.to_string())));
     }
+    engine.unpause(&warm.id).await?;
     let text = request_text(policy, code);
     let framed = format!("{}\n{text}", text.len());
     let written = tokio::time::timeout_at(due, warm.input.write_all(framed.as_bytes())).await;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let status_marker = format!("\n{nonce} {{");
     let end_marker = stdout_end(&nonce);
-    let (mut status, mut status_seen, mut end_seen) = (StatusWatch::default(), false, false);
-    let mut ended = if written.is_err() { Ended::Timeout } else { Ended::Exited };
-    while written.is_ok() {
-        match tokio::time::timeout_at(due, warm.output.next()).await {
-            Err(_) => {
-                ended = Ended::Timeout;
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(host(format!("the connection to a session's container broke: {e}"))),
-            Ok(Some(Ok(LogOutput::StdErr { message }))) => {
-                let from = err.len();
-                if append_capped(&mut err, &message, max_err) {
-                    ended = Ended::OutputFull;
-                    break;
-                }
-                status_seen = status.complete(&err, from, status_marker.as_bytes());
-            }
-            Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
-                let from = out.len();
-                if append_capped(&mut out, &message, max_out.saturating_add(end_marker.len())) {
-                    ended = Ended::OutputFull;
-                    break;
-                }
-                end_seen = end_seen || find_from(&out, from, end_marker.as_bytes()).is_some();
-            }
-            Ok(Some(Ok(_))) => {}
-        }
-        if status_seen && end_seen {
-            ended = Ended::Reported;
-            break;
-        }
+    let (mut ended, mut status_at) = (if written.is_err() { Ended::Timeout } else { Ended::Exited }, None);
+    if written.is_ok() {
+        let caps = (max_out, max_err);
+        (ended, status_at) = collect(&mut warm.output, &nonce, due, caps, (&mut out, &mut err))
+            .await
+            .map_err(|e| host(format!("the connection to a session's container broke: {e}")))?;
     }
     // Bytes after the end marker came with it: written past the report.
     let mut broken = None;
@@ -293,7 +252,7 @@ async fn run_cell(
         out.truncate(max_out);
         ended = Ended::OutputFull;
     }
-    if let (Ended::Reported, Some(at)) = (&ended, status.at) {
+    if let (Ended::Reported, Some(at)) = (&ended, status_at) {
         let line = at + status_marker.len();
         let after = err[line..].iter().position(|b| *b == b'\n').map_or(err.len(), |nl| line + nl + 1);
         if err.len() > after {
@@ -333,69 +292,4 @@ async fn run_cell(
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
     Ok((o, broken))
-}
-
-/// Ends the session if a cell's future is dropped before the cell ended (its caller
-/// went away): the watchdog then removes the container, which may still run it.
-struct Abandoned(Option<Arc<Mutex<Watch>>>);
-
-impl Abandoned {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Abandoned {
-    fn drop(&mut self) {
-        if let Some(watch) = self.0.take() {
-            let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.busy = false;
-            w.ended.get_or_insert_with(|| "a cell was abandoned by its caller before it ended".into());
-        }
-    }
-}
-
-fn idle_reason(limits: &SessionPolicy) -> String {
-    format!("idle for {}s (sessions.idle_timeout)", limits.idle_timeout.as_secs_f64())
-}
-
-fn lifetime_reason(limits: &SessionPolicy) -> String {
-    format!("reached its lifetime of {}s (sessions.max_lifetime)", limits.max_lifetime.as_secs_f64())
-}
-
-/// Removes the session's container once it has been idle too long or lived too
-/// long (a running cell has its own deadline, capped at `expires`); ends when the
-/// session is dropped.
-async fn watchdog(
-    watch: Arc<Mutex<Watch>>,
-    engine: Engine,
-    id: String,
-    limits: SessionPolicy,
-    expires: Instant,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        let wake = {
-            let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Ended elsewhere: its container is removed there too, but an
-            // abandoned cell's session is ended only here (removal is idempotent).
-            if w.ended.is_some() {
-                break;
-            }
-            let now = Instant::now();
-            let idle_end = w.last_used + limits.idle_timeout;
-            if !w.busy && (now >= idle_end || now >= expires) {
-                w.ended = Some(if now >= expires { lifetime_reason(&limits) } else { idle_reason(&limits) });
-                break;
-            }
-            if w.busy { now + limits.idle_timeout.min(Duration::from_secs(1)) } else { idle_end.min(expires) }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = &mut stopped => return,
-        }
-    }
-    if let Err(e) = engine.remove(&id).await {
-        tracing::warn!(error = %e, "could not remove an idle session's container");
-    }
 }

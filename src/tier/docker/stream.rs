@@ -37,49 +37,14 @@ pub(super) async fn serve(
     };
     // A guest that stops reading is stopped by its deadline.
     let written = tokio::time::timeout_at(due, write).await;
-    let mut out = Vec::new();
-    let mut ended = Ended::Exited;
-    // The run is over once stderr holds the status line and stdout its end marker
-    // (the prelude writes both last); the container's exit is not waited for.
-    let status_marker = format!("\n{nonce} {{");
+    let (mut out, mut ended) = (Vec::new(), if written.is_err() { Ended::Timeout } else { Ended::Exited });
     let end_marker = stdout_end(&nonce);
-    let (mut status, mut status_seen, mut end_seen) = (StatusWatch::default(), false, false);
-    if written.is_err() {
-        ended = Ended::Timeout;
-    } else {
-        loop {
-            match tokio::time::timeout_at(due, output.next()).await {
-                Err(_) => {
-                    ended = Ended::Timeout;
-                    break;
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    let _ = engine.remove(&id).await;
-                    return Err(host(format!("the connection to a container broke: {e}")));
-                }
-                Ok(Some(Ok(LogOutput::StdErr { message }))) => {
-                    let from = err.len();
-                    if append_capped(&mut err, &message, max_err) {
-                        ended = Ended::OutputFull;
-                        break;
-                    }
-                    status_seen = status.complete(&err, from, status_marker.as_bytes());
-                }
-                Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
-                    let from = out.len();
-                    // The end marker may take the cap's last bytes.
-                    if append_capped(&mut out, &message, max_out.saturating_add(end_marker.len())) {
-                        ended = Ended::OutputFull;
-                        break;
-                    }
-                    end_seen = end_seen || find_from(&out, from, end_marker.as_bytes()).is_some();
-                }
-                Ok(Some(Ok(_))) => {}
-            }
-            if status_seen && end_seen {
-                ended = Ended::Reported;
-                break;
+    if written.is_ok() {
+        match collect(&mut output, &nonce, due, (max_out, max_err), (&mut out, &mut err)).await {
+            Ok((e, _)) => ended = e,
+            Err(e) => {
+                let _ = engine.remove(&id).await;
+                return Err(host(format!("the connection to a container broke: {e}")));
             }
         }
     }
@@ -151,6 +116,51 @@ pub(super) async fn serve(
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
     Ok(o)
+}
+
+/// Reads a container's output into `out` and `err` (stdout and stderr) until the
+/// prelude's report (stderr's status line and stdout's end marker, which the
+/// prelude writes last), the container's exit, `due`, or the caps (`max_out`,
+/// `max_err`). Also gives where the last status line starts in `err`.
+///
+/// # Errors
+/// The stream's, when the connection to the engine breaks.
+pub(super) async fn collect(
+    output: &mut Output,
+    nonce: &str,
+    due: tokio::time::Instant,
+    (max_out, max_err): (usize, usize),
+    (out, err): (&mut Vec<u8>, &mut Vec<u8>),
+) -> Result<(Ended, Option<usize>), bollard::errors::Error> {
+    let status_marker = format!("\n{nonce} {{");
+    let end_marker = stdout_end(nonce);
+    let (mut status, mut status_seen, mut end_seen) = (StatusWatch::default(), false, false);
+    loop {
+        match tokio::time::timeout_at(due, output.next()).await {
+            Err(_) => return Ok((Ended::Timeout, status.at)),
+            Ok(None) => return Ok((Ended::Exited, status.at)),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                let from = err.len();
+                if append_capped(err, &message, max_err) {
+                    return Ok((Ended::OutputFull, status.at));
+                }
+                status_seen = status.complete(err, from, status_marker.as_bytes());
+            }
+            Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
+                let from = out.len();
+                // The end marker may take the cap's last bytes.
+                if append_capped(out, &message, max_out.saturating_add(end_marker.len())) {
+                    return Ok((Ended::OutputFull, status.at));
+                }
+                end_seen = end_seen || find_from(out, from, end_marker.as_bytes()).is_some();
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+        if status_seen && end_seen {
+            return Ok((Ended::Reported, status.at));
+        }
+    }
 }
 
 /// Where `needle` first occurs in `buf`, searching from a little before `from` (so

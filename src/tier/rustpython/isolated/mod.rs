@@ -191,16 +191,9 @@ impl IsolatedExecutor {
         };
         let timeout = policy.timeout();
         let deadline = started + timeout;
-        let request = ChildRequest {
-            id: req.id.clone(),
-            code: req.code,
-            allowed_modules: policy.allowed_modules().clone(),
-            max_output: policy.max_output(),
-            timeout_ms: millis(timeout),
-            session: false,
-            #[cfg(feature = "test-hooks")]
-            probe: probe.map(str::to_owned),
-        };
+        let request = child_request(req.id.clone(), req.code, &policy, false);
+        #[cfg(feature = "test-hooks")]
+        let request = ChildRequest { probe: probe.map(str::to_owned), ..request };
         let cap = answer_cap(&policy);
         // Only a tighter memory limit needs a child of its own: a shorter deadline is
         // the supervisor's kill, and the CPU rlimit is a backstop at the policy's.
@@ -320,6 +313,20 @@ impl IsolatedExecutor {
             Supervise::ZygoteGone => host("the zygote died while a session started"),
         })?;
         session::IsolatedSession::start(self.policy.clone(), z, live)
+    }
+}
+
+/// The request a child reads for `code` under `policy` (`session`: a session's cell).
+fn child_request(id: Option<String>, code: String, policy: &Policy, session: bool) -> ChildRequest {
+    ChildRequest {
+        id,
+        code,
+        allowed_modules: policy.allowed_modules().clone(),
+        max_output: policy.max_output(),
+        timeout_ms: millis(policy.timeout()),
+        session,
+        #[cfg(feature = "test-hooks")]
+        probe: None,
     }
 }
 
