@@ -127,3 +127,60 @@ fn a_thread_left_by_a_docker_cell_is_frozen_between_cells() {
     assert!(o.status == Status::Ok || o.status == Status::Crashed, "{o:?}");
     session.end("test");
 }
+
+/// `terrarium batch` stopped by SIGTERM while a docker session's cell spins: no
+/// container of it is left running.
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_batch_stopped_by_a_signal_leaves_no_session_container() {
+    use std::io::Write as _;
+    let Some(_) = crate::common::docker_executor(crate::common::docker_policy(), 0) else { return };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .args([
+            "batch",
+            "--tier",
+            "docker",
+            "--policy",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies/local-docker.yaml"),
+        ])
+        .env("TERRARIUM_HOME", crate::common::test_home())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn batch");
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("stdin");
+    writeln!(input, r#"{{"session": "s", "code": "while True:\n    pass"}}"#).expect("write");
+    let mine = || -> Vec<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=terrarium.owner",
+                "--format",
+                "{{.ID}} {{.Label \"terrarium.owner\"}}",
+            ])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!(":{pid}:")))
+            .map(str::to_string)
+            .collect()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while mine().is_empty() {
+        assert!(std::time::Instant::now() < until, "the session's container never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    #[allow(unsafe_code, reason = "libc::kill has no safe wrapper in std")]
+    // SAFETY: a plain signal to our own child process.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "a batch stopped by a signal says so in its exit code");
+    assert_eq!(mine(), Vec::<String>::new(), "containers left behind");
+}

@@ -109,12 +109,29 @@ pub(super) fn run_batch(args: BatchArgs) -> Result<ExitCode, CliError> {
         let mut queue: std::collections::VecDeque<tokio::task::JoinHandle<Outcome>> = std::collections::VecDeque::new();
         // Each session's cells, queued in input order to the task that runs them.
         let mut sessions: HashMap<String, mpsc::UnboundedSender<Cell>> = HashMap::new();
-        let mut ended_sessions = Vec::new();
+        let mut ended_sessions: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut number = 0;
         let mut input_open = true;
+        // SIGINT or SIGTERM ends the batch cleanly: what is in flight is dropped
+        // (a session's end is recorded as it goes) and the tiers' containers are
+        // removed as the sandbox goes, instead of left to the next start-up.
+        let stop = super::serve::stop_signal();
+        tokio::pin!(stop);
         while input_open || !queue.is_empty() {
             tokio::select! {
                 biased;
+                () = &mut stop => {
+                    for task in &queue {
+                        task.abort();
+                    }
+                    for session in &ended_sessions {
+                        session.abort();
+                    }
+                    return Err(CliError {
+                        code: EXIT_HOST,
+                        error: anyhow::anyhow!("stopped by a signal after {number} lines; outcomes not yet written are lost"),
+                    });
+                }
                 done = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
                     queue.pop_front();
                     let o = done.map_err(|e| CliError {

@@ -89,7 +89,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
+pub(super) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
         (Ok(mut int), Ok(mut term)) => {
