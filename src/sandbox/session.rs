@@ -62,8 +62,11 @@ impl Sandbox {
     ///
     /// # Errors
     /// [`SandboxError::InvalidRequest`] for a tier the policy does not allow or
-    /// that keeps no sessions; [`SandboxError::BreakerOpen`] when the tier's
-    /// breaker is open; the tier's host fault.
+    /// that keeps no sessions; [`SandboxError::NotApproved`] for a docker session
+    /// the policy makes critical and no human approved in time;
+    /// [`SandboxError::Busy`] when `sessions.max_open` sessions are open;
+    /// [`SandboxError::BreakerOpen`] when the tier's breaker is open; the tier's
+    /// host fault. A refused start is recorded too.
     pub async fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session, SandboxError> {
         let tier = match router::candidates(&self.policy, options.tier).first() {
             Some(&tier) => tier,
