@@ -95,23 +95,7 @@ fn a_thread_left_by_a_docker_cell_is_frozen_between_cells() {
     let (label, value) = exec.label();
     let containers = crate::common::containers_labelled(label, value);
     assert_eq!(containers.len(), 1);
-    // Frozen off the cell's path: waits up to 10 s for it.
-    let paused = || {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let out = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Paused}}", &containers[0]])
-                .output()
-                .expect("docker inspect");
-            if String::from_utf8_lossy(&out.stdout).trim() == "true" {
-                return "true";
-            }
-            if std::time::Instant::now() > until {
-                return "false";
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
+    let paused = || if crate::common::container_paused(&containers[0]) { "true" } else { "false" };
     let spawn = "G = getattr(__import__, '__glo' + 'bals__')\nth = G['_real_import']('_thread')\n\
                  t = G['_real_import']('time')\ndef spin():\n    t.sleep(0.3)\n    \
                  G['_real_stdout'].write('LATE\\n')\n    G['_real_stdout'].flush()\n    while True:\n        pass\n\

@@ -415,23 +415,7 @@ fn docker_sessions_keep_state_in_one_container_and_end_at_a_limit() {
     let containers = crate::common::containers_labelled(&label, &value);
     assert_eq!(containers.len(), 1, "one container for the session");
     // Between cells the container is frozen: nothing a cell left behind runs.
-    // Frozen off the cell's path: waits up to 10 s for it.
-    let paused = || {
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Paused}}", &containers[0]])
-                .output()
-                .expect("docker inspect");
-            if String::from_utf8_lossy(&out.stdout).trim() == "true" {
-                return true;
-            }
-            if std::time::Instant::now() > until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let paused = || crate::common::container_paused(&containers[0]);
     assert!(paused(), "frozen before its first cell");
     assert_eq!(tier_cell(&mut session, "import json\ndef double(x):\n    return 2 * x").status, Status::Ok);
     let o = tier_cell(&mut session, "print('out')\njson.dumps([double(21)])");

@@ -226,6 +226,23 @@ pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
+/// Whether container `id` is paused (a session's container between cells), waiting
+/// up to 10 s for it: the freeze happens off a cell's path.
+pub fn container_paused(id: &str) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out =
+            Command::new("docker").args(["inspect", "-f", "{{.State.Paused}}", id]).output().expect("docker inspect");
+        if String::from_utf8_lossy(&out.stdout).trim() == "true" {
+            return true;
+        }
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the real `terrarium` binary with extra environment variables.
 pub fn terrarium_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_terrarium"));
