@@ -122,16 +122,13 @@ impl Sandbox {
                     limits.max_open
                 ))
             })?;
-            let permit = self.breakers.tier(tier).allow()?;
-            let opened = match self.tiers.executor(tier) {
-                Ok(exec) => exec.open_session().await,
-                Err(e) => Err(e),
+            let open = async {
+                match self.tiers.executor(tier) {
+                    Ok(exec) => exec.open_session().await,
+                    Err(e) => Err(e),
+                }
             };
-            match &opened {
-                Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
-                _ => permit.succeeded(),
-            }
-            opened.map(|inner| (inner, slot))
+            self.breakers.tier(tier).run(open).await.map(|inner| (inner, slot))
         }
         .await;
         let (inner, slot) = match opened {
@@ -277,13 +274,7 @@ async fn cell(
         return Ok(finish(Outcome::refused(req.id, tier, Status::Denied, ErrorKind::PolicyDenied, msg)));
     }
     let _slot = sandbox.run_slot()?;
-    let permit = sandbox.breakers.tier(tier).allow()?;
-    let r = session.execute(req).await;
-    match &r {
-        Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
-        _ => permit.succeeded(),
-    }
-    r.map(finish)
+    sandbox.breakers.tier(tier).run(session.execute(req)).await.map(finish)
 }
 
 /// A fresh session identifier: 16 random bytes in hex.

@@ -113,12 +113,13 @@ impl Live {
         let mut frame = Vec::new();
         protocol::write_frame(&mut frame, request).map_err(|e| host(&e.to_string()))?;
         // Between a session's cells the child has nothing to say: bytes waiting
-        // now were written ahead, which breaks the protocol.
+        // now were written ahead, which breaks the protocol. (A single run's child
+        // has said nothing yet: no system call spent on looking.)
         let mut probe = [0u8; 1];
-        let early = match self.stream.try_read(&mut probe) {
-            Ok(0) => Some(Read::Closed),
-            Ok(_) => Some(Read::Broken(StreamError::Malformed)),
-            Err(_) => None,
+        let early = match request.session.then(|| self.stream.try_read(&mut probe)) {
+            Some(Ok(0)) => Some(Read::Closed),
+            Some(Ok(_)) => Some(Read::Broken(StreamError::Malformed)),
+            Some(Err(_)) | None => None,
         };
         let mut answers = AnswerStream::new(limits.cap);
         let stream = &mut self.stream;
