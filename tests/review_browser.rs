@@ -162,19 +162,9 @@ async fn review(c: &fantoccini::Client, base: &str, id: i64) -> Result<(), Strin
         .send_keys("markup in a snippet")
         .await
         .map_err(e("type"))?;
-    c.find(Locator::Id(&format!("deny-{evil_id}")))
-        .await
-        .map_err(e("deny button"))?
-        .click()
-        .await
-        .map_err(e("deny"))?;
+    click(c, &format!("deny-{evil_id}")).await.map_err(e("deny"))?;
     c.wait().at_most(wait).for_element(Locator::Id(&format!("approve-{id}"))).await.map_err(e("back on the page"))?;
-    c.find(Locator::Id(&format!("approve-{id}")))
-        .await
-        .map_err(e("approve button"))?
-        .click()
-        .await
-        .map_err(e("approve"))?;
+    click(c, &format!("approve-{id}")).await.map_err(e("approve"))?;
     // The run completes; the page reloads itself and shows how it ended.
     let outcome =
         c.wait().at_most(wait).for_element(Locator::Id(&format!("outcome-{id}"))).await.map_err(e("the outcome"))?;
@@ -190,4 +180,21 @@ async fn review(c: &fantoccini::Client, base: &str, id: i64) -> Result<(), Strin
         return Err(format!("the second item is {evil_status}"));
     }
     Ok(())
+}
+
+/// Finds the button and clicks it. The page reloads itself when the queue changes, which
+/// can happen between finding a button and clicking it: a stale button was never clicked,
+/// so it is found again on the reloaded page.
+async fn click(c: &fantoccini::Client, id: &str) -> Result<(), fantoccini::error::CmdError> {
+    let mut tries = 0;
+    loop {
+        let r = match c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Id(id)).await {
+            Ok(button) => button.click().await,
+            Err(err) => Err(err),
+        };
+        match r {
+            Err(err) if tries < 5 && err.to_string().contains("stale element") => tries += 1,
+            r => return r,
+        }
+    }
 }
