@@ -6,7 +6,8 @@
 //! environment, no preopened directories but the policy's read-only mounts, no
 //! network; fuel from the policy, an epoch deadline from the timeout (a ticker
 //! thread advances the epoch), and a memory cap from `max_memory` through
-//! `StoreLimits` (growth failures surface as Python `MemoryError`).
+//! `StoreLimits` (growth failures surface as Python `MemoryError`). An instance's
+//! set-up and its run are in `instance.rs`.
 //!
 //! # Security invariant
 //! The wall is WebAssembly plus WASI: the guest can only call the WASI functions the
@@ -17,22 +18,23 @@
 //! policy's import whitelist and an audit hook on top.
 
 mod cache;
+mod instance;
 mod sleep;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store, StoreLimits};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use crate::breaker::Breaker;
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Tier, admit, millis};
 use crate::policy::Policy;
-use crate::tier::cpython::{PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status};
+use crate::tier::cpython::request_text;
+use instance::{STARTUP_LIMIT, run_blocking, spawn_slot};
 
 pub use cache::WasmConfig;
 
@@ -324,265 +326,4 @@ fn start_ticker(engine: Engine) {
     if let Err(e) = spawned {
         tracing::error!("cannot start the wasm epoch ticker, deadlines will not fire: {e}");
     }
-}
-
-/// Starts a warm instance on its own thread.
-fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, SandboxError> {
-    let (host, guest) = tokio::io::duplex(1 << 16);
-    let nonce = nonce();
-    let pipes = Pipes::new(&policy);
-    let stderr = pipes.stderr.clone();
-    let window = Arc::new(std::sync::Mutex::new(None));
-    let (tx, done) = tokio::sync::oneshot::channel();
-    let (n, w) = (nonce.clone(), window.clone());
-    // A warm instance imports the policy's modules while it waits (asyncio excepted:
-    // the prelude installs Terrarium's own).
-    let preload: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).filter(|m| *m != "asyncio").collect();
-    let preload = preload.join(" ");
-    std::thread::Builder::new()
-        .name("terrarium-wasm-warm".into())
-        .spawn(move || {
-            // Made here, off the caller's runtime: the stream's reader task then runs on
-            // wasmtime-wasi's own runtime, which outlives the caller's (a task on the
-            // caller's runtime dies with it at shutdown and the guest's read panics).
-            let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
-            let launch = Launch { nonce: &n, preload: &preload, scratch: None };
-            let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, launch, Deadline::Cell(w)));
-        })
-        .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("cannot start a warm instance: {e}") })?;
-    Ok(Slot { ready_marker: format!("\n{nonce} ready\n"), stderr, stdin: host, window, done })
-}
-
-/// How a run's deadline is kept.
-enum Deadline {
-    /// A fixed number of ticks from instantiation (cold runs).
-    Ticks(u64),
-    /// Set to (arrival, due) when the request arrives (warm instances, started ahead
-    /// of it).
-    Cell(Arc<std::sync::Mutex<Option<(Instant, Instant)>>>),
-}
-
-/// How long a warm instance may take to start before it is abandoned.
-const STARTUP_LIMIT: Duration = Duration::from_secs(30);
-
-/// The capped stdout and stderr of one instance.
-#[derive(Clone)]
-struct Pipes {
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-}
-
-impl Pipes {
-    fn new(policy: &Policy) -> Pipes {
-        let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
-        // stderr also carries the ready marker and the status line.
-        Pipes {
-            stdout: MemoryOutputPipe::new(max_output),
-            stderr: MemoryOutputPipe::new(max_output.saturating_add(64 * 1024)),
-        }
-    }
-}
-
-/// Runs one request on a fresh instance (blocking); `scratch`: with a scratch
-/// directory, made and removed through the `file_io` breaker when there is one.
-fn run_blocking(
-    runtime: &Runtime,
-    policy: &Policy,
-    code: &str,
-    scratch: Option<(PathBuf, Option<Breaker>)>,
-) -> Result<Outcome, SandboxError> {
-    let nonce = nonce();
-    let stdin = MemoryInputPipe::new(request_text(policy, code));
-    let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
-    let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
-    let dir = match &scratch {
-        Some((parent, breaker)) => Some(ScratchDir::create(parent, &nonce, breaker.as_ref())?),
-        None => None,
-    };
-    let launch = Launch { nonce: &nonce, preload: "", scratch: dir.as_ref() };
-    let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
-    if let Some(d) = dir {
-        d.remove(scratch.and_then(|(_, b)| b).as_ref())?;
-    }
-    o
-}
-
-/// A run's private writable directory, removed afterwards: made in the system's
-/// temporary directory only if no other user can change that ([`crate::dirs::ScratchDir`]),
-/// and preopened by handle, never by path.
-struct ScratchDir(crate::dirs::ScratchDir);
-
-impl ScratchDir {
-    fn create(parent: &Path, nonce: &str, breaker: Option<&Breaker>) -> Result<ScratchDir, SandboxError> {
-        let make = || crate::dirs::ScratchDir::create(parent, &format!("terrarium-scratch-{nonce}"));
-        let made = match breaker {
-            Some(b) => b.guard(make).map_err(|open| open.to_string()),
-            None => Ok(make()),
-        };
-        match made {
-            Ok(Ok(dir)) => Ok(ScratchDir(dir)),
-            Ok(Err(e)) => Err(scratch_fault(format!("cannot create a scratch directory: {e}"))),
-            Err(open) => Err(scratch_fault(format!("no scratch directory is made: {open}"))),
-        }
-    }
-
-    fn remove(self, breaker: Option<&Breaker>) -> Result<(), SandboxError> {
-        // Removal is always attempted, open breaker or not (as the engine's kills
-        // are): an open breaker must not leave directories behind. It counts when
-        // the breaker lets it.
-        let removed = self.0.remove();
-        if let Some(permit) = breaker.and_then(|b| b.allow().ok()) {
-            match &removed {
-                Err(e) => permit.failed(&format!("scratch removal: {e}")),
-                Ok(()) => permit.succeeded(),
-            }
-        }
-        removed.map_err(|e| scratch_fault(format!("cannot remove the scratch directory: {e}")))
-    }
-}
-
-fn scratch_fault(message: String) -> SandboxError {
-    SandboxError::Host { tier: Tier::Wasm, message }
-}
-
-/// What an instance starts with besides its pipes.
-struct Launch<'a> {
-    /// Marks its status lines.
-    nonce: &'a str,
-    /// Modules to import before the request (space-separated).
-    preload: &'a str,
-    /// The run's own directory, preopened as `/scratch`.
-    scratch: Option<&'a ScratchDir>,
-}
-
-/// Instantiates python.wasm with `stdin` and runs it to the end (blocking).
-fn run_instance(
-    runtime: &Runtime,
-    policy: &Policy,
-    stdin: impl wasmtime_wasi::cli::StdinStream + 'static,
-    pipes: Pipes,
-    launch: Launch<'_>,
-    deadline: Deadline,
-) -> Result<Outcome, SandboxError> {
-    let Launch { nonce, preload, scratch } = launch;
-    let host_err = |message: String| SandboxError::Host { tier: Tier::Wasm, message };
-    let max_output = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
-    let Pipes { stdout, stderr } = pipes;
-    let mut builder = WasiCtxBuilder::new();
-    builder.stdin(stdin).stdout(stdout.clone()).stderr(stderr.clone()).args(&[
-        "python",
-        "-I",
-        "-S",
-        "-c",
-        PRELUDE,
-        nonce,
-        preload,
-        if scratch.is_some() { "scratch" } else { "" },
-    ]);
-    if let Some(dir) = scratch {
-        // The only host directory a guest ever sees: its own, empty, read-write.
-        builder
-            .preopened_dir(dir.0.by_handle(), "/scratch", wasmtime_wasi::FsPerms::ReadWrite)
-            .map_err(|e| host_err(format!("cannot open the scratch directory: {e}")))?;
-    }
-    for m in policy.read_only_mounts() {
-        // What the policy grants, read-only (cap-std: nothing outside it is
-        // reachable), and only the directory pinned at policy load: it is checked
-        // through a handle, and the handle, not the path, is what is preopened
-        // (its /proc/self/fd name leads to the same directory whatever happens to
-        // the path meanwhile).
-        let pinned = m.pinned.open().map_err(|e| host_err(format!("terrarium.read_only_mounts {}: {e}", m.target)))?;
-        let by_handle = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
-        builder.preopened_dir(&by_handle, &m.target, wasmtime_wasi::FsPerms::ReadOnly).map_err(|e| {
-            host_err(format!("cannot open the directory mounted at {} (terrarium.read_only_mounts): {e}", m.target))
-        })?;
-        drop(pinned);
-    }
-    let clock = sleep::GuestClock(Instant::now());
-    builder.monotonic_clock(clock);
-    let wasi = builder.build_p1();
-    let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
-    let limits = StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(false).build();
-    let due = match &deadline {
-        Deadline::Ticks(_) => sleep::Due::At(Instant::now() + policy.timeout()),
-        Deadline::Cell(cell) => sleep::Due::Window(cell.clone()),
-    };
-    let mut store = runtime.store(wasi, limits, due, clock);
-    store.limiter(|h| &mut h.limits);
-    let fuel = policy.fuel().unwrap_or(UNLIMITED_FUEL);
-    store.set_fuel(fuel).map_err(|e| host_err(format!("cannot set fuel: {e}")))?;
-    let cell = match deadline {
-        Deadline::Ticks(t) => {
-            store.set_epoch_deadline(t);
-            store.epoch_deadline_trap();
-            None
-        }
-        Deadline::Cell(cell) => {
-            let created = Instant::now();
-            let watched = cell.clone();
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                let due = watched.lock().ok().and_then(|d| *d).map_or(created + STARTUP_LIMIT, |(_, due)| due);
-                if Instant::now() >= due {
-                    Err(Trap::Interrupt.into())
-                } else {
-                    Ok(wasmtime::UpdateDeadline::Continue(1))
-                }
-            });
-            Some(cell)
-        }
-    };
-    let instance = runtime.pre.instantiate(&mut store).map_err(|e| {
-        host_err(format!("cannot instantiate python.wasm (are more than max_instances running at once?): {e}"))
-    })?;
-    let start = instance
-        .get_typed_func::<(), ()>(&mut store, "_start")
-        .map_err(|e| host_err(format!("python.wasm has no _start: {e}")))?;
-    let cpu = Instant::now();
-    let ended = start.call(&mut store, ());
-    // A warm instance's work starts when its request arrives.
-    let window = cell.and_then(|c| c.lock().ok().and_then(|d| *d));
-    let began = window.map_or(cpu, |(arrived, _)| arrived);
-    let timeout = window.map_or(policy.timeout(), |(arrived, due)| due - arrived);
-    let used_fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-    // Linear memory never shrinks: its final size is the run's peak.
-    let peak = instance.get_memory(&mut store, "memory").map(|m| m.data_size(&store) as u64);
-    let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
-    let err_bytes = stderr.contents();
-    let report = split_status(&String::from_utf8_lossy(&err_bytes), nonce);
-    let status_line = report.status_line;
-    let mut o = Outcome::blank(Tier::Wasm);
-    o.stdout = out;
-    o.stderr = report.stderr;
-    o.usage.cpu_ms = Some(millis(began.elapsed()));
-    o.usage.fuel = policy.fuel().map(|_| used_fuel);
-    o.usage.peak_memory_bytes = peak;
-    let output_full = stdout.contents().len() >= max_output || err_bytes.len() >= max_output;
-    match ended {
-        Err(e) => {
-            if let Some(trap) = e.downcast_ref::<Trap>() {
-                match trap {
-                    Trap::OutOfFuel => o.end(
-                        Status::FuelExhausted,
-                        ErrorKind::FuelExhausted,
-                        format!("the run used up its fuel ({fuel})"),
-                    ),
-                    Trap::Interrupt => o.end(
-                        Status::Timeout,
-                        ErrorKind::Timeout,
-                        format!("deadline of {}s exceeded", timeout.as_secs_f64()),
-                    ),
-                    other => o.end(Status::Crashed, ErrorKind::Trap, format!("the interpreter trapped: {other}")),
-                }
-            } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                apply_status(&mut o, status_line.as_deref(), Some(exit.0), output_full);
-            } else {
-                o.end(Status::Crashed, ErrorKind::Trap, format!("the interpreter failed: {e}"));
-            }
-        }
-        Ok(()) => apply_status(&mut o, status_line.as_deref(), None, output_full),
-    }
-    apply_output_cap(&mut o, max_output);
-    apply_denial(&mut o, report.denial.as_deref());
-    Ok(o)
 }
