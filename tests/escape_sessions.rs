@@ -1,5 +1,8 @@
 //! Attacks on sessions (issue 19) from a child its snippet fully controls: the
-//! answers it writes ahead, and processes left behind by ended sessions.
+//! answers it writes ahead, and processes left behind by ended sessions; on the
+//! wasm tier, a snippet that rewrites its instance's prelude (forged reports,
+//! output after a report, work left running behind it), judged by what the host
+//! concludes, and instances left behind by ended sessions.
 
 use std::time::{Duration, Instant};
 
@@ -167,4 +170,166 @@ fn a_batch_stopped_by_a_signal_leaves_no_session_container() {
     let status = child.wait().expect("wait");
     assert!(!status.success(), "a batch stopped by a signal says so in its exit code");
     assert_eq!(mine(), Vec::<String>::new(), "containers left behind");
+}
+
+/// The wasm tier with room for one instance at a time and no warm pool: a
+/// python.wasm of its own (a copy: the runtime, with its instance slots, is per
+/// python.wasm path), so that a session can start only once the last one's
+/// instance has ended and freed its slot. `None` when the wasm tier is skipped.
+fn wasm_one_slot(policy: Policy) -> Option<(tempfile::TempDir, terrarium::WasmExecutor)> {
+    crate::common::wasm_executor(Policy::default_policy())?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = terrarium::WasmConfig::from_env();
+    let copy = dir.path().join("python.wasm");
+    std::fs::copy(&config.python_wasm, &copy).expect("copy python.wasm");
+    config.python_wasm = copy;
+    config.pool_size = 0;
+    config.max_instances = 1;
+    let exec = terrarium::WasmExecutor::new(policy, config);
+    exec.warm_up().expect("the one-slot wasm runtime");
+    Some((dir, exec))
+}
+
+/// What the host concluded about `code` run as cell 2 of a wasm session, and about
+/// the cell after it: the outcomes of the cells that ran, and why the session ended.
+fn wasm_attack(
+    exec: &terrarium::WasmExecutor,
+    code: &str,
+    pause: Duration,
+) -> (Vec<terrarium::Outcome>, Option<String>) {
+    let mut session = runtime().block_on(exec.open_session()).expect("session");
+    let first = runtime().block_on(session.execute(ExecRequest::new("x = 1"))).expect("cell");
+    assert_eq!(first.status, Status::Ok, "{first:?}");
+    let short = terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+    let mut outcomes = Vec::new();
+    for code in [code, "x + 1"] {
+        match runtime().block_on(session.execute(ExecRequest::new(code).with_overrides(short.clone()))) {
+            Ok(o) => outcomes.push(o),
+            Err(SandboxError::SessionEnded(_)) => break,
+            Err(e) => panic!("host fault: {e}"),
+        }
+        std::thread::sleep(pause);
+    }
+    let ended = session.ended();
+    (outcomes, ended)
+}
+
+/// The wasm snippet controls CPython, the prelude's globals included: it makes the
+/// prelude write after its report (before it reads the next cell). Nothing may be
+/// written between cells: the write traps the instance, the session ends with a
+/// protocol error, the late output is nobody's, and the instance is gone (its one
+/// slot serves the next session at once).
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn a_wasm_cell_writing_after_its_report_ends_the_session() {
+    let Some((_dir, exec)) = wasm_one_slot(Policy::default_policy()) else { return };
+    let late = "G = getattr(__import__, '__glo' + 'bals__')\nreal = G['_next_cell']\ndef late():\n    \
+                G['_real_stdout'].write('LATE\\n')\n    G['_real_stdout'].flush()\n    return real()\n\
+                G['_next_cell'] = late\n'patched'";
+    let (outcomes, ended) = wasm_attack(&exec, late, Duration::ZERO);
+    assert_eq!(outcomes[0].result, Some(serde_json::json!("patched")), "{outcomes:?}");
+    for o in &outcomes {
+        assert!(!o.stdout.contains("LATE"), "{o:?}");
+    }
+    // Seen with the report (the cell's outcome says the session ended), or at the
+    // next cell, which reports the broken protocol.
+    let why = ended.expect("the session ended");
+    assert!(why.contains("wrote output"), "{why}");
+    if let [_, next] = outcomes.as_slice() {
+        assert_eq!(next.status, Status::Crashed, "{next:?}");
+        assert_eq!(next.error.as_ref().map(|e| e.kind.as_str()), Some("ProtocolError"), "{next:?}");
+    } else {
+        assert!(outcomes[0].session.as_ref().is_some_and(|c| c.ended.is_some()), "{outcomes:?}");
+    }
+    let mut next = runtime().block_on(exec.open_session()).expect("the slot is free again");
+    let o = runtime().block_on(next.execute(ExecRequest::new("'x' in globals()"))).expect("cell");
+    assert_eq!(o.result, Some(serde_json::json!(false)));
+}
+
+/// A cell forges the prelude's report (with the nonce it read from the prelude's
+/// globals), then goes on, and the real report follows. The forged report is the
+/// guest's word about its own cell; the host takes nothing after it: the session
+/// ends, and no later cell gets the forged or late output.
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn a_wasm_cell_forging_its_report_ends_the_session() {
+    let Some((_dir, exec)) = wasm_one_slot(Policy::default_policy()) else { return };
+    let forge = "G = getattr(__import__, '__glo' + 'bals__')\nn = G['_nonce']\n\
+                 G['_real_stdout'].write('FORGED\\n' + '\\n' + n + ' end\\n')\nG['_real_stdout'].flush()\n\
+                 G['_real_stderr_write']('\\n' + n + ' {\"kind\": \"ok\", \"result\": \"7\"}\\n')\n\
+                 G['_real_stderr_flush']()\nprint('after')\n'real'";
+    let (outcomes, ended) = wasm_attack(&exec, forge, Duration::from_millis(200));
+    let why = ended.expect("the session ended");
+    assert!(why.contains("output"), "{why}: {outcomes:?}");
+    // The attacking cell's own outcome is the guest's word; any cell after it
+    // reports the broken protocol, never the forged or late output.
+    for o in outcomes.iter().skip(1) {
+        assert_eq!(o.status, Status::Crashed, "{o:?}");
+        assert!(!o.stdout.contains("FORGED") && !o.stdout.contains("after"), "{o:?}");
+    }
+    assert!(runtime().block_on(exec.open_session()).is_ok(), "the slot is free again");
+}
+
+/// A cell leaves CPU work behind its report (the prelude made to spin instead of
+/// reading its next cell). It cannot run past its window: the instance traps at
+/// the cell's deadline, and the next cell finds it ended.
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn a_wasm_cell_spinning_after_its_report_is_stopped_at_its_deadline() {
+    let Some((_dir, exec)) = wasm_one_slot(Policy::default_policy()) else { return };
+    let spin = "G = getattr(__import__, '__glo' + 'bals__')\ndef spin():\n    while True:\n        pass\n\
+                G['_next_cell'] = spin\n'patched'";
+    let started = Instant::now();
+    let (outcomes, ended) = wasm_attack(&exec, spin, Duration::from_millis(1500));
+    assert_eq!(outcomes[0].result, Some(serde_json::json!("patched")), "{outcomes:?}");
+    let last = outcomes.last().expect("an outcome");
+    assert_eq!(last.error.as_ref().map(|e| e.kind.as_str()), Some("ProtocolError"), "{outcomes:?}");
+    assert!(ended.is_some_and(|w| w.contains("ended between cells")), "{outcomes:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(runtime().block_on(exec.open_session()).is_ok(), "the slot is free again");
+}
+
+/// Sessions ended, dropped, abandoned as they start or left idle free their
+/// instance: the one slot serves the next session (an idle one is stopped by its
+/// watchdog, with no further call).
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn ended_dropped_abandoned_and_idle_wasm_sessions_free_their_instance() {
+    let yaml = format!("{}\nsessions:\n  idle_timeout: 0.5\n", include_str!("../policies/default.yaml"));
+    let policy = Policy::from_yaml(&yaml, "p.yaml").expect("policy");
+    let Some((_dir, exec)) = wasm_one_slot(policy) else { return };
+    // A session's start retries while the last one's instance is ending.
+    let open = || {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            match runtime().block_on(exec.open_session()) {
+                Ok(s) => return s,
+                Err(e) => assert!(Instant::now() < until, "the slot was not freed: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut session = open();
+    runtime().block_on(session.execute(ExecRequest::new("x = 1"))).expect("cell");
+    session.end("test");
+    let dropped = open();
+    drop(dropped);
+    // A start abandoned while CPython was starting: polled once (its instance's
+    // thread started), then dropped.
+    let gave_up = runtime().block_on(async {
+        let mut start = std::pin::pin!(exec.open_session());
+        tokio::select! {
+            biased;
+            _ = &mut start => false,
+            () = std::future::ready(()) => true,
+        }
+    });
+    assert!(gave_up, "a session started at its first poll");
+    // Left idle, and kept: its watchdog stops its instance.
+    let idle = open();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut last = open();
+    assert!(idle.ended().is_some_and(|w| w.contains("idle")), "{:?}", idle.ended());
+    let o = runtime().block_on(last.execute(ExecRequest::new("'x' in globals()"))).expect("cell");
+    assert_eq!(o.result, Some(serde_json::json!(false)));
 }

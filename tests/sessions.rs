@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use terrarium::{ExecRequest, Outcome, Policy, Sandbox, SandboxError, Session, SessionOptions, Status, TierChoice};
+use terrarium::{
+    ExecRequest, Outcome, Policy, Sandbox, SandboxError, Session, SessionOptions, Status, Tier, TierChoice,
+};
 
 use crate::common::{run, runtime};
 
@@ -43,108 +45,219 @@ fn refused(session: &mut Session, code: &str) -> String {
     }
 }
 
-#[test]
-fn cells_share_definitions_imports_and_patches() {
-    let s = sandbox();
-    let mut session = open(&s);
-    assert_eq!(cell(&mut session, "def double(x):\n    return 2 * x").status, Status::Ok);
-    let o = cell(&mut session, "double(21)");
-    assert_eq!(o.result, Some(serde_json::json!(42)), "{o:?}");
-    assert_eq!(o.session.as_ref().map(|c| c.cell), Some(2));
-    assert_eq!(cell(&mut session, "import json\njson.dumps = lambda *a, **k: 'patched'").status, Status::Ok);
-    assert_eq!(cell(&mut session, "json.dumps([1])").result, Some(serde_json::json!("patched")));
-    // A class-level patch stays too, within this session.
-    cell(&mut session, "class Point:\n    pass");
-    assert_eq!(cell(&mut session, "Point.norm = lambda self: 7").status, Status::Ok);
-    assert_eq!(cell(&mut session, "Point().norm()").result, Some(serde_json::json!(7)));
-    // A cell's exception leaves the state as it was.
-    assert_eq!(cell(&mut session, "1/0").status, Status::Exception);
-    assert_eq!(cell(&mut session, "double(2)").result, Some(serde_json::json!(4)));
-    assert_eq!(session.ended(), None);
+/// Declares each check once per tier that keeps sessions through a [`Sandbox`]:
+/// `fn name(tier) { ... }`, run on the interpreter tier (isolated) and on the wasm
+/// tier (opted out with `TERRARIUM_SKIP_WASM=1`), so that their sessions cannot
+/// drift apart. (The docker tier's sessions have their own tests below: they need
+/// the engine and its image.)
+macro_rules! each_session_tier {
+    ($($(#[$doc:meta])* fn $name:ident($tier:ident) $body:block)*) => {
+        mod rustpython {
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[test]
+                fn $name() {
+                    let $tier = Tier::Rustpython;
+                    $body
+                }
+            )*
+        }
+        mod wasm {
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[test]
+                #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+                fn $name() {
+                    let $tier = Tier::Wasm;
+                    $body
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn nothing_crosses_between_sessions_or_into_single_runs() {
-    let s = sandbox();
-    let mut a = open(&s);
-    let mut b = open(&s);
-    cell(&mut a, "secret = 'a'\nimport json\njson.dumps = lambda *x, **k: 'evil'");
-    // The standard library's classes are sealed in every session, as in every run.
-    let o = cell(&mut a, "import json\njson.JSONEncoder.default = lambda self, o: 'evil'");
-    assert_eq!(o.error.map(|e| e.kind), Some("TypeError".into()));
-    assert_eq!(cell(&mut b, "'secret' in globals()").result, Some(serde_json::json!(false)));
-    assert_eq!(cell(&mut b, "import json\njson.dumps([1])").result, Some(serde_json::json!("[1]")));
-    let o = cell(&mut b, "import json\ntry:\n    r = json.dumps(object())\nexcept TypeError:\n    r = 'clean'\nr");
-    assert_eq!(o.result, Some(serde_json::json!("clean")));
-    assert_eq!(run("import json\njson.dumps([1])").result, Some(serde_json::json!("[1]")));
-    // And `a` still has its own.
-    assert_eq!(cell(&mut a, "secret").result, Some(serde_json::json!("a")));
+/// A session on `tier`.
+fn open_on(s: &Arc<Sandbox>, tier: Tier) -> Session {
+    let opts = SessionOptions { tier: TierChoice::Fixed(tier), caller: None };
+    runtime().block_on(s.session(opts)).unwrap_or_else(|e| panic!("a {tier} session: {e}"))
 }
 
-#[test]
-fn a_cell_over_its_timeout_ends_the_session() {
-    let s = sandbox();
-    let mut session = open(&s);
-    cell(&mut session, "x = 1");
-    let req = ExecRequest::new("while True:\n    pass")
-        .with_overrides(terrarium::Overrides { timeout: Some(Duration::from_millis(500)), ..Default::default() });
-    let o = runtime().block_on(session.execute(req)).expect("cell");
-    assert_eq!(o.status, Status::Timeout, "{o:?}");
-    let ended = o.session.and_then(|c| c.ended).expect("the cell says the session ended");
-    assert!(ended.contains("timeout"), "{ended}");
-    let e = refused(&mut session, "x");
-    assert!(e.starts_with("session ended: ") && e.contains("timeout"), "{e}");
+/// A single run on `tier` through the sandbox.
+fn single_run(s: &Arc<Sandbox>, tier: Tier, code: &str) -> Outcome {
+    let mut req = ExecRequest::new(code);
+    req.tier = TierChoice::Fixed(tier);
+    runtime().block_on(s.execute(req)).expect("single run")
 }
 
-#[test]
-fn a_cell_over_the_sessions_memory_ends_it() {
-    let s = sandbox_with(session_policy("  max_memory: 64m"), None);
-    let mut session = open(&s);
-    cell(&mut session, "keep = []");
-    let o = cell(&mut session, "for _ in range(1000):\n    keep.append(bytearray(1 << 20))");
-    // The process killed at its limit, or the interpreter refusing the allocation.
-    let clean_error = o.status == Status::Exception && o.error.as_ref().is_some_and(|e| e.kind == "MemoryError");
-    assert!(o.status == Status::MemoryLimit || clean_error, "{o:?}");
-    let why = o.session.and_then(|c| c.ended).expect("the session ended");
-    assert!(why.contains("memory"), "{why}");
-    assert!(refused(&mut session, "keep").contains("memory"));
-}
+each_session_tier! {
+    fn cells_share_definitions_imports_and_patches(tier) {
+        let s = sandbox();
+        let mut session = open_on(&s, tier);
+        assert_eq!(cell(&mut session, "def double(x):\n    return 2 * x").status, Status::Ok);
+        let o = cell(&mut session, "double(21)");
+        assert_eq!(o.result, Some(serde_json::json!(42)), "{o:?}");
+        assert_eq!(o.session.as_ref().map(|c| c.cell), Some(2));
+        assert_eq!(cell(&mut session, "import json\njson.dumps = lambda *a, **k: 'patched'").status, Status::Ok);
+        assert_eq!(cell(&mut session, "json.dumps([1])").result, Some(serde_json::json!("patched")));
+        // A class-level patch stays too, within this session.
+        cell(&mut session, "class Point:\n    pass");
+        assert_eq!(cell(&mut session, "Point.norm = lambda self: 7").status, Status::Ok);
+        assert_eq!(cell(&mut session, "Point().norm()").result, Some(serde_json::json!(7)));
+        // A cell's exception leaves the state as it was.
+        assert_eq!(cell(&mut session, "1/0").status, Status::Exception);
+        assert_eq!(cell(&mut session, "double(2)").result, Some(serde_json::json!(4)));
+        // Output is each cell's own.
+        let o = cell(&mut session, "print('one')");
+        assert_eq!(o.stdout, "one\n", "{o:?}");
+        assert_eq!(cell(&mut session, "print('two')\n3").stdout, "two\n");
+        assert_eq!(session.ended(), None);
+    }
 
-#[test]
-fn an_idle_session_expires_without_another_cell() {
-    let s = sandbox_with(session_policy("  idle_timeout: 0.5"), None);
-    let mut session = open(&s);
-    cell(&mut session, "x = 1");
-    std::thread::sleep(Duration::from_millis(1500));
-    // The watchdog ended it (and killed its child) in the background.
-    let why = session.ended().expect("ended while idle");
-    assert!(why.contains("idle"), "{why}");
-    assert!(refused(&mut session, "x").contains("sessions.idle_timeout"));
-}
+    fn nothing_crosses_between_sessions_or_into_single_runs(tier) {
+        let s = sandbox();
+        let mut a = open_on(&s, tier);
+        let mut b = open_on(&s, tier);
+        cell(&mut a, "secret = 'a'\nimport json\njson.dumps = lambda *x, **k: 'evil'");
+        let o = cell(&mut a, "import json\njson.JSONEncoder.default = lambda self, o: 'evil'");
+        if tier == Tier::Rustpython {
+            // The standard library's classes are sealed in every session, as in every run.
+            assert_eq!(o.error.map(|e| e.kind), Some("TypeError".into()));
+        } else {
+            // CPython's are not: the patch holds in this session (and only there).
+            assert_eq!(o.status, Status::Ok, "{o:?}");
+            let o = cell(&mut a, "json.JSONEncoder().encode(object())");
+            assert_eq!(o.result, Some(serde_json::json!("\"evil\"")), "{o:?}");
+        }
+        assert_eq!(cell(&mut b, "'secret' in globals()").result, Some(serde_json::json!(false)));
+        assert_eq!(cell(&mut b, "import json\njson.dumps([1])").result, Some(serde_json::json!("[1]")));
+        let o = cell(&mut b, "import json\ntry:\n    r = json.dumps(object())\nexcept TypeError:\n    r = 'clean'\nr");
+        assert_eq!(o.result, Some(serde_json::json!("clean")));
+        assert_eq!(single_run(&s, tier, "import json\njson.dumps([1])").result, Some(serde_json::json!("[1]")));
+        assert_eq!(single_run(&s, tier, "'secret' in globals()").result, Some(serde_json::json!(false)));
+        // And `a` still has its own.
+        assert_eq!(cell(&mut a, "secret").result, Some(serde_json::json!("a")));
+    }
 
-#[test]
-fn the_last_allowed_cell_ends_the_session() {
-    let s = sandbox_with(session_policy("  max_cells: 2"), None);
-    let mut session = open(&s);
-    assert_eq!(cell(&mut session, "1").session.and_then(|c| c.ended), None);
-    let o = cell(&mut session, "2");
-    assert_eq!(o.result, Some(serde_json::json!(2)));
-    assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("sessions.max_cells")));
-    refused(&mut session, "3");
-}
+    fn a_cell_over_its_timeout_ends_the_session(tier) {
+        let s = sandbox();
+        let mut session = open_on(&s, tier);
+        cell(&mut session, "x = 1");
+        let req = ExecRequest::new("while True:\n    pass")
+            .with_overrides(terrarium::Overrides { timeout: Some(Duration::from_millis(500)), ..Default::default() });
+        let o = runtime().block_on(session.execute(req)).expect("cell");
+        assert_eq!(o.status, Status::Timeout, "{o:?}");
+        let ended = o.session.and_then(|c| c.ended).expect("the cell says the session ended");
+        assert!(ended.contains("timeout"), "{ended}");
+        let e = refused(&mut session, "x");
+        assert!(e.starts_with("session ended: ") && e.contains("timeout"), "{e}");
+    }
 
-#[test]
-fn an_import_refused_before_the_cell_runs_keeps_the_session() {
-    let s = sandbox();
-    let mut session = open(&s);
-    cell(&mut session, "x = 41");
-    assert_eq!(cell(&mut session, "import os").status, Status::Denied);
-    assert_eq!(cell(&mut session, "x + 1").result, Some(serde_json::json!(42)));
-    // One refused while the cell ran stopped its interpreter mid-cell: the session
-    // ends rather than go on from a half-run cell.
-    let o = cell(&mut session, "__import__('o' + 's')");
-    assert_eq!(o.status, Status::Denied);
-    assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("unable to go on")));
+    fn a_cell_over_the_sessions_memory_ends_it(tier) {
+        let s = sandbox_with(session_policy("  max_memory: 64m"), None);
+        let mut session = open_on(&s, tier);
+        cell(&mut session, "keep = []");
+        let o = cell(&mut session, "for _ in range(1000):\n    keep.append(bytearray(1 << 20))");
+        // The process killed at its limit, or the interpreter refusing the allocation.
+        let clean_error = o.status == Status::Exception && o.error.as_ref().is_some_and(|e| e.kind == "MemoryError");
+        assert!(o.status == Status::MemoryLimit || clean_error, "{o:?}");
+        let why = o.session.and_then(|c| c.ended).expect("the session ended");
+        assert!(why.contains("memory"), "{why}");
+        assert!(refused(&mut session, "keep").contains("memory"));
+    }
+
+    fn an_idle_session_expires_without_another_cell(tier) {
+        let s = sandbox_with(session_policy("  idle_timeout: 0.5"), None);
+        let mut session = open_on(&s, tier);
+        cell(&mut session, "x = 1");
+        std::thread::sleep(Duration::from_millis(1500));
+        // The watchdog ended it (and stopped its child or instance) in the background.
+        let why = session.ended().expect("ended while idle");
+        assert!(why.contains("idle"), "{why}");
+        assert!(refused(&mut session, "x").contains("sessions.idle_timeout"));
+    }
+
+    fn the_last_allowed_cell_ends_the_session(tier) {
+        let s = sandbox_with(session_policy("  max_cells: 2"), None);
+        let mut session = open_on(&s, tier);
+        assert_eq!(cell(&mut session, "1").session.and_then(|c| c.ended), None);
+        let o = cell(&mut session, "2");
+        assert_eq!(o.result, Some(serde_json::json!(2)));
+        assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("sessions.max_cells")));
+        refused(&mut session, "3");
+    }
+
+    /// Output past a cell's cap ends the session with the output kept to the cap.
+    fn output_over_the_cap_ends_the_session(tier) {
+        let s = sandbox();
+        let mut session = open_on(&s, tier);
+        assert_eq!(cell(&mut session, "print('small')").stdout, "small\n");
+        let cap = 16 << 10;
+        let req = ExecRequest::new("while True:\n    print('x' * 1000)")
+            .with_overrides(terrarium::Overrides { max_output: Some(cap), ..Default::default() });
+        let o = runtime().block_on(session.execute(req)).expect("cell");
+        assert_eq!(o.status, Status::OutputLimit, "{o:?}");
+        assert!(o.stdout.len() as u64 <= cap, "{} bytes kept", o.stdout.len());
+        let why = o.session.and_then(|c| c.ended).expect("the session ended");
+        assert!(why.contains("output cap"), "{why}");
+        assert!(refused(&mut session, "1").contains("output cap"));
+    }
+
+    fn an_abandoned_cell_ends_its_session_and_an_ended_session_frees_its_slot(tier) {
+        let s = sandbox_with(session_policy("  max_open: 1"), None);
+        let mut session = open_on(&s, tier);
+        cell(&mut session, "x = 1");
+        // The caller stops waiting half-way through a cell (its future is dropped).
+        let gave_up = runtime().block_on(async {
+            tokio::time::timeout(Duration::from_millis(300), session.execute(ExecRequest::new("while True:\n    pass")))
+                .await
+                .is_err()
+        });
+        assert!(gave_up);
+        let why = session.ended().expect("an abandoned cell ends the session");
+        assert!(why.contains("abandoned"), "{why}");
+        assert!(refused(&mut session, "x").contains("abandoned"));
+        // Seen ended, it no longer holds the only slot.
+        let _next = open_on(&s, tier);
+    }
+
+    fn a_cell_killed_at_the_sessions_lifetime_says_so_and_is_charged_its_own_cpu(tier) {
+        let s = sandbox_with(session_policy("  max_lifetime: 2"), None);
+        let mut session = open_on(&s, tier);
+        // CPU used by an earlier cell is not charged to the one killed later (CPython
+        // in wasm runs the loop at about 2 iterations per µs: 300,000 leave the
+        // session most of its lifetime).
+        let n = if tier == Tier::Wasm { 300_000 } else { 3_000_000 };
+        cell(&mut session, &format!("t = 0\nfor i in range({n}):\n    t += i"));
+        let o = cell(&mut session, "while True:\n    pass");
+        assert_eq!(o.status, Status::Timeout, "{o:?}");
+        let message = o.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        assert!(message.contains("sessions.max_lifetime"), "{message}");
+        let (cpu, wall) = (o.usage.cpu_ms.expect("cpu"), o.usage.wall_ms);
+        assert!(cpu <= wall + 50, "cpu {cpu} ms against wall {wall} ms: {o:?}");
+    }
+
+    fn an_import_refused_before_the_cell_runs_keeps_the_session(tier) {
+        let s = sandbox();
+        let mut session = open_on(&s, tier);
+        cell(&mut session, "x = 41");
+        assert_eq!(cell(&mut session, "import os").status, Status::Denied);
+        assert_eq!(cell(&mut session, "x + 1").result, Some(serde_json::json!(42)));
+        let o = cell(&mut session, "__import__('o' + 's')");
+        assert_eq!(o.status, Status::Denied);
+        let ended = o.session.and_then(|c| c.ended);
+        if tier == Tier::Rustpython {
+            // One refused while the cell ran stopped its interpreter mid-cell: the
+            // session ends rather than go on from a half-run cell.
+            assert!(ended.is_some_and(|w| w.contains("unable to go on")));
+        } else {
+            // CPython's prelude refused it as a PermissionError the cell could
+            // catch: the interpreter goes on (as on the docker tier).
+            assert_eq!(ended, None);
+            assert_eq!(cell(&mut session, "x").result, Some(serde_json::json!(41)));
+        }
+    }
 }
 
 #[test]
@@ -174,14 +287,16 @@ fn a_session_and_its_cells_are_in_the_audit_log() {
     assert_eq!(terrarium::audit::verify(&path).expect("verify").1, Vec::<String>::new());
 }
 
+/// The embedded interpreter (trusted code, in this process) keeps no sessions:
+/// sessions are for the confined tiers.
 #[test]
-fn tiers_without_sessions_say_so() {
-    let s = sandbox();
-    let opts = SessionOptions { tier: TierChoice::Fixed(terrarium::Tier::Wasm), caller: None };
-    match runtime().block_on(s.session(opts)) {
+fn the_embedded_interpreter_keeps_no_sessions() {
+    use terrarium::Executor as _;
+    let embedded = terrarium::EmbeddedExecutor::new(Policy::default_policy());
+    match runtime().block_on(embedded.open_session()) {
         Err(SandboxError::InvalidRequest(why)) => assert!(why.contains("does not keep sessions"), "{why}"),
         Err(e) => panic!("unexpected error: {e}"),
-        Ok(_) => panic!("a wasm session started"),
+        Ok(_) => panic!("an embedded session started"),
     }
 }
 
@@ -361,20 +476,6 @@ fn cells_refused_after_the_end_and_failed_starts_are_in_the_audit_log() {
 }
 
 #[test]
-fn a_cell_killed_at_the_sessions_lifetime_says_so_and_is_charged_its_own_cpu() {
-    let s = sandbox_with(session_policy("  max_lifetime: 2"), None);
-    let mut session = open(&s);
-    // CPU used by an earlier cell is not charged to the one killed later.
-    cell(&mut session, "t = 0\nfor i in range(3000000):\n    t += i");
-    let o = cell(&mut session, "while True:\n    pass");
-    assert_eq!(o.status, Status::Timeout, "{o:?}");
-    let message = o.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-    assert!(message.contains("sessions.max_lifetime"), "{message}");
-    let (cpu, wall) = (o.usage.cpu_ms.expect("cpu"), o.usage.wall_ms);
-    assert!(cpu <= wall + 50, "cpu {cpu} ms against wall {wall} ms: {o:?}");
-}
-
-#[test]
 fn an_overlong_batch_line_is_refused_unread_and_the_batch_goes_on() {
     let policy = format!("{}terrarium:\n  max_code_size: 1k\n", terrarium::policy::DEFAULT_POLICY_YAML);
     let (_d, path) = crate::common::temp_file("p.yaml", policy.as_bytes());
@@ -522,25 +623,6 @@ fn a_docker_session_waits_for_a_humans_approval() {
 }
 
 #[test]
-fn an_abandoned_cell_ends_its_session_and_an_ended_session_frees_its_slot() {
-    let s = sandbox_with(session_policy("  max_open: 1"), None);
-    let mut session = open(&s);
-    cell(&mut session, "x = 1");
-    // The caller stops waiting half-way through a cell (its future is dropped).
-    let gave_up = runtime().block_on(async {
-        tokio::time::timeout(Duration::from_millis(300), session.execute(ExecRequest::new("while True:\n    pass")))
-            .await
-            .is_err()
-    });
-    assert!(gave_up);
-    let why = session.ended().expect("an abandoned cell ends the session");
-    assert!(why.contains("abandoned"), "{why}");
-    assert!(refused(&mut session, "x").contains("abandoned"));
-    // Seen ended, it no longer holds the only slot.
-    let _next = open(&s);
-}
-
-#[test]
 fn denial_reasons_and_exception_types_stay_bounded_and_inert() {
     let o = run("__import__('k' * 50000)");
     assert_eq!(o.status, Status::Denied, "{o:?}");
@@ -554,4 +636,51 @@ fn denial_reasons_and_exception_types_stay_bounded_and_inert() {
         crate::common::terrarium(&["run", "-c", "E = type('\\x1b]0;PWNED\\x07', (Exception,), {})\nraise E('m')"], b"");
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
     assert!(out.stderr.contains("PWNED"), "{:?}", out.stderr);
+}
+
+/// On the wasm tier each cell gets the policy's fuel (`terrarium.fuel`) afresh, and
+/// says what it used: two cells that together use more than one budget both run; a
+/// cell that uses up its own ends the session.
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn wasm_cells_each_get_the_policys_fuel() {
+    let yaml = format!("{}terrarium:\n  fuel: 1000000000\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = sandbox_with(Policy::from_yaml(&yaml, "fuel.yaml").expect("policy"), None);
+    let mut session = open_on(&s, Tier::Wasm);
+    let mut used = 0;
+    for _ in 0..2 {
+        // About 530 million units each (measured).
+        let o = cell(&mut session, "t = 0\nfor i in range(100000):\n    t += i");
+        assert_eq!(o.status, Status::Ok, "{o:?}");
+        let fuel = o.usage.fuel.expect("the cell's fuel");
+        assert!(fuel > 100_000_000 && fuel < 1_000_000_000, "{fuel}: {o:?}");
+        used += fuel;
+    }
+    assert!(used > 1_000_000_000, "the two cells together used {used}, more than one cell's budget");
+    let o = cell(&mut session, "while True:\n    pass");
+    assert_eq!((o.status, o.usage.fuel), (Status::FuelExhausted, Some(1_000_000_000)), "{o:?}");
+    assert!(o.session.and_then(|c| c.ended).is_some_and(|w| w.contains("fuel")));
+    assert!(refused(&mut session, "1").contains("fuel"));
+}
+
+/// A cell's fuel is set when the guest reads the cell, not when the host sends it:
+/// work a cell leaves behind its report (here the prelude made to count before it
+/// reads the next cell, through epoch checks while the next cell is sent) runs on
+/// that cell's fuel, and the next cell still gets its own in full.
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn wasm_fuel_is_set_as_the_cell_is_read() {
+    let yaml = format!("{}terrarium:\n  fuel: 1000000000\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = sandbox_with(Policy::from_yaml(&yaml, "fuel.yaml").expect("policy"), None);
+    let mut session = open_on(&s, Tier::Wasm);
+    // After its report: about 750 million units, 150 ms (measured), longer than the
+    // host takes to send the next cell.
+    let slow = "G = getattr(__import__, '__glo' + 'bals__')\nreal = G['_next_cell']\ndef slow():\n    \
+                for _ in range(800000):\n        pass\n    return real()\nG['_next_cell'] = slow";
+    assert_eq!(cell(&mut session, slow).status, Status::Ok);
+    // About 765 million units: more than the first cell left.
+    let o = cell(&mut session, "t = 0\nfor i in range(150000):\n    t += i");
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    let fuel = o.usage.fuel.expect("fuel");
+    assert!(fuel > 600_000_000 && fuel < 1_000_000_000, "{fuel}: {o:?}");
 }

@@ -22,7 +22,7 @@ pub use crate::policy::{Overrides, Tier, TierChoice};
 
 mod session;
 pub use session::{CellInfo, TierSession};
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 pub(crate) use session::{Lifecycle, end_reason};
 
 /// A boxed future, so that executors can sit behind `dyn Executor`.

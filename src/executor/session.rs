@@ -52,7 +52,7 @@ pub trait TierSession: Send {
 /// The clock and end of one session, shared by its tier's session and the
 /// watchdog task that ends it when idle or expired: whether it ended (the first
 /// reason stays), whether a cell runs, and when the last one ended.
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 #[derive(Clone)]
 pub(crate) struct Lifecycle {
     state: std::sync::Arc<std::sync::Mutex<LifeState>>,
@@ -61,14 +61,14 @@ pub(crate) struct Lifecycle {
     pub(crate) expires: std::time::Instant,
 }
 
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 struct LifeState {
     ended: Option<String>,
     busy: bool,
     last_used: std::time::Instant,
 }
 
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 impl Lifecycle {
     /// A session starting now under `limits`.
     pub(crate) fn new(limits: crate::policy::SessionPolicy) -> Lifecycle {
@@ -162,10 +162,10 @@ impl Lifecycle {
 }
 
 /// A running cell (see [`Lifecycle::begin_cell`]).
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 pub(crate) struct CellGuard(Option<Lifecycle>);
 
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 impl CellGuard {
     /// The cell ended (however): the idle clock starts again.
     pub(crate) fn finish(mut self) {
@@ -177,7 +177,7 @@ impl CellGuard {
     }
 }
 
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 impl Drop for CellGuard {
     fn drop(&mut self) {
         if let Some(life) = self.0.take() {
@@ -193,7 +193,7 @@ impl Drop for CellGuard {
 /// with what the cells built still in place; the type is the guest's word, which
 /// can only end its own session, so the reason says what was seen, not a cause),
 /// an interpreter that cannot go on (`can_continue`), or the last allowed cell.
-#[cfg(any(feature = "rustpython", feature = "docker"))]
+#[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
 pub(crate) fn end_reason(
     o: &Outcome,
     cell: u64,

@@ -415,7 +415,7 @@ impl Policy {
 
     /// This policy as a session's process is held to: the session's memory cap
     /// (`sessions.max_memory`) instead of one run's.
-    #[cfg(feature = "docker")]
+    #[cfg(any(feature = "wasm", feature = "docker"))]
     pub(crate) fn for_session(&self) -> Policy {
         Policy { max_memory: self.sessions.max_memory, ..self.clone() }
     }

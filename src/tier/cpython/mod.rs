@@ -132,7 +132,10 @@ pub(crate) fn split_status(stderr: &str, nonce: &str) -> Report {
 }
 
 /// The line the prelude ends stdout with when asked to (`mark`).
-#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "only the docker tier marks the end of stdout"))]
+#[cfg_attr(
+    not(any(feature = "wasm", feature = "docker")),
+    allow(dead_code, reason = "only sessions (wasm) and the docker tier mark the end of stdout")
+)]
 pub(crate) fn stdout_end(nonce: &str) -> String {
     format!("\n{nonce} end\n")
 }

@@ -6,20 +6,25 @@
 //! environment, no preopened directories but the policy's read-only mounts, no
 //! network; fuel from the policy, an epoch deadline from the timeout (a ticker
 //! thread advances the epoch), and a memory cap from `max_memory` through
-//! `StoreLimits` (growth failures surface as Python `MemoryError`). An instance's
-//! set-up and its run are in `instance.rs`.
+//! `StoreLimits` (growth failures surface as Python `MemoryError`). A session keeps
+//! one instance for its cells instead (`session.rs`), with drainable standard
+//! streams (`stream.rs`) and a window per cell; the set-up both share is in
+//! `instance.rs`.
 //!
 //! # Security invariant
 //! The wall is WebAssembly plus WASI: the guest can only call the WASI functions the
 //! linker provides, sees no host files but the directories the policy mounts
 //! read-only (and its own scratch directory when asked), no sockets, no processes
-//! and no environment, and cannot outrun its fuel, deadline or memory cap. The
+//! and no environment, and cannot outrun its fuel, deadline or memory cap. Every
+//! instance serves one request, or one session's cells, and no one else. The
 //! prelude (`src/guest/cpython_prelude.py`, shared with the docker tier) applies the
 //! policy's import whitelist and an audit hook on top.
 
 mod cache;
 mod instance;
+mod session;
 mod sleep;
+mod stream;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -31,7 +36,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Tier, admit, millis};
+use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Tier, TierSession, admit, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::request_text;
 use instance::{STARTUP_LIMIT, run_blocking, spawn_slot};
@@ -251,6 +256,11 @@ impl Executor for WasmExecutor {
 
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
         Box::pin(self.run(req))
+    }
+
+    /// One instance kept for the session's cells (see `session.rs`).
+    fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn TierSession>, SandboxError>> {
+        Box::pin(async move { Ok(Box::new(self.start_session().await?) as Box<dyn TierSession>) })
     }
 }
 

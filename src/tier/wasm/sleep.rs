@@ -5,10 +5,11 @@
 //! slot for the whole sleep. So the guest's `poll_oneoff` is Terrarium's own
 //! ([`poll_oneoff`]): clock subscriptions wait no later than the deadline, and
 //! descriptor subscriptions are reported ready at once (every descriptor a guest
-//! has is a memory pipe or a file, which never block in `poll`; a read that then
-//! has nothing to read returns as it would). A wait that would outlast the
-//! deadline sleeps until the deadline and ends the run there with the same trap as
-//! the epoch check, so the run is a `timeout`.
+//! has is a memory pipe or a file, which never block in `poll`, or a session's
+//! stdin, which has nothing between cells anyway; a read that then has nothing to
+//! read returns, or waits for a session's next cell, as it would). A wait that
+//! would outlast the deadline sleeps until the deadline and ends the run there with
+//! the same trap as the epoch check, so the run is a `timeout`.
 //!
 //! Absolute timeouts are converted with the clocks the guest itself sees: the
 //! monotonic clock is [`GuestClock`] (installed in every instance), the real-time
