@@ -4,6 +4,8 @@
 //!   before each timed request).
 //! - `wasm/cold/print`: a fresh instance per request (CPython's start-up included).
 //! - `wasm/refill_2`: time to start two warm instances (refill rate = 2 / time).
+//! - `wasm/session/*`: one cell in a session kept open (its instance kept, its
+//!   state kept; cells/s = 1 / time), beside the single runs above.
 //!
 //! Needs python.wasm (`scripts/setup-wasm`).
 
@@ -48,6 +50,29 @@ fn bench(c: &mut Criterion) {
             });
         });
     }
+    // Cells of one session (its instance kept). A session ends at its max_cells
+    // (1000 by default): a new one starts, untimed.
+    let mut session = rt.block_on(warm.open_session()).expect("session");
+    for (name, code) in
+        [("session/print", "print(1+1)"), ("session/loop_10k", "t = 0\nfor i in range(10000):\n    t += i\nt")]
+    {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if session.ended().is_some() {
+                        session = rt.block_on(warm.open_session()).expect("session");
+                    }
+                    let t = Instant::now();
+                    let o = rt.block_on(session.execute(ExecRequest::new(code))).expect("host fault");
+                    total += t.elapsed();
+                    assert_eq!(o.status, Status::Ok, "{o:?}");
+                }
+                total
+            });
+        });
+    }
+    drop(session);
     let cold = executor(0);
     group.bench_function("cold/print", |b| b.iter(|| rt.block_on(run(&cold, "print(1+1)"))));
     group.bench_function("refill_2", |b| {
