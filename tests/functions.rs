@@ -179,3 +179,133 @@ fn every_call_is_in_the_audit_log() {
     let outcome = rows.iter().find(|r| r.kind == "outcome").expect("outcome");
     assert_eq!(outcome.data["calls"][0]["function"], "price");
 }
+
+/// Decides the first pending item from another process (the CLI on the same
+/// audit database), after checking what the approver is shown.
+fn decide_from_cli(home: std::path::PathBuf, verb: &'static str) -> std::thread::JoinHandle<serde_json::Value> {
+    std::thread::spawn(move || {
+        let env = [("TERRARIUM_HOME", home.to_string_lossy().into_owned())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = crate::common::terrarium_env(&["approvals", "list", "--status", "pending"], b"", &env);
+            if let Some(item) = list.stdout.lines().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+                let id = item["id"].to_string();
+                let out = crate::common::terrarium_env(
+                    &["approvals", verb, &id, "--as", "alice", "--note", "checked the amount"],
+                    b"",
+                    &env,
+                );
+                assert_eq!(out.code, 0, "{}", out.stderr);
+                return item;
+            }
+            assert!(std::time::Instant::now() < until, "no call waited for approval");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[test]
+fn a_critical_call_waits_for_a_human_approved_denied_or_expired() {
+    let home = tempfile::tempdir().expect("home");
+    let db = home.path().join("audit.db");
+    let functions = "  transfer:\n    critical: true\n";
+    let transfer = |call: FunctionCall| async move { Ok(serde_json::json!({"sent": call.args[0]})) };
+    let s = builder(policy_with(functions, "approvals:\n  timeout: 30\n"))
+        .audit(&db)
+        .function("transfer", transfer)
+        .build()
+        .expect("sandbox");
+    let code = "from host import transfer\ntry:\n    r = transfer(125)\nexcept PermissionError as e:\n    r = 'refused: ' + str(e)\nr";
+    // Approved from another process while the run waits: the snippet goes on with
+    // the result, and the run's own timeout did not tick during the wait.
+    let approver = decide_from_cli(home.path().to_path_buf(), "approve");
+    let o = run_on(&s, terrarium::Tier::Rustpython, code);
+    let item = approver.join().expect("approver");
+    assert_eq!(item["kind"], "function_call", "{item}");
+    assert_eq!(item["subject"]["function"], "transfer", "{item}");
+    assert_eq!(item["subject"]["arguments"]["args"], serde_json::json!([125]), "{item}");
+    assert!(item["subject"]["code"].as_str().unwrap_or("").contains("transfer(125)"), "{item}");
+    assert_eq!((o.status, o.result.clone()), (Status::Ok, Some(serde_json::json!({"sent": 125}))), "{o:?}");
+    assert_eq!(o.calls[0].status, "ok");
+    // Denied: PermissionError in the snippet, naming the decision.
+    let approver = decide_from_cli(home.path().to_path_buf(), "deny");
+    let o = run_on(&s, terrarium::Tier::Rustpython, code);
+    approver.join().expect("approver");
+    let said = o.result.as_ref().and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    assert!(said.starts_with("refused: ") && said.contains("denied by alice"), "{o:?}");
+    assert_eq!(o.calls[0].status, "denied");
+    // Expired: nobody decides within the approvals' timeout.
+    let quick = builder(policy_with(functions, "approvals:\n  timeout: 1\n"))
+        .audit(&db)
+        .function("transfer", transfer)
+        .build()
+        .expect("sandbox");
+    let o = run_on(&quick, terrarium::Tier::Rustpython, code);
+    let said = o.result.as_ref().and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    assert!(said.starts_with("refused: ") && said.contains("expired"), "{o:?}");
+    assert_eq!(o.calls[0].status, "expired");
+    // All three, with their host calls, in the audit log.
+    s.flush_audit(Duration::from_secs(10)).expect("flush");
+    quick.flush_audit(Duration::from_secs(10)).expect("flush");
+    let rows = terrarium::audit::tail(&db, usize::MAX).expect("rows");
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+    for k in ["approval_approved", "approval_denied", "approval_expired"] {
+        assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+    }
+    let statuses: Vec<&str> =
+        rows.iter().filter(|r| r.kind == "host_call").filter_map(|r| r.data["status"].as_str()).collect();
+    assert_eq!(statuses, ["ok", "denied", "expired"]);
+}
+
+#[test]
+fn over_http_the_api_caller_answers_a_sessions_calls() {
+    use crate::common::server::{ADMIN, SUBMIT, Server};
+    let policy = format!(
+        "{}\nfunctions:\n  lookup:\n    timeout: 30\n  hurry:\n    timeout: 0.5\n",
+        terrarium::policy::DEFAULT_POLICY_YAML
+    );
+    let s = Server::start(Some(&policy), &[]);
+    let id = s.call("POST", "/v1/sessions", Some(SUBMIT), None).json()["id"].as_str().expect("id").to_string();
+    let cells = format!("/v1/sessions/{id}/cells");
+    let code = "from host import lookup\\na = lookup('x', n=1)\\ntry:\\n    lookup('y')\\nexcept KeyError as e:\\n    b = str(e)\\n[a, b]";
+    let r = s.call("POST", &cells, Some(SUBMIT), Some(&format!(r#"{{"code": "{code}"}}"#)));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let call = r.json()["function_call"].clone();
+    assert_eq!((r.json()["status"].as_str(), call["function"].as_str()), (Some("function_call"), Some("lookup")));
+    assert_eq!((call["args"].clone(), call["kwargs"].clone()), (serde_json::json!(["x"]), serde_json::json!({"n": 1})));
+    let answer = format!("/v1/sessions/{id}/calls/{}", call["id"].as_str().expect("call id"));
+    // Only the session's owner answers; a cell of a paused session is a conflict.
+    assert_eq!(s.call("POST", &answer, Some(ADMIN), Some(r#"{"result": 1}"#)).status, 404);
+    assert_eq!(s.call("POST", &cells, Some(SUBMIT), Some(r#"{"code": "1"}"#)).status, 409);
+    let r = s.call("POST", &answer, Some(SUBMIT), Some(r#"{"result": {"price": 5}}"#));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let second = r.json()["function_call"].clone();
+    assert_eq!(second["args"], serde_json::json!(["y"]));
+    // Each call is answered once.
+    assert_eq!(s.call("POST", &answer, Some(SUBMIT), Some(r#"{"result": 2}"#)).status, 404);
+    let answer2 = format!("/v1/sessions/{id}/calls/{}", second["id"].as_str().expect("call id"));
+    let r = s.call("POST", &answer2, Some(SUBMIT), Some(r#"{"error": {"type": "KeyError", "message": "no y"}}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["result"], serde_json::json!([{"price": 5}, "'no y'"]), "{}", r.body);
+    assert_eq!(r.json()["calls"].as_array().map(Vec::len), Some(2), "{}", r.body);
+    // A call nobody answers ends at its function's timeout: TimeoutError in the cell.
+    let r = s.call(
+        "POST",
+        &cells,
+        Some(SUBMIT),
+        Some(r#"{"code": "from host import hurry\ntry:\n    hurry()\nexcept TimeoutError:\n    r = 'gave up'\nr"}"#),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let late = format!("/v1/sessions/{id}/calls/{}", r.json()["function_call"]["id"].as_str().expect("id"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.call("POST", &late, Some(SUBMIT), Some(r#"{"result": 1}"#)).status, 404);
+    // A single run cannot be paused: it is told to use a session.
+    let r = s.call(
+        "POST",
+        "/v1/execute",
+        Some(SUBMIT),
+        Some(r#"{"code": "from host import lookup\ntry:\n    lookup(1)\nexcept NotImplementedError as e:\n    r = str(e)\nr"}"#),
+    );
+    assert!(r.json()["result"].as_str().unwrap_or("").contains("run this in a session"), "{}", r.body);
+}

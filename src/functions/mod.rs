@@ -66,10 +66,12 @@ impl FunctionError {
 pub type HostFunction =
     Arc<dyn Fn(FunctionCall) -> BoxFuture<'static, Result<serde_json::Value, FunctionError>> + Send + Sync>;
 
-/// The implementations registered on a sandbox, by name.
-#[derive(Clone, Default)]
+/// The implementations registered on a sandbox, by name, and the one that
+/// answers every other declared function (a server's API caller).
+#[derive(Default)]
 pub struct Registry {
     functions: HashMap<String, HostFunction>,
+    rest: std::sync::OnceLock<HostFunction>,
 }
 
 impl Registry {
@@ -81,6 +83,17 @@ impl Registry {
     /// Whether `name` has an implementation here.
     pub fn contains(&self, name: &str) -> bool {
         self.functions.contains_key(name)
+    }
+
+    /// Answers every declared function without a command or a closure of its own
+    /// with `f`, from now on. Only the first such call takes effect: `false` when
+    /// one was set already.
+    pub fn answer_rest_with(&self, f: HostFunction) -> bool {
+        self.rest.set(f).is_ok()
+    }
+
+    fn get(&self, name: &str) -> Option<&HostFunction> {
+        self.functions.get(name).or_else(|| self.rest.get())
     }
 }
 
@@ -251,7 +264,7 @@ impl RunCalls {
             caller: self.cx.caller.clone(),
         };
         let run: BoxFuture<'static, Result<serde_json::Value, FunctionError>> =
-            match (&spec.command, self.registry.functions.get(&call.name)) {
+            match (&spec.command, self.registry.get(&call.name)) {
                 (Some(argv), _) => Box::pin(command::run(argv.clone(), fcall, spec.max_result_bytes)),
                 (None, Some(f)) => f(fcall),
                 (None, None) => {

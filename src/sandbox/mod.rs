@@ -200,6 +200,14 @@ impl Sandbox {
         self.audited(req, None, |req, policy| Box::pin(self.route_and_run(req, policy))).await
     }
 
+    /// Answers every host function the policy declares without a `command` and
+    /// that has no closure registered on the builder with `f` (a server hands
+    /// such calls to its API caller). Only the first call takes effect: `false`
+    /// when one was set already.
+    pub fn answer_functions_with(&self, f: crate::functions::HostFunction) -> bool {
+        self.functions.answer_rest_with(f)
+    }
+
     /// Gives `req` its link to the policy's host functions (none declared: none),
     /// and returns the run's record of its calls.
     fn link_functions(

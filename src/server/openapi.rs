@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Server};
 
-use super::{handlers, review, sessions};
+use super::{calls, handlers, review, sessions};
 
 /// Every error answer's body: `{"error": message}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -136,6 +136,7 @@ pub(super) fn tier_choice_schema() -> utoipa::openapi::schema::Object {
         sessions::cell,
         sessions::show,
         sessions::end,
+        calls::answer,
         handlers::list_approvals,
         handlers::show_approval,
         handlers::decide_approval,

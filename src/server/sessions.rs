@@ -22,6 +22,8 @@ use crate::sandbox::{Session, SessionOptions};
 struct Entry {
     owner: String,
     session: Arc<tokio::sync::Mutex<Option<Session>>>,
+    /// Its running cell's events and its calls waiting for the API caller.
+    desk: Arc<super::calls::Desk>,
 }
 
 /// The server's open sessions, by id.
@@ -40,6 +42,16 @@ impl ApiSessions {
     /// The session `id` if `owner` owns it.
     fn get(&self, id: &str, owner: &str) -> Option<Arc<Entry>> {
         self.map().get(id).filter(|e| e.owner == owner).cloned()
+    }
+
+    /// The desk of session `id` (for its own cells' calls).
+    pub(super) fn desk(&self, id: &str) -> Option<Arc<super::calls::Desk>> {
+        self.map().get(id).map(|e| e.desk.clone())
+    }
+
+    /// The desk of session `id` if `owner` owns it.
+    pub(super) fn owned_desk(&self, id: &str, owner: &str) -> Option<Arc<super::calls::Desk>> {
+        self.get(id, owner).map(|e| e.desk.clone())
     }
 
     /// Removes the sessions that ended by themselves (their end is recorded as they
@@ -163,7 +175,11 @@ pub(super) async fn start(State(state): State<Shared>, Caller(caller, _): Caller
             let id = s.id().to_string();
             let shown = info(&id, &s);
             tracing::info!(caller = caller.name, session = id, "session started");
-            let entry = Arc::new(Entry { owner: caller.name, session: Arc::new(tokio::sync::Mutex::new(Some(s))) });
+            let entry = Arc::new(Entry {
+                owner: caller.name,
+                session: Arc::new(tokio::sync::Mutex::new(Some(s))),
+                desk: super::calls::Desk::new(),
+            });
             state.api_sessions.map().insert(id, entry);
             axum::Json(shown).into_response()
         }
@@ -192,7 +208,9 @@ pub(super) struct CellBody {
 ///
 /// The outcome's `session` gives the cell's number and, when this cell ended the
 /// session (a limit, its last allowed cell), why. A cell of an ended session is
-/// 410 with the reason.
+/// 410 with the reason. A cell that calls a host function the API's caller
+/// answers pauses: the answer is then 202 with the `function_call`, to answer at
+/// `/v1/sessions/{id}/calls/{call_id}`.
 #[utoipa::path(
     post,
     path = "/v1/sessions/{id}/cells",
@@ -201,6 +219,7 @@ pub(super) struct CellBody {
     request_body = CellBody,
     responses(
         (status = 200, description = "How the cell ended (any status, including denied and limits).", body = crate::Outcome),
+        (status = 202, description = "The cell paused on a host function call for the caller to answer.", body = super::calls::Paused),
         (status = 404, response = NotFound),
         (status = 409, description = "A cell of this session is running.", body = super::openapi::ErrorBody),
         (status = 410, description = "The session has ended (the reason).", body = super::openapi::ErrorBody),
@@ -243,24 +262,25 @@ pub(super) async fn cell(
     // The cell runs to its end (under its deadline) and is recorded even if the
     // client hangs up: a cell cut off half-way would leave the session's child
     // between two cells' protocol states.
+    let desk = entry.desk.clone();
+    let number = desk.begin_cell();
     let ran = tokio::spawn(async move {
         match slot.as_mut() {
             Some(session) => session.execute(req).await,
             None => Err(SandboxError::SessionEnded("it was ended".into())),
         }
-    })
-    .await;
-    let ran = match ran {
-        Ok(r) => r,
-        Err(e) => return fault("a session's cell", &e),
-    };
-    match ran {
-        Ok(o) => {
-            state.metrics.outcome(o.tier, o.status);
-            axum::Json(o).into_response()
-        }
-        Err(e) => sandbox_error(&state, &e),
-    }
+    });
+    let told = desk.clone();
+    tokio::spawn(async move {
+        let r = match ran.await {
+            Ok(r) => r,
+            Err(e) => {
+                Err(SandboxError::Host { tier: crate::Tier::Rustpython, message: format!("a cell's task failed: {e}") })
+            }
+        };
+        told.done(number, r);
+    });
+    desk.next(&state).await
 }
 
 /// Show a session (role submit; the token that started it).
