@@ -309,3 +309,63 @@ fn over_http_the_api_caller_answers_a_sessions_calls() {
     );
     assert!(r.json()["result"].as_str().unwrap_or("").contains("run this in a session"), "{}", r.body);
 }
+
+/// The default policy for the docker tier (local test image) with `functions`.
+fn docker_policy_with(functions: &str, extra: &str) -> Option<Policy> {
+    let yaml = format!(
+        "{}\nfunctions:\n{functions}\n{extra}",
+        crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE)
+    );
+    let policy = Policy::from_yaml(&yaml, "functions.yaml").expect("policy");
+    crate::common::docker_executor(policy.clone(), 0).map(|_| policy)
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn host_functions_round_trip_on_the_docker_tier() {
+    let Some(policy) = docker_policy_with(PRICE, "") else { return };
+    let s = builder(policy).function("price", price).build().expect("sandbox");
+    let docker = terrarium::Tier::Docker;
+    let o = run_on(
+        &s,
+        docker,
+        "from host import price\nprint('before')\nr = price('apple', qty=2)\nraise_later = 'after'\ntry:\n    price('pear')\nexcept KeyError as e:\n    err = str(e)\n[r, err]",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(
+        o.result,
+        Some(
+            serde_json::json!([{"item": "apple", "total": 6, "tags": ["fruit", null, true, 1.5]}, "'no price for pear'"])
+        )
+    );
+    // The call lines are the host's channel, not the guest's stderr.
+    assert_eq!((o.stdout.as_str(), o.stderr.as_str()), ("before\n", ""), "{o:?}");
+    assert_eq!(o.calls.len(), 2);
+    // The guest controls CPython: it can reach the prelude's call function and name
+    // an undeclared function, or call too often. The host refuses, and the run is
+    // denied whatever the guest does next.
+    let o = run_on(
+        &s,
+        docker,
+        "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\ntry:\n    call('steal', (), {})\nexcept BaseException:\n    pass\n'ok'",
+    );
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert!(o.error.as_ref().unwrap().message.contains("\"steal\" is not declared"), "{o:?}");
+    let o = run_on(
+        &s,
+        docker,
+        "from host import price\nfor _ in range(4):\n    try:\n        price('apple')\n    except BaseException:\n        pass",
+    );
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert!(o.error.as_ref().unwrap().message.contains("max_calls of 3"), "{o:?}");
+    // In a session, on the same container.
+    let s = Arc::new(s);
+    let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(docker), caller: None };
+    let mut session = runtime().block_on(s.session(opts)).expect("session");
+    let cell = |session: &mut terrarium::Session, code: &str| {
+        runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell")
+    };
+    assert_eq!(cell(&mut session, "from host import price").status, Status::Ok);
+    let o = cell(&mut session, "price('apple')['total'] + price('apple', qty=3)['total']");
+    assert_eq!(o.result, Some(serde_json::json!(12)), "{o:?}");
+}

@@ -23,24 +23,33 @@ pub(super) async fn serve(
     engine: &Engine,
     w: Warm,
     policy: &Policy,
-    code: &str,
+    req: &ExecRequest,
     delivered: Instant,
 ) -> Result<Outcome, SandboxError> {
     let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
     let due = tokio::time::Instant::from_std(delivered + policy.timeout());
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
-    let max_err = max_out.saturating_add(STDERR_SLACK);
-    let text = request_text(policy, code);
+    let max_err = max_out.saturating_add(STDERR_SLACK).saturating_add(call_room(policy, req.host.is_some()));
+    let names = req.host.as_ref().map(crate::executor::HostLink::names).unwrap_or_default();
+    let text = request_text_with(policy, &req.code, &names);
+    // A run with host functions keeps stdin open for their replies.
+    let calls = !names.is_empty();
     let write = async {
-        input.write_all(text.as_bytes()).await?;
-        input.shutdown().await
+        if calls {
+            input.write_all(framed(&text).as_bytes()).await
+        } else {
+            input.write_all(text.as_bytes()).await?;
+            input.shutdown().await
+        }
     };
     // A guest that stops reading is stopped by its deadline.
     let written = tokio::time::timeout_at(due, write).await;
     let (mut out, mut ended) = (Vec::new(), if written.is_err() { Ended::Timeout } else { Ended::Exited });
     let end_marker = stdout_end(&nonce);
+    let mut answerer = Answerer::new(req.host.clone(), &nonce, err.len());
     if written.is_ok() {
-        match collect(&mut output, &nonce, due, (max_out, max_err), (&mut out, &mut err)).await {
+        let caps = (max_out, max_err);
+        match collect(&mut output, &nonce, due, caps, (&mut out, &mut err), (&mut answerer, &mut input)).await {
             Ok((e, _)) => ended = e,
             Err(e) => {
                 let _ = engine.remove(&id).await;
@@ -115,7 +124,73 @@ pub(super) async fn serve(
     }
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
+    // The host's own refusal of a call stands whatever the guest reported.
+    apply_denial(&mut o, answerer.refused.as_deref());
     Ok(o)
+}
+
+/// Room on stderr for one host call line: the largest arguments the policy lets a
+/// call carry, and the line around them.
+pub(super) fn call_room(policy: &Policy, calls: bool) -> usize {
+    let largest = policy.functions().values().map(|f| f.max_arg_bytes).max().unwrap_or(0);
+    if calls { usize::try_from(largest).unwrap_or(usize::MAX).saturating_add(4096) } else { 0 }
+}
+
+/// Answers a run's host calls as the prelude's call lines arrive on stderr: each
+/// line is taken out of stderr (it is not the guest's output), checked and
+/// answered by the host, and its reply written to the container's stdin.
+pub(super) struct Answerer {
+    host: Option<crate::executor::HostLink>,
+    marker: String,
+    /// Stderr before this has no unanswered call line.
+    scanned: usize,
+    /// The host's refusal of a call: the run is denied with it.
+    pub(super) refused: Option<String>,
+}
+
+impl Answerer {
+    pub(super) fn new(host: Option<crate::executor::HostLink>, nonce: &str, from: usize) -> Answerer {
+        Answerer { host, marker: call_marker(nonce), scanned: from, refused: None }
+    }
+
+    /// Takes the next complete call line out of `err`, if one has arrived.
+    fn take_call(&mut self, err: &mut Vec<u8>) -> Option<Option<crate::executor::HostCall>> {
+        let m = self.marker.as_bytes();
+        let start = self.scanned.saturating_sub(m.len());
+        let Some(at) = err[start..].windows(m.len()).position(|w| w == m).map(|p| p + start) else {
+            self.scanned = err.len();
+            return None;
+        };
+        let body = at + m.len();
+        let Some(nl) = err[body..].iter().position(|b| *b == b'\n').map(|p| body + p) else {
+            self.scanned = at;
+            return None;
+        };
+        let call = parse_call(&err[body..nl]);
+        err.drain(at..=nl);
+        self.scanned = at;
+        Some(call)
+    }
+
+    /// Answers every complete call line in `err`; returns how long the host took.
+    async fn answer_all(&mut self, err: &mut Vec<u8>, input: &mut Input) -> std::io::Result<Duration> {
+        let mut waited = Duration::ZERO;
+        while let Some(call) = self.take_call(err) {
+            let asked = Instant::now();
+            let reply = match (call, &self.host) {
+                (Some(call), Some(host)) => host.call(call).await,
+                (None, _) => crate::executor::CallReply::Refused("a malformed host function call".into()),
+                (Some(_), None) => crate::executor::CallReply::Refused("this run has no host functions".into()),
+            };
+            if let crate::executor::CallReply::Refused(why) = &reply {
+                self.refused.get_or_insert_with(|| why.clone());
+            }
+            waited += asked.elapsed();
+            input.write_all(call_reply_frame(&reply).as_bytes()).await?;
+            input.flush().await?;
+        }
+        Ok(waited)
+    }
 }
 
 /// Reads a container's output into `out` and `err` (stdout and stderr) until the
@@ -128,9 +203,10 @@ pub(super) async fn serve(
 pub(super) async fn collect(
     output: &mut Output,
     nonce: &str,
-    due: tokio::time::Instant,
+    mut due: tokio::time::Instant,
     (max_out, max_err): (usize, usize),
     (out, err): (&mut Vec<u8>, &mut Vec<u8>),
+    (answerer, input): (&mut Answerer, &mut Input),
 ) -> Result<(Ended, Option<usize>), bollard::errors::Error> {
     let status_marker = format!("\n{nonce} {{");
     let end_marker = stdout_end(nonce);
@@ -145,6 +221,13 @@ pub(super) async fn collect(
                 if append_capped(err, &message, max_err) {
                     return Ok((Ended::OutputFull, status.at));
                 }
+                // Host calls first: their lines leave stderr, and the run's
+                // deadline moves by the time the host took.
+                match answerer.answer_all(err, input).await {
+                    Ok(waited) => due += waited,
+                    Err(_) => return Ok((Ended::Exited, status.at)),
+                }
+                let from = from.min(answerer.scanned);
                 status_seen = status.complete(err, from, status_marker.as_bytes());
             }
             Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {
