@@ -110,7 +110,7 @@ impl DockerSession {
         let running = self.life.begin_cell();
         let due = (started + policy.timeout()).min(self.life.expires);
         let ran = match self.warm.as_mut() {
-            Some(warm) => run_cell(&self.engine, warm, &policy, &req, due).await,
+            Some(warm) => run_cell(&self.engine, warm, &policy, &req, (due, self.life.expires)).await,
             None => Err(host("the session lost its container")),
         };
         running.finish();
@@ -209,7 +209,7 @@ async fn run_cell(
     warm: &mut Warm,
     policy: &Policy,
     req: &ExecRequest,
-    due: Instant,
+    (due, expires): (Instant, Instant),
 ) -> Result<(Outcome, Option<String>), SandboxError> {
     let due = tokio::time::Instant::from_std(due);
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
@@ -235,6 +235,7 @@ async fn run_cell(
     let end_marker = stdout_end(&nonce);
     let (mut ended, mut status_at) = (if written.is_err() { Ended::Timeout } else { Ended::Exited }, None);
     let mut answerer = Answerer::new(req.host.clone(), &nonce, 0);
+    answerer.latest = Some(tokio::time::Instant::from_std(expires));
     if written.is_ok() {
         let caps = (max_out, max_err);
         let calls = (&mut answerer, &mut warm.input);

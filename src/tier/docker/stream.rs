@@ -146,11 +146,13 @@ pub(super) struct Answerer {
     scanned: usize,
     /// The host's refusal of a call: the run is denied with it.
     pub(super) refused: Option<String>,
+    /// The deadline never moves past this (a session's lifetime).
+    pub(super) latest: Option<tokio::time::Instant>,
 }
 
 impl Answerer {
     pub(super) fn new(host: Option<crate::executor::HostLink>, nonce: &str, from: usize) -> Answerer {
-        Answerer { host, marker: call_marker(nonce), scanned: from, refused: None }
+        Answerer { host, marker: call_marker(nonce), scanned: from, refused: None, latest: None }
     }
 
     /// Takes the next complete call line out of `err`, if one has arrived.
@@ -224,7 +226,7 @@ pub(super) async fn collect(
                 // Host calls first: their lines leave stderr, and the run's
                 // deadline moves by the time the host took.
                 match answerer.answer_all(err, input).await {
-                    Ok(waited) => due += waited,
+                    Ok(waited) => due = answerer.latest.map_or(due + waited, |l| l.min(due + waited)),
                     Err(_) => return Ok((Ended::Exited, status.at)),
                 }
                 let from = from.min(answerer.scanned);
