@@ -24,14 +24,12 @@ fn builder(policy: Policy) -> SandboxBuilder {
 }
 
 /// A closure that prices an item: `price(item, qty=1)`.
-fn price(call: FunctionCall) -> impl std::future::Future<Output = Result<serde_json::Value, FunctionError>> {
-    async move {
-        let item = call.args.first().and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let qty = call.kwargs.get("qty").and_then(serde_json::Value::as_i64).unwrap_or(1);
-        match item.as_str() {
-            "apple" => Ok(serde_json::json!({"item": item, "total": 3 * qty, "tags": ["fruit", null, true, 1.5]})),
-            _ => Err(FunctionError::new("KeyError", format!("no price for {item}"))),
-        }
+async fn price(call: FunctionCall) -> Result<serde_json::Value, FunctionError> {
+    let item = call.args.first().and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let qty = call.kwargs.get("qty").and_then(serde_json::Value::as_i64).unwrap_or(1);
+    match item.as_str() {
+        "apple" => Ok(serde_json::json!({"item": item, "total": 3 * qty, "tags": ["fruit", null, true, 1.5]})),
+        _ => Err(FunctionError::new("KeyError", format!("no price for {item}"))),
     }
 }
 
@@ -72,14 +70,14 @@ fn undeclared_oversized_and_too_many_calls_are_refused() {
     // The size is the host's check: the run ends denied, whatever the guest does.
     let o = run_on(&s, tier, "import host\nhost.price('x' * 2000)");
     assert_eq!(o.status, Status::Denied, "{o:?}");
-    assert!(o.error.as_ref().unwrap().message.contains("max_arg_bytes of 1024"), "{o:?}");
+    assert!(o.error.as_ref().expect("error").message.contains("max_arg_bytes of 1024"), "{o:?}");
     let o = run_on(
         &s,
         tier,
         "from host import price\nfor _ in range(5):\n    try:\n        price('apple')\n    except BaseException:\n        pass\n'kept going'",
     );
     assert_eq!(o.status, Status::Denied, "{o:?}");
-    assert!(o.error.as_ref().unwrap().message.contains("more than its max_calls of 3"), "{o:?}");
+    assert!(o.error.as_ref().expect("error").message.contains("more than its max_calls of 3"), "{o:?}");
     assert_eq!(o.result, None);
     assert_eq!(o.calls.iter().filter(|c| c.status == "ok").count(), 3, "{:?}", o.calls);
     // Without `functions` in the policy there is no host module at all.
@@ -350,14 +348,14 @@ fn host_functions_round_trip_on_the_docker_tier() {
         "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\ntry:\n    call('steal', (), {})\nexcept BaseException:\n    pass\n'ok'",
     );
     assert_eq!(o.status, Status::Denied, "{o:?}");
-    assert!(o.error.as_ref().unwrap().message.contains("\"steal\" is not declared"), "{o:?}");
+    assert!(o.error.as_ref().expect("error").message.contains("\"steal\" is not declared"), "{o:?}");
     let o = run_on(
         &s,
         docker,
         "from host import price\nfor _ in range(4):\n    try:\n        price('apple')\n    except BaseException:\n        pass",
     );
     assert_eq!(o.status, Status::Denied, "{o:?}");
-    assert!(o.error.as_ref().unwrap().message.contains("max_calls of 3"), "{o:?}");
+    assert!(o.error.as_ref().expect("error").message.contains("max_calls of 3"), "{o:?}");
     // In a session, on the same container.
     let s = Arc::new(s);
     let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(docker), caller: None };

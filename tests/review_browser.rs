@@ -126,7 +126,8 @@ fn slow_a_reviewer_sees_a_pending_host_call_with_its_arguments_and_approves_it()
     let profile = tempfile::tempdir().expect("profile");
     let addr = s.addr;
     let run = std::thread::spawn(move || {
-        let body = r#"{"code": "from host import transfer\nr = transfer('<b>acct</b>', amount=125)\nr['kwargs']['amount']"}"#;
+        let body =
+            r#"{"code": "from host import transfer\nr = transfer('<b>acct</b>', amount=125)\nr['kwargs']['amount']"}"#;
         call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[])
     });
     let first = crate::server::first_pending(&s);

@@ -31,7 +31,7 @@ pub(super) enum CellEvent {
     /// The cell calls a function the caller answers.
     Call(FunctionCallInfo),
     /// The cell ended.
-    Done(Result<Outcome, SandboxError>),
+    Done(Box<Result<Outcome, SandboxError>>),
 }
 
 /// A call waiting for the API caller's answer, as the API shows it.
@@ -91,7 +91,7 @@ impl Desk {
 
     /// The cell numbered `cell` ended.
     pub(super) fn done(&self, cell: u64, r: Result<Outcome, SandboxError>) {
-        let _ = self.events.send((cell, CellEvent::Done(r)));
+        let _ = self.events.send((cell, CellEvent::Done(Box::new(r))));
     }
 
     /// Waits for the running cell's next pause or its end, as the response.
@@ -112,11 +112,13 @@ impl Desk {
                     (StatusCode::ACCEPTED, axum::Json(Paused { status: "function_call", function_call: call }))
                         .into_response()
                 }
-                CellEvent::Done(Ok(o)) => {
-                    state.metrics.outcome(o.tier, o.status);
-                    axum::Json(o).into_response()
-                }
-                CellEvent::Done(Err(e)) => sandbox_error(state, &e),
+                CellEvent::Done(r) => match *r {
+                    Ok(o) => {
+                        state.metrics.outcome(o.tier, o.status);
+                        axum::Json(o).into_response()
+                    }
+                    Err(e) => sandbox_error(state, &e),
+                },
             };
         }
     }

@@ -351,6 +351,7 @@ mod tests {
             route: None,
             findings: Vec::new(),
             session: Some(crate::executor::CellInfo { cell: 1, ended: Some("why".into()) }),
+            calls: vec![crate::CallInfo { function: "f".into(), status: "ok".into(), ms: 1 }],
         })
         .expect("outcome");
         let props = schemas["Outcome"]["properties"].as_object().expect("properties");

@@ -29,6 +29,7 @@ const ASYNCIO_STANDIN: &str = include_str!("../../guest/asyncio_standin.py");
 
 /// The request text the prelude reads, for a run without host functions (see
 /// [`request_text_with`]).
+#[cfg_attr(not(feature = "wasm"), allow(dead_code, reason = "the docker tier always names the functions"))]
 pub(crate) fn request_text(policy: &Policy, code: &str) -> String {
     request_text_with(policy, code, &[])
 }
@@ -52,18 +53,21 @@ pub(crate) fn request_text_with(policy: &Policy, code: &str, functions: &[String
 
 /// A request framed by its length in bytes (a session's cells; a run that may
 /// call host functions, whose stdin stays open for the replies).
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn framed(text: &str) -> String {
     format!("{}\n{text}", text.len())
 }
 
 /// The prelude's call line marker: `"\n<nonce> call "`, then a JSON array
 /// `[name, {"args": [...], "kwargs": {...}}]` and a newline.
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn call_marker(nonce: &str) -> String {
     format!("\n{nonce} call ")
 }
 
 /// A host call's reply as the prelude reads it: framed JSON, `{"value": v}`,
 /// `{"raise": [kind, message]}` or `{"refused": reason}`.
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn call_reply_frame(reply: &crate::executor::CallReply) -> String {
     use crate::executor::CallReply;
     let body = match reply {
@@ -75,6 +79,7 @@ pub(crate) fn call_reply_frame(reply: &crate::executor::CallReply) -> String {
 }
 
 /// Parses a call line's payload (after [`call_marker`], without its newline).
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn parse_call(payload: &[u8]) -> Option<crate::executor::HostCall> {
     let (name, args): (String, serde_json::Value) = serde_json::from_slice(payload).ok()?;
     Some(crate::executor::HostCall { name, args })

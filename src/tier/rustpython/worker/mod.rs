@@ -522,7 +522,7 @@ fn static_denial(code: &str, allowed: &BTreeSet<String>, host: bool) -> Option<S
     analysis.imports.iter().find_map(|imp| {
         if imp.level != 0 {
             Some(format!("line {}: relative imports are not available to snippets", imp.line))
-        } else if !module_allowed(allowed, &imp.module) && !(host && imp.module == "host") {
+        } else if !(module_allowed(allowed, &imp.module) || host && imp.module == "host") {
             Some(format!("line {}: import of {:?} is not allowed by the policy", imp.line, imp.module))
         } else {
             None
