@@ -272,6 +272,7 @@ mod tests {
             ("/v1/sessions/{id}", "get"),
             ("/v1/sessions/{id}", "delete"),
             ("/v1/sessions/{id}/cells", "post"),
+            ("/v1/sessions/{id}/calls/{call_id}", "post"),
             ("/v1/approvals", "get"),
             ("/v1/approvals/{id}", "get"),
             ("/v1/approvals/{id}/{decision}", "post"),
