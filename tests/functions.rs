@@ -345,10 +345,12 @@ fn host_functions_round_trip_on_the_docker_tier() {
     let o = run_on(
         &s,
         docker,
-        "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\ntry:\n    call('steal', (), {})\nexcept BaseException:\n    pass\n'ok'",
+        "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\nfor _ in range(50):\n    try:\n        call('steal', (), {})\n    except BaseException:\n        pass\n'ok'",
     );
     assert_eq!(o.status, Status::Denied, "{o:?}");
     assert!(o.error.as_ref().expect("error").message.contains("\"steal\" is not declared"), "{o:?}");
+    // The run ends at the refusal: one call recorded, however many the guest sends.
+    assert_eq!(o.calls.len(), 1, "{:?}", o.calls);
     let o = run_on(
         &s,
         docker,
@@ -366,4 +368,88 @@ fn host_functions_round_trip_on_the_docker_tier() {
     assert_eq!(cell(&mut session, "from host import price").status, Status::Ok);
     let o = cell(&mut session, "price('apple')['total'] + price('apple', qty=3)['total']");
     assert_eq!(o.result, Some(serde_json::json!(12)), "{o:?}");
+}
+
+#[test]
+fn an_operators_command_leaves_nothing_running_after_its_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join("spawn.sh");
+    // Starts a background process that would outlive the call, then answers.
+    std::fs::write(&script, "#!/bin/sh\nsleep 1234.5 &\necho '\"started\"'\n").expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let functions = format!("  spawn:\n    command: [{:?}]\n", script.display().to_string());
+    let s = builder(policy_with(&functions, "")).build().expect("sandbox");
+    let o = run_on(&s, terrarium::Tier::Rustpython, "from host import spawn\nspawn()");
+    assert_eq!(o.result, Some(serde_json::json!("started")), "{o:?}");
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 1234.5"]).output().expect("pgrep");
+    assert!(left.stdout.is_empty(), "a process the command started outlived the call: {left:?}");
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn on_docker_a_snippet_that_does_not_read_its_replies_still_ends_at_its_deadline() {
+    let Some(policy) = docker_policy_with("  big:\n    timeout: 5\n", "") else { return };
+    let policy = policy
+        .tighten(&terrarium::Overrides { timeout: Some(Duration::from_secs(3)), ..Default::default() })
+        .expect("t");
+    let s = builder(policy)
+        .function("big", |_call| async { Ok(serde_json::json!("x".repeat(900_000))) })
+        .build()
+        .expect("sandbox");
+    // The snippet writes call lines itself and never reads a reply: the host's
+    // write of the reply cannot complete, and must not hold the run past its
+    // deadline.
+    let code = "from host import big\nimport time\ng = getattr(big, '__glo' + 'bals__')\n\
+                w, n = g['_real_stderr_write'], g['_nonce']\n\
+                for _ in range(3):\n    w('\\n' + n + ' call [\"big\", {\"args\": [], \"kwargs\": {}}]\\n')\n\
+                g['_real_stderr_flush']()\ntime.sleep(3600)";
+    let started = std::time::Instant::now();
+    let o = run_on(&s, terrarium::Tier::Docker, code);
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn over_http_a_caller_reattaches_to_a_running_cell_and_can_end_it() {
+    use crate::common::server::{SUBMIT, Server};
+    let policy = format!("{}\nfunctions:\n  ask:\n    timeout: 0.5\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = Server::start(Some(&policy), &[]);
+    let id = s.call("POST", "/v1/sessions", Some(SUBMIT), None).json()["id"].as_str().expect("id").to_string();
+    let current = format!("/v1/sessions/{id}/cells/current");
+    assert_eq!(s.call("GET", &current, Some(SUBMIT), None).status, 404, "no cell runs yet");
+    // Three calls nobody answers in time: each one after the first is announced to
+    // a caller that re-attaches.
+    let code = r#"{"code": "from host import ask\nfor i in range(3):\n    try:\n        ask(i)\n    except TimeoutError:\n        pass\n'done'"}"#;
+    let r = s.call("POST", &format!("/v1/sessions/{id}/cells"), Some(SUBMIT), Some(code));
+    assert_eq!((r.status, r.json()["function_call"]["args"].clone()), (202, serde_json::json!([0])), "{}", r.body);
+    let mut seen = vec![0];
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let r = s.call("GET", &current, Some(SUBMIT), None);
+        if r.status == 200 {
+            break r;
+        }
+        assert_eq!(r.status, 202, "{}", r.body);
+        let arg = r.json()["function_call"]["args"][0].as_i64().expect("arg");
+        if seen.last() != Some(&arg) {
+            seen.push(arg);
+        }
+        assert!(std::time::Instant::now() < until, "the cell never ended");
+    };
+    assert_eq!(last.json()["result"], "done", "{}", last.body);
+    assert_eq!(seen, [0, 1, 2], "every call was announced");
+    // A cell waiting on a call nobody answers is stopped by ending the session.
+    let policy = format!("{}\nfunctions:\n  ask:\n    timeout: 600\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = Server::start(Some(&policy), &[]);
+    let id = s.call("POST", "/v1/sessions", Some(SUBMIT), None).json()["id"].as_str().expect("id").to_string();
+    let r = s.call(
+        "POST",
+        &format!("/v1/sessions/{id}/cells"),
+        Some(SUBMIT),
+        Some(r#"{"code": "from host import ask\nask()"}"#),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let ended = s.call("DELETE", &format!("/v1/sessions/{id}"), Some(SUBMIT), None);
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(s.call("GET", &format!("/v1/sessions/{id}"), Some(SUBMIT), None).status, 404);
 }

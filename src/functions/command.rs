@@ -7,14 +7,30 @@
 //! # Security
 //! The program is the operator's, named by absolute path in the policy: the
 //! snippet chooses only the arguments, which reach it as data on stdin, never as
-//! argv. Its stderr is logged for the operator, never shown to the guest. It is
-//! killed when the call's timeout ends it (the caller drops this future).
+//! argv. Its stderr is logged for the operator, never shown to the guest. It runs
+//! in a process group of its own, killed whole when the call ends (answered, or
+//! dropped at the call's timeout): nothing it started outlives the call.
 
 use std::process::Stdio;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{FunctionCall, FunctionError};
+
+/// Kills a process group when dropped.
+struct Group(i32);
+
+impl Drop for Group {
+    #[allow(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
+    fn drop(&mut self) {
+        // SAFETY: kill(2) takes no pointers; a negative pid names the process group
+        // the program was started in (`process_group(0)`: its pid), which holds only
+        // it and what it started. ESRCH (all gone) is the usual result.
+        unsafe {
+            libc::kill(-self.0, libc::SIGKILL);
+        }
+    }
+}
 
 /// Runs `argv` for `call`; its stdout may hold at most `max_result` bytes.
 pub(super) async fn run(
@@ -34,8 +50,10 @@ pub(super) async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| failed(format!("its program could not start ({})", e.kind())))?;
+    let mut group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Group);
     let input = serde_json::json!({"function": call.name, "args": call.args, "kwargs": call.kwargs}).to_string();
     let (mut stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(i), Some(o), Some(e)) => (i, o, e),
@@ -57,8 +75,15 @@ pub(super) async fn run(
         let _ = stderr.take(4096).read_to_end(&mut err).await;
         err
     };
-    let ((), out, err) = tokio::join!(write, read_out, read_err);
-    let status = child.wait().await.map_err(|e| failed(format!("waiting for it failed ({})", e.kind())))?;
+    // Once the program exits, what it started is killed: its pipes then close
+    // (a background process would hold them open).
+    let exited = async {
+        let status = child.wait().await;
+        drop(group.take());
+        status
+    };
+    let (status, (), out, err) = tokio::join!(exited, write, read_out, read_err);
+    let status = status.map_err(|e| failed(format!("waiting for it failed ({})", e.kind())))?;
     if !err.is_empty() {
         tracing::info!(function = %call.name, stderr = %String::from_utf8_lossy(&err), "host function command's stderr");
     }

@@ -126,6 +126,9 @@ pub(crate) struct RunCalls {
 
 #[derive(Default)]
 struct CallState {
+    /// The first refusal: the run is over, and every later call gets it again,
+    /// unrecorded (a guest that ignores a refusal cannot fill the log).
+    refused: Option<String>,
     counts: HashMap<String, u64>,
     records: Vec<CallInfo>,
     waited: Duration,
@@ -186,9 +189,15 @@ impl RunCalls {
 
     async fn answer(&self, call: HostCall) -> CallReply {
         let started = Instant::now();
+        if let Some(why) = self.lock().refused.clone() {
+            return CallReply::Refused(why);
+        }
         let args_text = call.args.to_string();
         let (reply, status, approval) = match self.admit(&call, args_text.len()) {
-            Err(why) => (CallReply::Refused(why), "refused", None),
+            Err(why) => {
+                self.lock().refused.get_or_insert(why.clone());
+                (CallReply::Refused(why), "refused", None)
+            }
             Ok(spec) => self.approved_and_run(&call, spec).await,
         };
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -60,7 +60,7 @@ pub struct Session {
 }
 
 /// How many earlier cells an approver of a host call sees.
-const EARLIER_CELLS: usize = 5;
+const EARLIER_CELLS: usize = 20;
 /// How much of each.
 const EARLIER_CELL_CHARS: usize = 4096;
 
@@ -211,12 +211,22 @@ impl Session {
         req.caller = Some(self.caller.clone());
         let sandbox = self.sandbox.clone();
         let shared: &Sandbox = &sandbox;
+        let before = usize::try_from(self.inner.cells()).unwrap_or(usize::MAX);
         let (tier, inner) = (self.tier, &mut self.inner);
         let mut code: String = req.code.chars().take(EARLIER_CELL_CHARS).collect();
         if code.len() < req.code.len() {
             code.push_str("\n# … (cut)");
         }
-        let earlier: Vec<String> = self.earlier.iter().cloned().collect();
+        // Code from any earlier cell can make a call (a function it defined): the
+        // approver sees the latest cells and how many more there were.
+        let mut earlier: Vec<String> = Vec::with_capacity(self.earlier.len() + 1);
+        if before > self.earlier.len() {
+            earlier.push(format!(
+                "# … {} earlier cells not shown (all are in the audit log)",
+                before - self.earlier.len()
+            ));
+        }
+        earlier.extend(self.earlier.iter().cloned());
         // A cell of an ended session is recorded too, refused with the reason.
         let r = shared
             .audited(req, Some((&self.id, &earlier)), |req, _policy| {

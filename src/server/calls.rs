@@ -46,6 +46,9 @@ pub(super) struct FunctionCallInfo {
     pub(super) args: Vec<serde_json::Value>,
     /// Keyword arguments.
     pub(super) kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Order of arrival (not shown).
+    #[serde(skip)]
+    pub(super) seq: u64,
 }
 
 /// A cell paused on a call (`202` from a cell or an answer).
@@ -64,7 +67,15 @@ pub(super) struct Desk {
     heard: tokio::sync::Mutex<mpsc::UnboundedReceiver<(u64, CellEvent)>>,
     /// The running cell's number (events of earlier cells are stale).
     cell: std::sync::atomic::AtomicU64,
-    waiting: Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, FunctionError>>>>,
+    /// Calls announced so far.
+    seq: std::sync::atomic::AtomicU64,
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+/// A call waiting for the API caller: what was announced, and where the answer goes.
+struct Waiting {
+    info: FunctionCallInfo,
+    reply: oneshot::Sender<Result<serde_json::Value, FunctionError>>,
 }
 
 impl Desk {
@@ -74,14 +85,25 @@ impl Desk {
             events,
             heard: tokio::sync::Mutex::new(heard),
             cell: std::sync::atomic::AtomicU64::new(0),
+            seq: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
         })
     }
 
-    fn waiting(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Result<serde_json::Value, FunctionError>>>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The oldest call still waiting for the caller, as a `202`.
+    fn announce_waiting(&self) -> Option<Response> {
+        let w = self.waiting();
+        let oldest = w.values().map(|w| &w.info).min_by_key(|i| i.seq)?;
+        Some(paused(oldest.clone()))
+    }
+
+    /// Whether the channel holds an event nobody has taken.
+    fn has_news(&self) -> bool {
+        self.heard.try_lock().map_or(true, |h| !h.is_empty())
     }
 
     /// A new cell starts: its number, for its `Done`.
@@ -92,6 +114,19 @@ impl Desk {
     /// The cell numbered `cell` ended.
     pub(super) fn done(&self, cell: u64, r: Result<Outcome, SandboxError>) {
         let _ = self.events.send((cell, CellEvent::Done(Box::new(r))));
+    }
+
+    /// Re-attaches to the running cell (`GET /v1/sessions/{id}/cells/current`): a
+    /// call still waiting for the caller, else the cell's next pause or its end;
+    /// `None` when no cell runs and nothing is left to tell.
+    pub(super) async fn current(&self, state: &AppState, running: bool) -> Option<Response> {
+        if let Some(r) = self.announce_waiting() {
+            return Some(r);
+        }
+        if !running && !self.has_news() {
+            return None;
+        }
+        Some(self.next(state).await)
     }
 
     /// Waits for the running cell's next pause or its end, as the response.
@@ -108,10 +143,9 @@ impl Desk {
                 continue;
             }
             return match event {
-                CellEvent::Call(call) => {
-                    (StatusCode::ACCEPTED, axum::Json(Paused { status: "function_call", function_call: call }))
-                        .into_response()
-                }
+                // A call that stopped waiting (its timeout) is not announced.
+                CellEvent::Call(call) if !self.waiting().contains_key(&call.id) => continue,
+                CellEvent::Call(call) => paused(call),
                 CellEvent::Done(r) => match *r {
                     Ok(o) => {
                         state.metrics.outcome(o.tier, o.status);
@@ -122,6 +156,10 @@ impl Desk {
             };
         }
     }
+}
+
+fn paused(call: FunctionCallInfo) -> Response {
+    (StatusCode::ACCEPTED, axum::Json(Paused { status: "function_call", function_call: call })).into_response()
 }
 
 /// Takes a waiting call off the desk when its wait ends (answered, or dropped at
@@ -155,10 +193,17 @@ pub(super) fn answered_by_caller(state: Weak<AppState>) -> HostFunction {
                 return Err(FunctionError::new("RuntimeError", "the session's server is gone"));
             };
             let (tx, rx) = oneshot::channel();
-            desk.waiting().insert(call.call_id.clone(), tx);
-            let _unlisted = Unlisted(desk.clone(), call.call_id.clone());
+            let seq = desk.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let info = FunctionCallInfo {
+                id: call.call_id.clone(),
+                function: call.name,
+                args: call.args,
+                kwargs: call.kwargs,
+                seq,
+            };
+            desk.waiting().insert(call.call_id.clone(), Waiting { info: info.clone(), reply: tx });
+            let _unlisted = Unlisted(desk.clone(), call.call_id);
             let cell = desk.cell.load(std::sync::atomic::Ordering::SeqCst);
-            let info = FunctionCallInfo { id: call.call_id, function: call.name, args: call.args, kwargs: call.kwargs };
             let _ = desk.events.send((cell, CellEvent::Call(info)));
             rx.await.unwrap_or_else(|_| Err(FunctionError::new("RuntimeError", "the call was not answered")))
         })
@@ -234,7 +279,7 @@ pub(super) async fn answer(
     let Some(waiting) = desk.waiting().remove(&call_id) else {
         return problem(StatusCode::NOT_FOUND, "no such call is waiting (answered already, or its timeout passed)");
     };
-    if waiting.send(reply).is_err() {
+    if waiting.reply.send(reply).is_err() {
         return problem(StatusCode::NOT_FOUND, "no such call is waiting (its timeout passed)");
     }
     desk.next(&state).await

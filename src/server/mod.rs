@@ -194,6 +194,7 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
         .route("/v1/sessions", post(sessions::start))
         .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::end))
         .route("/v1/sessions/{id}/cells", post(sessions::cell))
+        .route("/v1/sessions/{id}/cells/current", get(sessions::current))
         .route("/v1/sessions/{id}/calls/{call_id}", post(calls::answer))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}", get(show_approval))

@@ -24,6 +24,8 @@ struct Entry {
     session: Arc<tokio::sync::Mutex<Option<Session>>>,
     /// Its running cell's events and its calls waiting for the API caller.
     desk: Arc<super::calls::Desk>,
+    /// Stops the running cell (its owner ends the session while it runs).
+    running: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The server's open sessions, by id.
@@ -179,6 +181,7 @@ pub(super) async fn start(State(state): State<Shared>, Caller(caller, _): Caller
                 owner: caller.name,
                 session: Arc::new(tokio::sync::Mutex::new(Some(s))),
                 desk: super::calls::Desk::new(),
+                running: Mutex::new(None),
             });
             state.api_sessions.map().insert(id, entry);
             axum::Json(shown).into_response()
@@ -270,6 +273,7 @@ pub(super) async fn cell(
             None => Err(SandboxError::SessionEnded("it was ended".into())),
         }
     });
+    *entry.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ran.abort_handle());
     let told = desk.clone();
     tokio::spawn(async move {
         let r = match ran.await {
@@ -281,6 +285,36 @@ pub(super) async fn cell(
         told.done(number, r);
     });
     desk.next(&state).await
+}
+
+/// Re-attach to a session's running cell (role submit; the token that started it):
+/// a call still waiting for the caller's answer (202), else the cell's next pause
+/// (202) or its outcome (200), as a cell's own request would have had them.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/cells/current",
+    tag = "api",
+    params(("id" = String, Path, description = "The session's id.")),
+    responses(
+        (status = 200, description = "The running cell ended: its outcome.", body = crate::Outcome),
+        (status = 202, description = "The cell is paused on a host function call.", body = super::calls::Paused),
+        (status = 404, response = NotFound),
+        (status = 409, description = "Another request is waiting on this session's cell.", body = super::openapi::ErrorBody),
+        Guarded,
+    ),
+    security(("bearer" = ["submit"])),
+)]
+pub(super) async fn current(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Caller(caller, _): Caller<Submitter>,
+) -> Response {
+    let Some(entry) = state.api_sessions.get(&id, &caller.name) else { return no_session() };
+    let running = entry.session.try_lock().is_err();
+    match entry.desk.current(&state, running).await {
+        Some(r) => r,
+        None => problem(StatusCode::NOT_FOUND, "no cell of this session is running"),
+    }
 }
 
 /// Show a session (role submit; the token that started it).
@@ -320,9 +354,9 @@ pub(super) async fn show(
     tag = "api",
     params(("id" = String, Path, description = "The session's id.")),
     responses(
-        (status = 200, description = "The session as it ended.", body = Info),
+        (status = 200, description = "The session as it ended (a running cell is stopped first).", body = Info),
         (status = 404, response = NotFound),
-        (status = 409, description = "A cell of this session is running.", body = super::openapi::ErrorBody),
+        (status = 409, description = "A running cell did not stop within 10 s.", body = super::openapi::ErrorBody),
         Guarded,
     ),
     security(("bearer" = ["submit"])),
@@ -333,8 +367,14 @@ pub(super) async fn end(
     Caller(caller, _): Caller<Submitter>,
 ) -> Response {
     let Some(entry) = state.api_sessions.get(&id, &caller.name) else { return no_session() };
-    let Ok(mut slot) = entry.session.try_lock() else {
-        return problem(StatusCode::CONFLICT, "a cell of this session is running; end it after its outcome");
+    // A running cell is stopped first (its child or container is killed with it;
+    // it may be waiting on a host call nobody will answer).
+    let stopped = entry.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(running) = stopped {
+        running.abort();
+    }
+    let Ok(mut slot) = tokio::time::timeout(Duration::from_secs(10), entry.session.lock()).await else {
+        return problem(StatusCode::CONFLICT, "a cell of this session is running and did not stop; try again");
     };
     let Some(s) = slot.take() else { return no_session() };
     state.api_sessions.map().remove(&id);

@@ -235,7 +235,9 @@ fn call_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
             "The running snippet calls host function "
             b id={ "function-" (id) } { (show(s["function"].as_str().unwrap_or("?"), marks)) }
             @if let Some(session) = s["session"].as_str() { " in session " code { (show(session, marks)) } }
-            ". It waits for your decision; denying raises PermissionError in it."
+            ". It waits for your decision; denying raises PermissionError in it. "
+            "In a session, code from any earlier cell (a function it defined, a thread it started) "
+            "can make this call: read them too."
         }
         p { "Arguments:" }
         pre.code.ltr id={ "arguments-" (id) } { (show(&arguments, marks)) }
@@ -247,7 +249,7 @@ fn call_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
         }
         @if !earlier.is_empty() {
             details id={ "earlier-" (id) } {
-                summary { "The session's " (earlier.len()) " earlier cells (oldest first)" }
+                summary { "The session's earlier cells (oldest first)" }
                 @for cell in &earlier {
                     pre.code.ltr { (show(cell, marks)) }
                 }

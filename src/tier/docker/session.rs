@@ -291,6 +291,10 @@ async fn run_cell(
             broken = broken.or_else(|| Some("its container exited".to_string()));
         }
         Ended::Reported => apply_status(&mut o, report.status_line.as_deref(), None, false),
+        // The host refused a call: the cell is denied (below), the container goes.
+        Ended::Refused => {
+            broken = broken.or_else(|| Some("the host refused a host function call; its container was removed".into()));
+        }
     }
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());

@@ -14,6 +14,20 @@ pub(super) enum Ended {
     Timeout,
     /// Output passed `max_output`.
     OutputFull,
+    /// The host refused a host function call: the run is denied and ends now.
+    Refused,
+}
+
+/// How answering a run's host calls went.
+enum Answered {
+    /// Every complete call was answered; the host took this long.
+    Waited(Duration),
+    /// The host refused a call (the run ends).
+    Refused,
+    /// The guest did not take a reply before the deadline.
+    Late,
+    /// The container's stdin is gone.
+    Closed,
 }
 
 /// Sends the request to a ready container, collects its output until the prelude's
@@ -78,12 +92,12 @@ pub(super) async fn serve(
     drop(input);
     let exit = match ended {
         Ended::Exited => Some(engine.inspect(&id).await),
-        Ended::Reported | Ended::Timeout | Ended::OutputFull => None,
+        Ended::Reported | Ended::Timeout | Ended::OutputFull | Ended::Refused => None,
     };
     // A run cut short is killed and removed now; one that reported is removed in
     // the background (off the request's path; its process is exiting anyway).
     match ended {
-        Ended::Timeout | Ended::OutputFull => engine.remove(&id).await?,
+        Ended::Timeout | Ended::OutputFull | Ended::Refused => engine.remove(&id).await?,
         Ended::Reported | Ended::Exited => {
             let (engine, id) = (engine.clone(), id.clone());
             tokio::spawn(async move {
@@ -121,6 +135,8 @@ pub(super) async fn serve(
             }
         }
         (Ended::Reported | Ended::Exited, _) => apply_status(&mut o, status_line.as_deref(), None, false),
+        // The host's refusal, applied below.
+        (Ended::Refused, _) => {}
     }
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
@@ -174,8 +190,10 @@ impl Answerer {
         Some(call)
     }
 
-    /// Answers every complete call line in `err`; returns how long the host took.
-    async fn answer_all(&mut self, err: &mut Vec<u8>, input: &mut Input) -> std::io::Result<Duration> {
+    /// Answers every complete call line in `err`. A reply the guest does not take
+    /// by the run's deadline (`due`, moved by the host's wait) ends the run; so
+    /// does a refusal (the guest, which may ignore it, gets no more answers).
+    async fn answer_all(&mut self, err: &mut Vec<u8>, input: &mut Input, due: tokio::time::Instant) -> Answered {
         let mut waited = Duration::ZERO;
         while let Some(call) = self.take_call(err) {
             let asked = Instant::now();
@@ -184,14 +202,24 @@ impl Answerer {
                 (None, _) => crate::executor::CallReply::Refused("a malformed host function call".into()),
                 (Some(_), None) => crate::executor::CallReply::Refused("this run has no host functions".into()),
             };
-            if let crate::executor::CallReply::Refused(why) = &reply {
-                self.refused.get_or_insert_with(|| why.clone());
+            if let crate::executor::CallReply::Refused(why) = reply {
+                self.refused.get_or_insert(why);
+                return Answered::Refused;
             }
             waited += asked.elapsed();
-            input.write_all(call_reply_frame(&reply).as_bytes()).await?;
-            input.flush().await?;
+            let by = self.latest.map_or(due + waited, |l| l.min(due + waited));
+            let frame = call_reply_frame(&reply);
+            let write = async {
+                input.write_all(frame.as_bytes()).await?;
+                input.flush().await
+            };
+            match tokio::time::timeout_at(by, write).await {
+                Err(_) => return Answered::Late,
+                Ok(Err(_)) => return Answered::Closed,
+                Ok(Ok(())) => {}
+            }
         }
-        Ok(waited)
+        Answered::Waited(waited)
     }
 }
 
@@ -225,9 +253,11 @@ pub(super) async fn collect(
                 }
                 // Host calls first: their lines leave stderr, and the run's
                 // deadline moves by the time the host took.
-                match answerer.answer_all(err, input).await {
-                    Ok(waited) => due = answerer.latest.map_or(due + waited, |l| l.min(due + waited)),
-                    Err(_) => return Ok((Ended::Exited, status.at)),
+                match answerer.answer_all(err, input, due).await {
+                    Answered::Waited(waited) => due = answerer.latest.map_or(due + waited, |l| l.min(due + waited)),
+                    Answered::Refused => return Ok((Ended::Refused, status.at)),
+                    Answered::Late => return Ok((Ended::Timeout, status.at)),
+                    Answered::Closed => return Ok((Ended::Exited, status.at)),
                 }
                 let from = from.min(answerer.scanned);
                 status_seen = status.complete(err, from, status_marker.as_bytes());
