@@ -14,6 +14,11 @@
 //!   closing events recorded) and nothing else; `sandbox/block_on_baseline` is
 //!   the harness's own cost, to subtract.
 //!
+//! - `sandbox/session_cell` and `sandbox/session_host_call`: a cell of a
+//!   rustpython session (no audit log) that does nothing, and one that calls a
+//!   host function (a Rust closure) once: the difference is one call's round trip
+//!   (child → supervisor → the policy's checks → closure → child).
+//!
 //! A request through a sandbox with an audit log pays `route` once and
 //! `audit_record` two to five times (arrival before it runs; route, findings,
 //! denial and outcome before it returns). A difference of two end-to-end timings is not used: the
@@ -77,6 +82,28 @@ fn bench(c: &mut Criterion) {
             assert_eq!(o.status, terrarium::Status::Denied);
         })
     });
+    let yaml = format!("{}\nfunctions:\n  f:\n    max_calls: 1\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let with_functions = Policy::from_yaml(&yaml, "bench.yaml").expect("policy");
+    let sandbox = std::sync::Arc::new(
+        terrarium::Sandbox::builder()
+            .policy(with_functions)
+            .isolated(terrarium::IsolatedConfig::new(env!("CARGO_BIN_EXE_terrarium")))
+            .function("f", |_call| async { Ok(serde_json::json!(1)) })
+            .build()
+            .expect("sandbox"),
+    );
+    for (name, code) in [("session_cell", "1"), ("session_host_call", "from host import f\nf()")] {
+        let mut session = rt.block_on(sandbox.session(terrarium::SessionOptions::default())).expect("session");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                if session.ended().is_some() {
+                    session = rt.block_on(sandbox.session(terrarium::SessionOptions::default())).expect("session");
+                }
+                let o = rt.block_on(session.execute(terrarium::ExecRequest::new(code))).expect("cell");
+                assert_eq!(o.result, Some(serde_json::json!(1)), "{o:?}");
+            })
+        });
+    }
     group.finish();
 }
 

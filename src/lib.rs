@@ -97,12 +97,14 @@ pub mod audit;
 pub mod breaker;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod functions;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;
 
 pub use command::Decision;
 pub use error::SandboxError;
+pub use executor::CallInfo;
 pub use executor::{CellInfo, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, TierSession, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 pub use sandbox::{CommandReport, Sandbox, SandboxBuilder, Session, SessionOptions};

@@ -201,6 +201,35 @@ fn session_limits_are_checked() {
 }
 
 #[test]
+fn host_function_declarations_are_checked() {
+    let base = terrarium::policy::DEFAULT_POLICY_YAML;
+    let f = |body: &str| format!("{base}functions:\n{body}");
+    assert_bad_policy(&f("  _private: {}\n"), &["functions._private", "identifier"]);
+    assert_bad_policy(&f("  2fast: {}\n"), &["functions.2fast"]);
+    assert_bad_policy(&f("  lookup:\n    timeout: 0\n"), &["functions.lookup.timeout"]);
+    assert_bad_policy(&f("  lookup:\n    timeout: 7200\n"), &["functions.lookup.timeout", "3600"]);
+    assert_bad_policy(&f("  lookup:\n    max_calls: 0\n"), &["functions.lookup.max_calls"]);
+    assert_bad_policy(&f("  lookup:\n    max_arg_bytes: 1g\n"), &["functions.lookup.max_arg_bytes", "16 MiB"]);
+    assert_bad_policy(&f("  lookup:\n    max_result_bytes: lots\n"), &["max_result_bytes"]);
+    assert_bad_policy(&f("  lookup:\n    command: []\n"), &["functions.lookup.command", "empty"]);
+    assert_bad_policy(&f("  lookup:\n    command: [price-tool]\n"), &["functions.lookup.command", "absolute"]);
+    assert_bad_policy(&f("  lookup:\n    critcal: true\n"), &["critcal"]);
+    assert_bad_policy(&f("  lookup: 3\n"), &["functions.lookup"]);
+    // Valid: defaults filled in, shown by the effective policy.
+    let (_d, path) = temp_file("p.yaml", f("  lookup:\n    critical: true\n").as_bytes());
+    let out = terrarium(&["policy", "check", path.to_str().expect("utf-8")], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "functions:\n  lookup:\n    timeout: 10.0\n    max_arg_bytes: 64k\n    max_result_bytes: 1m\n    \
+             max_calls: 100\n    critical: true"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn the_server_refuses_to_start_without_good_tokens() {
     use std::os::unix::fs::PermissionsExt;
     let token = "t".repeat(40);

@@ -69,7 +69,25 @@ fn slow_a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() 
         call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[])
     });
     let base = format!("http://{}", s.addr);
-    let result: Result<(), String> = crate::common::runtime().block_on(async {
+    let result = in_chromium(port, profile.path(), |c| Box::pin(async move { review(c, &base, id).await }));
+    result.unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", s.log()));
+    let done = good.join().expect("client");
+    let v = done.json();
+    assert_eq!((done.status, v["status"].as_str(), v["stdout"].as_str()), (200, Some("ok"), Some("42\n")), "{v}");
+    let denied = evil.join().expect("client").json();
+    assert_eq!((denied["status"].as_str(), denied["error"]["type"].as_str()), (Some("denied"), Some("NotApproved")));
+    assert!(denied["error"]["message"].as_str().unwrap_or("").contains("denied by alice"), "{denied}");
+}
+
+/// Runs `drive` in a new headless Chromium session on chromedriver at `port`.
+fn in_chromium(
+    port: u16,
+    profile: &std::path::Path,
+    drive: impl for<'c> FnOnce(
+        &'c fantoccini::Client,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + 'c>>,
+) -> Result<(), String> {
+    crate::common::runtime().block_on(async {
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -78,7 +96,7 @@ fn slow_a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() 
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", format!("--user-data-dir={}", profile.path().display()),
+                    "--disable-sync", format!("--user-data-dir={}", profile.display()),
                 ],
             }),
         );
@@ -88,17 +106,58 @@ fn slow_a_reviewer_approves_a_pending_run_in_the_browser_and_sees_it_complete() 
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .map_err(|e| format!("cannot start a Chromium session: {e}"))?;
-        let r = review(&c, &base, id).await;
+        let r = drive(&c).await;
         let _ = c.close().await;
         r
+    })
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_browser, ignore = "TERRARIUM_SKIP_BROWSER=1")]
+fn slow_a_reviewer_sees_a_pending_host_call_with_its_arguments_and_approves_it() {
+    // A critical host function, implemented by the operator's command (`cat`
+    // answers with the call itself).
+    let policy = format!(
+        "{}\nfunctions:\n  transfer:\n    critical: true\n    command: [/bin/cat]\napprovals:\n  timeout: 120\n",
+        terrarium::policy::DEFAULT_POLICY_YAML
+    );
+    let s = Server::start(Some(&policy), &[]);
+    let (_driver, port) = start_chromedriver();
+    let profile = tempfile::tempdir().expect("profile");
+    let addr = s.addr;
+    let run = std::thread::spawn(move || {
+        let body =
+            r#"{"code": "from host import transfer\nr = transfer('<b>acct</b>', amount=125)\nr['kwargs']['amount']"}"#;
+        call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[])
+    });
+    let first = crate::server::first_pending(&s);
+    let id = first["id"].as_i64().expect("id");
+    assert_eq!(first["kind"], "function_call", "{first}");
+    let base = format!("http://{}", s.addr);
+    let result = in_chromium(port, profile.path(), |c| {
+        Box::pin(async move {
+            let e = |what: &'static str| move |err: fantoccini::error::CmdError| format!("{what}: {err}");
+            let wait = Duration::from_secs(30);
+            c.goto(&format!("{base}/review")).await.map_err(e("load /review"))?;
+            c.find(Locator::Id("token")).await.map_err(e("token"))?.send_keys(APPROVE).await.map_err(e("type"))?;
+            c.find(Locator::Id("login")).await.map_err(e("sign in"))?.click().await.map_err(e("click"))?;
+            c.wait().at_most(wait).for_element(Locator::Id(&format!("item-{id}"))).await.map_err(e("the item"))?;
+            let function = c.find(Locator::Id(&format!("function-{id}"))).await.map_err(e("function"))?;
+            let function = function.text().await.map_err(e("function text"))?;
+            let arguments = c.find(Locator::Id(&format!("arguments-{id}"))).await.map_err(e("arguments"))?;
+            let arguments = arguments.text().await.map_err(e("arguments text"))?;
+            if function != "transfer" || !arguments.contains("<b>acct</b>") || !arguments.contains("\"amount\": 125") {
+                return Err(format!("the call is not shown as made: {function} {arguments}"));
+            }
+            click(c, &format!("approve-{id}")).await.map_err(e("approve"))?;
+            c.wait().at_most(wait).for_element(Locator::Id(&format!("done-{id}"))).await.map_err(e("decided"))?;
+            Ok(())
+        })
     });
     result.unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", s.log()));
-    let done = good.join().expect("client");
-    let v = done.json();
-    assert_eq!((done.status, v["status"].as_str(), v["stdout"].as_str()), (200, Some("ok"), Some("42\n")), "{v}");
-    let denied = evil.join().expect("client").json();
-    assert_eq!((denied["status"].as_str(), denied["error"]["type"].as_str()), (Some("denied"), Some("NotApproved")));
-    assert!(denied["error"]["message"].as_str().unwrap_or("").contains("denied by alice"), "{denied}");
+    let done = run.join().expect("client").json();
+    assert_eq!((done["status"].as_str(), done["result"].as_i64()), (Some("ok"), Some(125)), "{done}");
+    assert_eq!(done["calls"][0]["status"], "ok", "{done}");
 }
 
 /// The browser's part; every failure says what it expected.

@@ -118,7 +118,7 @@ fn kind_schema() -> utoipa::openapi::schema::Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some("What kind of operation."))
-        .enum_values(Some(["execute", "command", "session"]))
+        .enum_values(Some(["execute", "command", "session", "function_call"]))
         .build()
 }
 

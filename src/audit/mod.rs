@@ -152,6 +152,9 @@ crate::names::named! {
         SessionStart = "session_start",
         /// A session ended (why, after how many cells).
         SessionEnd = "session_end",
+        /// A snippet called a host function (name, digests of its arguments and
+        /// result, duration, how it ended, its approval).
+        HostCall = "host_call",
     }
 }
 

@@ -242,6 +242,7 @@ fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Op
         scratch: parsed.scratch.unwrap_or(false),
         tier: if parsed.session.is_some() { crate::policy::TierChoice::Auto } else { target.choice },
         caller: Some(local_caller()),
+        host: None,
     };
     Ok((req, parsed.session))
 }

@@ -258,6 +258,7 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
         scratch: args.scratch,
         tier: target.choice,
         caller: Some(local_caller()),
+        host: None,
     };
     let outcome = local_runtime()?.block_on(target.sandbox.execute(req))?;
     flush_audit(&target);

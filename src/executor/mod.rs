@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::SandboxError;
 pub use crate::policy::{Overrides, Tier, TierChoice};
 
+mod host;
+pub use host::{CallReply, HostCall, HostCalls, HostLink};
 mod session;
 pub use session::{CellInfo, TierSession};
 #[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
@@ -48,6 +50,9 @@ pub struct ExecRequest {
     /// every audit event of the run; `None`: the library's caller, recorded as
     /// `local`.
     pub caller: Option<String>,
+    /// Where the run's host function calls go (set by [`crate::Sandbox`] when the
+    /// policy declares functions); `None`: the guest has no `host` module.
+    pub host: Option<HostLink>,
 }
 
 impl ExecRequest {
@@ -60,6 +65,7 @@ impl ExecRequest {
             scratch: false,
             tier: TierChoice::Auto,
             caller: None,
+            host: None,
         }
     }
 
@@ -241,6 +247,10 @@ pub struct Usage {
     pub fuel: Option<u64>,
     /// Peak memory of the run.
     pub peak_memory_bytes: Option<u64>,
+    /// Wall-clock time the run spent waiting for host functions and their
+    /// approvals (included in `wall_ms`, not charged to the run's timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_wait_ms: Option<u64>,
 }
 
 /// The result of one request.
@@ -273,6 +283,22 @@ pub struct Outcome {
     /// For a session's cell: its number, and whether the session ended with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<CellInfo>,
+    /// The host function calls the run made, in order (the host's record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallInfo>,
+}
+
+/// One host function call as the outcome reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct CallInfo {
+    /// The function's name (as the guest gave it, cut to 64 characters).
+    pub function: String,
+    /// How the call ended: `ok`, `error` (the function raised), `timeout`,
+    /// `refused` (the policy), `denied` or `expired` (a human's approval).
+    pub status: String,
+    /// Wall-clock time of the call, approval included.
+    pub ms: u64,
 }
 
 /// A static-analysis finding as the outcome reports it.
@@ -328,6 +354,7 @@ impl Outcome {
             route: None,
             findings: Vec::new(),
             session: None,
+            calls: Vec::new(),
         }
     }
 

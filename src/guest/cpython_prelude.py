@@ -3,8 +3,10 @@
 # Its arguments are a nonce, modules to preload, "scratch" when the run has a
 # writable /scratch (else "-"), and optionally "mark" (see _mark_stdout). It says "ready" on stderr, then
 # reads one request from stdin (lines: allowed modules separated by spaces, the
-# policy's read-only mount points separated by tabs, the length of the asyncio
-# stand-in's source, then that source and the snippet),
+# policy's read-only mount points separated by tabs, the host functions the run
+# may call separated by spaces, the length of the asyncio stand-in's source, then
+# that source and the snippet; either to the end of stdin, or framed: a line with
+# its length in bytes first, see _next_cell),
 # installs the policy, runs the snippet in fresh globals, and ends by writing one
 # status line to stderr: "\n<nonce> {json}\n". It imports no pure-Python module
 # of its own (start-up is most of the wasm tier's latency); it has its own small
@@ -33,6 +35,8 @@ for _m in sys.argv[2].split():
         pass  # the snippet that imports it will see the error itself
 _real_stderr_write = sys.stderr.write
 _allowed = frozenset()
+# The host functions the run may call (set from the request; see _host_module).
+_functions = ()
 # Directories the policy mounts read-only (set from the request).
 _readable = ()
 # A third argument "scratch": the host preopened /scratch for this run.
@@ -50,6 +54,8 @@ del sys.argv[1:]
 
 
 def _module_allowed(name):
+    if name == "host" and _functions:
+        return True
     parts = name.split(".")
     return any(".".join(parts[: i + 1]) in _allowed for i in range(len(parts)))
 
@@ -231,24 +237,92 @@ def _run(code):
 
 def _request(text):
     # One request: sets the policy it carries, returns (asyncio source, snippet).
-    global _allowed, _readable
-    allowed_text, readable_text, asyncio_len, rest = text.split("\n", 3)
+    global _allowed, _readable, _functions
+    allowed_text, readable_text, functions_text, asyncio_len, rest = text.split("\n", 4)
     _allowed = frozenset(allowed_text.split())
     _readable = tuple(p for p in readable_text.split("\t") if p)
+    _functions = tuple(functions_text.split())
+    if _functions:
+        sys.modules["host"] = _host_module()
+    else:
+        sys.modules.pop("host", None)
     return rest[: int(asyncio_len)], rest[int(asyncio_len):]
 
 
-# A session's requests are framed: a line with the length in bytes, then the request.
+# A session's requests, and a single run's that may call host functions, are
+# framed: a line with the length in bytes, then the request. Host function replies
+# come the same way.
 _stdin = sys.stdin.buffer
 
 
-def _next_cell():
-    header = _stdin.readline()
+def _read_frame(first=None):
+    header = first if first is not None else _stdin.readline()
     if not header:
         return None
     size = int(header)
     body = _stdin.read(size)
     return body.decode("utf-8") if len(body) == size else None
+
+
+def _next_cell():
+    return _read_frame()
+
+
+def _first_request():
+    # Framed (its first line is a length: a module list never starts with a
+    # digit) or the whole of stdin.
+    header = _stdin.readline()
+    if header.strip().isdigit():
+        return _read_frame(header)
+    return (header + _stdin.read()).decode("utf-8")
+
+
+_RAISABLE = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError, "LookupError": LookupError,
+             "PermissionError": PermissionError, "TimeoutError": TimeoutError, "RuntimeError": RuntimeError,
+             "NotImplementedError": NotImplementedError, "ConnectionError": ConnectionError}
+
+
+def _host_call(name, args, kwargs):
+    # One call: a line on stderr, "\n<nonce> call [name, {args, kwargs}]\n", then
+    # the host's framed reply on stdin. The host checks every call; this side
+    # only carries it.
+    try:
+        payload = _to_json([name, {"args": list(args), "kwargs": kwargs}], 0)
+    except (TypeError, ValueError, RecursionError):
+        raise TypeError("host function %s's arguments must be JSON values: dict with str keys, list, tuple, "
+                        "str, int, float, bool or None" % (name,)) from None
+    sys.stdout.flush()
+    _real_stderr_write("\n" + _nonce + " call " + payload + "\n")
+    _real_stderr_flush()
+    text = _read_frame()
+    if text is None:
+        raise RuntimeError("the host did not answer host function %s" % (name,))
+    import json as _json
+
+    reply = _json.loads(text)
+    if "value" in reply:
+        return reply["value"]
+    if "refused" in reply:
+        raise _deny(reply["refused"])
+    kind, message = reply["raise"]
+    raise _RAISABLE.get(kind, RuntimeError)(message)
+
+
+def _host_function(name):
+    def call(*args, **kwargs):
+        return _host_call(name, args, kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _host_module():
+    import types as _types
+
+    m = _types.ModuleType("host", "The host functions the policy declares.")
+    for name in _functions:
+        setattr(m, name, _host_function(name))
+    return m
 
 
 # Ready: read the request.
@@ -265,7 +339,10 @@ if _session:
         _posix._exit(0)
     _asyncio_source, _code = _request(_text)
 else:
-    _asyncio_source, _code = _request(sys.stdin.read())
+    _asyncio_source, _code = _request(_first_request())
+    if _functions:
+        # The channel carries the host's replies: the snippet does not read it.
+        sys.stdin = None
 
 if _scratch:
     import posix as _posix_cwd

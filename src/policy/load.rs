@@ -248,6 +248,7 @@ impl Policy {
         let commands = command_policy(raw.commands.unwrap_or_default(), &invalid)?;
         let approvals = approval_policy(raw.approvals.unwrap_or_default(), &invalid)?;
         let sessions = super::sessions::session_policy(raw.sessions.unwrap_or_default(), sb.max_memory.0, &invalid)?;
+        let functions = super::functions::function_policy(raw.functions.unwrap_or_default(), &invalid)?;
         Ok(Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
@@ -275,6 +276,7 @@ impl Policy {
             commands,
             approvals,
             sessions,
+            functions: std::sync::Arc::new(functions),
         })
     }
 }

@@ -13,6 +13,7 @@
 //! request.
 
 mod commands;
+mod functions;
 mod load;
 mod overrides;
 pub(crate) mod raw;
@@ -20,6 +21,7 @@ mod render;
 mod sessions;
 
 pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
+pub use functions::{FunctionSpec, is_function_name};
 pub use overrides::Overrides;
 pub use sessions::{
     DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, DEFAULT_MAX_OPEN, MAX_OPEN, MAX_SESSION_SECS,
@@ -165,6 +167,8 @@ pub struct Policy {
     commands: CommandPolicy,
     approvals: ApprovalPolicy,
     sessions: SessionPolicy,
+    /// The `functions` section, by name (shared: every request's policy is a copy).
+    functions: Arc<std::collections::BTreeMap<String, FunctionSpec>>,
 }
 
 /// An operation the policy can make wait for a human's approval
@@ -406,6 +410,11 @@ impl Policy {
     /// The `approvals` section (defaults filled in).
     pub fn approvals(&self) -> &ApprovalPolicy {
         &self.approvals
+    }
+
+    /// The host functions snippets may call (`functions`), by name.
+    pub fn functions(&self) -> &std::collections::BTreeMap<String, FunctionSpec> {
+        &self.functions
     }
 
     /// The `sessions` section (defaults filled in).

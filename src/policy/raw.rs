@@ -25,6 +25,26 @@ pub struct RawPolicy {
     pub approvals: Option<RawApprovals>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<RawSessions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<std::collections::BTreeMap<String, RawFunction>>,
+}
+
+/// `functions.NAME`: one host function a snippet may call.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_arg_bytes: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_result_bytes: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
 }
 
 /// `sessions`: the limits of one session.

@@ -84,6 +84,8 @@ impl Policy {
                 timeout: Some(Seconds(self.approvals.timeout.as_secs_f64())),
             }),
             sessions: Some(self.sessions.to_raw()),
+            functions: (!self.functions.is_empty())
+                .then(|| self.functions.iter().map(|(k, f)| (k.clone(), f.to_raw())).collect()),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }

@@ -20,6 +20,7 @@ pub struct SandboxBuilder {
     announce: Option<crate::approval::Announce>,
     max_running: Option<std::num::NonZeroUsize>,
     max_waiting: Option<std::num::NonZeroUsize>,
+    functions: crate::functions::Registry,
 }
 
 impl SandboxBuilder {
@@ -44,6 +45,21 @@ impl SandboxBuilder {
     #[must_use]
     pub fn announce(mut self, announce: crate::approval::Announce) -> SandboxBuilder {
         self.announce = Some(announce);
+        self
+    }
+
+    /// Implements host function `name` (declared in the policy's `functions`
+    /// section, without a `command`) with `f`: snippets call it as
+    /// `from host import NAME`. `f` gets the call's JSON arguments and returns a
+    /// JSON result or a [`crate::functions::FunctionError`] raised in the snippet;
+    /// the policy's limits, approvals and the audit log apply before it is called.
+    #[must_use]
+    pub fn function<F, Fut>(mut self, name: impl Into<String>, f: F) -> SandboxBuilder
+    where
+        F: Fn(crate::functions::FunctionCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<serde_json::Value, crate::functions::FunctionError>> + Send + 'static,
+    {
+        self.functions.insert(name, Arc::new(move |call| Box::pin(f(call))));
         self
     }
 
@@ -164,6 +180,7 @@ impl SandboxBuilder {
         }
         Ok(Sandbox {
             tiers: Tiers::new(policy.clone(), tiers),
+            functions: Arc::new(self.functions),
             breakers,
             policy,
             audit,

@@ -67,6 +67,8 @@ pub struct Sandbox {
     sessions: Arc<tokio::sync::Semaphore>,
     /// Each tier's settings and executor.
     tiers: Tiers,
+    /// The host functions' implementations registered on the builder.
+    functions: Arc<crate::functions::Registry>,
 }
 
 impl Sandbox {
@@ -198,21 +200,60 @@ impl Sandbox {
         self.audited(req, None, |req, policy| Box::pin(self.route_and_run(req, policy))).await
     }
 
+    /// Answers every host function the policy declares without a `command` and
+    /// that has no closure registered on the builder with `f` (a server hands
+    /// such calls to its API caller). Only the first call takes effect: `false`
+    /// when one was set already.
+    pub fn answer_functions_with(&self, f: crate::functions::HostFunction) -> bool {
+        self.functions.answer_rest_with(f)
+    }
+
+    /// Gives `req` its link to the policy's host functions (none declared: none),
+    /// and returns the run's record of its calls.
+    fn link_functions(
+        &self,
+        req: &mut ExecRequest,
+        policy: &Policy,
+        request_id: Option<String>,
+        session: Option<(&str, &[String])>,
+    ) -> Option<Arc<crate::functions::RunCalls>> {
+        if policy.functions().is_empty() {
+            return None;
+        }
+        let cx = crate::functions::RunContext {
+            request_id,
+            caller: req.caller.clone().unwrap_or_else(|| "local".into()),
+            session: session.map(|(s, _)| s.to_string()),
+            code: req.code.clone(),
+            earlier: session.map(|(_, e)| e.to_vec()).unwrap_or_default(),
+            approval_wait: policy.approvals().timeout,
+        };
+        let calls = crate::functions::RunCalls::new(
+            Arc::new(policy.functions().clone()),
+            self.functions.clone(),
+            self.gate.clone(),
+            self.audit.clone(),
+            cx,
+        );
+        req.host = Some(calls.link());
+        Some(calls)
+    }
+
     /// Checks `req` against the policy, records it, runs it with `run` (under the
     /// request's own policy), and records how it ended; `session` names the
     /// session a cell belongs to.
     async fn audited<'a>(
         &'a self,
-        req: ExecRequest,
-        session: Option<&str>,
+        mut req: ExecRequest,
+        cell_of: Option<(&str, &[String])>,
         run: impl FnOnce(ExecRequest, Policy) -> crate::executor::BoxFuture<'a, Result<Outcome, SandboxError>>,
     ) -> Result<Outcome, SandboxError> {
+        let session = cell_of.map(|(s, _)| s);
         // The request's own policy: overrides only tighten, the code fits it.
         let checked = self.policy.tighten(&req.overrides).map_err(SandboxError::from).and_then(|p| {
             req.validate(p.max_code_size())?;
             Ok(p)
         });
-        let Some(log) = &self.audit else { return run(req, checked?).await };
         // H15: every event names who asked, and a client's id is kept in its own
         // namespace (`req:CALLER:ID`), apart from the gate's `approval-N`.
         let caller = req.caller.clone().unwrap_or_else(|| "local".into());
@@ -222,6 +263,23 @@ impl Sandbox {
             (None, Some(s)) => Some(format!("session:{s}")),
             (None, None) => None,
         };
+        let calls = match &checked {
+            Ok(p) => self.link_functions(&mut req, p, id.clone(), cell_of),
+            Err(_) => None,
+        };
+        // The host's record of the run's calls goes into its outcome.
+        let with_calls = |r: Result<Outcome, SandboxError>| match (&calls, r) {
+            (Some(calls), Ok(mut o)) => {
+                let (records, waited) = calls.taken();
+                o.calls = records;
+                if !o.calls.is_empty() {
+                    o.usage.host_wait_ms = Some(millis(waited));
+                }
+                Ok(o)
+            }
+            (_, r) => r,
+        };
+        let Some(log) = &self.audit else { return with_calls(run(req, checked?).await) };
         let with_caller = |mut data: serde_json::Value| {
             if let Some(map) = data.as_object_mut() {
                 map.insert("caller".into(), serde_json::Value::String(caller.clone()));
@@ -250,7 +308,7 @@ impl Sandbox {
         }));
         log.admit_async(Event { kind: EventKind::Request, request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
-        let r = run(req, policy).await;
+        let r = with_calls(run(req, policy).await);
         // One event per fact, committed together: the analysis' findings, the
         // routing decision, a denial, and the outcome with its usage.
         let event = |kind: EventKind, data: serde_json::Value| Event {
@@ -274,6 +332,7 @@ impl Sandbox {
                     serde_json::json!({
                         "code_sha256": sha, "tier": o.tier, "status": o.status, "error": o.error, "usage": o.usage,
                         "guest_word": o.guest_word(), "session": session.map(|s| (s, &o.session)),
+                        "calls": o.calls,
                     }),
                 ));
             }

@@ -54,7 +54,15 @@ pub struct Session {
     /// This session's slot among the sandbox's open sessions, given back as soon
     /// as the session is seen to have ended.
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The latest cells' code (at most [`EARLIER_CELLS`], each cut to
+    /// [`EARLIER_CELL_CHARS`]), shown to an approver of a host call.
+    earlier: std::collections::VecDeque<String>,
 }
+
+/// How many earlier cells an approver of a host call sees.
+const EARLIER_CELLS: usize = 20;
+/// How much of each.
+const EARLIER_CELL_CHARS: usize = 4096;
 
 impl Sandbox {
     /// Starts a session (see [`Session`]) under this sandbox's policy and its
@@ -139,7 +147,16 @@ impl Sandbox {
             }
         };
         record_start(None)?;
-        Ok(Session { id, tier, caller, sandbox: self.clone(), inner, recorded_end: false, slot: Some(slot) })
+        Ok(Session {
+            id,
+            tier,
+            caller,
+            sandbox: self.clone(),
+            inner,
+            recorded_end: false,
+            slot: Some(slot),
+            earlier: std::collections::VecDeque::new(),
+        })
     }
 }
 
@@ -194,10 +211,25 @@ impl Session {
         req.caller = Some(self.caller.clone());
         let sandbox = self.sandbox.clone();
         let shared: &Sandbox = &sandbox;
+        let before = usize::try_from(self.inner.cells()).unwrap_or(usize::MAX);
         let (tier, inner) = (self.tier, &mut self.inner);
+        let mut code: String = req.code.chars().take(EARLIER_CELL_CHARS).collect();
+        if code.len() < req.code.len() {
+            code.push_str("\n# … (cut)");
+        }
+        // Code from any earlier cell can make a call (a function it defined): the
+        // approver sees the latest cells and how many more there were.
+        let mut earlier: Vec<String> = Vec::with_capacity(self.earlier.len() + 1);
+        if before > self.earlier.len() {
+            earlier.push(format!(
+                "# … {} earlier cells not shown (all are in the audit log)",
+                before - self.earlier.len()
+            ));
+        }
+        earlier.extend(self.earlier.iter().cloned());
         // A cell of an ended session is recorded too, refused with the reason.
         let r = shared
-            .audited(req, Some(&self.id), |req, _policy| {
+            .audited(req, Some((&self.id, &earlier)), |req, _policy| {
                 Box::pin(async move {
                     match inner.ended() {
                         Some(why) => Err(SandboxError::SessionEnded(why)),
@@ -209,6 +241,10 @@ impl Session {
         if let Some(why) = self.inner.ended() {
             self.record_end(&why);
         }
+        if self.earlier.len() == EARLIER_CELLS {
+            self.earlier.pop_front();
+        }
+        self.earlier.push_back(code);
         r
     }
 

@@ -80,7 +80,15 @@ impl ExecuteBody {
             max_output: size("max_output", self.max_output)?,
             allowed_modules: self.allowed_modules.map(|m| m.into_iter().collect()),
         };
-        Ok(ExecRequest { id: self.id, code: self.code, overrides, scratch: self.scratch, tier, caller: None })
+        Ok(ExecRequest {
+            id: self.id,
+            code: self.code,
+            overrides,
+            scratch: self.scratch,
+            tier,
+            caller: None,
+            host: None,
+        })
     }
 }
 

@@ -70,6 +70,7 @@ mod respond;
 use respond::*;
 mod handlers;
 use handlers::*;
+mod calls;
 mod openapi;
 mod sessions;
 
@@ -184,12 +185,17 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
         allowed_hosts: config.allowed_hosts,
         refusal_flusher: std::sync::OnceLock::new(),
     });
+    // Declared functions without a command or closure are answered by the API's
+    // caller (in sessions).
+    state.sandbox.answer_functions_with(calls::answered_by_caller(Arc::downgrade(&state)));
     Ok(Router::new()
         .route("/v1/execute", post(execute))
         .route("/v1/commands", post(command))
         .route("/v1/sessions", post(sessions::start))
         .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::end))
         .route("/v1/sessions/{id}/cells", post(sessions::cell))
+        .route("/v1/sessions/{id}/cells/current", get(sessions::current))
+        .route("/v1/sessions/{id}/calls/{call_id}", post(calls::answer))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}", get(show_approval))
         .route("/v1/approvals/{id}/{decision}", post(decide_approval))

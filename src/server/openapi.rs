@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Server};
 
-use super::{handlers, review, sessions};
+use super::{calls, handlers, review, sessions};
 
 /// Every error answer's body: `{"error": message}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -134,8 +134,10 @@ pub(super) fn tier_choice_schema() -> utoipa::openapi::schema::Object {
         handlers::command,
         sessions::start,
         sessions::cell,
+        sessions::current,
         sessions::show,
         sessions::end,
+        calls::answer,
         handlers::list_approvals,
         handlers::show_approval,
         handlers::decide_approval,
@@ -271,6 +273,8 @@ mod tests {
             ("/v1/sessions/{id}", "get"),
             ("/v1/sessions/{id}", "delete"),
             ("/v1/sessions/{id}/cells", "post"),
+            ("/v1/sessions/{id}/cells/current", "get"),
+            ("/v1/sessions/{id}/calls/{call_id}", "post"),
             ("/v1/approvals", "get"),
             ("/v1/approvals/{id}", "get"),
             ("/v1/approvals/{id}/{decision}", "post"),
@@ -350,6 +354,7 @@ mod tests {
             route: None,
             findings: Vec::new(),
             session: Some(crate::executor::CellInfo { cell: 1, ended: Some("why".into()) }),
+            calls: vec![crate::CallInfo { function: "f".into(), status: "ok".into(), ms: 1 }],
         })
         .expect("outcome");
         let props = schemas["Outcome"]["properties"].as_object().expect("properties");

@@ -22,6 +22,10 @@ use crate::sandbox::{Session, SessionOptions};
 struct Entry {
     owner: String,
     session: Arc<tokio::sync::Mutex<Option<Session>>>,
+    /// Its running cell's events and its calls waiting for the API caller.
+    desk: Arc<super::calls::Desk>,
+    /// Stops the running cell (its owner ends the session while it runs).
+    running: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The server's open sessions, by id.
@@ -40,6 +44,16 @@ impl ApiSessions {
     /// The session `id` if `owner` owns it.
     fn get(&self, id: &str, owner: &str) -> Option<Arc<Entry>> {
         self.map().get(id).filter(|e| e.owner == owner).cloned()
+    }
+
+    /// The desk of session `id` (for its own cells' calls).
+    pub(super) fn desk(&self, id: &str) -> Option<Arc<super::calls::Desk>> {
+        self.map().get(id).map(|e| e.desk.clone())
+    }
+
+    /// The desk of session `id` if `owner` owns it.
+    pub(super) fn owned_desk(&self, id: &str, owner: &str) -> Option<Arc<super::calls::Desk>> {
+        self.get(id, owner).map(|e| e.desk.clone())
     }
 
     /// Removes the sessions that ended by themselves (their end is recorded as they
@@ -163,7 +177,12 @@ pub(super) async fn start(State(state): State<Shared>, Caller(caller, _): Caller
             let id = s.id().to_string();
             let shown = info(&id, &s);
             tracing::info!(caller = caller.name, session = id, "session started");
-            let entry = Arc::new(Entry { owner: caller.name, session: Arc::new(tokio::sync::Mutex::new(Some(s))) });
+            let entry = Arc::new(Entry {
+                owner: caller.name,
+                session: Arc::new(tokio::sync::Mutex::new(Some(s))),
+                desk: super::calls::Desk::new(),
+                running: Mutex::new(None),
+            });
             state.api_sessions.map().insert(id, entry);
             axum::Json(shown).into_response()
         }
@@ -192,7 +211,9 @@ pub(super) struct CellBody {
 ///
 /// The outcome's `session` gives the cell's number and, when this cell ended the
 /// session (a limit, its last allowed cell), why. A cell of an ended session is
-/// 410 with the reason.
+/// 410 with the reason. A cell that calls a host function the API's caller
+/// answers pauses: the answer is then 202 with the `function_call`, to answer at
+/// `/v1/sessions/{id}/calls/{call_id}`.
 #[utoipa::path(
     post,
     path = "/v1/sessions/{id}/cells",
@@ -201,6 +222,7 @@ pub(super) struct CellBody {
     request_body = CellBody,
     responses(
         (status = 200, description = "How the cell ended (any status, including denied and limits).", body = crate::Outcome),
+        (status = 202, description = "The cell paused on a host function call for the caller to answer.", body = super::calls::Paused),
         (status = 404, response = NotFound),
         (status = 409, description = "A cell of this session is running.", body = super::openapi::ErrorBody),
         (status = 410, description = "The session has ended (the reason).", body = super::openapi::ErrorBody),
@@ -243,23 +265,55 @@ pub(super) async fn cell(
     // The cell runs to its end (under its deadline) and is recorded even if the
     // client hangs up: a cell cut off half-way would leave the session's child
     // between two cells' protocol states.
+    let desk = entry.desk.clone();
+    let number = desk.begin_cell();
     let ran = tokio::spawn(async move {
         match slot.as_mut() {
             Some(session) => session.execute(req).await,
             None => Err(SandboxError::SessionEnded("it was ended".into())),
         }
-    })
-    .await;
-    let ran = match ran {
-        Ok(r) => r,
-        Err(e) => return fault("a session's cell", &e),
-    };
-    match ran {
-        Ok(o) => {
-            state.metrics.outcome(o.tier, o.status);
-            axum::Json(o).into_response()
-        }
-        Err(e) => sandbox_error(&state, &e),
+    });
+    *entry.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ran.abort_handle());
+    let told = desk.clone();
+    tokio::spawn(async move {
+        let r = match ran.await {
+            Ok(r) => r,
+            Err(e) => {
+                Err(SandboxError::Host { tier: crate::Tier::Rustpython, message: format!("a cell's task failed: {e}") })
+            }
+        };
+        told.done(number, r);
+    });
+    desk.next(&state).await
+}
+
+/// Re-attach to a session's running cell (role submit; the token that started it):
+/// a call still waiting for the caller's answer (202), else the cell's next pause
+/// (202) or its outcome (200), as a cell's own request would have had them.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/cells/current",
+    tag = "api",
+    params(("id" = String, Path, description = "The session's id.")),
+    responses(
+        (status = 200, description = "The running cell ended: its outcome.", body = crate::Outcome),
+        (status = 202, description = "The cell is paused on a host function call.", body = super::calls::Paused),
+        (status = 404, response = NotFound),
+        (status = 409, description = "Another request is waiting on this session's cell.", body = super::openapi::ErrorBody),
+        Guarded,
+    ),
+    security(("bearer" = ["submit"])),
+)]
+pub(super) async fn current(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Caller(caller, _): Caller<Submitter>,
+) -> Response {
+    let Some(entry) = state.api_sessions.get(&id, &caller.name) else { return no_session() };
+    let running = entry.session.try_lock().is_err();
+    match entry.desk.current(&state, running).await {
+        Some(r) => r,
+        None => problem(StatusCode::NOT_FOUND, "no cell of this session is running"),
     }
 }
 
@@ -300,9 +354,9 @@ pub(super) async fn show(
     tag = "api",
     params(("id" = String, Path, description = "The session's id.")),
     responses(
-        (status = 200, description = "The session as it ended.", body = Info),
+        (status = 200, description = "The session as it ended (a running cell is stopped first).", body = Info),
         (status = 404, response = NotFound),
-        (status = 409, description = "A cell of this session is running.", body = super::openapi::ErrorBody),
+        (status = 409, description = "A running cell did not stop within 10 s.", body = super::openapi::ErrorBody),
         Guarded,
     ),
     security(("bearer" = ["submit"])),
@@ -313,8 +367,14 @@ pub(super) async fn end(
     Caller(caller, _): Caller<Submitter>,
 ) -> Response {
     let Some(entry) = state.api_sessions.get(&id, &caller.name) else { return no_session() };
-    let Ok(mut slot) = entry.session.try_lock() else {
-        return problem(StatusCode::CONFLICT, "a cell of this session is running; end it after its outcome");
+    // A running cell is stopped first (its child or container is killed with it;
+    // it may be waiting on a host call nobody will answer).
+    let stopped = entry.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(running) = stopped {
+        running.abort();
+    }
+    let Ok(mut slot) = tokio::time::timeout(Duration::from_secs(10), entry.session.lock()).await else {
+        return problem(StatusCode::CONFLICT, "a cell of this session is running and did not stop; try again");
     };
     let Some(s) = slot.take() else { return no_session() };
     state.api_sessions.map().remove(&id);

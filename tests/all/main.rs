@@ -40,6 +40,8 @@ mod escape_sessions;
 mod escape_state;
 #[path = "../every_tier.rs"]
 mod every_tier;
+#[path = "../functions.rs"]
+mod functions;
 #[path = "../isolation.rs"]
 mod isolation;
 #[path = "../limits.rs"]

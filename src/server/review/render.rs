@@ -160,6 +160,8 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
             }
             @if item.kind == "execute" {
                 (execute_details(id, s, &marks))
+            } @else if item.kind == "function_call" {
+                (call_details(id, s, &marks))
             } @else if item.kind == "session" {
                 p id={ "session-" (id) } {
                     "A session on the " b { (show(s["tier"].as_str().unwrap_or("?"), &marks)) } " tier: "
@@ -216,6 +218,42 @@ fn execute_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
         details {
             summary { "Policy that applies" }
             pre.ltr id={ "policy-" (id) } { (show(s["policy"].as_str().unwrap_or(""), marks)) }
+        }
+    }
+}
+
+/// A host function call under review: the function, its arguments (as JSON,
+/// shown as text), the snippet that makes it and the session's earlier cells.
+fn call_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
+    let code = s["code"].as_str().unwrap_or("");
+    let arguments = serde_json::to_string_pretty(&s["arguments"]).unwrap_or_default();
+    let earlier: Vec<&str> =
+        s["earlier_cells"].as_array().map(|a| a.iter().filter_map(|c| c.as_str()).collect()).unwrap_or_default();
+    html! {
+        (hidden_warning(id, &format!("{arguments}{code}")))
+        p {
+            "The running snippet calls host function "
+            b id={ "function-" (id) } { (show(s["function"].as_str().unwrap_or("?"), marks)) }
+            @if let Some(session) = s["session"].as_str() { " in session " code { (show(session, marks)) } }
+            ". It waits for your decision; denying raises PermissionError in it. "
+            "In a session, code from any earlier cell (a function it defined, a thread it started) "
+            "can make this call: read them too."
+        }
+        p { "Arguments:" }
+        pre.code.ltr id={ "arguments-" (id) } { (show(&arguments, marks)) }
+        p { "The snippet:" }
+        @if code.len() <= HIGHLIGHTED {
+            pre.code.ltr id={ "code-" (id) } { (highlight(code, marks)) }
+        } @else {
+            pre.code.ltr id={ "code-" (id) } { (show(code, marks)) }
+        }
+        @if !earlier.is_empty() {
+            details id={ "earlier-" (id) } {
+                summary { "The session's earlier cells (oldest first)" }
+                @for cell in &earlier {
+                    pre.code.ltr { (show(cell, marks)) }
+                }
+            }
         }
     }
 }

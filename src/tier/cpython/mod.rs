@@ -27,14 +27,62 @@ pub(crate) const PRELUDE: &str = include_str!("../../guest/cpython_prelude.py");
 /// rustpython tier).
 const ASYNCIO_STANDIN: &str = include_str!("../../guest/asyncio_standin.py");
 
-/// The request text the prelude reads: allowed modules; the sandbox paths of the
-/// policy's read-only mounts (tab-separated); the asyncio source's length (in
-/// characters); then the asyncio source and the snippet.
+/// The request text the prelude reads, for a run without host functions (see
+/// [`request_text_with`]).
+#[cfg_attr(not(feature = "wasm"), allow(dead_code, reason = "the docker tier always names the functions"))]
 pub(crate) fn request_text(policy: &Policy, code: &str) -> String {
+    request_text_with(policy, code, &[])
+}
+
+/// The request text the prelude reads: allowed modules; the sandbox paths of the
+/// policy's read-only mounts (tab-separated); the host functions the run may call;
+/// the asyncio source's length (in characters); then the asyncio source and the
+/// snippet.
+pub(crate) fn request_text_with(policy: &Policy, code: &str, functions: &[String]) -> String {
     let asyncio = if policy.allows_module("asyncio") { ASYNCIO_STANDIN } else { "" };
     let allowed: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).collect();
     let readable: Vec<&str> = policy.read_only_mounts().iter().map(|m| m.target.as_str()).collect();
-    format!("{}\n{}\n{}\n{asyncio}{code}", allowed.join(" "), readable.join("\t"), asyncio.chars().count())
+    format!(
+        "{}\n{}\n{}\n{}\n{asyncio}{code}",
+        allowed.join(" "),
+        readable.join("\t"),
+        functions.join(" "),
+        asyncio.chars().count()
+    )
+}
+
+/// A request framed by its length in bytes (a session's cells; a run that may
+/// call host functions, whose stdin stays open for the replies).
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
+pub(crate) fn framed(text: &str) -> String {
+    format!("{}\n{text}", text.len())
+}
+
+/// The prelude's call line marker: `"\n<nonce> call "`, then a JSON array
+/// `[name, {"args": [...], "kwargs": {...}}]` and a newline.
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
+pub(crate) fn call_marker(nonce: &str) -> String {
+    format!("\n{nonce} call ")
+}
+
+/// A host call's reply as the prelude reads it: framed JSON, `{"value": v}`,
+/// `{"raise": [kind, message]}` or `{"refused": reason}`.
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
+pub(crate) fn call_reply_frame(reply: &crate::executor::CallReply) -> String {
+    use crate::executor::CallReply;
+    let body = match reply {
+        CallReply::Value(v) => serde_json::json!({ "value": v }),
+        CallReply::Raise { kind, message } => serde_json::json!({ "raise": [kind, message] }),
+        CallReply::Refused(why) => serde_json::json!({ "refused": why }),
+    };
+    framed(&body.to_string())
+}
+
+/// Parses a call line's payload (after [`call_marker`], without its newline).
+#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
+pub(crate) fn parse_call(payload: &[u8]) -> Option<crate::executor::HostCall> {
+    let (name, args): (String, serde_json::Value) = serde_json::from_slice(payload).ok()?;
+    Some(crate::executor::HostCall { name, args })
 }
 
 /// Applies the prelude's status line (or its absence) to `o`.

@@ -35,7 +35,8 @@ use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::{
-    PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status, stdout_end,
+    PRELUDE, apply_denial, apply_output_cap, apply_status, call_marker, call_reply_frame, framed, nonce, parse_call,
+    request_text_with, split_status, stdout_end,
 };
 use engine::{Engine, Input, Launch, Output};
 
@@ -329,7 +330,7 @@ impl DockerExecutor {
         };
         // The deadline is the guest's: it counts from the request's delivery to a
         // ready Python (a container's start-up has its own limit, STARTUP_LIMIT).
-        let served = serve(&engine, warm, &policy, &req.code, Instant::now()).await;
+        let served = serve(&engine, warm, &policy, &req, Instant::now()).await;
         // Refill after the request, so that starting a container (about 100 ms of
         // the engine's CPU) does not compete with it.
         if warm_fits {

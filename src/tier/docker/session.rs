@@ -110,7 +110,7 @@ impl DockerSession {
         let running = self.life.begin_cell();
         let due = (started + policy.timeout()).min(self.life.expires);
         let ran = match self.warm.as_mut() {
-            Some(warm) => run_cell(&self.engine, warm, &policy, &req.code, due).await,
+            Some(warm) => run_cell(&self.engine, warm, &policy, &req, (due, self.life.expires)).await,
             None => Err(host("the session lost its container")),
         };
         running.finish();
@@ -208,12 +208,12 @@ async fn run_cell(
     engine: &Engine,
     warm: &mut Warm,
     policy: &Policy,
-    code: &str,
-    due: Instant,
+    req: &ExecRequest,
+    (due, expires): (Instant, Instant),
 ) -> Result<(Outcome, Option<String>), SandboxError> {
     let due = tokio::time::Instant::from_std(due);
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
-    let max_err = max_out.saturating_add(STDERR_SLACK);
+    let max_err = max_out.saturating_add(STDERR_SLACK).saturating_add(call_room(policy, req.host.is_some()));
     let nonce = warm.nonce.clone();
     // Output that arrived since the last report (written before the container was
     // frozen) was written outside any cell.
@@ -227,16 +227,19 @@ async fn run_cell(
         return Ok((o, Some(why.to_string())));
     }
     engine.unpause(&warm.id).await?;
-    let text = request_text(policy, code);
-    let framed = format!("{}\n{text}", text.len());
-    let written = tokio::time::timeout_at(due, warm.input.write_all(framed.as_bytes())).await;
+    let names = req.host.as_ref().map(crate::executor::HostLink::names).unwrap_or_default();
+    let text = framed(&request_text_with(policy, &req.code, &names));
+    let written = tokio::time::timeout_at(due, warm.input.write_all(text.as_bytes())).await;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let status_marker = format!("\n{nonce} {{");
     let end_marker = stdout_end(&nonce);
     let (mut ended, mut status_at) = (if written.is_err() { Ended::Timeout } else { Ended::Exited }, None);
+    let mut answerer = Answerer::new(req.host.clone(), &nonce, 0);
+    answerer.latest = Some(tokio::time::Instant::from_std(expires));
     if written.is_ok() {
         let caps = (max_out, max_err);
-        (ended, status_at) = collect(&mut warm.output, &nonce, due, caps, (&mut out, &mut err))
+        let calls = (&mut answerer, &mut warm.input);
+        (ended, status_at) = collect(&mut warm.output, &nonce, due, caps, (&mut out, &mut err), calls)
             .await
             .map_err(|e| host(format!("the connection to a session's container broke: {e}")))?;
     }
@@ -288,8 +291,13 @@ async fn run_cell(
             broken = broken.or_else(|| Some("its container exited".to_string()));
         }
         Ended::Reported => apply_status(&mut o, report.status_line.as_deref(), None, false),
+        // The host refused a call: the cell is denied (below), the container goes.
+        Ended::Refused => {
+            broken = broken.or_else(|| Some("the host refused a host function call; its container was removed".into()));
+        }
     }
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
+    apply_denial(&mut o, answerer.refused.as_deref());
     Ok((o, broken))
 }

@@ -14,6 +14,20 @@ pub(super) enum Ended {
     Timeout,
     /// Output passed `max_output`.
     OutputFull,
+    /// The host refused a host function call: the run is denied and ends now.
+    Refused,
+}
+
+/// How answering a run's host calls went.
+enum Answered {
+    /// Every complete call was answered; the host took this long.
+    Waited(Duration),
+    /// The host refused a call (the run ends).
+    Refused,
+    /// The guest did not take a reply before the deadline.
+    Late,
+    /// The container's stdin is gone.
+    Closed,
 }
 
 /// Sends the request to a ready container, collects its output until the prelude's
@@ -23,24 +37,33 @@ pub(super) async fn serve(
     engine: &Engine,
     w: Warm,
     policy: &Policy,
-    code: &str,
+    req: &ExecRequest,
     delivered: Instant,
 ) -> Result<Outcome, SandboxError> {
     let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
     let due = tokio::time::Instant::from_std(delivered + policy.timeout());
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
-    let max_err = max_out.saturating_add(STDERR_SLACK);
-    let text = request_text(policy, code);
+    let max_err = max_out.saturating_add(STDERR_SLACK).saturating_add(call_room(policy, req.host.is_some()));
+    let names = req.host.as_ref().map(crate::executor::HostLink::names).unwrap_or_default();
+    let text = request_text_with(policy, &req.code, &names);
+    // A run with host functions keeps stdin open for their replies.
+    let calls = !names.is_empty();
     let write = async {
-        input.write_all(text.as_bytes()).await?;
-        input.shutdown().await
+        if calls {
+            input.write_all(framed(&text).as_bytes()).await
+        } else {
+            input.write_all(text.as_bytes()).await?;
+            input.shutdown().await
+        }
     };
     // A guest that stops reading is stopped by its deadline.
     let written = tokio::time::timeout_at(due, write).await;
     let (mut out, mut ended) = (Vec::new(), if written.is_err() { Ended::Timeout } else { Ended::Exited });
     let end_marker = stdout_end(&nonce);
+    let mut answerer = Answerer::new(req.host.clone(), &nonce, err.len());
     if written.is_ok() {
-        match collect(&mut output, &nonce, due, (max_out, max_err), (&mut out, &mut err)).await {
+        let caps = (max_out, max_err);
+        match collect(&mut output, &nonce, due, caps, (&mut out, &mut err), (&mut answerer, &mut input)).await {
             Ok((e, _)) => ended = e,
             Err(e) => {
                 let _ = engine.remove(&id).await;
@@ -69,12 +92,12 @@ pub(super) async fn serve(
     drop(input);
     let exit = match ended {
         Ended::Exited => Some(engine.inspect(&id).await),
-        Ended::Reported | Ended::Timeout | Ended::OutputFull => None,
+        Ended::Reported | Ended::Timeout | Ended::OutputFull | Ended::Refused => None,
     };
     // A run cut short is killed and removed now; one that reported is removed in
     // the background (off the request's path; its process is exiting anyway).
     match ended {
-        Ended::Timeout | Ended::OutputFull => engine.remove(&id).await?,
+        Ended::Timeout | Ended::OutputFull | Ended::Refused => engine.remove(&id).await?,
         Ended::Reported | Ended::Exited => {
             let (engine, id) = (engine.clone(), id.clone());
             tokio::spawn(async move {
@@ -112,10 +135,92 @@ pub(super) async fn serve(
             }
         }
         (Ended::Reported | Ended::Exited, _) => apply_status(&mut o, status_line.as_deref(), None, false),
+        // The host's refusal, applied below.
+        (Ended::Refused, _) => {}
     }
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
+    // The host's own refusal of a call stands whatever the guest reported.
+    apply_denial(&mut o, answerer.refused.as_deref());
     Ok(o)
+}
+
+/// Room on stderr for one host call line: the largest arguments the policy lets a
+/// call carry, and the line around them.
+pub(super) fn call_room(policy: &Policy, calls: bool) -> usize {
+    let largest = policy.functions().values().map(|f| f.max_arg_bytes).max().unwrap_or(0);
+    if calls { usize::try_from(largest).unwrap_or(usize::MAX).saturating_add(4096) } else { 0 }
+}
+
+/// Answers a run's host calls as the prelude's call lines arrive on stderr: each
+/// line is taken out of stderr (it is not the guest's output), checked and
+/// answered by the host, and its reply written to the container's stdin.
+pub(super) struct Answerer {
+    host: Option<crate::executor::HostLink>,
+    marker: String,
+    /// Stderr before this has no unanswered call line.
+    scanned: usize,
+    /// The host's refusal of a call: the run is denied with it.
+    pub(super) refused: Option<String>,
+    /// The deadline never moves past this (a session's lifetime).
+    pub(super) latest: Option<tokio::time::Instant>,
+}
+
+impl Answerer {
+    pub(super) fn new(host: Option<crate::executor::HostLink>, nonce: &str, from: usize) -> Answerer {
+        Answerer { host, marker: call_marker(nonce), scanned: from, refused: None, latest: None }
+    }
+
+    /// Takes the next complete call line out of `err`, if one has arrived.
+    fn take_call(&mut self, err: &mut Vec<u8>) -> Option<Option<crate::executor::HostCall>> {
+        let m = self.marker.as_bytes();
+        let start = self.scanned.saturating_sub(m.len());
+        let Some(at) = err[start..].windows(m.len()).position(|w| w == m).map(|p| p + start) else {
+            self.scanned = err.len();
+            return None;
+        };
+        let body = at + m.len();
+        let Some(nl) = err[body..].iter().position(|b| *b == b'\n').map(|p| body + p) else {
+            self.scanned = at;
+            return None;
+        };
+        let call = parse_call(&err[body..nl]);
+        err.drain(at..=nl);
+        self.scanned = at;
+        Some(call)
+    }
+
+    /// Answers every complete call line in `err`. A reply the guest does not take
+    /// by the run's deadline (`due`, moved by the host's wait) ends the run; so
+    /// does a refusal (the guest, which may ignore it, gets no more answers).
+    async fn answer_all(&mut self, err: &mut Vec<u8>, input: &mut Input, due: tokio::time::Instant) -> Answered {
+        let mut waited = Duration::ZERO;
+        while let Some(call) = self.take_call(err) {
+            let asked = Instant::now();
+            let reply = match (call, &self.host) {
+                (Some(call), Some(host)) => host.call(call).await,
+                (None, _) => crate::executor::CallReply::Refused("a malformed host function call".into()),
+                (Some(_), None) => crate::executor::CallReply::Refused("this run has no host functions".into()),
+            };
+            if let crate::executor::CallReply::Refused(why) = reply {
+                self.refused.get_or_insert(why);
+                return Answered::Refused;
+            }
+            waited += asked.elapsed();
+            let by = self.latest.map_or(due + waited, |l| l.min(due + waited));
+            let frame = call_reply_frame(&reply);
+            let write = async {
+                input.write_all(frame.as_bytes()).await?;
+                input.flush().await
+            };
+            match tokio::time::timeout_at(by, write).await {
+                Err(_) => return Answered::Late,
+                Ok(Err(_)) => return Answered::Closed,
+                Ok(Ok(())) => {}
+            }
+        }
+        Answered::Waited(waited)
+    }
 }
 
 /// Reads a container's output into `out` and `err` (stdout and stderr) until the
@@ -128,9 +233,10 @@ pub(super) async fn serve(
 pub(super) async fn collect(
     output: &mut Output,
     nonce: &str,
-    due: tokio::time::Instant,
+    mut due: tokio::time::Instant,
     (max_out, max_err): (usize, usize),
     (out, err): (&mut Vec<u8>, &mut Vec<u8>),
+    (answerer, input): (&mut Answerer, &mut Input),
 ) -> Result<(Ended, Option<usize>), bollard::errors::Error> {
     let status_marker = format!("\n{nonce} {{");
     let end_marker = stdout_end(nonce);
@@ -145,6 +251,15 @@ pub(super) async fn collect(
                 if append_capped(err, &message, max_err) {
                     return Ok((Ended::OutputFull, status.at));
                 }
+                // Host calls first: their lines leave stderr, and the run's
+                // deadline moves by the time the host took.
+                match answerer.answer_all(err, input, due).await {
+                    Answered::Waited(waited) => due = answerer.latest.map_or(due + waited, |l| l.min(due + waited)),
+                    Answered::Refused => return Ok((Ended::Refused, status.at)),
+                    Answered::Late => return Ok((Ended::Timeout, status.at)),
+                    Answered::Closed => return Ok((Ended::Exited, status.at)),
+                }
+                let from = from.min(answerer.scanned);
                 status_seen = status.complete(err, from, status_marker.as_bytes());
             }
             Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {

@@ -117,6 +117,7 @@ impl EmbeddedExecutor {
             max_output: usize::try_from(policy.max_output()).unwrap_or(usize::MAX),
             deadline,
             session: false,
+            functions: Arc::from([]),
         };
         if worker.jobs.send((job, reply)).is_err() {
             return Err(host("an interpreter thread exited unexpectedly"));

@@ -42,11 +42,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 
-use self::protocol::{AnswerStream, ChildRequest, FromZygote, GuestAnswer, GuestEnd, SpawnSpec, StreamError, ToZygote};
+use self::protocol::{
+    AnswerStream, CallAnswer, ChildRequest, FromZygote, GuestAnswer, GuestEnd, Heard, SpawnSpec, StreamError, ToZygote,
+};
 pub use self::zygote::{ZYGOTE_ARG, run_zygote_if_requested};
 use super::WORKER_STACK;
 use crate::error::SandboxError;
-use crate::executor::{BoxFuture, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
+use crate::executor::{
+    BoxFuture, CallReply, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis,
+};
 use crate::policy::Policy;
 
 mod pool;
@@ -191,7 +195,7 @@ impl IsolatedExecutor {
         };
         let timeout = policy.timeout();
         let deadline = started + timeout;
-        let request = child_request(req.id.clone(), req.code, &policy, false);
+        let request = child_request(req.id.clone(), req.code, &policy, false, req.host.as_ref());
         #[cfg(feature = "test-hooks")]
         let request = ChildRequest { probe: probe.map(str::to_owned), ..request };
         let cap = answer_cap(&policy);
@@ -213,8 +217,15 @@ impl IsolatedExecutor {
                 Err(_) if !z.alive() && attempts < 2 => continue,
                 Err(e) => return Err(host(&e.to_string())),
             };
-            let limits =
-                RunLimits { deadline, timeout, cap, memory: policy.max_memory(), max_output: policy.max_output() };
+            let limits = RunLimits {
+                deadline,
+                timeout,
+                cap,
+                memory: policy.max_memory(),
+                max_output: policy.max_output(),
+                host: req.host.clone(),
+                latest: None,
+            };
             let supervised = supervise(child, &request, &limits, spec.namespaces).await;
             drop(running);
             z.refill(&mut z.state());
@@ -317,7 +328,13 @@ impl IsolatedExecutor {
 }
 
 /// The request a child reads for `code` under `policy` (`session`: a session's cell).
-fn child_request(id: Option<String>, code: String, policy: &Policy, session: bool) -> ChildRequest {
+fn child_request(
+    id: Option<String>,
+    code: String,
+    policy: &Policy,
+    session: bool,
+    host: Option<&crate::executor::HostLink>,
+) -> ChildRequest {
     ChildRequest {
         id,
         code,
@@ -325,6 +342,7 @@ fn child_request(id: Option<String>, code: String, policy: &Policy, session: boo
         max_output: policy.max_output(),
         timeout_ms: millis(policy.timeout()),
         session,
+        functions: host.map(crate::executor::HostLink::names).unwrap_or_default(),
         #[cfg(feature = "test-hooks")]
         probe: None,
     }

@@ -118,6 +118,10 @@ pub struct ChildRequest {
     /// answer, reads the session's next request on the same socket (the first
     /// request decides; a session child is never given to anyone else).
     pub session: bool,
+    /// The host functions the run's `host` module offers (names only: the host
+    /// checks every call).
+    #[serde(default)]
+    pub functions: Vec<String>,
     /// Test hook (builds with the `test-hooks` feature only): how the child
     /// misbehaves around its run (see `hooks.rs`).
     #[cfg(feature = "test-hooks")]
@@ -137,9 +141,23 @@ pub enum ChildMessage {
         /// What was refused (shown to the caller).
         reason: String,
     },
+    /// A call of a host function: the child blocks until the host writes a
+    /// [`CallAnswer`] frame on the request socket.
+    Call(crate::executor::HostCall),
     /// The run's end, the last message a child sends. The supervisor kills the child
     /// when it reads it.
     Answer(GuestAnswer),
+}
+
+/// Supervisor → child: the reply to a [`ChildMessage::Call`], as a length-prefixed
+/// JSON frame on the request socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallAnswer {
+    /// What the guest gets.
+    pub reply: crate::executor::CallReply,
+    /// How long the host took, ms: the child moves its deadline by it, as the
+    /// supervisor does.
+    pub waited_ms: u64,
 }
 
 /// What a snippet produced, as its child reports it.
@@ -304,6 +322,15 @@ pub struct AnswerStream {
     pub denials: Vec<String>,
 }
 
+/// What [`AnswerStream::push`] heard that the supervisor acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Heard {
+    /// The run's answer.
+    Answer(GuestAnswer),
+    /// A host function call, waiting for its reply.
+    Call(crate::executor::HostCall),
+}
+
 /// Why a child's answer stream is not one the supervisor accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamError {
@@ -319,17 +346,19 @@ impl AnswerStream {
         AnswerStream { buf: Vec::new(), pos: 0, cap, denials: Vec::new() }
     }
 
-    /// Takes `bytes`; returns the answer once it is complete. Denials before it are
-    /// kept in [`AnswerStream::denials`].
-    ///
-    /// # Errors
-    /// [`StreamError`] when the stream is over its cap or not made of message frames.
-    /// Whether bytes follow the answer just returned by [`AnswerStream::push`].
+    /// Whether bytes follow the answer or call just returned by
+    /// [`AnswerStream::push`].
     pub fn has_leftover(&self) -> bool {
         self.pos < self.buf.len()
     }
 
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<GuestAnswer>, StreamError> {
+    /// Takes `bytes`; returns the answer or a call once one is complete (bytes
+    /// after a call stay buffered: call `push(&[])` to read on). Denials before
+    /// it are kept in [`AnswerStream::denials`].
+    ///
+    /// # Errors
+    /// [`StreamError`] when the stream is over its cap or not made of message frames.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Heard>, StreamError> {
         if self.buf.len().saturating_add(bytes.len()) > self.cap {
             return Err(StreamError::TooBig);
         }
@@ -358,7 +387,14 @@ impl AnswerStream {
             self.pos += head + len;
             match msg {
                 ChildMessage::Denial { reason } => self.denials.push(reason),
-                ChildMessage::Answer(a) => return Ok(Some(a)),
+                ChildMessage::Answer(a) => return Ok(Some(Heard::Answer(a))),
+                ChildMessage::Call(call) => {
+                    // A call's bytes are not kept: calls do not add up against the
+                    // stream's cap, only each frame does.
+                    self.buf.drain(..self.pos);
+                    self.pos = 0;
+                    return Ok(Some(Heard::Call(call)));
+                }
             }
         }
     }
@@ -388,7 +424,7 @@ mod tests {
             let mut s = AnswerStream::new(1 << 20);
             let mut got = None;
             for chunk in bytes.chunks(step) {
-                if let Some(a) = s.push(chunk).expect("well formed") {
+                if let Some(Heard::Answer(a)) = s.push(chunk).expect("well formed") {
                     got = Some(a);
                 }
             }

@@ -74,12 +74,13 @@ impl IsolatedSession {
         let running = self.life.begin_cell();
         let timeout = policy.timeout();
         let deadline = (started + timeout).min(self.life.expires);
-        let request = child_request(req.id.clone(), req.code, &policy, true);
+        let request = child_request(req.id.clone(), req.code, &policy, true, req.host.as_ref());
         #[cfg(feature = "test-hooks")]
         let request = ChildRequest { probe: self.probe.take(), ..request };
         let cap = answer_cap(&policy);
         let memory = policy.sessions().max_memory;
-        let limits = RunLimits { deadline, timeout, cap, memory, max_output: policy.max_output() };
+        let (link, latest) = (req.host.clone(), Some(self.life.expires));
+        let limits = RunLimits { deadline, timeout, cap, memory, max_output: policy.max_output(), host: link, latest };
         let turn = match self.live.as_mut() {
             Some(live) => live.turn(&request, &limits).await,
             None => Err(Supervise::Host(host("the session lost its process"))),

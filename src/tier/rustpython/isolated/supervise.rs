@@ -27,6 +27,11 @@ pub(super) struct RunLimits {
     pub(super) memory: u64,
     /// Output cap, checked by the host on what the child sends.
     pub(super) max_output: u64,
+    /// Where the run's host function calls go.
+    pub(super) host: Option<crate::executor::HostLink>,
+    /// The deadline never moves past this (a session's lifetime), however long
+    /// the host's functions take.
+    pub(super) latest: Option<Instant>,
 }
 
 /// Kills its child when dropped: whatever path a request takes out of
@@ -123,26 +128,56 @@ impl Live {
         };
         let mut answers = AnswerStream::new(limits.cap);
         let stream = &mut self.stream;
+        // The deadline moves by the time the host's functions take.
+        let mut deadline = limits.deadline;
+        let mut calls = 0u64;
         let exchange = async {
             if let Some(read) = early {
-                return read;
+                return Ok(read);
             }
             // A child that died during confinement has closed its end: the write
             // fails, and how it ended is read from its exit below.
             let _ = stream.write_all(&frame).await;
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Read::Closed,
-                    Ok(n) => match answers.push(&chunk[..n]) {
-                        Ok(Some(answer)) => return Read::Answer(answer),
-                        Ok(None) => {}
-                        Err(e) => return Read::Broken(e),
-                    },
+                let n = match tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await {
+                    Err(_) => return Err(()),
+                    Ok(Ok(0) | Err(_)) => return Ok(Read::Closed),
+                    Ok(Ok(n)) => n,
+                };
+                let call = match answers.push(&chunk[..n]) {
+                    Ok(Some(Heard::Answer(answer))) => return Ok(Read::Answer(answer)),
+                    Ok(None) => continue,
+                    Ok(Some(Heard::Call(call))) => call,
+                    Err(e) => return Ok(Read::Broken(e)),
+                };
+                // The child waits for the reply: nothing may come before it.
+                if answers.has_leftover() {
+                    return Ok(Read::Broken(StreamError::Malformed));
+                }
+                calls += 1;
+                let asked = Instant::now();
+                let reply = match &limits.host {
+                    Some(host) => host.call(call).await,
+                    None => CallReply::Refused("this run has no host functions".into()),
+                };
+                let waited = asked.elapsed();
+                if let CallReply::Refused(why) = &reply {
+                    // The host's own record: the run is denied whatever the child does.
+                    answers.denials.push(why.clone());
+                }
+                deadline += waited;
+                if let Some(latest) = limits.latest {
+                    deadline = deadline.min(latest);
+                }
+                let answer = CallAnswer { reply, waited_ms: millis(waited) };
+                let mut out = Vec::new();
+                if protocol::write_frame(&mut out, &answer).is_err() || stream.write_all(&out).await.is_err() {
+                    return Ok(Read::Closed);
                 }
             }
         };
-        let mut read = tokio::time::timeout_at(limits.deadline.into(), exchange).await;
+        let mut read = exchange.await;
         // A session's child must stop at its answer: bytes after it were written
         // ahead of a request the host has not sent.
         if request.session && matches!(read, Ok(Read::Answer(_))) && answers.has_leftover() {
@@ -176,11 +211,18 @@ impl Live {
                         e
                     }
                     // The reader drops every pending report when the zygote goes away.
+                    // A run that called the host had effects outside its child: it
+                    // is not run again.
+                    Ok(Err(_)) if calls > 0 => {
+                        return Err(Supervise::Host(host(
+                            "the zygote died during a run that had called host functions; it is not run again",
+                        )));
+                    }
                     Ok(Err(_)) => return Err(Supervise::ZygoteGone),
                     Err(_) => return Err(Supervise::Host(host("the zygote did not report how a child ended"))),
                 };
                 Turn::Ended(match read {
-                    Err(_elapsed) => {
+                    Err(()) => {
                         let msg = format!("deadline of {}s exceeded; the run was killed", limits.timeout.as_secs_f64());
                         ended(Status::Timeout, ErrorKind::Timeout, msg, e)
                     }

@@ -33,7 +33,7 @@ use super::protocol::{
 };
 use super::{seccomp, sys};
 use crate::executor::{Outcome, Status};
-use crate::tier::rustpython::worker::{Job, Worker, set_denial_sink};
+use crate::tier::rustpython::worker::{Job, Worker, set_denial_sink, set_host_sink};
 
 /// The hidden first argument that turns the `terrarium` binary into a zygote.
 pub const ZYGOTE_ARG: &str = "__terrarium-zygote";
@@ -94,6 +94,7 @@ fn warm_up(worker: &Worker, code: String, allowed: std::collections::BTreeSet<St
         max_output: 1 << 16,
         deadline: Instant::now() + Duration::from_secs(5),
         session: false,
+        functions: std::sync::Arc::from([]),
     });
 }
 
@@ -117,6 +118,9 @@ const READY: u8 = 0x52;
 const READY_NAMESPACES: u8 = 0x4e;
 /// Largest request a child reads (code is capped far lower by policy).
 const MAX_REQUEST: usize = 64 << 20;
+/// Largest reply to a host call a child reads (a result is at most 16 MiB of
+/// JSON by the policy's cap, checked by the host).
+const MAX_CALL_ANSWER: usize = 40 << 20;
 
 /// Runs the zygote when this process was started as one; `None` otherwise.
 ///
@@ -380,6 +384,21 @@ fn child_main(
             let _ = protocol::write_message(&mut &*sock, &ChildMessage::Denial { reason: reason.into() });
         }));
     }
+    // Host function calls go to the host on the same socket; the child blocks for
+    // the reply (the only frame the host sends during a run). A host that is gone
+    // ends the child.
+    {
+        let sock = sock.clone();
+        set_host_sink(Box::new(move |call| {
+            if protocol::write_message(&mut &*sock, &ChildMessage::Call(call)).is_err() {
+                sys::exit_now(0);
+            }
+            match protocol::read_frame::<protocol::CallAnswer>(&mut &*sock, MAX_CALL_ANSWER) {
+                Ok(a) => (a.reply, Duration::from_millis(a.waited_ms)),
+                Err(_) => sys::exit_now(0),
+            }
+        }));
+    }
     // The first request decides: a single run, or the first cell of a session,
     // whose later cells come on the same socket after each answer.
     let session = req.session;
@@ -393,6 +412,7 @@ fn child_main(
             max_output: usize::try_from(req.max_output).unwrap_or(usize::MAX),
             deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
             session,
+            functions: std::sync::Arc::from(std::mem::take(&mut req.functions)),
         };
         let (outcome, reusable) = worker.run(&job);
         let answer = ChildMessage::Answer(guest_answer(outcome, session && reusable));

@@ -108,6 +108,8 @@ pub struct Job {
     /// A cell of a session: it runs in the globals (and with the module proxies)
     /// the session's earlier cells left, and leaves its own for the next.
     pub session: bool,
+    /// The host functions the run's `host` module offers (the policy's names).
+    pub functions: Arc<[String]>,
 }
 
 /// Where a job's outcome, and whether the interpreter may be reused, go.
@@ -123,6 +125,7 @@ pub(super) struct RunState {
     pub(super) max_output: usize,
     pub(super) deadline: Instant,
     pub(super) allowed: Arc<BTreeSet<String>>,
+    pub(super) functions: Arc<[String]>,
     /// The snippet's globals, once the run has them.
     pub(super) globals: Option<PyObjectRef>,
 }

@@ -34,7 +34,7 @@ use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
 use rustpython_vm::{AsObject, Interpreter, PyObjectRef, PyResult, Settings, VirtualMachine};
 
 use crate::analysis;
-use crate::executor::{ErrorInfo, ErrorKind, Outcome, Status, Tier, Usage};
+use crate::executor::{ErrorInfo, ErrorKind, Outcome, Status, Tier};
 use crate::policy::module_allowed;
 
 use super::{importer, value, walls};
@@ -43,6 +43,9 @@ mod control;
 pub use control::*;
 mod natives;
 pub use natives::*;
+mod host;
+pub(crate) use host::host_module;
+pub use host::set_host_sink;
 
 /// The prelude that builds the snippet environment (see its header).
 const PRELUDE: &str = include_str!("../../../guest/rustpython_prelude.py");
@@ -321,6 +324,7 @@ impl Worker {
                 max_output: job.max_output,
                 deadline: job.deadline,
                 allowed: job.allowed_modules.clone(),
+                functions: job.functions.clone(),
                 globals: None,
             });
         });
@@ -329,19 +333,7 @@ impl Worker {
         // Retire the run id so that late signals for it are ignored.
         self.ctrl.run_id.store(0, Ordering::SeqCst);
         let (stdout, stderr) = run.map(|r| (r.stdout, r.stderr)).unwrap_or_default();
-        let mut outcome = Outcome {
-            id: job.id.clone(),
-            status: Status::Ok,
-            tier: Tier::Rustpython,
-            stdout,
-            stderr,
-            result: None,
-            error: None,
-            usage: Usage::default(),
-            route: None,
-            findings: Vec::new(),
-            session: None,
-        };
+        let mut outcome = Outcome { id: job.id.clone(), stdout, stderr, ..Outcome::blank(Tier::Rustpython) };
         let terminal = self.ctrl.terminal();
         // A terminal condition wins over however the run unwound; an interpreter that
         // hit one, or panicked, is not reused.
@@ -375,7 +367,7 @@ impl Worker {
     }
 
     fn run_inner(&self, job: &Job) -> RunResult {
-        if let Some(reason) = static_denial(&job.code, &job.allowed_modules) {
+        if let Some(reason) = static_denial(&job.code, &job.allowed_modules, !job.functions.is_empty()) {
             report_denial(&reason);
             return RunResult::Denied(reason);
         }
@@ -520,8 +512,9 @@ fn compile(
         .map(|code| PyCode::new_ref_from_bytecode(vm, code))
 }
 
-/// The static analysis' refusal of `code` under `allowed`, if any.
-fn static_denial(code: &str, allowed: &BTreeSet<String>) -> Option<String> {
+/// The static analysis' refusal of `code` under `allowed`, if any (`host` is the
+/// run's host functions, when it has any).
+fn static_denial(code: &str, allowed: &BTreeSet<String>, host: bool) -> Option<String> {
     let analysis = analysis::analyze(code);
     if let Some(f) = analysis.denial() {
         return Some(format!("line {}: {}", f.line, f.message));
@@ -529,7 +522,7 @@ fn static_denial(code: &str, allowed: &BTreeSet<String>) -> Option<String> {
     analysis.imports.iter().find_map(|imp| {
         if imp.level != 0 {
             Some(format!("line {}: relative imports are not available to snippets", imp.line))
-        } else if !module_allowed(allowed, &imp.module) {
+        } else if !(module_allowed(allowed, &imp.module) || host && imp.module == "host") {
             Some(format!("line {}: import of {:?} is not allowed by the policy", imp.line, imp.module))
         } else {
             None

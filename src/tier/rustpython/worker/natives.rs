@@ -186,8 +186,8 @@ pub(super) fn run_text(
         return Err(deny(&format!("{name}() runs text only in the sandbox, not {}", source.class().name()), vm));
     };
     let text = text.as_wtf8().to_string_lossy().into_owned();
-    let allowed = with_run(|run| run.allowed.clone()).unwrap_or_default();
-    if let Some(reason) = static_denial(&text, &allowed) {
+    let (allowed, host) = with_run(|run| (run.allowed.clone(), !run.functions.is_empty())).unwrap_or_default();
+    if let Some(reason) = static_denial(&text, &allowed, host) {
         return Err(deny(&format!("{name}(): {reason}"), vm));
     }
     let globals: PyDictRef = match globals {

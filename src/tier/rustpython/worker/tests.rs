@@ -23,6 +23,7 @@ fn trusted_with(code: &'static str, preload: Vec<String>) -> String {
                     max_output: 1 << 20,
                     deadline: Instant::now() + Duration::from_secs(600),
                     allowed: std::sync::Arc::new(preload.iter().cloned().collect()),
+                    functions: std::sync::Arc::from([]),
                     globals: None,
                 });
             });
