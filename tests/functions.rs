@@ -453,3 +453,59 @@ fn over_http_a_caller_reattaches_to_a_running_cell_and_can_end_it() {
     assert_eq!(ended.status, 200, "{}", ended.body);
     assert_eq!(s.call("GET", &format!("/v1/sessions/{id}"), Some(SUBMIT), None).status, 404);
 }
+
+#[test]
+fn host_functions_round_trip_on_the_wasm_tier() {
+    let policy = policy_with(PRICE, "");
+    if crate::common::wasm_executor(policy.clone()).is_none() {
+        return;
+    }
+    let s = builder(policy).function("price", price).build().expect("sandbox");
+    let wasm = terrarium::Tier::Wasm;
+    let o = run_on(
+        &s,
+        wasm,
+        "from host import price\nprint('before')\nr = price('apple', qty=2)\ntry:\n    price('pear')\nexcept KeyError as e:\n    err = str(e)\n[r, err]",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(
+        o.result,
+        Some(
+            serde_json::json!([{"item": "apple", "total": 6, "tags": ["fruit", null, true, 1.5]}, "'no price for pear'"])
+        )
+    );
+    assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.session.is_none()), ("before\n", "", true), "{o:?}");
+    assert_eq!(o.calls.len(), 2);
+    // A forged call of an undeclared name, repeated: refused once, the run ends.
+    let o = run_on(
+        &s,
+        wasm,
+        "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\nfor _ in range(50):\n    try:\n        call('steal', (), {})\n    except BaseException:\n        pass\n'ok'",
+    );
+    assert_eq!(o.status, Status::Denied, "{o:?}");
+    assert!(o.error.as_ref().expect("error").message.contains("\"steal\" is not declared"), "{o:?}");
+    assert_eq!(o.calls.len(), 1, "{:?}", o.calls);
+    // Waiting for the host is not the run's time: 3 × 0.6 s under a 1 s timeout.
+    let slow = policy_with("  wait:\n    timeout: 5\n", "")
+        .tighten(&terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() })
+        .expect("tighten");
+    let s2 = builder(slow)
+        .function("wait", |_call| async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Ok(serde_json::json!("done"))
+        })
+        .build()
+        .expect("sandbox");
+    let o = run_on(&s2, wasm, "from host import wait\n[wait(), wait(), wait()]");
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    // In a session, on the same instance.
+    let s = Arc::new(s);
+    let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(wasm), caller: None };
+    let mut session = runtime().block_on(s.session(opts)).expect("session");
+    let cell = |session: &mut terrarium::Session, code: &str| {
+        runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell")
+    };
+    assert_eq!(cell(&mut session, "from host import price").status, Status::Ok);
+    let o = cell(&mut session, "price('apple')['total'] + price('apple', qty=3)['total']");
+    assert_eq!(o.result, Some(serde_json::json!(12)), "{o:?}");
+}

@@ -21,7 +21,7 @@ use crate::error::SandboxError;
 pub use crate::policy::{Overrides, Tier, TierChoice};
 
 mod host;
-pub use host::{CallReply, HostCall, HostCalls, HostLink};
+pub use host::{CallReply, HostCall, HostCalls, HostLink, RAISABLE};
 mod session;
 pub use session::{CellInfo, TierSession};
 #[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]

@@ -28,6 +28,9 @@ use crate::policy::FunctionSpec;
 
 mod command;
 
+/// The exception classes an implementation's error may raise in the snippet.
+pub use crate::executor::RAISABLE;
+
 /// One call, as an implementation receives it.
 #[derive(Debug, Clone)]
 pub struct FunctionCall {
@@ -46,7 +49,7 @@ pub struct FunctionCall {
 }
 
 /// An implementation's error, raised in the snippet as `kind` (one of
-/// [`crate::executor::RAISABLE`], else `RuntimeError`) with `message`.
+/// [`RAISABLE`], else `RuntimeError`) with `message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionError {
     /// The exception class.

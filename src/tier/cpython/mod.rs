@@ -53,21 +53,18 @@ pub(crate) fn request_text_with(policy: &Policy, code: &str, functions: &[String
 
 /// A request framed by its length in bytes (a session's cells; a run that may
 /// call host functions, whose stdin stays open for the replies).
-#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn framed(text: &str) -> String {
     format!("{}\n{text}", text.len())
 }
 
 /// The prelude's call line marker: `"\n<nonce> call "`, then a JSON array
 /// `[name, {"args": [...], "kwargs": {...}}]` and a newline.
-#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn call_marker(nonce: &str) -> String {
     format!("\n{nonce} call ")
 }
 
 /// A host call's reply as the prelude reads it: framed JSON, `{"value": v}`,
 /// `{"raise": [kind, message]}` or `{"refused": reason}`.
-#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn call_reply_frame(reply: &crate::executor::CallReply) -> String {
     use crate::executor::CallReply;
     let body = match reply {
@@ -78,8 +75,42 @@ pub(crate) fn call_reply_frame(reply: &crate::executor::CallReply) -> String {
     framed(&body.to_string())
 }
 
+/// Takes the prelude's host call lines out of a growing stderr (they are the
+/// host's channel, not the guest's output).
+pub(crate) struct CallLines {
+    marker: String,
+    /// Stderr before this holds no call line not taken yet.
+    pub(crate) scanned: usize,
+}
+
+impl CallLines {
+    /// Call lines of the run behind `nonce`, in stderr from byte `from` on.
+    pub(crate) fn new(nonce: &str, from: usize) -> CallLines {
+        CallLines { marker: call_marker(nonce), scanned: from }
+    }
+
+    /// Takes the next complete call line out of `err`: the call (`None` when it
+    /// is malformed) and the bytes taken; `None` until a whole line has arrived.
+    pub(crate) fn take(&mut self, err: &mut Vec<u8>) -> Option<(Option<crate::executor::HostCall>, usize)> {
+        let m = self.marker.as_bytes();
+        let start = self.scanned.saturating_sub(m.len()).min(err.len());
+        let Some(at) = err[start..].windows(m.len()).position(|w| w == m).map(|p| p + start) else {
+            self.scanned = err.len();
+            return None;
+        };
+        let body = at + m.len();
+        let Some(nl) = err[body..].iter().position(|b| *b == b'\n').map(|p| body + p) else {
+            self.scanned = at;
+            return None;
+        };
+        let call = parse_call(&err[body..nl]);
+        err.drain(at..=nl);
+        self.scanned = at;
+        Some((call, nl + 1 - at))
+    }
+}
+
 /// Parses a call line's payload (after [`call_marker`], without its newline).
-#[cfg_attr(not(feature = "docker"), allow(dead_code, reason = "the wasm tier does not carry calls yet"))]
 pub(crate) fn parse_call(payload: &[u8]) -> Option<crate::executor::HostCall> {
     let (name, args): (String, serde_json::Value) = serde_json::from_slice(payload).ok()?;
     Some(crate::executor::HostCall { name, args })

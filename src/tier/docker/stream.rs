@@ -157,9 +157,7 @@ pub(super) fn call_room(policy: &Policy, calls: bool) -> usize {
 /// answered by the host, and its reply written to the container's stdin.
 pub(super) struct Answerer {
     host: Option<crate::executor::HostLink>,
-    marker: String,
-    /// Stderr before this has no unanswered call line.
-    scanned: usize,
+    lines: CallLines,
     /// The host's refusal of a call: the run is denied with it.
     pub(super) refused: Option<String>,
     /// The deadline never moves past this (a session's lifetime).
@@ -168,26 +166,7 @@ pub(super) struct Answerer {
 
 impl Answerer {
     pub(super) fn new(host: Option<crate::executor::HostLink>, nonce: &str, from: usize) -> Answerer {
-        Answerer { host, marker: call_marker(nonce), scanned: from, refused: None, latest: None }
-    }
-
-    /// Takes the next complete call line out of `err`, if one has arrived.
-    fn take_call(&mut self, err: &mut Vec<u8>) -> Option<Option<crate::executor::HostCall>> {
-        let m = self.marker.as_bytes();
-        let start = self.scanned.saturating_sub(m.len());
-        let Some(at) = err[start..].windows(m.len()).position(|w| w == m).map(|p| p + start) else {
-            self.scanned = err.len();
-            return None;
-        };
-        let body = at + m.len();
-        let Some(nl) = err[body..].iter().position(|b| *b == b'\n').map(|p| body + p) else {
-            self.scanned = at;
-            return None;
-        };
-        let call = parse_call(&err[body..nl]);
-        err.drain(at..=nl);
-        self.scanned = at;
-        Some(call)
+        Answerer { host, lines: CallLines::new(nonce, from), refused: None, latest: None }
     }
 
     /// Answers every complete call line in `err`. A reply the guest does not take
@@ -195,7 +174,7 @@ impl Answerer {
     /// does a refusal (the guest, which may ignore it, gets no more answers).
     async fn answer_all(&mut self, err: &mut Vec<u8>, input: &mut Input, due: tokio::time::Instant) -> Answered {
         let mut waited = Duration::ZERO;
-        while let Some(call) = self.take_call(err) {
+        while let Some((call, _)) = self.lines.take(err) {
             let asked = Instant::now();
             let reply = match (call, &self.host) {
                 (Some(call), Some(host)) => host.call(call).await,
@@ -259,7 +238,7 @@ pub(super) async fn collect(
                     Answered::Late => return Ok((Ended::Timeout, status.at)),
                     Answered::Closed => return Ok((Ended::Exited, status.at)),
                 }
-                let from = from.min(answerer.scanned);
+                let from = from.min(answerer.lines.scanned);
                 status_seen = status.complete(err, from, status_marker.as_bytes());
             }
             Ok(Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message }))) => {

@@ -210,6 +210,16 @@ impl WasmExecutor {
             Ok(p) => p,
             Err(refused) => return Ok(refused),
         };
+        // A run that may call host functions needs streams the host reads and
+        // feeds while it runs: an instance of its own, as a session of one cell.
+        if req.host.is_some() && !req.scratch {
+            let mut one = self.start_session_with(policy).await?;
+            let mut o = crate::executor::TierSession::execute(&mut one, req).await?;
+            crate::executor::TierSession::end(&mut one, "its one run ended");
+            o.session = None;
+            o.usage.wall_ms = millis(started.elapsed());
+            return Ok(o);
+        }
         let runtime = self.runtime()?;
         let id = req.id.clone();
         // Warm instances were started with the executor's policy: they serve requests

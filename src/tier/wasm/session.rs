@@ -57,7 +57,8 @@ use crate::executor::{
 };
 use crate::policy::Policy;
 use crate::tier::cpython::{
-    apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status, stdout_end,
+    CallLines, apply_denial, apply_output_cap, apply_status, call_reply_frame, framed, nonce, request_text_with,
+    split_status, stdout_end,
 };
 
 /// Room on stderr beyond `max_output`, for the prelude's markers (as single runs).
@@ -157,8 +158,13 @@ pub(super) struct WasmSession {
 impl WasmExecutor {
     /// Starts a session's instance and waits until its prelude is ready.
     pub(super) async fn start_session(&self) -> Result<WasmSession, SandboxError> {
+        self.start_session_with(self.policy.for_session()).await
+    }
+
+    /// Starts an instance kept for cells under `policy` (its memory cap is the
+    /// instance's).
+    pub(super) async fn start_session_with(&self, policy: Policy) -> Result<WasmSession, SandboxError> {
         let runtime = self.runtime()?;
-        let policy = self.policy.for_session();
         let nonce = nonce();
         let io = Io::new(STDERR_SLACK);
         let control = Control::new();
@@ -313,7 +319,7 @@ impl WasmSession {
         self.cells += 1;
         let timeout = policy.timeout();
         let due = (started + timeout).min(self.life.expires);
-        let (mut outcome, broken) = run_cell(live, &policy, &req.code, started, due).await;
+        let (mut outcome, broken) = run_cell(live, &policy, &req, started, (due, self.life.expires)).await;
         running.finish();
         let why = if outcome.status == Status::Timeout && due < started + timeout {
             // Stopped at the session's end, before the cell's own deadline.
@@ -374,6 +380,8 @@ enum Ended {
     Timeout,
     /// Output went past the cap.
     OutputFull,
+    /// The host refused a host function call (the run is denied and ends now).
+    Refused,
 }
 
 /// Feeds one cell and reads its output until the prelude's report, the deadline,
@@ -382,9 +390,9 @@ enum Ended {
 async fn run_cell(
     live: &Live,
     policy: &Policy,
-    code: &str,
+    req: &ExecRequest,
     arrived: Instant,
-    due: Instant,
+    (mut due, latest): (Instant, Instant),
 ) -> (Outcome, Option<String>) {
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let nonce = &live.nonce;
@@ -402,17 +410,47 @@ async fn run_cell(
     }
     let fuel = policy.fuel().unwrap_or(UNLIMITED_FUEL);
     live.control.open(arrived, due, fuel);
-    let text = request_text(policy, code);
-    // The end marker may take the cap's last bytes.
-    let room = (max_out.saturating_add(end_marker.len()), max_out.saturating_add(STDERR_SLACK));
-    live.io.begin(format!("{}\n{text}", text.len()).as_bytes(), room.0, room.1);
+    let names = req.host.as_ref().map(crate::executor::HostLink::names).unwrap_or_default();
+    let text = request_text_with(policy, &req.code, &names);
+    // The end marker may take the cap's last bytes; a host call line may take the
+    // largest arguments a call may carry (its bytes are given back once taken).
+    let largest_call = policy.functions().values().map(|f| f.max_arg_bytes).max().unwrap_or(0);
+    let call_room = if names.is_empty() { 0 } else { usize::try_from(largest_call).unwrap_or(usize::MAX) + 4096 };
+    let room = (max_out.saturating_add(end_marker.len()), max_out.saturating_add(STDERR_SLACK + call_room));
+    live.io.begin(framed(&text).as_bytes(), room.0, room.1);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (mut end_at, mut status_at) = (None, None);
+    let mut calls = CallLines::new(nonce, 0);
+    let mut refused = None;
     let mut ended = loop {
         let d = live.io.drain();
-        let (from_out, from_err) = (out.len(), err.len());
+        let (from_out, mut from_err) = (out.len(), err.len());
         out.extend_from_slice(&d.out);
         err.extend_from_slice(&d.err);
+        // Host calls: each line leaves stderr, is answered on stdin, and moves the
+        // cell's deadline (and its window) by the host's wait.
+        let mut stop = None;
+        while let Some((call, taken)) = calls.take(&mut err) {
+            live.io.credit_err(taken);
+            let asked = Instant::now();
+            let reply = match (call, &req.host) {
+                (Some(call), Some(host)) => host.call(call).await,
+                (None, _) => crate::executor::CallReply::Refused("a malformed host function call".into()),
+                (Some(_), None) => crate::executor::CallReply::Refused("this run has no host functions".into()),
+            };
+            if let crate::executor::CallReply::Refused(why) = reply {
+                refused = Some(why);
+                stop = Some(Ended::Refused);
+                break;
+            }
+            due = (due + asked.elapsed()).min(latest);
+            live.control.set_window((arrived, due));
+            live.io.reply(call_reply_frame(&reply).as_bytes());
+        }
+        if let Some(stop) = stop {
+            break stop;
+        }
+        from_err = from_err.min(calls.scanned);
         if d.stray {
             // Code left behind the last report wrote before this cell was read.
             return (protocol_error(BETWEEN_WROTE), Some(BETWEEN_WROTE.to_string()));
@@ -477,6 +515,10 @@ async fn run_cell(
             o.end(Status::Crashed, ErrorKind::Trap, format!("the interpreter trapped: {why}"))
         }
         Ended::Reported => apply_status(&mut o, report.status_line.as_deref(), None, false),
+        // The host's refusal, applied below; the instance goes.
+        Ended::Refused => {
+            broken = broken.or_else(|| Some("the host refused a host function call; its instance was stopped".into()));
+        }
     }
     if policy.fuel().is_some() {
         let left = if o.status == Status::FuelExhausted { 0 } else { live.control.fuel_left.load(Ordering::SeqCst) };
@@ -484,6 +526,7 @@ async fn run_cell(
     }
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
+    apply_denial(&mut o, refused.as_deref());
     (o, broken)
 }
 

@@ -131,6 +131,28 @@ impl Io {
         }
     }
 
+    /// Feeds the reply to a host call on stdin, inside the current cell (its output
+    /// stays open, its allowance as it is).
+    pub fn reply(&self, input: &[u8]) {
+        let reader = {
+            let mut s = self.state();
+            s.input.extend_from_slice(input);
+            s.reader.take()
+        };
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+
+    /// Gives stderr back `n` bytes of allowance (a host call line the host took out
+    /// of it: calls do not count against the cell's output).
+    pub fn credit_err(&self, n: usize) {
+        let mut s = self.state();
+        if s.open {
+            s.room[STDERR] = s.room[STDERR].saturating_add(n);
+        }
+    }
+
     /// Ends the current cell's output: any write from now to the next
     /// [`Io::begin`] is refused.
     pub fn shut(&self) {
