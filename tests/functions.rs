@@ -38,6 +38,11 @@ fn run_on(s: &Sandbox, tier: terrarium::Tier, code: &str) -> Outcome {
     runtime().block_on(s.execute(req)).expect("run")
 }
 
+/// On the CPython tiers the snippet reaches the prelude's call function and names
+/// an undeclared function, fifty times, ignoring each refusal.
+const FORGED_CALLS: &str = "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\n\
+                            for _ in range(50):\n    try:\n        call('steal', (), {})\n    except BaseException:\n        pass\n'ok'";
+
 const PRICE: &str = "  price:\n    timeout: 5\n    max_arg_bytes: 1k\n    max_calls: 3\n";
 
 #[test]
@@ -342,11 +347,7 @@ fn host_functions_round_trip_on_the_docker_tier() {
     // The guest controls CPython: it can reach the prelude's call function and name
     // an undeclared function, or call too often. The host refuses, and the run is
     // denied whatever the guest does next.
-    let o = run_on(
-        &s,
-        docker,
-        "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\nfor _ in range(50):\n    try:\n        call('steal', (), {})\n    except BaseException:\n        pass\n'ok'",
-    );
+    let o = run_on(&s, docker, FORGED_CALLS);
     assert_eq!(o.status, Status::Denied, "{o:?}");
     assert!(o.error.as_ref().expect("error").message.contains("\"steal\" is not declared"), "{o:?}");
     // The run ends at the refusal: one call recorded, however many the guest sends.
@@ -477,11 +478,7 @@ fn host_functions_round_trip_on_the_wasm_tier() {
     assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.session.is_none()), ("before\n", "", true), "{o:?}");
     assert_eq!(o.calls.len(), 2);
     // A forged call of an undeclared name, repeated: refused once, the run ends.
-    let o = run_on(
-        &s,
-        wasm,
-        "from host import price\ng = getattr(price, '__glo' + 'bals__')\ncall = g['_host_call']\nfor _ in range(50):\n    try:\n        call('steal', (), {})\n    except BaseException:\n        pass\n'ok'",
-    );
+    let o = run_on(&s, wasm, FORGED_CALLS);
     assert_eq!(o.status, Status::Denied, "{o:?}");
     assert!(o.error.as_ref().expect("error").message.contains("\"steal\" is not declared"), "{o:?}");
     assert_eq!(o.calls.len(), 1, "{:?}", o.calls);

@@ -25,7 +25,7 @@ pub use host::{CallReply, HostCall, HostCalls, HostLink, RAISABLE};
 mod session;
 pub use session::{CellInfo, TierSession};
 #[cfg(any(feature = "rustpython", feature = "wasm", feature = "docker"))]
-pub(crate) use session::{Lifecycle, end_reason};
+pub(crate) use session::{Lifecycle, end_reason, tier_session};
 
 /// A boxed future, so that executors can sit behind `dyn Executor`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

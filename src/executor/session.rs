@@ -49,6 +49,38 @@ pub trait TierSession: Send {
     fn cells(&self) -> u64;
 }
 
+/// Implements [`TierSession`] for a tier's session type that has `cell(req)`,
+/// `life: Lifecycle`, `cells: u64` and `discard()` (which kills its child,
+/// instance or container).
+#[cfg(any(feature = "rustpython", feature = "docker", feature = "wasm"))]
+macro_rules! tier_session {
+    ($t:ty) => {
+        impl $crate::executor::TierSession for $t {
+            fn execute(
+                &mut self,
+                req: $crate::executor::ExecRequest,
+            ) -> $crate::executor::BoxFuture<'_, Result<$crate::executor::Outcome, $crate::error::SandboxError>> {
+                Box::pin(self.cell(req))
+            }
+
+            fn ended(&self) -> Option<String> {
+                self.life.ended()
+            }
+
+            fn end(&mut self, reason: &str) {
+                self.life.end(reason);
+                self.discard();
+            }
+
+            fn cells(&self) -> u64 {
+                self.cells
+            }
+        }
+    };
+}
+#[cfg(any(feature = "rustpython", feature = "docker", feature = "wasm"))]
+pub(crate) use tier_session;
+
 /// The clock and end of one session, shared by its tier's session and the
 /// watchdog task that ends it when idle or expired: whether it ended (the first
 /// reason stays), whether a cell runs, and when the last one ended.

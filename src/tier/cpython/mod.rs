@@ -110,6 +110,20 @@ impl CallLines {
     }
 }
 
+/// The host's reply to one call line: the call answered by `host`, or refused
+/// when the line is malformed or the run has no host functions.
+pub(crate) async fn answer_line(
+    call: Option<crate::executor::HostCall>,
+    host: Option<&crate::executor::HostLink>,
+) -> crate::executor::CallReply {
+    use crate::executor::CallReply;
+    match (call, host) {
+        (Some(call), Some(host)) => host.call(call).await,
+        (None, _) => CallReply::Refused("a malformed host function call".into()),
+        (Some(_), None) => CallReply::Refused("this run has no host functions".into()),
+    }
+}
+
 /// Parses a call line's payload (after [`call_marker`], without its newline).
 pub(crate) fn parse_call(payload: &[u8]) -> Option<crate::executor::HostCall> {
     let (name, args): (String, serde_json::Value) = serde_json::from_slice(payload).ok()?;

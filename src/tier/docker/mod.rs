@@ -35,7 +35,7 @@ use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ErrorKind, ExecRequest, Executor, Outcome, Status, Tier, admit, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::{
-    CallLines, PRELUDE, apply_denial, apply_output_cap, apply_status, call_reply_frame, framed, nonce,
+    CallLines, PRELUDE, answer_line, apply_denial, apply_output_cap, apply_status, call_reply_frame, framed, nonce,
     request_text_with, split_status, stdout_end,
 };
 use engine::{Engine, Input, Launch, Output};

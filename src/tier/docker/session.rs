@@ -154,24 +154,7 @@ impl DockerSession {
     }
 }
 
-impl TierSession for DockerSession {
-    fn execute(&mut self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
-        Box::pin(self.cell(req))
-    }
-
-    fn ended(&self) -> Option<String> {
-        self.life.ended()
-    }
-
-    fn end(&mut self, reason: &str) {
-        self.life.end(reason);
-        self.discard();
-    }
-
-    fn cells(&self) -> u64 {
-        self.cells
-    }
-}
+crate::executor::tier_session!(DockerSession);
 
 impl Drop for DockerSession {
     fn drop(&mut self) {

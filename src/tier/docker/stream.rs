@@ -176,11 +176,7 @@ impl Answerer {
         let mut waited = Duration::ZERO;
         while let Some((call, _)) = self.lines.take(err) {
             let asked = Instant::now();
-            let reply = match (call, &self.host) {
-                (Some(call), Some(host)) => host.call(call).await,
-                (None, _) => crate::executor::CallReply::Refused("a malformed host function call".into()),
-                (Some(_), None) => crate::executor::CallReply::Refused("this run has no host functions".into()),
-            };
+            let reply = answer_line(call, self.host.as_ref()).await;
             if let crate::executor::CallReply::Refused(why) = reply {
                 self.refused.get_or_insert(why);
                 return Answered::Refused;

@@ -51,14 +51,11 @@ use super::instance::{Launch, Window, build_store, instantiate, watch_window};
 use super::stream::{Exit, Io};
 use super::{Runtime, STARTUP_LIMIT, UNLIMITED_FUEL, WasmExecutor, sleep};
 use crate::error::SandboxError;
-use crate::executor::{
-    BoxFuture, CellInfo, ErrorKind, ExecRequest, Lifecycle, Outcome, Status, Tier, TierSession, admit, end_reason,
-    millis,
-};
+use crate::executor::{CellInfo, ErrorKind, ExecRequest, Lifecycle, Outcome, Status, Tier, admit, end_reason, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::{
-    CallLines, apply_denial, apply_output_cap, apply_status, call_reply_frame, framed, nonce, request_text_with,
-    split_status, stdout_end,
+    CallLines, answer_line, apply_denial, apply_output_cap, apply_status, call_reply_frame, framed, nonce,
+    request_text_with, split_status, stdout_end,
 };
 
 /// Room on stderr beyond `max_output`, for the prelude's markers (as single runs).
@@ -351,24 +348,7 @@ impl WasmSession {
     }
 }
 
-impl TierSession for WasmSession {
-    fn execute(&mut self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
-        Box::pin(self.cell(req))
-    }
-
-    fn ended(&self) -> Option<String> {
-        self.life.ended()
-    }
-
-    fn end(&mut self, reason: &str) {
-        self.life.end(reason);
-        self.discard();
-    }
-
-    fn cells(&self) -> u64 {
-        self.cells
-    }
-}
+crate::executor::tier_session!(WasmSession);
 
 /// How reading a cell's output ended.
 enum Ended {
@@ -433,11 +413,7 @@ async fn run_cell(
         while let Some((call, taken)) = calls.take(&mut err) {
             live.io.credit_err(taken);
             let asked = Instant::now();
-            let reply = match (call, &req.host) {
-                (Some(call), Some(host)) => host.call(call).await,
-                (None, _) => crate::executor::CallReply::Refused("a malformed host function call".into()),
-                (Some(_), None) => crate::executor::CallReply::Refused("this run has no host functions".into()),
-            };
+            let reply = answer_line(call, req.host.as_ref()).await;
             if let crate::executor::CallReply::Refused(why) = reply {
                 refused = Some(why);
                 stop = Some(Ended::Refused);

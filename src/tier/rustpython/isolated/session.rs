@@ -124,22 +124,11 @@ impl IsolatedSession {
     }
 }
 
-impl TierSession for IsolatedSession {
-    fn execute(&mut self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
-        Box::pin(self.cell(req))
-    }
-
-    fn ended(&self) -> Option<String> {
-        self.life.ended()
-    }
-
-    fn end(&mut self, reason: &str) {
-        self.life.end(reason);
-        // Dropping the child kills it; the zygote reaps it.
+impl IsolatedSession {
+    /// Kills the child (dropping it does; the zygote reaps it).
+    fn discard(&mut self) {
         self.live = None;
     }
-
-    fn cells(&self) -> u64 {
-        self.cells
-    }
 }
+
+crate::executor::tier_session!(IsolatedSession);
