@@ -506,3 +506,53 @@ fn host_functions_round_trip_on_the_wasm_tier() {
     let o = cell(&mut session, "price('apple')['total'] + price('apple', qty=3)['total']");
     assert_eq!(o.result, Some(serde_json::json!(12)), "{o:?}");
 }
+
+/// The tiers this machine serves, for tests that run on each (a missing wasm or
+/// docker tier fails loudly unless its opt-out variable says to skip it).
+fn tiers_here() -> Vec<terrarium::Tier> {
+    let mut tiers = vec![terrarium::Tier::Rustpython];
+    if crate::common::wasm_executor(Policy::default_policy()).is_some() {
+        tiers.push(terrarium::Tier::Wasm);
+    }
+    if crate::common::docker_executor(crate::common::docker_policy(), 0).is_some() {
+        tiers.push(terrarium::Tier::Docker);
+    }
+    tiers
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn an_operators_command_and_the_api_caller_answer_on_every_tier() {
+    use crate::common::server::{SUBMIT, Server};
+    let base = crate::common::default_policy_with("python:3.12-slim", crate::common::DOCKER_IMAGE);
+    let functions = "functions:\n  echo:\n    command: [/bin/cat]\n  ask:\n    timeout: 30\n";
+    let policy = Policy::from_yaml(&format!("{base}\n{functions}"), "p.yaml").expect("policy");
+    let s = builder(policy).build().expect("sandbox");
+    let tiers = tiers_here();
+    for &tier in &tiers {
+        let o = run_on(&s, tier, "from host import echo\necho(1, k=[2])");
+        assert_eq!(
+            o.result,
+            Some(serde_json::json!({"function": "echo", "args": [1], "kwargs": {"k": [2]}})),
+            "{tier}: {o:?}"
+        );
+    }
+    let server = Server::start(Some(&format!("{base}\n{functions}")), &[]);
+    for &tier in &tiers {
+        let started = server.call("POST", "/v1/sessions", Some(SUBMIT), Some(&format!(r#"{{"tier": "{tier}"}}"#)));
+        assert_eq!(started.status, 200, "{tier}: {}", started.body);
+        let id = started.json()["id"].as_str().expect("id").to_string();
+        let r = server.call(
+            "POST",
+            &format!("/v1/sessions/{id}/cells"),
+            Some(SUBMIT),
+            Some(r#"{"code": "from host import ask\nask('q') * 2"}"#),
+        );
+        assert_eq!(r.status, 202, "{tier}: {}", r.body);
+        let call = r.json()["function_call"]["id"].as_str().expect("call id").to_string();
+        let r =
+            server.call("POST", &format!("/v1/sessions/{id}/calls/{call}"), Some(SUBMIT), Some(r#"{"result": 21}"#));
+        assert_eq!((r.status, r.json()["result"].as_i64()), (200, Some(42)), "{tier}: {}", r.body);
+        assert_eq!(server.call("DELETE", &format!("/v1/sessions/{id}"), Some(SUBMIT), None).status, 200);
+    }
+}
