@@ -48,6 +48,13 @@ const PRICE: &str = "  price:\n    timeout: 5\n    max_arg_bytes: 1k\n    max_ca
 #[test]
 fn a_rust_closure_answers_with_values_and_typed_errors() {
     let s = builder(policy_with(PRICE, "")).function("price", price).build().expect("sandbox");
+    // A blocking closure too.
+    let sync = builder(policy_with("  twice:\n    timeout: 5\n", ""))
+        .function_blocking("twice", |call| Ok(serde_json::json!(call.args[0].as_i64().unwrap_or(0) * 2)))
+        .build()
+        .expect("sandbox");
+    let o = run_on(&sync, terrarium::Tier::Rustpython, "from host import twice\ntwice(21)");
+    assert_eq!(o.result, Some(serde_json::json!(42)), "{o:?}");
     let o = run_on(
         &s,
         terrarium::Tier::Rustpython,

@@ -63,6 +63,28 @@ impl SandboxBuilder {
         self
     }
 
+    /// As [`SandboxBuilder::function`], with a blocking closure: each call runs on
+    /// the runtime's blocking threads (a call past its timeout is answered with
+    /// `TimeoutError`; the closure itself runs to its end there).
+    #[must_use]
+    pub fn function_blocking<F>(self, name: impl Into<String>, f: F) -> SandboxBuilder
+    where
+        F: Fn(crate::functions::FunctionCall) -> Result<serde_json::Value, crate::functions::FunctionError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let f = Arc::new(f);
+        self.function(name, move |call| {
+            let f = f.clone();
+            async move {
+                tokio::task::spawn_blocking(move || f(call)).await.unwrap_or_else(|e| {
+                    Err(crate::functions::FunctionError::new("RuntimeError", format!("the function failed: {e}")))
+                })
+            }
+        })
+    }
+
     /// The policy (default: the built-in default policy).
     #[must_use]
     pub fn policy(mut self, policy: Policy) -> SandboxBuilder {
