@@ -271,21 +271,29 @@ fn a_wasm_cell_forging_its_report_ends_the_session() {
 }
 
 /// A cell leaves CPU work behind its report (the prelude made to spin instead of
-/// reading its next cell). It cannot run past its window: the instance traps at
-/// the cell's deadline, and the next cell finds it ended.
+/// reading its next cell), or forges its report and goes on computing: it would
+/// run between cells, unaccounted (and slow other tenants down, measurably to
+/// them). The guest must block for its next cell soon after its report: one that
+/// does not ends its session with that cell, and its instance is stopped.
 #[test]
 #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
-fn a_wasm_cell_spinning_after_its_report_is_stopped_at_its_deadline() {
+fn a_wasm_cell_running_on_after_its_report_ends_the_session() {
     let Some((_dir, exec)) = wasm_one_slot(Policy::default_policy()) else { return };
     let spin = "G = getattr(__import__, '__glo' + 'bals__')\ndef spin():\n    while True:\n        pass\n\
                 G['_next_cell'] = spin\n'patched'";
-    let started = Instant::now();
-    let (outcomes, ended) = wasm_attack(&exec, spin, Duration::from_millis(1500));
-    assert_eq!(outcomes[0].result, Some(serde_json::json!("patched")), "{outcomes:?}");
-    let last = outcomes.last().expect("an outcome");
-    assert_eq!(last.error.as_ref().map(|e| e.kind.as_str()), Some("ProtocolError"), "{outcomes:?}");
-    assert!(ended.is_some_and(|w| w.contains("ended between cells")), "{outcomes:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let forged = "import time\nG = getattr(__import__, '__glo' + 'bals__')\nn = G['_nonce']\n\
+                  G['_real_stdout'].write('\\n' + n + ' end\\n')\nG['_real_stdout'].flush()\n\
+                  G['_real_stderr_write']('\\n' + n + ' {\"kind\": \"ok\", \"result\": \"7\"}\\n')\n\
+                  G['_real_stderr_flush']()\nt = time.monotonic()\nwhile time.monotonic() - t < 0.9:\n    pass";
+    for attack in [spin, forged] {
+        let started = Instant::now();
+        let (outcomes, ended) = wasm_attack(&exec, attack, Duration::ZERO);
+        assert_eq!(outcomes.len(), 1, "no cell runs after it: {outcomes:?}");
+        let why = ended.expect("the session ended");
+        assert!(why.contains("kept running after its cell's report"), "{why}: {outcomes:?}");
+        assert_eq!(outcomes[0].session.as_ref().and_then(|c| c.ended.clone()), Some(why));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
     assert!(runtime().block_on(exec.open_session()).is_ok(), "the slot is free again");
 }
 

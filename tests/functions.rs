@@ -563,3 +563,29 @@ fn an_operators_command_and_the_api_caller_answer_on_every_tier() {
         assert_eq!(server.call("DELETE", &format!("/v1/sessions/{id}"), Some(SUBMIT), None).status, 200);
     }
 }
+
+#[test]
+fn on_wasm_only_the_time_blocked_on_a_reply_moves_the_deadline() {
+    let policy = policy_with("  wait:\n    timeout: 5\n", "")
+        .tighten(&terrarium::Overrides { timeout: Some(Duration::from_secs(1)), ..Default::default() })
+        .expect("tighten");
+    if crate::common::wasm_executor(policy.clone()).is_none() {
+        return;
+    }
+    let s = builder(policy)
+        .function("wait", |_call| async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Ok(serde_json::json!("done"))
+        })
+        .build()
+        .expect("sandbox");
+    // Three calls written at once, none read: the snippet computes for 1.5 s of its
+    // own while the host answers them. That time is the run's: it ends at its 1 s
+    // deadline (were the host's 1.8 s of answering added, it would end ok).
+    let code = "import time\nfrom host import wait\ng = getattr(wait, '__glo' + 'bals__')\n\
+                w, n = g['_real_stderr_write'], g['_nonce']\n\
+                for _ in range(3):\n    w('\\n' + n + ' call [\"wait\", {\"args\": [], \"kwargs\": {}}]\\n')\n\
+                g['_real_stderr_flush']()\nt = time.monotonic()\nwhile time.monotonic() - t < 1.5:\n    pass\n'done'";
+    let o = run_on(&s, terrarium::Tier::Wasm, code);
+    assert_eq!(o.status, Status::Timeout, "{o:?}");
+}

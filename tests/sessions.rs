@@ -684,3 +684,44 @@ fn wasm_fuel_is_set_as_the_cell_is_read() {
     let fuel = o.usage.fuel.expect("fuel");
     assert!(fuel > 600_000_000 && fuel < 1_000_000_000, "{fuel}: {o:?}");
 }
+
+/// A batch's session that idles out frees its slot among the open ones by itself
+/// (not when a later line names it), and a later cell of it gets the reason.
+#[test]
+fn a_batch_session_that_idles_out_frees_its_slot() {
+    use std::io::{BufRead, Write};
+    let yaml = format!("{}\nsessions:\n  idle_timeout: 1\n  max_open: 1\n", include_str!("../policies/default.yaml"));
+    let (_dir, policy) = crate::common::temp_file("p.yaml", yaml.as_bytes());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .args(["batch", "--policy", policy.to_str().expect("utf-8")])
+        .env("TERRARIUM_HOME", crate::common::test_home())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("batch");
+    let mut input = child.stdin.take().expect("stdin");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next =
+        || serde_json::from_str::<serde_json::Value>(&lines.next().expect("a line").expect("read")).expect("json");
+    writeln!(input, r#"{{"code": "x = 1", "session": "a"}}"#).expect("write");
+    assert_eq!(next()["status"], "ok");
+    std::thread::sleep(Duration::from_millis(3500));
+    writeln!(input, r#"{{"code": "2", "session": "b"}}"#).expect("write");
+    let b = next();
+    assert_eq!((b["status"].as_str(), b["result"].as_i64()), (Some("ok"), Some(2)), "{b}");
+    writeln!(input, r#"{{"code": "x", "session": "a"}}"#).expect("write");
+    let a = next();
+    assert!(a["error"]["message"].as_str().unwrap_or("").contains("idle"), "{a}");
+    drop(input);
+    assert!(child.wait().expect("wait").success());
+}
+
+/// A tighter `--memory` caps the sessions `batch` opens, as it caps single runs.
+#[test]
+fn the_memory_flag_caps_a_batch_sessions_memory() {
+    let lines = b"{\"code\": \"x = bytearray(200 * 1024 * 1024)\\nlen(x)\", \"session\": \"s\"}\n";
+    let out = crate::common::terrarium(&["batch", "--memory", "64m"], lines);
+    let o: serde_json::Value = serde_json::from_str(out.stdout.lines().next().expect("a line")).expect("json");
+    assert_ne!(o["result"].as_i64(), Some(200 * 1024 * 1024), "{o}");
+    assert!(o["status"] == "memory_limit" || o["error"]["type"] == "MemoryError", "{o}");
+}

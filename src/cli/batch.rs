@@ -272,11 +272,26 @@ async fn run_session(target: Arc<Target>, name: String, mut cells: mpsc::Unbound
             return;
         }
     };
-    while let Some((req, done)) = cells.recv().await {
+    // Why the session ended while it waited for a cell (idle, lifetime): it is
+    // dropped then, which records its end and frees its slot among the open ones.
+    let mut gone: Option<String> = None;
+    loop {
+        let next = tokio::select! {
+            next = cells.recv() => next,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Some(why) = session.as_ref().and_then(crate::sandbox::Session::ended) {
+                    gone = Some(why);
+                    session = None;
+                }
+                continue;
+            }
+        };
+        let Some((req, done)) = next else { break };
         let id = req.id.clone();
-        let o = match session.as_mut() {
-            Some(s) => s.execute(req).await,
-            None => Err(SandboxError::SessionEnded("it was ended".into())),
+        let o = match (session.as_mut(), &gone) {
+            (Some(s), _) => s.execute(req).await,
+            (None, Some(why)) => Err(target.sandbox.record_refused(req, SandboxError::SessionEnded(why.clone())).await),
+            (None, None) => Err(SandboxError::SessionEnded("it was ended".into())),
         };
 
         let o = o.unwrap_or_else(|e| {

@@ -172,6 +172,12 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     }
     // Reject loosening before any code runs.
     policy.tighten(&overrides)?;
+    // A tighter --memory caps the sessions `batch` and `repl` open too (a cell's
+    // own override cannot shrink a process that is already running).
+    let mut policy = policy;
+    if let Some(m) = overrides.max_memory {
+        policy.cap_session_memory(m);
+    }
     #[allow(unused_mut, reason = "only builds with the CPython tiers set pool sizes")]
     let mut builder = crate::Sandbox::builder().policy(policy);
     // Code from the command line is untrusted: the rustpython tier runs it in

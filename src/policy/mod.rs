@@ -417,6 +417,12 @@ impl Policy {
         &self.functions
     }
 
+    /// Lowers the memory cap of a whole session to at most `bytes` (a caller's
+    /// tighter memory cap applies to the sessions it opens too).
+    pub fn cap_session_memory(&mut self, bytes: u64) {
+        self.sessions.max_memory = self.sessions.max_memory.min(bytes);
+    }
+
     /// The `sessions` section (defaults filled in).
     pub fn sessions(&self) -> &SessionPolicy {
         &self.sessions

@@ -62,6 +62,10 @@ use crate::tier::cpython::{
 const STDERR_SLACK: usize = 64 * 1024;
 /// How long the host waits for a stopped instance's thread to end.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long the guest may take, after its report, to block waiting for its next
+/// cell (the prelude takes microseconds; a loaded machine may not run its thread
+/// at once). Code that keeps running past it ends the session.
+const PARK_GRACE: Duration = Duration::from_millis(250);
 
 /// What the host tells a session's instance, and what the instance's hooks publish
 /// back (the only state the two threads share besides the streams).
@@ -419,7 +423,11 @@ async fn run_cell(
                 stop = Some(Ended::Refused);
                 break;
             }
-            due = (due + asked.elapsed()).min(latest);
+            // Only the time the guest spent blocked on the reply is not its own: a
+            // guest that wrote calls and went on computing gains nothing.
+            let now = Instant::now();
+            let blocked = live.io.parked().map_or(Duration::ZERO, |since| now - since.max(asked));
+            due = (due + blocked).min(latest);
             live.control.set_window((arrived, due));
             live.io.reply(call_reply_frame(&reply).as_bytes());
         }
@@ -450,6 +458,7 @@ async fn run_cell(
     // Nothing more until the next cell: a write from here on traps.
     live.io.shut();
     let mut broken = None;
+    let reported = matches!(ended, Ended::Reported);
     let after_report = "its instance wrote output after a cell's report";
     if let Some(at) = end_at {
         if out.len() > at + end_marker.len() {
@@ -503,6 +512,26 @@ async fn run_cell(
     apply_output_cap(&mut o, max_out);
     apply_denial(&mut o, report.denial.as_deref());
     apply_denial(&mut o, refused.as_deref());
+    // After its report (its usage read above) the guest goes back to waiting for
+    // its next cell, and its window closes: code that goes on running (behind a
+    // forged report) would run, unaccounted, between cells.
+    if reported && broken.is_none() {
+        let until = tokio::time::Instant::now() + PARK_GRACE;
+        while live.io.parked().is_none() {
+            if live.io.exit().is_some() {
+                // A write after the report traps the instance: say which.
+                let wrote = live.io.drain().stray;
+                broken = Some(if wrote { after_report } else { "its instance ended after its cell's report" }.into());
+                break;
+            }
+            if tokio::time::timeout_at(until, live.io.changed()).await.is_err() {
+                broken = Some("its instance kept running after its cell's report".to_string());
+                break;
+            }
+        }
+        let now = Instant::now();
+        live.control.set_window((now, now));
+    }
     (o, broken)
 }
 

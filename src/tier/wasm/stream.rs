@@ -69,6 +69,9 @@ struct State {
     exit: Option<Exit>,
     /// The guest, waiting for input.
     reader: Option<Waker>,
+    /// Since when the guest has been blocked waiting for input (it runs no code
+    /// then); `None` while it runs.
+    parked: Option<std::time::Instant>,
 }
 
 /// One instance's standard streams, shared by the host and the guest's handles.
@@ -232,6 +235,7 @@ impl Io {
             if std::mem::take(&mut s.fresh) {
                 self.delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
+            s.parked = None;
             let n = size.min(s.input.len());
             return Some(s.input.split_to(n).freeze());
         }
@@ -240,8 +244,22 @@ impl Io {
         }
         if let Some(cx) = cx {
             s.reader = Some(cx.waker().clone());
+            self.park(&mut s);
         }
         Some(Bytes::new())
+    }
+
+    /// The guest blocks for input: from now on it runs no code until input comes.
+    fn park(&self, s: &mut State) {
+        if s.parked.is_none() {
+            s.parked = Some(std::time::Instant::now());
+            self.host.notify_one();
+        }
+    }
+
+    /// Since when the guest has been blocked waiting for input, if it is.
+    pub fn parked(&self) -> Option<std::time::Instant> {
+        self.state().parked
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -250,6 +268,7 @@ impl Io {
             return Poll::Ready(());
         }
         s.reader = Some(cx.waker().clone());
+        self.park(&mut s);
         Poll::Pending
     }
 
