@@ -130,9 +130,11 @@ fn approvals(home: &std::path::Path, args: &[&str]) -> crate::common::Output {
     crate::common::terrarium_env(&all, b"", &[("TERRARIUM_HOME", &home.to_string_lossy())])
 }
 
-/// Polls `approvals list` until an item is pending; returns it.
+/// Polls `approvals list` until an item is pending; returns it. (Generous: on two
+/// shared cores under a parallel suite, the command's process took over 30 s to
+/// queue its item once.)
 fn first_pending(home: &std::path::Path) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let out = approvals(home, &["list", "--status", "pending"]);
         if let Some(line) = out.stdout.lines().next() {
