@@ -98,6 +98,8 @@ pub mod breaker;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod functions;
+#[cfg(feature = "mcp")]
+pub(crate) mod mcp;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;

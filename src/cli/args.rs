@@ -23,6 +23,9 @@ pub enum Command {
     /// Run cells one after another in one session, as at a Python prompt
     /// (Ctrl-D ends it).
     Repl(BatchArgs),
+    /// Serve Terrarium's tools (run Python, sessions, tier status) over the Model
+    /// Context Protocol on stdin and stdout, for an agent's MCP client.
+    Mcp(BatchArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),

@@ -111,6 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run(args) => run_one(args),
         Command::Batch(args) => batch::run_batch(args),
         Command::Repl(args) => repl::run(args),
+        Command::Mcp(args) => mcp_command(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Audit(args) => audit_command(args),
         Command::Breakers(args) => breakers_command(args),
@@ -307,6 +308,22 @@ fn stdout_text(text: &str) -> std::borrow::Cow<'_, str> {
 /// Before exiting: the audit events are in the journal already; moving them into
 /// the database now leaves no journal behind (a database that stays unavailable
 /// is reported, and the journal is replayed by the next command).
+/// `terrarium mcp`: the MCP server on stdio until the client closes it.
+fn mcp_command(args: args::BatchArgs) -> Result<ExitCode, CliError> {
+    let target = target(&args.common, true)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot start the async runtime: {e}") })?;
+    let caller = format!("mcp:{}", local_caller().trim_start_matches("local:"));
+    let server = crate::mcp::McpServer::new(target.sandbox.clone(), caller);
+    let served = rt.block_on(crate::mcp::serve_stdio(server));
+    flush_audit(&target);
+    served.map_err(|e| CliError { code: EXIT_HOST, error: e })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn flush_audit(target: &Target) {
     if let Err(e) = target.sandbox.flush_audit(Duration::from_secs(10)) {
         eprintln!("terrarium: warning: {e}");

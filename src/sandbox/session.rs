@@ -251,6 +251,12 @@ impl Session {
     /// Ends the session: its state is gone and its child, instance or container is
     /// killed. The end is recorded with `reason`.
     pub fn end(mut self, reason: &str) {
+        self.end_now(reason);
+    }
+
+    /// As [`Session::end`], for a session held behind a reference (the first
+    /// reason stays; later cells are refused with it).
+    pub fn end_now(&mut self, reason: &str) {
         self.inner.end(reason);
         let why = self.inner.ended().unwrap_or_else(|| reason.to_string());
         self.record_end(&why);

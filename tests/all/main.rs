@@ -46,6 +46,8 @@ mod functions;
 mod isolation;
 #[path = "../limits.rs"]
 mod limits;
+#[path = "../mcp.rs"]
+mod mcp;
 #[path = "../policy_parity.rs"]
 mod policy_parity;
 #[path = "../redteam.rs"]

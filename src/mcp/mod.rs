@@ -1,0 +1,241 @@
+//! `terrarium mcp`: Terrarium as a Model Context Protocol server on stdio (rmcp),
+//! for agents that reach their tools over MCP. Its tools run Python on the same
+//! [`Sandbox`] as every other entry point, under the same policy, audit log and
+//! approvals: `run_python` (code, optional timeout, tier and session),
+//! `start_session`, `end_session`, `list_sessions` and `tier_status`.
+//!
+//! A run's outcome is the tool's structured content (the outcome as the HTTP API
+//! gives it) and a text summary for clients that show text; any status but `ok`
+//! marks the result as a tool error, with the reason. A host fault or a refused
+//! request is a tool error with the reason, never a protocol error.
+//!
+//! # Security invariants
+//! - The client is the caller of every run (`mcp:<client name>` in the audit log)
+//!   and gets no more than `terrarium run` would: overrides only tighten the policy,
+//!   a critical operation waits for a human (announced on stderr and to the client
+//!   as a log message).
+//! - Sessions are this connection's own: they end when it ends.
+//! - Stdout carries only the protocol: logs go to stderr.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, Content, Implementation, ServerCapabilities, ServerInfo};
+use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use serde::Deserialize;
+
+use crate::executor::{ExecRequest, Outcome, Status};
+use crate::policy::{Overrides, TierChoice};
+use crate::sandbox::{Sandbox, Session, SessionOptions};
+
+/// The most sessions one connection keeps open (the policy's `sessions.max_open`
+/// bounds them too).
+const MAX_SESSIONS: usize = 64;
+
+/// The server: one per connection.
+#[derive(Clone)]
+pub struct McpServer {
+    sandbox: Arc<Sandbox>,
+    caller: String,
+    sessions: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>>,
+    tool_router: ToolRouter<McpServer>,
+}
+
+/// `run_python`'s arguments.
+#[derive(Debug, Deserialize, rmcp::schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// Python source. The last expression's value is the result.
+    pub code: String,
+    /// Seconds; only shorter than the policy's timeout.
+    pub timeout: Option<f64>,
+    /// `auto` (the default: the lightest tier that can serve it), `rustpython`,
+    /// `wasm` or `docker`. Ignored in a session (its tier stays).
+    pub tier: Option<String>,
+    /// Run as the next cell of this session (from `start_session`).
+    pub session: Option<String>,
+}
+
+/// `start_session`'s arguments.
+#[derive(Debug, Deserialize, rmcp::schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct StartArgs {
+    /// `auto` (the policy's tier) or a tier's name; the session stays on it.
+    pub tier: Option<String>,
+}
+
+/// `end_session`'s arguments.
+#[derive(Debug, Deserialize, rmcp::schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct EndArgs {
+    /// The session's id.
+    pub session: String,
+}
+
+fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![Content::text(message.into())])
+}
+
+fn tier_choice(tier: Option<&str>) -> Result<TierChoice, CallToolResult> {
+    match tier {
+        None => Ok(TierChoice::Auto),
+        Some(t) => TierChoice::parse(t)
+            .ok_or_else(|| tool_error(format!("tier {t:?}: expected auto, rustpython, wasm or docker"))),
+    }
+}
+
+/// The tool result for an outcome: structured (the outcome) and a text summary.
+fn outcome_result(o: &Outcome) -> CallToolResult {
+    let structured = serde_json::to_value(o).unwrap_or_default();
+    let mut text = format!("status: {}", o.status.as_str());
+    if let Some(e) = &o.error {
+        text.push_str(&format!("\nerror: {}: {}", e.kind, e.message));
+    }
+    if !o.stdout.is_empty() {
+        text.push_str(&format!("\nstdout:\n{}", o.stdout));
+    }
+    if !o.stderr.is_empty() {
+        text.push_str(&format!("\nstderr:\n{}", o.stderr));
+    }
+    if let Some(r) = &o.result {
+        text.push_str(&format!("\nresult: {r}"));
+    }
+    let mut r = if o.status == Status::Ok {
+        CallToolResult::structured(structured)
+    } else {
+        CallToolResult::structured_error(structured)
+    };
+    r.content = vec![Content::text(text)];
+    r
+}
+
+#[tool_router]
+impl McpServer {
+    /// A server for one connection whose client is `caller` (in the audit log).
+    pub fn new(sandbox: Arc<Sandbox>, caller: impl Into<String>) -> McpServer {
+        McpServer { sandbox, caller: caller.into(), sessions: Arc::default(), tool_router: Self::tool_router() }
+    }
+
+    #[tool(description = "Run Python code in Terrarium's sandbox under its policy. Returns stdout, stderr, the last \
+                       expression's value as JSON (result), and the status (ok, exception, timeout, memory_limit, \
+                       denied, ...). Any status but ok is a tool error with the reason.")]
+    async fn run_python(&self, Parameters(a): Parameters<RunArgs>) -> CallToolResult {
+        let timeout = match a.timeout {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
+            Some(t) => return tool_error(format!("timeout {t}: expected a positive number of seconds")),
+        };
+        let mut req = ExecRequest::new(a.code).with_caller(self.caller.clone());
+        req.overrides = Overrides { timeout, ..Overrides::default() };
+        let ran = match &a.session {
+            Some(id) => {
+                let session = self.sessions.lock().await.get(id).cloned();
+                let Some(session) = session else { return tool_error(format!("no such session: {id:?}")) };
+                let mut s = session.lock().await;
+                s.execute(req).await
+            }
+            None => {
+                req.tier = match tier_choice(a.tier.as_deref()) {
+                    Ok(t) => t,
+                    Err(e) => return e,
+                };
+                self.sandbox.execute(req).await
+            }
+        };
+        match ran {
+            Ok(o) => outcome_result(&o),
+            Err(e) => tool_error(crate::error::redact_paths(&e.to_string())),
+        }
+    }
+
+    #[tool(description = "Start a session: cells (run_python with its id) share interpreter state on one tier.")]
+    async fn start_session(&self, Parameters(a): Parameters<StartArgs>) -> CallToolResult {
+        let tier = match tier_choice(a.tier.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        if self.sessions.lock().await.len() >= MAX_SESSIONS {
+            return tool_error(format!("this connection has {MAX_SESSIONS} sessions open; end one first"));
+        }
+        match self.sandbox.session(SessionOptions { tier, caller: Some(self.caller.clone()) }).await {
+            Ok(s) => {
+                let (id, tier) = (s.id().to_string(), s.tier());
+                self.sessions.lock().await.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(s)));
+                CallToolResult::structured(serde_json::json!({"session": id, "tier": tier}))
+            }
+            Err(e) => tool_error(crate::error::redact_paths(&e.to_string())),
+        }
+    }
+
+    #[tool(description = "End a session: its state is gone and its process killed.")]
+    async fn end_session(&self, Parameters(a): Parameters<EndArgs>) -> CallToolResult {
+        let Some(s) = self.sessions.lock().await.remove(&a.session) else {
+            return tool_error(format!("no such session: {:?}", a.session));
+        };
+        let cells = {
+            let mut s = s.lock().await;
+            s.end_now("ended by its MCP client");
+            s.cells()
+        };
+        CallToolResult::structured(serde_json::json!({"session": a.session, "cells": cells, "ended": true}))
+    }
+
+    #[tool(description = "List this connection's sessions: id, tier, cells run, and why each ended if it has.")]
+    async fn list_sessions(&self) -> CallToolResult {
+        let mut out = Vec::new();
+        for (id, s) in self.sessions.lock().await.iter() {
+            if let Ok(s) = s.try_lock() {
+                out.push(serde_json::json!({"session": id, "tier": s.tier(), "cells": s.cells(), "ended": s.ended()}));
+            } else {
+                out.push(serde_json::json!({"session": id, "running": true}));
+            }
+        }
+        CallToolResult::structured(serde_json::json!({"sessions": out}))
+    }
+
+    #[tool(description = "The tiers' circuit breakers: whether each tier is taking requests.")]
+    async fn tier_status(&self) -> CallToolResult {
+        let breakers: Vec<serde_json::Value> = self
+            .sandbox
+            .breakers()
+            .snapshot()
+            .into_iter()
+            .map(|b| serde_json::to_value(b).unwrap_or_default())
+            .collect();
+        CallToolResult::structured(serde_json::json!({"breakers": breakers}))
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerInfo {
+        ServerInfo::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("terrarium", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Runs untrusted Python in Terrarium's sandbox. Use run_python for one snippet; start_session \
+                 and run_python with its id for cells that share state.",
+            )
+    }
+}
+
+/// Serves MCP on this process's stdin and stdout until the client closes it; its
+/// sessions end then.
+///
+/// # Errors
+/// The transport's, when the connection cannot start.
+pub async fn serve_stdio(server: McpServer) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let sessions = server.sessions.clone();
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    let _ = running.waiting().await;
+    for (_, s) in sessions.lock().await.drain() {
+        s.lock().await.end_now("its MCP connection closed");
+    }
+    Ok(())
+}
