@@ -320,6 +320,24 @@ fn over_http_the_api_caller_answers_a_sessions_calls() {
     assert!(r.json()["result"].as_str().unwrap_or("").contains("run this in a session"), "{}", r.body);
 }
 
+/// `price` called twice on `tier` (a value, then a typed error): the values come
+/// back as Python values, the call lines are the host's channel (not the guest's
+/// stderr), and both calls are in the outcome; a single run is not a session's cell.
+fn prices_on(s: &Sandbox, tier: terrarium::Tier) {
+    let o = run_on(
+        s,
+        tier,
+        "from host import price\nprint('before')\nr = price('apple', qty=2)\ntry:\n    price('pear')\n\
+         except KeyError as e:\n    err = str(e)\n[r, err]",
+    );
+    assert_eq!(o.status, Status::Ok, "{tier}: {o:?}");
+    let want =
+        serde_json::json!([{"item": "apple", "total": 6, "tags": ["fruit", null, true, 1.5]}, "'no price for pear'"]);
+    assert_eq!(o.result, Some(want), "{tier}");
+    assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.session.is_none()), ("before\n", "", true), "{tier}: {o:?}");
+    assert_eq!(o.calls.len(), 2, "{tier}");
+}
+
 /// The default policy for the docker tier (local test image) with `functions`.
 fn docker_policy_with(functions: &str, extra: &str) -> Option<Policy> {
     let yaml = format!(
@@ -336,21 +354,7 @@ fn host_functions_round_trip_on_the_docker_tier() {
     let Some(policy) = docker_policy_with(PRICE, "") else { return };
     let s = builder(policy).function("price", price).build().expect("sandbox");
     let docker = terrarium::Tier::Docker;
-    let o = run_on(
-        &s,
-        docker,
-        "from host import price\nprint('before')\nr = price('apple', qty=2)\nraise_later = 'after'\ntry:\n    price('pear')\nexcept KeyError as e:\n    err = str(e)\n[r, err]",
-    );
-    assert_eq!(o.status, Status::Ok, "{o:?}");
-    assert_eq!(
-        o.result,
-        Some(
-            serde_json::json!([{"item": "apple", "total": 6, "tags": ["fruit", null, true, 1.5]}, "'no price for pear'"])
-        )
-    );
-    // The call lines are the host's channel, not the guest's stderr.
-    assert_eq!((o.stdout.as_str(), o.stderr.as_str()), ("before\n", ""), "{o:?}");
-    assert_eq!(o.calls.len(), 2);
+    prices_on(&s, docker);
     // The guest controls CPython: it can reach the prelude's call function and name
     // an undeclared function, or call too often. The host refuses, and the run is
     // denied whatever the guest does next.
@@ -470,20 +474,7 @@ fn host_functions_round_trip_on_the_wasm_tier() {
     }
     let s = builder(policy).function("price", price).build().expect("sandbox");
     let wasm = terrarium::Tier::Wasm;
-    let o = run_on(
-        &s,
-        wasm,
-        "from host import price\nprint('before')\nr = price('apple', qty=2)\ntry:\n    price('pear')\nexcept KeyError as e:\n    err = str(e)\n[r, err]",
-    );
-    assert_eq!(o.status, Status::Ok, "{o:?}");
-    assert_eq!(
-        o.result,
-        Some(
-            serde_json::json!([{"item": "apple", "total": 6, "tags": ["fruit", null, true, 1.5]}, "'no price for pear'"])
-        )
-    );
-    assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.session.is_none()), ("before\n", "", true), "{o:?}");
-    assert_eq!(o.calls.len(), 2);
+    prices_on(&s, wasm);
     // A forged call of an undeclared name, repeated: refused once, the run ends.
     let o = run_on(&s, wasm, FORGED_CALLS);
     assert_eq!(o.status, Status::Denied, "{o:?}");
