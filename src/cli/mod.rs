@@ -147,6 +147,15 @@ impl Target {
 
 /// `many`: the command will run many requests (batch), so warm pools pay off.
 fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
+    target_announcing(common, many, None)
+}
+
+/// As [`target`]; approval requests are announced to `also` too (after stderr).
+fn target_announcing(
+    common: &CommonArgs,
+    many: bool,
+    also: Option<crate::approval::Announce>,
+) -> Result<Target, CliError> {
     let policy = match &common.policy {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default_policy(),
@@ -200,11 +209,14 @@ fn target(common: &CommonArgs, many: bool) -> Result<Target, CliError> {
     // Every request is recorded before it runs; a log that cannot be opened stops
     // the command (set TERRARIUM_HOME to put it elsewhere).
     let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
-    builder = builder.audit(path).announce(std::sync::Arc::new(|item: &crate::approval::Item| {
+    builder = builder.audit(path).announce(std::sync::Arc::new(move |item: &crate::approval::Item| {
         eprintln!(
             "terrarium: approval request {} ({}); waiting for: terrarium approvals approve {}",
             item.id, item.reason, item.id
         );
+        if let Some(also) = &also {
+            also(item);
+        }
     }));
     Ok(Target { sandbox: std::sync::Arc::new(builder.build()?), choice, overrides })
 }
@@ -310,14 +322,15 @@ fn stdout_text(text: &str) -> std::borrow::Cow<'_, str> {
 /// is reported, and the journal is replayed by the next command).
 /// `terrarium mcp`: the MCP server on stdio until the client closes it.
 fn mcp_command(args: args::BatchArgs) -> Result<ExitCode, CliError> {
-    let target = target(&args.common, true)?;
+    let waiting = crate::mcp::Waiting::default();
+    let target = target_announcing(&args.common, true, Some(waiting.announce()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot start the async runtime: {e}") })?;
     let caller = format!("mcp:{}", local_caller().trim_start_matches("local:"));
-    let server = crate::mcp::McpServer::new(target.sandbox.clone(), caller);
+    let server = crate::mcp::McpServer::new(target.sandbox.clone(), caller, waiting);
     let served = rt.block_on(crate::mcp::serve_stdio(server));
     flush_audit(&target);
     served.map_err(|e| CliError { code: EXIT_HOST, error: e })?;

@@ -12,8 +12,9 @@
 //! # Security invariants
 //! - The client is the caller of every run (`mcp:<client name>` in the audit log)
 //!   and gets no more than `terrarium run` would: overrides only tighten the policy,
-//!   a critical operation waits for a human (announced on stderr and to the client
-//!   as a log message).
+//!   a critical operation waits for a human: announced on stderr, and to the client
+//!   as a progress notification of the waiting call (when it asked for progress)
+//!   and a log message, each naming the approval request and how to approve it.
 //! - Sessions are this connection's own: they end when it ends.
 //! - Stdout carries only the protocol: logs go to stderr.
 
@@ -23,7 +24,11 @@ use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, Content, Implementation, ServerCapabilities, ServerInfo};
+use rmcp::model::{
+    CallToolResult, Content, Implementation, LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
+    ProgressToken, ServerCapabilities, ServerInfo,
+};
+use rmcp::service::{Peer, RequestContext, RoleServer};
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use serde::Deserialize;
 
@@ -35,11 +40,84 @@ use crate::sandbox::{Sandbox, Session, SessionOptions};
 /// bounds them too).
 const MAX_SESSIONS: usize = 64;
 
+/// The connection's `run_python` calls in flight, by the request id their runs
+/// carry, so that an approval request can be announced to the client that waits
+/// for it. Give [`Waiting::announce`] to the sandbox's builder, and the same
+/// `Waiting` to [`McpServer::new`].
+#[derive(Clone, Default)]
+pub struct Waiting(Arc<std::sync::Mutex<HashMap<String, Waiter>>>);
+
+#[derive(Clone)]
+struct Waiter {
+    peer: Peer<RoleServer>,
+    progress: Option<ProgressToken>,
+}
+
+impl Waiting {
+    /// Announces each approval request to the client whose call waits for it.
+    pub fn announce(&self) -> crate::approval::Announce {
+        let waiting = self.clone();
+        Arc::new(move |item: &crate::approval::Item| waiting.tell(item))
+    }
+
+    fn tell(&self, item: &crate::approval::Item) {
+        // An execute approval names the run's own id; a host call's, the audit
+        // log's `req:CALLER:ID`.
+        let Some(rid) = item.subject["request_id"].as_str() else { return };
+        let found = self.0.lock().ok().and_then(|m| {
+            m.iter().find(|(id, _)| rid == id.as_str() || rid.ends_with(&format!(":{id}"))).map(|(_, w)| w.clone())
+        });
+        let Some(w) = found else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let message = format!(
+            "waiting for a human's approval: request {} ({}); an operator approves it with \
+             `terrarium approvals approve {}` or denies it with `terrarium approvals deny {}`",
+            item.id, item.reason, item.id, item.id
+        );
+        let data = serde_json::json!({
+            "approval": item.id, "kind": item.kind, "reason": item.reason, "message": message,
+        });
+        rt.spawn(async move {
+            if let Some(token) = w.progress {
+                let mut p = ProgressNotificationParam::new(token, 0.0);
+                p.message = Some(message);
+                let _ = w.peer.notify_progress(p).await;
+            }
+            let mut log = LoggingMessageNotificationParam::new(LoggingLevel::Warning, data);
+            log.logger = Some("terrarium".into());
+            #[expect(deprecated, reason = "clients show log messages today; progress is sent too")]
+            let _ = w.peer.notify_logging_message(log).await;
+        });
+    }
+
+    fn enter(&self, id: &str, waiter: Waiter) -> Leave {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id.to_string(), waiter);
+        }
+        Leave { waiting: self.clone(), id: id.to_string() }
+    }
+}
+
+/// Removes a call from [`Waiting`] when it ends (or its future is dropped).
+struct Leave {
+    waiting: Waiting,
+    id: String,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.waiting.0.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
 /// The server: one per connection.
 #[derive(Clone)]
 pub struct McpServer {
     sandbox: Arc<Sandbox>,
     caller: String,
+    waiting: Waiting,
     sessions: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>>,
     tool_router: ToolRouter<McpServer>,
 }
@@ -117,21 +195,34 @@ fn outcome_result(o: &Outcome) -> CallToolResult {
 
 #[tool_router]
 impl McpServer {
-    /// A server for one connection whose client is `caller` (in the audit log).
-    pub fn new(sandbox: Arc<Sandbox>, caller: impl Into<String>) -> McpServer {
-        McpServer { sandbox, caller: caller.into(), sessions: Arc::default(), tool_router: Self::tool_router() }
+    /// A server for one connection whose client is `caller` (in the audit log);
+    /// `waiting` is the one whose [`Waiting::announce`] the sandbox announces
+    /// approval requests with.
+    pub fn new(sandbox: Arc<Sandbox>, caller: impl Into<String>, waiting: Waiting) -> McpServer {
+        McpServer {
+            sandbox,
+            caller: caller.into(),
+            waiting,
+            sessions: Arc::default(),
+            tool_router: Self::tool_router(),
+        }
     }
 
     #[tool(description = "Run Python code in Terrarium's sandbox under its policy. Returns stdout, stderr, the last \
                        expression's value as JSON (result), and the status (ok, exception, timeout, memory_limit, \
-                       denied, ...). Any status but ok is a tool error with the reason.")]
-    async fn run_python(&self, Parameters(a): Parameters<RunArgs>) -> CallToolResult {
+                       denied, ...). Any status but ok is a tool error with the reason. A critical operation \
+                       waits for a human's approval; the wait is announced as progress and a log message.")]
+    async fn run_python(&self, Parameters(a): Parameters<RunArgs>, cx: RequestContext<RoleServer>) -> CallToolResult {
         let timeout = match a.timeout {
             None => None,
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
             Some(t) => return tool_error(format!("timeout {t}: expected a positive number of seconds")),
         };
-        let mut req = ExecRequest::new(a.code).with_caller(self.caller.clone());
+        // The run's id names the MCP request, in the audit log and in an approval
+        // request (which is how its announcement finds this call).
+        let id = format!("mcp-{}", cx.id);
+        let _leave = self.waiting.enter(&id, Waiter { progress: cx.meta.get_progress_token(), peer: cx.peer });
+        let mut req = ExecRequest::new(a.code).with_caller(self.caller.clone()).with_id(id);
         req.overrides = Overrides { timeout, ..Overrides::default() };
         let ran = match &a.session {
             Some(id) => {
@@ -215,7 +306,10 @@ impl McpServer {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerInfo {
-        ServerInfo::new(ServerCapabilities::builder().enable_tools().build())
+        // Logging is deprecated in the protocol's next revision; clients show it today.
+        #[expect(deprecated, reason = "the approval wait is announced as a log message too")]
+        let capabilities = ServerCapabilities::builder().enable_tools().enable_logging().build();
+        ServerInfo::new(capabilities)
             .with_server_info(Implementation::new("terrarium", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Runs untrusted Python in Terrarium's sandbox. Use run_python for one snippet; start_session \

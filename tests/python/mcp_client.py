@@ -1,12 +1,18 @@
 """`terrarium mcp` driven by the official MCP Python SDK (`mcp` on PyPI) as a real
 client: list the tools, run print(6*7), a snippet the policy denies, one that times
-out, and a session's cells. Exits non-zero with the reason on the first mismatch.
+out, and a session's cells; then, under a policy with a critical host function, a
+run that waits for a human: the client is told (progress and a log message naming
+the approval request), an operator approves it from another process, and the run
+goes on. Exits non-zero with the reason on the first mismatch.
 
     python mcp_client.py /path/to/terrarium
 """
 
 import asyncio
+import os
+import subprocess
 import sys
+import tempfile
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -18,7 +24,9 @@ def check(ok, what, got):
 
 
 async def main(exe):
-    server = StdioServerParameters(command=exe, args=["mcp"])
+    # The SDK passes a server only a few variables by default; TERRARIUM_HOME (where
+    # the audit log and the approvals queue live) must reach it.
+    server = StdioServerParameters(command=exe, args=["mcp"], env=dict(os.environ))
     async with stdio_client(server) as (read, write), ClientSession(read, write) as s:
         info = await s.initialize()
         check(info.serverInfo.name == "terrarium", "server name", info.serverInfo)
@@ -43,7 +51,49 @@ async def main(exe):
         check(r.structuredContent["result"] == 42, "a session's state", r)
         r = await s.call_tool("end_session", {"session": sid})
         check(not r.isError, "end_session", r)
-    print("mcp client: ok (the official Python SDK: tools listed, ok, denied, timeout, session)")
+    await critical_run(exe)
+    print("mcp client: ok (the official Python SDK: tools listed, ok, denied, timeout, session, approval)")
+
+
+# The default policy and a critical host function (the script runs from the checkout).
+CRITICAL_FUNCTION = """
+functions:
+  transfer:
+    critical: true
+    command: ["/bin/cat"]   # answers with the call itself, as JSON
+"""
+
+
+async def critical_run(exe):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        with open("policies/default.yaml") as default:
+            f.write(default.read() + CRITICAL_FUNCTION)
+    server = StdioServerParameters(command=exe, args=["mcp", "--policy", f.name], env=dict(os.environ))
+    logs, progress = [], []
+
+    async def on_log(params):
+        logs.append(params.data)
+
+    async def on_progress(done, total, message):
+        progress.append(message)
+
+    async with stdio_client(server) as (read, write), ClientSession(read, write, logging_callback=on_log) as s:
+        await s.initialize()
+        code = "from host import transfer\ntransfer('acct-1', amount=5)['kwargs']['amount']"
+        call = asyncio.create_task(s.call_tool("run_python", {"code": code}, progress_callback=on_progress))
+        for _ in range(600):
+            if logs or call.done():
+                break
+            await asyncio.sleep(0.1)
+        check(logs and not call.done(), "the client is told the run waits for a human", (logs, call))
+        item = logs[0]["approval"]
+        check(f"terrarium approvals approve {item}" in logs[0]["message"], "how to approve", logs[0])
+        check(progress and "approval" in (progress[0] or ""), "a progress message while waiting", progress)
+        approved = subprocess.run([exe, "approvals", "approve", str(item), "--as", "mcp-test"], capture_output=True)
+        check(approved.returncode == 0, "terrarium approvals approve", approved)
+        r = await asyncio.wait_for(call, 60)
+        check(not r.isError and r.structuredContent["result"] == 5, "the approved run", r)
+    os.unlink(f.name)
 
 
 if __name__ == "__main__":
