@@ -13,6 +13,11 @@ Each cell is the round trip of one request with fresh state, as a caller sees it
   container of a local Docker engine, started ahead of the request)
 - terrarium docker (cold): `terrarium bench --docker-cold` (create, start, run and
   remove a container per request)
+- terrarium python package: `terrarium.Sandbox().run(code)` from this Python process
+  (the wheel scripts/build-python builds: the same isolated mode, its zygote the
+  shipped binary), when the wheel is installed here
+- terrarium run -c: the command, one process per request (its start-up, the
+  zygote's and the audit log's included)
 - cpython exec: exec(compile(code)) with fresh globals in this process (no sandbox)
 - monty: a session checked out of a pydantic-monty worker pool per request
 """
@@ -68,6 +73,33 @@ def cpython(code, n):
     return timed(once, n)
 
 
+def python_package_runner():
+    try:
+        import terrarium as package
+    except ImportError as e:
+        return lambda code, n: (None, f"not installed ({e}); scripts/build-python builds it")
+    sandbox = package.Sandbox(audit=False, pool_size=4)
+
+    def run(code, n):
+        def once():
+            out = sandbox.run(code)
+            if not out.ok:
+                raise RuntimeError(out.error)
+
+        return timed(once, n)
+
+    return run
+
+
+def command(binary, code, n):
+    def once():
+        out = subprocess.run([binary, "run", "-c", code], capture_output=True)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-200:])
+
+    return timed(once, n, warm=2)
+
+
 def monty_runner():
     import pydantic_monty
 
@@ -96,11 +128,15 @@ def main():
     ap.add_argument("--docker-policy", required=True, help="a policy whose image the local engine has")
     a = ap.parse_args()
     monty, pool = monty_runner()
+    package = python_package_runner()
     rows = []
     for name, code in SNIPPETS:
         cells = {
             "terrarium isolated": terrarium(a.terrarium, code, a.n),
             "terrarium embedded": terrarium(a.terrarium, code, a.n, "--embedded"),
+            "terrarium python package": package(code, a.n),
+            # A process per request: its start-up and the zygote's, fewer samples.
+            "terrarium run -c": command(a.terrarium, code, min(a.n, 20)),
             # Each request starts (or, warm, refills) a CPython: tens of ms, fewer samples.
             "terrarium wasm (warm)": terrarium(a.terrarium, code, min(a.n, 40), "--wasm"),
             "terrarium wasm (cold)": terrarium(a.terrarium, code, min(a.n, 40), "--wasm-cold"),
