@@ -23,10 +23,12 @@
 
 import sys
 
-# Arguments: a nonce, and the modules to import before the request (a warm
-# instance's policy; empty for a cold run). Everything that does not depend on the
-# request happens before the "ready" marker, so a warm instance has done it ahead of
-# demand.
+# Arguments: a nonce, and the modules to import before the request (the policy's
+# allowed modules: every docker container, a warm wasm instance; empty for a cold
+# wasm run). They are imported before the audit hook below exists: a library the
+# policy allows may open its data files or load ctypes while it initialises (pandas,
+# numpy), which a snippet may not. Everything that does not depend on the request
+# happens before the "ready" marker, so a warm instance has done it ahead of demand.
 _nonce = sys.argv[1]
 for _m in sys.argv[2].split():
     try:

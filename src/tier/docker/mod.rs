@@ -46,6 +46,17 @@ mod session;
 mod stream;
 use stream::*;
 
+/// The modules a container imports before it says ready, whether warm, cold or a
+/// session's: the policy's allowed modules (`asyncio` aside: the prelude installs
+/// its own stand-in). They are the policy's choice, imported before the snippet and
+/// its audit hook exist, so a library that opens files or loads `ctypes` while it
+/// initialises (pandas reads the time zone database; numpy loads `ctypes`) imports
+/// the same way in every container, and its start-up is not the snippet's time.
+fn preload(policy: &Policy) -> String {
+    let modules: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).filter(|m| *m != "asyncio").collect();
+    modules.join(" ")
+}
+
 /// The program [`DockerExecutor::probe`] runs.
 pub const PROBE: &str = include_str!("../../guest/docker_probe.py");
 /// Longest a container may take from creation to its ready marker.
@@ -321,7 +332,7 @@ impl DockerExecutor {
                 }
                 let n = nonce();
                 let launch = Launch {
-                    cmd: engine::prelude_cmd(PRELUDE, &n, "", req.scratch),
+                    cmd: engine::prelude_cmd(PRELUDE, &n, &preload(&policy), req.scratch),
                     scratch: req.scratch,
                     labels: shared.labels(),
                 };

@@ -80,10 +80,9 @@ impl Shared {
     /// Starts one warm container (already counted in `starting`) and puts it in
     /// the pool when it is ready.
     pub(super) async fn start_warm(shared: Arc<Shared>, engine: Engine) -> Result<(), SandboxError> {
-        let preload: Vec<&str> = shared.policy.allowed_modules().iter().map(String::as_str).collect();
         let n = nonce();
         let launch = Launch {
-            cmd: engine::prelude_cmd(PRELUDE, &n, &preload.join(" "), false),
+            cmd: engine::prelude_cmd(PRELUDE, &n, &preload(&shared.policy), false),
             scratch: false,
             labels: shared.labels(),
         };

@@ -43,10 +43,8 @@ impl DockerExecutor {
         let engine = shared.engine().await?;
         let policy = shared.policy.for_session();
         let n = nonce();
-        let preload: Vec<&str> =
-            policy.allowed_modules().iter().map(String::as_str).filter(|m| *m != "asyncio").collect();
         let launch = Launch {
-            cmd: engine::prelude_cmd_with(PRELUDE, &n, &preload.join(" "), false, "mark session"),
+            cmd: engine::prelude_cmd_with(PRELUDE, &n, &preload(&policy), false, "mark session"),
             scratch: false,
             labels: shared.labels(),
         };
