@@ -198,3 +198,25 @@ fn log_lines_to_a_pipe_carry_no_colour_codes() {
     );
     assert!(!out.stderr.contains('\u{1b}'), "colour codes in a piped log: {:?}", out.stderr);
 }
+
+/// `terrarium run` with the shipped pandas policy: the pandas snippet goes to the
+/// docker tier by itself, and the JSON outcome's route says why.
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn run_with_the_pandas_policy_sends_pandas_to_docker() {
+    if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none()
+        || crate::common::docker_executor(crate::common::docker_policy(), 0).is_none()
+    {
+        return;
+    }
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/local-pandas.yaml");
+    let out = terrarium(&["run", "--policy", policy, "-c", crate::router::PANDAS_SNIPPET], b"");
+    assert_eq!((out.code, out.stdout.as_str()), (0, "{'a': 9, 'b': 6}\n"), "{}", out.stderr);
+    let out = terrarium(&["run", "--json", "--policy", policy, "-c", crate::router::PANDAS_SNIPPET], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON object");
+    assert_eq!((&v["tier"], &v["result"]), (&serde_json::json!("docker"), &serde_json::json!(15)), "{v}");
+    let route = v["route"].as_str().unwrap_or_default();
+    assert!(route.starts_with("docker: escalated (") && route.contains("cannot import pandas"), "{v}");
+}

@@ -316,3 +316,20 @@ fn a_warm_container_that_died_while_waiting_is_never_handed_a_request() {
     assert_eq!((o.status, o.result.clone()), (Status::Ok, Some(serde_json::json!(42))), "{o:?}");
     runtime().block_on(exec_.shutdown()).expect("shutdown");
 }
+
+/// numpy and pandas import in every container of a policy that allows them, cold
+/// or warm: they read their data files and load ctypes while they initialise, which
+/// the prelude refuses a snippet, so every container imports them before it is
+/// ready. A snippet that then opens a file itself is still denied.
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn pandas_imports_in_cold_and_warm_containers_and_files_stay_closed() {
+    let policy = crate::router::pandas_policy();
+    for pool in [0, 1] {
+        let Some(exec_) = docker_executor(policy.clone(), pool) else { return };
+        let o = exec(&exec_, ExecRequest::new(crate::router::PANDAS_SNIPPET));
+        assert_eq!((o.status, o.result.clone()), (Status::Ok, Some(serde_json::json!(15))), "pool {pool}: {o:?}");
+        let o = exec(&exec_, ExecRequest::new("import pandas as pd\npd.read_csv('/etc/passwd')"));
+        assert_eq!(o.status, Status::Denied, "pool {pool}: {o:?}");
+    }
+}

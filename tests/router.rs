@@ -60,6 +60,57 @@ fn a_package_only_the_image_has_escalates_to_docker() {
     assert!(route.contains("wasm cannot import terrarium_image_only"), "{route}");
 }
 
+/// The shipped policy that allows numpy and pandas (the local image carries them).
+pub(crate) fn pandas_policy() -> Policy {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/local-pandas.yaml");
+    Policy::from_yaml(&std::fs::read_to_string(path).expect("policies/local-pandas.yaml"), path).expect("policy")
+}
+
+/// What agent code does with pandas most: a small DataFrame, a groupby, a sum.
+pub(crate) const PANDAS_SNIPPET: &str = "import pandas as pd
+df = pd.DataFrame({'team': ['a', 'b', 'a', 'b', 'a'], 'score': [1, 2, 3, 4, 5]})
+totals = df.groupby('team')['score'].sum()
+print(totals.to_dict())
+int(totals.sum())";
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn pandas_and_numpy_go_to_docker_by_themselves_and_a_pure_snippet_stays_on_the_interpreter() {
+    if !tiers_ready() {
+        return;
+    }
+    let s = sandbox(pandas_policy());
+    let o = run(&s, PANDAS_SNIPPET).expect("run");
+    assert_eq!((o.tier, o.status, o.result.clone()), (Tier::Docker, Status::Ok, Some(serde_json::json!(15))), "{o:?}");
+    assert_eq!(o.stdout, "{'a': 9, 'b': 6}\n");
+    let route = o.route.unwrap_or_default();
+    assert!(route.starts_with("docker: escalated ("), "{route}");
+    assert!(
+        route.contains("rustpython cannot import pandas") && route.contains("wasm cannot import pandas"),
+        "{route}"
+    );
+    // numpy, through a submodule, with LAPACK underneath (the image's shared libraries).
+    let code = "import numpy as np\nimport numpy.linalg as la\nla.solve(np.array([[2.0, 0.0], [0.0, 4.0]]), np.array([2.0, 8.0])).tolist()";
+    let o = run(&s, code).expect("run");
+    assert_eq!(
+        (o.tier, o.status, o.result.clone()),
+        (Tier::Docker, Status::Ok, Some(serde_json::json!([1.0, 2.0]))),
+        "{o:?}"
+    );
+    let route = o.route.unwrap_or_default();
+    assert!(route.starts_with("docker: escalated ("), "{route}");
+    assert!(route.contains("rustpython cannot import numpy") && route.contains("wasm cannot import numpy"), "{route}");
+    // The same policy keeps a pure snippet on the lightest tier.
+    let o = run(&s, "1+1").expect("run");
+    assert_eq!(
+        (o.tier, o.status, o.result.clone()),
+        (Tier::Rustpython, Status::Ok, Some(serde_json::json!(2))),
+        "{o:?}"
+    );
+    assert!(o.route.as_deref().is_some_and(|r| r.starts_with("rustpython: the lightest")), "{:?}", o.route);
+}
+
 #[test]
 #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 #[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
