@@ -177,8 +177,9 @@ impl Queue {
     pub fn open(path: &Path) -> Result<Queue, ApprovalError> {
         let q = Queue { path: path.to_path_buf() };
         let c = q.conn()?;
-        c.execute_batch(
-            "CREATE TABLE IF NOT EXISTS approvals (
+        crate::audit::retry_busy(|| {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS approvals (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 kind TEXT NOT NULL,
                 subject TEXT NOT NULL,
@@ -192,7 +193,8 @@ impl Queue {
                 outcome TEXT,
                 waiter TEXT
             );",
-        )
+            )
+        })
         .map_err(|e| q.err(e))?;
         // Queues made before outcomes and waiters were kept get the columns.
         for column in ["outcome", "waiter"] {

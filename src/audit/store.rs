@@ -73,8 +73,12 @@ pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
     store.dir.private_file(&store.name).map_err(|e| db_err(path, e))?;
     let c = Connection::open_with_flags(path, flags(false)).map_err(|e| db_err(path, e))?;
     c.busy_timeout(Duration::from_millis(BUSY_MS)).map_err(|e| db_err(path, e))?;
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL;
+    // Two processes creating the log at once: SQLite may answer the second's switch
+    // to WAL with SQLITE_BUSY at once, without waiting (its busy handler is not
+    // called where waiting could deadlock). It is retried until the first is done.
+    retry_busy(|| {
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=NORMAL;
          CREATE TABLE IF NOT EXISTS events (
              seq INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ts_us INTEGER NOT NULL,
@@ -83,7 +87,8 @@ pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
          CREATE TABLE IF NOT EXISTS code (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1),
              seq INTEGER NOT NULL, hash TEXT NOT NULL);",
-    )
+        )
+    })
     .map_err(|e| db_err(path, e))?;
     // Anchors made before the key have no MAC (verify names them).
     let has_mac = c
@@ -101,6 +106,25 @@ pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
         }
     }
     Ok(c)
+}
+
+/// Runs `f` again while SQLite answers busy or locked without having waited, for
+/// up to 5 s (creating the log takes milliseconds).
+pub(crate) fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// A read-write connection to the database at `path` (for the approval queue,
