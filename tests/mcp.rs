@@ -110,3 +110,64 @@ fn an_mcp_client_lists_the_tools_and_runs_python() {
     let status = c.call("tier_status", serde_json::json!({}));
     assert!(status["structuredContent"]["breakers"].as_array().is_some_and(|b| !b.is_empty()), "{status}");
 }
+
+#[test]
+fn a_clients_request_id_names_its_run_only_when_it_is_a_short_plain_token() {
+    let mut c = Client::start();
+    let mut run_with_id = |id: serde_json::Value| {
+        let params = serde_json::json!({"name": "run_python", "arguments": {"code": "1"}});
+        c.send(serde_json::json!({"jsonrpc": "2.0", "id": id.clone(), "method": "tools/call", "params": params}));
+        loop {
+            let mut line = String::new();
+            assert!(c.output.read_line(&mut line).expect("read") > 0, "the server closed stdout");
+            let m: serde_json::Value = serde_json::from_str(&line).expect("JSON-RPC");
+            if m["id"] == id {
+                return m["result"]["structuredContent"]["id"].as_str().expect("the run's id").to_string();
+            }
+        }
+    };
+    assert_eq!(run_with_id(serde_json::json!(7)), "mcp-7");
+    assert_eq!(run_with_id(serde_json::json!("call-a.1")), "mcp-call-a.1");
+    // The audit log gets a counter, not what the client chose.
+    for odd in ["x".repeat(10_000), "a\nb".into(), "ids with spaces".into(), "req:other:1".into()] {
+        let got = run_with_id(serde_json::json!(odd));
+        assert!(got.starts_with("mcp-#") && got.len() < 30, "{got:?} for {odd:.40?}");
+    }
+}
+
+/// Found by this file's two tests running at once: a second process creating the
+/// audit log while the first switched it to WAL got "database is locked" at once
+/// (SQLite does not wait there) and the server exited.
+#[test]
+fn servers_starting_at_once_on_a_new_home_all_start() {
+    for round in 0..30 {
+        let home = tempfile::tempdir().expect("home");
+        let children: Vec<Child> = (0..6)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_terrarium"))
+                    .arg("mcp")
+                    .env("TERRARIUM_HOME", home.path())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("terrarium mcp")
+            })
+            .collect();
+        for mut child in children {
+            let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+            let mut input = child.stdin.take().expect("stdin");
+            writeln!(input, "{init}").expect("write");
+            let mut line = String::new();
+            let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+            drop(input);
+            let out = child.wait_with_output().expect("wait");
+            assert!(
+                line.contains("\"serverInfo\""),
+                "round {round}: the server did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -156,6 +156,19 @@ pub struct EndArgs {
     pub session: String,
 }
 
+/// The id of a run for JSON-RPC request `request`: `mcp-<request>` when that is a
+/// short plain token, else `mcp-#<n>` from a counter (the client chooses request
+/// ids, and the id goes into the audit log).
+fn run_id(request: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !request.is_empty() && request.len() <= 64 && request.chars().all(plain) {
+        format!("mcp-{request}")
+    } else {
+        format!("mcp-#{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 fn tool_error(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![Content::text(message.into())])
 }
@@ -220,7 +233,7 @@ impl McpServer {
         };
         // The run's id names the MCP request, in the audit log and in an approval
         // request (which is how its announcement finds this call).
-        let id = format!("mcp-{}", cx.id);
+        let id = run_id(&cx.id.to_string());
         let _leave = self.waiting.enter(&id, Waiter { progress: cx.meta.get_progress_token(), peer: cx.peer });
         let mut req = ExecRequest::new(a.code).with_caller(self.caller.clone()).with_id(id);
         req.overrides = Overrides { timeout, ..Overrides::default() };
