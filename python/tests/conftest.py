@@ -18,6 +18,8 @@ from terrarium import _native
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_DOCKER = ROOT / "policies" / "local-docker.yaml"
+# local-docker.yaml with numpy and pandas allowed (the local image carries them).
+LOCAL_PANDAS = ROOT / "policies" / "local-pandas.yaml"
 
 
 def default_policy() -> dict:

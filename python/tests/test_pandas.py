@@ -5,7 +5,7 @@ tier, and the route says why."""
 from __future__ import annotations
 
 import terrarium
-from conftest import LOCAL_DOCKER
+from conftest import LOCAL_PANDAS
 
 PANDAS = """
 import pandas as pd
@@ -17,7 +17,7 @@ int(totals.sum())
 
 
 def test_pandas_goes_to_docker_and_a_pure_snippet_stays(docker_ready, audit) -> None:
-    sandbox = terrarium.Sandbox(LOCAL_DOCKER, audit=audit)
+    sandbox = terrarium.Sandbox(LOCAL_PANDAS, audit=audit)
     out = sandbox.run(PANDAS)
     assert out.ok, out
     assert (out.tier, out.result, out.stdout) == ("docker", 10, "{'a': 4, 'b': 6}\n")
@@ -27,6 +27,6 @@ def test_pandas_goes_to_docker_and_a_pure_snippet_stays(docker_ready, audit) -> 
 
 
 def test_numpy_goes_to_docker(docker_ready, audit) -> None:
-    sandbox = terrarium.Sandbox(LOCAL_DOCKER, audit=audit)
+    sandbox = terrarium.Sandbox(LOCAL_PANDAS, audit=audit)
     out = sandbox.run("import numpy as np\nfloat(np.arange(5).mean())")
     assert (out.status, out.tier, out.result) == ("ok", "docker", 2.0), out

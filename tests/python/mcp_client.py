@@ -52,7 +52,32 @@ async def main(exe):
         r = await s.call_tool("end_session", {"session": sid})
         check(not r.isError, "end_session", r)
     await critical_run(exe)
-    print("mcp client: ok (the official Python SDK: tools listed, ok, denied, timeout, session, approval)")
+    await pandas_run(exe)
+    print("mcp client: ok (the official Python SDK: tools listed, ok, denied, timeout, session, approval, pandas)")
+
+
+PANDAS = """import pandas as pd
+df = pd.DataFrame({"team": ["a", "b", "a", "b"], "points": [1, 2, 3, 4]})
+int(df.groupby("team")["points"].sum().sum())"""
+
+
+async def pandas_run(exe):
+    """Under policies/local-pandas.yaml a pandas snippet goes to the docker tier by
+    itself and a pure one stays on the interpreter tier; the route says why."""
+    if os.environ.get("TERRARIUM_SKIP_DOCKER") == "1":
+        print("SKIPPED (TERRARIUM_SKIP_DOCKER=1): the pandas run through MCP")
+        return
+    server = StdioServerParameters(
+        command=exe, args=["mcp", "--policy", "policies/local-pandas.yaml"], env=dict(os.environ)
+    )
+    async with stdio_client(server) as (read, write), ClientSession(read, write) as s:
+        await s.initialize()
+        r = await s.call_tool("run_python", {"code": PANDAS})
+        c = r.structuredContent
+        check(not r.isError and c["tier"] == "docker" and c["result"] == 10, "a pandas snippet on docker", r)
+        check("docker" in c["route"] and "pandas" in c["route"], "the route says why", c["route"])
+        r = await s.call_tool("run_python", {"code": "1+1"})
+        check(r.structuredContent["tier"] == "rustpython", "a pure snippet stays", r)
 
 
 # The default policy and a critical host function (the script runs from the checkout).
