@@ -34,7 +34,7 @@ use serde::Deserialize;
 
 use crate::executor::{ExecRequest, Outcome, Status};
 use crate::policy::{Overrides, TierChoice};
-use crate::sandbox::{Sandbox, Session, SessionOptions};
+use crate::sandbox::{Sandbox, SessionHandle, SessionOptions};
 
 /// The most sessions one connection keeps open (the policy's `sessions.max_open`
 /// bounds them too).
@@ -45,7 +45,26 @@ const MAX_SESSIONS: usize = 64;
 /// for it. Give [`Waiting::announce`] to the sandbox's builder, and the same
 /// `Waiting` to [`McpServer::new`].
 #[derive(Clone, Default)]
-pub struct Waiting(Arc<std::sync::Mutex<HashMap<String, Waiter>>>);
+pub struct Waiting {
+    calls: Arc<std::sync::Mutex<HashMap<String, Waiter>>>,
+    /// The least severe log level the client wants (`logging/setLevel`; default:
+    /// all), as [`rank`] gives it.
+    level: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// A log level's severity, from 0 (debug) to 7 (emergency).
+fn rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
 
 #[derive(Clone)]
 struct Waiter {
@@ -64,7 +83,7 @@ impl Waiting {
         // An execute approval names the run's own id; a host call's, the audit
         // log's `req:CALLER:ID`.
         let Some(rid) = item.subject["request_id"].as_str() else { return };
-        let found = self.0.lock().ok().and_then(|m| {
+        let found = self.calls.lock().ok().and_then(|m| {
             m.iter().find(|(id, _)| rid == id.as_str() || rid.ends_with(&format!(":{id}"))).map(|(_, w)| w.clone())
         });
         let Some(w) = found else { return };
@@ -74,6 +93,7 @@ impl Waiting {
              `terrarium approvals approve {}` or denies it with `terrarium approvals deny {}`",
             item.id, item.reason, item.id, item.id
         );
+        let log = rank(LoggingLevel::Warning) >= self.level.load(std::sync::atomic::Ordering::Relaxed);
         let data = serde_json::json!({
             "approval": item.id, "kind": item.kind, "reason": item.reason, "message": message,
         });
@@ -83,18 +103,26 @@ impl Waiting {
                 p.message = Some(message);
                 let _ = w.peer.notify_progress(p).await;
             }
-            let mut log = LoggingMessageNotificationParam::new(LoggingLevel::Warning, data);
-            log.logger = Some("terrarium".into());
-            #[expect(deprecated, reason = "clients show log messages today; progress is sent too")]
-            let _ = w.peer.notify_logging_message(log).await;
+            if log {
+                let mut log = LoggingMessageNotificationParam::new(LoggingLevel::Warning, data);
+                log.logger = Some("terrarium".into());
+                #[expect(deprecated, reason = "clients show log messages today; progress is sent too")]
+                let _ = w.peer.notify_logging_message(log).await;
+            }
         });
     }
 
-    fn enter(&self, id: &str, waiter: Waiter) -> Leave {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(id.to_string(), waiter);
+    /// Registers a call under `id`, or under a counted id when a call in flight
+    /// has it already (a client that reuses ids); returns the id used.
+    fn enter(&self, id: String, waiter: Waiter) -> (String, Leave) {
+        let mut id = id;
+        if let Ok(mut m) = self.calls.lock() {
+            if m.contains_key(&id) {
+                id = counted_id();
+            }
+            m.insert(id.clone(), waiter);
         }
-        Leave { waiting: self.clone(), id: id.to_string() }
+        (id.clone(), Leave { waiting: self.clone(), id })
     }
 }
 
@@ -106,7 +134,7 @@ struct Leave {
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.waiting.0.lock() {
+        if let Ok(mut m) = self.waiting.calls.lock() {
             m.remove(&self.id);
         }
     }
@@ -118,7 +146,7 @@ pub struct McpServer {
     sandbox: Arc<Sandbox>,
     caller: String,
     waiting: Waiting,
-    sessions: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>>,
+    sessions: Arc<tokio::sync::Mutex<HashMap<String, SessionHandle>>>,
     tool_router: ToolRouter<McpServer>,
 }
 
@@ -156,17 +184,23 @@ pub struct EndArgs {
     pub session: String,
 }
 
-/// The id of a run for JSON-RPC request `request`: `mcp-<request>` when that is a
-/// short plain token, else `mcp-#<n>` from a counter (the client chooses request
-/// ids, and the id goes into the audit log).
-fn run_id(request: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// The id of a run for JSON-RPC request `request`: `mcp-<number>` for a number,
+/// `mcp-s-<string>` for a short plain string, else `mcp-#<n>` from a counter (the
+/// client chooses request ids, and the id goes into the audit log).
+fn run_id(request: &rmcp::model::RequestId) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if !request.is_empty() && request.len() <= 64 && request.chars().all(plain) {
-        format!("mcp-{request}")
-    } else {
-        format!("mcp-#{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    match request {
+        rmcp::model::NumberOrString::Number(n) => format!("mcp-{n}"),
+        rmcp::model::NumberOrString::String(s) if !s.is_empty() && s.len() <= 64 && s.chars().all(plain) => {
+            format!("mcp-s-{s}")
+        }
+        rmcp::model::NumberOrString::String(_) => counted_id(),
     }
+}
+
+fn counted_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("mcp-#{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 fn tool_error(message: impl Into<String>) -> CallToolResult {
@@ -233,16 +267,15 @@ impl McpServer {
         };
         // The run's id names the MCP request, in the audit log and in an approval
         // request (which is how its announcement finds this call).
-        let id = run_id(&cx.id.to_string());
-        let _leave = self.waiting.enter(&id, Waiter { progress: cx.meta.get_progress_token(), peer: cx.peer });
+        let (id, _leave) =
+            self.waiting.enter(run_id(&cx.id), Waiter { progress: cx.meta.get_progress_token(), peer: cx.peer });
         let mut req = ExecRequest::new(a.code).with_caller(self.caller.clone()).with_id(id);
         req.overrides = Overrides { timeout, ..Overrides::default() };
         let ran = match &a.session {
             Some(id) => {
                 let session = self.sessions.lock().await.get(id).cloned();
                 let Some(session) = session else { return tool_error(format!("no such session: {id:?}")) };
-                let mut s = session.lock().await;
-                s.execute(req).await
+                session.execute(req).await
             }
             None => {
                 req.tier = match tier_choice(a.tier.as_deref()) {
@@ -270,7 +303,7 @@ impl McpServer {
         match self.sandbox.session(SessionOptions { tier, caller: Some(self.caller.clone()) }).await {
             Ok(s) => {
                 let (id, tier) = (s.id().to_string(), s.tier());
-                self.sessions.lock().await.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(s)));
+                self.sessions.lock().await.insert(id.clone(), SessionHandle::new(s));
                 CallToolResult::structured(serde_json::json!({"session": id, "tier": tier}))
             }
             Err(e) => tool_error(crate::error::redact_paths(&e.to_string())),
@@ -282,11 +315,9 @@ impl McpServer {
         let Some(s) = self.sessions.lock().await.remove(&a.session) else {
             return tool_error(format!("no such session: {:?}", a.session));
         };
-        let cells = {
-            let mut s = s.lock().await;
-            s.end_now("ended by its MCP client");
-            s.cells()
-        };
+        // A running cell is stopped first (with its process, and any approval it
+        // waits for).
+        let cells = s.end("ended by its MCP client").await;
         CallToolResult::structured(serde_json::json!({"session": a.session, "cells": cells, "ended": true}))
     }
 
@@ -294,8 +325,8 @@ impl McpServer {
     async fn list_sessions(&self) -> CallToolResult {
         let mut out = Vec::new();
         for (id, s) in self.sessions.lock().await.iter() {
-            if let Ok(s) = s.try_lock() {
-                out.push(serde_json::json!({"session": id, "tier": s.tier(), "cells": s.cells(), "ended": s.ended()}));
+            if let Some((cells, ended)) = s.state() {
+                out.push(serde_json::json!({"session": id, "tier": s.tier(), "cells": cells, "ended": ended}));
             } else {
                 out.push(serde_json::json!({"session": id, "running": true}));
             }
@@ -318,6 +349,17 @@ impl McpServer {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for McpServer {
+    /// The client's `logging/setLevel`: approval announcements (`warning`) are sent
+    /// as log messages only at that level or below.
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        self.waiting.level.store(rank(request.level), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     fn get_info(&self) -> ServerInfo {
         // Logging is deprecated in the protocol's next revision; clients show it today.
         #[expect(deprecated, reason = "the approval wait is announced as a log message too")]
@@ -342,7 +384,7 @@ pub async fn serve_stdio(server: McpServer) -> anyhow::Result<()> {
     let running = server.serve(rmcp::transport::stdio()).await?;
     let _ = running.waiting().await;
     for (_, s) in sessions.lock().await.drain() {
-        s.lock().await.end_now("its MCP connection closed");
+        s.end("its MCP connection closed").await;
     }
     Ok(())
 }
