@@ -123,6 +123,40 @@ fn a_hanging_function_is_cut_at_its_timeout_without_using_the_runs() {
     assert_eq!(o.calls[0].status, "timeout");
 }
 
+/// Found by an outside review: each call past its timeout kept a blocking thread,
+/// and a snippet that made a hundred of them per run filled the runtime's pool, so
+/// that every later run of the process hung.
+#[test]
+fn blocking_calls_past_their_timeout_hold_a_few_threads_not_the_pool() {
+    let policy = policy_with("  slow:\n    timeout: 0.05\n", "");
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let s = builder(policy)
+        .function_blocking("slow", move |_call| {
+            let now = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            m.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(2));
+            r.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(serde_json::Value::Null)
+        })
+        .build()
+        .expect("sandbox");
+    let code = "from host import slow\nkinds = {}\nfor i in range(60):\n    try:\n        slow()\n    \
+                except Exception as e:\n        kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1\nkinds";
+    let o = run_on(&s, terrarium::Tier::Rustpython, code);
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    let kinds = o.result.expect("kinds");
+    assert_eq!(kinds["TimeoutError"], terrarium::BLOCKING_CALLS, "{kinds}");
+    assert_eq!(kinds["RuntimeError"], 60 - terrarium::BLOCKING_CALLS, "{kinds}");
+    assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= terrarium::BLOCKING_CALLS);
+    // The process still runs other work at once.
+    let started = std::time::Instant::now();
+    let o = run_on(&s, terrarium::Tier::Rustpython, "1+1");
+    assert_eq!(o.result, Some(serde_json::json!(2)), "{o:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
 #[test]
 fn waiting_for_the_host_does_not_count_against_the_runs_timeout() {
     // A 1 s run makes three calls of 0.6 s each: 1.8 s of waiting, and it ends ok.

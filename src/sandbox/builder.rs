@@ -23,6 +23,10 @@ pub struct SandboxBuilder {
     functions: crate::functions::Registry,
 }
 
+/// How many calls of one blocking host function ([`SandboxBuilder::function_blocking`])
+/// may run at once, calls past their timeout that are still running included.
+pub const BLOCKING_CALLS: usize = 8;
+
 impl SandboxBuilder {
     /// At most `n` runs (and system commands) in a tier at once; more fail at once
     /// with [`SandboxError::Busy`] (default: no limit but the tiers' own).
@@ -65,7 +69,10 @@ impl SandboxBuilder {
 
     /// As [`SandboxBuilder::function`], with a blocking closure: each call runs on
     /// the runtime's blocking threads (a call past its timeout is answered with
-    /// `TimeoutError`; the closure itself runs to its end there).
+    /// `TimeoutError`; the closure itself runs to its end there). At most
+    /// [`BLOCKING_CALLS`](crate::BLOCKING_CALLS) calls of one function run at once, those past their timeout
+    /// included: a further call gets `RuntimeError` at once, so a snippet that makes
+    /// calls time out on purpose holds a few threads, not the runtime's pool.
     #[must_use]
     pub fn function_blocking<F>(self, name: impl Into<String>, f: F) -> SandboxBuilder
     where
@@ -75,10 +82,27 @@ impl SandboxBuilder {
             + 'static,
     {
         let f = Arc::new(f);
+        let slots = Arc::new(tokio::sync::Semaphore::new(BLOCKING_CALLS));
         self.function(name, move |call| {
             let f = f.clone();
+            let slot = slots.clone().try_acquire_owned();
             async move {
-                tokio::task::spawn_blocking(move || f(call)).await.unwrap_or_else(|e| {
+                let Ok(slot) = slot else {
+                    return Err(crate::functions::FunctionError::new(
+                        "RuntimeError",
+                        format!(
+                            "{}: {BLOCKING_CALLS} calls of this function are still running (some past their \
+                             timeout); try again later",
+                            call.name
+                        ),
+                    ));
+                };
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    f(call)
+                })
+                .await
+                .unwrap_or_else(|e| {
                     Err(crate::functions::FunctionError::new("RuntimeError", format!("the function failed: {e}")))
                 })
             }
