@@ -109,7 +109,7 @@ pub use error::SandboxError;
 pub use executor::CallInfo;
 pub use executor::{CellInfo, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, TierSession, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
-pub use sandbox::{CommandReport, Sandbox, SandboxBuilder, Session, SessionOptions};
+pub use sandbox::{BLOCKING_CALLS, CommandReport, Sandbox, SandboxBuilder, Session, SessionHandle, SessionOptions};
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
 #[cfg(feature = "rustpython")]

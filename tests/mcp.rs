@@ -127,7 +127,8 @@ fn a_clients_request_id_names_its_run_only_when_it_is_a_short_plain_token() {
         }
     };
     assert_eq!(run_with_id(serde_json::json!(7)), "mcp-7");
-    assert_eq!(run_with_id(serde_json::json!("call-a.1")), "mcp-call-a.1");
+    assert_eq!(run_with_id(serde_json::json!("call-a.1")), "mcp-s-call-a.1");
+    assert_eq!(run_with_id(serde_json::json!("7")), "mcp-s-7", "a string apart from the number 7");
     // The audit log gets a counter, not what the client chose.
     for odd in ["x".repeat(10_000), "a\nb".into(), "ids with spaces".into(), "req:other:1".into()] {
         let got = run_with_id(serde_json::json!(odd));

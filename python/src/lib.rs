@@ -19,8 +19,8 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use terrarium::functions::{FunctionCall, FunctionError};
 use terrarium::{
-    DockerConfig, ExecRequest, IsolatedConfig, Outcome, Overrides, Policy, PolicyError, Sandbox, SandboxError, Session,
-    SessionOptions, TierChoice, WasmConfig,
+    DockerConfig, ExecRequest, IsolatedConfig, Outcome, Overrides, Policy, PolicyError, Sandbox, SandboxError,
+    SessionHandle, SessionOptions, TierChoice, WasmConfig,
 };
 
 /// One runtime for every sandbox in the process; its threads wait on children
@@ -226,7 +226,7 @@ impl NativeSandbox {
         let started = py.detach(|| rt.block_on(async move { sandbox.session(options).await }));
         let session = started.map_err(|e| sandbox_error(py, e))?;
         let (id, tier) = (session.id().to_string(), session.tier().to_string());
-        Ok(NativeSession { inner: Arc::new(tokio::sync::Mutex::new(session)), id, tier })
+        Ok(NativeSession { inner: SessionHandle::new(session), id, tier })
     }
 
     /// Writes the audit log's pending events, waiting at most `seconds`.
@@ -239,7 +239,7 @@ impl NativeSandbox {
 /// A session: cells sharing interpreter state on one tier.
 #[pyclass(module = "terrarium._native", frozen)]
 struct NativeSession {
-    inner: Arc<tokio::sync::Mutex<Session>>,
+    inner: SessionHandle,
     #[pyo3(get)]
     id: String,
     #[pyo3(get)]
@@ -255,32 +255,24 @@ impl NativeSession {
         req.overrides = overrides(py, timeout, memory)?;
         let rt = runtime()?;
         let inner = self.inner.clone();
-        let ran = py.detach(|| rt.block_on(async move { inner.lock().await.execute(req).await }));
+        let ran = py.detach(|| rt.block_on(async move { inner.execute(req).await }));
         match ran {
             Ok(o) => outcome_json(py, &o),
             Err(e) => Err(sandbox_error(py, e)),
         }
     }
 
-    /// Cells run so far.
-    fn cells(&self, py: Python<'_>) -> PyResult<u64> {
-        let rt = runtime()?;
-        let inner = self.inner.clone();
-        Ok(py.detach(|| rt.block_on(async move { inner.lock().await.cells() })))
+    /// `(cells run, why it ended)`, or `None` while a cell runs.
+    fn state(&self) -> Option<(u64, Option<String>)> {
+        self.inner.state()
     }
 
-    /// Why the session ended, or `None` while it is open.
-    fn ended(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        let rt = runtime()?;
-        let inner = self.inner.clone();
-        Ok(py.detach(|| rt.block_on(async move { inner.lock().await.ended() })))
-    }
-
-    /// Ends the session now: its process is killed, its state gone.
+    /// Ends the session now: a running cell is stopped, its process killed, its
+    /// state gone.
     fn end(&self, py: Python<'_>) -> PyResult<()> {
         let rt = runtime()?;
         let inner = self.inner.clone();
-        py.detach(|| rt.block_on(async move { inner.lock().await.end_now("ended by its Python caller") }));
+        py.detach(|| rt.block_on(async move { inner.end("ended by its Python caller").await }));
         Ok(())
     }
 }

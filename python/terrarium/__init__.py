@@ -22,7 +22,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 from . import _native
 from .errors import (
@@ -169,14 +169,16 @@ class Session:
         return self._native.tier
 
     @property
-    def cells(self) -> int:
-        """Cells run so far."""
-        return self._native.cells()
+    def cells(self) -> Optional[int]:
+        """Cells run so far (``None`` while a cell runs)."""
+        state = self._native.state()
+        return state[0] if state else None
 
     @property
     def ended(self) -> Optional[str]:
-        """Why it ended, or ``None`` while it is open."""
-        return self._native.ended()
+        """Why it ended, or ``None`` while it is open (or a cell runs)."""
+        state = self._native.state()
+        return state[1] if state else None
 
     def run(self, code: str, *, timeout: Optional[float] = None, memory: Optional[str] = None) -> Outcome:
         """Runs ``code`` as the next cell. Raises :class:`SessionEnded` once it has ended."""
@@ -189,7 +191,8 @@ class Session:
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def end(self) -> None:
-        """Ends it now: its process is killed and its state gone."""
+        """Ends it now: a running cell is stopped (it gets :class:`SessionEnded`), its
+        process killed and its state gone."""
         self._native.end()
 
     def __enter__(self) -> "Session":

@@ -157,3 +157,26 @@ def test_an_undeclared_function_is_not_reachable(audit) -> None:
     out = sandbox.run("from host import nope\nnope()")
     assert out.status in ("denied", "exception"), out
     assert called == [], "registering a callable does not declare it: the policy does"
+
+
+def test_ending_a_session_stops_its_running_cell(sandbox: terrarium.Sandbox) -> None:
+    """Found by an outside review: end() waited for the running cell to finish."""
+    import threading
+
+    s = sandbox.session()
+    got: list = []
+    cell = threading.Thread(target=lambda: got.append(_outcome_or_error(s, "import time\ntime.sleep(8)")))
+    cell.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    s.end()
+    cell.join(10)
+    assert time.monotonic() - started < 3
+    assert got and isinstance(got[0], terrarium.SessionEnded), got
+
+
+def _outcome_or_error(session: terrarium.Session, code: str) -> object:
+    try:
+        return session.run(code)
+    except terrarium.SandboxError as e:
+        return e

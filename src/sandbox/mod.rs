@@ -26,14 +26,16 @@
 
 mod builder;
 mod command;
+mod handle;
 mod session;
 mod tiers;
 
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
 
-pub use builder::SandboxBuilder;
+pub use builder::{BLOCKING_CALLS, SandboxBuilder};
 pub use command::CommandReport;
+pub use handle::SessionHandle;
 pub use session::{Session, SessionOptions};
 use tiers::Tiers;
 

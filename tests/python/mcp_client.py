@@ -118,6 +118,24 @@ async def critical_run(exe):
         check(approved.returncode == 0, "terrarium approvals approve", approved)
         r = await asyncio.wait_for(call, 60)
         check(not r.isError and r.structuredContent["result"] == 5, "the approved run", r)
+
+        # Ending a session whose cell waits for approval stops the cell, and its
+        # request can no longer be approved (found by an outside review).
+        sid = (await s.call_tool("start_session", {})).structuredContent["session"]
+        logs.clear()
+        call = asyncio.create_task(s.call_tool("run_python", {"code": code, "session": sid}))
+        for _ in range(600):
+            if logs or call.done():
+                break
+            await asyncio.sleep(0.1)
+        check(logs and not call.done(), "the session's cell waits for a human", (logs, call))
+        item = logs[0]["approval"]
+        ended = await asyncio.wait_for(s.call_tool("end_session", {"session": sid}), 10)
+        check(not ended.isError, "end_session while a cell waits", ended)
+        r = await asyncio.wait_for(call, 10)
+        check(r.isError and "ended" in r.content[0].text, "the stopped cell", r)
+        late = subprocess.run([exe, "approvals", "approve", str(item), "--as", "mcp-test"], capture_output=True)
+        check(late.returncode != 0, "approving the ended session's request", late)
     os.unlink(f.name)
 
 
