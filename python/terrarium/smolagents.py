@@ -75,13 +75,17 @@ class TerrariumExecutor(PythonExecutor):
         self._sandbox: Optional[Sandbox] = None
         self._session: Optional[Session] = None
         self._final: Optional[tuple] = None
+        # Each call of the executor is a step; a final answer counts only in the step
+        # whose code asked for it (a late one, past its timeout, is dropped).
+        self._step = 0
         self.state: Dict[str, Any] = {}
 
     # --- smolagents' interface ------------------------------------------------------
 
     def send_tools(self, tools: Dict[str, Any]) -> None:
-        """Makes ``tools`` callable from the code. A different set of tools starts a
-        new session (the code's state so far is lost)."""
+        """Makes ``tools`` callable from the code (a tool sent again under the same
+        name replaces the old one at once). A different set of names starts a new
+        session (the code's state so far is lost)."""
         if set(tools) != set(self._tools):
             self.cleanup()
         self._tools = dict(tools)
@@ -101,13 +105,15 @@ class TerrariumExecutor(PythonExecutor):
 
     def __call__(self, code_action: str) -> CodeOutput:
         session = self._open()
+        self._step += 1
         self._final = None
         outcome = session.run(code_action)
-        if self._final is not None:
-            return CodeOutput(output=self._final[0], logs=outcome.stdout, is_final_answer=True)
+        error = outcome.error
+        final = self._final
+        if final is not None and final[1] == self._step and error is not None and error.kind == "FinalAnswerException":
+            return CodeOutput(output=final[0], logs=outcome.stdout, is_final_answer=True)
         if outcome.ok:
             return CodeOutput(output=outcome.result, logs=outcome.stdout, is_final_answer=False)
-        error = outcome.error
         kind, message = (error.kind, error.message) if error else (outcome.status, "")
         raise AgentError(
             f"{outcome.stdout}\nExecuting code yielded an error:\n{kind}\n{message}\n{outcome.stderr}".strip(),
@@ -160,31 +166,34 @@ class TerrariumExecutor(PythonExecutor):
         sandbox["allowed_modules"] = modules
         functions = policy.setdefault("functions", {})
         implementations = {}
-        for name, tool in self._tools.items():
+        for name in self._tools:
             if name == _FINAL_ANSWER:
                 continue
             functions.setdefault(name, {"timeout": self._tool_timeout})
-            implementations[name] = _tool_call(tool)
+            implementations[name] = self._tool_call(name)
         functions.setdefault(_FINAL_ANSWER, {"timeout": self._tool_timeout})
         implementations[_FINAL_ANSWER] = self._answer
         return Sandbox(policy, functions=implementations, audit=self._audit)
 
+    def _tool_call(self, name: str) -> Any:
+        """The host function for tool ``name``: the tool sent last under that name."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._tools[name](*args, **kwargs)
+
+        return call
+
     def _answer(self, *args: Any, **kwargs: Any) -> None:
         """The host side of ``final_answer``: the agent's own tool (custom ones too)
-        makes the answer, which stays in this process."""
+        makes the answer, which stays in this process, marked with its step."""
+        step = self._step
         tool = self._tools.get(_FINAL_ANSWER)
         if tool is not None:
             value = tool(*args, **kwargs)
         else:
             value = args[0] if args else next(iter(kwargs.values()), None)
-        self._final = (value,)
-
-
-def _tool_call(tool: Any) -> Any:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return tool(*args, **kwargs)
-
-    return call
+        if step == self._step:
+            self._final = (value, step)
 
 
 def _policy_dict(policy: Union[str, "os.PathLike[str]", Mapping[str, Any], None]) -> Dict[str, Any]:

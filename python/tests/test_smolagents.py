@@ -193,3 +193,50 @@ def test_a_code_agent_calls_a_tool_through_terrarium(audit) -> None:
     assert multiply.calls == [(6, 7)], "the tool ran in this process, called from the sandbox"
     observations = [getattr(s, "observations", None) or "" for s in agent.memory.steps]
     assert any("product is 42" in o for o in observations), observations
+
+
+def test_a_late_final_answer_does_not_end_a_later_step(audit) -> None:
+    """Found by an outside review: a final answer that passed its timeout in one
+    step was reported as the next step's."""
+    import time
+
+    class SlowFinalAnswer(FinalAnswerTool):
+        def forward(self, answer):
+            time.sleep(1.5)
+            return answer
+
+    executor = TerrariumExecutor(audit=audit, tool_timeout=0.5)
+    try:
+        executor.send_tools({"final_answer": SlowFinalAnswer()})
+        with pytest.raises(AgentError):
+            executor("final_answer('from step 1')")
+        # The late answer lands while this step runs.
+        out = executor("import time\ntime.sleep(2)\n2 + 2")
+        assert (out.is_final_answer, out.output) == (False, 4)
+    finally:
+        executor.cleanup()
+
+
+def test_a_tool_sent_again_under_its_name_replaces_the_old_one(executor) -> None:
+    @tool
+    def search(query: str) -> str:
+        """Searches.
+
+        Args:
+            query: What to search for.
+        """
+        return "old:" + query
+
+    @tool
+    def search2(query: str) -> str:
+        """Searches.
+
+        Args:
+            query: What to search for.
+        """
+        return "new:" + query
+
+    executor.send_tools({"search": search})
+    assert executor("search('x')").output == "old:x"
+    executor.send_tools({"search": search2})
+    assert executor("search('x')").output == "new:x"
