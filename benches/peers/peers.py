@@ -25,7 +25,6 @@ Each cell is the round trip of one request with fresh state, as a caller sees it
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import time
 
@@ -77,7 +76,8 @@ def python_package_runner():
     try:
         import terrarium as package
     except ImportError as e:
-        return lambda code, n: (None, f"not installed ({e}); scripts/build-python builds it")
+        why = f"not installed ({e}); scripts/build-python builds it"
+        return lambda code, n: (None, why)
     sandbox = package.Sandbox(audit=False, pool_size=4)
 
     def run(code, n):
@@ -152,7 +152,7 @@ def main():
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.system()} {platform.release()}, {cpu}, "
