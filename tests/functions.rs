@@ -157,6 +157,39 @@ fn blocking_calls_past_their_timeout_hold_a_few_threads_not_the_pool() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
 
+/// Found by an outside review: integers past 64 bits reached the function as
+/// floats (or `None`), int keys as strings, and arguments or results nested past
+/// the host's JSON limit ended the run `crashed`.
+#[test]
+fn arguments_arrive_unchanged_or_not_at_all_and_deep_values_are_the_snippets_error() {
+    let policy = policy_with("  echo:\n    timeout: 5\n", "");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let s = builder(policy)
+        .function_blocking("echo", move |call| {
+            log.lock().expect("log").push(serde_json::Value::Array(call.args.clone()));
+            Ok(serde_json::Value::Null)
+        })
+        .build()
+        .expect("sandbox");
+    let code = "from host import echo\nout = []\ndeep = []\nfor _ in range(150):\n    deep = [deep]\n\
+                for a in [10**30, 2**64, -2**63 - 1, {1: 2}, {None: 1}, deep, float('nan')]:\n    try:\n        \
+                echo(a)\n        out.append('sent')\n    except TypeError:\n        out.append('TypeError')\n\
+                echo(2**63 - 1, -2**63, 2**64 - 1, {'k': [1.5]})\nout";
+    let o = run_on(&s, terrarium::Tier::Rustpython, code);
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!(vec!["TypeError"; 7])), "{o:?}");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(
+        seen,
+        vec![serde_json::json!([i64::MAX, i64::MIN, u64::MAX, {"k": [1.5]}])],
+        "only the exact call reached the function"
+    );
+    // A result nested past the limit has no JSON form: `None`, not a crash.
+    let o = run_on(&s, terrarium::Tier::Rustpython, "deep = []\nfor _ in range(200):\n    deep = [deep]\ndeep");
+    assert_eq!((o.status, o.result.clone()), (Status::Ok, None), "{o:?}");
+}
+
 #[test]
 fn waiting_for_the_host_does_not_count_against_the_runs_timeout() {
     // A 1 s run makes three calls of 0.6 s each: 1.8 s of waiting, and it ends ok.

@@ -16,7 +16,9 @@
 //! the snippet's runs mid-read.
 //!
 //! Numbers keep what the JSON text of earlier versions parsed to: integers in the
-//! `i64`/`u64` range exactly, larger ones as the nearest `f64`.
+//! `i64`/`u64` range exactly, larger ones as the nearest `f64` ([`to_json`], a run's
+//! result), or none at all ([`to_json_exact`], a host function's arguments, which
+//! the host acts on and must not receive changed).
 
 use rustpython_vm::builtins::{PyDict, PyFloat, PyInt, PyList, PyStr, PyTuple};
 use rustpython_vm::{AsObject, Py, PyObject, VirtualMachine};
@@ -26,9 +28,10 @@ use serde_json::{Map, Number, Value};
 /// (`sys.get_int_max_str_digits()`), in bits: about 4,300 decimal digits.
 const MAX_INT_BITS: u64 = 14_284;
 
-/// Nesting deeper than this has no JSON form (`json.dumps` raises `RecursionError`
-/// near 1,000 levels; cycles end here too).
-const MAX_DEPTH: usize = 512;
+/// Nesting deeper than this has no JSON form (cycles end here too). The host reads
+/// the child's messages with serde_json, which refuses nesting past 128 levels (its
+/// stack is the host's): a value must fit inside a message, under that.
+pub const MAX_DEPTH: usize = 100;
 
 /// A value whose JSON text would be longer than the output cap.
 #[derive(Debug)]
@@ -39,11 +42,29 @@ pub struct TooBig;
 /// dict and key at least one byte, a string or key its length in bytes, an
 /// integer its digits).
 pub fn to_json(obj: &PyObject, max_len: usize, vm: &VirtualMachine) -> Result<Option<Value>, TooBig> {
+    read(obj, max_len, Exact::No, vm)
+}
+
+/// As [`to_json`], for values the host acts on (a host function's arguments):
+/// nothing is changed on the way, so integers outside the `i64`/`u64` range and
+/// dict keys that are not `str` have no JSON form either.
+pub fn to_json_exact(obj: &PyObject, max_len: usize, vm: &VirtualMachine) -> Result<Option<Value>, TooBig> {
+    read(obj, max_len, Exact::Yes, vm)
+}
+
+/// Whether a value must arrive unchanged.
+#[derive(Clone, Copy, PartialEq)]
+enum Exact {
+    Yes,
+    No,
+}
+
+fn read(obj: &PyObject, max_len: usize, exact: Exact, vm: &VirtualMachine) -> Result<Option<Value>, TooBig> {
     if vm.is_none(obj) {
         return Ok(None);
     }
     let mut left = max_len.saturating_add(1);
-    let value = convert(obj, 0, &mut left, vm);
+    let value = convert(obj, 0, &mut left, exact, vm);
     if left == 0 { Err(TooBig) } else { Ok(value) }
 }
 
@@ -63,7 +84,7 @@ fn spend(left: &mut usize, cost: usize) -> bool {
 }
 
 /// Converts `obj`, counting bytes down in `left`; stops (`None`) when it reaches 0.
-fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) -> Option<Value> {
+fn convert(obj: &PyObject, depth: usize, left: &mut usize, exact: Exact, vm: &VirtualMachine) -> Option<Value> {
     // One byte for the separator after it (`,` or the closing bracket).
     if depth > MAX_DEPTH || !spend(left, 1) {
         return None;
@@ -85,7 +106,7 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
         if !spend(left, int_digits(i)) {
             return None;
         }
-        return int_value(i, vm);
+        return int_value(i, exact, vm);
     }
     if let Some(f) = obj.downcast_ref::<PyFloat>() {
         let n = Number::from_f64(f.to_f64())?;
@@ -101,21 +122,32 @@ fn convert(obj: &PyObject, depth: usize, left: &mut usize, vm: &VirtualMachine) 
     }
     if let Some(list) = obj.downcast_ref::<PyList>() {
         let items = list.borrow_vec().to_vec();
-        return items.iter().map(|x| convert(x, depth + 1, left, vm)).collect::<Option<Vec<_>>>().map(Value::Array);
+        return items
+            .iter()
+            .map(|x| convert(x, depth + 1, left, exact, vm))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array);
     }
     if let Some(tuple) = obj.downcast_ref::<PyTuple>() {
         let items = tuple.as_slice();
-        return items.iter().map(|x| convert(x, depth + 1, left, vm)).collect::<Option<Vec<_>>>().map(Value::Array);
+        return items
+            .iter()
+            .map(|x| convert(x, depth + 1, left, exact, vm))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array);
     }
     if let Some(dict) = obj.downcast_ref::<PyDict>() {
         let mut map = Map::new();
         for (k, v) in dict.items_vec() {
+            if exact == Exact::Yes && k.downcast_ref::<PyStr>().is_none() {
+                return None;
+            }
             let key = key_text(&k, vm)?;
             // The key quoted, and its `:`.
             if !spend(left, quoted_len(&key) + 1) {
                 return None;
             }
-            map.insert(key, convert(&v, depth + 1, left, vm)?);
+            map.insert(key, convert(&v, depth + 1, left, exact, vm)?);
         }
         return Some(Value::Object(map));
     }
@@ -141,8 +173,9 @@ fn int_digits(i: &Py<PyInt>) -> usize {
 }
 
 /// `i` as JSON: exact in the `i64`/`u64` range, else the nearest double (as the
-/// JSON text of earlier versions parsed to); `None` past the digit limit.
-fn int_value(i: &Py<PyInt>, vm: &VirtualMachine) -> Option<Value> {
+/// JSON text of earlier versions parsed to) or, `exact`, none; `None` past the
+/// digit limit.
+fn int_value(i: &Py<PyInt>, exact: Exact, vm: &VirtualMachine) -> Option<Value> {
     if i.as_bigint().bits() > MAX_INT_BITS {
         return None;
     }
@@ -151,6 +184,9 @@ fn int_value(i: &Py<PyInt>, vm: &VirtualMachine) -> Option<Value> {
     }
     if let Ok(v) = i.try_to_primitive::<u64>(vm) {
         return Some(Value::from(v));
+    }
+    if exact == Exact::Yes {
+        return None;
     }
     Some(i.as_bigint().to_string().parse::<f64>().ok().and_then(Number::from_f64).map_or(Value::Null, Value::Number))
 }

@@ -72,12 +72,13 @@ fn call(name: &str, args: FuncArgs, vm: &VirtualMachine) -> PyResult {
     let both = vm.ctx.new_dict();
     both.set_item("args", positional.into(), vm)?;
     both.set_item("kwargs", keywords.into(), vm)?;
-    let json = match value::to_json(both.as_object(), MAX_ARGS, vm) {
+    let json = match value::to_json_exact(both.as_object(), MAX_ARGS, vm) {
         Ok(Some(v)) => v,
         Ok(None) => {
             return Err(vm.new_type_error(format!(
-                "host function {name}'s arguments must be JSON values: dict with str keys, list, tuple, str, int, \
-                 float, bool or None"
+                "host function {name}'s arguments must be JSON values: dict with str keys, list, tuple, str, int \
+                 (64-bit), float (finite), bool or None, nested at most {} deep",
+                value::MAX_DEPTH
             )));
         }
         Err(value::TooBig) => {
