@@ -15,7 +15,9 @@ Each cell is the round trip of one request with fresh state, as a caller sees it
   remove a container per request)
 - terrarium python package: `terrarium.Sandbox().run(code)` from this Python process
   (the wheel scripts/build-python builds: the same isolated mode, its zygote the
-  shipped binary), when the wheel is installed here
+  shipped binary), when the wheel is installed here: back to back (each request may
+  wait for the pool's next fork), and paced (5 ms untimed between requests, so the
+  pool refills, as `terrarium bench` waits for its refill)
 - terrarium run -c: the command, one process per request (its start-up, the
   zygote's and the audit log's included)
 - cpython exec: exec(compile(code)) with fresh globals in this process (no sandbox)
@@ -54,11 +56,13 @@ def terrarium(binary, code, n, mode=None, policy=None):
     return (r["p50_us"], r["p99_us"]), None
 
 
-def timed(fn, n, warm=20):
+def timed(fn, n, warm=20, pause=0.0):
     for _ in range(warm):
         fn()
     samples = []
     for _ in range(n):
+        if pause:
+            time.sleep(pause)
         t = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t) * 1e6)
@@ -77,16 +81,16 @@ def python_package_runner():
         import terrarium as package
     except ImportError as e:
         why = f"not installed ({e}); scripts/build-python builds it"
-        return lambda code, n: (None, why)
+        return lambda code, n, pause=0.0: (None, why)
     sandbox = package.Sandbox(audit=False, pool_size=4)
 
-    def run(code, n):
+    def run(code, n, pause=0.0):
         def once():
             out = sandbox.run(code)
             if not out.ok:
                 raise RuntimeError(out.error)
 
-        return timed(once, n)
+        return timed(once, n, pause=pause)
 
     return run
 
@@ -135,6 +139,7 @@ def main():
             "terrarium isolated": terrarium(a.terrarium, code, a.n),
             "terrarium embedded": terrarium(a.terrarium, code, a.n, "--embedded"),
             "terrarium python package": package(code, a.n),
+            "terrarium python package (paced)": package(code, a.n, pause=0.005),
             # A process per request: its start-up and the zygote's, fewer samples.
             "terrarium run -c": command(a.terrarium, code, min(a.n, 20)),
             # Each request starts (or, warm, refills) a CPython: tens of ms, fewer samples.

@@ -89,6 +89,17 @@ functions:
 """
 
 
+async def announced(logs, call, what):
+    """The approval request's id, once a log message announces it (at most 60 s)
+    while `call` still waits."""
+    for _ in range(600):
+        if logs or call.done():
+            break
+        await asyncio.sleep(0.1)
+    check(logs and not call.done(), what, (logs, call))
+    return logs[0]["approval"]
+
+
 async def critical_run(exe):
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         with open("policies/default.yaml") as default:
@@ -106,12 +117,7 @@ async def critical_run(exe):
         await s.initialize()
         code = "from host import transfer\ntransfer('acct-1', amount=5)['kwargs']['amount']"
         call = asyncio.create_task(s.call_tool("run_python", {"code": code}, progress_callback=on_progress))
-        for _ in range(600):
-            if logs or call.done():
-                break
-            await asyncio.sleep(0.1)
-        check(logs and not call.done(), "the client is told the run waits for a human", (logs, call))
-        item = logs[0]["approval"]
+        item = await announced(logs, call, "the client is told the run waits for a human")
         check(f"terrarium approvals approve {item}" in logs[0]["message"], "how to approve", logs[0])
         check(progress and "approval" in (progress[0] or ""), "a progress message while waiting", progress)
         approved = subprocess.run([exe, "approvals", "approve", str(item), "--as", "mcp-test"], capture_output=True)
@@ -124,12 +130,7 @@ async def critical_run(exe):
         sid = (await s.call_tool("start_session", {})).structuredContent["session"]
         logs.clear()
         call = asyncio.create_task(s.call_tool("run_python", {"code": code, "session": sid}))
-        for _ in range(600):
-            if logs or call.done():
-                break
-            await asyncio.sleep(0.1)
-        check(logs and not call.done(), "the session's cell waits for a human", (logs, call))
-        item = logs[0]["approval"]
+        item = await announced(logs, call, "the session's cell waits for a human")
         ended = await asyncio.wait_for(s.call_tool("end_session", {"session": sid}), 10)
         check(not ended.isError, "end_session while a cell waits", ended)
         r = await asyncio.wait_for(call, 10)
