@@ -99,15 +99,10 @@ fn tier_choice(py: Python<'_>, tier: Option<&str>) -> PyResult<TierChoice> {
 fn overrides(py: Python<'_>, timeout: Option<f64>, memory: Option<&str>) -> PyResult<Overrides> {
     let mut o = Overrides::default();
     if let Some(t) = timeout {
-        if !t.is_finite() || t <= 0.0 {
-            return Err(raise(
-                py,
-                "InvalidRequest",
-                format!("timeout {t}: expected a positive number of seconds"),
-                vec![],
-            ));
-        }
-        o.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
+        let d = terrarium::policy::timeout_secs(t).ok_or_else(|| {
+            raise(py, "InvalidRequest", format!("timeout {t}: expected a positive number of seconds"), vec![])
+        })?;
+        o.timeout = Some(d);
     }
     if let Some(m) = memory {
         let size = terrarium::policy::parse_size(m)

@@ -216,10 +216,10 @@ fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Op
     });
     let mut overrides = target.overrides.clone();
     if let Some(t) = parsed.timeout {
-        if !t.is_finite() || t <= 0.0 {
+        let Some(d) = crate::policy::timeout_secs(t) else {
             return Err(bad(id, format!("timeout {t} is not a positive number of seconds")));
-        }
-        overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
+        };
+        overrides.timeout = Some(d);
     }
     if let Some(name) = &parsed.session {
         if name.is_empty()

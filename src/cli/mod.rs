@@ -171,10 +171,10 @@ fn target_announcing(
     }
     let mut overrides = Overrides::default();
     if let Some(t) = common.timeout {
-        if !t.is_finite() || t <= 0.0 {
+        let Some(d) = crate::policy::timeout_secs(t) else {
             return Err(CliError::usage(anyhow::anyhow!("--timeout {t}: expected a positive number of seconds")));
-        }
-        overrides.timeout = Some(Duration::from_secs_f64(t.min(1e9)));
+        };
+        overrides.timeout = Some(d);
     }
     if let Some(m) = &common.memory {
         let size = crate::policy::parse_size(m).map_err(|e| CliError::usage(anyhow::anyhow!("--memory: {e}")))?;

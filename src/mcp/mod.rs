@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -260,10 +259,9 @@ impl McpServer {
                        denied, ...). Any status but ok is a tool error with the reason. A critical operation \
                        waits for a human's approval; the wait is announced as progress and a log message.")]
     async fn run_python(&self, Parameters(a): Parameters<RunArgs>, cx: RequestContext<RoleServer>) -> CallToolResult {
-        let timeout = match a.timeout {
-            None => None,
-            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
-            Some(t) => return tool_error(format!("timeout {t}: expected a positive number of seconds")),
+        let timeout = match a.timeout.map(|t| crate::policy::timeout_secs(t).ok_or(t)).transpose() {
+            Ok(d) => d,
+            Err(t) => return tool_error(format!("timeout {t}: expected a positive number of seconds")),
         };
         // The run's id names the MCP request, in the audit log and in an approval
         // request (which is how its announcement finds this call).

@@ -22,7 +22,7 @@ mod sessions;
 
 pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
 pub use functions::{FunctionSpec, is_function_name};
-pub use overrides::Overrides;
+pub use overrides::{Overrides, timeout_secs};
 pub use sessions::{
     DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, DEFAULT_MAX_OPEN, MAX_OPEN, MAX_SESSION_SECS,
     SessionPolicy,

@@ -5,6 +5,13 @@ use std::time::Duration;
 
 use super::{MIN_MEMORY, Policy, PolicyError, raw};
 
+/// A requested timeout of `seconds` as a duration: `None` unless it is a positive,
+/// finite number (capped at about 31 years, past any policy's). Every front end
+/// reads a caller's `timeout` with it and words its own error.
+pub fn timeout_secs(seconds: f64) -> Option<Duration> {
+    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9)))
+}
+
 /// Tightening applied to one request. Each field, when set, must be no looser than
 /// the policy's own value.
 #[derive(Debug, Clone, Default, PartialEq)]

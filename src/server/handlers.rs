@@ -69,11 +69,13 @@ impl ExecuteBody {
             Some(t) => TierChoice::parse(t)
                 .ok_or_else(|| invalid("tier", format!("{t:?}: expected auto, rustpython, wasm or docker")))?,
         };
-        let timeout = match self.timeout {
-            None => None,
-            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
-            Some(t) => return Err(invalid("timeout", format!("{t}: expected a positive number of seconds"))),
-        };
+        let timeout = self
+            .timeout
+            .map(|t| {
+                crate::policy::timeout_secs(t)
+                    .ok_or_else(|| invalid("timeout", format!("{t}: expected a positive number of seconds")))
+            })
+            .transpose()?;
         let overrides = Overrides {
             timeout,
             max_memory: size("max_memory", self.max_memory)?,

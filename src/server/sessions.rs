@@ -242,10 +242,9 @@ pub(super) async fn cell(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let timeout = match b.timeout {
-        None => None,
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
-        Some(t) => {
+    let timeout = match b.timeout.map(|t| crate::policy::timeout_secs(t).ok_or(t)).transpose() {
+        Ok(d) => d,
+        Err(t) => {
             return problem(StatusCode::BAD_REQUEST, &format!("timeout: {t}: expected a positive number of seconds"));
         }
     };
