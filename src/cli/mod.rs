@@ -246,7 +246,7 @@ fn read_code(args: &RunArgs) -> Result<String, CliError> {
     })
 }
 
-/// The runtime of commands that serve many callers (`serve`, the red team).
+/// The runtime of commands that serve many callers (`serve`, `mcp`, the red team).
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -317,18 +317,11 @@ fn stdout_text(text: &str) -> std::borrow::Cow<'_, str> {
     terminal::for_stream(text, std::io::stdout().is_terminal())
 }
 
-/// Before exiting: the audit events are in the journal already; moving them into
-/// the database now leaves no journal behind (a database that stays unavailable
-/// is reported, and the journal is replayed by the next command).
 /// `terrarium mcp`: the MCP server on stdio until the client closes it.
 fn mcp_command(args: args::BatchArgs) -> Result<ExitCode, CliError> {
     let waiting = crate::mcp::Waiting::default();
     let target = target_announcing(&args.common, true, Some(waiting.announce()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot start the async runtime: {e}") })?;
+    let rt = runtime()?;
     let caller = format!("mcp:{}", local_caller().trim_start_matches("local:"));
     let server = crate::mcp::McpServer::new(target.sandbox.clone(), caller, waiting);
     let served = rt.block_on(crate::mcp::serve_stdio(server));
@@ -337,6 +330,9 @@ fn mcp_command(args: args::BatchArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Before exiting: the audit events are in the journal already; moving them into
+/// the database now leaves no journal behind (a database that stays unavailable
+/// is reported, and the journal is replayed by the next command).
 fn flush_audit(target: &Target) {
     if let Err(e) = target.sandbox.flush_audit(Duration::from_secs(10)) {
         eprintln!("terrarium: warning: {e}");
