@@ -112,8 +112,10 @@ fn overrides(py: Python<'_>, timeout: Option<f64>, memory: Option<&str>) -> PyRe
     Ok(o)
 }
 
-fn outcome_json(py: Python<'_>, o: &Outcome) -> PyResult<String> {
-    serde_json::to_string(o).map_err(|e| raise(py, "SandboxError", format!("cannot encode the outcome: {e}"), vec![]))
+/// A run's answer to Python: the outcome as JSON, or the package's exception.
+fn answer(py: Python<'_>, ran: Result<Outcome, SandboxError>) -> PyResult<String> {
+    let o = ran.map_err(|e| sandbox_error(py, e))?;
+    serde_json::to_string(&o).map_err(|e| raise(py, "SandboxError", format!("cannot encode the outcome: {e}"), vec![]))
 }
 
 /// Calls the Python dispatcher for a host function: `dispatch(args_json,
@@ -205,10 +207,7 @@ impl NativeSandbox {
         let rt = runtime()?;
         let sandbox = self.sandbox.clone();
         let ran = py.detach(|| rt.block_on(async move { sandbox.execute(req).await }));
-        match ran {
-            Ok(o) => outcome_json(py, &o),
-            Err(e) => Err(sandbox_error(py, e)),
-        }
+        answer(py, ran)
     }
 
     /// Starts a session on `tier` (`None`: the policy's).
@@ -251,10 +250,7 @@ impl NativeSession {
         let rt = runtime()?;
         let inner = self.inner.clone();
         let ran = py.detach(|| rt.block_on(async move { inner.execute(req).await }));
-        match ran {
-            Ok(o) => outcome_json(py, &o),
-            Err(e) => Err(sandbox_error(py, e)),
-        }
+        answer(py, ran)
     }
 
     /// `(cells run, why it ended)`, or `None` while a cell runs.
