@@ -243,6 +243,11 @@ impl OwnedDir {
         &self.path
     }
 
+    /// The directory's handle (everything in it is reached through this).
+    pub fn handle(&self) -> &Dir {
+        &self.dir
+    }
+
     /// Opens file `name` in the directory with `options`, never through a
     /// symbolic link, and only if it is a regular file this user owns (created
     /// with mode 0600).

@@ -103,6 +103,7 @@ pub(crate) mod mcp;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod workspace;
 
 pub use command::Decision;
 pub use error::SandboxError;

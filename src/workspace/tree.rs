@@ -1,0 +1,232 @@
+//! Reading a directory tree back from a run, and writing one for it, through
+//! `cap-std` handles only.
+//!
+//! # Security invariant
+//! What a run left behind is read without ever following a symbolic link: every
+//! directory is opened with `O_NOFOLLOW` relative to its parent's handle, every file
+//! likewise, and what was opened is checked (`fstat`) before a byte is read. A
+//! symbolic link, hard link, FIFO, socket or device is refused with its path; names
+//! that are not UTF-8 are refused; quotas stop the walk as soon as they are passed,
+//! so a run cannot make the host read more than the policy allows.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+
+use cap_std::fs::MetadataExt as _;
+
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Entry, Kind};
+use super::{Quota, Refusal};
+
+/// Deepest directory nesting a workspace may have.
+pub const MAX_DEPTH: usize = 128;
+
+/// Permission bits a workspace records (set-id and sticky bits are dropped).
+pub const MODE_BITS: u32 = 0o777;
+
+/// Reads the tree under `root` into entries (relative `/`-separated paths), each
+/// file's content hashed, bounded by `quota`. `survey`: record links and special
+/// files as [`Kind::Special`] instead of refusing them (for `verify`, which reads
+/// a live directory rather than what a run left).
+///
+/// # Errors
+/// `Err(Ok(refusal))`: something the run left is refused (its path named);
+/// `Err(Err(io))`: the host could not read it.
+pub fn read(root: &Dir, quota: &Quota, survey: bool) -> Result<BTreeMap<String, Entry>, Result<Refusal, io::Error>> {
+    let mut entries = BTreeMap::new();
+    let mut total: u64 = 0;
+    let mut stack: Vec<(Dir, String, usize)> = vec![(root.try_clone().map_err(Err)?, String::new(), 0)];
+    while let Some((dir, prefix, depth)) = stack.pop() {
+        let mut names = Vec::new();
+        for e in dir.entries().map_err(Err)? {
+            let e = e.map_err(Err)?;
+            let raw = e.file_name();
+            let Some(name) = raw.to_str() else {
+                let shown = format!("{prefix}{}", raw.to_string_lossy());
+                return Err(Ok(Refusal::new(shown, "its name is not UTF-8")));
+            };
+            names.push((name.to_string(), e.file_type().map_err(Err)?));
+        }
+        for (name, ft) in names {
+            let path = format!("{prefix}{name}");
+            if entries.len() as u64 >= quota.max_files {
+                return Err(Ok(Refusal::new(
+                    path,
+                    &format!("the workspace would hold more than max_files ({}) entries", quota.max_files),
+                )));
+            }
+            if survey && !ft.is_dir() && !ft.is_file() {
+                let meta = dir.symlink_metadata(&name).map_err(Err)?;
+                entries.insert(path, Entry { kind: Kind::Special, mode: meta.mode() & MODE_BITS, size: 0, sha256: None });
+                continue;
+            }
+            if ft.is_symlink() {
+                return Err(Ok(Refusal::new(path, "it is a symbolic link (workspaces hold files and directories only)")));
+            }
+            if ft.is_dir() {
+                if depth + 1 >= MAX_DEPTH {
+                    return Err(Ok(Refusal::new(path, &format!("directories nest deeper than {MAX_DEPTH}"))));
+                }
+                let sub = dir.open_dir_nofollow(&name).map_err(|e| refused_or(e, &path))?;
+                let meta = sub.dir_metadata().map_err(Err)?;
+                entries.insert(path.clone(), Entry::dir(meta.mode() & MODE_BITS));
+                stack.push((sub, format!("{path}/"), depth + 1));
+                continue;
+            }
+            if !ft.is_file() {
+                return Err(Ok(Refusal::new(
+                    path,
+                    "it is a FIFO, socket or device (workspaces hold files and directories only)",
+                )));
+            }
+            let mut options = OpenOptions::new();
+            options.read(true).follow(FollowSymlinks::No);
+            cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
+            let file = dir.open_with(&name, &options).map_err(|e| refused_or(e, &path))?.into_std();
+            let meta = file.metadata().map_err(Err)?;
+            if !meta.is_file() {
+                return Err(Ok(Refusal::new(path, "it is not a regular file")));
+            }
+            if meta.nlink() > 1 && !survey {
+                return Err(Ok(Refusal::new(path, "it is a hard link (it has more than one name)")));
+            }
+            if meta.len() > quota.max_file_bytes {
+                return Err(Ok(Refusal::new(
+                    path,
+                    &format!("it is {} bytes, more than max_file_size ({} bytes)", meta.len(), quota.max_file_bytes),
+                )));
+            }
+            total = total.saturating_add(meta.len());
+            if total > quota.max_total_bytes {
+                return Err(Ok(Refusal::new(
+                    path,
+                    &format!("the workspace would hold more than max_total_size ({} bytes)", quota.max_total_bytes),
+                )));
+            }
+            let (sha, size) = hash(file.take(quota.max_file_bytes.saturating_add(1))).map_err(Err)?;
+            if size != meta.len() {
+                return Err(Ok(Refusal::new(path, "it changed while it was read")));
+            }
+            entries.insert(path, Entry::file(meta.mode() & MODE_BITS, size, sha));
+        }
+    }
+    Ok(entries)
+}
+
+/// A refusal for what cannot be opened without following a link; other errors
+/// stay host errors.
+fn refused_or(e: io::Error, path: &str) -> Result<Refusal, io::Error> {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR | libc::ENXIO) => {
+            Ok(Refusal::new(path.to_string(), "it changed into a link or special file while it was read"))
+        }
+        Some(libc::EACCES) => Ok(Refusal::new(path.to_string(), "its mode does not let Terrarium read it")),
+        _ => Err(e),
+    }
+}
+
+/// sha256 (hex) and length of everything `r` yields.
+pub fn hash(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n: u64 = 0;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((crate::hex::encode(&h.finalize()), n))
+}
+
+/// Copies `r` into `w`, hashing it: sha256 (hex) and length.
+pub fn copy_hashed(mut r: impl Read, mut w: impl Write) -> io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n: u64 = 0;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+    w.flush()?;
+    Ok((crate::hex::encode(&h.finalize()), n))
+}
+
+/// Splits a manifest path into its parent directory (`""` for the top) and its
+/// last name.
+pub fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// Opens the directory `path` (relative, `/`-separated, no links followed) under
+/// `root`; `""` is `root` itself.
+pub fn open_dir(root: &Dir, path: &str) -> io::Result<Dir> {
+    let mut dir = root.try_clone()?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        dir = dir.open_dir_nofollow(part)?;
+    }
+    Ok(dir)
+}
+
+/// Writes `entries` under the empty directory `root`: directories (parents
+/// first, as the map's order gives them; their modes last, so that a read-only
+/// directory still gets its files) and files with their content from `content`
+/// and their mode; `owner`: give everything to this uid and gid.
+///
+/// # Errors
+/// As the system calls.
+pub fn write(
+    root: &Dir,
+    entries: &BTreeMap<String, Entry>,
+    content: &dyn Fn(&str) -> io::Result<std::fs::File>,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    use cap_std::fs::{DirBuilder, DirBuilderExt as _, PermissionsExt as _};
+    for (path, e) in entries {
+        let (parent, name) = split(path);
+        let dir = open_dir(root, parent)?;
+        match e.kind {
+            Kind::Dir => {
+                let mut b = DirBuilder::new();
+                b.mode(0o700);
+                dir.create_dir_with(name, &b)?;
+                let sub = dir.open_dir_nofollow(name)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&sub, Some(uid), Some(gid))?;
+                }
+            }
+            Kind::File => {
+                let mut options = OpenOptions::new();
+                options.write(true).create_new(true).follow(FollowSymlinks::No);
+                cap_std::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let out = dir.open_with(name, &options)?.into_std();
+                let sha = e.sha256.as_deref().unwrap_or_default();
+                let (got, _) = copy_hashed(content(sha)?, io::BufWriter::new(&out))?;
+                if got != sha {
+                    return Err(io::Error::other(format!("the stored content of {path} does not match its hash")));
+                }
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&out, Some(uid), Some(gid))?;
+                }
+                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(e.mode))?;
+            }
+            Kind::Special => return Err(io::Error::other(format!("{path} is not a file or directory"))),
+        }
+    }
+    for (path, e) in entries.iter().rev().filter(|(_, e)| e.kind == Kind::Dir) {
+        let (parent, name) = split(path);
+        open_dir(root, parent)?.set_permissions(name, cap_std::fs::Permissions::from_mode(e.mode))?;
+    }
+    Ok(())
+}
