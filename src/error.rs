@@ -59,6 +59,10 @@ pub enum SandboxError {
     /// new one.
     #[error("session ended: {0}")]
     SessionEnded(String),
+    /// An operator's workspace command failed (a bad name or version, no such
+    /// workspace, or the store could not be read or written).
+    #[error(transparent)]
+    Workspace(#[from] crate::workspace::WorkspaceError),
     /// The tier failed for reasons of the host (a worker died, a thread could not
     /// start).
     #[error("tier {tier} failed: {message}")]

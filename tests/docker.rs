@@ -240,6 +240,7 @@ fn containers_of_a_dead_terrarium_process_are_reaped_at_start_up() {
     let launch = Launch {
         cmd: vec!["python3".into(), "-c".into(), "import time; time.sleep(60)".into()],
         scratch: false,
+        workspace: None,
         labels,
     };
     let id = rt.block_on(eng.create(engine::spec(&docker_policy(), &launch).expect("spec"))).expect("create");

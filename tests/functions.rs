@@ -259,7 +259,10 @@ fn every_call_is_in_the_audit_log() {
 
 /// Decides the first pending item from another process (the CLI on the same
 /// audit database), after checking what the approver is shown.
-fn decide_from_cli(home: std::path::PathBuf, verb: &'static str) -> std::thread::JoinHandle<serde_json::Value> {
+pub(crate) fn decide_from_cli(
+    home: std::path::PathBuf,
+    verb: &'static str,
+) -> std::thread::JoinHandle<serde_json::Value> {
     std::thread::spawn(move || {
         let env = [("TERRARIUM_HOME", home.to_string_lossy().into_owned())];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

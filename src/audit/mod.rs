@@ -155,6 +155,14 @@ crate::names::named! {
         /// A snippet called a host function (name, digests of its arguments and
         /// result, duration, how it ended, its approval).
         HostCall = "host_call",
+        /// A workspace version was made (a run's change set or a rollback), with
+        /// its manifest's sha256.
+        WorkspaceCommit = "workspace_commit",
+        /// A run's change set to a workspace was not kept (refused, denied,
+        /// expired, in conflict, or the run did not end ok), with its digest.
+        WorkspaceDiscard = "workspace_discard",
+        /// A workspace's live files differ from its current version.
+        WorkspaceDrift = "workspace_drift",
     }
 }
 

@@ -49,6 +49,79 @@ pub enum Command {
     /// Run the attack corpus and its variants on every tier; exit 1 on any escape,
     /// host crash, uncontained outcome or policy-parity disagreement.
     Redteam(RedteamArgs),
+    /// Workspaces: create, list, log, diff, show, rollback, verify, export.
+    Workspace(WorkspaceArgs),
+}
+
+/// `terrarium workspace`.
+#[derive(Debug, Args)]
+pub struct WorkspaceArgs {
+    /// Policy file: its `workspaces.root` says where workspaces live (default:
+    /// $TERRARIUM_HOME/workspaces).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub policy: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: WorkspaceCommand,
+}
+
+/// `terrarium workspace ...`.
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Create an empty workspace (version 0).
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// Every workspace with its current version (JSON Lines).
+    List,
+    /// A workspace's versions, oldest first, with their manifests' sha256 (JSON Lines).
+    Log {
+        /// The workspace.
+        name: String,
+    },
+    /// What changed from version A to version B: each path, then a unified diff.
+    Diff {
+        /// The workspace.
+        name: String,
+        /// The older version.
+        a: u64,
+        /// The newer version.
+        b: u64,
+    },
+    /// A file's content in one version, to stdout.
+    Show {
+        /// The workspace.
+        name: String,
+        /// The version.
+        version: u64,
+        /// The file's path in the workspace.
+        path: String,
+    },
+    /// Make a new version with an earlier version's files, and rewrite the live
+    /// files to match (history is kept).
+    Rollback {
+        /// The workspace.
+        name: String,
+        /// The version to go back to.
+        version: u64,
+    },
+    /// Compare the live files with the current version; exit 1 and name every
+    /// path changed, added or removed behind Terrarium's back (recorded in the
+    /// audit log).
+    Verify {
+        /// The workspace.
+        name: String,
+    },
+    /// Write one version's files into a new directory.
+    Export {
+        /// The workspace.
+        name: String,
+        /// The version.
+        version: u64,
+        /// A directory that does not exist yet.
+        dir: PathBuf,
+    },
 }
 
 /// `terrarium serve`.
@@ -327,9 +400,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Give the run a private writable directory, /scratch, deleted afterwards
-    /// (wasm tier).
-    #[arg(long)]
+    /// (wasm and docker tiers).
+    #[arg(long, conflicts_with = "workspace")]
     pub scratch: bool,
+    /// Mount workspace NAME read-write at /workspace, the run's working directory
+    /// (wasm and docker tiers; the policy's workspaces.allow must name it). The run
+    /// works on a copy; what it changes becomes a new version.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
     /// The code to run.
     #[arg(short = 'c', value_name = "CODE", conflicts_with = "file")]
     pub code: Option<String>,

@@ -27,6 +27,7 @@ struct BatchLine {
     code: String,
     timeout: Option<f64>,
     scratch: Option<bool>,
+    workspace: Option<String>,
     /// Runs the line as the next cell of the session of this name (started on its
     /// first line, ended when the batch ends or a cell ends it).
     session: Option<String>,
@@ -234,6 +235,9 @@ fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Op
         if parsed.scratch == Some(true) {
             return Err(bad(id, "a session's cells have no scratch directory".into()));
         }
+        if parsed.workspace.is_some() {
+            return Err(bad(id, "a session's cells have no workspace".into()));
+        }
     }
     let req = ExecRequest {
         id,
@@ -243,6 +247,8 @@ fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Op
         tier: if parsed.session.is_some() { crate::policy::TierChoice::Auto } else { target.choice },
         caller: Some(local_caller()),
         host: None,
+        workspace: parsed.workspace,
+        mount: None,
     };
     Ok((req, parsed.session))
 }

@@ -14,6 +14,7 @@ mod redteam;
 mod repl;
 mod serve;
 mod terminal;
+mod workspace;
 
 use std::io::{IsTerminal as _, Read, Write};
 use std::process::ExitCode;
@@ -89,6 +90,7 @@ impl From<SandboxError> for CliError {
     fn from(e: SandboxError) -> CliError {
         let code = match e {
             SandboxError::Policy(_) | SandboxError::InvalidRequest(_) => EXIT_USAGE,
+            SandboxError::Workspace(ref w) if !matches!(w, crate::workspace::WorkspaceError::Host { .. }) => EXIT_USAGE,
             _ => EXIT_HOST,
         };
         CliError { code, error: e.into() }
@@ -119,6 +121,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Exec(args) => command::run(args),
         Command::Approvals(args) => command::approvals(args),
         Command::Serve(args) => serve::run(args),
+        Command::Workspace(args) => workspace::run(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]
@@ -278,6 +281,8 @@ fn run_one(args: RunArgs) -> Result<ExitCode, CliError> {
         tier: target.choice,
         caller: Some(local_caller()),
         host: None,
+        workspace: args.workspace.clone(),
+        mount: None,
     };
     let outcome = local_runtime()?.block_on(target.sandbox.execute(req))?;
     flush_audit(&target);

@@ -53,6 +53,15 @@ pub struct ExecRequest {
     /// Where the run's host function calls go (set by [`crate::Sandbox`] when the
     /// policy declares functions); `None`: the guest has no `host` module.
     pub host: Option<HostLink>,
+    /// Mount this workspace read-write at `/workspace` (also the working
+    /// directory): a [`crate::Sandbox`] gives the run a private copy of its current
+    /// version and makes a new version of what the run changed (see
+    /// [`crate::workspace`]). Only the wasm and docker tiers serve it.
+    pub workspace: Option<String>,
+    /// The run's copy of [`ExecRequest::workspace`] (set by [`crate::Sandbox`];
+    /// executors mount it). An executor given a workspace without a copy refuses
+    /// the request.
+    pub mount: Option<crate::workspace::Mount>,
 }
 
 impl ExecRequest {
@@ -66,6 +75,8 @@ impl ExecRequest {
             tier: TierChoice::Auto,
             caller: None,
             host: None,
+            workspace: None,
+            mount: None,
         }
     }
 
@@ -202,6 +213,8 @@ crate::names::named! {
         CommandNotFound = "CommandNotFound",
         /// The command exited with a status other than 0.
         ExitCode = "ExitCode",
+        /// The workspace changed the same paths while the run worked on its copy.
+        WorkspaceConflict = "WorkspaceConflict",
     }
 }
 
@@ -286,6 +299,45 @@ pub struct Outcome {
     /// The host function calls the run made, in order (the host's record).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<CallInfo>,
+    /// For a run with a workspace: what became of its changes (the host's record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceInfo>,
+}
+
+/// What became of a run's changes to its workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct WorkspaceInfo {
+    /// The workspace.
+    pub name: String,
+    /// The version the run's copy was made from.
+    pub base: u64,
+    /// `committed` (a new version), `unchanged`, `discarded` (the run did not end
+    /// ok), `refused` (the run left something a workspace may not hold, or went
+    /// past a quota), `denied` or `expired` (a human's approval), `conflict` (the
+    /// workspace changed the same paths meanwhile).
+    pub status: String,
+    /// The version made, when one was.
+    pub version: Option<u64>,
+    /// Each changed path: `added`, `modified`, `mode` or `deleted`, with its new
+    /// size.
+    pub changes: Vec<WorkspaceChangeInfo>,
+    /// sha256 of the change set (as audited and shown for approval).
+    pub digest: Option<String>,
+    /// Why, when nothing was committed.
+    pub message: Option<String>,
+}
+
+/// One changed path of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct WorkspaceChangeInfo {
+    /// The path, relative to `/workspace`.
+    pub path: String,
+    /// `added`, `modified`, `mode` or `deleted`.
+    pub action: String,
+    /// The new size in bytes (files that are not deleted).
+    pub size: Option<u64>,
 }
 
 /// One host function call as the outcome reports it.
@@ -355,6 +407,7 @@ impl Outcome {
             findings: Vec::new(),
             session: None,
             calls: Vec::new(),
+            workspace: None,
         }
     }
 
@@ -428,6 +481,23 @@ pub fn admit(
         return Err(SandboxError::InvalidRequest(
             "the rustpython tier has no file system, so it cannot give a scratch directory (use --tier wasm or --tier docker)".into(),
         ));
+    }
+    if let Some(name) = &req.workspace {
+        if tier == Tier::Rustpython {
+            return Err(SandboxError::InvalidRequest(
+                "the rustpython tier has no file system, so it cannot mount a workspace (use --tier wasm or --tier docker)".into(),
+            ));
+        }
+        if req.mount.is_none() {
+            return Err(SandboxError::InvalidRequest(format!(
+                "workspace {name:?} has no copy to mount: workspaces are run through a Sandbox, which keeps their versions"
+            )));
+        }
+        if req.scratch {
+            return Err(SandboxError::InvalidRequest(
+                "a run has either a scratch directory or a workspace, not both".into(),
+            ));
+        }
     }
     if !policy.enabled() {
         return Ok(Err(Outcome::refused(

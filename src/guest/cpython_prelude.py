@@ -41,8 +41,9 @@ _allowed = frozenset()
 _functions = ()
 # Directories the policy mounts read-only (set from the request).
 _readable = ()
-# A third argument "scratch": the host preopened /scratch for this run.
-_scratch = sys.argv[3] == "scratch"
+# A third argument names the run's writable directory, also its working directory:
+# "scratch" (/scratch) or "workspace" (/workspace, its copy of a workspace); "-": none.
+_writable = {"scratch": "/scratch", "workspace": "/workspace"}.get(sys.argv[3])
 # A fourth argument, words: "mark" ends stdout with "\n<nonce> end\n" before the
 # status line, so a host that receives stdout and stderr over separate channels
 # (docker) knows it has all of stdout once it has both markers, without waiting for
@@ -119,9 +120,10 @@ def _audit(event, args):
             # CPython looking for the source line of a SyntaxError: no such file,
             # and not the snippet's doing, so no denial.
             raise FileNotFoundError(2, "No such file or directory", path)
-        if _scratch and isinstance(path, str):
-            # Absolute under /scratch, or relative to it (the working directory).
-            inside = path == "/scratch" or path.startswith("/scratch/") or not path.startswith("/")
+        if _writable and isinstance(path, str):
+            # Absolute under the writable directory, or relative to it (the working
+            # directory).
+            inside = path == _writable or path.startswith(_writable + "/") or not path.startswith("/")
             if inside and ".." not in path.split("/"):
                 return
         reading = mode is None or (isinstance(mode, str) and not set(mode) & set("wax+"))
@@ -346,10 +348,10 @@ else:
         # The channel carries the host's replies: the snippet does not read it.
         sys.stdin = None
 
-if _scratch:
+if _writable:
     import posix as _posix_cwd
 
-    _posix_cwd.chdir("/scratch")
+    _posix_cwd.chdir(_writable)
 
 # asyncio: the real event loop opens a socketpair for its self-pipe, which WASI lacks
 # and the audit hook refuses; the snippet gets Terrarium's socket-free event loop

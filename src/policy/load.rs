@@ -249,6 +249,7 @@ impl Policy {
         let approvals = approval_policy(raw.approvals.unwrap_or_default(), &invalid)?;
         let sessions = super::sessions::session_policy(raw.sessions.unwrap_or_default(), sb.max_memory.0, &invalid)?;
         let functions = super::functions::function_policy(raw.functions.unwrap_or_default(), &invalid)?;
+        let workspaces = super::workspaces::workspace_policy(raw.workspaces.unwrap_or_default(), &invalid)?;
         Ok(Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
@@ -277,6 +278,7 @@ impl Policy {
             approvals,
             sessions,
             functions: std::sync::Arc::new(functions),
+            workspaces,
         })
     }
 }

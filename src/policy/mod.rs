@@ -19,6 +19,7 @@ mod overrides;
 pub(crate) mod raw;
 mod render;
 mod sessions;
+mod workspaces;
 
 pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
 pub use functions::{FunctionSpec, is_function_name};
@@ -27,6 +28,7 @@ pub use sessions::{
     DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, DEFAULT_MAX_OPEN, MAX_OPEN, MAX_SESSION_SECS,
     SessionPolicy,
 };
+pub use workspaces::WorkspacePolicy;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -169,6 +171,7 @@ pub struct Policy {
     sessions: SessionPolicy,
     /// The `functions` section, by name (shared: every request's policy is a copy).
     functions: Arc<std::collections::BTreeMap<String, FunctionSpec>>,
+    workspaces: WorkspacePolicy,
 }
 
 /// An operation the policy can make wait for a human's approval
@@ -183,11 +186,14 @@ pub enum Critical {
     /// A system command that is not allow-listed (without it, such a command is
     /// denied).
     UnlistedCommand,
+    /// A run's change set to a workspace, before it becomes a version.
+    WorkspaceChange,
 }
 
 impl Critical {
     /// Every critical operation.
-    pub const ALL: [Critical; 3] = [Critical::DockerTier, Critical::WritableScratch, Critical::UnlistedCommand];
+    pub const ALL: [Critical; 4] =
+        [Critical::DockerTier, Critical::WritableScratch, Critical::UnlistedCommand, Critical::WorkspaceChange];
 
     /// Its name in policy files.
     pub fn as_str(self) -> &'static str {
@@ -195,6 +201,7 @@ impl Critical {
             Critical::DockerTier => "docker_tier",
             Critical::WritableScratch => "writable_scratch",
             Critical::UnlistedCommand => "unlisted_command",
+            Critical::WorkspaceChange => "workspace_change",
         }
     }
 }
@@ -426,6 +433,12 @@ impl Policy {
     /// The `sessions` section (defaults filled in).
     pub fn sessions(&self) -> &SessionPolicy {
         &self.sessions
+    }
+
+    /// Which workspaces runs may mount, where they live, their quotas
+    /// (`workspaces`).
+    pub fn workspaces(&self) -> &WorkspacePolicy {
+        &self.workspaces
     }
 
     /// This policy as a session's process is held to: the session's memory cap

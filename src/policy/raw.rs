@@ -27,6 +27,24 @@ pub struct RawPolicy {
     pub sessions: Option<RawSessions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<std::collections::BTreeMap<String, RawFunction>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspaces: Option<RawWorkspaces>,
+}
+
+/// `workspaces`: which workspaces runs may mount, where they live, their quotas.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkspaces {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_size: Option<Size>,
 }
 
 /// `functions.NAME`: one host function a snippet may call.

@@ -86,6 +86,7 @@ impl Policy {
             sessions: Some(self.sessions.to_raw()),
             functions: (!self.functions.is_empty())
                 .then(|| self.functions.iter().map(|(k, f)| (k.clone(), f.to_raw())).collect()),
+            workspaces: self.workspaces.to_raw(),
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }

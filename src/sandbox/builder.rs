@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::Sandbox;
 use super::tiers::{TierSettings, Tiers};
+use super::{Sandbox, workspace};
 use crate::approval::Gate;
 use crate::audit::{AuditLog, Event};
 use crate::breaker::Breakers;
@@ -21,6 +21,7 @@ pub struct SandboxBuilder {
     max_running: Option<std::num::NonZeroUsize>,
     max_waiting: Option<std::num::NonZeroUsize>,
     functions: crate::functions::Registry,
+    workspace_root: Option<std::path::PathBuf>,
 }
 
 /// How many calls of one blocking host function ([`SandboxBuilder::function_blocking`])
@@ -33,6 +34,14 @@ impl SandboxBuilder {
     #[must_use]
     pub fn max_running(mut self, n: std::num::NonZeroUsize) -> SandboxBuilder {
         self.max_running = Some(n);
+        self
+    }
+
+    /// Keep workspaces under `root` (default: `workspaces` in `$TERRARIUM_HOME`);
+    /// the policy's `workspaces.root` comes first.
+    #[must_use]
+    pub fn workspaces_root(mut self, root: impl Into<std::path::PathBuf>) -> SandboxBuilder {
+        self.workspace_root = Some(root.into());
         self
     }
 
@@ -227,6 +236,7 @@ impl SandboxBuilder {
         Ok(Sandbox {
             tiers: Tiers::new(policy.clone(), tiers),
             functions: Arc::new(self.functions),
+            workspace_root: workspace::Root { configured: self.workspace_root, ..workspace::Root::default() },
             breakers,
             policy,
             audit,

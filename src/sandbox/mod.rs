@@ -29,6 +29,7 @@ mod command;
 mod handle;
 mod session;
 mod tiers;
+mod workspace;
 
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
@@ -71,6 +72,8 @@ pub struct Sandbox {
     tiers: Tiers,
     /// The host functions' implementations registered on the builder.
     functions: Arc<crate::functions::Registry>,
+    /// Where runs' workspaces live.
+    workspace_root: workspace::Root,
 }
 
 impl Sandbox {
@@ -305,6 +308,7 @@ impl Sandbox {
             "code_sha256": sha,
             "tier": req.tier.to_string(),
             "scratch": req.scratch,
+            "workspace": req.workspace,
             "overrides": format!("{:?}", req.overrides),
             "session": session,
         }));
@@ -334,7 +338,7 @@ impl Sandbox {
                     serde_json::json!({
                         "code_sha256": sha, "tier": o.tier, "status": o.status, "error": o.error, "usage": o.usage,
                         "guest_word": o.guest_word(), "session": session.map(|s| (s, &o.session)),
-                        "calls": o.calls,
+                        "calls": o.calls, "workspace": o.workspace,
                     }),
                 ));
             }
@@ -353,6 +357,7 @@ impl Sandbox {
     /// checked by [`Sandbox::execute`]).
     async fn route_and_run(&self, req: ExecRequest, policy: Policy) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
+        Sandbox::check_workspace(&req, &policy)?;
         let analysis = analyze(req.code.clone()).await;
         let findings = findings_of(&analysis);
         let needed = router::needed_modules(&analysis, &policy);
@@ -372,7 +377,7 @@ impl Sandbox {
         };
         let mut skipped: Vec<(Tier, Skip)> = Vec::new();
         for &tier in &candidates {
-            if req.scratch && tier == Tier::Rustpython {
+            if (req.scratch || req.workspace.is_some()) && tier == Tier::Rustpython {
                 skipped.push((tier, Skip::NoFileSystem));
                 continue;
             }
@@ -412,6 +417,10 @@ impl Sandbox {
             };
             // A run slot only once any human has decided: waits have their own limit.
             let _slot = self.run_slot()?;
+            let prepared = match &req.workspace {
+                Some(name) => Some(self.stage_workspace(name, tier).await?),
+                None => None,
+            };
             let permit = match self.breakers.tier(tier).allow() {
                 Ok(p) => p,
                 Err(open) => {
@@ -426,12 +435,17 @@ impl Sandbox {
                     return Err(e);
                 }
             };
-            let r = exec.execute(req.clone()).await;
+            let mut run = req.clone();
+            run.mount = prepared.as_ref().map(workspace::Prepared::mount);
+            let r = exec.execute(run).await;
             match &r {
                 Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
                 _ => permit.succeeded(),
             }
             let mut r = r.map(finish);
+            if let (Some(p), Ok(o)) = (prepared, &mut r) {
+                self.settle_workspace(p, o, &req, &policy).await?;
+            }
             if let (Some(id), Some(gate)) = (approved, &self.gate) {
                 if let Ok(o) = &mut r {
                     o.route = o.route.take().map(|route| format!("{route}; approved as request {id}"));

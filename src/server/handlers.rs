@@ -24,6 +24,10 @@ pub(super) struct ExecuteBody {
     #[serde(default)]
     #[schema(default = false)]
     pub(super) scratch: bool,
+    /// A workspace to mount read-write at /workspace (wasm and docker tiers): the
+    /// run works on a copy, and what it changes becomes a new version (held for
+    /// approval when the policy lists workspace_change).
+    pub(super) workspace: Option<String>,
     /// Seconds; only shorter than the policy's.
     pub(super) timeout: Option<f64>,
     /// Bytes or a size such as "64m"; only smaller than the policy's.
@@ -90,6 +94,8 @@ impl ExecuteBody {
             tier,
             caller: None,
             host: None,
+            workspace: self.workspace,
+            mount: None,
         })
     }
 }
@@ -104,6 +110,11 @@ pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
             problem(StatusCode::GONE, &format!("session ended: {}", crate::error::redact_paths(why)))
         }
         SandboxError::InvalidRequest(_) | SandboxError::Policy(_) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        SandboxError::Workspace(w) => match w {
+            crate::workspace::WorkspaceError::NotFound(_) => problem(StatusCode::NOT_FOUND, &e.to_string()),
+            crate::workspace::WorkspaceError::Host { .. } => fault("the workspace operation", e),
+            _ => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
         SandboxError::BreakerOpen(open) => {
             let mut r =
                 problem(StatusCode::SERVICE_UNAVAILABLE, &format!("breaker {} is open; retry later", open.name));

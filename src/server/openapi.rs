@@ -355,6 +355,15 @@ mod tests {
             findings: Vec::new(),
             session: Some(crate::executor::CellInfo { cell: 1, ended: Some("why".into()) }),
             calls: vec![crate::CallInfo { function: "f".into(), status: "ok".into(), ms: 1 }],
+            workspace: Some(crate::executor::WorkspaceInfo {
+                name: "w".into(),
+                base: 0,
+                status: "committed".into(),
+                version: Some(1),
+                changes: Vec::new(),
+                digest: None,
+                message: None,
+            }),
         })
         .expect("outcome");
         let props = schemas["Outcome"]["properties"].as_object().expect("properties");

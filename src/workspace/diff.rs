@@ -55,7 +55,9 @@ fn render(changes: &[Change], content: &dyn Fn(&Change, bool) -> Option<Vec<u8>>
             let side = if newer { &c.new } else { &c.old };
             match side {
                 None => Some(String::new()),
-                Some(_) => content(c, newer).and_then(|b| if b.contains(&0) { None } else { String::from_utf8(b).ok() }),
+                Some(_) => {
+                    content(c, newer).and_then(|b| if b.contains(&0) { None } else { String::from_utf8(b).ok() })
+                }
             }
         };
         match (text(false), text(true)) {

@@ -113,8 +113,11 @@ pub fn changes(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>) -> 
             None => out.push(Change { path: path.clone(), action: Action::Deleted, old: Some(o.clone()), new: None }),
             Some(n) if n == o => {}
             Some(n) => {
-                let action =
-                    if n.kind == o.kind && n.sha256 == o.sha256 && n.size == o.size { Action::Mode } else { Action::Modified };
+                let action = if n.kind == o.kind && n.sha256 == o.sha256 && n.size == o.size {
+                    Action::Mode
+                } else {
+                    Action::Modified
+                };
                 out.push(Change { path: path.clone(), action, old: Some(o.clone()), new: Some(n.clone()) });
             }
         }
@@ -137,9 +140,7 @@ pub fn digest(workspace: &str, base: u64, changes: &[Change]) -> String {
 /// Whether `path` is a path a manifest may hold: relative, `/`-separated, no empty,
 /// `.` or `..` part, no NUL.
 pub fn valid_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.contains('\0')
-        && path.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+    !path.is_empty() && !path.contains('\0') && path.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
 #[cfg(test)]

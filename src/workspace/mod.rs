@@ -137,6 +137,51 @@ pub fn default_root() -> Result<PathBuf, WorkspaceError> {
     Ok(state.join("workspaces"))
 }
 
+/// A run's copy of a workspace as an executor mounts it at `/workspace`.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    staged: Arc<Staged>,
+}
+
+impl Mount {
+    /// The copy to mount.
+    pub(crate) fn new(staged: Arc<Staged>) -> Mount {
+        Mount { staged }
+    }
+
+    /// The copy's path (what the docker engine binds).
+    pub fn path(&self) -> &Path {
+        self.staged.path()
+    }
+
+    /// A path that leads to the copy whatever happens to its name (what wasmtime
+    /// preopens), valid while the copy lives.
+    pub fn by_handle(&self) -> String {
+        self.staged.by_handle()
+    }
+
+    /// The user a container runs as with this copy mounted: the tier's
+    /// unprivileged `65534` when Terrarium runs as root (the copy was given to it),
+    /// else Terrarium's own user (whose files the copy are).
+    pub fn container_user(&self) -> String {
+        match docker_owner() {
+            Some((uid, gid)) => format!("{uid}:{gid}"),
+            None => {
+                // SAFETY: getegid cannot fail and has no side effects.
+                #[allow(unsafe_code, reason = "libc::getegid has no safe wrapper in std")]
+                let gid = unsafe { libc::getegid() };
+                format!("{}:{gid}", crate::dirs::euid())
+            }
+        }
+    }
+}
+
+/// Who a copy for the docker tier must belong to: the container's unprivileged
+/// user when Terrarium runs as root; `None` (Terrarium's own user) otherwise.
+pub fn docker_owner() -> Option<(u32, u32)> {
+    (crate::dirs::euid() == 0).then_some((65534, 65534))
+}
+
 /// The set of workspaces under one root.
 #[derive(Debug, Clone)]
 pub struct Workspaces {
@@ -368,8 +413,8 @@ impl Workspace {
             return Err(WorkspaceError::Invalid(format!("version {n} of {} has no file {path:?}", self.name)));
         };
         let mut out = Vec::new();
-        let (got, _) = tree::copy_hashed(self.object(sha).map_err(|e| self.host(e))?, &mut out)
-            .map_err(|e| self.host(e))?;
+        let (got, _) =
+            tree::copy_hashed(self.object(sha).map_err(|e| self.host(e))?, &mut out).map_err(|e| self.host(e))?;
         if &got != sha {
             return Err(self.host(format!("the stored content of {path} does not match its hash")));
         }

@@ -146,7 +146,7 @@ impl Workspace {
         tree::write(&staged.dir, &staged.base.entries, &|sha| self.object(sha), owner)
             .map_err(|e| self.host(format!("cannot copy version {}: {e}", staged.base.version)))?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&staged.dir, Some(uid), Some(gid)).map_err(|e| self.host(e))?;
+            tree::chown_dir(&staged.dir, uid, gid).map_err(|e| self.host(e))?;
         }
         Ok(staged)
     }
@@ -168,7 +168,8 @@ impl Workspace {
 
     /// The unified diff of a change set, its new side read from the run's copy.
     pub fn staged_diff(&self, staged: &Staged, set: &ChangeSet, limit: usize) -> String {
-        let old = |e: &Entry| e.sha256.as_deref().and_then(|s| super::read_all(self.object(s), super::diff::TEXT_LIMIT));
+        let old =
+            |e: &Entry| e.sha256.as_deref().and_then(|s| super::read_all(self.object(s), super::diff::TEXT_LIMIT));
         let new = |path: &str| super::read_all(staged.open(path), super::diff::TEXT_LIMIT);
         super::diff::unified_with(&set.changes, &old, &new, limit)
     }
@@ -322,12 +323,16 @@ impl Workspace {
                     let tmp = format!(".terrarium-{}", crate::tier::cpython::nonce());
                     let out = super::private_file_new(&dir, &tmp)?;
                     let sha = new.sha256.as_deref().unwrap_or_default();
-                    let written = tree::copy_hashed(self.object(sha)?, io::BufWriter::new(&out)).and_then(|(got, _)| {
-                        if got != sha {
-                            return Err(io::Error::other(format!("the stored content of {} does not match", c.path)));
-                        }
-                        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(new.mode))
-                    });
+                    let written =
+                        tree::copy_hashed(self.object(sha)?, io::BufWriter::new(&out)).and_then(|(got, _)| {
+                            if got != sha {
+                                return Err(io::Error::other(format!(
+                                    "the stored content of {} does not match",
+                                    c.path
+                                )));
+                            }
+                            out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(new.mode))
+                        });
                     match written {
                         Ok(()) => dir.rename(&tmp, &dir, name)?,
                         Err(e) => {

@@ -50,7 +50,12 @@ fn a_change_set_is_exact_and_becomes_a_version() {
     let got: Vec<(&str, Action)> = set.changes.iter().map(|c| (c.path.as_str(), c.action)).collect();
     assert_eq!(
         got,
-        vec![("edit.txt", Action::Modified), ("empty", Action::Added), ("gone.txt", Action::Deleted), ("run.sh", Action::Mode)]
+        vec![
+            ("edit.txt", Action::Modified),
+            ("empty", Action::Added),
+            ("gone.txt", Action::Deleted),
+            ("run.sh", Action::Mode)
+        ]
     );
     let text = w.staged_diff(&staged, &set, 1 << 16);
     assert!(text.contains("-one\n+two\n"), "{text}");

@@ -61,11 +61,15 @@ pub fn read(root: &Dir, quota: &Quota, survey: bool) -> Result<BTreeMap<String, 
             }
             if survey && !ft.is_dir() && !ft.is_file() {
                 let meta = dir.symlink_metadata(&name).map_err(Err)?;
-                entries.insert(path, Entry { kind: Kind::Special, mode: meta.mode() & MODE_BITS, size: 0, sha256: None });
+                entries
+                    .insert(path, Entry { kind: Kind::Special, mode: meta.mode() & MODE_BITS, size: 0, sha256: None });
                 continue;
             }
             if ft.is_symlink() {
-                return Err(Ok(Refusal::new(path, "it is a symbolic link (workspaces hold files and directories only)")));
+                return Err(Ok(Refusal::new(
+                    path,
+                    "it is a symbolic link (workspaces hold files and directories only)",
+                )));
             }
             if ft.is_dir() {
                 if depth + 1 >= MAX_DEPTH {
@@ -163,6 +167,14 @@ pub fn copy_hashed(mut r: impl Read, mut w: impl Write) -> io::Result<(String, u
     Ok((crate::hex::encode(&h.finalize()), n))
 }
 
+/// Gives directory `dir` to `uid` and `gid`. cap-std opens directories as paths
+/// only (`O_PATH`), which `fchown` refuses; the handle's `/proc/self/fd` entry
+/// leads to the same directory whatever happens to its name.
+pub fn chown_dir(dir: &Dir, uid: u32, gid: u32) -> io::Result<()> {
+    let by_handle = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
+    std::os::unix::fs::chown(by_handle, Some(uid), Some(gid))
+}
+
 /// Splits a manifest path into its parent directory (`""` for the top) and its
 /// last name.
 pub fn split(path: &str) -> (&str, &str) {
@@ -201,9 +213,8 @@ pub fn write(
                 let mut b = DirBuilder::new();
                 b.mode(0o700);
                 dir.create_dir_with(name, &b)?;
-                let sub = dir.open_dir_nofollow(name)?;
                 if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::fchown(&sub, Some(uid), Some(gid))?;
+                    chown_dir(&dir.open_dir_nofollow(name)?, uid, gid)?;
                 }
             }
             Kind::File => {

@@ -38,6 +38,8 @@ mod escape_seccomp;
 mod escape_sessions;
 #[path = "../escape_state.rs"]
 mod escape_state;
+#[path = "../escape_workspace.rs"]
+mod escape_workspace;
 #[path = "../every_tier.rs"]
 mod every_tier;
 #[path = "../functions.rs"]
@@ -64,3 +66,5 @@ mod sessions;
 mod stdlib;
 #[path = "../wasm.rs"]
 mod wasm;
+#[path = "../workspace.rs"]
+mod workspace;

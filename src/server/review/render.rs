@@ -162,6 +162,8 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
                 (execute_details(id, s, &marks))
             } @else if item.kind == "function_call" {
                 (call_details(id, s, &marks))
+            } @else if item.kind == "workspace_change" {
+                (workspace_details(id, s, &marks))
             } @else if item.kind == "session" {
                 p id={ "session-" (id) } {
                     "A session on the " b { (show(s["tier"].as_str().unwrap_or("?"), &marks)) } " tier: "
@@ -218,6 +220,47 @@ fn execute_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
         details {
             summary { "Policy that applies" }
             pre.ltr id={ "policy-" (id) } { (show(s["policy"].as_str().unwrap_or(""), marks)) }
+        }
+    }
+}
+
+/// A workspace change set under review: each changed path, the unified diff of
+/// its text files (binary ones by size and hash), and the snippet that made it.
+fn workspace_details(id: i64, s: &serde_json::Value, marks: &Marks) -> Markup {
+    let diff = s["diff"].as_str().unwrap_or("");
+    let code = s["code"].as_str().unwrap_or("");
+    let changes = s["changes"].as_array().cloned().unwrap_or_default();
+    let total = s["changes_total"].as_u64().unwrap_or(changes.len() as u64);
+    let size = |e: &serde_json::Value| e["size"].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
+    let paths: String = changes.iter().filter_map(|c| c["path"].as_str()).collect::<Vec<_>>().join("\n");
+    html! {
+        (hidden_warning(id, &format!("{paths}{diff}{code}")))
+        p {
+            "The run changed workspace " b id={ "workspace-" (id) } { (show(s["workspace"].as_str().unwrap_or("?"), marks)) }
+            " (from version " (s["base"].as_u64().unwrap_or(0)) ", on the "
+            (show(s["tier"].as_str().unwrap_or("?"), marks)) " tier). Approving makes these changes the next version; "
+            "denying discards them and leaves the workspace as it is."
+        }
+        p.meta { "Change set sha256 " code id={ "digest-" (id) } { (show(s["digest"].as_str().unwrap_or(""), marks)) } }
+        table id={ "changes-" (id) } {
+            tr { th { "path" } th { "change" } th { "bytes before" } th { "bytes after" } }
+            @for c in &changes {
+                tr {
+                    td.ltr { (show(c["path"].as_str().unwrap_or("?"), marks)) }
+                    td { (show(c["action"].as_str().unwrap_or("?"), marks)) }
+                    td { (size(&c["old"])) }
+                    td { (size(&c["new"])) }
+                }
+            }
+        }
+        @if total > changes.len() as u64 {
+            p.meta { (total - changes.len() as u64) " more changes are not listed." }
+        }
+        p { "Diff:" }
+        pre.code.ltr id={ "diff-" (id) } { (show(diff, marks)) }
+        details {
+            summary { "The snippet that made them" }
+            pre.code.ltr id={ "code-" (id) } { (show(code, marks)) }
         }
     }
 }

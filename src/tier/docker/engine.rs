@@ -330,18 +330,21 @@ pub struct Launch {
     pub cmd: Vec<String>,
     /// Whether the run gets a writable `/scratch`.
     pub scratch: bool,
+    /// The run's copy of a workspace, bound read-write at `/workspace`.
+    pub workspace: Option<crate::workspace::Mount>,
     /// Labels on the container (owner, executor).
     pub labels: HashMap<String, String>,
 }
 
 /// CPython running the shared prelude: `nonce` marks its lines, `preload` lists
-/// the modules it imports before saying ready.
-pub fn prelude_cmd(prelude: &str, nonce: &str, preload: &str, scratch: bool) -> Vec<String> {
-    prelude_cmd_with(prelude, nonce, preload, scratch, "mark")
+/// the modules it imports before saying ready, `writable` names the run's
+/// writable directory (`scratch`, `workspace`), which becomes its working directory.
+pub fn prelude_cmd(prelude: &str, nonce: &str, preload: &str, writable: Option<&str>) -> Vec<String> {
+    prelude_cmd_with(prelude, nonce, preload, writable, "mark")
 }
 
 /// [`prelude_cmd`] with the prelude's flags (`mark`, `mark session`).
-pub fn prelude_cmd_with(prelude: &str, nonce: &str, preload: &str, scratch: bool, flags: &str) -> Vec<String> {
+pub fn prelude_cmd_with(prelude: &str, nonce: &str, preload: &str, writable: Option<&str>, flags: &str) -> Vec<String> {
     vec![
         "python3".to_string(),
         "-I".into(),
@@ -350,7 +353,7 @@ pub fn prelude_cmd_with(prelude: &str, nonce: &str, preload: &str, scratch: bool
         prelude.to_string(),
         nonce.to_string(),
         preload.to_string(),
-        if scratch { "scratch".into() } else { "-".into() },
+        writable.unwrap_or("-").into(),
         // `mark`: end stdout with a marker, so the host stops reading at the
         // prelude's report.
         flags.into(),
@@ -377,6 +380,35 @@ pub fn spec(policy: &Policy, launch: &Launch) -> Result<ContainerCreateBody, San
     if launch.scratch {
         tmpfs.insert("/scratch".to_string(), tmpfs_opts(SCRATCH_SIZE));
     }
+    let bind = |source: String, target: String, read_only: bool| Mount {
+        typ: Some(MountType::BIND),
+        source: Some(source),
+        target: Some(target),
+        read_only: Some(read_only),
+        bind_options: Some(MountBindOptions {
+            propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+            ..MountBindOptions::default()
+        }),
+        ..Mount::default()
+    };
+    // Only what the policy grants, read-only, not propagating host mounts; and the
+    // run's own copy of its workspace, read-write.
+    let mut mounts: Vec<Mount> = policy
+        .read_only_mounts()
+        .iter()
+        .map(|m| bind(m.source.display().to_string(), m.target.clone(), true))
+        .collect();
+    let mut ulimits = vec![
+        ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
+        ResourcesUlimits { name: Some("nofile".into()), soft: Some(256), hard: Some(256) },
+    ];
+    if let Some(w) = &launch.workspace {
+        mounts.push(bind(w.path().display().to_string(), "/workspace".into(), false));
+        // No file the run writes grows past the quota's file size (the copy is on
+        // the host's disk): the kernel stops it there.
+        let fsize = i64::try_from(policy.workspaces().quota.max_file_bytes).unwrap_or(i64::MAX);
+        ulimits.push(ResourcesUlimits { name: Some("fsize".into()), soft: Some(fsize), hard: Some(fsize) });
+    }
     let host_config = HostConfig {
         network_mode: Some(d.network.clone()),
         cap_drop: Some(d.cap_drop.clone()),
@@ -394,39 +426,19 @@ pub fn spec(policy: &Policy, launch: &Launch) -> Result<ContainerCreateBody, San
         // The host's OOM killer takes a sandbox before anything else.
         oom_score_adj: Some(1000),
         ipc_mode: Some("private".into()),
-        ulimits: Some(vec![
-            ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
-            ResourcesUlimits { name: Some("nofile".into()), soft: Some(256), hard: Some(256) },
-        ]),
+        ulimits: Some(ulimits),
         // Output comes over the attach stream, capped; nothing is logged to disk.
         log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
         publish_all_ports: Some(false),
         binds: Some(Vec::new()),
-        // Only what the policy grants, read-only, not propagating host mounts.
-        mounts: Some(
-            policy
-                .read_only_mounts()
-                .iter()
-                .map(|m| Mount {
-                    typ: Some(MountType::BIND),
-                    source: Some(m.source.display().to_string()),
-                    target: Some(m.target.clone()),
-                    read_only: Some(true),
-                    bind_options: Some(MountBindOptions {
-                        propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
-                        ..MountBindOptions::default()
-                    }),
-                    ..Mount::default()
-                })
-                .collect(),
-        ),
+        mounts: Some(mounts),
         ..HostConfig::default()
     };
     Ok(ContainerCreateBody {
         image: Some(d.image.clone()),
         cmd: Some(launch.cmd.clone()),
         entrypoint: Some(Vec::new()),
-        user: Some("65534:65534".into()),
+        user: Some(launch.workspace.as_ref().map_or_else(|| "65534:65534".into(), |w| w.container_user())),
         working_dir: Some("/".into()),
         hostname: Some("sandbox".into()),
         env: Some(vec!["PYTHONDONTWRITEBYTECODE=1".into(), "PYTHONHASHSEED=random".into()]),
@@ -450,7 +462,8 @@ mod tests {
     #[test]
     fn the_spec_carries_every_hardening_flag() {
         let policy = Policy::default_policy();
-        let launch = Launch { cmd: prelude_cmd("pass", "n", "", false), scratch: false, labels: HashMap::new() };
+        let launch =
+            Launch { cmd: prelude_cmd("pass", "n", "", None), scratch: false, workspace: None, labels: HashMap::new() };
         let s = spec(&policy, &launch).expect("spec");
         let h = s.host_config.as_ref().expect("host config");
         assert_eq!(h.network_mode.as_deref(), Some("none"));

@@ -170,7 +170,7 @@ impl DockerExecutor {
         let engine = self.shared.engine().await?;
         let mut cmd: Vec<String> = ["python3", "-I", "-B", "-c", PROBE].map(String::from).to_vec();
         cmd.extend(targets.iter().cloned());
-        let launch = Launch { cmd, scratch: false, labels: self.shared.labels() };
+        let launch = Launch { cmd, scratch: false, workspace: None, labels: self.shared.labels() };
         let id = engine.create(engine::spec(&self.shared.policy, &launch)?).await?;
         let report = async {
             let (_input, output) = engine.attach(&id).await?;
@@ -203,7 +203,7 @@ impl DockerExecutor {
         let arrived = Instant::now();
         let engine = self.shared.engine().await?;
         let policy = &self.shared.policy;
-        let launch = Launch { cmd: argv.to_vec(), scratch: false, labels: self.shared.labels() };
+        let launch = Launch { cmd: argv.to_vec(), scratch: false, workspace: None, labels: self.shared.labels() };
         let id = engine.create(engine::spec(policy, &launch)?).await?;
         let ran = async {
             let (_input, output) = engine.attach(&id).await?;
@@ -321,8 +321,10 @@ impl DockerExecutor {
         let engine = shared.engine().await?;
         // Warm containers were created with the executor's policy: they serve
         // requests with the same memory cap and no scratch directory.
-        let warm_fits =
-            shared.config.pool_size > 0 && !req.scratch && policy.max_memory() == shared.policy.max_memory();
+        let warm_fits = shared.config.pool_size > 0
+            && !req.scratch
+            && req.mount.is_none()
+            && policy.max_memory() == shared.policy.max_memory();
         let warm = if warm_fits { shared.take_warm(&engine) } else { None };
         let warm = match warm {
             Some(w) => w,
@@ -331,9 +333,11 @@ impl DockerExecutor {
                     Shared::refill(shared.clone(), engine.clone());
                 }
                 let n = nonce();
+                let writable = if req.mount.is_some() { Some("workspace") } else { req.scratch.then_some("scratch") };
                 let launch = Launch {
-                    cmd: engine::prelude_cmd(PRELUDE, &n, &preload(&policy), req.scratch),
+                    cmd: engine::prelude_cmd(PRELUDE, &n, &preload(&policy), writable),
                     scratch: req.scratch,
+                    workspace: req.mount.clone(),
                     labels: shared.labels(),
                 };
                 start_container(&engine, &policy, &launch, &n).await?

@@ -82,8 +82,9 @@ impl Shared {
     pub(super) async fn start_warm(shared: Arc<Shared>, engine: Engine) -> Result<(), SandboxError> {
         let n = nonce();
         let launch = Launch {
-            cmd: engine::prelude_cmd(PRELUDE, &n, &preload(&shared.policy), false),
+            cmd: engine::prelude_cmd(PRELUDE, &n, &preload(&shared.policy), None),
             scratch: false,
+            workspace: None,
             labels: shared.labels(),
         };
         let started = start_container(&engine, &shared.policy, &launch, &n).await;

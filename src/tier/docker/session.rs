@@ -44,8 +44,9 @@ impl DockerExecutor {
         let policy = shared.policy.for_session();
         let n = nonce();
         let launch = Launch {
-            cmd: engine::prelude_cmd_with(PRELUDE, &n, &preload(&policy), false, "mark session"),
+            cmd: engine::prelude_cmd_with(PRELUDE, &n, &preload(&policy), None, "mark session"),
             scratch: false,
+            workspace: None,
             labels: shared.labels(),
         };
         let warm = start_container(&engine, &policy, &launch, &n).await?;

@@ -95,9 +95,12 @@ pub(super) async fn serve(
         Ended::Reported | Ended::Timeout | Ended::OutputFull | Ended::Refused => None,
     };
     // A run cut short is killed and removed now; one that reported is removed in
-    // the background (off the request's path; its process is exiting anyway).
+    // the background (off the request's path; its process is exiting anyway),
+    // unless it has a workspace: what it left is read only once nothing in the
+    // container can still write to it.
     match ended {
         Ended::Timeout | Ended::OutputFull | Ended::Refused => engine.remove(&id).await?,
+        _ if req.mount.is_some() => engine.remove(&id).await?,
         Ended::Reported | Ended::Exited => {
             let (engine, id) = (engine.clone(), id.clone());
             tokio::spawn(async move {

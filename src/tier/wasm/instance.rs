@@ -38,7 +38,7 @@ pub(super) fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, 
             // wasmtime-wasi's own runtime, which outlives the caller's (a task on the
             // caller's runtime dies with it at shutdown and the guest's read panics).
             let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
-            let launch = Launch { nonce: &n, preload: &preload, scratch: None, flags: "" };
+            let launch = Launch { nonce: &n, preload: &preload, writable: None, flags: "" };
             let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, launch, Deadline::Cell(w)));
         })
         .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("cannot start a warm instance: {e}") })?;
@@ -80,26 +80,39 @@ impl Pipes {
     }
 }
 
-/// Runs one request on a fresh instance (blocking); `scratch`: with a scratch
-/// directory, made and removed through the `file_io` breaker when there is one.
+/// The writable directory a fresh instance gets.
+pub(super) enum Writable {
+    /// An empty `/scratch`, made in this parent directory and removed afterwards
+    /// through the `file_io` breaker when there is one.
+    Scratch(PathBuf, Option<Breaker>),
+    /// The run's copy of a workspace, at `/workspace`.
+    Workspace(crate::workspace::Mount),
+}
+
+/// Runs one request on a fresh instance (blocking), with `writable` when given.
 pub(super) fn run_blocking(
     runtime: &Runtime,
     policy: &Policy,
     code: &str,
-    scratch: Option<(PathBuf, Option<Breaker>)>,
+    writable: Option<Writable>,
 ) -> Result<Outcome, SandboxError> {
     let nonce = nonce();
     let stdin = MemoryInputPipe::new(request_text(policy, code));
     let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
     let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
-    let dir = match &scratch {
-        Some((parent, breaker)) => Some(ScratchDir::create(parent, &nonce, breaker.as_ref())?),
-        None => None,
+    let (dir, breaker, mounted) = match writable {
+        Some(Writable::Scratch(parent, breaker)) => {
+            let d = ScratchDir::create(&parent, &nonce, breaker.as_ref())?;
+            let by_handle = d.0.by_handle();
+            (Some(d), breaker, Some(("scratch", by_handle)))
+        }
+        Some(Writable::Workspace(m)) => (None, None, Some(("workspace", m.by_handle()))),
+        None => (None, None, None),
     };
-    let launch = Launch { nonce: &nonce, preload: "", scratch: dir.as_ref(), flags: "" };
+    let launch = Launch { nonce: &nonce, preload: "", writable: mounted, flags: "" };
     let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
     if let Some(d) = dir {
-        d.remove(scratch.and_then(|(_, b)| b).as_ref())?;
+        d.remove(breaker.as_ref())?;
     }
     o
 }
@@ -148,8 +161,9 @@ pub(super) struct Launch<'a> {
     pub nonce: &'a str,
     /// Modules to import before the request (space-separated).
     pub preload: &'a str,
-    /// The run's own directory, preopened as `/scratch`.
-    pub scratch: Option<&'a ScratchDir>,
+    /// The run's writable directory: its name under `/` (`scratch`,
+    /// `workspace`) and the host path of its handle, preopened read-write.
+    pub writable: Option<(&'a str, String)>,
     /// The prelude's flags (`mark session` for a session; empty for one run).
     pub flags: &'a str,
 }
@@ -177,14 +191,15 @@ pub(super) fn build_store(
         PRELUDE,
         launch.nonce,
         launch.preload,
-        if launch.scratch.is_some() { "scratch" } else { "" },
+        launch.writable.as_ref().map_or("-", |(name, _)| name),
         launch.flags,
     ]);
-    if let Some(dir) = launch.scratch {
-        // The only host directory a guest ever sees: its own, empty, read-write.
+    if let Some((name, by_handle)) = &launch.writable {
+        // The only host directory a guest may write: its own (an empty scratch
+        // directory or its copy of a workspace), opened by handle.
         builder
-            .preopened_dir(dir.0.by_handle(), "/scratch", wasmtime_wasi::FsPerms::ReadWrite)
-            .map_err(|e| host_err(format!("cannot open the scratch directory: {e}")))?;
+            .preopened_dir(by_handle, format!("/{name}"), wasmtime_wasi::FsPerms::ReadWrite)
+            .map_err(|e| host_err(format!("cannot open the {name} directory: {e}")))?;
     }
     for m in policy.read_only_mounts() {
         // What the policy grants, read-only (cap-std: nothing outside it is

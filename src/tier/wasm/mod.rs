@@ -39,7 +39,7 @@ use crate::error::SandboxError;
 use crate::executor::{BoxFuture, ExecRequest, Executor, Outcome, Tier, TierSession, admit, millis};
 use crate::policy::Policy;
 use crate::tier::cpython::request_text;
-use instance::{STARTUP_LIMIT, run_blocking, spawn_slot};
+use instance::{STARTUP_LIMIT, Writable, run_blocking, spawn_slot};
 
 pub use cache::WasmConfig;
 
@@ -212,7 +212,7 @@ impl WasmExecutor {
         };
         // A run that may call host functions needs streams the host reads and
         // feeds while it runs: an instance of its own, as a session of one cell.
-        if req.host.is_some() && !req.scratch {
+        if req.host.is_some() && !req.scratch && req.mount.is_none() {
             let mut one = self.start_session_with(policy).await?;
             let mut o = crate::executor::TierSession::execute(&mut one, req).await?;
             crate::executor::TierSession::end(&mut one, "its one run ended");
@@ -227,6 +227,7 @@ impl WasmExecutor {
         // count CPython's start-up).
         let warm_fits = self.config.pool_size > 0
             && !req.scratch
+            && req.mount.is_none()
             && policy.fuel().is_none()
             && policy.max_memory() == self.policy.max_memory()
             && policy.max_output() == self.policy.max_output();
@@ -243,9 +244,13 @@ impl WasmExecutor {
                 if warm_fits {
                     self.refill()?;
                 }
-                let scratch =
-                    req.scratch.then(|| (self.config.scratch_parent.clone(), self.config.file_io_breaker.clone()));
-                tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code, scratch))
+                let writable = match &req.mount {
+                    Some(m) => Some(Writable::Workspace(m.clone())),
+                    None => req.scratch.then(|| {
+                        Writable::Scratch(self.config.scratch_parent.clone(), self.config.file_io_breaker.clone())
+                    }),
+                };
+                tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code, writable))
                     .await
                     .map_err(|e| SandboxError::Host {
                         tier: Tier::Wasm,
