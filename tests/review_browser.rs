@@ -257,3 +257,63 @@ async fn click(c: &fantoccini::Client, id: &str) -> Result<(), fantoccini::error
         }
     }
 }
+
+#[test]
+#[cfg_attr(terrarium_skip_browser, ignore = "TERRARIUM_SKIP_BROWSER=1")]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn slow_a_reviewer_reads_a_workspace_change_set_with_its_diff_and_approves_it() {
+    if !crate::workspace::ready(terrarium::Tier::Wasm) {
+        return;
+    }
+    let policy = format!(
+        "{}\nworkspaces:\n  allow: [\"*\"]\napprovals:\n  critical: [workspace_change]\n  timeout: 120\n",
+        terrarium::policy::DEFAULT_POLICY_YAML
+    );
+    let s = Server::start(Some(&policy), &[]);
+    let (_driver, port) = start_chromedriver();
+    let profile = tempfile::tempdir().expect("profile");
+    let addr = s.addr;
+    let run = std::thread::spawn(move || {
+        let body = r#"{"code": "open('notes.md', 'w').write('# Plan\\n<b>ship</b> it\\n')", "tier": "wasm", "workspace": "docs"}"#;
+        call(addr, "POST", "/v1/execute", Some(SUBMIT), Some(body.as_bytes()), &[])
+    });
+    let first = crate::server::first_pending(&s);
+    let id = first["id"].as_i64().expect("id");
+    assert_eq!(first["kind"], "workspace_change", "{first}");
+    let base = format!("http://{}", s.addr);
+    let result = in_chromium(port, profile.path(), |c| {
+        Box::pin(async move {
+            let e = |what: &'static str| move |err: fantoccini::error::CmdError| format!("{what}: {err}");
+            let wait = Duration::from_secs(30);
+            c.goto(&format!("{base}/review")).await.map_err(e("load /review"))?;
+            c.find(Locator::Id("token")).await.map_err(e("token"))?.send_keys(APPROVE).await.map_err(e("type"))?;
+            c.find(Locator::Id("login")).await.map_err(e("sign in"))?.click().await.map_err(e("click"))?;
+            c.wait().at_most(wait).for_element(Locator::Id(&format!("item-{id}"))).await.map_err(e("the item"))?;
+            let workspace = c.find(Locator::Id(&format!("workspace-{id}"))).await.map_err(e("workspace"))?;
+            let workspace = workspace.text().await.map_err(e("workspace text"))?;
+            let changes = c.find(Locator::Id(&format!("changes-{id}"))).await.map_err(e("changes"))?;
+            let changes = changes.text().await.map_err(e("changes text"))?;
+            let diff = c.find(Locator::Id(&format!("diff-{id}"))).await.map_err(e("diff"))?;
+            let diff = diff.text().await.map_err(e("diff text"))?;
+            if workspace != "docs" || !changes.contains("notes.md") || !changes.contains("added") {
+                return Err(format!("the change set is not shown: {workspace} {changes}"));
+            }
+            // The file's markup is text on the page, line by line as added.
+            if !diff.contains("+++ b/notes.md") || !diff.contains("+# Plan") || !diff.contains("+<b>ship</b> it") {
+                return Err(format!("the diff is not shown as text: {diff}"));
+            }
+            click(c, &format!("approve-{id}")).await.map_err(e("approve"))?;
+            c.wait().at_most(wait).for_element(Locator::Id(&format!("done-{id}"))).await.map_err(e("decided"))?;
+            Ok(())
+        })
+    });
+    result.unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", s.log()));
+    let done = run.join().expect("client").json();
+    assert_eq!(
+        (done["status"].as_str(), done["workspace"]["status"].as_str()),
+        (Some("ok"), Some("committed")),
+        "{done}"
+    );
+    let live = s.home.path().join("workspaces/docs/live/notes.md");
+    assert_eq!(std::fs::read_to_string(live).expect("approved and kept"), "# Plan\n<b>ship</b> it\n");
+}

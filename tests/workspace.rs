@@ -339,3 +339,59 @@ fn a_critical_change_set_waits_for_a_human_and_only_an_approved_one_counts() {
     assert_eq!(discard.data["change_digest"].as_str().map(str::len), Some(64));
     assert!(rows.iter().any(|r| r.kind == "approval_completed"), "the approved one completed");
 }
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn over_http_runs_edit_a_workspace_the_operator_reviews_rolls_back_and_is_told_of_drift_within_seconds() {
+    use crate::common::server::{ADMIN, SUBMIT, Server};
+    if !ready(Tier::Wasm) {
+        return;
+    }
+    let policy = format!(
+        "{}\nworkspaces:\n  allow: [\"*\"]\n",
+        terrarium::policy::DEFAULT_POLICY_YAML.replacen(r#"["math", "time", "json"]"#, r#"["math", "os"]"#, 1)
+    );
+    let server = Server::start(Some(&policy), &[]);
+    let r = server.call("POST", "/v1/workspaces", Some(SUBMIT), Some(r#"{"name": "api"}"#));
+    assert_eq!(r.status, 403, "workspaces are the operator's: {}", r.body);
+    let r = server.call("POST", "/v1/workspaces", Some(ADMIN), Some(r#"{"name": "api"}"#));
+    assert_eq!((r.status, r.json()["version"].clone()), (200, serde_json::json!(0)), "{}", r.body);
+    for text in ["one", "two"] {
+        let body = serde_json::json!({"code": format!("open('a.txt', 'w').write('{text}\\n')"), "tier": "wasm", "workspace": "api"});
+        let r = server.call("POST", "/v1/execute", Some(SUBMIT), Some(&body.to_string()));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["workspace"]["status"], "committed", "{}", r.body);
+    }
+    let versions = server.call("GET", "/v1/workspaces/api/versions", Some(ADMIN), None).json();
+    assert_eq!(versions.as_array().map(Vec::len), Some(3), "{versions}");
+    let diff = server.call("GET", "/v1/workspaces/api/diff?from=1&to=2", Some(ADMIN), None).json();
+    assert!(diff["diff"].as_str().unwrap_or("").contains("-one\n+two\n"), "{diff}");
+    let file = server.call("GET", "/v1/workspaces/api/versions/1/files/a.txt", Some(ADMIN), None);
+    assert_eq!((file.status, file.body.as_str()), (200, "one\n"));
+    let r = server.call("POST", "/v1/workspaces/api/rollback", Some(ADMIN), Some(r#"{"version": 1}"#));
+    assert_eq!(r.json()["version"], 3, "{}", r.body);
+    let live = server.home.path().join("workspaces/api/live/a.txt");
+    assert_eq!(std::fs::read_to_string(&live).expect("live"), "one\n");
+    assert_eq!(server.call("GET", "/v1/workspaces/nope/versions", Some(ADMIN), None).status, 404);
+    let r = server.call("GET", "/v1/workspaces/api/versions/1/files/..%2F..%2Faudit.db", Some(ADMIN), None);
+    assert!(r.status == 400 || r.status == 404, "{} {}", r.status, r.body);
+    // Behind the server's back: found by its watcher within seconds.
+    assert_eq!(server.call("GET", "/v1/health", None, None).json()["workspaces_drifted"], 0);
+    std::fs::write(&live, "tampered\n").expect("tamper");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while server.call("GET", "/v1/health", None, None).json()["workspaces_drifted"] != 1 {
+        assert!(std::time::Instant::now() < until, "drift not seen within 10 s: {}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = server.call("GET", "/metrics", Some(ADMIN), None);
+    assert!(metrics.body.contains("terrarium_workspaces_drifted 1"), "{}", metrics.body);
+    let verify = server.call("POST", "/v1/workspaces/api/verify", Some(ADMIN), None).json();
+    assert_eq!(verify["drift"][0]["path"], "a.txt", "{verify}");
+    assert_eq!(verify["drift"][0]["action"], "modified", "{verify}");
+    let rows = terrarium::audit::tail(&server.home.path().join("audit.db"), usize::MAX).expect("rows");
+    assert!(
+        rows.iter().any(|r| r.kind == "workspace_drift" && r.data["found_by"] == "watch"),
+        "the watcher audited it"
+    );
+    assert!(rows.iter().any(|r| r.kind == "workspace_commit" && r.data["action"] == "rollback"), "rollback audited");
+}

@@ -418,6 +418,10 @@ pub(super) struct Health {
     version: &'static str,
     /// The tiers the policy allows.
     tiers: Vec<crate::Tier>,
+    /// How many workspaces' live files differ from their current version (as of
+    /// the watcher's last check; absent when the policy allows no workspace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspaces_drifted: Option<usize>,
 }
 
 /// Liveness; no token.
@@ -430,7 +434,8 @@ pub(super) struct Health {
 )]
 pub(super) async fn health(State(state): State<Shared>) -> Response {
     let tiers = state.sandbox.policy().allowed_tiers().to_vec();
-    axum::Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), tiers }).into_response()
+    let workspaces_drifted = state.watch.as_ref().map(|w| w.drifted().len());
+    axum::Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), tiers, workspaces_drifted }).into_response()
 }
 
 /// This document; no token.
@@ -482,6 +487,12 @@ pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator
         Err(e) => return fault("the approvals queue", &e),
     };
     let running = i64::try_from(state.sandbox.running()).unwrap_or(i64::MAX);
-    let text = state.metrics.render(&super::metrics::Scrape { running, breakers, approvals_pending });
+    let drifted = state.watch.as_ref().map_or(0, |w| i64::try_from(w.drifted().len()).unwrap_or(i64::MAX));
+    let text = state.metrics.render(&super::metrics::Scrape {
+        running,
+        breakers,
+        approvals_pending,
+        workspaces_drifted: drifted,
+    });
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }

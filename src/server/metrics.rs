@@ -45,6 +45,8 @@ pub struct Scrape {
     pub breakers: Vec<(String, i64)>,
     /// Critical operations waiting for a human.
     pub approvals_pending: i64,
+    /// Workspaces whose live files differ from their current version.
+    pub workspaces_drifted: i64,
 }
 
 /// The server's metrics.
@@ -58,6 +60,7 @@ pub struct Metrics {
     running: Gauge,
     breakers: Family<BreakerLabels, Gauge>,
     approvals_pending: Gauge,
+    workspaces_drifted: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,6 +74,7 @@ impl Default for Metrics {
             running: Gauge::default(),
             breakers: Family::default(),
             approvals_pending: Gauge::default(),
+            workspaces_drifted: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +104,11 @@ impl Default for Metrics {
             "Critical operations waiting for a human",
             m.approvals_pending.clone(),
         );
+        registry.register(
+            "terrarium_workspaces_drifted",
+            "Workspaces whose live files differ from their current version (changed behind Terrarium's back)",
+            m.workspaces_drifted.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -124,6 +133,7 @@ impl Metrics {
     pub fn render(&self, scrape: &Scrape) -> String {
         self.running.set(scrape.running);
         self.approvals_pending.set(scrape.approvals_pending);
+        self.workspaces_drifted.set(scrape.workspaces_drifted);
         for (name, state) in &scrape.breakers {
             self.breakers.get_or_create(&BreakerLabels { breaker: escape(name) }).set(*state);
         }

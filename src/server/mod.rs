@@ -73,6 +73,7 @@ use handlers::*;
 mod calls;
 mod openapi;
 mod sessions;
+mod workspaces;
 
 /// Where `terrarium serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -136,6 +137,8 @@ struct AppState {
     allowed_hosts: Vec<String>,
     /// Started on the first request (inside the runtime).
     refusal_flusher: std::sync::OnceLock<()>,
+    /// Checks the workspaces' live files for drift (when the policy allows any).
+    watch: Option<crate::workspace::watch::Watch>,
 }
 
 type Shared = Arc<AppState>;
@@ -155,6 +158,27 @@ pub enum AppError {
     NoCapacity,
 }
 
+/// How often the server checks every workspace besides on file-system events.
+pub const WORKSPACE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The drift watcher, when the policy allows workspaces and their root can be
+/// opened (a root that cannot is reported, and runs that need it fail clearly).
+fn start_watch(sandbox: &Sandbox) -> Option<crate::workspace::watch::Watch> {
+    if sandbox.policy().workspaces().allow.is_empty() {
+        return None;
+    }
+    let all = match sandbox.workspaces() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "workspaces are not watched");
+            return None;
+        }
+    };
+    crate::workspace::watch::Watch::start(all, sandbox.audit_log().cloned(), WORKSPACE_CHECK_EVERY)
+        .map_err(|e| tracing::error!(error = %e, "workspaces are not watched"))
+        .ok()
+}
+
 /// The application: every route, with admission and metrics. The sandbox must
 /// have an audit log (its approvals queue lives there).
 ///
@@ -170,7 +194,9 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
     if config.max_requests == 0 || config.anonymous_requests == 0 {
         return Err(AppError::NoCapacity);
     }
+    let watch = start_watch(&sandbox);
     let state = Arc::new(AppState {
+        watch,
         sandbox,
         gate,
         tokens: config.tokens,
@@ -199,6 +225,12 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}", get(show_approval))
         .route("/v1/approvals/{id}/{decision}", post(decide_approval))
+        .route("/v1/workspaces", post(workspaces::create).get(workspaces::list))
+        .route("/v1/workspaces/{name}/versions", get(workspaces::versions))
+        .route("/v1/workspaces/{name}/versions/{version}/files/{*path}", get(workspaces::file))
+        .route("/v1/workspaces/{name}/diff", get(workspaces::diff))
+        .route("/v1/workspaces/{name}/rollback", post(workspaces::rollback))
+        .route("/v1/workspaces/{name}/verify", post(workspaces::verify))
         .route("/v1/breakers", get(breakers))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))

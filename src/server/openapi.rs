@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Server};
 
-use super::{calls, handlers, review, sessions};
+use super::{calls, handlers, review, sessions, workspaces};
 
 /// Every error answer's body: `{"error": message}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -141,6 +141,13 @@ pub(super) fn tier_choice_schema() -> utoipa::openapi::schema::Object {
         handlers::list_approvals,
         handlers::show_approval,
         handlers::decide_approval,
+        workspaces::create,
+        workspaces::list,
+        workspaces::versions,
+        workspaces::diff,
+        workspaces::file,
+        workspaces::rollback,
+        workspaces::verify,
         handlers::breakers,
         handlers::health,
         handlers::metrics,

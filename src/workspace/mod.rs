@@ -28,6 +28,7 @@ mod stage;
 #[cfg(test)]
 mod tests;
 pub(crate) mod tree;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -441,6 +442,8 @@ impl Workspace {
     /// # Errors
     /// The live directory or the store cannot be read.
     pub fn verify(&self) -> Result<(Manifest, Vec<Change>), WorkspaceError> {
+        // Not in the middle of a commit (its manifest written, its live files not yet).
+        let _lock = stage::Lock::take(self)?;
         let head = self.head()?;
         let live = self.sub("live")?;
         let found = tree::read(&live, &Quota::NONE, true).map_err(|e| match e {

@@ -105,12 +105,12 @@ fn force_remove(parent: &Dir, name: &str) -> io::Result<()> {
 }
 
 /// Holds the workspace's `lock` (an exclusive `flock`) while it lives.
-struct Lock {
+pub(super) struct Lock {
     _file: std::fs::File,
 }
 
 impl Lock {
-    fn take(ws: &Workspace) -> Result<Lock, WorkspaceError> {
+    pub(super) fn take(ws: &Workspace) -> Result<Lock, WorkspaceError> {
         let f = super::private_file(&ws.dir, "lock", true).map_err(|e| ws.host(format!("lock: {e}")))?;
         // SAFETY: flock on a descriptor this function owns; no memory is passed.
         #[allow(unsafe_code, reason = "flock has no safe wrapper in std")]
