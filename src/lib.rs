@@ -98,6 +98,7 @@ pub mod breaker;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod functions;
+pub mod integrity;
 #[cfg(feature = "mcp")]
 pub(crate) mod mcp;
 pub mod policy;

@@ -150,6 +150,37 @@ fn doctor_checks_every_tier_of_the_build() {
 
 #[test]
 #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn doctor_records_the_deployments_baseline_and_names_a_part_changed_since() {
+    if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none()
+        || crate::common::docker_executor(crate::common::docker_policy(), 0).is_none()
+    {
+        return;
+    }
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path().to_string_lossy().into_owned();
+    let env = [("TERRARIUM_HOME", h.as_str())];
+    let local =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/local-docker.yaml")).expect("policy");
+    let (_p, policy) = crate::common::temp_file("deployed.yaml", local.as_bytes());
+    let policy = policy.to_str().expect("utf-8");
+    let out = crate::common::terrarium_env(&["doctor", "--policy", policy], b"", &env);
+    assert!(out.stdout.contains("ok      baseline: none recorded yet"), "{}", out.stdout);
+    let out = crate::common::terrarium_env(&["doctor", "--policy", policy, "--baseline"], b"", &env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("ok      baseline: recorded 4 parts"), "{}", out.stdout);
+    let out = crate::common::terrarium_env(&["doctor", "--policy", policy], b"", &env);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("match"), "{}", out.stdout);
+    // The policy in use edited behind the operator's back.
+    std::fs::write(policy, format!("{local}\n# loosened later\n")).expect("edit");
+    let out = crate::common::terrarium_env(&["doctor", "--policy", policy], b"", &env);
+    assert_eq!(out.code, 5, "{}", out.stdout);
+    assert!(out.stdout.contains("FAILED  baseline: policy (") && out.stdout.contains("changed"), "{}", out.stdout);
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn a_wasm_batch_uses_warm_instances_and_exits_cleanly() {
     if crate::common::wasm_executor(terrarium::Policy::default_policy()).is_none() {
         return;

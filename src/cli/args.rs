@@ -337,6 +337,11 @@ pub struct DoctorArgs {
     /// built-in policies/default.yaml).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Record the deployment's baseline (the policy file, python.wasm, the compiled
+    /// module cache, the docker image's id, by digest) in $TERRARIUM_HOME; later
+    /// runs of `terrarium doctor` name every part that changed since.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 /// `terrarium bench`.

@@ -1,6 +1,7 @@
 //! `terrarium doctor`: can each tier run on this machine? Runs `1+1` on every tier
 //! this build has, after any one-time preparation (compiling python.wasm), and says
-//! what to do about each one that cannot.
+//! what to do about each one that cannot; then checks the deployment against its
+//! recorded baseline ([`crate::integrity`]), or records it (`--baseline`).
 
 use std::process::ExitCode;
 
@@ -16,6 +17,17 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
     };
     let rt = runtime()?;
     let mut ok = true;
+    let mut parts = crate::integrity::Baseline::new();
+    parts.insert(
+        "policy".into(),
+        match &args.policy {
+            Some(path) => crate::integrity::file_part(path),
+            None => crate::integrity::Part {
+                at: "built-in".into(),
+                digest: crate::audit::sha256_hex(crate::policy::DEFAULT_POLICY_YAML.as_bytes()),
+            },
+        },
+    );
     let mut report = |tier: &str, result: Result<String, String>| match result {
         Ok(detail) => println!("ok      {tier}: {detail}"),
         Err(why) => {
@@ -46,6 +58,9 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
         let exec = WasmExecutor::new(policy.clone(), WasmConfig::from_env());
         let r = exec.warm_up().map_err(|e| e.to_string()).and_then(|()| check(&exec));
         report("wasm (CPython 3.12 on WASI)", r);
+        let config = WasmConfig::from_env();
+        parts.insert("python.wasm".into(), crate::integrity::file_part(&config.python_wasm));
+        parts.insert("module cache".into(), crate::integrity::dir_part(&config.cache_dir));
     }
     #[cfg(feature = "docker")]
     {
@@ -57,15 +72,53 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| e.to_string())
             .and_then(|v| check(&exec).map(|d| format!("{d} (engine API {v})")));
         let walls = r.is_ok().then(|| rt.block_on(exec.probe(&[])));
+        let id = rt.block_on(exec.image_id()).unwrap_or_else(|e| format!("unavailable: {e}"));
+        parts.insert("docker image".into(), crate::integrity::Part { at: policy.docker().image.clone(), digest: id });
         report("docker (CPython in a hardened container)", r);
         if let Some(w) = walls {
             report("docker walls (probe without the prelude)", w.map_err(|e| e.to_string()).map(|p| walls_summary(&p)));
+        }
+    }
+    match baseline(&parts, args.baseline) {
+        Ok(line) => println!("ok      {line}"),
+        Err(why) => {
+            ok = false;
+            println!("FAILED  {why}");
         }
     }
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
         Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("some tiers cannot run here (see above)") })
+    }
+}
+
+/// Records `parts` as the baseline (`record`), or checks them against the one
+/// recorded: a line for the report, or what changed.
+fn baseline(parts: &crate::integrity::Baseline, record: bool) -> Result<String, String> {
+    let audit = crate::audit::default_path().map_err(|e| format!("baseline: {e}"))?;
+    let dir = audit.parent().unwrap_or(std::path::Path::new("."));
+    let state = crate::dirs::OwnedDir::open(dir, "state directory").map_err(|e| format!("baseline: {e}"))?;
+    let at = state.path().join(crate::integrity::FILE);
+    if record {
+        crate::integrity::save(&state, parts).map_err(|e| format!("baseline: {e}"))?;
+        return Ok(format!("baseline: recorded {} parts in {}", parts.len(), at.display()));
+    }
+    match crate::integrity::load(&state).map_err(|e| format!("baseline: {e}"))? {
+        None => {
+            Ok(format!("baseline: none recorded yet (`terrarium doctor --baseline` records one in {})", at.display()))
+        }
+        Some(recorded) => {
+            let changed = crate::integrity::compare(&recorded, parts);
+            if changed.is_empty() {
+                Ok(format!("baseline: the policy, python.wasm, module cache and image match {}", at.display()))
+            } else {
+                Err(format!(
+                    "baseline: {} (re-record with `terrarium doctor --baseline` if intended)",
+                    changed.join("; ")
+                ))
+            }
+        }
     }
 }
 

@@ -165,10 +165,16 @@ impl Engine {
 
     /// Whether the engine has `image` (no registry is contacted).
     pub async fn has_image(&self, image: &str) -> Result<bool, SandboxError> {
+        Ok(self.image_id(image).await?.is_some())
+    }
+
+    /// The engine's id of `image` (`sha256:…`, its configuration's digest), or
+    /// `None` when it does not have it (no registry is contacted).
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>, SandboxError> {
         let inspected = async {
             match self.docker.inspect_image(image).await {
-                Ok(_) => Ok(true),
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+                Ok(i) => Ok(Some(i.id.unwrap_or_default())),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
                 Err(e) => Err(e),
             }
         };

@@ -157,6 +157,16 @@ impl DockerExecutor {
         Ok(engine.api_version())
     }
 
+    /// The engine's id (`sha256:…`) of the policy's image.
+    ///
+    /// # Errors
+    /// No engine, or it does not have the image.
+    pub async fn image_id(&self) -> Result<String, SandboxError> {
+        let engine = self.shared.engine().await?;
+        let image = &self.shared.policy.docker().image;
+        engine.image_id(image).await?.ok_or_else(|| engine::missing_image(image))
+    }
+
     /// Tests the container's walls without the prelude: runs a probe script in a
     /// container with this policy's hardening. It tries to connect to each of
     /// `targets` (`host:port`), write to the root file system and `/usr`, execute
