@@ -142,3 +142,28 @@ fn a_process_left_running_in_the_container_cannot_change_the_copy_after_it_is_re
     let staging = home.path().join("workspaces/proj/staging");
     assert_eq!(std::fs::read_dir(staging).expect("staging").count(), 0, "no copy is left to write into");
 }
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_run_that_fills_its_copy_past_the_quota_is_stopped_while_it_goes() {
+    // Files under max_file_size each, without end: only the total bounds them.
+    let code = "import os\nblock = b'x' * (1 << 20)\nfor i in range(100000):\n    with open('f%d' % i, 'wb') as f:\n        f.write(block)\n    print(i, flush=True)";
+    for tier in [Tier::Wasm, Tier::Docker] {
+        if !ready(tier) {
+            continue;
+        }
+        let home = tempfile::tempdir().expect("home");
+        let s = ws_sandbox(home.path(), ws_policy("  max_file_size: 2m\n  max_total_size: 8m\n"));
+        let o = run_in(&s, tier, "fill", code);
+        let w = o.workspace.clone().expect("report");
+        let msg = w.message.clone().unwrap_or_default();
+        assert_eq!((o.status, w.status.as_str()), (Status::Denied, "refused"), "{tier}: {o:?}");
+        assert!(msg.contains("max_total_size") && msg.contains("the run was stopped"), "{tier}: {msg}");
+        // How far it got: bounded near the quota, not by the 60 s deadline.
+        let written = o.stdout.lines().last().and_then(|l| l.trim().parse::<u64>().ok()).unwrap_or(0) + 1;
+        eprintln!("{tier}: stopped after {written} MiB (quota 8 MiB)");
+        assert!(written < 200, "{tier}: {written} MiB written before the stop");
+        assert_eq!(s.workspaces().expect("root").get("fill").expect("fill").head().expect("head").version, 0);
+    }
+}

@@ -437,7 +437,9 @@ impl Sandbox {
             };
             let mut run = req.clone();
             run.mount = prepared.as_ref().map(workspace::Prepared::mount);
+            let guard = prepared.as_ref().map(|p| p.guard(policy.workspaces().quota));
             let r = exec.execute(run).await;
+            drop(guard);
             match &r {
                 Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
                 _ => permit.succeeded(),

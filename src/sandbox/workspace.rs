@@ -8,14 +8,16 @@
 //! that did not end `ok`, left something refused, or was not approved changes
 //! nothing in the workspace.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::Sandbox;
 use crate::audit::{Event, EventKind};
 use crate::error::SandboxError;
 use crate::executor::{ErrorInfo, ErrorKind, ExecRequest, Outcome, Status, WorkspaceChangeInfo, WorkspaceInfo};
 use crate::policy::{Critical, Policy, Tier};
-use crate::workspace::{ChangeSet, Mount, Staged, Workspace, WorkspaceError, Workspaces};
+use crate::workspace::{ChangeSet, Mount, Quota, Staged, Workspace, WorkspaceError, Workspaces};
 
 /// Most bytes of unified diff an approval request carries.
 const DIFF_LIMIT: usize = 96 << 10;
@@ -34,12 +36,63 @@ pub(super) struct Root {
 pub(super) struct Prepared {
     workspace: Arc<Workspace>,
     staged: Arc<Staged>,
+    /// Raised by the quota guard: the tier stops the run.
+    stop: Arc<AtomicBool>,
+    /// Why the guard raised it.
+    over: Arc<Mutex<Option<String>>>,
+}
+
+/// Most time between two measures of a running copy; a measure that takes longer
+/// spaces them out (four times its own duration), so that the guard costs at most
+/// a fifth of a core on a copy of many files.
+const GUARD_EVERY: Duration = Duration::from_millis(50);
+
+/// Measures the copy while the run goes, and raises the stop flag once it is past
+/// the quota; stops measuring when dropped.
+pub(super) struct QuotaGuard {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for QuotaGuard {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Prepared {
     /// What the tier mounts.
     pub(super) fn mount(&self) -> Mount {
-        Mount::new(self.staged.clone())
+        Mount::new(self.staged.clone(), self.stop.clone())
+    }
+
+    /// Starts guarding the copy's size while the run goes.
+    pub(super) fn guard(&self, quota: Quota) -> QuotaGuard {
+        let done = Arc::new(AtomicBool::new(false));
+        let (d, staged, stop, over) = (done.clone(), self.staged.clone(), self.stop.clone(), self.over.clone());
+        let thread = std::thread::Builder::new()
+            .name("terrarium-workspace-quota".into())
+            .spawn(move || {
+                while !d.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    if let Some(why) = staged.over_quota(&quota) {
+                        *over.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    let pause = GUARD_EVERY.max(started.elapsed() * 4);
+                    let until = Instant::now() + pause;
+                    while !d.load(Ordering::SeqCst) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "the workspace quota guard did not start"))
+            .ok();
+        QuotaGuard { done, thread }
     }
 }
 
@@ -184,7 +237,12 @@ impl Sandbox {
         .await
         .map_err(|e| host(tier, e))?;
         let (w, staged) = made.map_err(|e| host(tier, e))?;
-        Ok(Prepared { workspace: Arc::new(w), staged: Arc::new(staged) })
+        Ok(Prepared {
+            workspace: Arc::new(w),
+            staged: Arc::new(staged),
+            stop: Arc::new(AtomicBool::new(false)),
+            over: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// Decides what becomes of the run's copy, and reports it in `o`.
@@ -207,6 +265,21 @@ impl Sandbox {
             message: None,
         };
         let request_id = req.id.as_ref().map(|i| format!("req:{}:{i}", req.caller.as_deref().unwrap_or("local")));
+        let over = p.over.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(why) = over {
+            // The guard stopped the run: whatever the tier says of its end, it is this.
+            let msg = format!(
+                "workspace {}: {why} while the run went; the run was stopped and what it changed is not kept",
+                w.name()
+            );
+            info.status = "refused".into();
+            info.message = Some(msg.clone());
+            self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
+            o.status = Status::Denied;
+            o.error = Some(ErrorInfo::new(ErrorKind::PolicyDenied, msg));
+            o.workspace = Some(info);
+            return Ok(());
+        }
         if o.status != Status::Ok {
             info.status = "discarded".into();
             info.message =

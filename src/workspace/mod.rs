@@ -142,12 +142,24 @@ pub fn default_root() -> Result<PathBuf, WorkspaceError> {
 #[derive(Debug, Clone)]
 pub struct Mount {
     staged: Arc<Staged>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Mount {
-    /// The copy to mount.
-    pub(crate) fn new(staged: Arc<Staged>) -> Mount {
-        Mount { staged }
+    /// The copy to mount; `stop` is raised when the copy goes past its quota
+    /// while the run is going, and the tier then ends the run.
+    pub(crate) fn new(staged: Arc<Staged>, stop: Arc<std::sync::atomic::AtomicBool>) -> Mount {
+        Mount { staged, stop }
+    }
+
+    /// Whether the run must stop now: its copy went past the workspace quota.
+    pub fn must_stop(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The flag behind [`Mount::must_stop`], for a tier's deadline check.
+    pub(crate) fn stop_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stop.clone()
     }
 
     /// The copy's path (what the docker engine binds).

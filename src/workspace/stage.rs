@@ -61,6 +61,11 @@ impl Staged {
         format!("/proc/self/fd/{}", self.dir.as_raw_fd())
     }
 
+    /// Whether the copy is past `quota` now (see [`tree::over_quota`]).
+    pub fn over_quota(&self, quota: &Quota) -> Option<String> {
+        tree::over_quota(&self.dir, quota)
+    }
+
     /// Opens a file of the copy for reading, no link followed.
     fn open(&self, path: &str) -> io::Result<std::fs::File> {
         let (parent, name) = tree::split(path);

@@ -167,6 +167,40 @@ pub fn copy_hashed(mut r: impl Read, mut w: impl Write) -> io::Result<(String, u
     Ok((crate::hex::encode(&h.finalize()), n))
 }
 
+/// Whether the tree under `root` is past `quota` (by entries, a file's size, or
+/// the total), without reading a byte of content or following a link: the
+/// reason, naming the path, or `None`. Unreadable parts are skipped (the read
+/// after the run refuses them).
+pub fn over_quota(root: &Dir, quota: &Quota) -> Option<String> {
+    let (mut count, mut total) = (0u64, 0u64);
+    let mut stack: Vec<(Dir, String)> = vec![(root.try_clone().ok()?, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let Ok(entries) = dir.entries() else { continue };
+        for e in entries.flatten() {
+            count += 1;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if count > quota.max_files {
+                return Some(format!("{prefix}{name}: more than max_files ({}) entries", quota.max_files));
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if let Ok(sub) = dir.open_dir_nofollow(&name) {
+                    stack.push((sub, format!("{prefix}{name}/")));
+                }
+                continue;
+            }
+            if meta.len() > quota.max_file_bytes {
+                return Some(format!("{prefix}{name}: more than max_file_size ({} bytes)", quota.max_file_bytes));
+            }
+            total = total.saturating_add(meta.len());
+            if total > quota.max_total_bytes {
+                return Some(format!("more than max_total_size ({} bytes) in all", quota.max_total_bytes));
+            }
+        }
+    }
+    None
+}
+
 /// Gives directory `dir` to `uid` and `gid`. cap-std opens directories as paths
 /// only (`O_PATH`), which `fchown` refuses; the handle's `/proc/self/fd` entry
 /// leads to the same directory whatever happens to its name.

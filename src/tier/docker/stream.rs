@@ -63,7 +63,24 @@ pub(super) async fn serve(
     let mut answerer = Answerer::new(req.host.clone(), &nonce, err.len());
     if written.is_ok() {
         let caps = (max_out, max_err);
-        match collect(&mut output, &nonce, due, caps, (&mut out, &mut err), (&mut answerer, &mut input)).await {
+        let collected = collect(&mut output, &nonce, due, caps, (&mut out, &mut err), (&mut answerer, &mut input));
+        // A workspace's copy past its quota stops the run (the sandbox says why).
+        let stop = req.mount.as_ref().map(crate::workspace::Mount::stop_flag);
+        let must_stop = async {
+            match stop {
+                Some(s) => {
+                    while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let collected = tokio::select! {
+            r = collected => r,
+            () = must_stop => Ok((Ended::Refused, None)),
+        };
+        match collected {
             Ok((e, _)) => ended = e,
             Err(e) => {
                 let _ = engine.remove(&id).await;

@@ -38,7 +38,7 @@ pub(super) fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, 
             // wasmtime-wasi's own runtime, which outlives the caller's (a task on the
             // caller's runtime dies with it at shutdown and the guest's read panics).
             let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
-            let launch = Launch { nonce: &n, preload: &preload, writable: None, flags: "" };
+            let launch = Launch { nonce: &n, preload: &preload, writable: None, flags: "", stop: None };
             let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, launch, Deadline::Cell(w)));
         })
         .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("cannot start a warm instance: {e}") })?;
@@ -100,16 +100,16 @@ pub(super) fn run_blocking(
     let stdin = MemoryInputPipe::new(request_text(policy, code));
     let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
     let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
-    let (dir, breaker, mounted) = match writable {
+    let (dir, breaker, mounted, stop) = match writable {
         Some(Writable::Scratch(parent, breaker)) => {
             let d = ScratchDir::create(&parent, &nonce, breaker.as_ref())?;
             let by_handle = d.0.by_handle();
-            (Some(d), breaker, Some(("scratch", by_handle)))
+            (Some(d), breaker, Some(("scratch", by_handle)), None)
         }
-        Some(Writable::Workspace(m)) => (None, None, Some(("workspace", m.by_handle()))),
-        None => (None, None, None),
+        Some(Writable::Workspace(m)) => (None, None, Some(("workspace", m.by_handle())), Some(m.stop_flag())),
+        None => (None, None, None, None),
     };
-    let launch = Launch { nonce: &nonce, preload: "", writable: mounted, flags: "" };
+    let launch = Launch { nonce: &nonce, preload: "", writable: mounted, flags: "", stop };
     let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
     if let Some(d) = dir {
         d.remove(breaker.as_ref())?;
@@ -166,6 +166,8 @@ pub(super) struct Launch<'a> {
     pub writable: Option<(&'a str, String)>,
     /// The prelude's flags (`mark session` for a session; empty for one run).
     pub flags: &'a str,
+    /// Raised when the run must stop (its workspace copy is past the quota).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A store for one instance of python.wasm started with the prelude: its WASI
@@ -274,8 +276,26 @@ fn run_instance(
     let mut store = build_store(runtime, policy, stdio, &launch, due, fuel)?;
     let cell = match deadline {
         Deadline::Ticks(t) => {
-            store.set_epoch_deadline(t);
-            store.epoch_deadline_trap();
+            match launch.stop.clone() {
+                // Checked at every tick: a workspace's copy past its quota ends
+                // the run as its deadline does (the sandbox says why).
+                Some(stop) => {
+                    let mut left = t;
+                    store.set_epoch_deadline(1);
+                    store.epoch_deadline_callback(move |_| {
+                        left = left.saturating_sub(1);
+                        if left == 0 || stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            Err(Trap::Interrupt.into())
+                        } else {
+                            Ok(wasmtime::UpdateDeadline::Continue(1))
+                        }
+                    });
+                }
+                None => {
+                    store.set_epoch_deadline(t);
+                    store.epoch_deadline_trap();
+                }
+            }
             None
         }
         Deadline::Cell(cell) => {

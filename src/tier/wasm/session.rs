@@ -234,7 +234,7 @@ fn run_instance(
     nonce: &str,
     preload: &str,
 ) -> Exit {
-    let launch = Launch { nonce, preload, writable: None, flags: "mark session" };
+    let launch = Launch { nonce, preload, writable: None, flags: "mark session", stop: None };
     let due = sleep::Due::Window(control.window.clone());
     let mut store = match build_store(runtime, policy, io.guest(), &launch, due, UNLIMITED_FUEL) {
         Ok(s) => s,
