@@ -33,6 +33,16 @@ pub struct DirError {
     pub message: String,
 }
 
+/// Terrarium's state directory (the audit log, workspaces): `$TERRARIUM_HOME`, else
+/// `$XDG_DATA_HOME/terrarium`, else `~/.local/share/terrarium`; `None` when none of
+/// them is set. Named only: whoever uses it opens it as an [`OwnedDir`].
+pub fn state_dir() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("TERRARIUM_HOME")
+        .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("terrarium")))
+        .or_else(|| env("HOME").map(|h| h.join(".local/share/terrarium")))
+}
+
 /// This process's effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and has no side effects.

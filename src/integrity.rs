@@ -36,7 +36,7 @@ pub type Baseline = BTreeMap<String, Part>;
 /// The part for file `path`: its sha256, or the error reading it.
 pub fn file_part(path: &Path) -> Part {
     let digest = std::fs::File::open(path)
-        .and_then(|f| crate::workspace::tree::hash(f))
+        .and_then(crate::workspace::tree::hash)
         .map_or_else(|e| format!("unreadable: {e}"), |(sha, _)| sha);
     Part { at: path.display().to_string(), digest }
 }

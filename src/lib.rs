@@ -56,6 +56,11 @@ pub mod hex;
 pub(crate) mod hex;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
+pub mod integrity;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod integrity;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod names;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod names;
@@ -98,7 +103,6 @@ pub mod breaker;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod functions;
-pub mod integrity;
 #[cfg(feature = "mcp")]
 pub(crate) mod mcp;
 pub mod policy;

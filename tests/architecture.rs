@@ -294,6 +294,7 @@ fn the_library_exposes_only_its_interface() {
         "pub mod functions;",
         "pub mod policy;",
         "pub mod server;",
+        "pub mod workspace;",
         "pub use command::Decision;",
         "pub use error::SandboxError;",
         "pub use executor::CallInfo;",

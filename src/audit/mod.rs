@@ -234,14 +234,10 @@ enum Msg {
 /// No home directory to put it in, or the directory cannot be created or is
 /// refused.
 pub fn default_path() -> Result<PathBuf, AuditError> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let dir = env("TERRARIUM_HOME")
-        .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("terrarium")))
-        .or_else(|| env("HOME").map(|h| h.join(".local/share/terrarium")))
-        .ok_or_else(|| AuditError::Database {
-            path: PathBuf::from("audit.db"),
-            message: "no TERRARIUM_HOME, XDG_DATA_HOME or HOME to keep the audit log in".into(),
-        })?;
+    let dir = crate::dirs::state_dir().ok_or_else(|| AuditError::Database {
+        path: PathBuf::from("audit.db"),
+        message: "no TERRARIUM_HOME, XDG_DATA_HOME or HOME to keep the audit log in".into(),
+    })?;
     OwnedDir::open(&dir, "state directory")?;
     Ok(dir.join("audit.db"))
 }

@@ -28,7 +28,7 @@ pub use sessions::{
     DEFAULT_IDLE_SECS, DEFAULT_LIFETIME_SECS, DEFAULT_MAX_CELLS, DEFAULT_MAX_OPEN, MAX_OPEN, MAX_SESSION_SECS,
     SessionPolicy,
 };
-pub use workspaces::WorkspacePolicy;
+pub use workspaces::{Quota, WorkspacePolicy, valid_workspace_name};
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -9,7 +9,37 @@ use std::path::PathBuf;
 
 use super::PolicyError;
 use super::raw::{RawWorkspaces, Size};
-use crate::workspace::Quota;
+
+/// Bounds on what one version of a workspace may hold (the policy's
+/// `workspaces` section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Files and directories, at most.
+    pub max_files: u64,
+    /// One file's size, at most.
+    pub max_file_bytes: u64,
+    /// All files together, at most.
+    pub max_total_bytes: u64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota { max_files: 10_000, max_file_bytes: 64 << 20, max_total_bytes: 256 << 20 }
+    }
+}
+
+impl Quota {
+    /// No bound (for reading a live directory the operator owns).
+    pub const NONE: Quota = Quota { max_files: u64::MAX, max_file_bytes: u64::MAX, max_total_bytes: u64::MAX };
+}
+
+/// Whether `name` can name a workspace: 1–64 of `A-Z a-z 0-9 . _ -`, starting
+/// with a letter or digit.
+pub fn valid_workspace_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
 
 /// The largest `max_files` a policy may give.
 pub const MAX_FILES: u64 = 1_000_000;
@@ -49,7 +79,7 @@ pub(super) fn workspace_policy(
 ) -> Result<WorkspacePolicy, PolicyError> {
     let mut p = WorkspacePolicy::default();
     for (i, name) in raw.allow.unwrap_or_default().into_iter().enumerate() {
-        if name != "*" && !crate::workspace::valid_name(&name) {
+        if name != "*" && !valid_workspace_name(&name) {
             return Err(invalid(
                 &format!("workspaces.allow[{i}]"),
                 format!("{name:?} is not a workspace name (1-64 letters, digits, '.', '_' or '-') or \"*\""),

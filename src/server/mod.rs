@@ -73,6 +73,7 @@ use handlers::*;
 mod calls;
 mod openapi;
 mod sessions;
+mod watch;
 mod workspaces;
 
 /// Where `terrarium serve` listens unless told otherwise.
@@ -138,7 +139,7 @@ struct AppState {
     /// Started on the first request (inside the runtime).
     refusal_flusher: std::sync::OnceLock<()>,
     /// Checks the workspaces' live files for drift (when the policy allows any).
-    watch: Option<crate::workspace::watch::Watch>,
+    watch: Option<watch::Watch>,
 }
 
 type Shared = Arc<AppState>;
@@ -163,7 +164,7 @@ pub const WORKSPACE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// The drift watcher, when the policy allows workspaces and their root can be
 /// opened (a root that cannot is reported, and runs that need it fail clearly).
-fn start_watch(sandbox: &Sandbox) -> Option<crate::workspace::watch::Watch> {
+fn start_watch(sandbox: &Sandbox) -> Option<watch::Watch> {
     if sandbox.policy().workspaces().allow.is_empty() {
         return None;
     }
@@ -174,7 +175,7 @@ fn start_watch(sandbox: &Sandbox) -> Option<crate::workspace::watch::Watch> {
             return None;
         }
     };
-    crate::workspace::watch::Watch::start(all, sandbox.audit_log().cloned(), WORKSPACE_CHECK_EVERY)
+    watch::Watch::start(all, sandbox.audit_log().cloned(), WORKSPACE_CHECK_EVERY)
         .map_err(|e| tracing::error!(error = %e, "workspaces are not watched"))
         .ok()
 }

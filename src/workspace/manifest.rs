@@ -134,7 +134,7 @@ pub fn changes(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>) -> 
 /// The digest of a change set made on version `base`: sha256 of its canonical JSON.
 pub fn digest(workspace: &str, base: u64, changes: &[Change]) -> String {
     let text = serde_json::json!({"workspace": workspace, "base": base, "changes": changes}).to_string();
-    crate::audit::sha256_hex(text.as_bytes())
+    super::sha256_hex(text.as_bytes())
 }
 
 /// Whether `path` is a path a manifest may hold: relative, `/`-separated, no empty,

@@ -28,7 +28,6 @@ mod stage;
 #[cfg(test)]
 mod tests;
 pub(crate) mod tree;
-pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,28 +41,7 @@ pub use diff::unified;
 pub use manifest::{Action, Change, Entry, Kind, Manifest};
 pub use stage::{ChangeSet, Staged};
 
-/// Bounds on what one version of a workspace may hold (the policy's
-/// `workspaces` section).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// Files and directories, at most.
-    pub max_files: u64,
-    /// One file's size, at most.
-    pub max_file_bytes: u64,
-    /// All files together, at most.
-    pub max_total_bytes: u64,
-}
-
-impl Default for Quota {
-    fn default() -> Self {
-        Quota { max_files: 10_000, max_file_bytes: 64 << 20, max_total_bytes: 256 << 20 }
-    }
-}
-
-impl Quota {
-    /// No bound (for reading a live directory the operator owns).
-    pub const NONE: Quota = Quota { max_files: u64::MAX, max_file_bytes: u64::MAX, max_total_bytes: u64::MAX };
-}
+pub use crate::policy::{Quota, valid_workspace_name as valid_name};
 
 /// Something a run left in its copy that is refused, with its path in the workspace.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -119,23 +97,16 @@ pub enum WorkspaceError {
     },
 }
 
-/// Whether `name` can name a workspace: 1–64 of `A-Z a-z 0-9 . _ -`, starting
-/// with a letter or digit.
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-/// The default workspaces root: `workspaces` in Terrarium's state directory.
+/// The default workspaces root: `workspaces` in Terrarium's state directory
+/// ([`crate::dirs::state_dir`]).
 ///
 /// # Errors
-/// No state directory can be found or used.
+/// No state directory can be named.
 pub fn default_root() -> Result<PathBuf, WorkspaceError> {
-    let host = |message: String| WorkspaceError::Host { workspace: "*".into(), message };
-    let audit = crate::audit::default_path().map_err(|e| host(e.to_string()))?;
-    let state = audit.parent().ok_or_else(|| host("no state directory".into()))?;
-    Ok(state.join("workspaces"))
+    crate::dirs::state_dir().map(|d| d.join("workspaces")).ok_or_else(|| WorkspaceError::Host {
+        workspace: "*".into(),
+        message: "no TERRARIUM_HOME, XDG_DATA_HOME or HOME to keep workspaces in".into(),
+    })
 }
 
 /// A run's copy of a workspace as an executor mounts it at `/workspace`.
@@ -249,7 +220,7 @@ impl Workspaces {
         let host = |e: io::Error| WorkspaceError::Host { workspace: name.into(), message: e.to_string() };
         // Made under a temporary name and renamed into place once complete: a
         // workspace directory always has its version 0.
-        let tmp = format!(".new-{name}-{}", crate::tier::cpython::nonce());
+        let tmp = format!(".new-{name}-{}", nonce());
         let root = self.root.handle();
         create_private_dir(root, &tmp).map_err(host)?;
         let made = (|| {
@@ -379,7 +350,7 @@ impl Workspace {
         if m.version != n || m.workspace != self.name || !m.entries.keys().all(|p| manifest::valid_path(p)) {
             return Err(self.host(format!("version {n}'s manifest does not belong here")));
         }
-        Ok((m, crate::audit::sha256_hex(&text)))
+        Ok((m, sha256_hex(&text)))
     }
 
     /// Version `n`'s manifest.
@@ -491,7 +462,7 @@ fn manifest_name(n: u64) -> String {
 /// exists (two writers cannot both make version N).
 fn write_manifest(versions: &Dir, m: &Manifest) -> io::Result<String> {
     let text = serde_json::to_vec_pretty(m).map_err(io::Error::other)?;
-    let tmp = format!(".tmp-{}", crate::tier::cpython::nonce());
+    let tmp = format!(".tmp-{}", nonce());
     {
         let mut f = private_file_new(versions, &tmp)?;
         io::Write::write_all(&mut f, &text)?;
@@ -501,7 +472,7 @@ fn write_manifest(versions: &Dir, m: &Manifest) -> io::Result<String> {
     let linked = versions.hard_link(&tmp, versions, manifest_name(m.version));
     let _ = versions.remove_file(&tmp);
     linked?;
-    Ok(crate::audit::sha256_hex(&text))
+    Ok(sha256_hex(&text))
 }
 
 fn check_name(name: &str) -> Result<(), WorkspaceError> {
@@ -553,6 +524,17 @@ fn read_all(file: io::Result<std::fs::File>, limit: u64) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     io::Read::read_to_end(&mut io::Read::take(f, limit), &mut out).ok()?;
     Some(out)
+}
+
+/// sha256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    crate::hex::encode(&sha2::Sha256::digest(bytes))
+}
+
+/// A fresh random name part.
+fn nonce() -> String {
+    crate::hex::random(16).unwrap_or_else(|| format!("{}-{}", std::process::id(), now_unix()))
 }
 
 fn now_unix() -> u64 {

@@ -137,7 +137,7 @@ impl Workspace {
     pub fn stage(&self, owner: Option<(u32, u32)>) -> Result<Staged, WorkspaceError> {
         let base = self.head()?;
         let staging = self.sub("staging")?;
-        let name = format!("{}-{}", std::process::id(), crate::tier::cpython::nonce());
+        let name = format!("{}-{}", std::process::id(), super::nonce());
         super::create_private_dir(&staging, &name).map_err(|e| self.host(format!("staging: {e}")))?;
         let dir = staging.open_dir_nofollow(&name).map_err(|e| self.host(e))?;
         let staged = Staged {
@@ -273,7 +273,7 @@ impl Workspace {
         if objects.symlink_metadata(sha).is_ok() {
             return Ok(());
         }
-        let tmp = format!(".tmp-{}", crate::tier::cpython::nonce());
+        let tmp = format!(".tmp-{}", super::nonce());
         let out = super::private_file_new(&objects, &tmp)?;
         let copied = tree::copy_hashed(open()?, io::BufWriter::new(&out)).and_then(|(got, _)| {
             if got != sha {
@@ -325,7 +325,7 @@ impl Workspace {
                     dir.set_permissions(name, cap_std::fs::Permissions::from_mode(new.mode))?;
                 }
                 Kind::File => {
-                    let tmp = format!(".terrarium-{}", crate::tier::cpython::nonce());
+                    let tmp = format!(".terrarium-{}", super::nonce());
                     let out = super::private_file_new(&dir, &tmp)?;
                     let sha = new.sha256.as_deref().unwrap_or_default();
                     let written =

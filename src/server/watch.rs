@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::Workspaces;
 use crate::audit::{AuditLog, Event, EventKind};
+use crate::workspace::Workspaces;
 
 /// How long a burst of file-system events is let settle before a check.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -51,11 +51,6 @@ impl Watch {
     pub fn drifted(&self) -> Vec<(String, usize)> {
         let d = self.drift.lock().unwrap_or_else(PoisonError::into_inner);
         d.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.clone(), *n)).collect()
-    }
-
-    /// Asks for a check now.
-    pub fn check_now(&self) {
-        let _ = self.wake.send(());
     }
 }
 
@@ -119,7 +114,7 @@ fn watch(
                     continue;
                 }
             };
-            let digest = crate::audit::sha256_hex(serde_json::to_string(&changes).unwrap_or_default().as_bytes());
+            let digest = crate::workspace::sha256_hex(serde_json::to_string(&changes).unwrap_or_default().as_bytes());
             let seen = last.insert(s.name.clone(), digest.clone());
             // A new finding, or one that cleared: recorded once.
             if seen.as_ref() != Some(&digest) && (!changes.is_empty() || seen.is_some()) {
