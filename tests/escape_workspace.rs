@@ -167,3 +167,29 @@ fn a_run_that_fills_its_copy_past_the_quota_is_stopped_while_it_goes() {
         assert_eq!(s.workspaces().expect("root").get("fill").expect("fill").head().expect("head").version, 0);
     }
 }
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_file_removed_while_open_and_still_written_is_measured_too() {
+    // The name is gone, the data is still on the host's disk while the file is open.
+    let code = "import os\nf = open('hidden', 'wb')\nos.remove('hidden')\nblock = b'x' * (1 << 20)\nfor i in range(400):\n    f.write(block)\n    f.flush()\n    print(i, flush=True)";
+    for tier in [Tier::Wasm, Tier::Docker] {
+        if !ready(tier) {
+            continue;
+        }
+        let home = tempfile::tempdir().expect("home");
+        let s = ws_sandbox(home.path(), ws_policy("  max_file_size: 4m\n  max_total_size: 8m\n"));
+        let o = run_in(&s, tier, "hide", code);
+        let w = o.workspace.clone().expect("report");
+        let written = o.stdout.lines().last().and_then(|l| l.trim().parse::<u64>().ok()).unwrap_or(0) + 1;
+        eprintln!("{tier}: {:?} / {} after {written} MiB: {}", o.status, w.status, w.message.as_deref().unwrap_or(""));
+        assert_ne!(o.status, Status::Ok, "{tier}: {o:?}");
+        assert!(written < 200, "{tier}: {written} MiB written to a removed file");
+        if tier == Tier::Wasm {
+            // This process holds the file: the guard sees it and stops the run.
+            assert_eq!(w.status, "refused", "{tier}: {o:?}");
+            assert!(w.message.as_deref().unwrap_or("").contains("removed while open"), "{tier}: {o:?}");
+        }
+    }
+}

@@ -395,3 +395,52 @@ fn over_http_runs_edit_a_workspace_the_operator_reviews_rolls_back_and_is_told_o
     );
     assert!(rows.iter().any(|r| r.kind == "workspace_commit" && r.data["action"] == "rollback"), "rollback audited");
 }
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+fn a_caller_that_stops_waiting_cannot_leave_an_approved_change_undone_or_unrecorded() {
+    if !ready(Tier::Wasm) {
+        return;
+    }
+    let home = tempfile::tempdir().expect("home");
+    let s = std::sync::Arc::new(ws_sandbox(
+        home.path(),
+        ws_policy("approvals:\n  critical: [workspace_change]\n  timeout: 60\n"),
+    ));
+    let s2 = s.clone();
+    let req = ExecRequest {
+        tier: TierChoice::Fixed(Tier::Wasm),
+        workspace: Some("proj".into()),
+        ..ExecRequest::new("open('kept.txt', 'w').write('approved after the caller left')")
+    };
+    // The caller gives up while the change set waits for a human...
+    let task = runtime().spawn(async move { s2.execute(req).await });
+    let approver = crate::functions::decide_from_cli(home.path().to_path_buf(), "approve");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while runtime().block_on(s.approvals().expect("queue").pending()).expect("pending") == 0 {
+        assert!(std::time::Instant::now() < until, "nothing waited for approval");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    task.abort();
+    let _ = runtime().block_on(task);
+    // ...and the human approves anyway: the version is made and recorded.
+    approver.join().expect("approver");
+    let kept = live(home.path(), "proj").join("kept.txt");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !kept.exists() {
+        assert!(std::time::Instant::now() < until, "the approved change set was not committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        s.flush_audit(Duration::from_secs(10)).expect("flush");
+        let rows = terrarium::audit::tail(&home.path().join("audit.db"), usize::MAX).expect("rows");
+        let commit = rows.iter().any(|r| r.kind == "workspace_commit" && r.data["version"] == 1);
+        let completed = rows.iter().any(|r| r.kind == "approval_completed");
+        if commit && completed {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the commit or the approval's completion was not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

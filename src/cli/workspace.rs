@@ -58,9 +58,18 @@ pub(super) fn run(args: WorkspaceArgs) -> Result<ExitCode, CliError> {
         }
         WorkspaceCommand::Show { name, version, path } => {
             let bytes = get(&name)?.show(version, &path).map_err(crate::SandboxError::from)?;
+            use std::io::IsTerminal as _;
+            let terminal = std::io::stdout().is_terminal();
             let mut out = std::io::stdout().lock();
-            // A reader that closed the pipe has what it wanted.
-            let _ = out.write_all(&bytes).and_then(|()| out.flush());
+            // A run wrote these bytes: exact into a pipe or file, escaped on a
+            // terminal. A reader that closed the pipe has what it wanted.
+            let _ = if terminal {
+                let text = String::from_utf8_lossy(&bytes);
+                out.write_all(super::terminal::lines_for_terminal(&text).as_bytes())
+            } else {
+                out.write_all(&bytes)
+            }
+            .and_then(|()| out.flush());
         }
         WorkspaceCommand::Rollback { name, version } => {
             let m = rt.block_on(sandbox.rollback_workspace(&name, version, &who))?;

@@ -28,6 +28,7 @@ mod builder;
 mod command;
 mod handle;
 mod session;
+mod settle;
 mod tiers;
 mod workspace;
 

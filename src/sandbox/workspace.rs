@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use super::Sandbox;
 use crate::audit::{Event, EventKind};
 use crate::error::SandboxError;
-use crate::executor::{ErrorInfo, ErrorKind, ExecRequest, Outcome, Status, WorkspaceChangeInfo, WorkspaceInfo};
-use crate::policy::{Critical, Policy, Tier};
-use crate::workspace::{ChangeSet, Mount, Quota, Staged, Workspace, WorkspaceError, Workspaces};
+use crate::executor::{ExecRequest, Outcome};
+use crate::policy::{Policy, Tier};
+use crate::workspace::{Mount, Quota, Staged, Workspace, WorkspaceError, Workspaces};
 
 /// Most bytes of unified diff an approval request carries.
-const DIFF_LIMIT: usize = 96 << 10;
+pub(super) const DIFF_LIMIT: usize = 96 << 10;
 /// Most changed paths an approval request lists one by one.
-const LISTED_CHANGES: usize = 300;
+pub(super) const LISTED_CHANGES: usize = 300;
 
 /// Where a sandbox's workspaces live, opened on first use.
 #[derive(Debug, Default)]
@@ -34,12 +34,12 @@ pub(super) struct Root {
 
 /// A run's copy, made before the run.
 pub(super) struct Prepared {
-    workspace: Arc<Workspace>,
-    staged: Arc<Staged>,
+    pub(super) workspace: Arc<Workspace>,
+    pub(super) staged: Arc<Staged>,
     /// Raised by the quota guard: the tier stops the run.
     stop: Arc<AtomicBool>,
     /// Why the guard raised it.
-    over: Arc<Mutex<Option<String>>>,
+    pub(super) over: Arc<Mutex<Option<String>>>,
 }
 
 /// Most time between two measures of a running copy; a measure that takes longer
@@ -96,7 +96,7 @@ impl Prepared {
     }
 }
 
-fn host(tier: Tier, e: impl std::fmt::Display) -> SandboxError {
+pub(super) fn host(tier: Tier, e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Host { tier, message: crate::error::redact_paths(&e.to_string()) }
 }
 
@@ -122,25 +122,21 @@ impl Sandbox {
     /// # Errors
     /// A bad name, one that exists, a host failure.
     pub async fn create_workspace(&self, name: &str, who: &str) -> Result<crate::workspace::Manifest, SandboxError> {
-        let all = self.workspaces()?;
-        let n = name.to_string();
-        let made = tokio::task::spawn_blocking(move || all.create(&n).and_then(|w| w.version_with_digest(0)))
-            .await
-            .map_err(|e| SandboxError::InvalidRequest(e.to_string()))?;
-        let (m, sha) = made.map_err(admin_error)?;
-        self.admin_event(
-            EventKind::WorkspaceCommit,
-            serde_json::json!({
-                "workspace": name, "version": 0, "action": "create", "manifest_sha256": sha, "caller": who,
-            }),
-        )
-        .await?;
-        Ok(m)
+        let (all, audit, n, who) = (self.workspaces()?, self.audit.clone(), name.to_string(), who.to_string());
+        detached(move || {
+            let (m, sha) = all.create(&n).and_then(|w| w.version_with_digest(0))?;
+            let data = serde_json::json!({
+                "workspace": n, "version": 0, "action": "create", "manifest_sha256": sha, "caller": who,
+            });
+            record(audit.as_ref(), EventKind::WorkspaceCommit, None, data)?;
+            Ok(m)
+        })
+        .await
     }
 
     /// Makes a new version of `name` whose files are version `to`'s, and rewrites
     /// the live files to match (history is kept), audited with the new manifest's
-    /// sha256.
+    /// sha256. It finishes, and is recorded, even if the caller stops waiting.
     ///
     /// # Errors
     /// No such workspace or version; a host failure.
@@ -150,22 +146,35 @@ impl Sandbox {
         to: u64,
         who: &str,
     ) -> Result<crate::workspace::Manifest, SandboxError> {
-        let all = self.workspaces()?;
-        let n = name.to_string();
-        let reason = format!("rollback to version {to} by {who}");
-        let done = tokio::task::spawn_blocking(move || all.get(&n).and_then(|w| w.rollback(to, &reason)))
-            .await
-            .map_err(|e| SandboxError::InvalidRequest(e.to_string()))?;
-        let (m, sha) = done.map_err(admin_error)?;
-        self.admin_event(
-            EventKind::WorkspaceCommit,
-            serde_json::json!({
-                "workspace": name, "version": m.version, "action": "rollback", "to": to, "manifest_sha256": sha,
-                "caller": who,
-            }),
-        )
-        .await?;
-        Ok(m)
+        let (all, audit, n, who) = (self.workspaces()?, self.audit.clone(), name.to_string(), who.to_string());
+        detached(move || {
+            let reason = format!("rollback to version {to} by {who}");
+            let done = all.get(&n).and_then(|w| w.rollback(to, &reason));
+            let data = |version: u64, sha: &str, live_error: Option<&str>| {
+                serde_json::json!({
+                    "workspace": n, "version": version, "action": "rollback", "to": to, "manifest_sha256": sha,
+                    "caller": who, "live_error": live_error,
+                })
+            };
+            match done {
+                Ok((m, sha)) => {
+                    record(audit.as_ref(), EventKind::WorkspaceCommit, None, data(m.version, &sha, None))?;
+                    Ok(m)
+                }
+                Err(WorkspaceError::LiveNotUpdated { version, manifest_sha256, message, workspace }) => {
+                    let d = data(version, &manifest_sha256, Some(&message));
+                    record(audit.as_ref(), EventKind::WorkspaceCommit, None, d)?;
+                    Err(SandboxError::Workspace(WorkspaceError::LiveNotUpdated {
+                        workspace,
+                        version,
+                        manifest_sha256,
+                        message,
+                    }))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Compares workspace `name`'s live files with its current version; drift
@@ -177,29 +186,19 @@ impl Sandbox {
         &self,
         name: &str,
     ) -> Result<(crate::workspace::Manifest, Vec<crate::workspace::Change>), SandboxError> {
-        let all = self.workspaces()?;
-        let n = name.to_string();
-        let done = tokio::task::spawn_blocking(move || all.get(&n).and_then(|w| w.verify()))
-            .await
-            .map_err(|e| SandboxError::InvalidRequest(e.to_string()))?;
-        let (m, drift) = done.map_err(admin_error)?;
-        if !drift.is_empty() {
-            let listed: Vec<_> = drift.iter().take(LISTED_CHANGES).map(|c| (&c.path, c.action)).collect();
-            self.admin_event(
-                EventKind::WorkspaceDrift,
-                serde_json::json!({
-                    "workspace": name, "version": m.version, "changes": drift.len(), "paths": listed,
-                }),
-            )
-            .await?;
-        }
-        Ok((m, drift))
-    }
-
-    async fn admin_event(&self, kind: EventKind, data: serde_json::Value) -> Result<(), SandboxError> {
-        let Some(log) = &self.audit else { return Ok(()) };
-        log.record_async(Event { kind, request_id: None, data, code: None }).await?;
-        Ok(())
+        let (all, audit, n) = (self.workspaces()?, self.audit.clone(), name.to_string());
+        detached(move || {
+            let (m, drift) = all.get(&n).and_then(|w| w.verify())?;
+            if !drift.is_empty() {
+                let listed: Vec<_> = drift.iter().take(LISTED_CHANGES).map(|c| (&c.path, c.action)).collect();
+                let data = serde_json::json!({
+                    "workspace": n, "version": m.version, "changes": drift.len(), "paths": listed,
+                });
+                record(audit.as_ref(), EventKind::WorkspaceDrift, None, data)?;
+            }
+            Ok((m, drift))
+        })
+        .await
     }
 
     /// Checks that `req` may mount its workspace under `policy`.
@@ -245,7 +244,10 @@ impl Sandbox {
         })
     }
 
-    /// Decides what becomes of the run's copy, and reports it in `o`.
+    /// Decides what becomes of the run's copy, and reports it in `o`. The
+    /// decision (an approval included) runs to its end and is recorded even if the
+    /// caller stops waiting: a client that hangs up cannot leave a version
+    /// unrecorded or an approved change set undone.
     pub(super) async fn settle_workspace(
         &self,
         p: Prepared,
@@ -253,182 +255,36 @@ impl Sandbox {
         req: &ExecRequest,
         policy: &Policy,
     ) -> Result<(), SandboxError> {
+        let settler = super::settle::Settler { audit: self.audit.clone(), gate: self.gate.clone() };
+        let (out, req, policy) = (o.clone(), req.clone(), policy.clone());
         let tier = o.tier;
-        let w = p.workspace.clone();
-        let mut info = WorkspaceInfo {
-            name: w.name().to_string(),
-            base: p.staged.base(),
-            status: String::new(),
-            version: None,
-            changes: Vec::new(),
-            digest: None,
-            message: None,
-        };
-        let request_id = req.id.as_ref().map(|i| format!("req:{}:{i}", req.caller.as_deref().unwrap_or("local")));
-        let over = p.over.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(why) = over {
-            // The guard stopped the run: whatever the tier says of its end, it is this.
-            let msg = format!(
-                "workspace {}: {why} while the run went; the run was stopped and what it changed is not kept",
-                w.name()
-            );
-            info.status = "refused".into();
-            info.message = Some(msg.clone());
-            self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-            o.status = Status::Denied;
-            o.error = Some(ErrorInfo::new(ErrorKind::PolicyDenied, msg));
-            o.workspace = Some(info);
-            return Ok(());
-        }
-        if o.status != Status::Ok {
-            info.status = "discarded".into();
-            info.message =
-                Some(format!("the run ended with status {}; what it changed is not kept", status_word(o.status)));
-            self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-            o.workspace = Some(info);
-            return Ok(());
-        }
-        let quota = policy.workspaces().quota;
-        let (w2, s2) = (w.clone(), p.staged.clone());
-        let harvested =
-            tokio::task::spawn_blocking(move || w2.harvest(&s2, &quota)).await.map_err(|e| host(tier, e))?;
-        let set = match harvested {
-            Ok(set) => set,
-            Err(WorkspaceError::Refused(r)) => {
-                info.status = "refused".into();
-                let msg = format!("workspace {}: {r}; what the run changed is not kept", w.name());
-                info.message = Some(msg.clone());
-                self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                o.status = Status::Denied;
-                o.error = Some(ErrorInfo::new(ErrorKind::PolicyDenied, msg));
-                o.workspace = Some(info);
-                return Ok(());
-            }
-            Err(e) => return Err(host(tier, e)),
-        };
-        info.digest = Some(set.digest.clone());
-        info.changes = set
-            .changes
-            .iter()
-            .map(|c| WorkspaceChangeInfo {
-                path: c.path.clone(),
-                action: serde_json::to_value(c.action)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                size: c.new.as_ref().filter(|e| e.kind == crate::workspace::Kind::File).map(|e| e.size),
-            })
-            .collect();
-        if set.changes.is_empty() {
-            info.status = "unchanged".into();
-            o.workspace = Some(info);
-            return Ok(());
-        }
-        let mut approval = None;
-        if policy.is_critical(Critical::WorkspaceChange) {
-            match self.approve_change(&p, &set, req, tier, policy).await? {
-                Ok(id) => approval = Some(id),
-                Err((status, msg)) => {
-                    info.status = status.into();
-                    info.message = Some(msg.clone());
-                    self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                    o.status = Status::Denied;
-                    o.error = Some(ErrorInfo::new(ErrorKind::NotApproved, msg));
-                    o.workspace = Some(info);
-                    return Ok(());
-                }
-            }
-        }
-        let reason = format!("run {} on {tier}", req.id.as_deref().unwrap_or("(no id)"));
-        let (w2, s2, set2) = (w.clone(), p.staged.clone(), set.clone());
-        let committed =
-            tokio::task::spawn_blocking(move || w2.commit(&s2, &set2, &reason)).await.map_err(|e| host(tier, e))?;
-        match committed {
-            Ok((m, manifest_sha)) => {
-                info.status = "committed".into();
-                info.version = Some(m.version);
-                self.workspace_event(EventKind::WorkspaceCommit, &request_id, &info, Some(&manifest_sha)).await?;
-                if let (Some(id), Some(gate)) = (approval, &self.gate) {
-                    gate.complete(id, serde_json::json!({"version": m.version, "manifest_sha256": manifest_sha}))
-                        .await?;
-                }
-            }
-            Err(e @ WorkspaceError::Conflict { .. }) => {
-                let msg = format!("workspace {}: {e}; what the run changed is not kept", w.name());
-                info.status = "conflict".into();
-                info.message = Some(msg.clone());
-                self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                o.status = Status::Error;
-                o.error = Some(ErrorInfo::new(ErrorKind::WorkspaceConflict, msg));
-            }
-            Err(e) => return Err(host(tier, e)),
-        }
-        o.workspace = Some(info);
-        Ok(())
-    }
-
-    /// Holds `set` for a human: `Ok(id)` approved as request `id`; `Err((status,
-    /// why))` denied or expired (or no queue to ask).
-    async fn approve_change(
-        &self,
-        p: &Prepared,
-        set: &ChangeSet,
-        req: &ExecRequest,
-        tier: Tier,
-        policy: &Policy,
-    ) -> Result<Result<i64, (&'static str, String)>, SandboxError> {
-        let reason = format!(
-            "the run changes {} path(s) of workspace {} (critical under the policy's approvals)",
-            set.changes.len(),
-            set.workspace
-        );
-        let Some(gate) = &self.gate else {
-            return Ok(Err((
-                "denied",
-                format!("{reason}, and this sandbox has no approvals queue (it needs an audit log)"),
-            )));
-        };
-        let (w, s, set2) = (p.workspace.clone(), p.staged.clone(), set.clone());
-        let diff = tokio::task::spawn_blocking(move || w.staged_diff(&s, &set2, DIFF_LIMIT))
+        let settled = tokio::spawn(async move { settler.settle(p, out, &req, &policy).await })
             .await
-            .map_err(|e| host(tier, e))?;
-        let listed: Vec<_> = set.changes.iter().take(LISTED_CHANGES).collect();
-        let code: String = req.code.chars().take(16 << 10).collect();
-        let subject = serde_json::json!({
-            "request_id": req.id, "caller": req.caller, "tier": tier, "workspace": set.workspace, "base": set.base,
-            "digest": set.digest, "changes": listed, "changes_total": set.changes.len(), "diff": diff, "code": code,
-        });
-        let item = gate.ask("workspace_change", subject, &reason, policy.approvals().timeout).await?;
-        if item.status == crate::approval::ApprovalStatus::Approved {
-            return Ok(Ok(item.id));
-        }
-        let status = if item.status == crate::approval::ApprovalStatus::Expired { "expired" } else { "denied" };
-        Ok(Err((status, format!("{reason}; {}; what the run changed is not kept", crate::approval::refusal(&item)))))
-    }
-
-    async fn workspace_event(
-        &self,
-        kind: EventKind,
-        request_id: &Option<String>,
-        info: &WorkspaceInfo,
-        manifest_sha256: Option<&str>,
-    ) -> Result<(), SandboxError> {
-        let Some(log) = &self.audit else { return Ok(()) };
-        let data = serde_json::json!({
-            "workspace": info.name, "base": info.base, "status": info.status, "version": info.version,
-            "change_digest": info.digest, "changes": info.changes.len(), "message": info.message,
-            "manifest_sha256": manifest_sha256,
-        });
-        log.record_async(Event { kind, request_id: request_id.clone(), data, code: None }).await?;
+            .map_err(|e| host(tier, format!("the workspace's settlement failed: {e}")))??;
+        *o = settled;
         Ok(())
     }
 }
 
-/// A workspace error from an operator's command.
-fn admin_error(e: WorkspaceError) -> SandboxError {
-    SandboxError::Workspace(e)
+/// Runs `f` on a blocking thread to its end, whether or not the caller still
+/// waits: what changes a workspace is recorded once it is done.
+async fn detached<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
+) -> Result<T, SandboxError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SandboxError::InvalidRequest(format!("workspace operation: {e}")))?
 }
 
-fn status_word(s: Status) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{s:?}"))
+/// Records one event when there is an audit log.
+pub(super) fn record(
+    audit: Option<&crate::audit::AuditLog>,
+    kind: EventKind,
+    request_id: Option<String>,
+    data: serde_json::Value,
+) -> Result<(), SandboxError> {
+    match audit {
+        Some(log) => Ok(log.record(Event { kind, request_id, data, code: None })?),
+        None => Ok(()),
+    }
 }

@@ -87,6 +87,21 @@ pub enum WorkspaceError {
         /// Paths both changed.
         paths: Vec<String>,
     },
+    /// A version was made, but the live files could not be brought to it.
+    #[error(
+        "workspace {workspace}: version {version} is made, but the live files could not be updated ({message}); \
+         `terrarium workspace rollback {workspace} {version}` rewrites them"
+    )]
+    LiveNotUpdated {
+        /// Which workspace.
+        workspace: String,
+        /// The version made.
+        version: u64,
+        /// Its manifest's sha256.
+        manifest_sha256: String,
+        /// What failed.
+        message: String,
+    },
     /// The host could not read or write the store.
     #[error("workspace {workspace}: {message}")]
     Host {

@@ -61,9 +61,46 @@ impl Staged {
         format!("/proc/self/fd/{}", self.dir.as_raw_fd())
     }
 
-    /// Whether the copy is past `quota` now (see [`tree::over_quota`]).
+    /// Whether the copy is past `quota` now (see [`tree::over_quota`]), files
+    /// this process holds open under it after their names were removed included
+    /// (a wasm guest's open files are this process's descriptors; a container's
+    /// are bounded by its file-size and open-files limits).
     pub fn over_quota(&self, quota: &Quota) -> Option<String> {
-        tree::over_quota(&self.dir, quota)
+        if let Some(why) = tree::over_quota(&self.dir, quota) {
+            return Some(why);
+        }
+        let held = self.held_unlinked_bytes();
+        if let Some(big) = held.iter().find(|n| **n > quota.max_file_bytes) {
+            return Some(format!("a file removed while open holds {big} bytes, more than max_file_size"));
+        }
+        let held: u64 = held.iter().sum();
+        if held == 0 {
+            return None;
+        }
+        let mut seen = *quota;
+        seen.max_total_bytes = quota.max_total_bytes.saturating_sub(held);
+        tree::over_quota(&self.dir, &seen).map(|_| {
+            format!(
+                "more than max_total_size ({} bytes) in all, {held} of them in files removed while open",
+                quota.max_total_bytes
+            )
+        })
+    }
+
+    /// Sizes of the files under the copy this process holds open whose names
+    /// were removed.
+    fn held_unlinked_bytes(&self) -> Vec<u64> {
+        let prefix = format!("{}/", self.path.display());
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+        fds.flatten()
+            .filter_map(|fd| {
+                let target = std::fs::read_link(fd.path()).ok()?;
+                let target = target.to_str()?;
+                (target.starts_with(&prefix) && target.ends_with(" (deleted)"))
+                    .then(|| std::fs::metadata(fd.path()).ok().map(|m| m.len()))
+                    .flatten()
+            })
+            .collect()
     }
 
     /// Opens a file of the copy for reading, no link followed.
@@ -187,8 +224,16 @@ impl Workspace {
     /// Returns the new manifest and its sha256.
     ///
     /// # Errors
-    /// [`WorkspaceError::Conflict`]; a content that changed; a host failure.
-    pub fn commit(&self, staged: &Staged, set: &ChangeSet, reason: &str) -> Result<(Manifest, String), WorkspaceError> {
+    /// [`WorkspaceError::Conflict`]; [`WorkspaceError::Refused`] when the set on
+    /// top of the current version would pass `quota`; a content that changed; a
+    /// host failure.
+    pub fn commit(
+        &self,
+        staged: &Staged,
+        set: &ChangeSet,
+        reason: &str,
+        quota: &Quota,
+    ) -> Result<(Manifest, String), WorkspaceError> {
         let _lock = Lock::take(self)?;
         let head = self.head()?;
         let entries = if head.version == set.base {
@@ -211,6 +256,13 @@ impl Workspace {
                     Some(n) => e.insert(c.path.clone(), n.clone()),
                     None => e.remove(&c.path),
                 };
+            }
+            // Each run's copy fit; together they must too.
+            if let Some(why) = tree::fits(&e, quota) {
+                return Err(WorkspaceError::Refused(super::Refusal {
+                    path: format!("(with the changes since version {})", set.base),
+                    reason: format!("the workspace would hold {why}"),
+                }));
             }
             e
         };
@@ -257,12 +309,11 @@ impl Workspace {
             entries,
         };
         let digest = super::write_manifest(&self.sub("versions")?, &m).map_err(|e| self.host(e))?;
-        self.apply_live(changes).map_err(|e| {
-            self.host(format!(
-                "version {} is made, but the live files could not be updated ({e}); `terrarium workspace \
-                 rollback {} {}` rewrites them",
-                m.version, self.name, m.version
-            ))
+        self.apply_live(changes).map_err(|e| WorkspaceError::LiveNotUpdated {
+            workspace: self.name.clone(),
+            version: m.version,
+            manifest_sha256: digest.clone(),
+            message: e.to_string(),
         })?;
         Ok((m, digest))
     }

@@ -22,7 +22,7 @@ fn run(w: &Workspace, edit: impl FnOnce(&Path)) -> (Staged, Result<ChangeSet, Wo
 
 fn commit(w: &Workspace, edit: impl FnOnce(&Path)) -> Manifest {
     let (staged, set) = run(w, edit);
-    w.commit(&staged, &set.expect("harvest"), "test").expect("commit").0
+    w.commit(&staged, &set.expect("harvest"), "test", &Quota::default()).expect("commit").0
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn a_change_set_is_exact_and_becomes_a_version() {
     );
     let text = w.staged_diff(&staged, &set, 1 << 16);
     assert!(text.contains("-one\n+two\n"), "{text}");
-    let (v2, digest) = w.commit(&staged, &set, "test").expect("commit");
+    let (v2, digest) = w.commit(&staged, &set, "test", &Quota::default()).expect("commit");
     assert_eq!((v2.version, digest.len()), (2, 64));
     assert_eq!(fs::read_to_string(live.join("edit.txt")).expect("test file operation"), "two\n");
     assert!(!live.join("gone.txt").exists());
@@ -182,10 +182,11 @@ fn a_run_on_an_older_version_commits_only_when_paths_differ() {
     let (s1, c1) = run(&w, |d| fs::write(d.join("x"), "1").expect("test file operation"));
     let (s2, c2) = run(&w, |d| fs::write(d.join("y"), "2").expect("test file operation"));
     let (s3, c3) = run(&w, |d| fs::write(d.join("x"), "3").expect("test file operation"));
-    w.commit(&s1, &c1.expect("test file operation"), "first").expect("first");
-    let (v, _) = w.commit(&s2, &c2.expect("test file operation"), "second").expect("disjoint paths merge");
+    w.commit(&s1, &c1.expect("test file operation"), "first", &Quota::default()).expect("first");
+    let (v, _) =
+        w.commit(&s2, &c2.expect("test file operation"), "second", &Quota::default()).expect("disjoint paths merge");
     assert_eq!(v.entries.len(), 2);
-    match w.commit(&s3, &c3.expect("test file operation"), "third") {
+    match w.commit(&s3, &c3.expect("test file operation"), "third", &Quota::default()) {
         Err(WorkspaceError::Conflict { paths, .. }) => assert_eq!(paths, vec!["x".to_string()]),
         other => panic!("{other:?}"),
     }
@@ -203,4 +204,47 @@ fn names_and_versions_are_checked() {
     assert!(matches!(w.version(7), Err(WorkspaceError::Invalid(_))));
     assert!(matches!(w.show(0, "missing"), Err(WorkspaceError::Invalid(_))));
     assert_eq!(all.list().expect("test file operation").len(), 1);
+}
+
+#[test]
+fn names_that_could_fake_a_diff_and_paths_too_long_for_the_live_directory_are_refused() {
+    let (_tmp, all) = store();
+    let w = all.create("proj").expect("create");
+    let (_s, set) = run(&w, |d| fs::write(d.join("a\n+++ b"), "x").expect("write"));
+    match set {
+        Err(WorkspaceError::Refused(r)) => assert!(r.reason.contains("control character"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    let (_s, set) = run(&w, |d| {
+        let mut p = d.to_path_buf();
+        for _ in 0..6 {
+            p = p.join("d".repeat(200));
+            fs::create_dir(&p).expect("mkdir");
+        }
+    });
+    match set {
+        Err(WorkspaceError::Refused(r)) => assert!(r.reason.contains("longer than 1024"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn runs_merged_on_top_of_each_other_must_fit_the_quota_together() {
+    let (_tmp, all) = store();
+    let w = all.create("proj").expect("create");
+    let quota = Quota { max_files: 10, max_file_bytes: 100, max_total_bytes: 150 };
+    let copy = |name: &str| {
+        let staged = w.stage(None).expect("stage");
+        fs::write(PathBuf::from(staged.by_handle()).join(name), [0u8; 100]).expect("write");
+        let set = w.harvest(&staged, &quota).expect("each fits alone");
+        (staged, set)
+    };
+    let (s1, c1) = copy("a");
+    let (s2, c2) = copy("b");
+    w.commit(&s1, &c1, "first", &quota).expect("first");
+    match w.commit(&s2, &c2, "second", &quota) {
+        Err(WorkspaceError::Refused(r)) => assert!(r.reason.contains("max_total_size"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.head().expect("head").entries.len(), 1);
 }

@@ -401,7 +401,21 @@ fn odd(c: char) -> bool {
 
 /// A letter outside ASCII, which [`show`] marks where it stands.
 fn look_alike(c: char) -> bool {
-    !c.is_ascii() && c.is_alphabetic()
+    // Letters, and the slashes a path could be faked with.
+    !c.is_ascii()
+        && (c.is_alphabetic()
+            || matches!(
+                c,
+                '\u{2044}'
+                    | '\u{2215}'
+                    | '\u{2216}'
+                    | '\u{2571}'
+                    | '\u{29F8}'
+                    | '\u{29F9}'
+                    | '\u{FE68}'
+                    | '\u{FF0F}'
+                    | '\u{FF3C}'
+            ))
 }
 
 /// Marks one item may still draw: every [`show`] of the item draws from the same
