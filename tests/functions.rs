@@ -442,7 +442,7 @@ fn host_functions_round_trip_on_the_docker_tier() {
     assert!(o.error.as_ref().expect("error").message.contains("max_calls of 3"), "{o:?}");
     // In a session, on the same container.
     let s = Arc::new(s);
-    let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(docker), caller: None };
+    let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(docker), caller: None, workspace: None };
     let mut session = runtime().block_on(s.session(opts)).expect("session");
     let cell = |session: &mut terrarium::Session, code: &str| {
         runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell")
@@ -565,7 +565,7 @@ fn host_functions_round_trip_on_the_wasm_tier() {
     assert_eq!(o.status, Status::Ok, "{o:?}");
     // In a session, on the same instance.
     let s = Arc::new(s);
-    let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(wasm), caller: None };
+    let opts = terrarium::SessionOptions { tier: TierChoice::Fixed(wasm), caller: None, workspace: None };
     let mut session = runtime().block_on(s.session(opts)).expect("session");
     let cell = |session: &mut terrarium::Session, code: &str| {
         runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell")

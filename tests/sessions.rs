@@ -80,7 +80,7 @@ macro_rules! each_session_tier {
 
 /// A session on `tier`.
 fn open_on(s: &Arc<Sandbox>, tier: Tier) -> Session {
-    let opts = SessionOptions { tier: TierChoice::Fixed(tier), caller: None };
+    let opts = SessionOptions { tier: TierChoice::Fixed(tier), caller: None, workspace: None };
     runtime().block_on(s.session(opts)).unwrap_or_else(|e| panic!("a {tier} session: {e}"))
 }
 
@@ -615,7 +615,7 @@ fn a_docker_session_waits_for_a_humans_approval() {
             }
         })
     };
-    let opts = SessionOptions { tier: TierChoice::Fixed(terrarium::Tier::Docker), caller: None };
+    let opts = SessionOptions { tier: TierChoice::Fixed(terrarium::Tier::Docker), caller: None, workspace: None };
     let mut session = runtime().block_on(s.session(opts)).expect("approved session");
     approver.join().expect("approver");
     assert_eq!(cell(&mut session, "x = 20\nx + 1").result, Some(serde_json::json!(21)));

@@ -444,3 +444,58 @@ fn a_caller_that_stops_waiting_cannot_leave_an_approved_change_undone_or_unrecor
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+#[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_session_settles_its_workspace_after_each_cell_that_ends_ok_and_sees_what_others_committed() {
+    use terrarium::SessionOptions;
+    for tier in [Tier::Wasm, Tier::Docker] {
+        if !ready(tier) {
+            continue;
+        }
+        let home = tempfile::tempdir().expect("home");
+        let s = std::sync::Arc::new(ws_sandbox(home.path(), ws_policy("")));
+        let options = |tier| SessionOptions {
+            tier: TierChoice::Fixed(tier),
+            workspace: Some("proj".into()),
+            ..SessionOptions::default()
+        };
+        let err = runtime().block_on(s.session(options(Tier::Rustpython))).err().expect("no file system");
+        assert!(err.to_string().contains("no file system"), "{err}");
+        let mut session = runtime().block_on(s.session(options(tier))).expect("session");
+        let mut cell = |code: &str| runtime().block_on(session.execute(ExecRequest::new(code))).expect("cell");
+        let report = |o: &Outcome| {
+            let w = o.workspace.clone().expect("report");
+            (w.status, w.version, w.changes.iter().map(|c| c.path.clone()).collect::<Vec<_>>())
+        };
+        let o = cell("import os\nopen('a.txt', 'w').write('1')\nx = 1\nos.getcwd()");
+        assert_eq!(o.result, Some(serde_json::json!("/workspace")), "{tier}: {o:?}");
+        assert_eq!(report(&o), ("committed".into(), Some(1), vec!["a.txt".into()]), "{tier}");
+        // A cell that fails keeps its changes in the copy, settled with the next ok cell.
+        let o = cell("open('b.txt', 'w').write('2')\nraise ValueError('later')");
+        assert_eq!((o.status, report(&o).0.as_str()), (Status::Exception, "held"), "{tier}: {o:?}");
+        // Another run commits meanwhile.
+        let other = run_in(&s, tier, "proj", "open('c.txt', 'w').write('3')");
+        assert_eq!(other.workspace.as_ref().and_then(|w| w.version), Some(2), "{tier}: {other:?}");
+        let o = cell("x += 1\nsorted(os.listdir('.'))");
+        assert_eq!(o.result, Some(serde_json::json!(["a.txt", "b.txt"])), "{tier}: the copy before settling");
+        assert_eq!(report(&o), ("committed".into(), Some(3), vec!["b.txt".into()]), "{tier}: {o:?}");
+        // The copy now holds what the other run committed too.
+        let o = cell("sorted(os.listdir('.')), x");
+        assert_eq!(o.result, Some(serde_json::json!([["a.txt", "b.txt", "c.txt"], 2])), "{tier}: {o:?}");
+        assert_eq!(report(&o).0, "unchanged", "{tier}");
+        let dir = live(home.path(), "proj");
+        for (f, text) in [("a.txt", "1"), ("b.txt", "2"), ("c.txt", "3")] {
+            assert_eq!(std::fs::read_to_string(dir.join(f)).expect(f), text, "{tier}");
+        }
+        session.end("done");
+        // Removed once the session's instance or container is gone.
+        let staging = home.path().join("workspaces/proj/staging");
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_dir(&staging).expect("staging").count() > 0 {
+            assert!(std::time::Instant::now() < until, "{tier}: the session's copy is not removed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

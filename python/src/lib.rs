@@ -216,7 +216,7 @@ impl NativeSandbox {
         let tier = tier_choice(py, tier)?;
         let rt = runtime()?;
         let sandbox = self.sandbox.clone();
-        let options = SessionOptions { tier, caller: Some("python".into()) };
+        let options = SessionOptions { tier, caller: Some("python".into()), workspace: None };
         let started = py.detach(|| rt.block_on(async move { sandbox.session(options).await }));
         let session = started.map_err(|e| sandbox_error(py, e))?;
         let (id, tier) = (session.id().to_string(), session.tier().to_string());

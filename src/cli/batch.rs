@@ -263,7 +263,7 @@ async fn run_one(target: &Target, req: ExecRequest, number: usize) -> Outcome {
 /// Runs one session's cells in order: the session starts with its first cell (on
 /// the batch's `--tier`) and ends when its queue closes.
 async fn run_session(target: Arc<Target>, name: String, mut cells: mpsc::UnboundedReceiver<Cell>) {
-    let options = SessionOptions { tier: target.choice, caller: Some(local_caller()) };
+    let options = SessionOptions { tier: target.choice, caller: Some(local_caller()), workspace: None };
     let mut session = match target.sandbox.session(options).await {
         Ok(s) => Some(s),
         Err(e) => {

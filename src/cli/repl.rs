@@ -24,7 +24,7 @@ pub(super) fn run(args: BatchArgs) -> Result<ExitCode, CliError> {
         .build()
         .map_err(|e| CliError { code: EXIT_HOST, error: anyhow::anyhow!("cannot start the async runtime: {e}") })?;
     let interactive = std::io::stdin().is_terminal();
-    let options = || SessionOptions { tier: target.choice, caller: Some(local_caller()) };
+    let options = || SessionOptions { tier: target.choice, caller: Some(local_caller()), workspace: None };
     let mut session: Option<Session> = None;
     let mut input = std::io::stdin().lock();
     if interactive {

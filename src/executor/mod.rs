@@ -455,6 +455,30 @@ pub trait Executor: Send + Sync {
             async move { Err(SandboxError::InvalidRequest(format!("the {tier} tier does not keep sessions yet"))) },
         )
     }
+
+    /// Starts a session with a workspace's copy mounted at `/workspace` for all
+    /// its cells (set by [`crate::Sandbox::session`], which settles the copy after
+    /// each cell). Tiers without a file system refuse it.
+    ///
+    /// # Errors
+    /// As [`Executor::open_session`]; an invalid request on a tier that cannot
+    /// mount a workspace.
+    fn open_session_with(
+        &self,
+        mount: Option<crate::workspace::Mount>,
+    ) -> BoxFuture<'_, Result<Box<dyn TierSession>, SandboxError>> {
+        match mount {
+            None => self.open_session(),
+            Some(_) => {
+                let tier = self.tier();
+                Box::pin(async move {
+                    Err(SandboxError::InvalidRequest(format!(
+                        "the {tier} tier has no file system, so its sessions cannot mount a workspace"
+                    )))
+                })
+            }
+        }
+    }
 }
 
 /// `d` in whole milliseconds, saturating (for `Usage`).

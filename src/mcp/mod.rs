@@ -163,6 +163,10 @@ pub struct RunArgs {
     pub tier: Option<String>,
     /// Run as the next cell of this session (from `start_session`).
     pub session: Option<String>,
+    /// A workspace to mount read-write at /workspace (wasm and docker tiers; the
+    /// policy's workspaces.allow decides); what the run changes becomes its next
+    /// version. Not in a session (a session names its workspace when it starts).
+    pub workspace: Option<String>,
 }
 
 /// `start_session`'s arguments.
@@ -172,6 +176,9 @@ pub struct RunArgs {
 pub struct StartArgs {
     /// `auto` (the policy's tier) or a tier's name; the session stays on it.
     pub tier: Option<String>,
+    /// A workspace every cell sees at /workspace; after each cell that ends ok
+    /// what it changed becomes the workspace's next version.
+    pub workspace: Option<String>,
 }
 
 /// `end_session`'s arguments.
@@ -270,6 +277,9 @@ impl McpServer {
         let mut req = ExecRequest::new(a.code).with_caller(self.caller.clone()).with_id(id);
         req.overrides = Overrides { timeout, ..Overrides::default() };
         let ran = match &a.session {
+            Some(_) if a.workspace.is_some() => {
+                return tool_error("a session's cells use the session's workspace (name it in start_session)");
+            }
             Some(id) => {
                 let session = self.sessions.lock().await.get(id).cloned();
                 let Some(session) = session else { return tool_error(format!("no such session: {id:?}")) };
@@ -280,6 +290,7 @@ impl McpServer {
                     Ok(t) => t,
                     Err(e) => return e,
                 };
+                req.workspace = a.workspace;
                 self.sandbox.execute(req).await
             }
         };
@@ -298,7 +309,8 @@ impl McpServer {
         if self.sessions.lock().await.len() >= MAX_SESSIONS {
             return tool_error(format!("this connection has {MAX_SESSIONS} sessions open; end one first"));
         }
-        match self.sandbox.session(SessionOptions { tier, caller: Some(self.caller.clone()) }).await {
+        let options = SessionOptions { tier, caller: Some(self.caller.clone()), workspace: a.workspace };
+        match self.sandbox.session(options).await {
             Ok(s) => {
                 let (id, tier) = (s.id().to_string(), s.tier());
                 self.sessions.lock().await.insert(id.clone(), SessionHandle::new(s));

@@ -26,6 +26,12 @@ pub struct SessionOptions {
     pub tier: TierChoice,
     /// Who starts it (recorded on its audit events); `None`: `local`.
     pub caller: Option<String>,
+    /// Mount this workspace at `/workspace` for every cell (wasm and docker
+    /// tiers; the policy's `workspaces.allow` must name it). The session works on a
+    /// copy; after each cell that ends `ok` what the copy changed is settled as a
+    /// single run's would be (kept as a version, refused, held for approval), and
+    /// the copy is then brought to the workspace's current version.
+    pub workspace: Option<String>,
 }
 
 /// A sequence of cells sharing interpreter state (globals, imported modules,
@@ -57,6 +63,8 @@ pub struct Session {
     /// The latest cells' code (at most [`EARLIER_CELLS`], each cut to
     /// [`EARLIER_CELL_CHARS`]), shown to an approver of a host call.
     earlier: std::collections::VecDeque<String>,
+    /// The session's copy of its workspace, with who owns it.
+    workspace: Option<(super::workspace::Prepared, Option<(u32, u32)>)>,
 }
 
 /// How many earlier cells an approver of a host call sees.
@@ -76,7 +84,20 @@ impl Sandbox {
     /// [`SandboxError::BreakerOpen`] when the tier's breaker is open; the tier's
     /// host fault. A refused start is recorded too.
     pub async fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session, SandboxError> {
-        let tier = match router::candidates(&self.policy, options.tier).first() {
+        if let Some(name) = &options.workspace {
+            Sandbox::check_workspace_name(name, &self.policy)?;
+        }
+        let candidates = router::candidates(&self.policy, options.tier);
+        // A workspace needs a file system: the interpreter tier is passed over.
+        let usable = candidates.iter().find(|t| options.workspace.is_none() || **t != Tier::Rustpython);
+        if let (Some(_), None, Some(_)) = (&options.workspace, usable, candidates.first()) {
+            return Err(SandboxError::InvalidRequest(
+                "the rustpython tier has no file system, so its sessions cannot mount a workspace (use the wasm or \
+                 docker tier)"
+                    .into(),
+            ));
+        }
+        let tier = match usable {
             Some(&tier) => tier,
             None => {
                 let why = match options.tier {
@@ -97,7 +118,7 @@ impl Sandbox {
             let mut data = serde_json::json!({
                 "session": id, "caller": caller, "tier": tier, "max_cells": limits.max_cells,
                 "idle_timeout": limits.idle_timeout.as_secs_f64(), "max_lifetime": limits.max_lifetime.as_secs_f64(),
-                "max_memory": limits.max_memory,
+                "max_memory": limits.max_memory, "workspace": options.workspace,
             });
             if let (Some(e), Some(map)) = (refused, data.as_object_mut()) {
                 map.insert("refused".into(), crate::error::redact_paths(&e.to_string()).into());
@@ -130,16 +151,21 @@ impl Sandbox {
                     limits.max_open
                 ))
             })?;
+            let prepared = match &options.workspace {
+                Some(name) => Some(self.stage_workspace(name, tier).await?),
+                None => None,
+            };
+            let mount = prepared.as_ref().map(super::workspace::Prepared::mount);
             let open = async {
                 match self.tiers.executor(tier) {
-                    Ok(exec) => exec.open_session().await,
+                    Ok(exec) => exec.open_session_with(mount).await,
                     Err(e) => Err(e),
                 }
             };
-            self.breakers.tier(tier).run(open).await.map(|inner| (inner, slot))
+            self.breakers.tier(tier).run(open).await.map(|inner| (inner, slot, prepared))
         }
         .await;
-        let (inner, slot) = match opened {
+        let (inner, slot, prepared) = match opened {
             Ok(o) => o,
             Err(e) => {
                 record_start(Some(&e))?;
@@ -156,6 +182,10 @@ impl Sandbox {
             recorded_end: false,
             slot: Some(slot),
             earlier: std::collections::VecDeque::new(),
+            workspace: prepared.map(|p| {
+                let owner = if tier == Tier::Docker { crate::workspace::docker_owner() } else { None };
+                (p, owner)
+            }),
         })
     }
 }
@@ -212,7 +242,7 @@ impl Session {
         let sandbox = self.sandbox.clone();
         let shared: &Sandbox = &sandbox;
         let before = usize::try_from(self.inner.cells()).unwrap_or(usize::MAX);
-        let (tier, inner) = (self.tier, &mut self.inner);
+        let (tier, inner, workspace) = (self.tier, &mut self.inner, &self.workspace);
         let mut code: String = req.code.chars().take(EARLIER_CELL_CHARS).collect();
         if code.len() < req.code.len() {
             code.push_str("\n# … (cut)");
@@ -229,11 +259,20 @@ impl Session {
         earlier.extend(self.earlier.iter().cloned());
         // A cell of an ended session is recorded too, refused with the reason.
         let r = shared
-            .audited(req, Some((&self.id, &earlier)), |req, _policy| {
+            .audited(req, Some((&self.id, &earlier)), |req, policy| {
                 Box::pin(async move {
-                    match inner.ended() {
-                        Some(why) => Err(SandboxError::SessionEnded(why)),
-                        None => cell(shared, tier, inner.as_mut(), req).await,
+                    match (inner.ended(), workspace) {
+                        (Some(why), _) => Err(SandboxError::SessionEnded(why)),
+                        (None, None) => cell(shared, tier, inner.as_mut(), req).await,
+                        (None, Some((p, owner))) => {
+                            let guard = p.guard(policy.workspaces().quota);
+                            let ran = cell(shared, tier, inner.as_mut(), req.clone()).await;
+                            drop(guard);
+                            match ran {
+                                Ok(o) => shared.settle_cell(p, *owner, o, &req, &policy).await,
+                                Err(e) => Err(e),
+                            }
+                        }
                     }
                 })
             })

@@ -32,7 +32,8 @@ pub(super) struct Root {
     pub(super) opened: OnceLock<Result<Workspaces, String>>,
 }
 
-/// A run's copy, made before the run.
+/// A run's copy, made before the run (a session's, kept for all its cells).
+#[derive(Clone)]
 pub(super) struct Prepared {
     pub(super) workspace: Arc<Workspace>,
     pub(super) staged: Arc<Staged>,
@@ -204,15 +205,20 @@ impl Sandbox {
     /// Checks that `req` may mount its workspace under `policy`.
     pub(super) fn check_workspace(req: &ExecRequest, policy: &Policy) -> Result<(), SandboxError> {
         let Some(name) = &req.workspace else { return Ok(()) };
-        if !crate::workspace::valid_name(name) {
-            return Err(SandboxError::InvalidRequest(format!(
-                "{name:?} is not a workspace name (1-64 letters, digits, '.', '_' or '-', starting with a letter or digit)"
-            )));
-        }
         if req.scratch {
             return Err(SandboxError::InvalidRequest(
                 "a run has either a scratch directory or a workspace, not both".into(),
             ));
+        }
+        Sandbox::check_workspace_name(name, policy)
+    }
+
+    /// Checks that runs under `policy` may mount workspace `name`.
+    pub(super) fn check_workspace_name(name: &str, policy: &Policy) -> Result<(), SandboxError> {
+        if !crate::workspace::valid_name(name) {
+            return Err(SandboxError::InvalidRequest(format!(
+                "{name:?} is not a workspace name (1-64 letters, digits, '.', '_' or '-', starting with a letter or digit)"
+            )));
         }
         if !policy.workspaces().allows(name) {
             return Err(SandboxError::InvalidRequest(format!(
@@ -242,6 +248,46 @@ impl Sandbox {
             stop: Arc::new(AtomicBool::new(false)),
             over: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// After a session's cell: a cell that did not end `ok` leaves the copy as it
+    /// is (settled after the next one that does); otherwise the copy is settled
+    /// as a run's, then brought to the workspace's current version (whatever was
+    /// not kept is gone from it, what other runs committed is in it).
+    pub(super) async fn settle_cell(
+        &self,
+        p: &Prepared,
+        owner: Option<(u32, u32)>,
+        mut o: Outcome,
+        req: &ExecRequest,
+        policy: &Policy,
+    ) -> Result<Outcome, SandboxError> {
+        let stopped = p.over.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+        if o.status != crate::executor::Status::Ok && !stopped {
+            o.workspace = Some(crate::executor::WorkspaceInfo {
+                name: p.workspace.name().to_string(),
+                base: p.staged.base(),
+                status: "held".into(),
+                version: None,
+                changes: Vec::new(),
+                digest: None,
+                message: Some(format!(
+                    "the cell ended with status {}; what the session changed stays in its copy and is settled after \
+                     the next cell that ends ok",
+                    o.status.as_str()
+                )),
+            });
+            return Ok(o);
+        }
+        self.settle_workspace(p.clone(), &mut o, req, policy).await?;
+        if o.workspace.as_ref().is_some_and(|w| w.status != "unchanged") {
+            let (w, staged, tier) = (p.workspace.clone(), p.staged.clone(), o.tier);
+            tokio::task::spawn_blocking(move || w.reset_copy(&staged, owner))
+                .await
+                .map_err(|e| host(tier, e))?
+                .map_err(|e| host(tier, e))?;
+        }
+        Ok(o)
     }
 
     /// Decides what becomes of the run's copy, and reports it in `o`. The

@@ -113,6 +113,9 @@ pub(super) struct StartBody {
     /// `auto` (the policy's tier) or a tier's name; the session stays on it.
     #[schema(schema_with = super::openapi::tier_choice_schema)]
     pub(super) tier: Option<String>,
+    /// A workspace every cell sees at /workspace (wasm and docker tiers); after
+    /// each cell that ends ok, what it changed is settled as a run's would be.
+    pub(super) workspace: Option<String>,
 }
 
 /// A session as the API shows it.
@@ -171,7 +174,7 @@ pub(super) async fn start(State(state): State<Shared>, Caller(caller, _): Caller
         },
     };
     start_sweeper(&state);
-    let options = SessionOptions { tier, caller: Some(caller.name.clone()) };
+    let options = SessionOptions { tier, caller: Some(caller.name.clone()), workspace: b.workspace };
     match state.sandbox.session(options).await {
         Ok(s) => {
             let id = s.id().to_string();

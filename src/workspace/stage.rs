@@ -16,7 +16,9 @@ use super::{Quota, Workspace, WorkspaceError, tree};
 #[derive(Debug)]
 pub struct Staged {
     workspace: String,
-    base: Manifest,
+    /// The version the copy holds (moved on when a session's copy is reset to
+    /// a newer one).
+    base: std::sync::Mutex<Manifest>,
     staging: Dir,
     name: String,
     dir: Dir,
@@ -41,7 +43,11 @@ pub struct ChangeSet {
 impl Staged {
     /// The version the copy was made from.
     pub fn base(&self) -> u64 {
-        self.base.version
+        self.base_manifest().version
+    }
+
+    fn base_manifest(&self) -> Manifest {
+        self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The workspace.
@@ -179,14 +185,14 @@ impl Workspace {
         let dir = staging.open_dir_nofollow(&name).map_err(|e| self.host(e))?;
         let staged = Staged {
             workspace: self.name.clone(),
-            base,
+            base: std::sync::Mutex::new(base.clone()),
             staging: staging.try_clone().map_err(|e| self.host(e))?,
             name: name.clone(),
             dir,
             path: self.path.join("staging").join(&name),
         };
-        tree::write(&staged.dir, &staged.base.entries, &|sha| self.object(sha), owner)
-            .map_err(|e| self.host(format!("cannot copy version {}: {e}", staged.base.version)))?;
+        tree::write(&staged.dir, &base.entries, &|sha| self.object(sha), owner)
+            .map_err(|e| self.host(format!("cannot copy version {}: {e}", base.version)))?;
         if let Some((uid, gid)) = owner {
             tree::chown_dir(&staged.dir, uid, gid).map_err(|e| self.host(e))?;
         }
@@ -203,9 +209,10 @@ impl Workspace {
             Ok(r) => WorkspaceError::Refused(r),
             Err(e) => self.host(e),
         })?;
-        let changes = manifest::changes(&staged.base.entries, &entries);
-        let digest = manifest::digest(&self.name, staged.base.version, &changes);
-        Ok(ChangeSet { workspace: self.name.clone(), base: staged.base.version, changes, digest, entries })
+        let base = staged.base_manifest();
+        let changes = manifest::changes(&base.entries, &entries);
+        let digest = manifest::digest(&self.name, base.version, &changes);
+        Ok(ChangeSet { workspace: self.name.clone(), base: base.version, changes, digest, entries })
     }
 
     /// The unified diff of a change set, its new side read from the run's copy.
@@ -239,7 +246,7 @@ impl Workspace {
         let entries = if head.version == set.base {
             set.entries.clone()
         } else {
-            let moved = manifest::changes(&staged.base.entries, &head.entries);
+            let moved = manifest::changes(&staged.base_manifest().entries, &head.entries);
             let clash = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"));
             let paths: Vec<String> = set
                 .changes
@@ -318,6 +325,28 @@ impl Workspace {
         Ok((m, digest))
     }
 
+    /// Brings a session's copy to the current version, between its cells: what the
+    /// copy holds that the version does not (a change set refused, denied or in
+    /// conflict, links and special files included) is removed, what the version
+    /// holds that the copy does not (changes made by other runs) is written; the
+    /// copy's base is then the current version. `owner` as for [`Workspace::stage`].
+    ///
+    /// # Errors
+    /// The copy or the store cannot be read or written.
+    pub fn reset_copy(&self, staged: &Staged, owner: Option<(u32, u32)>) -> Result<u64, WorkspaceError> {
+        let head = self.head()?;
+        let copy = tree::read(&staged.dir, &Quota::NONE, true).map_err(|e| match e {
+            Ok(r) => self.host(r),
+            Err(e) => self.host(e),
+        })?;
+        let changes = manifest::changes(&copy, &head.entries);
+        self.apply(&staged.dir, &changes, owner)
+            .map_err(|e| self.host(format!("cannot reset a session's copy: {e}")))?;
+        let version = head.version;
+        *staged.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = head;
+        Ok(version)
+    }
+
     /// Stores the content `open` yields as object `sha`, unless it is stored.
     fn store(&self, sha: &str, open: impl FnOnce() -> io::Result<std::fs::File>) -> io::Result<()> {
         let objects = self.dir.open_dir_nofollow("objects")?;
@@ -341,16 +370,21 @@ impl Workspace {
         }
     }
 
-    /// Applies `changes` to the live files: removals deepest first, then
-    /// directories and files (each file written beside its name and renamed over
-    /// it), then directory modes deepest first.
+    /// Applies `changes` to the live files.
     fn apply_live(&self, changes: &[Change]) -> io::Result<()> {
-        let live = self.dir.open_dir_nofollow("live")?;
+        self.apply(&self.dir.open_dir_nofollow("live")?, changes, None)
+    }
+
+    /// Applies `changes` under `live`: removals deepest first, then directories
+    /// and files (each file written beside its name and renamed over it), then
+    /// directory modes deepest first; `owner`: give what is written to this uid
+    /// and gid.
+    fn apply(&self, live: &Dir, changes: &[Change], owner: Option<(u32, u32)>) -> io::Result<()> {
         for c in changes.iter().rev() {
             let retyped = matches!((&c.old, &c.new), (Some(o), Some(n)) if o.kind != n.kind);
             if c.new.is_none() || retyped {
                 let (parent, name) = tree::split(&c.path);
-                let Ok(dir) = tree::open_dir(&live, parent) else { continue };
+                let Ok(dir) = tree::open_dir(live, parent) else { continue };
                 let removed = match dir.symlink_metadata(name) {
                     Ok(m) if m.is_dir() => dir.remove_dir_all(name),
                     Ok(_) => dir.remove_file(name),
@@ -365,11 +399,14 @@ impl Workspace {
             if !parent.is_empty() {
                 live.create_dir_all(parent)?;
             }
-            let dir = tree::open_dir(&live, parent)?;
+            let dir = tree::open_dir(live, parent)?;
             match new.kind {
                 Kind::Dir => {
                     if !dir.symlink_metadata(name).is_ok_and(|m| m.is_dir()) {
                         super::create_private_dir(&dir, name)?;
+                        if let Some((uid, gid)) = owner {
+                            tree::chown_dir(&dir.open_dir_nofollow(name)?, uid, gid)?;
+                        }
                     }
                 }
                 Kind::File if c.action == manifest::Action::Mode => {
@@ -387,6 +424,9 @@ impl Workspace {
                                     c.path
                                 )));
                             }
+                            if let Some((uid, gid)) = owner {
+                                std::os::unix::fs::fchown(&out, Some(uid), Some(gid))?;
+                            }
                             out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(new.mode))
                         });
                     match written {
@@ -403,7 +443,7 @@ impl Workspace {
         for c in changes.iter().rev() {
             if let Some(Entry { kind: Kind::Dir, mode, .. }) = &c.new {
                 let (parent, name) = tree::split(&c.path);
-                tree::open_dir(&live, parent)?.set_permissions(name, cap_std::fs::Permissions::from_mode(*mode))?;
+                tree::open_dir(live, parent)?.set_permissions(name, cap_std::fs::Permissions::from_mode(*mode))?;
             }
         }
         Ok(())

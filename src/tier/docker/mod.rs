@@ -374,7 +374,14 @@ impl Executor for DockerExecutor {
     }
 
     fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn crate::executor::TierSession>, SandboxError>> {
-        Box::pin(async move { Ok(Box::new(self.start_session().await?) as Box<dyn crate::executor::TierSession>) })
+        Box::pin(async move { Ok(Box::new(self.start_session(None).await?) as Box<dyn crate::executor::TierSession>) })
+    }
+
+    fn open_session_with(
+        &self,
+        mount: Option<crate::workspace::Mount>,
+    ) -> BoxFuture<'_, Result<Box<dyn crate::executor::TierSession>, SandboxError>> {
+        Box::pin(async move { Ok(Box::new(self.start_session(mount).await?) as Box<dyn crate::executor::TierSession>) })
     }
 
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {

@@ -31,11 +31,19 @@ pub(super) struct DockerSession {
     /// Freezing the container after the last cell (off that cell's path: the
     /// engine takes milliseconds); the next cell waits for it first.
     freezing: Option<tokio::task::JoinHandle<Result<(), SandboxError>>>,
+    /// With a workspace mounted: raised when its copy is past the quota.
+    workspace_stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl DockerExecutor {
     /// Starts a session's container (see the module docs).
-    pub(super) async fn start_session(&self) -> Result<DockerSession, SandboxError> {
+    /// `mount`: a workspace's copy bound at `/workspace` for every cell; the
+    /// container is then frozen before each cell's outcome returns (the copy is
+    /// read between cells), and a copy past its quota ends the cell and the session.
+    pub(super) async fn start_session(
+        &self,
+        mount: Option<crate::workspace::Mount>,
+    ) -> Result<DockerSession, SandboxError> {
         let shared = &self.shared;
         if shared.closed.load(Ordering::SeqCst) {
             return Err(host("the docker executor was shut down"));
@@ -44,9 +52,15 @@ impl DockerExecutor {
         let policy = shared.policy.for_session();
         let n = nonce();
         let launch = Launch {
-            cmd: engine::prelude_cmd_with(PRELUDE, &n, &preload(&policy), None, "mark session"),
+            cmd: engine::prelude_cmd_with(
+                PRELUDE,
+                &n,
+                &preload(&policy),
+                mount.as_ref().map(|_| "workspace"),
+                "mark session",
+            ),
             scratch: false,
-            workspace: None,
+            workspace: mount.clone(),
             labels: shared.labels(),
         };
         let warm = start_container(&engine, &policy, &launch, &n).await?;
@@ -77,6 +91,7 @@ impl DockerExecutor {
             life,
             _stop: stop,
             freezing: None,
+            workspace_stop: mount.as_ref().map(crate::workspace::Mount::stop_flag),
         })
     }
 }
@@ -109,7 +124,10 @@ impl DockerSession {
         let running = self.life.begin_cell();
         let due = (started + policy.timeout()).min(self.life.expires);
         let ran = match self.warm.as_mut() {
-            Some(warm) => run_cell(&self.engine, warm, &policy, &req, (due, self.life.expires)).await,
+            Some(warm) => {
+                let stop = self.workspace_stop.clone();
+                run_cell(&self.engine, warm, &policy, &req, (due, self.life.expires), stop).await
+            }
             None => Err(host("the session lost its container")),
         };
         running.finish();
@@ -138,6 +156,17 @@ impl DockerSession {
         {
             let (engine, id) = (self.engine.clone(), w.id.clone());
             self.freezing = Some(tokio::spawn(async move { engine.pause(&id).await }));
+            // A workspace's copy is read once the cell returns: frozen first.
+            if self.workspace_stop.is_some()
+                && let Some(freezing) = self.freezing.take()
+            {
+                let frozen = freezing.await.unwrap_or_else(|e| Err(host(format!("freezing a container failed: {e}"))));
+                if let Err(e) = frozen {
+                    let why = format!("its container could not be frozen after a cell: {e}");
+                    self.end(&why);
+                    outcome.session = Some(CellInfo { cell: self.cells, ended: Some(why) });
+                }
+            }
         }
         outcome.id = req.id;
         outcome.usage.wall_ms = millis(started.elapsed());
@@ -192,6 +221,7 @@ async fn run_cell(
     policy: &Policy,
     req: &ExecRequest,
     (due, expires): (Instant, Instant),
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<(Outcome, Option<String>), SandboxError> {
     let due = tokio::time::Instant::from_std(due);
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
@@ -221,9 +251,12 @@ async fn run_cell(
     if written.is_ok() {
         let caps = (max_out, max_err);
         let calls = (&mut answerer, &mut warm.input);
-        (ended, status_at) = collect(&mut warm.output, &nonce, due, caps, (&mut out, &mut err), calls)
-            .await
-            .map_err(|e| host(format!("the connection to a session's container broke: {e}")))?;
+        let collected = collect(&mut warm.output, &nonce, due, caps, (&mut out, &mut err), calls);
+        // A workspace's copy past its quota stops the cell (the sandbox says why).
+        (ended, status_at) = tokio::select! {
+            r = collected => r.map_err(|e| host(format!("the connection to a session's container broke: {e}")))?,
+            () = super::stream::raised(stop) => (Ended::Refused, None),
+        };
     }
     // Bytes after the end marker came with it: written past the report.
     let mut broken = None;
@@ -275,7 +308,9 @@ async fn run_cell(
         Ended::Reported => apply_status(&mut o, report.status_line.as_deref(), None, false),
         // The host refused a call: the cell is denied (below), the container goes.
         Ended::Refused => {
-            broken = broken.or_else(|| Some("the host refused a host function call; its container was removed".into()));
+            broken = broken.or_else(|| {
+                Some("the host stopped the cell (a refused host function call, or a workspace past its quota); its container was removed".into())
+            });
         }
     }
     apply_output_cap(&mut o, max_out);

@@ -30,6 +30,19 @@ enum Answered {
     Closed,
 }
 
+/// Resolves once `stop` is raised (a workspace's copy past its quota); never
+/// without one.
+pub(super) async fn raised(stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) {
+    match stop {
+        Some(s) => {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Sends the request to a ready container, collects its output until the prelude's
 /// report, the container's exit, the deadline (counted from `delivered`) or the
 /// output cap, and removes the container.
@@ -66,19 +79,9 @@ pub(super) async fn serve(
         let collected = collect(&mut output, &nonce, due, caps, (&mut out, &mut err), (&mut answerer, &mut input));
         // A workspace's copy past its quota stops the run (the sandbox says why).
         let stop = req.mount.as_ref().map(crate::workspace::Mount::stop_flag);
-        let must_stop = async {
-            match stop {
-                Some(s) => {
-                    while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
         let collected = tokio::select! {
             r = collected => r,
-            () = must_stop => Ok((Ended::Refused, None)),
+            () = raised(stop) => Ok((Ended::Refused, None)),
         };
         match collected {
             Ok((e, _)) => ended = e,

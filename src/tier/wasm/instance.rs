@@ -229,12 +229,22 @@ pub(super) fn build_store(
 
 /// Ends the run in `store` (a trap) once `window` is due; before the window is
 /// set, at [`STARTUP_LIMIT`] from now. Checked at every epoch tick.
-pub(super) fn watch_window(store: &mut Store<Host>, window: Window) {
+/// `stop`, when raised (a workspace copy past its quota), ends it at the next tick.
+pub(super) fn watch_window(
+    store: &mut Store<Host>,
+    window: Window,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) {
     let created = Instant::now();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         let due = window.lock().ok().and_then(|d| *d).map_or(created + STARTUP_LIMIT, |(_, due)| due);
-        if Instant::now() >= due { Err(Trap::Interrupt.into()) } else { Ok(wasmtime::UpdateDeadline::Continue(1)) }
+        let stopped = stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if stopped || Instant::now() >= due {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        }
     });
 }
 
@@ -299,7 +309,7 @@ fn run_instance(
             None
         }
         Deadline::Cell(cell) => {
-            watch_window(&mut store, cell.clone());
+            watch_window(&mut store, cell.clone(), None);
             Some(cell)
         }
     };

@@ -212,8 +212,8 @@ impl WasmExecutor {
         };
         // A run that may call host functions needs streams the host reads and
         // feeds while it runs: an instance of its own, as a session of one cell.
-        if req.host.is_some() && !req.scratch && req.mount.is_none() {
-            let mut one = self.start_session_with(policy).await?;
+        if req.host.is_some() && !req.scratch {
+            let mut one = self.start_session_with(policy, req.mount.clone()).await?;
             let mut o = crate::executor::TierSession::execute(&mut one, req).await?;
             crate::executor::TierSession::end(&mut one, "its one run ended");
             o.session = None;
@@ -276,6 +276,16 @@ impl Executor for WasmExecutor {
     /// One instance kept for the session's cells (see `session.rs`).
     fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn TierSession>, SandboxError>> {
         Box::pin(async move { Ok(Box::new(self.start_session().await?) as Box<dyn TierSession>) })
+    }
+
+    fn open_session_with(
+        &self,
+        mount: Option<crate::workspace::Mount>,
+    ) -> BoxFuture<'_, Result<Box<dyn TierSession>, SandboxError>> {
+        Box::pin(async move {
+            let session = self.start_session_with(self.policy.for_session(), mount).await?;
+            Ok(Box::new(session) as Box<dyn TierSession>)
+        })
     }
 }
 

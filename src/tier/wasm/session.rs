@@ -159,12 +159,17 @@ pub(super) struct WasmSession {
 impl WasmExecutor {
     /// Starts a session's instance and waits until its prelude is ready.
     pub(super) async fn start_session(&self) -> Result<WasmSession, SandboxError> {
-        self.start_session_with(self.policy.for_session()).await
+        self.start_session_with(self.policy.for_session(), None).await
     }
 
     /// Starts an instance kept for cells under `policy` (its memory cap is the
     /// instance's).
-    pub(super) async fn start_session_with(&self, policy: Policy) -> Result<WasmSession, SandboxError> {
+    /// `mount`: a workspace's copy at `/workspace` for every cell.
+    pub(super) async fn start_session_with(
+        &self,
+        policy: Policy,
+        mount: Option<crate::workspace::Mount>,
+    ) -> Result<WasmSession, SandboxError> {
         let runtime = self.runtime()?;
         let nonce = nonce();
         let io = Io::new(STDERR_SLACK);
@@ -178,7 +183,7 @@ impl WasmExecutor {
         std::thread::Builder::new()
             .name("terrarium-wasm-session".into())
             .spawn(move || {
-                let exit = run_instance(&runtime, &policy, &i, &c, &n, &preload);
+                let exit = run_instance(&runtime, &policy, &i, &c, (&n, &preload), mount.as_ref());
                 i.finish(exit);
             })
             .map_err(|e| host(format!("cannot start a session's instance: {e}")))?;
@@ -231,16 +236,18 @@ fn run_instance(
     policy: &Policy,
     io: &Arc<Io>,
     control: &Arc<Control>,
-    nonce: &str,
-    preload: &str,
+    (nonce, preload): (&str, &str),
+    mount: Option<&crate::workspace::Mount>,
 ) -> Exit {
-    let launch = Launch { nonce, preload, writable: None, flags: "mark session", stop: None };
+    let writable = mount.map(|m| ("workspace", m.by_handle()));
+    let stop = mount.map(crate::workspace::Mount::stop_flag);
+    let launch = Launch { nonce, preload, writable, flags: "mark session", stop: stop.clone() };
     let due = sleep::Due::Window(control.window.clone());
     let mut store = match build_store(runtime, policy, io.guest(), &launch, due, UNLIMITED_FUEL) {
         Ok(s) => s,
         Err(e) => return Exit::Setup(e.to_string()),
     };
-    watch_window(&mut store, control.window.clone());
+    watch_window(&mut store, control.window.clone(), stop);
     let (start, memory) = match instantiate(runtime, &mut store) {
         Ok(i) => i,
         Err(e) => return Exit::Setup(e.to_string()),
