@@ -54,9 +54,11 @@ pub(crate) mod executor;
 pub mod hex;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod hex;
+#[cfg(feature = "cli")]
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod integrity;
+#[cfg(feature = "cli")]
 #[cfg(not(feature = "internals"))]
 pub(crate) mod integrity;
 #[cfg(feature = "internals")]

@@ -39,6 +39,8 @@ pub fn hidden(c: char) -> Option<&'static str> {
         '\u{200B}' => "ZERO WIDTH SPACE",
         '\u{200C}' => "ZERO WIDTH NON-JOINER",
         '\u{200D}' => "ZERO WIDTH JOINER",
+        '\u{2028}' => "LINE SEPARATOR",
+        '\u{2029}' => "PARAGRAPH SEPARATOR",
         '\u{2060}'..='\u{2065}' => "INVISIBLE FORMATTING CHARACTER",
         '\u{206A}'..='\u{206F}' => "DEPRECATED FORMATTING CHARACTER",
         '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => "VARIATION SELECTOR",

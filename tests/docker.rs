@@ -52,6 +52,33 @@ fn an_infinite_loop_times_out_and_its_container_is_gone() {
 
 #[test]
 #[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
+fn a_run_whose_caller_stops_waiting_does_not_leave_its_container_running() {
+    let Some(exec_) = docker_executor(docker_policy(), 0) else { return };
+    let exec_ = std::sync::Arc::new(exec_);
+    let (label, value) = exec_.label();
+    let (label, value) = (label.to_string(), value.to_string());
+    let e = exec_.clone();
+    // An HTTP client that hangs up drops the request's future mid-run.
+    let task = runtime().spawn(async move {
+        let _ = terrarium::Executor::execute(&*e, with_timeout("import time\ntime.sleep(25)", 9.0)).await;
+    });
+    let until = Instant::now() + Duration::from_secs(30);
+    while containers_labelled(&label, &value).is_empty() {
+        assert!(Instant::now() < until, "the run's container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    task.abort();
+    let _ = runtime().block_on(task);
+    let until = Instant::now() + Duration::from_secs(15);
+    while !containers_labelled(&label, &value).is_empty() {
+        assert!(Instant::now() < until, "the abandoned run's container was left running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]
 fn a_sleeping_snippet_is_killed_at_its_deadline() {
     let Some(exec_) = docker_executor(docker_policy(), 0) else { return };
     let o = exec(&exec_, with_timeout("import time\ntime.sleep(30)", 1.0));

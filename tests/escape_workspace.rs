@@ -55,6 +55,11 @@ const ATTACKS: &[(&str, &str, Option<&str>)] = &[
         Some("big: it is"),
     ),
     (
+        "300 files held open at once",
+        "import time\nheld = [open('o%d' % i, 'w') for i in range(300)]\ntime.sleep(3)",
+        Some("files open under it"),
+    ),
+    (
         "100,000 small files",
         "import os\nfor i in range(100000):\n    open('f%d' % i, 'w').close()",
         Some("max_files (2000)"),

@@ -160,7 +160,10 @@ fn slow_a_run_on_wasm_and_on_docker_edits_a_workspace_with_an_exact_change_set()
         // Each version is in the audit log with its manifest's digest.
         s.flush_audit(Duration::from_secs(10)).expect("flush");
         let rows = terrarium::audit::tail(&home.path().join("audit.db"), usize::MAX).expect("rows");
-        let commits: Vec<_> = rows.iter().filter(|r| r.kind == "workspace_commit").collect();
+        let created = rows.iter().filter(|r| r.kind == "workspace_commit" && r.data["action"] == "create").count();
+        assert_eq!(created, 1, "{tier}: made on first use, and recorded");
+        let commits: Vec<_> =
+            rows.iter().filter(|r| r.kind == "workspace_commit" && r.data["action"].is_null()).collect();
         assert_eq!(commits.len(), 2, "{tier}");
         assert_eq!(commits[1].data["manifest_sha256"].as_str().map(str::len), Some(64), "{tier}");
         assert!(rows.iter().any(|r| r.kind == "workspace_discard"), "{tier}");

@@ -191,8 +191,9 @@ impl NativeSandbox {
         Ok(NativeSandbox { sandbox: Arc::new(sandbox) })
     }
 
-    /// Runs `code`; returns the outcome as JSON.
-    #[pyo3(signature = (code, timeout=None, tier=None, memory=None))]
+    /// Runs `code` (with `workspace` mounted at /workspace when given); returns
+    /// the outcome as JSON.
+    #[pyo3(signature = (code, timeout=None, tier=None, memory=None, workspace=None))]
     fn run(
         &self,
         py: Python<'_>,
@@ -200,8 +201,10 @@ impl NativeSandbox {
         timeout: Option<f64>,
         tier: Option<&str>,
         memory: Option<&str>,
+        workspace: Option<String>,
     ) -> PyResult<String> {
         let mut req = ExecRequest::new(code).with_caller("python");
+        req.workspace = workspace;
         req.tier = tier_choice(py, tier)?;
         req.overrides = overrides(py, timeout, memory)?;
         let rt = runtime()?;
@@ -210,13 +213,14 @@ impl NativeSandbox {
         answer(py, ran)
     }
 
-    /// Starts a session on `tier` (`None`: the policy's).
-    #[pyo3(signature = (tier=None))]
-    fn session(&self, py: Python<'_>, tier: Option<&str>) -> PyResult<NativeSession> {
+    /// Starts a session on `tier` (`None`: the policy's), with `workspace` at
+    /// /workspace for every cell when given.
+    #[pyo3(signature = (tier=None, workspace=None))]
+    fn session(&self, py: Python<'_>, tier: Option<&str>, workspace: Option<String>) -> PyResult<NativeSession> {
         let tier = tier_choice(py, tier)?;
         let rt = runtime()?;
         let sandbox = self.sandbox.clone();
-        let options = SessionOptions { tier, caller: Some("python".into()), workspace: None };
+        let options = SessionOptions { tier, caller: Some("python".into()), workspace };
         let started = py.detach(|| rt.block_on(async move { sandbox.session(options).await }));
         let session = started.map_err(|e| sandbox_error(py, e))?;
         let (id, tier) = (session.id().to_string(), session.tier().to_string());

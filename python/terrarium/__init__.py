@@ -34,7 +34,7 @@ from .errors import (
     SessionEnded,
     TierUnavailable,
 )
-from .outcome import CallInfo, CellInfo, ErrorInfo, Outcome, Usage
+from .outcome import CallInfo, CellInfo, ErrorInfo, Outcome, Usage, WorkspaceChange, WorkspaceInfo
 
 __all__ = [
     "Sandbox",
@@ -52,6 +52,8 @@ __all__ = [
     "NotApproved",
     "SessionEnded",
     "worker_exe",
+    "WorkspaceInfo",
+    "WorkspaceChange",
 ]
 
 __version__ = _native.__version__
@@ -118,15 +120,19 @@ class Sandbox:
         timeout: Optional[float] = None,
         tier: Optional[str] = None,
         memory: Optional[str] = None,
+        workspace: Optional[str] = None,
     ) -> Outcome:
         """Runs ``code`` and returns how it ended.
 
         ``timeout`` (seconds) and ``memory`` (``"64m"``) may only tighten the
         policy; ``tier`` is ``"auto"`` (the default: the lightest tier that can
-        serve it), ``"rustpython"``, ``"wasm"`` or ``"docker"``.
+        serve it), ``"rustpython"``, ``"wasm"`` or ``"docker"``. ``workspace``
+        names a workspace (the policy's ``workspaces.allow``) mounted read-write
+        at ``/workspace``: the run works on a copy, and what it changed becomes
+        the workspace's next version (``outcome.workspace`` says what happened).
         """
         _check_code(code)
-        return _outcome(self._native.run(code, timeout, tier, memory))
+        return _outcome(self._native.run(code, timeout, tier, memory, workspace))
 
     async def run_async(
         self,
@@ -135,15 +141,18 @@ class Sandbox:
         timeout: Optional[float] = None,
         tier: Optional[str] = None,
         memory: Optional[str] = None,
+        workspace: Optional[str] = None,
     ) -> Outcome:
         """:meth:`run` without blocking the event loop (it waits on a worker thread;
         the run itself is in the sandbox, as ever)."""
-        call = functools.partial(self.run, code, timeout=timeout, tier=tier, memory=memory)
+        call = functools.partial(self.run, code, timeout=timeout, tier=tier, memory=memory, workspace=workspace)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
-    def session(self, *, tier: Optional[str] = None) -> "Session":
-        """Starts a session: cells that share interpreter state on one tier."""
-        return Session(self._native.session(tier))
+    def session(self, *, tier: Optional[str] = None, workspace: Optional[str] = None) -> "Session":
+        """Starts a session: cells that share interpreter state on one tier. With
+        ``workspace``, every cell sees it at ``/workspace``; each cell that ends ok
+        is settled as a run would be."""
+        return Session(self._native.session(tier, workspace))
 
     def flush_audit(self, timeout: float = 5.0) -> None:
         """Waits (at most ``timeout`` seconds) until the audit log holds every event so far."""

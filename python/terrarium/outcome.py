@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ["Outcome", "Usage", "ErrorInfo", "CallInfo", "CellInfo"]
+__all__ = ["Outcome", "Usage", "ErrorInfo", "CallInfo", "CellInfo", "WorkspaceInfo", "WorkspaceChange"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,42 @@ class CellInfo:
 
 
 @dataclass(frozen=True)
+class WorkspaceChange:
+    """One changed path of a workspace: ``action`` is ``added``, ``modified``,
+    ``mode`` or ``deleted``; ``size`` is the new size of a file."""
+
+    path: str
+    action: str
+    size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """What became of a run's changes to its workspace (the host's record).
+
+    ``status`` is ``committed`` (``version`` is the new version), ``unchanged``,
+    ``discarded`` (the run did not end ok), ``held`` (a session's cell that did
+    not end ok: settled after the next one that does), ``refused`` (something a
+    workspace may not hold, or past a quota), ``denied`` or ``expired`` (a
+    human's approval), or ``conflict``.
+    """
+
+    name: str
+    base: int
+    status: str
+    version: Optional[int] = None
+    changes: List[WorkspaceChange] = field(default_factory=list)
+    digest: Optional[str] = None
+    message: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "WorkspaceInfo":
+        fields = _known(cls, data)
+        fields["changes"] = [WorkspaceChange(**_known(WorkspaceChange, c)) for c in data.get("changes") or []]
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run ended, decided by the host (never by the sandboxed code).
 
@@ -68,6 +104,7 @@ class Outcome:
     session: Optional[CellInfo] = None
     calls: List[CallInfo] = field(default_factory=list)
     id: Optional[str] = None
+    workspace: Optional[WorkspaceInfo] = None
 
     @property
     def ok(self) -> bool:
@@ -92,6 +129,7 @@ class Outcome:
             session=CellInfo(**_known(CellInfo, cell)) if cell else None,
             calls=[CallInfo(**_known(CallInfo, c)) for c in data.get("calls") or []],
             id=data.get("id"),
+            workspace=WorkspaceInfo.from_json(data["workspace"]) if data.get("workspace") else None,
         )
 
 

@@ -440,7 +440,9 @@ impl Sandbox {
             run.mount = prepared.as_ref().map(workspace::Prepared::mount);
             let guard = prepared.as_ref().map(|p| p.guard(policy.workspaces().quota));
             let r = exec.execute(run).await;
-            drop(guard);
+            if let Some(g) = guard {
+                g.finish();
+            }
             match &r {
                 Err(e) if e.is_host_fault() => permit.failed(&e.to_string()),
                 _ => permit.succeeded(),

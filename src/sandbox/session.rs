@@ -267,7 +267,7 @@ impl Session {
                         (None, Some((p, owner))) => {
                             let guard = p.guard(policy.workspaces().quota);
                             let ran = cell(shared, tier, inner.as_mut(), req.clone()).await;
-                            drop(guard);
+                            guard.finish();
                             match ran {
                                 Ok(o) => shared.settle_cell(p, *owner, o, &req, &policy).await,
                                 Err(e) => Err(e),

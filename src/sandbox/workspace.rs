@@ -49,14 +49,17 @@ pub(super) struct Prepared {
 const GUARD_EVERY: Duration = Duration::from_millis(50);
 
 /// Measures the copy while the run goes, and raises the stop flag once it is past
-/// the quota; stops measuring when dropped.
+/// the quota. [`QuotaGuard::finish`] stops it when the run has returned; a guard
+/// dropped without it (the caller stopped waiting, the run goes on) keeps
+/// measuring for as long as anything still holds the copy.
 pub(super) struct QuotaGuard {
     done: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for QuotaGuard {
-    fn drop(&mut self) {
+impl QuotaGuard {
+    /// Stops measuring (the run has returned).
+    pub(super) fn finish(mut self) {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -73,13 +76,18 @@ impl Prepared {
     /// Starts guarding the copy's size while the run goes.
     pub(super) fn guard(&self, quota: Quota) -> QuotaGuard {
         let done = Arc::new(AtomicBool::new(false));
-        let (d, staged, stop, over) = (done.clone(), self.staged.clone(), self.stop.clone(), self.over.clone());
+        let (d, stop, over) = (done.clone(), self.stop.clone(), self.over.clone());
+        let copy = Arc::downgrade(&self.staged);
         let thread = std::thread::Builder::new()
             .name("terrarium-workspace-quota".into())
             .spawn(move || {
                 while !d.load(Ordering::SeqCst) {
                     let started = Instant::now();
-                    if let Some(why) = staged.over_quota(&quota) {
+                    // Gone once nothing holds the copy: the run has ended.
+                    let Some(staged) = copy.upgrade() else { return };
+                    let past = staged.over_quota(&quota);
+                    drop(staged);
+                    if let Some(why) = past {
                         *over.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
                         stop.store(true, Ordering::SeqCst);
                         return;
@@ -234,8 +242,18 @@ impl Sandbox {
         let all = self.workspaces()?;
         let name = name.to_string();
         let owner = if tier == Tier::Docker { crate::workspace::docker_owner() } else { None };
+        let audit = self.audit.clone();
         let made = tokio::task::spawn_blocking(move || {
-            let w = all.get_or_create(&name)?;
+            let (w, created) = all.get_or_create(&name)?;
+            if created {
+                // Made on first use: its version 0 is recorded as a create is.
+                let sha = w.version_with_digest(0).map(|(_, sha)| sha)?;
+                let data = serde_json::json!({
+                    "workspace": name, "version": 0, "action": "create", "manifest_sha256": sha, "caller": "first use",
+                });
+                record(audit.as_ref(), EventKind::WorkspaceCommit, None, data)
+                    .map_err(|e| WorkspaceError::Host { workspace: name.clone(), message: e.to_string() })?;
+            }
             let staged = w.stage(owner)?;
             Ok::<_, WorkspaceError>((w, staged))
         })

@@ -114,7 +114,10 @@ fn watch(
                     continue;
                 }
             };
-            let digest = crate::workspace::sha256_hex(serde_json::to_string(&changes).unwrap_or_default().as_bytes());
+            // A finding is which paths differ and how: a file rewritten again and
+            // again behind Terrarium's back is one finding, recorded once.
+            let found: Vec<_> = changes.iter().map(|c| (&c.path, c.action)).collect();
+            let digest = crate::workspace::sha256_hex(serde_json::to_string(&found).unwrap_or_default().as_bytes());
             let seen = last.insert(s.name.clone(), digest.clone());
             // A new finding, or one that cleared: recorded once.
             if seen.as_ref() != Some(&digest) && (!changes.is_empty() || seen.is_some()) {

@@ -14,7 +14,7 @@
 //! # Security invariant
 //! A run never touches a workspace's live files or its store. It works on a private
 //! copy of the current version; once it has ended, the host alone reads that copy
-//! back ([`tree::read`]: through `cap-std` handles, never following a link, quotas
+//! back (`tree::read`: through `cap-std` handles, never following a link, quotas
 //! checked before a byte is read), turns it into a change set, and only then, if
 //! the policy lets it or a human approves, stores the content (hashing what it
 //! copies, refusing anything that changed since) and writes a new version. Links,
@@ -113,7 +113,7 @@ pub enum WorkspaceError {
 }
 
 /// The default workspaces root: `workspaces` in Terrarium's state directory
-/// ([`crate::dirs::state_dir`]).
+/// (`$TERRARIUM_HOME`, else `$XDG_DATA_HOME/terrarium`, else `~/.local/share/terrarium`).
 ///
 /// # Errors
 /// No state directory can be named.
@@ -144,6 +144,7 @@ impl Mount {
     }
 
     /// The flag behind [`Mount::must_stop`], for a tier's deadline check.
+    #[cfg_attr(not(any(feature = "wasm", feature = "docker")), allow(dead_code, reason = "used by the CPython tiers"))]
     pub(crate) fn stop_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.stop.clone()
     }
@@ -211,7 +212,7 @@ pub struct Summary {
 
 impl Workspaces {
     /// Opens (creating, 0700) the root `root`: it must be this user's and closed
-    /// to others, as every directory above it (see [`crate::dirs::OwnedDir`]).
+    /// to others, as every directory above it (see `dirs::OwnedDir`).
     ///
     /// # Errors
     /// The root is refused or cannot be made.
@@ -285,18 +286,19 @@ impl Workspaces {
         Ok(Workspace { name: name.to_string(), dir, path: self.root.path().join(name) })
     }
 
-    /// Opens workspace `name`, creating it when it does not exist.
+    /// Opens workspace `name`, creating it when it does not exist; `true` when
+    /// this call created it.
     ///
     /// # Errors
     /// As [`Workspaces::create`].
-    pub fn get_or_create(&self, name: &str) -> Result<Workspace, WorkspaceError> {
+    pub fn get_or_create(&self, name: &str) -> Result<(Workspace, bool), WorkspaceError> {
         match self.get(name) {
             Err(WorkspaceError::NotFound(_)) => match self.create(name) {
                 // Another run made it meanwhile.
-                Err(WorkspaceError::Invalid(_)) => self.get(name),
-                r => r,
+                Err(WorkspaceError::Invalid(_)) => self.get(name).map(|w| (w, false)),
+                r => r.map(|w| (w, true)),
             },
-            r => r,
+            r => r.map(|w| (w, false)),
         }
     }
 

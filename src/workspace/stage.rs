@@ -12,6 +12,10 @@ use cap_std::fs::{Dir, OpenOptions, PermissionsExt as _};
 use super::manifest::{self, Change, Entry, Kind, Manifest};
 use super::{Quota, Workspace, WorkspaceError, tree};
 
+/// Most files a run may hold open under its copy at once (the docker tier's
+/// open-files limit; on wasm the guest's files are Terrarium's own descriptors).
+pub const MAX_OPEN: usize = 256;
+
 /// A run's copy of a workspace's current version, removed when dropped.
 #[derive(Debug)]
 pub struct Staged {
@@ -67,7 +71,7 @@ impl Staged {
         format!("/proc/self/fd/{}", self.dir.as_raw_fd())
     }
 
-    /// Whether the copy is past `quota` now (see [`tree::over_quota`]), files
+    /// Whether the copy is past `quota` now (entries, a file's size, the total), files
     /// this process holds open under it after their names were removed included
     /// (a wasm guest's open files are this process's descriptors; a container's
     /// are bounded by its file-size and open-files limits).
@@ -75,7 +79,10 @@ impl Staged {
         if let Some(why) = tree::over_quota(&self.dir, quota) {
             return Some(why);
         }
-        let held = self.held_unlinked_bytes();
+        let (open, held) = self.open_under();
+        if open > MAX_OPEN {
+            return Some(format!("more than {MAX_OPEN} files open under it at once"));
+        }
         if let Some(big) = held.iter().find(|n| **n > quota.max_file_bytes) {
             return Some(format!("a file removed while open holds {big} bytes, more than max_file_size"));
         }
@@ -93,20 +100,41 @@ impl Staged {
         })
     }
 
-    /// Sizes of the files under the copy this process holds open whose names
-    /// were removed.
-    fn held_unlinked_bytes(&self) -> Vec<u64> {
+    /// How many descriptors of this process lead under the copy (a wasm guest's
+    /// open files are this process's), and the sizes of those whose names were
+    /// removed. A descriptor whose path is too long to read back counts when it
+    /// is a removed file on the copy's file system (a guest can nest deeper than
+    /// a path can name).
+    fn open_under(&self) -> (usize, Vec<u64>) {
+        use std::os::unix::fs::MetadataExt as _;
         let prefix = format!("{}/", self.path.display());
-        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
-        fds.flatten()
-            .filter_map(|fd| {
-                let target = std::fs::read_link(fd.path()).ok()?;
-                let target = target.to_str()?;
-                (target.starts_with(&prefix) && target.ends_with(" (deleted)"))
-                    .then(|| std::fs::metadata(fd.path()).ok().map(|m| m.len()))
-                    .flatten()
-            })
-            .collect()
+        let dev = self.dir.dir_metadata().ok().map(|m| cap_std::fs::MetadataExt::dev(&m));
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return (0, Vec::new()) };
+        let (mut open, mut removed) = (0, Vec::new());
+        for fd in fds.flatten() {
+            match std::fs::read_link(fd.path()) {
+                Ok(target) => {
+                    let target = target.to_string_lossy();
+                    if target.starts_with(&prefix) {
+                        open += 1;
+                        if target.ends_with(" (deleted)") {
+                            removed.push(std::fs::metadata(fd.path()).map_or(0, |m| m.len()));
+                        }
+                    }
+                }
+                Err(_) => {
+                    if let Ok(m) = std::fs::metadata(fd.path())
+                        && m.is_file()
+                        && m.nlink() == 0
+                        && Some(m.dev()) == dev
+                    {
+                        open += 1;
+                        removed.push(m.len());
+                    }
+                }
+            }
+        }
+        (open, removed)
     }
 
     /// Opens a file of the copy for reading, no link followed.

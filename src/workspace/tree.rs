@@ -99,6 +99,9 @@ impl Walk<'_> {
                 return Err(Ok(Refusal::new(path, &format!("its path is longer than {MAX_PATH} bytes"))));
             }
         }
+        // What `verify` compares keeps the set-id and sticky bits too (a live file
+        // made set-uid behind Terrarium's back is drift).
+        let bits = if self.survey { 0o7777 } else { MODE_BITS };
         if self.survey && !ft.is_dir() && !ft.is_file() {
             let meta = dir.symlink_metadata(name).map_err(Err)?;
             self.entries
@@ -114,7 +117,7 @@ impl Walk<'_> {
             }
             let sub = dir.open_dir_nofollow(name).map_err(|e| refused_or(e, &path))?;
             let meta = sub.dir_metadata().map_err(Err)?;
-            self.entries.insert(path.clone(), Entry::dir(meta.mode() & MODE_BITS));
+            self.entries.insert(path.clone(), Entry::dir(meta.mode() & bits));
             return self.dir(&sub, &format!("{path}/"), depth + 1);
         }
         if !ft.is_file() {
@@ -151,7 +154,7 @@ impl Walk<'_> {
         if size != meta.len() {
             return Err(Ok(Refusal::new(path, "it changed while it was read")));
         }
-        self.entries.insert(path, Entry::file(meta.mode() & MODE_BITS, size, sha));
+        self.entries.insert(path, Entry::file(meta.mode() & bits, size, sha));
         Ok(())
     }
 }

@@ -30,6 +30,31 @@ enum Answered {
     Closed,
 }
 
+/// Removes a container when dropped, unless disarmed: the run that uses it was
+/// abandoned before it could remove it itself.
+struct Reaper {
+    engine: Option<Engine>,
+    id: String,
+}
+
+impl Reaper {
+    fn disarm(mut self) {
+        self.engine = None;
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let (Some(engine), Ok(rt)) = (self.engine.take(), tokio::runtime::Handle::try_current()) else { return };
+        let id = std::mem::take(&mut self.id);
+        rt.spawn(async move {
+            if let Err(e) = engine.remove(&id).await {
+                tracing::warn!(error = %e, "could not remove the container of an abandoned run");
+            }
+        });
+    }
+}
+
 /// Resolves once `stop` is raised (a workspace's copy past its quota); never
 /// without one.
 pub(super) async fn raised(stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) {
@@ -54,6 +79,9 @@ pub(super) async fn serve(
     delivered: Instant,
 ) -> Result<Outcome, SandboxError> {
     let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
+    // A caller that stops waiting (an HTTP client that hangs up) drops this
+    // future: the container is removed then, not left running past its deadline.
+    let reaper = Reaper { engine: Some(engine.clone()), id: id.clone() };
     let due = tokio::time::Instant::from_std(delivered + policy.timeout());
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let max_err = max_out.saturating_add(STDERR_SLACK).saturating_add(call_room(policy, req.host.is_some()));
@@ -130,6 +158,7 @@ pub(super) async fn serve(
             });
         }
     }
+    reaper.disarm();
     let report = split_status(&String::from_utf8_lossy(&err), &nonce);
     let status_line = report.status_line;
     let mut o = Outcome::blank(Tier::Docker);

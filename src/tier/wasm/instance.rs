@@ -100,17 +100,25 @@ pub(super) fn run_blocking(
     let stdin = MemoryInputPipe::new(request_text(policy, code));
     let ticks = policy.timeout().as_millis().div_ceil(TICK.as_millis()).max(1);
     let deadline = Deadline::Ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
+    // The workspace's copy is held until the instance is gone: its descriptor,
+    // named by `/proc/self/fd`, stays open while wasmtime opens it and after.
+    let mut held = None;
     let (dir, breaker, mounted, stop) = match writable {
         Some(Writable::Scratch(parent, breaker)) => {
             let d = ScratchDir::create(&parent, &nonce, breaker.as_ref())?;
             let by_handle = d.0.by_handle();
             (Some(d), breaker, Some(("scratch", by_handle)), None)
         }
-        Some(Writable::Workspace(m)) => (None, None, Some(("workspace", m.by_handle())), Some(m.stop_flag())),
+        Some(Writable::Workspace(m)) => {
+            let mounted = (Some(("workspace", m.by_handle())), Some(m.stop_flag()));
+            held = Some(m);
+            (None, None, mounted.0, mounted.1)
+        }
         None => (None, None, None, None),
     };
     let launch = Launch { nonce: &nonce, preload: "", writable: mounted, flags: "", stop };
     let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
+    drop(held);
     if let Some(d) = dir {
         d.remove(breaker.as_ref())?;
     }
