@@ -138,14 +138,8 @@ fn slow_a_reviewer_sees_a_pending_host_call_with_its_arguments_and_approves_it()
         Box::pin(async move {
             let e = |what: &'static str| move |err: fantoccini::error::CmdError| format!("{what}: {err}");
             let wait = Duration::from_secs(30);
-            c.goto(&format!("{base}/review")).await.map_err(e("load /review"))?;
-            c.find(Locator::Id("token")).await.map_err(e("token"))?.send_keys(APPROVE).await.map_err(e("type"))?;
-            c.find(Locator::Id("login")).await.map_err(e("sign in"))?.click().await.map_err(e("click"))?;
-            c.wait().at_most(wait).for_element(Locator::Id(&format!("item-{id}"))).await.map_err(e("the item"))?;
-            let function = c.find(Locator::Id(&format!("function-{id}"))).await.map_err(e("function"))?;
-            let function = function.text().await.map_err(e("function text"))?;
-            let arguments = c.find(Locator::Id(&format!("arguments-{id}"))).await.map_err(e("arguments"))?;
-            let arguments = arguments.text().await.map_err(e("arguments text"))?;
+            open_item(c, &base, id).await?;
+            let (function, arguments) = (text_of(c, "function", id).await?, text_of(c, "arguments", id).await?);
             if function != "transfer" || !arguments.contains("<b>acct</b>") || !arguments.contains("\"amount\": 125") {
                 return Err(format!("the call is not shown as made: {function} {arguments}"));
             }
@@ -158,6 +152,23 @@ fn slow_a_reviewer_sees_a_pending_host_call_with_its_arguments_and_approves_it()
     let done = run.join().expect("client").json();
     assert_eq!((done["status"].as_str(), done["result"].as_i64()), (Some("ok"), Some(125)), "{done}");
     assert_eq!(done["calls"][0]["status"], "ok", "{done}");
+}
+
+/// Signs in on the review page as the approver and waits for item `id`.
+async fn open_item(c: &fantoccini::Client, base: &str, id: i64) -> Result<(), String> {
+    let e = |what: &'static str| move |err: fantoccini::error::CmdError| format!("{what}: {err}");
+    c.goto(&format!("{base}/review")).await.map_err(e("load /review"))?;
+    c.find(Locator::Id("token")).await.map_err(e("token"))?.send_keys(APPROVE).await.map_err(e("type"))?;
+    c.find(Locator::Id("login")).await.map_err(e("sign in"))?.click().await.map_err(e("click"))?;
+    let item = Locator::Id(&format!("item-{id}"));
+    c.wait().at_most(Duration::from_secs(30)).for_element(item).await.map_err(e("the item"))?;
+    Ok(())
+}
+
+/// The text of element `WHAT-ID` on the page.
+async fn text_of(c: &fantoccini::Client, what: &str, id: i64) -> Result<String, String> {
+    let el = c.find(Locator::Id(&format!("{what}-{id}"))).await.map_err(|err| format!("{what}: {err}"))?;
+    el.text().await.map_err(|err| format!("{what} text: {err}"))
 }
 
 /// The browser's part; every failure says what it expected.
@@ -285,16 +296,9 @@ fn slow_a_reviewer_reads_a_workspace_change_set_with_its_diff_and_approves_it() 
         Box::pin(async move {
             let e = |what: &'static str| move |err: fantoccini::error::CmdError| format!("{what}: {err}");
             let wait = Duration::from_secs(30);
-            c.goto(&format!("{base}/review")).await.map_err(e("load /review"))?;
-            c.find(Locator::Id("token")).await.map_err(e("token"))?.send_keys(APPROVE).await.map_err(e("type"))?;
-            c.find(Locator::Id("login")).await.map_err(e("sign in"))?.click().await.map_err(e("click"))?;
-            c.wait().at_most(wait).for_element(Locator::Id(&format!("item-{id}"))).await.map_err(e("the item"))?;
-            let workspace = c.find(Locator::Id(&format!("workspace-{id}"))).await.map_err(e("workspace"))?;
-            let workspace = workspace.text().await.map_err(e("workspace text"))?;
-            let changes = c.find(Locator::Id(&format!("changes-{id}"))).await.map_err(e("changes"))?;
-            let changes = changes.text().await.map_err(e("changes text"))?;
-            let diff = c.find(Locator::Id(&format!("diff-{id}"))).await.map_err(e("diff"))?;
-            let diff = diff.text().await.map_err(e("diff text"))?;
+            open_item(c, &base, id).await?;
+            let workspace = text_of(c, "workspace", id).await?;
+            let (changes, diff) = (text_of(c, "changes", id).await?, text_of(c, "diff", id).await?);
             if workspace != "docs" || !changes.contains("notes.md") || !changes.contains("added") {
                 return Err(format!("the change set is not shown: {workspace} {changes}"));
             }

@@ -54,20 +54,13 @@ impl Settler {
                 "workspace {}: {why} while the run went; the run was stopped and what it changed is not kept",
                 w.name()
             );
-            info.status = "refused".into();
-            info.message = Some(msg.clone());
-            self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-            o.status = Status::Denied;
-            o.error = Some(ErrorInfo::new(ErrorKind::PolicyDenied, msg));
-            o.workspace = Some(info);
+            let end = Some((Status::Denied, ErrorKind::PolicyDenied));
+            self.not_kept(&mut o, &mut info, ("refused", msg, end), &request_id).await?;
             return Ok(o);
         }
         if o.status != Status::Ok {
-            info.status = "discarded".into();
-            info.message =
-                Some(format!("the run ended with status {}; what it changed is not kept", status_word(o.status)));
-            self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-            o.workspace = Some(info);
+            let msg = format!("the run ended with status {}; what it changed is not kept", status_word(o.status));
+            self.not_kept(&mut o, &mut info, ("discarded", msg, None), &request_id).await?;
             return Ok(o);
         }
         let quota = policy.workspaces().quota;
@@ -77,13 +70,9 @@ impl Settler {
         let set = match harvested {
             Ok(set) => set,
             Err(WorkspaceError::Refused(r)) => {
-                info.status = "refused".into();
                 let msg = format!("workspace {}: {r}; what the run changed is not kept", w.name());
-                info.message = Some(msg.clone());
-                self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                o.status = Status::Denied;
-                o.error = Some(ErrorInfo::new(ErrorKind::PolicyDenied, msg));
-                o.workspace = Some(info);
+                let end = Some((Status::Denied, ErrorKind::PolicyDenied));
+                self.not_kept(&mut o, &mut info, ("refused", msg, end), &request_id).await?;
                 return Ok(o);
             }
             Err(e) => return Err(host(tier, e)),
@@ -111,12 +100,8 @@ impl Settler {
             match self.approve_change(&p, &set, req, tier, policy).await? {
                 Ok(id) => approval = Some(id),
                 Err((status, msg)) => {
-                    info.status = status.into();
-                    info.message = Some(msg.clone());
-                    self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                    o.status = Status::Denied;
-                    o.error = Some(ErrorInfo::new(ErrorKind::NotApproved, msg));
-                    o.workspace = Some(info);
+                    let end = Some((Status::Denied, ErrorKind::NotApproved));
+                    self.not_kept(&mut o, &mut info, (status, msg, end), &request_id).await?;
                     return Ok(o);
                 }
             }
@@ -135,11 +120,8 @@ impl Settler {
             }
             Err(WorkspaceError::Refused(r)) => {
                 let msg = format!("workspace {}: {r}; what the run changed is not kept", w.name());
-                info.status = "refused".into();
-                info.message = Some(msg.clone());
-                self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                o.status = Status::Denied;
-                o.error = Some(ErrorInfo::new(ErrorKind::PolicyDenied, msg));
+                let end = Some((Status::Denied, ErrorKind::PolicyDenied));
+                self.not_kept(&mut o, &mut info, ("refused", msg, end), &request_id).await?;
             }
             Err(e @ WorkspaceError::LiveNotUpdated { .. }) => {
                 // The version exists: it is recorded, then the host error is told.
@@ -156,11 +138,8 @@ impl Settler {
             }
             Err(e @ WorkspaceError::Conflict { .. }) => {
                 let msg = format!("workspace {}: {e}; what the run changed is not kept", w.name());
-                info.status = "conflict".into();
-                info.message = Some(msg.clone());
-                self.workspace_event(EventKind::WorkspaceDiscard, &request_id, &info, None).await?;
-                o.status = Status::Error;
-                o.error = Some(ErrorInfo::new(ErrorKind::WorkspaceConflict, msg));
+                let end = Some((Status::Error, ErrorKind::WorkspaceConflict));
+                self.not_kept(&mut o, &mut info, ("conflict", msg, end), &request_id).await?;
             }
             Err(e) => {
                 if let (Some(id), Some(gate)) = (approval, &self.gate) {
@@ -215,6 +194,26 @@ impl Settler {
         }
         let status = if item.status == crate::approval::ApprovalStatus::Expired { "expired" } else { "denied" };
         Ok(Err((status, format!("{reason}; {}; what the run changed is not kept", crate::approval::refusal(&item)))))
+    }
+
+    /// Records a change set that is not kept (`status`, why), reports it in `o`,
+    /// and with `end` gives the run that status and reason.
+    async fn not_kept(
+        &self,
+        o: &mut Outcome,
+        info: &mut WorkspaceInfo,
+        (status, msg, end): (&str, String, Option<(Status, ErrorKind)>),
+        request_id: &Option<String>,
+    ) -> Result<(), SandboxError> {
+        info.status = status.into();
+        info.message = Some(msg.clone());
+        self.workspace_event(EventKind::WorkspaceDiscard, request_id, info, None).await?;
+        if let Some((s, kind)) = end {
+            o.status = s;
+            o.error = Some(ErrorInfo::new(kind, msg));
+        }
+        o.workspace = Some(info.clone());
+        Ok(())
     }
 
     async fn workspace_event(

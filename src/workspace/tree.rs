@@ -186,19 +186,8 @@ fn refused_or(e: io::Error, path: &str) -> Result<Refusal, io::Error> {
 }
 
 /// sha256 (hex) and length of everything `r` yields.
-pub fn hash(mut r: impl Read) -> io::Result<(String, u64)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n: u64 = 0;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((crate::hex::encode(&h.finalize()), n))
+pub fn hash(r: impl Read) -> io::Result<(String, u64)> {
+    copy_hashed(r, io::sink())
 }
 
 /// Copies `r` into `w`, hashing it: sha256 (hex) and length.
