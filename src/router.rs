@@ -64,7 +64,7 @@ pub fn needed_modules(analysis: &Analysis, policy: &Policy) -> Vec<String> {
 pub enum Skip {
     /// It cannot import this module.
     Module(String),
-    /// The request asks for `/scratch` and the tier has no file system.
+    /// The request asks for `/scratch` or a workspace and the tier has no file system.
     NoFileSystem,
     /// Its breaker is open.
     BreakerOpen(crate::breaker::Open),
@@ -76,7 +76,7 @@ impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Skip::Module(m) => write!(f, "cannot import {m}"),
-            Skip::NoFileSystem => f.write_str("has no file system for /scratch"),
+            Skip::NoFileSystem => f.write_str("has no file system (for /scratch or /workspace)"),
             Skip::BreakerOpen(o) => write!(f, "{o}"),
             Skip::Unknown(e) => write!(f, "its modules could not be listed: {e}"),
         }
