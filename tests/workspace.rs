@@ -369,6 +369,9 @@ fn over_http_runs_edit_a_workspace_the_operator_reviews_rolls_back_and_is_told_o
     assert_eq!(versions.as_array().map(Vec::len), Some(3), "{versions}");
     let diff = server.call("GET", "/v1/workspaces/api/diff?from=1&to=2", Some(ADMIN), None).json();
     assert!(diff["diff"].as_str().unwrap_or("").contains("-one\n+two\n"), "{diff}");
+    let manifest = server.call("GET", "/v1/workspaces/api/versions/1", Some(ADMIN), None).json();
+    assert_eq!(manifest["entries"]["a.txt"]["size"], 4, "{manifest}");
+    assert_eq!(manifest["manifest_sha256"], versions[1]["manifest_sha256"], "{manifest}");
     let file = server.call("GET", "/v1/workspaces/api/versions/1/files/a.txt", Some(ADMIN), None);
     assert_eq!((file.status, file.body.as_str()), (200, "one\n"));
     let r = server.call("POST", "/v1/workspaces/api/rollback", Some(ADMIN), Some(r#"{"version": 1}"#));

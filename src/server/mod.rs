@@ -228,6 +228,7 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
         .route("/v1/approvals/{id}/{decision}", post(decide_approval))
         .route("/v1/workspaces", post(workspaces::create).get(workspaces::list))
         .route("/v1/workspaces/{name}/versions", get(workspaces::versions))
+        .route("/v1/workspaces/{name}/versions/{version}", get(workspaces::manifest))
         .route("/v1/workspaces/{name}/versions/{version}/files/{*path}", get(workspaces::file))
         .route("/v1/workspaces/{name}/diff", get(workspaces::diff))
         .route("/v1/workspaces/{name}/rollback", post(workspaces::rollback))

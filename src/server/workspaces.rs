@@ -135,6 +135,30 @@ pub(super) async fn diff(
     answer(&state, d)
 }
 
+/// One version's manifest: every path with its type, mode, size and sha256 (with
+/// the file endpoint, the whole version: what `terrarium workspace export` writes).
+#[utoipa::path(get, path = "/v1/workspaces/{name}/versions/{version}", tag = "workspaces",
+    params(("name" = String, Path, description = "The workspace."), ("version" = u64, Path, description = "The version.")),
+    responses((status = 200, description = "`{workspace, version, parent, created_unix, reason, entries, manifest_sha256}`.", body = Object),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound), Guarded),
+    security(("bearer" = ["admin"])))]
+pub(super) async fn manifest(
+    State(state): State<Shared>,
+    _: Caller<Administrator>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Response {
+    let m = with_workspace(&state, name, move |w| {
+        let (m, sha) = w.version_with_digest(version)?;
+        let mut v = serde_json::to_value(&m).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("manifest_sha256".into(), sha.into());
+        }
+        Ok(v)
+    })
+    .await;
+    answer(&state, m)
+}
+
 /// One file of one version, as stored.
 #[utoipa::path(get, path = "/v1/workspaces/{name}/versions/{version}/files/{path}", tag = "workspaces",
     params(("name" = String, Path, description = "The workspace."), ("version" = u64, Path, description = "The version."),
