@@ -9,7 +9,8 @@
 //! ([`spec`]): no network (unless the policy names one), every capability dropped,
 //! `no-new-privileges`, a read-only root with only small `noexec,nosuid` tmpfs mounts,
 //! memory equal to memory+swap, a CPU quota, a pids limit, an unprivileged user, no
-//! host mounts, no logging to the host's disk. Code reaches the container on its
+//! host mounts but the policy's read-only ones and a run's own copy of its
+//! workspace (with a file-size limit), no logging to the host's disk. Code reaches the container on its
 //! stdin, never through a shell. Every container is labelled with its owner, and
 //! containers whose owner process is gone are removed at start-up.
 

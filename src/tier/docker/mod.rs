@@ -13,7 +13,8 @@
 //! # Security invariant
 //! The wall is the container with the policy's hardening (see [`engine::spec`]):
 //! no network, no capabilities, no new privileges, read-only root, memory, CPU and
-//! pids limits, an unprivileged user, no host mounts. The host never passes code
+//! pids limits, an unprivileged user, no host mounts but the policy's read-only ones
+//! and a run's own workspace copy. The host never passes code
 //! through a shell. A run that overstays its deadline, floods its output or loses
 //! its connection is killed and its container removed before the outcome returns;
 //! containers left by a crashed host process are reaped at start-up. The prelude
