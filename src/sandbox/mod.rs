@@ -265,7 +265,7 @@ impl Sandbox {
         let caller = req.caller.clone().unwrap_or_else(|| "local".into());
         // A session's cells without an id of their own are filed under the session.
         let id = match (&req.id, session) {
-            (Some(i), _) => Some(format!("req:{caller}:{i}")),
+            (Some(i), _) => Some(request_key(&caller, i)),
             (None, Some(s)) => Some(format!("session:{s}")),
             (None, None) => None,
         };
@@ -470,6 +470,12 @@ impl Sandbox {
         let why: Vec<String> = skipped.iter().map(|(t, s)| format!("{t} {s}")).collect();
         Err(SandboxError::InvalidRequest(format!("no allowed tier can serve this request: {}", why.join("; "))))
     }
+}
+
+/// The audit log's name of a client's request `id` from `caller`: `req:CALLER:ID`,
+/// in its own namespace (apart from the gate's `approval-N` and other callers').
+fn request_key(caller: &str, id: &str) -> String {
+    format!("req:{caller}:{id}")
 }
 
 /// Runs the static analysis: short sources on the caller's thread, others on a

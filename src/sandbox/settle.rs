@@ -46,7 +46,8 @@ impl Settler {
             digest: None,
             message: None,
         };
-        let request_id = req.id.as_ref().map(|i| format!("req:{}:{i}", req.caller.as_deref().unwrap_or("local")));
+        let caller = req.caller.as_deref().unwrap_or("local");
+        let request_id = req.id.as_ref().map(|i| super::request_key(caller, i));
         let over = p.over.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(why) = over {
             // The guard stopped the run: whatever the tier says of its end, it is this.
@@ -59,7 +60,7 @@ impl Settler {
             return Ok(o);
         }
         if o.status != Status::Ok {
-            let msg = format!("the run ended with status {}; what it changed is not kept", status_word(o.status));
+            let msg = format!("the run ended with status {}; what it changed is not kept", o.status.as_str());
             self.not_kept(&mut o, &mut info, ("discarded", msg, None), &request_id).await?;
             return Ok(o);
         }
@@ -232,8 +233,4 @@ impl Settler {
         log.record_async(Event { kind, request_id: request_id.clone(), data, code: None }).await?;
         Ok(())
     }
-}
-
-fn status_word(s: Status) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{s:?}"))
 }
