@@ -43,6 +43,10 @@ pub enum SandboxError {
     /// approval; nothing was run. Retry later.
     #[error("busy: {0}")]
     Busy(String),
+    /// The deployment was stopped by an operator (an emergency stop, with its
+    /// reason): nothing runs until it is resumed.
+    #[error("stopped: {0}")]
+    Stopped(String),
     /// The approvals queue failed, so a critical operation was not run (the
     /// source is the queue's error).
     #[error("not run: {0}")]

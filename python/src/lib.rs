@@ -82,6 +82,7 @@ fn sandbox_error(py: Python<'_>, e: SandboxError) -> PyErr {
         SandboxError::BreakerOpen(_) => "TierUnavailable",
         SandboxError::NotApproved(_) => "NotApproved",
         SandboxError::SessionEnded(_) => "SessionEnded",
+        SandboxError::Stopped(_) => "Stopped",
         _ => "SandboxError",
     };
     raise(py, kind, e.to_string(), Vec::new())

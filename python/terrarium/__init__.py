@@ -32,6 +32,7 @@ from .errors import (
     PolicyError,
     SandboxError,
     SessionEnded,
+    Stopped,
     TierUnavailable,
 )
 from .outcome import CallInfo, CellInfo, ErrorInfo, Outcome, Usage, WorkspaceChange, WorkspaceInfo
@@ -48,6 +49,7 @@ __all__ = [
     "PolicyError",
     "InvalidRequest",
     "TierUnavailable",
+    "Stopped",
     "Busy",
     "NotApproved",
     "SessionEnded",

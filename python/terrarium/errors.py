@@ -18,6 +18,7 @@ __all__ = [
     "Busy",
     "NotApproved",
     "SessionEnded",
+    "Stopped",
 ]
 
 
@@ -70,3 +71,7 @@ class NotApproved(SandboxError):
 
 class SessionEnded(SandboxError):
     """The session has ended (idle, lifetime, a limit, or ``end()``); start a new one."""
+
+
+class Stopped(SandboxError):
+    """An operator stopped the deployment (an emergency stop); nothing runs until it is resumed."""

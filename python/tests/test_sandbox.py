@@ -4,6 +4,7 @@ functions, async use."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -180,3 +181,14 @@ def _outcome_or_error(session: terrarium.Session, code: str) -> object:
         return session.run(code)
     except terrarium.SandboxError as e:
         return e
+
+
+def test_a_stopped_deployment_raises_stopped_until_resumed(audit) -> None:
+    # What `terrarium stop --offline` keeps beside the audit log.
+    stop = audit.parent / "stopped.json"
+    stop.write_text(json.dumps({"reason": "drill", "by": "ops", "at_us": 1}))
+    sandbox = terrarium.Sandbox(audit=audit)
+    with pytest.raises(terrarium.Stopped, match=r"stopped by ops \(drill\)"):
+        sandbox.run("1 + 1")
+    stop.unlink()
+    assert terrarium.Sandbox(audit=audit).run("1 + 1").result == 2

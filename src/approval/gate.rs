@@ -229,6 +229,20 @@ impl Gate {
         Ok(item)
     }
 
+    /// Expires every pending item, noting `note` (an emergency stop), and
+    /// records each expiry; returns them.
+    ///
+    /// # Errors
+    /// The database or the audit log failed.
+    pub async fn stop_pending(&self, note: &str) -> Result<Vec<Item>, ApprovalError> {
+        let note = note.to_string();
+        let items = self.db(move |q| q.expire_pending(&note)).await?;
+        for item in &items {
+            self.record(EventKind::ApprovalExpired, item).await?;
+        }
+        Ok(items)
+    }
+
     /// One page of items, newest first: with `status`, only those; with `before`,
     /// those older than that id (the next page starts before the last id of this
     /// one); at most `limit`, capped at [`MAX_PAGE`](crate::approval::MAX_PAGE).

@@ -16,70 +16,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod error;
 mod gate;
 mod status;
+pub use error::ApprovalError;
 pub(crate) use gate::refusal;
 pub use gate::{Announce, Gate};
 pub use status::{ApprovalStatus, UnknownStatus};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-
-/// Why the queue could not do something.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApprovalError {
-    /// The database failed.
-    #[error("approvals queue at {path}: {message}")]
-    Database {
-        /// The file.
-        path: String,
-        /// What failed.
-        message: String,
-    },
-    /// No item has this id.
-    #[error("no approval request {0}")]
-    NotFound(i64),
-    /// The audit log could not record a submission or decision.
-    #[error("the audit log could not record an approval: {0}")]
-    Audit(String),
-    /// As many operations as allowed already wait for a decision.
-    #[error("{0} critical operations already wait for a decision, the most allowed")]
-    Busy(usize),
-    /// What would wait is too large for a human to review.
-    #[error("the operation is {bytes} bytes as submitted for review, more than the {most} a reviewer is shown")]
-    TooLarge {
-        /// Its size (the subject as JSON).
-        bytes: usize,
-        /// The most accepted.
-        most: usize,
-    },
-    /// Whoever asked for an operation does not decide it.
-    #[error("approval request {0} was asked for by the same caller; another person must decide it")]
-    OwnRequest(i64),
-    /// A decision's note is longer than [`MAX_NOTE`].
-    #[error("the note is {0} bytes, more than the {MAX_NOTE} a decision keeps")]
-    NoteTooLong(usize),
-    /// A decision needs a decider's name.
-    #[error("a decider's name must be non-empty printable text, at most 128 characters")]
-    BadDecider,
-    /// This caller already has as many operations waiting as one caller may.
-    #[error("{caller} already has {most} critical operations waiting for a decision, the most one caller may")]
-    CallerBusy {
-        /// Who.
-        caller: String,
-        /// Its limit.
-        most: usize,
-    },
-    /// The item was already decided (or expired).
-    #[error("approval request {id} is already {status}")]
-    Decided {
-        /// The item.
-        id: i64,
-        /// Its status.
-        status: ApprovalStatus,
-    },
-}
 
 /// One item in the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +237,27 @@ impl Queue {
             .map_err(|e| self.err(e))?;
         drop(stmt);
         orphans.into_iter().chain(ids).filter_map(|id| self.get(id).transpose()).collect()
+    }
+
+    /// Expires every pending item, noting `note`; returns them.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn expire_pending(&self, note: &str) -> Result<Vec<Item>, ApprovalError> {
+        let c = self.conn()?;
+        let mut stmt = c
+            .prepare(
+                "UPDATE approvals SET status = 'expired', decided_us = ?1, note = ?2
+                 WHERE status = 'pending' RETURNING id",
+            )
+            .map_err(|e| self.err(e))?;
+        let ids: Vec<i64> = stmt
+            .query_map(params![now_us(), note], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        drop(stmt);
+        ids.into_iter().filter_map(|id| self.get(id).transpose()).collect()
     }
 
     /// Expires `id` if it is still pending, noting [`ABANDONED`]; the item if so.

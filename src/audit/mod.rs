@@ -163,6 +163,11 @@ crate::names::named! {
         WorkspaceDiscard = "workspace_discard",
         /// A workspace's live files differ from its current version.
         WorkspaceDrift = "workspace_drift",
+        /// An operator stopped the deployment: who, why, and everything in
+        /// flight at that moment (runs, sessions, approvals, change sets).
+        EmergencyStop = "emergency_stop",
+        /// An operator resumed a stopped deployment.
+        Resume = "resume",
     }
 }
 

@@ -51,6 +51,49 @@ pub enum Command {
     Redteam(RedteamArgs),
     /// Workspaces: create, list, log, diff, show, rollback, verify, export.
     Workspace(WorkspaceArgs),
+    /// Emergency stop: refuse new work, stop everything running (recording it
+    /// first), expire pending approvals; stays stopped until `terrarium resume`.
+    Stop(StopArgs),
+    /// Resume a deployment stopped by `terrarium stop`.
+    Resume(ResumeArgs),
+}
+
+/// Where a stop or resume goes: a running server, or the deployment's state
+/// directory when no server runs.
+#[derive(Debug, Args)]
+pub struct OpsTarget {
+    /// The running server (`http://HOST:PORT`); the bearer token, with the admin
+    /// role, is read from `TERRARIUM_TOKEN`.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7878", conflicts_with = "offline")]
+    pub server: String,
+    /// No server runs: mark the deployment (the audit log's directory) stopped
+    /// or resumed directly; servers started later obey it.
+    #[arg(long)]
+    pub offline: bool,
+    /// With --offline: the audit database (default: audit.db in $TERRARIUM_HOME,
+    /// else in $XDG_DATA_HOME/terrarium or ~/.local/share/terrarium).
+    #[arg(long, value_name = "FILE", requires = "offline")]
+    pub db: Option<PathBuf>,
+    /// With --offline: who does it, as recorded (default: $USER).
+    #[arg(long = "as", value_name = "NAME", requires = "offline")]
+    pub who: Option<String>,
+}
+
+/// `terrarium stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Why (recorded, and told to every caller refused while stopped).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub target: OpsTarget,
+}
+
+/// `terrarium resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub target: OpsTarget,
 }
 
 /// `terrarium workspace`.

@@ -1,7 +1,8 @@
 //! `terrarium doctor`: can each tier run on this machine? Runs `1+1` on every tier
 //! this build has, after any one-time preparation (compiling python.wasm), and says
 //! what to do about each one that cannot; then checks the deployment against its
-//! recorded baseline ([`crate::integrity`]), or records it (`--baseline`).
+//! recorded baseline ([`crate::integrity`]), or records it (`--baseline`), and
+//! says whether it is stopped (an emergency stop in force).
 
 use std::process::ExitCode;
 
@@ -86,6 +87,13 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
             println!("FAILED  {why}");
         }
     }
+    match stop_state() {
+        Ok(line) => println!("ok      {line}"),
+        Err(why) => {
+            ok = false;
+            println!("FAILED  {why}");
+        }
+    }
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -119,6 +127,20 @@ fn baseline(parts: &crate::integrity::Baseline, record: bool) -> Result<String, 
                 ))
             }
         }
+    }
+}
+
+/// Whether the deployment is stopped (an emergency stop kept beside its audit
+/// log): a stopped one runs nothing until `terrarium resume`.
+fn stop_state() -> Result<String, String> {
+    let audit = crate::audit::default_path().map_err(|e| format!("stop: {e}"))?;
+    let dir = audit.parent().unwrap_or(std::path::Path::new("."));
+    match crate::sandbox::deployment_stopped(dir) {
+        None => Ok("stop: the deployment is not stopped".into()),
+        Some(s) => Err(format!(
+            "stop: the deployment is STOPPED by {} ({}); nothing runs until `terrarium resume`",
+            s.by, s.reason
+        )),
     }
 }
 

@@ -10,6 +10,7 @@ mod batch;
 mod bench;
 mod command;
 mod doctor;
+mod ops;
 mod redteam;
 mod repl;
 mod serve;
@@ -122,6 +123,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Approvals(args) => command::approvals(args),
         Command::Serve(args) => serve::run(args),
         Command::Workspace(args) => workspace::run(args),
+        Command::Stop(args) => ops::stop(args),
+        Command::Resume(args) => ops::resume(args),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]

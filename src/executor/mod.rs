@@ -443,6 +443,15 @@ pub trait Executor: Send + Sync {
     /// would loosen the policy.
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>>;
 
+    /// Work of runs whose futures were dropped that is still going on the host:
+    /// an instance interrupted but not yet at its next epoch tick, a container
+    /// still being removed. [`crate::Sandbox::emergency_stop`] waits until every
+    /// tier reports 0. Tiers whose runs end when their future is dropped (a child
+    /// killed through its pidfd) report 0.
+    fn lingering(&self) -> usize {
+        0
+    }
+
     /// Starts a session on this tier: a child, instance or container kept for
     /// its cells, under this executor's policy and its `sessions` limits.
     ///

@@ -233,7 +233,13 @@ impl SandboxBuilder {
             }
             tiers.wasm = Some(wasm);
         }
+        // The stop of this deployment is kept beside its audit log.
+        let stop_dir = self.audit.as_deref().map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        });
         Ok(Sandbox {
+            halt: super::halt::Halt::load(stop_dir),
             tiers: Tiers::new(policy.clone(), tiers),
             functions: Arc::new(self.functions),
             workspace_root: workspace::Root { configured: self.workspace_root, ..workspace::Root::default() },

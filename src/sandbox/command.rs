@@ -54,7 +54,19 @@ impl Sandbox {
         caller: &str,
     ) -> Result<CommandReport, SandboxError> {
         let sandbox = self;
-        let r = check_and_run(sandbox, line, wait, run, caller).await;
+        if run {
+            sandbox.halt.check()?;
+        }
+        let in_flight = super::halt::InFlightRun {
+            request_id: None,
+            caller: caller.to_string(),
+            tier: format!("docker (command: {line})"),
+            code_sha256: crate::audit::sha256_hex(line.as_bytes()),
+            session: None,
+            workspace: None,
+            running_ms: 0,
+        };
+        let r = sandbox.until_stopped(in_flight, check_and_run(sandbox, line, wait, run, caller)).await;
         // With an audit log, every command is an event: what was asked, what the rules
         // said, whether it ran and how it ended (not its output).
         if let Some(log) = sandbox.audit_log() {

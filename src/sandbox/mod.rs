@@ -26,6 +26,7 @@
 
 mod builder;
 mod command;
+mod halt;
 mod handle;
 mod session;
 mod settle;
@@ -37,6 +38,9 @@ use std::time::Instant;
 
 pub use builder::{BLOCKING_CALLS, SandboxBuilder};
 pub use command::CommandReport;
+#[cfg(feature = "cli")]
+pub(crate) use halt::deployment_stopped;
+pub use halt::{InFlightRun, OpenSession, StopReport, Stopped};
 pub use handle::SessionHandle;
 pub use session::{Session, SessionOptions};
 use tiers::Tiers;
@@ -75,6 +79,8 @@ pub struct Sandbox {
     functions: Arc<crate::functions::Registry>,
     /// Where runs' workspaces live.
     workspace_root: workspace::Root,
+    /// The emergency stop, and the work in flight it would stop.
+    halt: halt::Halt,
 }
 
 impl Sandbox {
@@ -254,6 +260,7 @@ impl Sandbox {
         cell_of: Option<(&str, &[String])>,
         run: impl FnOnce(ExecRequest, Policy) -> crate::executor::BoxFuture<'a, Result<Outcome, SandboxError>>,
     ) -> Result<Outcome, SandboxError> {
+        self.halt.check()?;
         let session = cell_of.map(|(s, _)| s);
         // The request's own policy: overrides only tighten, the code fits it.
         let checked = self.policy.tighten(&req.overrides).map_err(SandboxError::from).and_then(|p| {
@@ -285,7 +292,12 @@ impl Sandbox {
             }
             (_, r) => r,
         };
-        let Some(log) = &self.audit else { return with_calls(run(req, checked?).await) };
+        let Some(log) = &self.audit else {
+            let policy = checked?;
+            let sha = crate::audit::sha256_hex(req.code.as_bytes());
+            let in_flight = halt::InFlightRun::of(&req, id.as_deref(), &caller, &sha, session);
+            return with_calls(self.until_stopped(in_flight, run(req, policy)).await);
+        };
         let with_caller = |mut data: serde_json::Value| {
             if let Some(map) = data.as_object_mut() {
                 map.insert("caller".into(), serde_json::Value::String(caller.clone()));
@@ -315,7 +327,8 @@ impl Sandbox {
         }));
         log.admit_async(Event { kind: EventKind::Request, request_id: id.clone(), data, code: Some(req.code.clone()) })
             .await?;
-        let r = with_calls(run(req, policy).await);
+        let in_flight = halt::InFlightRun::of(&req, id.as_deref(), &caller, &sha, session);
+        let r = with_calls(self.until_stopped(in_flight, run(req, policy)).await);
         // One event per fact, committed together: the analysis' findings, the
         // routing decision, a denial, and the outcome with its usage.
         let event = |kind: EventKind, data: serde_json::Value| Event {
@@ -352,6 +365,24 @@ impl Sandbox {
         }
         log.record_all_async(events).await?;
         r
+    }
+
+    /// Runs `run` (the run of `req`) registered as in flight, until it ends or
+    /// the deployment is stopped: then it is dropped (which stops its child,
+    /// instance or container) and the run ends [`SandboxError::Stopped`].
+    async fn until_stopped<T>(
+        &self,
+        in_flight: halt::InFlightRun,
+        run: impl std::future::Future<Output = Result<T, SandboxError>>,
+    ) -> Result<T, SandboxError> {
+        let stop = self.halt.signalled();
+        let _registered = self.halt.register(in_flight);
+        // Stopped between admission and registration: never started.
+        self.halt.check()?;
+        tokio::select! {
+            r = run => r,
+            () = stop => Err(self.halt.check().err().unwrap_or_else(halt::stopped_error)),
+        }
     }
 
     /// Analysis, routing and the run, under `policy` (the request's, already

@@ -84,6 +84,7 @@ impl Sandbox {
     /// [`SandboxError::BreakerOpen`] when the tier's breaker is open; the tier's
     /// host fault. A refused start is recorded too.
     pub async fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session, SandboxError> {
+        self.halt.check()?;
         if let Some(name) = &options.workspace {
             Sandbox::check_workspace_name(name, &self.policy)?;
         }
@@ -173,6 +174,13 @@ impl Sandbox {
             }
         };
         record_start(None)?;
+        self.halt.session_opened(super::halt::OpenSession {
+            session: id.clone(),
+            caller: caller.clone(),
+            tier,
+            cells: 0,
+            workspace: options.workspace.clone(),
+        });
         Ok(Session {
             id,
             tier,
@@ -277,6 +285,7 @@ impl Session {
                 })
             })
             .await;
+        self.sandbox.halt.session_cell(&self.id, self.inner.cells());
         if let Some(why) = self.inner.ended() {
             self.record_end(&why);
         }
@@ -314,6 +323,7 @@ impl Session {
     fn record_end(&mut self, why: &str) {
         // An ended session no longer counts against sessions.max_open.
         self.slot = None;
+        self.sandbox.halt.session_ended(&self.id);
         if self.recorded_end {
             return;
         }

@@ -115,6 +115,29 @@ impl Tiers {
         }
     }
 
+    /// Work of dropped runs still going in the tiers started so far (see
+    /// [`Executor::lingering`]).
+    pub(super) fn lingering(&self) -> usize {
+        #[cfg_attr(
+            not(any(feature = "rustpython", feature = "wasm", feature = "docker")),
+            allow(unused_mut, reason = "a build without tiers has nothing to count")
+        )]
+        let mut n = 0;
+        #[cfg(feature = "rustpython")]
+        if let Some(Ok(e)) = self.rustpython.executor.get() {
+            n += e.lingering();
+        }
+        #[cfg(feature = "wasm")]
+        if let Some(e) = self.wasm.executor.get() {
+            n += e.lingering();
+        }
+        #[cfg(feature = "docker")]
+        if let Some(e) = self.docker.executor.get() {
+            n += e.lingering();
+        }
+        n
+    }
+
     /// The docker tier's executor (the sandbox's engine and settings).
     #[cfg(feature = "docker")]
     pub(super) fn docker(&self) -> Arc<crate::tier::docker::DockerExecutor> {

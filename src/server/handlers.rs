@@ -129,6 +129,10 @@ pub(super) fn sandbox_error(state: &AppState, e: &SandboxError) -> Response {
             problem(StatusCode::SERVICE_UNAVAILABLE, &format!("tier {tier} is not available on this server"))
         }
         SandboxError::Audit { overloaded, source } => audit_failure(*overloaded, source),
+        SandboxError::Stopped(_) => {
+            state.metrics.rejected("stopped");
+            problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
         _ => fault("the run", e),
     }
 }
@@ -412,8 +416,12 @@ pub(super) async fn breakers(State(state): State<Shared>, _: Caller<Administrato
 /// The answer of `GET /v1/health`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(super) struct Health {
-    /// Always `ok` when the server answers.
+    /// `ok`, or `stopped` while an emergency stop is in force (new work is
+    /// refused with 503 until an operator resumes).
     status: &'static str,
+    /// The emergency stop in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped: Option<crate::Stopped>,
     /// Terrarium's version.
     version: &'static str,
     /// The tiers the policy allows.
@@ -435,7 +443,10 @@ pub(super) struct Health {
 pub(super) async fn health(State(state): State<Shared>) -> Response {
     let tiers = state.sandbox.policy().allowed_tiers().to_vec();
     let workspaces_drifted = state.watch.as_ref().map(|w| w.drifted().len());
-    axum::Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), tiers, workspaces_drifted }).into_response()
+    let stopped = state.sandbox.stopped();
+    let status = if stopped.is_some() { "stopped" } else { "ok" };
+    axum::Json(Health { status, stopped, version: env!("CARGO_PKG_VERSION"), tiers, workspaces_drifted })
+        .into_response()
 }
 
 /// This document; no token.
@@ -493,6 +504,7 @@ pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator
         breakers,
         approvals_pending,
         workspaces_drifted: drifted,
+        stopped: i64::from(state.sandbox.stopped().is_some()),
     });
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -47,6 +47,8 @@ pub struct Scrape {
     pub approvals_pending: i64,
     /// Workspaces whose live files differ from their current version.
     pub workspaces_drifted: i64,
+    /// 1 while an emergency stop is in force.
+    pub stopped: i64,
 }
 
 /// The server's metrics.
@@ -61,6 +63,7 @@ pub struct Metrics {
     breakers: Family<BreakerLabels, Gauge>,
     approvals_pending: Gauge,
     workspaces_drifted: Gauge,
+    stopped: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,7 @@ impl Default for Metrics {
             breakers: Family::default(),
             approvals_pending: Gauge::default(),
             workspaces_drifted: Gauge::default(),
+            stopped: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -109,6 +113,11 @@ impl Default for Metrics {
             "Workspaces whose live files differ from their current version (changed behind Terrarium's back)",
             m.workspaces_drifted.clone(),
         );
+        registry.register(
+            "terrarium_stopped",
+            "1 while an emergency stop is in force (new work is refused until an operator resumes)",
+            m.stopped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -134,6 +143,7 @@ impl Metrics {
         self.running.set(scrape.running);
         self.approvals_pending.set(scrape.approvals_pending);
         self.workspaces_drifted.set(scrape.workspaces_drifted);
+        self.stopped.set(scrape.stopped);
         for (name, state) in &scrape.breakers {
             self.breakers.get_or_create(&BreakerLabels { breaker: escape(name) }).set(*state);
         }

@@ -72,6 +72,7 @@ mod handlers;
 use handlers::*;
 mod calls;
 mod openapi;
+mod ops;
 mod sessions;
 mod watch;
 mod workspaces;
@@ -233,6 +234,8 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
         .route("/v1/workspaces/{name}/diff", get(workspaces::diff))
         .route("/v1/workspaces/{name}/rollback", post(workspaces::rollback))
         .route("/v1/workspaces/{name}/verify", post(workspaces::verify))
+        .route("/v1/emergency-stop", post(ops::emergency_stop))
+        .route("/v1/resume", post(ops::resume))
         .route("/v1/breakers", get(breakers))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))

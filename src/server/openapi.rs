@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Server};
 
-use super::{calls, handlers, review, sessions, workspaces};
+use super::{calls, handlers, ops, review, sessions, workspaces};
 
 /// Every error answer's body: `{"error": message}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -149,6 +149,8 @@ pub(super) fn tier_choice_schema() -> utoipa::openapi::schema::Object {
         workspaces::file,
         workspaces::rollback,
         workspaces::verify,
+        ops::emergency_stop,
+        ops::resume,
         handlers::breakers,
         handlers::health,
         handlers::metrics,
@@ -294,6 +296,8 @@ mod tests {
             ("/v1/workspaces/{name}/diff", "get"),
             ("/v1/workspaces/{name}/rollback", "post"),
             ("/v1/workspaces/{name}/verify", "post"),
+            ("/v1/emergency-stop", "post"),
+            ("/v1/resume", "post"),
             ("/v1/breakers", "get"),
             ("/v1/health", "get"),
             ("/metrics", "get"),

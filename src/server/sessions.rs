@@ -79,6 +79,30 @@ impl ApiSessions {
     }
 }
 
+impl ApiSessions {
+    /// Ends every open session with `reason` (an emergency stop): running cells
+    /// are stopped first, then each session is ended and removed. Returns how many.
+    pub(super) async fn end_all(&self, reason: &str) -> usize {
+        let entries: Vec<Arc<Entry>> = self.map().drain().map(|(_, e)| e).collect();
+        for entry in &entries {
+            if let Some(running) = entry.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                running.abort();
+            }
+        }
+        for entry in &entries {
+            match tokio::time::timeout(Duration::from_secs(10), entry.session.lock()).await {
+                Ok(mut slot) => {
+                    if let Some(s) = slot.take() {
+                        s.end(reason);
+                    }
+                }
+                Err(_) => tracing::error!("a session's cell did not stop within 10 s of an emergency stop"),
+            }
+        }
+        entries.len()
+    }
+}
+
 impl Drop for ApiSessions {
     fn drop(&mut self) {
         for (_, entry) in self.map().drain() {

@@ -50,6 +50,8 @@ mod isolation;
 mod limits;
 #[path = "../mcp.rs"]
 mod mcp;
+#[path = "../ops.rs"]
+mod ops;
 #[path = "../policy_parity.rs"]
 mod policy_parity;
 #[path = "../redteam.rs"]

@@ -17,6 +17,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub home: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Server {
@@ -29,41 +30,25 @@ impl Server {
         std::fs::write(&tokens, format!("root admin {ADMIN}\nci submit {SUBMIT}\nalice approve {APPROVE}\n"))
             .expect("tokens");
         std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_terrarium"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--token-file"]).arg(&tokens).args(extra);
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into(), "--token-file".into(), tokens.into()];
+        args.extend(extra.iter().map(Into::into));
         if let Some(p) = policy {
             let path = home.path().join("policy.yaml");
             std::fs::write(&path, p).expect("policy");
-            cmd.arg("--policy").arg(path);
+            args.extend(["--policy".into(), path.into()]);
         }
-        cmd.env("TERRARIUM_HOME", home.path()).env_remove("TERRARIUM_TOKEN");
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("terrarium: serving on http://")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(a) => a.parse().expect("address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("terrarium serve did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
-            }
-        };
-        Server { child, addr, home, log }
+        let (child, addr, log) = spawn(home.path(), &args);
+        Server { child, addr, home, log, args }
+    }
+
+    /// Stops the server (SIGTERM) and starts it again with the same arguments in
+    /// the same home (on a new port).
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "the server exited {status:?}: {}", self.log());
+        let (child, addr, log) = spawn(self.home.path(), &self.args);
+        (self.child, self.addr, self.log) = (child, addr, log);
     }
 
     /// What the server wrote to stderr so far.
@@ -102,6 +87,39 @@ impl Server {
     pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
         call(self.addr, method, path, token, body.map(|b| b.as_bytes()), &[])
     }
+}
+
+/// Spawns `terrarium ARGS` in `home` and waits for the address it serves on.
+fn spawn(home: &std::path::Path, args: &[std::ffi::OsString]) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terrarium"));
+    cmd.args(args).env("TERRARIUM_HOME", home).env_remove("TERRARIUM_TOKEN");
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("terrarium: serving on http://")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.to_string());
+            }
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(a) => a.parse().expect("address"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("terrarium serve did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
+        }
+    };
+    (child, addr, log)
 }
 
 impl Drop for Server {

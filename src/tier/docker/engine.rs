@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -60,6 +61,8 @@ pub struct Engine {
     socket: PathBuf,
     api_timeout: Duration,
     api: Option<crate::breaker::Breaker>,
+    /// Removals started off the caller's path and not finished yet.
+    removing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How a container ended, from `inspect`.
@@ -121,7 +124,14 @@ impl Engine {
             Ok(Err(e)) => return Err(not_running(e.to_string())),
             Err(_) => return Err(not_running(format!("no answer within {}s", api_timeout.as_secs_f64()))),
         };
-        Ok(Engine { docker, socket: socket.to_path_buf(), api_timeout, api: None })
+        Ok(Engine { docker, socket: socket.to_path_buf(), api_timeout, api: None, removing: Arc::default() })
+    }
+
+    /// Counts this connection's detached removals in `removing` (shared with
+    /// whoever asks how many are still going).
+    pub fn counting_removals(mut self, removing: Arc<std::sync::atomic::AtomicUsize>) -> Engine {
+        self.removing = removing;
+        self
     }
 
     /// This engine with every API call going through `breaker`.
@@ -240,6 +250,36 @@ impl Engine {
         let r = self.call("inspect a container", self.docker.inspect_container(id, None)).await?;
         let state = r.state.unwrap_or_default();
         Ok(Ended { exit_code: state.exit_code, oom_killed: state.oom_killed.unwrap_or(false) })
+    }
+
+    /// Removes container `id` off the caller's path (on the current runtime, or
+    /// a thread of its own when there is none); `what` names it in the warning
+    /// when it cannot be removed. Counted (see [`Engine::counting_removals`]) until
+    /// done.
+    pub fn remove_detached(&self, id: String, what: &'static str) {
+        let engine = self.clone();
+        engine.removing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let remove = async move {
+            if let Err(e) = engine.remove(&id).await {
+                tracing::warn!(error = %e, "could not remove {what}");
+            }
+            engine.removing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(remove);
+            }
+            Err(_) => {
+                let started = std::thread::Builder::new().name("terrarium-docker-remove".into()).spawn(move || {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        rt.block_on(remove);
+                    }
+                });
+                if started.is_err() {
+                    self.removing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
     }
 
     /// Kills (SIGKILL) and removes a container, whatever its state. Not through the

@@ -109,6 +109,8 @@ struct Shared {
     /// Containers being started for the pool.
     starting: AtomicUsize,
     closed: AtomicBool,
+    /// Containers of abandoned runs and ended sessions still being removed.
+    removing: Arc<AtomicUsize>,
 }
 
 /// Runs snippets in hardened containers of a local Docker engine.
@@ -134,6 +136,7 @@ impl DockerExecutor {
                 pool: Mutex::new(VecDeque::new()),
                 starting: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
+                removing: Arc::default(),
             }),
         }
     }
@@ -372,6 +375,10 @@ impl DockerExecutor {
 impl Executor for DockerExecutor {
     fn tier(&self) -> Tier {
         Tier::Docker
+    }
+
+    fn lingering(&self) -> usize {
+        self.shared.removing.load(Ordering::SeqCst)
     }
 
     fn open_session(&self) -> BoxFuture<'_, Result<Box<dyn crate::executor::TierSession>, SandboxError>> {

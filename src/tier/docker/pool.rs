@@ -34,7 +34,10 @@ impl Shared {
             return Ok(e.clone());
         }
         let socket = engine::socket_path(self.config.socket.as_deref())?;
-        let e = Engine::connect(&socket, self.config.api_timeout).await?.guarded_by(self.config.api_breaker.clone());
+        let e = Engine::connect(&socket, self.config.api_timeout)
+            .await?
+            .guarded_by(self.config.api_breaker.clone())
+            .counting_removals(self.removing.clone());
         // Containers of crashed Terrarium processes; failing to reap is not fatal
         // to this request, but it is logged.
         if let Err(err) = e.reap_orphans().await {

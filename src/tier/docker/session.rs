@@ -177,7 +177,7 @@ impl DockerSession {
     /// Removes the container in the background (the session has ended).
     fn discard(&mut self) {
         if let Some(w) = self.warm.take() {
-            remove_later(self.engine.clone(), w.id);
+            self.engine.remove_detached(w.id, "a session's container");
         }
     }
 }
@@ -187,28 +187,6 @@ crate::executor::tier_session!(DockerSession);
 impl Drop for DockerSession {
     fn drop(&mut self) {
         self.discard();
-    }
-}
-
-/// Removes container `id` off the caller's path (on the current runtime, or a
-/// thread of its own when there is none).
-fn remove_later(engine: Engine, id: String) {
-    let remove = async move {
-        if let Err(e) = engine.remove(&id).await {
-            tracing::warn!(error = %e, "could not remove a session's container");
-        }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(remove);
-        }
-        Err(_) => {
-            let _ = std::thread::Builder::new().name("terrarium-docker-remove".into()).spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    rt.block_on(remove);
-                }
-            });
-        }
     }
 }
 

@@ -45,13 +45,9 @@ impl Reaper {
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let (Some(engine), Ok(rt)) = (self.engine.take(), tokio::runtime::Handle::try_current()) else { return };
-        let id = std::mem::take(&mut self.id);
-        rt.spawn(async move {
-            if let Err(e) = engine.remove(&id).await {
-                tracing::warn!(error = %e, "could not remove the container of an abandoned run");
-            }
-        });
+        if let Some(engine) = self.engine.take() {
+            engine.remove_detached(std::mem::take(&mut self.id), "the container of an abandoned run");
+        }
     }
 }
 

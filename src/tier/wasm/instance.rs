@@ -19,7 +19,7 @@ use crate::policy::Policy;
 use crate::tier::cpython::{PRELUDE, apply_denial, apply_output_cap, apply_status, nonce, request_text, split_status};
 
 /// Starts a warm instance on its own thread.
-pub(super) fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, SandboxError> {
+pub(super) fn spawn_slot(runtime: Arc<Runtime>, policy: Policy, live: Arc<()>) -> Result<Slot, SandboxError> {
     let (host, guest) = tokio::io::duplex(1 << 16);
     let nonce = nonce();
     let pipes = Pipes::new(&policy);
@@ -27,6 +27,8 @@ pub(super) fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, 
     let window = Arc::new(std::sync::Mutex::new(None));
     let (tx, done) = tokio::sync::oneshot::channel();
     let (n, w) = (nonce.clone(), window.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let raised = stop.clone();
     // A warm instance imports the policy's modules while it waits (asyncio excepted:
     // the prelude installs Terrarium's own).
     let preload: Vec<&str> = policy.allowed_modules().iter().map(String::as_str).filter(|m| *m != "asyncio").collect();
@@ -38,11 +40,12 @@ pub(super) fn spawn_slot(runtime: Arc<Runtime>, policy: Policy) -> Result<Slot, 
             // wasmtime-wasi's own runtime, which outlives the caller's (a task on the
             // caller's runtime dies with it at shutdown and the guest's read panics).
             let stdin = wasmtime_wasi::cli::AsyncStdinStream::new(guest);
-            let launch = Launch { nonce: &n, preload: &preload, writable: None, flags: "", stop: None };
+            let _live = live;
+            let launch = Launch { nonce: &n, preload: &preload, writable: None, flags: "", stop: Some(raised) };
             let _ = tx.send(run_instance(&runtime, &policy, stdin, pipes, launch, Deadline::Cell(w)));
         })
         .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("cannot start a warm instance: {e}") })?;
-    Ok(Slot { ready_marker: format!("\n{nonce} ready\n"), stderr, stdin: host, window, done })
+    Ok(Slot { ready_marker: format!("\n{nonce} ready\n"), stderr, stdin: host, window, done, stop })
 }
 
 /// When a warm instance's or a session's run must end: (arrival, due) of the
@@ -95,6 +98,7 @@ pub(super) fn run_blocking(
     policy: &Policy,
     code: &str,
     writable: Option<Writable>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Outcome, SandboxError> {
     let nonce = nonce();
     let stdin = MemoryInputPipe::new(request_text(policy, code));
@@ -103,20 +107,20 @@ pub(super) fn run_blocking(
     // The workspace's copy is held until the instance is gone: its descriptor,
     // named by `/proc/self/fd`, stays open while wasmtime opens it and after.
     let mut held = None;
-    let (dir, breaker, mounted, stop) = match writable {
+    let (dir, breaker, mounted) = match writable {
         Some(Writable::Scratch(parent, breaker)) => {
             let d = ScratchDir::create(&parent, &nonce, breaker.as_ref())?;
             let by_handle = d.0.by_handle();
-            (Some(d), breaker, Some(("scratch", by_handle)), None)
+            (Some(d), breaker, Some(("scratch", by_handle)))
         }
         Some(Writable::Workspace(m)) => {
-            let mounted = (Some(("workspace", m.by_handle())), Some(m.stop_flag()));
+            let mounted = Some(("workspace", m.by_handle()));
             held = Some(m);
-            (None, None, mounted.0, mounted.1)
+            (None, None, mounted)
         }
-        None => (None, None, None, None),
+        None => (None, None, None),
     };
-    let launch = Launch { nonce: &nonce, preload: "", writable: mounted, flags: "", stop };
+    let launch = Launch { nonce: &nonce, preload: "", writable: mounted, flags: "", stop: Some(stop) };
     let o = run_instance(runtime, policy, stdin, Pipes::new(policy), launch, deadline);
     drop(held);
     if let Some(d) = dir {
@@ -174,7 +178,8 @@ pub(super) struct Launch<'a> {
     pub writable: Option<(&'a str, String)>,
     /// The prelude's flags (`mark session` for a session; empty for one run).
     pub flags: &'a str,
-    /// Raised when the run must stop (its workspace copy is past the quota).
+    /// Raised when the run must stop (its workspace copy is past the quota, or
+    /// its caller dropped the run: an emergency stop, a client gone).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -237,7 +242,8 @@ pub(super) fn build_store(
 
 /// Ends the run in `store` (a trap) once `window` is due; before the window is
 /// set, at [`STARTUP_LIMIT`] from now. Checked at every epoch tick.
-/// `stop`, when raised (a workspace copy past its quota), ends it at the next tick.
+/// `stop`, when raised (a workspace copy past its quota, the run dropped), ends
+/// it at the next tick.
 pub(super) fn watch_window(
     store: &mut Store<Host>,
     window: Window,
@@ -317,7 +323,7 @@ fn run_instance(
             None
         }
         Deadline::Cell(cell) => {
-            watch_window(&mut store, cell.clone(), None);
+            watch_window(&mut store, cell.clone(), launch.stop.clone());
             Some(cell)
         }
     };

@@ -93,6 +93,8 @@ pub struct WasmExecutor {
     config: WasmConfig,
     runtime: OnceLock<Result<Arc<Runtime>, Arc<SetupError>>>,
     pool: std::sync::Mutex<std::collections::VecDeque<Slot>>,
+    /// Held by every instance's thread (warm ones included) while it runs.
+    live: Arc<()>,
 }
 
 /// A warm instance: CPython started ahead of demand, its prelude waiting on stdin
@@ -103,6 +105,19 @@ struct Slot {
     stdin: tokio::io::DuplexStream,
     window: Arc<std::sync::Mutex<Option<(Instant, Instant)>>>,
     done: tokio::sync::oneshot::Receiver<Result<Outcome, SandboxError>>,
+    /// Raised to interrupt the instance at its next epoch tick.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Raises its flag when dropped: a run whose future is dropped (its caller gone,
+/// an emergency stop) interrupts its instance at the next epoch tick instead of
+/// running on to its deadline.
+struct RaiseOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Slot {
@@ -118,7 +133,7 @@ impl WasmExecutor {
     /// An executor for `policy`. The module is loaded (or compiled, once per machine)
     /// on first use.
     pub fn new(policy: Policy, config: WasmConfig) -> WasmExecutor {
-        WasmExecutor { policy, config, runtime: OnceLock::new(), pool: Default::default() }
+        WasmExecutor { policy, config, runtime: OnceLock::new(), pool: Default::default(), live: Arc::default() }
     }
 
     /// Loads or compiles the module now (blocking).
@@ -156,7 +171,7 @@ impl WasmExecutor {
         let runtime = self.runtime()?;
         let mut pool = self.lock_pool();
         while pool.len() < self.config.pool_size {
-            pool.push_back(spawn_slot(runtime.clone(), self.policy.clone())?);
+            pool.push_back(spawn_slot(runtime.clone(), self.policy.clone(), self.live.clone())?);
         }
         Ok(())
     }
@@ -176,6 +191,7 @@ impl WasmExecutor {
     /// Runs `code` on a warm instance.
     async fn run_warm(&self, slot: Slot, policy: &Policy, code: &str) -> Result<Outcome, SandboxError> {
         use tokio::io::AsyncWriteExt;
+        let _interrupt = RaiseOnDrop(slot.stop.clone());
         let arrived = Instant::now();
         let due = arrived + policy.timeout();
         if let Ok(mut w) = slot.window.lock() {
@@ -250,12 +266,15 @@ impl WasmExecutor {
                         Writable::Scratch(self.config.scratch_parent.clone(), self.config.file_io_breaker.clone())
                     }),
                 };
-                tokio::task::spawn_blocking(move || run_blocking(&runtime, &policy, &req.code, writable))
-                    .await
-                    .map_err(|e| SandboxError::Host {
-                        tier: Tier::Wasm,
-                        message: format!("the wasm run failed: {e}"),
-                    })??
+                let stop = req.mount.as_ref().map_or_else(Arc::default, crate::workspace::Mount::stop_flag);
+                let _interrupt = RaiseOnDrop(stop.clone());
+                let live = self.live.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _live = live;
+                    run_blocking(&runtime, &policy, &req.code, writable, stop)
+                })
+                .await
+                .map_err(|e| SandboxError::Host { tier: Tier::Wasm, message: format!("the wasm run failed: {e}") })??
             }
         };
         outcome.id = id;
@@ -267,6 +286,12 @@ impl WasmExecutor {
 impl Executor for WasmExecutor {
     fn tier(&self) -> Tier {
         Tier::Wasm
+    }
+
+    /// Instances running a request (warm ones waiting in the pool excepted).
+    fn lingering(&self) -> usize {
+        let waiting = self.lock_pool().len();
+        Arc::strong_count(&self.live).saturating_sub(1 + waiting)
     }
 
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
