@@ -225,7 +225,7 @@ fn the_command_line_reads_and_verifies_the_log() {
     let backup = dir.path().join("copy.db");
     let out = terrarium_env(&["audit", "backup", backup.to_str().expect("utf-8")], b"", &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(audit::verify(&backup).expect("verify backup").0, 3);
+    assert_eq!(audit::verify(&backup).expect("verify backup"), (3, Vec::new()), "a backup verifies on its own");
     sql(&dir.path().join("audit.db"), "UPDATE events SET kind = 'nothing' WHERE seq = 1");
     let out = terrarium_env(&["audit", "verify"], b"", &env);
     assert_eq!(out.code, 1);
@@ -499,4 +499,52 @@ fn h4_a_journal_cut_or_reordered_is_named() {
         let (_, problems) = audit::verify(&path).expect("verify");
         assert!(problems.iter().any(|p| p.contains("does not vouch for")), "{tamper}: {problems:?}");
     }
+}
+
+/// The backup drill: a backup verifies on its own, restores into a fresh state
+/// directory, and the next process there continues its chain; a backup that does
+/// not verify, or a directory that has a log, is refused.
+#[test]
+fn a_backup_verifies_restores_into_a_fresh_home_and_the_next_process_continues_its_chain() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mk = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).expect("mkdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        d.to_str().expect("utf-8").to_string()
+    };
+    let (live, fresh, other, out) = (mk("live"), mk("fresh"), mk("other"), mk("out"));
+    let cli = |home: &str, args: &[&str]| terrarium_env(args, b"", &[("TERRARIUM_HOME", home)]);
+    for code in ["print(1)", "print(2)"] {
+        assert_eq!(cli(&live, &["run", "-c", code]).code, 0);
+    }
+    let copy = format!("{out}/b.db");
+    let backed = cli(&live, &["audit", "backup", &copy]);
+    assert_eq!(backed.code, 0, "{}", backed.stderr);
+    let checked = cli(&live, &["audit", "verify", "--db", &copy]);
+    assert_eq!((checked.code, checked.stdout.trim()), (0, "ok: 6 events, hash chain intact"), "{}", checked.stderr);
+
+    let restored = cli(&fresh, &["audit", "restore", &copy]);
+    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    assert_eq!(cli(&fresh, &["run", "-c", "print(3)"]).code, 0);
+    let verified = cli(&fresh, &["audit", "verify"]);
+    assert_eq!((verified.code, verified.stdout.trim()), (0, "ok: 10 events, hash chain intact"), "{}", verified.stdout);
+    let rows = |home: &str| -> Vec<serde_json::Value> {
+        cli(home, &["audit", "export"]).stdout.lines().map(|l| serde_json::from_str(l).expect("row")).collect()
+    };
+    let (before, after) = (rows(&live), rows(&fresh));
+    assert_eq!(after[..6], before[..6], "the restored events are the backup's, hashes included");
+    assert_eq!((after[6]["kind"].as_str(), after[6]["data"]["last_seq"].as_i64()), (Some("audit_restored"), Some(6)));
+    assert_eq!(after[7]["kind"], "request", "the next process appends after the restore: {:?}", after[7]);
+
+    // Never over a log, never a backup that does not verify.
+    let again = cli(&fresh, &["audit", "restore", &copy]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("a log is there already"), "{}", again.stderr);
+    sql(Path::new(&copy), "UPDATE events SET data = '{}' WHERE seq = 2");
+    let forged = cli(&other, &["audit", "restore", &copy]);
+    assert_ne!(forged.code, 0);
+    assert!(forged.stderr.contains("does not verify") && forged.stderr.contains("row 2"), "{}", forged.stderr);
+    assert!(!Path::new(&other).join("audit.db").exists(), "a refused restore left a database");
 }

@@ -54,6 +54,8 @@ mod verify;
 pub use verify::*;
 mod query;
 pub use query::*;
+mod backup;
+pub use backup::*;
 
 /// Hash before the first row.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -168,6 +170,9 @@ crate::names::named! {
         EmergencyStop = "emergency_stop",
         /// An operator resumed a stopped deployment.
         Resume = "resume",
+        /// A backup was restored as this log (from where, how many events, the
+        /// last one's seq and hash: this event follows it in the chain).
+        AuditRestored = "audit_restored",
     }
 }
 

@@ -1,4 +1,4 @@
-//! Reading the log (rows, tails, code by hash), backups and retention.
+//! Reading the log (rows, tails, code by hash) and retention.
 
 use super::*;
 
@@ -102,27 +102,4 @@ pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
     c.query_row("SELECT text FROM code WHERE sha256 = ?1", [sha256], |r| r.get(0))
         .optional()
         .map_err(|e| db_err(path, e))
-}
-
-/// Copies the live database to `dest` with SQLite's online backup (writers keep
-/// going meanwhile).
-///
-/// # Errors
-/// Either database cannot be opened, or the copy fails.
-pub fn backup(path: &Path, dest: &Path) -> Result<(), AuditError> {
-    let src = read_only(path)?;
-    // The copy holds snippets' source too: it goes in a directory that is this
-    // user's and closed to others (checked like the state directory), created
-    // 0600 or checked through that directory's handle, never through a link.
-    let parent = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name =
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| db_err(dest, "not a file name"))?;
-    let dir = OwnedDir::open(parent, "backup directory")?;
-    let checked = dir.private_file(&name).map_err(|e| db_err(dest, e))?;
-    let mut dst = Connection::open_with_flags(&checked, flags(false)).map_err(|e| db_err(dest, e))?;
-    let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_err(dest, e))?;
-    b.run_to_completion(256, std::time::Duration::from_millis(5), None).map_err(|e| db_err(dest, e))
 }

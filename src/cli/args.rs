@@ -366,9 +366,17 @@ pub enum AuditCommand {
         #[arg(long)]
         days: u32,
     },
-    /// Copy the live database to FILE (SQLite online backup).
+    /// Copy the live database to FILE (SQLite online backup) with a head file
+    /// (FILE.head), so that `audit verify --db FILE` checks the copy.
     Backup {
         /// Where to write the copy.
+        file: PathBuf,
+    },
+    /// Restore a backup as the log (--db, default the state directory's
+    /// audit.db): only one that verifies, only where no log is yet; the next
+    /// process continues its chain.
+    Restore {
+        /// The backup.
         file: PathBuf,
     },
 }

@@ -364,6 +364,9 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
         Some(p) => p,
         None => crate::audit::default_path().map_err(host)?,
     };
+    if let AuditCommand::Restore { file } = &args.command {
+        return restore_audit(file, &path);
+    }
     if !path.exists() {
         return Err(CliError::usage(anyhow::anyhow!("{}: no audit database there", path.display())));
     }
@@ -414,10 +417,45 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
             println!("deleted {n} events older than {days} days");
         }
         AuditCommand::Backup { file } => {
-            crate::audit::backup(&path, &file).map_err(host)?;
-            println!("backed up {} to {}", path.display(), file.display());
+            let copied = crate::audit::backup(&path, &file).map_err(host)?;
+            println!(
+                "backed up {} events (last {}) from {} to {} (and its head file)",
+                copied.events,
+                copied.last_seq,
+                path.display(),
+                file.display()
+            );
         }
+        AuditCommand::Restore { .. } => unreachable!("restore is handled before the log is opened"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `terrarium audit restore FILE`: the backup, verified, as the log at `path`;
+/// the restore is the restored log's first new event.
+fn restore_audit(file: &std::path::Path, path: &std::path::Path) -> Result<ExitCode, CliError> {
+    let host = |e: crate::audit::AuditError| CliError { code: EXIT_HOST, error: e.into() };
+    let copied = crate::audit::restore(file, path).map_err(host)?;
+    let log = open_audit_log(path)?;
+    let data = serde_json::json!({
+        "from": file.display().to_string(), "events": copied.events, "last_seq": copied.last_seq,
+        "last_hash": copied.last_hash, "by": local_caller(),
+    });
+    log.record(crate::audit::Event {
+        kind: crate::audit::EventKind::AuditRestored,
+        request_id: None,
+        data,
+        code: None,
+    })
+    .map_err(host)?;
+    log.flush(std::time::Duration::from_secs(10)).map_err(host)?;
+    println!(
+        "restored {} events (last {}) from {} into {}",
+        copied.events,
+        copied.last_seq,
+        file.display(),
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
