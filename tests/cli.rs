@@ -139,6 +139,29 @@ fn doctor_checks_every_tier_of_the_build() {
         assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
     }
     assert!(out.stdout.contains("write / EROFS") && out.stdout.contains("interfaces [\"lo\"]"), "{}", out.stdout);
+    // The JSON report: every check (the kernel's features, the state directory's
+    // permissions, the policy's hazards: a warning, not a failure) and the image's
+    // Python with its packages.
+    let text = std::fs::read_to_string(local).expect("policy");
+    let (_p, risky) =
+        crate::common::temp_file("risky.yaml", format!("{text}\nworkspaces:\n  allow: [\"*\"]\n").as_bytes());
+    let out = terrarium(&["doctor", "--policy", risky.to_str().expect("utf-8"), "--json"], b"");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("doctor --json");
+    assert_eq!((out.code, &report["ok"]), (0, &serde_json::json!(true)), "{}", out.stdout);
+    assert!(report["docker_image"]["python"].as_str().is_some_and(|v| v.starts_with("3.")), "{report}");
+    assert!(report["docker_image"]["packages"].is_object(), "{report}");
+    let checks = report["checks"].as_array().expect("checks");
+    let level = |name: &str| checks.iter().find(|c| c["name"] == name).map(|c| c["level"].clone());
+    for name in ["kernel: seccomp", "kernel: user namespaces", "kernel: network namespaces", "kernel: pidfd"] {
+        assert_eq!(level(name), Some(serde_json::json!("ok")), "{name}: {report}");
+    }
+    for name in ["permissions", "stop", "baseline"] {
+        assert_eq!(level(name), Some(serde_json::json!("ok")), "{name}: {report}");
+    }
+    assert!(
+        checks.iter().any(|c| c["level"] == "warn" && c["detail"].as_str().unwrap_or("").contains("workspaces.allow")),
+        "{report}"
+    );
     // The default policy's image is not on this engine (no registry here): doctor
     // says so and how to fix it, and fails.
     let out = terrarium(&["doctor"], b"");

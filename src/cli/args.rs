@@ -393,6 +393,10 @@ pub struct DoctorArgs {
     /// runs of `terrarium doctor` name every part that changed since.
     #[arg(long)]
     pub baseline: bool,
+    /// One JSON report: every check, and the docker image's Python and packages
+    /// with their versions.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `terrarium bench`.

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use super::args::DoctorArgs;
+use super::checks::{self, Check, Level};
 use super::{CliError, EXIT_HOST, runtime};
 use crate::executor::{ExecRequest, Executor, Status};
 use crate::policy::Policy;
@@ -17,7 +18,9 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
         None => Policy::default_policy(),
     };
     let rt = runtime()?;
-    let mut ok = true;
+    let mut checks: Vec<Check> = Vec::new();
+    // What the docker image holds (its Python and packages), when it could be probed.
+    let mut image: Option<serde_json::Value> = None;
     let mut parts = crate::integrity::Baseline::new();
     parts.insert(
         "policy".into(),
@@ -29,13 +32,9 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
             },
         },
     );
-    let mut report = |tier: &str, result: Result<String, String>| match result {
-        Ok(detail) => println!("ok      {tier}: {detail}"),
-        Err(why) => {
-            ok = false;
-            println!("FAILED  {tier}: {why}");
-        }
-    };
+    let origin = args.policy.as_ref().map_or_else(|| "the built-in policy".to_string(), |p| p.display().to_string());
+    checks.extend(checks::policy(&policy, &origin));
+    checks.extend(checks::kernel());
     let check = |exec: &dyn Executor| -> Result<String, String> {
         let started = std::time::Instant::now();
         let o = rt.block_on(exec.execute(ExecRequest::new("1+1"))).map_err(|e| e.to_string())?;
@@ -51,14 +50,14 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
         let r = IsolatedConfig::from_env()
             .map_err(|e| e.to_string())
             .and_then(|c| check(&IsolatedExecutor::new(policy.clone(), c)));
-        report("rustpython (isolated: zygote, seccomp, rlimits, namespaces)", r);
+        checks.push(Check::of("rustpython (isolated: zygote, seccomp, rlimits, namespaces)", r));
     }
     #[cfg(feature = "wasm")]
     {
         use crate::tier::wasm::{WasmConfig, WasmExecutor};
         let exec = WasmExecutor::new(policy.clone(), WasmConfig::from_env());
         let r = exec.warm_up().map_err(|e| e.to_string()).and_then(|()| check(&exec));
-        report("wasm (CPython 3.12 on WASI)", r);
+        checks.push(Check::of("wasm (CPython 3.12 on WASI)", r));
         let config = WasmConfig::from_env();
         parts.insert("python.wasm".into(), crate::integrity::file_part(&config.python_wasm));
         parts.insert("module cache".into(), crate::integrity::dir_part(&config.cache_dir));
@@ -74,57 +73,84 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
             .and_then(|v| check(&exec).map(|d| format!("{d} (engine API {v})")));
         let walls = r.is_ok().then(|| rt.block_on(exec.probe(&[])));
         let id = rt.block_on(exec.image_id()).unwrap_or_else(|e| format!("unavailable: {e}"));
-        parts.insert("docker image".into(), crate::integrity::Part { at: policy.docker().image.clone(), digest: id });
-        report("docker (CPython in a hardened container)", r);
+        parts.insert(
+            "docker image".into(),
+            crate::integrity::Part { at: policy.docker().image.clone(), digest: id.clone() },
+        );
+        checks.push(Check::of("docker (CPython in a hardened container)", r));
         if let Some(w) = walls {
-            report("docker walls (probe without the prelude)", w.map_err(|e| e.to_string()).map(|p| walls_summary(&p)));
+            if let Ok(p) = &w {
+                image = Some(serde_json::json!({
+                    "image": policy.docker().image, "id": id, "python": p.get("python"), "packages": p.get("packages"),
+                }));
+            }
+            checks.push(Check::of(
+                "docker walls (probe without the prelude)",
+                w.map_err(|e| e.to_string()).map(|p| walls_summary(&p)),
+            ));
         }
     }
-    match baseline(&parts, args.baseline) {
-        Ok(line) => println!("ok      {line}"),
-        Err(why) => {
-            ok = false;
-            println!("FAILED  {why}");
+    checks.push(Check::of("baseline", baseline(&parts, args.baseline)));
+    checks.push(Check::of("stop", stop_state()));
+    match crate::dirs::state_dir() {
+        Some(home) if home.exists() => checks.push(checks::permissions(&home)),
+        Some(home) => {
+            checks.push(Check::new("permissions", Level::Ok, format!("{} does not exist yet", home.display())))
+        }
+        None => checks.push(Check::new(
+            "permissions",
+            Level::Warn,
+            "no state directory (TERRARIUM_HOME, XDG_DATA_HOME, HOME)",
+        )),
+    }
+    let failed = checks.iter().filter(|c| c.level == Level::Failed).count();
+    if args.json {
+        let report = serde_json::json!({ "ok": failed == 0, "checks": checks, "docker_image": image });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        for c in &checks {
+            let word = match c.level {
+                Level::Ok => "ok     ",
+                Level::Warn => "WARN   ",
+                Level::Failed => "FAILED ",
+            };
+            println!("{word} {}: {}", c.name, c.detail);
+        }
+        if let Some(img) = &image {
+            let n = img["packages"].as_object().map_or(0, serde_json::Map::len);
+            println!(
+                "image   {}: Python {}, {n} packages (doctor --json lists them)",
+                img["image"].as_str().unwrap_or("?"),
+                img["python"].as_str().unwrap_or("?")
+            );
         }
     }
-    match stop_state() {
-        Ok(line) => println!("ok      {line}"),
-        Err(why) => {
-            ok = false;
-            println!("FAILED  {why}");
-        }
-    }
-    if ok {
+    if failed == 0 {
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("some tiers cannot run here (see above)") })
+        Err(CliError { code: EXIT_HOST, error: anyhow::anyhow!("{failed} checks failed (see above)") })
     }
 }
 
 /// Records `parts` as the baseline (`record`), or checks them against the one
 /// recorded: a line for the report, or what changed.
 fn baseline(parts: &crate::integrity::Baseline, record: bool) -> Result<String, String> {
-    let audit = crate::audit::default_path().map_err(|e| format!("baseline: {e}"))?;
+    let audit = crate::audit::default_path().map_err(|e| e.to_string())?;
     let dir = audit.parent().unwrap_or(std::path::Path::new("."));
-    let state = crate::dirs::OwnedDir::open(dir, "state directory").map_err(|e| format!("baseline: {e}"))?;
+    let state = crate::dirs::OwnedDir::open(dir, "state directory").map_err(|e| e.to_string())?;
     let at = state.path().join(crate::integrity::FILE);
     if record {
-        crate::integrity::save(&state, parts).map_err(|e| format!("baseline: {e}"))?;
-        return Ok(format!("baseline: recorded {} parts in {}", parts.len(), at.display()));
+        crate::integrity::save(&state, parts).map_err(|e| e.to_string())?;
+        return Ok(format!("recorded {} parts in {}", parts.len(), at.display()));
     }
-    match crate::integrity::load(&state).map_err(|e| format!("baseline: {e}"))? {
-        None => {
-            Ok(format!("baseline: none recorded yet (`terrarium doctor --baseline` records one in {})", at.display()))
-        }
+    match crate::integrity::load(&state).map_err(|e| e.to_string())? {
+        None => Ok(format!("none recorded yet (`terrarium doctor --baseline` records one in {})", at.display())),
         Some(recorded) => {
             let changed = crate::integrity::compare(&recorded, parts);
             if changed.is_empty() {
-                Ok(format!("baseline: the policy, python.wasm, module cache and image match {}", at.display()))
+                Ok(format!("the policy, python.wasm, module cache and image match {}", at.display()))
             } else {
-                Err(format!(
-                    "baseline: {} (re-record with `terrarium doctor --baseline` if intended)",
-                    changed.join("; ")
-                ))
+                Err(format!("{} (re-record with `terrarium doctor --baseline` if intended)", changed.join("; ")))
             }
         }
     }
@@ -133,14 +159,13 @@ fn baseline(parts: &crate::integrity::Baseline, record: bool) -> Result<String, 
 /// Whether the deployment is stopped (an emergency stop kept beside its audit
 /// log): a stopped one runs nothing until `terrarium resume`.
 fn stop_state() -> Result<String, String> {
-    let audit = crate::audit::default_path().map_err(|e| format!("stop: {e}"))?;
+    let audit = crate::audit::default_path().map_err(|e| e.to_string())?;
     let dir = audit.parent().unwrap_or(std::path::Path::new("."));
     match crate::sandbox::deployment_stopped(dir) {
-        None => Ok("stop: the deployment is not stopped".into()),
-        Some(s) => Err(format!(
-            "stop: the deployment is STOPPED by {} ({}); nothing runs until `terrarium resume`",
-            s.by, s.reason
-        )),
+        None => Ok("the deployment is not stopped".into()),
+        Some(s) => {
+            Err(format!("the deployment is STOPPED by {} ({}); nothing runs until `terrarium resume`", s.by, s.reason))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod args;
 mod batch;
 #[cfg(feature = "rustpython")]
 mod bench;
+mod checks;
 mod command;
 mod doctor;
 mod ops;

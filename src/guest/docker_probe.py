@@ -92,4 +92,15 @@ for pid in children:
 for pid in children:
     os.waitpid(pid, 0)
 
-print(json.dumps(report), flush=True)
+# What the image holds, for the operator's inventory (`terrarium doctor --json`).
+report["python"] = sys.version.split()[0]
+try:
+    import importlib.metadata as metadata
+
+    report["packages"] = {
+        d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]
+    }
+except Exception as e:  # an image without package metadata still reports its walls
+    report["packages"] = {"<unreadable>": repr(e)}
+
+print(json.dumps(report, sort_keys=True), flush=True)

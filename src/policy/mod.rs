@@ -14,6 +14,7 @@
 
 mod commands;
 mod functions;
+mod hazards;
 mod load;
 mod overrides;
 pub(crate) mod raw;
