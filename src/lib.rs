@@ -26,6 +26,11 @@
 // and would not reach the modules' files.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
+pub mod alerts;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod alerts;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod analysis;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod analysis;

@@ -149,7 +149,8 @@ fn doctor_checks_every_tier_of_the_build() {
     let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("doctor --json");
     assert_eq!((out.code, &report["ok"]), (0, &serde_json::json!(true)), "{}", out.stdout);
     assert!(report["docker_image"]["python"].as_str().is_some_and(|v| v.starts_with("3.")), "{report}");
-    assert!(report["docker_image"]["packages"].is_object(), "{report}");
+    // The local image strips package metadata: numpy is found by its __version__.
+    assert!(report["docker_image"]["packages"]["numpy"].as_str().is_some_and(|v| v.starts_with('1')), "{report}");
     let checks = report["checks"].as_array().expect("checks");
     let level = |name: &str| checks.iter().find(|c| c["name"] == name).map(|c| c["level"].clone());
     for name in ["kernel: seccomp", "kernel: user namespaces", "kernel: network namespaces", "kernel: pidfd"] {

@@ -38,6 +38,19 @@ pub struct AuditLog {
     pub(super) key: Key,
     /// Guards the journal's appends (the policy's `file_io` breaker), when set.
     pub(super) file_io: Option<Breaker>,
+    /// Told of every event recorded and of every refusal for being behind (the
+    /// alerts), once set; shared by every handle.
+    pub(super) watcher: Arc<std::sync::OnceLock<Arc<dyn Watcher>>>,
+}
+
+/// What wants to know, as they happen, which events are recorded and when the
+/// log falls behind (see [`AuditLog::watch`]). Its methods are called on the
+/// recording thread: they must only hand the news on, never block.
+pub trait Watcher: Send + Sync {
+    /// `event` is being recorded.
+    fn recorded(&self, event: &Event);
+    /// New work was refused: the database is `backlog` events behind.
+    fn behind(&self, backlog: usize);
 }
 
 impl AuditLog {
@@ -86,7 +99,16 @@ impl AuditLog {
             .spawn(move || writer.run(rx))
             .map_err(|e| db_err(path, format!("cannot start the writer: {e}")))?;
         let writer = Arc::new(Mutex::new(Some(handle)));
-        Ok(AuditLog { writer, journal, tx, path: path.to_path_buf(), backlog, key, file_io: None })
+        Ok(AuditLog {
+            writer,
+            journal,
+            tx,
+            path: path.to_path_buf(),
+            backlog,
+            key,
+            file_io: None,
+            watcher: Arc::default(),
+        })
     }
 
     /// Guards every append to the journal with `breaker` (the policy's `file_io`):
@@ -96,6 +118,18 @@ impl AuditLog {
     pub fn with_file_io(mut self, breaker: Breaker) -> AuditLog {
         self.file_io = Some(breaker);
         self
+    }
+
+    /// Tells `watcher` of every event recorded from now on, through any handle
+    /// of this log; `false` (and nothing changes) when one was set already.
+    pub fn watch(&self, watcher: Arc<dyn Watcher>) -> bool {
+        self.watcher.set(watcher).is_ok()
+    }
+
+    /// Events handed to the writer and not yet in the database (new work is
+    /// refused while this is past the cap).
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The database file.
@@ -128,6 +162,11 @@ impl AuditLog {
     /// Appends `events` to the journal and hands them to the writer.
     pub(super) fn append(&self, events: Vec<Event>) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
+        if let Some(w) = self.watcher.get() {
+            for e in &events {
+                w.recorded(e);
+            }
+        }
         let pending: Vec<Pending> = events.into_iter().map(pending).collect();
         let mut jsons = Vec::new();
         for p in &pending {
@@ -205,6 +244,9 @@ impl AuditLog {
     pub async fn admit_async(&self, event: Event) -> Result<(), AuditError> {
         let behind = self.backlog.load(std::sync::atomic::Ordering::Relaxed);
         if behind > MAX_BACKLOG {
+            if let Some(w) = self.watcher.get() {
+                w.behind(behind);
+            }
             return Err(AuditError::Overloaded(behind));
         }
         self.append(vec![event])

@@ -92,15 +92,35 @@ for pid in children:
 for pid in children:
     os.waitpid(pid, 0)
 
-# What the image holds, for the operator's inventory (`terrarium doctor --json`).
+# What the image holds, for the operator's inventory (`terrarium doctor --json`):
+# every distribution with metadata, and every top-level package in the site
+# directories that has none (an image may strip it), by its `__version__`.
 report["python"] = sys.version.split()[0]
+packages = {}
 try:
     import importlib.metadata as metadata
 
-    report["packages"] = {
-        d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]
-    }
+    for d in metadata.distributions():
+        if d.metadata["Name"]:
+            packages[d.metadata["Name"]] = d.version
 except Exception as e:  # an image without package metadata still reports its walls
-    report["packages"] = {"<unreadable>": repr(e)}
+    packages["<metadata unreadable>"] = repr(e)
+known = {name.lower().replace("-", "_") for name in packages}
+for site in [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]:
+    try:
+        entries = sorted(os.listdir(site))[:200]
+    except OSError:
+        continue
+    for entry in entries:
+        name = entry[:-3] if entry.endswith(".py") else entry
+        if not name.isidentifier() or name.startswith("_") or name.lower() in known:
+            continue
+        try:
+            module = __import__(name)
+            packages[name] = str(getattr(module, "__version__", "unknown"))
+        except Exception:  # noqa: BLE001 - a broken package is listed, not fatal
+            packages[name] = "not importable"
+        known.add(name.lower())
+report["packages"] = packages
 
 print(json.dumps(report, sort_keys=True), flush=True)

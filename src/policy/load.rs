@@ -250,6 +250,7 @@ impl Policy {
         let sessions = super::sessions::session_policy(raw.sessions.unwrap_or_default(), sb.max_memory.0, &invalid)?;
         let functions = super::functions::function_policy(raw.functions.unwrap_or_default(), &invalid)?;
         let workspaces = super::workspaces::workspace_policy(raw.workspaces.unwrap_or_default(), &invalid)?;
+        let alerts = super::alerts::alert_policy(raw.alerts.unwrap_or_default(), &invalid)?;
         Ok(Policy {
             enabled: sb.enabled,
             timeout: Duration::from_secs_f64(sb.timeout.0),
@@ -279,6 +280,7 @@ impl Policy {
             sessions,
             functions: std::sync::Arc::new(functions),
             workspaces,
+            alerts,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! only tighten a policy ([`Policy::tighten`]); there is no way to loosen one from a
 //! request.
 
+mod alerts;
 mod commands;
 mod functions;
 mod hazards;
@@ -22,6 +23,7 @@ mod render;
 mod sessions;
 mod workspaces;
 
+pub use alerts::{AlertPolicy, webhook_target};
 pub use commands::{AllowRule, CommandPolicy, CommandRules, DEFAULT_DENY, PatternError, denied, name_matches};
 pub use functions::{FunctionSpec, is_function_name};
 pub use overrides::{Overrides, timeout_secs};
@@ -173,6 +175,7 @@ pub struct Policy {
     /// The `functions` section, by name (shared: every request's policy is a copy).
     functions: Arc<std::collections::BTreeMap<String, FunctionSpec>>,
     workspaces: WorkspacePolicy,
+    alerts: AlertPolicy,
 }
 
 /// An operation the policy can make wait for a human's approval
@@ -440,6 +443,11 @@ impl Policy {
     /// (`workspaces`).
     pub fn workspaces(&self) -> &WorkspacePolicy {
         &self.workspaces
+    }
+
+    /// Where events that need a human are sent, and how often (`alerts`).
+    pub fn alerts(&self) -> &AlertPolicy {
+        &self.alerts
     }
 
     /// This policy as a session's process is held to: the session's memory cap

@@ -29,6 +29,24 @@ pub struct RawPolicy {
     pub functions: Option<std::collections::BTreeMap<String, RawFunction>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspaces: Option<RawWorkspaces>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<RawAlerts>,
+}
+
+/// `alerts`: where events that need a human go.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_interval: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denials_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// `workspaces`: which workspaces runs may mount, where they live, their quotas.

@@ -87,6 +87,9 @@ impl Policy {
             functions: (!self.functions.is_empty())
                 .then(|| self.functions.iter().map(|(k, f)| (k.clone(), f.to_raw())).collect()),
             workspaces: self.workspaces.to_raw(),
+            // Notifiers' addresses may carry a relay's secret path: shown to the
+            // operator (`policy check`), not to approvers.
+            alerts: if sources { self.alerts.to_raw() } else { None },
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }

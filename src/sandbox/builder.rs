@@ -192,6 +192,12 @@ impl SandboxBuilder {
                     });
                 });
                 breakers.observe(observer, &["database", "file_io"]);
+                // What needs a human goes to the policy's notifiers, as it is recorded.
+                if policy.alerts().enabled() {
+                    let alerter = crate::alerts::Alerter::start(policy.alerts().clone(), breakers.get("api").cloned())
+                        .map_err(|e| SandboxError::Audit { overloaded: false, source: Box::new(e) })?;
+                    log.watch(Arc::new(alerter));
+                }
                 Some(log)
             }
             None => None,

@@ -210,8 +210,9 @@ impl Halt {
         let rx = self.signal.as_ref().map(tokio::sync::watch::Sender::subscribe);
         async move {
             match rx {
+                // Subscribed at the call: a stop sent from then on is seen, even
+                // one sent before this future is first polled.
                 Some(mut rx) => {
-                    rx.mark_unchanged();
                     if rx.changed().await.is_err() {
                         std::future::pending::<()>().await;
                     }

@@ -505,6 +505,7 @@ pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator
         approvals_pending,
         workspaces_drifted: drifted,
         stopped: i64::from(state.sandbox.stopped().is_some()),
+        audit_backlog: state.sandbox.audit_log().map_or(0, |l| i64::try_from(l.backlog()).unwrap_or(i64::MAX)),
     });
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -49,6 +49,8 @@ pub struct Scrape {
     pub workspaces_drifted: i64,
     /// 1 while an emergency stop is in force.
     pub stopped: i64,
+    /// Audit events not yet in the database.
+    pub audit_backlog: i64,
 }
 
 /// The server's metrics.
@@ -64,6 +66,7 @@ pub struct Metrics {
     approvals_pending: Gauge,
     workspaces_drifted: Gauge,
     stopped: Gauge,
+    audit_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +82,7 @@ impl Default for Metrics {
             approvals_pending: Gauge::default(),
             workspaces_drifted: Gauge::default(),
             stopped: Gauge::default(),
+            audit_backlog: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -118,6 +122,11 @@ impl Default for Metrics {
             "1 while an emergency stop is in force (new work is refused until an operator resumes)",
             m.stopped.clone(),
         );
+        registry.register(
+            "terrarium_audit_backlog",
+            "Audit events recorded in the journal and not yet in the database (new work is refused past 65536)",
+            m.audit_backlog.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -144,6 +153,7 @@ impl Metrics {
         self.approvals_pending.set(scrape.approvals_pending);
         self.workspaces_drifted.set(scrape.workspaces_drifted);
         self.stopped.set(scrape.stopped);
+        self.audit_backlog.set(scrape.audit_backlog);
         for (name, state) in &scrape.breakers {
             self.breakers.get_or_create(&BreakerLabels { breaker: escape(name) }).set(*state);
         }

@@ -8,6 +8,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../alerts.rs"]
+mod alerts;
 #[path = "../architecture.rs"]
 mod architecture;
 #[path = "../audit.rs"]
