@@ -123,7 +123,7 @@ pub use executor::CallInfo;
 pub use executor::{CellInfo, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcome, Status, TierSession, Usage};
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 pub use sandbox::{BLOCKING_CALLS, CommandReport, Sandbox, SandboxBuilder, Session, SessionHandle, SessionOptions};
-pub use sandbox::{InFlightRun, OpenSession, StopReport, Stopped};
+pub use sandbox::{InFlightRun, OpenSession, PolicyChange, StopReport, Stopped};
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
 #[cfg(feature = "rustpython")]

@@ -235,3 +235,71 @@ fn a_stop_without_a_server_holds_for_every_later_process_and_doctor_reports_it()
     let rows = crate::common::terrarium_env(&["audit", "tail", "-n", "50"], b"", &env).stdout;
     assert!(rows.contains("\"emergency_stop\"") && rows.contains("\"resume\""), "{rows}");
 }
+
+/// A running server changes its policy only once a human approved the diff; an
+/// invalid file, a refusal or the same policy leaves the one in force, and each
+/// is audited. SIGHUP asks as the endpoint does.
+#[test]
+fn a_policy_change_applies_only_once_approved_and_a_refused_or_invalid_one_changes_nothing() {
+    let policy = format!("{}\napprovals:\n  timeout: 60\n", terrarium::policy::DEFAULT_POLICY_YAML);
+    let s = Server::start(Some(&policy), &[]);
+    let file = s.home.path().join("policy.yaml");
+    let random = || s.call("POST", "/v1/execute", Some(SUBMIT), Some(r#"{"code": "import random\nrandom.seed(1)"}"#));
+    assert_eq!(random().json()["status"], "denied", "random is not allowed yet");
+    let reload = |token: &str| s.call("POST", "/v1/policy/reload", Some(token), None);
+    assert_eq!(reload(SUBMIT).status, 403, "only an admin asks for a policy change");
+    let same = reload(ADMIN);
+    assert_eq!((same.status, same.json()["status"].as_str()), (200, Some("unchanged")), "{}", same.body);
+
+    // An invalid file: refused, the policy in force stays.
+    std::fs::write(&file, format!("{policy}\nsecurity:\n  oops: 1\n")).expect("write");
+    let bad = reload(ADMIN);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("the policy in force stays"), "{}", bad.body);
+    assert_eq!(random().json()["status"], "denied");
+
+    // A real change waits for a human; who asked cannot approve it.
+    let wider = policy.replacen(
+        r#"allowed_modules: ["math", "time", "json"]"#,
+        r#"allowed_modules: ["math", "time", "json", "random"]"#,
+        1,
+    );
+    assert_ne!(wider, policy);
+    std::fs::write(&file, &wider).expect("write");
+    let addr = s.addr;
+    let asking = std::thread::spawn(move || call(addr, "POST", "/v1/policy/reload", Some(ADMIN), None, &[]));
+    let item = crate::server::first_pending(&s);
+    assert_eq!(
+        (item["kind"].as_str(), item["subject"]["caller"].as_str()),
+        (Some("policy_change"), Some("root")),
+        "{item}"
+    );
+    let diff = item["subject"]["diff"].as_str().unwrap_or("");
+    assert!(diff.contains("+") && diff.contains("random"), "the reviewer sees the diff: {diff}");
+    let id = item["id"].as_i64().expect("id");
+    assert_eq!(s.call("POST", &format!("/v1/approvals/{id}/approve"), Some(ADMIN), None).status, 403, "own request");
+    assert_eq!(random().json()["status"], "denied", "nothing applies before the decision");
+    assert_eq!(s.call("POST", &format!("/v1/approvals/{id}/approve"), Some(APPROVE), None).status, 200);
+    let applied = asking.join().expect("reload");
+    assert_eq!((applied.status, applied.json()["status"].as_str()), (200, Some("applied")), "{}", applied.body);
+    assert_eq!(random().json()["status"], "ok", "the approved policy is in force");
+
+    // SIGHUP asks too; a denial keeps the policy in force.
+    std::fs::write(&file, &policy).expect("write");
+    // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+    #[allow(unsafe_code, reason = "sending a signal has no safe wrapper in std")]
+    let rc = unsafe { libc::kill(i32::try_from(s.pid()).expect("pid"), libc::SIGHUP) };
+    assert_eq!(rc, 0);
+    let item = crate::server::first_pending(&s);
+    assert_eq!(item["subject"]["caller"], "signal:SIGHUP", "{item}");
+    let id = item["id"].as_i64().expect("id");
+    assert_eq!(s.call("POST", &format!("/v1/approvals/{id}/deny"), Some(APPROVE), None).status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(random().json()["status"], "ok", "a denied change leaves the policy in force");
+
+    let rows = audit_rows(&s);
+    let changes: Vec<&str> =
+        rows.iter().filter(|r| r["kind"] == "policy_change").filter_map(|r| r["data"]["status"].as_str()).collect();
+    assert_eq!(changes, ["unchanged", "invalid", "applied", "refused"], "{rows:?}");
+    assert_eq!(s.cli(&["audit", "verify"]).code, 0);
+}

@@ -64,7 +64,7 @@ fn kind_schema() -> utoipa::openapi::schema::Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some("What kind of operation."))
-        .enum_values(Some(["execute", "command", "session", "function_call"]))
+        .enum_values(Some(["execute", "command", "session", "function_call", "workspace_change", "policy_change"]))
         .build()
 }
 

@@ -40,7 +40,7 @@ pub struct AuditLog {
     pub(super) file_io: Option<Breaker>,
     /// Told of every event recorded and of every refusal for being behind (the
     /// alerts), once set; shared by every handle.
-    pub(super) watcher: Arc<std::sync::OnceLock<Arc<dyn Watcher>>>,
+    pub(super) watcher: Arc<std::sync::RwLock<Option<Arc<dyn Watcher>>>>,
 }
 
 /// What wants to know, as they happen, which events are recorded and when the
@@ -121,9 +121,13 @@ impl AuditLog {
     }
 
     /// Tells `watcher` of every event recorded from now on, through any handle
-    /// of this log; `false` (and nothing changes) when one was set already.
-    pub fn watch(&self, watcher: Arc<dyn Watcher>) -> bool {
-        self.watcher.set(watcher).is_ok()
+    /// of this log, in place of the one before (`None`: nobody).
+    pub fn watch(&self, watcher: Option<Arc<dyn Watcher>>) {
+        *self.watcher.write().unwrap_or_else(std::sync::PoisonError::into_inner) = watcher;
+    }
+
+    fn watcher(&self) -> Option<Arc<dyn Watcher>> {
+        self.watcher.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Events handed to the writer and not yet in the database (new work is
@@ -162,7 +166,7 @@ impl AuditLog {
     /// Appends `events` to the journal and hands them to the writer.
     pub(super) fn append(&self, events: Vec<Event>) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
-        if let Some(w) = self.watcher.get() {
+        if let Some(w) = self.watcher() {
             for e in &events {
                 w.recorded(e);
             }
@@ -244,7 +248,7 @@ impl AuditLog {
     pub async fn admit_async(&self, event: Event) -> Result<(), AuditError> {
         let behind = self.backlog.load(std::sync::atomic::Ordering::Relaxed);
         if behind > MAX_BACKLOG {
-            if let Some(w) = self.watcher.get() {
+            if let Some(w) = self.watcher() {
                 w.behind(behind);
             }
             return Err(AuditError::Overloaded(behind));

@@ -170,6 +170,9 @@ crate::names::named! {
         EmergencyStop = "emergency_stop",
         /// An operator resumed a stopped deployment.
         Resume = "resume",
+        /// A change of the policy in force was asked for: applied (approved),
+        /// refused, invalid or unchanged, with the approval and the file's digest.
+        PolicyChange = "policy_change",
         /// A backup was restored as this log (from where, how many events, the
         /// last one's seq and hash: this event follows it in the chain).
         AuditRestored = "audit_restored",

@@ -36,6 +36,7 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     config.max_requests = args.max_requests;
     config.max_connections = args.max_connections.get();
     config.allowed_hosts = args.allow_host.iter().map(|h| h.to_ascii_lowercase()).collect();
+    config.policy_file = args.policy.clone();
     let path = crate::audit::default_path().map_err(|e| CliError { code: EXIT_HOST, error: e.into() })?;
     let sandbox = Arc::new(
         crate::Sandbox::builder()
@@ -46,7 +47,12 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             .build()?,
     );
     let (header_timeout, max_connections) = (config.header_timeout, config.max_connections);
-    let router = app(sandbox.clone(), config).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
+    let rt = super::runtime()?;
+    // Inside the runtime: the app watches SIGHUP (a policy reload).
+    let router = {
+        let _in = rt.enter();
+        app(sandbox.clone(), config).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?
+    };
     if !args.listen.ip().is_loopback() {
         eprintln!(
             "terrarium: warning: listening on {} (not loopback): bearer tokens travel in clear text unless a TLS proxy is in front",
@@ -54,7 +60,6 @@ pub(super) fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         );
     }
     crate::process::raise_open_files_limit();
-    let rt = super::runtime()?;
     let failed =
         |e: std::io::Error| CliError { code: EXIT_HOST, error: anyhow::anyhow!("serving on {}: {e}", args.listen) };
     rt.block_on(async {

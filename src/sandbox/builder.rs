@@ -178,26 +178,9 @@ impl SandboxBuilder {
                 if let Some(days) = policy.retention_days() {
                     crate::audit::prune_days(&log, days)?;
                 }
-                // Every breaker transition is an event; but the `database` and
-                // `file_io` breakers' (they live in the log itself, which a handle
-                // in their observer would keep alive forever; their transitions go
-                // to the tracing log).
-                let sink = log.clone();
-                let observer: crate::breaker::Observer = Arc::new(move |t: &crate::breaker::Transition| {
-                    sink.record_nowait(Event {
-                        kind: crate::audit::EventKind::Breaker,
-                        request_id: None,
-                        data: serde_json::to_value(t).unwrap_or_default(),
-                        code: None,
-                    });
-                });
-                breakers.observe(observer, &["database", "file_io"]);
+                record_transitions(&breakers, &log);
                 // What needs a human goes to the policy's notifiers, as it is recorded.
-                if policy.alerts().enabled() {
-                    let alerter = crate::alerts::Alerter::start(policy.alerts().clone(), breakers.get("api").cloned())
-                        .map_err(|e| SandboxError::Audit { overloaded: false, source: Box::new(e) })?;
-                    log.watch(Arc::new(alerter));
-                }
+                log.watch(super::alerter(&policy, &breakers)?);
                 Some(log)
             }
             None => None,
@@ -245,7 +228,7 @@ impl SandboxBuilder {
             _ => std::path::PathBuf::from("."),
         });
         Ok(Sandbox {
-            halt: super::halt::Halt::load(stop_dir),
+            halt: Arc::new(super::halt::Halt::load(stop_dir)),
             tiers: Tiers::new(policy.clone(), tiers),
             functions: Arc::new(self.functions),
             workspace_root: workspace::Root { configured: self.workspace_root, ..workspace::Root::default() },
@@ -259,4 +242,20 @@ impl SandboxBuilder {
             )),
         })
     }
+}
+
+/// Records every breaker transition as an audit event; but the `database` and
+/// `file_io` breakers' (they live in the log itself, which a handle in their
+/// observer would keep alive forever; their transitions go to the tracing log).
+pub(super) fn record_transitions(breakers: &Breakers, log: &AuditLog) {
+    let sink = log.clone();
+    let observer: crate::breaker::Observer = Arc::new(move |t: &crate::breaker::Transition| {
+        sink.record_nowait(Event {
+            kind: crate::audit::EventKind::Breaker,
+            request_id: None,
+            data: serde_json::to_value(t).unwrap_or_default(),
+            code: None,
+        });
+    });
+    breakers.observe(observer, &["database", "file_io"]);
 }

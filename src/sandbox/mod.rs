@@ -28,6 +28,7 @@ mod builder;
 mod command;
 mod halt;
 mod handle;
+mod reload;
 mod session;
 mod settle;
 mod tiers;
@@ -42,6 +43,7 @@ pub use command::CommandReport;
 pub(crate) use halt::deployment_stopped;
 pub use halt::{InFlightRun, OpenSession, StopReport, Stopped};
 pub use handle::SessionHandle;
+pub use reload::PolicyChange;
 pub use session::{Session, SessionOptions};
 use tiers::Tiers;
 
@@ -79,8 +81,19 @@ pub struct Sandbox {
     functions: Arc<crate::functions::Registry>,
     /// Where runs' workspaces live.
     workspace_root: workspace::Root,
-    /// The emergency stop, and the work in flight it would stop.
-    halt: halt::Halt,
+    /// The emergency stop, and the work in flight it would stop (shared with the
+    /// sandbox a policy change replaces this one with).
+    halt: Arc<halt::Halt>,
+}
+
+/// The alerts' watcher for `policy` (none when it has no notifier).
+fn alerter(policy: &Policy, breakers: &Breakers) -> Result<Option<Arc<dyn crate::audit::Watcher>>, SandboxError> {
+    if !policy.alerts().enabled() {
+        return Ok(None);
+    }
+    let alerter = crate::alerts::Alerter::start(policy.alerts().clone(), breakers.get("api").cloned())
+        .map_err(|e| SandboxError::Audit { overloaded: false, source: Box::new(e) })?;
+    Ok(Some(Arc::new(alerter)))
 }
 
 impl Sandbox {

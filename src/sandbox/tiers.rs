@@ -83,6 +83,32 @@ impl Tiers {
         }
     }
 
+    /// Tiers for `policy` with these tiers' settings, whose CPython tiers use
+    /// `breakers` (a policy change's sandbox: its executors start on first use,
+    /// under the new policy).
+    pub(super) fn successor(&self, policy: Policy, breakers: &crate::breaker::Breakers) -> Tiers {
+        let _ = breakers;
+        #[allow(unused_mut, reason = "only the CPython tiers' settings change")]
+        let mut settings = TierSettings::default();
+        #[cfg(feature = "rustpython")]
+        {
+            settings.isolated = self.rustpython.config.clone();
+        }
+        #[cfg(feature = "wasm")]
+        {
+            let mut wasm = self.wasm.config.clone();
+            wasm.file_io_breaker = breakers.get("file_io").cloned();
+            settings.wasm = Some(wasm);
+        }
+        #[cfg(feature = "docker")]
+        {
+            let mut docker = self.docker.config.clone();
+            docker.api_breaker = breakers.get("api").cloned();
+            settings.docker = Some(docker);
+        }
+        Tiers::new(policy, settings)
+    }
+
     /// The executor of `tier`, created on first use.
     pub(super) fn executor(&self, tier: Tier) -> Result<Arc<dyn Executor>, SandboxError> {
         match tier {

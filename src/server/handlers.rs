@@ -163,7 +163,7 @@ pub(super) async fn execute(State(state): State<Shared>, Caller(caller, _): Call
         Err(why) => return problem(StatusCode::BAD_REQUEST, &why.to_string()),
     };
     tracing::info!(caller = caller.name, id = ?req.id, "execute");
-    match state.sandbox.execute(req.with_caller(caller.name.clone())).await {
+    match state.sandbox().execute(req.with_caller(caller.name.clone())).await {
         Ok(o) => {
             state.metrics.outcome(o.tier, o.status);
             axum::Json(o).into_response()
@@ -217,7 +217,8 @@ pub(super) async fn command(State(state): State<Shared>, Caller(caller, _): Call
         (None, Some(argv)) if !argv.is_empty() => crate::command::quote_words(&argv),
         _ => return problem(StatusCode::BAD_REQUEST, "give exactly one of command (a line) or argv (its words)"),
     };
-    let policy = state.sandbox.policy();
+    let sandbox = state.sandbox();
+    let policy = sandbox.policy();
     let wait = match b.wait {
         None => Some(policy.approvals().timeout),
         Some(0.0) => None,
@@ -230,7 +231,7 @@ pub(super) async fn command(State(state): State<Shared>, Caller(caller, _): Call
         }
     };
     tracing::info!(caller = caller.name, line, "command");
-    match state.sandbox.run_command(&line, wait, !b.check, &caller.name).await {
+    match state.sandbox().run_command(&line, wait, !b.check, &caller.name).await {
         Ok(report) => {
             if let Some(o) = &report.outcome {
                 state.metrics.outcome(crate::Tier::Docker, o.status);
@@ -410,7 +411,7 @@ pub(super) async fn decide(
     security(("bearer" = ["admin"])),
 )]
 pub(super) async fn breakers(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
-    axum::Json(state.sandbox.breakers().snapshot()).into_response()
+    axum::Json(state.sandbox().breakers().snapshot()).into_response()
 }
 
 /// The answer of `GET /v1/health`.
@@ -441,9 +442,9 @@ pub(super) struct Health {
     security(()),
 )]
 pub(super) async fn health(State(state): State<Shared>) -> Response {
-    let tiers = state.sandbox.policy().allowed_tiers().to_vec();
+    let tiers = state.sandbox().policy().allowed_tiers().to_vec();
     let workspaces_drifted = state.watch.as_ref().map(|w| w.drifted().len());
-    let stopped = state.sandbox.stopped();
+    let stopped = state.sandbox().stopped();
     let status = if stopped.is_some() { "stopped" } else { "ok" };
     axum::Json(Health { status, stopped, version: env!("CARGO_PKG_VERSION"), tiers, workspaces_drifted })
         .into_response()
@@ -480,7 +481,7 @@ pub(super) async fn openapi() -> Response {
 )]
 pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
     let breakers = state
-        .sandbox
+        .sandbox()
         .breakers()
         .snapshot()
         .into_iter()
@@ -497,15 +498,15 @@ pub(super) async fn metrics(State(state): State<Shared>, _: Caller<Administrator
         Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
         Err(e) => return fault("the approvals queue", &e),
     };
-    let running = i64::try_from(state.sandbox.running()).unwrap_or(i64::MAX);
+    let running = i64::try_from(state.sandbox().running()).unwrap_or(i64::MAX);
     let drifted = state.watch.as_ref().map_or(0, |w| i64::try_from(w.drifted().len()).unwrap_or(i64::MAX));
     let text = state.metrics.render(&super::metrics::Scrape {
         running,
         breakers,
         approvals_pending,
         workspaces_drifted: drifted,
-        stopped: i64::from(state.sandbox.stopped().is_some()),
-        audit_backlog: state.sandbox.audit_log().map_or(0, |l| i64::try_from(l.backlog()).unwrap_or(i64::MAX)),
+        stopped: i64::from(state.sandbox().stopped().is_some()),
+        audit_backlog: state.sandbox().audit_log().map_or(0, |l| i64::try_from(l.backlog()).unwrap_or(i64::MAX)),
     });
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }

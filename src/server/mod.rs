@@ -101,6 +101,10 @@ pub struct ServerConfig {
     /// Connections served at once (kept below the descriptor limit); more wait in
     /// the listen backlog.
     pub max_connections: usize,
+    /// The policy file in force, read again by a policy reload (`POST
+    /// /v1/policy/reload`, SIGHUP); `None`: the built-in policy, which is not
+    /// reloaded.
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -118,12 +122,19 @@ impl ServerConfig {
             body_timeout: Duration::from_secs(10),
             allowed_hosts: Vec::new(),
             max_connections: 1024,
+            policy_file: None,
         }
     }
 }
 
 struct AppState {
-    sandbox: Arc<Sandbox>,
+    /// The sandbox serving new requests: replaced as a whole when an approved
+    /// policy change applies (requests in flight keep the one they started on).
+    sandbox: std::sync::RwLock<Arc<Sandbox>>,
+    /// The policy file the server was started with (what a reload reads again).
+    policy_file: Option<std::path::PathBuf>,
+    /// Held while a policy change waits for its decision: one at a time.
+    reloading: tokio::sync::Mutex<()>,
     /// The sandbox's approvals queue (a server always has one).
     gate: crate::approval::Gate,
     tokens: Tokens,
@@ -144,6 +155,13 @@ struct AppState {
 }
 
 type Shared = Arc<AppState>;
+
+impl AppState {
+    /// The sandbox new requests go to.
+    fn sandbox(&self) -> Arc<Sandbox> {
+        self.sandbox.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
 
 /// Why [`app`] cannot serve with the sandbox and settings it was given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -199,7 +217,9 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
     let watch = start_watch(&sandbox);
     let state = Arc::new(AppState {
         watch,
-        sandbox,
+        sandbox: std::sync::RwLock::new(sandbox),
+        policy_file: config.policy_file,
+        reloading: tokio::sync::Mutex::new(()),
         gate,
         tokens: config.tokens,
         metrics: Metrics::default(),
@@ -215,7 +235,11 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
     });
     // Declared functions without a command or closure are answered by the API's
     // caller (in sessions).
-    state.sandbox.answer_functions_with(calls::answered_by_caller(Arc::downgrade(&state)));
+    state.sandbox().answer_functions_with(calls::answered_by_caller(Arc::downgrade(&state)));
+    // SIGHUP asks for a policy change (when the app is built inside a runtime).
+    if state.policy_file.is_some() {
+        ops::reload_on_hangup(Arc::downgrade(&state));
+    }
     Ok(Router::new()
         .route("/v1/execute", post(execute))
         .route("/v1/commands", post(command))
@@ -236,6 +260,7 @@ pub fn app(sandbox: Arc<Sandbox>, config: ServerConfig) -> Result<Router, AppErr
         .route("/v1/workspaces/{name}/verify", post(workspaces::verify))
         .route("/v1/emergency-stop", post(ops::emergency_stop))
         .route("/v1/resume", post(ops::resume))
+        .route("/v1/policy/reload", post(ops::reload_policy))
         .route("/v1/breakers", get(breakers))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))

@@ -12,7 +12,7 @@ pub(super) fn start_refusal_flusher(state: &Shared) {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(state) = weak.upgrade() else { return };
-                let Some(log) = state.sandbox.audit_log() else { return };
+                let Some(log) = state.sandbox().audit_log().cloned() else { return };
                 let events: Vec<Event> = state
                     .refusals
                     .take_ended()

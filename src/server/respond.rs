@@ -230,7 +230,7 @@ pub(super) async fn record_refusal(
     name: Option<&str>,
     role: Role,
 ) -> Result<(), Response> {
-    if let Some(log) = state.sandbox.audit_log()
+    if let Some(log) = state.sandbox().audit_log()
         && let Some(unrecorded) = state.refusals.record(code.as_u16(), name)
     {
         let data = serde_json::json!({

@@ -199,7 +199,7 @@ pub(super) async fn start(State(state): State<Shared>, Caller(caller, _): Caller
     };
     start_sweeper(&state);
     let options = SessionOptions { tier, caller: Some(caller.name.clone()), workspace: b.workspace };
-    match state.sandbox.session(options).await {
+    match state.sandbox().session(options).await {
         Ok(s) => {
             let id = s.id().to_string();
             let shown = info(&id, &s);

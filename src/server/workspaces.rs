@@ -49,7 +49,7 @@ async fn with_workspace<T: Send + 'static>(
     name: String,
     f: impl FnOnce(crate::workspace::Workspace) -> Result<T, crate::workspace::WorkspaceError> + Send + 'static,
 ) -> Result<T, SandboxError> {
-    let all = state.sandbox.workspaces()?;
+    let all = state.sandbox().workspaces()?;
     tokio::task::spawn_blocking(move || all.get(&name).and_then(f))
         .await
         .map_err(|e| SandboxError::InvalidRequest(e.to_string()))?
@@ -70,7 +70,7 @@ pub(super) async fn create(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let made = state.sandbox.create_workspace(&b.name, &caller.name).await;
+    let made = state.sandbox().create_workspace(&b.name, &caller.name).await;
     answer(&state, made.map(|m| serde_json::json!({"workspace": b.name, "version": m.version})))
 }
 
@@ -79,7 +79,7 @@ pub(super) async fn create(
     responses((status = 200, description = "`[{name, version, files, bytes}]`.", body = Object), Guarded),
     security(("bearer" = ["admin"])))]
 pub(super) async fn list(State(state): State<Shared>, _: Caller<Administrator>) -> Response {
-    let listed = match state.sandbox.workspaces() {
+    let listed = match state.sandbox().workspaces() {
         Ok(all) => tokio::task::spawn_blocking(move || all.list())
             .await
             .map_err(|e| SandboxError::InvalidRequest(e.to_string()))
@@ -194,7 +194,7 @@ pub(super) async fn rollback(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let done = state.sandbox.rollback_workspace(&name, b.version, &caller.name).await;
+    let done = state.sandbox().rollback_workspace(&name, b.version, &caller.name).await;
     answer(&state, done.map(|m| serde_json::json!({"workspace": name, "version": m.version})))
 }
 
@@ -210,6 +210,6 @@ pub(super) async fn verify(
     _: Caller<Administrator>,
     Path(name): Path<String>,
 ) -> Response {
-    let checked = state.sandbox.verify_workspace(&name).await;
+    let checked = state.sandbox().verify_workspace(&name).await;
     answer(&state, checked.map(|(m, drift)| serde_json::json!({"version": m.version, "drift": drift})))
 }

@@ -164,6 +164,14 @@ pub(super) fn render_pending(item: &Item, csrf: &str, now_us: i64, who: &str) ->
                 (call_details(id, s, &marks))
             } @else if item.kind == "workspace_change" {
                 (workspace_details(id, s, &marks))
+            } @else if item.kind == "policy_change" {
+                (hidden_warning(id, s["diff"].as_str().unwrap_or("")))
+                p {
+                    "The policy in force would change to " code { (show(s["origin"].as_str().unwrap_or("?"), &marks)) }
+                    " (sha256 " code id={ "sha-" (id) } { (show(s["sha256"].as_str().unwrap_or("?"), &marks)) } "). "
+                    "Approving applies it to every request from then on; denying keeps the policy in force."
+                }
+                pre.code.ltr id={ "diff-" (id) } { (show(s["diff"].as_str().unwrap_or(""), &marks)) }
             } @else if item.kind == "session" {
                 p id={ "session-" (id) } {
                     "A session on the " b { (show(s["tier"].as_str().unwrap_or("?"), &marks)) } " tier: "
