@@ -65,7 +65,8 @@ fn wait_requested(s: &Server, ids: &[&str]) {
 #[cfg_attr(any(terrarium_skip_docker, terrarium_skip_wasm), ignore = "TERRARIUM_SKIP_DOCKER/WASM=1")]
 fn slow_an_emergency_stop_under_mixed_load_stops_everything_records_it_and_holds_until_resumed() {
     let policy = format!(
-        "{}\napprovals:\n  critical: [writable_scratch]\n  timeout: 120\n",
+        "{}\napprovals:\n  critical: [writable_scratch]\n  timeout: 120\ncommands:\n  allow:\n    - program: python3\n      \
+         args: ['-c', 'import time; time.sleep\\(60\\)']\n  deny: [rm]\n",
         default_policy_with("python:3.12-slim", DOCKER_IMAGE).replacen("timeout: 10", "timeout: 40", 1)
     );
     let mut s = Server::start(Some(&policy), &[]);
@@ -90,6 +91,8 @@ fn slow_an_emergency_stop_under_mixed_load_stops_everything_records_it_and_holds
             r#"{"code": "import time\ntime.sleep(60)", "tier": "docker", "id": "sleep-docker"}"#,
         ),
         post("/v1/execute".into(), r#"{"code": "1", "tier": "wasm", "scratch": true, "id": "waits-for-a-human"}"#),
+        post("/v1/execute".into(), r#"{"code": "import time\ntime.sleep(60)", "tier": "wasm", "id": "sleep-wasm"}"#),
+        post("/v1/commands".into(), r#"{"argv": ["python3", "-c", "import time; time.sleep(60)"]}"#),
         post(format!("/v1/sessions/{sid}/cells"), r#"{"code": "while True: x += 1", "id": "spin-cell"}"#),
     ];
     wait_requested(
@@ -100,6 +103,7 @@ fn slow_an_emergency_stop_under_mixed_load_stops_everything_records_it_and_holds
             "req:ci:sleep-docker",
             "req:ci:waits-for-a-human",
             "req:ci:spin-cell",
+            "req:ci:sleep-wasm",
         ],
     );
     let pending = crate::server::first_pending(&s);
@@ -147,6 +151,7 @@ fn slow_an_emergency_stop_under_mixed_load_stops_everything_records_it_and_holds
     // gone (were it left, every container seen during the load would remain).
     let after = server_containers(s.pid());
     assert!(during.iter().any(|c| !after.contains(c)), "the docker run's container was left: {during:?} -> {after:?}");
+    assert!(after.len() <= 2, "only the warm pool's two containers may stay: {during:?} -> {after:?}");
 
     // New work is refused (503, the reason), health says so, the approval expired.
     for (path, body) in [
@@ -164,6 +169,8 @@ fn slow_an_emergency_stop_under_mixed_load_stops_everything_records_it_and_holds
         (Some("stopped"), Some("root")),
         "{health}"
     );
+    let late = s.call("POST", &format!("/v1/approvals/{pending_id}/approve"), Some(APPROVE), None);
+    assert_eq!(late.status, 503, "nothing is approved while stopped: {}", late.body);
     let item = s.call("GET", &format!("/v1/approvals/{pending_id}"), Some(APPROVE), None).json();
     assert_eq!(item["status"], "expired", "{item}");
     assert!(item["note"].as_str().unwrap_or("").starts_with("stopped: drill"), "{item}");
@@ -215,6 +222,9 @@ fn a_stop_without_a_server_holds_for_every_later_process_and_doctor_reports_it()
     let refused = cli(&["stop", "--reason", "x", "--server", "http://127.0.0.1:9"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("--offline"), "{}", refused.stderr);
+    let forged = cli(&["stop", "--offline", "--as", "ops", "--reason", "x\u{1b}[31mRED"]);
+    assert_ne!(forged.code, 0, "a reason with an escape sequence was kept");
+    assert!(!home.path().join("stopped.json").exists());
     let stop = cli(&["stop", "--offline", "--as", "ops", "--reason", "disk full"]);
     assert_eq!(stop.code, 0, "{}", stop.stderr);
     assert!(home.path().join("stopped.json").exists());

@@ -113,7 +113,21 @@ pub(super) fn approvals(args: ApprovalsArgs) -> Result<ExitCode, CliError> {
         ApprovalsCommand::Approve(d) | ApprovalsCommand::Deny(d) if d.id < 1 => {
             return Err(CliError::usage(anyhow::anyhow!("no approval request {}", d.id)));
         }
-        ApprovalsCommand::Approve(d) => record_decision(&gate, d, true)?,
+        ApprovalsCommand::Approve(d) => {
+            // Nothing is approved into running while the deployment is stopped.
+            let dir = match gate.audit().path().parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            if let Some(s) = crate::sandbox::deployment_stopped(&dir) {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "the deployment is stopped by {} ({}): nothing is approved until `terrarium resume`",
+                    s.by,
+                    s.reason
+                )));
+            }
+            record_decision(&gate, d, true)?
+        }
         ApprovalsCommand::Deny(d) => record_decision(&gate, d, false)?,
     }
     flush(&gate);

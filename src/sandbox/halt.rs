@@ -147,6 +147,8 @@ pub(super) struct Halt {
     next: AtomicU64,
     /// The audit log's directory (where [`STOP_FILE`] lives), when there is one.
     dir: Option<std::path::PathBuf>,
+    /// Held through a whole stop or resume: they never interleave.
+    ops: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -237,6 +239,17 @@ impl Halt {
     }
 }
 
+/// The longest reason a stop keeps, characters.
+pub const MAX_REASON: usize = 1024;
+
+/// Whether `text` is 1 to `most` characters, none of them control or invisible
+/// ones (what a terminal or a log line could be driven or forged with).
+fn printable(text: &str, most: usize) -> bool {
+    !text.trim().is_empty()
+        && text.chars().count() <= most
+        && text.chars().all(|c| !c.is_control() && crate::text::hidden(c).is_none())
+}
+
 /// The refusal new work gets while `s` is in force.
 fn refusal(s: &Stopped) -> String {
     format!("the deployment was stopped by {} ({}); nothing runs until an operator resumes it", s.by, s.reason)
@@ -251,9 +264,11 @@ fn read_stop(dir: &std::path::Path) -> Option<Stopped> {
     };
     match dir.read(STOP_FILE) {
         Ok(None) => None,
-        Ok(Some(f)) => {
-            Some(serde_json::from_reader(std::io::BufReader::new(f)).unwrap_or_else(|e| unreadable(e.to_string())))
-        }
+        Ok(Some(f)) => Some(match serde_json::from_reader::<_, Stopped>(std::io::BufReader::new(f)) {
+            Ok(s) if printable(&s.reason, MAX_REASON) && printable(&s.by, 128) => s,
+            Ok(_) => unreadable("its reason or author holds characters that are not printable".into()),
+            Err(e) => unreadable(e.to_string()),
+        }),
         Err(e) => Some(unreadable(e.to_string())),
     }
 }
@@ -288,6 +303,15 @@ impl Sandbox {
         self.halt.stopped()
     }
 
+    /// Refuses while the deployment is stopped (what approving an operation
+    /// checks: nothing is approved into running then).
+    ///
+    /// # Errors
+    /// [`SandboxError::Stopped`] with the stop's reason.
+    pub fn check_not_stopped(&self) -> Result<(), SandboxError> {
+        self.halt.check()
+    }
+
     /// Stops the deployment: refuses new work at once, records what is in flight
     /// (one `emergency_stop` audit event, durable first), stops every run (its
     /// child killed, instance interrupted, container removed), expires pending
@@ -300,6 +324,32 @@ impl Sandbox {
     /// The audit log could not record the stop (the deployment is stopped all
     /// the same; nothing was discarded yet).
     pub async fn emergency_stop(&self, by: &str, reason: &str) -> Result<StopReport, SandboxError> {
+        self.emergency_stop_with(by, reason, async {}).await
+    }
+
+    /// As [`Sandbox::emergency_stop`], running `after_signal` once every run was
+    /// told to stop and before waiting for the tiers (a server ends the sessions
+    /// it holds there, so that their instances and containers are waited for too).
+    ///
+    /// # Errors
+    /// As [`Sandbox::emergency_stop`]; a reason or name that is empty, too long,
+    /// or holds control or invisible characters.
+    pub async fn emergency_stop_with(
+        &self,
+        by: &str,
+        reason: &str,
+        after_signal: impl std::future::Future<Output = ()>,
+    ) -> Result<StopReport, SandboxError> {
+        let reason = reason.trim();
+        if !printable(reason, MAX_REASON) {
+            return Err(SandboxError::InvalidRequest(format!(
+                "reason: 1 to {MAX_REASON} printable characters (no control or invisible ones)"
+            )));
+        }
+        if !printable(by, 128) {
+            return Err(SandboxError::InvalidRequest("who stops: 1 to 128 printable characters".into()));
+        }
+        let _one = self.halt.ops.lock().await;
         let began = Instant::now();
         let stopped = Stopped { reason: reason.to_string(), by: by.to_string(), at_us: now_us() };
         let already = {
@@ -345,16 +395,19 @@ impl Sandbox {
             log.record_all_async(vec![Event { kind: EventKind::EmergencyStop, request_id: None, data, code: None }])
                 .await?;
         }
-        // Recorded: now stop everything.
-        if let Some(tx) = &self.halt.signal {
-            tx.send_modify(|g| *g += 1);
-        }
+        // Recorded: now stop everything. Pending approvals first, so that each is
+        // expired as stopped (not as abandoned by its dropped waiter) and none
+        // can be approved from here on.
         if let Some(g) = &self.gate {
             let note = format!("stopped: {}", stopped.reason);
             if let Err(e) = g.stop_pending(&note).await {
                 tracing::error!(error = %e, "pending approvals could not be expired by the stop");
             }
         }
+        if let Some(tx) = &self.halt.signal {
+            tx.send_modify(|g| *g += 1);
+        }
+        after_signal.await;
         let deadline = began + SETTLE_WITHIN;
         let still_running = loop {
             let left = lock(&self.halt.runs).len() + self.tiers.lingering();
@@ -387,6 +440,10 @@ impl Sandbox {
     /// The stop file could not be removed (the deployment stays stopped), or the
     /// audit log could not record the resume.
     pub async fn resume(&self, by: &str) -> Result<Option<Stopped>, SandboxError> {
+        if !printable(by, 128) {
+            return Err(SandboxError::InvalidRequest("who resumes: 1 to 128 printable characters".into()));
+        }
+        let _one = self.halt.ops.lock().await;
         let Some(was) = self.halt.stopped() else { return Ok(None) };
         if let Some(dir) = &self.halt.dir {
             remove_stop(dir).map_err(|e| {

@@ -164,8 +164,25 @@ impl Sandbox {
                 }
             };
             self.breakers.tier(tier).run(open).await.map(|inner| (inner, slot, prepared))
-        }
-        .await;
+        };
+        // A start under way when the deployment is stopped is stopped with it
+        // (recorded in the stop's list of runs; its child or container removed).
+        let in_flight = super::halt::InFlightRun {
+            request_id: Some(format!("session:{id}")),
+            caller: caller.clone(),
+            tier: tier.to_string(),
+            code_sha256: String::new(),
+            session: Some(id.clone()),
+            workspace: options.workspace.clone(),
+            running_ms: 0,
+        };
+        let opened = match self.until_stopped(in_flight, opened).await {
+            // Stopped just as it opened: ended at once, never handed out.
+            Ok(_) if self.halt.check().is_err() => {
+                Err(self.halt.check().err().unwrap_or_else(super::halt::stopped_error))
+            }
+            other => other,
+        };
         let (inner, slot, prepared) = match opened {
             Ok(o) => o,
             Err(e) => {

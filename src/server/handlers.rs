@@ -361,6 +361,10 @@ pub(super) async fn decide_approval(
         "deny" => false,
         _ => return problem(StatusCode::NOT_FOUND, "expected /approve or /deny"),
     };
+    // Nothing is approved into running while the deployment is stopped.
+    if approve && let Err(e) = state.sandbox().check_not_stopped() {
+        return sandbox_error(&state, &e);
+    }
     let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(r) => return r,

@@ -23,9 +23,6 @@ pub(super) struct StopBody {
     pub(super) reason: String,
 }
 
-/// The longest reason a stop keeps, characters.
-const MAX_REASON: usize = 1024;
-
 /// Stop everything (role admin): refuse new work, record what is in flight, stop
 /// it, expire pending approvals; the deployment stays stopped across restarts until
 /// resumed.
@@ -43,21 +40,22 @@ pub(super) async fn emergency_stop(
         Err(r) => return r,
     };
     let reason = b.reason.trim();
-    let printable = reason.chars().all(|c| !c.is_control() && crate::text::hidden(c).is_none());
-    if reason.is_empty() || !printable || reason.chars().count() > MAX_REASON {
-        return problem(StatusCode::BAD_REQUEST, "reason: 1 to 1024 printable characters");
-    }
-    tracing::warn!(by = caller.name, reason, "emergency stop");
     // The sandbox refuses new work and records what is in flight first; the
-    // server's sessions end once that record is durable.
+    // server's sessions end once every run was told to stop, before the stop
+    // waits for the tiers (their instances and containers are waited for too).
     let sandbox = state.sandbox();
-    let stopping = sandbox.emergency_stop(&caller.name, reason);
-    let report = match stopping.await {
+    let why = format!("emergency stop by {}: {reason}", caller.name);
+    let sessions = state.api_sessions.end_all(&why);
+    let report = match sandbox
+        .emergency_stop_with(&caller.name, reason, async {
+            let _ = sessions.await;
+        })
+        .await
+    {
         Ok(r) => r,
         Err(e) => return sandbox_error(&state, &e),
     };
-    let ended = state.api_sessions.end_all(&format!("emergency stop by {}: {reason}", caller.name)).await;
-    tracing::warn!(sessions = ended, still_running = report.still_running, "emergency stop done");
+    tracing::warn!(by = caller.name, still_running = report.still_running, "emergency stop done");
     axum::Json(report).into_response()
 }
 

@@ -80,15 +80,11 @@ impl ApiSessions {
 }
 
 impl ApiSessions {
-    /// Ends every open session with `reason` (an emergency stop): running cells
-    /// are stopped first, then each session is ended and removed. Returns how many.
+    /// Ends every open session with `reason` (an emergency stop, once its signal
+    /// went out: a running cell is stopped by it and answers its caller with the
+    /// stop, releasing its session), then removes them. Returns how many.
     pub(super) async fn end_all(&self, reason: &str) -> usize {
         let entries: Vec<Arc<Entry>> = self.map().drain().map(|(_, e)| e).collect();
-        for entry in &entries {
-            if let Some(running) = entry.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                running.abort();
-            }
-        }
         for entry in &entries {
             match tokio::time::timeout(Duration::from_secs(10), entry.session.lock()).await {
                 Ok(mut slot) => {
@@ -304,6 +300,7 @@ pub(super) async fn cell(
     tokio::spawn(async move {
         let r = match ran.await {
             Ok(r) => r,
+            Err(e) if e.is_cancelled() => Err(SandboxError::SessionEnded("it was ended while this cell ran".into())),
             Err(e) => {
                 Err(SandboxError::Host { tier: crate::Tier::Rustpython, message: format!("a cell's task failed: {e}") })
             }

@@ -266,6 +266,12 @@ pub(super) async fn decide(
         let answer = login_page("Your session ended; sign in again.", StatusCode::UNAUTHORIZED);
         return no_session(&state, "POST /review/{id}/{decision}", answer).await;
     };
+    // Nothing is approved into running while the deployment is stopped.
+    if decision == "approve"
+        && let Err(e) = state.sandbox().check_not_stopped()
+    {
+        return super::sandbox_error(&state, &e);
+    }
     if !super::auth::same_secret(&f.csrf, &csrf) {
         return problem(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session");
     }

@@ -219,6 +219,8 @@ impl DockerExecutor {
         let policy = &self.shared.policy;
         let launch = Launch { cmd: argv.to_vec(), scratch: false, workspace: None, labels: self.shared.labels() };
         let id = engine.create(engine::spec(policy, &launch)?).await?;
+        // Dropped while it runs (an emergency stop, a caller gone): removed then.
+        let reaper = stream::Reaper::arm(&engine, &id);
         let ran = async {
             let (_input, output) = engine.attach(&id).await?;
             if !engine.start_program(&id).await? {
@@ -235,6 +237,7 @@ impl DockerExecutor {
         }
         .await;
         engine.remove(&id).await?;
+        reaper.disarm();
         let (out, err, end, ended) = match ran? {
             Some(ran) => ran,
             // The image has no such program: the command's failure, not the host's.

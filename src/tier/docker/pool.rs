@@ -120,9 +120,15 @@ pub(super) async fn start_container(
     nonce: &str,
 ) -> Result<Warm, SandboxError> {
     let id = engine.create(engine::spec(policy, launch)?).await?;
+    // Dropped while it starts (its run stopped, its caller gone): removed then.
+    let reaper = super::stream::Reaper::arm(engine, &id);
     match attach_and_start(engine, &id, nonce).await {
-        Ok(w) => Ok(w),
+        Ok(w) => {
+            reaper.disarm();
+            Ok(w)
+        }
         Err(e) => {
+            reaper.disarm();
             let _ = engine.remove(&id).await;
             Err(e)
         }

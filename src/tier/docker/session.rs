@@ -64,6 +64,8 @@ impl DockerExecutor {
             labels: shared.labels(),
         };
         let warm = start_container(&engine, &policy, &launch, &n).await?;
+        // Until the session holds it, a dropped start removes the container.
+        let reaper = super::stream::Reaper::arm(&engine, &warm.id);
         // Frozen between cells: nothing the session's code left behind (a thread, a
         // child process) runs or writes outside a cell's window.
         if let Err(e) = engine.pause(&warm.id).await {
@@ -83,6 +85,7 @@ impl DockerExecutor {
                 tracing::warn!(error = %err, "could not remove an ended session's container");
             }
         });
+        reaper.disarm();
         Ok(DockerSession {
             policy: shared.policy.clone(),
             engine,

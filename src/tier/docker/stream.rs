@@ -32,13 +32,18 @@ enum Answered {
 
 /// Removes a container when dropped, unless disarmed: the run that uses it was
 /// abandoned before it could remove it itself.
-struct Reaper {
+pub(super) struct Reaper {
     engine: Option<Engine>,
     id: String,
 }
 
 impl Reaper {
-    fn disarm(mut self) {
+    /// Removes container `id` unless disarmed first.
+    pub(super) fn arm(engine: &Engine, id: &str) -> Reaper {
+        Reaper { engine: Some(engine.clone()), id: id.to_string() }
+    }
+
+    pub(super) fn disarm(mut self) {
         self.engine = None;
     }
 }
@@ -77,7 +82,7 @@ pub(super) async fn serve(
     let Warm { id, nonce, mut input, mut output, stderr: mut err } = w;
     // A caller that stops waiting (an HTTP client that hangs up) drops this
     // future: the container is removed then, not left running past its deadline.
-    let reaper = Reaper { engine: Some(engine.clone()), id: id.clone() };
+    let reaper = Reaper::arm(engine, &id);
     let due = tokio::time::Instant::from_std(delivered + policy.timeout());
     let max_out = usize::try_from(policy.max_output()).unwrap_or(usize::MAX);
     let max_err = max_out.saturating_add(STDERR_SLACK).saturating_add(call_room(policy, req.host.is_some()));

@@ -235,6 +235,10 @@ pub(super) fn build_store(
     let memory = usize::try_from(policy.max_memory()).unwrap_or(usize::MAX);
     let limits = StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(false).build();
     let mut store = runtime.store(wasi, limits, due, clock);
+    if let Some(stop) = launch.stop.clone() {
+        let halted: sleep::Halted = Some(std::sync::Arc::new(move || stop.load(std::sync::atomic::Ordering::SeqCst)));
+        store.data_mut().halted = halted;
+    }
     store.limiter(|h| &mut h.limits);
     store.set_fuel(fuel).map_err(|e| host_err(format!("cannot set fuel: {e}")))?;
     Ok(store)

@@ -56,11 +56,13 @@ struct Host {
     due: sleep::Due,
     /// The guest's monotonic clock.
     clock: sleep::GuestClock,
+    /// Whether the run must stop now (checked while a guest sleeps).
+    halted: sleep::Halted,
 }
 
 impl Host {
     fn new(wasi: WasiP1Ctx, limits: StoreLimits, due: sleep::Due, clock: sleep::GuestClock) -> Host {
-        Host { wasi, limits, due, clock }
+        Host { wasi, limits, due, clock, halted: None }
     }
 }
 
@@ -71,6 +73,10 @@ impl sleep::SleepState for Host {
 
     fn clock(&self) -> sleep::GuestClock {
         self.clock
+    }
+
+    fn halted(&self) -> sleep::Halted {
+        self.halted.clone()
     }
 }
 
@@ -95,6 +101,8 @@ pub struct WasmExecutor {
     pool: std::sync::Mutex<std::collections::VecDeque<Slot>>,
     /// Held by every instance's thread (warm ones included) while it runs.
     live: Arc<()>,
+    /// The sessions' instances started (forgotten once gone).
+    sessions: std::sync::Mutex<Vec<std::sync::Weak<session::Control>>>,
 }
 
 /// A warm instance: CPython started ahead of demand, its prelude waiting on stdin
@@ -133,7 +141,14 @@ impl WasmExecutor {
     /// An executor for `policy`. The module is loaded (or compiled, once per machine)
     /// on first use.
     pub fn new(policy: Policy, config: WasmConfig) -> WasmExecutor {
-        WasmExecutor { policy, config, runtime: OnceLock::new(), pool: Default::default(), live: Arc::default() }
+        WasmExecutor {
+            policy,
+            config,
+            runtime: OnceLock::new(),
+            pool: Default::default(),
+            live: Arc::default(),
+            sessions: Default::default(),
+        }
     }
 
     /// Loads or compiles the module now (blocking).
@@ -164,6 +179,13 @@ impl WasmExecutor {
 
     fn lock_pool(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Slot>> {
         self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps track of a session's instance (for [`Executor::lingering`]).
+    fn remember_session(&self, control: &Arc<session::Control>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sessions.retain(|c| c.strong_count() > 0);
+        sessions.push(Arc::downgrade(control));
     }
 
     /// Starts warm instances until the pool holds `config.pool_size`.
@@ -288,10 +310,13 @@ impl Executor for WasmExecutor {
         Tier::Wasm
     }
 
-    /// Instances running a request (warm ones waiting in the pool excepted).
+    /// Instances running a request (warm ones waiting in the pool excepted), and
+    /// sessions' instances stopped but not yet ended.
     fn lingering(&self) -> usize {
         let waiting = self.lock_pool().len();
-        Arc::strong_count(&self.live).saturating_sub(1 + waiting)
+        let runs = Arc::strong_count(&self.live).saturating_sub(1 + waiting);
+        let sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        runs + sessions.iter().filter_map(std::sync::Weak::upgrade).filter(|c| c.lingering()).count()
     }
 
     fn execute(&self, req: ExecRequest) -> BoxFuture<'_, Result<Outcome, SandboxError>> {

@@ -69,7 +69,7 @@ const PARK_GRACE: Duration = Duration::from_millis(250);
 
 /// What the host tells a session's instance, and what the instance's hooks publish
 /// back (the only state the two threads share besides the streams).
-struct Control {
+pub(super) struct Control {
     /// The current cell's (arrival, due); the epoch deadline and the guest's
     /// sleeps end there.
     window: Window,
@@ -80,9 +80,16 @@ struct Control {
     /// Fuel left and linear memory size, as of the instance's last host call.
     fuel_left: AtomicU64,
     memory: AtomicU64,
+    /// The instance's thread has not ended yet.
+    running: AtomicBool,
 }
 
 impl Control {
+    /// Stopped by the host and still running (what an emergency stop waits for).
+    pub(super) fn lingering(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst) && self.running.load(Ordering::SeqCst)
+    }
+
     fn new() -> Arc<Control> {
         Arc::new(Control {
             window: Arc::new(std::sync::Mutex::new(None)),
@@ -90,6 +97,7 @@ impl Control {
             stopped: AtomicBool::new(false),
             fuel_left: AtomicU64::new(UNLIMITED_FUEL),
             memory: AtomicU64::new(0),
+            running: AtomicBool::new(true),
         })
     }
 
@@ -174,6 +182,7 @@ impl WasmExecutor {
         let nonce = nonce();
         let io = Io::new(STDERR_SLACK);
         let control = Control::new();
+        self.remember_session(&control);
         // Imported while it starts, as warm instances do (asyncio excepted: the
         // prelude installs Terrarium's own).
         let preload: Vec<&str> =
@@ -185,6 +194,7 @@ impl WasmExecutor {
             .spawn(move || {
                 let exit = run_instance(&runtime, &policy, &i, &c, (&n, &preload), mount.as_ref());
                 i.finish(exit);
+                c.running.store(false, Ordering::SeqCst);
             })
             .map_err(|e| host(format!("cannot start a session's instance: {e}")))?;
         let live = Live { io, control, nonce };
@@ -247,6 +257,11 @@ fn run_instance(
         Ok(s) => s,
         Err(e) => return Exit::Setup(e.to_string()),
     };
+    // A sleeping cell wakes when the session is stopped (ended, dropped) too.
+    let (c, s) = (control.clone(), stop.clone());
+    store.data_mut().halted = Some(Arc::new(move || {
+        c.stopped.load(Ordering::SeqCst) || s.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+    }));
     watch_window(&mut store, control.window.clone(), stop);
     let (start, memory) = match instantiate(runtime, &mut store) {
         Ok(i) => i,

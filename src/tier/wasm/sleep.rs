@@ -15,8 +15,12 @@
 //! monotonic clock is [`GuestClock`] (installed in every instance), the real-time
 //! clock is the host's.
 //!
+//! A sleep also ends, with the same trap, as soon as the run must stop (its
+//! future was dropped by an emergency stop or a caller gone, its session ended):
+//! it is taken in slices of at most 10 ms.
+//!
 //! # Security invariant
-//! No WASI call can keep a run past its deadline by sleeping (the red-team attack
+//! No WASI call can keep a run past its deadline, or past its stop, by sleeping (the red-team attack
 //! `sleep_forever` found the gap; `tests/wasm.rs::sleep_forever` keeps it closed).
 
 use std::sync::{Arc, Mutex};
@@ -85,10 +89,30 @@ impl wasmtime_wasi::HostMonotonicClock for GuestClock {
     }
 }
 
+/// Whether a run must stop now (its future was dropped, its session ended, its
+/// workspace copy went past the quota): a sleeping guest wakes and traps.
+pub(super) type Halted = Option<Arc<dyn Fn() -> bool + Send + Sync>>;
+
 /// What the shim needs from the store's data.
 pub(super) trait SleepState {
     fn due(&self) -> &Due;
     fn clock(&self) -> GuestClock;
+    fn halted(&self) -> Halted;
+}
+
+/// Sleeps `d` in slices of at most 10 ms; `true` as soon as `halted` says so.
+fn nap(d: Duration, halted: &Halted) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if halted.as_ref().is_some_and(|h| h()) {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
 }
 
 /// WASI preview 1's `poll_oneoff(in, out, nsubscriptions, nevents_out)`, with every
@@ -115,6 +139,7 @@ pub(super) fn poll_oneoff<T: SleepState + 'static>(
     }
     let left = caller.data().due().remaining();
     let clock = caller.data().clock();
+    let halted = caller.data().halted();
     // Each subscription's wait in ns (0 for a descriptor: ready now).
     let mut waits = Vec::with_capacity(count);
     for sub in raw.chunks_exact(SUBSCRIPTION_SIZE) {
@@ -144,11 +169,11 @@ pub(super) fn poll_oneoff<T: SleepState + 'static>(
         // The wait would outlast the run: sleep to the deadline and end the run
         // there, as the epoch check would (never wake the guest early as if its
         // time had come).
-        std::thread::sleep(left);
+        nap(left, &halted);
         return Err(wasmtime::Trap::Interrupt.into());
     }
-    if !wanted.is_zero() {
-        std::thread::sleep(wanted);
+    if !wanted.is_zero() && nap(wanted, &halted) {
+        return Err(wasmtime::Trap::Interrupt.into());
     }
     // Every subscription whose wait is over (at least the shortest one).
     let mut out = Vec::new();
