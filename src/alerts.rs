@@ -15,10 +15,13 @@
 //! - At most one alert of a kind per `min_interval`; the ones held back in between
 //!   are not lost: the latest is delivered when the interval ends, with how many
 //!   it stands for (`suppressed`).
-//! - The webhook is called through the `api` breaker (a dead receiver costs a
-//!   fast refusal once the breaker opens), retried with backoff (1 s, 2 s, 4 s…) up
-//!   to `attempts`; the command runs without a shell, for at most 10 s, and is
-//!   killed after. Every delivery that fails in the end is logged (tracing).
+//! - The webhook is called through a breaker of its own with the `api` breaker's
+//!   settings (a dead receiver costs a fast refusal once it opens, and never opens
+//!   the breaker the docker engine is reached through), retried with backoff (1 s,
+//!   2 s, 4 s…) up to `attempts`; the command runs without a shell, its stdin
+//!   written by a thread of its own, for at most 10 s, and is killed after. An
+//!   alert is at most 16 KiB (longer text is cut). Every delivery that fails in
+//!   the end is logged (tracing).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -37,6 +40,8 @@ use crate::policy::AlertPolicy;
 const QUEUE: usize = 1024;
 /// The longest a notifier command may run.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+/// The largest alert sent, bytes.
+const MAX_ALERT: usize = 16 << 10;
 /// The longest a webhook call may take.
 const WEBHOOK_LIMIT: Duration = Duration::from_secs(10);
 
@@ -96,11 +101,13 @@ pub struct Alerter {
 
 impl Alerter {
     /// Starts the delivery thread for `policy`'s notifiers; the webhook goes
-    /// through `api` when given.
+    /// through `breaker` (one of its own, with the `api` breaker's settings: a dead
+    /// receiver must not open the breaker the docker engine is reached through).
     ///
     /// # Errors
     /// The thread cannot start.
-    pub fn start(policy: AlertPolicy, api: Option<Breaker>) -> std::io::Result<Alerter> {
+    pub fn start(policy: AlertPolicy, breaker: Option<Breaker>) -> std::io::Result<Alerter> {
+        let api = breaker;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
@@ -170,16 +177,15 @@ impl Watcher for Alerter {
                 }
             }
             EventKind::ApprovalRequested => {
+                // Which item waits and until when; not its reason or subject (they
+                // may name a command's arguments or hold the code).
                 let summary = format!(
-                    "approval request {} waits: {}",
+                    "approval request {} ({}) waits for a decision",
                     d.get("id").unwrap_or(&serde_json::Value::Null),
-                    text("reason")
+                    text("kind")
                 );
-                // What waits and until when, not its subject (the code).
-                let data = serde_json::json!({
-                    "id": d.get("id"), "kind": d.get("kind"), "reason": d.get("reason"),
-                    "deadline_us": d.get("deadline_us"),
-                });
+                let data =
+                    serde_json::json!({"id": d.get("id"), "kind": d.get("kind"), "deadline_us": d.get("deadline_us")});
                 self.send(AlertKind::ApprovalRequested, summary, data);
             }
             EventKind::WorkspaceDrift => {
@@ -257,7 +263,13 @@ impl Delivery {
     fn deliver(&mut self, mut alert: Alert) {
         self.last.insert(alert.kind, Instant::now());
         alert.dropped = self.dropped.swap(0, Ordering::Relaxed);
-        let body = serde_json::to_vec(&alert).unwrap_or_default();
+        let mut body = serde_json::to_vec(&alert).unwrap_or_default();
+        if body.len() > MAX_ALERT {
+            // Cut: the summary kept (to 1 KiB), the data replaced by its size.
+            alert.summary = alert.summary.chars().take(1024).collect();
+            alert.data = serde_json::json!({ "cut": true, "bytes": body.len() });
+            body = serde_json::to_vec(&alert).unwrap_or_default();
+        }
         if let Some(url) = &self.policy.webhook
             && let Err(e) = self.webhook(url, &body)
         {
@@ -329,10 +341,16 @@ fn run_command(argv: &[String], body: &[u8]) -> Result<(), String> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("{program}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(body).and_then(|()| stdin.write_all(b"\n"));
-    }
     let until = Instant::now() + COMMAND_LIMIT;
+    // Written by a thread of its own: a notifier that never reads cannot hold the
+    // delivery thread (it is killed at the limit, which ends the write).
+    if let Some(mut stdin) = child.stdin.take() {
+        let mut text = body.to_vec();
+        text.push(b'\n');
+        let _ = std::thread::Builder::new().name("terrarium-alert-stdin".into()).spawn(move || {
+            let _ = stdin.write_all(&text);
+        });
+    }
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),

@@ -266,7 +266,10 @@ impl OwnedDir {
     /// As the system call, or `PermissionDenied` for a file that is not a regular
     /// file of this user.
     pub fn open_file(&self, name: &str, options: &mut OpenOptions) -> io::Result<std::fs::File> {
-        let file = self.dir.open_with(name, options.follow(FollowSymlinks::No).mode(0o600))?.into_std();
+        // Non-blocking: a FIFO put in the file's place is refused below instead of
+        // hanging the open.
+        let options = options.follow(FollowSymlinks::No).mode(0o600).custom_flags(libc::O_NONBLOCK);
+        let file = self.dir.open_with(name, options)?.into_std();
         let meta = file.metadata()?;
         if !meta.is_file() || meta.uid() != euid() {
             return Err(io::Error::new(

@@ -547,4 +547,26 @@ fn a_backup_verifies_restores_into_a_fresh_home_and_the_next_process_continues_i
     assert_ne!(forged.code, 0);
     assert!(forged.stderr.contains("does not verify") && forged.stderr.contains("row 2"), "{}", forged.stderr);
     assert!(!Path::new(&other).join("audit.db").exists(), "a refused restore left a database");
+    assert_eq!(std::fs::read_dir(&other).expect("ls").count(), 0, "a refused restore left its staging copy");
+
+    // A cut-down backup carrying another log's head, and a backup whose approvals
+    // table was written by hand, do not verify.
+    let (a, b) = (format!("{out}/a.db"), format!("{out}/b2.db"));
+    assert_eq!(cli(&live, &["audit", "backup", &a]).code, 0);
+    assert_eq!(cli(&fresh, &["audit", "backup", &b]).code, 0);
+    sql(Path::new(&a), "DELETE FROM events WHERE seq > 4");
+    std::fs::copy(format!("{b}.head"), format!("{a}.head")).expect("copy head");
+    let cut = cli(&live, &["audit", "verify", "--db", &a]);
+    assert_eq!(cut.code, 1, "{}", cut.stdout);
+    let forged_head = cli(&other, &["audit", "restore", &a]);
+    assert_ne!(forged_head.code, 0, "{}", forged_head.stdout);
+    let hand = format!("{out}/hand.db");
+    assert_eq!(cli(&live, &["audit", "backup", &hand]).code, 0);
+    sql(
+        Path::new(&hand),
+        "INSERT INTO approvals (kind, subject, reason, status, created_us, deadline_us, decided_by, decided_us) \
+         VALUES ('policy_change', '{}', 'r', 'approved', 1, 9999999999999999, 'alice', 9999999999999999)",
+    );
+    let written = cli(&live, &["audit", "verify", "--db", &hand]);
+    assert!(written.code == 1 && written.stdout.contains("the log has no such decision"), "{}", written.stdout);
 }

@@ -234,10 +234,21 @@ fn a_stop_without_a_server_holds_for_every_later_process_and_doctor_reports_it()
     let doctor = cli(&["doctor"]);
     let line = doctor.stdout.lines().find(|l| l.contains("stop:")).unwrap_or_default().to_string();
     assert!(line.starts_with("FAILED") && line.contains("STOPPED by ops (disk full)"), "{}", doctor.stdout);
-    // An unreadable stop file counts as stopped.
+    // An unreadable stop file counts as stopped; a FIFO in its place is refused,
+    // never waited on.
     std::fs::write(home.path().join("stopped.json"), "{not json").expect("write");
     let run = cli(&["run", "-c", "print(1+1)"]);
     assert!(run.stderr.contains("could not be read"), "{}", run.stderr);
+    std::fs::remove_file(home.path().join("stopped.json")).expect("rm");
+    let fifo = std::ffi::CString::new(home.path().join("stopped.json").to_string_lossy().into_owned()).expect("path");
+    // SAFETY: mkfifo(3) with a NUL-terminated path this test owns.
+    #[allow(unsafe_code, reason = "mkfifo has no safe wrapper in std")]
+    let rc = unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo");
+    let run = cli(&["run", "-c", "print(1+1)"]);
+    assert!(run.code != 0 && run.stderr.contains("could not be read"), "{}", run.stderr);
+    std::fs::remove_file(home.path().join("stopped.json")).expect("rm fifo");
+    std::fs::write(home.path().join("stopped.json"), "{not json").expect("write");
     let resume = cli(&["resume", "--offline", "--as", "ops"]);
     assert_eq!(resume.code, 0, "{}", resume.stderr);
     let run = cli(&["run", "-c", "print(1+1)"]);
@@ -269,10 +280,13 @@ fn a_policy_change_applies_only_once_approved_and_a_refused_or_invalid_one_chang
     assert_eq!(random().json()["status"], "denied");
 
     // A real change waits for a human; who asked cannot approve it.
-    let wider = policy.replacen(
-        r#"allowed_modules: ["math", "time", "json"]"#,
-        r#"allowed_modules: ["math", "time", "json", "random"]"#,
-        1,
+    let wider = format!(
+        "{}alerts:\n  webhook: \"http://127.0.0.1:9/secret-relay-path\"\n",
+        policy.replacen(
+            r#"allowed_modules: ["math", "time", "json"]"#,
+            r#"allowed_modules: ["math", "time", "json", "random"]"#,
+            1
+        )
     );
     assert_ne!(wider, policy);
     std::fs::write(&file, &wider).expect("write");
@@ -286,6 +300,10 @@ fn a_policy_change_applies_only_once_approved_and_a_refused_or_invalid_one_chang
     );
     let diff = item["subject"]["diff"].as_str().unwrap_or("");
     assert!(diff.contains("+") && diff.contains("random"), "the reviewer sees the diff: {diff}");
+    assert!(
+        !diff.contains("secret-relay-path") && diff.contains("http://127.0.0.1:9/<sha256:"),
+        "the webhook's path shows by digest only: {diff}"
+    );
     let id = item["id"].as_i64().expect("id");
     assert_eq!(s.call("POST", &format!("/v1/approvals/{id}/approve"), Some(ADMIN), None).status, 403, "own request");
     assert_eq!(random().json()["status"], "denied", "nothing applies before the decision");

@@ -85,22 +85,18 @@ pub fn backup(path: &Path, dest: &Path) -> Result<Copied, AuditError> {
     copy_with_head(path, dest, "backup directory", &key)
 }
 
-/// Restores the backup `from` as the log at `to`: `from` must verify (see
-/// [`verify`]) and `to`'s directory must hold no log yet (no database, head or
-/// journal of that name). The restored log has a head for its last row: the next
-/// process that opens it appends after that row.
+/// Restores the backup `from` as the log at `to`: `to`'s directory must hold no
+/// log yet (no database, head or journal of that name). The backup and its head
+/// file are copied in under a staging name first, the copy is verified (see
+/// [`verify`]), and only a copy that verifies is renamed into place: what is
+/// checked is what is installed, whatever happens to `from` meanwhile. The next
+/// process that opens the log appends after its last row.
 ///
 /// # Errors
-/// [`AuditError::Database`] naming what is wrong: the backup does not verify (each
-/// problem), the target already holds a log, or a copy step failed.
+/// [`AuditError::Database`] naming what is wrong: the target already holds a log,
+/// the backup or its head cannot be read, the copy does not verify (each
+/// problem; the staging copy is removed), or a step failed.
 pub fn restore(from: &Path, to: &Path) -> Result<Copied, AuditError> {
-    let (_, problems) = verify(from)?;
-    if !problems.is_empty() {
-        return Err(db_err(
-            from,
-            format!("the backup does not verify, so it is not restored: {}", problems.join("; ")),
-        ));
-    }
     let (dir, name) = checked_file(to, "state directory")?;
     let existing: Vec<String> = dir
         .names()
@@ -114,7 +110,81 @@ pub fn restore(from: &Path, to: &Path) -> Result<Copied, AuditError> {
             format!("a log is there already ({}); restore into a state directory without one", existing.join(", ")),
         ));
     }
-    let key = Key::load(true)?;
-    let copied = copy_with_head(from, to, "state directory", &key)?;
+    let staging = format!("{name}.restoring");
+    let staged = dir.path().join(&staging);
+    let cleanup = || {
+        for suffix in ["", ".head", "-wal", "-shm", "-journal"] {
+            let _ = dir.remove(&format!("{staging}{suffix}"));
+        }
+    };
+    let copied = (|| {
+        // The database, copied by SQLite from the backup as it is now.
+        let src = read_only(from)?;
+        let target = dir.private_file(&staging).map_err(|e| db_err(to, e))?;
+        let mut dst = Connection::open_with_flags(&target, flags(false)).map_err(|e| db_err(to, e))?;
+        {
+            let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_err(to, e))?;
+            b.run_to_completion(256, Duration::from_millis(5), None).map_err(|e| db_err(to, e))?;
+        }
+        dst.pragma_update(None, "journal_mode", "DELETE").map_err(|e| db_err(to, e))?;
+        drop(dst);
+        drop(src);
+        // Its head file, as the backup has it (never one made here: a head signed
+        // now would vouch for whatever was copied).
+        let head = head_bytes(from)?;
+        let mut f = dir.create_new(&format!("{staging}.head")).map_err(|e| db_err(to, e))?;
+        f.write_all(&head).and_then(|()| f.sync_all()).map_err(|e| db_err(to, e))?;
+        let (_, problems) = verify(&staged)?;
+        if !problems.is_empty() {
+            return Err(db_err(
+                from,
+                format!("the backup does not verify, so it is not restored: {}", problems.join("; ")),
+            ));
+        }
+        summary(&staged)
+    })();
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
+    };
+    // Head first: a database without its head would not open as intact.
+    let moved =
+        dir.rename(&format!("{staging}.head"), &format!("{name}.head")).and_then(|()| dir.rename(&staging, &name));
+    if let Err(e) = moved {
+        cleanup();
+        let _ = dir.remove(&format!("{name}.head"));
+        return Err(db_err(to, format!("cannot move the verified copy into place: {e}")));
+    }
     Ok(copied)
+}
+
+/// The bytes of the head file beside the backup `from` (`FROM.head`), read
+/// without following a link, from a regular file of at most 4 KiB.
+fn head_bytes(from: &Path) -> Result<Vec<u8>, AuditError> {
+    let (dir, name) = checked_file(from, "backup directory")?;
+    let head = format!("{name}.head");
+    let mut f = dir.read(&head).map_err(|e| db_err(from, format!("its head file {head}: {e}")))?.ok_or_else(|| {
+        db_err(from, format!("its head file {head} is missing (a backup is the database and its head)"))
+    })?;
+    let mut bytes = Vec::new();
+    {
+        use std::io::Read;
+        Read::by_ref(&mut f).take(4096).read_to_end(&mut bytes).map_err(|e| db_err(from, e))?;
+    }
+    Ok(bytes)
+}
+
+/// How many events the log at `path` holds, and its last one.
+fn summary(path: &Path) -> Result<Copied, AuditError> {
+    let c = read_only(path)?;
+    let events: i64 = c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).map_err(|e| db_err(path, e))?;
+    let last: Option<(i64, String)> = c
+        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(|e| db_err(path, e))?;
+    let (last_seq, last_hash) = last.unwrap_or_else(|| (0, GENESIS.to_string()));
+    Ok(Copied { events: u64::try_from(events).unwrap_or(0), last_seq, last_hash })
 }

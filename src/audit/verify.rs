@@ -174,6 +174,20 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
                         problems.push(format!("rows {expected}..{seq} are missing (the newest rows were deleted)"));
                     } else if seq == expected - 1 && *hash != prev {
                         problems.push(format!("row {seq}: not the row last committed (replaced)"));
+                    } else if seq >= first && seq < expected - 1 {
+                        // A head behind the last row (another writer's, not yet
+                        // rewritten) must still name a row of this log: a head
+                        // copied from another log is caught here.
+                        let at: Option<String> = c
+                            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| r.get(0))
+                            .optional()
+                            .unwrap_or(None);
+                        if at.as_deref() != Some(*hash) {
+                            problems.push(format!(
+                                "the head file {} names row {seq} with a hash this log's row {seq} does not have                                  (another log's head, or rows replaced)",
+                                store.head()
+                            ));
+                        }
                     }
                 }
                 _ if count > 0 => problems.push(format!("the head file {} is empty or unreadable", store.head())),
@@ -189,10 +203,45 @@ pub fn verify(path: &Path) -> Result<(u64, Problems), AuditError> {
         Ok(None) => {}
         Err(e) => problems.push(format!("the head file {} cannot be read: {e}", store.head())),
     }
+    approvals_recorded(&c, &mut problems);
     if let Ok(names) = store.dir.names() {
         for name in names.into_iter().filter(|n| n.starts_with(&store.rejected_prefix())) {
             problems.push(format!("{name}: a journal with lines the audit key does not vouch for was set aside"));
         }
     }
     Ok((count, problems))
+}
+
+/// The approvals queue lives beside the chain, not in it: every item it holds as
+/// approved must have its `approval_approved` event, by the same decider, in the
+/// log (an approval written into the table by hand has none). Items decided
+/// before the oldest event kept (retention) are not checked.
+fn approvals_recorded(c: &Connection, problems: &mut Problems) {
+    let oldest: Option<i64> = c.query_row("SELECT MIN(ts_us) FROM events", [], |r| r.get(0)).unwrap_or(None);
+    let Some(oldest) = oldest else { return };
+    let Ok(mut stmt) = c.prepare("SELECT data FROM events WHERE kind = 'approval_approved'") else { return };
+    let recorded: std::collections::HashSet<(i64, String)> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map(|rows| {
+            rows.filter_map(Result::ok)
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                .filter_map(|v| Some((v["id"].as_i64()?, v["decided_by"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    // No approvals table: a log without a queue.
+    let Ok(mut stmt) = c.prepare(
+        "SELECT id, COALESCE(decided_by, ''), COALESCE(decided_us, 0) FROM approvals WHERE status = 'approved'",
+    ) else {
+        return;
+    };
+    let approved = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)));
+    for (id, by, at) in approved.map(|rows| rows.filter_map(Result::ok).collect::<Vec<_>>()).unwrap_or_default() {
+        if at >= oldest && !recorded.contains(&(id, by.clone())) {
+            problems.push(format!(
+                "approval request {id} is approved by {by:?} in the queue, but the log has no such decision (written \
+                 into the table by hand)"
+            ));
+        }
+    }
 }

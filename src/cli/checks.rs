@@ -148,9 +148,15 @@ pub(super) fn permissions(home: &Path) -> Check {
     let mut seen = 0usize;
     let mut pending = vec![home.to_path_buf()];
     while let Some(p) = pending.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
         seen += 1;
         let shown = p.strip_prefix(home).map_or_else(|_| p.display().to_string(), |r| format!("./{}", r.display()));
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(format!("{shown} cannot be checked ({e})"));
+                continue;
+            }
+        };
         let mode = meta.mode() & 0o7777;
         if meta.file_type().is_symlink() {
             problems.push(format!("{shown} is a symbolic link"));
@@ -166,11 +172,11 @@ pub(super) fn permissions(home: &Path) -> Check {
         if private(&name) && meta.is_file() && mode & 0o077 != 0 {
             problems.push(format!("{shown} is open to others (mode {mode:o}; want owner only)"));
         }
-        if meta.is_dir()
-            && seen < MOST
-            && let Ok(entries) = std::fs::read_dir(&p)
-        {
-            pending.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        if meta.is_dir() && seen < MOST {
+            match std::fs::read_dir(&p) {
+                Ok(entries) => pending.extend(entries.filter_map(Result::ok).map(|e| e.path())),
+                Err(e) => problems.push(format!("{shown} cannot be listed ({e})")),
+            }
         }
     }
     let capped = if seen >= MOST { format!(" (the first {MOST} entries)") } else { String::new() };

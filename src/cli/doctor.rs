@@ -114,7 +114,8 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
                 Level::Warn => "WARN   ",
                 Level::Failed => "FAILED ",
             };
-            println!("{word} {}: {}", c.name, c.detail);
+            // One line each, whatever a file name or a stop's reason holds.
+            println!("{word} {}: {}", c.name, super::terminal::for_terminal(&c.detail));
         }
         if let Some(img) = &image {
             let n = img["packages"].as_object().map_or(0, serde_json::Map::len);

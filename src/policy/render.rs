@@ -9,17 +9,26 @@ impl Policy {
     /// The effective policy as a complete policy file: every key, defaults filled
     /// in. Parsing the result gives back an equal policy.
     pub fn to_yaml(&self) -> String {
-        self.render(true)
+        self.render(Shown::Full)
     }
 
     /// [`Policy::to_yaml`] for people other than the operator (approvers, the audit
     /// log): each mount's host directory is replaced by [`HIDDEN_SOURCE`], so that
     /// no host path leaves the host's configuration (H12).
     pub fn to_yaml_redacted(&self) -> String {
-        self.render(false)
+        self.render(Shown::Redacted)
     }
 
-    fn render(&self, sources: bool) -> String {
+    /// [`Policy::to_yaml`] for the reviewer of a policy change: what [`Policy::to_yaml_redacted`]
+    /// hides is shown by digest (`<sha256:…>` of each mount's host directory, of
+    /// the webhook's path, of the alert command's arguments), so that a change of
+    /// any of them shows in the diff while none of them is shown.
+    pub fn to_yaml_for_review(&self) -> String {
+        self.render(Shown::Digests)
+    }
+
+    fn render(&self, shown: Shown) -> String {
+        let digest = |text: &str| format!("<sha256:{}>", &crate::audit::sha256_hex(text.as_bytes())[..16]);
         let b = |p: &BreakerPolicy| RawBreaker {
             failure_threshold: p.failure_threshold,
             recovery_timeout: Seconds(p.recovery_timeout.as_secs_f64()),
@@ -62,7 +71,11 @@ impl Policy {
                     self.read_only_mounts
                         .iter()
                         .map(|m| raw::RawMount {
-                            source: if sources { m.source.display().to_string() } else { HIDDEN_SOURCE.into() },
+                            source: match shown {
+                                Shown::Full => m.source.display().to_string(),
+                                Shown::Digests => digest(&m.source.display().to_string()),
+                                Shown::Redacted => HIDDEN_SOURCE.into(),
+                            },
                             target: m.target.clone(),
                         })
                         .collect()
@@ -89,8 +102,33 @@ impl Policy {
             workspaces: self.workspaces.to_raw(),
             // Notifiers' addresses may carry a relay's secret path: shown to the
             // operator (`policy check`), not to approvers.
-            alerts: if sources { self.alerts.to_raw() } else { None },
+            alerts: match shown {
+                Shown::Full => self.alerts.to_raw(),
+                Shown::Digests => self.alerts.to_raw().map(|mut a| {
+                    a.webhook = a.webhook.map(|w| match w.strip_prefix("http://").and_then(|r| r.split_once('/')) {
+                        Some((authority, path)) => format!("http://{authority}/{}", digest(path)),
+                        None => w,
+                    });
+                    a.command = a.command.map(|argv| match argv.split_first() {
+                        Some((program, rest)) if !rest.is_empty() => vec![program.clone(), digest(&rest.join("\0"))],
+                        _ => argv,
+                    });
+                    a
+                }),
+                Shown::Redacted => None,
+            },
         };
         serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
     }
+}
+
+/// How much of the host's configuration a rendering shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// Everything (the operator's `policy check`).
+    Full,
+    /// Mount sources and notifiers' addresses by digest (a policy change's reviewer).
+    Digests,
+    /// Neither (approvers of runs, the audit log).
+    Redacted,
 }

@@ -180,7 +180,7 @@ impl SandboxBuilder {
                 }
                 record_transitions(&breakers, &log);
                 // What needs a human goes to the policy's notifiers, as it is recorded.
-                log.watch(super::alerter(&policy, &breakers)?);
+                log.watch(super::alerter(&policy)?);
                 Some(log)
             }
             None => None,

@@ -87,11 +87,12 @@ pub struct Sandbox {
 }
 
 /// The alerts' watcher for `policy` (none when it has no notifier).
-fn alerter(policy: &Policy, breakers: &Breakers) -> Result<Option<Arc<dyn crate::audit::Watcher>>, SandboxError> {
+fn alerter(policy: &Policy) -> Result<Option<Arc<dyn crate::audit::Watcher>>, SandboxError> {
     if !policy.alerts().enabled() {
         return Ok(None);
     }
-    let alerter = crate::alerts::Alerter::start(policy.alerts().clone(), breakers.get("api").cloned())
+    let webhook = crate::breaker::Breaker::new("alerts_webhook", policy.breakers().api);
+    let alerter = crate::alerts::Alerter::start(policy.alerts().clone(), Some(webhook))
         .map_err(|e| SandboxError::Audit { overloaded: false, source: Box::new(e) })?;
     Ok(Some(Arc::new(alerter)))
 }

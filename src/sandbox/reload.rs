@@ -38,12 +38,13 @@ pub enum PolicyChange {
     Refused(String),
 }
 
-/// The unified diff between two effective policies (empty when equal).
+/// The unified diff between two effective policies (empty when equal), as the
+/// reviewer sees them: host directories and notifiers' secrets by digest.
 pub(super) fn policy_diff(old: &Policy, new: &Policy) -> String {
-    let (a, b) = (old.to_yaml(), new.to_yaml());
-    if a == b {
+    if old.to_yaml() == new.to_yaml() {
         return String::new();
     }
+    let (a, b) = (old.to_yaml_for_review(), new.to_yaml_for_review());
     similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header("in force", "proposed").to_string()
 }
 
@@ -77,7 +78,27 @@ impl Sandbox {
             "origin": origin, "sha256": sha256, "caller": caller, "diff": diff,
         });
         let reason = "the policy in force would change (a policy change is always critical)";
-        let item = gate.ask("policy_change", subject, reason, self.policy.approvals().timeout).await?;
+        // Recorded however the wait ends, the caller gone included.
+        let mut unfinished = Unfinished {
+            log: self.audit.clone(),
+            data: Some(serde_json::json!({
+                "status": "abandoned", "origin": origin, "sha256": sha256, "caller": caller,
+                "why": "whoever asked stopped waiting before a decision (its approval expires)",
+            })),
+        };
+        let item = match gate.ask("policy_change", subject, reason, self.policy.approvals().timeout).await {
+            Ok(item) => item,
+            Err(e) => {
+                unfinished.data = None;
+                let why = e.to_string();
+                self.record_change(serde_json::json!({
+                    "status": "refused", "origin": origin, "sha256": sha256, "caller": caller, "why": why,
+                }))
+                .await?;
+                return Err(e.into());
+            }
+        };
+        unfinished.data = None;
         if item.status != crate::approval::ApprovalStatus::Approved {
             let why = crate::approval::refusal(&item);
             self.record_change(serde_json::json!({
@@ -126,7 +147,7 @@ impl Sandbox {
         let breakers = Breakers::from_policy(&policy);
         if let Some(log) = &self.audit {
             builder::record_transitions(&breakers, log);
-            log.watch(alerter(&policy, &breakers)?);
+            log.watch(alerter(&policy)?);
         }
         let max_open = usize::try_from(policy.sessions().max_open).unwrap_or(usize::MAX);
         let sessions = if max_open == usize::try_from(self.policy.sessions().max_open).unwrap_or(usize::MAX) {
@@ -149,5 +170,20 @@ impl Sandbox {
             sessions,
             halt: self.halt.clone(),
         })
+    }
+}
+
+/// Records a policy change whose wait was dropped (its caller hung up) when
+/// dropped with data still set.
+struct Unfinished {
+    log: Option<crate::audit::AuditLog>,
+    data: Option<serde_json::Value>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let (Some(log), Some(data)) = (&self.log, self.data.take()) {
+            log.record_nowait(Event { kind: EventKind::PolicyChange, request_id: None, data, code: None });
+        }
     }
 }

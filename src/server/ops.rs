@@ -100,7 +100,7 @@ pub(super) async fn reload(state: &AppState, caller: &str) -> Response {
     };
     let sandbox = state.sandbox();
     let origin = path.display().to_string();
-    let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
+    let read = tokio::task::spawn_blocking(move || read_policy_file(&path)).await;
     let parsed = match read {
         Ok(Ok(bytes)) => match String::from_utf8(bytes) {
             Ok(text) => Policy::from_yaml(&text, &origin)
@@ -152,4 +152,21 @@ pub(super) fn reload_on_hangup(state: std::sync::Weak<AppState>) {
             });
         }
     });
+}
+
+/// The policy file's bytes: a regular file (a FIFO or device in its place is
+/// refused, never waited on) of at most 4 MiB.
+fn read_policy_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take((4 << 20) + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > 4 << 20 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "larger than 4 MiB"));
+    }
+    Ok(bytes)
 }
