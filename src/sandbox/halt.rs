@@ -11,11 +11,13 @@
 //! - What was in flight (runs, sessions with their cells, pending approvals and
 //!   the workspace change sets among them) is recorded in one `emergency_stop`
 //!   audit event, durable before anything is stopped or discarded.
-//! - Every run in flight is then stopped by dropping its future, which kills its
-//!   child (isolated), interrupts its instance at the next epoch tick (wasm) or
-//!   removes its container (docker); pending approvals are expired (noted
-//!   `stopped: …`). The stop returns once every tier reports its runs gone, or
-//!   after 20 s ([`SETTLE_WITHIN`]), naming how many were not.
+//! - Pending approvals are then expired (noted `stopped: …`), and no approval is
+//!   accepted while stopped; every run in flight (session starts included) is
+//!   stopped by dropping its future, which kills its child (isolated), interrupts
+//!   its instance at the next epoch tick or in its sleep (wasm) or removes its
+//!   container (docker, reaped from creation). The stop returns once every tier
+//!   reports nothing lingering, or after 20 s ([`SETTLE_WITHIN`]), naming how many
+//!   were not. Stops and resumes never interleave.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -312,13 +314,14 @@ impl Sandbox {
         self.halt.check()
     }
 
-    /// Stops the deployment: refuses new work at once, records what is in flight
-    /// (one `emergency_stop` audit event, durable first), stops every run (its
-    /// child killed, instance interrupted, container removed), expires pending
-    /// approvals, keeps the stop beside the audit log for later processes, and
-    /// returns once the tiers report their runs gone (or after
-    /// 20 s). Sessions are not ended here (their owners hold them):
-    /// their next cell is refused; a server ends the ones it holds.
+    /// Stops the deployment: refuses new work at once, keeps the stop beside the
+    /// audit log for later processes, records what is in flight (one
+    /// `emergency_stop` audit event, durable first), expires pending approvals,
+    /// stops every run (its child killed, instance interrupted, container
+    /// removed), and returns once the tiers report nothing lingering (or after
+    /// 20 s). Sessions are not ended here (their owners hold them): their next
+    /// cell is refused; a server ends the ones it holds
+    /// ([`Sandbox::emergency_stop_with`]).
     ///
     /// # Errors
     /// The audit log could not record the stop (the deployment is stopped all

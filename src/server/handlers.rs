@@ -346,6 +346,7 @@ pub(super) struct DecideBody {
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 413, response = TooLarge),
+        (status = 503, description = "An approval while the deployment is stopped (emergency stop): nothing is approved until it is resumed.", body = super::openapi::ErrorBody),
         Guarded,
     ),
     security(("bearer" = ["approve"])),

@@ -79,8 +79,9 @@ pub(super) struct Busy(ErrorBody);
 #[allow(dead_code, reason = "never built: only its description and schema are used")]
 pub(super) struct ServerFault(ErrorBody);
 
-/// A circuit breaker is open or the audit log is behind (both with Retry-After), or
-/// the tier is not available on this server.
+/// A circuit breaker is open or the audit log is behind (both with Retry-After),
+/// the tier is not available on this server, or the deployment is stopped (an
+/// emergency stop: the reason, no Retry-After; nothing runs until it is resumed).
 #[derive(utoipa::ToResponse)]
 #[response(headers(("Retry-After" = u64, description = "Seconds.")))]
 #[allow(dead_code, reason = "never built: only its description and schema are used")]
