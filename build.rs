@@ -1,5 +1,5 @@
 //! Turns the tier opt-outs (`TERRARIUM_SKIP_WASM`, `TERRARIUM_SKIP_DOCKER`,
-//! `TERRARIUM_SKIP_BROWSER` set to `1`) into cfgs, so that the tests of a tier that
+//! `TERRARIUM_SKIP_BROWSER`, `TERRARIUM_SKIP_PROMTOOL` set to `1`) into cfgs, so that the tests of a tier that
 //! is opted out are reported as ignored, with the variable as the reason, rather
 //! than as passed. Nothing else in the build depends on them.
 
@@ -8,6 +8,7 @@ fn main() {
         ("TERRARIUM_SKIP_WASM", "terrarium_skip_wasm"),
         ("TERRARIUM_SKIP_DOCKER", "terrarium_skip_docker"),
         ("TERRARIUM_SKIP_BROWSER", "terrarium_skip_browser"),
+        ("TERRARIUM_SKIP_PROMTOOL", "terrarium_skip_promtool"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={var}");
