@@ -28,7 +28,10 @@ impl Policy {
     }
 
     fn render(&self, shown: Shown) -> String {
-        let digest = |text: &str| format!("<sha256:{}>", &crate::audit::sha256_hex(text.as_bytes())[..16]);
+        let digest = |text: &str| {
+            use sha2::Digest as _;
+            format!("<sha256:{}>", &crate::hex::encode(&sha2::Sha256::digest(text.as_bytes()))[..16])
+        };
         let b = |p: &BreakerPolicy| RawBreaker {
             failure_threshold: p.failure_threshold,
             recovery_timeout: Seconds(p.recovery_timeout.as_secs_f64()),
