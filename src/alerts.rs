@@ -40,6 +40,8 @@ use crate::policy::AlertPolicy;
 const QUEUE: usize = 1024;
 /// The longest a notifier command may run.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+/// The most denials one minute's window counts (memory is bounded by it).
+const DENIAL_WINDOW: usize = 10_000;
 /// The largest alert sent, bytes.
 const MAX_ALERT: usize = 16 << 10;
 /// The longest a webhook call may take.
@@ -136,8 +138,8 @@ impl Alerter {
             d.pop_front();
         }
         d.push_back(now);
-        // Bounded: the window never keeps more than the rate and one.
-        while d.len() > self.denials_per_minute + 1 {
+        // Bounded: past DENIAL_WINDOW in a minute, the count is reported as that.
+        while d.len() > DENIAL_WINDOW.max(self.denials_per_minute + 1) {
             d.pop_front();
         }
         (d.len() > self.denials_per_minute).then_some(d.len())

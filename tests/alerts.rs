@@ -109,6 +109,7 @@ fn alerts_reach_the_webhook_and_the_command_retried_and_rate_limited() {
     assert_eq!(hook.got.lock().expect("lock").iter().filter(|a| a["kind"] == "denials").count(), 1, "not rate-limited");
     let both = hook.wait_for("denials", 2);
     assert_eq!(both[1]["suppressed"], 1, "the held alert stands for the other: {both:?}");
+    assert_eq!(both[1]["data"]["in_last_minute"], 5, "the count is the minute's, not capped at the rate: {both:?}");
     assert!(began.elapsed() >= Duration::from_secs(3), "delivered before min_interval ended");
 
     // An approval request (a scratch run: critical here), without its code.
