@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -155,10 +155,6 @@ pub(super) struct Halt {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Removes a run from the registry when its `audited` call ends (however).
@@ -354,7 +350,7 @@ impl Sandbox {
         }
         let _one = self.halt.ops.lock().await;
         let began = Instant::now();
-        let stopped = Stopped { reason: reason.to_string(), by: by.to_string(), at_us: now_us() };
+        let stopped = Stopped { reason: reason.to_string(), by: by.to_string(), at_us: crate::approval::now_us() };
         let already = {
             let mut state = lock(&self.halt.state);
             let already = state.is_some();

@@ -178,10 +178,8 @@ impl Sandbox {
         };
         let opened = match self.until_stopped(in_flight, opened).await {
             // Stopped just as it opened: ended at once, never handed out.
-            Ok(_) if self.halt.check().is_err() => {
-                Err(self.halt.check().err().unwrap_or_else(super::halt::stopped_error))
-            }
-            other => other,
+            Ok(o) => self.halt.check().map(|()| o),
+            Err(e) => Err(e),
         };
         let (inner, slot, prepared) = match opened {
             Ok(o) => o,
