@@ -84,7 +84,17 @@ impl CliError {
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if f.alternate() { write!(f, "{:#}", self.error) } else { write!(f, "{}", self.error) }
+        // With its causes, each once: a message that already ends with its
+        // cause's (as "not run: CAUSE") does not repeat it.
+        let mut text = self.error.to_string();
+        if f.alternate() {
+            for cause in self.error.chain().skip(1).map(ToString::to_string) {
+                if !text.ends_with(&cause) {
+                    text = format!("{text}: {cause}");
+                }
+            }
+        }
+        f.write_str(&text)
     }
 }
 
