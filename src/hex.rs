@@ -11,6 +11,14 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes `text` (hex, either case) spells, or `None` when it is not hex.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// `bytes` random bytes from the operating system, in hex (session ids, CSRF
 /// tokens, nonces, work-directory names); `None` when the OS has no randomness to
 /// give.
@@ -26,6 +34,10 @@ mod tests {
     fn encodes_every_byte_as_two_lower_case_digits() {
         assert_eq!(super::encode(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
         assert_eq!(super::encode(&[]), "");
+        assert_eq!(super::decode("000fa5FF"), Some(vec![0x00, 0x0f, 0xa5, 0xff]));
+        assert_eq!(super::decode("0"), None);
+        assert_eq!(super::decode("zz"), None);
+        assert_eq!(super::decode("+1"), None);
         let r = super::random(8).expect("randomness");
         assert_eq!(r.len(), 16);
         assert!(r.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{r}");

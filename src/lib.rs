@@ -95,6 +95,11 @@ pub mod sandbox;
 pub(crate) mod sandbox;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
+pub mod seal;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod seal;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod text;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod text;

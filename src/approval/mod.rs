@@ -108,6 +108,9 @@ pub(crate) const ABANDONED: &str = "the request waiting for it went away";
 #[derive(Debug, Clone)]
 pub(crate) struct Queue {
     path: PathBuf,
+    /// Subjects, decisions' notes and outcomes are sealed under it, when the
+    /// deployment has one (see [`crate::seal`]).
+    key: Option<crate::seal::DataKey>,
 }
 
 /// Now, in µs since the epoch (the queue's clock).
@@ -121,7 +124,7 @@ impl Queue {
     /// # Errors
     /// The database cannot be opened or written.
     pub fn open(path: &Path) -> Result<Queue, ApprovalError> {
-        let q = Queue { path: path.to_path_buf() };
+        let mut q = Queue { path: path.to_path_buf(), key: None };
         let c = q.conn()?;
         crate::audit::retry_busy(|| {
             c.execute_batch(
@@ -152,7 +155,18 @@ impl Queue {
                 c.execute_batch(&format!("ALTER TABLE approvals ADD COLUMN {column} TEXT")).map_err(|e| q.err(e))?;
             }
         }
+        q.key = crate::audit::sealing_on(&c, path).map_err(|e| q.err(e))?;
         Ok(q)
+    }
+
+    /// `text` as stored in `column` of item `id`: sealed under the key, when
+    /// there is one.
+    fn sealed(&self, id: i64, column: &str, text: &str) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match &self.key {
+            Some(k) => Value::Blob(k.seal(&crate::audit::approval_context(id, column), text.as_bytes())),
+            None => Value::Text(text.to_string()),
+        }
     }
 
     fn err(&self, e: impl std::fmt::Display) -> ApprovalError {
@@ -181,19 +195,37 @@ impl Queue {
         if text.len() > MAX_SUBJECT {
             return Err(ApprovalError::TooLarge { bytes: text.len(), most: MAX_SUBJECT });
         }
-        let c = self.conn()?;
+        let mut c = self.conn()?;
         let created = now_us();
         let deadline = created.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
         // The process that waits for the decision, so that an item whose waiter is
         // gone is expired instead of approved for nothing.
         let (pid, start) = crate::process::me();
-        c.execute(
+        // Sealed, the subject is bound to the item's id: written in the same
+        // transaction as the row, once the id is known.
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
+        tx.execute(
             "INSERT INTO approvals (kind, subject, reason, status, created_us, deadline_us, waiter)
              VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
-            params![kind, text, reason, created, deadline, format!("{pid}:{start}")],
+            params![
+                kind,
+                if self.key.is_some() { "" } else { text.as_str() },
+                reason,
+                created,
+                deadline,
+                format!("{pid}:{start}")
+            ],
         )
         .map_err(|e| self.err(e))?;
-        let id = c.last_insert_rowid();
+        let id = tx.last_insert_rowid();
+        if self.key.is_some() {
+            tx.execute(
+                "UPDATE approvals SET subject = ?1 WHERE id = ?2",
+                params![self.sealed(id, "subject", &text), id],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
         self.get(id)?.ok_or(ApprovalError::NotFound(id))
     }
 
@@ -281,7 +313,7 @@ impl Queue {
     /// The database failed.
     pub fn get(&self, id: i64) -> Result<Option<Item>, ApprovalError> {
         let c = self.conn()?;
-        c.query_row(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), [id], to_item)
+        c.query_row(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), [id], |r| to_item(r, self.key.as_ref()))
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -322,7 +354,7 @@ impl Queue {
             .prepare(&format!("SELECT {COLUMNS} FROM approvals WHERE {condition} ORDER BY id DESC LIMIT {limit}"))
             .map_err(|e| self.err(e))?;
         let items = stmt
-            .query_map(args, to_item)
+            .query_map(args, |r| to_item(r, self.key.as_ref()))
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -391,7 +423,7 @@ impl Queue {
             .execute(
                 "UPDATE approvals SET status = ?1, decided_by = ?2, decided_us = ?3, note = ?4
                  WHERE id = ?5 AND status = 'pending' AND deadline_us > ?3",
-                params![status, who, now, note, id],
+                params![status, who, now, note.map(|n| self.sealed(id, "note", n)), id],
             )
             .map_err(|e| self.err(e))?;
         if changed == 0 {
@@ -411,7 +443,7 @@ impl Queue {
         let changed = c
             .execute(
                 "UPDATE approvals SET outcome = ?1 WHERE id = ?2 AND status = 'approved'",
-                params![outcome.to_string(), id],
+                params![self.sealed(id, "outcome", &outcome.to_string()), id],
             )
             .map_err(|e| self.err(e))?;
         let item = self.get(id)?.ok_or(ApprovalError::NotFound(id))?;
@@ -443,10 +475,21 @@ impl Queue {
 const COLUMNS: &str =
     "id, kind, subject, reason, status, created_us, deadline_us, decided_by, decided_us, note, outcome";
 
-fn to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
-    let subject: String = r.get(2)?;
+/// An item from `SELECT` [`COLUMNS`], its sealed values opened under `key`.
+fn to_item(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>) -> rusqlite::Result<Item> {
+    let id: i64 = r.get(0)?;
+    let open = |i: usize, column: &str| -> rusqlite::Result<Option<String>> {
+        let value: rusqlite::types::Value = r.get(i)?;
+        if value == rusqlite::types::Value::Null {
+            return Ok(None);
+        }
+        crate::audit::open_value(value, key, &crate::audit::approval_context(id, column))
+            .map(Some)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e)))
+    };
+    let subject = open(2, "subject")?.unwrap_or_default();
     Ok(Item {
-        id: r.get(0)?,
+        id,
         kind: r.get(1)?,
         subject: serde_json::from_str(&subject).unwrap_or(serde_json::Value::String(subject)),
         reason: r.get(3)?,
@@ -455,107 +498,10 @@ fn to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         deadline_us: r.get(6)?,
         decided_by: r.get(7)?,
         decided_us: r.get(8)?,
-        note: r.get(9)?,
-        outcome: r
-            .get::<_, Option<String>>(10)?
-            .map(|o| serde_json::from_str(&o).unwrap_or(serde_json::Value::String(o))),
+        note: open(9, "note")?,
+        outcome: open(10, "outcome")?.map(|o| serde_json::from_str(&o).unwrap_or(serde_json::Value::String(o))),
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queue() -> (tempfile::TempDir, Queue) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let q = Queue::open(&dir.path().join("audit.db")).expect("queue");
-        (dir, q)
-    }
-
-    #[test]
-    fn an_item_is_decided_once_and_only_before_its_deadline() {
-        let (_d, q) = queue();
-        let subject = serde_json::json!(["git", "status"]);
-        let a = q.submit("command", &subject, "not allow-listed", Duration::from_secs(60)).expect("submit");
-        assert_eq!(a.status, ApprovalStatus::Pending);
-        assert_eq!(q.list(Some(ApprovalStatus::Pending), None, 10).expect("list").len(), 1);
-        let done = q.decide(a.id, true, "alice", Some("looks fine")).expect("approve");
-        assert_eq!(done.note.as_deref(), Some("looks fine"));
-        assert_eq!((done.status, done.decided_by.as_deref()), (ApprovalStatus::Approved, Some("alice")));
-        let again = q.decide(a.id, false, "mallory", None).expect_err("decided twice");
-        assert!(again.to_string().contains("already approved"), "{again}");
-        assert!(matches!(q.decide(999, true, "alice", None), Err(ApprovalError::NotFound(999))));
-
-        let b = q.submit("command", &subject, "not allow-listed", Duration::from_millis(50)).expect("submit");
-        std::thread::sleep(Duration::from_millis(80));
-        let late = q.decide(b.id, true, "alice", None).expect_err("past its deadline");
-        assert!(late.to_string().contains("already expired"), "{late}");
-        let waited = q.wait(b.id, Duration::from_millis(10)).expect("wait");
-        assert_eq!(waited.status, ApprovalStatus::Expired);
-        assert_eq!(waited.decided_by, None);
-    }
-
-    #[test]
-    fn an_item_whose_waiter_ended_expires_instead_of_being_approved_for_nothing() {
-        let (d, q) = queue();
-        let item = q.submit("command", &serde_json::json!(["x"]), "r", Duration::from_secs(60)).expect("submit");
-        assert!(q.expire_overdue().expect("expire").is_empty(), "this process still waits");
-        let c = Connection::open(d.path().join("audit.db")).expect("open");
-        c.execute("UPDATE approvals SET waiter = '999999999:1' WHERE id = ?1", [item.id]).expect("orphan it");
-        let e = q.decide(item.id, true, "alice", None).expect_err("nobody would run it");
-        assert!(e.to_string().contains("already expired"), "{e}");
-        let end = q.get(item.id).expect("get").expect("item");
-        assert_eq!(end.note.as_deref(), Some(ORPHANED));
-    }
-
-    /// A caller cannot decide its own request; notes are bounded.
-    #[test]
-    fn the_caller_does_not_decide_its_own_request() {
-        let (_d, q) = queue();
-        let subject = serde_json::json!({"argv": ["x"], "caller": "ci"});
-        let item = q.submit("command", &subject, "r", Duration::from_secs(60)).expect("submit");
-        assert!(matches!(q.decide(item.id, true, "ci", None), Err(ApprovalError::OwnRequest(_))));
-        let long = "n".repeat(MAX_NOTE + 1);
-        assert!(matches!(q.decide(item.id, true, "alice", Some(&long)), Err(ApprovalError::NoteTooLong(_))));
-        assert_eq!(q.decide(item.id, true, "alice", None).expect("another person").status, ApprovalStatus::Approved);
-    }
-
-    /// H9 and H6: a pending item is listed whatever number of newer decided ones
-    /// there are; pages are bounded; a subject too large to review is refused.
-    #[test]
-    fn h9_a_pending_item_is_never_hidden_by_newer_ones_and_h6_subjects_are_capped() {
-        let (_d, q) = queue();
-        let old = q.submit("command", &serde_json::json!(["x"]), "r", Duration::from_secs(60)).expect("submit");
-        for _ in 0..1001 {
-            let i = q.submit("command", &serde_json::json!(["y"]), "r", Duration::from_secs(60)).expect("submit");
-            q.decide(i.id, false, "bob", None).expect("deny");
-        }
-        let pending = q.list(Some(ApprovalStatus::Pending), None, 10).expect("list");
-        assert_eq!(pending.iter().map(|i| i.id).collect::<Vec<_>>(), [old.id]);
-        assert_eq!(q.pending().expect("count"), 1);
-        assert!(q.fingerprint(10).expect("fingerprint").starts_with(&format!("{}:pending:", old.id)));
-        let page = q.list(None, None, 5000).expect("list");
-        assert_eq!(page.len(), MAX_PAGE, "a page is capped");
-        let next = q.list(None, Some(page[page.len() - 1].id), 5000).expect("next page");
-        assert_eq!(next.len(), 2, "the rest, older first page's last id");
-        assert_eq!(q.recently_decided(3).expect("recent").len(), 3);
-        let big = serde_json::json!(["echo", "x".repeat(MAX_SUBJECT)]);
-        let e = q.submit("command", &big, "r", Duration::from_secs(60)).expect_err("too large");
-        assert!(e.to_string().contains("more than the 262144"), "{e}");
-    }
-
-    #[test]
-    fn a_waiter_sees_another_connections_decision() {
-        let (d, q) = queue();
-        let item = q.submit("command", &serde_json::json!(["x"]), "r", Duration::from_secs(30)).expect("submit");
-        let path = d.path().join("audit.db");
-        let id = item.id;
-        let decider = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            Queue::open(&path).expect("second opener").decide(id, false, "bob", None).expect("deny")
-        });
-        let end = q.wait(item.id, Duration::from_millis(10)).expect("wait");
-        decider.join().expect("decider");
-        assert_eq!((end.status, end.decided_by.as_deref()), (ApprovalStatus::Denied, Some("bob")));
-    }
-}
+mod tests;

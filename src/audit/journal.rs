@@ -36,6 +36,8 @@ pub struct AuditLog {
     pub(super) backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// Authenticates journal lines.
     pub(super) key: Key,
+    /// The data key events are sealed under, when one is configured.
+    pub(super) data_key: Option<crate::seal::DataKey>,
     /// Guards the journal's appends (the policy's `file_io` breaker), when set.
     pub(super) file_io: Option<Breaker>,
     /// Told of every event recorded and of every refusal for being behind (the
@@ -64,6 +66,7 @@ impl AuditLog {
         let store = Store::writable(path)?;
         let key = store.key()?.clone();
         let mut conn = open(&store)?;
+        let data_key = sealing_on(&conn, path)?;
         let head = open_head(&store)?;
         let mut expected = expected_from_head(&store, &conn, &key);
         recover_with(&mut conn, &store, &head, &mut expected)?;
@@ -106,6 +109,7 @@ impl AuditLog {
             path: path.to_path_buf(),
             backlog,
             key,
+            data_key,
             file_io: None,
             watcher: Arc::default(),
         })
@@ -171,7 +175,16 @@ impl AuditLog {
                 w.recorded(e);
             }
         }
-        let pending: Vec<Pending> = events.into_iter().map(pending).collect();
+        let pending: Vec<Pending> = events
+            .into_iter()
+            .map(|e| {
+                let mut p = pending(e);
+                if let Some(k) = &self.data_key {
+                    sealing::seal_pending(&mut p, k);
+                }
+                p
+            })
+            .collect();
         let mut jsons = Vec::new();
         for p in &pending {
             jsons.push(serde_json::to_string(p).map_err(|e| AuditError::Journal {
@@ -309,5 +322,7 @@ pub(super) fn pending(event: Event) -> Pending {
         request_id: event.request_id,
         data: event.data.to_string(),
         code: event.code.map(|c| (sha256_hex(c.as_bytes()), c)),
+        digest: None,
+        code_sealed: false,
     }
 }

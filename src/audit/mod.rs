@@ -56,6 +56,8 @@ mod query;
 pub use query::*;
 mod backup;
 pub use backup::*;
+mod sealing;
+pub use sealing::{Resealed, approval_context, check_key, open_value, reseal, sealing, sealing_on};
 
 /// Hash before the first row.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -106,6 +108,10 @@ pub enum AuditError {
         /// What is wrong.
         message: String,
     },
+    /// The data key (encryption at rest, docs/operations.md) is missing, wrong or unreadable, or a
+    /// sealed value does not open.
+    #[error("{0}")]
+    Sealed(String),
     /// [`AuditLog::admit_async`] refused a new arrival: the writer is too far
     /// behind (the database is unavailable or slow). Shed the request; retry later.
     #[error("the audit log is {0} events behind; retry later")]
@@ -201,6 +207,13 @@ struct Pending {
     request_id: Option<String>,
     data: String,
     code: Option<(String, String)>,
+    /// Sealed (see [`sealing`]): the digest the chain covers in place of `data`,
+    /// which is then the hex of its sealed bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
+    /// `code`'s text is the hex of its sealed bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    code_sealed: bool,
 }
 
 /// One row as `tail`, `show` and `export` print it.
@@ -307,8 +320,16 @@ mod tests {
 
     #[test]
     fn the_row_hash_covers_every_field_unambiguously() {
-        let base =
-            RowFields { prev: GENESIS, seq: 1, uid: "u", ts_us: 5, kind: "ab", request_id: Some("c"), data: "{}" };
+        let base = RowFields {
+            prev: GENESIS,
+            seq: 1,
+            uid: "u",
+            ts_us: 5,
+            kind: "ab",
+            request_id: Some("c"),
+            data: "{}",
+            digest: None,
+        };
         let key = Key::from_bytes([7; 32]);
         let row_hash = |r: &RowFields<'_>| keyed_row_hash(&key, r);
         let a = row_hash(&base);
@@ -320,5 +341,9 @@ mod tests {
         assert_ne!(a, row_hash(&RowFields { prev: "x", ..base }));
         assert_ne!(a, keyed_row_hash(&Key::from_bytes([8; 32]), &base), "another key, another MAC");
         assert_eq!(a, row_hash(&RowFields { ..base }));
+        let sealed = row_hash(&RowFields { digest: Some("d"), ..base });
+        assert_ne!(a, sealed, "a sealed row's MAC covers its digest");
+        assert_eq!(sealed, row_hash(&RowFields { digest: Some("d"), data: "other bytes", ..base }), "not its bytes");
+        assert_ne!(sealed, row_hash(&RowFields { digest: Some("e"), ..base }));
     }
 }

@@ -55,7 +55,8 @@ pub fn prune_days(log: &AuditLog, days: u32) -> Result<usize, AuditError> {
 /// The database cannot be read.
 pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
     let c = read_only(path)?;
-    c.query_row("SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq = ?1", [seq], to_row)
+    let key = sealing::reading_key(&c, path)?;
+    c.query_row(&format!("SELECT {ROW} FROM events WHERE seq = ?1"), [seq], |r| to_row(r, key.as_ref()))
         .optional()
         .map_err(|e| db_err(path, e))
 }
@@ -66,13 +67,13 @@ pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
 /// The database cannot be read.
 pub fn tail(path: &Path, n: usize) -> Result<Vec<Row>, AuditError> {
     let c = read_only(path)?;
+    let key = sealing::reading_key(&c, path)?;
     let mut stmt = c
-        .prepare(
-            "SELECT seq, ts_us, kind, request_id, data, hash FROM
-             (SELECT * FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
-        )
+        .prepare(&format!("SELECT {ROW} FROM (SELECT * FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq"))
         .map_err(|e| db_err(path, e))?;
-    let rows = stmt.query_map([i64::try_from(n).unwrap_or(i64::MAX)], to_row).map_err(|e| db_err(path, e))?;
+    let rows = stmt
+        .query_map([i64::try_from(n).unwrap_or(i64::MAX)], |r| to_row(r, key.as_ref()))
+        .map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
 }
 
@@ -82,24 +83,30 @@ pub fn tail(path: &Path, n: usize) -> Result<Vec<Row>, AuditError> {
 /// The database cannot be read.
 pub fn breaker_transitions(path: &Path) -> Result<Vec<Row>, AuditError> {
     let c = read_only(path)?;
+    // Breaker events are never sealed (sealing::PUBLIC): read without the key.
     let mut stmt = c
-        .prepare(
-            "SELECT seq, ts_us, kind, request_id, data, hash FROM events WHERE seq IN
+        .prepare(&format!(
+            "SELECT {ROW} FROM events WHERE seq IN
              (SELECT MAX(seq) FROM events WHERE kind = 'breaker' GROUP BY json_extract(data, '$.breaker'))
-             ORDER BY json_extract(data, '$.breaker')",
-        )
+             ORDER BY json_extract(data, '$.breaker')"
+        ))
         .map_err(|e| db_err(path, e))?;
-    let rows = stmt.query_map([], to_row).map_err(|e| db_err(path, e))?;
+    let rows = stmt.query_map([], |r| to_row(r, None)).map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
 }
 
-/// The source stored under `sha256`.
+/// The source stored under `sha256` (opened under the configured data key when
+/// sealed).
 ///
 /// # Errors
-/// The database cannot be read.
+/// The database cannot be read; the text is sealed and the key is missing or
+/// wrong.
 pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
     let c = read_only(path)?;
-    c.query_row("SELECT text FROM code WHERE sha256 = ?1", [sha256], |r| r.get(0))
+    let key = sealing::reading_key(&c, path)?;
+    let value: Option<rusqlite::types::Value> = c
+        .query_row("SELECT text FROM code WHERE sha256 = ?1", [sha256], |r| r.get(0))
         .optional()
-        .map_err(|e| db_err(path, e))
+        .map_err(|e| db_err(path, e))?;
+    value.map(|v| open_value(v, key.as_ref(), &sealing::code_context(sha256)).map_err(AuditError::from)).transpose()
 }

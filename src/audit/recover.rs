@@ -63,6 +63,15 @@ pub(super) fn open_head(store: &Store) -> Result<std::fs::File, AuditError> {
 
 /// Journals beside the database whose process is gone, by name.
 pub(super) fn dead_journals(store: &Store) -> Vec<String> {
+    journals(store, false)
+}
+
+/// The journals of processes still running (writers of the log).
+pub(super) fn live_journals(store: &Store) -> Vec<String> {
+    journals(store, true)
+}
+
+fn journals(store: &Store, alive: bool) -> Vec<String> {
     let prefix = store.journal_prefix();
     let Ok(names) = store.dir.names() else { return Vec::new() };
     names
@@ -70,7 +79,7 @@ pub(super) fn dead_journals(store: &Store) -> Vec<String> {
         .filter(|name| {
             name.strip_prefix(&prefix)
                 .and_then(|owner| owner.split_once('.'))
-                .is_some_and(|(pid, start)| !crate::process::alive(pid, start))
+                .is_some_and(|(pid, start)| crate::process::alive(pid, start) == alive)
         })
         .collect()
 }

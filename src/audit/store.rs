@@ -90,22 +90,27 @@ pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
         )
     })
     .map_err(|e| db_err(path, e))?;
-    // Anchors made before the key have no MAC (verify names them).
-    let has_mac = c
-        .prepare("SELECT 1 FROM pragma_table_info('anchor') WHERE name = 'mac'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(|e| db_err(path, e))?;
-    if !has_mac && let Err(e) = c.execute_batch("ALTER TABLE anchor ADD COLUMN mac TEXT") {
-        // Another process may have added it meanwhile.
-        let added = c
-            .prepare("SELECT 1 FROM pragma_table_info('anchor') WHERE name = 'mac'")
-            .and_then(|mut s| s.exists([]))
-            .unwrap_or(false);
-        if !added {
-            return Err(db_err(path, e));
-        }
-    }
+    // Anchors made before the key have no MAC (verify names them); rows made
+    // before encryption at rest have no digest.
+    add_column(&c, "anchor", "mac").map_err(|e| db_err(path, e))?;
+    add_column(&c, "events", "digest").map_err(|e| db_err(path, e))?;
     Ok(c)
+}
+
+/// Adds the TEXT column `column` to `table` unless it is there.
+fn add_column(c: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    let has = || {
+        c.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))
+            .and_then(|mut s| s.exists([column]))
+    };
+    if has()? {
+        return Ok(());
+    }
+    match c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT")) {
+        // Another process may have added it meanwhile.
+        Err(_) if has().unwrap_or(false) => Ok(()),
+        r => r,
+    }
 }
 
 /// Runs `f` again while SQLite answers busy or locked without having waited, for
@@ -145,15 +150,19 @@ pub(super) fn read_only(path: &Path) -> Result<Connection, AuditError> {
     Connection::open_with_flags(store.db_path(), flags(true)).map_err(|e| db_err(path, e))
 }
 
-/// A [`Row`] from `SELECT seq, ts_us, kind, request_id, data, hash`.
-pub(super) fn to_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    let data: String = r.get(4)?;
+/// The columns [`to_row`] reads.
+pub(super) const ROW: &str = "seq, ts_us, kind, request_id, data, hash, uid";
+
+/// A [`Row`] from `SELECT` [`ROW`], its data opened under `key` when sealed (when
+/// it cannot be, the data says why).
+pub(super) fn to_row(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>) -> rusqlite::Result<Row> {
+    let uid: String = r.get(6)?;
     Ok(Row {
         seq: r.get(0)?,
         ts_us: r.get(1)?,
         kind: r.get(2)?,
         request_id: r.get(3)?,
-        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+        data: sealing::shown_data(r.get(4)?, key, &uid),
         hash: r.get(5)?,
     })
 }

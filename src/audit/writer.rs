@@ -204,16 +204,18 @@ pub(super) fn commit_events(
                 kind: &e.kind,
                 request_id: e.request_id.as_deref(),
                 data: &e.data,
+                digest: e.digest.as_deref(),
             },
         );
+        let data = sealing::stored(&e.data, e.digest.is_some())?;
         tx.prepare_cached(
-            "INSERT INTO events (seq, uid, ts_us, kind, request_id, data, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO events (seq, uid, ts_us, kind, request_id, data, prev_hash, hash, digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
-        .execute(params![seq, e.uid, e.ts_us, e.kind, e.request_id, e.data, prev, hash])?;
+        .execute(params![seq, e.uid, e.ts_us, e.kind, e.request_id, data, prev, hash, e.digest])?;
         if let Some((sha, text)) = &e.code {
             tx.prepare_cached("INSERT OR IGNORE INTO code (sha256, text) VALUES (?1, ?2)")?
-                .execute(params![sha, text])?;
+                .execute(params![sha, sealing::stored(text, e.code_sealed)?])?;
         }
         prev = hash;
         inserted = true;

@@ -56,6 +56,39 @@ pub enum Command {
     Stop(StopArgs),
     /// Resume a deployment stopped by `terrarium stop`.
     Resume(ResumeArgs),
+    /// The data key stored work is sealed under (encryption at rest): make one,
+    /// or rotate to the one configured.
+    #[command(subcommand, name = "data-key")]
+    DataKey(DataKeyCommand),
+}
+
+/// `terrarium data-key ...`.
+#[derive(Debug, Subcommand)]
+pub enum DataKeyCommand {
+    /// Write a new random key to FILE (0600; never over an existing file) and
+    /// print its id. Point TERRARIUM_DATA_KEY_FILE at it.
+    New {
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Seal everything stored (the audit database and the workspaces' stores)
+    /// under the key now configured (TERRARIUM_DATA_KEY_FILE or
+    /// TERRARIUM_DATA_KEY), opening what is sealed under the OLD key; what is
+    /// still in the clear is sealed too. Run it with every Terrarium process of
+    /// the deployment stopped.
+    Rotate {
+        /// The key file everything is sealed under now (omit when nothing is
+        /// sealed yet).
+        #[arg(long, value_name = "FILE")]
+        old: Option<PathBuf>,
+        /// The audit database (default: audit.db in $TERRARIUM_HOME, else in
+        /// $XDG_DATA_HOME/terrarium or ~/.local/share/terrarium).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// The workspaces root (default: $TERRARIUM_HOME/workspaces).
+        #[arg(long, value_name = "DIR")]
+        workspaces: Option<PathBuf>,
+    },
 }
 
 /// Where a stop or resume goes: a running server, or the deployment's state

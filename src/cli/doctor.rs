@@ -92,6 +92,7 @@ pub(super) fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
     }
     checks.push(Check::of("baseline", baseline(&parts, args.baseline)));
     checks.push(Check::of("stop", stop_state()));
+    checks.push(Check::of("data key", data_key_state()));
     match crate::dirs::state_dir() {
         Some(home) if home.exists() => checks.push(checks::permissions(&home)),
         Some(home) => {
@@ -168,6 +169,20 @@ fn stop_state() -> Result<String, String> {
             Err(format!("the deployment is STOPPED by {} ({}); nothing runs until `terrarium resume`", s.by, s.reason))
         }
     }
+}
+
+/// Encryption at rest: the data key configured, and whether the audit log can be
+/// written with it (sealed under it, or not sealed yet).
+fn data_key_state() -> Result<String, String> {
+    let key = crate::seal::DataKey::from_env().map_err(|e| e.to_string())?;
+    let audit = crate::audit::default_path().map_err(|e| e.to_string())?;
+    if audit.exists() {
+        crate::audit::check_key(&audit).map_err(|e| e.to_string())?;
+    }
+    Ok(match key {
+        Some(k) => format!("data key {} configured: stored work is sealed (docs/operations.md, Keys)", k.id()),
+        None => "no data key configured: stored work is kept in the clear (docs/operations.md, Keys)".into(),
+    })
 }
 
 /// One line on what the docker probe found.

@@ -10,6 +10,7 @@ mod batch;
 mod bench;
 mod checks;
 mod command;
+mod datakey;
 mod doctor;
 mod ops;
 mod redteam;
@@ -136,6 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Workspace(args) => workspace::run(args),
         Command::Stop(args) => ops::stop(args),
         Command::Resume(args) => ops::resume(args),
+        Command::DataKey(command) => datakey::run(command),
         #[cfg(feature = "rustpython")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "rustpython"))]
@@ -409,11 +411,18 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
             None => return Err(CliError::usage(anyhow::anyhow!("no code with sha256 {sha256}"))),
         },
         AuditCommand::Verify => {
-            let (rows, problems) = crate::audit::verify(&path).map_err(host)?;
-            if problems.is_empty() {
-                println!("ok: {rows} events, hash chain intact");
+            let report = crate::audit::verify_report(&path).map_err(host)?;
+            if report.problems.is_empty() {
+                print!("ok: {} events, hash chain intact", report.rows);
+                if report.unopened > 0 {
+                    print!(
+                        "; {} sealed values not opened (no data key: their MACs were checked, not their contents)",
+                        report.unopened
+                    );
+                }
+                println!();
             } else {
-                for p in &problems {
+                for p in &report.problems {
                     println!("{p}");
                 }
                 return Ok(ExitCode::from(1));
@@ -446,6 +455,8 @@ fn audit_command(args: AuditArgs) -> Result<ExitCode, CliError> {
 /// the restore is the restored log's first new event.
 fn restore_audit(file: &std::path::Path, path: &std::path::Path) -> Result<ExitCode, CliError> {
     let host = |e: crate::audit::AuditError| CliError { code: EXIT_HOST, error: e.into() };
+    // A sealed backup is restored only with its key: the restore is recorded in it.
+    crate::audit::check_key(file).map_err(host)?;
     let copied = crate::audit::restore(file, path).map_err(host)?;
     let log = open_audit_log(path)?;
     let data = serde_json::json!({

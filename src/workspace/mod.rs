@@ -24,6 +24,7 @@
 
 mod diff;
 pub mod manifest;
+mod sealed;
 mod stage;
 #[cfg(test)]
 mod tests;
@@ -39,6 +40,7 @@ use cap_std::fs::{Dir, OpenOptions};
 
 pub use diff::unified;
 pub use manifest::{Action, Change, Entry, Kind, Manifest};
+pub use sealed::Resealed;
 pub use stage::{ChangeSet, Staged};
 
 pub use crate::policy::{Quota, valid_workspace_name as valid_name};
@@ -186,6 +188,8 @@ pub fn docker_owner() -> Option<(u32, u32)> {
 #[derive(Debug, Clone)]
 pub struct Workspaces {
     root: Arc<crate::dirs::OwnedDir>,
+    /// Stored contents are sealed under it (see `sealed`).
+    key: Option<crate::seal::DataKey>,
 }
 
 /// One workspace, opened.
@@ -195,6 +199,8 @@ pub struct Workspace {
     dir: Dir,
     /// Its directory's path (the docker tier mounts staging copies by path).
     path: PathBuf,
+    /// Stored contents are sealed under it (see `sealed`).
+    key: Option<crate::seal::DataKey>,
 }
 
 /// One line of `workspace list`.
@@ -212,14 +218,33 @@ pub struct Summary {
 
 impl Workspaces {
     /// Opens (creating, 0700) the root `root`: it must be this user's and closed
-    /// to others, as every directory above it (see `dirs::OwnedDir`).
+    /// to others, as every directory above it (see `dirs::OwnedDir`). With a data
+    /// key configured (docs/operations.md) stored contents are sealed.
     ///
     /// # Errors
-    /// The root is refused or cannot be made.
+    /// The root is refused or cannot be made; its stores are sealed under a key and
+    /// none or another is configured.
     pub fn open(root: &Path) -> Result<Workspaces, WorkspaceError> {
-        let dir = crate::dirs::OwnedDir::open(root, "workspaces root")
-            .map_err(|e| WorkspaceError::Host { workspace: "*".into(), message: e.to_string() })?;
-        Ok(Workspaces { root: Arc::new(dir) })
+        let host = |message: String| WorkspaceError::Host { workspace: "*".into(), message };
+        let dir = crate::dirs::OwnedDir::open(root, "workspaces root").map_err(|e| host(e.to_string()))?;
+        let key = sealed::root_key(&dir).map_err(host)?;
+        Ok(Workspaces { root: Arc::new(dir), key })
+    }
+
+    /// Seals every stored content of every workspace with `new` (opening those
+    /// sealed under `old`; sealing those in the clear): a rotation of the data
+    /// key. Run with nothing else using the root.
+    ///
+    /// # Errors
+    /// A content under neither key, or not matching its hash; the file system.
+    pub fn reseal(
+        root: &Path,
+        old: Option<&crate::seal::DataKey>,
+        new: &crate::seal::DataKey,
+    ) -> Result<Resealed, WorkspaceError> {
+        let host = |message: String| WorkspaceError::Host { workspace: "*".into(), message };
+        let dir = crate::dirs::OwnedDir::open(root, "workspaces root").map_err(|e| host(e.to_string()))?;
+        sealed::reseal(&dir, old, new).map_err(host)
     }
 
     /// The root's resolved path.
@@ -283,7 +308,7 @@ impl Workspaces {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(WorkspaceError::NotFound(name.into())),
             Err(e) => return Err(WorkspaceError::Host { workspace: name.into(), message: e.to_string() }),
         };
-        Ok(Workspace { name: name.to_string(), dir, path: self.root.path().join(name) })
+        Ok(Workspace { name: name.to_string(), dir, path: self.root.path().join(name), key: self.key.clone() })
     }
 
     /// Opens workspace `name`, creating it when it does not exist; `true` when
@@ -395,12 +420,12 @@ impl Workspace {
         self.versions()?.into_iter().map(|n| self.version_with_digest(n)).collect()
     }
 
-    /// Opens a stored content by hash.
-    fn object(&self, sha: &str) -> io::Result<std::fs::File> {
+    /// Opens a stored content by hash (opening it under the data key when sealed).
+    fn object(&self, sha: &str) -> io::Result<Box<dyn io::Read>> {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(io::Error::other("not a content hash"));
         }
-        private_file(&self.dir.open_dir_nofollow("objects")?, sha, false)
+        sealed::open(&self.dir.open_dir_nofollow("objects")?, sha, self.key.as_ref())
     }
 
     /// The content of `path` in version `n`.
@@ -533,14 +558,10 @@ fn private_file_new(dir: &Dir, name: &str) -> io::Result<std::fs::File> {
 }
 
 /// The whole of `file`, when it opened and is at most `limit` bytes.
-fn read_all(file: io::Result<std::fs::File>, limit: u64) -> Option<Vec<u8>> {
-    let f = file.ok()?;
-    if f.metadata().ok()?.len() > limit {
-        return None;
-    }
+fn read_all(content: io::Result<Box<dyn io::Read>>, limit: u64) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(f, limit), &mut out).ok()?;
-    Some(out)
+    io::Read::read_to_end(&mut io::Read::take(content.ok()?, limit.saturating_add(1)), &mut out).ok()?;
+    (out.len() as u64 <= limit).then_some(out)
 }
 
 /// sha256 of `bytes`, hex.

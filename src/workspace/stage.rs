@@ -247,7 +247,9 @@ impl Workspace {
     pub fn staged_diff(&self, staged: &Staged, set: &ChangeSet, limit: usize) -> String {
         let old =
             |e: &Entry| e.sha256.as_deref().and_then(|s| super::read_all(self.object(s), super::diff::TEXT_LIMIT));
-        let new = |path: &str| super::read_all(staged.open(path), super::diff::TEXT_LIMIT);
+        let new = |path: &str| {
+            super::read_all(staged.open(path).map(|f| Box::new(f) as Box<dyn io::Read>), super::diff::TEXT_LIMIT)
+        };
         super::diff::unified_with(&set.changes, &old, &new, limit)
     }
 
@@ -378,19 +380,19 @@ impl Workspace {
     /// Stores the content `open` yields as object `sha`, unless it is stored.
     fn store(&self, sha: &str, open: impl FnOnce() -> io::Result<std::fs::File>) -> io::Result<()> {
         let objects = self.dir.open_dir_nofollow("objects")?;
-        if objects.symlink_metadata(sha).is_ok() {
+        if super::sealed::stored(&objects, sha) {
             return Ok(());
         }
         let tmp = format!(".tmp-{}", super::nonce());
         let out = super::private_file_new(&objects, &tmp)?;
-        let copied = tree::copy_hashed(open()?, io::BufWriter::new(&out)).and_then(|(got, _)| {
+        let copied = super::sealed::copy_in(open()?, &out, sha, self.key.as_ref()).and_then(|(got, _)| {
             if got != sha {
                 return Err(io::Error::other("it changed after it was read"));
             }
             out.sync_all()
         });
         match copied {
-            Ok(()) => objects.rename(&tmp, &objects, sha),
+            Ok(()) => objects.rename(&tmp, &objects, super::sealed::name(sha, self.key.as_ref())),
             Err(e) => {
                 let _ = objects.remove_file(&tmp);
                 Err(e)

@@ -288,7 +288,7 @@ pub fn open_dir(root: &Dir, path: &str) -> io::Result<Dir> {
 pub fn write(
     root: &Dir,
     entries: &BTreeMap<String, Entry>,
-    content: &dyn Fn(&str) -> io::Result<std::fs::File>,
+    content: &dyn Fn(&str) -> io::Result<Box<dyn Read>>,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     use cap_std::fs::{DirBuilder, DirBuilderExt as _, PermissionsExt as _};

@@ -62,6 +62,8 @@ mod redteam;
 mod review_browser;
 #[path = "../router.rs"]
 mod router;
+#[path = "../sealing.rs"]
+mod sealing;
 #[path = "../server.rs"]
 mod server;
 #[path = "../sessions.rs"]
