@@ -131,10 +131,18 @@ impl DataKey {
     /// something else.
     pub fn from_file(path: &Path) -> Result<DataKey, SealError> {
         use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        // A key given where its file's path belongs is not repeated in the error.
+        if DataKey::from_hex(&path.to_string_lossy()).is_ok() {
+            return Err(SealError::Key {
+                source_name: "the key file's path".into(),
+                message: format!("it is a key, not a path (a key itself goes in {KEY_ENV})"),
+            });
+        }
         let err = |message: String| SealError::Key { source_name: path.display().to_string(), message };
+        // Non-blocking: a FIFO in its place is refused, not waited on.
         let mut f = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| err(format!("cannot open it: {e}")))?;
         let meta = f.metadata().map_err(|e| err(e.to_string()))?;

@@ -152,6 +152,10 @@ fn stored_work_is_sealed_the_chain_verifies_without_the_key_and_rotation_keeps_i
         );
         assert!(!out.stderr.contains(&home.display().to_string()), "{}", out.stderr);
     }
+    // Nor once the record of the key is deleted: the newest sealed row says it.
+    rusqlite::Connection::open(&db).expect("open").execute_batch("DROP TABLE sealing").expect("drop");
+    let out = cli(&home, None, &["run", "-c", "print(1)"]);
+    assert!(out.code != 0 && out.stderr.contains("no data key is set"), "{}", out.stderr);
     assert_eq!(rows(&home, k1).len(), with.len(), "nothing was recorded without the key");
 
     // A wrong key: refused, named by id, nothing written.
@@ -228,7 +232,13 @@ fn a_bad_data_key_is_a_clear_error() {
     let open_key = tmp.path().join("open.key");
     std::fs::write(&open_key, format!("{}\n", "ab".repeat(32))).expect("write");
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let fifo = tmp.path().join("fifo.key");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let hex = "cd".repeat(32);
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (&[("TERRARIUM_DATA_KEY_FILE", fifo.to_str().expect("utf-8"))], "not a regular file"),
+        (&[("TERRARIUM_DATA_KEY_FILE", &hex)], "it is a key, not a path"),
         (&[("TERRARIUM_DATA_KEY", "not-a-key-at-all")], "64 hex digits"),
         (&[("TERRARIUM_DATA_KEY_FILE", open_key.to_str().expect("utf-8"))], "readable by others"),
         (&[("TERRARIUM_DATA_KEY_FILE", "/nonexistent/key")], "cannot open it"),
@@ -240,6 +250,57 @@ fn a_bad_data_key_is_a_clear_error() {
         let out = terrarium_env(&["run", "-c", "print(1)"], b"", &env);
         assert_ne!(out.code, 0, "{env:?}");
         assert!(out.stderr.contains(want), "{env:?}: {}", out.stderr);
-        assert!(!out.stderr.contains(&"ab".repeat(32)) && !out.stderr.contains("not-a-key-at-all"), "{}", out.stderr);
+        for secret in ["ab".repeat(32), hex.clone(), "not-a-key-at-all".into()] {
+            assert!(!out.stderr.contains(&secret), "{}", out.stderr);
+        }
     }
+}
+
+/// A process that keeps the log open (a REPL, waiting for its next cell) with
+/// the data key `key`, once it has run a first cell.
+fn writer(home: &Path, key: Option<&Path>) -> std::process::Child {
+    use std::io::{BufRead as _, Write as _};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_terrarium"));
+    cmd.arg("repl").env("TERRARIUM_HOME", home).env_remove("TERRARIUM_DATA_KEY_FILE");
+    if let Some(k) = key {
+        cmd.env("TERRARIUM_DATA_KEY_FILE", k);
+    }
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn a repl");
+    child.stdin.as_mut().expect("stdin").write_all(b"print('ready')\n").expect("a cell");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    while !line.contains("ready") {
+        line.clear();
+        assert!(out.read_line(&mut line).expect("read") > 0, "the repl ended before its first cell");
+    }
+    child
+}
+
+/// A log in use by a process without the key is not sealed under it by another
+/// (which would leave the first writing in the clear beside sealed rows); a
+/// rotation does not run while any process writes the log.
+#[test]
+fn a_log_is_sealed_and_rotated_only_while_nobody_else_writes_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys = private_dir(tmp.path(), "keys");
+    let home = private_dir(tmp.path(), "home");
+    let (key1, key2) = (new_key(&keys, "k1"), new_key(&keys, "k2"));
+    let mut plain = writer(&home, None);
+    let out = cli(&home, Some(&key1), &["run", "-c", "print(1)"]);
+    assert_ne!(out.code, 0, "sealed while a process without the key writes: {}", out.stdout);
+    assert!(out.stderr.contains("other processes write this log without the data key"), "{}", out.stderr);
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert_eq!(cli(&home, Some(&key1), &["run", "-c", "print(1)"]).code, 0);
+    let mut sealed = writer(&home, Some(&key1));
+    let out = cli(&home, Some(&key2), &["data-key", "rotate", "--old", key1.to_str().expect("utf-8")]);
+    assert_ne!(out.code, 0, "rotated under a running writer: {}", out.stdout);
+    assert!(out.stderr.contains("a process still writes this log"), "{}", out.stderr);
+    let _ = sealed.kill();
+    let _ = sealed.wait();
+    let out = cli(&home, Some(&key2), &["data-key", "rotate", "--old", key1.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let verified = cli(&home, Some(&key2), &["audit", "verify"]);
+    assert_eq!(verified.code, 0, "{}", verified.stdout);
 }

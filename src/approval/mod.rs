@@ -111,6 +111,9 @@ pub(crate) struct Queue {
     /// Subjects, decisions' notes and outcomes are sealed under it, when the
     /// deployment has one (see [`crate::seal`]).
     key: Option<crate::seal::DataKey>,
+    /// With a key: the first item made sealed. From it on, a subject, reason or
+    /// outcome in the clear was written by hand, and is refused.
+    sealed_from: i64,
 }
 
 /// Now, in µs since the epoch (the queue's clock).
@@ -124,7 +127,7 @@ impl Queue {
     /// # Errors
     /// The database cannot be opened or written.
     pub fn open(path: &Path) -> Result<Queue, ApprovalError> {
-        let mut q = Queue { path: path.to_path_buf(), key: None };
+        let mut q = Queue { path: path.to_path_buf(), key: None, sealed_from: 1 };
         let c = q.conn()?;
         crate::audit::retry_busy(|| {
             c.execute_batch(
@@ -156,6 +159,9 @@ impl Queue {
             }
         }
         q.key = crate::audit::sealing_on(&c, path).map_err(|e| q.err(e))?;
+        if q.key.is_some() {
+            q.sealed_from = crate::audit::approvals_sealed_from(&c).map_err(|e| q.err(e))?;
+        }
         Ok(q)
     }
 
@@ -210,7 +216,7 @@ impl Queue {
             params![
                 kind,
                 if self.key.is_some() { "" } else { text.as_str() },
-                reason,
+                if self.key.is_some() { "" } else { reason },
                 created,
                 deadline,
                 format!("{pid}:{start}")
@@ -220,8 +226,8 @@ impl Queue {
         let id = tx.last_insert_rowid();
         if self.key.is_some() {
             tx.execute(
-                "UPDATE approvals SET subject = ?1 WHERE id = ?2",
-                params![self.sealed(id, "subject", &text), id],
+                "UPDATE approvals SET subject = ?1, reason = ?2 WHERE id = ?3",
+                params![self.sealed(id, "subject", &text), self.sealed(id, "reason", reason), id],
             )
             .map_err(|e| self.err(e))?;
         }
@@ -313,9 +319,11 @@ impl Queue {
     /// The database failed.
     pub fn get(&self, id: i64) -> Result<Option<Item>, ApprovalError> {
         let c = self.conn()?;
-        c.query_row(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), [id], |r| to_item(r, self.key.as_ref()))
-            .optional()
-            .map_err(|e| self.err(e))
+        c.query_row(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), [id], |r| {
+            to_item(r, self.key.as_ref(), self.sealed_from)
+        })
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     /// One page of items, newest first: only those with `status` when given, only
@@ -354,7 +362,7 @@ impl Queue {
             .prepare(&format!("SELECT {COLUMNS} FROM approvals WHERE {condition} ORDER BY id DESC LIMIT {limit}"))
             .map_err(|e| self.err(e))?;
         let items = stmt
-            .query_map(args, |r| to_item(r, self.key.as_ref()))
+            .query_map(args, |r| to_item(r, self.key.as_ref(), self.sealed_from))
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -476,12 +484,20 @@ const COLUMNS: &str =
     "id, kind, subject, reason, status, created_us, deadline_us, decided_by, decided_us, note, outcome";
 
 /// An item from `SELECT` [`COLUMNS`], its sealed values opened under `key`.
-fn to_item(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>) -> rusqlite::Result<Item> {
+/// From item `sealed_from` on (with a key), a subject, reason or outcome in the
+/// clear is refused: written by hand, not by Terrarium.
+fn to_item(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>, sealed_from: i64) -> rusqlite::Result<Item> {
+    use rusqlite::types::Value;
     let id: i64 = r.get(0)?;
     let open = |i: usize, column: &str| -> rusqlite::Result<Option<String>> {
-        let value: rusqlite::types::Value = r.get(i)?;
-        if value == rusqlite::types::Value::Null {
+        let value: Value = r.get(i)?;
+        if value == Value::Null {
             return Ok(None);
+        }
+        if key.is_some() && id >= sealed_from && column != "note" && matches!(value, Value::Text(_)) {
+            let why =
+                format!("approval request {id}: its {column} is in the clear in a sealed queue (written by hand)");
+            return Err(rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, why.into()));
         }
         crate::audit::open_value(value, key, &crate::audit::approval_context(id, column))
             .map(Some)
@@ -492,7 +508,7 @@ fn to_item(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>) -> rusqlit
         id,
         kind: r.get(1)?,
         subject: serde_json::from_str(&subject).unwrap_or(serde_json::Value::String(subject)),
-        reason: r.get(3)?,
+        reason: open(3, "reason")?.unwrap_or_default(),
         status: r.get(4)?,
         created_us: r.get(5)?,
         deadline_us: r.get(6)?,

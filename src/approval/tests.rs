@@ -77,6 +77,10 @@ fn sealed_values_are_stored_sealed_and_bound_to_their_item() {
     .expect("move");
     let e = q.get(b.id).expect_err("moved");
     assert!(e.to_string().contains("does not open"), "{e}");
+    // A subject written in the clear by hand is not taken as genuine either.
+    c.execute("UPDATE approvals SET subject = '[\"ls\"]' WHERE id = ?1", [b.id]).expect("forge");
+    let e = q.get(b.id).expect_err("forged");
+    assert!(e.to_string().contains("written by hand"), "{e}");
     // Without the key, a sealed item is an error, never shown sealed as text.
     q.key = None;
     let e = q.get(a.id).expect_err("no key");

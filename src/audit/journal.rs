@@ -66,10 +66,8 @@ impl AuditLog {
         let store = Store::writable(path)?;
         let key = store.key()?.clone();
         let mut conn = open(&store)?;
-        let data_key = sealing_on(&conn, path)?;
-        let head = open_head(&store)?;
-        let mut expected = expected_from_head(&store, &conn, &key);
-        recover_with(&mut conn, &store, &head, &mut expected)?;
+        // The journal exists before the data key is checked: a process sealing
+        // the log for the first time sees this one as a writer (see sealing_on).
         let (pid, start) = crate::process::me();
         let journal_name = format!("{}{pid}.{start}", store.journal_prefix());
         let journal_path = store.dir.path().join(&journal_name);
@@ -77,6 +75,10 @@ impl AuditLog {
             .dir
             .open_file(&journal_name, cap_std::fs::OpenOptions::new().create(true).append(true))
             .map_err(|e| AuditError::Journal { path: journal_path.clone(), message: e.to_string() })?;
+        let data_key = sealing_on(&conn, path)?;
+        let head = open_head(&store)?;
+        let mut expected = expected_from_head(&store, &conn, &key);
+        recover_with(&mut conn, &store, &head, &mut expected)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let journal = Arc::new(Mutex::new(Journal {
             file,

@@ -57,7 +57,9 @@ pub use query::*;
 mod backup;
 pub use backup::*;
 mod sealing;
-pub use sealing::{Resealed, approval_context, check_key, open_value, reseal, sealing, sealing_on};
+pub use sealing::{
+    Resealed, approval_context, approvals_sealed_from, check_key, open_value, reseal, sealing, sealing_on,
+};
 
 /// Hash before the first row.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -108,5 +108,10 @@ pub fn code(path: &Path, sha256: &str) -> Result<Option<String>, AuditError> {
         .query_row("SELECT text FROM code WHERE sha256 = ?1", [sha256], |r| r.get(0))
         .optional()
         .map_err(|e| db_err(path, e))?;
-    value.map(|v| open_value(v, key.as_ref(), &sealing::code_context(sha256)).map_err(AuditError::from)).transpose()
+    let Some(value) = value else { return Ok(None) };
+    let text = open_value(value, key.as_ref(), &sealing::code_context(sha256))?;
+    if sha256_hex(text.as_bytes()) != sha256 {
+        return Err(AuditError::Sealed(format!("the stored code {sha256} does not match its hash (edited)")));
+    }
+    Ok(Some(text))
 }

@@ -106,20 +106,68 @@ pub fn open_value(value: Value, key: Option<&DataKey>, context: &str) -> Result<
     }
 }
 
-/// The key a database read (perhaps read-only, perhaps without the table yet)
-/// is sealed under.
+/// The key a database read (perhaps read-only, perhaps without the tables yet)
+/// is sealed under: as its `sealing` table says, else as its newest sealed row
+/// says (a database whose record was deleted is still sealed).
 fn marker(c: &Connection, path: &Path) -> Result<Option<String>, AuditError> {
-    c.query_row("SELECT key_id FROM sealing WHERE id = 1", [], |r| r.get(0))
+    fn missing<T>(e: rusqlite::Error, path: &Path) -> Result<Option<T>, AuditError> {
+        if e.to_string().contains("no such table") || e.to_string().contains("no such column") {
+            Ok(None)
+        } else {
+            Err(db_err(path, e))
+        }
+    }
+    let recorded: Option<String> = c
+        .query_row("SELECT key_id FROM sealing WHERE id = 1", [], |r| r.get(0))
         .optional()
-        .or_else(|e| if e.to_string().contains("no such table") { Ok(None) } else { Err(db_err(path, e)) })
+        .or_else(|e| missing(e, path))?;
+    if recorded.is_some() {
+        return Ok(recorded);
+    }
+    let newest: Option<Value> = c
+        .query_row("SELECT data FROM events WHERE digest IS NOT NULL ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .optional()
+        .or_else(|e| missing(e, path))?;
+    Ok(match newest {
+        Some(Value::Blob(b)) => crate::seal::key_id_of(&b),
+        _ => None,
+    })
 }
 
 /// The key the database behind `conn` is sealed under, if any.
 fn sealed_under(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    // `approvals_from`: the first approval item made sealed (older ones may be in
+    // the clear; newer ones in the clear were written by hand).
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS sealing (id INTEGER PRIMARY KEY CHECK (id = 1), key_id TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS sealing (id INTEGER PRIMARY KEY CHECK (id = 1), key_id TEXT NOT NULL,
+             approvals_from INTEGER NOT NULL DEFAULT 1)",
     )?;
     conn.query_row("SELECT key_id FROM sealing WHERE id = 1", [], |r| r.get(0)).optional()
+}
+
+/// The marker a rotation to `new` leaves while it runs: every process refuses
+/// the database until it is done.
+fn rotating(new: &DataKey) -> String {
+    format!("rotating to {}", new.id())
+}
+
+/// The first approval item of the database behind `conn` that was made sealed
+/// (items before it may hold values in the clear, from before the first key):
+/// 1 when the record is gone (then nothing in the clear is taken as genuine).
+///
+/// # Errors
+/// The database failed.
+pub fn approvals_sealed_from(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT approvals_from FROM sealing WHERE id = 1", [], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(1))
+}
+
+/// Journals of processes other than this one that are running: writers of the log.
+fn other_writers(path: &Path) -> Result<Vec<String>, AuditError> {
+    let store = Store::at(path)?;
+    let mine = format!("{}{}.", store.journal_prefix(), std::process::id());
+    Ok(live_journals(&store).into_iter().filter(|j| !j.starts_with(&mine)).collect())
 }
 
 /// The data key to write the database behind `conn` (at `path`) with: the one
@@ -131,23 +179,60 @@ fn sealed_under(conn: &Connection) -> rusqlite::Result<Option<String>> {
 /// another one given; the database failed.
 pub fn sealing_on(conn: &Connection, path: &Path) -> Result<Option<DataKey>, AuditError> {
     let key = DataKey::from_env()?;
-    let under = retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))?;
-    match (under, key) {
-        (None, None) => Ok(None),
-        (None, Some(k)) => {
-            retry_busy(|| conn.execute("INSERT OR IGNORE INTO sealing (id, key_id) VALUES (1, ?1)", [k.id()]))
-                .map_err(|e| db_err(path, e))?;
-            // Another process may have sealed it first, under another key.
-            match retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))? {
-                Some(id) if id != k.id() => Err(SealError::WrongKey { sealed: id, have: Some(k.id()) }.into()),
-                _ => Ok(Some(k)),
-            }
+    retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))?;
+    let recorded = retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))?;
+    let under = marker(conn, path)?;
+    let key = match (under, key) {
+        (Some(id), _) if id.starts_with("rotating") => {
+            return Err(AuditError::Sealed(format!(
+                "the data key is being rotated ({id}): start once `terrarium data-key rotate` is done"
+            )));
         }
-        (Some(id), Some(k)) if id == k.id() => Ok(Some(k)),
-        (Some(id), k) => Err(AuditError::Sealed(format!(
-            "{} (a rotation is `terrarium data-key rotate --old FILE`)",
-            SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }
-        ))),
+        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id) => {
+            return Err(AuditError::Sealed(format!(
+                "{} (a rotation is `terrarium data-key rotate --old FILE`)",
+                SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }
+            )));
+        }
+        (_, key) => key,
+    };
+    let Some(k) = key else { return Ok(None) };
+    if recorded.is_some() {
+        return Ok(Some(k));
+    }
+    // First use (or the record was deleted: then every approval item must be
+    // sealed). Recorded first, then no other writer may be running without the
+    // key: a writer records its journal before it reads this record, so of the
+    // two, one sees the other.
+    let first = if marker(conn, path)?.is_some() { 1 } else { next_approval(conn).map_err(|e| db_err(path, e))? };
+    let inserted = retry_busy(|| {
+        conn.execute(
+            "INSERT OR IGNORE INTO sealing (id, key_id, approvals_from) VALUES (1, ?1, ?2)",
+            params![k.id(), first],
+        )
+    })
+    .map_err(|e| db_err(path, e))?;
+    match retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))? {
+        Some(id) if id != k.id() => return Err(SealError::WrongKey { sealed: id, have: Some(k.id()) }.into()),
+        _ => {}
+    }
+    let others = other_writers(path)?;
+    if inserted > 0 && !others.is_empty() {
+        let _ = retry_busy(|| conn.execute("DELETE FROM sealing WHERE id = 1 AND key_id = ?1", [k.id()]));
+        return Err(AuditError::Sealed(format!(
+            "other processes write this log without the data key ({}): stop them, then start every process with \
+             the key",
+            others.join(", ")
+        )));
+    }
+    Ok(Some(k))
+}
+
+/// The id the next approval item will get (1 without a queue yet).
+fn next_approval(conn: &Connection) -> rusqlite::Result<i64> {
+    match conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM approvals", [], |r| r.get(0)) {
+        Err(e) if e.to_string().contains("no such table") => Ok(1),
+        r => r,
     }
 }
 
@@ -193,8 +278,13 @@ pub fn check_key(path: &Path) -> Result<(), AuditError> {
 }
 
 /// An event's data for display: opened, or, when it cannot be, what is wrong.
-pub(super) fn shown_data(value: Value, key: Option<&DataKey>, uid: &str) -> serde_json::Value {
+/// A sealed value that opens must also match the digest the chain covers.
+pub(super) fn shown_data(value: Value, key: Option<&DataKey>, uid: &str, digest: Option<&str>) -> serde_json::Value {
+    let sealed = matches!(value, Value::Blob(_));
     match open_value(value, key, &event_context(uid)) {
+        Ok(text) if sealed && digest != Some(data_digest(uid, &text).as_str()) => {
+            serde_json::json!({ "sealed": "its data does not match the digest the chain covers (replaced)" })
+        }
         Ok(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
         Err(e) => serde_json::json!({ "sealed": e.to_string() }),
     }
@@ -221,22 +311,70 @@ pub struct Resealed {
 /// A process still writes the log (its journal is live); a value under a key that
 /// is neither; the database failed.
 pub fn reseal(path: &Path, old: Option<&DataKey>, new: &DataKey) -> Result<Resealed, AuditError> {
-    let store = Store::at(path)?;
-    if let Some(live) = live_journals(&store).first() {
+    if let Some(live) = other_writers(path)?.first() {
         return Err(AuditError::Sealed(format!(
             "a process still writes this log ({live}): stop every Terrarium process using it first"
         )));
     }
-    recover(path)?;
     let mut c = connect(path)?;
     c.busy_timeout(Duration::from_secs(10)).map_err(|e| db_err(path, e))?;
-    let under = sealed_under(&c).map_err(|e| db_err(path, e))?;
+    let recorded = sealed_under(&c).map_err(|e| db_err(path, e))?;
+    let under = marker(&c, path)?;
     if let Some(id) = &under
+        && !id.starts_with("rotating")
         && *id != new.id()
         && old.is_none_or(|o| o.id() != *id)
     {
         return Err(SealError::WrongKey { sealed: id.clone(), have: old.map(DataKey::id) }.into());
     }
+    // From here every process that starts is refused until the rotation is done;
+    // one already running has a live journal, seen below.
+    let first = match &recorded {
+        Some(_) => approvals_sealed_from(&c).map_err(|e| db_err(path, e))?,
+        None if under.is_some() => 1,
+        None => next_approval(&c).map_err(|e| db_err(path, e))?,
+    };
+    c.execute(
+        "INSERT OR REPLACE INTO sealing (id, key_id, approvals_from) VALUES (1, ?1, ?2)",
+        params![rotating(new), first],
+    )
+    .map_err(|e| db_err(path, e))?;
+    let restore = |c: &Connection| match &recorded {
+        Some(id) => {
+            let _ = c.execute("UPDATE sealing SET key_id = ?1 WHERE id = 1", [id]);
+        }
+        None => {
+            let _ = c.execute("DELETE FROM sealing WHERE id = 1", []);
+        }
+    };
+    if let Some(live) = other_writers(path)?.first() {
+        restore(&c);
+        return Err(AuditError::Sealed(format!(
+            "a process still writes this log ({live}): stop every Terrarium process using it first"
+        )));
+    }
+    if let Err(e) = recover(path) {
+        restore(&c);
+        return Err(e);
+    }
+    match reseal_all(&mut c, path, old, new, first) {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            restore(&c);
+            Err(e)
+        }
+    }
+}
+
+/// The rotation's transaction (see [`reseal`]): approval values in the clear are
+/// sealed only below `first` (newer ones in the clear were written by hand).
+fn reseal_all(
+    c: &mut Connection,
+    path: &Path,
+    old: Option<&DataKey>,
+    new: &DataKey,
+    first: i64,
+) -> Result<Resealed, AuditError> {
     let open = |ctx: &str, blob: &[u8]| -> Result<Option<Vec<u8>>, AuditError> {
         let id = crate::seal::key_id_of(blob).ok_or(SealError::Malformed)?;
         if id == new.id() {
@@ -281,7 +419,7 @@ pub fn reseal(path: &Path, old: Option<&DataKey>, new: &DataKey) -> Result<Resea
         .and_then(|mut s| s.exists([]))
         .map_err(|e| db_err(path, e))?;
     if has_queue {
-        for column in ["subject", "note", "outcome"] {
+        for column in ["subject", "reason", "note", "outcome"] {
             let rows: Vec<(i64, Value)> = collect(
                 &tx,
                 &format!("SELECT id, {column} FROM approvals WHERE {column} IS NOT NULL"),
@@ -292,7 +430,13 @@ pub fn reseal(path: &Path, old: Option<&DataKey>, new: &DataKey) -> Result<Resea
                 let ctx = approval_context(id, column);
                 let plain = match value {
                     Value::Blob(b) => open(&ctx, &b)?,
-                    Value::Text(t) => Some(t.into_bytes()),
+                    Value::Text(t) if id < first || column == "note" => Some(t.into_bytes()),
+                    Value::Text(_) => {
+                        return Err(AuditError::Sealed(format!(
+                            "approval request {id}: its {column} is in the clear in a sealed queue (written by hand); \
+                             nothing was rotated"
+                        )));
+                    }
                     _ => None,
                 };
                 if let Some(plain) = plain {
@@ -306,8 +450,7 @@ pub fn reseal(path: &Path, old: Option<&DataKey>, new: &DataKey) -> Result<Resea
             }
         }
     }
-    tx.execute("INSERT OR REPLACE INTO sealing (id, key_id) VALUES (1, ?1)", [new.id()])
-        .map_err(|e| db_err(path, e))?;
+    tx.execute("UPDATE sealing SET key_id = ?1 WHERE id = 1", [new.id()]).map_err(|e| db_err(path, e))?;
     tx.commit().map_err(|e| db_err(path, e))?;
     Ok(done)
 }

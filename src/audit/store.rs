@@ -94,6 +94,9 @@ pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
     // before encryption at rest have no digest.
     add_column(&c, "anchor", "mac").map_err(|e| db_err(path, e))?;
     add_column(&c, "events", "digest").map_err(|e| db_err(path, e))?;
+    // The newest sealed row, found at once (see sealing::sealed_id).
+    retry_busy(|| c.execute_batch("CREATE INDEX IF NOT EXISTS events_sealed ON events (seq) WHERE digest IS NOT NULL"))
+        .map_err(|e| db_err(path, e))?;
     Ok(c)
 }
 
@@ -151,7 +154,7 @@ pub(super) fn read_only(path: &Path) -> Result<Connection, AuditError> {
 }
 
 /// The columns [`to_row`] reads.
-pub(super) const ROW: &str = "seq, ts_us, kind, request_id, data, hash, uid";
+pub(super) const ROW: &str = "seq, ts_us, kind, request_id, data, hash, uid, digest";
 
 /// A [`Row`] from `SELECT` [`ROW`], its data opened under `key` when sealed (when
 /// it cannot be, the data says why).
@@ -162,7 +165,7 @@ pub(super) fn to_row(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>) 
         ts_us: r.get(1)?,
         kind: r.get(2)?,
         request_id: r.get(3)?,
-        data: sealing::shown_data(r.get(4)?, key, &uid),
+        data: sealing::shown_data(r.get(4)?, key, &uid, r.get::<_, Option<String>>(7)?.as_deref()),
         hash: r.get(5)?,
     })
 }

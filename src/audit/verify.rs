@@ -123,6 +123,8 @@ pub fn verify_report(path: &Path) -> Result<Report, AuditError> {
     // sealed and cannot be opened.
     let mut decisions = Some(std::collections::HashSet::new());
     let mut code_needed: Vec<(i64, String)> = Vec::new();
+    // Once a row is sealed, every later one must be, but for the public kinds.
+    let mut sealing_since: Option<i64> = None;
     for row in rows {
         let ((seq, ts, kind, rid, stored), prev_hash, hash, uid, digest) = row.map_err(|e| db_err(path, e))?;
         // A sealed row's data, opened with the data key and checked against the
@@ -153,6 +155,15 @@ pub fn verify_report(path: &Path) -> Result<Report, AuditError> {
                 (None, String::new())
             }
         };
+        if digest.is_some() {
+            sealing_since.get_or_insert(seq);
+        } else if let Some(since) = sealing_since
+            && !kind.parse::<EventKind>().is_ok_and(|k| sealing::PUBLIC.contains(&k))
+        {
+            problems.push(format!(
+                "row {seq}: in the clear in a log sealed since row {since} (written by a process without the data key)"
+            ));
+        }
         let data_text = data.clone().unwrap_or(sealed_bytes);
         let data = data_text.as_str();
         count += 1;

@@ -34,6 +34,10 @@ pub(super) fn run(command: DataKeyCommand) -> Result<ExitCode, CliError> {
             let audit = if db.exists() {
                 Some(crate::audit::reseal(&db, old.as_ref(), &new).map_err(|e| host(e.to_string()))?)
             } else {
+                eprintln!(
+                    "terrarium: no audit database at {}: nothing there to rotate (--db FILE names another)",
+                    db.display()
+                );
                 None
             };
             let root = match workspaces {
@@ -43,6 +47,11 @@ pub(super) fn run(command: DataKeyCommand) -> Result<ExitCode, CliError> {
             let stores = if root.exists() {
                 Some(crate::workspace::Workspaces::reseal(&root, old.as_ref(), &new).map_err(|e| host(e.to_string()))?)
             } else {
+                eprintln!(
+                    "terrarium: no workspaces at {}: nothing there to rotate (--workspaces DIR names another root, \
+                     e.g. the policy's workspaces.root)",
+                    root.display()
+                );
                 None
             };
             println!(

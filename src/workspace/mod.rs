@@ -201,6 +201,8 @@ pub struct Workspace {
     path: PathBuf,
     /// Stored contents are sealed under it (see `sealed`).
     key: Option<crate::seal::DataKey>,
+    /// The root, whose record of the key is checked before anything is stored.
+    root: Arc<crate::dirs::OwnedDir>,
 }
 
 /// One line of `workspace list`.
@@ -308,7 +310,13 @@ impl Workspaces {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(WorkspaceError::NotFound(name.into())),
             Err(e) => return Err(WorkspaceError::Host { workspace: name.into(), message: e.to_string() }),
         };
-        Ok(Workspace { name: name.to_string(), dir, path: self.root.path().join(name), key: self.key.clone() })
+        Ok(Workspace {
+            name: name.to_string(),
+            dir,
+            path: self.root.path().join(name),
+            key: self.key.clone(),
+            root: self.root.clone(),
+        })
     }
 
     /// Opens workspace `name`, creating it when it does not exist; `true` when

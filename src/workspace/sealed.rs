@@ -34,7 +34,11 @@ fn context(sha: &str) -> String {
 /// another one given; the marker cannot be read or written.
 pub(super) fn root_key(root: &crate::dirs::OwnedDir) -> Result<Option<DataKey>, String> {
     let key = DataKey::from_env().map_err(|e| e.to_string())?;
-    let under = read_marker(root)?;
+    // A root whose record was deleted is still sealed: its sealed contents say so.
+    let under = match read_marker(root)? {
+        Some(id) => Some(id),
+        None => any_sealed(root)?,
+    };
     match (under, key) {
         (None, None) => Ok(None),
         (None, Some(k)) => {
@@ -50,6 +54,36 @@ pub(super) fn root_key(root: &crate::dirs::OwnedDir) -> Result<Option<DataKey>, 
             SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }
         )),
     }
+}
+
+/// The key id of a sealed content under `root`, if there is one.
+fn any_sealed(root: &crate::dirs::OwnedDir) -> Result<Option<String>, String> {
+    for ws in root.names().map_err(|e| e.to_string())?.into_iter().filter(|n| super::valid_name(n)) {
+        let Ok(objects) = root.handle().open_dir_nofollow(&ws).and_then(|d| d.open_dir_nofollow("objects")) else {
+            continue;
+        };
+        for e in objects.entries().map_err(|e| format!("workspace {ws}: {e}"))? {
+            let name = e.map_err(|e| format!("workspace {ws}: {e}"))?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(SEALED) {
+                let f = super::private_file(&objects, &name, false).map_err(|e| format!("workspace {ws}: {e}"))?;
+                return crate::seal::stream_key_id(&f).map(Some).map_err(|e| format!("workspace {ws}: {e}"));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the root is still sealed as `key` says (nothing is stored under
+/// another key, or in the clear, when another process sealed it since).
+pub(super) fn still_sealed_as(root: &crate::dirs::OwnedDir, key: Option<&DataKey>) -> io::Result<()> {
+    let under = read_marker(root).map_err(io::Error::other)?;
+    if under.as_deref() == key.map(DataKey::id).as_deref() {
+        return Ok(());
+    }
+    Err(io::Error::other(match under {
+        Some(id) => SealError::WrongKey { sealed: id, have: key.map(DataKey::id) }.to_string(),
+        None => "the workspaces' stores are no longer marked as sealed; nothing is stored".into(),
+    }))
 }
 
 fn read_marker(root: &crate::dirs::OwnedDir) -> Result<Option<String>, String> {
@@ -101,8 +135,45 @@ pub(super) fn open(objects: &Dir, sha: &str, key: Option<&DataKey>) -> io::Resul
             };
             Ok(Box::new(key.open_reader(&context(sha), io::BufReader::new(f))?))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Box::new(super::private_file(objects, sha, false)?)),
+        // In the clear (stored before a key was used): checked against its hash
+        // as it is read, so a content put there by hand is refused, not shown.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Box::new(Hashed::new(super::private_file(objects, sha, false)?, sha)))
+        }
         Err(e) => Err(e),
+    }
+}
+
+/// A reader that fails at the end when what it read does not hash to `sha`.
+struct Hashed<R> {
+    inner: R,
+    hash: sha2::Sha256,
+    sha: String,
+    checked: bool,
+}
+
+impl<R: Read> Hashed<R> {
+    fn new(inner: R, sha: &str) -> Hashed<R> {
+        Hashed { inner, hash: <sha2::Sha256 as sha2::Digest>::new(), sha: sha.to_string(), checked: false }
+    }
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if n > 0 {
+            sha2::Digest::update(&mut self.hash, &out[..n]);
+        } else if !self.checked && !out.is_empty() {
+            self.checked = true;
+            let got = crate::hex::encode(&sha2::Digest::finalize_reset(&mut self.hash));
+            if got != self.sha {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("stored content {} does not match its hash (changed)", self.sha),
+                ));
+            }
+        }
+        Ok(n)
     }
 }
 

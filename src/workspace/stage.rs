@@ -383,6 +383,9 @@ impl Workspace {
         if super::sealed::stored(&objects, sha) {
             return Ok(());
         }
+        // Another process may have sealed the root since this one opened it:
+        // then nothing is stored in the clear (or under another key).
+        super::sealed::still_sealed_as(&self.root, self.key.as_ref())?;
         let tmp = format!(".tmp-{}", super::nonce());
         let out = super::private_file_new(&objects, &tmp)?;
         let copied = super::sealed::copy_in(open()?, &out, sha, self.key.as_ref()).and_then(|(got, _)| {
