@@ -131,11 +131,18 @@ impl DataKey {
     /// something else.
     pub fn from_file(path: &Path) -> Result<DataKey, SealError> {
         use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-        // A key given where its file's path belongs is not repeated in the error.
-        if DataKey::from_hex(&path.to_string_lossy()).is_ok() {
+        // A key given where its file's path belongs (whole, quoted, cut, with a
+        // prefix) is not repeated in an error: a path with a long run of hex
+        // digits is never echoed.
+        let longest_hex =
+            path.to_string_lossy().split(|c: char| !c.is_ascii_hexdigit()).map(str::len).max().unwrap_or(0);
+        if longest_hex >= 32 {
             return Err(SealError::Key {
                 source_name: "the key file's path".into(),
-                message: format!("it is a key, not a path (a key itself goes in {KEY_ENV})"),
+                message: format!(
+                    "it looks like a key, not a path, and is not repeated (a key itself goes in {KEY_ENV}; a file's \
+                     name must not hold 32 hex digits in a row)"
+                ),
             });
         }
         let err = |message: String| SealError::Key { source_name: path.display().to_string(), message };

@@ -238,7 +238,7 @@ fn a_bad_data_key_is_a_clear_error() {
     let hex = "cd".repeat(32);
     let cases: [(&[(&str, &str)], &str); 6] = [
         (&[("TERRARIUM_DATA_KEY_FILE", fifo.to_str().expect("utf-8"))], "not a regular file"),
-        (&[("TERRARIUM_DATA_KEY_FILE", &hex)], "it is a key, not a path"),
+        (&[("TERRARIUM_DATA_KEY_FILE", &format!("\"0x{hex}\".key"))], "looks like a key, not a path"),
         (&[("TERRARIUM_DATA_KEY", "not-a-key-at-all")], "64 hex digits"),
         (&[("TERRARIUM_DATA_KEY_FILE", open_key.to_str().expect("utf-8"))], "readable by others"),
         (&[("TERRARIUM_DATA_KEY_FILE", "/nonexistent/key")], "cannot open it"),

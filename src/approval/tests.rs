@@ -81,6 +81,14 @@ fn sealed_values_are_stored_sealed_and_bound_to_their_item() {
     c.execute("UPDATE approvals SET subject = '[\"ls\"]' WHERE id = ?1", [b.id]).expect("forge");
     let e = q.get(b.id).expect_err("forged");
     assert!(e.to_string().contains("written by hand"), "{e}");
+    // So is a decider's note rewritten in the clear; Terrarium's own notes on
+    // expired items are in the clear.
+    c.execute("UPDATE approvals SET note = 'LGTM' WHERE id = ?1", [a.id]).expect("forge a note");
+    assert!(q.get(a.id).expect_err("forged note").to_string().contains("its note is in the clear"));
+    let d = q.submit("command", &serde_json::json!(["ls"]), "r", Duration::from_secs(60)).expect("submit");
+    c.execute("UPDATE approvals SET waiter = '999999999:1' WHERE id = ?1", [d.id]).expect("orphan it");
+    q.expire_overdue().expect("expire");
+    assert_eq!(q.get(d.id).expect("own note").expect("item").note.as_deref(), Some(ORPHANED));
     // Without the key, a sealed item is an error, never shown sealed as text.
     q.key = None;
     let e = q.get(a.id).expect_err("no key");

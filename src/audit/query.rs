@@ -56,7 +56,8 @@ pub fn prune_days(log: &AuditLog, days: u32) -> Result<usize, AuditError> {
 pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
     let c = read_only(path)?;
     let key = sealing::reading_key(&c, path)?;
-    c.query_row(&format!("SELECT {ROW} FROM events WHERE seq = ?1"), [seq], |r| to_row(r, key.as_ref()))
+    let since = sealing::sealed_since(&c);
+    c.query_row(&format!("SELECT {ROW} FROM events WHERE seq = ?1"), [seq], |r| to_row(r, key.as_ref(), since))
         .optional()
         .map_err(|e| db_err(path, e))
 }
@@ -68,11 +69,12 @@ pub fn row(path: &Path, seq: i64) -> Result<Option<Row>, AuditError> {
 pub fn tail(path: &Path, n: usize) -> Result<Vec<Row>, AuditError> {
     let c = read_only(path)?;
     let key = sealing::reading_key(&c, path)?;
+    let since = sealing::sealed_since(&c);
     let mut stmt = c
         .prepare(&format!("SELECT {ROW} FROM (SELECT * FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq"))
         .map_err(|e| db_err(path, e))?;
     let rows = stmt
-        .query_map([i64::try_from(n).unwrap_or(i64::MAX)], |r| to_row(r, key.as_ref()))
+        .query_map([i64::try_from(n).unwrap_or(i64::MAX)], |r| to_row(r, key.as_ref(), since))
         .map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
 }
@@ -91,7 +93,7 @@ pub fn breaker_transitions(path: &Path) -> Result<Vec<Row>, AuditError> {
              ORDER BY json_extract(data, '$.breaker')"
         ))
         .map_err(|e| db_err(path, e))?;
-    let rows = stmt.query_map([], |r| to_row(r, None)).map_err(|e| db_err(path, e))?;
+    let rows = stmt.query_map([], |r| to_row(r, None, None)).map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
 }
 

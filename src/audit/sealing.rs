@@ -129,10 +129,17 @@ fn marker(c: &Connection, path: &Path) -> Result<Option<String>, AuditError> {
         .optional()
         .or_else(|e| missing(e, path))?;
     Ok(match newest {
-        Some(Value::Blob(b)) => crate::seal::key_id_of(&b),
-        _ => None,
+        None => None,
+        // Damaged: still sealed, under a key it no longer names.
+        Some(Value::Blob(b)) => Some(crate::seal::key_id_of(&b).unwrap_or_else(|| UNKNOWN.into())),
+        Some(_) => Some(UNKNOWN.into()),
     })
 }
+
+/// What a sealed log whose record is gone and whose newest sealed row is damaged
+/// is sealed under: any key may reopen it (verify with the key names the row),
+/// none may write it in the clear.
+const UNKNOWN: &str = "unknown (a sealed row is damaged)";
 
 /// The key the database behind `conn` is sealed under, if any.
 fn sealed_under(conn: &Connection) -> rusqlite::Result<Option<String>> {
@@ -140,7 +147,7 @@ fn sealed_under(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // the clear; newer ones in the clear were written by hand).
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS sealing (id INTEGER PRIMARY KEY CHECK (id = 1), key_id TEXT NOT NULL,
-             approvals_from INTEGER NOT NULL DEFAULT 1)",
+             approvals_from INTEGER NOT NULL DEFAULT 1, proof BLOB)",
     )?;
     conn.query_row("SELECT key_id FROM sealing WHERE id = 1", [], |r| r.get(0)).optional()
 }
@@ -157,10 +164,28 @@ fn rotating(new: &DataKey) -> String {
 ///
 /// # Errors
 /// The database failed.
-pub fn approvals_sealed_from(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT approvals_from FROM sealing WHERE id = 1", [], |r| r.get(0))
-        .optional()
-        .map(|v| v.unwrap_or(1))
+pub fn approvals_sealed_from(conn: &Connection, key: &DataKey) -> rusqlite::Result<i64> {
+    let row: Option<(i64, Option<Vec<u8>>)> = conn
+        .query_row("SELECT approvals_from, proof FROM sealing WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    // The number is taken only as the key vouches for it: raised by hand, it
+    // would let values written in the clear pass for genuine.
+    Ok(match row {
+        Some((from, Some(proof))) if key.open(PROOF, &proof).ok() == Some(record(key, from).into_bytes()) => from,
+        _ => 1,
+    })
+}
+
+/// What the record of the key's first use is bound to.
+const PROOF: &str = "sealing record";
+
+fn record(key: &DataKey, approvals_from: i64) -> String {
+    format!("{}:{approvals_from}", key.id())
+}
+
+/// The record's proof: `approvals_from`, sealed under `key`.
+fn proof(key: &DataKey, approvals_from: i64) -> Vec<u8> {
+    key.seal(PROOF, record(key, approvals_from).as_bytes())
 }
 
 /// Journals of processes other than this one that are running: writers of the log.
@@ -188,7 +213,7 @@ pub fn sealing_on(conn: &Connection, path: &Path) -> Result<Option<DataKey>, Aud
                 "the data key is being rotated ({id}): start once `terrarium data-key rotate` is done"
             )));
         }
-        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id) => {
+        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id && id != UNKNOWN) => {
             return Err(AuditError::Sealed(format!(
                 "{} (a rotation is `terrarium data-key rotate --old FILE`)",
                 SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }
@@ -207,8 +232,8 @@ pub fn sealing_on(conn: &Connection, path: &Path) -> Result<Option<DataKey>, Aud
     let first = if marker(conn, path)?.is_some() { 1 } else { next_approval(conn).map_err(|e| db_err(path, e))? };
     let inserted = retry_busy(|| {
         conn.execute(
-            "INSERT OR IGNORE INTO sealing (id, key_id, approvals_from) VALUES (1, ?1, ?2)",
-            params![k.id(), first],
+            "INSERT OR IGNORE INTO sealing (id, key_id, approvals_from, proof) VALUES (1, ?1, ?2, ?3)",
+            params![k.id(), first, proof(&k, first)],
         )
     })
     .map_err(|e| db_err(path, e))?;
@@ -254,7 +279,9 @@ pub(super) fn reading_key(c: &Connection, path: &Path) -> Result<Option<DataKey>
     let key = DataKey::from_env()?;
     let under = marker(c, path)?;
     match (under, key) {
-        (Some(id), Some(k)) if id != k.id() => Err(SealError::WrongKey { sealed: id, have: Some(k.id()) }.into()),
+        (Some(id), Some(k)) if id != k.id() && id != UNKNOWN => {
+            Err(SealError::WrongKey { sealed: id, have: Some(k.id()) }.into())
+        }
         (_, k) => Ok(k),
     }
 }
@@ -270,17 +297,41 @@ pub fn check_key(path: &Path) -> Result<(), AuditError> {
     let under = marker(&read_only(path)?, path)?;
     let key = DataKey::from_env()?;
     match (under, key) {
-        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id) => {
+        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id && id != UNKNOWN) => {
             Err(SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }.into())
         }
         _ => Ok(()),
     }
 }
 
+/// The first sealed row of the log behind `c`, if any.
+pub(super) fn sealed_since(c: &Connection) -> Option<i64> {
+    c.query_row("SELECT MIN(seq) FROM events WHERE digest IS NOT NULL", [], |r| r.get(0)).unwrap_or(None)
+}
+
+/// Whether a row of `kind` at `seq` in the clear is where Terrarium would have
+/// sealed it.
+pub(super) fn should_be_sealed(kind: &str, seq: i64, since: Option<i64>) -> bool {
+    since.is_some_and(|s| seq > s) && !kind.parse::<EventKind>().is_ok_and(|k| PUBLIC.contains(&k))
+}
+
 /// An event's data for display: opened, or, when it cannot be, what is wrong.
 /// A sealed value that opens must also match the digest the chain covers.
-pub(super) fn shown_data(value: Value, key: Option<&DataKey>, uid: &str, digest: Option<&str>) -> serde_json::Value {
+/// `unsealed`: the row is in the clear where Terrarium would have sealed it (a
+/// kind not public, after the first sealed row): not shown as genuine.
+pub(super) fn shown_data(
+    value: Value,
+    key: Option<&DataKey>,
+    uid: &str,
+    digest: Option<&str>,
+    unsealed: bool,
+) -> serde_json::Value {
     let sealed = matches!(value, Value::Blob(_));
+    if !sealed && (digest.is_some() || unsealed) {
+        return serde_json::json!({
+            "sealed": "in the clear where it would be sealed (written by hand; `audit verify` names the row)"
+        });
+    }
     match open_value(value, key, &event_context(uid)) {
         Ok(text) if sealed && digest != Some(data_digest(uid, &text).as_str()) => {
             serde_json::json!({ "sealed": "its data does not match the digest the chain covers (replaced)" })
@@ -330,15 +381,22 @@ pub fn reseal(path: &Path, old: Option<&DataKey>, new: &DataKey) -> Result<Resea
     // From here every process that starts is refused until the rotation is done;
     // one already running has a live journal, seen below.
     let first = match &recorded {
-        Some(_) => approvals_sealed_from(&c).map_err(|e| db_err(path, e))?,
+        Some(id) => match [old, Some(new)].into_iter().flatten().find(|k| k.id() == *id) {
+            Some(k) => approvals_sealed_from(&c, k).map_err(|e| db_err(path, e))?,
+            None => 1,
+        },
         None if under.is_some() => 1,
         None => next_approval(&c).map_err(|e| db_err(path, e))?,
     };
-    c.execute(
-        "INSERT OR REPLACE INTO sealing (id, key_id, approvals_from) VALUES (1, ?1, ?2)",
-        params![rotating(new), first],
-    )
-    .map_err(|e| db_err(path, e))?;
+    let marked = if recorded.is_some() {
+        c.execute("UPDATE sealing SET key_id = ?1 WHERE id = 1", [rotating(new)])
+    } else {
+        c.execute(
+            "INSERT OR REPLACE INTO sealing (id, key_id, approvals_from) VALUES (1, ?1, ?2)",
+            params![rotating(new), first],
+        )
+    };
+    marked.map_err(|e| db_err(path, e))?;
     let restore = |c: &Connection| match &recorded {
         Some(id) => {
             let _ = c.execute("UPDATE sealing SET key_id = ?1 WHERE id = 1", [id]);
@@ -450,7 +508,11 @@ fn reseal_all(
             }
         }
     }
-    tx.execute("UPDATE sealing SET key_id = ?1 WHERE id = 1", [new.id()]).map_err(|e| db_err(path, e))?;
+    tx.execute(
+        "UPDATE sealing SET key_id = ?1, approvals_from = ?2, proof = ?3 WHERE id = 1",
+        params![new.id(), first, proof(new, first)],
+    )
+    .map_err(|e| db_err(path, e))?;
     tx.commit().map_err(|e| db_err(path, e))?;
     Ok(done)
 }
@@ -464,4 +526,32 @@ fn collect<T>(
     let mut stmt = c.prepare(sql).map_err(|e| db_err(path, e))?;
     let rows = stmt.query_map([], f).map_err(|e| db_err(path, e))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(|e| db_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first item made sealed is taken only as the key vouches for it.
+    #[test]
+    fn the_record_of_the_first_sealed_approval_is_vouched_for_by_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Connection::open(dir.path().join("audit.db")).expect("open");
+        sealed_under(&c).expect("table");
+        let (k, other) =
+            (DataKey::from_hex(&"11".repeat(32)).expect("key"), DataKey::from_hex(&"22".repeat(32)).expect("key"));
+        c.execute(
+            "INSERT INTO sealing (id, key_id, approvals_from, proof) VALUES (1, ?1, 5, ?2)",
+            params![k.id(), proof(&k, 5)],
+        )
+        .expect("record");
+        assert_eq!(approvals_sealed_from(&c, &k).expect("read"), 5);
+        assert_eq!(approvals_sealed_from(&c, &other).expect("read"), 1, "another key vouches for nothing");
+        c.execute("UPDATE sealing SET approvals_from = 1000000", []).expect("raise it");
+        assert_eq!(approvals_sealed_from(&c, &k).expect("read"), 1, "raised by hand: every item must be sealed");
+        c.execute("UPDATE sealing SET approvals_from = 5, proof = NULL", []).expect("drop the proof");
+        assert_eq!(approvals_sealed_from(&c, &k).expect("read"), 1);
+        c.execute("DELETE FROM sealing", []).expect("delete");
+        assert_eq!(approvals_sealed_from(&c, &k).expect("read"), 1);
+    }
 }

@@ -158,14 +158,19 @@ pub(super) const ROW: &str = "seq, ts_us, kind, request_id, data, hash, uid, dig
 
 /// A [`Row`] from `SELECT` [`ROW`], its data opened under `key` when sealed (when
 /// it cannot be, the data says why).
-pub(super) fn to_row(r: &rusqlite::Row<'_>, key: Option<&crate::seal::DataKey>) -> rusqlite::Result<Row> {
-    let uid: String = r.get(6)?;
+pub(super) fn to_row(
+    r: &rusqlite::Row<'_>,
+    key: Option<&crate::seal::DataKey>,
+    sealed_since: Option<i64>,
+) -> rusqlite::Result<Row> {
+    let (uid, seq, kind): (String, i64, String) = (r.get(6)?, r.get(0)?, r.get(2)?);
+    let unsealed = sealing::should_be_sealed(&kind, seq, sealed_since);
     Ok(Row {
-        seq: r.get(0)?,
+        seq,
         ts_us: r.get(1)?,
-        kind: r.get(2)?,
+        data: sealing::shown_data(r.get(4)?, key, &uid, r.get::<_, Option<String>>(7)?.as_deref(), unsealed),
+        kind,
         request_id: r.get(3)?,
-        data: sealing::shown_data(r.get(4)?, key, &uid, r.get::<_, Option<String>>(7)?.as_deref()),
         hash: r.get(5)?,
     })
 }

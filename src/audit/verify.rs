@@ -157,11 +157,10 @@ pub fn verify_report(path: &Path) -> Result<Report, AuditError> {
         };
         if digest.is_some() {
             sealing_since.get_or_insert(seq);
-        } else if let Some(since) = sealing_since
-            && !kind.parse::<EventKind>().is_ok_and(|k| sealing::PUBLIC.contains(&k))
-        {
+        } else if sealing::should_be_sealed(&kind, seq, sealing_since) {
             problems.push(format!(
-                "row {seq}: in the clear in a log sealed since row {since} (written by a process without the data key)"
+                "row {seq}: in the clear in a log sealed since row {} (written by a process without the data key)",
+                sealing_since.unwrap_or_default()
             ));
         }
         let data_text = data.clone().unwrap_or(sealed_bytes);

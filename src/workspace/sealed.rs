@@ -135,8 +135,17 @@ pub(super) fn open(objects: &Dir, sha: &str, key: Option<&DataKey>) -> io::Resul
             };
             Ok(Box::new(key.open_reader(&context(sha), io::BufReader::new(f))?))
         }
-        // In the clear (stored before a key was used): checked against its hash
-        // as it is read, so a content put there by hand is refused, not shown.
+        // In the clear in a sealed store: from before the key (rotation seals
+        // it), or put there by hand with a manifest naming it; refused either way.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && key.is_some() && stored(objects, sha) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "stored content {sha} is in the clear in a sealed store (from before the data key: `terrarium \
+                     data-key rotate` seals it)"
+            ),
+        )),
+        // In the clear, without a key: checked against its hash as it is read,
+        // so a content put there by hand is refused, not shown.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Ok(Box::new(Hashed::new(super::private_file(objects, sha, false)?, sha)))
         }
@@ -174,6 +183,15 @@ impl<R: Read> Read for Hashed<R> {
             }
         }
         Ok(n)
+    }
+}
+
+/// Whether content `sha` is stored in `objects` as a process with `key` stores it
+/// (sealed with a key: a copy in the clear from before does not count).
+pub(super) fn stored_as(objects: &Dir, sha: &str, key: Option<&DataKey>) -> bool {
+    match key {
+        Some(_) => objects.symlink_metadata(format!("{sha}{SEALED}")).is_ok(),
+        None => stored(objects, sha),
     }
 }
 

@@ -380,7 +380,7 @@ impl Workspace {
     /// Stores the content `open` yields as object `sha`, unless it is stored.
     fn store(&self, sha: &str, open: impl FnOnce() -> io::Result<std::fs::File>) -> io::Result<()> {
         let objects = self.dir.open_dir_nofollow("objects")?;
-        if super::sealed::stored(&objects, sha) {
+        if super::sealed::stored_as(&objects, sha, self.key.as_ref()) {
             return Ok(());
         }
         // Another process may have sealed the root since this one opened it:
