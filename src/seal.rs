@@ -132,10 +132,11 @@ impl DataKey {
     pub fn from_file(path: &Path) -> Result<DataKey, SealError> {
         use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         // A key given where its file's path belongs (whole, quoted, cut, with a
-        // prefix) is not repeated in an error: a path with a long run of hex
-        // digits is never echoed.
-        let longest_hex =
-            path.to_string_lossy().split(|c: char| !c.is_ascii_hexdigit()).map(str::len).max().unwrap_or(0);
+        // prefix, in groups) is not repeated in an error: a path with a long run
+        // of hex digits, separators aside, is never echoed.
+        let joined: String =
+            path.to_string_lossy().chars().filter(|c| !matches!(c, ':' | '-' | '_' | ' ' | '.' | ',')).collect();
+        let longest_hex = joined.split(|c: char| !c.is_ascii_hexdigit()).map(str::len).max().unwrap_or(0);
         if longest_hex >= 32 {
             return Err(SealError::Key {
                 source_name: "the key file's path".into(),

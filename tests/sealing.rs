@@ -236,7 +236,10 @@ fn a_bad_data_key_is_a_clear_error() {
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let hex = "cd".repeat(32);
-    let cases: [(&[(&str, &str)], &str); 6] = [
+    let grouped: String =
+        hex.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(":");
+    let cases: [(&[(&str, &str)], &str); 7] = [
+        (&[("TERRARIUM_DATA_KEY_FILE", &grouped)], "looks like a key, not a path"),
         (&[("TERRARIUM_DATA_KEY_FILE", fifo.to_str().expect("utf-8"))], "not a regular file"),
         (&[("TERRARIUM_DATA_KEY_FILE", &format!("\"0x{hex}\".key"))], "looks like a key, not a path"),
         (&[("TERRARIUM_DATA_KEY", "not-a-key-at-all")], "64 hex digits"),
@@ -250,7 +253,9 @@ fn a_bad_data_key_is_a_clear_error() {
         let out = terrarium_env(&["run", "-c", "print(1)"], b"", &env);
         assert_ne!(out.code, 0, "{env:?}");
         assert!(out.stderr.contains(want), "{env:?}: {}", out.stderr);
-        for secret in ["ab".repeat(32), hex.clone(), "not-a-key-at-all".into()] {
+        for secret in
+            ["ab".repeat(32), hex.clone(), grouped.clone(), "cdcdcdcdcdcdcdcd".into(), "not-a-key-at-all".into()]
+        {
             assert!(!out.stderr.contains(&secret), "{}", out.stderr);
         }
     }

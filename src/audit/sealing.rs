@@ -107,8 +107,9 @@ pub fn open_value(value: Value, key: Option<&DataKey>, context: &str) -> Result<
 }
 
 /// The key a database read (perhaps read-only, perhaps without the tables yet)
-/// is sealed under: as its `sealing` table says, else as its newest sealed row
-/// says (a database whose record was deleted is still sealed).
+/// is sealed under: as its `sealing` table says, else as its newest row holding
+/// sealed bytes says, whatever its digest: a database whose record was deleted is
+/// still sealed.
 fn marker(c: &Connection, path: &Path) -> Result<Option<String>, AuditError> {
     fn missing<T>(e: rusqlite::Error, path: &Path) -> Result<Option<T>, AuditError> {
         if e.to_string().contains("no such table") || e.to_string().contains("no such column") {
@@ -125,7 +126,7 @@ fn marker(c: &Connection, path: &Path) -> Result<Option<String>, AuditError> {
         return Ok(recorded);
     }
     let newest: Option<Value> = c
-        .query_row("SELECT data FROM events WHERE digest IS NOT NULL ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT data FROM events WHERE typeof(data) = 'blob' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
         .optional()
         .or_else(|e| missing(e, path))?;
     Ok(match newest {
@@ -306,7 +307,7 @@ pub fn check_key(path: &Path) -> Result<(), AuditError> {
 
 /// The first sealed row of the log behind `c`, if any.
 pub(super) fn sealed_since(c: &Connection) -> Option<i64> {
-    c.query_row("SELECT MIN(seq) FROM events WHERE digest IS NOT NULL", [], |r| r.get(0)).unwrap_or(None)
+    c.query_row("SELECT MIN(seq) FROM events WHERE typeof(data) = 'blob'", [], |r| r.get(0)).unwrap_or(None)
 }
 
 /// Whether a row of `kind` at `seq` in the clear is where Terrarium would have

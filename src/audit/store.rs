@@ -95,8 +95,10 @@ pub(super) fn open(store: &Store) -> Result<Connection, AuditError> {
     add_column(&c, "anchor", "mac").map_err(|e| db_err(path, e))?;
     add_column(&c, "events", "digest").map_err(|e| db_err(path, e))?;
     // The newest sealed row, found at once (see sealing::sealed_id).
-    retry_busy(|| c.execute_batch("CREATE INDEX IF NOT EXISTS events_sealed ON events (seq) WHERE digest IS NOT NULL"))
-        .map_err(|e| db_err(path, e))?;
+    retry_busy(|| {
+        c.execute_batch("CREATE INDEX IF NOT EXISTS events_sealed_bytes ON events (seq) WHERE typeof(data) = 'blob'")
+    })
+    .map_err(|e| db_err(path, e))?;
     Ok(c)
 }
 

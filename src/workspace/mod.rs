@@ -433,7 +433,7 @@ impl Workspace {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(io::Error::other("not a content hash"));
         }
-        sealed::open(&self.dir.open_dir_nofollow("objects")?, sha, self.key.as_ref())
+        sealed::open(&self.dir.open_dir_nofollow("objects")?, &self.name, sha, self.key.as_ref())
     }
 
     /// The content of `path` in version `n`.

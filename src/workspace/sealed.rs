@@ -22,8 +22,10 @@ const MARKER: &str = ".sealing";
 /// The suffix of a sealed object's name.
 const SEALED: &str = ".sealed";
 
-fn context(sha: &str) -> String {
-    format!("workspace object:{sha}")
+/// A content is bound to its hash and its workspace: copied into another
+/// workspace's store, it does not open there.
+fn context(workspace: &str, sha: &str) -> String {
+    format!("workspace object:{workspace}:{sha}")
 }
 
 /// The data key for the stores under `root`: the configured one, which must be
@@ -42,7 +44,7 @@ pub(super) fn root_key(root: &crate::dirs::OwnedDir) -> Result<Option<DataKey>, 
     match (under, key) {
         (None, None) => Ok(None),
         (None, Some(k)) => {
-            write_marker(root, &k.id())?;
+            put_marker(root, &k.id(), false)?;
             match read_marker(root)? {
                 Some(id) if id != k.id() => Err(SealError::WrongKey { sealed: id, have: Some(k.id()) }.to_string()),
                 _ => Ok(Some(k)),
@@ -98,14 +100,19 @@ fn read_marker(root: &crate::dirs::OwnedDir) -> Result<Option<String>, String> {
     Ok(Some(id.to_string()))
 }
 
-/// Writes the marker whole under a private name and links it into place: of
-/// processes racing, the first wins (and the others read it back).
-fn write_marker(root: &crate::dirs::OwnedDir, id: &str) -> Result<(), String> {
+/// Writes the marker `id` whole under a private name, then puts it in place:
+/// linked when `replace` is false (of processes racing, the first wins and the
+/// others read it back), renamed over the one there when true (a rotation, once
+/// every store is sealed under it).
+fn put_marker(root: &crate::dirs::OwnedDir, id: &str, replace: bool) -> Result<(), String> {
     let err = |e: io::Error| format!("{}/{MARKER}: {e}", root.path().display());
     let tmp = format!("{MARKER}.{}.tmp", std::process::id());
     let _ = root.remove(&tmp);
     let mut f = root.create_new(&tmp).map_err(err)?;
     f.write_all(format!("{id}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
+    if replace {
+        return root.handle().rename(&tmp, root.handle(), MARKER).map_err(err);
+    }
     let linked = root.link(&tmp, MARKER);
     let _ = root.remove(&tmp);
     match linked {
@@ -114,26 +121,16 @@ fn write_marker(root: &crate::dirs::OwnedDir, id: &str) -> Result<(), String> {
     }
 }
 
-/// Replaces the marker with `id` (a rotation, once every store is sealed under it).
-fn replace_marker(root: &crate::dirs::OwnedDir, id: &str) -> Result<(), String> {
-    let err = |e: io::Error| format!("{}/{MARKER}: {e}", root.path().display());
-    let tmp = format!("{MARKER}.{}.tmp", std::process::id());
-    let _ = root.remove(&tmp);
-    let mut f = root.create_new(&tmp).map_err(err)?;
-    f.write_all(format!("{id}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
-    root.handle().rename(&tmp, root.handle(), MARKER).map_err(err)
-}
-
 /// Opens stored content `sha` in `objects`: sealed when stored sealed (then
 /// `key` must open it), as it is when stored in the clear (before a key was used).
-pub(super) fn open(objects: &Dir, sha: &str, key: Option<&DataKey>) -> io::Result<Box<dyn Read>> {
+pub(super) fn open(objects: &Dir, workspace: &str, sha: &str, key: Option<&DataKey>) -> io::Result<Box<dyn Read>> {
     match super::private_file(objects, &format!("{sha}{SEALED}"), false) {
         Ok(f) => {
             let Some(key) = key else {
                 let sealed = crate::seal::stream_key_id(&f)?;
                 return Err(SealError::WrongKey { sealed, have: None }.into());
             };
-            Ok(Box::new(key.open_reader(&context(sha), io::BufReader::new(f))?))
+            Ok(Box::new(key.open_reader(&context(workspace, sha), io::BufReader::new(f))?))
         }
         // In the clear in a sealed store: from before the key (rotation seals
         // it), or put there by hand with a manifest naming it; refused either way.
@@ -210,13 +207,14 @@ pub(super) fn name(sha: &str, key: Option<&DataKey>) -> String {
 pub(super) fn copy_in(
     input: impl Read,
     out: &std::fs::File,
+    workspace: &str,
     sha: &str,
     key: Option<&DataKey>,
 ) -> io::Result<(String, u64)> {
     match key {
         None => super::tree::copy_hashed(input, io::BufWriter::new(out)),
         Some(k) => {
-            let mut w = k.seal_writer(&context(sha), io::BufWriter::new(out))?;
+            let mut w = k.seal_writer(&context(workspace, sha), io::BufWriter::new(out))?;
             let got = super::tree::copy_hashed(input, &mut w)?;
             w.finish()?;
             Ok(got)
@@ -276,13 +274,13 @@ pub(super) fn reseal(root: &crate::dirs::OwnedDir, old: Option<&DataKey>, new: &
                     format!("workspace {ws}: {}", SealError::WrongKey { sealed: id, have: old.map(DataKey::id) })
                 })?;
                 let f = super::private_file(&objects, &entry, false).map_err(err)?;
-                Box::new(key.open_reader(&context(&sha), io::BufReader::new(f)).map_err(err)?)
+                Box::new(key.open_reader(&context(&ws, &sha), io::BufReader::new(f)).map_err(err)?)
             } else {
                 Box::new(super::private_file(&objects, &entry, false).map_err(err)?)
             };
             let tmp = format!(".tmp-{}", super::nonce());
             let out = super::private_file_new(&objects, &tmp).map_err(err)?;
-            let copied = copy_in(input, &out, &sha, Some(new)).and_then(|(got, _)| {
+            let copied = copy_in(input, &out, &ws, &sha, Some(new)).and_then(|(got, _)| {
                 if got != sha {
                     return Err(io::Error::other(format!("stored content {sha} does not match its hash")));
                 }
@@ -299,6 +297,6 @@ pub(super) fn reseal(root: &crate::dirs::OwnedDir, old: Option<&DataKey>, new: &
             done.objects += 1;
         }
     }
-    replace_marker(root, &new.id())?;
+    put_marker(root, &new.id(), true)?;
     Ok(done)
 }

@@ -388,7 +388,7 @@ impl Workspace {
         super::sealed::still_sealed_as(&self.root, self.key.as_ref())?;
         let tmp = format!(".tmp-{}", super::nonce());
         let out = super::private_file_new(&objects, &tmp)?;
-        let copied = super::sealed::copy_in(open()?, &out, sha, self.key.as_ref()).and_then(|(got, _)| {
+        let copied = super::sealed::copy_in(open()?, &out, &self.name, sha, self.key.as_ref()).and_then(|(got, _)| {
             if got != sha {
                 return Err(io::Error::other("it changed after it was read"));
             }
