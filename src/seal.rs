@@ -174,14 +174,9 @@ impl DataKey {
     /// # Errors
     /// Anything else, said without repeating the text.
     pub fn from_hex(text: &str) -> Result<DataKey, String> {
-        let text = text.trim();
-        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("not a data key (64 hex digits expected)".into());
-        }
-        let mut key = [0u8; 32];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| "not 64 hex digits".to_string())?;
-        }
+        let key: [u8; 32] = crate::hex::decode(text.trim())
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| "not a data key (64 hex digits expected)".to_string())?;
         Ok(DataKey::from_bytes(&key))
     }
 

@@ -100,14 +100,9 @@ impl Key {
             }
             None => return Err(err("the audit key is missing (keyed rows cannot be checked without it)".into())),
         };
-        let text = text.trim();
-        let mut key = [0u8; 32];
-        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("not an audit key (64 hex digits expected)".into()));
-        }
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| err(e.to_string()))?;
-        }
+        let key: [u8; 32] = crate::hex::decode(text.trim())
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| err("not an audit key (64 hex digits expected)".into()))?;
         Ok(Key(key))
     }
 

@@ -142,6 +142,11 @@ fn marker(c: &Connection, path: &Path) -> Result<Option<String>, AuditError> {
 /// none may write it in the clear.
 const UNKNOWN: &str = "unknown (a sealed row is damaged)";
 
+/// Whether `key` may use a database sealed under key id `id`.
+fn opens_with(id: &str, key: &DataKey) -> bool {
+    id == key.id() || id == UNKNOWN
+}
+
 /// The key the database behind `conn` is sealed under, if any.
 fn sealed_under(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // `approvals_from`: the first approval item made sealed (older ones may be in
@@ -205,16 +210,17 @@ fn other_writers(path: &Path) -> Result<Vec<String>, AuditError> {
 /// another one given; the database failed.
 pub fn sealing_on(conn: &Connection, path: &Path) -> Result<Option<DataKey>, AuditError> {
     let key = DataKey::from_env()?;
-    retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))?;
     let recorded = retry_busy(|| sealed_under(conn)).map_err(|e| db_err(path, e))?;
     let under = marker(conn, path)?;
+    // Sealed, though no longer recorded: then every approval item must be sealed.
+    let unrecorded = recorded.is_none() && under.is_some();
     let key = match (under, key) {
         (Some(id), _) if id.starts_with("rotating") => {
             return Err(AuditError::Sealed(format!(
                 "the data key is being rotated ({id}): start once `terrarium data-key rotate` is done"
             )));
         }
-        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id && id != UNKNOWN) => {
+        (Some(id), k) if !k.as_ref().is_some_and(|k| opens_with(&id, k)) => {
             return Err(AuditError::Sealed(format!(
                 "{} (a rotation is `terrarium data-key rotate --old FILE`)",
                 SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }
@@ -230,7 +236,7 @@ pub fn sealing_on(conn: &Connection, path: &Path) -> Result<Option<DataKey>, Aud
     // sealed). Recorded first, then no other writer may be running without the
     // key: a writer records its journal before it reads this record, so of the
     // two, one sees the other.
-    let first = if marker(conn, path)?.is_some() { 1 } else { next_approval(conn).map_err(|e| db_err(path, e))? };
+    let first = if unrecorded { 1 } else { next_approval(conn).map_err(|e| db_err(path, e))? };
     let inserted = retry_busy(|| {
         conn.execute(
             "INSERT OR IGNORE INTO sealing (id, key_id, approvals_from, proof) VALUES (1, ?1, ?2, ?3)",
@@ -280,7 +286,7 @@ pub(super) fn reading_key(c: &Connection, path: &Path) -> Result<Option<DataKey>
     let key = DataKey::from_env()?;
     let under = marker(c, path)?;
     match (under, key) {
-        (Some(id), Some(k)) if id != k.id() && id != UNKNOWN => {
+        (Some(id), Some(k)) if !opens_with(&id, &k) => {
             Err(SealError::WrongKey { sealed: id, have: Some(k.id()) }.into())
         }
         (_, k) => Ok(k),
@@ -298,7 +304,7 @@ pub fn check_key(path: &Path) -> Result<(), AuditError> {
     let under = marker(&read_only(path)?, path)?;
     let key = DataKey::from_env()?;
     match (under, key) {
-        (Some(id), k) if k.as_ref().is_none_or(|k| k.id() != id && id != UNKNOWN) => {
+        (Some(id), k) if !k.as_ref().is_some_and(|k| opens_with(&id, k)) => {
             Err(SealError::WrongKey { sealed: id, have: k.map(|k| k.id()) }.into())
         }
         _ => Ok(()),
