@@ -3,7 +3,7 @@
 
 #![allow(missing_docs, reason = "criterion's macros generate undocumented items")]
 use criterion::{Criterion, criterion_group, criterion_main};
-use terrarium::{EmbeddedExecutor, ExecRequest, Executor, Policy, Status};
+use terrarium::{EmbeddedExecutor, ExecRequest, Executor, Overrides, Policy, Status};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -21,6 +21,15 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rt.block_on(exec.execute(ExecRequest::new(code))).expect("run"));
         });
     }
+    // The same loop under a fuel budget it stays within: the count is kept on every
+    // run, so a budget costs nothing more (docs/benchmarks.md, "Fuel").
+    let budget = Overrides { fuel: Some(1_000_000), ..Overrides::default() };
+    let loop_10k = "t = 0\nfor i in range(10000):\n    t += i\nt";
+    let probe = rt.block_on(exec.execute(ExecRequest::new(loop_10k).with_overrides(budget.clone()))).expect("run");
+    assert_eq!(probe.status, Status::Ok, "loop under a budget: {probe:?}");
+    group.bench_function("loop_10k_fuel_budget", |b| {
+        b.iter(|| rt.block_on(exec.execute(ExecRequest::new(loop_10k).with_overrides(budget.clone()))).expect("run"));
+    });
     group.finish();
 }
 

@@ -97,8 +97,8 @@ fn tier_choice(py: Python<'_>, tier: Option<&str>) -> PyResult<TierChoice> {
     }
 }
 
-fn overrides(py: Python<'_>, timeout: Option<f64>, memory: Option<&str>) -> PyResult<Overrides> {
-    let mut o = Overrides::default();
+fn overrides(py: Python<'_>, timeout: Option<f64>, memory: Option<&str>, fuel: Option<u64>) -> PyResult<Overrides> {
+    let mut o = Overrides { fuel, ..Overrides::default() };
     if let Some(t) = timeout {
         let d = terrarium::policy::timeout_secs(t).ok_or_else(|| {
             raise(py, "InvalidRequest", format!("timeout {t}: expected a positive number of seconds"), vec![])
@@ -194,7 +194,8 @@ impl NativeSandbox {
 
     /// Runs `code` (with `workspace` mounted at /workspace when given); returns
     /// the outcome as JSON.
-    #[pyo3(signature = (code, timeout=None, tier=None, memory=None, workspace=None))]
+    #[pyo3(signature = (code, timeout=None, tier=None, memory=None, workspace=None, fuel=None))]
+    #[allow(clippy::too_many_arguments, reason = "the keyword arguments of Sandbox.run, one for one")]
     fn run(
         &self,
         py: Python<'_>,
@@ -203,11 +204,12 @@ impl NativeSandbox {
         tier: Option<&str>,
         memory: Option<&str>,
         workspace: Option<String>,
+        fuel: Option<u64>,
     ) -> PyResult<String> {
         let mut req = ExecRequest::new(code).with_caller("python");
         req.workspace = workspace;
         req.tier = tier_choice(py, tier)?;
-        req.overrides = overrides(py, timeout, memory)?;
+        req.overrides = overrides(py, timeout, memory, fuel)?;
         let rt = runtime()?;
         let sandbox = self.sandbox.clone();
         let ran = py.detach(|| rt.block_on(async move { sandbox.execute(req).await }));
@@ -248,10 +250,17 @@ struct NativeSession {
 #[pymethods]
 impl NativeSession {
     /// Runs `code` as the next cell; returns the outcome as JSON.
-    #[pyo3(signature = (code, timeout=None, memory=None))]
-    fn run(&self, py: Python<'_>, code: String, timeout: Option<f64>, memory: Option<&str>) -> PyResult<String> {
+    #[pyo3(signature = (code, timeout=None, memory=None, fuel=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        code: String,
+        timeout: Option<f64>,
+        memory: Option<&str>,
+        fuel: Option<u64>,
+    ) -> PyResult<String> {
         let mut req = ExecRequest::new(code).with_caller("python");
-        req.overrides = overrides(py, timeout, memory)?;
+        req.overrides = overrides(py, timeout, memory, fuel)?;
         let rt = runtime()?;
         let inner = self.inner.clone();
         let ran = py.detach(|| rt.block_on(async move { inner.execute(req).await }));

@@ -123,10 +123,13 @@ class Sandbox:
         tier: Optional[str] = None,
         memory: Optional[str] = None,
         workspace: Optional[str] = None,
+        fuel: Optional[int] = None,
     ) -> Outcome:
         """Runs ``code`` and returns how it ended.
 
-        ``timeout`` (seconds) and ``memory`` (``"64m"``) may only tighten the
+        ``timeout`` (seconds), ``memory`` (``"64m"``) and ``fuel`` (a budget of
+        work: instructions and native work on the rustpython tier, the same figure
+        on every run; wasmtime's fuel on the wasm tier) may only tighten the
         policy; ``tier`` is ``"auto"`` (the default: the lightest tier that can
         serve it), ``"rustpython"``, ``"wasm"`` or ``"docker"``. ``workspace``
         names a workspace (the policy's ``workspaces.allow``) mounted read-write
@@ -134,7 +137,7 @@ class Sandbox:
         the workspace's next version (``outcome.workspace`` says what happened).
         """
         _check_code(code)
-        return _outcome(self._native.run(code, timeout, tier, memory, workspace))
+        return _outcome(self._native.run(code, timeout, tier, memory, workspace, fuel))
 
     async def run_async(
         self,
@@ -144,10 +147,13 @@ class Sandbox:
         tier: Optional[str] = None,
         memory: Optional[str] = None,
         workspace: Optional[str] = None,
+        fuel: Optional[int] = None,
     ) -> Outcome:
         """:meth:`run` without blocking the event loop (it waits on a worker thread;
         the run itself is in the sandbox, as ever)."""
-        call = functools.partial(self.run, code, timeout=timeout, tier=tier, memory=memory, workspace=workspace)
+        call = functools.partial(
+            self.run, code, timeout=timeout, tier=tier, memory=memory, workspace=workspace, fuel=fuel
+        )
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def session(self, *, tier: Optional[str] = None, workspace: Optional[str] = None) -> "Session":
@@ -191,14 +197,19 @@ class Session:
         state = self._native.state()
         return state[1] if state else None
 
-    def run(self, code: str, *, timeout: Optional[float] = None, memory: Optional[str] = None) -> Outcome:
-        """Runs ``code`` as the next cell. Raises :class:`SessionEnded` once it has ended."""
+    def run(
+        self, code: str, *, timeout: Optional[float] = None, memory: Optional[str] = None, fuel: Optional[int] = None
+    ) -> Outcome:
+        """Runs ``code`` as the next cell (``fuel``: this cell's budget). Raises
+        :class:`SessionEnded` once it has ended."""
         _check_code(code)
-        return _outcome(self._native.run(code, timeout, memory))
+        return _outcome(self._native.run(code, timeout, memory, fuel))
 
-    async def run_async(self, code: str, *, timeout: Optional[float] = None, memory: Optional[str] = None) -> Outcome:
+    async def run_async(
+        self, code: str, *, timeout: Optional[float] = None, memory: Optional[str] = None, fuel: Optional[int] = None
+    ) -> Outcome:
         """:meth:`run` without blocking the event loop."""
-        call = functools.partial(self.run, code, timeout=timeout, memory=memory)
+        call = functools.partial(self.run, code, timeout=timeout, memory=memory, fuel=fuel)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def end(self) -> None:

@@ -39,11 +39,12 @@ class CallInfo:
 
 @dataclass(frozen=True)
 class CellInfo:
-    """A session's cell: its number, and why the session ended if this cell
-    ended it."""
+    """A session's cell: its number, why the session ended if this cell ended it,
+    and the fuel the session's cells have used so far (where the tier counts it)."""
 
     cell: int
     ended: Optional[str] = None
+    fuel: Optional[int] = None
 
 
 @dataclass(frozen=True)

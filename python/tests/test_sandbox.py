@@ -44,6 +44,20 @@ def test_a_run_past_its_timeout_is_killed(sandbox: terrarium.Sandbox) -> None:
     assert time.monotonic() - started < 5
 
 
+def test_a_fuel_budget_is_deterministic_and_ends_the_run(sandbox: terrarium.Sandbox) -> None:
+    code = "t = 0\nfor i in range(1000):\n    t += i\nt"
+    first = sandbox.run(code, tier="rustpython")
+    second = sandbox.run(code, tier="rustpython")
+    assert first.ok and first.usage.fuel is not None and first.usage.fuel == second.usage.fuel, (first, second)
+    short = sandbox.run(code, tier="rustpython", fuel=first.usage.fuel - 1)
+    assert short.status == "fuel_exhausted" and short.usage.fuel == first.usage.fuel - 1, short
+    assert short.error is not None and short.error.kind == "FuelExhausted", short
+    assert sandbox.run(code, tier="rustpython", fuel=first.usage.fuel).ok
+    with pytest.raises(PolicyError) as e:
+        sandbox.run("1", fuel=0)
+    assert e.value.field == "fuel"
+
+
 def test_memory_past_the_limit_ends_the_run(sandbox: terrarium.Sandbox) -> None:
     out = sandbox.run("x = bytearray(200 * 1024 * 1024)", memory="64m")
     # The interpreter tier reports an allocation the limit refuses as the guest's

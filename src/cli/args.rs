@@ -328,6 +328,11 @@ pub struct RedteamArgs {
     /// Requests in flight per tier.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub jobs: usize,
+    /// The fuel budget of the resource-exhaustion attacks on the rustpython tier:
+    /// each must end within it (`fuel_exhausted`, not at its deadline, unless it
+    /// only sleeps). 0: none beyond the policy's.
+    #[arg(long, value_name = "UNITS", default_value_t = 20_000_000)]
+    pub rustpython_fuel: u64,
     /// A directory of corpus files to use instead of the built-in corpus.
     #[arg(long, value_name = "DIR")]
     pub corpus: Option<PathBuf>,
@@ -481,6 +486,10 @@ pub struct CommonArgs {
     /// Memory cap (e.g. 256m); may only tighten the policy's.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// Fuel budget (rustpython: instructions and native work; wasm: wasmtime's
+    /// fuel); may only tighten the policy's.
+    #[arg(long, value_name = "UNITS")]
+    pub fuel: Option<u64>,
 }
 
 /// `terrarium run`.

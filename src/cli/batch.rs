@@ -26,6 +26,8 @@ struct BatchLine {
     id: Option<serde_json::Value>,
     code: String,
     timeout: Option<f64>,
+    /// A smaller fuel budget than the batch's.
+    fuel: Option<u64>,
     scratch: Option<bool>,
     workspace: Option<String>,
     /// Runs the line as the next cell of the session of this name (started on its
@@ -221,6 +223,9 @@ fn parse(target: &Target, line: &[u8], number: usize) -> Result<(ExecRequest, Op
             return Err(bad(id, format!("timeout {t} is not a positive number of seconds")));
         };
         overrides.timeout = Some(d);
+    }
+    if let Some(f) = parsed.fuel {
+        overrides.fuel = Some(f);
     }
     if let Some(name) = &parsed.session {
         if name.is_empty()

@@ -199,6 +199,7 @@ fn target_announcing(
         let size = crate::policy::parse_size(m).map_err(|e| CliError::usage(anyhow::anyhow!("--memory: {e}")))?;
         overrides.max_memory = Some(size);
     }
+    overrides.fuel = common.fuel;
     // Reject loosening before any code runs.
     policy.tighten(&overrides)?;
     // A tighter --memory caps the sessions `batch` and `repl` open too (a cell's

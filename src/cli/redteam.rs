@@ -50,6 +50,7 @@ pub(super) fn run(args: RedteamArgs) -> Result<ExitCode, CliError> {
         #[cfg(feature = "rustpython")]
         isolated: None,
         progress: Some(Box::new(|line: &str| eprintln!("terrarium redteam: {line}"))),
+        rustpython_fuel: (args.rustpython_fuel > 0).then_some(args.rustpython_fuel),
     };
     let report = runtime()?.block_on(redteam::run(options))?;
     if json {

@@ -383,12 +383,18 @@ impl Outcome {
     /// The fields of this outcome that are the guest's word rather than the host's
     /// observation: a snippet may control the process it runs in, so what it
     /// printed, its value, whether it raised and with what are its own account. The
-    /// tier, the route, usage, and every limit and denial status are the host's.
+    /// tier, the route, usage, and every limit and denial status are the host's, but
+    /// for the rustpython tier's fuel: its interpreter counts it (`usage.fuel`, and
+    /// the `fuel_exhausted` status).
     pub fn guest_word(&self) -> &'static [&'static str] {
-        match self.status {
-            Status::Ok => &["status", "stdout", "stderr", "result"],
-            Status::Exception => &["status", "stdout", "stderr", "error"],
-            _ => &["stdout", "stderr"],
+        let counted = self.tier == Tier::Rustpython && self.usage.fuel.is_some();
+        match (self.status, counted) {
+            (Status::Ok, false) => &["status", "stdout", "stderr", "result"],
+            (Status::Ok, true) => &["status", "stdout", "stderr", "result", "usage.fuel"],
+            (Status::Exception, false) => &["status", "stdout", "stderr", "error"],
+            (Status::Exception | Status::FuelExhausted, true) => &["status", "stdout", "stderr", "error", "usage.fuel"],
+            (_, false) => &["stdout", "stderr"],
+            (_, true) => &["stdout", "stderr", "usage.fuel"],
         }
     }
 

@@ -25,6 +25,11 @@ pub struct CellInfo {
     /// Why the session ended with this cell, when it did (its state is gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// Fuel the session's cells have used so far, this one included (each cell's
+    /// own is its `usage.fuel`), where the tier counts it: rustpython always, wasm
+    /// under a fuel budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
 }
 
 /// A tier's session: runs cells in the state its earlier cells left.

@@ -24,6 +24,8 @@ pub struct Overrides {
     pub max_output: Option<u64>,
     /// A subset of the allowed modules.
     pub allowed_modules: Option<BTreeSet<String>>,
+    /// A smaller fuel budget (any budget, when the policy sets none).
+    pub fuel: Option<u64>,
 }
 
 impl Policy {
@@ -66,6 +68,16 @@ impl Policy {
                 });
             }
             p.max_output = m;
+        }
+        if let Some(f) = o.fuel {
+            if f == 0 || self.fuel.is_some_and(|allowed| f > allowed) {
+                return Err(PolicyError::Loosening {
+                    field: "fuel",
+                    requested: f.to_string(),
+                    allowed: self.fuel.map_or_else(|| "no limit (a budget is at least 1)".into(), |a| a.to_string()),
+                });
+            }
+            p.fuel = Some(f);
         }
         if let Some(mods) = &o.allowed_modules {
             if let Some(extra) = mods.iter().find(|m| !self.allowed_modules.contains(*m)) {

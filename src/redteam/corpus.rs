@@ -18,6 +18,10 @@ pub struct Attack {
     pub contained: Vec<String>,
     /// Tiers it runs on (all when empty).
     pub tiers: Vec<Tier>,
+    /// It waits (sleeps, or on the kernel for memory) rather than works, so a fuel
+    /// budget does not bound it: under one, it may still end at its deadline (see
+    /// [`Options::rustpython_fuel`]).
+    pub waits: bool,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +44,7 @@ pub(super) struct RawAttack {
     pub(super) steps: Option<Vec<String>>,
     pub(super) contained: Option<Vec<String>>,
     pub(super) tiers: Option<Vec<String>>,
+    pub(super) waits: Option<bool>,
 }
 
 /// A corpus file that cannot be used, and why.
@@ -97,7 +102,8 @@ pub fn parse_corpus(text: &str, origin: &str) -> Result<Vec<Attack>, CorpusError
         for t in a.tiers.unwrap_or_default() {
             tiers.push(Tier::parse(&t).ok_or_else(|| at(format!("tier {t:?} is not rustpython, wasm or docker")))?);
         }
-        out.push(Attack { name: a.name, category: raw.category, effect: a.effect, steps, contained, tiers });
+        let waits = a.waits.unwrap_or(false);
+        out.push(Attack { name: a.name, category: raw.category, effect: a.effect, steps, contained, tiers, waits });
     }
     Ok(out)
 }

@@ -40,6 +40,8 @@ mod corpus;
 pub use corpus::*;
 mod report;
 pub use report::*;
+mod judge;
+use judge::judge;
 
 crate::names::named! {
     /// What an attack goes after; the built-in corpus covers every category.
@@ -151,6 +153,11 @@ pub struct Options {
     pub isolated: Option<crate::tier::rustpython::IsolatedConfig>,
     /// Called with a line of progress now and then.
     pub progress: Option<Progress>,
+    /// The fuel budget of resource-exhaustion attacks on the rustpython tier
+    /// (`None`: only the policy's). Under one, such an attack must end within it:
+    /// `fuel_exhausted` counts as contained, and `timeout` does not, unless the
+    /// attack [`Attack::waits`]; a run reporting more fuel than the budget fails.
+    pub rustpython_fuel: Option<u64>,
 }
 
 /// One run: an attack or one of its variants, on one tier.
@@ -171,6 +178,10 @@ struct Verdict {
     host_fault: Option<String>,
     statuses: Vec<String>,
     overshoot_ms: Vec<u64>,
+    /// The fuel budget the run had, when the red team gave it one.
+    fuel: Option<u64>,
+    /// A run that reported more fuel than its budget, or none at all.
+    fuel_over: Option<String>,
 }
 
 /// How much longer than its deadline a run may take before it counts as having
@@ -248,9 +259,12 @@ pub async fn run(options: Options) -> Result<Report, SandboxError> {
         for job in jobs {
             let (sandbox, watch, sem) = (sandbox.clone(), watch.clone(), sem.clone());
             let timeout = options.policy.timeout();
+            let fuel = options
+                .rustpython_fuel
+                .filter(|_| tier == Tier::Rustpython && corpus[job.attack].category == Category::ResourceExhaustion);
             handles.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                run_job(&sandbox, &watch, tier, timeout, job).await
+                run_job(&sandbox, &watch, tier, (timeout, fuel), job).await
             }));
         }
         for h in handles {
@@ -350,7 +364,13 @@ fn outcome_text(o: &Outcome) -> String {
     s
 }
 
-async fn run_job(sandbox: &Sandbox, watch: &harness::Watch, tier: Tier, timeout: Duration, job: Job) -> Verdict {
+async fn run_job(
+    sandbox: &Sandbox,
+    watch: &harness::Watch,
+    tier: Tier,
+    (timeout, fuel): (Duration, Option<u64>),
+    job: Job,
+) -> Verdict {
     let steps: Vec<String> = job
         .variant
         .steps
@@ -368,9 +388,12 @@ async fn run_job(sandbox: &Sandbox, watch: &harness::Watch, tier: Tier, timeout:
         host_fault: None,
         statuses: Vec::new(),
         overshoot_ms: Vec::new(),
+        fuel,
+        fuel_over: None,
     };
     for (code, &from) in steps.iter().zip(&job.variant.origin) {
-        let req = ExecRequest { tier: TierChoice::Fixed(tier), ..ExecRequest::new(code.clone()) };
+        let mut req = ExecRequest { tier: TierChoice::Fixed(tier), ..ExecRequest::new(code.clone()) };
+        req.overrides.fuel = fuel;
         let started = Instant::now();
         let result = sandbox.execute(req).await;
         let elapsed = started.elapsed();
@@ -390,6 +413,14 @@ async fn run_job(sandbox: &Sandbox, watch: &harness::Watch, tier: Tier, timeout:
                         elapsed.as_secs_f64(),
                         timeout.as_secs_f64()
                     ));
+                }
+                if let Some(budget) = fuel {
+                    match o.usage.fuel {
+                        Some(used) if used <= budget => {}
+                        Some(used) => v.fuel_over = Some(format!("used {used} fuel under a budget of {budget}")),
+                        None if o.status.is_limit() && o.status != Status::FuelExhausted => {}
+                        None => v.fuel_over = Some(format!("ended {} without a fuel count", o.status.as_str())),
+                    }
                 }
                 v.statuses.push(o.status.as_str().to_string());
             }
@@ -442,78 +473,6 @@ async fn run_parity(options: &Options, tier: Tier, failures: &mut Vec<Failure>) 
         }
     }
     Ok(row)
-}
-
-fn judge(
-    options: &Options,
-    verdicts: Vec<Verdict>,
-    parity: Vec<ParityRow>,
-    mut failures: Vec<Failure>,
-    unattributed: Vec<String>,
-) -> Report {
-    let mut rows: BTreeMap<(Category, usize), (Row, Vec<u64>)> = BTreeMap::new();
-    for v in verdicts {
-        let attack = &options.corpus[v.attack];
-        let ci = attack.category;
-        let ti = options.tiers.iter().position(|t| *t == v.tier).unwrap_or(0);
-        let (row, overshoot) = rows.entry((ci, ti)).or_insert_with(|| (Row::new(attack.category, v.tier), Vec::new()));
-        row.attempted += 1;
-        overshoot.extend(&v.overshoot_ms);
-        let fail = |kind: FailureKind, detail: String| Failure {
-            kind,
-            tier: v.tier.to_string(),
-            attack: attack.name.clone(),
-            variant: v.variant.label(),
-            detail,
-            steps: v.steps.clone(),
-        };
-        if !v.effects.is_empty() {
-            row.escaped += 1;
-            failures.push(fail(FailureKind::Escaped, v.effects.join("; ")));
-        } else if let Some(e) = &v.host_fault {
-            row.host_crashes += 1;
-            failures.push(fail(FailureKind::HostCrash, e.clone()));
-        } else {
-            // The policy refusing a request (denied, or refused before it ran) always
-            // contains it. A variant may also fail on its own (an exception) or, when
-            // it swallows exceptions or is split, end `ok`; neither is an escape.
-            let also_contained = |s: &str| {
-                s == "denied"
-                    || s == "refused"
-                    || (!v.variant.transforms.is_empty() && (s == "exception" || (v.variant.lenient && s == "ok")))
-            };
-            match v.statuses.iter().find(|s| !attack.contained.contains(s) && !also_contained(s)) {
-                Some(s) => {
-                    row.uncontained += 1;
-                    failures.push(fail(
-                        FailureKind::Uncontained,
-                        format!("ended {s}; contained means one of {}", attack.contained.join(", ")),
-                    ));
-                }
-                None => row.contained += 1,
-            }
-        }
-    }
-    let matrix: Vec<Row> = rows
-        .into_values()
-        .map(|(mut row, mut overshoot)| {
-            overshoot.sort_unstable();
-            row.overshoot_p99_ms = (!overshoot.is_empty()).then(|| overshoot[(overshoot.len() * 99).div_ceil(100) - 1]);
-            row
-        })
-        .collect();
-    let passed = failures.is_empty() && unattributed.is_empty();
-    Report {
-        seed: options.seed,
-        variants: options.variants,
-        tiers: options.tiers.iter().map(ToString::to_string).collect(),
-        attacks: options.corpus.len(),
-        matrix,
-        parity,
-        unattributed,
-        failures,
-        passed,
-    }
 }
 
 #[cfg(test)]

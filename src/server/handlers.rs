@@ -38,6 +38,8 @@ pub(super) struct ExecuteBody {
     pub(super) max_output: Option<serde_json::Value>,
     /// A subset of the policy's modules.
     pub(super) allowed_modules: Option<Vec<String>>,
+    /// A fuel budget; only smaller than the policy's (any, when it has none).
+    pub(super) fuel: Option<u64>,
 }
 
 /// Why a request body's field is refused (the 400 answer's reason, naming the field).
@@ -85,6 +87,7 @@ impl ExecuteBody {
             max_memory: size("max_memory", self.max_memory)?,
             max_output: size("max_output", self.max_output)?,
             allowed_modules: self.allowed_modules.map(|m| m.into_iter().collect()),
+            fuel: self.fuel,
         };
         Ok(ExecRequest {
             id: self.id,

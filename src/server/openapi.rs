@@ -376,7 +376,7 @@ mod tests {
             usage: crate::Usage::default(),
             route: None,
             findings: Vec::new(),
-            session: Some(crate::executor::CellInfo { cell: 1, ended: Some("why".into()) }),
+            session: Some(crate::executor::CellInfo { cell: 1, ended: Some("why".into()), fuel: Some(12) }),
             calls: vec![crate::CallInfo { function: "f".into(), status: "ok".into(), ms: 1 }],
             workspace: Some(crate::executor::WorkspaceInfo {
                 name: "w".into(),

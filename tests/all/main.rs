@@ -44,6 +44,8 @@ mod escape_state;
 mod escape_workspace;
 #[path = "../every_tier.rs"]
 mod every_tier;
+#[path = "../fuel.rs"]
+mod fuel;
 #[path = "../functions.rs"]
 mod functions;
 #[path = "../isolation.rs"]

@@ -167,13 +167,13 @@ impl DockerSession {
                 if let Err(e) = frozen {
                     let why = format!("its container could not be frozen after a cell: {e}");
                     self.end(&why);
-                    outcome.session = Some(CellInfo { cell: self.cells, ended: Some(why) });
+                    outcome.session = Some(CellInfo { cell: self.cells, ended: Some(why), fuel: None });
                 }
             }
         }
         outcome.id = req.id;
         outcome.usage.wall_ms = millis(started.elapsed());
-        outcome.session = Some(CellInfo { cell: self.cells, ended: why });
+        outcome.session = Some(CellInfo { cell: self.cells, ended: why, fuel: None });
         Ok(outcome)
     }
 

@@ -118,6 +118,7 @@ impl EmbeddedExecutor {
             deadline,
             session: false,
             functions: Arc::from([]),
+            fuel: policy.fuel(),
         };
         if worker.jobs.send((job, reply)).is_err() {
             return Err(host("an interpreter thread exited unexpectedly"));

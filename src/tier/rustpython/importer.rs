@@ -228,6 +228,18 @@ fn real_modules(vm: &VirtualMachine) -> PyResult {
     }
 }
 
+/// Empties `re`'s pattern cache, when `re` is loaded: a reused (embedded)
+/// interpreter calls it before each run, so that the fuel a snippet's patterns cost
+/// does not depend on which patterns earlier runs compiled. Trusted code, before
+/// the run's count starts.
+pub(super) fn clear_pattern_cache(vm: &VirtualMachine) {
+    if let Ok(re) = loaded("re", vm)
+        && let Ok(purge) = re.get_attr("purge", vm)
+    {
+        let _ = purge.call((), vm);
+    }
+}
+
 /// Called when a run starts: proxies are per run.
 pub fn new_run() {
     STATE.with(|s| s.borrow_mut().proxies.clear());
@@ -276,8 +288,18 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
         Some(f) if !vm.is_none(&f) => f.try_to_value::<Vec<PyObjectRef>>(vm)?,
         _ => Vec::new(),
     };
-    let fromlist: Vec<PyObjectRef> =
-        fromlist.into_iter().map(|f| exact(&f).map_or(f, |s| vm.ctx.new_str(s).into())).collect();
+    // One unit of fuel per name: the checks below walk the list.
+    vm.charge_fuel(u64::try_from(fromlist.len()).unwrap_or(u64::MAX))?;
+    // Exact strings only: a module's first load runs with fuel paused (see
+    // `terrarium_fuel::pause`) and must not call a snippet's object.
+    let fromlist: Vec<PyObjectRef> = fromlist
+        .into_iter()
+        .map(|f| {
+            exact(&f)
+                .map(|s| vm.ctx.new_str(s).into())
+                .ok_or_else(|| vm.new_type_error("Item in from list must be str"))
+        })
+        .collect::<PyResult<_>>()?;
     // The run's host functions, when the policy declares any.
     if name == "host"
         && let Some(module) = worker::host_module(vm)

@@ -159,6 +159,8 @@ pub(super) struct WasmSession {
     policy: Policy,
     live: Option<Live>,
     cells: u64,
+    /// Fuel its cells used so far, when counted (a fuel budget).
+    fuel: Option<u64>,
     life: Lifecycle,
     /// Dropped with the session: stops the watchdog.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -212,7 +214,7 @@ impl WasmExecutor {
                 stop(&io, &control);
             }
         });
-        Ok(WasmSession { policy: self.policy.clone(), live: Some(live), cells: 0, life, _stop: stop_tx })
+        Ok(WasmSession { policy: self.policy.clone(), live: Some(live), cells: 0, fuel: None, life, _stop: stop_tx })
     }
 }
 
@@ -364,7 +366,10 @@ impl WasmSession {
         }
         outcome.id = req.id;
         outcome.usage.wall_ms = millis(started.elapsed());
-        outcome.session = Some(CellInfo { cell: self.cells, ended: why });
+        if let Some(used) = outcome.usage.fuel {
+            self.fuel = Some(self.fuel.unwrap_or(0).saturating_add(used));
+        }
+        outcome.session = Some(CellInfo { cell: self.cells, ended: why, fuel: self.fuel });
         Ok(outcome)
     }
 

@@ -29,6 +29,8 @@ pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&st
                 end: GuestEnd::Returned,
                 output_over: false,
                 can_continue: false,
+                fuel_used: 0,
+                fuel_out: false,
             };
             let _ = protocol::write_message(&mut std::io::stderr(), &ChildMessage::Answer(forged));
             None
@@ -55,6 +57,8 @@ pub(super) fn answer_ahead(sock: &std::fs::File) {
         end: GuestEnd::Returned,
         output_over: false,
         can_continue: true,
+        fuel_used: 0,
+        fuel_out: false,
     };
     let _ = protocol::write_message(&mut &*sock, &ChildMessage::Answer(forged));
 }

@@ -223,6 +223,7 @@ impl IsolatedExecutor {
                 cap,
                 memory: policy.max_memory(),
                 max_output: policy.max_output(),
+                fuel: policy.fuel(),
                 host: req.host.clone(),
                 latest: None,
             };
@@ -343,6 +344,7 @@ fn child_request(
         timeout_ms: millis(policy.timeout()),
         session,
         functions: host.map(crate::executor::HostLink::names).unwrap_or_default(),
+        fuel: policy.fuel(),
         #[cfg(feature = "test-hooks")]
         probe: None,
     }

@@ -122,6 +122,9 @@ pub struct ChildRequest {
     /// checks every call).
     #[serde(default)]
     pub functions: Vec<String>,
+    /// The run's fuel budget (`None`: none; the child counts all the same).
+    #[serde(default)]
+    pub fuel: Option<u64>,
     /// Test hook (builds with the `test-hooks` feature only): how the child
     /// misbehaves around its run (see `hooks.rs`).
     #[cfg(feature = "test-hooks")]
@@ -178,6 +181,12 @@ pub struct GuestAnswer {
     /// session early, never keep another's going.
     #[serde(default)]
     pub can_continue: bool,
+    /// Fuel the run used, as the child's interpreter counted it (see `decide`).
+    #[serde(default)]
+    pub fuel_used: u64,
+    /// The run used up its fuel budget.
+    #[serde(default)]
+    pub fuel_out: bool,
 }
 
 /// How the snippet's code ended, as its child reports it.
@@ -411,6 +420,8 @@ mod tests {
             result: Some(serde_json::json!(2)),
             end: GuestEnd::Returned,
             output_over: false,
+            fuel_used: 0,
+            fuel_out: false,
             can_continue: true,
         }
     }

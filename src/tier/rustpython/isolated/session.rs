@@ -24,6 +24,8 @@ pub(super) struct IsolatedSession {
     /// the session.
     _zygote: Arc<Zygote>,
     cells: u64,
+    /// Fuel its cells used so far.
+    fuel: u64,
     life: Lifecycle,
     /// Dropped with the session: stops the watchdog.
     _stop: oneshot::Sender<()>,
@@ -50,6 +52,7 @@ impl IsolatedSession {
             live: Some(live),
             _zygote: zygote,
             cells: 0,
+            fuel: 0,
             life,
             _stop: stop,
             #[cfg(feature = "test-hooks")]
@@ -80,7 +83,16 @@ impl IsolatedSession {
         let cap = answer_cap(&policy);
         let memory = policy.sessions().max_memory;
         let (link, latest) = (req.host.clone(), Some(self.life.expires));
-        let limits = RunLimits { deadline, timeout, cap, memory, max_output: policy.max_output(), host: link, latest };
+        let limits = RunLimits {
+            deadline,
+            timeout,
+            cap,
+            memory,
+            max_output: policy.max_output(),
+            fuel: policy.fuel(),
+            host: link,
+            latest,
+        };
         let turn = match self.live.as_mut() {
             Some(live) => live.turn(&request, &limits).await,
             None => Err(Supervise::Host(host("the session lost its process"))),
@@ -119,7 +131,8 @@ impl IsolatedSession {
         }
         outcome.id = req.id;
         outcome.usage.wall_ms = millis(started.elapsed());
-        outcome.session = Some(CellInfo { cell: self.cells, ended });
+        self.fuel = self.fuel.saturating_add(outcome.usage.fuel.unwrap_or(0));
+        outcome.session = Some(CellInfo { cell: self.cells, ended, fuel: Some(self.fuel) });
         Ok(outcome)
     }
 }

@@ -27,6 +27,8 @@ pub(super) struct RunLimits {
     pub(super) memory: u64,
     /// Output cap, checked by the host on what the child sends.
     pub(super) max_output: u64,
+    /// The run's fuel budget.
+    pub(super) fuel: Option<u64>,
     /// Where the run's host function calls go.
     pub(super) host: Option<crate::executor::HostLink>,
     /// The deadline never moves past this (a session's lifetime), however long
@@ -196,7 +198,7 @@ impl Live {
                     a.cpu_ns_at_ready = a.cpu_ns_at_ready.saturating_add(e.cpu_us.saturating_mul(1000));
                 }
                 let go_on = answer.can_continue;
-                Turn::Answered(decide(answer, limits.max_output, e), go_on)
+                Turn::Answered(decide(answer, limits, e), go_on)
             }
             // Otherwise the child's run is over too: it dies now, and the turn ends
             // once the zygote has reaped it and said how it ended.
@@ -237,7 +239,7 @@ impl Live {
                         e,
                     ),
                     Ok(Read::Closed) => classify(e, &last_words(&self.words), limits.memory)?,
-                    Ok(Read::Answer(answer)) => decide(answer, limits.max_output, e),
+                    Ok(Read::Answer(answer)) => decide(answer, limits, e),
                 })
             }
         };
@@ -282,9 +284,9 @@ pub(super) async fn supervise(
 
 /// The outcome of a child that answered: its output and value are the guest's
 /// word; the status is the host's, from the output sizes it sees.
-pub(super) fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
-    let GuestAnswer { mut stdout, mut stderr, result, end, output_over, can_continue: _ } = answer;
-    let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
+pub(super) fn decide(answer: GuestAnswer, limits: &RunLimits, e: Exit) -> Outcome {
+    let GuestAnswer { mut stdout, mut stderr, result, end, output_over, can_continue: _, fuel_used, fuel_out } = answer;
+    let cap = usize::try_from(limits.max_output).unwrap_or(usize::MAX);
     // The value counts against the cap as well (the CPython tiers carry it on stderr),
     // and so does an exception's text, which the caller and the audit log keep.
     let value_len = result.as_ref().map_or(0, |r| serde_json::to_string(r).map_or(0, |t| t.len()));
@@ -301,9 +303,19 @@ pub(super) fn decide(answer: GuestAnswer, max_output: u64, e: Exit) -> Outcome {
     let mut o = with_usage(Outcome::blank(Tier::Rustpython), e);
     o.stdout = stdout;
     o.stderr = stderr;
+    // The count is the child's interpreter's (the host cannot see instructions); it
+    // never goes past the budget the host gave.
+    o.usage.fuel = Some(limits.fuel.map_or(fuel_used, |budget| fuel_used.min(budget)));
     if over {
         o.status = Status::OutputLimit;
         o.error = Some(ErrorInfo::new(ErrorKind::OutputLimit, format!("output exceeded {cap} bytes")));
+        return o;
+    }
+    if let Some(budget) = limits.fuel
+        && fuel_out
+    {
+        o.status = Status::FuelExhausted;
+        o.error = Some(ErrorInfo::new(ErrorKind::FuelExhausted, crate::tier::rustpython::worker::fuel_message(budget)));
         return o;
     }
     match end {

@@ -95,6 +95,7 @@ fn warm_up(worker: &Worker, code: String, allowed: std::collections::BTreeSet<St
         deadline: Instant::now() + Duration::from_secs(5),
         session: false,
         functions: std::sync::Arc::from([]),
+        fuel: None,
     });
 }
 
@@ -413,6 +414,7 @@ fn child_main(
             deadline: Instant::now() + Duration::from_millis(req.timeout_ms),
             session,
             functions: std::sync::Arc::from(std::mem::take(&mut req.functions)),
+            fuel: req.fuel,
         };
         let (outcome, reusable) = worker.run(&job);
         let answer = ChildMessage::Answer(guest_answer(outcome, session && reusable));
@@ -461,6 +463,8 @@ fn guest_answer(o: Outcome, can_continue: bool) -> GuestAnswer {
         end,
         output_over: o.status == Status::OutputLimit,
         can_continue,
+        fuel_used: o.usage.fuel.unwrap_or(0),
+        fuel_out: o.status == Status::FuelExhausted,
     }
 }
 

@@ -16,6 +16,8 @@ pub enum Terminal {
     OutputLimit = 2,
     /// The policy refused something.
     Denied = 3,
+    /// The run used up its fuel.
+    FuelExhausted = 4,
 }
 
 impl Terminal {
@@ -26,6 +28,7 @@ impl Terminal {
             Terminal::Timeout => Some((Status::Timeout, ErrorKind::Timeout)),
             Terminal::OutputLimit => Some((Status::OutputLimit, ErrorKind::OutputLimit)),
             Terminal::Denied => Some((Status::Denied, ErrorKind::PolicyDenied)),
+            Terminal::FuelExhausted => Some((Status::FuelExhausted, ErrorKind::FuelExhausted)),
         }
     }
 
@@ -34,6 +37,7 @@ impl Terminal {
             1 => Terminal::Timeout,
             2 => Terminal::OutputLimit,
             3 => Terminal::Denied,
+            4 => Terminal::FuelExhausted,
             _ => Terminal::None,
         }
     }
@@ -91,6 +95,11 @@ pub(super) fn kill_signal(ctrl: Arc<Control>, run_id: u64) -> UserSignal {
     })
 }
 
+/// What a run that used up its fuel is told (the wasm tier's words).
+pub(crate) fn fuel_message(budget: u64) -> String {
+    format!("the run used up its fuel ({budget})")
+}
+
 /// What a job asks of the worker.
 pub struct Job {
     /// Identifies the run for cancellation.
@@ -110,6 +119,8 @@ pub struct Job {
     pub session: bool,
     /// The host functions the run's `host` module offers (the policy's names).
     pub functions: Arc<[String]>,
+    /// The run's fuel budget (`None`: no limit; the count is kept all the same).
+    pub fuel: Option<u64>,
 }
 
 /// Where a job's outcome, and whether the interpreter may be reused, go.

@@ -328,7 +328,21 @@ impl Worker {
                 globals: None,
             });
         });
+        // Fuel counts from here: the snippet's instructions and natives, the
+        // prelude code it calls, and (on a reused interpreter) the finalizers its
+        // garbage runs at the end. Never the analysis or the compiler (Rust).
+        if self.reused.get() && !job.session {
+            self.interp.enter(importer::clear_pattern_cache);
+        }
+        terrarium_fuel::start(job.fuel);
         let result = catch_unwind(AssertUnwindSafe(|| self.run_inner(job)));
+        let fuel_used = terrarium_fuel::used();
+        if terrarium_fuel::exhausted() {
+            let budget = job.fuel.unwrap_or(fuel_used);
+            self.ctrl.terminate(job.run_id, Terminal::FuelExhausted, &fuel_message(budget));
+        }
+        // Nothing after the run is charged to anyone.
+        terrarium_fuel::start(None);
         let run = RUN.with(|r| r.borrow_mut().take());
         // Retire the run id so that late signals for it are ignored.
         self.ctrl.run_id.store(0, Ordering::SeqCst);
@@ -363,6 +377,7 @@ impl Worker {
         };
         outcome.status = status;
         outcome.error = error;
+        outcome.usage.fuel = Some(fuel_used);
         (outcome, reusable && !self.tainted.get())
     }
 
@@ -428,7 +443,13 @@ impl Worker {
             // So do the run's module proxies (a cycle hung on one would otherwise
             // outlive this run's collection and be finalized in the next run).
             importer::new_run();
-            if self.reused.get() && !collect_the_runs_garbage(vm) {
+            // As for the collector's own passes (see the vendored `gc_state.rs`): the
+            // stdlib's finalizers and callbacks it runs are not charged (a child
+            // never runs this collection), the run's own finalizers are.
+            let paused = terrarium_fuel::pause();
+            let collected = !self.reused.get() || collect_the_runs_garbage(vm);
+            drop(paused);
+            if !collected {
                 // Finalizers kept making new objects: this interpreter serves no
                 // other run, so none of them can reach another request.
                 self.tainted.set(true);
