@@ -55,7 +55,8 @@ pub fn charge(units: u64) -> bool {
         return !exhausted();
     }
     LEFT.with(|l| {
-        let units = i64::try_from(units).unwrap_or(UNLIMITED).min(UNLIMITED);
+        // Past any budget (even an unlimited one), yet far from overflowing.
+        let units = i64::try_from(units).unwrap_or(i64::MAX).min(2 * UNLIMITED);
         let left = l.get().saturating_sub(units).max(-UNLIMITED);
         l.set(left);
         left >= 0

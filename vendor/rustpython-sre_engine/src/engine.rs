@@ -208,13 +208,24 @@ impl State {
 
             let flags = SreInfo::from_bits_truncate(ctx.peek_code(&req, 2));
 
+            // Terrarium: a prefix or charset search scans characters without
+            // engine steps: one unit of fuel per 64 characters it got past.
+            let (from, end) = (ctx.cursor.position, req.end);
+            let scanned = |found: bool, state: &State| {
+                let to = if found { state.start } else { end };
+                terrarium_fuel::charge((to.saturating_sub(from) / 64) as u64);
+                found
+            };
             if flags.contains(SreInfo::PREFIX) {
                 if flags.contains(SreInfo::LITERAL) {
-                    return search_info_literal::<true, S>(&mut req, self, ctx);
+                    let found = search_info_literal::<true, S>(&mut req, self, ctx);
+                    return scanned(found, self);
                 }
-                return search_info_literal::<false, S>(&mut req, self, ctx);
+                let found = search_info_literal::<false, S>(&mut req, self, ctx);
+                return scanned(found, self);
             } else if flags.contains(SreInfo::CHARSET) {
-                return search_info_charset(&mut req, self, ctx);
+                let found = search_info_charset(&mut req, self, ctx);
+                return scanned(found, self);
             }
             // fallback to general search
             // skip OP INFO

@@ -33,6 +33,8 @@ mod _heapq {
                 vec[parentpos].clone()
             };
 
+            // Terrarium: one unit of fuel per comparison.
+            vm.charge_fuel(1)?;
             let cmp = newitem.rich_compare_bool(&parent, PyComparisonOp::Lt, vm)?;
 
             if size != heap.__len__() {
@@ -76,6 +78,8 @@ mod _heapq {
                     (vec[childpos].clone(), vec[childpos + 1].clone())
                 };
 
+                // Terrarium: one unit of fuel per comparison.
+                vm.charge_fuel(1)?;
                 let cmp = a.rich_compare_bool(&b, PyComparisonOp::Lt, vm)?;
 
                 if endpos != heap.__len__() {
@@ -210,6 +214,8 @@ mod _heapq {
             }
         };
 
+        // Terrarium: one unit of fuel per comparison.
+        vm.charge_fuel(1)?;
         let cmp = top.rich_compare_bool(&item, PyComparisonOp::Lt, vm)?;
         if !cmp {
             return Ok(item);
@@ -332,6 +338,8 @@ mod _heapq {
                 vec[parentpos].clone()
             };
 
+            // Terrarium: one unit of fuel per comparison.
+            vm.charge_fuel(1)?;
             let cmp = parent.rich_compare_bool(&newitem, PyComparisonOp::Lt, vm)?;
 
             if size != heap.__len__() {
@@ -375,6 +383,8 @@ mod _heapq {
                     (vec[childpos + 1].clone(), vec[childpos].clone())
                 };
 
+                // Terrarium: one unit of fuel per comparison.
+                vm.charge_fuel(1)?;
                 let cmp = a.rich_compare_bool(&b, PyComparisonOp::Lt, vm)?;
 
                 if endpos != heap.__len__() {
@@ -437,6 +447,8 @@ mod _heapq {
             }
         };
 
+        // Terrarium: one unit of fuel per comparison.
+        vm.charge_fuel(1)?;
         let cmp = item.rich_compare_bool(&top, PyComparisonOp::Lt, vm)?;
         if !cmp {
             return Ok(item);

@@ -300,6 +300,8 @@ pub(crate) trait AnyStr {
             .checked_add(right)?
             .checked_mul(fillchar.bytes_len())?
             .checked_add(self.bytes_len())?;
+        // Terrarium: fuel by the bytes it makes (`ljust`, `rjust`, `center`).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(capacity));
         let mut u = Self::Container::try_with_capacity(capacity)?;
         u.extend(core::iter::repeat_n(fillchar, left));
         u.push_str(self);
@@ -403,6 +405,8 @@ pub(crate) trait AnyStr {
         let width = self
             .bytes_len()
             .saturating_add(width.saturating_sub(char_len));
+        // Terrarium: fuel by the bytes it makes.
+        terrarium_fuel::charge(crate::fuel::bytes_cost(width));
         rustpython_common::str::zfill(self.as_bytes(), width)
     }
 

@@ -927,6 +927,8 @@ impl PyBytesInner {
             }
         }
 
+        // Terrarium: fuel by the bytes it made.
+        terrarium_fuel::charge(crate::fuel::bytes_cost(res.len()));
         res
     }
 

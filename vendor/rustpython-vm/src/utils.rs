@@ -47,7 +47,8 @@ where
     }
     repr.push_str(prefix);
     {
-        let mut parts_iter = iter.map(|o| o.repr(vm));
+        // Terrarium: one unit of fuel per item.
+        let mut parts_iter = iter.map(|o| vm.charge_fuel(1).and_then(|()| o.repr(vm)));
         let Some(first) = parts_iter.next().transpose()? else {
             return Ok(Wtf8Buf::from(empty));
         };

@@ -161,6 +161,15 @@ fn fueled(
 
 use crate::fuel::IntWork::{Linear, Product};
 
+/// Terrarium: a unary big-integer operation (`-x`, `abs(x)`, `~x`), charged by the
+/// operand's size.
+fn unary(num: crate::protocol::PyNumber<'_>, vm: &VirtualMachine, op: impl FnOnce(&BigInt) -> BigInt) -> PyResult {
+    use crate::types::AsNumber;
+    let v = PyInt::number_downcast(num).as_bigint();
+    vm.charge_fuel(crate::fuel::int_cost(Linear, v, v))?;
+    op(v).to_pyresult(vm)
+}
+
 fn inner_pow(int1: &BigInt, int2: &BigInt, vm: &VirtualMachine) -> PyResult {
     if int2.is_negative() {
         let v1 = try_to_float(int1, vm)?;
@@ -268,6 +277,7 @@ fn reserve_result_bits(bits: Option<u64>, vm: &VirtualMachine) -> PyResult<()> {
 }
 
 fn inner_rshift(base: &BigInt, bits: &BigInt, vm: &VirtualMachine) -> PyResult {
+    vm.charge_fuel(crate::fuel::int_cost(Linear, base, base))?;
     inner_shift(
         base,
         bits,
@@ -565,6 +575,8 @@ impl Py<PyInt> {
     #[pymethod]
     fn __round__(zelf: PyRef<PyInt>, args: RoundArgs, vm: &VirtualMachine) -> PyRef<PyInt> {
         if let Some(ndigits) = args.ndigits {
+            // Terrarium: fuel for the division and multiplication it does.
+            terrarium_fuel::charge(crate::fuel::int_cost(Product, zelf.as_bigint(), zelf.as_bigint()));
             let ndigits = ndigits.as_bigint();
             // round(12345, -2) == 12300
             // If precision >= 0, then any integer is already rounded correctly
@@ -689,6 +701,8 @@ impl Py<PyInt> {
         let byte_len = args.length;
         let byte_len = usize::try_from(byte_len)
             .map_err(|_| vm.new_value_error("length argument must be non-negative"))?;
+        // Terrarium: fuel by the bytes it makes.
+        vm.charge_fuel(crate::fuel::bytes_cost(byte_len))?;
 
         let value = self.as_bigint();
         match value.sign() {
@@ -758,6 +772,8 @@ impl Py<PyInt> {
 
     #[pymethod]
     fn bit_count(&self) -> u32 {
+        // Terrarium: fuel by the operand's size.
+        terrarium_fuel::charge(crate::fuel::int_cost(Linear, &self.value, &self.value));
         self.value.iter_u32_digits().map(|n| n.count_ones()).sum()
     }
 
@@ -782,8 +798,13 @@ impl Comparable for PyInt {
         zelf: &Py<Self>,
         other: &PyObject,
         op: PyComparisonOp,
-        _vm: &VirtualMachine,
+        vm: &VirtualMachine,
     ) -> PyResult<PyComparisonValue> {
+        if let Some(other) = other.downcast_ref::<Self>() {
+            // Terrarium: fuel by the operands' size (nothing for machine words,
+            // which the specialised comparisons take).
+            vm.charge_fuel(crate::fuel::int_cost(Linear, zelf.as_bigint(), other.as_bigint()))?;
+        }
         let r = other
             .downcast_ref::<Self>()
             .map(|other| op.eval_ord(zelf.as_bigint().cmp(other.as_bigint())));
@@ -828,7 +849,9 @@ impl Representable for PyInt {
 
 impl Hashable for PyInt {
     #[inline]
-    fn hash(zelf: &Py<Self>, _vm: &VirtualMachine) -> PyResult<hash::PyHash> {
+    fn hash(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<hash::PyHash> {
+        // Terrarium: fuel by the operand's size.
+        vm.charge_fuel(crate::fuel::int_cost(Linear, zelf.as_bigint(), zelf.as_bigint()))?;
         Ok(hash::hash_bigint(zelf.as_bigint()))
     }
 }
@@ -864,11 +887,11 @@ impl PyInt {
                 Ok(vm.ctx.not_implemented())
             }
         }),
-        negative: Some(|num, vm| Self::number_downcast(num).as_bigint().neg().to_pyresult(vm)),
+        negative: Some(|num, vm| unary(num, vm, |v| v.neg())),
         positive: Some(|num, vm| Ok(Self::number_downcast_exact(num, vm).into())),
-        absolute: Some(|num, vm| Self::number_downcast(num).as_bigint().abs().to_pyresult(vm)),
+        absolute: Some(|num, vm| unary(num, vm, |v| v.abs())),
         boolean: Some(|num, _vm| Ok(!Self::number_downcast(num).as_bigint().is_zero())),
-        invert: Some(|num, vm| Self::number_downcast(num).as_bigint().not().to_pyresult(vm)),
+        invert: Some(|num, vm| unary(num, vm, |v| v.not())),
         lshift: Some(|a, b, vm| Self::number_op(a, b, inner_lshift, vm)),
         rshift: Some(|a, b, vm| Self::number_op(a, b, inner_rshift, vm)),
         and: Some(|a, b, vm| Self::number_op(a, b, |a, b, vm| fueled(Linear, a, b, vm, |a, b| a & b), vm)),

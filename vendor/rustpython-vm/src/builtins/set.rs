@@ -550,6 +550,8 @@ impl PySetInner {
 
     fn merge_set(&self, any_set: AnySet, vm: &VirtualMachine) -> PyResult<()> {
         for (item, hash) in any_set.as_inner().content.keys_with_hashes() {
+            // Terrarium: one unit of fuel per item.
+            vm.charge_fuel(1)?;
             self.add_known_hash(&item, hash, vm)?;
         }
         Ok(())
@@ -557,6 +559,8 @@ impl PySetInner {
 
     fn merge_dict(&self, dict: &Py<PyDict>, vm: &VirtualMachine) -> PyResult<()> {
         for (key, hash) in dict._as_dict_inner().keys_with_hashes() {
+            // Terrarium: one unit of fuel per item.
+            vm.charge_fuel(1)?;
             self.add_known_hash(&key, hash, vm)?;
         }
         Ok(())

@@ -1444,7 +1444,10 @@ impl Py<PyStr> {
 
     #[pymethod]
     fn expandtabs(&self, args: anystr::ExpandTabsArgs) -> Wtf8Buf {
-        rustpython_common::str::expandtabs(self.as_wtf8(), args.tabsize())
+        let expanded = rustpython_common::str::expandtabs(self.as_wtf8(), args.tabsize());
+        // Terrarium: fuel by the bytes it made.
+        terrarium_fuel::charge(crate::fuel::bytes_cost(expanded.len()));
+        expanded
     }
 
     #[pymethod]

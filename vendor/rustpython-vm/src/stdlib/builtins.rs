@@ -958,6 +958,8 @@ mod builtins {
         if let Some(ref key_func) = key_func {
             let mut x_key = key_func.call((x.clone(),), vm)?;
             for y in candidates_iter {
+                // Terrarium: one unit of fuel per comparison.
+                vm.charge_fuel(1)?;
                 let y_key = key_func.call((y.clone(),), vm)?;
                 if y_key.rich_compare_bool(&x_key, op, vm)? {
                     x = y;
@@ -966,6 +968,8 @@ mod builtins {
             }
         } else {
             for y in candidates_iter {
+                // Terrarium: one unit of fuel per comparison.
+                vm.charge_fuel(1)?;
                 if y.rich_compare_bool(&x, op, vm)? {
                     x = y;
                 }

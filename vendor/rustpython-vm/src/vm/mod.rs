@@ -3303,6 +3303,17 @@ impl VirtualMachine {
         // Objects/listobject.c. Each branch takes an atomic snapshot to avoid
         // race conditions from concurrent mutation (no GIL).
         let cls = value.class();
+        // Terrarium: the containers below are copied without an iterator: one unit
+        // of fuel per 16 items (nothing for the few items unpacking moves, which
+        // the specialised instructions move without this path).
+        if let Some(len) = value
+            .downcast_ref::<PyTuple>()
+            .map(|t| t.len())
+            .or_else(|| value.downcast_ref::<PyList>().map(|l| l.borrow_vec().len()))
+            .or_else(|| value.downcast_ref::<PyDict>().map(|d| d.__len__()))
+        {
+            self.charge_fuel((len / 16) as u64)?;
+        }
         let slice = if cls.is(self.ctx.types.tuple_type) {
             value.downcast_ref::<PyTuple>().unwrap().as_slice()
         } else if cls.is(self.ctx.types.list_type) {
@@ -3329,9 +3340,11 @@ impl VirtualMachine {
             return Ok(results);
         } else if cls.is(self.ctx.types.set_type) {
             let keys = value.downcast_ref::<PySet>().unwrap().elements();
+            self.charge_fuel((keys.len() / 16) as u64)?;
             return map_known_len(keys.into_iter(), func);
         } else if cls.is(self.ctx.types.frozenset_type) {
             let keys = value.downcast_ref::<PyFrozenSet>().unwrap().elements();
+            self.charge_fuel((keys.len() / 16) as u64)?;
             return map_known_len(keys.into_iter(), func);
         } else if cls.is(self.ctx.types.dict_type) {
             let keys = value.downcast_ref::<PyDict>().unwrap().keys_vec();
