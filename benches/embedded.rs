@@ -22,7 +22,8 @@ fn bench(c: &mut Criterion) {
         });
     }
     // The same loop under a fuel budget it stays within: the count is kept on every
-    // run, so a budget costs nothing more (docs/benchmarks.md, "Fuel").
+    // run, budget or not, so this should match `loop_10k` (the cost of counting
+    // itself shows against a build without it: benches/compare REV).
     let budget = Overrides { fuel: Some(1_000_000), ..Overrides::default() };
     let loop_10k = "t = 0\nfor i in range(10000):\n    t += i\nt";
     let probe = rt.block_on(exec.execute(ExecRequest::new(loop_10k).with_overrides(budget.clone()))).expect("run");
