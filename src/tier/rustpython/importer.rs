@@ -228,12 +228,24 @@ fn real_modules(vm: &VirtualMachine) -> PyResult {
     }
 }
 
-/// Empties `re`'s pattern cache, when `re` is loaded: a reused (embedded)
-/// interpreter calls it before each run, so that the fuel a snippet's patterns cost
-/// does not depend on which patterns earlier runs compiled. Trusted code, before
-/// the run's count starts.
+/// Empties `re`'s pattern cache, when `re` is loaded and the cache holds anything:
+/// a reused (embedded) interpreter calls it before each run, so that the fuel a
+/// snippet's patterns cost does not depend on which patterns earlier runs compiled.
+/// Trusted code, before the run's count starts. The emptiness check is Rust's: a
+/// run that compiled no pattern pays no Python call (whose leftovers would cost the
+/// next run its skipped end-of-run collection).
 pub(super) fn clear_pattern_cache(vm: &VirtualMachine) {
-    if let Ok(re) = loaded("re", vm)
+    let Ok(re) = loaded("re", vm) else { return };
+    let Some(namespace) = re.dict() else { return };
+    let holds = |name: &str| {
+        namespace
+            .get_item_opt(name, vm)
+            .ok()
+            .flatten()
+            .and_then(|d| d.downcast::<rustpython_vm::builtins::PyDict>().ok())
+            .is_some_and(|d| d.__len__() > 0)
+    };
+    if (holds("_cache") || holds("_cache2"))
         && let Ok(purge) = re.get_attr("purge", vm)
     {
         let _ = purge.call((), vm);
