@@ -129,6 +129,8 @@ pub use executor::{CellInfo, ErrorInfo, ErrorKind, ExecRequest, Executor, Outcom
 pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};
 pub use sandbox::{BLOCKING_CALLS, CommandReport, Sandbox, SandboxBuilder, Session, SessionHandle, SessionOptions};
 pub use sandbox::{InFlightRun, OpenSession, PolicyChange, StopReport, Stopped};
+#[cfg(feature = "rustpython")]
+pub use terrarium_fuel::CountingAlloc as FuelCountingAlloc;
 #[cfg(feature = "docker")]
 pub use tier::docker::{DockerConfig, DockerExecutor};
 #[cfg(feature = "rustpython")]

@@ -302,6 +302,7 @@ fn the_library_exposes_only_its_interface() {
         "pub use policy::{Overrides, Policy, PolicyError, Tier, TierChoice};",
         "pub use sandbox::{BLOCKING_CALLS, CommandReport, Sandbox, SandboxBuilder, Session, SessionHandle, SessionOptions};",
         "pub use sandbox::{InFlightRun, OpenSession, PolicyChange, StopReport, Stopped};",
+        "pub use terrarium_fuel::CountingAlloc as FuelCountingAlloc;",
         "pub use tier::docker::{DockerConfig, DockerExecutor};",
         "pub use tier::rustpython::isolated::run_zygote_if_requested;",
         "pub use tier::rustpython::{EmbeddedExecutor, IsolatedConfig, IsolatedExecutor};",

@@ -27,6 +27,8 @@ thread_local! {
     static GRANTED: Cell<i64> = const { Cell::new(UNLIMITED) };
     /// While a [`pause`] holds: the run's own units left, put aside.
     static PUT_ASIDE: Cell<Option<i64>> = const { Cell::new(None) };
+    /// Whether [`CountingAlloc`] charges this thread (see [`charge_allocations`]).
+    static ALLOCATIONS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Starts counting afresh on this thread with `budget` units (`None`: no limit, the
@@ -156,9 +158,158 @@ impl Drop for Own {
     }
 }
 
+/// Allocations of at least this many bytes are charged by [`CountingAlloc`]; smaller
+/// ones are the interpreter's own objects, paid for by the instructions that make
+/// them.
+pub const CHARGED_ALLOCATION: usize = 4096;
+
+/// Units for an allocation of `bytes` made on a thread that counts: one per 64 bytes
+/// of an allocation of at least [`CHARGED_ALLOCATION`] bytes, nothing for smaller
+/// ones.
+#[inline]
+pub fn allocation_cost(bytes: usize) -> u64 {
+    if bytes < CHARGED_ALLOCATION { 0 } else { (bytes / 64) as u64 }
+}
+
+/// While allocations are charged (see [`charge_allocations`]).
+#[must_use = "allocations are no longer charged when this is dropped"]
+pub struct AllocationsCharged {
+    /// Whether they were charged before.
+    before: bool,
+}
+
+/// Has [`CountingAlloc`] charge this thread's large allocations until the guard is
+/// dropped: Terrarium holds it while a snippet's code runs, and not while it
+/// compiles the snippet or prepares and reads the run, whose allocations depend on
+/// what earlier runs of a reused interpreter left behind rather than on the
+/// snippet.
+pub fn charge_allocations() -> AllocationsCharged {
+    AllocationsCharged { before: ALLOCATIONS.with(|a| a.replace(true)) }
+}
+
+impl Drop for AllocationsCharged {
+    fn drop(&mut self) {
+        ALLOCATIONS.with(|a| a.set(self.before));
+    }
+}
+
+/// Whether this program installed [`CountingAlloc`] as its global allocator (found by
+/// making one large allocation; the thread's count is left as it was).
+pub fn allocator_installed() -> bool {
+    let saved = (LEFT.with(Cell::get), GRANTED.with(Cell::get), PUT_ASIDE.with(Cell::get));
+    start(None);
+    let probe = {
+        let _charged = charge_allocations();
+        std::hint::black_box(Vec::<u8>::with_capacity(CHARGED_ALLOCATION))
+    };
+    let installed = used() > 0;
+    drop(probe);
+    LEFT.with(|l| l.set(saved.0));
+    GRANTED.with(|g| g.set(saved.1));
+    PUT_ASIDE.with(|p| p.set(saved.2));
+    installed
+}
+
+/// The system allocator, charging this thread's fuel for every large allocation
+/// ([`allocation_cost`]; growing one past [`CHARGED_ALLOCATION`] by `realloc` is
+/// charged one unit per 64 bytes it grows by) while a [`charge_allocations`] guard
+/// holds on that thread.
+///
+/// Whatever native code a snippet reaches that makes a large string, list, dict or
+/// buffer (`str(L)`, `S + S`, a slice, `str.replace`, `format` padding, a dict copy)
+/// allocates its result, so this charges all of them in proportion to their size
+/// without a charge at each site. The charge cannot raise inside the allocator: it
+/// leaves the budget spent, and the next instruction raises. A program installs it
+/// with `#[global_allocator]` (Terrarium's binary, its Python extension and its
+/// tests do); without it, only the interpreter's own charges count.
+pub struct CountingAlloc;
+
+#[allow(unsafe_code, reason = "a GlobalAlloc is an unsafe trait; every call is passed on to System")]
+mod counting {
+    use super::{CHARGED_ALLOCATION, CountingAlloc, allocation_cost, charge};
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    // SAFETY: every call is passed on unchanged to `System`, which upholds the
+    // `GlobalAlloc` contract; the charge only touches a `const`-initialised
+    // thread-local `Cell` with no destructor, which neither allocates nor can be
+    // gone while the thread runs.
+    unsafe impl GlobalAlloc for CountingAlloc {
+        #[inline]
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            charge_for(layout.size());
+            // SAFETY: the caller's contract for `alloc` is `System`'s.
+            unsafe { System.alloc(layout) }
+        }
+
+        #[inline]
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            charge_for(layout.size());
+            // SAFETY: the caller's contract for `alloc_zeroed` is `System`'s.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        #[inline]
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract for `dealloc` is `System`'s, and every
+            // pointer this allocator hands out came from `System`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        #[inline]
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if new_size >= CHARGED_ALLOCATION && new_size > layout.size() && charged() {
+                charge(((new_size - layout.size()) / 64) as u64);
+            }
+            // SAFETY: the caller's contract for `realloc` is `System`'s, and `ptr`
+            // came from `System`.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[inline]
+    fn charge_for(bytes: usize) {
+        if bytes >= CHARGED_ALLOCATION && charged() {
+            charge(allocation_cost(bytes));
+        }
+    }
+
+    #[inline]
+    fn charged() -> bool {
+        super::ALLOCATIONS.with(std::cell::Cell::get)
+    }
+}
+
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_allocations_are_charged_by_size_and_small_ones_are_not() {
+        start(None);
+        let outside: Vec<u8> = Vec::with_capacity(64 * 1024);
+        assert_eq!(used(), 0, "nothing is charged outside a charge_allocations guard");
+        let _charged = charge_allocations();
+        let small: Vec<Box<[u8; 64]>> = (0..10).map(|_| Box::new([0u8; 64])).collect();
+        assert_eq!(used(), 0, "small allocations are free");
+        let mut big: Vec<u8> = Vec::with_capacity(64 * 1024);
+        assert_eq!(used(), 1024, "one unit per 64 bytes");
+        big.reserve_exact(128 * 1024);
+        assert_eq!(used(), 2048, "growing by realloc is charged for the growth");
+        let zeroed = vec![0u8; 8192];
+        assert_eq!(used(), 2048 + 128);
+        drop((small, big, zeroed, outside));
+        assert_eq!(used(), 2048 + 128, "freeing gives nothing back");
+        assert!(allocator_installed());
+        assert_eq!(used(), 2048 + 128, "looking leaves the count alone");
+        start(Some(100));
+        let over: Vec<u8> = Vec::with_capacity(64 * 1024);
+        assert!(exhausted(), "an allocation past the budget leaves it spent");
+        drop(over);
+    }
 
     #[test]
     fn a_budget_runs_out_at_its_last_unit_and_stays_out() {

@@ -12,6 +12,10 @@
 //!   audit log, approvals and the walls of each tier.
 
 use std::path::PathBuf;
+
+/// As Terrarium's binary: embedded runs charge fuel for large allocations.
+#[global_allocator]
+static ALLOCATOR: terrarium::FuelCountingAlloc = terrarium::FuelCountingAlloc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 

@@ -8,6 +8,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// As Terrarium's binary: embedded runs in these tests charge fuel for large
+/// allocations too.
+#[global_allocator]
+static ALLOCATOR: terrarium::FuelCountingAlloc = terrarium::FuelCountingAlloc;
+
 #[path = "../alerts.rs"]
 mod alerts;
 #[path = "../architecture.rs"]

@@ -51,6 +51,7 @@ impl EmbeddedExecutor {
 
     /// An executor running at most `workers` snippets at once (at least 1).
     pub fn with_workers(policy: Policy, workers: usize) -> EmbeddedExecutor {
+        worker::warn_without_counting_allocator();
         EmbeddedExecutor {
             policy,
             idle: Mutex::new(Vec::new()),

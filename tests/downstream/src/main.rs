@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use terrarium::{ExecRequest, Policy, Sandbox, Status};
 
+/// Fuel charges what runs allocate only with Terrarium's allocator installed (the
+/// isolated children are this program).
+#[global_allocator]
+static ALLOCATOR: terrarium::FuelCountingAlloc = terrarium::FuelCountingAlloc;
+
 fn main() -> ExitCode {
     // Isolated mode re-executes this program as its zygote.
     if let Some(code) = terrarium::run_zygote_if_requested() {

@@ -115,6 +115,11 @@ impl IsolatedExecutor {
     /// An executor for `policy`. The zygote starts on the first request or on
     /// [`IsolatedExecutor::warm_up`].
     pub fn new(policy: Policy, config: IsolatedConfig) -> IsolatedExecutor {
+        // The children are `worker_exe`: when that is this program, its allocator is
+        // theirs.
+        if std::env::current_exe().is_ok_and(|me| me == config.worker_exe) {
+            super::worker::warn_without_counting_allocator();
+        }
         IsolatedExecutor { policy, config, zygote: Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
     }
 

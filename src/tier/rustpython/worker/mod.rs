@@ -401,7 +401,10 @@ impl Worker {
             // snippet's finalizer never runs between runs, where no deadline
             // reaches it and the next request would be charged for it.
             vm.state.gc.enable();
-            let ran = vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm));
+            let ran = {
+                let _allocations = terrarium_fuel::charge_allocations();
+                vm.run_code_obj(code, Scope::with_builtins(None, globals.clone(), vm))
+            };
             // Paused again before the value is read, so that no finalizer changes
             // the value mid-read (the reader calls no Python code of its own).
             vm.state.gc.disable();
@@ -550,3 +553,18 @@ pub fn serve(
 
 #[cfg(test)]
 mod tests;
+
+/// Says once per process, as a warning, that this program did not install
+/// `terrarium::FuelCountingAlloc`: its runs are not charged fuel for what they
+/// allocate (docs/security-model.md, "Fuel on the interpreter tier").
+pub(crate) fn warn_without_counting_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !terrarium_fuel::allocator_installed() {
+            tracing::warn!(
+                "this program does not install terrarium::FuelCountingAlloc as its global allocator: \
+                 interpreter runs here are not charged fuel for the data they make (docs/library.md)"
+            );
+        }
+    });
+}
