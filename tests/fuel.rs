@@ -166,6 +166,68 @@ fn native_work_is_charged_and_stopped_by_fuel() {
     }
 }
 
+/// Single calls whose native work grows with their data (copies, scans, conversions,
+/// text made, keys that collide), each in a loop: the charges for the data, not the
+/// one instruction per call, stop the loop, in both modes, long before the deadline.
+#[test]
+fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
+    let isolated = common::isolated(wide());
+    let embedded = terrarium::EmbeddedExecutor::new(wide());
+    let setup = "import hashlib\nL = [0] * 200000\nL2 = [0] * 200000\nT = tuple(range(20000))\n\
+                 D = dict.fromkeys(range(20000))\nD2 = dict.fromkeys(range(20000))\nS2 = set(range(20000))\n\
+                 S = 'a' * 200000\nS3 = 'a' * 200000\nB = b'a' * 200000\nM = 2 ** 61 - 1\nN = '7' * 4000\n";
+    let calls = [
+        "str(L)",
+        "str(D)",
+        "{*L}",
+        "dict(D)",
+        "D.update(D2)",
+        "S2 & S2",
+        "D == D2",
+        "L == L2",
+        "L < L2",
+        "L.count(0)",
+        "1 in L",
+        "L.reverse()",
+        "L[::-1]",
+        "L.insert(0, 1)\n    L.pop(0)",
+        "del L[:1]\n    L.append(0)",
+        "L + L2",
+        "bytes(L)",
+        "hash(T)",
+        "T.count(1)",
+        "'b' in S",
+        "S.count('b')",
+        "S.find('b')",
+        "S.replace('b', 'c')",
+        "S + S3",
+        "S[1:]",
+        "S == S3",
+        "S.upper()",
+        "S.isalpha()",
+        "S.startswith(S3)",
+        "S.translate({})",
+        "S.encode()",
+        "B == B[:]",
+        "b'b' in B",
+        "'a'.ljust(200000)",
+        "format(1, '>200000')",
+        "'%*d' % (200000, 1)",
+        "int(N)",
+        "hashlib.sha256(B)",
+        "set(range(0, 3000 * M, M))",
+        "dict.fromkeys(range(0, 3000 * M, M))",
+    ];
+    for (mode, exec) in [("isolated", &isolated as &dyn terrarium::Executor), ("embedded", &embedded)] {
+        for call in calls {
+            let code = format!("{setup}while True:\n    {call}");
+            let o = common::exec(exec, with_fuel(&code, 2_000_000));
+            assert_eq!(o.status, Status::FuelExhausted, "{mode}: `{call}` ran past its budget: {o:?}");
+            assert_eq!(used(&o), 2_000_000, "{mode}: `{call}`: {o:?}");
+        }
+    }
+}
+
 /// The exhaustion is raised at every instruction until the run has unwound: no
 /// handler, `finally`, generator or finalizer gets work done past the budget.
 #[test]
@@ -179,6 +241,9 @@ fn catching_the_exhaustion_does_not_help() {
         "def g():\n    while True:\n        try:\n            yield 1\n        except BaseException:\n            pass\nfor _ in g():\n    pass",
         "class D:\n    def __del__(self):\n        while True:\n            pass\na = D()\na.me = a\ndel a\nwhile True:\n    pass",
         "import re\nwhile True:\n    try:\n        re.match(r'(a*)*b', 'a' * 40)\n    except BaseException:\n        print('caught')",
+        // Out of fuel in a finalizer on a refcount drop: the interpreter reports the
+        // uncatchable error (importing `sys`), and the run still ends out of fuel.
+        "class A:\n    def __del__(self):\n        while True:\n            pass\na = A()\ndel a\nprint('caught')",
     ];
     for (mode, exec) in [("isolated", &isolated as &dyn terrarium::Executor), ("embedded", &embedded)] {
         for code in attacks {

@@ -346,6 +346,9 @@ pub(crate) mod _hashlib {
         }
 
         fn update(&self, data: &[u8]) {
+            // Terrarium: fuel by the bytes it hashes (spent fuel raises at the
+            // next instruction).
+            rustpython_vm::fuel::charge_later(rustpython_vm::fuel::bytes_cost(data.len()));
             unsafe {
                 backend::state_update(self.ptr(), backend::HASH_STATE_STORAGE_WORDS, data);
             }
@@ -414,6 +417,9 @@ pub(crate) mod _hashlib {
         }
 
         fn update(&self, data: &[u8]) {
+            // Terrarium: fuel by the bytes it hashes (spent fuel raises at the
+            // next instruction).
+            rustpython_vm::fuel::charge_later(rustpython_vm::fuel::bytes_cost(data.len()));
             unsafe {
                 backend::hmac_state_update(self.ptr(), backend::HMAC_STATE_STORAGE_WORDS, data);
             }
@@ -1206,6 +1212,8 @@ pub(crate) mod _hashlib {
         }
         let rounds = usize::try_from(args.iterations)
             .map_err(|_| vm.new_overflow_error("iteration value is too great."))?;
+        // Terrarium: fuel by the rounds it hashes (a few blocks each).
+        vm.charge_fuel(rounds as u64 * 4)?;
 
         let dklen: usize = match args.dklen {
             Some(obj) if vm.is_none(&obj) => {

@@ -60,7 +60,11 @@ fn collect_bytes(
         if cls.slots().iter.load().is_none() && !cls.has_attr(identifier!(vm, __getitem__)) {
             return Err(vm.new_type_error(unusable(&cls.name())));
         }
-        let value = |x: PyObjectRef| value_from_object_with(vm, &x, element);
+        // Terrarium: one unit of fuel per item converted.
+        let value = |x: PyObjectRef| {
+            vm.charge_fuel(1)?;
+            value_from_object_with(vm, &x, element)
+        };
         let elements = if measured {
             vm.map_iterable_object_sized(obj, value)
         } else {

@@ -509,6 +509,11 @@ impl PyBytesInner {
         PyComparisonValue::from_option(
             other
                 .try_bytes_like(vm, |other| {
+                    // Terrarium: fuel by the bytes it may compare (spent fuel
+                    // raises at the next instruction).
+                    terrarium_fuel::charge(crate::fuel::bytes_cost(
+                        self.elements.len().min(other.len()),
+                    ));
                     // Equality does not need the ordering, and answers two
                     // buffers of different length without reading either.
                     op.eval_eq(|| self.elements.as_slice() == other)
@@ -527,6 +532,8 @@ impl PyBytesInner {
     }
 
     pub fn contains(&self, needle: ByteInnerSub, vm: &VirtualMachine) -> PyResult<bool> {
+        // Terrarium: fuel by the bytes it scans.
+        vm.charge_fuel(crate::fuel::bytes_cost(self.elements.len()))?;
         Ok(match needle {
             ByteInnerSub::Buffer(sub) => self.elements.contains_str(sub.elements.as_slice()),
             ByteInnerSub::Byte(int) => self.elements.contains(&int.as_bigint().byte_or(vm)?),
@@ -534,6 +541,10 @@ impl PyBytesInner {
     }
 
     pub fn isalnum(&self) -> bool {
+
+        // Terrarium: fuel by the bytes it may scan.
+
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         !self.elements.is_empty()
             && self
                 .elements
@@ -542,14 +553,26 @@ impl PyBytesInner {
     }
 
     pub fn isalpha(&self) -> bool {
+
+        // Terrarium: fuel by the bytes it may scan.
+
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         !self.elements.is_empty() && self.elements.iter().all(|x| char::from(*x).is_alphabetic())
     }
 
     pub fn isascii(&self) -> bool {
+
+        // Terrarium: fuel by the bytes it may scan.
+
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         self.elements.iter().all(|x| char::from(*x).is_ascii())
     }
 
     pub fn isdigit(&self) -> bool {
+
+        // Terrarium: fuel by the bytes it may scan.
+
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         !self.elements.is_empty()
             && self
                 .elements
@@ -558,15 +581,25 @@ impl PyBytesInner {
     }
 
     pub fn islower(&self) -> bool {
+
+        // Terrarium: fuel by the bytes it may scan.
+
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         self.elements.py_islower()
     }
 
     pub fn isupper(&self) -> bool {
+
+        // Terrarium: fuel by the bytes it may scan.
+
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         self.elements.py_isupper()
     }
 
     // _Py_bytes_isspace
     pub fn isspace(&self) -> bool {
+        // Terrarium: fuel by the bytes it may scan.
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         // is_ascii_whitespace excludes vertical tab, while Py_ISSPACE accepts it
         !self.elements.is_empty()
             && self
@@ -577,6 +610,8 @@ impl PyBytesInner {
 
     // _Py_bytes_istitle
     pub fn istitle(&self) -> bool {
+        // Terrarium: fuel by the bytes it may scan.
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.elements.len()));
         let mut cased = false;
         let mut previous_is_cased = false;
 
@@ -735,6 +770,8 @@ impl PyBytesInner {
 
     pub fn count(&self, options: ByteInnerFindOptions, vm: &VirtualMachine) -> PyResult<usize> {
         let (needle, range) = options.get_value(self.elements.len(), vm)?;
+        // Terrarium: fuel by the bytes it scans.
+        vm.charge_fuel(crate::fuel::bytes_cost(range.len()))?;
         Ok(self
             .elements
             .py_count(needle.as_slice(), range, |h, n| h.find_iter(n).count()))
@@ -751,6 +788,8 @@ impl PyBytesInner {
         F: Fn(&[u8], &[u8]) -> Option<usize>,
     {
         let (needle, range) = options.get_value(self.elements.len(), vm)?;
+        // Terrarium: fuel by the bytes it scans.
+        vm.charge_fuel(crate::fuel::bytes_cost(range.len()))?;
         Ok(self.elements.py_find(&needle, range, find))
     }
 

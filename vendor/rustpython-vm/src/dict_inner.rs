@@ -1318,16 +1318,13 @@ impl<T: Clone> Dict<T> {
                 }
             };
 
-            #[expect(
-                clippy::redundant_else,
-                reason = "Keeping the empty `else` block here for documentation"
-            )]
             // This comparison needs to be done outside the lock.
             if key.key_eq(vm, &entry_key)? {
                 break 'outer ret;
-            } else {
-                // hash collision
             }
+            // Terrarium: a hash collision: one unit of fuel per key compared in
+            // vain (keys made to collide would otherwise cost quadratic work).
+            vm.charge_fuel(1)?;
 
             // warn!("Perturb value: {}", i);
         };

@@ -5622,6 +5622,8 @@ impl ExecutingFrame<'_> {
                 };
                 let iter = PyIter::try_from_object(vm, iterable)?;
                 while let PyIterReturn::Return(item) = iter.next(vm)? {
+                    // Terrarium: one unit of fuel per item (`{*L}`).
+                    vm.charge_fuel(1)?;
                     set.add(item, vm)?;
                 }
                 Ok(None)
@@ -7649,6 +7651,13 @@ impl ExecutingFrame<'_> {
                     b.downcast_ref_if_exact::<PyStr>(vm),
                 ) {
                     let op = self.compare_op_from_arg(arg);
+                    // Terrarium: fuel as the unspecialised comparison charges it
+                    // (the other operators go there).
+                    if matches!(op, PyComparisonOp::Eq | PyComparisonOp::Ne) && !a.is(b) {
+                        vm.charge_fuel(crate::fuel::bytes_cost(
+                            a_str.as_bytes().len().min(b_str.as_bytes().len()),
+                        ))?;
+                    }
                     // The same two shortcuts the unspecialized comparison takes:
                     // one object is equal to itself, and equality answers two
                     // strings of different length without reading either.

@@ -44,7 +44,21 @@ impl VirtualMachine {
     }
 }
 
-/// Units for `bytes` of data a native operation makes: one per 64.
+/// Charges `units` where an error cannot be raised (inside a closure, or a method
+/// given no `vm`): a spent budget raises at the next instruction.
+#[inline]
+pub fn charge_later(units: u64) {
+    terrarium_fuel::charge(units);
+}
+
+/// Units for `n` items a native operation copies, moves or walks without calling
+/// Python on them: one per 16.
+#[inline]
+pub fn items_cost(n: usize) -> u64 {
+    (n / 16) as u64
+}
+
+/// Units for `bytes` of data a native operation makes or scans: one per 64.
 #[inline]
 pub fn bytes_cost(bytes: usize) -> u64 {
     (bytes / 64) as u64
@@ -97,6 +111,13 @@ pub fn pow_cost(base: &BigInt, exp: u64) -> u64 {
 pub fn modpow_cost(exp: &BigInt, modulus: &BigInt) -> u64 {
     let limbs = modulus.bits().div_ceil(64).max(1);
     limbs.saturating_mul(limbs).saturating_mul(exp.bits()) / 16
+}
+
+/// Units for turning `digits` decimal digits into an integer, or an integer of
+/// about that many digits into text: quadratic in its limbs.
+#[inline]
+pub fn int_text_cost(digits: usize) -> u64 {
+    square_cost((digits as u64).saturating_mul(10) / 3, 64)
 }
 
 /// Units for native big-integer work that grows with the square of a number of

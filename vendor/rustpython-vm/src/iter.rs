@@ -9,6 +9,8 @@ pub trait PyExactSizeIterator<'a>: ExactSizeIterator<Item = &'a PyObject> + Size
             return Ok(false);
         }
         for (a, b) in lhs.zip_eq(rhs) {
+            // Terrarium: one unit of fuel per pair compared.
+            vm.charge_fuel(1)?;
             if !vm.identical_or_equal(a, b)? {
                 return Ok(false);
             }
@@ -34,6 +36,8 @@ pub trait PyExactSizeIterator<'a>: ExactSizeIterator<Item = &'a PyObject> + Size
         let lhs_len = lhs.len();
         let rhs_len = rhs.len();
         for (a, b) in lhs.zip(rhs) {
+            // Terrarium: one unit of fuel per pair compared.
+            vm.charge_fuel(1)?;
             if vm.bool_eq(a, b)? {
                 continue;
             }
@@ -80,6 +84,8 @@ pub fn richcompare_mutating_seqs(
         let (Some(a_item), Some(b_item)) = (a_item, b_item) else {
             return Ok(op.eval_ord(a_len.cmp(&b_len)));
         };
+        // Terrarium: one unit of fuel per pair compared.
+        vm.charge_fuel(1)?;
 
         if vm.bool_eq(&a_item, &b_item)? {
             i += 1;

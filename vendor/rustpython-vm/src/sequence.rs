@@ -56,6 +56,9 @@ pub trait MutObjectSequenceOp {
             if i >= range.end {
                 break Optioned::<usize>::none();
             }
+            // Terrarium: one unit of fuel per item compared (`count`, `in`,
+            // `index`, `remove`).
+            vm.charge_fuel(1)?;
             let guard = if let Some(x) = borrower.take() {
                 x
             } else {

@@ -119,14 +119,23 @@ impl<T: Clone> SliceableSequenceMutOp for Vec<T> {
     }
 
     fn do_delete(&mut self, index: usize) {
+        // Terrarium: fuel by the items it moves (spent fuel raises at the next
+        // instruction).
+        terrarium_fuel::charge(crate::fuel::items_cost(self.len().saturating_sub(index)));
         self.remove(index);
     }
 
     fn do_set_range(&mut self, range: Range<usize>, items: &[Self::Item]) {
+        // Terrarium: fuel by the items it moves and copies.
+        terrarium_fuel::charge(crate::fuel::items_cost(
+            self.len().saturating_sub(range.start) + items.len(),
+        ));
         self.splice(range, items.to_vec());
     }
 
     fn do_delete_range(&mut self, range: Range<usize>) {
+        // Terrarium: fuel by the items it moves.
+        terrarium_fuel::charge(crate::fuel::items_cost(self.len().saturating_sub(range.start)));
         self.drain(range);
     }
 
@@ -143,6 +152,8 @@ impl<T: Clone> SliceableSequenceMutOp for Vec<T> {
     where
         I: Iterator<Item = usize>,
     {
+        // Terrarium: fuel by the items it moves.
+        terrarium_fuel::charge(crate::fuel::items_cost(self.len().saturating_sub(range.start)));
         let mut indexes = indexes.peekable();
         let mut deleted = 0;
 

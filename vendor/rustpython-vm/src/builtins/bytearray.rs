@@ -539,7 +539,12 @@ impl Py<PyByteArray> {
             &affix,
             "endswith",
             "bytes",
-            |s, x: PyBytesInner| s.ends_with(x.as_bytes()),
+            |s, x: PyBytesInner| {
+                // Terrarium: fuel by the bytes it compares (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::bytes_cost(x.as_bytes().len().min(s.len())));
+                s.ends_with(x.as_bytes())
+            },
             vm,
         )
     }
@@ -560,7 +565,12 @@ impl Py<PyByteArray> {
             &affix,
             "startswith",
             "bytes",
-            |s, x: PyBytesInner| s.starts_with(x.as_bytes()),
+            |s, x: PyBytesInner| {
+                // Terrarium: fuel by the bytes it compares (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::bytes_cost(x.as_bytes().len().min(s.len())));
+                s.starts_with(x.as_bytes())
+            },
             vm,
         )
     }

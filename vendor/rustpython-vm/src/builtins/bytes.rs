@@ -432,7 +432,12 @@ impl Py<PyBytes> {
             &affix,
             "endswith",
             "bytes",
-            |s, x: PyBytesInner| s.ends_with(x.as_bytes()),
+            |s, x: PyBytesInner| {
+                // Terrarium: fuel by the bytes it compares (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::bytes_cost(x.as_bytes().len().min(s.len())));
+                s.ends_with(x.as_bytes())
+            },
             vm,
         )
     }
@@ -452,7 +457,12 @@ impl Py<PyBytes> {
             &affix,
             "startswith",
             "bytes",
-            |s, x: PyBytesInner| s.starts_with(x.as_bytes()),
+            |s, x: PyBytesInner| {
+                // Terrarium: fuel by the bytes it compares (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::bytes_cost(x.as_bytes().len().min(s.len())));
+                s.starts_with(x.as_bytes())
+            },
             vm,
         )
     }

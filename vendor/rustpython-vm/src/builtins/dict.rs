@@ -156,6 +156,8 @@ impl PyDict {
             Ok(keys_method) => {
                 let keys = PyIter::try_from_object(vm, keys_method.call((), vm)?)?;
                 while let PyIterReturn::Return(key) = keys.next(vm)? {
+                    // Terrarium: one unit of fuel per item.
+                    vm.charge_fuel(1)?;
                     if !override_existing && dict.contains(vm, &*key)? {
                         continue;
                     }
@@ -284,6 +286,8 @@ impl PyDict {
         while let Some((next, key, value, hash)) = dict_other.entries.next_entry_with_hash(position)
         {
             position = next;
+            // Terrarium: one unit of fuel per item.
+            vm.charge_fuel(1)?;
             if !override_existing && dict.contains_known_hash(vm, &*key, hash)? {
                 continue;
             }
@@ -493,6 +497,8 @@ impl Py<PyDict> {
             (self, other)
         };
         for (k, v1) in subset {
+            // Terrarium: one unit of fuel per item compared.
+            vm.charge_fuel(1)?;
             match superset.get_item_opt(&*k, vm)? {
                 Some(v2) => {
                     if v1.is(&v2) {
@@ -760,6 +766,8 @@ impl Representable for PyDict {
             let mut result = Wtf8Buf::from("{");
             let mut first = true;
             for (key, value) in zelf {
+                // Terrarium: one unit of fuel per item.
+                vm.charge_fuel(1)?;
                 if !first {
                     result.push_str(", ");
                 }
@@ -1268,6 +1276,8 @@ macro_rules! dict_view {
                     let mut result = Wtf8Buf::from(format!("{}([", Self::NAME));
                     let mut first = true;
                     for (key, value) in zelf.dict().clone() {
+                        // Terrarium: one unit of fuel per item.
+                        vm.charge_fuel(1)?;
                         if !first {
                             result.push_str(", ");
                         }

@@ -825,6 +825,8 @@ pub(crate) fn check_int_to_str_digits(value: &BigInt, vm: &VirtualMachine) -> Py
     if bits < 1500 {
         return Ok(());
     }
+    // Terrarium: fuel for the conversion, quadratic in the integer's size.
+    vm.charge_fuel(crate::fuel::square_cost(bits, 64))?;
     // Upper bound on decimal digit count: ⌈bits × log10(2)⌉ + 1, with log10(2) ≈ 0.30103.
     // Multiply with the u64 bit count: `bits as usize * 30103` wraps on
     // 32-bit (wasm32) once bits ≳ 142_500, which silently accepts over-limit
@@ -954,15 +956,21 @@ fn try_int_radix(obj: &PyObject, base: u32, vm: &VirtualMachine) -> PyResult<Big
     match_class!(match obj.to_owned() {
         string @ PyStr => {
             let s = numeric_literal_from_str(&string);
+            // Terrarium: fuel for the conversion, quadratic in its digits.
+            vm.charge_fuel(crate::fuel::int_text_cost(s.len()))?;
             bytes_to_int(s.as_bytes(), base, vm.state.int_max_str_digits.load())
                 .map_err(|e| handle_bytes_to_int_err(e, obj, vm))
         }
         bytes @ PyBytes => {
+            // Terrarium: fuel for the conversion, quadratic in its digits.
+            vm.charge_fuel(crate::fuel::int_text_cost(bytes.as_bytes().len()))?;
             bytes_to_int(bytes.as_bytes(), base, vm.state.int_max_str_digits.load())
                 .map_err(|e| handle_bytes_to_int_err(e, obj, vm))
         }
         bytearray @ PyByteArray => {
             let inner = bytearray.borrow_buf();
+            // Terrarium: fuel for the conversion, quadratic in its digits.
+            vm.charge_fuel(crate::fuel::int_text_cost(inner.len()))?;
             bytes_to_int(&inner, base, vm.state.int_max_str_digits.load())
                 .map_err(|e| handle_bytes_to_int_err(e, obj, vm))
         }

@@ -293,6 +293,8 @@ impl PyList {
             if let Some(value) = value {
                 core::mem::replace(&mut elements[index], value)
             } else {
+                // Terrarium: fuel by the items it moves.
+                vm.charge_fuel(crate::fuel::items_cost(elements.len() - index))?;
                 elements.remove(index)
             }
         };
@@ -320,6 +322,10 @@ impl PyList {
                 )));
             }
             let new_len = items.map_or(0, <[PyObjectRef]>::len);
+            // Terrarium: fuel by the items it moves and copies.
+            vm.charge_fuel(crate::fuel::items_cost(
+                elements.len().saturating_sub(range.start) + new_len,
+            ))?;
             if step == 1 && slice_len == elements.len() && new_len == 0 {
                 core::mem::take(&mut *elements)
             } else {
@@ -494,6 +500,9 @@ impl Py<PyList> {
     pub(crate) fn insert(&self, index: PySsize, object: PyObjectRef) {
         let mut elements = self.borrow_vec_mut();
         let index = elements.saturate_index(index);
+        // Terrarium: fuel by the items it moves (spent fuel raises at the next
+        // instruction).
+        terrarium_fuel::charge(crate::fuel::items_cost(elements.len() - index));
         elements.insert(index, object);
     }
 
@@ -516,7 +525,11 @@ impl Py<PyList> {
 
     #[pymethod]
     fn reverse(&self) {
-        self.borrow_vec_mut().reverse();
+        let mut elements = self.borrow_vec_mut();
+        // Terrarium: fuel by the items it moves (spent fuel raises at the next
+        // instruction).
+        terrarium_fuel::charge(crate::fuel::items_cost(elements.len()));
+        elements.reverse();
     }
 
     #[pymethod]
@@ -565,6 +578,8 @@ impl Py<PyList> {
         } else if index < 0 || index as usize >= elements.len() {
             Err(vm.new_index_error("pop index out of range"))
         } else {
+            // Terrarium: fuel by the items it moves.
+            vm.charge_fuel(crate::fuel::items_cost(elements.len() - index as usize))?;
             Ok(elements.remove(index as usize))
         }
     }
@@ -577,6 +592,9 @@ impl Py<PyList> {
             // defer delete out of borrow
             let removed = {
                 let mut elements = self.borrow_vec_mut();
+                // Terrarium: fuel by the items it moves (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::items_cost(elements.len().saturating_sub(index)));
                 (index < elements.len()).then(|| elements.remove(index))
             };
             drop(removed);
@@ -823,6 +841,8 @@ impl Representable for PyList {
                 let Some(item) = item else {
                     break;
                 };
+                // Terrarium: one unit of fuel per item.
+                vm.charge_fuel(1)?;
 
                 if first {
                     first = false;

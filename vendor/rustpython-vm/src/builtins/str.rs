@@ -587,6 +587,9 @@ impl PyStr {
     where
         F: Fn(char) -> bool,
     {
+        // Terrarium: fuel by the bytes it may scan (`isalpha`, `isdigit`, ...;
+        // spent fuel raises at the next instruction).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.as_bytes().len()));
         match self.as_str_kind() {
             PyKindStr::Ascii(s) => s.chars().all(|ch| test(ch.into())),
             PyKindStr::Utf8(s) => s.chars().all(test),
@@ -674,6 +677,8 @@ impl PyStr {
 
     fn _contains(&self, needle: &PyObject, vm: &VirtualMachine) -> PyResult<bool> {
         if let Some(needle) = needle.downcast_ref::<Self>() {
+            // Terrarium: fuel by the bytes it scans.
+            vm.charge_fuel(crate::fuel::bytes_cost(self.as_bytes().len()))?;
             Ok(memchr::memmem::find(self.as_bytes(), needle.as_bytes()).is_some())
         } else {
             Err(vm.new_type_error(format!(
@@ -834,6 +839,9 @@ impl PyStr {
     {
         let (sub, range) = args.get_value(self.len());
         let (start, haystack) = self.char_range_bytes(range)?;
+        // Terrarium: fuel by the bytes it scans (spent fuel raises at the next
+        // instruction).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(haystack.len()));
         let found = find(haystack, sub.as_wtf8())?;
         Some(self.byte_to_char_index(start + found))
     }
@@ -1079,7 +1087,12 @@ impl Py<PyStr> {
             &affix,
             "endswith",
             "str",
-            |s, x: &Self| s.ends_with(x.as_wtf8()),
+            |s, x: &Self| {
+                // Terrarium: fuel by the bytes it compares (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::bytes_cost(x.as_wtf8().len().min(s.len())));
+                s.ends_with(x.as_wtf8())
+            },
             vm,
         )
     }
@@ -1100,7 +1113,12 @@ impl Py<PyStr> {
             &affix,
             "startswith",
             "str",
-            |s, x: &Self| s.starts_with(x.as_wtf8()),
+            |s, x: &Self| {
+                // Terrarium: fuel by the bytes it compares (spent fuel raises at
+                // the next instruction).
+                terrarium_fuel::charge(crate::fuel::bytes_cost(x.as_wtf8().len().min(s.len())));
+                s.starts_with(x.as_wtf8())
+            },
             vm,
         )
     }
@@ -1241,6 +1259,9 @@ impl Py<PyStr> {
     // Return true if all cased characters in the string are lowercase and there is at least one cased character, false otherwise.
     #[pymethod]
     fn islower(&self) -> bool {
+        // Terrarium: fuel by the bytes it may scan (spent fuel raises at the
+        // next instruction).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.as_bytes().len()));
         match self.as_str_kind() {
             PyKindStr::Ascii(s) => s.py_islower(),
             PyKindStr::Utf8(s) => s.py_islower(),
@@ -1251,6 +1272,9 @@ impl Py<PyStr> {
     // Return true if all cased characters in the string are uppercase and there is at least one cased character, false otherwise.
     #[pymethod]
     fn isupper(&self) -> bool {
+        // Terrarium: fuel by the bytes it may scan (spent fuel raises at the
+        // next instruction).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.as_bytes().len()));
         match self.as_str_kind() {
             PyKindStr::Ascii(s) => s.py_isupper(),
             PyKindStr::Utf8(s) => s.py_isupper(),
@@ -1374,6 +1398,9 @@ impl Py<PyStr> {
 
     #[pymethod]
     fn istitle(&self) -> bool {
+        // Terrarium: fuel by the bytes it may scan (spent fuel raises at the
+        // next instruction).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.as_bytes().len()));
         if self.data.is_empty() {
             return false;
         }
@@ -1405,6 +1432,9 @@ impl Py<PyStr> {
         let (needle, range) = args.get_value(self.len());
         let chars = range.len();
         self.char_range_bytes(range).map_or(0, |(_, haystack)| {
+            // Terrarium: fuel by the bytes it scans (spent fuel raises at the
+            // next instruction).
+            terrarium_fuel::charge(crate::fuel::bytes_cost(haystack.len()));
             if needle.is_empty() {
                 // An empty needle sits between every pair of characters and at
                 // both ends, so it occurs once more than the range holds
@@ -1452,6 +1482,9 @@ impl Py<PyStr> {
 
     #[pymethod]
     pub fn isidentifier(&self) -> bool {
+        // Terrarium: fuel by the bytes it may scan (spent fuel raises at the
+        // next instruction).
+        terrarium_fuel::charge(crate::fuel::bytes_cost(self.as_bytes().len()));
         let Some(s) = self.to_str() else { return false };
         let mut chars = s.chars();
 
@@ -1467,6 +1500,8 @@ impl Py<PyStr> {
         let dict = table.downcast_ref_if_exact::<PyDict>(vm);
         let mut translated = Wtf8Buf::with_capacity(self.as_wtf8().len());
         for cp in self.as_wtf8().code_points() {
+            // Terrarium: one unit of fuel per character looked up.
+            vm.charge_fuel(1)?;
             let key = cp.to_u32().to_pyobject(vm);
             // `charmaptranslate_lookup`: a missing key or any `LookupError` leaves `cp` unchanged.
             let value = match dict {
@@ -1664,12 +1699,16 @@ impl Comparable for PyStr {
         zelf: &Py<Self>,
         other: &PyObject,
         op: PyComparisonOp,
-        _vm: &VirtualMachine,
+        vm: &VirtualMachine,
     ) -> PyResult<PyComparisonValue> {
         if let Some(res) = op.identical_optimization(zelf, other) {
             return Ok(res.into());
         }
         let other = class_or_notimplemented!(Self, other);
+        // Terrarium: fuel by the bytes it may compare.
+        vm.charge_fuel(crate::fuel::bytes_cost(
+            zelf.as_bytes().len().min(other.as_bytes().len()),
+        ))?;
         // Equality does not need the ordering, and answers two strings of
         // different length without reading either.
         if let Some(res) = op.eval_eq(|| zelf.as_wtf8() == other.as_wtf8()) {

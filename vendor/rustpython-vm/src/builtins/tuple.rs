@@ -513,6 +513,8 @@ impl Py<PyTuple> {
     fn count(&self, value: PyObjectRef, vm: &VirtualMachine) -> PyResult<usize> {
         let mut count: usize = 0;
         for element in self {
+            // Terrarium: one unit of fuel per item compared.
+            vm.charge_fuel(1)?;
             if vm.identical_or_equal(element, &value)? {
                 count += 1;
             }
@@ -529,6 +531,8 @@ impl Py<PyTuple> {
     ) -> PyResult<usize> {
         let (start, stop) = range.saturate(self.as_slice().len(), vm)?;
         for (index, element) in self.as_slice().iter().enumerate().take(stop).skip(start) {
+            // Terrarium: one unit of fuel per item compared.
+            vm.charge_fuel(1)?;
             if vm.identical_or_equal(element, &value)? {
                 return Ok(index);
             }
@@ -812,7 +816,12 @@ pub(crate) fn init(context: &'static Context) {
 }
 
 pub(super) fn tuple_hash(elements: &[PyObjectRef], vm: &VirtualMachine) -> PyResult<PyHash> {
-    hash::hash_tuple(elements.iter().map(|val| element_hash(val, vm)))
+    // Terrarium: one unit of fuel per item hashed.
+    hash::hash_tuple(
+        elements
+            .iter()
+            .map(|val| vm.charge_fuel(1).and_then(|()| element_hash(val, vm))),
+    )
 }
 
 /// Hash a single tuple element, skipping the generic recursion guard for

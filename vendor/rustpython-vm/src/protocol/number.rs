@@ -71,6 +71,8 @@ impl PyObject {
         fn try_convert(obj: &PyObject, lit: &[u8], vm: &VirtualMachine) -> PyResult<PyIntRef> {
             let base = 10;
             let digit_limit = vm.state.int_max_str_digits.load();
+            // Terrarium: fuel for the conversion, quadratic in its digits.
+            vm.charge_fuel(crate::fuel::int_text_cost(lit.len()))?;
 
             let i = bytes_to_int(lit, base, digit_limit)
                 .map_err(|e| handle_bytes_to_int_err(e, obj, vm))?;
