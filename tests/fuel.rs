@@ -173,9 +173,11 @@ fn native_work_is_charged_and_stopped_by_fuel() {
 fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
     let isolated = common::isolated(wide());
     let embedded = terrarium::EmbeddedExecutor::new(wide());
-    let setup = "import hashlib\nL = [0] * 200000\nL2 = [0] * 200000\nT = tuple(range(20000))\n\
+    let setup = "import hashlib, itertools, math, collections\nL = [0] * 200000\nL2 = [0] * 200000\nT = tuple(range(20000))\n\
                  D = dict.fromkeys(range(20000))\nD2 = dict.fromkeys(range(20000))\nS2 = set(range(20000))\n\
-                 S = 'a' * 200000\nS3 = 'a' * 200000\nB = b'a' * 200000\nM = 2 ** 61 - 1\nN = '7' * 4000\n";
+                 S = 'a' * 200000\nS3 = 'a' * 200000\nB = b'a' * 200000\nM = 2 ** 61 - 1\nN = '7' * 4000\n\
+                 BA = bytearray(200000)\nMV = memoryview(bytes(200000))\nMV2 = memoryview(bytes(200000))\n\
+                 F = tuple(map(float, range(20000)))\nDQ = collections.deque(range(200000))\nW = ' ' * 200000\n";
     let calls = [
         "str(L)",
         "str(D)",
@@ -217,6 +219,18 @@ fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
         "hashlib.sha256(B)",
         "set(range(0, 3000 * M, M))",
         "dict.fromkeys(range(0, 3000 * M, M))",
+        "S.strip('a')",
+        "W.split()",
+        "hash(B)",
+        "BA.reverse()",
+        "MV == MV2",
+        "DQ.rotate(100000)",
+        "next(filter(None, itertools.repeat(0, 200000)), None)",
+        "next(itertools.islice(itertools.repeat(0), 200000, None))",
+        "next(itertools.dropwhile(bool, itertools.repeat(1, 200000)), None)",
+        "math.hypot(*F)",
+        "'%.1070f' % 5e-324",
+        "format(5e-324, '.1000e')",
     ];
     for (mode, exec) in [("isolated", &isolated as &dyn terrarium::Executor), ("embedded", &embedded)] {
         for call in calls {

@@ -234,6 +234,8 @@ mod math {
     #[pyfunction]
     fn hypot(coordinates: PosArgs<ArgIntoFloat, NameCoordinates>) -> f64 {
         let coords = ArgIntoFloat::vec_into_f64(coordinates.into_vec());
+        // Terrarium: one unit of fuel per coordinate.
+        rustpython_vm::fuel::charge_later(coords.len() as u64);
         pymath::math::hypot(&coords)
     }
 
@@ -241,6 +243,8 @@ mod math {
     fn dist(p: Vec<ArgIntoFloat>, q: Vec<ArgIntoFloat>, vm: &VirtualMachine) -> PyResult<f64> {
         let p = ArgIntoFloat::vec_into_f64(p);
         let q = ArgIntoFloat::vec_into_f64(q);
+        // Terrarium: one unit of fuel per coordinate.
+        vm.charge_fuel(p.len() as u64)?;
         if p.len() != q.len() {
             return Err(vm.new_value_error("both points must have the same number of dimensions"));
         }
@@ -796,6 +800,8 @@ mod math {
         // Terrarium: fuel by the square of the arguments' limbs.
         let bits = refs.iter().map(|r| r.bits()).fold(0u64, u64::saturating_add);
         vm.charge_fuel(rustpython_vm::fuel::square_cost(bits, 16))?;
+        // Terrarium: and one unit per argument.
+        vm.charge_fuel(refs.len() as u64)?;
         Ok(pymath::math::integer::gcd(&refs))
     }
 
@@ -810,6 +816,8 @@ mod math {
         // Terrarium: fuel by the square of the arguments' limbs.
         let bits = refs.iter().map(|r| r.bits()).fold(0u64, u64::saturating_add);
         vm.charge_fuel(rustpython_vm::fuel::square_cost(bits, 16))?;
+        // Terrarium: and one unit per argument.
+        vm.charge_fuel(refs.len() as u64)?;
         Ok(pymath::math::integer::lcm(&refs))
     }
 

@@ -193,6 +193,8 @@ pub(crate) trait AnyStr {
         if args.sep.as_ref().is_some_and(|sep| sep.is_empty()) {
             return Err(vm.new_value_error("empty separator"));
         }
+        // Terrarium: fuel by the bytes it scans.
+        vm.charge_fuel(crate::fuel::bytes_cost(self.bytes_len()))?;
         let splits = if let Some(pattern) = args.sep {
             let Some(pattern) = pattern.as_ref() else {
                 return Ok(vec![full_obj()]);
@@ -257,6 +259,8 @@ pub(crate) trait AnyStr {
         FC: Fn(&'a Self, &Self) -> &'a Self,
         FD: Fn(&'a Self) -> &'a Self,
     {
+        // Terrarium: fuel by the bytes it may scan.
+        crate::fuel::charge_later(crate::fuel::bytes_cost(self.bytes_len()));
         match chars {
             Some(chars) => {
                 if let Some(chars) = chars.as_ref() {

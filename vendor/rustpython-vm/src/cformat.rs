@@ -137,7 +137,12 @@ fn spec_format_bytes(
                     e
                 }
             })?;
-            Ok(spec.format_float(value.into()).into_bytes())
+            {
+                let text = spec.format_float(value.into());
+                // Terrarium: fuel for long digit strings (a large precision).
+                vm.charge_fuel(crate::fuel::float_text_cost(text.len()))?;
+                Ok(text.into_bytes())
+            }
         }
         CFormatType::Character(CCharacterType::Character) => {
             // CPython parity: bytes `%c` accepts a single byte or any object
@@ -233,7 +238,12 @@ fn spec_format_string(
         },
         CFormatType::Float(_) => {
             let value = ArgIntoFloat::try_from_object(vm, obj)?;
-            Ok(spec.format_float(value.into()).into())
+            {
+                let text = spec.format_float(value.into());
+                // Terrarium: fuel for long digit strings (a large precision).
+                vm.charge_fuel(crate::fuel::float_text_cost(text.len()))?;
+                Ok(text.into())
+            }
         }
         CFormatType::Character(CCharacterType::Character) => {
             // CPython parity: `%c` accepts a single-char str or any object with

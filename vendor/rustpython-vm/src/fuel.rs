@@ -51,6 +51,14 @@ pub fn charge_later(units: u64) {
     terrarium_fuel::charge(units);
 }
 
+/// Units for a float written out as `len` characters: nothing for the usual
+/// lengths, four per character past 64 (digits of a large precision are computed
+/// with big-number arithmetic).
+#[inline]
+pub fn float_text_cost(len: usize) -> u64 {
+    (len.saturating_sub(64) as u64).saturating_mul(4)
+}
+
 /// Units for `n` items a native operation copies, moves or walks without calling
 /// Python on them: one per 16.
 #[inline]

@@ -706,7 +706,10 @@ impl Py<PyByteArray> {
 
     #[pymethod]
     fn reverse(&self) {
-        self.borrow_buf_mut().reverse();
+        let mut buf = self.borrow_buf_mut();
+        // Terrarium: fuel by the bytes it moves.
+        crate::fuel::charge_later(crate::fuel::bytes_cost(buf.len()));
+        buf.reverse();
     }
 
     #[pymethod]

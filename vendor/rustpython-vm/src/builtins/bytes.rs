@@ -732,6 +732,8 @@ impl AsNumber for PyBytes {
 impl Hashable for PyBytes {
     #[inline]
     fn hash(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<PyHash> {
+        // Terrarium: fuel by the bytes it hashes.
+        vm.charge_fuel(crate::fuel::bytes_cost(zelf.payload.inner.elements.len()))?;
         Ok(zelf.payload.inner.hash(vm))
     }
 }

@@ -65,6 +65,8 @@ impl IterNext for PyFilter {
     fn next(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<PyIterReturn> {
         let predicate = &zelf.predicate;
         loop {
+            // Terrarium: one unit of fuel per item pulled.
+            vm.charge_fuel(1)?;
             let next_obj = raise_if_stop!(zelf.iterator.next(vm)?);
             let predicate_value = if vm.is_none(predicate) {
                 next_obj.clone()

@@ -299,6 +299,10 @@ impl Py<PyFloat> {
         } else {
             format_spec.format_float(zelf.to_f64())
         };
+        // Terrarium: fuel for long digit strings (a large precision), by their size.
+        if let Ok(text) = &result {
+            vm.charge_fuel(crate::fuel::float_text_cost(text.len()))?;
+        }
         result
             .map(Wtf8Buf::from_string)
             .map_err(|err| err.into_pyexception(vm))

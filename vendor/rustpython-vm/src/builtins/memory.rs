@@ -488,6 +488,9 @@ impl PyMemoryView {
         if zelf.is(other) {
             return Ok(true);
         }
+        // Terrarium: one unit of fuel per element it may compare (each is unpacked
+        // into an object).
+        vm.charge_fuel((zelf.desc.len / zelf.desc.itemsize.max(1)) as u64)?;
         if zelf.released.load() {
             return Ok(false);
         }
@@ -622,6 +625,8 @@ impl Py<PyMemoryView> {
         if self.desc.ndim() != 1 {
             return Err(vm.new_not_implemented_error("sub-view are not implemented"));
         }
+        // Terrarium: fuel by the bytes it may copy.
+        vm.charge_fuel(crate::fuel::bytes_cost(self.desc.len))?;
 
         let mut dest = self.borrowed_view();
         dest.init_slice(slice, 0, vm)?;

@@ -1484,7 +1484,7 @@ impl Py<PyStr> {
     pub fn isidentifier(&self) -> bool {
         // Terrarium: fuel by the bytes it may scan (spent fuel raises at the
         // next instruction).
-        terrarium_fuel::charge(crate::fuel::bytes_cost(self.as_bytes().len()));
+        terrarium_fuel::charge((self.as_bytes().len() / 4) as u64);
         let Some(s) = self.to_str() else { return false };
         let mut chars = s.chars();
 

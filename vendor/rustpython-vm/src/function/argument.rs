@@ -822,8 +822,11 @@ where
     const PARAMS: Option<&'static [Param]> = Some(&[Param::var_positional(Name::NAME)]);
 
     fn from_args(vm: &VirtualMachine, args: &mut FuncArgs) -> Result<Self, ArgumentError> {
-        let mut varargs = Vec::new();
-        while let Some(value) = args.take_positional() {
+        // Terrarium: all of them at once; taking them one by one from the front
+        // moved the rest each time (`math.hypot(*t)` was quadratic in `len(t)`).
+        let taken = core::mem::take(&mut args.args);
+        let mut varargs = Vec::with_capacity(taken.len());
+        for value in taken {
             varargs.push(value.try_into_value(vm)?);
         }
         Ok(Self(varargs, core::marker::PhantomData))

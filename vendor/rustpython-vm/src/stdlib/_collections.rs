@@ -506,6 +506,8 @@ mod _collections {
         fn rotate(&self, args: RotateArgs) {
             self.state.fetch_add(1);
             let mut deque = self.borrow_deque_mut();
+            // Terrarium: fuel by the items it moves.
+            crate::fuel::charge_later(crate::fuel::items_cost(deque.len()));
             if !deque.is_empty() {
                 let n = args.n % deque.len() as isize;
                 if n.is_negative() {

@@ -96,6 +96,8 @@ mod decl {
                 return Ok(PyIterReturn::StopIteration(None));
             };
             let next = loop {
+                // Terrarium: one unit of fuel per item pulled.
+                vm.charge_fuel(1)?;
                 let maybe_active = zelf.active.read().clone();
                 if let Some(active) = maybe_active {
                     match active.next(vm) {
@@ -179,6 +181,8 @@ mod decl {
     impl IterNext for PyItertoolsCompress {
         fn next(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<PyIterReturn> {
             loop {
+                // Terrarium: one unit of fuel per item pulled.
+                vm.charge_fuel(1)?;
                 let sel_obj = raise_if_stop!(zelf.selectors.next(vm)?);
                 let verdict = sel_obj.try_to_bool(vm)?;
                 let data_obj = zelf.data.next(vm)?;
@@ -557,6 +561,8 @@ mod decl {
 
             if !zelf.start_flag.load() {
                 loop {
+                    // Terrarium: one unit of fuel per item pulled.
+                    vm.charge_fuel(1)?;
                     let obj = raise_if_stop!(iterable.next(vm)?);
                     let pred_value = predicate.call((obj.clone(),), vm)?;
                     if !pred_value.try_to_bool(vm)? {
@@ -666,6 +672,8 @@ mod decl {
             }
 
             loop {
+                // Terrarium: one unit of fuel per item pulled.
+                vm.charge_fuel(1)?;
                 let (tgtkey, currkey) = {
                     let state = zelf.state.lock();
                     (state.tgtkey.clone(), state.current_key.clone())
@@ -871,6 +879,8 @@ mod decl {
             let stop = zelf.stop.unwrap_or(usize::MAX);
 
             while zelf.cur.load() < zelf.next.load() {
+                // Terrarium: one unit of fuel per item skipped.
+                vm.charge_fuel(1)?;
                 raise_if_stop!({
                     let result = iterable.next(vm)?;
                     if matches!(result, PyIterReturn::StopIteration(_)) {
@@ -944,6 +954,8 @@ mod decl {
             let iterable = &zelf.iterable;
 
             loop {
+                // Terrarium: one unit of fuel per item pulled.
+                vm.charge_fuel(1)?;
                 let obj = raise_if_stop!(iterable.next(vm)?);
                 let pred_value = if vm.is_none(predicate) {
                     obj.clone()
