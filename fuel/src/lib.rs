@@ -5,8 +5,10 @@
 //! instruction it dispatches, and native operations charge it in proportion to their
 //! work (items pulled from an iterator, comparisons of a sort, limbs of big-integer
 //! arithmetic, bytes of a repeated sequence, steps of the regular-expression engine);
-//! Terrarium starts the count before a run and reads it after. What is charged, and
-//! how much, depends only on the code and its inputs, never on time or load.
+//! Terrarium starts the count before a run and reads it after. [`CountingAlloc`], the
+//! global allocator of every Terrarium program, charges what the snippet's code
+//! allocates in large pieces. What is charged, and how much, depends only on the
+//! code and its inputs, never on time or load.
 //!
 //! # Security
 //! The counter lives in Rust thread-local state: no Python object refers to it, so a

@@ -12,10 +12,6 @@
 //!   audit log, approvals and the walls of each tier.
 
 use std::path::PathBuf;
-
-/// As Terrarium's binary: embedded runs charge fuel for large allocations.
-#[global_allocator]
-static ALLOCATOR: terrarium::FuelCountingAlloc = terrarium::FuelCountingAlloc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +22,10 @@ use terrarium::{
     DockerConfig, ExecRequest, IsolatedConfig, Outcome, Overrides, Policy, PolicyError, Sandbox, SandboxError,
     SessionHandle, SessionOptions, TierChoice, WasmConfig,
 };
+
+/// As Terrarium's binary: embedded runs charge fuel for large allocations.
+#[global_allocator]
+static ALLOCATOR: terrarium::FuelCountingAlloc = terrarium::FuelCountingAlloc;
 
 /// One runtime for every sandbox in the process; its threads wait on children
 /// and engines, they run no Python.

@@ -14,7 +14,16 @@
 //! - big-integer arithmetic by the sizes of its operands ([`int_cost`]);
 //! - one unit per step of the regular-expression engine (`rustpython-sre_engine`);
 //! - the `math` module's big-integer functions by their size
-//!   (`rustpython-stdlib`, [`square_cost`]).
+//!   (`rustpython-stdlib`, [`square_cost`]);
+//! - data scanned, moved or compared: str/bytes searches, comparisons, predicates,
+//!   splits and strips by their bytes ([`bytes_cost`]); container comparisons,
+//!   `count`/`index`/`in`, hashes of tuples, dict updates and `repr` per item;
+//!   list moves per 16 items ([`items_cost`]); hash collisions per key compared;
+//!   `int` <-> `str` by the square of its size ([`int_text_cost`]); a float's long
+//!   digit strings ([`float_text_cost`]); items filtering iterators skip.
+//!
+//! Data made in large pieces is charged by Terrarium's allocator, outside this
+//! crate (`terrarium_fuel::CountingAlloc`).
 //!
 //! Out of fuel, [`VirtualMachine::fuel_exhausted_error`] is raised at every
 //! instruction until the run has unwound; natives that charge stop at once.

@@ -551,9 +551,6 @@ pub fn serve(
     }
 }
 
-#[cfg(test)]
-mod tests;
-
 /// Says once per process, as a warning, that this program did not install
 /// `terrarium::FuelCountingAlloc`: its runs are not charged fuel for what they
 /// allocate (docs/security-model.md, "Fuel on the interpreter tier").
@@ -568,3 +565,6 @@ pub(crate) fn warn_without_counting_allocator() {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
