@@ -177,7 +177,8 @@ fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
                  D = dict.fromkeys(range(20000))\nD2 = dict.fromkeys(range(20000))\nS2 = set(range(20000))\n\
                  S = 'a' * 200000\nS3 = 'a' * 200000\nB = b'a' * 200000\nM = 2 ** 61 - 1\nN = '7' * 4000\n\
                  BA = bytearray(200000)\nMV = memoryview(bytes(200000))\nMV2 = memoryview(bytes(200000))\n\
-                 F = tuple(map(float, range(20000)))\nDQ = collections.deque(range(200000))\nW = ' ' * 200000\n";
+                 F = tuple(map(float, range(20000)))\nDQ = collections.deque(range(200000))\nW = ' ' * 200000\n\
+                 H = set(range(100000))\nH.difference_update(range(99999))\nFS = '{}' * 100000\n";
     let calls = [
         "str(L)",
         "str(D)",
@@ -231,6 +232,11 @@ fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
         "math.hypot(*F)",
         "'%.1070f' % 5e-324",
         "format(5e-324, '.1000e')",
+        "import math",
+        "from math import *",
+        "next(iter(H))",
+        "H.copy()",
+        "FS.format(*range(100000))",
     ];
     for (mode, exec) in [("isolated", &isolated as &dyn terrarium::Executor), ("embedded", &embedded)] {
         for call in calls {

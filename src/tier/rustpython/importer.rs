@@ -285,6 +285,11 @@ pub struct ImportArgs {
     level: i32,
 }
 
+/// Units of fuel every import statement (or `__import__` call) costs, whatever it
+/// finds: a loop of imports of a loaded module, of a missing submodule or of
+/// `from m import *` did 100–300 instructions' worth of native work per import.
+pub(crate) const IMPORT_FUEL: u64 = 300;
+
 /// Snippets' `__import__(name, globals=None, locals=None, fromlist=(), level=0)`.
 pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
     let ImportArgs { name, fromlist, level, .. } = args;
@@ -300,8 +305,10 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
         Some(f) if !vm.is_none(&f) => f.try_to_value::<Vec<PyObjectRef>>(vm)?,
         _ => Vec::new(),
     };
-    // One unit of fuel per name: the checks below walk the list.
-    vm.charge_fuel(u64::try_from(fromlist.len()).unwrap_or(u64::MAX))?;
+    // Fuel: a flat charge per import (finding a module, cached or not, and copying
+    // names for `import *` is native work of a few hundred instructions' time), and
+    // one unit per name, which the checks below walk.
+    vm.charge_fuel(IMPORT_FUEL.saturating_add(u64::try_from(fromlist.len()).unwrap_or(u64::MAX)))?;
     // Exact strings only: a module's first load runs with fuel paused (see
     // `terrarium_fuel::pause`) and must not call a snippet's object.
     let fromlist: Vec<PyObjectRef> = fromlist

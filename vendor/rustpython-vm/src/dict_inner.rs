@@ -221,6 +221,8 @@ impl<T: Clone> Clone for Dict<T> {
                 indices: Vec::new(),
                 entries: Vec::with_capacity(inner.used),
             };
+            // Terrarium: fuel by the entries it walks, deleted ones too.
+            charge_holes(inner.entries.len());
             copy.entries
                 .extend(inner.entries.iter().flatten().cloned().map(Some));
             copy.resize(inner.used * 2);
@@ -1106,12 +1108,16 @@ impl<T: Clone> Dict<T> {
         if inner.size() != *old {
             return Err(DictChanged);
         }
+        // Terrarium: fuel by the deleted entries it skips (see `charge_holes`).
+        let start = position;
         loop {
             let Some(entry) = inner.entries.get(position) else {
+                charge_holes(position - start);
                 return Ok(None);
             };
             position += 1;
             if let Some(entry) = entry {
+                charge_holes(position - start - 1);
                 return Ok(Some((position, project(&entry.key, &entry.value))));
             }
         }
@@ -1128,14 +1134,18 @@ impl<T: Clone> Dict<T> {
         if inner.size() != *old {
             return Err(DictChanged);
         }
+        // Terrarium: fuel by the deleted entries it skips (see `charge_holes`).
+        let start = position;
         loop {
             let Some(entry) = inner.entries.get(position) else {
                 return Ok(None);
             };
             if let Some(entry) = entry {
+                charge_holes(start - position);
                 return Ok(Some((position, project(&entry.key, &entry.value))));
             }
             if position == 0 {
+                charge_holes(start);
                 return Ok(None);
             }
             position -= 1;
@@ -1152,10 +1162,16 @@ impl<T: Clone> Dict<T> {
         mut position: EntryIndex,
     ) -> Option<(usize, PyObjectRef, T, HashValue)> {
         let inner = self.read();
+        // Terrarium: fuel by the deleted entries it skips (see `charge_holes`).
+        let start = position;
         loop {
-            let entry = inner.entries.get(position)?;
+            let Some(entry) = inner.entries.get(position) else {
+                charge_holes(position - start);
+                return None;
+            };
             position += 1;
             if let Some(entry) = entry {
+                charge_holes(position - start - 1);
                 break Some((position, entry.key.clone(), entry.value.clone(), entry.hash));
             }
         }
@@ -1163,12 +1179,16 @@ impl<T: Clone> Dict<T> {
 
     pub(crate) fn prev_entry(&self, mut position: EntryIndex) -> Option<(usize, PyObjectRef, T)> {
         let inner = self.read();
+        // Terrarium: fuel by the deleted entries it skips (see `charge_holes`).
+        let start = position;
         loop {
             let entry = inner.entries.get(position)?;
             if let Some(entry) = entry {
+                charge_holes(start - position);
                 break Some((position, entry.key.clone(), entry.value.clone()));
             }
             if position == 0 {
+                charge_holes(start);
                 break None;
             }
             position -= 1;
@@ -1185,7 +1205,10 @@ impl<T: Clone> Dict<T> {
     }
 
     pub(crate) fn keys(&self) -> Vec<PyObjectRef> {
-        self.read()
+        let inner = self.read();
+        // Terrarium: fuel by the entries it walks, deleted ones too.
+        crate::fuel::charge_later(crate::fuel::items_cost(inner.entries.len()));
+        inner
             .entries
             .iter()
             .filter_map(|v| v.as_ref().map(|v| v.key.clone()))
@@ -1195,7 +1218,10 @@ impl<T: Clone> Dict<T> {
     /// All keys paired with the hash stored in their entry, for feeding
     /// [`Self::insert_known_hash`] without re-calling `__hash__`.
     pub(crate) fn keys_with_hashes(&self) -> Vec<(PyObjectRef, HashValue)> {
-        self.read()
+        let inner = self.read();
+        // Terrarium: fuel by the entries it walks, deleted ones too.
+        crate::fuel::charge_later(crate::fuel::items_cost(inner.entries.len()));
+        inner
             .entries
             .iter()
             .filter_map(|v| v.as_ref().map(|v| (v.key.clone(), v.hash)))
@@ -1203,7 +1229,10 @@ impl<T: Clone> Dict<T> {
     }
 
     pub(crate) fn values(&self) -> Vec<T> {
-        self.read()
+        let inner = self.read();
+        // Terrarium: fuel by the entries it walks, deleted ones too.
+        crate::fuel::charge_later(crate::fuel::items_cost(inner.entries.len()));
+        inner
             .entries
             .iter()
             .filter_map(|v| v.as_ref().map(|v| v.value.clone()))
@@ -1211,7 +1240,10 @@ impl<T: Clone> Dict<T> {
     }
 
     pub(crate) fn items(&self) -> Vec<(PyObjectRef, T)> {
-        self.read()
+        let inner = self.read();
+        // Terrarium: fuel by the entries it walks, deleted ones too.
+        crate::fuel::charge_later(crate::fuel::items_cost(inner.entries.len()));
+        inner
             .entries
             .iter()
             .filter_map(|v| v.as_ref().map(|v| (v.key.clone(), v.value.clone())))
@@ -2073,4 +2105,11 @@ mod tests {
             assert!(dict.contains(vm, &2usize).unwrap());
         });
     }
+}
+
+/// Terrarium: one unit of fuel per 16 deleted entries an iteration skips (a table
+/// emptied by deletions keeps its holes until it is resized).
+#[inline]
+fn charge_holes(n: usize) {
+    crate::fuel::charge_later(crate::fuel::items_cost(n));
 }

@@ -68,6 +68,13 @@ pub fn float_text_cost(len: usize) -> u64 {
     (len.saturating_sub(64) as u64).saturating_mul(4)
 }
 
+/// Units for parsing a `str.format` string of `len` bytes: one per 2 (its fields
+/// are parsed into objects before any is filled).
+#[inline]
+pub fn format_text_cost(len: usize) -> u64 {
+    (len / 2) as u64
+}
+
 /// Units for `n` items a native operation copies, moves or walks without calling
 /// Python on them: one per 16.
 #[inline]

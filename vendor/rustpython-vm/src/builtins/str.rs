@@ -1159,6 +1159,9 @@ impl Py<PyStr> {
 
     #[pymethod]
     fn format(&self, args: FuncArgs, vm: &VirtualMachine) -> PyResult<Wtf8Buf> {
+        // Terrarium: fuel for parsing the format string, whose fields are all
+        // parsed before the first is filled.
+        vm.charge_fuel(crate::fuel::format_text_cost(self.as_bytes().len()))?;
         let format_str =
             FormatString::from_str(self.as_wtf8()).map_err(|e| e.to_pyexception(vm))?;
         format(&format_str, &args, vm)
@@ -1166,6 +1169,8 @@ impl Py<PyStr> {
 
     #[pymethod]
     fn format_map(&self, mapping: PyObjectRef, vm: &VirtualMachine) -> PyResult<Wtf8Buf> {
+        // Terrarium: fuel for parsing the format string.
+        vm.charge_fuel(crate::fuel::format_text_cost(self.as_bytes().len()))?;
         let format_string =
             FormatString::from_str(self.as_wtf8()).map_err(|err| err.to_pyexception(vm))?;
         format_map(&format_string, &mapping, vm)

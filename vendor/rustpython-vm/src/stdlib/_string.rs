@@ -36,6 +36,8 @@ mod _string {
 
     #[pyfunction]
     fn formatter_parser(object: PyStrRef, vm: &VirtualMachine) -> PyResult<PyList> {
+        // Terrarium: fuel for parsing the whole format string up front.
+        vm.charge_fuel(crate::fuel::format_text_cost(object.as_bytes().len()))?;
         let format_string =
             FormatString::from_str(object.as_wtf8()).map_err(|e| e.to_pyexception(vm))?;
 
