@@ -48,6 +48,13 @@ pub const CPU_PERIOD: i64 = 100_000;
 pub const TMP_SIZE: &str = "16m";
 /// Size of `/scratch` for requests that ask for it.
 pub const SCRATCH_SIZE: &str = "64m";
+/// How long [`Engine::inspect`] waits for the out-of-memory flag of a container
+/// killed by `SIGKILL`.
+const OOM_FLAG_WAIT: Duration = Duration::from_millis(500);
+/// How often [`Engine::inspect`] asks again while it waits for that flag.
+const OOM_FLAG_POLL: Duration = Duration::from_millis(20);
+/// The exit code of a container's process killed by `SIGKILL` (128 + 9).
+const SIGKILL_EXIT: i64 = 137;
 
 /// A container's output as bollard decodes it.
 pub type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
@@ -245,11 +252,22 @@ impl Engine {
         self.call("start a container", started).await
     }
 
-    /// How a container ended (or `None` fields while it runs).
+    /// How a container ended (or `None` fields while it runs). A container killed by
+    /// `SIGKILL` ([`SIGKILL_EXIT`]) without the out-of-memory flag is asked again, for up
+    /// to [`OOM_FLAG_WAIT`]: with cgroup v1 the engine can record the kernel's
+    /// out-of-memory event after the exit, and a memory-limit kill read too early
+    /// looks like a crash (seen under CI's load).
     pub async fn inspect(&self, id: &str) -> Result<Ended, SandboxError> {
-        let r = self.call("inspect a container", self.docker.inspect_container(id, None)).await?;
-        let state = r.state.unwrap_or_default();
-        Ok(Ended { exit_code: state.exit_code, oom_killed: state.oom_killed.unwrap_or(false) })
+        let until = tokio::time::Instant::now() + OOM_FLAG_WAIT;
+        loop {
+            let r = self.call("inspect a container", self.docker.inspect_container(id, None)).await?;
+            let state = r.state.unwrap_or_default();
+            let ended = Ended { exit_code: state.exit_code, oom_killed: state.oom_killed.unwrap_or(false) };
+            if ended.oom_killed || ended.exit_code != Some(SIGKILL_EXIT) || tokio::time::Instant::now() >= until {
+                return Ok(ended);
+            }
+            tokio::time::sleep(OOM_FLAG_POLL).await;
+        }
     }
 
     /// Removes container `id` off the caller's path (on the current runtime, or
