@@ -421,7 +421,6 @@ fn a_caller_that_stops_waiting_cannot_leave_an_approved_change_undone_or_unrecor
     };
     // The caller gives up while the change set waits for a human...
     let task = runtime().spawn(async move { s2.execute(req).await });
-    let approver = crate::functions::decide_from_cli(home.path().to_path_buf(), "approve");
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while runtime().block_on(s.approvals().expect("queue").pending()).expect("pending") == 0 {
         assert!(std::time::Instant::now() < until, "nothing waited for approval");
@@ -429,8 +428,10 @@ fn a_caller_that_stops_waiting_cannot_leave_an_approved_change_undone_or_unrecor
     }
     task.abort();
     let _ = runtime().block_on(task);
-    // ...and the human approves anyway: the version is made and recorded.
-    approver.join().expect("approver");
+    // ...and the human approves anyway, only now (an approver started earlier could
+    // decide before this test saw the change set wait, and the caller would not have
+    // left): the version is made and recorded.
+    crate::functions::decide_from_cli(home.path().to_path_buf(), "approve").join().expect("approver");
     let kept = live(home.path(), "proj").join("kept.txt");
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while !kept.exists() {
