@@ -232,7 +232,7 @@ impl IsolatedExecutor {
                 host: req.host.clone(),
                 latest: None,
             };
-            let supervised = supervise(child, &request, &limits, spec.namespaces).await;
+            let supervised = supervise(&z, child, &request, &limits, spec.namespaces).await;
             drop(running);
             z.refill(&mut z.state());
             match supervised {

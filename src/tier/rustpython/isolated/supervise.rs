@@ -101,6 +101,11 @@ impl Live {
         Ok(Live { pid, stream, words, child, exit, accounting })
     }
 
+    /// The child's process id.
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// A second handle on the child's pidfd (for a watchdog that may kill it).
     pub(super) fn pidfd(&self) -> std::io::Result<OwnedFd> {
         self.child.0.try_clone()
@@ -262,11 +267,13 @@ impl Live {
     }
 }
 
-/// Runs `request` on `child`, a single-use child: it is killed as soon as the host
-/// has its answer (SIGKILL lets it run no more code; the zygote reaps it off the
-/// request path, so the request does not wait for its address space to be torn
-/// down), or at the deadline, or on any protocol error.
+/// Runs `request` on `child`, a single-use child of `zygote`: it is killed as soon
+/// as the host has its answer (SIGKILL lets it run no more code; the zygote reaps it
+/// off the request path, so the request does not wait for its address space to be
+/// torn down, and its descriptors are closed when the zygote reports it reaped, see
+/// [`Zygote::bury`]), or at the deadline, or on any protocol error.
 pub(super) async fn supervise(
+    zygote: &Zygote,
     child: ReadyChild,
     request: &ChildRequest,
     limits: &RunLimits,
@@ -276,6 +283,7 @@ pub(super) async fn supervise(
     match live.turn(request, limits).await? {
         Turn::Answered(o, _) => {
             live.kill();
+            zygote.bury(live);
             Ok(o)
         }
         Turn::Ended(o) => Ok(o),
