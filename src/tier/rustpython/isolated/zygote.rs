@@ -391,23 +391,10 @@ fn child_main(
     child_warm_up(worker, if spec.warm_modules { preload } else { &[] });
     rehearse_protocol(preload);
     worker.prepare_globals();
-    // Confined and warm: say so (the zygote announces the child on this byte), then,
-    // and only then, read the request.
     let sock = std::rc::Rc::new(File::from(sock));
-    let ready = if namespaces { READY_NAMESPACES } else { READY };
-    if (&*sock).write_all(&[ready]).is_err() {
-        sys::exit_now(ChildExit::NotAnnounced.code());
-    }
-    let Ok(mut req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else {
-        sys::exit_now(ChildExit::NoRequest.code())
-    };
-    // Test hooks (test builds only): a child acting as one its snippet fully controls.
-    #[cfg(feature = "test-hooks")]
-    let probe = req.probe.take();
-    #[cfg(feature = "test-hooks")]
-    let misbehave = super::hooks::before_run(probe.as_deref(), zygote);
     // Each denial goes to the host the moment it happens (every way a run ends
-    // `denied` passes through this sink).
+    // `denied` passes through this sink). Both sinks are set before the request
+    // comes, off its path.
     {
         let sock = sock.clone();
         set_denial_sink(Box::new(move |reason| {
@@ -429,6 +416,20 @@ fn child_main(
             }
         }));
     }
+    // Confined and warm: say so (the zygote announces the child on this byte), then,
+    // and only then, read the request.
+    let ready = if namespaces { READY_NAMESPACES } else { READY };
+    if (&*sock).write_all(&[ready]).is_err() {
+        sys::exit_now(ChildExit::NotAnnounced.code());
+    }
+    let Ok(mut req) = protocol::read_frame::<ChildRequest>(&mut &*sock, MAX_REQUEST) else {
+        sys::exit_now(ChildExit::NoRequest.code())
+    };
+    // Test hooks (test builds only): a child acting as one its snippet fully controls.
+    #[cfg(feature = "test-hooks")]
+    let probe = req.probe.take();
+    #[cfg(feature = "test-hooks")]
+    let misbehave = super::hooks::before_run(probe.as_deref(), zygote);
     // The first request decides: a single run, or the first cell of a session,
     // whose later cells come on the same socket after each answer.
     let session = req.session;
