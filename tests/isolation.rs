@@ -145,6 +145,55 @@ fn zygote_of(parent: u32) -> Option<i32> {
     None
 }
 
+/// How many descriptors `pid` holds open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("proc fd").count()
+}
+
+#[test]
+fn a_killed_childs_descriptors_are_closed_once_it_is_reaped() {
+    // Each answered child is killed and handed to the zygote's reader thread, which
+    // closes its five descriptors when the zygote reports it reaped: none may stay
+    // open. Measured on a `terrarium batch` process, whose descriptors are its own.
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .arg("batch")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn terrarium batch");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut batch = |n: usize| {
+        let text: String = (0..n).map(|i| format!("{{\"id\": {i}, \"code\": \"1+1\"}}\n")).collect();
+        stdin.write_all(text.as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+        for _ in 0..n {
+            let line = lines.next().expect("an outcome line").expect("read");
+            assert!(line.contains(r#""status":"ok""#), "{line}");
+        }
+    };
+    // Settled: the pool full, the last child reaped.
+    let settled = |pid: u32| {
+        let mut fewest = usize::MAX;
+        for _ in 0..50 {
+            fewest = fewest.min(open_descriptors(pid));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        fewest
+    };
+    batch(50);
+    let before = settled(child.id());
+    batch(1_000);
+    let after = settled(child.id());
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+    // A leak of even one descriptor per run would show as 1,000 more.
+    assert!(after <= before + 5, "descriptors open: {before} after 50 runs, {after} after 1,050");
+}
+
 #[test]
 fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
     use std::io::{BufRead, BufReader, Write};
