@@ -145,6 +145,23 @@ fn zygote_of(parent: u32) -> Option<i32> {
     None
 }
 
+/// A `terrarium batch` process, its stdin and its outcome lines.
+fn spawn_batch()
+-> (std::process::Child, std::process::ChildStdin, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .arg("batch")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn terrarium batch");
+    let stdin = child.stdin.take().expect("stdin");
+    let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, stdin, lines)
+}
+
 /// How many descriptors `pid` holds open.
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).expect("proc fd").count()
@@ -155,17 +172,8 @@ fn a_killed_childs_descriptors_are_closed_once_it_is_reaped() {
     // Each answered child is killed and handed to the zygote's reader thread, which
     // closes its five descriptors when the zygote reports it reaped: none may stay
     // open. Measured on a `terrarium batch` process, whose descriptors are its own.
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
-        .arg("batch")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn terrarium batch");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    use std::io::Write;
+    let (mut child, mut stdin, mut lines) = spawn_batch();
     let mut batch = |n: usize| {
         let text: String = (0..n).map(|i| format!("{{\"id\": {i}, \"code\": \"1+1\"}}\n")).collect();
         stdin.write_all(text.as_bytes()).expect("write");
@@ -196,17 +204,8 @@ fn a_killed_childs_descriptors_are_closed_once_it_is_reaped() {
 
 #[test]
 fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_terrarium"))
-        .arg("batch")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn terrarium batch");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    use std::io::Write;
+    let (mut child, mut stdin, mut lines) = spawn_batch();
     let mut ok = 0;
     let mut read = |n: usize, ok: &mut usize| {
         for _ in 0..n {
