@@ -162,6 +162,14 @@ fn spawn_batch()
     (child, stdin, lines)
 }
 
+/// Writes requests `from..to`, each `1+1`, to a batch's stdin.
+fn send(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
+    use std::io::Write;
+    let text: String = (from..to).map(|i| format!("{{\"id\": {i}, \"code\": \"1+1\"}}\n")).collect();
+    stdin.write_all(text.as_bytes()).expect("write");
+    stdin.flush().expect("flush");
+}
+
 /// How many descriptors `pid` holds open.
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).expect("proc fd").count()
@@ -172,12 +180,9 @@ fn a_killed_childs_descriptors_are_closed_once_it_is_reaped() {
     // Each answered child is killed and handed to the zygote's reader thread, which
     // closes its five descriptors when the zygote reports it reaped: none may stay
     // open. Measured on a `terrarium batch` process, whose descriptors are its own.
-    use std::io::Write;
     let (mut child, mut stdin, mut lines) = spawn_batch();
     let mut batch = |n: usize| {
-        let text: String = (0..n).map(|i| format!("{{\"id\": {i}, \"code\": \"1+1\"}}\n")).collect();
-        stdin.write_all(text.as_bytes()).expect("write");
-        stdin.flush().expect("flush");
+        send(&mut stdin, 0, n);
         for _ in 0..n {
             let line = lines.next().expect("an outcome line").expect("read");
             assert!(line.contains(r#""status":"ok""#), "{line}");
@@ -204,7 +209,6 @@ fn a_killed_childs_descriptors_are_closed_once_it_is_reaped() {
 
 #[test]
 fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
-    use std::io::Write;
     let (mut child, mut stdin, mut lines) = spawn_batch();
     let mut ok = 0;
     let mut read = |n: usize, ok: &mut usize| {
@@ -215,11 +219,6 @@ fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
             }
         }
     };
-    fn send(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
-        let text: String = (from..to).map(|i| format!("{{\"id\": {i}, \"code\": \"1+1\"}}\n")).collect();
-        stdin.write_all(text.as_bytes()).expect("write");
-        stdin.flush().expect("flush");
-    }
     // Warm: the first 200, then measure the zygote, then the other 9,800.
     send(&mut stdin, 0, 200);
     read(200, &mut ok);
