@@ -238,3 +238,59 @@ fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
     assert_eq!(ok, 10_000, "not every run was ok");
     assert!(after <= before + 2048, "zygote RSS grew from {before} KiB to {after} KiB over 10,000 runs");
 }
+
+/// The `/proc/<pid>/smaps` entries of `pid`'s executable mappings: the header
+/// line and the entry's `AnonHugePages` in KiB.
+fn executable_mappings(pid: i32) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut found: Vec<(String, u64)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let perms = fields.next().unwrap_or_default();
+            current = perms.contains('x').then(|| {
+                found.push((line.to_string(), 0));
+                found.len() - 1
+            });
+        } else if let (Some(i), "AnonHugePages:") = (current, first) {
+            found[i].1 = fields.next().and_then(|k| k.parse().ok()).unwrap_or(0);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
+    // After its first child, the zygote moves its code into transparent huge pages
+    // (where the kernel gives them on request), which its children share without
+    // faulting each page in. The move must leave no mapping both writable and
+    // executable, and every run after it must be served the same.
+    let (mut child, mut stdin, mut lines) = spawn_batch();
+    send(&mut stdin, 0, 200);
+    for _ in 0..200 {
+        let line = lines.next().expect("an outcome line").expect("read");
+        assert!(line.contains(r#""status":"ok""#) && line.contains(r#""result":2"#), "{line}");
+    }
+    let zygote = zygote_of(child.id()).expect("the batch's zygote");
+    let mappings = executable_mappings(zygote);
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+    for (header, _) in &mappings {
+        let perms = header.split_whitespace().nth(1).unwrap_or_default();
+        assert!(!perms.contains('w'), "a writable and executable mapping: {header}");
+    }
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_terrarium")).canonicalize().expect("binary path");
+    let from_file = mappings.iter().any(|(h, _)| h.ends_with(&*binary.to_string_lossy()));
+    let huge_kib: u64 = mappings.iter().filter(|(h, _)| h.split_whitespace().count() == 5).map(|(_, k)| k).sum();
+    let offered = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"));
+    if offered {
+        assert!(!from_file, "the zygote's code is still mapped from {}: {mappings:#?}", binary.display());
+        assert!(huge_kib >= 4096, "the zygote's code is in {huge_kib} KiB of huge pages: {mappings:#?}");
+    } else {
+        eprintln!("this kernel gives no transparent huge pages on request: the code must stay mapped from the file");
+        assert!(from_file, "the zygote's code is not mapped from {}: {mappings:#?}", binary.display());
+    }
+}

@@ -452,3 +452,105 @@ pub fn zygote_pre_exec(cmd: &mut std::process::Command, ctl: RawFd, stack: u64) 
         cmd.pre_exec(setup);
     }
 }
+
+/// Size of a transparent huge page on x86-64 and arm64 (4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Whether the kernel hands out transparent huge pages to a range that asks for
+/// them (`always` or `madvise`; not `never`, nor a kernel without them).
+pub fn huge_pages_on_request() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+}
+
+/// Start and end of the executable mapping that holds this function's code.
+fn own_text() -> io::Result<(usize, usize)> {
+    let here = own_text as fn() -> io::Result<(usize, usize)> as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            (perms.starts_with("r-x") && start <= here && here < end).then_some((start, end))
+        })
+        .ok_or_else(|| io::Error::other("no executable mapping holds this process's code"))
+}
+
+/// Replaces the mapping of this binary's code by an anonymous copy in transparent
+/// huge pages, and returns its length in bytes.
+///
+/// A forked child then shares the code through a few page-directory entries that
+/// `fork` copies, instead of faulting each page of the file back in (`fork` copies
+/// no page table of a file mapping) and unmapping them all again at its exit. The
+/// copy is writable only while it is filled, and executable only after it stops
+/// being writable; it holds the same bytes at the same addresses, so the code
+/// running (this function's callers included) goes on unchanged.
+///
+/// # Errors
+/// The system calls' errors; the code mapping is then left as it was.
+pub fn text_in_huge_pages() -> io::Result<usize> {
+    let (start, end) = own_text()?;
+    let len = end - start;
+    // One huge page more than the code, so that the copy can start at the same
+    // offset within a huge page as the code does: the huge pages then stay whole
+    // when the copy is moved into place.
+    // SAFETY: a new private anonymous mapping; no existing memory is touched.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE_PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = raw as usize;
+    let copy = raw + (start % HUGE_PAGE + HUGE_PAGE - raw % HUGE_PAGE) % HUGE_PAGE;
+    let unmap = |from: usize, to: usize| {
+        if to > from {
+            // SAFETY: [from, to) lies in the mapping made above, which nothing refers to.
+            unsafe { libc::munmap(from as *mut libc::c_void, to - from) };
+        }
+    };
+    unmap(raw, copy);
+    unmap(copy + len, raw + len + HUGE_PAGE);
+    // SAFETY: [copy, copy + len) is the new mapping; advice changes no content. A
+    // kernel that declines only leaves it in small pages.
+    unsafe { libc::madvise(copy as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    // SAFETY: the source is this binary's code mapping, readable for `len` bytes;
+    // the destination the new writable mapping of the same length; they are distinct.
+    unsafe { std::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len) };
+    // SAFETY: the copy's own range, made read-and-execute (no longer writable).
+    if let Err(e) = check(unsafe { libc::mprotect(copy as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_EXEC) })
+    {
+        unmap(copy, copy + len);
+        return Err(e);
+    }
+    // SAFETY: moves the copy over the code mapping in one step (the old mapping is
+    // unmapped by the move). Every byte is where it was, and position-independent
+    // code holds no absolute address of the mapping, so the code running now and
+    // every return address on the stack stay valid. The process is single-threaded
+    // (the zygote), so no other thread executes this range meanwhile.
+    let moved = unsafe {
+        libc::mremap(
+            copy as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            start as *mut libc::c_void,
+        )
+    };
+    if moved == libc::MAP_FAILED {
+        let e = io::Error::last_os_error();
+        unmap(copy, copy + len);
+        return Err(e);
+    }
+    Ok(len)
+}

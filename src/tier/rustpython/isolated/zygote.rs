@@ -3,7 +3,10 @@
 //! The zygote is the `terrarium` binary re-executed with [`ZYGOTE_ARG`]. It is
 //! single-threaded (no tokio; RustPython built without `threading`), builds one warm
 //! capability-free interpreter, imports the policy's modules, and then forks a child
-//! per `Spawn` message. It reaps its children and reports how each ended.
+//! per `Spawn` message. It reaps its children and reports how each ended. Once its
+//! first child is announced it moves its own code into transparent huge pages
+//! ([`sys::text_in_huge_pages`]; never writable and executable at once), which
+//! children share without faulting the binary's pages in one by one.
 //!
 //! # Security invariant: a child is confined before it reads its request
 //! In order, before the first byte of the request: every descriptor but its request
@@ -220,6 +223,8 @@ fn zygote_main() -> ExitCode {
     let mut confining: Vec<Confining> = Vec::new();
     // Whether this zygote entered new namespaces (once asked to; see below).
     let mut in_namespaces: Option<bool> = None;
+    // Whether the code is still to be moved into huge pages (see below).
+    let mut text_to_move = sys::huge_pages_on_request();
     loop {
         let mut fds = vec![ctl.as_fd(), sigchld.as_fd()];
         fds.extend(confining.iter().map(|c| c.host_end.as_fd()));
@@ -267,6 +272,16 @@ fn zygote_main() -> ExitCode {
             };
             if sent.is_err() {
                 return ExitCode::SUCCESS;
+            }
+            // Once the first child is announced (so that its run, and a one-shot
+            // command's, does not wait for it): the code moves into huge pages that
+            // children share through fork's copy of a few page-directory entries,
+            // rather than each faulting in and tearing down ~3,000 pages of the file
+            // (docs/benchmarks.md). ~15 ms and the code's size in memory, once; if the
+            // kernel refuses, the code stays mapped from the file and runs the same.
+            if text_to_move {
+                text_to_move = false;
+                let _ = sys::text_in_huge_pages();
             }
         }
         if readable[0] {
