@@ -201,6 +201,25 @@ fn f6_a_child_cannot_forge_its_answer_on_stderr() {
 }
 
 #[test]
+fn a_child_that_rewrites_the_shared_code_changes_only_its_own_copy() {
+    // Children share the zygote's code (in huge pages once the first child is
+    // announced). A child whose snippet controls it makes a page of that code
+    // writable and plants a breakpoint in a function; no later child may see it.
+    let pool = pool_of_one();
+    for _ in 0..3 {
+        let o = exec(&pool, ExecRequest::new("1+1"));
+        assert_eq!(o.status, Status::Ok, "{o:?}");
+    }
+    let o = runtime().block_on(pool.probe_misbehaving_child("2+2", "rewrite_code")).expect("host fault");
+    assert_eq!(o.status, Status::Ok, "the child could not rewrite its own code, so this test proves nothing: {o:?}");
+    for _ in 0..10 {
+        let o = runtime().block_on(pool.probe_misbehaving_child("3+3", "check_code")).expect("host fault");
+        assert_eq!(o.status, Status::Ok, "a later child runs another child's rewritten code: {o:?}");
+        assert_eq!(o.result, Some(serde_json::json!(6)));
+    }
+}
+
+#[test]
 fn f6_a_denial_is_final_whatever_the_snippet_does_next() {
     // The child tells the host of a denial when it happens; catching the
     // PermissionError and returning normally does not take it back.

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use super::protocol::{self, ChildMessage, GuestAnswer, GuestEnd};
 use super::sys;
 
+/// The x86 `int3` instruction: what the `rewrite_code` probe writes into the code.
+const BREAKPOINT: u8 = 0xCC;
+
 /// What a child does for the probe `probe` before its run: `None` to run as usual,
 /// or the way it keeps running after its answer. A forbidden system call does not
 /// return: the filter kills the child, or the child exits with 77.
@@ -37,6 +40,23 @@ pub(super) fn before_run(probe: Option<&str>, zygote: libc::pid_t) -> Option<&st
         }
         Some(after @ ("linger_after_answer" | "spin_after_answer" | "hold_memory_after_answer" | "answer_ahead")) => {
             Some(after)
+        }
+        Some("rewrite_code") => {
+            // Native code the snippet controls makes the code of a function every
+            // child has writable and overwrites its first byte with a breakpoint. It
+            // must take in this child (or the test proves nothing): if not, it exits
+            // with `Setup`, which the host reports as a crash.
+            if sys::overwrite_code_byte(answer_ahead as fn(&std::fs::File) as usize, BREAKPOINT).is_err() {
+                sys::exit_now(protocol::ChildExit::Setup.code());
+            }
+            None
+        }
+        Some("check_code") => {
+            // A later child: the breakpoint another child wrote must not be here.
+            if sys::code_byte(answer_ahead as fn(&std::fs::File) as usize) == BREAKPOINT {
+                sys::exit_now(protocol::ChildExit::Setup.code());
+            }
+            None
         }
         Some(syscall) => {
             sys::attempt_forbidden(syscall, zygote);

@@ -554,3 +554,28 @@ pub fn text_in_huge_pages() -> io::Result<usize> {
     }
     Ok(len)
 }
+
+/// Test hooks: makes the page of code at `addr` writable (and still executable),
+/// writes `byte` at `addr` and reads it back, as native code a snippet controlled
+/// could. Errors when the write did not take.
+#[cfg(feature = "test-hooks")]
+pub fn overwrite_code_byte(addr: usize, byte: u8) -> io::Result<()> {
+    let page = addr & !4095;
+    // SAFETY: `page` is the page of a function of this binary, mapped; adding write
+    // access changes no content.
+    check(unsafe {
+        libc::mprotect(page as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)
+    })?;
+    // SAFETY: `addr` is now writable; the function there is never called by a child
+    // that ran this probe (the test hooks call it only for another probe).
+    unsafe { std::ptr::write_volatile(addr as *mut u8, byte) };
+    if code_byte(addr) == byte { Ok(()) } else { Err(io::Error::other("the code did not change")) }
+}
+
+/// Test hooks: the byte of code at `addr` (the address of one of this binary's
+/// functions).
+#[cfg(feature = "test-hooks")]
+pub fn code_byte(addr: usize) -> u8 {
+    // SAFETY: `addr` is the address of a function of this binary, in a readable mapping.
+    unsafe { std::ptr::read_volatile(addr as *const u8) }
+}
