@@ -284,13 +284,19 @@ fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_terrarium")).canonicalize().expect("binary path");
     let from_file = mappings.iter().any(|(h, _)| h.ends_with(&*binary.to_string_lossy()));
     let huge_kib: u64 = mappings.iter().filter(|(h, _)| h.split_whitespace().count() == 5).map(|(_, k)| k).sum();
+    // The zygote's conditions: huge pages on request, no strict overcommit.
     let offered = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"));
+        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+        && std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() != "2");
     if offered {
         assert!(!from_file, "the zygote's code is still mapped from {}: {mappings:#?}", binary.display());
-        assert!(huge_kib >= 4096, "the zygote's code is in {huge_kib} KiB of huge pages: {mappings:#?}");
+        // At least one whole huge page (a machine whose memory is too fragmented
+        // for all of them gets small pages for the rest).
+        assert!(huge_kib >= 2048, "the zygote's code is in {huge_kib} KiB of huge pages: {mappings:#?}");
     } else {
-        eprintln!("this kernel gives no transparent huge pages on request: the code must stay mapped from the file");
+        eprintln!(
+            "no transparent huge pages on request here (or strict overcommit): the code must stay mapped from the file"
+        );
         assert!(from_file, "the zygote's code is not mapped from {}: {mappings:#?}", binary.display());
     }
 }

@@ -453,14 +453,18 @@ pub fn zygote_pre_exec(cmd: &mut std::process::Command, ctl: RawFd, stack: u64) 
     }
 }
 
-/// Size of a transparent huge page on x86-64 and arm64 (4 KiB base pages).
-const HUGE_PAGE: usize = 2 << 20;
-
-/// Whether the kernel hands out transparent huge pages to a range that asks for
-/// them (`always` or `madvise`; not `never`, nor a kernel without them).
-pub fn huge_pages_on_request() -> bool {
-    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+/// The size of a transparent huge page, when the kernel hands them out to a range
+/// that asks (`always` or `madvise`, not `never` nor a kernel without them) and
+/// moving the code into them costs no commit charge per child: under strict
+/// overcommit (`vm.overcommit_memory` 2) every fork would be charged the copy's
+/// whole size, since it was writable once.
+pub fn huge_page_size_on_request() -> Option<usize> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let offered = read("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_some_and(|s| s.contains("[always]") || s.contains("[madvise]"));
+    let strict = read("/proc/sys/vm/overcommit_memory").is_some_and(|s| s.trim() == "2");
+    let size = read("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")?.trim().parse::<usize>().ok()?;
+    (offered && !strict && size.is_power_of_two() && size > 4096).then_some(size)
 }
 
 /// Start and end of the executable mapping that holds this function's code.
@@ -480,7 +484,7 @@ fn own_text() -> io::Result<(usize, usize)> {
 }
 
 /// Replaces the mapping of this binary's code by an anonymous copy in transparent
-/// huge pages, and returns its length in bytes.
+/// huge pages of `huge` bytes, and returns its length in bytes.
 ///
 /// A forked child then shares the code through a few page-directory entries that
 /// `fork` copies, instead of faulting each page of the file back in (`fork` copies
@@ -490,8 +494,12 @@ fn own_text() -> io::Result<(usize, usize)> {
 /// running (this function's callers included) goes on unchanged.
 ///
 /// # Errors
-/// The system calls' errors; the code mapping is then left as it was.
-pub fn text_in_huge_pages() -> io::Result<usize> {
+/// The system calls' errors. Up to the final move the code mapping is left as it
+/// was; the move itself unmaps the old code before it moves the copy in, so if the
+/// kernel fails it there (out of memory for page tables), this process has no code
+/// left and dies of it when the call returns. For the zygote that is a zygote that
+/// died, which its supervisor replaces.
+pub fn text_in_huge_pages(huge: usize) -> io::Result<usize> {
     let (start, end) = own_text()?;
     let len = end - start;
     // One huge page more than the code, so that the copy can start at the same
@@ -501,7 +509,7 @@ pub fn text_in_huge_pages() -> io::Result<usize> {
     let raw = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            len + HUGE_PAGE,
+            len + huge,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
@@ -512,7 +520,7 @@ pub fn text_in_huge_pages() -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     let raw = raw as usize;
-    let copy = raw + (start % HUGE_PAGE + HUGE_PAGE - raw % HUGE_PAGE) % HUGE_PAGE;
+    let copy = raw + (start % huge + huge - raw % huge) % huge;
     let unmap = |from: usize, to: usize| {
         if to > from {
             // SAFETY: [from, to) lies in the mapping made above, which nothing refers to.
@@ -520,7 +528,7 @@ pub fn text_in_huge_pages() -> io::Result<usize> {
         }
     };
     unmap(raw, copy);
-    unmap(copy + len, raw + len + HUGE_PAGE);
+    unmap(copy + len, raw + len + huge);
     // SAFETY: [copy, copy + len) is the new mapping; advice changes no content. A
     // kernel that declines only leaves it in small pages.
     unsafe { libc::madvise(copy as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };

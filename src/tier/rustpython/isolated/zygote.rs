@@ -223,8 +223,8 @@ fn zygote_main() -> ExitCode {
     let mut confining: Vec<Confining> = Vec::new();
     // Whether this zygote entered new namespaces (once asked to; see below).
     let mut in_namespaces: Option<bool> = None;
-    // Whether the code is still to be moved into huge pages (see below).
-    let mut text_to_move = sys::huge_pages_on_request();
+    // The huge page size, while the code is still to be moved into them (see below).
+    let mut text_to_move = sys::huge_page_size_on_request();
     loop {
         let mut fds = vec![ctl.as_fd(), sigchld.as_fd()];
         fds.extend(confining.iter().map(|c| c.host_end.as_fd()));
@@ -279,9 +279,8 @@ fn zygote_main() -> ExitCode {
             // rather than each faulting in and tearing down ~3,000 pages of the file
             // (docs/benchmarks.md). ~15 ms and the code's size in memory, once; if the
             // kernel refuses, the code stays mapped from the file and runs the same.
-            if text_to_move {
-                text_to_move = false;
-                let _ = sys::text_in_huge_pages();
+            if let Some(huge) = text_to_move.take() {
+                let _ = sys::text_in_huge_pages(huge);
             }
         }
         if readable[0] {
