@@ -249,9 +249,9 @@ fn slow_a_batch_of_ten_thousand_runs_is_all_ok_and_the_zygote_stays_flat() {
     assert!(after <= before + 2048, "zygote RSS grew from {before} KiB to {after} KiB over 10,000 runs");
 }
 
-/// The `/proc/<pid>/smaps` entries of `pid`'s executable mappings: the header
-/// line and the entry's `AnonHugePages` in KiB.
-fn executable_mappings(pid: i32) -> Vec<(String, u64)> {
+/// The `/proc/<pid>/smaps` entries of `pid` whose header line `keep` accepts: the
+/// header and the value of the entry's `field` (e.g. `AnonHugePages`, in KiB).
+fn mappings(pid: i32, keep: impl Fn(&str) -> bool, field: &str) -> Vec<(String, u64)> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
     let mut found: Vec<(String, u64)> = Vec::new();
     let mut current: Option<usize> = None;
@@ -259,12 +259,11 @@ fn executable_mappings(pid: i32) -> Vec<(String, u64)> {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or_default();
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            let perms = fields.next().unwrap_or_default();
-            current = perms.contains('x').then(|| {
+            current = keep(line).then(|| {
                 found.push((line.to_string(), 0));
                 found.len() - 1
             });
-        } else if let (Some(i), "AnonHugePages:") = (current, first) {
+        } else if let Some(i) = current.filter(|_| first.strip_suffix(':') == Some(field)) {
             found[i].1 = fields.next().and_then(|k| k.parse().ok()).unwrap_or(0);
         }
     }
@@ -275,7 +274,7 @@ fn executable_mappings(pid: i32) -> Vec<(String, u64)> {
 fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
     // After its first child, the zygote moves its code into transparent huge pages
     // (where the kernel gives them on request), which its children share without
-    // faulting each page in. The move must leave no mapping both writable and
+    // faulting each page in, and advises its heap to use them. The move must leave no mapping both writable and
     // executable, and every run after it must be served the same.
     let (mut child, mut stdin, mut lines) = spawn_batch();
     send(&mut stdin, 0, 200);
@@ -284,7 +283,9 @@ fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
         assert!(line.contains(r#""status":"ok""#) && line.contains(r#""result":2"#), "{line}");
     }
     let zygote = zygote_of(child.id()).expect("the batch's zygote");
-    let mappings = executable_mappings(zygote);
+    let executable = |header: &str| header.split_whitespace().nth(1).is_some_and(|p| p.contains('x'));
+    let mappings = mappings(zygote, executable, "AnonHugePages");
+    let heap = self::mappings(zygote, |h| h.ends_with("[heap]"), "THPeligible");
     drop(stdin);
     assert!(child.wait().expect("wait").success());
     for (header, _) in &mappings {
@@ -303,6 +304,11 @@ fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
         // At least one whole huge page (a machine whose memory is too fragmented
         // for all of them gets small pages for the rest).
         assert!(huge_kib >= 2048, "the zygote's code is in {huge_kib} KiB of huge pages: {mappings:#?}");
+        // Its heap asks for them where whole ones fit.
+        assert!(
+            heap.iter().any(|(_, eligible)| *eligible == 1),
+            "no part of the zygote's heap asks for huge pages: {heap:#?}"
+        );
     } else {
         eprintln!(
             "no transparent huge pages on request here (or strict overcommit): the code must stay mapped from the file"

@@ -467,20 +467,66 @@ pub fn huge_page_size_on_request() -> Option<usize> {
     (offered && !strict && size.is_power_of_two() && size > 4096).then_some(size)
 }
 
+/// This process's mappings (`/proc/self/maps`): start, end, permissions and name
+/// (empty for anonymous memory) of each.
+fn own_mappings() -> io::Result<Vec<(usize, usize, String, String)>> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    Ok(maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.to_string();
+            let name = fields.nth(3).unwrap_or_default().to_string();
+            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?, perms, name))
+        })
+        .collect())
+}
+
 /// Start and end of the executable mapping that holds this function's code.
 fn own_text() -> io::Result<(usize, usize)> {
     let here = own_text as fn() -> io::Result<(usize, usize)> as usize;
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    maps.lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let perms = fields.next()?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            (perms.starts_with("r-x") && start <= here && here < end).then_some((start, end))
-        })
+    own_mappings()?
+        .into_iter()
+        .find(|(start, end, perms, _)| perms.starts_with("r-x") && *start <= here && here < *end)
+        .map(|(start, end, _, _)| (start, end))
         .ok_or_else(|| io::Error::other("no executable mapping holds this process's code"))
+}
+
+/// Asks for transparent huge pages of `huge` bytes on the whole ones that fit in
+/// this process's heap (`[heap]`, the allocator's main arena), and collapses the
+/// pages there now into them (`MADV_COLLAPSE`). Returns the bytes advised.
+///
+/// A forked child then gets those ranges through copies of page-directory entries
+/// rather than of ~500 page-table entries each, and one TLB entry covers each;
+/// the child's first write into one splits it for that child alone (the kernel's
+/// copy-on-write of a shared huge page), so nothing it writes reaches the zygote.
+///
+/// # Errors
+/// Reading `/proc/self/maps`. The advice itself is best effort: a range the
+/// kernel declines stays in small pages.
+pub fn heap_in_huge_pages(huge: usize) -> io::Result<usize> {
+    /// `MADV_COLLAPSE` (Linux 6.1), not in every libc crate release.
+    const MADV_COLLAPSE: libc::c_int = 25;
+    let mut advised = 0;
+    for (start, end, perms, name) in own_mappings()? {
+        if perms != "rw-p" || name != "[heap]" {
+            continue;
+        }
+        let (from, to) = (start.next_multiple_of(huge), end / huge * huge);
+        if to <= from {
+            continue;
+        }
+        let (at, len) = (from as *mut libc::c_void, to - from);
+        // SAFETY: [from, to) lies inside this process's heap mapping; advice changes
+        // no content (a collapse copies the pages into a huge page in place).
+        unsafe {
+            libc::madvise(at, len, libc::MADV_HUGEPAGE);
+            libc::madvise(at, len, MADV_COLLAPSE);
+        }
+        advised += len;
+    }
+    Ok(advised)
 }
 
 /// Replaces the mapping of this binary's code by an anonymous copy in transparent

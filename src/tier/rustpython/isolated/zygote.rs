@@ -6,7 +6,8 @@
 //! per `Spawn` message. It reaps its children and reports how each ended. Once its
 //! first child is announced it moves its own code into transparent huge pages
 //! ([`sys::text_in_huge_pages`]; never writable and executable at once), which
-//! children share without faulting the binary's pages in one by one.
+//! children share without faulting the binary's pages in one by one, and asks for
+//! them on its heap ([`sys::heap_in_huge_pages`]).
 //!
 //! # Security invariant: a child is confined before it reads its request
 //! In order, before the first byte of the request: every descriptor but its request
@@ -276,11 +277,13 @@ fn zygote_main() -> ExitCode {
             // Once the first child is announced (so that its run, and a one-shot
             // command's, does not wait for it): the code moves into huge pages that
             // children share through fork's copy of a few page-directory entries,
-            // rather than each faulting in and tearing down ~3,000 pages of the file
-            // (docs/benchmarks.md). ~15 ms and the code's size in memory, once; if the
-            // kernel refuses, the code stays mapped from the file and runs the same.
+            // rather than each faulting in and tearing down ~3,000 pages of the file,
+            // and the heap, warm by now, asks for them too (docs/benchmarks.md).
+            // ~15 ms and the code's size in memory, once; if the kernel refuses, the
+            // code stays mapped from the file and runs the same.
             if let Some(huge) = text_to_move.take() {
                 let _ = sys::text_in_huge_pages(huge);
+                let _ = sys::heap_in_huge_pages(huge);
             }
         }
         if readable[0] {
