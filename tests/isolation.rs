@@ -274,8 +274,9 @@ fn mappings(pid: i32, keep: impl Fn(&str) -> bool, field: &str) -> Vec<(String, 
 fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
     // After its first child, the zygote moves its code into transparent huge pages
     // (where the kernel gives them on request), which its children share without
-    // faulting each page in, and advises its heap to use them. The move must leave no mapping both writable and
-    // executable, and every run after it must be served the same.
+    // faulting each page in, and advises its heap to use them. The move must leave
+    // no mapping both writable and executable, and every run after it must be
+    // served the same.
     let (mut child, mut stdin, mut lines) = spawn_batch();
     send(&mut stdin, 0, 200);
     for _ in 0..200 {
@@ -284,26 +285,26 @@ fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
     }
     let zygote = zygote_of(child.id()).expect("the batch's zygote");
     let executable = |header: &str| header.split_whitespace().nth(1).is_some_and(|p| p.contains('x'));
-    let mappings = mappings(zygote, executable, "AnonHugePages");
-    let heap = self::mappings(zygote, |h| h.ends_with("[heap]"), "THPeligible");
+    let code = mappings(zygote, executable, "AnonHugePages");
+    let heap = mappings(zygote, |h| h.ends_with("[heap]"), "THPeligible");
     drop(stdin);
     assert!(child.wait().expect("wait").success());
-    for (header, _) in &mappings {
+    for (header, _) in &code {
         let perms = header.split_whitespace().nth(1).unwrap_or_default();
         assert!(!perms.contains('w'), "a writable and executable mapping: {header}");
     }
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_terrarium")).canonicalize().expect("binary path");
-    let from_file = mappings.iter().any(|(h, _)| h.ends_with(&*binary.to_string_lossy()));
-    let huge_kib: u64 = mappings.iter().filter(|(h, _)| h.split_whitespace().count() == 5).map(|(_, k)| k).sum();
+    let from_file = code.iter().any(|(h, _)| h.ends_with(&*binary.to_string_lossy()));
+    let huge_kib: u64 = code.iter().filter(|(h, _)| h.split_whitespace().count() == 5).map(|(_, k)| k).sum();
     // The zygote's conditions: huge pages on request, no strict overcommit.
     let offered = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
         && std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() != "2");
     if offered {
-        assert!(!from_file, "the zygote's code is still mapped from {}: {mappings:#?}", binary.display());
+        assert!(!from_file, "the zygote's code is still mapped from {}: {code:#?}", binary.display());
         // At least one whole huge page (a machine whose memory is too fragmented
         // for all of them gets small pages for the rest).
-        assert!(huge_kib >= 2048, "the zygote's code is in {huge_kib} KiB of huge pages: {mappings:#?}");
+        assert!(huge_kib >= 2048, "the zygote's code is in {huge_kib} KiB of huge pages: {code:#?}");
         // Its heap asks for them where whole ones fit.
         assert!(
             heap.iter().any(|(_, eligible)| *eligible == 1),
@@ -313,6 +314,6 @@ fn the_zygote_serves_its_code_from_huge_pages_never_writable() {
         eprintln!(
             "no transparent huge pages on request here (or strict overcommit): the code must stay mapped from the file"
         );
-        assert!(from_file, "the zygote's code is not mapped from {}: {mappings:#?}", binary.display());
+        assert!(from_file, "the zygote's code is not mapped from {}: {code:#?}", binary.display());
     }
 }

@@ -26,6 +26,7 @@
 
 #[cfg(feature = "test-hooks")]
 mod hooks;
+mod huge_pages;
 pub mod protocol;
 mod seccomp;
 mod sys;

@@ -5,9 +5,9 @@
 //! capability-free interpreter, imports the policy's modules, and then forks a child
 //! per `Spawn` message. It reaps its children and reports how each ended. Once its
 //! first child is announced it moves its own code into transparent huge pages
-//! ([`sys::text_in_huge_pages`]; never writable and executable at once), which
+//! ([`huge_pages::move_code`]; never writable and executable at once), which
 //! children share without faulting the binary's pages in one by one, and asks for
-//! them on its heap ([`sys::heap_in_huge_pages`]).
+//! them on its heap ([`huge_pages::advise_heap`]).
 //!
 //! # Security invariant: a child is confined before it reads its request
 //! In order, before the first byte of the request: every descriptor but its request
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use super::protocol::{
     self, ChildExit, ChildMessage, ChildRequest, FromZygote, GuestAnswer, GuestEnd, SpawnSpec, ToZygote,
 };
-use super::{seccomp, sys};
+use super::{huge_pages, seccomp, sys};
 use crate::executor::{Outcome, Status};
 use crate::tier::rustpython::worker::{Job, Worker, set_denial_sink, set_host_sink};
 
@@ -225,7 +225,7 @@ fn zygote_main() -> ExitCode {
     // Whether this zygote entered new namespaces (once asked to; see below).
     let mut in_namespaces: Option<bool> = None;
     // The huge page size, while the code is still to be moved into them (see below).
-    let mut text_to_move = sys::huge_page_size_on_request();
+    let mut text_to_move = huge_pages::size_on_request();
     loop {
         let mut fds = vec![ctl.as_fd(), sigchld.as_fd()];
         fds.extend(confining.iter().map(|c| c.host_end.as_fd()));
@@ -282,8 +282,8 @@ fn zygote_main() -> ExitCode {
             // ~15 ms and the code's size in memory, once; if the kernel refuses, the
             // code stays mapped from the file and runs the same.
             if let Some(huge) = text_to_move.take() {
-                let _ = sys::text_in_huge_pages(huge);
-                let _ = sys::heap_in_huge_pages(huge);
+                let _ = huge_pages::move_code(huge);
+                let _ = huge_pages::advise_heap(huge);
             }
         }
         if readable[0] {
