@@ -56,7 +56,7 @@ fn own_text() -> io::Result<(usize, usize)> {
 
 /// Asks for transparent huge pages of `huge` bytes on the whole ones that fit in
 /// this process's heap (`[heap]`, the allocator's main arena), and collapses the
-/// pages there now into them (`MADV_COLLAPSE`). Returns the bytes advised.
+/// pages there now into them (`MADV_COLLAPSE`).
 ///
 /// A forked child then gets those ranges through copies of page-directory entries
 /// rather than of ~500 page-table entries each, and one TLB entry covers each;
@@ -66,10 +66,9 @@ fn own_text() -> io::Result<(usize, usize)> {
 /// # Errors
 /// Reading `/proc/self/maps`. The advice itself is best effort: a range the
 /// kernel declines stays in small pages.
-pub fn advise_heap(huge: usize) -> io::Result<usize> {
+pub fn advise_heap(huge: usize) -> io::Result<()> {
     /// `MADV_COLLAPSE` (Linux 6.1), not in every libc crate release.
     const MADV_COLLAPSE: libc::c_int = 25;
-    let mut advised = 0;
     for (start, end, perms, name) in own_mappings()? {
         if perms != "rw-p" || name != "[heap]" {
             continue;
@@ -85,13 +84,12 @@ pub fn advise_heap(huge: usize) -> io::Result<usize> {
             libc::madvise(at, len, libc::MADV_HUGEPAGE);
             libc::madvise(at, len, MADV_COLLAPSE);
         }
-        advised += len;
     }
-    Ok(advised)
+    Ok(())
 }
 
 /// Replaces the mapping of this binary's code by an anonymous copy in transparent
-/// huge pages of `huge` bytes, and returns its length in bytes.
+/// huge pages of `huge` bytes.
 ///
 /// A forked child then shares the code through a few page-directory entries that
 /// `fork` copies, instead of faulting each page of the file back in (`fork` copies
@@ -106,7 +104,7 @@ pub fn advise_heap(huge: usize) -> io::Result<usize> {
 /// kernel fails it there (out of memory for page tables), this process has no code
 /// left and dies of it when the call returns. For the zygote that is a zygote that
 /// died, which its supervisor replaces.
-pub fn move_code(huge: usize) -> io::Result<usize> {
+pub fn move_code(huge: usize) -> io::Result<()> {
     let (start, end) = own_text()?;
     let len = end - start;
     // One huge page more than the code, so that the copy can start at the same
@@ -167,5 +165,5 @@ pub fn move_code(huge: usize) -> io::Result<usize> {
         unmap(copy, copy + len);
         return Err(e);
     }
-    Ok(len)
+    Ok(())
 }

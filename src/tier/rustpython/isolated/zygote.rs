@@ -224,8 +224,8 @@ fn zygote_main() -> ExitCode {
     let mut confining: Vec<Confining> = Vec::new();
     // Whether this zygote entered new namespaces (once asked to; see below).
     let mut in_namespaces: Option<bool> = None;
-    // The huge page size, while the code is still to be moved into them (see below).
-    let mut text_to_move = huge_pages::size_on_request();
+    // The huge page size, until the code and the heap have moved into them (see below).
+    let mut huge_pages_pending = huge_pages::size_on_request();
     loop {
         let mut fds = vec![ctl.as_fd(), sigchld.as_fd()];
         fds.extend(confining.iter().map(|c| c.host_end.as_fd()));
@@ -281,7 +281,7 @@ fn zygote_main() -> ExitCode {
             // and the heap, warm by now, asks for them too (docs/benchmarks.md).
             // ~15 ms and the code's size in memory, once; if the kernel refuses, the
             // code stays mapped from the file and runs the same.
-            if let Some(huge) = text_to_move.take() {
+            if let Some(huge) = huge_pages_pending.take() {
                 let _ = huge_pages::move_code(huge);
                 let _ = huge_pages::advise_heap(huge);
             }
