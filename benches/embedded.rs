@@ -13,6 +13,11 @@ fn bench(c: &mut Criterion) {
     for (name, code) in [
         ("one_plus_one", "1+1"),
         ("loop_10k", "t = 0\nfor i in range(10000):\n    t += i\nt"),
+        // `sum` adds exact ints as machine words (vendor/patches/rustpython-vm.patch).
+        ("sum_range_10k", "sum(range(10000))"),
+        // A module-level loop that reads builtins by name: each read misses the
+        // module's dict before it finds the builtin.
+        ("builtins_in_loop_2k", "n = 0\nfor i in range(2000):\n    n += abs(-i) + len('ab')\nn"),
         ("json_dumps_100", "import json\njson.dumps(list(range(100)))"),
     ] {
         let probe = rt.block_on(exec.execute(ExecRequest::new(code))).expect("run");

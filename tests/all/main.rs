@@ -49,6 +49,8 @@ mod escape_state;
 mod escape_workspace;
 #[path = "../every_tier.rs"]
 mod every_tier;
+#[path = "../fast_paths.rs"]
+mod fast_paths;
 #[path = "../fuel.rs"]
 mod fuel;
 #[path = "../functions.rs"]

@@ -5167,13 +5167,21 @@ impl ExecutingFrame<'_> {
             }
             Instruction::LoadName { namei: idx } => {
                 let name = self.code.names[idx.get(arg) as usize];
-                let result = self.locals.mapping(vm).subscript(name, vm);
-                match result {
-                    Ok(x) => self.push_value(x),
-                    Err(e) if e.fast_isinstance(vm.ctx.exceptions.key_error) => {
-                        self.push_value(self.load_global_or_builtin(name, vm)?);
-                    }
-                    Err(e) => return Err(e),
+                // Terrarium: locals that are an exact dict (a module's, a class
+                // body's) are read as a dict, without the mapping protocol or a
+                // KeyError made and dropped for each name that is a global or a
+                // builtin, as CPython's LOAD_NAME does. The same lookup either way.
+                let found = match self.locals.as_object(vm).downcast_ref_if_exact::<PyDict>(vm) {
+                    Some(dict) => dict.get_item_opt(name, vm)?,
+                    None => match self.locals.mapping(vm).subscript(name, vm) {
+                        Ok(x) => Some(x),
+                        Err(e) if e.fast_isinstance(vm.ctx.exceptions.key_error) => None,
+                        Err(e) => return Err(e),
+                    },
+                };
+                match found {
+                    Some(x) => self.push_value(x),
+                    None => self.push_value(self.load_global_or_builtin(name, vm)?),
                 }
                 Ok(None)
             }
@@ -5751,9 +5759,11 @@ impl ExecutingFrame<'_> {
             Instruction::StoreName { namei: idx } => {
                 let name = self.code.names[idx.get(arg) as usize];
                 let value = self.pop_value();
-                self.locals
-                    .mapping(vm)
-                    .ass_subscript(name, Some(value), vm)?;
+                // Terrarium: an exact dict is written as a dict (see LoadName).
+                match self.locals.as_object(vm).downcast_ref_if_exact::<PyDict>(vm) {
+                    Some(dict) => dict.set_item(name, value, vm)?,
+                    None => self.locals.mapping(vm).ass_subscript(name, Some(value), vm)?,
+                }
                 Ok(None)
             }
             Instruction::StoreSlice => {

@@ -11,7 +11,7 @@ mod builtins {
         AsObject, Py, PyObject, PyObjectRef, PyPayload, PyRef, PyResult, TryFromObject,
         VirtualMachine,
         builtins::{
-            PyByteArray, PyBytes, PyDictRef, PyStr, PyStrRef, PyTuple, PyTupleRef, PyType,
+            PyByteArray, PyBytes, PyDictRef, PyInt, PyStr, PyStrRef, PyTuple, PyTupleRef, PyType,
             PyUtf8StrRef,
             enumerate::PyReverseSequenceIterator,
             function::{PyCell, PyCellRef, PyFunction},
@@ -1232,7 +1232,36 @@ mod builtins {
             _ => (),
         });
 
-        for item in iterable.iter(vm)? {
+        let mut items = iterable.iter(vm)?;
+        // Terrarium: while the total and every item are exact ints (or bools) that
+        // fit in a machine word, add them as machine words and box the total once,
+        // as CPython's `sum` does. Exact ints cannot override `+`, and the generic
+        // path charges no fuel for machine-word operands, so the result and the
+        // count are the same; the first item that does not fit goes the generic way.
+        if let Some(mut total) = sum.downcast_ref_if_exact::<PyInt>(vm).and_then(|i| i.try_to_i64_fast()) {
+            let word = |item: &PyObject| {
+                let int = match item.downcast_ref_if_exact::<PyInt>(vm) {
+                    Some(int) => Some(int),
+                    None if item.class().is(vm.ctx.types.bool_type) => item.downcast_ref::<PyInt>(),
+                    None => None,
+                };
+                int.and_then(|int| int.try_to_i64_fast())
+            };
+            loop {
+                let Some(item) = items.next() else {
+                    return Ok(vm.ctx.new_int(total).into());
+                };
+                let item = item?;
+                if let Some(next) = word(&item).and_then(|v| total.checked_add(v)) {
+                    total = next;
+                    continue;
+                }
+                let boxed: PyObjectRef = vm.ctx.new_int(total).into();
+                sum = vm._add(&boxed, &item)?;
+                break;
+            }
+        }
+        for item in items {
             sum = vm._add(&sum, &*item?)?;
         }
         Ok(sum)
