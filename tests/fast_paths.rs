@@ -6,7 +6,7 @@
 //! dict), run in both modes of the rustpython tier and, as the oracle the expected
 //! answers come from, on the wasm tier's CPython.
 
-use terrarium::{ExecRequest, Status};
+use terrarium::ExecRequest;
 
 use crate::common::{run_embedded, run_wide};
 
@@ -41,19 +41,12 @@ const CASES: &[(&str, &str)] = &[
 
 /// Runs the table with `run` and returns what did not give its expected result.
 fn failures(run: impl Fn(&str) -> terrarium::Outcome) -> Vec<String> {
-    let mut failures = Vec::new();
-    for (code, expected) in CASES {
-        let o = run(code);
-        let want: serde_json::Value = serde_json::from_str(expected).expect("expected is JSON");
-        if o.status != Status::Ok || o.result.as_ref() != Some(&want) {
-            failures.push(format!(
-                "{code:?}: {:?} {:?} (want {want})",
-                o.status,
-                o.error.map(|e| format!("{}: {}", e.kind, e.message)).or(o.result.map(|r| r.to_string()))
-            ));
-        }
-    }
-    failures
+    CASES
+        .iter()
+        .filter_map(|(code, expected)| {
+            crate::common::unexpected(run(code), expected).map(|what| format!("{code:?}: {what}"))
+        })
+        .collect()
 }
 
 #[test]

@@ -79,14 +79,8 @@ const CASES: &[(&str, &str, &str)] = &[
 fn failures(run: impl Fn(&str) -> Option<terrarium::Outcome>) -> Option<Vec<String>> {
     let mut failures = Vec::new();
     for (module, code, expected) in CASES {
-        let o = run(code)?;
-        let want: serde_json::Value = serde_json::from_str(expected).expect("expected is JSON");
-        if o.status != Status::Ok || o.result.as_ref() != Some(&want) {
-            failures.push(format!(
-                "{module}: {:?} {:?} (want {want})",
-                o.status,
-                o.error.map(|e| format!("{}: {}", e.kind, e.message)).or(o.result.map(|r| r.to_string()))
-            ));
+        if let Some(what) = crate::common::unexpected(run(code)?, expected) {
+            failures.push(format!("{module}: {what}"));
         }
     }
     Some(failures)

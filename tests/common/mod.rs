@@ -136,6 +136,17 @@ pub fn exec(e: &dyn Executor, req: ExecRequest) -> Outcome {
     runtime().block_on(e.execute(req)).expect("host fault")
 }
 
+/// `None` when `o` ended `ok` with `expected` (JSON text) as its result; otherwise
+/// what it did instead, for a table test's list of failures.
+pub fn unexpected(o: Outcome, expected: &str) -> Option<String> {
+    let want: serde_json::Value = serde_json::from_str(expected).expect("expected is JSON");
+    if o.status == terrarium::Status::Ok && o.result.as_ref() == Some(&want) {
+        return None;
+    }
+    let got = o.error.map(|e| format!("{}: {}", e.kind, e.message)).or(o.result.map(|r| r.to_string()));
+    Some(format!("{:?} {got:?} (want {want})", o.status))
+}
+
 /// What the binary did.
 #[derive(Debug)]
 pub struct Output {
