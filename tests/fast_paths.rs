@@ -59,8 +59,7 @@ fn fast_paths_answer_as_the_generic_paths_in_both_modes() {
 #[test]
 #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn the_expected_answers_are_cpythons() {
-    let policy = terrarium::Policy::from_yaml(crate::common::WIDE_POLICY, "wide_policy.yaml").expect("wide policy");
-    let Some(exec) = crate::common::wasm_executor(policy) else { return };
+    let Some(exec) = crate::common::wasm_executor(crate::common::wide_policy()) else { return };
     let failed = failures(|code| crate::common::exec_wasm(&exec, ExecRequest::new(code)));
     assert!(failed.is_empty(), "CPython on the wasm tier disagrees with the table:\n{}", failed.join("\n"));
 }

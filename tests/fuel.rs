@@ -43,10 +43,6 @@ const TABLE: &[(&str, &str)] = &[
     ),
 ];
 
-fn wide() -> Policy {
-    Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy")
-}
-
 fn with_fuel(code: &str, fuel: u64) -> ExecRequest {
     ExecRequest::new(code).with_overrides(Overrides { fuel: Some(fuel), ..Overrides::default() })
 }
@@ -87,8 +83,8 @@ impl Drop for Hog {
 
 #[test]
 fn fuel_is_the_same_on_every_run_in_both_modes_and_under_load_and_runs_out_at_its_budget() {
-    let isolated = common::isolated(wide());
-    let embedded = terrarium::EmbeddedExecutor::new(wide());
+    let isolated = common::isolated(common::wide_policy());
+    let embedded = terrarium::EmbeddedExecutor::new(common::wide_policy());
     for (name, code) in TABLE {
         let first = common::exec(&isolated, ExecRequest::new(*code));
         assert_eq!(first.status, Status::Ok, "{name}: {first:?}");
@@ -137,7 +133,7 @@ fn fuel_is_the_same_on_every_run_in_both_modes_and_under_load_and_runs_out_at_it
 /// handful of instructions, and must stop well before its deadline.
 #[test]
 fn native_work_is_charged_and_stopped_by_fuel() {
-    let isolated = common::isolated(wide());
+    let isolated = common::isolated(common::wide_policy());
     let attacks = [
         ("sum of a huge range", "sum(range(10 ** 12))"),
         ("list of a huge map", "len(list(map(abs, range(10 ** 9))))"),
@@ -171,8 +167,8 @@ fn native_work_is_charged_and_stopped_by_fuel() {
 /// one instruction per call, stop the loop, in both modes, long before the deadline.
 #[test]
 fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
-    let isolated = common::isolated(wide());
-    let embedded = terrarium::EmbeddedExecutor::new(wide());
+    let isolated = common::isolated(common::wide_policy());
+    let embedded = terrarium::EmbeddedExecutor::new(common::wide_policy());
     let setup = "import hashlib, itertools, math, collections\nL = [0] * 200000\nL2 = [0] * 200000\nT = tuple(range(20000))\n\
                  D = dict.fromkeys(range(20000))\nD2 = dict.fromkeys(range(20000))\nS2 = set(range(20000))\n\
                  S = 'a' * 200000\nS3 = 'a' * 200000\nB = b'a' * 200000\nM = 2 ** 61 - 1\nN = '7' * 4000\n\
@@ -252,8 +248,8 @@ fn a_loop_of_large_native_calls_is_stopped_by_fuel() {
 /// handler, `finally`, generator or finalizer gets work done past the budget.
 #[test]
 fn catching_the_exhaustion_does_not_help() {
-    let isolated = common::isolated(wide());
-    let embedded = terrarium::EmbeddedExecutor::new(wide());
+    let isolated = common::isolated(common::wide_policy());
+    let embedded = terrarium::EmbeddedExecutor::new(common::wide_policy());
     let attacks = [
         "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
         "def f():\n    try:\n        while True:\n            pass\n    finally:\n        while True:\n            print('x')\nf()",
@@ -315,7 +311,7 @@ fn the_policys_budget_applies_and_overrides_only_tighten_it() {
 /// session like any limit.
 #[test]
 fn a_sessions_cells_are_counted_each() {
-    let isolated = common::isolated(wide());
+    let isolated = common::isolated(common::wide_policy());
     let runtime = common::runtime();
     let mut session = runtime.block_on(terrarium::Executor::open_session(&isolated)).expect("a session");
     let mut cell = |req: ExecRequest| runtime.block_on(session.execute(req)).expect("cell");

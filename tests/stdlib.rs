@@ -95,14 +95,10 @@ fn every_pure_stdlib_module_works() {
 #[test]
 #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn every_pure_stdlib_module_works_on_the_wasm_tier() {
-    let Some(exec) = crate::common::wasm_executor(wide()) else { return };
+    let Some(exec) = crate::common::wasm_executor(crate::common::wide_policy()) else { return };
     let failed = failures(|code| Some(crate::common::exec_wasm(&exec, terrarium::ExecRequest::new(code))))
         .expect("no skips past this point");
     assert!(failed.is_empty(), "modules that do not work on the wasm tier:\n{}", failed.join("\n"));
-}
-
-fn wide() -> terrarium::Policy {
-    terrarium::Policy::from_yaml(crate::common::WIDE_POLICY, "wide_policy.yaml").expect("wide policy")
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::common::{default_policy_with, exec_wasm, run_wasm, run_wasm_policy, t
 #[test]
 #[cfg_attr(terrarium_skip_wasm, ignore = "TERRARIUM_SKIP_WASM=1")]
 fn real_cpython_runs_the_snippet() {
-    let wide = Policy::from_yaml(crate::common::WIDE_POLICY, "wide_policy.yaml").expect("wide policy");
+    let wide = crate::common::wide_policy();
     let Some(o) = run_wasm_policy(wide, "import json\nprint(json.dumps([1, 2]))\nimport sys\nsys.version_info[:2]")
     else {
         return;

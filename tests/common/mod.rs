@@ -17,6 +17,11 @@ use terrarium::{
 /// A policy that allows every module the stdlib table exercises.
 pub const WIDE_POLICY: &str = include_str!("wide_policy.yaml");
 
+/// [`WIDE_POLICY`], parsed.
+pub fn wide_policy() -> Policy {
+    Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy")
+}
+
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime"))
@@ -34,12 +39,12 @@ fn default_executor() -> &'static IsolatedExecutor {
 
 fn wide_executor() -> &'static IsolatedExecutor {
     static EXEC: OnceLock<IsolatedExecutor> = OnceLock::new();
-    EXEC.get_or_init(|| isolated(Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy")))
+    EXEC.get_or_init(|| isolated(wide_policy()))
 }
 
 fn embedded_executor() -> &'static EmbeddedExecutor {
     static EXEC: OnceLock<EmbeddedExecutor> = OnceLock::new();
-    EXEC.get_or_init(|| EmbeddedExecutor::new(Policy::from_yaml(WIDE_POLICY, "wide_policy.yaml").expect("wide policy")))
+    EXEC.get_or_init(|| EmbeddedExecutor::new(wide_policy()))
 }
 
 /// Runs `code` under the default policy, in isolated mode (the default for
