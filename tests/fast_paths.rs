@@ -1,10 +1,13 @@
 //! The vendored interpreter's fast paths give what its generic paths give: `sum`
 //! adding exact ints as machine words (vendor/patches/rustpython-vm.patch), and a
 //! module's or class body's names read and written as a dict when the namespace is
-//! an exact dict. Each case is at an edge of a fast path (overflow both ways, bools,
-//! int subclasses that override `+`, errors midway, a namespace that is not a plain
-//! dict), run in both modes of the rustpython tier and, as the oracle the expected
-//! answers come from, on the wasm tier's CPython.
+//! an exact dict, starting at the entry where the name was last found. Each case is
+//! at an edge of a fast path (overflow both ways, bools, int subclasses that override
+//! `+`, errors midway, a namespace that is not a plain dict, one class body's code
+//! run in namespaces that keep the name at other entries, keys equal to a name but
+//! not the same object, entries moved by deletions and growth), run in both modes of
+//! the rustpython tier and, as the oracle the expected answers come from, on the wasm
+//! tier's CPython.
 
 use terrarium::ExecRequest;
 
@@ -36,6 +39,27 @@ const CASES: &[(&str, &str)] = &[
     (
         "class M(dict):\n    def __getitem__(self, k):\n        return 'custom' if k == 'magic' else dict.__getitem__(self, k)\n    def __setitem__(self, k, v):\n        dict.__setitem__(self, k, ['set', v] if k == 'y' else v)\nclass Meta(type):\n    @classmethod\n    def __prepare__(mcs, name, bases):\n        return M()\n    def __new__(mcs, name, bases, ns):\n        return dict(ns)\nclass C(metaclass=Meta):\n    y = 1\n    z = magic\n[C['y'], C['z']]",
         "[[\"set\", 1], \"custom\"]",
+    ),
+    (
+        "class Meta(type):\n    @classmethod\n    def __prepare__(mcs, name, bases, **kw):\n        return {k: 'pre-' + k for k in kw['pre']}\n    def __new__(mcs, name, bases, ns, **kw):\n        return dict(ns)\nr = []\nfor pre in [['x'], ['p', 'q', 'x'], ['x'], ['q', 'x', 'a']]:\n    class C(metaclass=Meta, pre=pre):\n        a = x\n        x = a + '!'\n        b = x\n    r.append([C['a'], C['b'], [k for k in C if k[0] != '_']])\nr",
+        "[[\"pre-x\", \"pre-x!\", [\"x\", \"a\", \"b\"]], [\"pre-x\", \"pre-x!\", [\"p\", \"q\", \"x\", \"a\", \"b\"]], [\"pre-x\", \"pre-x!\", [\"x\", \"a\", \"b\"]], [\"pre-x\", \"pre-x!\", [\"q\", \"x\", \"a\", \"b\"]]]",
+    ),
+    ("x = 1\ndel x\ny = 2\nx = 3\n[x, list(globals())[-2:]]", "[3, [\"y\", \"x\"]]"),
+    (
+        "globals()[''.join(['a', 'b'])] = 5\nr = ab\nab = 6\n[r, ab, len([k for k in globals() if k == 'ab'])]",
+        "[5, 6, 1]",
+    ),
+    (
+        "class S(str):\n    pass\nglobals()[S('zz')] = 1\nzz = 2\nzz = 3\nks = [k for k in globals() if k == 'zz']\n[zz, len(ks), type(ks[0]).__name__]",
+        "[3, 1, \"S\"]",
+    ),
+    (
+        "class S(str):\n    def __eq__(self, o):\n        return False\n    __hash__ = str.__hash__\nglobals()[S('zz')] = 1\nzz = 2\nzz = 3\n[zz, len([k for k in globals() if str.__eq__(k, 'zz')])]",
+        "[3, 2]",
+    ),
+    (
+        "t = 0\nfor i in range(300):\n    globals()['v%d' % i] = i\n    t += i\n    if i % 7 == 0:\n        del globals()['v%d' % i]\n[t, v299, len([k for k in globals() if k.startswith('v')])]",
+        "[44850, 299, 257]",
     ),
 ];
 

@@ -786,6 +786,23 @@ impl<T: Clone> Dict<T> {
         Ok(u16::try_from(stored).ok())
     }
 
+    /// Terrarium: the value at entry `index` if that entry's key *is* `key`.
+    ///
+    /// Unlike [`Self::get_hint`] nothing is compared by value, so no Python
+    /// runs: a stale or foreign index is simply a miss and the caller probes.
+    #[inline]
+    pub(crate) fn get_if_key_identical<K: DictKey + ?Sized>(
+        &self,
+        key: &K,
+        index: usize,
+    ) -> Option<T> {
+        let inner = self.read();
+        match inner.entries.get(index) {
+            Some(Some(entry)) if key.key_is(&entry.key) => Some(entry.value.clone()),
+            _ => None,
+        }
+    }
+
     /// Fast path lookup using a cached entry index (`hint`).
     ///
     /// Returns `None` if the hint is stale or the key no longer matches.

@@ -1628,29 +1628,14 @@ impl PyPayload for FrameObject {
     #[inline]
     unsafe fn freelist_push(obj: *mut PyObject) -> bool {
         FRAME_FREELIST
-            .try_with(|fl| {
-                let mut list = fl.take();
-                let stored = if list.len() < Self::MAX_FREELIST {
-                    list.push(obj);
-                    true
-                } else {
-                    false
-                };
-                fl.set(list);
-                stored
-            })
+            .try_with(|fl| crate::object::FreeList::push_in(fl, obj, Self::MAX_FREELIST))
             .unwrap_or(false)
     }
 
     #[inline]
     unsafe fn freelist_pop(_payload: &Self) -> Option<NonNull<PyObject>> {
         FRAME_FREELIST
-            .try_with(|fl| {
-                let mut list = fl.take();
-                let result = list.pop().map(|p| unsafe { NonNull::new_unchecked(p) });
-                fl.set(list);
-                result
-            })
+            .try_with(crate::object::FreeList::pop_in)
             .ok()
             .flatten()
     }
@@ -5166,13 +5151,15 @@ impl ExecutingFrame<'_> {
                 Ok(None)
             }
             Instruction::LoadName { namei: idx } => {
-                let name = self.code.names[idx.get(arg) as usize];
+                let idx = idx.get(arg) as usize;
+                let name = self.code.names[idx];
                 // Terrarium: locals that are an exact dict (a module's, a class
                 // body's) are read as a dict, without the mapping protocol or a
                 // KeyError made and dropped for each name that is a global or a
-                // builtin, as CPython's LOAD_NAME does. The same lookup either way.
+                // builtin, as CPython's LOAD_NAME does, starting at the entry
+                // where this name was last found. The same lookup either way.
                 let found = match self.locals.as_object(vm).downcast_ref_if_exact::<PyDict>(vm) {
-                    Some(dict) => dict.get_item_opt(name, vm)?,
+                    Some(dict) => dict.get_item_opt_hinted(name, &self.code.name_hints[idx], vm)?,
                     None => match self.locals.mapping(vm).subscript(name, vm) {
                         Ok(x) => Some(x),
                         Err(e) if e.fast_isinstance(vm.ctx.exceptions.key_error) => None,
@@ -5757,11 +5744,12 @@ impl ExecutingFrame<'_> {
                 Ok(None)
             }
             Instruction::StoreName { namei: idx } => {
-                let name = self.code.names[idx.get(arg) as usize];
+                let idx = idx.get(arg) as usize;
+                let name = self.code.names[idx];
                 let value = self.pop_value();
                 // Terrarium: an exact dict is written as a dict (see LoadName).
                 match self.locals.as_object(vm).downcast_ref_if_exact::<PyDict>(vm) {
-                    Some(dict) => dict.set_item(name, value, vm)?,
+                    Some(dict) => dict.set_item_hinted(name, &self.code.name_hints[idx], value, vm)?,
                     None => self.locals.mapping(vm).ass_subscript(name, Some(value), vm)?,
                 }
                 Ok(None)

@@ -19,7 +19,7 @@ use alloc::fmt;
 use core::{
     borrow::Borrow,
     ops::Deref,
-    sync::atomic::{AtomicPtr, AtomicU64, Ordering},
+    sync::atomic::{AtomicPtr, AtomicU16, AtomicU64, Ordering},
 };
 use malachite_bigint::BigInt;
 use num_traits::Zero;
@@ -500,6 +500,11 @@ pub struct PyCode {
     /// this code cannot leave the slot unbalanced, so `with_frame` skips the
     /// exc_info save/restore. Computed once by scanning the instruction stream.
     pub has_exc_handling: bool,
+    /// Terrarium: per name, the dict entry index where LOAD_NAME / STORE_NAME
+    /// last found it (`u16::MAX`: none yet). Only a place to look first: an
+    /// entry is used when its key is the very name object, so a stale index,
+    /// another namespace running this code, or any mutation is a miss.
+    pub(crate) name_hints: Box<[AtomicU16]>,
 }
 
 impl Deref for PyCode {
@@ -628,6 +633,7 @@ impl PyCode {
                     | Instruction::InstrumentedEndAsyncFor
             )
         });
+        let name_hints = code.names.iter().map(|_| AtomicU16::new(u16::MAX)).collect();
         Self {
             code,
             localsplus_names,
@@ -637,6 +643,7 @@ impl PyCode {
             monitoring_data: PyMutex::new(None),
             quickened: core::sync::atomic::AtomicBool::new(false),
             has_exc_handling,
+            name_hints,
         }
     }
 

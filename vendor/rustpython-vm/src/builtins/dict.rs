@@ -1,6 +1,6 @@
 use super::{
     IterStatus, PositionIterInternal, PyBaseExceptionRef, PyFrozenSet, PyGenericAlias,
-    PyMappingProxy, PySet, PyStr, PyStrRef, PyTupleRef, PyType, PyTypeRef, locked_step, set,
+    PyMappingProxy, PySet, PyStr, PyStrInterned, PyStrRef, PyTupleRef, PyType, PyTypeRef, locked_step, set,
     set::PySetInner,
 };
 use crate::common::lock::LazyLock;
@@ -25,7 +25,7 @@ use crate::{
 use alloc::fmt;
 use core::cell::Cell;
 use core::ptr::NonNull;
-use rustpython_common::atomic::{Ordering, PyAtomic, Radium};
+use rustpython_common::atomic::{AtomicU16, Ordering, Ordering::Relaxed, PyAtomic, Radium};
 use rustpython_common::lock::PyMutex;
 use rustpython_common::wtf8::Wtf8Buf;
 
@@ -78,29 +78,14 @@ impl PyPayload for PyDict {
     #[inline]
     unsafe fn freelist_push(obj: *mut PyObject) -> bool {
         DICT_FREELIST
-            .try_with(|fl| {
-                let mut list = fl.take();
-                let stored = if list.len() < Self::MAX_FREELIST {
-                    list.push(obj);
-                    true
-                } else {
-                    false
-                };
-                fl.set(list);
-                stored
-            })
+            .try_with(|fl| crate::object::FreeList::push_in(fl, obj, Self::MAX_FREELIST))
             .unwrap_or(false)
     }
 
     #[inline]
     unsafe fn freelist_pop(_payload: &Self) -> Option<NonNull<PyObject>> {
         DICT_FREELIST
-            .try_with(|fl| {
-                let mut list = fl.take();
-                let result = list.pop().map(|p| unsafe { NonNull::new_unchecked(p) });
-                fl.set(list);
-                result
-            })
+            .try_with(crate::object::FreeList::pop_in)
             .ok()
             .flatten()
     }
@@ -979,6 +964,54 @@ impl Py<PyDict> {
             self.as_object().set_item(key, value, vm)?;
             Ok(None)
         }
+    }
+
+    /// Terrarium: an exact dict's `get_item_opt` for a name whose last entry
+    /// index is kept in `hint` (LOAD_NAME in a module or class body).
+    ///
+    /// The hint only says where to look first: it is believed when the entry
+    /// there holds this very key object, otherwise the dict is probed as usual
+    /// and the hint updated. Same answer as `get_item_opt` in every case.
+    pub(crate) fn get_item_opt_hinted(
+        &self,
+        key: &'static PyStrInterned,
+        hint: &AtomicU16,
+        vm: &VirtualMachine,
+    ) -> PyResult<Option<PyObjectRef>> {
+        debug_assert!(self.exact_dict(vm));
+        if let Some(value) = self
+            .entries
+            .get_if_key_identical(key, usize::from(hint.load(Relaxed)))
+        {
+            return Ok(Some(value));
+        }
+        Ok(self.entries.get_with_hint(vm, key)?.map(|(value, index)| {
+            hint.store(index.unwrap_or(u16::MAX), Relaxed);
+            value
+        }))
+    }
+
+    /// Terrarium: an exact dict's `set_item` for a name whose last entry index
+    /// is kept in `hint` (STORE_NAME); see [`Self::get_item_opt_hinted`].
+    pub(crate) fn set_item_hinted(
+        &self,
+        key: &'static PyStrInterned,
+        hint: &AtomicU16,
+        value: PyObjectRef,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
+        debug_assert!(self.exact_dict(vm));
+        if let Some(index) =
+            self.entries
+                .insert_with_hint(vm, key, usize::from(hint.load(Relaxed)), value)?
+        {
+            hint.store(index, Relaxed);
+        }
+        // Unlike `set_item`, a store into the builtins module's own dict is
+        // not counted in `_testinternalcapi`'s diagnostic tally: finding out
+        // cost more than the store itself, nothing else reads the tally, and
+        // Terrarium never registers that module.
+        Ok(())
     }
 
     /// Current keys-version stamp of the underlying storage (0 if unset).

@@ -1476,6 +1476,36 @@ impl<T: PyPayload> FreeList<T> {
     }
 }
 
+impl<T: PyPayload> FreeList<T> {
+    /// Terrarium: keep `obj` on this thread's list in `cell` unless it already
+    /// holds `max`. The list is used in place: moving it out of the cell and
+    /// back (`Cell::take`/`set`) also dropped the empty list left in its
+    /// stead, once per object made or freed.
+    #[inline]
+    pub(crate) fn push_in(cell: &core::cell::Cell<Self>, obj: *mut PyObject, max: usize) -> bool {
+        // SAFETY: `cell` is a thread-local, so only this thread reaches it, and
+        // nothing below can reach it again while the borrow lives: `Vec::push`
+        // calls only the global allocator, never the interpreter.
+        let list = unsafe { &mut *cell.as_ptr() };
+        if list.items.len() < max {
+            list.items.push(obj);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Terrarium: take an object back from this thread's list in `cell`; see
+    /// [`Self::push_in`].
+    #[inline]
+    pub(crate) fn pop_in(cell: &core::cell::Cell<Self>) -> Option<NonNull<PyObject>> {
+        // SAFETY: as in `push_in`; `Vec::pop` calls nothing.
+        let list = unsafe { &mut *cell.as_ptr() };
+        // SAFETY: only non-null object pointers are ever pushed.
+        list.items.pop().map(|p| unsafe { NonNull::new_unchecked(p) })
+    }
+}
+
 impl<T: PyPayload> Default for FreeList<T> {
     fn default() -> Self {
         Self::new()
