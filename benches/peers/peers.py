@@ -22,6 +22,12 @@ Each cell is the round trip of one request with fresh state, as a caller sees it
   zygote's and the audit log's included)
 - cpython exec: exec(compile(code)) with fresh globals in this process (no sandbox)
 - monty: a session checked out of a pydantic-monty worker pool per request
+
+The four cells the goals compare (terrarium isolated and embedded, cpython exec,
+monty) are measured in ROUNDS interleaved rounds of N/ROUNDS requests, the order
+rotated each round, and report the median of the rounds' p50 and p99: this machine's
+speed drifts within a minute, and measuring one engine after another would put the
+drift into the ratios. The table ends with those ratios.
 """
 
 import argparse
@@ -36,6 +42,10 @@ SNIPPETS = [
     ("10k-iteration loop", "t = 0\nfor i in range(10000):\n    t += i\nt"),
     ("json.dumps(list(range(100)))", "import json\njson.dumps(list(range(100)))"),
 ]
+
+
+# Interleaved rounds of the compared cells (see the module doc).
+ROUNDS = 5
 
 
 def pct(samples, p):
@@ -124,6 +134,45 @@ def monty_runner():
     return run, pool
 
 
+def interleaved(cells, n):
+    """Runs each (name, fn(n)) cell in ROUNDS rounds of n // ROUNDS requests, the
+    order rotated each round; returns name -> ((median p50, median p99), err)."""
+    per_round = max(1, n // ROUNDS)
+    got = {name: [] for name, _ in cells}
+    errors = {}
+    for r in range(ROUNDS):
+        for name, fn in cells[r % len(cells):] + cells[:r % len(cells)]:
+            if name in errors:
+                continue
+            res, err = fn(per_round)
+            if res is None:
+                errors[name] = err
+            else:
+                got[name].append(res)
+    out = {}
+    for name, _ in cells:
+        if name in errors:
+            out[name] = (None, errors[name])
+        else:
+            rounds = got[name]
+            out[name] = ((pct([x[0] for x in rounds], 0.5), pct([x[1] for x in rounds], 0.5)), None)
+    return out
+
+
+def goals(rows, monty_name):
+    """The issue's goals as ratios of this run's figures."""
+    lines = ["", "Goals, from the interleaved cells above:", ""]
+    for name, cells in rows:
+        iso, mon = cells["terrarium isolated"][0], cells[monty_name][0]
+        if iso and mon:
+            lines.append(f"- {name}: isolated p50 / Monty p50 = {iso[0] / mon[0]:.2f}x (goal <= 1), "
+                         f"isolated p99 / p50 = {iso[1] / iso[0]:.2f}x (goal <= 3)")
+    emb, cpy = rows[0][1]["terrarium embedded"][0], rows[0][1]["cpython exec (no sandbox)"][0]
+    if emb and cpy:
+        lines.append(f"- {rows[0][0]}: embedded p50 / CPython exec p50 = {emb[0] / cpy[0]:.2f}x (goal <= 2)")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--terrarium", required=True)
@@ -135,9 +184,15 @@ def main():
     package = python_package_runner()
     rows = []
     for name, code in SNIPPETS:
+        compared = interleaved([
+            ("terrarium isolated", lambda n, code=code: terrarium(a.terrarium, code, n)),
+            ("terrarium embedded", lambda n, code=code: terrarium(a.terrarium, code, n, "--embedded")),
+            ("cpython exec (no sandbox)", lambda n, code=code: cpython(code, n)),
+            (f"monty {a.monty_version}", lambda n, code=code: monty(code, n)),
+        ], a.n)
         cells = {
-            "terrarium isolated": terrarium(a.terrarium, code, a.n),
-            "terrarium embedded": terrarium(a.terrarium, code, a.n, "--embedded"),
+            "terrarium isolated": compared["terrarium isolated"],
+            "terrarium embedded": compared["terrarium embedded"],
             "terrarium python package": package(code, a.n),
             "terrarium python package (paced)": package(code, a.n, pause=0.005),
             # A process per request: its start-up and the zygote's, fewer samples.
@@ -148,8 +203,8 @@ def main():
             # A container per request: ~100 ms of the engine's time each, fewer samples.
             "terrarium docker (warm)": terrarium(a.terrarium, code, min(a.n, 20), "--docker", a.docker_policy),
             "terrarium docker (cold)": terrarium(a.terrarium, code, min(a.n, 20), "--docker-cold", a.docker_policy),
-            "cpython exec (no sandbox)": cpython(code, a.n),
-            f"monty {a.monty_version}": monty(code, a.n),
+            "cpython exec (no sandbox)": compared["cpython exec (no sandbox)"],
+            f"monty {a.monty_version}": compared[f"monty {a.monty_version}"],
         }
         rows.append((name, cells))
     pool.__exit__(None, None, None)
@@ -173,6 +228,7 @@ def main():
                 continue
             ratio = f"{r[0] / base[0]:.2f}x" if base else "n/a"
             print(f"| {name} | {engine} | {r[0]:.0f} | {r[1]:.0f} | {ratio} |")
+    print(goals(rows, f"monty {a.monty_version}"))
 
 
 if __name__ == "__main__":
