@@ -5,7 +5,8 @@
 //! at an edge of a fast path (overflow both ways, bools, int subclasses that override
 //! `+`, errors midway, a namespace that is not a plain dict, one class body's code
 //! run in namespaces that keep the name at other entries, keys equal to a name but
-//! not the same object, entries moved by deletions and growth), run in both modes of
+//! not the same object, a key whose `__eq__` turns equal to a name (or raises) after
+//! the name was stored, entries moved by deletions and growth), run in both modes of
 //! the rustpython tier and, as the oracle the expected answers come from, on the wasm
 //! tier's CPython.
 
@@ -56,6 +57,18 @@ const CASES: &[(&str, &str)] = &[
     (
         "class S(str):\n    def __eq__(self, o):\n        return False\n    __hash__ = str.__hash__\nglobals()[S('zz')] = 1\nzz = 2\nzz = 3\n[zz, len([k for k in globals() if str.__eq__(k, 'zz')])]",
         "[3, 2]",
+    ),
+    (
+        "class K(str):\n    on = False\n    def __hash__(self):\n        return str.__hash__(self)\n    def __eq__(self, o):\n        return K.on and str.__eq__(self, o)\ng = globals()\ng[K('zz')] = 'shadow'\nzz = 'real'\nzz\nK.on = True\nr1 = zz\nzz = 'stored'\n[r1, zz, sorted([type(k).__name__, v] for k, v in g.items() if k == 'zz')]",
+        "[\"shadow\", \"stored\", [[\"K\", \"stored\"], [\"str\", \"real\"]]]",
+    ),
+    (
+        "class K(str):\n    on = False\n    def __hash__(self):\n        return str.__hash__(self)\n    def __eq__(self, o):\n        if K.on:\n            raise RuntimeError('eq')\n        return False\nglobals()[K('zz')] = 'shadow'\nzz = 'real'\nzz\nK.on = True\nout = []\ntry:\n    out.append(zz)\nexcept RuntimeError:\n    out.append('load raised')\ntry:\n    zz = 5\n    out.append('store ok')\nexcept RuntimeError:\n    out.append('store raised')\nK.on = False\nout",
+        "[\"load raised\", \"store raised\"]",
+    ),
+    (
+        "class K(str):\n    on = False\n    def __hash__(self):\n        return str.__hash__(self)\n    def __eq__(self, o):\n        return K.on and str.__eq__(self, o)\nres = []\nclass M(type):\n    @classmethod\n    def __prepare__(mcs, name, bases):\n        K.on = False\n        return {K('attr'): 'shadow'}\n    def __new__(mcs, name, bases, ns):\n        res.append(sorted([type(k).__name__, v] for k, v in ns.items() if k == 'attr'))\n        return super().__new__(mcs, name, bases, dict(ns))\nfor i in range(3):\n    class C(metaclass=M):\n        attr = 'real'\n        attr\n        K.on = True\n        got = attr\n        attr = 'stored'\n    res.append(C.got)\nK.on = False\nres",
+        "[[[\"K\", \"stored\"], [\"str\", \"real\"]], \"shadow\", [[\"K\", \"stored\"], [\"str\", \"real\"]], \"shadow\", [[\"K\", \"stored\"], [\"str\", \"real\"]], \"shadow\"]",
     ),
     (
         "t = 0\nfor i in range(300):\n    globals()['v%d' % i] = i\n    t += i\n    if i % 7 == 0:\n        del globals()['v%d' % i]\n[t, v299, len([k for k in globals() if k.startswith('v')])]",

@@ -186,6 +186,10 @@ struct DictInner<T> {
     filled: usize,
     indices: Vec<IndexEntry>,
     entries: Vec<Option<DictEntry<T>>>,
+    /// Terrarium: whether a key other than an exact `str` was ever stored here.
+    /// Until one is, no two keys are equal, so a key found by identity is the
+    /// one a probe would find (see [`Dict::get_if_key_identical`]).
+    foreign_keys: bool,
 }
 
 unsafe impl<T: Traverse> Traverse for DictInner<T> {
@@ -220,6 +224,7 @@ impl<T: Clone> Clone for Dict<T> {
                 filled: inner.used,
                 indices: Vec::new(),
                 entries: Vec::with_capacity(inner.used),
+                foreign_keys: inner.foreign_keys,
             };
             // Terrarium: fuel by the entries it walks, deleted ones too.
             charge_holes(inner.entries.len());
@@ -243,6 +248,7 @@ impl<T> Default for Dict<T> {
                 filled: 0,
                 indices: vec![IndexEntry::FREE; 8],
                 entries: Vec::new(),
+                foreign_keys: false,
             }),
             keys_version: AtomicU32::new(0),
         }
@@ -358,6 +364,12 @@ impl<T> DictInner<T> {
         value: T,
         index_entry: IndexEntry,
     ) -> usize {
+        if !self.foreign_keys {
+            let str_type = <crate::builtins::PyStr as crate::PyPayload>::class(
+                crate::vm::Context::genesis(),
+            );
+            self.foreign_keys = !key.class().is(str_type);
+        }
         let entry = DictEntry {
             hash: hash_value,
             key,
@@ -786,10 +798,14 @@ impl<T: Clone> Dict<T> {
         Ok(u16::try_from(stored).ok())
     }
 
-    /// Terrarium: the value at entry `index` if that entry's key *is* `key`.
+    /// Terrarium: the value at entry `index` if that entry's key *is* `key` and
+    /// every key this dict ever held was an exact `str` (`key` being one too).
     ///
-    /// Unlike [`Self::get_hint`] nothing is compared by value, so no Python
-    /// runs: a stale or foreign index is simply a miss and the caller probes.
+    /// Then no other key equals `key`, so this is the entry a probe would find,
+    /// with no `__eq__` met on the way. A key of another type (a `str` subclass
+    /// or any object whose `__eq__`/`__hash__` may make two keys equal, or call
+    /// Python) makes every call a miss. Unlike [`Self::get_hint`] nothing is
+    /// compared by value and no Python runs: a miss means the caller probes.
     #[inline]
     pub(crate) fn get_if_key_identical<K: DictKey + ?Sized>(
         &self,
@@ -798,9 +814,43 @@ impl<T: Clone> Dict<T> {
     ) -> Option<T> {
         let inner = self.read();
         match inner.entries.get(index) {
-            Some(Some(entry)) if key.key_is(&entry.key) => Some(entry.value.clone()),
+            Some(Some(entry)) if !inner.foreign_keys && key.key_is(&entry.key) => {
+                Some(entry.value.clone())
+            }
             _ => None,
         }
+    }
+
+    /// Terrarium: [`Self::get_if_key_identical`] for a store: replaces the value
+    /// at entry `index` and returns the old one, or hands `value` back on a miss.
+    #[inline]
+    pub(crate) fn replace_if_key_identical<K: DictKey + ?Sized>(
+        &self,
+        key: &K,
+        index: usize,
+        value: T,
+    ) -> Result<T, T> {
+        let mut inner = self.write();
+        if inner.foreign_keys {
+            return Err(value);
+        }
+        match inner.entries.get_mut(index) {
+            Some(Some(entry)) if key.key_is(&entry.key) => {
+                Ok(core::mem::replace(&mut entry.value, value))
+            }
+            _ => Err(value),
+        }
+    }
+
+    /// Terrarium: [`Self::insert`], also reporting the entry index it stored to.
+    pub(crate) fn insert_indexed<K: DictKey + ?Sized>(
+        &self,
+        vm: &VirtualMachine,
+        key: &K,
+        value: T,
+    ) -> PyResult<usize> {
+        let hash = key.key_hash(vm)?;
+        self.insert_known_hash_indexed(vm, key, hash, value)
     }
 
     /// Fast path lookup using a cached entry index (`hint`).

@@ -1001,12 +1001,19 @@ impl Py<PyDict> {
         vm: &VirtualMachine,
     ) -> PyResult<()> {
         debug_assert!(self.exact_dict(vm));
-        if let Some(index) =
-            self.entries
-                .insert_with_hint(vm, key, usize::from(hint.load(Relaxed)), value)?
+        let value = match self
+            .entries
+            .replace_if_key_identical(key, usize::from(hint.load(Relaxed)), value)
         {
-            hint.store(index, Relaxed);
-        }
+            Ok(old) => {
+                // Released after the dict's lock: its `__del__` may run Python.
+                drop(old);
+                return Ok(());
+            }
+            Err(value) => value,
+        };
+        let index = self.entries.insert_indexed(vm, key, value)?;
+        hint.store(u16::try_from(index).unwrap_or(u16::MAX), Relaxed);
         // Unlike `set_item`, a store into the builtins module's own dict is
         // not counted in `_testinternalcapi`'s diagnostic tally: finding out
         // cost more than the store itself, nothing else reads the tally, and
