@@ -13,8 +13,10 @@
 //! says). No Python object holds the real `__import__` for
 //! snippets: the prelude hands it to [`native_setup`] once, before the seal.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use rustpython_vm::builtins::{PyDict, PyStr, PyStrRef, PyType};
 use rustpython_vm::{AsObject, FromArgs, PyObjectRef, PyResult, VirtualMachine};
@@ -75,7 +77,7 @@ struct State {
     /// own in its proxy (guarded `operator.attrgetter`, `string.Formatter`, …).
     overrides: HashMap<String, PyObjectRef>,
     /// Module name → names the prelude set on the module for its own code.
-    hidden: HashMap<String, HashSet<String>>,
+    hidden: HashMap<String, Rc<HashSet<String>>>,
     /// No more overrides once the interpreter is sealed.
     sealed: bool,
     /// This run's proxies, by module name (one proxy per module per run, so that
@@ -126,11 +128,9 @@ pub fn native_override(module: PyStrRef, make: PyObjectRef, vm: &VirtualMachine)
 /// module is first loaded, which may be during a run.)
 pub fn native_hide(module: PyStrRef, name: PyStrRef) {
     STATE.with(|s| {
-        s.borrow_mut()
-            .hidden
-            .entry(module.as_wtf8().to_string_lossy().into_owned())
-            .or_default()
-            .insert(name.as_wtf8().to_string_lossy().into_owned());
+        let mut s = s.borrow_mut();
+        let names = s.hidden.entry(module.as_wtf8().to_string_lossy().into_owned()).or_default();
+        Rc::make_mut(names).insert(name.as_wtf8().to_string_lossy().into_owned());
     });
 }
 
@@ -259,7 +259,12 @@ pub fn new_run() {
 
 /// The exact value of a `str` (or subclass) as a Rust string, or `None`.
 fn exact(obj: &PyObjectRef) -> Option<String> {
-    obj.downcast_ref::<PyStr>().map(|s| s.as_wtf8().to_string_lossy().into_owned())
+    exact_text(obj).map(Cow::into_owned)
+}
+
+/// [`exact`], borrowed when the value is valid UTF-8 (the usual case).
+fn exact_text(obj: &PyObjectRef) -> Option<Cow<'_, str>> {
+    obj.downcast_ref::<PyStr>().map(|s| s.as_wtf8().to_string_lossy())
 }
 
 /// The arguments of `__import__`, by position or keyword.
@@ -383,11 +388,21 @@ pub fn native_import(args: ImportArgs, vm: &VirtualMachine) -> PyResult {
         }
         return proxy(&loaded(&name, vm)?, vm);
     }
-    // Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible.
+    // Refresh every proxy on the dotted path, so `import a.b` makes `a.b` visible;
+    // the last one refreshed is the top package's, which is what the import gives
+    // (walked once, not again for the answer).
+    let mut top_proxy = None;
     for i in (1..=parts.len()).rev() {
-        proxy(&loaded(&parts[..i].join("."), vm)?, vm)?;
+        let module = loaded(&parts[..i].join("."), vm)?;
+        let p = proxy(&module, vm)?;
+        if i == 1 && module.is(&top) {
+            top_proxy = Some(p);
+        }
     }
-    proxy(&top, vm)
+    match top_proxy {
+        Some(p) => Ok(p),
+        None => proxy(&top, vm),
+    }
 }
 
 /// Whether module `m` has finished its import-time code.
@@ -442,17 +457,24 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
         )
     });
     let removed: &[&str] = REMOVED.iter().find(|(m, _)| *m == name).map_or(&[], |(_, names)| names);
-    let mut add: Vec<(String, PyObjectRef)> = Vec::new();
+    let skip_type = skip_type.as_ref().and_then(|t| t.downcast_ref::<PyType>());
+    // Each name to add: the key its proxy gets (the module's own key object when
+    // that is an exact `str`, which no code can change, else a new `str` of its
+    // text), its text, and its value.
+    let mut add: Vec<(PyObjectRef, String, PyObjectRef)> = Vec::new();
+    let str_type = vm.ctx.types.str_type;
+    let key_of = |k: PyObjectRef, text: &str| if k.class().is(str_type) { k } else { vm.ctx.new_str(text).into() };
     for (k, v) in source.items_vec() {
-        let Some(key) = exact(&k) else { continue };
-        if key.starts_with('_')
-            || given.contains(&key)
-            || hidden.contains(&key)
-            || removed.contains(&key.as_str())
-            || skip_type.as_ref().and_then(|t| t.downcast_ref::<PyType>()).is_some_and(|t| v.class().fast_issubclass(t))
+        let Some(text) = exact_text(&k) else { continue };
+        if text.starts_with('_')
+            || given.contains(text.as_ref())
+            || hidden.contains(text.as_ref())
+            || removed.contains(&text.as_ref())
+            || skip_type.is_some_and(|t| v.class().fast_issubclass(t))
         {
             continue;
         }
+        let key = text.into_owned();
         if v.class().is(module_type) || v.class().fast_issubclass(module_type) {
             let sub = v.dict().and_then(|d| d.get_item_opt("__name__", vm).ok().flatten()).as_ref().and_then(exact);
             let sub = sub.unwrap_or_default();
@@ -460,11 +482,12 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
                 && worker::module_allowed_now(&sub)
                 && !unservable(&sub)
             {
-                add.push((key, proxy(&v, vm)?));
+                let sub = proxy(&v, vm)?;
+                add.push((key_of(k, &key), key, sub));
             }
             continue;
         }
-        add.push((key, v));
+        add.push((key_of(k, &key), key, v));
     }
     if let Some(make) = make {
         let names = make.call((), vm)?;
@@ -474,18 +497,18 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
             if let Some(key) = exact(&k)
                 && !given.contains(&key)
             {
-                add.retain(|(n, _)| *n != key);
-                add.push((key, v));
+                add.retain(|(_, n, _)| *n != key);
+                add.push((key_of(k, &key), key, v));
             }
         }
     }
     // Recorded before writing: a snippet's code may run during a write (a key it
     // planted with the same hash), and a re-entrant import must not add twice.
-    given.extend(add.iter().map(|(k, _)| k.clone()));
+    given.extend(add.iter().map(|(_, text, _)| text.clone()));
     STATE.with(|s| s.borrow_mut().proxies.insert(name.clone(), Proxy { module: p.clone(), names: given }));
     let d = p.dict().ok_or_else(|| vm.new_runtime_error("a proxy has no namespace"))?;
-    for (k, v) in add {
-        d.set_item(k.as_str(), v, vm)?;
+    for (k, _, v) in add {
+        d.set_item(&*k, v, vm)?;
     }
     Ok(p)
 }
