@@ -970,8 +970,10 @@ impl Py<PyDict> {
     /// index is kept in `hint` (LOAD_NAME in a module or class body).
     ///
     /// The hint only says where to look first: it is believed when the entry
-    /// there holds this very key object, otherwise the dict is probed as usual
-    /// and the hint updated. Same answer as `get_item_opt` in every case.
+    /// there holds this very key object and the dict never held a key that is
+    /// not an exact `str` (see `Dict::get_if_key_identical`), otherwise the dict
+    /// is probed as usual and the hint updated. Same answer, and the same
+    /// `__eq__` calls, as `get_item_opt` in every case.
     pub(crate) fn get_item_opt_hinted(
         &self,
         key: &'static PyStrInterned,
