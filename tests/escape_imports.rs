@@ -64,3 +64,68 @@ fn private_names_cannot_be_imported_from_modules() {
     let o = run("from json import _default_encoder");
     assert_eq!(o.status, Status::Exception, "underscore names are not in the proxy: {o:?}");
 }
+
+/// A child's imports are served by proxies its zygote made ahead (Terrarium's own
+/// warm-up, before any snippet), and an import whose module's names did not change
+/// since its proxy was filled skips the walk. Neither may show a snippet less or
+/// more than a run's first import would: the same names, isolated and embedded,
+/// for every module the wide policy lists (with the prelude's replacements).
+#[test]
+fn a_childs_ready_proxies_hold_what_a_fresh_import_gives() {
+    let modules = [
+        "math",
+        "time",
+        "json",
+        "collections",
+        "itertools",
+        "functools",
+        "re",
+        "dataclasses",
+        "decimal",
+        "fractions",
+        "datetime",
+        "statistics",
+        "heapq",
+        "bisect",
+        "typing",
+        "enum",
+        "abc",
+        "string",
+        "random",
+        "copy",
+        "hashlib",
+        "contextlib",
+        "asyncio",
+        "operator",
+    ];
+    let code = format!(
+        "import {}\nnames = {{}}\nfor m in [{}]:\n    names[m.__name__] = sorted(dir(m))\nnames",
+        modules.join(", "),
+        modules.join(", ")
+    );
+    let embedded = terrarium::EmbeddedExecutor::with_workers(crate::common::wide_policy(), 1);
+    let fresh = crate::common::exec(&embedded, terrarium::ExecRequest::new(code.as_str()));
+    assert_eq!(fresh.status, Status::Ok, "{fresh:?}");
+    // Several requests: each takes another child of the pool, and uses the same
+    // fuel (the modes need not agree: embedded mode's first imports walk).
+    let mut fuel = None;
+    for _ in 0..3 {
+        let ready = run_wide(&code);
+        assert_eq!(ready.status, Status::Ok, "{:?}", ready.error);
+        assert!(ready.result == fresh.result, "a child's proxies differ from a fresh run's");
+        assert!(fuel.is_none() || fuel == ready.usage.fuel, "{fuel:?} then {:?}", ready.usage.fuel);
+        fuel = ready.usage.fuel;
+    }
+}
+
+/// The skipped walk must not hide a name the module gained: a submodule loaded
+/// mid-run (`html.parser` is not loaded ahead) appears in its package's proxy at
+/// the next import, as it did when every import walked the package.
+#[test]
+fn a_submodule_loaded_mid_run_appears_in_its_packages_proxy() {
+    let policy = crate::common::default_policy_with(r#""json"]"#, r#""json", "html"]"#);
+    let code = "import html\nbefore = hasattr(html, 'parser')\nimport html.parser\n\
+                import html as again\n(before, hasattr(html, 'parser'), again is html, html.parser.HTMLParser.__name__)";
+    let o = crate::common::run_policy(&policy, code);
+    assert_eq!(o.result, Some(serde_json::json!([false, true, true, "HTMLParser"])), "{o:?}");
+}

@@ -120,6 +120,7 @@ impl EmbeddedExecutor {
             session: false,
             functions: Arc::from([]),
             fuel: policy.fuel(),
+            own_code: false,
         };
         if worker.jobs.send((job, reply)).is_err() {
             return Err(host("an interpreter thread exited unexpectedly"));

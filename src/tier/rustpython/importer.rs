@@ -15,8 +15,9 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use rustpython_vm::builtins::{PyDict, PyStr, PyStrRef, PyType};
 use rustpython_vm::{AsObject, FromArgs, PyObjectRef, PyResult, VirtualMachine};
@@ -83,6 +84,11 @@ struct State {
     /// This run's proxies, by module name (one proxy per module per run, so that
     /// `import a` and `from a import b` agree).
     proxies: HashMap<String, Proxy>,
+    /// The modules the proxies were made for while only Terrarium's own code
+    /// (its warm-ups) has run since they were last cleared; `None` once a
+    /// snippet's run has started with them. Only then may they serve the next
+    /// run (see [`start_run`]).
+    prepared: Option<Arc<BTreeSet<String>>>,
 }
 
 /// A proxy and the names it has been given (never read back from its namespace,
@@ -91,6 +97,9 @@ struct State {
 struct Proxy {
     module: PyObjectRef,
     names: HashSet<String>,
+    /// The real module's key-set stamp when its names were last walked (0: none):
+    /// while the stamp is the same, no name was added, and the walk would add nothing.
+    stamp: u32,
 }
 
 thread_local! {
@@ -252,9 +261,43 @@ pub(super) fn clear_pattern_cache(vm: &VirtualMachine) {
     }
 }
 
-/// Called when a run starts: proxies are per run.
-pub fn new_run() {
-    STATE.with(|s| s.borrow_mut().proxies.clear());
+/// Called when a run starts, with the modules it may import, whether it is
+/// Terrarium's own code (a warm-up), and whether it is a session's cell.
+///
+/// Proxies are per run: a snippet's run starts with none, except those made for
+/// the same modules by Terrarium's own warm-ups alone (in a child, the zygote's
+/// and its own, before its one request: no snippet has had them, and they are
+/// what the run's first imports would make). A session's cell keeps its earlier
+/// cells' proxies. The first snippet run marks whatever it keeps as seen, so no
+/// later run starts with it.
+pub fn start_run(allowed: &Arc<BTreeSet<String>>, own_code: bool, session: bool) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let fits = s.prepared.as_deref() == Some(&**allowed);
+        if own_code {
+            if !fits {
+                s.proxies.clear();
+                s.prepared = Some(allowed.clone());
+            }
+            return;
+        }
+        if !fits && (!session || s.prepared.is_some()) {
+            s.proxies.clear();
+        }
+        s.prepared = None;
+    });
+}
+
+/// Called when a run that is not a session's cell ends: its proxies go (a cycle
+/// hung on one would otherwise outlive the run's collection), unless only
+/// Terrarium's own code had them.
+pub fn end_run() {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.prepared.is_none() {
+            s.proxies.clear();
+        }
+    });
 }
 
 /// The exact value of a `str` (or subclass) as a Rust string, or `None`.
@@ -443,9 +486,18 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
     if !initialized(module, vm) {
         return Err(worker::deny(&format!("import of {name:?} while it is still loading"), vm));
     }
-    let existing = STATE.with(|s| s.borrow().proxies.get(&name).map(|p| (p.module.clone(), p.names.clone())));
+    // The real module's key set, stamped before the walk (a change during it
+    // leaves the next import a different stamp, and so a walk of its own).
+    let stamp = source.keys_stamp(vm);
+    let existing = STATE.with(|s| {
+        s.borrow().proxies.get(&name).map(|p| {
+            if stamp != 0 && p.stamp == stamp { Err(p.module.clone()) } else { Ok((p.module.clone(), p.names.clone())) }
+        })
+    });
     let (p, mut given) = match existing {
-        Some(found) => found,
+        // No name added since the last walk: nothing to add.
+        Some(Err(unchanged)) => return Ok(unchanged),
+        Some(Ok(found)) => found,
         None => (vm.new_module(&name, vm.ctx.new_dict(), None).into(), HashSet::new()),
     };
     let (skip_type, hidden, make) = STATE.with(|s| {
@@ -490,7 +542,13 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
         add.push((key_of(k, &key), key, v));
     }
     if let Some(make) = make {
-        let names = make.call((), vm)?;
+        // The prelude's code, run when a proxy is made: not the snippet's work,
+        // and not charged, so that an import costs the same whether its proxy
+        // was made ahead (a child's, by its zygote) or by this import.
+        let paused = terrarium_fuel::pause();
+        let names = make.call((), vm);
+        drop(paused);
+        let names = names?;
         let names =
             names.downcast::<PyDict>().map_err(|_| vm.new_runtime_error("a proxy override must return a dict"))?;
         for (k, v) in names.items_vec() {
@@ -505,7 +563,7 @@ fn proxy(module: &PyObjectRef, vm: &VirtualMachine) -> PyResult {
     // Recorded before writing: a snippet's code may run during a write (a key it
     // planted with the same hash), and a re-entrant import must not add twice.
     given.extend(add.iter().map(|(_, text, _)| text.clone()));
-    STATE.with(|s| s.borrow_mut().proxies.insert(name.clone(), Proxy { module: p.clone(), names: given }));
+    STATE.with(|s| s.borrow_mut().proxies.insert(name.clone(), Proxy { module: p.clone(), names: given, stamp }));
     let d = p.dict().ok_or_else(|| vm.new_runtime_error("a proxy has no namespace"))?;
     for (k, _, v) in add {
         d.set_item(&*k, v, vm)?;

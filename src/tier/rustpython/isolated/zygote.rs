@@ -70,36 +70,52 @@ const MODULE_WARM_UPS: &[(&str, &str)] = &[
     ("string", "import string\nstring.Template('$a').substitute(a=1)"),
 ];
 
-/// What a child runs before it reads its request: [`WARM_UP`], then one import of
-/// each of the policy's modules (the run's proxy of a module copies, and so writes
-/// the reference count of, each of its public attributes) and, for `json`, a small
-/// `dumps`. Lighter than the zygote's warm-ups: every child pays for these, whether
-/// its request uses the modules or not.
-fn child_warm_up(worker: &Worker, allowed: &[String]) {
+/// What a child runs before it reads its request: [`WARM_UP`], then, when
+/// `import` (no other request is running), one import of each of the policy's
+/// modules (writing the reference counts of the proxies the zygote made, and of
+/// what they hold) and, for `json`, a small `dumps`. Lighter than the zygote's
+/// warm-ups: every child pays for these, whether its request uses the modules or
+/// not. Run with the policy's modules allowed either way, so that the zygote's
+/// proxies stay ready for the request (see [`crate::tier::rustpython::importer::start_run`]).
+fn child_warm_up(worker: &Worker, allowed: &[String], import: bool) {
     let mut code = String::from(WARM_UP);
-    for module in allowed {
-        if module.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
-            code.push_str(&format!("\nimport {module}"));
+    if import {
+        code.push_str(&import_lines(allowed));
+        if allowed.iter().any(|m| m == "json") {
+            code.push_str("\njson.dumps([1, 'a', None])");
         }
     }
-    if allowed.iter().any(|m| m == "json") {
-        code.push_str("\njson.dumps([1, 'a', None])");
-    }
-    warm_up(worker, code, allowed.iter().cloned().collect());
+    warm_up(worker, code, std::sync::Arc::new(allowed.iter().cloned().collect()));
 }
 
-/// Runs Terrarium's own warm-up `code`, in fresh globals, allowed `allowed`.
-fn warm_up(worker: &Worker, code: String, allowed: std::collections::BTreeSet<String>) {
+/// An import of each module in `allowed` that this tier serves (a plain dotted
+/// name), each on its own so that one missing module does not stop the rest.
+fn import_lines(allowed: &[String]) -> String {
+    let plain = |m: &&String| m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    let served = |m: &&String| !crate::tier::rustpython::importer::unservable(m);
+    allowed
+        .iter()
+        .filter(plain)
+        .filter(served)
+        .map(|m| format!("\ntry:\n    import {m}\nexcept ImportError:\n    pass"))
+        .collect()
+}
+
+/// Runs Terrarium's own warm-up `code`, in fresh globals, allowed `allowed`: the
+/// module proxies its imports make are kept for the next run (see
+/// [`crate::tier::rustpython::importer::start_run`]).
+fn warm_up(worker: &Worker, code: String, allowed: std::sync::Arc<std::collections::BTreeSet<String>>) {
     let _ = worker.run(&Job {
         run_id: 1,
         id: None,
         code,
-        allowed_modules: std::sync::Arc::new(allowed),
+        allowed_modules: allowed,
         max_output: 1 << 16,
         deadline: Instant::now() + Duration::from_secs(5),
         session: false,
         functions: std::sync::Arc::from([]),
         fuel: None,
+        own_code: true,
     });
 }
 
@@ -135,7 +151,8 @@ fn rehearse_protocol(allowed: &[String]) {
 /// lazy initialisation (encoders, compiled patterns, caches) is done once, before
 /// the fork, rather than again in every child.
 fn warm_up_modules(worker: &Worker, allowed: &[String]) {
-    let allowed: std::collections::BTreeSet<String> = allowed.iter().cloned().collect();
+    let allowed: std::sync::Arc<std::collections::BTreeSet<String>> =
+        std::sync::Arc::new(allowed.iter().cloned().collect());
     let run = |code: &str| warm_up(worker, code.into(), allowed.clone());
     run(WARM_UP);
     for (module, code) in MODULE_WARM_UPS {
@@ -143,6 +160,9 @@ fn warm_up_modules(worker: &Worker, allowed: &[String]) {
             run(code);
         }
     }
+    // Last, the proxies of every allowed module, which children inherit ready.
+    let all: Vec<String> = allowed.iter().cloned().collect();
+    run(&import_lines(&all));
 }
 
 /// The byte a child writes once it is confined and warm, without new namespaces.
@@ -205,6 +225,7 @@ fn zygote_main() -> ExitCode {
         return ExitCode::from(1);
     }
     warm_up_modules(&worker, &preload);
+    worker.freeze();
     let Ok(sigchld) = sys::sigchld_fd() else {
         let _ = send(&ctl, &FromZygote::Failed { message: "cannot watch for exiting children".into() }, &[]);
         return ExitCode::from(1);
@@ -405,7 +426,7 @@ fn child_main(
     // refcounts of the core types and of the policy's modules): their copy-on-write
     // faults then happen here, off the request path. The warm-up is Terrarium's own
     // code, in fresh globals, the same in every child.
-    child_warm_up(worker, if spec.warm_modules { preload } else { &[] });
+    child_warm_up(worker, preload, spec.warm_modules);
     rehearse_protocol(preload);
     worker.prepare_globals();
     let sock = std::rc::Rc::new(File::from(sock));
@@ -462,6 +483,7 @@ fn child_main(
             session,
             functions: std::sync::Arc::from(std::mem::take(&mut req.functions)),
             fuel: req.fuel,
+            own_code: false,
         };
         let (outcome, reusable) = worker.run(&job);
         let answer = ChildMessage::Answer(guest_answer(outcome, session && reusable));

@@ -121,6 +121,9 @@ pub struct Job {
     pub functions: Arc<[String]>,
     /// The run's fuel budget (`None`: no limit; the count is kept all the same).
     pub fuel: Option<u64>,
+    /// Terrarium's own code (a warm-up), never a snippet's: the module proxies
+    /// it makes may serve the next run, the first snippet to see them.
+    pub own_code: bool,
 }
 
 /// Where a job's outcome, and whether the interpreter may be reused, go.

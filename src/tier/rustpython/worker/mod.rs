@@ -261,6 +261,12 @@ impl Worker {
         })
     }
 
+    /// Freezes what Terrarium's own warm-ups left (module proxies, caches), as
+    /// [`Self::seal`] froze the set-up: no collection of a run walks it.
+    pub fn freeze(&self) {
+        self.interp.enter(|vm| vm.state.gc.freeze());
+    }
+
     /// Makes the next run's fresh globals now, off the request path (a single-use
     /// child does this while it waits for its request).
     pub fn prepare_globals(&self) {
@@ -314,9 +320,7 @@ impl Worker {
     pub fn run(&self, job: &Job) -> (Outcome, bool) {
         self.ctrl.run_id.store(job.run_id, Ordering::SeqCst);
         self.ctrl.terminal.store(0, Ordering::SeqCst);
-        if !job.session {
-            importer::new_run();
-        }
+        importer::start_run(&job.allowed_modules, job.own_code, job.session);
         RUN.with(|r| {
             *r.borrow_mut() = Some(RunState {
                 ctrl: self.ctrl.clone(),
@@ -445,9 +449,14 @@ impl Worker {
                 return result;
             }
             drop(globals);
-            // So do the run's module proxies (a cycle hung on one would otherwise
-            // outlive this run's collection and be finalized in the next run).
-            importer::new_run();
+            // So do the run's module proxies, on an interpreter that serves another
+            // run (a cycle hung on one would otherwise outlive this run's collection
+            // and be finalized in the next run). A single-use child's go with it:
+            // dropping them would write the reference counts of every name they
+            // hold, pages the child has not copied yet.
+            if self.reused.get() {
+                importer::end_run();
+            }
             // As for the collector's own passes (see the vendored `gc_state.rs`): the
             // stdlib's finalizers and callbacks it runs are not charged (a child
             // never runs this collection), the run's own finalizers are.

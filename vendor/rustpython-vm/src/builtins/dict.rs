@@ -1054,6 +1054,15 @@ impl Py<PyDict> {
             .flatten()
     }
 
+    /// Terrarium: a stamp of this dict's key set, for callers outside the
+    /// interpreter that cache what they derived from the keys. Two equal nonzero
+    /// stamps of the same dict mean no key was added or removed in between
+    /// (values may differ); 0 means no stamp (a dict subclass, or stamps ran
+    /// out) and proves nothing. See [`Self::assign_keys_version`].
+    pub fn keys_stamp(&self, vm: &VirtualMachine) -> u32 {
+        self.assign_keys_version(vm)
+    }
+
     /// Current keys-version stamp, assigning one if none is set.
     ///
     /// Returns 0 for dict subclasses: their lookup can be overridden, so a
