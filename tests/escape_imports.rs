@@ -104,6 +104,11 @@ fn a_childs_ready_proxies_hold_what_a_fresh_import_gives() {
         modules.join(", ")
     );
     let embedded = terrarium::EmbeddedExecutor::with_workers(crate::common::wide_policy(), 1);
+    // The zygote's warm-ups ran before its proxies were made: `most_common` binds
+    // `collections.heapq` (a module, which no proxy shows) in place of `None`. The
+    // embedded interpreter (shared stdlib state between runs) is brought there first.
+    let warm = "import collections\ncollections.Counter('abca').most_common(1)";
+    assert_eq!(crate::common::exec(&embedded, terrarium::ExecRequest::new(warm)).status, Status::Ok);
     let fresh = crate::common::exec(&embedded, terrarium::ExecRequest::new(code.as_str()));
     assert_eq!(fresh.status, Status::Ok, "{fresh:?}");
     // Several requests: each takes another child of the pool, and uses the same
@@ -113,6 +118,8 @@ fn a_childs_ready_proxies_hold_what_a_fresh_import_gives() {
         let ready = run_wide(&code);
         assert_eq!(ready.status, Status::Ok, "{:?}", ready.error);
         assert!(ready.result == fresh.result, "a child's proxies differ from a fresh run's");
+        let heapq = run_wide("import collections\nhasattr(collections, 'heapq')");
+        assert_eq!(heapq.result, Some(serde_json::json!(false)), "a value from before the warm-ups: {heapq:?}");
         assert!(fuel.is_none() || fuel == ready.usage.fuel, "{fuel:?} then {:?}", ready.usage.fuel);
         fuel = ready.usage.fuel;
     }

@@ -288,6 +288,17 @@ pub fn start_run(allowed: &Arc<BTreeSet<String>>, own_code: bool, session: bool)
     });
 }
 
+/// Drops every proxy: the next run makes its own (Terrarium's warm-ups call this
+/// before the one that makes a child's proxies, so that those hold the modules'
+/// names as the earlier warm-ups left them, e.g. a lazily bound submodule).
+pub fn forget_proxies() {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.proxies.clear();
+        s.prepared = None;
+    });
+}
+
 /// Called when a run that is not a session's cell ends: its proxies go (a cycle
 /// hung on one would otherwise outlive the run's collection), unless only
 /// Terrarium's own code had them.

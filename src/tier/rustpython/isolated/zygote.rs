@@ -160,7 +160,10 @@ fn warm_up_modules(worker: &Worker, allowed: &[String]) {
             run(code);
         }
     }
-    // Last, the proxies of every allowed module, which children inherit ready.
+    // Last, the proxies of every allowed module, which children inherit ready:
+    // made afresh, after the warm-ups above changed what they change (`collections`
+    // binds `heapq` at its first `most_common`).
+    worker.forget_proxies();
     let all: Vec<String> = allowed.iter().cloned().collect();
     run(&import_lines(&all));
 }
