@@ -13,7 +13,7 @@
 #   _t_gc_pause(on)         pause the cycle collector while an import is in progress
 #   _t_unraisable(args)     sys.unraisablehook: drops the exception (native, so that
 #                           it never raises itself once a run has ended)
-#   _t_import               snippets' __import__ (importer.rs): policy and served-
+#   _t_import               snippets' __import__ (importer/): policy and served-
 #                           module checks, module proxies, all state in Rust
 #   _t_importer_setup(real_import, skip_type), _t_proxy_override(module, make),
 #   _t_hide(module, name)   what the native importer needs from this file
@@ -36,7 +36,7 @@
 # type.__subclasses__; see walls.rs), so no object here is reachable through a
 # function or a frame, whatever route a snippet takes. What this file adds on top
 # are early refusals with good messages, what module proxies replace (the proxies
-# themselves and the importer are native: importer.rs), and patches to the few
+# themselves and the importer are native: importer/), and patches to the few
 # served stdlib modules that used the removed attributes.
 
 import sys
@@ -117,7 +117,7 @@ def _make_safe_formatter():
 
 
 # Names that replace a module's own in every proxy of it (the importer is native:
-# importer.rs; it calls these once per proxy).
+# importer/proxies.rs; it calls these once per proxy).
 _PROXY_OVERRIDES = {
     "operator": lambda: {"attrgetter": _guarded_attrgetter, "methodcaller": _guarded_methodcaller},
     "string": lambda: {"Formatter": _make_safe_formatter()},
@@ -198,7 +198,7 @@ def _sandbox_globals(g):
 
 # Text evaluated for a snippet is compiled as `<snippet>`: code under that name, or
 # run with the snippet builtins, is the snippet's own to the host (it sees an empty
-# sys.modules, importer.rs), whatever stdlib module compiled it.
+# sys.modules, importer/), whatever stdlib module compiled it.
 
 
 def _h_eval(source, globals=None, locals=None):
@@ -460,7 +460,7 @@ def _harden_loaded():
     _view_sys_in_modules()
 
 
-# The snippets' importer is native (importer.rs): it imports with the real
+# The snippets' importer is native (importer/): it imports with the real
 # __import__ (whose loads _find_and_load below hardens) and hands out proxies that
 # never carry a `sys` view.
 _t_importer_setup(_real_import, _SysViewBase)
@@ -505,7 +505,7 @@ _bootstrap_module._find_and_load = _find_and_load
 
 def _new_module(name):
     # importlib makes modules with type(sys)(name); after the seal sys is an
-    # instance of a module subtype (importer.rs), which new modules must not be.
+    # instance of a module subtype (importer/), which new modules must not be.
     return _ModuleType(name)
 
 

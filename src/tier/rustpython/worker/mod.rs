@@ -81,7 +81,7 @@ const FROZEN_DENY: &[&str] = &[
 
 /// Whether this tier can serve module `name` to a snippet under some policy: it is
 /// in RustPython's module tables (native or frozen), not removed from them, and
-/// one the importer hands out (only its vetted `SERVED` list, see `importer.rs`).
+/// one the importer hands out (only its vetted `SERVED` list, see `importer/mod.rs`).
 /// `asyncio` is served by the prelude's stand-in. The router asks this to decide
 /// when a request needs a heavier tier.
 pub fn serves_module(name: &str) -> bool {
