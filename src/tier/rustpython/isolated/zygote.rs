@@ -151,21 +151,20 @@ fn rehearse_protocol(allowed: &[String]) {
 /// lazy initialisation (encoders, compiled patterns, caches) is done once, before
 /// the fork, rather than again in every child.
 fn warm_up_modules(worker: &Worker, allowed: &[String]) {
-    let allowed: std::sync::Arc<std::collections::BTreeSet<String>> =
+    let set: std::sync::Arc<std::collections::BTreeSet<String>> =
         std::sync::Arc::new(allowed.iter().cloned().collect());
-    let run = |code: &str| warm_up(worker, code.into(), allowed.clone());
+    let run = |code: &str| warm_up(worker, code.into(), set.clone());
     run(WARM_UP);
     for (module, code) in MODULE_WARM_UPS {
-        if allowed.contains(*module) {
+        if set.contains(*module) {
             run(code);
         }
     }
     // Last, the proxies of every allowed module, which children inherit ready:
     // made afresh, after the warm-ups above changed what they change (`collections`
     // binds `heapq` at its first `most_common`).
-    worker.forget_proxies();
-    let all: Vec<String> = allowed.iter().cloned().collect();
-    run(&import_lines(&all));
+    crate::tier::rustpython::importer::forget_proxies();
+    run(&import_lines(allowed));
 }
 
 /// The byte a child writes once it is confined and warm, without new namespaces.

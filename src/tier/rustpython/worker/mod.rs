@@ -261,12 +261,6 @@ impl Worker {
         })
     }
 
-    /// Drops the module proxies Terrarium's own warm-ups made so far (see
-    /// [`importer::forget_proxies`]).
-    pub fn forget_proxies(&self) {
-        importer::forget_proxies();
-    }
-
     /// Freezes what Terrarium's own warm-ups left (module proxies, caches), as
     /// [`Self::seal`] froze the set-up: no collection of a run walks it.
     pub fn freeze(&self) {
