@@ -49,6 +49,29 @@ fn sleep_counts_against_the_deadline() {
     );
 }
 
+/// The host polls for a lone request's answer for a few hundred microseconds
+/// before it sleeps: a deadline inside that window still ends the run as a kill,
+/// and an answer split across the window is still read whole.
+#[test]
+fn a_deadline_inside_the_hosts_polling_still_kills() {
+    // The zygote started (wall time counts the wait for a child).
+    assert_eq!(run("1").status, Status::Ok);
+    for secs in [0.000_05, 0.000_2] {
+        let o = run_with_timeout("while True:\n    pass", secs);
+        assert_eq!(o.status, Status::Timeout, "{secs}s: {o:?}");
+        // Wall time counts the wait for a child, which the other tests here can
+        // hold up: bounded as theirs are.
+        let bound = (DEADLINE * 1000.0) as u64 + SLACK_MS;
+        assert!(o.usage.wall_ms <= bound, "{secs}s: took {} ms", o.usage.wall_ms);
+    }
+    // A first chunk within the window, the rest after it (an answer larger than
+    // one read), and a run that answers only after the window.
+    let o = run_with_timeout("print('z' * 200_000)\nlen('y' * 70_000)", 5.0);
+    assert_eq!((o.status, o.stdout.len(), o.result.clone()), (Status::Ok, 200_001, Some(serde_json::json!(70_000))));
+    let o = run_with_timeout("import time\ntime.sleep(0.002)\n'late'", 5.0);
+    assert_eq!(o.result, Some(serde_json::json!("late")), "{o:?}");
+}
+
 #[test]
 fn sleep_within_the_deadline_sleeps() {
     let o = run_with_timeout("import time\nt = time.monotonic()\ntime.sleep(0.2)\ntime.monotonic() - t >= 0.2", 5.0);

@@ -232,6 +232,8 @@ impl IsolatedExecutor {
                 fuel: policy.fuel(),
                 host: req.host.clone(),
                 latest: None,
+                // This request is the only one running (see `supervise::ANSWER_SPIN`).
+                spin: z.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 1,
             };
             let supervised = supervise(&z, child, &request, &limits, spec.namespaces).await;
             drop(running);

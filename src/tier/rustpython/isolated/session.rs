@@ -92,6 +92,9 @@ impl IsolatedSession {
             fuel: policy.fuel(),
             host: link,
             latest,
+            // A session's cells sleep for their answers: other sessions' cells may
+            // be running, and the executor's in-flight count does not see them.
+            spin: false,
         };
         let turn = match self.live.as_mut() {
             Some(live) => live.turn(&request, &limits).await,

@@ -1,5 +1,10 @@
 //! Supervising one child's run: the request written, the deadline enforced with
 //! SIGKILL, and the outcome decided by the host from what it saw.
+//!
+//! With one request in flight, the host polls for the answer for up to
+//! [`ANSWER_SPIN`] before it sleeps on the runtime, giving up its CPU between polls
+//! ([`spin_read`]). What it reads that way goes through the same capped parser as
+//! any other read, and the polling never runs past the deadline.
 
 use super::*;
 
@@ -34,7 +39,19 @@ pub(super) struct RunLimits {
     /// The deadline never moves past this (a session's lifetime), however long
     /// the host's functions take.
     pub(super) latest: Option<Instant>,
+    /// Poll for the answer for up to [`ANSWER_SPIN`] before sleeping on the
+    /// runtime: only when this is the only request in flight.
+    pub(super) spin: bool,
 }
+
+/// How long the host polls for a child's answer before it sleeps. Waking a thread
+/// that slept costs tens of microseconds on the virtual machines measured, each
+/// way (docs/benchmarks.md): a short run answers within this. Polled with the CPU
+/// given up between polls (`sched_yield`), so that a child woken on the host's CPU
+/// runs at once; a busy loop without yielding held that child off its CPU (1.7×
+/// slower). With two requests in flight the polling CPU is one a child could use,
+/// so only a lone request polls.
+pub(super) const ANSWER_SPIN: Duration = Duration::from_micros(300);
 
 /// Kills its child when dropped: whatever path a request takes out of
 /// [`supervise`] (an answer, an error, a cancelled request), the child dies.
@@ -146,8 +163,13 @@ impl Live {
             // fails, and how it ended is read from its exit below.
             let _ = stream.write_all(&frame).await;
             let mut chunk = vec![0u8; 64 * 1024];
+            let mut first = if limits.spin { spin_read(stream, &mut chunk, deadline) } else { None };
             loop {
-                let n = match tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await {
+                let read = match first.take() {
+                    Some(r) => Ok(r),
+                    None => tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await,
+                };
+                let n = match read {
                     Err(_) => return Err(()),
                     Ok(Ok(0) | Err(_)) => return Ok(Read::Closed),
                     Ok(Ok(n)) => n,
@@ -264,6 +286,24 @@ impl Live {
             outcome.end(Status::Denied, ErrorKind::PolicyDenied, reason);
         }
         Ok(turn)
+    }
+}
+
+/// Polls `stream` for up to [`ANSWER_SPIN`] (never past `deadline`), yielding the
+/// CPU between polls: what the first receive that did not find the socket empty
+/// gave (bytes, the end of the stream, or an error), or `None` when nothing came.
+/// Blocks the calling runtime thread for at most [`ANSWER_SPIN`].
+fn spin_read(stream: &tokio::net::UnixStream, chunk: &mut [u8], deadline: Instant) -> Option<std::io::Result<usize>> {
+    let until = deadline.min(Instant::now() + ANSWER_SPIN);
+    loop {
+        match sys::recv_now(stream.as_fd(), chunk) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            r => return Some(r),
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -205,6 +205,18 @@ fn cpu_us(ru: &libc::rusage) -> u64 {
     us(ru.ru_utime).saturating_add(us(ru.ru_stime))
 }
 
+/// Receives what `sock` holds now, without waiting: `WouldBlock` when nothing has
+/// come, `Ok(0)` when the other end is closed.
+///
+/// # Errors
+/// The system call's error.
+pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes; `sock` is open
+    // for the call's duration (borrowed).
+    let rc = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+}
+
 /// Reaps one exited child without blocking; `None` when none has exited.
 ///
 /// # Errors
