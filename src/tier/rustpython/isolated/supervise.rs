@@ -4,7 +4,8 @@
 //! With one request in flight, the host polls for the answer for up to
 //! [`ANSWER_SPIN`] before it sleeps on the runtime, giving up its CPU between polls
 //! ([`spin_read`]). What it reads that way goes through the same capped parser as
-//! any other read, and the polling never runs past the deadline.
+//! any other read. The polling stops at the deadline, late by at most one of the
+//! child's scheduler time slices (see [`ANSWER_SPIN`]); the kill is the same.
 
 use super::*;
 
@@ -51,6 +52,13 @@ pub(super) struct RunLimits {
 /// runs at once; a busy loop without yielding held that child off its CPU (1.7×
 /// slower). With two requests in flight the polling CPU is one a child could use,
 /// so only a lone request polls.
+///
+/// A yield returns when the thread is scheduled again: at once when nothing else
+/// wants its CPU, when the child blocks (its answer written), or, when a
+/// CPU-bound child shares the CPU, at the end of the child's time slice (3–7 ms
+/// measured on Linux 6.18). So one poll can hold its runtime thread, and see the
+/// deadline, that much later; the thread is off the CPU meanwhile, which is the
+/// child's. Tokio's own timer is no finer than a millisecond.
 pub(super) const ANSWER_SPIN: Duration = Duration::from_micros(300);
 
 /// Kills its child when dropped: whatever path a request takes out of
@@ -292,7 +300,8 @@ impl Live {
 /// Polls `stream` for up to [`ANSWER_SPIN`] (never past `deadline`), yielding the
 /// CPU between polls: what the first receive that did not find the socket empty
 /// gave (bytes, the end of the stream, or an error), or `None` when nothing came.
-/// Blocks the calling runtime thread for at most [`ANSWER_SPIN`].
+/// Holds the calling runtime thread for [`ANSWER_SPIN`], or one time slice of a
+/// CPU-bound child on the same CPU (see there).
 fn spin_read(stream: &tokio::net::UnixStream, chunk: &mut [u8], deadline: Instant) -> Option<std::io::Result<usize>> {
     let until = deadline.min(Instant::now() + ANSWER_SPIN);
     loop {
