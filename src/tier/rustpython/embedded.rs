@@ -187,7 +187,17 @@ pub(super) const SPIN: Duration = Duration::from_micros(50);
 /// Polls `ready` until it gives a value or `budget` has passed. Bounded busy
 /// waiting: it trades up to `budget` of CPU for a wake-up that costs about as much
 /// and arrives later.
-pub(super) fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+pub(super) fn spin_until<T>(budget: Duration, ready: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_until(budget, ready, std::hint::spin_loop)
+}
+
+/// As [`spin_until`], but giving the CPU up between polls (`sched_yield`), for a
+/// waiter whose answer may come from a thread woken on its own CPU.
+pub(super) fn yield_until<T>(budget: Duration, ready: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_until(budget, ready, std::thread::yield_now)
+}
+
+fn poll_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>, pause: fn()) -> Option<T> {
     let until = Instant::now() + budget;
     loop {
         if let Some(v) = ready() {
@@ -196,7 +206,7 @@ pub(super) fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<
         if Instant::now() >= until {
             return None;
         }
-        std::hint::spin_loop();
+        pause();
     }
 }
 

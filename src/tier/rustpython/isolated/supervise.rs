@@ -303,17 +303,11 @@ impl Live {
 /// Holds the calling runtime thread for [`ANSWER_SPIN`], or one time slice of a
 /// CPU-bound child on the same CPU (see there).
 fn spin_read(stream: &tokio::net::UnixStream, chunk: &mut [u8], deadline: Instant) -> Option<std::io::Result<usize>> {
-    let until = deadline.min(Instant::now() + ANSWER_SPIN);
-    loop {
-        match sys::recv_now(stream.as_fd(), chunk) {
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-            r => return Some(r),
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        std::thread::yield_now();
-    }
+    let budget = ANSWER_SPIN.min(deadline.saturating_duration_since(Instant::now()));
+    crate::tier::rustpython::embedded::yield_until(budget, || match sys::recv_now(stream.as_fd(), chunk) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => None,
+        r => Some(r),
+    })
 }
 
 /// Runs `request` on `child`, a single-use child of `zygote`: it is killed as soon
