@@ -3,9 +3,11 @@
 //! a SIGKILL, so it must hold within 100 ms even inside native calls; speed itself
 //! is measured in benches/.
 
-use terrarium::Status;
+use std::time::Duration;
 
-use crate::common::{run, run_with_timeout};
+use terrarium::{ExecRequest, Executor, Overrides, Policy, Status, TierSession};
+
+use crate::common::{isolated, run, run_with_timeout, runtime};
 
 /// Deadline used by these tests, and the slack allowed on top of it.
 const DEADLINE: f64 = 1.0;
@@ -70,6 +72,34 @@ fn a_deadline_inside_the_hosts_polling_still_kills() {
     assert_eq!((o.status, o.stdout.len(), o.result.clone()), (Status::Ok, 200_001, Some(serde_json::json!(70_000))));
     let o = run_with_timeout("import time\ntime.sleep(0.002)\n'late'", 5.0);
     assert_eq!(o.result, Some(serde_json::json!("late")), "{o:?}");
+}
+
+/// A session's cell polls for its answer too when it is all that runs on its
+/// zygote's children (its own executor here, so nothing else does): the same
+/// attacks as above, on a cell.
+#[test]
+fn a_deadline_inside_the_hosts_polling_still_kills_a_cell() {
+    let exec = isolated(Policy::default_policy());
+    let open = || runtime().block_on(exec.open_session()).expect("session");
+    let cell = |s: &mut Box<dyn TierSession>, code: &str, secs: f64| {
+        let req = ExecRequest::new(code)
+            .with_overrides(Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() });
+        runtime().block_on(s.execute(req)).expect("cell")
+    };
+    let mut s = open();
+    assert_eq!(cell(&mut s, "x = 1", 5.0).status, Status::Ok);
+    let o = cell(&mut s, "print('z' * 200_000)\nlen('y' * 70_000) + x", 5.0);
+    assert_eq!((o.status, o.stdout.len(), o.result.clone()), (Status::Ok, 200_001, Some(serde_json::json!(70_001))));
+    let o = cell(&mut s, "import time\ntime.sleep(0.002)\n'late'", 5.0);
+    assert_eq!(o.result, Some(serde_json::json!("late")), "{o:?}");
+    for secs in [0.000_05, 0.000_2] {
+        let mut s = open();
+        assert_eq!(cell(&mut s, "x = 1", 5.0).status, Status::Ok);
+        let o = cell(&mut s, "while True:\n    pass", secs);
+        assert_eq!(o.status, Status::Timeout, "{secs}s: {o:?}");
+        let bound = (DEADLINE * 1000.0) as u64 + SLACK_MS;
+        assert!(o.usage.wall_ms <= bound, "{secs}s: took {} ms", o.usage.wall_ms);
+    }
 }
 
 #[test]

@@ -90,11 +90,12 @@ pub(super) struct Zygote {
     pub(super) spec: SpawnSpec,
     pub(super) pool_size: usize,
     pub(super) next_token: AtomicU64,
-    /// Requests running on a child of this zygote now.
+    /// Requests and session cells running on children of this zygote now.
     pub(super) in_flight: std::sync::atomic::AtomicUsize,
 }
 
-/// One request running on a child of `Zygote` (counted while it lives).
+/// One request or session cell running on a child of `Zygote` (counted while it
+/// lives).
 pub(super) struct InFlight<'a>(&'a Zygote);
 
 impl Drop for InFlight<'_> {
@@ -176,7 +177,7 @@ impl Zygote {
         sys::send_msg(self.ctl.as_fd(), &body, &[]).map_err(|e| NoChild::Unreachable(e.to_string()))
     }
 
-    /// Counts a request as running until the value is dropped.
+    /// Counts a request or a session's cell as running until the value is dropped.
     pub(super) fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self)

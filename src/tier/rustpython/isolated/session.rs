@@ -21,8 +21,8 @@ pub(super) struct IsolatedSession {
     /// The session's child, until the session ends.
     live: Option<Live>,
     /// Kept so that the zygote (whose reader routes the child's exit) outlives
-    /// the session.
-    _zygote: Arc<Zygote>,
+    /// the session; its in-flight count includes this session's running cell.
+    zygote: Arc<Zygote>,
     cells: u64,
     /// Fuel its cells used so far.
     fuel: u64,
@@ -50,7 +50,7 @@ impl IsolatedSession {
         Ok(IsolatedSession {
             policy,
             live: Some(live),
-            _zygote: zygote,
+            zygote,
             cells: 0,
             fuel: 0,
             life,
@@ -83,6 +83,7 @@ impl IsolatedSession {
         let cap = answer_cap(&policy);
         let memory = policy.sessions().max_memory;
         let (link, latest) = (req.host.clone(), Some(self.life.expires));
+        let counted = self.zygote.in_flight();
         let limits = RunLimits {
             deadline,
             timeout,
@@ -92,14 +93,15 @@ impl IsolatedSession {
             fuel: policy.fuel(),
             host: link,
             latest,
-            // A session's cells sleep for their answers: other sessions' cells may
-            // be running, and the executor's in-flight count does not see them.
-            spin: false,
+            // This cell is all that runs on the zygote's children, requests and
+            // other sessions' cells alike (see `supervise::ANSWER_SPIN`).
+            spin: self.zygote.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 1,
         };
         let turn = match self.live.as_mut() {
             Some(live) => live.turn(&request, &limits).await,
             None => Err(Supervise::Host(host("the session lost its process"))),
         };
+        drop(counted);
         running.finish();
         let (mut outcome, ended) = match turn {
             Err(Supervise::ZygoteGone) => {

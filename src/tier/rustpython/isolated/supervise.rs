@@ -41,7 +41,8 @@ pub(super) struct RunLimits {
     /// the host's functions take.
     pub(super) latest: Option<Instant>,
     /// Poll for the answer for up to [`ANSWER_SPIN`] before sleeping on the
-    /// runtime: only when this is the only request in flight.
+    /// runtime: only when this is the only request or session cell in flight on
+    /// the zygote's children.
     pub(super) spin: bool,
 }
 
@@ -51,7 +52,7 @@ pub(super) struct RunLimits {
 /// given up between polls (`sched_yield`), so that a child woken on the host's CPU
 /// runs at once; a busy loop without yielding held that child off its CPU (1.7×
 /// slower). With two requests in flight the polling CPU is one a child could use,
-/// so only a lone request polls.
+/// so only a lone request (or session cell: both are counted) polls.
 ///
 /// A yield returns when the thread is scheduled again: at once when nothing else
 /// wants its CPU, when the child blocks (its answer written), or, when a
