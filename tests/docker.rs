@@ -5,16 +5,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use terrarium::tier::docker::engine::{self, Engine, Launch};
-use terrarium::{DockerConfig, DockerExecutor, ExecRequest, Overrides, SandboxError, Status};
+use terrarium::{DockerConfig, DockerExecutor, ExecRequest, SandboxError, Status};
 
 use crate::common::{
     containers_labelled, docker_executor, docker_policy, docker_policy_with, exec, run_docker, runtime, terrarium_env,
+    with_timeout,
 };
-
-fn with_timeout(code: &str, secs: f64) -> ExecRequest {
-    ExecRequest::new(code)
-        .with_overrides(Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() })
-}
 
 #[test]
 #[cfg_attr(terrarium_skip_docker, ignore = "TERRARIUM_SKIP_DOCKER=1")]

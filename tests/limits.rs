@@ -3,22 +3,21 @@
 //! a SIGKILL, so it must hold within 100 ms even inside native calls; speed itself
 //! is measured in benches/.
 
-use std::time::Duration;
+use terrarium::{Executor, Policy, Status, TierSession};
 
-use terrarium::{ExecRequest, Executor, Overrides, Policy, Status, TierSession};
-
-use crate::common::{isolated, run, run_with_timeout, runtime};
+use crate::common::{isolated, run, run_with_timeout, runtime, with_timeout};
 
 /// Deadline used by these tests, and the slack allowed on top of it.
 const DEADLINE: f64 = 1.0;
 const SLACK_MS: u64 = 100;
+/// The longest a run under [`DEADLINE`] may take, in milliseconds.
+const BOUND_MS: u64 = (DEADLINE * 1000.0) as u64 + SLACK_MS;
 
 #[track_caller]
 fn assert_times_out(code: &str) {
     let o = run_with_timeout(code, DEADLINE);
     assert_eq!(o.status, Status::Timeout, "{code:?}: {o:?}");
-    let bound = (DEADLINE * 1000.0) as u64 + SLACK_MS;
-    assert!(o.usage.wall_ms <= bound, "{code:?} took {} ms, bound {bound} ms", o.usage.wall_ms);
+    assert!(o.usage.wall_ms <= BOUND_MS, "{code:?} took {} ms, bound {BOUND_MS} ms", o.usage.wall_ms);
 }
 
 #[test]
@@ -63,8 +62,7 @@ fn a_deadline_inside_the_hosts_polling_still_kills() {
         assert_eq!(o.status, Status::Timeout, "{secs}s: {o:?}");
         // Wall time counts the wait for a child, which the other tests here can
         // hold up: bounded as theirs are.
-        let bound = (DEADLINE * 1000.0) as u64 + SLACK_MS;
-        assert!(o.usage.wall_ms <= bound, "{secs}s: took {} ms", o.usage.wall_ms);
+        assert!(o.usage.wall_ms <= BOUND_MS, "{secs}s: took {} ms", o.usage.wall_ms);
     }
     // A first chunk within the window, the rest after it (an answer larger than
     // one read), and a run that answers only after the window.
@@ -82,9 +80,7 @@ fn a_deadline_inside_the_hosts_polling_still_kills_a_cell() {
     let exec = isolated(Policy::default_policy());
     let open = || runtime().block_on(exec.open_session()).expect("session");
     let cell = |s: &mut Box<dyn TierSession>, code: &str, secs: f64| {
-        let req = ExecRequest::new(code)
-            .with_overrides(Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() });
-        runtime().block_on(s.execute(req)).expect("cell")
+        runtime().block_on(s.execute(with_timeout(code, secs))).expect("cell")
     };
     let mut s = open();
     assert_eq!(cell(&mut s, "x = 1", 5.0).status, Status::Ok);
@@ -97,8 +93,7 @@ fn a_deadline_inside_the_hosts_polling_still_kills_a_cell() {
         assert_eq!(cell(&mut s, "x = 1", 5.0).status, Status::Ok);
         let o = cell(&mut s, "while True:\n    pass", secs);
         assert_eq!(o.status, Status::Timeout, "{secs}s: {o:?}");
-        let bound = (DEADLINE * 1000.0) as u64 + SLACK_MS;
-        assert!(o.usage.wall_ms <= bound, "{secs}s: took {} ms", o.usage.wall_ms);
+        assert!(o.usage.wall_ms <= BOUND_MS, "{secs}s: took {} ms", o.usage.wall_ms);
     }
 }
 

@@ -74,9 +74,13 @@ pub fn run_embedded(code: &str) -> Outcome {
 
 /// Runs `code` under the default policy with a shorter deadline.
 pub fn run_with_timeout(code: &str, secs: f64) -> Outcome {
-    let req = ExecRequest::new(code)
-        .with_overrides(Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() });
-    exec(default_executor(), req)
+    exec(default_executor(), with_timeout(code, secs))
+}
+
+/// A request for `code` with a deadline of `secs` seconds.
+pub fn with_timeout(code: &str, secs: f64) -> ExecRequest {
+    ExecRequest::new(code)
+        .with_overrides(Overrides { timeout: Some(Duration::from_secs_f64(secs)), ..Overrides::default() })
 }
 
 /// Environment variable that skips the wasm tier's tests (printed when used).

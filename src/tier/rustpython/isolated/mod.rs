@@ -232,8 +232,7 @@ impl IsolatedExecutor {
                 fuel: policy.fuel(),
                 host: req.host.clone(),
                 latest: None,
-                // This request is the only one running (see `supervise::ANSWER_SPIN`).
-                spin: z.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 1,
+                spin: running.alone(),
             };
             let supervised = supervise(&z, child, &request, &limits, spec.namespaces).await;
             drop(running);

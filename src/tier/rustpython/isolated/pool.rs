@@ -98,6 +98,14 @@ pub(super) struct Zygote {
 /// lives).
 pub(super) struct InFlight<'a>(&'a Zygote);
 
+impl InFlight<'_> {
+    /// Whether this is all that runs on the zygote's children now (see
+    /// `supervise::ANSWER_SPIN`).
+    pub(super) fn alone(&self) -> bool {
+        self.0.in_flight.load(Ordering::Relaxed) == 1
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -93,9 +93,8 @@ impl IsolatedSession {
             fuel: policy.fuel(),
             host: link,
             latest,
-            // Only when this cell is all that runs on the zygote's children,
-            // requests and other sessions' cells alike (see `supervise::ANSWER_SPIN`).
-            spin: self.zygote.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 1,
+            // Requests and other sessions' cells alike count against `alone`.
+            spin: counted.alone(),
         };
         let turn = match self.live.as_mut() {
             Some(live) => live.turn(&request, &limits).await,
